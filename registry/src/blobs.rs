@@ -1,0 +1,114 @@
+//! Content-addressed artifact bytes on object storage.
+//!
+//! ```text
+//! blobs/sha256/<64 hex>   the exact bytes whose SHA-256 is <hex>, written once
+//! ```
+//!
+//! A blob key is derived only from a [`Digest`], never from user text. Writes
+//! use `PutMode::Create`; finding the key already present is success when the
+//! stored bytes hash to the key (the same artifact again, or an earlier
+//! attempt whose log entry never landed) and `DataLoss` otherwise.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::digest::Digest;
+use crate::error::{Error, Kind, Result};
+
+/// Artifact bytes keyed by their digest.
+#[derive(Clone, Debug)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Blobs {
+    /// Blobs in `store`.
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store }
+    }
+
+    /// The storage key of `digest`.
+    pub fn path(digest: &Digest) -> Path {
+        Path::from(format!("blobs/sha256/{}", digest.hex()))
+    }
+
+    /// Stores `bytes` under `digest` (which the caller computed from them),
+    /// durably, once.
+    ///
+    /// # Errors
+    /// Unavailable when storage fails; DataLoss when a different content
+    /// already sits under the key.
+    pub async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&Self::path(digest), PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Same key means same content, unless storage was damaged.
+                self.get(digest).await.map(|_| ())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Reads the blob and checks it still hashes to `digest`.
+    ///
+    /// # Errors
+    /// NotFound when absent; DataLoss when the bytes no longer match;
+    /// Unavailable when storage fails.
+    pub async fn get(&self, digest: &Digest) -> Result<Bytes> {
+        let path = Self::path(digest);
+        let bytes = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(Error::new(
+                    Kind::DataLoss,
+                    format!("artifact {digest} is recorded in the log but its blob {path} is missing"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(Error::new(
+                Kind::DataLoss,
+                format!("stored blob {path} hashes to {actual}, not {digest}; it will not be served"),
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn put_is_idempotent_and_get_verifies() {
+        let store = Arc::new(InMemory::new());
+        let blobs = Blobs::new(store.clone());
+        let data = Bytes::from_static(b"{\"a\":1}");
+        let d = Digest::of(&data);
+        blobs.put(&d, data.clone()).await.unwrap();
+        blobs.put(&d, data.clone()).await.unwrap();
+        assert_eq!(blobs.get(&d).await.unwrap(), data);
+
+        // Damage the stored bytes: never served, and a re-put reports it.
+        store
+            .put(&Blobs::path(&d), PutPayload::from_static(b"{\"a\":2}"))
+            .await
+            .unwrap();
+        assert_eq!(blobs.get(&d).await.unwrap_err().kind(), Kind::DataLoss);
+        assert_eq!(blobs.put(&d, data).await.unwrap_err().kind(), Kind::DataLoss);
+    }
+}

@@ -1,0 +1,168 @@
+//! Names users choose: release ids, environment names and pin reasons.
+//!
+//! Each is constructed only by parsing, so code holding a [`ReleaseId`] or an
+//! [`EnvName`] never needs to re-check it. None of them ever becomes part of a
+//! storage path; they appear only inside log entries and index keys.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// Longest release id or environment name.
+pub const MAX_NAME_LEN: usize = 128;
+/// Longest pin reason, in bytes.
+pub const MAX_REASON_LEN: usize = 1024;
+
+fn check_name(what: &str, text: &str) -> Result<(), Error> {
+    let bytes = text.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= MAX_NAME_LEN
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !text.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{what} {text:?} is not valid: use 1 to {MAX_NAME_LEN} characters from \
+             [A-Za-z0-9._-], starting with a letter or digit, without \"..\""
+        )))
+    }
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $ty:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $ty(String);
+
+        impl $ty {
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = Error;
+
+            fn from_str(text: &str) -> Result<Self, Error> {
+                check_name($what, text)?;
+                Ok(Self(text.to_owned()))
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// The name a release pipeline gives an artifact, e.g. `objectstack-2026-05-24`.
+    ReleaseId,
+    "release id"
+);
+name_type!(
+    /// An environment an artifact goes live in, e.g. `prod` or `eu-staging`.
+    EnvName,
+    "environment name"
+);
+
+/// Why a pin was made: free text, bounded, without control characters (so it
+/// can be printed to a terminal or a log line safely).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Reason(String);
+
+impl Reason {
+    /// The reason as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Reason {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        if text.len() > MAX_REASON_LEN {
+            return Err(Error::invalid(format!(
+                "reason is {} bytes long; at most {MAX_REASON_LEN} are allowed",
+                text.len()
+            )));
+        }
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            return Err(Error::invalid(format!(
+                "reason contains the control character {c:?}; use plain text on one line"
+            )));
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for ok in ["prod", "objectstack-2026-05-24", "v1.2.3", "A_b-9", "x"] {
+            assert_eq!(ok.parse::<ReleaseId>().unwrap().as_str(), ok);
+            assert_eq!(ok.parse::<EnvName>().unwrap().as_str(), ok);
+        }
+        let longest = "a".repeat(MAX_NAME_LEN);
+        assert!(longest.parse::<ReleaseId>().is_ok());
+    }
+
+    #[test]
+    fn rejects_names_that_could_reach_a_path_or_a_terminal() {
+        let too_long = "a".repeat(MAX_NAME_LEN + 1);
+        for bad in [
+            "", "../etc", "a/b", "a..b", ".hidden", "-flag", "a b", "a\nb", "é", "a\\b",
+            too_long.as_str(),
+        ] {
+            let err = bad.parse::<ReleaseId>().unwrap_err();
+            assert_eq!(err.kind(), crate::error::Kind::Invalid, "{bad:?}");
+            assert!(bad.parse::<EnvName>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_are_bounded_and_printable() {
+        assert!("rollback after incident 42 — see ticket".parse::<Reason>().is_ok());
+        assert!("a\u{1b}[31mred".parse::<Reason>().is_err());
+        assert!("two\nlines".parse::<Reason>().is_err());
+        assert!("x".repeat(MAX_REASON_LEN + 1).parse::<Reason>().is_err());
+    }
+}

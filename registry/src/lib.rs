@@ -1,0 +1,40 @@
+//! stackpin's registry: signed `objectstack.json` artifacts stored
+//! content-addressed and write-once, and an append-only timeline of which
+//! artifact went live in which environment when.
+//!
+//! # Layout
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | [`digest`] | the `sha256:<hex>` content address |
+//! | [`ids`] | release ids, environment names, reasons: parsed once, safe everywhere |
+//! | [`time`] | microsecond UTC instants, RFC 3339, the injectable clock |
+//! | [`signing`] | Ed25519 keys, DSSE envelopes, in-toto statements |
+//! | [`blobs`] | artifact bytes on object storage, verified on read |
+//! | [`log`] | append-only entries on object storage (write-once per index) |
+//! | [`index`] | the sled index derived from the log, rebuildable |
+//! | [`timeline`] | activation ordering and resolve-at-time rules |
+//! | [`registry`] | the state machine tying the above together |
+//! | [`service`] | the tonic service: the only module that sees proto types |
+//! | [`config`] | server settings and their sources |
+//! | [`server`] | `run(listener, shutdown)` |
+//! | [`error`] | the one error type and its kinds |
+//!
+//! Object storage is the source of truth; the index is a cache of it.
+
+pub mod blobs;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod ids;
+pub mod index;
+pub mod log;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod signing;
+pub mod time;
+pub mod timeline;
+
+pub use error::{Error, Kind, Result};
+pub use registry::Registry;

@@ -1,0 +1,72 @@
+//! `stackpin-registry`: parses settings, sets up logging, opens the registry
+//! and serves it until SIGINT or SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use stackpin_registry::config::ServerConfig;
+use stackpin_registry::signing::TrustedKeys;
+use stackpin_registry::{Registry, server};
+
+/// The stackpin registry server.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    config: ServerConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Cli::parse().config;
+
+    let trusted = match &config.trusted_keys {
+        Some(path) => TrustedKeys::load(path).context("loading trusted publisher keys")?,
+        None => {
+            tracing::warn!("no --trusted-keys given: publishes will be refused until keys are configured");
+            TrustedKeys::default()
+        }
+    };
+    tracing::info!(keys = trusted.keys().len(), "trusted publisher keys loaded");
+    let registry = Registry::open_local(&config.data_dir, trusted, config.limits())
+        .await
+        .with_context(|| format!("opening data folder {}", config.data_dir.display()))?;
+    tracing::info!(data_dir = %config.data_dir.display(), "registry open");
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    server::run(listener, Arc::new(registry), shutdown_signal()).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

@@ -1,0 +1,635 @@
+//! The registry's state machine: validates requests against the applied log,
+//! appends entries, and answers queries from the index.
+//!
+//! Writes follow the log discipline of DESIGN.md "Appending": a writer holds
+//! the append lock, validates against everything applied so far, creates the
+//! next entry with `PutMode::Create`, and applies it to the index before the
+//! request is acknowledged. If another writer won the index, it catches up
+//! and validates again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use tokio::sync::Mutex;
+
+use crate::blobs::Blobs;
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, Kind, Result};
+use crate::ids::{EnvName, Reason, ReleaseId};
+use crate::index::{ArtifactRecord, Index, PinRecord};
+use crate::log::{Entry, Log, PinEntry, PublishEntry};
+use crate::signing::{self, Attestation, TrustedKeys};
+use crate::time::{Clock, SystemClock, Timestamp};
+use crate::timeline::{self, Resolution};
+
+/// Default largest artifact: 64 MiB.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default allowed clock skew for reported activations.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
+/// Default margin around a switch within which resolve names both candidates.
+pub const DEFAULT_BOUNDARY_MARGIN: Duration = Duration::from_secs(2);
+/// Largest page of history or artifacts.
+pub const MAX_PAGE: usize = 1000;
+/// Page size when the request leaves it unset.
+pub const DEFAULT_PAGE: usize = 100;
+/// The identity recorded for unauthenticated requests.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Tunables of the state machine.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest artifact accepted, in bytes.
+    pub max_artifact_bytes: u64,
+    /// How far in the future a reported activation may lie.
+    pub clock_skew: Duration,
+    /// Default margin for "near a switch" in resolve.
+    pub boundary_margin: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            clock_skew: DEFAULT_CLOCK_SKEW,
+            boundary_margin: DEFAULT_BOUNDARY_MARGIN,
+        }
+    }
+}
+
+/// An artifact named by release id or digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArtifactRef {
+    Release(ReleaseId),
+    Digest(Digest),
+}
+
+/// A publish whose header was accepted and whose bytes are arriving.
+#[derive(Debug)]
+pub struct PendingPublish {
+    attestation: Attestation,
+    media_type: String,
+    envelope: serde_json::Value,
+    max: u64,
+    hasher: Hasher,
+    bytes: Vec<u8>,
+}
+
+impl PendingPublish {
+    /// Adds the next chunk of artifact bytes.
+    ///
+    /// # Errors
+    /// TooLarge when the artifact grows past the limit.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
+        let total = self.bytes.len() as u64 + chunk.len() as u64;
+        if total > self.max {
+            return Err(Error::new(
+                Kind::TooLarge,
+                format!(
+                    "artifact exceeds the registry's limit of {} bytes",
+                    self.max
+                ),
+            ));
+        }
+        self.hasher.update(chunk);
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+}
+
+/// The outcome of a publish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Published {
+    pub artifact: ArtifactRecord,
+    /// False when the same release id and bytes were already published.
+    pub created: bool,
+}
+
+/// A page of history, newest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryPage {
+    pub pins: Vec<PinRecord>,
+    /// Sequence number to continue from, when more pins match.
+    pub next: Option<u64>,
+}
+
+/// What a history query asks for.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryQuery {
+    /// Only pins activated strictly before this instant.
+    pub before: Option<Timestamp>,
+    /// Only pins activated at or after this instant.
+    pub since: Option<Timestamp>,
+    /// Page size (0: the default).
+    pub limit: usize,
+    /// Continue from this sequence number (downwards).
+    pub from_seq: Option<u64>,
+}
+
+/// The registry.
+pub struct Registry {
+    blobs: Blobs,
+    log: Log,
+    index: Index,
+    trusted: TrustedKeys,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    /// Serializes appends from this process; other processes are serialized
+    /// by `PutMode::Create` on the entry key.
+    append: Mutex<()>,
+}
+
+/// Where the embedded default keeps things inside its data folder.
+pub fn index_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("index")
+}
+
+impl Registry {
+    /// Opens the embedded default: object storage in `data_dir` (fsync on)
+    /// and the sled index in `data_dir/index`, rebuilt from the log when it
+    /// is missing or unreadable.
+    ///
+    /// # Errors
+    /// When the folder cannot be created or read, or the log is damaged.
+    pub async fn open_local(
+        data_dir: &std::path::Path,
+        trusted: TrustedKeys,
+        limits: Limits,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            Error::new(
+                Kind::Unavailable,
+                format!("creating data folder {}: {e}", data_dir.display()),
+            )
+        })?;
+        let store = LocalFileSystem::new_with_prefix(data_dir)
+            .map_err(|e| {
+                Error::new(
+                    Kind::Unavailable,
+                    format!("opening data folder {}: {e}", data_dir.display()),
+                )
+            })?
+            .with_fsync(true);
+        let dir = index_dir(data_dir);
+        let index = match Index::open(&dir) {
+            Ok(index) => index,
+            Err(err) => {
+                tracing::warn!(
+                    index = %dir.display(),
+                    error = %err,
+                    "index is unreadable; deleting it and rebuilding it from the log"
+                );
+                std::fs::remove_dir_all(&dir).map_err(|e| {
+                    Error::internal(format!("removing damaged index {}: {e}", dir.display()))
+                })?;
+                Index::open(&dir)?
+            }
+        };
+        Self::open(Arc::new(store), index, trusted, limits, Arc::new(SystemClock)).await
+    }
+
+    /// Opens a registry over any object store and index, catching the index
+    /// up with the log.
+    ///
+    /// # Errors
+    /// When storage is unreachable or the log is damaged.
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        index: Index,
+        trusted: TrustedKeys,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let registry = Self {
+            blobs: Blobs::new(store.clone()),
+            log: Log::new(store),
+            index,
+            trusted,
+            clock,
+            limits,
+            append: Mutex::new(()),
+        };
+        let start = registry.index.applied()?;
+        let started = Instant::now();
+        let applied = registry.catch_up().await?;
+        if applied > 0 {
+            tracing::info!(
+                from = start,
+                entries = applied,
+                seconds = started.elapsed().as_secs_f64(),
+                "index caught up with the log"
+            );
+        }
+        Ok(registry)
+    }
+
+    /// Applies log entries the index has not seen yet; returns how many.
+    async fn catch_up(&self) -> Result<u64> {
+        let mut next = self.index.applied()?;
+        let first = next;
+        let mut last_report = Instant::now();
+        while let Some(bytes) = self.log.read(next).await? {
+            self.index.apply(next, &bytes)?;
+            next += 1;
+            if last_report.elapsed() >= Duration::from_secs(2) {
+                tracing::info!(applied = next, "rebuilding index from the log");
+                last_report = Instant::now();
+            }
+        }
+        Ok(next - first)
+    }
+
+    /// Appends the entry `build` makes from the current state, retrying when
+    /// another writer took the index first. `build` returns `Ok(None)` when
+    /// there is nothing to write (an idempotent repeat).
+    async fn commit<F>(&self, mut build: F) -> Result<Option<u64>>
+    where
+        F: FnMut(&Index) -> Result<Option<Entry>>,
+    {
+        let _guard = self.append.lock().await;
+        loop {
+            let Some(entry) = build(&self.index)? else {
+                return Ok(None);
+            };
+            let index = self.index.applied()?;
+            let bytes = entry.to_bytes();
+            if self.log.append(index, bytes.clone()).await? {
+                self.index.apply(index, &bytes)?;
+                return Ok(Some(index));
+            }
+            tracing::debug!(index, "lost the race for a log index; catching up");
+            self.catch_up().await?;
+        }
+    }
+
+    /// Flushes the index to disk (at shutdown).
+    ///
+    /// # Errors
+    /// Internal when sled fails.
+    pub async fn flush(&self) -> Result<()> {
+        self.index.flush().await
+    }
+
+    /// The state-machine tunables.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Accepts a publish header: checks the names and the envelope's
+    /// signature before any bytes are received.
+    ///
+    /// # Errors
+    /// Invalid for bad names or a bad or untrusted envelope; TooLarge when the
+    /// announced size is over the limit; Conflict when the release id is
+    /// already bound to another digest.
+    pub fn begin_publish(
+        &self,
+        release_id: &str,
+        media_type: &str,
+        envelope: &[u8],
+        size_hint: u64,
+    ) -> Result<PendingPublish> {
+        let release_id: ReleaseId = release_id.parse()?;
+        let media_type = parse_media_type(media_type)?;
+        if size_hint > self.limits.max_artifact_bytes {
+            return Err(Error::new(
+                Kind::TooLarge,
+                format!(
+                    "artifact is {size_hint} bytes; the registry's limit is {} bytes",
+                    self.limits.max_artifact_bytes
+                ),
+            ));
+        }
+        if self.trusted.is_empty() {
+            return Err(Error::precondition(
+                "this registry trusts no publisher keys; start it with --trusted-keys",
+            ));
+        }
+        let attestation = signing::verify_envelope(envelope, &self.trusted)?;
+        if attestation.release_id != release_id {
+            return Err(Error::invalid(format!(
+                "the envelope's subject is release {}, but this publish is for release {release_id}",
+                attestation.release_id
+            )));
+        }
+        if let Some(existing) = self.index.artifact_by_release(&release_id)?
+            && existing.digest != attestation.digest
+        {
+            return Err(conflict(&existing));
+        }
+        let envelope = serde_json::from_slice(envelope)
+            .map_err(|e| Error::invalid(format!("DSSE envelope is not valid JSON: {e}")))?;
+        let capacity = usize::try_from(size_hint.min(self.limits.max_artifact_bytes)).unwrap_or(0);
+        Ok(PendingPublish {
+            attestation,
+            media_type,
+            envelope,
+            max: self.limits.max_artifact_bytes,
+            hasher: Hasher::default(),
+            bytes: Vec::with_capacity(capacity),
+        })
+    }
+
+    /// Finishes a publish once all bytes arrived: checks them against the
+    /// envelope, stores the blob, and logs the binding.
+    ///
+    /// # Errors
+    /// Invalid for empty or non-JSON bytes or a digest other than the signed
+    /// one; Conflict when the release id got bound to other bytes;
+    /// Unavailable when storage fails.
+    pub async fn finish_publish(&self, pending: PendingPublish) -> Result<Published> {
+        let PendingPublish {
+            attestation,
+            media_type,
+            envelope,
+            hasher,
+            bytes,
+            ..
+        } = pending;
+        if bytes.is_empty() {
+            return Err(Error::invalid("artifact is empty"));
+        }
+        let digest = hasher.finish();
+        if digest != attestation.digest {
+            return Err(Error::invalid(format!(
+                "the received bytes hash to {digest}, but the envelope is signed for {}",
+                attestation.digest
+            )));
+        }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            return Err(Error::invalid(format!(
+                "artifact is not valid JSON (objectstack.json must be JSON): {e}"
+            )));
+        }
+        let release_id = attestation.release_id.clone();
+        if let Some(existing) = self.index.artifact_by_release(&release_id)? {
+            return same_or_conflict(existing, &digest);
+        }
+        let size = bytes.len() as u64;
+        self.blobs.put(&digest, Bytes::from(bytes)).await?;
+        let mut repeat = None;
+        let committed = self
+            .commit(|index| {
+                if let Some(existing) = index.artifact_by_release(&release_id)? {
+                    repeat = Some(same_or_conflict(existing, &digest));
+                    return Ok(None);
+                }
+                Ok(Some(Entry::Publish(PublishEntry {
+                    release_id: release_id.clone(),
+                    digest,
+                    size,
+                    media_type: media_type.clone(),
+                    key_id: attestation.key_id.clone(),
+                    envelope: envelope.clone(),
+                    recorded_at: self.clock.now(),
+                })))
+            })
+            .await?;
+        if let Some(outcome) = repeat {
+            return outcome;
+        }
+        tracing::info!(release_id = %release_id, %digest, size, index = ?committed, "published");
+        let artifact = self
+            .index
+            .artifact_by_release(&release_id)?
+            .ok_or_else(|| Error::internal("published artifact is missing from the index"))?;
+        Ok(Published {
+            artifact,
+            created: true,
+        })
+    }
+
+    /// Looks an artifact up.
+    ///
+    /// # Errors
+    /// NotFound when nothing is published under the name.
+    pub fn artifact(&self, what: &ArtifactRef) -> Result<ArtifactRecord> {
+        match what {
+            ArtifactRef::Release(r) => self
+                .index
+                .artifact_by_release(r)?
+                .ok_or_else(|| Error::not_found(format!("release {r} is not published"))),
+            ArtifactRef::Digest(d) => self
+                .index
+                .artifact_by_digest(d)?
+                .ok_or_else(|| Error::not_found(format!("no artifact with digest {d} is published"))),
+        }
+    }
+
+    /// The verified bytes of a published artifact.
+    ///
+    /// # Errors
+    /// DataLoss when the stored bytes no longer match; Unavailable when
+    /// storage fails.
+    pub async fn artifact_bytes(&self, artifact: &ArtifactRecord) -> Result<Bytes> {
+        self.blobs.get(&artifact.digest).await
+    }
+
+    /// Artifacts in release id order, after `after`.
+    ///
+    /// # Errors
+    /// Internal when the index fails.
+    pub fn list_artifacts(
+        &self,
+        after: Option<&ReleaseId>,
+        limit: usize,
+    ) -> Result<(Vec<ArtifactRecord>, Option<ReleaseId>)> {
+        let limit = page_size(limit);
+        let mut page = self.index.list_artifacts(after, limit + 1)?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = if more {
+            page.last().map(|a| a.release_id.clone())
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+
+    /// Records that `artifact` went live in `env`.
+    ///
+    /// # Errors
+    /// NotFound for an unknown artifact; Precondition for an out-of-order
+    /// or future activation; Unavailable when storage fails.
+    pub async fn pin(
+        &self,
+        env: &EnvName,
+        artifact: &ArtifactRef,
+        activated_at: Option<Timestamp>,
+        reason: &Reason,
+        actor: &str,
+    ) -> Result<PinRecord> {
+        let target = self.artifact(artifact)?;
+        let committed = self
+            .commit(|index| {
+                let head = index.env_head(env)?;
+                let now = self.clock.now();
+                let at = timeline::activation(head.as_ref(), activated_at, now, self.limits.clock_skew)?;
+                Ok(Some(Entry::Pin(PinEntry {
+                    env: env.clone(),
+                    seq: head.as_ref().map_or(1, |h| h.seq + 1),
+                    release_id: target.release_id.clone(),
+                    digest: target.digest,
+                    activated_at: at,
+                    recorded_at: now,
+                    actor: actor.to_owned(),
+                    reason: reason.as_str().to_owned(),
+                    prev_pin: head.map(|h| h.entry_hash),
+                })))
+            })
+            .await?;
+        let head = self
+            .index
+            .env_head(env)?
+            .ok_or_else(|| Error::internal("pinned environment has no head"))?;
+        let pin = self
+            .index
+            .pin(env, head.seq)?
+            .ok_or_else(|| Error::internal("new pin is missing from the index"))?;
+        tracing::info!(
+            env = %env, seq = pin.seq, release_id = %pin.release_id,
+            activated_at = %pin.activated_at, index = ?committed, "pinned"
+        );
+        Ok(pin)
+    }
+
+    fn known_env(&self, env: &EnvName) -> Result<crate::index::EnvHead> {
+        self.index
+            .env_head(env)?
+            .ok_or_else(|| Error::not_found(format!("environment {env} has no pins")))
+    }
+
+    fn pin_at(&self, env: &EnvName, seq: u64) -> Result<PinRecord> {
+        self.index
+            .pin(env, seq)?
+            .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))
+    }
+
+    /// Which pin was live in `env` at `at`.
+    ///
+    /// # Errors
+    /// NotFound when the environment has no pins or `at` precedes the first.
+    pub fn resolve(
+        &self,
+        env: &EnvName,
+        at: Timestamp,
+        margin: Option<Duration>,
+    ) -> Result<Resolution> {
+        let head = self.known_env(env)?;
+        let margin = margin.unwrap_or(self.limits.boundary_margin);
+        let Some(seq) = self.index.seq_at_or_before(env, at)? else {
+            let first = self.pin_at(env, 1)?;
+            return Err(Error::not_found(format!(
+                "nothing was live in {env} at {at}: its first pin (#1, release {}) was activated \
+                 at {}",
+                first.release_id, first.activated_at
+            )));
+        };
+        let pin = self.pin_at(env, seq)?;
+        let prev = if seq > 1 {
+            Some(self.pin_at(env, seq - 1)?)
+        } else {
+            None
+        };
+        let next = if seq < head.seq {
+            Some(self.pin_at(env, seq + 1)?)
+        } else {
+            None
+        };
+        let near_switch = timeline::near_switch(at, prev.as_ref(), &pin, next.as_ref(), margin);
+        Ok(Resolution {
+            pin,
+            next,
+            near_switch,
+        })
+    }
+
+    /// A page of `env`'s pins, newest first.
+    ///
+    /// # Errors
+    /// NotFound for an environment without pins.
+    pub fn history(&self, env: &EnvName, query: &HistoryQuery) -> Result<HistoryPage> {
+        let head = self.known_env(env)?;
+        let limit = page_size(query.limit);
+        let empty = HistoryPage {
+            pins: Vec::new(),
+            next: None,
+        };
+        let mut hi = head.seq;
+        if let Some(before) = query.before {
+            match self.index.seq_before(env, before)? {
+                Some(s) => hi = hi.min(s),
+                None => return Ok(empty),
+            }
+        }
+        if let Some(from) = query.from_seq {
+            hi = hi.min(from);
+        }
+        let lo = match query.since {
+            Some(since) => match self.index.seq_at_or_after(env, since)? {
+                Some(s) => s,
+                None => return Ok(empty),
+            },
+            None => 1,
+        };
+        let mut pins = Vec::new();
+        let mut seq = hi;
+        while seq >= lo && seq >= 1 && pins.len() < limit {
+            pins.push(self.pin_at(env, seq)?);
+            seq -= 1;
+        }
+        let next = (seq >= lo && seq >= 1).then_some(seq);
+        Ok(HistoryPage { pins, next })
+    }
+}
+
+fn page_size(requested: usize) -> usize {
+    match requested {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
+fn conflict(existing: &ArtifactRecord) -> Error {
+    Error::conflict(format!(
+        "release {} is already bound to {} (log entry {}); release ids are write-once, \
+         publish the new bytes under a new release id",
+        existing.release_id, existing.digest, existing.log_index
+    ))
+}
+
+fn same_or_conflict(existing: ArtifactRecord, digest: &Digest) -> Result<Published> {
+    if existing.digest == *digest {
+        Ok(Published {
+            artifact: existing,
+            created: false,
+        })
+    } else {
+        Err(conflict(&existing))
+    }
+}
+
+fn parse_media_type(text: &str) -> Result<String> {
+    if text.is_empty() {
+        return Ok("application/json".to_owned());
+    }
+    let valid = text.len() <= 128
+        && text.split_once('/').is_some_and(|(t, s)| {
+            let part = |p: &str| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+            };
+            part(t) && part(s)
+        });
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(Error::invalid(format!(
+            "media type {text:?} is not of the form type/subtype"
+        )))
+    }
+}

@@ -1,0 +1,174 @@
+//! The gRPC service: unwraps requests, converts them to domain types, calls
+//! the registry, converts the answer back. The only module that sees proto
+//! types.
+
+mod convert;
+mod status;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use stackpin_proto::v1 as pb;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::ids::{EnvName, Reason};
+use crate::registry::{ANONYMOUS, HistoryQuery, Registry};
+
+/// Size of the chunks artifacts are streamed in.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The `stackpin.v1.Registry` service.
+#[derive(Clone)]
+pub struct RegistryService {
+    registry: Arc<Registry>,
+}
+
+impl RegistryService {
+    /// Serves `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
+    /// The tonic server wrapper, with message limits fit for chunked streams.
+    pub fn into_server(self) -> pb::registry_server::RegistryServer<Self> {
+        pb::registry_server::RegistryServer::new(self)
+            .max_decoding_message_size(CHUNK_BYTES * 4)
+            .max_encoding_message_size(CHUNK_BYTES * 4)
+    }
+}
+
+fn env(text: &str) -> Result<EnvName, Status> {
+    Ok(text.parse::<EnvName>()?)
+}
+
+type ArtifactStream = Pin<Box<dyn Stream<Item = Result<pb::GetArtifactResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::registry_server::Registry for RegistryService {
+    async fn publish(
+        &self,
+        request: Request<Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await?.and_then(|m| m.part) {
+            Some(pb::publish_request::Part::Header(h)) => h,
+            _ => return Err(Error::invalid("a publish must start with its header").into()),
+        };
+        let mut pending = self.registry.begin_publish(
+            &header.release_id,
+            &header.media_type,
+            &header.envelope,
+            header.size,
+        )?;
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(pb::publish_request::Part::Chunk(chunk)) => pending.push(&chunk)?,
+                _ => return Err(Error::invalid("a publish has exactly one header").into()),
+            }
+        }
+        let published = self.registry.finish_publish(pending).await?;
+        Ok(Response::new(pb::PublishResponse {
+            artifact: Some(convert::artifact(&published.artifact)),
+            created: published.created,
+        }))
+    }
+
+    type GetArtifactStream = ArtifactStream;
+
+    async fn get_artifact(
+        &self,
+        request: Request<pb::GetArtifactRequest>,
+    ) -> Result<Response<Self::GetArtifactStream>, Status> {
+        let what = convert::artifact_ref(request.into_inner().artifact)?;
+        let record = self.registry.artifact(&what)?;
+        // Read and verify the whole artifact before sending any of it, so
+        // damaged bytes are never served, not even in part.
+        let bytes = self.registry.artifact_bytes(&record).await?;
+        let head = pb::GetArtifactResponse {
+            part: Some(pb::get_artifact_response::Part::Artifact(convert::artifact(&record))),
+        };
+        let chunks = (0..bytes.len()).step_by(CHUNK_BYTES).map(move |start| {
+            let end = (start + CHUNK_BYTES).min(bytes.len());
+            Ok(pb::GetArtifactResponse {
+                part: Some(pb::get_artifact_response::Part::Chunk(bytes.slice(start..end))),
+            })
+        });
+        let stream = futures::stream::iter(std::iter::once(Ok(head)).chain(chunks));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn stat_artifact(
+        &self,
+        request: Request<pb::StatArtifactRequest>,
+    ) -> Result<Response<pb::Artifact>, Status> {
+        let what = convert::artifact_ref(request.into_inner().artifact)?;
+        let record = self.registry.artifact(&what)?;
+        Ok(Response::new(convert::artifact(&record)))
+    }
+
+    async fn list_artifacts(
+        &self,
+        request: Request<pb::ListArtifactsRequest>,
+    ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        let req = request.into_inner();
+        let after = convert::page_token(&req.page_token)?;
+        let (page, next) = self
+            .registry
+            .list_artifacts(after.as_ref(), req.page_size as usize)?;
+        Ok(Response::new(pb::ListArtifactsResponse {
+            artifacts: page.iter().map(convert::artifact).collect(),
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn pin(
+        &self,
+        request: Request<pb::PinRequest>,
+    ) -> Result<Response<pb::PinResponse>, Status> {
+        let req = request.into_inner();
+        let env = env(&req.env)?;
+        let what = convert::artifact_ref(req.artifact)?;
+        let activated_at = convert::optional_time("activated_at", req.activated_at)?;
+        let reason: Reason = req.reason.parse()?;
+        let pin = self
+            .registry
+            .pin(&env, &what, activated_at, &reason, ANONYMOUS)
+            .await?;
+        Ok(Response::new(pb::PinResponse {
+            pin: Some(convert::pin(&pin)),
+        }))
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        let req = request.into_inner();
+        let env = env(&req.env)?;
+        let at = convert::required_time("at", req.at)?;
+        let margin = convert::margin(req.margin)?;
+        let resolution = self.registry.resolve(&env, at, margin)?;
+        Ok(Response::new(convert::resolution(&resolution)))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let req = request.into_inner();
+        let env = env(&req.env)?;
+        let query = HistoryQuery {
+            before: convert::optional_time("before", req.before)?,
+            since: convert::optional_time("since", req.since)?,
+            limit: req.limit as usize,
+            from_seq: convert::page_token(&req.page_token)?,
+        };
+        let page = self.registry.history(&env, &query)?;
+        Ok(Response::new(pb::HistoryResponse {
+            pins: page.pins.iter().map(convert::pin).collect(),
+            next_page_token: page.next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,197 @@
+//! Instants at microsecond precision, UTC.
+//!
+//! PostgreSQL's `timestamptz` has microsecond precision, so that is the
+//! precision pins are stored and compared at. Finer input is truncated toward
+//! the past: for any pin instant `p` (whole microseconds) and query `t`,
+//! `p <= t` holds exactly when `p <= floor_us(t)`, so truncation never changes
+//! which pin is live at an instant.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::Error;
+
+/// Microseconds since the Unix epoch, UTC.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// From microseconds since the Unix epoch.
+    ///
+    /// # Errors
+    /// Invalid when the instant is outside the years 0001..=9999.
+    pub fn from_micros(micros: i64) -> Result<Self, Error> {
+        jiff::Timestamp::from_microsecond(micros)
+            .map_err(|e| Error::invalid(format!("time {micros}us is out of range: {e}")))?;
+        Ok(Self(micros))
+    }
+
+    /// From seconds and nanoseconds (as in `google.protobuf.Timestamp`),
+    /// truncated to microseconds.
+    ///
+    /// # Errors
+    /// Invalid when nanos is outside 0..1e9 or the instant is out of range.
+    pub fn from_parts(seconds: i64, nanos: i32) -> Result<Self, Error> {
+        if !(0..1_000_000_000).contains(&nanos) {
+            return Err(Error::invalid(format!(
+                "timestamp nanos {nanos} is outside 0..1e9"
+            )));
+        }
+        let micros = seconds
+            .checked_mul(1_000_000)
+            .and_then(|m| m.checked_add(i64::from(nanos / 1000)))
+            .ok_or_else(|| Error::invalid(format!("timestamp {seconds}s is out of range")))?;
+        Self::from_micros(micros)
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+
+    /// Whole seconds and the nanosecond remainder (non-negative).
+    pub fn to_parts(self) -> (i64, i32) {
+        let secs = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        // rem_euclid is below 1e6, so the product fits an i32.
+        (secs, (micros * 1000) as i32)
+    }
+
+    /// Sort key whose byte order equals time order (sign bit flipped).
+    pub fn sort_key(self) -> [u8; 8] {
+        ((self.0 as u64) ^ (1 << 63)).to_be_bytes()
+    }
+
+    /// `self + micros`, saturating at the representable range.
+    pub fn saturating_add_micros(self, micros: i64) -> Self {
+        Self(self.0.saturating_add(micros))
+    }
+
+    /// The current system time.
+    pub fn now() -> Self {
+        let now = jiff::Timestamp::now();
+        Self(now.as_microsecond())
+    }
+
+    fn to_jiff(self) -> jiff::Timestamp {
+        // Values are range-checked at construction.
+        jiff::Timestamp::from_microsecond(self.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    }
+}
+
+impl FromStr for Timestamp {
+    type Err = Error;
+
+    /// Parses RFC 3339 with an explicit offset or `Z`.
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let text = text.trim();
+        match text.parse::<jiff::Timestamp>() {
+            Ok(ts) => Ok(Self(ts.as_microsecond())),
+            Err(err) => {
+                // A civil date-time without an offset parses on its own; say
+                // precisely what is missing rather than echo the parser.
+                if text.parse::<jiff::civil::DateTime>().is_ok() {
+                    Err(Error::invalid(format!(
+                        "time {text:?} has no UTC offset; write it in RFC 3339 with Z or an \
+                         offset, e.g. 2026-05-24T13:00:00Z (a time without an offset is never \
+                         taken as local time)"
+                    )))
+                } else {
+                    Err(Error::invalid(format!(
+                        "time {text:?} is not RFC 3339 (e.g. 2026-05-24T13:00:00Z): {err}"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC with microseconds, e.g. `2026-05-24T13:00:00.000000Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_jiff().strftime("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where the registry reads "now" from; injected so time rules are tested
+/// with a fake clock rather than sleeps.
+pub trait Clock: Send + Sync + 'static {
+    /// The current instant.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_offsets_and_normalises_to_utc() {
+        let a: Timestamp = "2026-05-24T15:00:00+02:00".parse().unwrap();
+        let b: Timestamp = "2026-05-24T13:00:00Z".parse().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b.to_string(), "2026-05-24T13:00:00.000000Z");
+    }
+
+    #[test]
+    fn naive_time_is_an_error_that_says_so() {
+        let err = "2026-05-24T13:00:00".parse::<Timestamp>().unwrap_err();
+        assert!(err.message().contains("no UTC offset"), "{err}");
+        let err = "yesterday".parse::<Timestamp>().unwrap_err();
+        assert!(err.message().contains("not RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn truncates_below_microseconds() {
+        let t: Timestamp = "2026-05-24T13:00:00.123456789Z".parse().unwrap();
+        assert_eq!(t.to_string(), "2026-05-24T13:00:00.123456Z");
+        let p = Timestamp::from_parts(-1, 999_999_999).unwrap();
+        assert_eq!(p.as_micros(), -1);
+        assert_eq!(p.to_parts(), (-1, 999_999_000));
+    }
+
+    #[test]
+    fn sort_key_orders_like_time() {
+        let times = [-5_000_000i64, -1, 0, 1, 1_700_000_000_000_000];
+        for w in times.windows(2) {
+            let a = Timestamp::from_micros(w[0]).unwrap();
+            let b = Timestamp::from_micros(w[1]).unwrap();
+            assert!(a.sort_key() < b.sort_key());
+        }
+    }
+
+    #[test]
+    fn bad_nanos_are_rejected() {
+        assert!(Timestamp::from_parts(0, -1).is_err());
+        assert!(Timestamp::from_parts(0, 1_000_000_000).is_err());
+        assert!(Timestamp::from_parts(i64::MAX, 0).is_err());
+    }
+}

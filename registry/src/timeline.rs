@@ -1,0 +1,193 @@
+//! The rules of the pin timeline, as pure functions over times.
+//!
+//! A pin is live from its `activated_at` (inclusive) until the next pin of its
+//! environment. Per environment, activations never go back in time and may
+//! not lie further in the future than the allowed clock skew. Near a switch
+//! the registry's and the database's clocks may disagree, so an answer within
+//! a margin of a switch names both candidates.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::index::{EnvHead, PinRecord};
+use crate::time::Timestamp;
+
+/// Microseconds in `d`, saturating.
+pub fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Chooses and checks the activation instant of a new pin.
+///
+/// Without a requested instant the pin activates "now", but never before the
+/// environment's latest pin (a clock that stepped back must not make a
+/// default pin fail).
+///
+/// # Errors
+/// Precondition when the requested instant is before the latest pin of the
+/// environment or further than `skew` in the future.
+pub fn activation(
+    head: Option<&EnvHead>,
+    requested: Option<Timestamp>,
+    now: Timestamp,
+    skew: Duration,
+) -> Result<Timestamp> {
+    let Some(at) = requested else {
+        return Ok(head.map_or(now, |h| h.activated_at.max(now)));
+    };
+    if let Some(h) = head
+        && at < h.activated_at
+    {
+        return Err(Error::precondition(format!(
+            "activation {at} is before the environment's latest pin (#{} at {}); activations \
+             in an environment never go back in time (to roll back, pin the older release now)",
+            h.seq, h.activated_at
+        )));
+    }
+    let limit = now.saturating_add_micros(micros(skew));
+    if at > limit {
+        return Err(Error::precondition(format!(
+            "activation {at} is in the future: the registry's clock reads {now} and allows at \
+             most {}s of skew",
+            skew.as_secs_f64()
+        )));
+    }
+    Ok(at)
+}
+
+/// A switch between two pins close to a queried instant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Boundary {
+    /// The pin live before the switch.
+    pub before: PinRecord,
+    /// The pin live from the switch.
+    pub after: PinRecord,
+    /// Queried instant minus the switch instant, in microseconds.
+    pub offset_micros: i64,
+}
+
+/// The answer to "which pin was live in E at T".
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolution {
+    /// The live pin.
+    pub pin: PinRecord,
+    /// The pin that ended its interval, if any (`pin.activated_at` to
+    /// `next.activated_at` is the live interval).
+    pub next: Option<PinRecord>,
+    /// Set when the instant is within the margin of a switch.
+    pub near_switch: Option<Boundary>,
+}
+
+/// The switch nearest `at` within `margin`, given the live pin and its
+/// neighbours.
+pub fn near_switch(
+    at: Timestamp,
+    prev: Option<&PinRecord>,
+    pin: &PinRecord,
+    next: Option<&PinRecord>,
+    margin: Duration,
+) -> Option<Boundary> {
+    let margin = micros(margin);
+    let since_start = at.as_micros() - pin.activated_at.as_micros();
+    let until_end = next.map(|n| n.activated_at.as_micros() - at.as_micros());
+    let start = prev
+        .filter(|_| since_start <= margin)
+        .map(|p| (since_start, p, pin));
+    let end = next
+        .zip(until_end)
+        .filter(|(_, d)| *d <= margin)
+        .map(|(n, d)| (d, pin, n));
+    let (distance, before, after) = match (start, end) {
+        (Some(s), Some(e)) => {
+            if e.0 < s.0 {
+                e
+            } else {
+                s
+            }
+        }
+        (Some(s), None) => s,
+        (None, Some(e)) => e,
+        (None, None) => return None,
+    };
+    let offset_micros = if std::ptr::eq(after, pin) {
+        distance
+    } else {
+        -distance
+    };
+    Some(Boundary {
+        before: before.clone(),
+        after: after.clone(),
+        offset_micros,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_micros(s * 1_000_000).unwrap()
+    }
+
+    fn pin(seq: u64, at: Timestamp) -> PinRecord {
+        PinRecord {
+            env: "prod".parse().unwrap(),
+            seq,
+            release_id: format!("r{seq}").parse().unwrap(),
+            digest: crate::digest::Digest::of(&seq.to_be_bytes()),
+            activated_at: at,
+            recorded_at: at,
+            actor: "anonymous".into(),
+            reason: String::new(),
+            log_index: seq,
+            entry_hash: String::new(),
+            prev_pin: None,
+        }
+    }
+
+    fn head(seq: u64, at: Timestamp) -> EnvHead {
+        EnvHead {
+            seq,
+            activated_at: at,
+            entry_hash: String::new(),
+        }
+    }
+
+    const SKEW: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn default_activation_is_now_but_never_before_the_head() {
+        assert_eq!(activation(None, None, t(100), SKEW).unwrap(), t(100));
+        assert_eq!(activation(Some(&head(1, t(90))), None, t(100), SKEW).unwrap(), t(100));
+        // The clock stepped back below the head: the head's instant is used.
+        assert_eq!(activation(Some(&head(1, t(120))), None, t(100), SKEW).unwrap(), t(120));
+    }
+
+    #[test]
+    fn requested_activation_must_not_go_back_or_too_far_ahead() {
+        let h = head(3, t(100));
+        assert_eq!(activation(Some(&h), Some(t(100)), t(200), SKEW).unwrap(), t(100));
+        let err = activation(Some(&h), Some(t(99)), t(200), SKEW).unwrap_err();
+        assert!(err.message().contains("never go back"), "{err}");
+        assert_eq!(activation(None, Some(t(205)), t(200), SKEW).unwrap(), t(205));
+        let err = activation(None, Some(t(206)), t(200), SKEW).unwrap_err();
+        assert!(err.message().contains("future"), "{err}");
+    }
+
+    #[test]
+    fn near_switch_names_the_nearest_switch_within_the_margin() {
+        let (a, b, c) = (pin(1, t(100)), pin(2, t(200)), pin(3, t(300)));
+        let m = Duration::from_secs(2);
+        // Just after b's start: the a->b switch.
+        let s = near_switch(t(201), Some(&a), &b, Some(&c), m).unwrap();
+        assert_eq!((s.before.seq, s.after.seq, s.offset_micros), (1, 2, 1_000_000));
+        // Just before c's start: the b->c switch, negative offset.
+        let s = near_switch(t(299), Some(&a), &b, Some(&c), m).unwrap();
+        assert_eq!((s.before.seq, s.after.seq, s.offset_micros), (2, 3, -1_000_000));
+        // Middle of the interval, and the first pin's start (no switch there).
+        assert!(near_switch(t(250), Some(&a), &b, Some(&c), m).is_none());
+        assert!(near_switch(t(100), None, &a, Some(&b), m).is_none());
+        // Exactly on the switch counts.
+        assert!(near_switch(t(200), Some(&a), &b, Some(&c), m).is_some());
+    }
+}
