@@ -1,1 +1,96 @@
-fn main() {}
+//! `stackpin`: the command line for release pipelines (publish, pin),
+//! operators (resolve, restore) and auditors. It talks to the registry over
+//! gRPC only and verifies what it receives locally.
+
+mod artifacts;
+mod client;
+mod exit;
+mod keygen;
+mod pins;
+mod publish;
+mod view;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::view::Format;
+
+/// Parses a command-line value with the registry's own parser, so the CLI
+/// rejects exactly what the registry would, before anything is sent.
+fn parse<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr<Err = stackpin_registry::Error>,
+{
+    text.parse().map_err(|e: stackpin_registry::Error| e.to_string())
+}
+
+/// Publish, pin and restore ObjectOS artifacts with a stackpin registry.
+#[derive(Parser)]
+#[command(name = "stackpin", version, about, after_help = exit::HELP)]
+struct Cli {
+    /// The registry's URL.
+    #[arg(long, global = true, env = "STACKPIN_SERVER", default_value = "http://127.0.0.1:7070")]
+    server: String,
+    /// Output for people (text) or scripts (json).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Make a new Ed25519 publisher key pair.
+    Keygen(keygen::Args),
+    /// Sign and publish an artifact under a release id.
+    Publish(publish::Args),
+    /// Record that an artifact went live in an environment.
+    Pin(pins::PinArgs),
+    /// Which artifact was live in an environment at an instant.
+    Resolve(pins::ResolveArgs),
+    /// An environment's pins, newest first.
+    History(pins::HistoryArgs),
+    /// Download an artifact, verified against its digest.
+    Fetch(artifacts::FetchArgs),
+    /// Resolve, download and verify the artifact live at an instant, and
+    /// write it atomically.
+    Restore(artifacts::RestoreArgs),
+    /// List published artifacts.
+    List(artifacts::ListArgs),
+    /// Show one artifact's record.
+    Stat(artifacts::StatArgs),
+}
+
+async fn dispatch(cli: &Cli) -> exit::Outcome {
+    let (server, format) = (cli.server.as_str(), cli.output);
+    match &cli.command {
+        Command::Keygen(a) => keygen::run(a, format),
+        Command::Publish(a) => publish::run(a, server, format).await,
+        Command::Pin(a) => pins::pin(a, server, format).await,
+        Command::Resolve(a) => pins::resolve(a, server, format).await,
+        Command::History(a) => pins::history(a, server, format).await,
+        Command::Fetch(a) => artifacts::fetch(a, server, format).await,
+        Command::Restore(a) => artifacts::restore(a, server, format).await,
+        Command::List(a) => artifacts::list(a, server, format).await,
+        Command::Stat(a) => artifacts::stat(a, server, format).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(dispatch(&cli)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Exit codes and the failure type every command returns.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | unexpected failure (a bug, an I/O error on the local machine) |
+//! | 2 | usage error or invalid input; nothing was changed |
+//! | 3 | not found |
+//! | 4 | conflict: write-once (release id bound) or ordering (activation) |
+//! | 5 | verification failed: digest, signature or stored data does not check out |
+//! | 6 | server unavailable |
+
+use std::fmt;
+
+use tonic::{Code, Status};
+
+pub const OK: u8 = 0;
+pub const FAILURE: u8 = 1;
+pub const INVALID: u8 = 2;
+pub const NOT_FOUND: u8 = 3;
+pub const CONFLICT: u8 = 4;
+pub const VERIFY: u8 = 5;
+pub const UNAVAILABLE: u8 = 6;
+
+/// The exit-code table, for `--help`.
+pub const HELP: &str = "Exit codes:
+  0  success
+  1  unexpected failure
+  2  usage error or invalid input (nothing was changed)
+  3  not found
+  4  conflict: release id already bound, or activation out of order
+  5  verification failed (digest, signature or stored data)
+  6  server unavailable";
+
+/// A failed command: what to print and which code to exit with.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+        Self {
+            code,
+            error: error.into(),
+        }
+    }
+
+    /// Invalid input (exit 2).
+    pub fn invalid(error: impl fmt::Display) -> Self {
+        Self::new(INVALID, anyhow::anyhow!("{error}"))
+    }
+
+    /// Verification failed (exit 5).
+    pub fn verify(error: impl fmt::Display) -> Self {
+        Self::new(VERIFY, anyhow::anyhow!("verification failed: {error}"))
+    }
+}
+
+/// Exit code for a gRPC status.
+pub fn code_of(status: &Status) -> u8 {
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => INVALID,
+        Code::NotFound => NOT_FOUND,
+        Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => CONFLICT,
+        Code::DataLoss => VERIFY,
+        Code::Unavailable | Code::DeadlineExceeded => UNAVAILABLE,
+        _ => FAILURE,
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        let code = code_of(&status);
+        let what = match status.code() {
+            Code::AlreadyExists | Code::FailedPrecondition => "conflict",
+            Code::NotFound => "not found",
+            Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange => "rejected",
+            Code::DataLoss => "server reports data loss",
+            Code::Unavailable => "server unavailable",
+            _ => "server error",
+        };
+        Self::new(code, anyhow::anyhow!("{what}: {}", status.message()))
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Self::new(FAILURE, error)
+    }
+}
+
+impl From<stackpin_registry::Error> for Failure {
+    fn from(error: stackpin_registry::Error) -> Self {
+        use stackpin_registry::Kind;
+        let code = match error.kind() {
+            Kind::Invalid | Kind::TooLarge => INVALID,
+            Kind::NotFound => NOT_FOUND,
+            Kind::Conflict | Kind::Precondition => CONFLICT,
+            Kind::DataLoss => VERIFY,
+            Kind::Unavailable => UNAVAILABLE,
+            Kind::Internal => FAILURE,
+        };
+        Self::new(code, error)
+    }
+}
+
+/// A command's result.
+pub type Outcome<T = ()> = Result<T, Failure>;

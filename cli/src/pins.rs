@@ -1,0 +1,184 @@
+//! `stackpin pin`, `resolve` and `history`: the timeline of an environment.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use stackpin_proto::v1 as pb;
+use stackpin_registry::digest::Digest;
+use stackpin_registry::ids::{EnvName, Reason, ReleaseId};
+use stackpin_registry::time::Timestamp;
+
+use crate::exit::Outcome;
+use crate::view::{Format, PinView, ResolveView, wire_time};
+
+/// Names an artifact on the command line.
+#[derive(clap::Args, Clone)]
+#[group(required = true, multiple = false)]
+pub struct ArtifactArg {
+    /// The artifact's release id.
+    #[arg(long, value_parser = crate::parse::<ReleaseId>)]
+    pub release_id: Option<ReleaseId>,
+    /// The artifact's digest, sha256:<hex>.
+    #[arg(long, value_parser = crate::parse::<Digest>)]
+    pub digest: Option<Digest>,
+}
+
+impl ArtifactArg {
+    pub fn to_wire(&self) -> pb::ArtifactRef {
+        let r = match (&self.release_id, &self.digest) {
+            (Some(r), _) => pb::artifact_ref::Ref::ReleaseId(r.to_string()),
+            (None, Some(d)) => pb::artifact_ref::Ref::Digest(d.to_string()),
+            // clap requires exactly one of the two.
+            (None, None) => pb::artifact_ref::Ref::ReleaseId(String::new()),
+        };
+        pb::ArtifactRef { r#ref: Some(r) }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct PinArgs {
+    /// The environment the artifact went live in.
+    #[arg(long, value_parser = crate::parse::<EnvName>)]
+    env: EnvName,
+    #[command(flatten)]
+    artifact: ArtifactArg,
+    /// When it went live (RFC 3339 with offset); default: now, by the
+    /// registry's clock.
+    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    activated_at: Option<Timestamp>,
+    /// Why (recorded in the log).
+    #[arg(long, default_value = "", value_parser = crate::parse::<Reason>)]
+    reason: Reason,
+}
+
+pub async fn pin(args: &PinArgs, server: &str, format: Format) -> Outcome {
+    let mut client = crate::client::connect(server).await?;
+    let response = client
+        .pin(pb::PinRequest {
+            env: args.env.to_string(),
+            artifact: Some(args.artifact.to_wire()),
+            activated_at: args.activated_at.map(wire_time),
+            reason: args.reason.as_str().to_owned(),
+        })
+        .await?
+        .into_inner();
+    let pin: PinView = response
+        .pin
+        .as_ref()
+        .context("the registry answered without a pin")?
+        .into();
+    format.emit(&pin, || {
+        format!(
+            "pinned {} in {} as #{} from {}\ndigest     {}\nlog index  {}\n",
+            pin.release_id, pin.env, pin.seq, pin.activated_at, pin.digest, pin.log_index
+        )
+    });
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ResolveArgs {
+    /// The environment.
+    #[arg(long, value_parser = crate::parse::<EnvName>)]
+    pub env: EnvName,
+    /// The instant (RFC 3339 with offset), e.g. the database restore time.
+    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    pub at: Timestamp,
+    /// How close to a switch counts as ambiguous (e.g. 2s); default: the
+    /// registry's setting.
+    #[arg(long, value_parser = stackpin_registry::config::parse_duration)]
+    pub margin: Option<Duration>,
+}
+
+/// Asks the registry which pin was live; shared by `resolve` and `restore`.
+pub async fn ask(
+    client: &mut pb::registry_client::RegistryClient<tonic::transport::Channel>,
+    args: &ResolveArgs,
+) -> Outcome<(pb::ResolveResponse, ResolveView)> {
+    let response = client
+        .resolve(pb::ResolveRequest {
+            env: args.env.to_string(),
+            at: Some(wire_time(args.at)),
+            margin: args.margin.map(|m| prost_types::Duration {
+                seconds: i64::try_from(m.as_secs()).unwrap_or(i64::MAX),
+                nanos: i32::try_from(m.subsec_nanos()).unwrap_or(0),
+            }),
+        })
+        .await?
+        .into_inner();
+    let view = ResolveView::new(args.env.as_str(), args.at, &response)
+        .context("the registry answered without a pin")?;
+    Ok((response, view))
+}
+
+pub async fn resolve(args: &ResolveArgs, server: &str, format: Format) -> Outcome {
+    let mut client = crate::client::connect(server).await?;
+    let (_, view) = ask(&mut client, args).await?;
+    format.emit(&view, || view.text());
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct HistoryArgs {
+    /// The environment.
+    #[arg(long, value_parser = crate::parse::<EnvName>)]
+    env: EnvName,
+    /// Only pins activated strictly before this instant.
+    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    before: Option<Timestamp>,
+    /// Only pins activated at or after this instant.
+    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    since: Option<Timestamp>,
+    /// At most this many pins (newest first; at most 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Continue from a previous page.
+    #[arg(long, default_value = "")]
+    page_token: String,
+}
+
+#[derive(Serialize)]
+struct HistoryView {
+    env: String,
+    pins: Vec<PinView>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    next_page_token: String,
+}
+
+pub async fn history(args: &HistoryArgs, server: &str, format: Format) -> Outcome {
+    let mut client = crate::client::connect(server).await?;
+    let response = client
+        .history(pb::HistoryRequest {
+            env: args.env.to_string(),
+            before: args.before.map(wire_time),
+            since: args.since.map(wire_time),
+            limit: args.limit,
+            page_token: args.page_token.clone(),
+        })
+        .await?
+        .into_inner();
+    let view = HistoryView {
+        env: args.env.to_string(),
+        pins: response.pins.iter().map(PinView::from).collect(),
+        next_page_token: response.next_page_token,
+    };
+    format.emit(&view, || {
+        let mut out = String::new();
+        for p in &view.pins {
+            out.push_str(&p.line());
+            out.push('\n');
+        }
+        if view.pins.is_empty() {
+            out.push_str("no pins match\n");
+        }
+        if !view.next_page_token.is_empty() {
+            out.push_str(&format!(
+                "more: --page-token {}\n",
+                view.next_page_token
+            ));
+        }
+        out
+    });
+    Ok(())
+}

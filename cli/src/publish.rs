@@ -1,0 +1,120 @@
+//! `stackpin publish`: sign and upload an objectstack.json.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use stackpin_proto::v1 as pb;
+use stackpin_registry::digest::Digest;
+use stackpin_registry::ids::ReleaseId;
+use stackpin_registry::signing;
+
+use crate::exit::{Failure, Outcome};
+use crate::view::{ArtifactView, Format};
+
+/// Size of the chunks the artifact is sent in.
+const CHUNK: usize = 1024 * 1024;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The artifact (objectstack.json).
+    file: PathBuf,
+    /// The release id to bind the artifact to (write-once).
+    #[arg(long, value_parser = crate::parse::<ReleaseId>)]
+    release_id: ReleaseId,
+    /// Private key to sign with (PKCS#8 PEM, e.g. from `stackpin keygen` or
+    /// `openssl genpkey -algorithm ed25519`).
+    #[arg(long, required_unless_present = "envelope", conflicts_with = "envelope")]
+    key: Option<PathBuf>,
+    /// A DSSE envelope signed elsewhere (e.g. by a KMS), instead of --key.
+    #[arg(long)]
+    envelope: Option<PathBuf>,
+    /// Media type recorded with the artifact.
+    #[arg(long, default_value = "application/json")]
+    media_type: String,
+}
+
+#[derive(Serialize)]
+struct Published {
+    created: bool,
+    #[serde(flatten)]
+    artifact: ArtifactView,
+}
+
+pub async fn run(args: &Args, server: &str, format: Format) -> Outcome {
+    let bytes = std::fs::read(&args.file)
+        .map_err(|e| Failure::invalid(format!("reading {}: {e}", args.file.display())))?;
+    if bytes.is_empty() {
+        return Err(Failure::invalid(format!("{} is empty", args.file.display())));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return Err(Failure::invalid(format!(
+            "{} is not valid JSON (objectstack.json must be JSON): {e}",
+            args.file.display()
+        )));
+    }
+    let digest = Digest::of(&bytes);
+    let envelope = match (&args.key, &args.envelope) {
+        (Some(key), _) => {
+            let pem = std::fs::read_to_string(key)
+                .map_err(|e| Failure::invalid(format!("reading key {}: {e}", key.display())))?;
+            let key = signing::signing_key_from_pem(&pem)
+                .map_err(|e| Failure::invalid(format!("key {}: {e}", key.display())))?;
+            signing::sign_envelope(&signing::publish_statement(&args.release_id, &digest), &key)
+        }
+        (None, Some(path)) => std::fs::read(path)
+            .map_err(|e| Failure::invalid(format!("reading envelope {}: {e}", path.display())))?,
+        (None, None) => return Err(Failure::invalid("pass --key or --envelope")),
+    };
+
+    let mut client = crate::client::connect(server).await?;
+    let size = bytes.len();
+    let show_progress = size > 8 * CHUNK && std::io::stderr().is_terminal();
+    let header = pb::PublishRequest {
+        part: Some(pb::publish_request::Part::Header(pb::PublishHeader {
+            release_id: args.release_id.to_string(),
+            media_type: args.media_type.clone(),
+            envelope: envelope.into(),
+            size: size as u64,
+        })),
+    };
+    let body = bytes::Bytes::from(bytes);
+    let chunks = (0..size).step_by(CHUNK).map(move |start| {
+        let end = (start + CHUNK).min(size);
+        if show_progress {
+            eprint!("\rpublishing: {:>3}% of {size} bytes", end * 100 / size);
+            if end == size {
+                eprintln!();
+            }
+        }
+        pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Chunk(body.slice(start..end))),
+        }
+    });
+    let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
+    let response = client.publish(stream).await?.into_inner();
+    let artifact = response
+        .artifact
+        .as_ref()
+        .context("the registry answered without an artifact record")?;
+    if artifact.digest != digest.to_string() {
+        return Err(Failure::verify(format!(
+            "the registry recorded {} but the file hashes to {digest}",
+            artifact.digest
+        )));
+    }
+    let out = Published {
+        created: response.created,
+        artifact: artifact.into(),
+    };
+    format.emit(&out, || {
+        let state = if out.created {
+            "published"
+        } else {
+            "already published (same bytes); nothing changed"
+        };
+        format!("{state}\n{}", out.artifact.text())
+    });
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! What the CLI prints: wire records turned into plain, serializable views,
+//! rendered as text for people or JSON for scripts.
+
+use serde::Serialize;
+use stackpin_proto::v1 as pb;
+use stackpin_registry::time::Timestamp;
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+impl Format {
+    /// Prints `value` as JSON, or the text lines `text` makes.
+    pub fn emit<T: Serialize>(self, value: &T, text: impl FnOnce() -> String) {
+        match self {
+            Format::Json => match serde_json::to_string_pretty(value) {
+                Ok(json) => println!("{json}"),
+                Err(e) => eprintln!("error: printing JSON: {e}"),
+            },
+            Format::Text => println!("{}", text().trim_end()),
+        }
+    }
+}
+
+/// RFC 3339 text of a wire timestamp ("" when unset or invalid).
+pub fn time(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| Timestamp::from_parts(t.seconds, t.nanos).ok())
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// A wire timestamp from a domain one.
+pub fn wire_time(t: Timestamp) -> prost_types::Timestamp {
+    let (seconds, nanos) = t.to_parts();
+    prost_types::Timestamp { seconds, nanos }
+}
+
+#[derive(Serialize)]
+pub struct ArtifactView {
+    pub release_id: String,
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    pub recorded_at: String,
+    pub log_index: u64,
+    pub key_id: String,
+}
+
+impl From<&pb::Artifact> for ArtifactView {
+    fn from(a: &pb::Artifact) -> Self {
+        Self {
+            release_id: a.release_id.clone(),
+            digest: a.digest.clone(),
+            size: a.size,
+            media_type: a.media_type.clone(),
+            recorded_at: time(a.recorded_at.as_ref()),
+            log_index: a.log_index,
+            key_id: a.key_id.clone(),
+        }
+    }
+}
+
+impl ArtifactView {
+    pub fn text(&self) -> String {
+        format!(
+            "release    {}\ndigest     {}\nsize       {} bytes\nmedia type {}\nrecorded   {}\nlog index  {}\nsigned by  {}\n",
+            self.release_id,
+            self.digest,
+            self.size,
+            self.media_type,
+            self.recorded_at,
+            self.log_index,
+            self.key_id
+        )
+    }
+}
+
+#[derive(Serialize)]
+pub struct PinView {
+    pub env: String,
+    pub seq: u64,
+    pub release_id: String,
+    pub digest: String,
+    pub activated_at: String,
+    pub recorded_at: String,
+    pub actor: String,
+    pub reason: String,
+    pub log_index: u64,
+    pub entry_hash: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub prev_pin_hash: String,
+}
+
+impl From<&pb::Pin> for PinView {
+    fn from(p: &pb::Pin) -> Self {
+        Self {
+            env: p.env.clone(),
+            seq: p.seq,
+            release_id: p.release_id.clone(),
+            digest: p.digest.clone(),
+            activated_at: time(p.activated_at.as_ref()),
+            recorded_at: time(p.recorded_at.as_ref()),
+            actor: p.actor.clone(),
+            reason: p.reason.clone(),
+            log_index: p.log_index,
+            entry_hash: p.entry_hash.clone(),
+            prev_pin_hash: p.prev_pin_hash.clone(),
+        }
+    }
+}
+
+impl PinView {
+    /// One line: `#seq  activated_at  release  digest  reason`.
+    pub fn line(&self) -> String {
+        let reason = if self.reason.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", self.reason)
+        };
+        format!(
+            "#{:<5} {}  {}  {}{}",
+            self.seq, self.activated_at, self.release_id, self.digest, reason
+        )
+    }
+}
+
+/// The answer to resolve, as printed by `resolve` and `restore`.
+#[derive(Serialize)]
+pub struct ResolveView {
+    pub env: String,
+    pub at: String,
+    pub pin: PinView,
+    pub live_from: String,
+    /// Empty while the pin is still live.
+    pub live_until: Option<String>,
+    pub next: Option<PinView>,
+    pub near_switch: Option<BoundaryView>,
+}
+
+#[derive(Serialize)]
+pub struct BoundaryView {
+    pub before: PinView,
+    pub after: PinView,
+    /// Queried instant minus the switch instant, in seconds.
+    pub offset_seconds: f64,
+}
+
+impl ResolveView {
+    pub fn new(env: &str, at: Timestamp, r: &pb::ResolveResponse) -> Option<Self> {
+        let pin = r.pin.as_ref()?;
+        Some(Self {
+            env: env.to_owned(),
+            at: at.to_string(),
+            pin: pin.into(),
+            live_from: time(r.live_from.as_ref()),
+            live_until: r.live_until.as_ref().map(|t| time(Some(t))),
+            next: r.next.as_ref().map(PinView::from),
+            near_switch: r.near_switch.as_ref().and_then(|b| {
+                Some(BoundaryView {
+                    before: b.before.as_ref()?.into(),
+                    after: b.after.as_ref()?.into(),
+                    offset_seconds: b
+                        .offset
+                        .as_ref()
+                        .map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
+                })
+            }),
+        })
+    }
+
+    pub fn text(&self) -> String {
+        let until = self.live_until.as_deref().unwrap_or("(still live)");
+        let mut out = format!(
+            "env        {}\nat         {}\nrelease    {}\ndigest     {}\npin        #{} (log index {})\nlive       [{}, {})\n",
+            self.env,
+            self.at,
+            self.pin.release_id,
+            self.pin.digest,
+            self.pin.seq,
+            self.pin.log_index,
+            self.live_from,
+            until
+        );
+        if let Some(b) = &self.near_switch {
+            out.push_str(&self.warning(b));
+        }
+        out
+    }
+
+    fn warning(&self, b: &BoundaryView) -> String {
+        format!(
+            "warning    {} is {:.6}s {} the switch from {} (#{}) to {} (#{}) at {}; the database \
+             and registry clocks may disagree this close to a switch, so check which of the two \
+             the database matches\n",
+            self.at,
+            b.offset_seconds.abs(),
+            if b.offset_seconds < 0.0 { "before" } else { "after" },
+            b.before.release_id,
+            b.before.seq,
+            b.after.release_id,
+            b.after.seq,
+            b.after.activated_at
+        )
+    }
+}
