@@ -44,7 +44,9 @@ async fn download(client: &mut Client, what: pb::ArtifactRef) -> Outcome<(pb::Ar
     let mut hasher = Hasher::default();
     while let Some(message) = stream.message().await? {
         let Some(pb::get_artifact_response::Part::Chunk(chunk)) = message.part else {
-            return Err(Failure::verify("the registry sent a second artifact record"));
+            return Err(Failure::verify(
+                "the registry sent a second artifact record",
+            ));
         };
         if bytes.len() + chunk.len() > size {
             return Err(Failure::verify(format!(
@@ -54,7 +56,10 @@ async fn download(client: &mut Client, what: pb::ArtifactRef) -> Outcome<(pb::Ar
         hasher.update(&chunk);
         bytes.extend_from_slice(&chunk);
         if progress {
-            eprint!("\rdownloading: {:>3}% of {size} bytes", bytes.len() * 100 / size);
+            eprint!(
+                "\rdownloading: {:>3}% of {size} bytes",
+                bytes.len() * 100 / size
+            );
         }
     }
     if progress {
@@ -134,7 +139,9 @@ pub async fn fetch(args: &FetchArgs, server: &str, format: Format) -> Outcome {
         out: args.out.display().to_string(),
         artifact: (&artifact).into(),
     };
-    format.emit(&out, || format!("wrote {}\n{}", out.out, out.artifact.text()));
+    format.emit(&out, || {
+        format!("wrote {}\n{}", out.out, out.artifact.text())
+    });
     Ok(())
 }
 
@@ -164,7 +171,9 @@ pub async fn restore(args: &RestoreArgs, server: &str, format: Format) -> Outcom
         .map_err(|e| Failure::invalid(format!("--trusted-keys: {e}")))?;
     let mut client = crate::client::connect(server).await?;
     let (response, view) = ask(&mut client, &args.resolve).await?;
-    let pin = response.pin.context("the registry answered without a pin")?;
+    let pin = response
+        .pin
+        .context("the registry answered without a pin")?;
     let what = pb::ArtifactRef {
         r#ref: Some(pb::artifact_ref::Ref::ReleaseId(pin.release_id.clone())),
     };

@@ -17,7 +17,10 @@ pub async fn connect(server: &str) -> Outcome<RegistryClient<Channel>> {
         ));
     }
     let endpoint = Endpoint::from_shared(server.to_owned()).map_err(|e| {
-        Failure::new(INVALID, anyhow::anyhow!("server {server:?} is not a valid URL: {e}"))
+        Failure::new(
+            INVALID,
+            anyhow::anyhow!("server {server:?} is not a valid URL: {e}"),
+        )
     })?;
     let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(5))

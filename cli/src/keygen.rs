@@ -86,7 +86,12 @@ pub fn run(args: &Args, format: Format) -> Outcome {
     getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
     let key = SigningKey::from_bytes(&seed);
     let public_key = PublicKey::new(key.verifying_key());
-    write_new(&args.out, &signing::signing_key_to_pem(&key)?, 0o600, args.force)?;
+    write_new(
+        &args.out,
+        &signing::signing_key_to_pem(&key)?,
+        0o600,
+        args.force,
+    )?;
     write_new(&public, &public_key.to_pem()?, 0o644, args.force)?;
     let made = Made {
         private_key: args.out.display().to_string(),
@@ -108,7 +113,13 @@ mod tests {
 
     #[test]
     fn public_key_path_sits_beside_the_private_key() {
-        assert_eq!(public_path(Path::new("a/release.pem")), Path::new("a/release.pub.pem"));
-        assert_eq!(public_path(Path::new("release")), Path::new("release.pub.pem"));
+        assert_eq!(
+            public_path(Path::new("a/release.pem")),
+            Path::new("a/release.pub.pem")
+        );
+        assert_eq!(
+            public_path(Path::new("release")),
+            Path::new("release.pub.pem")
+        );
     }
 }

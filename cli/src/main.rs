@@ -22,7 +22,8 @@ fn parse<T>(text: &str) -> Result<T, String>
 where
     T: std::str::FromStr<Err = stackpin_registry::Error>,
 {
-    text.parse().map_err(|e: stackpin_registry::Error| e.to_string())
+    text.parse()
+        .map_err(|e: stackpin_registry::Error| e.to_string())
 }
 
 /// Publish, pin and restore ObjectOS artifacts with a stackpin registry.
@@ -30,7 +31,12 @@ where
 #[command(name = "stackpin", version, about, after_help = exit::HELP)]
 struct Cli {
     /// The registry's URL.
-    #[arg(long, global = true, env = "STACKPIN_SERVER", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "STACKPIN_SERVER",
+        default_value = "http://127.0.0.1:7070"
+    )]
     server: String,
     /// Output for people (text) or scripts (json).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
@@ -79,7 +85,10 @@ async fn dispatch(cli: &Cli) -> exit::Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");

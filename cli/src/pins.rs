@@ -173,10 +173,7 @@ pub async fn history(args: &HistoryArgs, server: &str, format: Format) -> Outcom
             out.push_str("no pins match\n");
         }
         if !view.next_page_token.is_empty() {
-            out.push_str(&format!(
-                "more: --page-token {}\n",
-                view.next_page_token
-            ));
+            out.push_str(&format!("more: --page-token {}\n", view.next_page_token));
         }
         out
     });

@@ -25,7 +25,11 @@ pub struct Args {
     release_id: ReleaseId,
     /// Private key to sign with (PKCS#8 PEM, e.g. from `stackpin keygen` or
     /// `openssl genpkey -algorithm ed25519`).
-    #[arg(long, required_unless_present = "envelope", conflicts_with = "envelope")]
+    #[arg(
+        long,
+        required_unless_present = "envelope",
+        conflicts_with = "envelope"
+    )]
     key: Option<PathBuf>,
     /// A DSSE envelope signed elsewhere (e.g. by a KMS), instead of --key.
     #[arg(long)]
@@ -46,7 +50,10 @@ pub async fn run(args: &Args, server: &str, format: Format) -> Outcome {
     let bytes = std::fs::read(&args.file)
         .map_err(|e| Failure::invalid(format!("reading {}: {e}", args.file.display())))?;
     if bytes.is_empty() {
-        return Err(Failure::invalid(format!("{} is empty", args.file.display())));
+        return Err(Failure::invalid(format!(
+            "{} is empty",
+            args.file.display()
+        )));
     }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
         return Err(Failure::invalid(format!(

@@ -197,7 +197,11 @@ impl ResolveView {
              the database matches\n",
             self.at,
             b.offset_seconds.abs(),
-            if b.offset_seconds < 0.0 { "before" } else { "after" },
+            if b.offset_seconds < 0.0 {
+                "before"
+            } else {
+                "after"
+            },
             b.before.release_id,
             b.before.seq,
             b.after.release_id,

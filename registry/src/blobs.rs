@@ -72,7 +72,9 @@ impl Blobs {
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(Error::new(
                     Kind::DataLoss,
-                    format!("artifact {digest} is recorded in the log but its blob {path} is missing"),
+                    format!(
+                        "artifact {digest} is recorded in the log but its blob {path} is missing"
+                    ),
                 ));
             }
             Err(e) => return Err(e.into()),
@@ -81,7 +83,9 @@ impl Blobs {
         if actual != *digest {
             return Err(Error::new(
                 Kind::DataLoss,
-                format!("stored blob {path} hashes to {actual}, not {digest}; it will not be served"),
+                format!(
+                    "stored blob {path} hashes to {actual}, not {digest}; it will not be served"
+                ),
             ));
         }
         Ok(bytes)
@@ -109,6 +113,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(blobs.get(&d).await.unwrap_err().kind(), Kind::DataLoss);
-        assert_eq!(blobs.put(&d, data).await.unwrap_err().kind(), Kind::DataLoss);
+        assert_eq!(
+            blobs.put(&d, data).await.unwrap_err().kind(),
+            Kind::DataLoss
+        );
     }
 }

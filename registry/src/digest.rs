@@ -58,7 +58,9 @@ impl FromStr for Digest {
     /// Parses `sha256:<64 hex>`.
     fn from_str(text: &str) -> Result<Self, Error> {
         let hex = text.strip_prefix("sha256:").ok_or_else(|| {
-            Error::invalid(format!("digest {text:?} must look like sha256:<64 hex digits>"))
+            Error::invalid(format!(
+                "digest {text:?} must look like sha256:<64 hex digits>"
+            ))
         })?;
         Self::from_hex(hex)
     }

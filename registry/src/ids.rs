@@ -149,7 +149,16 @@ mod tests {
     fn rejects_names_that_could_reach_a_path_or_a_terminal() {
         let too_long = "a".repeat(MAX_NAME_LEN + 1);
         for bad in [
-            "", "../etc", "a/b", "a..b", ".hidden", "-flag", "a b", "a\nb", "é", "a\\b",
+            "",
+            "../etc",
+            "a/b",
+            "a..b",
+            ".hidden",
+            "-flag",
+            "a b",
+            "a\nb",
+            "é",
+            "a\\b",
             too_long.as_str(),
         ] {
             let err = bad.parse::<ReleaseId>().unwrap_err();
@@ -160,7 +169,11 @@ mod tests {
 
     #[test]
     fn reasons_are_bounded_and_printable() {
-        assert!("rollback after incident 42 — see ticket".parse::<Reason>().is_ok());
+        assert!(
+            "rollback after incident 42 — see ticket"
+                .parse::<Reason>()
+                .is_ok()
+        );
         assert!("a\u{1b}[31mred".parse::<Reason>().is_err());
         assert!("two\nlines".parse::<Reason>().is_err());
         assert!("x".repeat(MAX_REASON_LEN + 1).parse::<Reason>().is_err());

@@ -204,7 +204,9 @@ impl Index {
                     None => (1, None),
                     Some(h) => (h.seq + 1, Some(h.entry_hash.clone())),
                 };
-                let in_order = head.as_ref().is_none_or(|h| p.activated_at >= h.activated_at);
+                let in_order = head
+                    .as_ref()
+                    .is_none_or(|h| p.activated_at >= h.activated_at);
                 if p.seq != expect_seq || p.prev_pin != expect_prev || !in_order {
                     return Err(Error::new(
                         Kind::DataLoss,

@@ -130,9 +130,10 @@ impl Log {
             .await
         {
             Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                Ok(false)
-            }
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
@@ -160,7 +161,10 @@ mod tests {
         let log = Log::new(Arc::new(InMemory::new()));
         assert!(log.append(0, Bytes::from_static(b"a")).await.unwrap());
         assert!(!log.append(0, Bytes::from_static(b"b")).await.unwrap());
-        assert_eq!(log.read(0).await.unwrap().unwrap(), Bytes::from_static(b"a"));
+        assert_eq!(
+            log.read(0).await.unwrap().unwrap(),
+            Bytes::from_static(b"a")
+        );
         assert_eq!(log.read(1).await.unwrap(), None);
         assert_eq!(Log::path(7).as_ref(), "log/entries/00000000000000000007");
     }

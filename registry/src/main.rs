@@ -32,7 +32,9 @@ async fn main() -> anyhow::Result<()> {
     let trusted = match &config.trusted_keys {
         Some(path) => TrustedKeys::load(path).context("loading trusted publisher keys")?,
         None => {
-            tracing::warn!("no --trusted-keys given: publishes will be refused until keys are configured");
+            tracing::warn!(
+                "no --trusted-keys given: publishes will be refused until keys are configured"
+            );
             TrustedKeys::default()
         }
     };

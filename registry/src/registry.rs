@@ -188,7 +188,14 @@ impl Registry {
                 Index::open(&dir)?
             }
         };
-        Self::open(Arc::new(store), index, trusted, limits, Arc::new(SystemClock)).await
+        Self::open(
+            Arc::new(store),
+            index,
+            trusted,
+            limits,
+            Arc::new(SystemClock),
+        )
+        .await
     }
 
     /// Opens a registry over any object store and index, catching the index
@@ -412,10 +419,9 @@ impl Registry {
                 .index
                 .artifact_by_release(r)?
                 .ok_or_else(|| Error::not_found(format!("release {r} is not published"))),
-            ArtifactRef::Digest(d) => self
-                .index
-                .artifact_by_digest(d)?
-                .ok_or_else(|| Error::not_found(format!("no artifact with digest {d} is published"))),
+            ArtifactRef::Digest(d) => self.index.artifact_by_digest(d)?.ok_or_else(|| {
+                Error::not_found(format!("no artifact with digest {d} is published"))
+            }),
         }
     }
 
@@ -467,7 +473,8 @@ impl Registry {
             .commit(|index| {
                 let head = index.env_head(env)?;
                 let now = self.clock.now();
-                let at = timeline::activation(head.as_ref(), activated_at, now, self.limits.clock_skew)?;
+                let at =
+                    timeline::activation(head.as_ref(), activated_at, now, self.limits.clock_skew)?;
                 Ok(Some(Entry::Pin(PinEntry {
                     env: env.clone(),
                     seq: head.as_ref().map_or(1, |h| h.seq + 1),

@@ -22,8 +22,8 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
 use ed25519_dalek::pkcs8::spki::{DecodePublicKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest as _, Sha256};
 
@@ -90,9 +90,8 @@ impl PublicKey {
     /// # Errors
     /// Invalid when the text is not an Ed25519 public key in PEM.
     pub fn from_pem(pem: &str) -> Result<Self, Error> {
-        let key = VerifyingKey::from_public_key_pem(pem).map_err(|e| {
-            Error::invalid(format!("not an Ed25519 public key in PEM (SPKI): {e}"))
-        })?;
+        let key = VerifyingKey::from_public_key_pem(pem)
+            .map_err(|e| Error::invalid(format!("not an Ed25519 public key in PEM (SPKI): {e}")))?;
         Ok(Self::new(key))
     }
 
@@ -142,14 +141,12 @@ impl TrustedKeys {
     /// Invalid when the path cannot be read, a file is not a public key, or
     /// no key is found at all.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let meta = std::fs::metadata(path).map_err(|e| {
-            Error::invalid(format!("trusted keys {}: {e}", path.display()))
-        })?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::invalid(format!("trusted keys {}: {e}", path.display())))?;
         let mut files = Vec::new();
         if meta.is_dir() {
-            let entries = std::fs::read_dir(path).map_err(|e| {
-                Error::invalid(format!("trusted keys {}: {e}", path.display()))
-            })?;
+            let entries = std::fs::read_dir(path)
+                .map_err(|e| Error::invalid(format!("trusted keys {}: {e}", path.display())))?;
             for entry in entries {
                 let entry = entry
                     .map_err(|e| Error::invalid(format!("trusted keys {}: {e}", path.display())))?;
@@ -351,9 +348,10 @@ fn parse_statement(payload: &[u8]) -> Result<(ReleaseId, Digest), Error> {
         )));
     };
     let release_id = subject.name.parse::<ReleaseId>()?;
-    let hex = subject.digest.get("sha256").ok_or_else(|| {
-        Error::invalid("in-toto subject has no sha256 digest")
-    })?;
+    let hex = subject
+        .digest
+        .get("sha256")
+        .ok_or_else(|| Error::invalid("in-toto subject has no sha256 digest"))?;
     Ok((release_id, Digest::from_hex(hex)?))
 }
 
@@ -438,15 +436,36 @@ mod tests {
     fn malformed_envelopes_get_specific_errors() {
         let k = key(1);
         let t = trusted(&[&k]);
-        assert!(verify_envelope(b"not json", &t).unwrap_err().message().contains("not valid JSON"));
+        assert!(
+            verify_envelope(b"not json", &t)
+                .unwrap_err()
+                .message()
+                .contains("not valid JSON")
+        );
         let wrong_type = br#"{"payloadType":"text/plain","payload":"","signatures":[]}"#;
-        assert!(verify_envelope(wrong_type, &t).unwrap_err().message().contains("payloadType"));
-        let no_sigs = br#"{"payloadType":"application/vnd.in-toto+json","payload":"","signatures":[]}"#;
-        assert!(verify_envelope(no_sigs, &t).unwrap_err().message().contains("no signatures"));
+        assert!(
+            verify_envelope(wrong_type, &t)
+                .unwrap_err()
+                .message()
+                .contains("payloadType")
+        );
+        let no_sigs =
+            br#"{"payloadType":"application/vnd.in-toto+json","payload":"","signatures":[]}"#;
+        assert!(
+            verify_envelope(no_sigs, &t)
+                .unwrap_err()
+                .message()
+                .contains("no signatures")
+        );
         // Two subjects.
         let payload = br#"{"_type":"https://in-toto.io/Statement/v1","subject":[{"name":"a","digest":{"sha256":"00"}},{"name":"b","digest":{}}],"predicateType":"x"}"#;
         let env = sign_envelope(payload, &k);
-        assert!(verify_envelope(&env, &t).unwrap_err().message().contains("exactly one"));
+        assert!(
+            verify_envelope(&env, &t)
+                .unwrap_err()
+                .message()
+                .contains("exactly one")
+        );
     }
 
     #[test]

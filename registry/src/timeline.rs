@@ -158,18 +158,30 @@ mod tests {
     #[test]
     fn default_activation_is_now_but_never_before_the_head() {
         assert_eq!(activation(None, None, t(100), SKEW).unwrap(), t(100));
-        assert_eq!(activation(Some(&head(1, t(90))), None, t(100), SKEW).unwrap(), t(100));
+        assert_eq!(
+            activation(Some(&head(1, t(90))), None, t(100), SKEW).unwrap(),
+            t(100)
+        );
         // The clock stepped back below the head: the head's instant is used.
-        assert_eq!(activation(Some(&head(1, t(120))), None, t(100), SKEW).unwrap(), t(120));
+        assert_eq!(
+            activation(Some(&head(1, t(120))), None, t(100), SKEW).unwrap(),
+            t(120)
+        );
     }
 
     #[test]
     fn requested_activation_must_not_go_back_or_too_far_ahead() {
         let h = head(3, t(100));
-        assert_eq!(activation(Some(&h), Some(t(100)), t(200), SKEW).unwrap(), t(100));
+        assert_eq!(
+            activation(Some(&h), Some(t(100)), t(200), SKEW).unwrap(),
+            t(100)
+        );
         let err = activation(Some(&h), Some(t(99)), t(200), SKEW).unwrap_err();
         assert!(err.message().contains("never go back"), "{err}");
-        assert_eq!(activation(None, Some(t(205)), t(200), SKEW).unwrap(), t(205));
+        assert_eq!(
+            activation(None, Some(t(205)), t(200), SKEW).unwrap(),
+            t(205)
+        );
         let err = activation(None, Some(t(206)), t(200), SKEW).unwrap_err();
         assert!(err.message().contains("future"), "{err}");
     }
@@ -180,10 +192,16 @@ mod tests {
         let m = Duration::from_secs(2);
         // Just after b's start: the a->b switch.
         let s = near_switch(t(201), Some(&a), &b, Some(&c), m).unwrap();
-        assert_eq!((s.before.seq, s.after.seq, s.offset_micros), (1, 2, 1_000_000));
+        assert_eq!(
+            (s.before.seq, s.after.seq, s.offset_micros),
+            (1, 2, 1_000_000)
+        );
         // Just before c's start: the b->c switch, negative offset.
         let s = near_switch(t(299), Some(&a), &b, Some(&c), m).unwrap();
-        assert_eq!((s.before.seq, s.after.seq, s.offset_micros), (2, 3, -1_000_000));
+        assert_eq!(
+            (s.before.seq, s.after.seq, s.offset_micros),
+            (2, 3, -1_000_000)
+        );
         // Middle of the interval, and the first pin's start (no switch there).
         assert!(near_switch(t(250), Some(&a), &b, Some(&c), m).is_none());
         assert!(near_switch(t(100), None, &a, Some(&b), m).is_none());

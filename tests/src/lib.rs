@@ -1,0 +1,233 @@
+//! Harness for end-to-end tests: the real `stackpin-registry` binary on
+//! 127.0.0.1:0 with a scratch data folder, driven by the real `stackpin` CLI.
+//!
+//! The binaries are found beside the test executable (`target/<profile>/`),
+//! so the workspace's binaries must be built first (`cargo build --workspace`,
+//! which the README's test command does).
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `target/<profile>/`, where cargo puts the workspace's binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    dir.to_path_buf()
+}
+
+/// Path of a workspace binary, checked to exist.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A running registry process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<String>>,
+    args: Vec<String>,
+}
+
+impl Server {
+    /// Starts `stackpin-registry` on 127.0.0.1:0 over `data_dir` with extra
+    /// flags, and waits until it listens.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::spawn(data_dir, args)
+    }
+
+    fn spawn(data_dir: &Path, args: Vec<String>) -> Self {
+        let mut child = Command::new(bin("stackpin-registry"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start stackpin-registry");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let deadline = Duration::from_secs(30);
+        let addr = match rx.recv_timeout(deadline) {
+            Ok(addr) => addr.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "stackpin-registry did not start within {deadline:?}; its log:\n{}",
+                    log.lock().unwrap_or_else(|e| e.into_inner())
+                );
+            }
+        };
+        Self {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            log,
+            args,
+        }
+    }
+
+    /// The server URL for `--server`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Kills the process without warning (SIGKILL).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for its exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                panic!("stackpin-registry did not stop within 20s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops gracefully and starts again with the same folder and flags.
+    pub fn restart(self) -> Self {
+        let (dir, args) = (self.data_dir.clone(), self.args.clone());
+        let status = self.stop();
+        assert!(status.success(), "graceful stop exited with {status}");
+        Self::spawn(&dir, args)
+    }
+
+    /// Kills without warning and starts again with the same folder and flags.
+    pub fn crash_and_restart(self) -> Self {
+        let (dir, args) = (self.data_dir.clone(), self.args.clone());
+        self.kill();
+        Self::spawn(&dir, args)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a CLI run produced.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns stdout.
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "expected success:\n{self:#?}");
+        &self.stdout
+    }
+
+    /// Asserts the exit code and that stderr mentions `needle`.
+    pub fn fails(&self, code: i32, needle: &str) -> &Self {
+        assert_eq!(self.code, code, "expected exit {code}:\n{self:#?}");
+        assert!(
+            self.stderr.contains(needle),
+            "expected stderr to mention {needle:?}:\n{self:#?}"
+        );
+        self
+    }
+
+    /// Parses stdout as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self:#?}"))
+    }
+}
+
+/// Runs the `stackpin` CLI in `cwd` against `server` (a URL).
+pub fn stackpin(cwd: &Path, server: &str, args: &[&str]) -> Run {
+    let out = Command::new(bin("stackpin"))
+        .current_dir(cwd)
+        .env("STACKPIN_SERVER", server)
+        .env_remove("STACKPIN_TRUSTED_KEYS")
+        .args(args)
+        .output()
+        .expect("run stackpin");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The log entry files in a data folder, sorted.
+pub fn log_entries(data_dir: &Path) -> Vec<String> {
+    let dir = data_dir.join("log/entries");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.') && !n.contains('#'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The blob files in a data folder, sorted.
+pub fn blobs(data_dir: &Path) -> Vec<String> {
+    let dir = data_dir.join("blobs/sha256");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

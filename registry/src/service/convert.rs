@@ -112,8 +112,9 @@ pub fn page_token<T: std::str::FromStr>(token: &str) -> Result<Option<T>> {
     if token.is_empty() {
         return Ok(None);
     }
-    token
-        .parse()
-        .map(Some)
-        .map_err(|_| Error::invalid(format!("page token {token:?} is not one this server issued")))
+    token.parse().map(Some).map_err(|_| {
+        Error::invalid(format!(
+            "page token {token:?} is not one this server issued"
+        ))
+    })
 }

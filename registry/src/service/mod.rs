@@ -87,12 +87,16 @@ impl pb::registry_server::Registry for RegistryService {
         // damaged bytes are never served, not even in part.
         let bytes = self.registry.artifact_bytes(&record).await?;
         let head = pb::GetArtifactResponse {
-            part: Some(pb::get_artifact_response::Part::Artifact(convert::artifact(&record))),
+            part: Some(pb::get_artifact_response::Part::Artifact(
+                convert::artifact(&record),
+            )),
         };
         let chunks = (0..bytes.len()).step_by(CHUNK_BYTES).map(move |start| {
             let end = (start + CHUNK_BYTES).min(bytes.len());
             Ok(pb::GetArtifactResponse {
-                part: Some(pb::get_artifact_response::Part::Chunk(bytes.slice(start..end))),
+                part: Some(pb::get_artifact_response::Part::Chunk(
+                    bytes.slice(start..end),
+                )),
             })
         });
         let stream = futures::stream::iter(std::iter::once(Ok(head)).chain(chunks));

@@ -16,7 +16,10 @@ impl From<Error> for Status {
             Kind::DataLoss => Code::DataLoss,
             Kind::Internal => Code::Internal,
         };
-        if matches!(err.kind(), Kind::Internal | Kind::DataLoss | Kind::Unavailable) {
+        if matches!(
+            err.kind(),
+            Kind::Internal | Kind::DataLoss | Kind::Unavailable
+        ) {
             tracing::error!(kind = ?err.kind(), error = %err, "request failed");
         }
         Status::new(code, err.message())

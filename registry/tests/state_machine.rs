@@ -1,0 +1,526 @@
+//! The registry's state machine over an in-memory store with a fake clock:
+//! publish and pin rules, every rejected input writing nothing, resolve
+//! against a naive model, and rebuilding the index from the log.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use object_store::memory::InMemory;
+use object_store::{ObjectStore, ObjectStoreExt};
+use proptest::prelude::*;
+use stackpin_registry::digest::Digest;
+use stackpin_registry::ids::{EnvName, Reason, ReleaseId};
+use stackpin_registry::index::Index;
+use stackpin_registry::registry::{ArtifactRef, HistoryQuery, Limits, Published};
+use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
+use stackpin_registry::time::{Clock, Timestamp};
+use stackpin_registry::{Kind, Registry};
+
+struct FakeClock(AtomicI64);
+
+impl Clock for FakeClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_micros(self.0.load(Ordering::SeqCst)).unwrap()
+    }
+}
+
+const SECOND: i64 = 1_000_000;
+/// 2026-01-01T00:00:00Z.
+const EPOCH: i64 = 1_767_225_600 * SECOND;
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_micros(EPOCH + secs * SECOND).unwrap()
+}
+
+fn publisher() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+struct Fixture {
+    store: Arc<InMemory>,
+    clock: Arc<FakeClock>,
+    registry: Registry,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        Self::with_limits(Limits {
+            max_artifact_bytes: 4096,
+            ..Limits::default()
+        })
+        .await
+    }
+
+    async fn with_limits(limits: Limits) -> Self {
+        let store = Arc::new(InMemory::new());
+        let clock = Arc::new(FakeClock(AtomicI64::new(EPOCH + 1_000_000 * SECOND)));
+        let registry = open(store.clone(), clock.clone(), limits).await;
+        Self {
+            store,
+            clock,
+            registry,
+        }
+    }
+
+    async fn publish(&self, release: &str, body: &[u8]) -> stackpin_registry::Result<Published> {
+        let rid: ReleaseId = release.parse()?;
+        let env = signing::sign_envelope(
+            &signing::publish_statement(&rid, &Digest::of(body)),
+            &publisher(),
+        );
+        self.publish_with(release, &env, body).await
+    }
+
+    async fn publish_with(
+        &self,
+        release: &str,
+        envelope: &[u8],
+        body: &[u8],
+    ) -> stackpin_registry::Result<Published> {
+        let mut p = self
+            .registry
+            .begin_publish(release, "", envelope, body.len() as u64)?;
+        for chunk in body.chunks(7) {
+            p.push(chunk)?;
+        }
+        self.registry.finish_publish(p).await
+    }
+
+    async fn pin(
+        &self,
+        env: &str,
+        release: &str,
+        at: Option<Timestamp>,
+    ) -> stackpin_registry::Result<u64> {
+        let env: EnvName = env.parse()?;
+        let what = ArtifactRef::Release(release.parse()?);
+        let p = self
+            .registry
+            .pin(&env, &what, at, &Reason::default(), "tester")
+            .await?;
+        Ok(p.seq)
+    }
+
+    async fn object_count(&self) -> usize {
+        use futures::TryStreamExt;
+        self.store
+            .list(None)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .len()
+    }
+}
+
+async fn open(store: Arc<InMemory>, clock: Arc<FakeClock>, limits: Limits) -> Registry {
+    let trusted = TrustedKeys::new([PublicKey::new(publisher().verifying_key())]);
+    Registry::open(store, Index::temporary().unwrap(), trusted, limits, clock)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn publish_is_write_once_per_release_id() {
+    let f = Fixture::new().await;
+    let first = f.publish("r1", br#"{"v":1}"#).await.unwrap();
+    assert!(first.created);
+    let again = f.publish("r1", br#"{"v":1}"#).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.artifact, first.artifact);
+    let err = f.publish("r1", br#"{"v":2}"#).await.unwrap_err();
+    assert_eq!(err.kind(), Kind::Conflict);
+    assert!(
+        err.message().contains(&first.artifact.digest.to_string()),
+        "{err}"
+    );
+    // The same bytes under another release id are a new, separate binding.
+    assert!(f.publish("r2", br#"{"v":1}"#).await.unwrap().created);
+    let stored = f
+        .registry
+        .artifact_bytes(
+            &f.registry
+                .artifact(&ArtifactRef::Release("r1".parse().unwrap()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&stored[..], br#"{"v":1}"#);
+}
+
+#[tokio::test]
+async fn every_rejected_publish_writes_nothing() {
+    let f = Fixture::new().await;
+    f.publish("base", b"{}").await.unwrap();
+    let before = f.object_count().await;
+    let rid: ReleaseId = "r1".parse().unwrap();
+    let body = br#"{"ok":true}"#;
+    let good = signing::sign_envelope(
+        &signing::publish_statement(&rid, &Digest::of(body)),
+        &publisher(),
+    );
+    let stranger = SigningKey::from_bytes(&[7; 32]);
+    let untrusted = signing::sign_envelope(
+        &signing::publish_statement(&rid, &Digest::of(body)),
+        &stranger,
+    );
+    let mut tampered: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    tampered["signatures"][0]["sig"] = base64_of(&[0u8; 64]).into();
+    let tampered = serde_json::to_vec(&tampered).unwrap();
+    let other_subject = signing::sign_envelope(
+        &signing::publish_statement(&"r9".parse().unwrap(), &Digest::of(body)),
+        &publisher(),
+    );
+    let sign_for = |bytes: &[u8]| {
+        signing::sign_envelope(
+            &signing::publish_statement(&rid, &Digest::of(bytes)),
+            &publisher(),
+        )
+    };
+    let big = format!("[{}]", "1,".repeat(3000) + "1");
+    // (what, release id, envelope, bytes, expected kind, message mentions)
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, Vec<u8>, Kind, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "empty",
+            "r1",
+            sign_for(b""),
+            b"".to_vec(),
+            Kind::Invalid,
+            "empty",
+        ),
+        (
+            "not json",
+            "r1",
+            sign_for(b"{nope"),
+            b"{nope".to_vec(),
+            Kind::Invalid,
+            "not valid JSON",
+        ),
+        (
+            "too large",
+            "r1",
+            sign_for(big.as_bytes()),
+            big.clone().into_bytes(),
+            Kind::TooLarge,
+            "limit",
+        ),
+        (
+            "untrusted key",
+            "r1",
+            untrusted,
+            body.to_vec(),
+            Kind::Invalid,
+            "does not verify",
+        ),
+        (
+            "bad signature",
+            "r1",
+            tampered,
+            body.to_vec(),
+            Kind::Invalid,
+            "does not verify",
+        ),
+        (
+            "digest mismatch",
+            "r1",
+            good.clone(),
+            br#"{"ok":false}"#.to_vec(),
+            Kind::Invalid,
+            "hash to",
+        ),
+        (
+            "subject names another release",
+            "r1",
+            other_subject,
+            body.to_vec(),
+            Kind::Invalid,
+            "subject",
+        ),
+        (
+            "bad release id",
+            "../r1",
+            good.clone(),
+            body.to_vec(),
+            Kind::Invalid,
+            "release id",
+        ),
+        (
+            "not an envelope",
+            "r1",
+            b"{}".to_vec(),
+            body.to_vec(),
+            Kind::Invalid,
+            "DSSE",
+        ),
+    ];
+    for (what, release, envelope, bytes, kind, needle) in cases {
+        let err = f
+            .publish_with(release, &envelope, &bytes)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), kind, "{what}: {err}");
+        assert!(err.message().contains(needle), "{what}: {err}");
+        assert_eq!(f.object_count().await, before, "{what} wrote something");
+    }
+    // An announced size over the limit is refused before any byte is sent.
+    let err = f
+        .registry
+        .begin_publish("r1", "", &good, 1 << 20)
+        .unwrap_err();
+    assert_eq!(err.kind(), Kind::TooLarge);
+    // A conflicting release id is refused at the header, before the bytes.
+    let base_other = signing::sign_envelope(
+        &signing::publish_statement(&"base".parse().unwrap(), &Digest::of(b"[]")),
+        &publisher(),
+    );
+    let err = f
+        .registry
+        .begin_publish("base", "", &base_other, 2)
+        .unwrap_err();
+    assert_eq!(err.kind(), Kind::Conflict);
+    assert_eq!(f.object_count().await, before);
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn pins_are_contiguous_chained_and_never_go_back_in_time() {
+    let f = Fixture::new().await;
+    f.publish("r1", b"[1]").await.unwrap();
+    f.publish("r2", b"[2]").await.unwrap();
+    assert_eq!(f.pin("prod", "r1", Some(t(10))).await.unwrap(), 1);
+    assert_eq!(
+        f.pin("prod", "r2", Some(t(10))).await.unwrap(),
+        2,
+        "equal instants are allowed"
+    );
+    assert_eq!(
+        f.pin("staging", "r2", Some(t(5))).await.unwrap(),
+        1,
+        "per-environment order"
+    );
+    let before = f.object_count().await;
+
+    let err = f.pin("prod", "r1", Some(t(9))).await.unwrap_err();
+    assert_eq!(err.kind(), Kind::Precondition);
+    let now = f.clock.now();
+    let err = f
+        .pin(
+            "prod",
+            "r1",
+            Some(now.saturating_add_micros(5 * SECOND + 1)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Kind::Precondition, "{err}");
+    let err = f.pin("prod", "nope", None).await.unwrap_err();
+    assert_eq!(err.kind(), Kind::NotFound);
+    assert_eq!(
+        f.object_count().await,
+        before,
+        "rejected pins wrote nothing"
+    );
+
+    // Within the skew is fine; the default is the registry's clock.
+    assert_eq!(
+        f.pin("prod", "r1", Some(now.saturating_add_micros(5 * SECOND)))
+            .await
+            .unwrap(),
+        3
+    );
+    f.clock.0.fetch_add(60 * SECOND, Ordering::SeqCst);
+    assert_eq!(f.pin("prod", "r2", None).await.unwrap(), 4);
+    let env: EnvName = "prod".parse().unwrap();
+    let page = f.registry.history(&env, &HistoryQuery::default()).unwrap();
+    let seqs: Vec<u64> = page.pins.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, vec![4, 3, 2, 1]);
+    assert_eq!(page.pins[0].activated_at, f.clock.now());
+    assert_eq!(page.pins[3].prev_pin, None);
+    for w in page.pins.windows(2) {
+        assert_eq!(w[0].prev_pin.as_deref(), Some(w[1].entry_hash.as_str()));
+    }
+    assert!(page.pins.iter().all(|p| p.actor == "tester"));
+}
+
+#[tokio::test]
+async fn resolve_answers_intervals_boundaries_and_before_the_first_pin() {
+    let f = Fixture::new().await;
+    for r in ["r1", "r2", "r3"] {
+        f.publish(r, format!("\"{r}\"").as_bytes()).await.unwrap();
+    }
+    f.pin("prod", "r1", Some(t(100))).await.unwrap();
+    f.pin("prod", "r2", Some(t(200))).await.unwrap();
+    f.pin("prod", "r3", Some(t(300))).await.unwrap();
+    let env: EnvName = "prod".parse().unwrap();
+
+    let err = f.registry.resolve(&env, t(99), None).unwrap_err();
+    assert_eq!(err.kind(), Kind::NotFound);
+    assert!(err.message().contains(&t(100).to_string()), "{err}");
+    let err = f
+        .registry
+        .resolve(&"qa".parse().unwrap(), t(99), None)
+        .unwrap_err();
+    assert_eq!(err.kind(), Kind::NotFound);
+
+    let r = f.registry.resolve(&env, t(100), None).unwrap();
+    assert_eq!((r.pin.seq, r.next.as_ref().map(|n| n.seq)), (1, Some(2)));
+    assert!(
+        r.near_switch.is_none(),
+        "the first pin's start is no switch"
+    );
+    let r = f.registry.resolve(&env, t(150), None).unwrap();
+    assert_eq!(r.pin.release_id.as_str(), "r1");
+    assert_eq!(r.next.unwrap().activated_at, t(200));
+    let r = f.registry.resolve(&env, t(200), None).unwrap();
+    assert_eq!(r.pin.release_id.as_str(), "r2");
+    let b = r.near_switch.unwrap();
+    assert_eq!((b.before.seq, b.after.seq, b.offset_micros), (1, 2, 0));
+    let r = f
+        .registry
+        .resolve(&env, t(199), Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(r.near_switch.is_none(), "outside a narrower margin");
+    let r = f.registry.resolve(&env, t(10_000), None).unwrap();
+    assert_eq!((r.pin.seq, r.next), (3, None));
+}
+
+#[tokio::test]
+async fn history_pages_with_before_and_since() {
+    let f = Fixture::new().await;
+    f.publish("r1", b"1").await.unwrap();
+    for i in 0..10 {
+        f.pin("prod", "r1", Some(t(i * 10))).await.unwrap();
+    }
+    let env: EnvName = "prod".parse().unwrap();
+    let q = |before: Option<i64>, since: Option<i64>, limit: usize, from_seq: Option<u64>| {
+        HistoryQuery {
+            before: before.map(t),
+            since: since.map(t),
+            limit,
+            from_seq,
+        }
+    };
+    let seqs = |q: HistoryQuery| {
+        let page = f.registry.history(&env, &q).unwrap();
+        (
+            page.pins.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            page.next,
+        )
+    };
+    assert_eq!(seqs(q(None, None, 3, None)), (vec![10, 9, 8], Some(7)));
+    assert_eq!(seqs(q(None, None, 3, Some(7))), (vec![7, 6, 5], Some(4)));
+    assert_eq!(seqs(q(None, None, 0, Some(1))), (vec![1], None));
+    // before is exclusive, since inclusive: pins at 30..=60 are seqs 4..=7.
+    assert_eq!(
+        seqs(q(Some(70), Some(30), 10, None)),
+        (vec![7, 6, 5, 4], None)
+    );
+    assert_eq!(seqs(q(Some(0), None, 10, None)), (vec![], None));
+    assert_eq!(seqs(q(None, Some(91), 10, None)), (vec![], None));
+}
+
+#[tokio::test]
+async fn a_new_index_rebuilt_from_the_log_gives_identical_answers() {
+    let f = Fixture::new().await;
+    f.publish("r1", b"[1]").await.unwrap();
+    f.publish("r2", b"[2]").await.unwrap();
+    f.pin("prod", "r1", Some(t(1))).await.unwrap();
+    f.pin("prod", "r2", Some(t(2))).await.unwrap();
+    let env: EnvName = "prod".parse().unwrap();
+    let fresh = open(f.store.clone(), f.clock.clone(), Limits::default()).await;
+    for at in [1, 2, 3] {
+        assert_eq!(
+            fresh.resolve(&env, t(at), None).unwrap(),
+            f.registry.resolve(&env, t(at), None).unwrap()
+        );
+    }
+    assert_eq!(
+        fresh.history(&env, &HistoryQuery::default()).unwrap(),
+        f.registry.history(&env, &HistoryQuery::default()).unwrap()
+    );
+    assert_eq!(
+        fresh.list_artifacts(None, 0).unwrap(),
+        f.registry.list_artifacts(None, 0).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_tampered_log_entry_is_refused_at_open() {
+    let f = Fixture::new().await;
+    f.publish("r1", b"[1]").await.unwrap();
+    f.pin("prod", "r1", Some(t(1))).await.unwrap();
+    f.pin("prod", "r1", Some(t(2))).await.unwrap();
+    // Rewrite pin #1 with another instant: #2's previous-pin hash no longer matches.
+    let path = stackpin_registry::log::Log::path(1);
+    let bytes = f.store.get(&path).await.unwrap().bytes().await.unwrap();
+    let text = String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .replace(&t(1).to_string(), &t(0).to_string());
+    f.store.put(&path, text.into_bytes().into()).await.unwrap();
+    let trusted = TrustedKeys::new([PublicKey::new(publisher().verifying_key())]);
+    let err = Registry::open(
+        f.store.clone(),
+        Index::temporary().unwrap(),
+        trusted,
+        Limits::default(),
+        f.clock.clone(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(err.kind(), Kind::DataLoss);
+    assert!(err.message().contains("chain is broken"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Resolve through the index equals a linear scan over the pins.
+    #[test]
+    fn resolve_matches_a_linear_scan(
+        gaps in prop::collection::vec(0i64..5, 1..25),
+        queries in prop::collection::vec(-3i64..130, 1..40),
+        margin in 0i64..3,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let f = Fixture::new().await;
+            f.publish("a", b"0").await.unwrap();
+            f.publish("b", b"1").await.unwrap();
+            let mut times = Vec::new();
+            let mut at = 0;
+            for (i, gap) in gaps.iter().enumerate() {
+                at += gap; // gaps of 0 give equal instants
+                f.pin("e", if i % 2 == 0 { "a" } else { "b" }, Some(t(at))).await.unwrap();
+                times.push(at);
+            }
+            let env: EnvName = "e".parse().unwrap();
+            let margin_d = Duration::from_secs(margin as u64);
+            for q in &queries {
+                let got = f.registry.resolve(&env, t(*q), Some(margin_d));
+                // Model: the last pin (highest seq) with time <= q.
+                let live = times.iter().rposition(|p| *p <= *q);
+                match live {
+                    None => prop_assert_eq!(got.unwrap_err().kind(), Kind::NotFound),
+                    Some(i) => {
+                        let r = got.unwrap();
+                        prop_assert_eq!(r.pin.seq, i as u64 + 1);
+                        prop_assert_eq!(r.pin.activated_at, t(times[i]));
+                        prop_assert_eq!(r.next.as_ref().map(|n| n.activated_at), times.get(i + 1).map(|x| t(*x)));
+                        let near_start = i > 0 && q - times[i] <= margin;
+                        let near_end = times.get(i + 1).is_some_and(|n| n - q <= margin);
+                        prop_assert_eq!(r.near_switch.is_some(), near_start || near_end);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+}

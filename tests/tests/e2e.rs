@@ -1,0 +1,688 @@
+//! The publish → pin → resolve → restore path, end to end: the real server
+//! binary over loopback and the real CLI, on the embedded default storage.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+use std::path::Path;
+use std::process::Command;
+
+use stackpin_tests::{Server, blobs, log_entries, stackpin};
+use tempfile::TempDir;
+
+const T1: &str = "2026-03-01T10:00:00Z";
+const T2: &str = "2026-03-01T11:00:00Z";
+const T3: &str = "2026-03-01T12:00:00Z";
+
+/// A publisher key made by OpenSSL, as pipelines often do.
+fn openssl_key(dir: &Path, name: &str) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("trusted/{name}.pub.pem"));
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .status()
+        .expect("run openssl")
+        .success();
+    assert!(ok, "openssl genpkey failed");
+    let ok = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .expect("run openssl")
+        .success();
+    assert!(ok, "openssl pkey -pubout failed");
+}
+
+struct World {
+    dir: TempDir,
+    server: Server,
+}
+
+impl World {
+    /// A registry trusting two publishers: one key from `stackpin keygen`,
+    /// one from OpenSSL.
+    fn new(extra: &[&str]) -> Self {
+        let dir = TempDir::new().unwrap();
+        std::fs::create_dir(dir.path().join("trusted")).unwrap();
+        let run = stackpin(
+            dir.path(),
+            "http://127.0.0.1:1",
+            &["keygen", "--out", "ci.pem"],
+        );
+        run.ok();
+        std::fs::rename(
+            dir.path().join("ci.pub.pem"),
+            dir.path().join("trusted/ci.pub.pem"),
+        )
+        .unwrap();
+        openssl_key(dir.path(), "ops");
+        let trusted = dir.path().join("trusted");
+        let data = dir.path().join("data");
+        let mut args = vec!["--trusted-keys", trusted.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let server = Server::start(&data, &args);
+        Self { dir, server }
+    }
+
+    fn cli(&self, args: &[&str]) -> stackpin_tests::Run {
+        stackpin(self.dir.path(), &self.server.url(), args)
+    }
+
+    fn write(&self, name: &str, body: &[u8]) {
+        std::fs::write(self.dir.path().join(name), body).unwrap();
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(name)).unwrap()
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.server.data_dir.clone()
+    }
+
+    /// Three artifacts published and pinned at T1, T2, T3 in prod.
+    fn three_releases(&self) {
+        for (i, key) in [(1, "ci.pem"), (2, "ops.pem"), (3, "ci.pem")] {
+            let name = format!("a{i}.json");
+            self.write(
+                &name,
+                format!("{{\"release\":{i},\"objects\":[]}}\n").as_bytes(),
+            );
+            let out = self
+                .cli(&[
+                    "--output",
+                    "json",
+                    "publish",
+                    &name,
+                    "--release-id",
+                    &format!("rel-{i}"),
+                    "--key",
+                    key,
+                ])
+                .json();
+            assert_eq!(out["created"], true);
+        }
+        for (i, at) in [(1, T1), (2, T2), (3, T3)] {
+            let out = self
+                .cli(&[
+                    "--output",
+                    "json",
+                    "pin",
+                    "--env",
+                    "prod",
+                    "--release-id",
+                    &format!("rel-{i}"),
+                    "--activated-at",
+                    at,
+                    "--reason",
+                    &format!("deploy {i}"),
+                ])
+                .json();
+            assert_eq!(out["seq"], i);
+        }
+    }
+
+    /// The answers an operator would get, as JSON text, for comparing across
+    /// restarts.
+    fn answers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for at in [
+            T1,
+            "2026-03-01T10:30:00Z",
+            T2,
+            "2026-03-01T11:59:59.500Z",
+            T3,
+            "2027-01-01T00:00:00Z",
+        ] {
+            out.push(
+                self.cli(&["--output", "json", "resolve", "--env", "prod", "--at", at])
+                    .ok()
+                    .to_owned(),
+            );
+        }
+        out.push(
+            self.cli(&["--output", "json", "history", "--env", "prod"])
+                .ok()
+                .to_owned(),
+        );
+        out.push(self.cli(&["--output", "json", "list"]).ok().to_owned());
+        out.push(
+            self.cli(&["--output", "json", "stat", "--release-id", "rel-2"])
+                .ok()
+                .to_owned(),
+        );
+        out
+    }
+}
+
+fn resolve_release(w: &World, at: &str) -> String {
+    let v = w
+        .cli(&["--output", "json", "resolve", "--env", "prod", "--at", at])
+        .json();
+    v["pin"]["release_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn publish_pin_resolve_restore_round_trip_and_survive_restarts() {
+    let w = World::new(&[]);
+    w.three_releases();
+
+    // Before the first pin: not found, naming the first pin's time.
+    w.cli(&[
+        "resolve",
+        "--env",
+        "prod",
+        "--at",
+        "2026-03-01T09:59:59.999999Z",
+    ])
+    .fails(3, "2026-03-01T10:00:00.000000Z");
+    // On a switch the new pin is live (inclusive start); between, the old one.
+    assert_eq!(resolve_release(&w, T1), "rel-1");
+    assert_eq!(resolve_release(&w, "2026-03-01T10:59:59.999999Z"), "rel-1");
+    assert_eq!(resolve_release(&w, T2), "rel-2");
+    assert_eq!(
+        resolve_release(&w, "2026-03-01T11:30:00+01:00"),
+        "rel-1",
+        "offsets are honoured"
+    );
+    assert_eq!(resolve_release(&w, "2030-01-01T00:00:00Z"), "rel-3");
+
+    let v = w
+        .cli(&[
+            "--output",
+            "json",
+            "resolve",
+            "--env",
+            "prod",
+            "--at",
+            "2026-03-01T10:30:00Z",
+        ])
+        .json();
+    assert_eq!(v["live_from"], "2026-03-01T10:00:00.000000Z");
+    assert_eq!(v["live_until"], "2026-03-01T11:00:00.000000Z");
+    assert!(v["near_switch"].is_null());
+    let v = w
+        .cli(&[
+            "--output",
+            "json",
+            "resolve",
+            "--env",
+            "prod",
+            "--at",
+            "2026-03-01T10:59:59Z",
+        ])
+        .json();
+    assert_eq!(v["near_switch"]["before"]["release_id"], "rel-1");
+    assert_eq!(v["near_switch"]["after"]["release_id"], "rel-2");
+    assert_eq!(v["near_switch"]["offset_seconds"], -1.0);
+    let v = w
+        .cli(&[
+            "--output",
+            "json",
+            "resolve",
+            "--env",
+            "prod",
+            "--at",
+            "2026-03-01T10:59:59Z",
+            "--margin",
+            "500ms",
+        ])
+        .json();
+    assert!(
+        v["near_switch"].is_null(),
+        "a per-request margin narrows the window"
+    );
+    let v = w
+        .cli(&["--output", "json", "resolve", "--env", "prod", "--at", T3])
+        .json();
+    assert!(v["live_until"].is_null(), "the latest pin is still live");
+
+    // Restore at instants in each interval: the bytes come back exactly.
+    for (at, want) in [
+        (T1, "a1.json"),
+        ("2026-03-01T11:15:00Z", "a2.json"),
+        ("2031-01-01T00:00:00Z", "a3.json"),
+    ] {
+        let out = w
+            .cli(&[
+                "--output",
+                "json",
+                "restore",
+                "--env",
+                "prod",
+                "--at",
+                at,
+                "--out",
+                "restored.json",
+                "--trusted-keys",
+                "trusted",
+            ])
+            .json();
+        assert_eq!(w.read("restored.json"), w.read(want), "restore at {at}");
+        assert!(out["signed_by"].as_str().is_some_and(|k| k.len() == 64));
+    }
+    let text = w.cli(&[
+        "restore",
+        "--env",
+        "prod",
+        "--at",
+        T2,
+        "--out",
+        "r2.json",
+        "--trusted-keys",
+        "trusted",
+    ]);
+    let text = text.ok();
+    assert!(
+        text.contains("rel-2")
+            && text.contains("[2026-03-01T11:00:00.000000Z, 2026-03-01T12:00:00.000000Z)"),
+        "{text}"
+    );
+
+    // fetch by digest and by release id.
+    let stat = w
+        .cli(&["--output", "json", "stat", "--release-id", "rel-2"])
+        .json();
+    let digest = stat["digest"].as_str().unwrap().to_owned();
+    w.cli(&["fetch", "--digest", &digest, "--out", "by-digest.json"])
+        .ok();
+    assert_eq!(w.read("by-digest.json"), w.read("a2.json"));
+    w.cli(&["fetch", "--release-id", "rel-3", "--out", "by-id.json"])
+        .ok();
+    assert_eq!(w.read("by-id.json"), w.read("a3.json"));
+
+    // History: newest first, chained, paged, filtered.
+    let h = w
+        .cli(&["--output", "json", "history", "--env", "prod"])
+        .json();
+    let pins = h["pins"].as_array().unwrap();
+    assert_eq!(
+        pins.iter()
+            .map(|p| p["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![3, 2, 1]
+    );
+    assert_eq!(pins[0]["prev_pin_hash"], pins[1]["entry_hash"]);
+    assert_eq!(pins[1]["prev_pin_hash"], pins[2]["entry_hash"]);
+    assert_eq!(pins[2]["reason"], "deploy 1");
+    let h = w
+        .cli(&[
+            "--output", "json", "history", "--env", "prod", "--limit", "2",
+        ])
+        .json();
+    assert_eq!(h["pins"].as_array().unwrap().len(), 2);
+    let token = h["next_page_token"].as_str().unwrap().to_owned();
+    let h = w
+        .cli(&[
+            "--output",
+            "json",
+            "history",
+            "--env",
+            "prod",
+            "--page-token",
+            &token,
+        ])
+        .json();
+    assert_eq!(h["pins"][0]["seq"], 1);
+    let h = w
+        .cli(&[
+            "--output", "json", "history", "--env", "prod", "--before", T3, "--since", T2,
+        ])
+        .json();
+    assert_eq!(h["pins"].as_array().unwrap().len(), 1);
+    assert_eq!(h["pins"][0]["release_id"], "rel-2");
+
+    // Restart: identical answers.
+    let before = w.answers();
+    let World { dir, server } = w;
+    let w = World {
+        dir,
+        server: server.restart(),
+    };
+    assert_eq!(w.answers(), before, "answers changed across a restart");
+
+    // Delete the index: it is rebuilt from the log, answers identical.
+    let status = {
+        let World { dir, server } = w;
+        let data = server.data_dir.clone();
+        let args = [
+            "--trusted-keys",
+            dir.path()
+                .join("trusted")
+                .to_str()
+                .unwrap()
+                .to_owned()
+                .leak(),
+        ];
+        assert!(server.stop().success());
+        std::fs::remove_dir_all(data.join("index")).unwrap();
+        let server = Server::start(&data, &args);
+        assert!(
+            server.log().contains("index caught up with the log"),
+            "{}",
+            server.log()
+        );
+        World { dir, server }
+    };
+    assert_eq!(
+        status.answers(),
+        before,
+        "answers changed after rebuilding the index"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let w = World::new(&["--max-artifact-bytes", "2048"]);
+    w.write("ok.json", b"{\"ok\":true}");
+    w.cli(&[
+        "publish",
+        "ok.json",
+        "--release-id",
+        "base",
+        "--key",
+        "ci.pem",
+    ])
+    .ok();
+    w.cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--release-id",
+        "base",
+        "--activated-at",
+        T2,
+    ])
+    .ok();
+    let entries = log_entries(&w.data());
+    let stored = blobs(&w.data());
+    assert_eq!((entries.len(), stored.len()), (2, 1));
+
+    w.write("empty.json", b"");
+    w.write("bad.json", b"{\"unterminated\": ");
+    w.write("big.json", format!("[{}0]", "0,".repeat(2000)).as_bytes());
+    w.write("other.json", b"{\"other\":true}");
+    // A stranger's key, not in the trusted folder.
+    stackpin(
+        w.dir.path(),
+        &w.server.url(),
+        &["keygen", "--out", "stranger.pem"],
+    )
+    .ok();
+
+    w.cli(&[
+        "publish",
+        "empty.json",
+        "--release-id",
+        "r1",
+        "--key",
+        "ci.pem",
+    ])
+    .fails(2, "is empty");
+    w.cli(&[
+        "publish",
+        "bad.json",
+        "--release-id",
+        "r1",
+        "--key",
+        "ci.pem",
+    ])
+    .fails(2, "not valid JSON");
+    w.cli(&[
+        "publish",
+        "big.json",
+        "--release-id",
+        "r1",
+        "--key",
+        "ci.pem",
+    ])
+    .fails(2, "limit");
+    w.cli(&[
+        "publish",
+        "ok.json",
+        "--release-id",
+        "r1",
+        "--key",
+        "stranger.pem",
+    ])
+    .fails(2, "does not verify");
+    w.cli(&[
+        "publish",
+        "other.json",
+        "--release-id",
+        "base",
+        "--key",
+        "ci.pem",
+    ])
+    .fails(4, "already bound to sha256:");
+    for bad in ["../etc", "a/b", "a..b", "-x", "with space", ""] {
+        let (rid, env) = (format!("--release-id={bad}"), format!("--env={bad}"));
+        w.cli(&["publish", "ok.json", &rid, "--key", "ci.pem"])
+            .fails(2, "release id");
+        w.cli(&["pin", &env, "--release-id", "base"])
+            .fails(2, "environment name");
+    }
+
+    // An envelope signed for other bytes, or tampered with: refused by the server.
+    let envelope = signed_envelope(&w, "r1", b"{\"something\":\"else\"}");
+    w.write("env.json", &envelope);
+    w.cli(&[
+        "publish",
+        "ok.json",
+        "--release-id",
+        "r1",
+        "--envelope",
+        "env.json",
+    ])
+    .fails(2, "signed for");
+    let mut tampered: serde_json::Value =
+        serde_json::from_slice(&signed_envelope(&w, "r1", b"{\"ok\":true}")).unwrap();
+    let sig = tampered["signatures"][0]["sig"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let flipped = if sig.starts_with('A') {
+        sig.replacen('A', "B", 1)
+    } else {
+        format!("A{}", &sig[1..])
+    };
+    tampered["signatures"][0]["sig"] = flipped.into();
+    w.write("tampered.json", &serde_json::to_vec(&tampered).unwrap());
+    w.cli(&[
+        "publish",
+        "ok.json",
+        "--release-id",
+        "r1",
+        "--envelope",
+        "tampered.json",
+    ])
+    .fails(2, "does not verify");
+    w.write("notenv.json", b"[]");
+    w.cli(&[
+        "publish",
+        "ok.json",
+        "--release-id",
+        "r1",
+        "--envelope",
+        "notenv.json",
+    ])
+    .fails(2, "DSSE");
+
+    // Times: naive, unparseable, out of order, too far in the future.
+    w.cli(&["resolve", "--env", "prod", "--at", "2026-03-01T10:00:00"])
+        .fails(2, "no UTC offset");
+    w.cli(&["resolve", "--env", "prod", "--at", "last tuesday"])
+        .fails(2, "not RFC 3339");
+    w.cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--release-id",
+        "base",
+        "--activated-at",
+        "2026-03-01 10:00",
+    ])
+    .fails(2, "RFC 3339");
+    w.cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--release-id",
+        "base",
+        "--activated-at",
+        T1,
+    ])
+    .fails(4, "never go back in time");
+    w.cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--release-id",
+        "base",
+        "--activated-at",
+        "2999-01-01T00:00:00Z",
+    ])
+    .fails(4, "in the future");
+    w.cli(&["pin", "--env", "prod", "--release-id", "unknown"])
+        .fails(3, "not published");
+    w.cli(&["pin", "--env", "prod", "--digest", "sha256:abc"])
+        .fails(2, "64 hex digits");
+    w.cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--release-id",
+        "base",
+        "--reason",
+        "two\nlines",
+    ])
+    .fails(2, "control character");
+    w.cli(&["history", "--env", "staging"]).fails(3, "no pins");
+
+    // Restore verifies locally: with the wrong trusted keys, exit 5 and no file.
+    std::fs::create_dir(w.dir.path().join("wrong")).unwrap();
+    std::fs::copy(
+        w.dir.path().join("stranger.pub.pem"),
+        w.dir.path().join("wrong/stranger.pub.pem"),
+    )
+    .unwrap();
+    w.cli(&[
+        "restore",
+        "--env",
+        "prod",
+        "--at",
+        T3,
+        "--out",
+        "restored.json",
+        "--trusted-keys",
+        "wrong",
+    ])
+    .fails(5, "verification failed");
+    assert!(
+        !w.dir.path().join("restored.json").exists(),
+        "a failed restore wrote its file"
+    );
+
+    assert_eq!(
+        log_entries(&w.data()),
+        entries,
+        "a rejected request wrote a log entry"
+    );
+    assert_eq!(blobs(&w.data()), stored, "a rejected request wrote a blob");
+    let list = w.cli(&["--output", "json", "list"]).json();
+    assert_eq!(list["artifacts"].as_array().unwrap().len(), 1);
+}
+
+/// Signs a DSSE envelope for `body` under `release` with the CI key, using
+/// the same library a pipeline's own signer could.
+fn signed_envelope(w: &World, release: &str, body: &[u8]) -> Vec<u8> {
+    use stackpin_registry::signing;
+    let pem = String::from_utf8(w.read("ci.pem")).unwrap();
+    let key = signing::signing_key_from_pem(&pem).unwrap();
+    let digest = stackpin_registry::digest::Digest::of(body);
+    signing::sign_envelope(
+        &signing::publish_statement(&release.parse().unwrap(), &digest),
+        &key,
+    )
+}
+
+#[test]
+fn an_acknowledged_publish_and_pin_survive_kill_9() {
+    let w = World::new(&[]);
+    w.write("a.json", b"{\"durable\":true}");
+    w.cli(&[
+        "publish",
+        "a.json",
+        "--release-id",
+        "durable",
+        "--key",
+        "ops.pem",
+    ])
+    .ok();
+    w.cli(&["pin", "--env", "prod", "--release-id", "durable"])
+        .ok();
+    // No pause: the acknowledgement alone must mean durable.
+    let World { dir, server } = w;
+    let w = World {
+        dir,
+        server: server.crash_and_restart(),
+    };
+    let v = w
+        .cli(&[
+            "--output",
+            "json",
+            "resolve",
+            "--env",
+            "prod",
+            "--at",
+            "2999-01-01T00:00:00Z",
+        ])
+        .json();
+    assert_eq!(v["pin"]["release_id"], "durable");
+    w.cli(&[
+        "restore",
+        "--env",
+        "prod",
+        "--at",
+        "2999-01-01T00:00:00Z",
+        "--out",
+        "back.json",
+        "--trusted-keys",
+        "trusted",
+    ])
+    .ok();
+    assert_eq!(w.read("back.json"), w.read("a.json"));
+}
+
+#[test]
+fn artifacts_larger_than_one_message_stream_both_ways() {
+    let w = World::new(&[]);
+    // ~10 MiB of JSON: more than tonic's 4 MiB default message size.
+    let mut body = String::from("[");
+    while body.len() < 10 * 1024 * 1024 {
+        body.push_str("\"0123456789abcdef0123456789abcdef\",");
+    }
+    body.push_str("0]");
+    w.write("big.json", body.as_bytes());
+    w.cli(&[
+        "publish",
+        "big.json",
+        "--release-id",
+        "big",
+        "--key",
+        "ci.pem",
+    ])
+    .ok();
+    w.cli(&["fetch", "--release-id", "big", "--out", "big-back.json"])
+        .ok();
+    assert_eq!(w.read("big-back.json"), body.as_bytes());
+}
+
+#[test]
+fn the_server_stops_cleanly_on_sigterm() {
+    let w = World::new(&[]);
+    let status = w.server.stop();
+    assert!(status.success(), "exit status {status}");
+}
