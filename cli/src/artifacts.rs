@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 use stackpin_proto::v1 as pb;
 use stackpin_registry::digest::{Digest, Hasher};
-use stackpin_registry::signing::{self, TrustedKeys};
+use stackpin_registry::proof::{ProvedEntry, RestoreProof};
+use stackpin_registry::signing::TrustedKeys;
 use tonic::transport::Channel;
 
 use crate::exit::{Failure, Outcome};
@@ -19,7 +20,10 @@ type Client = pb::registry_client::RegistryClient<Channel>;
 
 /// Downloads an artifact and checks its bytes against the digest the
 /// registry recorded for it.
-async fn download(client: &mut Client, what: pb::ArtifactRef) -> Outcome<(pb::Artifact, Vec<u8>)> {
+pub async fn download(
+    client: &mut Client,
+    what: pb::ArtifactRef,
+) -> Outcome<(pb::Artifact, Vec<u8>)> {
     let mut stream = client
         .get_artifact(pb::GetArtifactRequest {
             artifact: Some(what),
@@ -78,11 +82,13 @@ async fn download(client: &mut Client, what: pb::ArtifactRef) -> Outcome<(pb::Ar
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it, synced,
 /// then renamed over it. A reader never sees a partial file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Outcome {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Outcome {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::invalid(format!("cannot create {}: {e}", dir.display())))?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".stackpin-")
         .tempfile_in(&dir)
@@ -156,21 +162,66 @@ pub struct RestoreArgs {
     /// public-key file or a folder of *.pem.
     #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
     trusted_keys: PathBuf,
+    /// The log's verifier key (as `stackpin-registry key` prints it), or a
+    /// file holding it.
+    #[arg(long, env = "STACKPIN_LOG_KEY")]
+    log_key: String,
 }
 
 #[derive(Serialize)]
 struct Restored {
     out: String,
+    proof: String,
     signed_by: String,
+    checkpoint_size: u64,
     #[serde(flatten)]
     resolution: ResolveView,
 }
 
-pub async fn restore(args: &RestoreArgs, server: &str, format: Format) -> Outcome {
+fn proved_entry(what: &str, e: Option<pb::ProvedEntry>) -> Outcome<ProvedEntry> {
+    let e = e.ok_or_else(|| Failure::verify(format!("the registry sent no {what}")))?;
+    let proof = e
+        .proof
+        .iter()
+        .map(|h| {
+            h.as_ref()
+                .try_into()
+                .map_err(|_| Failure::verify(format!("a proof hash of the {what} is not 32 bytes")))
+        })
+        .collect::<Outcome<Vec<_>>>()?;
+    Ok(ProvedEntry {
+        index: e.index,
+        entry: e.entry,
+        proof,
+    })
+}
+
+pub async fn restore(
+    args: &RestoreArgs,
+    server: &str,
+    state: Option<&Path>,
+    format: Format,
+) -> Outcome {
     let trusted = TrustedKeys::load(&args.trusted_keys)
         .map_err(|e| Failure::invalid(format!("--trusted-keys: {e}")))?;
+    let log_key = crate::trust::log_key(&args.log_key)?;
     let mut client = crate::client::connect(server).await?;
     let (response, view) = ask(&mut client, &args.resolve).await?;
+    let note = response
+        .checkpoint
+        .as_ref()
+        .map(|c| c.note.clone())
+        .ok_or_else(|| Failure::verify("the registry sent no checkpoint"))?;
+    let checkpoint = crate::trust::accept_checkpoint(&mut client, &note, &log_key, state).await?;
+    let proof = RestoreProof {
+        checkpoint: note,
+        publish: proved_entry("publish entry", response.publish_entry.clone())?,
+        pin: proved_entry("pin entry", response.pin_entry.clone())?,
+        next: match response.next_entry.clone() {
+            Some(e) => Some(proved_entry("next pin entry", Some(e))?),
+            None => None,
+        },
+    };
     let pin = response
         .pin
         .context("the registry answered without a pin")?;
@@ -184,20 +235,34 @@ pub async fn restore(args: &RestoreArgs, server: &str, format: Format) -> Outcom
             pin.release_id, pin.digest, artifact.release_id, artifact.digest
         )));
     }
-    let attestation = signing::verify_envelope(&artifact.envelope, &trusted)
-        .map_err(|e| Failure::verify(format!("publisher signature: {e}")))?;
-    if attestation.release_id.as_str() != pin.release_id
-        || attestation.digest.to_string() != pin.digest
+    // Everything below is checked against the signed checkpoint, not
+    // taken from the answer: the entries must say what the answer says.
+    let verified = proof
+        .verify(&bytes, &log_key, &trusted)
+        .map_err(Failure::verify)?;
+    let at = args.resolve.at;
+    let (from, until) = verified.interval();
+    if verified.pin.env != args.resolve.env
+        || verified.pin.seq != pin.seq
+        || at < from
+        || until.is_some_and(|u| at >= u)
     {
         return Err(Failure::verify(format!(
-            "the signed statement names {} {}, not the pinned {} {}",
-            attestation.release_id, attestation.digest, pin.release_id, pin.digest
+            "the proved pin (#{} of {}, live [{from}, {})) does not cover {at} in {}",
+            verified.pin.seq,
+            verified.pin.env,
+            until.map_or_else(|| "still live".to_owned(), |u| u.to_string()),
+            args.resolve.env
         )));
     }
+    let proof_file = crate::verify::proof_path(&args.out);
     write_atomic(&args.out, &bytes)?;
+    write_atomic(&proof_file, proof.to_tlog_proof().as_bytes())?;
     let out = Restored {
         out: args.out.display().to_string(),
-        signed_by: attestation.key_id.to_string(),
+        proof: proof_file.display().to_string(),
+        signed_by: verified.key_id.to_string(),
+        checkpoint_size: checkpoint.size,
         resolution: view,
     };
     if let Some(b) = &out.resolution.near_switch {
@@ -209,10 +274,12 @@ pub async fn restore(args: &RestoreArgs, server: &str, format: Format) -> Outcom
     }
     format.emit(&out, || {
         format!(
-            "restored {}\n{}verified   sha256 matches; signed by trusted key {}\n",
+            "restored {}\n{}verified   sha256, publisher signature ({}), log inclusion of publish, pin and successor in checkpoint {}\nproof      {}\n",
             out.out,
             out.resolution.text(),
-            out.signed_by
+            out.signed_by,
+            out.checkpoint_size,
+            out.proof
         )
     });
     Ok(())

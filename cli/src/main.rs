@@ -6,8 +6,11 @@ mod artifacts;
 mod client;
 mod exit;
 mod keygen;
+mod keys;
 mod pins;
 mod publish;
+mod trust;
+mod verify;
 mod view;
 
 use std::process::ExitCode;
@@ -41,6 +44,10 @@ struct Cli {
     /// Output for people (text) or scripts (json).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     output: Format,
+    /// Where the last verified checkpoint of each log is kept (default:
+    /// $XDG_CONFIG_HOME/stackpin or ~/.config/stackpin).
+    #[arg(long, global = true, env = "STACKPIN_STATE_DIR")]
+    state_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,10 +73,21 @@ enum Command {
     List(artifacts::ListArgs),
     /// Show one artifact's record.
     Stat(artifacts::StatArgs),
+    /// Fetch, verify and remember the log's latest checkpoint.
+    Checkpoint(verify::CheckpointArgs),
+    /// Check an artifact and its .tlog-proof offline.
+    Verify(verify::VerifyArgs),
+    /// Check the whole log: entries, root, signatures, pin chains, blobs.
+    Audit(verify::AuditArgs),
+    /// Manage trusted publisher keys (each change is a log entry).
+    #[command(subcommand)]
+    Key(keys::Command),
 }
 
 async fn dispatch(cli: &Cli) -> exit::Outcome {
     let (server, format) = (cli.server.as_str(), cli.output);
+    let state = trust::state_dir(cli.state_dir.as_deref());
+    let state = state.as_deref();
     match &cli.command {
         Command::Keygen(a) => keygen::run(a, format),
         Command::Publish(a) => publish::run(a, server, format).await,
@@ -77,9 +95,13 @@ async fn dispatch(cli: &Cli) -> exit::Outcome {
         Command::Resolve(a) => pins::resolve(a, server, format).await,
         Command::History(a) => pins::history(a, server, format).await,
         Command::Fetch(a) => artifacts::fetch(a, server, format).await,
-        Command::Restore(a) => artifacts::restore(a, server, format).await,
+        Command::Restore(a) => artifacts::restore(a, server, state, format).await,
         Command::List(a) => artifacts::list(a, server, format).await,
         Command::Stat(a) => artifacts::stat(a, server, format).await,
+        Command::Checkpoint(a) => verify::checkpoint(a, server, state, format).await,
+        Command::Verify(a) => verify::verify(a, format),
+        Command::Audit(a) => verify::audit(a, server, state, format).await,
+        Command::Key(c) => keys::run(c, server, format).await,
     }
 }
 

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::error::{Error, Kind, Result};
+use crate::note::{DEFAULT_ORIGIN, NoteSigner};
 use crate::registry::{DEFAULT_MAX_ARTIFACT_BYTES, Limits};
+use crate::signing;
 
 /// Parses a duration such as `5s`, `1500ms` or `2m` (non-negative).
 ///
@@ -20,12 +23,84 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from(d).map_err(|_| format!("{text:?} must not be negative"))
 }
 
-/// `stackpin-registry` settings.
+/// Where the data lives and which key signs the log.
 #[derive(Clone, Debug, clap::Args)]
-pub struct ServerConfig {
+pub struct LogKeyArgs {
     /// Folder holding artifact blobs, the log and the index.
     #[arg(long, env = "STACKPIN_DATA_DIR", default_value = "stackpin-data")]
     pub data_dir: PathBuf,
+
+    /// The log's Ed25519 signing key (PKCS#8 PEM). Default:
+    /// <data-dir>/log-key.pem, generated on first start. Replicas sharing a
+    /// bucket must share this key.
+    #[arg(long, env = "STACKPIN_LOG_KEY")]
+    pub log_key: Option<PathBuf>,
+
+    /// The log's origin: the first line of its checkpoints and its key name.
+    #[arg(long, env = "STACKPIN_LOG_ORIGIN", default_value = DEFAULT_ORIGIN)]
+    pub log_origin: String,
+}
+
+impl LogKeyArgs {
+    /// Loads the log key, generating the default one if it does not exist yet.
+    ///
+    /// # Errors
+    /// When a configured key file is missing or unreadable, or the origin is
+    /// not a valid key name.
+    pub fn signer(&self) -> Result<NoteSigner> {
+        let (path, may_create) = match &self.log_key {
+            Some(p) => (p.clone(), false),
+            None => (self.data_dir.join("log-key.pem"), true),
+        };
+        let pem = match std::fs::read_to_string(&path) {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => create_key(&path)?,
+            Err(e) => {
+                return Err(Error::invalid(format!("log key {}: {e}", path.display())));
+            }
+        };
+        let key = signing::signing_key_from_pem(&pem)
+            .map_err(|e| Error::invalid(format!("log key {}: {e}", path.display())))?;
+        NoteSigner::new(&self.log_origin, key)
+            .map_err(|e| Error::invalid(format!("--log-origin: {e}")))
+    }
+}
+
+fn create_key(path: &std::path::Path) -> Result<String> {
+    use std::io::Write as _;
+    let unavailable = |e: std::io::Error| {
+        Error::new(
+            Kind::Unavailable,
+            format!("creating log key {}: {e}", path.display()),
+        )
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(unavailable)?;
+    }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| Error::internal(format!("no system randomness: {e}")))?;
+    let pem = signing::signing_key_to_pem(&ed25519_dalek::SigningKey::from_bytes(&seed))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(unavailable)?;
+    file.write_all(pem.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(unavailable)?;
+    tracing::info!(path = %path.display(), "generated a new log signing key");
+    Ok(pem)
+}
+
+/// `stackpin-registry` settings.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerConfig {
+    #[command(flatten)]
+    pub log: LogKeyArgs,
 
     /// Address to serve gRPC on.
     #[arg(long, env = "STACKPIN_LISTEN", default_value = "127.0.0.1:7070")]

@@ -11,7 +11,14 @@
 //! e/<env>                             EnvHead (JSON): latest pin of the env
 //! p/<env>/<seq u64 BE>                PinRecord (JSON)
 //! t/<env>/<activated_at key><seq BE>  (empty): time-ordered pins, for resolve
+//! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
+//! n/<level u8><index u64 BE>          32-byte hash of a complete Merkle subtree
 //! ```
+//!
+//! The `n/` keys hold every *complete* (perfect, aligned) subtree of the
+//! RFC 6962 tree over the log, level 0 being the leaf hashes. Such a subtree
+//! never changes once complete, so it is written once, when its last leaf is
+//! applied; any root or proof is then O(log n) lookups.
 //!
 //! Release ids and env names never contain `/`, so the separators are
 //! unambiguous. sled flushes on its own every 500 ms; entries applied but not
@@ -25,7 +32,8 @@ use sled::{Batch, Tree};
 use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
 use crate::ids::{EnvName, ReleaseId};
-use crate::log::{Entry, leaf_hash};
+use crate::log::{Entry, KeyAction};
+use crate::merkle::{self, Hash, NodeSource};
 use crate::signing::KeyId;
 use crate::time::Timestamp;
 
@@ -67,7 +75,30 @@ pub struct EnvHead {
     pub entry_hash: String,
 }
 
+/// A publisher key's validity, as the log has shaped it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub key_id: KeyId,
+    /// SPKI PEM; `None` for a configured key that the log only revoked.
+    pub public_key: Option<String>,
+    /// From when publishes may use it (`None`: configured, always).
+    pub valid_from: Option<Timestamp>,
+    /// From when publishes may no longer use it.
+    pub revoked_at: Option<Timestamp>,
+    /// Log index of the add entry, if the key was added through the log.
+    pub added_at_index: Option<u64>,
+}
+
 const APPLIED: &[u8] = b"m/applied";
+
+fn node_key(level: u8, index: u64) -> [u8; 11] {
+    let mut k = [0u8; 11];
+    k[0] = b'n';
+    k[1] = b'/';
+    k[2] = level;
+    k[3..].copy_from_slice(&index.to_be_bytes());
+    k
+}
 
 /// The derived index.
 #[derive(Clone)]
@@ -171,6 +202,14 @@ impl Index {
         }
         let entry = Entry::parse(index, bytes)?;
         let mut batch = Batch::default();
+        let leaf = merkle::leaf_hash(bytes);
+        let mut node = leaf;
+        batch.insert(&node_key(0, index)[..], &leaf[..]);
+        for (level, at) in merkle::completed_nodes(index) {
+            let left = self.node(level - 1, 2 * at)?;
+            node = merkle::node_hash(&left, &node);
+            batch.insert(&node_key(level, at)[..], &node[..]);
+        }
         match entry {
             Entry::Publish(p) => {
                 if let Some(existing) = self.artifact_by_release(&p.release_id)? {
@@ -217,7 +256,7 @@ impl Index {
                         ),
                     ));
                 }
-                let entry_hash = hex::encode(leaf_hash(bytes));
+                let entry_hash = hex::encode(leaf);
                 let head = EnvHead {
                     seq: p.seq,
                     activated_at: p.activated_at,
@@ -240,10 +279,82 @@ impl Index {
                 };
                 batch.insert(pin_key(&rec.env, rec.seq), encode(&rec));
             }
+            Entry::Key(k) => {
+                let existing = self.key(&k.key_id)?;
+                let rec = match (k.action, existing) {
+                    (KeyAction::Add, None) if k.public_key.is_some() => KeyRecord {
+                        key_id: k.key_id.clone(),
+                        public_key: k.public_key,
+                        valid_from: Some(k.at),
+                        revoked_at: None,
+                        added_at_index: Some(index),
+                    },
+                    (KeyAction::Revoke, existing)
+                        if existing.as_ref().is_none_or(|e| e.revoked_at.is_none()) =>
+                    {
+                        let mut rec = existing.unwrap_or(KeyRecord {
+                            key_id: k.key_id.clone(),
+                            public_key: None,
+                            valid_from: None,
+                            revoked_at: None,
+                            added_at_index: None,
+                        });
+                        rec.revoked_at = Some(k.at);
+                        rec
+                    }
+                    _ => {
+                        return Err(Error::new(
+                            Kind::DataLoss,
+                            format!(
+                                "log entry {index} ({:?} of key {}) contradicts the key's earlier entries",
+                                k.action, k.key_id
+                            ),
+                        ));
+                    }
+                };
+                batch.insert(format!("k/{}", rec.key_id).into_bytes(), encode(&rec));
+            }
         }
         batch.insert(APPLIED, &(index + 1).to_be_bytes());
         self.tree.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// The hash of the complete subtree at `level`, `index`.
+    ///
+    /// # Errors
+    /// Internal when the node is missing or unreadable.
+    pub fn node(&self, level: u8, index: u64) -> Result<Hash> {
+        let value = self
+            .tree
+            .get(node_key(level, index))?
+            .ok_or_else(|| Error::internal(format!("index lacks Merkle node {level}/{index}")))?;
+        value
+            .as_ref()
+            .try_into()
+            .map_err(|_| Error::internal(format!("index Merkle node {level}/{index} is corrupt")))
+    }
+
+    /// The lifecycle record of a publisher key.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>> {
+        self.tree
+            .get(format!("k/{key_id}"))?
+            .map(|v| decode("key", &v))
+            .transpose()
+    }
+
+    /// Every publisher key the log mentions.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn keys(&self) -> Result<Vec<KeyRecord>> {
+        self.tree
+            .scan_prefix(b"k/")
+            .map(|item| decode("key", &item?.1))
+            .collect()
     }
 
     /// Forces everything applied so far to disk.
@@ -377,5 +488,13 @@ impl Index {
             }
             None => Ok(None),
         }
+    }
+}
+
+impl NodeSource for Index {
+    type Error = Error;
+
+    fn node(&self, level: u8, index: u64) -> Result<Hash> {
+        Index::node(self, level, index)
     }
 }

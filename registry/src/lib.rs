@@ -10,10 +10,14 @@
 //! | [`ids`] | release ids, environment names, reasons: parsed once, safe everywhere |
 //! | [`time`] | microsecond UTC instants, RFC 3339, the injectable clock |
 //! | [`signing`] | Ed25519 keys, DSSE envelopes, in-toto statements |
+//! | [`audit`] | the offline audit of a whole log |
 //! | [`blobs`] | artifact bytes on object storage, verified on read |
 //! | [`log`] | append-only entries on object storage (write-once per index) |
+//! | [`merkle`] | RFC 6962 / 9162 Merkle tree hashing and proofs |
 //! | [`index`] | the sled index derived from the log, rebuildable |
 //! | [`timeline`] | activation ordering and resolve-at-time rules |
+//! | [`note`] | C2SP signed notes and tlog checkpoints: the log's signature |
+//! | [`proof`] | offline verification of answers; the `.tlog-proof` file |
 //! | [`registry`] | the state machine tying the above together |
 //! | [`service`] | the tonic service: the only module that sees proto types |
 //! | [`config`] | server settings and their sources |
@@ -22,6 +26,7 @@
 //!
 //! Object storage is the source of truth; the index is a cache of it.
 
+pub mod audit;
 pub mod blobs;
 pub mod config;
 pub mod digest;
@@ -29,6 +34,9 @@ pub mod error;
 pub mod ids;
 pub mod index;
 pub mod log;
+pub mod merkle;
+pub mod note;
+pub mod proof;
 pub mod registry;
 pub mod server;
 pub mod service;

@@ -18,7 +18,6 @@ use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
@@ -34,6 +33,8 @@ pub enum Entry {
     Publish(PublishEntry),
     /// An artifact went live in an environment.
     Pin(PinEntry),
+    /// The set of trusted publisher keys changed.
+    Key(KeyEntry),
 }
 
 /// A published artifact: the binding of a release id to a digest.
@@ -68,6 +69,31 @@ pub struct PinEntry {
     pub prev_pin: Option<String>,
 }
 
+/// What a key entry does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyAction {
+    /// Trust the key for publishes logged at or after `at`.
+    Add,
+    /// Stop trusting the key for publishes logged at or after `at`.
+    Revoke,
+}
+
+/// A change to the trusted publisher keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    pub action: KeyAction,
+    pub key_id: KeyId,
+    /// The SPKI PEM public key (for `add`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// `valid_from` for an add, `revoked_at` for a revoke.
+    pub at: Timestamp,
+    pub recorded_at: Timestamp,
+    pub actor: String,
+    pub reason: String,
+}
+
 impl Entry {
     /// Serializes a new entry; these bytes are what gets stored and hashed.
     pub fn to_bytes(&self) -> Bytes {
@@ -89,13 +115,7 @@ impl Entry {
     }
 }
 
-/// RFC 6962 leaf hash of an entry: `SHA-256(0x00 || bytes)`.
-pub fn leaf_hash(bytes: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update([0u8]);
-    h.update(bytes);
-    h.finalize().into()
-}
+pub use crate::merkle::leaf_hash;
 
 /// The entries in object storage.
 #[derive(Clone, Debug)]

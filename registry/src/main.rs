@@ -5,16 +5,25 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use stackpin_registry::config::ServerConfig;
+use stackpin_registry::config::{LogKeyArgs, ServerConfig};
 use stackpin_registry::signing::TrustedKeys;
 use stackpin_registry::{Registry, server};
 
-/// The stackpin registry server.
+/// The stackpin registry server. With no subcommand it serves.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     config: ServerConfig,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Print the log's verifier key (C2SP signed-note vkey), generating the
+    /// default key if there is none yet.
+    Key(LogKeyArgs),
 }
 
 #[tokio::main]
@@ -27,7 +36,14 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = Cli::parse().config;
+    let cli = Cli::parse();
+    if let Some(Command::Key(args)) = &cli.command {
+        let signer = args.signer().context("loading the log key")?;
+        println!("{}", signer.vkey());
+        return Ok(());
+    }
+    let config = cli.config;
+    let signer = config.log.signer().context("loading the log key")?;
 
     let trusted = match &config.trusted_keys {
         Some(path) => TrustedKeys::load(path).context("loading trusted publisher keys")?,
@@ -39,10 +55,11 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     tracing::info!(keys = trusted.keys().len(), "trusted publisher keys loaded");
-    let registry = Registry::open_local(&config.data_dir, trusted, config.limits())
+    let data_dir = &config.log.data_dir;
+    let registry = Registry::open_local(data_dir, trusted, signer, config.limits())
         .await
-        .with_context(|| format!("opening data folder {}", config.data_dir.display()))?;
-    tracing::info!(data_dir = %config.data_dir.display(), "registry open");
+        .with_context(|| format!("opening data folder {}", data_dir.display()))?;
+    tracing::info!(data_dir = %data_dir.display(), log_key = %registry.log_vkey(), "registry open");
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -8,21 +8,25 @@
 //! and validates again.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
-use tokio::sync::Mutex;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, PutMode, PutOptions};
+use tokio::sync::{Mutex, watch};
 
 use crate::blobs::Blobs;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Kind, Result};
 use crate::ids::{EnvName, Reason, ReleaseId};
 use crate::index::{ArtifactRecord, Index, PinRecord};
-use crate::log::{Entry, Log, PinEntry, PublishEntry};
-use crate::signing::{self, Attestation, TrustedKeys};
+use crate::log::{Entry, KeyAction, KeyEntry, Log, PinEntry, PublishEntry};
+use crate::merkle::{self, Hash};
+use crate::note::{Checkpoint, NoteSigner};
+use crate::proof::ProvedEntry;
+use crate::signing::{self, Attestation, KeyId, PublicKey, TrustedKeys};
 use crate::time::{Clock, SystemClock, Timestamp};
 use crate::timeline::{self, Resolution};
 
@@ -129,14 +133,65 @@ pub struct HistoryQuery {
     pub from_seq: Option<u64>,
 }
 
+/// A checkpoint signed by the registry's log key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub size: u64,
+    pub root: Hash,
+    /// The C2SP signed note.
+    pub note: Arc<str>,
+}
+
+/// A resolve answer with the entries and proofs that make it checkable.
+#[derive(Clone, Debug)]
+pub struct ProvedResolution {
+    pub resolution: Resolution,
+    pub checkpoint: SignedCheckpoint,
+    pub pin: ProvedEntry,
+    pub next: Option<ProvedEntry>,
+    pub publish: ProvedEntry,
+}
+
+/// Where a publisher key's trust comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// `--trusted-keys` at start.
+    Config,
+    /// An add entry in the log.
+    Log,
+}
+
+/// A publisher key and its validity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublisherKey {
+    pub key_id: KeyId,
+    pub public_key_pem: String,
+    pub source: KeySource,
+    pub valid_from: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// The storage key of the latest checkpoint.
+const CHECKPOINT_PATH: &str = "log/checkpoint";
+
 /// The registry.
 pub struct Registry {
     blobs: Blobs,
     log: Log,
     index: Index,
-    trusted: TrustedKeys,
+    /// Publisher keys from the configuration; the log can revoke them and
+    /// add others.
+    config_keys: TrustedKeys,
     clock: Arc<dyn Clock>,
     limits: Limits,
+    /// Signs checkpoints as the log.
+    signer: NoteSigner,
+    /// The newest signed checkpoint, so readers do not sign per request.
+    checkpoint: RwLock<Option<SignedCheckpoint>>,
+    /// Hands new checkpoints to the task that stores `log/checkpoint`, off
+    /// the request path; it coalesces bursts to the newest.
+    checkpoint_tx: watch::Sender<Option<SignedCheckpoint>>,
+    store: Arc<dyn ObjectStore>,
     /// Serializes appends from this process; other processes are serialized
     /// by `PutMode::Create` on the entry key.
     append: Mutex<()>,
@@ -157,6 +212,7 @@ impl Registry {
     pub async fn open_local(
         data_dir: &std::path::Path,
         trusted: TrustedKeys,
+        signer: NoteSigner,
         limits: Limits,
     ) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
@@ -192,6 +248,7 @@ impl Registry {
             Arc::new(store),
             index,
             trusted,
+            signer,
             limits,
             Arc::new(SystemClock),
         )
@@ -207,16 +264,23 @@ impl Registry {
         store: Arc<dyn ObjectStore>,
         index: Index,
         trusted: TrustedKeys,
+        signer: NoteSigner,
         limits: Limits,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
+        let (checkpoint_tx, checkpoint_rx) = watch::channel(None);
+        tokio::spawn(store_checkpoints(store.clone(), checkpoint_rx));
         let registry = Self {
             blobs: Blobs::new(store.clone()),
-            log: Log::new(store),
+            log: Log::new(store.clone()),
             index,
-            trusted,
+            config_keys: trusted,
             clock,
             limits,
+            signer,
+            checkpoint: RwLock::new(None),
+            checkpoint_tx,
+            store,
             append: Mutex::new(()),
         };
         let start = registry.index.applied()?;
@@ -230,6 +294,8 @@ impl Registry {
                 "index caught up with the log"
             );
         }
+        let cp = registry.checkpoint()?;
+        registry.checkpoint_tx.send_replace(Some(cp));
         Ok(registry)
     }
 
@@ -265,6 +331,8 @@ impl Registry {
             let bytes = entry.to_bytes();
             if self.log.append(index, bytes.clone()).await? {
                 self.index.apply(index, &bytes)?;
+                let cp = self.checkpoint()?;
+                self.checkpoint_tx.send_replace(Some(cp));
                 return Ok(Some(index));
             }
             tracing::debug!(index, "lost the race for a log index; catching up");
@@ -272,12 +340,305 @@ impl Registry {
         }
     }
 
-    /// Flushes the index to disk (at shutdown).
+    /// Flushes the index to disk and stores the latest checkpoint (at
+    /// shutdown).
     ///
     /// # Errors
-    /// Internal when sled fails.
+    /// Internal when sled fails; Unavailable when storage fails.
     pub async fn flush(&self) -> Result<()> {
-        self.index.flush().await
+        self.index.flush().await?;
+        let cp = self.checkpoint()?;
+        put_checkpoint(&self.store, &cp).await
+    }
+
+    /// The log's verifier key, in the signed-note vkey form.
+    pub fn log_vkey(&self) -> String {
+        self.signer.vkey()
+    }
+
+    /// A signed checkpoint of everything applied so far.
+    ///
+    /// # Errors
+    /// Internal when the index fails.
+    pub fn checkpoint(&self) -> Result<SignedCheckpoint> {
+        let size = self.index.applied()?;
+        if let Some(cp) = self.cached_checkpoint()
+            && cp.size >= size
+        {
+            return Ok(cp);
+        }
+        let root = merkle::root(&self.index, size)?;
+        let body = Checkpoint {
+            origin: self.signer.name().to_owned(),
+            size,
+            root,
+        }
+        .body();
+        let cp = SignedCheckpoint {
+            size,
+            root,
+            note: self.signer.sign(&body).into(),
+        };
+        let mut cache = self
+            .checkpoint
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.as_ref().is_none_or(|c| c.size < size) {
+            *cache = Some(cp.clone());
+        }
+        Ok(cp)
+    }
+
+    fn cached_checkpoint(&self) -> Option<SignedCheckpoint> {
+        self.checkpoint
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The stored bytes of entry `index`, checked against the leaf hash the
+    /// index recorded when the entry was applied.
+    ///
+    /// # Errors
+    /// NotFound past the end of the log; DataLoss when the stored bytes
+    /// changed or vanished; Unavailable when storage fails.
+    pub async fn entry(&self, index: u64) -> Result<Bytes> {
+        let size = self.index.applied()?;
+        if index >= size {
+            return Err(Error::not_found(format!(
+                "log entry {index} does not exist (the log has {size} entries)"
+            )));
+        }
+        let bytes = self.log.read(index).await?.ok_or_else(|| {
+            Error::new(
+                Kind::DataLoss,
+                format!("log entry {index} is missing from storage"),
+            )
+        })?;
+        if merkle::leaf_hash(&bytes) != self.index.node(0, index)? {
+            return Err(Error::new(
+                Kind::DataLoss,
+                format!(
+                    "log entry {index} in storage no longer matches its logged hash; it will not be served"
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries.
+    ///
+    /// # Errors
+    /// Invalid when `index >= size` or `size` is beyond the log.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        let applied = self.index.applied()?;
+        if index >= size || size > applied {
+            return Err(Error::invalid(format!(
+                "no inclusion proof for entry {index} in a tree of {size}: need index < size <= {applied}"
+            )));
+        }
+        merkle::inclusion_proof(&self.index, index, size).map_err(proof_error)
+    }
+
+    /// The consistency proof between trees of `old` and `new` entries.
+    ///
+    /// # Errors
+    /// Invalid unless `0 < old <= new <= size of the log`.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
+        let applied = self.index.applied()?;
+        if old == 0 || old > new || new > applied {
+            return Err(Error::invalid(format!(
+                "no consistency proof from {old} to {new}: need 0 < old <= new <= {applied}"
+            )));
+        }
+        merkle::consistency_proof(&self.index, old, new).map_err(proof_error)
+    }
+
+    async fn proved(&self, index: u64, size: u64) -> Result<ProvedEntry> {
+        Ok(ProvedEntry {
+            index,
+            entry: self.entry(index).await?,
+            proof: self.inclusion_proof(index, size)?,
+        })
+    }
+
+    /// Resolves and attaches the checkpoint, the pin entry, the next pin's
+    /// entry and the publish entry, each with its inclusion proof.
+    ///
+    /// # Errors
+    /// As [`Self::resolve`], plus DataLoss when a stored entry changed.
+    pub async fn resolve_proved(
+        &self,
+        env: &EnvName,
+        at: Timestamp,
+        margin: Option<Duration>,
+    ) -> Result<ProvedResolution> {
+        let resolution = self.resolve(env, at, margin)?;
+        let artifact = self.artifact(&ArtifactRef::Release(resolution.pin.release_id.clone()))?;
+        // The checkpoint is taken after the lookup, so it covers every entry
+        // the answer names.
+        let checkpoint = self.checkpoint()?;
+        let size = checkpoint.size;
+        let pin = self.proved(resolution.pin.log_index, size).await?;
+        let next = match &resolution.next {
+            Some(n) => Some(self.proved(n.log_index, size).await?),
+            None => None,
+        };
+        let publish = self.proved(artifact.log_index, size).await?;
+        Ok(ProvedResolution {
+            resolution,
+            checkpoint,
+            pin,
+            next,
+            publish,
+        })
+    }
+
+    /// Publisher keys valid for a publish logged at `at`.
+    fn publisher_keys_at(&self, at: Timestamp) -> Result<TrustedKeys> {
+        let records = self.index.keys()?;
+        let revoked = |id: &KeyId| {
+            records
+                .iter()
+                .any(|r| &r.key_id == id && r.revoked_at.is_some_and(|t| t <= at))
+        };
+        let mut keys: Vec<PublicKey> = self
+            .config_keys
+            .keys()
+            .iter()
+            .filter(|k| !revoked(k.id()))
+            .cloned()
+            .collect();
+        for r in &records {
+            if let (Some(pem), Some(from)) = (&r.public_key, r.valid_from)
+                && from <= at
+                && !revoked(&r.key_id)
+            {
+                keys.push(PublicKey::from_pem(pem)?);
+            }
+        }
+        Ok(TrustedKeys::new(keys))
+    }
+
+    /// Every publisher key, configured or logged, with its validity.
+    ///
+    /// # Errors
+    /// Internal when the index fails.
+    pub fn keys(&self) -> Result<Vec<PublisherKey>> {
+        let records = self.index.keys()?;
+        let mut out = Vec::new();
+        for k in self.config_keys.keys() {
+            let rec = records.iter().find(|r| &r.key_id == k.id());
+            out.push(PublisherKey {
+                key_id: k.id().clone(),
+                public_key_pem: k.to_pem()?,
+                source: KeySource::Config,
+                valid_from: None,
+                revoked_at: rec.and_then(|r| r.revoked_at),
+            });
+        }
+        for r in records {
+            if let Some(pem) = r.public_key.filter(|_| r.added_at_index.is_some()) {
+                if out.iter().any(|k| k.key_id == r.key_id) {
+                    continue;
+                }
+                out.push(PublisherKey {
+                    key_id: r.key_id,
+                    public_key_pem: pem,
+                    source: KeySource::Log,
+                    valid_from: r.valid_from,
+                    revoked_at: r.revoked_at,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Trusts a publisher key for publishes logged from `valid_from` (default
+    /// now) on.
+    ///
+    /// # Errors
+    /// Invalid for a malformed key; Conflict when the key is already known.
+    pub async fn add_key(
+        &self,
+        pem: &str,
+        valid_from: Option<Timestamp>,
+        reason: &Reason,
+        actor: &str,
+    ) -> Result<PublisherKey> {
+        let key = PublicKey::from_pem(pem)?;
+        let pem = key.to_pem()?;
+        self.commit(|index| {
+            if index.key(key.id())?.is_some()
+                || self.config_keys.keys().iter().any(|k| k.id() == key.id())
+            {
+                return Err(Error::conflict(format!(
+                    "publisher key {} is already known; a revoked key cannot be added again",
+                    key.id()
+                )));
+            }
+            let now = self.clock.now();
+            Ok(Some(Entry::Key(KeyEntry {
+                action: KeyAction::Add,
+                key_id: key.id().clone(),
+                public_key: Some(pem.clone()),
+                at: valid_from.unwrap_or(now),
+                recorded_at: now,
+                actor: actor.to_owned(),
+                reason: reason.as_str().to_owned(),
+            })))
+        })
+        .await?;
+        tracing::info!(key_id = %key.id(), "publisher key added");
+        self.key_view(key.id())
+    }
+
+    /// Stops trusting a publisher key for publishes logged from `at`
+    /// (default now) on; earlier publishes keep verifying.
+    ///
+    /// # Errors
+    /// NotFound for an unknown key; Conflict when it is already revoked.
+    pub async fn revoke_key(
+        &self,
+        key_id: &KeyId,
+        at: Option<Timestamp>,
+        reason: &Reason,
+        actor: &str,
+    ) -> Result<PublisherKey> {
+        self.commit(|index| {
+            let record = index.key(key_id)?;
+            let configured = self.config_keys.keys().iter().any(|k| k.id() == key_id);
+            if record.is_none() && !configured {
+                return Err(Error::not_found(format!(
+                    "publisher key {key_id} is not known"
+                )));
+            }
+            if let Some(t) = record.and_then(|r| r.revoked_at) {
+                return Err(Error::conflict(format!(
+                    "publisher key {key_id} was already revoked at {t}"
+                )));
+            }
+            let now = self.clock.now();
+            Ok(Some(Entry::Key(KeyEntry {
+                action: KeyAction::Revoke,
+                key_id: key_id.clone(),
+                public_key: None,
+                at: at.unwrap_or(now),
+                recorded_at: now,
+                actor: actor.to_owned(),
+                reason: reason.as_str().to_owned(),
+            })))
+        })
+        .await?;
+        tracing::info!(%key_id, "publisher key revoked");
+        self.key_view(key_id)
+    }
+
+    fn key_view(&self, key_id: &KeyId) -> Result<PublisherKey> {
+        self.keys()?
+            .into_iter()
+            .find(|k| &k.key_id == key_id)
+            .ok_or_else(|| Error::internal(format!("key {key_id} vanished from the index")))
     }
 
     /// The state-machine tunables.
@@ -310,12 +671,14 @@ impl Registry {
                 ),
             ));
         }
-        if self.trusted.is_empty() {
+        let trusted = self.publisher_keys_at(self.clock.now())?;
+        if trusted.is_empty() {
             return Err(Error::precondition(
-                "this registry trusts no publisher keys; start it with --trusted-keys",
+                "this registry trusts no publisher keys: start it with --trusted-keys or add one \
+                 with `stackpin key add`",
             ));
         }
-        let attestation = signing::verify_envelope(envelope, &self.trusted)?;
+        let attestation = signing::verify_envelope(envelope, &trusted)?;
         if attestation.release_id != release_id {
             return Err(Error::invalid(format!(
                 "the envelope's subject is release {}, but this publish is for release {release_id}",
@@ -384,6 +747,15 @@ impl Registry {
                     repeat = Some(same_or_conflict(existing, &digest));
                     return Ok(None);
                 }
+                // The key must still be valid at the instant the entry is logged.
+                let now = self.clock.now();
+                let valid = self.publisher_keys_at(now)?;
+                if !valid.keys().iter().any(|k| k.id() == &attestation.key_id) {
+                    return Err(Error::precondition(format!(
+                        "publisher key {} is no longer trusted (revoked)",
+                        attestation.key_id
+                    )));
+                }
                 Ok(Some(Entry::Publish(PublishEntry {
                     release_id: release_id.clone(),
                     digest,
@@ -391,7 +763,7 @@ impl Registry {
                     media_type: media_type.clone(),
                     key_id: attestation.key_id.clone(),
                     envelope: envelope.clone(),
-                    recorded_at: self.clock.now(),
+                    recorded_at: now,
                 })))
             })
             .await?;
@@ -590,6 +962,48 @@ impl Registry {
         }
         let next = (seq >= lo && seq >= 1).then_some(seq);
         Ok(HistoryPage { pins, next })
+    }
+}
+
+fn proof_error(e: merkle::ProofError<Error>) -> Error {
+    match e {
+        merkle::ProofError::Range(why) => Error::invalid(why),
+        merkle::ProofError::Source(e) => e,
+    }
+}
+
+async fn put_checkpoint(store: &Arc<dyn ObjectStore>, cp: &SignedCheckpoint) -> Result<()> {
+    let opts = PutOptions {
+        mode: PutMode::Overwrite,
+        ..PutOptions::default()
+    };
+    let bytes = Bytes::copy_from_slice(cp.note.as_bytes());
+    store
+        .put_opts(&StorePath::from(CHECKPOINT_PATH), bytes.into(), opts)
+        .await?;
+    Ok(())
+}
+
+/// Stores each new checkpoint at `log/checkpoint` (the newest wins when
+/// several arrive during one write). Ends when the registry is dropped.
+async fn store_checkpoints(
+    store: Arc<dyn ObjectStore>,
+    mut rx: watch::Receiver<Option<SignedCheckpoint>>,
+) {
+    let mut stored = 0;
+    while rx.changed().await.is_ok() {
+        let Some(cp) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        if cp.size <= stored && stored != 0 {
+            continue;
+        }
+        match put_checkpoint(&store, &cp).await {
+            Ok(()) => stored = cp.size,
+            Err(e) => {
+                tracing::warn!(size = cp.size, error = %e, "storing the checkpoint failed; it will be retried with the next one")
+            }
+        }
     }
 }
 

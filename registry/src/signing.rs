@@ -55,6 +55,20 @@ impl KeyId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Parses a key id: 64 lowercase hex digits.
+    ///
+    /// # Errors
+    /// Invalid for anything else.
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        if text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(Error::invalid(format!(
+                "key id {text:?} is not 64 lowercase hex digits"
+            )))
+        }
+    }
 }
 
 impl fmt::Display for KeyId {
@@ -174,6 +188,11 @@ impl TrustedKeys {
             )));
         }
         Ok(Self::new(keys))
+    }
+
+    /// The keys, as a set.
+    pub fn into_keys(self) -> Vec<PublicKey> {
+        self.keys
     }
 
     /// The keys.

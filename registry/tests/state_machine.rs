@@ -15,6 +15,7 @@ use proptest::prelude::*;
 use stackpin_registry::digest::Digest;
 use stackpin_registry::ids::{EnvName, Reason, ReleaseId};
 use stackpin_registry::index::Index;
+use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
 use stackpin_registry::registry::{ArtifactRef, HistoryQuery, Limits, Published};
 use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::time::{Clock, Timestamp};
@@ -118,9 +119,20 @@ impl Fixture {
 
 async fn open(store: Arc<InMemory>, clock: Arc<FakeClock>, limits: Limits) -> Registry {
     let trusted = TrustedKeys::new([PublicKey::new(publisher().verifying_key())]);
-    Registry::open(store, Index::temporary().unwrap(), trusted, limits, clock)
-        .await
-        .unwrap()
+    Registry::open(
+        store,
+        Index::temporary().unwrap(),
+        trusted,
+        log_signer(),
+        limits,
+        clock,
+    )
+    .await
+    .unwrap()
+}
+
+fn log_signer() -> NoteSigner {
+    NoteSigner::new(DEFAULT_ORIGIN, SigningKey::from_bytes(&[5; 32])).unwrap()
 }
 
 #[tokio::test]
@@ -469,6 +481,7 @@ async fn a_tampered_log_entry_is_refused_at_open() {
         f.store.clone(),
         Index::temporary().unwrap(),
         trusted,
+        log_signer(),
         Limits::default(),
         f.clock.clone(),
     )
@@ -523,4 +536,196 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[tokio::test]
+async fn a_resolve_carries_proofs_that_verify_offline_and_break_on_any_flip() {
+    use stackpin_registry::proof::RestoreProof;
+    let f = Fixture::new().await;
+    f.publish("r1", b"[1]").await.unwrap();
+    f.publish("r2", b"[2]").await.unwrap();
+    f.pin("prod", "r1", Some(t(10))).await.unwrap();
+    f.pin("prod", "r2", Some(t(20))).await.unwrap();
+    let env: EnvName = "prod".parse().unwrap();
+    let proved = f.registry.resolve_proved(&env, t(15), None).await.unwrap();
+    let proof = RestoreProof {
+        checkpoint: proved.checkpoint.note.to_string(),
+        publish: proved.publish.clone(),
+        pin: proved.pin.clone(),
+        next: proved.next.clone(),
+    };
+    let log_key = log_signer().verifier();
+    let trusted = TrustedKeys::new([PublicKey::new(publisher().verifying_key())]);
+    let v = proof.verify(b"[1]", &log_key, &trusted).unwrap();
+    assert_eq!((v.pin.seq, v.interval()), (1, (t(10), Some(t(20)))));
+    assert!(
+        proof.verify(b"[2]", &log_key, &trusted).is_err(),
+        "other bytes"
+    );
+    let stranger = NoteSigner::new(DEFAULT_ORIGIN, SigningKey::from_bytes(&[6; 32])).unwrap();
+    assert!(
+        proof
+            .verify(b"[1]", &stranger.verifier(), &trusted)
+            .is_err(),
+        "other log key"
+    );
+    assert!(
+        proof
+            .verify(b"[1]", &log_key, &TrustedKeys::default())
+            .is_err(),
+        "untrusted publisher"
+    );
+
+    // The .tlog-proof text round-trips, and no single flipped byte survives.
+    let text = proof.to_tlog_proof();
+    assert_eq!(RestoreProof::parse_tlog_proof(&text).unwrap(), proof);
+    let bytes = text.as_bytes();
+    for i in 0..bytes.len() {
+        let mut flipped = bytes.to_vec();
+        flipped[i] ^= 0x01;
+        let Ok(flipped) = String::from_utf8(flipped) else {
+            continue;
+        };
+        let ok = RestoreProof::parse_tlog_proof(&flipped)
+            .and_then(|p| p.verify(b"[1]", &log_key, &trusted))
+            .is_ok();
+        assert!(!ok, "flipping byte {i} of the proof file went unnoticed");
+    }
+}
+
+#[tokio::test]
+async fn consistency_proofs_link_every_checkpoint_to_the_next() {
+    let f = Fixture::new().await;
+    f.publish("r1", b"[1]").await.unwrap();
+    let mut checkpoints = vec![f.registry.checkpoint().unwrap()];
+    for i in 0..9 {
+        f.pin("prod", "r1", Some(t(i))).await.unwrap();
+        checkpoints.push(f.registry.checkpoint().unwrap());
+    }
+    for old in &checkpoints {
+        for new in checkpoints.iter().filter(|c| c.size >= old.size) {
+            let proof = f.registry.consistency_proof(old.size, new.size).unwrap();
+            stackpin_registry::merkle::verify_consistency(
+                old.size, new.size, &old.root, &new.root, &proof,
+            )
+            .unwrap();
+        }
+    }
+    assert_eq!(
+        f.registry.consistency_proof(0, 3).unwrap_err().kind(),
+        Kind::Invalid
+    );
+    assert_eq!(
+        f.registry.inclusion_proof(10, 10).unwrap_err().kind(),
+        Kind::Invalid
+    );
+}
+
+#[tokio::test]
+async fn a_changed_stored_entry_is_never_served() {
+    let f = Fixture::new().await;
+    f.publish("r1", b"[1]").await.unwrap();
+    let path = stackpin_registry::log::Log::path(0);
+    let bytes = f.store.get(&path).await.unwrap().bytes().await.unwrap();
+    let mut changed = bytes.to_vec();
+    changed[10] ^= 0x20;
+    f.store.put(&path, changed.into()).await.unwrap();
+    assert_eq!(
+        f.registry.entry(0).await.unwrap_err().kind(),
+        Kind::DataLoss
+    );
+    assert_eq!(
+        f.registry.entry(1).await.unwrap_err().kind(),
+        Kind::NotFound
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_stops_new_publishes_but_keeps_old_ones_valid() {
+    let f = Fixture::new().await;
+    f.publish("before", b"[1]").await.unwrap();
+    let id = stackpin_registry::signing::KeyId::of(&publisher().verifying_key());
+    let revoked_at = f.clock.now().saturating_add_micros(SECOND);
+    f.registry
+        .revoke_key(&id, Some(revoked_at), &Reason::default(), "admin")
+        .await
+        .unwrap();
+    // Until the revocation instant the key still works...
+    f.publish("just-before", b"[2]").await.unwrap();
+    f.clock.0.fetch_add(2 * SECOND, Ordering::SeqCst);
+    // ...and after it, it does not.
+    let err = f.publish("after", b"[3]").await.unwrap_err();
+    assert!(
+        matches!(err.kind(), Kind::Precondition | Kind::Invalid),
+        "{err}"
+    );
+    let err = f
+        .registry
+        .revoke_key(&id, None, &Reason::default(), "admin")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Kind::Conflict);
+
+    // A new key added through the log takes over.
+    let next = SigningKey::from_bytes(&[43; 32]);
+    let pem = PublicKey::new(next.verifying_key()).to_pem().unwrap();
+    f.registry
+        .add_key(&pem, None, &Reason::default(), "admin")
+        .await
+        .unwrap();
+    let rid: ReleaseId = "after".parse().unwrap();
+    let env = signing::sign_envelope(
+        &signing::publish_statement(&rid, &Digest::of(b"[3]")),
+        &next,
+    );
+    f.publish_with("after", &env, b"[3]").await.unwrap();
+    let err = f
+        .registry
+        .add_key(&pem, None, &Reason::default(), "admin")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Kind::Conflict);
+
+    // The audit agrees: every publish was made under a key valid at the time.
+    let report = audit(&f).await;
+    assert!(report.ok(), "{:?}", report.failures);
+    assert_eq!((report.publishes, report.key_changes), (3, 2));
+}
+
+async fn audit(f: &Fixture) -> stackpin_registry::audit::Report {
+    use stackpin_registry::audit::Audit;
+    let trusted = TrustedKeys::new([PublicKey::new(publisher().verifying_key())]);
+    let mut a = Audit::new(trusted);
+    let cp = f.registry.checkpoint().unwrap();
+    for i in 0..cp.size {
+        a.entry(i, &f.registry.entry(i).await.unwrap());
+    }
+    a.checkpoint(&cp.note, &log_signer().verifier());
+    a.signatures();
+    for d in a.digests() {
+        let path = stackpin_registry::blobs::Blobs::path(&d);
+        let bytes = f.store.get(&path).await.unwrap().bytes().await.unwrap();
+        a.blob(&d, Ok(&bytes));
+    }
+    a.finish()
+}
+
+#[tokio::test]
+async fn the_audit_reports_a_rewritten_log_and_a_retroactive_revocation() {
+    let f = Fixture::new().await;
+    f.publish("r1", b"[1]").await.unwrap();
+    f.pin("prod", "r1", Some(t(1))).await.unwrap();
+    assert!(audit(&f).await.ok());
+    // Revoking from an instant before the publish makes it suspect.
+    let id = stackpin_registry::signing::KeyId::of(&publisher().verifying_key());
+    f.registry
+        .revoke_key(&id, Some(t(-5_000_000)), &Reason::default(), "admin")
+        .await
+        .unwrap();
+    let report = audit(&f).await;
+    assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
+    assert_eq!(
+        report.failures[0].class,
+        stackpin_registry::audit::Class::Signature
+    );
 }

@@ -13,6 +13,17 @@ const T1: &str = "2026-03-01T10:00:00Z";
 const T2: &str = "2026-03-01T11:00:00Z";
 const T3: &str = "2026-03-01T12:00:00Z";
 
+/// The log key of a data folder, via `stackpin-registry key`.
+fn log_vkey(data: &Path) -> String {
+    let out = Command::new(stackpin_tests::bin("stackpin-registry"))
+        .args(["key", "--data-dir"])
+        .arg(data)
+        .output()
+        .expect("run stackpin-registry key");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 /// A publisher key made by OpenSSL, as pipelines often do.
 fn openssl_key(dir: &Path, name: &str) {
     let key = dir.join(format!("{name}.pem"));
@@ -38,6 +49,8 @@ fn openssl_key(dir: &Path, name: &str) {
 struct World {
     dir: TempDir,
     server: Server,
+    /// The log's verifier key, as `stackpin-registry key` prints it.
+    vkey: String,
 }
 
 impl World {
@@ -60,14 +73,37 @@ impl World {
         openssl_key(dir.path(), "ops");
         let trusted = dir.path().join("trusted");
         let data = dir.path().join("data");
+        let vkey = log_vkey(&data);
         let mut args = vec!["--trusted-keys", trusted.to_str().unwrap()];
         args.extend_from_slice(extra);
         let server = Server::start(&data, &args);
-        Self { dir, server }
+        Self { dir, server, vkey }
     }
 
     fn cli(&self, args: &[&str]) -> stackpin_tests::Run {
-        stackpin(self.dir.path(), &self.server.url(), args)
+        let state = self.dir.path().join("state");
+        let mut all = vec!["--state-dir", state.to_str().unwrap()];
+        all.extend_from_slice(args);
+        stackpin(self.dir.path(), &self.server.url(), &all)
+    }
+
+    /// `stackpin restore` with this world's trust settings.
+    fn restore(&self, at: &str, out: &str, extra: &[&str]) -> stackpin_tests::Run {
+        let mut args = vec![
+            "restore",
+            "--env",
+            "prod",
+            "--at",
+            at,
+            "--out",
+            out,
+            "--trusted-keys",
+            "trusted",
+            "--log-key",
+            &self.vkey,
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args)
     }
 
     fn write(&self, name: &str, body: &[u8]) {
@@ -245,35 +281,11 @@ fn publish_pin_resolve_restore_round_trip_and_survive_restarts() {
         ("2026-03-01T11:15:00Z", "a2.json"),
         ("2031-01-01T00:00:00Z", "a3.json"),
     ] {
-        let out = w
-            .cli(&[
-                "--output",
-                "json",
-                "restore",
-                "--env",
-                "prod",
-                "--at",
-                at,
-                "--out",
-                "restored.json",
-                "--trusted-keys",
-                "trusted",
-            ])
-            .json();
+        let out = w.restore(at, "restored.json", &["--output", "json"]).json();
         assert_eq!(w.read("restored.json"), w.read(want), "restore at {at}");
         assert!(out["signed_by"].as_str().is_some_and(|k| k.len() == 64));
     }
-    let text = w.cli(&[
-        "restore",
-        "--env",
-        "prod",
-        "--at",
-        T2,
-        "--out",
-        "r2.json",
-        "--trusted-keys",
-        "trusted",
-    ]);
+    let text = w.restore(T2, "r2.json", &[]);
     let text = text.ok();
     assert!(
         text.contains("rel-2")
@@ -336,16 +348,17 @@ fn publish_pin_resolve_restore_round_trip_and_survive_restarts() {
 
     // Restart: identical answers.
     let before = w.answers();
-    let World { dir, server } = w;
+    let World { dir, server, vkey } = w;
     let w = World {
         dir,
         server: server.restart(),
+        vkey,
     };
     assert_eq!(w.answers(), before, "answers changed across a restart");
 
     // Delete the index: it is rebuilt from the log, answers identical.
     let status = {
-        let World { dir, server } = w;
+        let World { dir, server, vkey } = w;
         let data = server.data_dir.clone();
         let args = [
             "--trusted-keys",
@@ -364,7 +377,7 @@ fn publish_pin_resolve_restore_round_trip_and_survive_restarts() {
             "{}",
             server.log()
         );
-        World { dir, server }
+        World { dir, server, vkey }
     };
     assert_eq!(
         status.answers(),
@@ -578,6 +591,8 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "restored.json",
         "--trusted-keys",
         "wrong",
+        "--log-key",
+        &w.vkey,
     ])
     .fails(5, "verification failed");
     assert!(
@@ -624,10 +639,11 @@ fn an_acknowledged_publish_and_pin_survive_kill_9() {
     w.cli(&["pin", "--env", "prod", "--release-id", "durable"])
         .ok();
     // No pause: the acknowledgement alone must mean durable.
-    let World { dir, server } = w;
+    let World { dir, server, vkey } = w;
     let w = World {
         dir,
         server: server.crash_and_restart(),
+        vkey,
     };
     let v = w
         .cli(&[
@@ -641,18 +657,7 @@ fn an_acknowledged_publish_and_pin_survive_kill_9() {
         ])
         .json();
     assert_eq!(v["pin"]["release_id"], "durable");
-    w.cli(&[
-        "restore",
-        "--env",
-        "prod",
-        "--at",
-        "2999-01-01T00:00:00Z",
-        "--out",
-        "back.json",
-        "--trusted-keys",
-        "trusted",
-    ])
-    .ok();
+    w.restore("2999-01-01T00:00:00Z", "back.json", &[]).ok();
     assert_eq!(w.read("back.json"), w.read("a.json"));
 }
 

@@ -9,7 +9,8 @@ use stackpin_proto::v1 as pb;
 
 use crate::error::{Error, Result};
 use crate::index::{ArtifactRecord, PinRecord};
-use crate::registry::ArtifactRef;
+use crate::proof::ProvedEntry;
+use crate::registry::{ArtifactRef, KeySource, ProvedResolution, PublisherKey, SignedCheckpoint};
 use crate::time::Timestamp;
 use crate::timeline::{Boundary, Resolution};
 
@@ -98,13 +99,54 @@ fn boundary(b: &Boundary) -> pb::Boundary {
     }
 }
 
-pub fn resolution(r: &Resolution) -> pb::ResolveResponse {
+pub fn resolution(proved: &ProvedResolution) -> pb::ResolveResponse {
+    let r: &Resolution = &proved.resolution;
     pb::ResolveResponse {
         pin: Some(pin(&r.pin)),
         live_from: Some(timestamp(r.pin.activated_at)),
         live_until: r.next.as_ref().map(|n| timestamp(n.activated_at)),
         next: r.next.as_ref().map(pin),
         near_switch: r.near_switch.as_ref().map(boundary),
+        checkpoint: Some(checkpoint(&proved.checkpoint)),
+        pin_entry: Some(proved_entry(&proved.pin)),
+        next_entry: proved.next.as_ref().map(proved_entry),
+        publish_entry: Some(proved_entry(&proved.publish)),
+    }
+}
+
+pub fn checkpoint(cp: &SignedCheckpoint) -> pb::Checkpoint {
+    pb::Checkpoint {
+        note: cp.note.to_string(),
+        size: cp.size,
+    }
+}
+
+pub fn hashes(hashes: &[crate::merkle::Hash]) -> Vec<bytes::Bytes> {
+    hashes
+        .iter()
+        .map(|h| bytes::Bytes::copy_from_slice(h))
+        .collect()
+}
+
+fn proved_entry(e: &ProvedEntry) -> pb::ProvedEntry {
+    pb::ProvedEntry {
+        index: e.index,
+        entry: e.entry.clone(),
+        proof: hashes(&e.proof),
+    }
+}
+
+pub fn publisher_key(k: &PublisherKey) -> pb::PublisherKey {
+    pb::PublisherKey {
+        key_id: k.key_id.to_string(),
+        public_key_pem: k.public_key_pem.clone(),
+        source: match k.source {
+            KeySource::Config => "config",
+            KeySource::Log => "log",
+        }
+        .to_owned(),
+        valid_from: k.valid_from.map(timestamp),
+        revoked_at: k.revoked_at.map(timestamp),
     }
 }
 

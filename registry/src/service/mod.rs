@@ -15,6 +15,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::error::Error;
 use crate::ids::{EnvName, Reason};
 use crate::registry::{ANONYMOUS, HistoryQuery, Registry};
+use crate::signing::KeyId;
+
+/// Most entries one ListEntries call streams.
+const MAX_LIST_ENTRIES: u64 = 100_000;
 
 /// Size of the chunks artifacts are streamed in.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
@@ -44,6 +48,7 @@ fn env(text: &str) -> Result<EnvName, Status> {
 }
 
 type ArtifactStream = Pin<Box<dyn Stream<Item = Result<pb::GetArtifactResponse, Status>> + Send>>;
+type EntryStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::registry_server::Registry for RegistryService {
@@ -153,8 +158,8 @@ impl pb::registry_server::Registry for RegistryService {
         let env = env(&req.env)?;
         let at = convert::required_time("at", req.at)?;
         let margin = convert::margin(req.margin)?;
-        let resolution = self.registry.resolve(&env, at, margin)?;
-        Ok(Response::new(convert::resolution(&resolution)))
+        let proved = self.registry.resolve_proved(&env, at, margin).await?;
+        Ok(Response::new(convert::resolution(&proved)))
     }
 
     async fn history(
@@ -173,6 +178,133 @@ impl pb::registry_server::Registry for RegistryService {
         Ok(Response::new(pb::HistoryResponse {
             pins: page.pins.iter().map(convert::pin).collect(),
             next_page_token: page.next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        _request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::Checkpoint>, Status> {
+        let cp = self.registry.checkpoint()?;
+        Ok(Response::new(convert::checkpoint(&cp)))
+    }
+
+    async fn get_entry(
+        &self,
+        request: Request<pb::GetEntryRequest>,
+    ) -> Result<Response<pb::LogEntry>, Status> {
+        let index = request.into_inner().index;
+        let entry = self.registry.entry(index).await?;
+        Ok(Response::new(pb::LogEntry { index, entry }))
+    }
+
+    type ListEntriesStream = EntryStream;
+
+    async fn list_entries(
+        &self,
+        request: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<Self::ListEntriesStream>, Status> {
+        let req = request.into_inner();
+        let size = self.registry.checkpoint()?.size;
+        let end = if req.end == 0 {
+            size
+        } else {
+            req.end.min(size)
+        };
+        if req.start > end {
+            return Err(
+                Error::invalid(format!("start {} is past the end {end}", req.start)).into(),
+            );
+        }
+        let end = end.min(req.start.saturating_add(MAX_LIST_ENTRIES));
+        let registry = self.registry.clone();
+        let stream = futures::stream::unfold(req.start, move |index| {
+            let registry = registry.clone();
+            async move {
+                if index >= end {
+                    return None;
+                }
+                let item = registry
+                    .entry(index)
+                    .await
+                    .map(|entry| pb::LogEntry { index, entry })
+                    .map_err(Status::from);
+                Some((item, index + 1))
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        let req = request.into_inner();
+        let size = match req.tree_size {
+            0 => self.registry.checkpoint()?.size,
+            n => n,
+        };
+        let proof = self.registry.inclusion_proof(req.index, size)?;
+        Ok(Response::new(pb::InclusionProof {
+            index: req.index,
+            tree_size: size,
+            hashes: convert::hashes(&proof),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        let req = request.into_inner();
+        let new = match req.new_size {
+            0 => self.registry.checkpoint()?.size,
+            n => n,
+        };
+        let proof = self.registry.consistency_proof(req.old_size, new)?;
+        Ok(Response::new(pb::ConsistencyProof {
+            old_size: req.old_size,
+            new_size: new,
+            hashes: convert::hashes(&proof),
+        }))
+    }
+
+    async fn add_key(
+        &self,
+        request: Request<pb::AddKeyRequest>,
+    ) -> Result<Response<pb::PublisherKey>, Status> {
+        let req = request.into_inner();
+        let valid_from = convert::optional_time("valid_from", req.valid_from)?;
+        let reason: Reason = req.reason.parse()?;
+        let key = self
+            .registry
+            .add_key(&req.public_key_pem, valid_from, &reason, ANONYMOUS)
+            .await?;
+        Ok(Response::new(convert::publisher_key(&key)))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::PublisherKey>, Status> {
+        let req = request.into_inner();
+        let key_id = KeyId::parse(&req.key_id)?;
+        let at = convert::optional_time("revoked_at", req.revoked_at)?;
+        let reason: Reason = req.reason.parse()?;
+        let key = self
+            .registry
+            .revoke_key(&key_id, at, &reason, ANONYMOUS)
+            .await?;
+        Ok(Response::new(convert::publisher_key(&key)))
+    }
+
+    async fn list_keys(
+        &self,
+        _request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let keys = self.registry.keys()?;
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: keys.iter().map(convert::publisher_key).collect(),
         }))
     }
 }

@@ -1,0 +1,393 @@
+//! `stackpin checkpoint`, `verify` and `audit`: checking the registry with
+//! no trust in it.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use stackpin_proto::v1 as pb;
+use stackpin_registry::audit::{Audit, Report};
+use stackpin_registry::digest::Digest;
+use stackpin_registry::proof::RestoreProof;
+use stackpin_registry::signing::TrustedKeys;
+
+use crate::exit::{Failure, Outcome, VERIFY};
+use crate::view::Format;
+
+/// Loads `--trusted-keys` for a local check.
+pub fn trusted_keys(path: &Path) -> Outcome<TrustedKeys> {
+    TrustedKeys::load(path).map_err(|e| Failure::invalid(format!("--trusted-keys: {e}")))
+}
+
+#[derive(clap::Args)]
+pub struct CheckpointArgs {
+    /// The log's verifier key (as `stackpin-registry key` prints it), or a
+    /// file holding it.
+    #[arg(long, env = "STACKPIN_LOG_KEY")]
+    log_key: String,
+}
+
+#[derive(Serialize)]
+struct CheckpointView {
+    origin: String,
+    size: u64,
+    root: String,
+    note: String,
+}
+
+pub async fn checkpoint(
+    args: &CheckpointArgs,
+    server: &str,
+    state: Option<&Path>,
+    format: Format,
+) -> Outcome {
+    let log_key = crate::trust::log_key(&args.log_key)?;
+    let mut client = crate::client::connect(server).await?;
+    let note = client
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner()
+        .note;
+    let cp = crate::trust::accept_checkpoint(&mut client, &note, &log_key, state).await?;
+    let view = CheckpointView {
+        origin: cp.origin,
+        size: cp.size,
+        root: hex::encode(cp.root),
+        note,
+    };
+    format.emit(&view, || {
+        format!(
+            "{}verified: signed by {}, consistent with the last checkpoint seen\n",
+            view.note,
+            log_key.name()
+        )
+    });
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The artifact file.
+    file: PathBuf,
+    /// Its proof (default: FILE.tlog-proof).
+    #[arg(long)]
+    proof: Option<PathBuf>,
+    /// Publisher keys (a PEM file or a folder of *.pem).
+    #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
+    trusted_keys: PathBuf,
+    /// The log's verifier key, or a file holding it.
+    #[arg(long, env = "STACKPIN_LOG_KEY")]
+    log_key: String,
+}
+
+#[derive(Serialize)]
+struct VerifiedView {
+    file: String,
+    release_id: String,
+    digest: String,
+    signed_by: String,
+    env: String,
+    pin_seq: u64,
+    live_from: String,
+    live_until: Option<String>,
+    checkpoint_size: u64,
+    checks: Vec<&'static str>,
+}
+
+/// The checks `RestoreProof::verify` performs, for the report.
+pub const CHECKS: [&str; 6] = [
+    "checkpoint signature",
+    "publish entry inclusion",
+    "artifact digest",
+    "publisher signature",
+    "pin entry inclusion",
+    "successor link",
+];
+
+pub fn verify(args: &VerifyArgs, format: Format) -> Outcome {
+    let trusted = trusted_keys(&args.trusted_keys)?;
+    let log_key = crate::trust::log_key(&args.log_key)?;
+    let proof_path = args.proof.clone().unwrap_or_else(|| proof_path(&args.file));
+    let bytes = std::fs::read(&args.file)
+        .map_err(|e| Failure::invalid(format!("reading {}: {e}", args.file.display())))?;
+    let text = std::fs::read_to_string(&proof_path)
+        .map_err(|e| Failure::invalid(format!("reading {}: {e}", proof_path.display())))?;
+    let proof = RestoreProof::parse_tlog_proof(&text)
+        .map_err(|e| Failure::verify(format!("proof file: {e}")))?;
+    let v = proof
+        .verify(&bytes, &log_key, &trusted)
+        .map_err(Failure::verify)?;
+    let (from, until) = v.interval();
+    let view = VerifiedView {
+        file: args.file.display().to_string(),
+        release_id: v.publish.release_id.to_string(),
+        digest: v.publish.digest.to_string(),
+        signed_by: v.key_id.to_string(),
+        env: v.pin.env.to_string(),
+        pin_seq: v.pin.seq,
+        live_from: from.to_string(),
+        live_until: until.map(|u| u.to_string()),
+        checkpoint_size: v.checkpoint.size,
+        checks: CHECKS.to_vec(),
+    };
+    format.emit(&view, || {
+        format!(
+            "verified {}\nrelease    {}\ndigest     {}\nsigned by  {}\npin        #{} of {}, live [{}, {})\nlog        checkpoint of size {}\nchecks     {}\n",
+            view.file,
+            view.release_id,
+            view.digest,
+            view.signed_by,
+            view.pin_seq,
+            view.env,
+            view.live_from,
+            view.live_until.as_deref().unwrap_or("no later pin in this proof"),
+            view.checkpoint_size,
+            view.checks.join(", ")
+        )
+    });
+    Ok(())
+}
+
+/// `FILE` -> `FILE.tlog-proof`.
+pub fn proof_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".tlog-proof");
+    PathBuf::from(name)
+}
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    /// Audit a data folder directly instead of the server.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Publisher keys (a PEM file or a folder of *.pem).
+    #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
+    trusted_keys: PathBuf,
+    /// The log's verifier key, or a file holding it.
+    #[arg(long, env = "STACKPIN_LOG_KEY")]
+    log_key: String,
+}
+
+/// Progress on stderr, at most every two seconds, only for a terminal.
+struct Progress {
+    last: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn tick(&mut self, what: &str, done: u64, total: Option<u64>) {
+        if self.last.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        self.last = Instant::now();
+        let total = total.map(|t| format!(" of {t}")).unwrap_or_default();
+        if self.tty {
+            eprint!("\raudit: {done}{total} {what}   ");
+        } else {
+            eprintln!("audit: {done}{total} {what}");
+        }
+    }
+
+    fn done(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+pub async fn audit(
+    args: &AuditArgs,
+    server: &str,
+    state: Option<&Path>,
+    format: Format,
+) -> Outcome {
+    let trusted = trusted_keys(&args.trusted_keys)?;
+    let log_key = crate::trust::log_key(&args.log_key)?;
+    let mut audit = Audit::new(trusted);
+    let mut progress = Progress::new();
+    let source = match &args.data_dir {
+        Some(dir) => {
+            audit_dir(dir, &mut audit, &log_key, &mut progress)?;
+            dir.display().to_string()
+        }
+        None => {
+            audit_server(server, &mut audit, &log_key, state, &mut progress).await?;
+            server.to_owned()
+        }
+    };
+    progress.done();
+    let report = audit.finish();
+    print_report(&report, &source, format);
+    if report.ok() {
+        Ok(())
+    } else {
+        let classes: std::collections::BTreeSet<String> = report
+            .failures
+            .iter()
+            .map(|f| f.class.to_string())
+            .collect();
+        Err(Failure::new(
+            VERIFY,
+            anyhow::anyhow!(
+                "audit failed: {} problem(s) in {}",
+                report.failures.len(),
+                classes.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        ))
+    }
+}
+
+fn print_report(report: &Report, source: &str, format: Format) {
+    #[derive(Serialize)]
+    struct View<'a> {
+        source: &'a str,
+        ok: bool,
+        #[serde(flatten)]
+        report: &'a Report,
+    }
+    let view = View {
+        source,
+        ok: report.ok(),
+        report,
+    };
+    format.emit(&view, || {
+        let mut out = format!(
+            "audited {source}\nentries      {} (checkpoint covers {})\npublishes    {}\npins         {} in {} environment(s)\nkey changes  {}\nblobs        {} re-hashed\n",
+            report.entries,
+            report.checkpoint_size,
+            report.publishes,
+            report.pins,
+            report.environments,
+            report.key_changes,
+            report.blobs_checked
+        );
+        if report.ok() {
+            out.push_str("result       ok: every check passed\n");
+        } else {
+            out.push_str(&format!("result       {} failure(s):\n", report.failures.len()));
+            for f in &report.failures {
+                out.push_str(&format!("  [{}] {}\n", f.class, f.message));
+            }
+        }
+        out
+    });
+}
+
+async fn audit_server(
+    server: &str,
+    audit: &mut Audit,
+    log_key: &stackpin_registry::note::NoteVerifier,
+    state: Option<&Path>,
+    progress: &mut Progress,
+) -> Outcome {
+    let mut client = crate::client::connect(server).await?;
+    let note = client
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner()
+        .note;
+    let cp = crate::trust::accept_checkpoint(&mut client, &note, log_key, state).await?;
+    let mut next = 0;
+    while next < cp.size {
+        let mut stream = client
+            .list_entries(pb::ListEntriesRequest {
+                start: next,
+                end: cp.size,
+            })
+            .await?
+            .into_inner();
+        loop {
+            match stream.message().await {
+                Ok(Some(e)) => {
+                    audit.entry(e.index, &e.entry);
+                    next = e.index + 1;
+                    progress.tick("entries", next, Some(cp.size));
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    // Skip the unreadable entry so the rest is still audited.
+                    audit.unreadable(
+                        next,
+                        &format!("the registry refused it: {}", status.message()),
+                    );
+                    next += 1;
+                    break;
+                }
+            }
+        }
+    }
+    audit.checkpoint(&note, log_key);
+    audit.signatures();
+    let digests = audit.digests();
+    for (i, digest) in digests.iter().enumerate() {
+        let what = pb::ArtifactRef {
+            r#ref: Some(pb::artifact_ref::Ref::Digest(digest.to_string())),
+        };
+        match crate::artifacts::download(&mut client, what).await {
+            Ok((_, bytes)) => audit.blob(digest, Ok(&bytes)),
+            Err(f) => audit.blob(digest, Err(format!("{:#}", f.error))),
+        }
+        progress.tick("blobs", i as u64 + 1, Some(digests.len() as u64));
+    }
+    Ok(())
+}
+
+fn audit_dir(
+    dir: &Path,
+    audit: &mut Audit,
+    log_key: &stackpin_registry::note::NoteVerifier,
+    progress: &mut Progress,
+) -> Outcome {
+    let entries = dir.join("log/entries");
+    if !entries.is_dir() {
+        return Err(Failure::invalid(format!(
+            "{} has no log/entries folder: not a stackpin data folder",
+            dir.display()
+        )));
+    }
+    // Every entry file present, so a gap (a deleted entry) is seen even
+    // though entries are read by index.
+    let mut present: Vec<u64> = std::fs::read_dir(&entries)
+        .map_err(|e| Failure::invalid(format!("listing {}: {e}", entries.display())))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    present.sort_unstable();
+    let total = present.last().map_or(0, |last| last + 1);
+    for index in 0..total {
+        let path = entries.join(format!("{index:020}"));
+        match std::fs::read(&path) {
+            Ok(bytes) => audit.entry(index, &bytes),
+            Err(e) => audit.unreadable(index, &format!("{}: {e}", path.display())),
+        }
+        progress.tick("entries", index + 1, Some(total));
+    }
+    let cp_path = dir.join("log/checkpoint");
+    match std::fs::read_to_string(&cp_path) {
+        Ok(note) => audit.checkpoint(&note, log_key),
+        Err(e) => audit.no_checkpoint(&format!("no checkpoint at {}: {e}", cp_path.display())),
+    }
+    audit.signatures();
+    let digests = audit.digests();
+    for (i, digest) in digests.iter().enumerate() {
+        let path = blob_path(dir, digest);
+        match std::fs::read(&path) {
+            Ok(bytes) => audit.blob(digest, Ok(&bytes)),
+            Err(e) => audit.blob(digest, Err(format!("{}: {e}", path.display()))),
+        }
+        progress.tick("blobs", i as u64 + 1, Some(digests.len() as u64));
+    }
+    Ok(())
+}
+
+fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
+    dir.join("blobs/sha256").join(digest.hex())
+}

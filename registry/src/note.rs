@@ -1,0 +1,384 @@
+//! C2SP signed notes (<https://c2sp.org/signed-note>) and tlog checkpoints
+//! (<https://c2sp.org/tlog-checkpoint>): how the registry commits to its log.
+//!
+//! ```text
+//! stackpin.local/log                       <- origin (the key name)
+//! 42                                       <- tree size
+//! 2lX3...base64 root hash...=              <- RFC 6962 root
+//!                                          <- blank line
+//! — stackpin.local/log <base64(key id || Ed25519 signature of the text)>
+//! ```
+//!
+//! The key id is the first four bytes of
+//! `SHA-256(name || 0x0A || 0x01 || public key)`; the verifier key travels
+//! as the text `<name>+<hex key id>+<base64(0x01 || public key)>` (the "vkey"
+//! form used by Go's sumdb note package and other tlog tools).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+use crate::merkle::Hash;
+
+/// The Ed25519 signature type byte of signed notes.
+const ED25519: u8 = 0x01;
+/// Default origin (and key name) of a registry's log.
+pub const DEFAULT_ORIGIN: &str = "stackpin.local/log";
+/// Largest note accepted when parsing.
+const MAX_NOTE_BYTES: usize = 64 * 1024;
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('+') || name.chars().any(char::is_whitespace) {
+        return Err(Error::invalid(format!(
+            "note key name {name:?} must be non-empty, without spaces or '+'"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid("note key name contains control characters"));
+    }
+    Ok(())
+}
+
+/// The signed-note key id of an Ed25519 key under `name`.
+pub fn key_id(name: &str, key: &VerifyingKey) -> u32 {
+    let mut h = Sha256::new();
+    h.update(name.as_bytes());
+    h.update([b'\n', ED25519]);
+    h.update(key.as_bytes());
+    let d = h.finalize();
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+/// Signs notes as the log.
+#[derive(Clone)]
+pub struct NoteSigner {
+    name: String,
+    key: SigningKey,
+    id: u32,
+}
+
+impl NoteSigner {
+    /// A signer named `name`.
+    ///
+    /// # Errors
+    /// Invalid for a name with spaces or '+'.
+    pub fn new(name: &str, key: SigningKey) -> Result<Self> {
+        check_name(name)?;
+        let id = key_id(name, &key.verifying_key());
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+            id,
+        })
+    }
+
+    /// The key name (the log origin).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The verifier key text: `<name>+<hex id>+<base64(0x01 || key)>`.
+    pub fn vkey(&self) -> String {
+        let mut material = vec![ED25519];
+        material.extend_from_slice(self.key.verifying_key().as_bytes());
+        format!(
+            "{}+{:08x}+{}",
+            self.name,
+            self.id,
+            STANDARD.encode(material)
+        )
+    }
+
+    /// The verifier for this signer.
+    pub fn verifier(&self) -> NoteVerifier {
+        NoteVerifier {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+            id: self.id,
+        }
+    }
+
+    /// Signs `text` (which must end in a newline) into a signed note.
+    pub fn sign(&self, text: &str) -> String {
+        let sig = self.key.sign(text.as_bytes());
+        let mut blob = self.id.to_be_bytes().to_vec();
+        blob.extend_from_slice(&sig.to_bytes());
+        format!("{text}\n\u{2014} {} {}\n", self.name, STANDARD.encode(blob))
+    }
+}
+
+/// Verifies notes signed by one known key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoteVerifier {
+    name: String,
+    key: VerifyingKey,
+    id: u32,
+}
+
+impl NoteVerifier {
+    /// Parses a verifier key `<name>+<hex id>+<base64(0x01 || key)>`.
+    ///
+    /// # Errors
+    /// Invalid when the text is malformed, not Ed25519, or its id does not
+    /// match its name and key.
+    pub fn parse(vkey: &str) -> Result<Self> {
+        let vkey = vkey.trim();
+        let bad =
+            |why: &str| Error::invalid(format!("log key {vkey:?} is not a verifier key: {why}"));
+        let mut parts = vkey.splitn(3, '+');
+        let (Some(name), Some(id_hex), Some(material)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("expected <name>+<key id>+<key>"));
+        };
+        check_name(name)?;
+        if id_hex.len() != 8 {
+            return Err(bad("the key id must be 8 hex digits"));
+        }
+        let id = u32::from_str_radix(id_hex, 16).map_err(|_| bad("the key id is not hex"))?;
+        let material = STANDARD
+            .decode(material)
+            .map_err(|_| bad("the key is not base64"))?;
+        let [ED25519, rest @ ..] = material.as_slice() else {
+            return Err(bad("only Ed25519 (type 0x01) keys are supported"));
+        };
+        let bytes: [u8; 32] = rest
+            .try_into()
+            .map_err(|_| bad("an Ed25519 key is 32 bytes"))?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("not a valid Ed25519 point"))?;
+        if key_id(name, &key) != id {
+            return Err(bad("the key id does not match the name and key"));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+            id,
+        })
+    }
+
+    /// The key name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Checks a signed note and returns its text (which includes the final
+    /// newline).
+    ///
+    /// # Errors
+    /// Invalid when the note is malformed, a signature by this key fails, or
+    /// no signature by this key is present.
+    pub fn open<'a>(&self, note: &'a str) -> Result<&'a str> {
+        if note.len() > MAX_NOTE_BYTES {
+            return Err(Error::invalid("signed note is too large"));
+        }
+        if note.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(Error::invalid("signed note contains control characters"));
+        }
+        let split = note
+            .rfind("\n\n")
+            .ok_or_else(|| Error::invalid("signed note has no blank line before its signatures"))?;
+        let (text, sigs) = (&note[..=split], &note[split + 2..]);
+        if !sigs.ends_with('\n') || sigs.len() < 2 {
+            return Err(Error::invalid("signed note has no signature lines"));
+        }
+        let mut verified = false;
+        for line in sigs[..sigs.len() - 1].split('\n') {
+            let rest = line
+                .strip_prefix("\u{2014} ")
+                .ok_or_else(|| Error::invalid(format!("malformed signature line {line:?}")))?;
+            let (name, blob) = rest
+                .split_once(' ')
+                .ok_or_else(|| Error::invalid(format!("malformed signature line {line:?}")))?;
+            let blob = STANDARD
+                .decode(blob)
+                .map_err(|_| Error::invalid(format!("signature of {name} is not base64")))?;
+            if blob.len() < 4 {
+                return Err(Error::invalid(format!("signature of {name} is too short")));
+            }
+            let id = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]);
+            if name != self.name || id != self.id {
+                continue; // another key's signature: ignored, as the spec says
+            }
+            let sig = Signature::from_slice(&blob[4..])
+                .map_err(|_| Error::invalid(format!("signature of {name} is not Ed25519")))?;
+            if self.key.verify_strict(text.as_bytes(), &sig).is_err() {
+                return Err(Error::invalid(format!(
+                    "the signature of {name} does not verify: the note was altered or signed by another key"
+                )));
+            }
+            verified = true;
+        }
+        if !verified {
+            return Err(Error::invalid(format!(
+                "the note carries no signature by the log key {}+{:08x}",
+                self.name, self.id
+            )));
+        }
+        Ok(text)
+    }
+}
+
+/// A tlog checkpoint body: the log's commitment to its first `size` entries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub origin: String,
+    pub size: u64,
+    pub root: Hash,
+}
+
+impl Checkpoint {
+    /// The note text: origin, size, base64 root, each on its own line.
+    pub fn body(&self) -> String {
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            STANDARD.encode(self.root)
+        )
+    }
+
+    /// Parses a checkpoint body (extension lines after the third are allowed
+    /// and ignored).
+    ///
+    /// # Errors
+    /// Invalid when a line is missing or malformed.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut lines = text.split('\n');
+        let origin = lines.next().filter(|l| !l.is_empty());
+        let size = lines.next();
+        let root = lines.next();
+        let (Some(origin), Some(size), Some(root)) = (origin, size, root) else {
+            return Err(Error::invalid(
+                "checkpoint needs origin, size and root lines",
+            ));
+        };
+        if size.is_empty()
+            || !size.bytes().all(|b| b.is_ascii_digit())
+            || (size.len() > 1 && size.starts_with('0'))
+        {
+            return Err(Error::invalid(format!(
+                "checkpoint size {size:?} is not a decimal"
+            )));
+        }
+        let size: u64 = size
+            .parse()
+            .map_err(|_| Error::invalid(format!("checkpoint size {size:?} is out of range")))?;
+        let root: Hash = STANDARD
+            .decode(root)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or_else(|| Error::invalid("checkpoint root is not a base64 SHA-256 hash"))?;
+        Ok(Self {
+            origin: origin.to_owned(),
+            size,
+            root,
+        })
+    }
+
+    /// Verifies a signed checkpoint against the log key and parses it; the
+    /// origin must be the key's name.
+    ///
+    /// # Errors
+    /// Invalid when the signature or the body does not check out.
+    pub fn open(note: &str, verifier: &NoteVerifier) -> Result<Self> {
+        let text = verifier.open(note)?;
+        let cp = Self::parse(text)?;
+        if cp.origin != verifier.name() {
+            return Err(Error::invalid(format!(
+                "checkpoint origin {:?} is not the log key's name {:?}",
+                cp.origin,
+                verifier.name()
+            )));
+        }
+        Ok(cp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // golang.org/x/mod/sumdb/note, note_test.go / the package example.
+    const SKEY: &str =
+        "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+    const VKEY: &str = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
+    const TEXT: &str = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n";
+    const SIG: &str = "x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=";
+
+    fn go_signer() -> NoteSigner {
+        let material = STANDARD
+            .decode(SKEY.splitn(5, '+').nth(4).unwrap())
+            .unwrap();
+        assert_eq!(material[0], ED25519);
+        let seed: [u8; 32] = material[1..].try_into().unwrap();
+        NoteSigner::new("PeterNeumann", SigningKey::from_bytes(&seed)).unwrap()
+    }
+
+    #[test]
+    fn reproduces_the_go_sumdb_note_vector_byte_for_byte() {
+        let signer = go_signer();
+        assert_eq!(signer.vkey(), VKEY);
+        let note = signer.sign(TEXT);
+        assert_eq!(note, format!("{TEXT}\n\u{2014} PeterNeumann {SIG}\n"));
+        let verifier = NoteVerifier::parse(VKEY).unwrap();
+        assert_eq!(verifier.open(&note).unwrap(), TEXT);
+    }
+
+    #[test]
+    fn altered_notes_and_wrong_keys_are_rejected() {
+        let note = go_signer().sign(TEXT);
+        let verifier = NoteVerifier::parse(VKEY).unwrap();
+        assert!(
+            verifier
+                .open(&note.replace("cryptography", "cryptographY"))
+                .is_err()
+        );
+        let other = NoteSigner::new("PeterNeumann", SigningKey::from_bytes(&[9; 32])).unwrap();
+        let err = other.verifier().open(&note).unwrap_err();
+        assert!(
+            err.message().contains("no signature by the log key"),
+            "{err}"
+        );
+        assert!(verifier.open(TEXT).is_err(), "unsigned text");
+        assert!(
+            verifier
+                .open(&format!("{TEXT}\n\u{2014} PeterNeumann !!\n"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn verifier_keys_must_be_consistent() {
+        assert!(NoteVerifier::parse(&VKEY.replace("c74f20a3", "c74f20a4")).is_err());
+        assert!(NoteVerifier::parse(&VKEY.replace("PeterNeumann", "Peter")).is_err());
+        assert!(NoteVerifier::parse("PeterNeumann+c74f20a3").is_err());
+        assert!(NoteVerifier::parse("a b+c74f20a3+ARpc").is_err());
+    }
+
+    #[test]
+    fn checkpoints_round_trip_and_check_their_origin() {
+        let signer = NoteSigner::new(DEFAULT_ORIGIN, SigningKey::from_bytes(&[3; 32])).unwrap();
+        let cp = Checkpoint {
+            origin: DEFAULT_ORIGIN.to_owned(),
+            size: 42,
+            root: [7; 32],
+        };
+        let note = signer.sign(&cp.body());
+        assert_eq!(Checkpoint::open(&note, &signer.verifier()).unwrap(), cp);
+        for bad in [
+            "o\n01\nAAAA\n",
+            "o\n\n",
+            "o\n1\nnotbase64\n",
+            "o\n-1\nAA==\n",
+        ] {
+            assert!(Checkpoint::parse(bad).is_err(), "{bad:?}");
+        }
+        let other = Checkpoint {
+            origin: "elsewhere/log".into(),
+            ..cp
+        };
+        let note = signer.sign(&other.body());
+        assert!(Checkpoint::open(&note, &signer.verifier()).is_err());
+    }
+}
