@@ -5,6 +5,8 @@
 //! so the workspace's binaries must be built first (`cargo build --workspace`,
 //! which the README's test command does).
 
+pub mod world;
+
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

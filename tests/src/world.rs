@@ -1,0 +1,195 @@
+//! A registry in a scratch folder with two trusted publishers (one key from
+//! `stackpin keygen`, one from OpenSSL), and helpers to drive it.
+
+#![allow(clippy::unwrap_used)] // a test fixture: failing loudly is the point
+
+use std::path::Path;
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::{Server, stackpin};
+
+pub const T1: &str = "2026-03-01T10:00:00Z";
+pub const T2: &str = "2026-03-01T11:00:00Z";
+pub const T3: &str = "2026-03-01T12:00:00Z";
+
+/// The log key of a data folder, via `stackpin-registry key`.
+pub fn log_vkey(data: &Path) -> String {
+    let out = Command::new(crate::bin("stackpin-registry"))
+        .args(["key", "--data-dir"])
+        .arg(data)
+        .output()
+        .expect("run stackpin-registry key");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A publisher key made by OpenSSL, as pipelines often do.
+pub fn openssl_key(dir: &Path, name: &str) {
+    let key = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("trusted/{name}.pub.pem"));
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key)
+        .status()
+        .expect("run openssl")
+        .success();
+    assert!(ok, "openssl genpkey failed");
+    let ok = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .expect("run openssl")
+        .success();
+    assert!(ok, "openssl pkey -pubout failed");
+}
+
+pub struct World {
+    pub dir: TempDir,
+    pub server: Server,
+    /// The log's verifier key, as `stackpin-registry key` prints it.
+    pub vkey: String,
+}
+
+impl World {
+    /// A registry trusting two publishers: one key from `stackpin keygen`,
+    /// one from OpenSSL.
+    pub fn new(extra: &[&str]) -> Self {
+        let dir = TempDir::new().unwrap();
+        std::fs::create_dir(dir.path().join("trusted")).unwrap();
+        let run = stackpin(
+            dir.path(),
+            "http://127.0.0.1:1",
+            &["keygen", "--out", "ci.pem"],
+        );
+        run.ok();
+        std::fs::rename(
+            dir.path().join("ci.pub.pem"),
+            dir.path().join("trusted/ci.pub.pem"),
+        )
+        .unwrap();
+        openssl_key(dir.path(), "ops");
+        let trusted = dir.path().join("trusted");
+        let data = dir.path().join("data");
+        let vkey = log_vkey(&data);
+        let mut args = vec!["--trusted-keys", trusted.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let server = Server::start(&data, &args);
+        Self { dir, server, vkey }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> crate::Run {
+        let state = self.dir.path().join("state");
+        let mut all = vec!["--state-dir", state.to_str().unwrap()];
+        all.extend_from_slice(args);
+        stackpin(self.dir.path(), &self.server.url(), &all)
+    }
+
+    /// `stackpin restore` with this world's trust settings.
+    pub fn restore(&self, at: &str, out: &str, extra: &[&str]) -> crate::Run {
+        let mut args = vec![
+            "restore",
+            "--env",
+            "prod",
+            "--at",
+            at,
+            "--out",
+            out,
+            "--trusted-keys",
+            "trusted",
+            "--log-key",
+            &self.vkey,
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
+    pub fn write(&self, name: &str, body: &[u8]) {
+        std::fs::write(self.dir.path().join(name), body).unwrap();
+    }
+
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(name)).unwrap()
+    }
+
+    pub fn data(&self) -> std::path::PathBuf {
+        self.server.data_dir.clone()
+    }
+
+    /// Three artifacts published and pinned at T1, T2, T3 in prod.
+    pub fn three_releases(&self) {
+        for (i, key) in [(1, "ci.pem"), (2, "ops.pem"), (3, "ci.pem")] {
+            let name = format!("a{i}.json");
+            self.write(
+                &name,
+                format!("{{\"release\":{i},\"objects\":[]}}\n").as_bytes(),
+            );
+            let out = self
+                .cli(&[
+                    "--output",
+                    "json",
+                    "publish",
+                    &name,
+                    "--release-id",
+                    &format!("rel-{i}"),
+                    "--key",
+                    key,
+                ])
+                .json();
+            assert_eq!(out["created"], true);
+        }
+        for (i, at) in [(1, T1), (2, T2), (3, T3)] {
+            let out = self
+                .cli(&[
+                    "--output",
+                    "json",
+                    "pin",
+                    "--env",
+                    "prod",
+                    "--release-id",
+                    &format!("rel-{i}"),
+                    "--activated-at",
+                    at,
+                    "--reason",
+                    &format!("deploy {i}"),
+                ])
+                .json();
+            assert_eq!(out["seq"], i);
+        }
+    }
+
+    /// The answers an operator would get, as JSON text, for comparing across
+    /// restarts.
+    pub fn answers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for at in [
+            T1,
+            "2026-03-01T10:30:00Z",
+            T2,
+            "2026-03-01T11:59:59.500Z",
+            T3,
+            "2027-01-01T00:00:00Z",
+        ] {
+            out.push(
+                self.cli(&["--output", "json", "resolve", "--env", "prod", "--at", at])
+                    .ok()
+                    .to_owned(),
+            );
+        }
+        out.push(
+            self.cli(&["--output", "json", "history", "--env", "prod"])
+                .ok()
+                .to_owned(),
+        );
+        out.push(self.cli(&["--output", "json", "list"]).ok().to_owned());
+        out.push(
+            self.cli(&["--output", "json", "stat", "--release-id", "rel-2"])
+                .ok()
+                .to_owned(),
+        );
+        out
+    }
+}
