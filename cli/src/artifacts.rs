@@ -206,7 +206,8 @@ pub async fn restore(
         .map_err(|e| Failure::invalid(format!("--trusted-keys: {e}")))?;
     let log_key = crate::trust::log_key(&args.log_key)?;
     let mut client = crate::client::connect(server).await?;
-    let (response, view) = ask(&mut client, &args.resolve).await?;
+    // A restore always reads the replica's freshest state.
+    let (response, view) = ask(&mut client, &args.resolve, true).await?;
     let note = response
         .checkpoint
         .as_ref()

@@ -89,12 +89,16 @@ pub struct ResolveArgs {
     /// registry's setting.
     #[arg(long, value_parser = stackpin_registry::config::parse_duration)]
     pub margin: Option<Duration>,
+    /// Have the replica catch up with the shared log before answering.
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 /// Asks the registry which pin was live; shared by `resolve` and `restore`.
 pub async fn ask(
     client: &mut pb::registry_client::RegistryClient<tonic::transport::Channel>,
     args: &ResolveArgs,
+    fresh: bool,
 ) -> Outcome<(pb::ResolveResponse, ResolveView)> {
     let response = client
         .resolve(pb::ResolveRequest {
@@ -104,6 +108,7 @@ pub async fn ask(
                 seconds: i64::try_from(m.as_secs()).unwrap_or(i64::MAX),
                 nanos: i32::try_from(m.subsec_nanos()).unwrap_or(0),
             }),
+            fresh: args.fresh || fresh,
         })
         .await?
         .into_inner();
@@ -114,7 +119,7 @@ pub async fn ask(
 
 pub async fn resolve(args: &ResolveArgs, server: &str, format: Format) -> Outcome {
     let mut client = crate::client::connect(server).await?;
-    let (_, view) = ask(&mut client, args).await?;
+    let (_, view) = ask(&mut client, args, false).await?;
     format.emit(&view, || view.text());
     Ok(())
 }

@@ -13,7 +13,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+
+/// Blobs larger than this go up as multipart uploads.
+pub const MULTIPART_ABOVE: usize = 8 * 1024 * 1024;
+/// Size of each part (S3's minimum is 5 MiB).
+const PART_BYTES: usize = 8 * 1024 * 1024;
 
 use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
@@ -42,6 +47,9 @@ impl Blobs {
     /// Unavailable when storage fails; DataLoss when a different content
     /// already sits under the key.
     pub async fn put(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        if bytes.len() > MULTIPART_ABOVE {
+            return self.put_multipart(digest, bytes).await;
+        }
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
@@ -58,6 +66,28 @@ impl Blobs {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Large blobs go up in parts. A multipart upload becomes visible only
+    /// when it completes, so a crash mid-upload leaves no blob and the next
+    /// attempt starts afresh. Multipart uploads cannot be conditional; the
+    /// key is checked first, and rewriting a content address with the same
+    /// bytes changes nothing.
+    async fn put_multipart(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        let path = Self::path(digest);
+        match self.store.head(&path).await {
+            Ok(_) => return self.get(digest).await.map(|_| ()),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let upload = self.store.put_multipart(&path).await?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        for part in bytes.chunks(PART_BYTES) {
+            writer.wait_for_capacity(4).await?;
+            writer.write(part);
+        }
+        writer.finish().await?;
+        Ok(())
     }
 
     /// Reads the blob and checks it still hashes to `digest`.

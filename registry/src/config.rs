@@ -11,6 +11,7 @@ use crate::error::{Error, Kind, Result};
 use crate::note::{DEFAULT_ORIGIN, NoteSigner};
 use crate::registry::{DEFAULT_MAX_ARTIFACT_BYTES, Limits};
 use crate::signing;
+use crate::storage::{S3Options, StorageUrl};
 
 /// Parses a duration such as `5s`, `1500ms` or `2m` (non-negative).
 ///
@@ -111,6 +112,30 @@ pub struct ServerConfig {
     #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
     pub trusted_keys: Option<PathBuf>,
 
+    /// Where artifacts and the log live: file:///path, s3://bucket/prefix or
+    /// memory:// (tests). Default: file://<data-dir>. The data dir always
+    /// holds the index.
+    #[arg(long, env = "STACKPIN_STORAGE")]
+    pub storage: Option<String>,
+
+    /// Endpoint of an S3-compatible server (e.g. http://127.0.0.1:8333);
+    /// credentials and region come from the usual AWS_* variables.
+    #[arg(long, env = "STACKPIN_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// Address buckets as bucket.host instead of host/bucket (path style,
+    /// the default).
+    #[arg(long, env = "STACKPIN_S3_VIRTUAL_HOSTED_STYLE")]
+    pub s3_virtual_hosted_style: bool,
+
+    /// How long one storage call may take before it counts as unavailable.
+    #[arg(long, env = "STACKPIN_STORAGE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub storage_timeout: Duration,
+
+    /// How often to look for log entries written by other replicas.
+    #[arg(long, env = "STACKPIN_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
     /// Largest artifact accepted, in bytes.
     #[arg(long, env = "STACKPIN_MAX_ARTIFACT_BYTES", default_value_t = DEFAULT_MAX_ARTIFACT_BYTES)]
     pub max_artifact_bytes: u64,
@@ -131,6 +156,35 @@ impl ServerConfig {
             max_artifact_bytes: self.max_artifact_bytes,
             clock_skew: self.clock_skew,
             boundary_margin: self.boundary_margin,
+            poll_interval: self.poll_interval.max(Duration::from_millis(10)),
+        }
+    }
+
+    /// The storage URL: `--storage`, or the data dir itself.
+    ///
+    /// # Errors
+    /// Invalid for a malformed URL, or shared storage without an explicit
+    /// `--log-key` (replicas must sign with one key).
+    pub fn storage_url(&self) -> Result<StorageUrl> {
+        let url = match &self.storage {
+            Some(text) => StorageUrl::parse(text)?,
+            None => StorageUrl::File(self.log.data_dir.clone()),
+        };
+        if url.is_shared() && self.log.log_key.is_none() {
+            return Err(Error::invalid(
+                "--storage s3://... needs --log-key: replicas sharing a bucket must sign the log \
+                 with the same key (generate one with `stackpin keygen`)",
+            ));
+        }
+        Ok(url)
+    }
+
+    /// S3 settings from the flags.
+    pub fn s3_options(&self) -> S3Options {
+        S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            virtual_hosted_style: self.s3_virtual_hosted_style,
+            timeout: self.storage_timeout,
         }
     }
 }

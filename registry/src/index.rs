@@ -12,6 +12,7 @@
 //! p/<env>/<seq u64 BE>                PinRecord (JSON)
 //! t/<env>/<activated_at key><seq BE>  (empty): time-ordered pins, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
+//! o/<first index u64 BE>              u64 BE: entries in the log object at that index
 //! n/<level u8><index u64 BE>          32-byte hash of a complete Merkle subtree
 //! ```
 //!
@@ -90,6 +91,22 @@ pub struct KeyRecord {
 }
 
 const APPLIED: &[u8] = b"m/applied";
+
+fn object_key(index: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0] = b'o';
+    k[1] = b'/';
+    k[2..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Result<u64> {
+    bytes
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| Error::internal("index holds a malformed number"))
+}
 
 fn node_key(level: u8, index: u64) -> [u8; 11] {
     let mut k = [0u8; 11];
@@ -188,12 +205,42 @@ impl Index {
         }
     }
 
+    /// Applies the entries of the log object starting at `start`, from
+    /// entry `start + skip` on (a restart may have applied the first ones).
+    ///
+    /// # Errors
+    /// As [`Self::apply`].
+    pub fn apply_object(&self, start: u64, entries: &[bytes::Bytes], skip: usize) -> Result<()> {
+        let count = entries.len() as u64;
+        for (i, bytes) in entries.iter().enumerate().skip(skip) {
+            let object = (i == 0).then_some(count);
+            self.apply(start + i as u64, bytes, object)?;
+        }
+        Ok(())
+    }
+
+    /// The log object holding entry `index`: its first index and entry count.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn object_of(&self, index: u64) -> Result<Option<(u64, u64)>> {
+        let hi = object_key(index);
+        let Some(item) = self.tree.range(&b"o/"[..]..=&hi[..]).next_back() else {
+            return Ok(None);
+        };
+        let (key, value) = item?;
+        let start = u64_at(&key, 2)?;
+        let count = u64_at(&value, 0)?;
+        Ok((index < start + count).then_some((start, count)))
+    }
+
     /// Applies log entry `index` (which must be the next one), atomically.
+    /// `object` is the entry count when the entry opens a log object.
     ///
     /// # Errors
     /// DataLoss when the entry is malformed or contradicts earlier entries
     /// (the log was tampered with); Internal on index failure.
-    pub fn apply(&self, index: u64, bytes: &[u8]) -> Result<()> {
+    pub fn apply(&self, index: u64, bytes: &[u8], object: Option<u64>) -> Result<()> {
         let applied = self.applied()?;
         if index != applied {
             return Err(Error::internal(format!(
@@ -202,6 +249,9 @@ impl Index {
         }
         let entry = Entry::parse(index, bytes)?;
         let mut batch = Batch::default();
+        if let Some(count) = object {
+            batch.insert(&object_key(index)[..], &count.to_be_bytes()[..]);
+        }
         let leaf = merkle::leaf_hash(bytes);
         let mut node = leaf;
         batch.insert(&node_key(0, index)[..], &leaf[..]);
@@ -427,6 +477,28 @@ impl Index {
             .get(format!("e/{env}"))?
             .map(|v| decode("environment head", &v))
             .transpose()
+    }
+
+    /// The pin of `env` written at log index `log_index`, searching back from
+    /// the latest pin (a new pin is at most a batch away from the head).
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn pin_at_index(&self, env: &EnvName, log_index: u64) -> Result<Option<PinRecord>> {
+        let Some(head) = self.env_head(env)? else {
+            return Ok(None);
+        };
+        let mut seq = head.seq;
+        while let Some(pin) = self.pin(env, seq)? {
+            if pin.log_index == log_index {
+                return Ok(Some(pin));
+            }
+            if pin.log_index < log_index {
+                break;
+            }
+            seq -= 1;
+        }
+        Ok(None)
     }
 
     /// Pin `seq` of `env`.

@@ -18,6 +18,8 @@
 //! | [`timeline`] | activation ordering and resolve-at-time rules |
 //! | [`note`] | C2SP signed notes and tlog checkpoints: the log's signature |
 //! | [`proof`] | offline verification of answers; the `.tlog-proof` file |
+//! | [`committer`] | group commit: the one task that appends to the log |
+//! | [`storage`] | choosing the object store by URL (file, s3, memory) |
 //! | [`registry`] | the state machine tying the above together |
 //! | [`service`] | the tonic service: the only module that sees proto types |
 //! | [`config`] | server settings and their sources |
@@ -28,6 +30,7 @@
 
 pub mod audit;
 pub mod blobs;
+pub mod committer;
 pub mod config;
 pub mod digest;
 pub mod error;
@@ -41,6 +44,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod signing;
+pub mod storage;
 pub mod time;
 pub mod timeline;
 

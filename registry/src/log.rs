@@ -3,14 +3,23 @@
 //! ```text
 //! log/entries/00000000000000000000   entry 0 (JSON, the exact bytes hashed)
 //! log/entries/00000000000000000001   entry 1
+//! log/entries/00000000000000000002   entries 2, 3 and 4: a group commit,
+//!                                    one entry per line
+//! log/entries/00000000000000000005   entry 5
 //! ...
 //! ```
 //!
-//! Entry `n` is created with `PutMode::Create`, so two writers can never both
-//! write it: the loser learns it lost the race and must catch up. Entries are
-//! stored as the exact bytes that are hashed and never re-serialized; each
-//! entry's hash is its RFC 6962 leaf hash, `SHA-256(0x00 || bytes)`, which is
-//! also what a pin's `prev_pin` field links to.
+//! The object at `log/entries/<n>` is created with `PutMode::Create`, so two
+//! writers can never both write it: the loser learns it lost the race and
+//! must catch up. An object usually holds one entry; when several requests
+//! wait at the same moment they are committed together as one object whose
+//! lines are entries `n, n+1, ...` (entries are compact JSON, which never
+//! contains a raw newline). The next object's key is the index after the
+//! last entry, so objects chain without gaps and a batch is all or nothing.
+//!
+//! Entries are stored as the exact bytes that are hashed and never
+//! re-serialized; each entry's hash is its RFC 6962 leaf hash,
+//! `SHA-256(0x00 || bytes)`, which is also what a pin's `prev_pin` links to.
 
 use std::sync::Arc;
 
@@ -50,6 +59,10 @@ pub struct PublishEntry {
     /// payload, so embedding it as JSON keeps it verifiable).
     pub envelope: serde_json::Value,
     pub recorded_at: Timestamp,
+    /// Identifies the request that wrote this entry, so a writer whose
+    /// storage call timed out can read back and tell whether it landed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// An activation of an artifact in an environment.
@@ -67,6 +80,10 @@ pub struct PinEntry {
     pub reason: String,
     /// Leaf hash (hex) of the environment's previous pin entry; `None` for seq 1.
     pub prev_pin: Option<String>,
+    /// Identifies the request that wrote this entry, so a writer whose
+    /// storage call timed out can read back and tell whether it landed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// What a key entry does.
@@ -92,6 +109,10 @@ pub struct KeyEntry {
     pub recorded_at: Timestamp,
     pub actor: String,
     pub reason: String,
+    /// Identifies the request that wrote this entry, so a writer whose
+    /// storage call timed out can read back and tell whether it landed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Entry {
@@ -134,21 +155,48 @@ impl Log {
         Path::from(format!("log/entries/{index:020}"))
     }
 
-    /// Creates entry `index`, durably. Returns `false` when the entry already
-    /// exists (another writer won the index).
+    /// The object bytes of a batch: its entries, one per line.
+    pub fn join(entries: &[Bytes]) -> Bytes {
+        if let [one] = entries {
+            return one.clone();
+        }
+        let mut out = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum());
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(e);
+        }
+        Bytes::from(out)
+    }
+
+    /// Splits an object into its entries.
+    pub fn split(object: &Bytes) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, b) in object.iter().enumerate() {
+            if *b == b'\n' {
+                out.push(object.slice(start..i));
+                start = i + 1;
+            }
+        }
+        out.push(object.slice(start..));
+        out
+    }
+
+    /// Creates the object holding entries `index..index + entries.len()`,
+    /// durably. Returns `false` when the key already exists (another writer
+    /// won the index); both 409 and 412 answers mean that.
     ///
     /// # Errors
-    /// Unavailable when storage fails.
-    pub async fn append(&self, index: u64, bytes: Bytes) -> Result<bool> {
+    /// Unavailable when storage fails: the write may or may not have landed.
+    pub async fn append(&self, index: u64, entries: &[Bytes]) -> Result<bool> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        match self
-            .store
-            .put_opts(&Self::path(index), PutPayload::from(bytes), opts)
-            .await
-        {
+        let payload = PutPayload::from(Self::join(entries));
+        match self.store.put_opts(&Self::path(index), payload, opts).await {
             Ok(_) => Ok(true),
             Err(
                 object_store::Error::AlreadyExists { .. }
@@ -158,7 +206,7 @@ impl Log {
         }
     }
 
-    /// Reads entry `index`, or `None` past the end of the log.
+    /// Reads the object starting at `index`, or `None` when there is none.
     ///
     /// # Errors
     /// Unavailable when storage fails.
@@ -169,6 +217,28 @@ impl Log {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Indices of every object stored after `index` (for detecting gaps).
+    ///
+    /// # Errors
+    /// Unavailable when storage fails.
+    pub async fn objects_after(&self, index: u64) -> Result<Vec<u64>> {
+        use futures::TryStreamExt as _;
+        let prefix = Path::from("log/entries");
+        let offset = Self::path(index);
+        let metas: Vec<_> = self
+            .store
+            .list_with_offset(Some(&prefix), &offset)
+            .try_collect()
+            .await?;
+        let mut out: Vec<u64> = metas
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(|n| n.parse().ok()))
+            .filter(|i| *i > index)
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -177,15 +247,26 @@ mod tests {
     use object_store::memory::InMemory;
 
     #[tokio::test]
-    async fn append_is_write_once_per_index() {
+    async fn append_is_write_once_per_index_and_batches_split_back() {
         let log = Log::new(Arc::new(InMemory::new()));
-        assert!(log.append(0, Bytes::from_static(b"a")).await.unwrap());
-        assert!(!log.append(0, Bytes::from_static(b"b")).await.unwrap());
+        assert!(log.append(0, &[Bytes::from_static(b"a")]).await.unwrap());
+        assert!(!log.append(0, &[Bytes::from_static(b"b")]).await.unwrap());
         assert_eq!(
             log.read(0).await.unwrap().unwrap(),
             Bytes::from_static(b"a")
         );
         assert_eq!(log.read(1).await.unwrap(), None);
+        let batch = [
+            Bytes::from_static(b"{}"),
+            Bytes::from_static(b"[]"),
+            Bytes::from_static(b"1"),
+        ];
+        assert!(log.append(1, &batch).await.unwrap());
+        assert_eq!(
+            Log::split(&log.read(1).await.unwrap().unwrap()),
+            batch.to_vec()
+        );
+        assert_eq!(log.objects_after(0).await.unwrap(), vec![1]);
         assert_eq!(Log::path(7).as_ref(), "log/entries/00000000000000000007");
     }
 
@@ -210,6 +291,7 @@ mod tests {
             actor: "anonymous".into(),
             reason: String::new(),
             prev_pin: None,
+            request_id: None,
         });
         assert_eq!(Entry::parse(0, &e.to_bytes()).unwrap(), e);
         let err = Entry::parse(3, br#"{"type":"delete"}"#).unwrap_err();

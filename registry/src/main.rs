@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use stackpin_registry::config::{LogKeyArgs, ServerConfig};
 use stackpin_registry::signing::TrustedKeys;
-use stackpin_registry::{Registry, server};
+use stackpin_registry::{Registry, server, storage};
 
 /// The stackpin registry server. With no subcommand it serves.
 #[derive(Parser)]
@@ -56,10 +56,15 @@ async fn main() -> anyhow::Result<()> {
     };
     tracing::info!(keys = trusted.keys().len(), "trusted publisher keys loaded");
     let data_dir = &config.log.data_dir;
-    let registry = Registry::open_local(data_dir, trusted, signer, config.limits())
+    let url = config.storage_url()?;
+    let store = storage::open(&url, &config.s3_options())?;
+    let registry = Registry::open_at(data_dir, store, trusted, signer, config.limits())
         .await
-        .with_context(|| format!("opening data folder {}", data_dir.display()))?;
-    tracing::info!(data_dir = %data_dir.display(), log_key = %registry.log_vkey(), "registry open");
+        .with_context(|| format!("opening the registry on {url:?}"))?;
+    tracing::info!(
+        data_dir = %data_dir.display(), storage = ?url, log_key = %registry.log_vkey(),
+        "registry open"
+    );
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -12,16 +12,16 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutMode, PutOptions};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::blobs::Blobs;
+use crate::committer::{self, Build, Msg, Target as _};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Kind, Result};
 use crate::ids::{EnvName, Reason, ReleaseId};
-use crate::index::{ArtifactRecord, Index, PinRecord};
+use crate::index::{ArtifactRecord, Index, KeyRecord, PinRecord};
 use crate::log::{Entry, KeyAction, KeyEntry, Log, PinEntry, PublishEntry};
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, NoteSigner};
@@ -52,6 +52,8 @@ pub struct Limits {
     pub clock_skew: Duration,
     /// Default margin for "near a switch" in resolve.
     pub boundary_margin: Duration,
+    /// How often the log is polled for other replicas' entries.
+    pub poll_interval: Duration,
 }
 
 impl Default for Limits {
@@ -60,6 +62,7 @@ impl Default for Limits {
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             clock_skew: DEFAULT_CLOCK_SKEW,
             boundary_margin: DEFAULT_BOUNDARY_MARGIN,
+            poll_interval: Duration::from_millis(500),
         }
     }
 }
@@ -174,8 +177,24 @@ pub struct PublisherKey {
 /// The storage key of the latest checkpoint.
 const CHECKPOINT_PATH: &str = "log/checkpoint";
 
-/// The registry.
+/// The registry: the shared state plus the handle of the committer task
+/// that performs every write. Reads go straight to [`Inner`].
 pub struct Registry {
+    inner: Arc<Inner>,
+    commits: mpsc::Sender<Msg>,
+}
+
+impl std::ops::Deref for Registry {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// Everything the registry knows, shared by request handlers and the
+/// committer task.
+pub struct Inner {
     blobs: Blobs,
     log: Log,
     index: Index,
@@ -192,9 +211,6 @@ pub struct Registry {
     /// the request path; it coalesces bursts to the newest.
     checkpoint_tx: watch::Sender<Option<SignedCheckpoint>>,
     store: Arc<dyn ObjectStore>,
-    /// Serializes appends from this process; other processes are serialized
-    /// by `PutMode::Create` on the entry key.
-    append: Mutex<()>,
 }
 
 /// Where the embedded default keeps things inside its data folder.
@@ -202,15 +218,108 @@ pub fn index_dir(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("index")
 }
 
+/// Opens (or creates) the sled index in `dir`; an unreadable index is
+/// deleted and rebuilt from the log, which is the source of truth.
+///
+/// # Errors
+/// Internal when even a fresh index cannot be created.
+pub fn open_index(dir: &std::path::Path) -> Result<Index> {
+    match Index::open(dir) {
+        Ok(index) => Ok(index),
+        Err(err) => {
+            tracing::warn!(
+                index = %dir.display(),
+                error = %err,
+                "index is unreadable; deleting it and rebuilding it from the log"
+            );
+            std::fs::remove_dir_all(dir).map_err(|e| {
+                Error::internal(format!("removing damaged index {}: {e}", dir.display()))
+            })?;
+            Index::open(dir)
+        }
+    }
+}
+
+/// A fresh request id, stored in the entry a request writes.
+fn request_id() -> String {
+    let mut bytes = [0u8; 12];
+    // Randomness only makes ids unique; a failure falls back to the clock.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&Timestamp::now().as_micros().to_be_bytes());
+    }
+    hex::encode(bytes)
+}
+
 impl Registry {
-    /// Opens the embedded default: object storage in `data_dir` (fsync on)
-    /// and the sled index in `data_dir/index`, rebuilt from the log when it
-    /// is missing or unreadable.
+    /// Opens a registry over `store` and `index`, catching the index up with
+    /// the log, and starts its committer task (tailing every `poll`).
     ///
     /// # Errors
-    /// When the folder cannot be created or read, or the log is damaged.
-    pub async fn open_local(
+    /// Unavailable when storage is unreachable; DataLoss when the log is
+    /// damaged (an entry unreadable, or a gap before later entries).
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        index: Index,
+        trusted: TrustedKeys,
+        signer: NoteSigner,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let (checkpoint_tx, checkpoint_rx) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            blobs: Blobs::new(store.clone()),
+            log: Log::new(store.clone()),
+            index,
+            config_keys: trusted,
+            clock,
+            limits,
+            signer,
+            checkpoint: RwLock::new(None),
+            checkpoint_tx,
+            store: store.clone(),
+        });
+        let from = inner.index.applied()?;
+        let started = Instant::now();
+        let applied = committer::catch_up(&inner.log, &inner.index).await?;
+        if applied > 0 {
+            tracing::info!(
+                from,
+                entries = applied,
+                seconds = started.elapsed().as_secs_f64(),
+                "index caught up with the log"
+            );
+        }
+        let size = inner.index.applied()?;
+        let later = inner.log.objects_after(size).await?;
+        if let Some(first) = later.first() {
+            return Err(Error::new(
+                Kind::DataLoss,
+                format!(
+                    "log entry {size} is missing but {} later log object(s) exist (the first at \
+                     {first}): the log was truncated or an entry deleted; restore log/entries from \
+                     a backup before starting",
+                    later.len()
+                ),
+            ));
+        }
+        tokio::spawn(store_checkpoints(store, checkpoint_rx));
+        inner.committed();
+        let (commits, rx) = mpsc::channel(4 * committer::MAX_BATCH);
+        tokio::spawn(committer::run(
+            inner.clone(),
+            rx,
+            inner.limits.poll_interval,
+        ));
+        Ok(Self { inner, commits })
+    }
+
+    /// Opens a registry on `data_dir` for the index and `store` for the data.
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    pub async fn open_at(
         data_dir: &std::path::Path,
+        store: Arc<dyn ObjectStore>,
         trusted: TrustedKeys,
         signer: NoteSigner,
         limits: Limits,
@@ -221,123 +330,32 @@ impl Registry {
                 format!("creating data folder {}: {e}", data_dir.display()),
             )
         })?;
-        let store = LocalFileSystem::new_with_prefix(data_dir)
-            .map_err(|e| {
-                Error::new(
-                    Kind::Unavailable,
-                    format!("opening data folder {}: {e}", data_dir.display()),
-                )
-            })?
-            .with_fsync(true);
-        let dir = index_dir(data_dir);
-        let index = match Index::open(&dir) {
-            Ok(index) => index,
-            Err(err) => {
-                tracing::warn!(
-                    index = %dir.display(),
-                    error = %err,
-                    "index is unreadable; deleting it and rebuilding it from the log"
-                );
-                std::fs::remove_dir_all(&dir).map_err(|e| {
-                    Error::internal(format!("removing damaged index {}: {e}", dir.display()))
-                })?;
-                Index::open(&dir)?
-            }
-        };
-        Self::open(
-            Arc::new(store),
-            index,
-            trusted,
-            signer,
-            limits,
-            Arc::new(SystemClock),
-        )
-        .await
+        let index = open_index(&index_dir(data_dir))?;
+        Self::open(store, index, trusted, signer, limits, Arc::new(SystemClock)).await
     }
 
-    /// Opens a registry over any object store and index, catching the index
-    /// up with the log.
+    async fn commit(&self, build: Build) -> Result<Option<u64>> {
+        let (tx, rx) = oneshot::channel();
+        self.commits
+            .send(Msg::Write(build, tx))
+            .await
+            .map_err(|_| Error::internal("the committer has stopped"))?;
+        rx.await
+            .map_err(|_| Error::internal("the committer dropped a request"))?
+    }
+
+    /// Catches up with entries other replicas wrote, before a fresh read.
     ///
     /// # Errors
-    /// When storage is unreachable or the log is damaged.
-    pub async fn open(
-        store: Arc<dyn ObjectStore>,
-        index: Index,
-        trusted: TrustedKeys,
-        signer: NoteSigner,
-        limits: Limits,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self> {
-        let (checkpoint_tx, checkpoint_rx) = watch::channel(None);
-        tokio::spawn(store_checkpoints(store.clone(), checkpoint_rx));
-        let registry = Self {
-            blobs: Blobs::new(store.clone()),
-            log: Log::new(store.clone()),
-            index,
-            config_keys: trusted,
-            clock,
-            limits,
-            signer,
-            checkpoint: RwLock::new(None),
-            checkpoint_tx,
-            store,
-            append: Mutex::new(()),
-        };
-        let start = registry.index.applied()?;
-        let started = Instant::now();
-        let applied = registry.catch_up().await?;
-        if applied > 0 {
-            tracing::info!(
-                from = start,
-                entries = applied,
-                seconds = started.elapsed().as_secs_f64(),
-                "index caught up with the log"
-            );
-        }
-        let cp = registry.checkpoint()?;
-        registry.checkpoint_tx.send_replace(Some(cp));
-        Ok(registry)
-    }
-
-    /// Applies log entries the index has not seen yet; returns how many.
-    async fn catch_up(&self) -> Result<u64> {
-        let mut next = self.index.applied()?;
-        let first = next;
-        let mut last_report = Instant::now();
-        while let Some(bytes) = self.log.read(next).await? {
-            self.index.apply(next, &bytes)?;
-            next += 1;
-            if last_report.elapsed() >= Duration::from_secs(2) {
-                tracing::info!(applied = next, "rebuilding index from the log");
-                last_report = Instant::now();
-            }
-        }
-        Ok(next - first)
-    }
-
-    /// Appends the entry `build` makes from the current state, retrying when
-    /// another writer took the index first. `build` returns `Ok(None)` when
-    /// there is nothing to write (an idempotent repeat).
-    async fn commit<F>(&self, mut build: F) -> Result<Option<u64>>
-    where
-        F: FnMut(&Index) -> Result<Option<Entry>>,
-    {
-        let _guard = self.append.lock().await;
-        loop {
-            let Some(entry) = build(&self.index)? else {
-                return Ok(None);
-            };
-            let index = self.index.applied()?;
-            let bytes = entry.to_bytes();
-            if self.log.append(index, bytes.clone()).await? {
-                self.index.apply(index, &bytes)?;
-                let cp = self.checkpoint()?;
-                self.checkpoint_tx.send_replace(Some(cp));
-                return Ok(Some(index));
-            }
-            tracing::debug!(index, "lost the race for a log index; catching up");
-            self.catch_up().await?;
-        }
+    /// Unavailable when storage fails.
+    pub async fn sync(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commits
+            .send(Msg::Sync(tx))
+            .await
+            .map_err(|_| Error::internal("the committer has stopped"))?;
+        rx.await
+            .map_err(|_| Error::internal("the committer dropped a request"))?
     }
 
     /// Flushes the index to disk and stores the latest checkpoint (at
@@ -351,6 +369,250 @@ impl Registry {
         put_checkpoint(&self.store, &cp).await
     }
 
+    /// Finishes a publish once all bytes arrived: checks them against the
+    /// envelope, stores the blob, and logs the binding.
+    ///
+    /// # Errors
+    /// Invalid for empty or non-JSON bytes or a digest other than the signed
+    /// one; Conflict when the release id got bound to other bytes;
+    /// Precondition when the key was revoked meanwhile; Unavailable when
+    /// storage fails.
+    pub async fn finish_publish(&self, pending: PendingPublish) -> Result<Published> {
+        let PendingPublish {
+            attestation,
+            media_type,
+            envelope,
+            hasher,
+            bytes,
+            ..
+        } = pending;
+        if bytes.is_empty() {
+            return Err(Error::invalid("artifact is empty"));
+        }
+        let digest = hasher.finish();
+        if digest != attestation.digest {
+            return Err(Error::invalid(format!(
+                "the received bytes hash to {digest}, but the envelope is signed for {}",
+                attestation.digest
+            )));
+        }
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            return Err(Error::invalid(format!(
+                "artifact is not valid JSON (objectstack.json must be JSON): {e}"
+            )));
+        }
+        let release_id = attestation.release_id.clone();
+        if let Some(existing) = self.index.artifact_by_release(&release_id)? {
+            return same_or_conflict(existing, &digest);
+        }
+        let size = bytes.len() as u64;
+        self.blobs.put(&digest, Bytes::from(bytes)).await?;
+        let inner = self.inner.clone();
+        let rid = release_id.clone();
+        let request = request_id();
+        let committed = self
+            .commit(Box::new(move |view| {
+                if view.artifact_by_release(&rid)?.is_some() {
+                    return Ok(None); // bound meanwhile: answered below
+                }
+                // The key must still be valid at the instant the entry is logged.
+                let now = inner.clock.now();
+                let valid = inner.publisher_keys_at(view.keys()?, now)?;
+                if !valid.keys().iter().any(|k| k.id() == &attestation.key_id) {
+                    return Err(Error::precondition(format!(
+                        "publisher key {} is no longer trusted (revoked)",
+                        attestation.key_id
+                    )));
+                }
+                Ok(Some(Entry::Publish(PublishEntry {
+                    release_id: rid.clone(),
+                    digest,
+                    size,
+                    media_type: media_type.clone(),
+                    key_id: attestation.key_id.clone(),
+                    envelope: envelope.clone(),
+                    recorded_at: now,
+                    request_id: Some(request.clone()),
+                })))
+            }))
+            .await?;
+        let artifact = self
+            .index
+            .artifact_by_release(&release_id)?
+            .ok_or_else(|| Error::internal("published artifact is missing from the index"))?;
+        match committed {
+            Some(index) => {
+                tracing::info!(release_id = %release_id, %digest, size, index, "published");
+                Ok(Published {
+                    artifact,
+                    created: true,
+                })
+            }
+            None => same_or_conflict(artifact, &digest),
+        }
+    }
+
+    /// Records that `artifact` went live in `env`.
+    ///
+    /// # Errors
+    /// NotFound for an unknown artifact; Precondition for an out-of-order
+    /// or future activation; Unavailable when storage fails.
+    pub async fn pin(
+        &self,
+        env: &EnvName,
+        artifact: &ArtifactRef,
+        activated_at: Option<Timestamp>,
+        reason: &Reason,
+        actor: &str,
+    ) -> Result<PinRecord> {
+        let target = self.artifact(artifact)?;
+        let inner = self.inner.clone();
+        let (env2, reason, actor, request) = (
+            env.clone(),
+            reason.as_str().to_owned(),
+            actor.to_owned(),
+            request_id(),
+        );
+        let committed = self
+            .commit(Box::new(move |view| {
+                let head = view.env_head(&env2)?;
+                let now = inner.clock.now();
+                let at = timeline::activation(
+                    head.as_ref(),
+                    activated_at,
+                    now,
+                    inner.limits.clock_skew,
+                )?;
+                Ok(Some(Entry::Pin(PinEntry {
+                    env: env2.clone(),
+                    seq: head.as_ref().map_or(1, |h| h.seq + 1),
+                    release_id: target.release_id.clone(),
+                    digest: target.digest,
+                    activated_at: at,
+                    recorded_at: now,
+                    actor: actor.clone(),
+                    reason: reason.clone(),
+                    prev_pin: head.map(|h| h.entry_hash),
+                    request_id: Some(request.clone()),
+                })))
+            }))
+            .await?
+            .ok_or_else(|| Error::internal("a pin produced no log entry"))?;
+        let pin = self
+            .index
+            .pin_at_index(env, committed)?
+            .ok_or_else(|| Error::internal("new pin is missing from the index"))?;
+        tracing::info!(
+            env = %env, seq = pin.seq, release_id = %pin.release_id,
+            activated_at = %pin.activated_at, index = committed, "pinned"
+        );
+        Ok(pin)
+    }
+
+    /// Trusts a publisher key for publishes logged from `valid_from` (default
+    /// now) on.
+    ///
+    /// # Errors
+    /// Invalid for a malformed key; Conflict when the key is already known.
+    pub async fn add_key(
+        &self,
+        pem: &str,
+        valid_from: Option<Timestamp>,
+        reason: &Reason,
+        actor: &str,
+    ) -> Result<PublisherKey> {
+        let key = PublicKey::from_pem(pem)?;
+        let pem = key.to_pem()?;
+        let inner = self.inner.clone();
+        let id = key.id().clone();
+        let (reason, actor, request) = (reason.as_str().to_owned(), actor.to_owned(), request_id());
+        self.commit(Box::new(move |view| {
+            if view.key(&id)?.is_some() || inner.config_keys.keys().iter().any(|k| k.id() == &id) {
+                return Err(Error::conflict(format!(
+                    "publisher key {id} is already known; a revoked key cannot be added again"
+                )));
+            }
+            let now = inner.clock.now();
+            Ok(Some(Entry::Key(KeyEntry {
+                action: KeyAction::Add,
+                key_id: id.clone(),
+                public_key: Some(pem.clone()),
+                at: valid_from.unwrap_or(now),
+                recorded_at: now,
+                actor: actor.clone(),
+                reason: reason.clone(),
+                request_id: Some(request.clone()),
+            })))
+        }))
+        .await?;
+        tracing::info!(key_id = %key.id(), "publisher key added");
+        self.key_view(key.id())
+    }
+
+    /// Stops trusting a publisher key for publishes logged from `at`
+    /// (default now) on; earlier publishes keep verifying.
+    ///
+    /// # Errors
+    /// NotFound for an unknown key; Conflict when it is already revoked.
+    pub async fn revoke_key(
+        &self,
+        key_id: &KeyId,
+        at: Option<Timestamp>,
+        reason: &Reason,
+        actor: &str,
+    ) -> Result<PublisherKey> {
+        let inner = self.inner.clone();
+        let id = key_id.clone();
+        let (reason, actor, request) = (reason.as_str().to_owned(), actor.to_owned(), request_id());
+        self.commit(Box::new(move |view| {
+            let record = view.key(&id)?;
+            let configured = inner.config_keys.keys().iter().any(|k| k.id() == &id);
+            if record.is_none() && !configured {
+                return Err(Error::not_found(format!("publisher key {id} is not known")));
+            }
+            if let Some(t) = record.and_then(|r| r.revoked_at) {
+                return Err(Error::conflict(format!(
+                    "publisher key {id} was already revoked at {t}"
+                )));
+            }
+            let now = inner.clock.now();
+            Ok(Some(Entry::Key(KeyEntry {
+                action: KeyAction::Revoke,
+                key_id: id.clone(),
+                public_key: None,
+                at: at.unwrap_or(now),
+                recorded_at: now,
+                actor: actor.clone(),
+                reason: reason.clone(),
+                request_id: Some(request.clone()),
+            })))
+        }))
+        .await?;
+        tracing::info!(%key_id, "publisher key revoked");
+        self.key_view(key_id)
+    }
+}
+
+impl committer::Target for Inner {
+    fn log(&self) -> &Log {
+        &self.log
+    }
+
+    fn index(&self) -> &Index {
+        &self.index
+    }
+
+    fn committed(&self) {
+        match self.checkpoint() {
+            Ok(cp) => {
+                self.checkpoint_tx.send_replace(Some(cp));
+            }
+            Err(e) => tracing::warn!(error = %e, "signing a checkpoint failed"),
+        }
+    }
+}
+
+impl Inner {
     /// The log's verifier key, in the signed-note vkey form.
     pub fn log_vkey(&self) -> String {
         self.signer.vkey()
@@ -409,12 +671,19 @@ impl Registry {
                 "log entry {index} does not exist (the log has {size} entries)"
             )));
         }
-        let bytes = self.log.read(index).await?.ok_or_else(|| {
+        let missing = || {
             Error::new(
                 Kind::DataLoss,
                 format!("log entry {index} is missing from storage"),
             )
-        })?;
+        };
+        let (start, _) = self.index.object_of(index)?.unwrap_or((index, 1));
+        let object = self.log.read(start).await?.ok_or_else(missing)?;
+        let position = usize::try_from(index - start).unwrap_or(usize::MAX);
+        let bytes = Log::split(&object)
+            .into_iter()
+            .nth(position)
+            .ok_or_else(missing)?;
         if merkle::leaf_hash(&bytes) != self.index.node(0, index)? {
             return Err(Error::new(
                 Kind::DataLoss,
@@ -494,9 +763,9 @@ impl Registry {
         })
     }
 
-    /// Publisher keys valid for a publish logged at `at`.
-    fn publisher_keys_at(&self, at: Timestamp) -> Result<TrustedKeys> {
-        let records = self.index.keys()?;
+    /// Publisher keys valid for a publish logged at `at`, given the log's
+    /// key records.
+    fn publisher_keys_at(&self, records: Vec<KeyRecord>, at: Timestamp) -> Result<TrustedKeys> {
         let revoked = |id: &KeyId| {
             records
                 .iter()
@@ -554,86 +823,6 @@ impl Registry {
         Ok(out)
     }
 
-    /// Trusts a publisher key for publishes logged from `valid_from` (default
-    /// now) on.
-    ///
-    /// # Errors
-    /// Invalid for a malformed key; Conflict when the key is already known.
-    pub async fn add_key(
-        &self,
-        pem: &str,
-        valid_from: Option<Timestamp>,
-        reason: &Reason,
-        actor: &str,
-    ) -> Result<PublisherKey> {
-        let key = PublicKey::from_pem(pem)?;
-        let pem = key.to_pem()?;
-        self.commit(|index| {
-            if index.key(key.id())?.is_some()
-                || self.config_keys.keys().iter().any(|k| k.id() == key.id())
-            {
-                return Err(Error::conflict(format!(
-                    "publisher key {} is already known; a revoked key cannot be added again",
-                    key.id()
-                )));
-            }
-            let now = self.clock.now();
-            Ok(Some(Entry::Key(KeyEntry {
-                action: KeyAction::Add,
-                key_id: key.id().clone(),
-                public_key: Some(pem.clone()),
-                at: valid_from.unwrap_or(now),
-                recorded_at: now,
-                actor: actor.to_owned(),
-                reason: reason.as_str().to_owned(),
-            })))
-        })
-        .await?;
-        tracing::info!(key_id = %key.id(), "publisher key added");
-        self.key_view(key.id())
-    }
-
-    /// Stops trusting a publisher key for publishes logged from `at`
-    /// (default now) on; earlier publishes keep verifying.
-    ///
-    /// # Errors
-    /// NotFound for an unknown key; Conflict when it is already revoked.
-    pub async fn revoke_key(
-        &self,
-        key_id: &KeyId,
-        at: Option<Timestamp>,
-        reason: &Reason,
-        actor: &str,
-    ) -> Result<PublisherKey> {
-        self.commit(|index| {
-            let record = index.key(key_id)?;
-            let configured = self.config_keys.keys().iter().any(|k| k.id() == key_id);
-            if record.is_none() && !configured {
-                return Err(Error::not_found(format!(
-                    "publisher key {key_id} is not known"
-                )));
-            }
-            if let Some(t) = record.and_then(|r| r.revoked_at) {
-                return Err(Error::conflict(format!(
-                    "publisher key {key_id} was already revoked at {t}"
-                )));
-            }
-            let now = self.clock.now();
-            Ok(Some(Entry::Key(KeyEntry {
-                action: KeyAction::Revoke,
-                key_id: key_id.clone(),
-                public_key: None,
-                at: at.unwrap_or(now),
-                recorded_at: now,
-                actor: actor.to_owned(),
-                reason: reason.as_str().to_owned(),
-            })))
-        })
-        .await?;
-        tracing::info!(%key_id, "publisher key revoked");
-        self.key_view(key_id)
-    }
-
     fn key_view(&self, key_id: &KeyId) -> Result<PublisherKey> {
         self.keys()?
             .into_iter()
@@ -671,11 +860,11 @@ impl Registry {
                 ),
             ));
         }
-        let trusted = self.publisher_keys_at(self.clock.now())?;
+        let trusted = self.publisher_keys_at(self.index.keys()?, self.clock.now())?;
         if trusted.is_empty() {
             return Err(Error::precondition(
-                "this registry trusts no publisher keys: start it with --trusted-keys or add one \
-                 with `stackpin key add`",
+                "this registry has no valid publisher keys (none configured, or all revoked): \
+                 start it with --trusted-keys or add one with `stackpin key add`",
             ));
         }
         let attestation = signing::verify_envelope(envelope, &trusted)?;
@@ -700,84 +889,6 @@ impl Registry {
             max: self.limits.max_artifact_bytes,
             hasher: Hasher::default(),
             bytes: Vec::with_capacity(capacity),
-        })
-    }
-
-    /// Finishes a publish once all bytes arrived: checks them against the
-    /// envelope, stores the blob, and logs the binding.
-    ///
-    /// # Errors
-    /// Invalid for empty or non-JSON bytes or a digest other than the signed
-    /// one; Conflict when the release id got bound to other bytes;
-    /// Unavailable when storage fails.
-    pub async fn finish_publish(&self, pending: PendingPublish) -> Result<Published> {
-        let PendingPublish {
-            attestation,
-            media_type,
-            envelope,
-            hasher,
-            bytes,
-            ..
-        } = pending;
-        if bytes.is_empty() {
-            return Err(Error::invalid("artifact is empty"));
-        }
-        let digest = hasher.finish();
-        if digest != attestation.digest {
-            return Err(Error::invalid(format!(
-                "the received bytes hash to {digest}, but the envelope is signed for {}",
-                attestation.digest
-            )));
-        }
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-            return Err(Error::invalid(format!(
-                "artifact is not valid JSON (objectstack.json must be JSON): {e}"
-            )));
-        }
-        let release_id = attestation.release_id.clone();
-        if let Some(existing) = self.index.artifact_by_release(&release_id)? {
-            return same_or_conflict(existing, &digest);
-        }
-        let size = bytes.len() as u64;
-        self.blobs.put(&digest, Bytes::from(bytes)).await?;
-        let mut repeat = None;
-        let committed = self
-            .commit(|index| {
-                if let Some(existing) = index.artifact_by_release(&release_id)? {
-                    repeat = Some(same_or_conflict(existing, &digest));
-                    return Ok(None);
-                }
-                // The key must still be valid at the instant the entry is logged.
-                let now = self.clock.now();
-                let valid = self.publisher_keys_at(now)?;
-                if !valid.keys().iter().any(|k| k.id() == &attestation.key_id) {
-                    return Err(Error::precondition(format!(
-                        "publisher key {} is no longer trusted (revoked)",
-                        attestation.key_id
-                    )));
-                }
-                Ok(Some(Entry::Publish(PublishEntry {
-                    release_id: release_id.clone(),
-                    digest,
-                    size,
-                    media_type: media_type.clone(),
-                    key_id: attestation.key_id.clone(),
-                    envelope: envelope.clone(),
-                    recorded_at: now,
-                })))
-            })
-            .await?;
-        if let Some(outcome) = repeat {
-            return outcome;
-        }
-        tracing::info!(release_id = %release_id, %digest, size, index = ?committed, "published");
-        let artifact = self
-            .index
-            .artifact_by_release(&release_id)?
-            .ok_or_else(|| Error::internal("published artifact is missing from the index"))?;
-        Ok(Published {
-            artifact,
-            created: true,
         })
     }
 
@@ -825,54 +936,6 @@ impl Registry {
             None
         };
         Ok((page, next))
-    }
-
-    /// Records that `artifact` went live in `env`.
-    ///
-    /// # Errors
-    /// NotFound for an unknown artifact; Precondition for an out-of-order
-    /// or future activation; Unavailable when storage fails.
-    pub async fn pin(
-        &self,
-        env: &EnvName,
-        artifact: &ArtifactRef,
-        activated_at: Option<Timestamp>,
-        reason: &Reason,
-        actor: &str,
-    ) -> Result<PinRecord> {
-        let target = self.artifact(artifact)?;
-        let committed = self
-            .commit(|index| {
-                let head = index.env_head(env)?;
-                let now = self.clock.now();
-                let at =
-                    timeline::activation(head.as_ref(), activated_at, now, self.limits.clock_skew)?;
-                Ok(Some(Entry::Pin(PinEntry {
-                    env: env.clone(),
-                    seq: head.as_ref().map_or(1, |h| h.seq + 1),
-                    release_id: target.release_id.clone(),
-                    digest: target.digest,
-                    activated_at: at,
-                    recorded_at: now,
-                    actor: actor.to_owned(),
-                    reason: reason.as_str().to_owned(),
-                    prev_pin: head.map(|h| h.entry_hash),
-                })))
-            })
-            .await?;
-        let head = self
-            .index
-            .env_head(env)?
-            .ok_or_else(|| Error::internal("pinned environment has no head"))?;
-        let pin = self
-            .index
-            .pin(env, head.seq)?
-            .ok_or_else(|| Error::internal("new pin is missing from the index"))?;
-        tracing::info!(
-            env = %env, seq = pin.seq, release_id = %pin.release_id,
-            activated_at = %pin.activated_at, index = ?committed, "pinned"
-        );
-        Ok(pin)
     }
 
     fn known_env(&self, env: &EnvName) -> Result<crate::index::EnvHead> {

@@ -17,7 +17,10 @@ fn flip_byte(path: &std::path::Path, at: usize) {
 /// Asserts an audit failed (exit 5) and its report lists `needle`.
 fn audit_fails(run: &stackpin_tests::Run, needle: &str) {
     assert_eq!(run.code, 5, "{run:#?}");
-    assert!(run.stdout.contains(needle), "report lacks {needle:?}: {run:#?}");
+    assert!(
+        run.stdout.contains(needle),
+        "report lacks {needle:?}: {run:#?}"
+    );
 }
 
 fn audit(w: &World, data_dir: Option<&std::path::Path>) -> stackpin_tests::Run {

@@ -158,6 +158,9 @@ impl pb::registry_server::Registry for RegistryService {
         let env = env(&req.env)?;
         let at = convert::required_time("at", req.at)?;
         let margin = convert::margin(req.margin)?;
+        if req.fresh {
+            self.registry.sync().await?;
+        }
         let proved = self.registry.resolve_proved(&env, at, margin).await?;
         Ok(Response::new(convert::resolution(&proved)))
     }

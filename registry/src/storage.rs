@@ -1,0 +1,198 @@
+//! Choosing the object store: one code path for every backend.
+//!
+//! | URL | store |
+//! |---|---|
+//! | `file:///path` | a local folder (fsync on): the embedded default |
+//! | `s3://bucket[/prefix]` | S3 or an S3-compatible server; endpoint, region and credentials from the usual `AWS_*` variables, `--s3-endpoint` for S3-compatible servers |
+//! | `memory://` | in memory, for tests only: gone when the process ends |
+//!
+//! Whatever the backend, the registry relies on one property: a write with
+//! `PutMode::Create` fails if the key exists (S3: `If-None-Match: *`). That
+//! is what serializes several replicas on one bucket.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+
+use crate::error::{Error, Kind, Result};
+
+/// How storage is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageUrl {
+    /// A local folder.
+    File(std::path::PathBuf),
+    /// An S3 bucket, optionally under a key prefix.
+    S3 { bucket: String, prefix: String },
+    /// Process memory (tests).
+    Memory,
+}
+
+impl StorageUrl {
+    /// Parses `file:///path`, `s3://bucket/prefix` or `memory://`.
+    ///
+    /// # Errors
+    /// Invalid for any other form.
+    pub fn parse(text: &str) -> Result<Self> {
+        if let Some(path) = text.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err(Error::invalid(
+                    "--storage file:// needs a path, e.g. file:///var/lib/stackpin",
+                ));
+            }
+            return Ok(Self::File(path.into()));
+        }
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !valid {
+                return Err(Error::invalid(format!(
+                    "--storage {text:?}: {bucket:?} is not an S3 bucket name"
+                )));
+            }
+            return Ok(Self::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_end_matches('/').to_owned(),
+            });
+        }
+        if text == "memory://" || text == "memory:" {
+            return Ok(Self::Memory);
+        }
+        Err(Error::invalid(format!(
+            "--storage {text:?} is not file:///path, s3://bucket/prefix or memory://"
+        )))
+    }
+
+    /// Whether several processes can share this storage (and so must share
+    /// one log key).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::S3 { .. })
+    }
+}
+
+/// S3 settings beyond the `AWS_*` environment.
+#[derive(Clone, Debug, Default)]
+pub struct S3Options {
+    /// Endpoint of an S3-compatible server, e.g. `http://127.0.0.1:8333`.
+    pub endpoint: Option<String>,
+    /// Use `bucket.host` URLs instead of `host/bucket` (path style).
+    pub virtual_hosted_style: bool,
+    /// Per-request timeout; storage that does not answer in time is
+    /// reported as unavailable rather than hanging requests.
+    pub timeout: Duration,
+}
+
+/// Opens the store `url` names.
+///
+/// # Errors
+/// Invalid settings, or a local folder that cannot be created.
+pub fn open(url: &StorageUrl, s3: &S3Options) -> Result<Arc<dyn ObjectStore>> {
+    match url {
+        StorageUrl::File(path) => Ok(Arc::new(local(path)?)),
+        StorageUrl::Memory => Ok(Arc::new(InMemory::new())),
+        StorageUrl::S3 { bucket, prefix } => {
+            let timeout = if s3.timeout.is_zero() {
+                Duration::from_secs(10)
+            } else {
+                s3.timeout
+            };
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_virtual_hosted_style_request(s3.virtual_hosted_style)
+                .with_client_options(
+                    ClientOptions::new()
+                        .with_timeout(timeout)
+                        .with_connect_timeout(Duration::from_secs(2))
+                        .with_allow_http(true),
+                )
+                // A few quick retries; beyond that the caller gets
+                // UNAVAILABLE instead of a request hanging for minutes.
+                .with_retry(RetryConfig {
+                    backoff: BackoffConfig {
+                        init_backoff: Duration::from_millis(50),
+                        max_backoff: Duration::from_millis(500),
+                        base: 2.0,
+                    },
+                    max_retries: 2,
+                    retry_timeout: timeout,
+                });
+            if std::env::var_os("AWS_REGION").is_none()
+                && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+            {
+                builder = builder.with_region("us-east-1");
+            }
+            if let Some(endpoint) = &s3.endpoint {
+                builder = builder.with_endpoint(endpoint);
+            }
+            let store = builder
+                .build()
+                .map_err(|e| Error::invalid(format!("S3 storage s3://{bucket}: {e}")))?;
+            if prefix.is_empty() {
+                Ok(Arc::new(store))
+            } else {
+                Ok(Arc::new(PrefixStore::new(store, prefix.as_str())))
+            }
+        }
+    }
+}
+
+/// The local folder store, with fsync so an acknowledged write survives a
+/// power cut.
+///
+/// # Errors
+/// Unavailable when the folder cannot be created or opened.
+pub fn local(path: &Path) -> Result<LocalFileSystem> {
+    std::fs::create_dir_all(path).map_err(|e| {
+        Error::new(
+            Kind::Unavailable,
+            format!("creating data folder {}: {e}", path.display()),
+        )
+    })?;
+    Ok(LocalFileSystem::new_with_prefix(path)
+        .map_err(|e| {
+            Error::new(
+                Kind::Unavailable,
+                format!("opening data folder {}: {e}", path.display()),
+            )
+        })?
+        .with_fsync(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            StorageUrl::parse("file:///var/x").unwrap(),
+            StorageUrl::File("/var/x".into())
+        );
+        assert_eq!(
+            StorageUrl::parse("s3://my-bucket/a/b/").unwrap(),
+            StorageUrl::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b".into()
+            }
+        );
+        assert_eq!(
+            StorageUrl::parse("s3://my-bucket").unwrap(),
+            StorageUrl::S3 {
+                bucket: "my-bucket".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(StorageUrl::parse("memory://").unwrap(), StorageUrl::Memory);
+        for bad in ["file://", "s3://A_B", "gs://x", "/plain/path", "s3://"] {
+            assert!(StorageUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
