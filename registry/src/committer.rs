@@ -203,8 +203,15 @@ pub async fn catch_up(log: &Log, index: &Index) -> Result<u64> {
     Ok(index.applied()? - first)
 }
 
-/// The committer loop: batches writes, tails the log every `poll`.
-pub async fn run<T: Target>(target: Arc<T>, mut rx: mpsc::Receiver<Msg>, poll: Duration) {
+/// The committer loop: batches up to `max_batch` writes, tails the log
+/// every `poll`.
+pub async fn run<T: Target>(
+    target: Arc<T>,
+    mut rx: mpsc::Receiver<Msg>,
+    poll: Duration,
+    max_batch: usize,
+) {
+    let max_batch = max_batch.clamp(1, MAX_BATCH);
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -219,7 +226,7 @@ pub async fn run<T: Target>(target: Arc<T>, mut rx: mpsc::Receiver<Msg>, poll: D
                         Msg::Write(b, r) => writes.push((b, r)),
                         Msg::Sync(r) => syncs.push(r),
                     }
-                    if writes.len() < MAX_BATCH {
+                    if writes.len() < max_batch {
                         next = rx.try_recv().ok();
                     }
                 }
@@ -274,26 +281,29 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
         let mut view = View::new(index, start);
         let mut entries: Vec<Bytes> = Vec::new();
         let mut owners: Vec<(Build, Reply)> = Vec::new();
+        // Answers decided against this batch's state (a repeat of, or a
+        // conflict with, an entry ahead in the batch) are held back until
+        // the batch has landed: if it does not, they are decided again.
+        let mut decided: Vec<(Build, Reply, Result<Option<u64>>)> = Vec::new();
         for (mut build, reply) in pending.drain(..) {
             match build(&view) {
                 Ok(Some(entry)) => {
                     let bytes = entry.to_bytes();
                     if let Err(e) = view.absorb(&entry, &bytes) {
-                        let _ = reply.send(Err(e));
+                        decided.push((build, reply, Err(e)));
                         continue;
                     }
                     entries.push(bytes);
                     owners.push((build, reply));
                 }
-                Ok(None) => {
-                    let _ = reply.send(Ok(None));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
+                Ok(None) => decided.push((build, reply, Ok(None))),
+                Err(e) => decided.push((build, reply, Err(e))),
             }
         }
         if entries.is_empty() {
+            for (_, reply, answer) in decided {
+                let _ = reply.send(answer);
+            }
             return;
         }
         let landed = match log.append(start, &entries).await {
@@ -303,24 +313,34 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
                 // The call failed without an answer: did our write land?
                 Ok(Some(object)) if object == Log::join(&entries) => true,
                 Ok(Some(_)) => false,
-                _ => return fail_all(owners, &e),
+                _ => {
+                    fail_all(owners, &e);
+                    return fail_all(decided.into_iter().map(|(b, r, _)| (b, r)).collect(), &e);
+                }
             },
         };
         if !landed {
             tracing::debug!(index = start, "lost the race for a log index; catching up");
+            let rerun = owners
+                .into_iter()
+                .chain(decided.into_iter().map(|(b, r, _)| (b, r)));
             if let Err(e) = catch_up(log, index).await {
-                return fail_all(owners, &e);
+                return fail_all(rerun.collect(), &e);
             }
             target.committed();
-            pending = owners;
+            pending = rerun.collect();
             continue;
         }
         if let Err(e) = index.apply_object(start, &entries, 0) {
-            return fail_all(owners, &e);
+            fail_all(owners, &e);
+            return fail_all(decided.into_iter().map(|(b, r, _)| (b, r)).collect(), &e);
         }
         target.committed();
         for (i, (_, reply)) in owners.into_iter().enumerate() {
             let _ = reply.send(Ok(Some(start + i as u64)));
+        }
+        for (_, reply, answer) in decided {
+            let _ = reply.send(answer);
         }
         return;
     }

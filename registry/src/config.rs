@@ -97,6 +97,16 @@ fn create_key(path: &std::path::Path) -> Result<String> {
     Ok(pem)
 }
 
+fn parse_batch(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=crate::committer::MAX_BATCH).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a batch size from 1 to {}",
+            crate::committer::MAX_BATCH
+        )),
+    }
+}
+
 /// `stackpin-registry` settings.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServerConfig {
@@ -136,6 +146,11 @@ pub struct ServerConfig {
     #[arg(long, env = "STACKPIN_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
+    /// Most writes committed together as one log object; 1 turns group
+    /// commit off.
+    #[arg(long, env = "STACKPIN_MAX_BATCH", default_value_t = crate::committer::MAX_BATCH, value_parser = parse_batch)]
+    pub max_batch: usize,
+
     /// Largest artifact accepted, in bytes.
     #[arg(long, env = "STACKPIN_MAX_ARTIFACT_BYTES", default_value_t = DEFAULT_MAX_ARTIFACT_BYTES)]
     pub max_artifact_bytes: u64,
@@ -157,6 +172,7 @@ impl ServerConfig {
             clock_skew: self.clock_skew,
             boundary_margin: self.boundary_margin,
             poll_interval: self.poll_interval.max(Duration::from_millis(10)),
+            max_batch: self.max_batch,
         }
     }
 
@@ -185,6 +201,7 @@ impl ServerConfig {
             endpoint: self.s3_endpoint.clone(),
             virtual_hosted_style: self.s3_virtual_hosted_style,
             timeout: self.storage_timeout,
+            credentials: None,
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct Limits {
     pub boundary_margin: Duration,
     /// How often the log is polled for other replicas' entries.
     pub poll_interval: Duration,
+    /// Most requests committed as one log object (1 disables group commit).
+    pub max_batch: usize,
 }
 
 impl Default for Limits {
@@ -63,6 +65,7 @@ impl Default for Limits {
             clock_skew: DEFAULT_CLOCK_SKEW,
             boundary_margin: DEFAULT_BOUNDARY_MARGIN,
             poll_interval: Duration::from_millis(500),
+            max_batch: committer::MAX_BATCH,
         }
     }
 }
@@ -309,6 +312,7 @@ impl Registry {
             inner.clone(),
             rx,
             inner.limits.poll_interval,
+            inner.limits.max_batch,
         ));
         Ok(Self { inner, commits })
     }

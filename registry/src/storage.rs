@@ -88,6 +88,8 @@ pub struct S3Options {
     /// Per-request timeout; storage that does not answer in time is
     /// reported as unavailable rather than hanging requests.
     pub timeout: Duration,
+    /// Access key id and secret, overriding `AWS_*` (for embedding).
+    pub credentials: Option<(String, String)>,
 }
 
 /// Opens the store `url` names.
@@ -131,6 +133,11 @@ pub fn open(url: &StorageUrl, s3: &S3Options) -> Result<Arc<dyn ObjectStore>> {
             }
             if let Some(endpoint) = &s3.endpoint {
                 builder = builder.with_endpoint(endpoint);
+            }
+            if let Some((id, secret)) = &s3.credentials {
+                builder = builder
+                    .with_access_key_id(id)
+                    .with_secret_access_key(secret);
             }
             let store = builder
                 .build()

@@ -5,6 +5,7 @@
 //! so the workspace's binaries must be built first (`cargo build --workspace`,
 //! which the README's test command does).
 
+pub mod s3;
 pub mod world;
 
 use std::io::{BufRead as _, BufReader};
@@ -43,22 +44,33 @@ pub struct Server {
     pub data_dir: PathBuf,
     log: Arc<Mutex<String>>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// Starts `stackpin-registry` on 127.0.0.1:0 over `data_dir` with extra
     /// flags, and waits until it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        Self::spawn(data_dir, args)
+        Self::start_with_env(data_dir, extra, &[])
     }
 
-    fn spawn(data_dir: &Path, args: Vec<String>) -> Self {
+    /// As [`Self::start`], with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Self {
+        let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        Self::spawn(data_dir, args, env)
+    }
+
+    fn spawn(data_dir: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Self {
         let mut child = Command::new(bin("stackpin-registry"))
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -98,6 +110,7 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             log,
             args,
+            env,
         }
     }
 
@@ -136,17 +149,17 @@ impl Server {
 
     /// Stops gracefully and starts again with the same folder and flags.
     pub fn restart(self) -> Self {
-        let (dir, args) = (self.data_dir.clone(), self.args.clone());
+        let (dir, args, env) = (self.data_dir.clone(), self.args.clone(), self.env.clone());
         let status = self.stop();
         assert!(status.success(), "graceful stop exited with {status}");
-        Self::spawn(&dir, args)
+        Self::spawn(&dir, args, env)
     }
 
     /// Kills without warning and starts again with the same folder and flags.
     pub fn crash_and_restart(self) -> Self {
-        let (dir, args) = (self.data_dir.clone(), self.args.clone());
+        let (dir, args, env) = (self.data_dir.clone(), self.args.clone(), self.env.clone());
         self.kill();
-        Self::spawn(&dir, args)
+        Self::spawn(&dir, args, env)
     }
 }
 

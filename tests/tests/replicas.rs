@@ -1,0 +1,331 @@
+//! Several replicas on one S3 bucket (a real SeaweedFS), and an S3 outage
+//! in the middle of a load.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stackpin_tests::s3::Seaweed;
+use stackpin_tests::{Run, Server, stackpin};
+use tempfile::TempDir;
+
+/// A folder with a shared log key and a trusted publisher.
+fn keys(dir: &Path) {
+    std::fs::create_dir(dir.join("trusted")).unwrap();
+    stackpin(dir, "http://127.0.0.1:1", &["keygen", "--out", "log.pem"]).ok();
+    stackpin(dir, "http://127.0.0.1:1", &["keygen", "--out", "ci.pem"]).ok();
+    std::fs::rename(dir.join("ci.pub.pem"), dir.join("trusted/ci.pub.pem")).unwrap();
+}
+
+fn replica(dir: &Path, name: &str, weed: &Seaweed, prefix: &str) -> Server {
+    let storage = format!("s3://{}/{prefix}", stackpin_tests::s3::BUCKET);
+    let (log_key, trusted) = (dir.join("log.pem"), dir.join("trusted"));
+    Server::start_with_env(
+        &dir.join(name),
+        &[
+            "--storage",
+            &storage,
+            "--s3-endpoint",
+            &weed.endpoint(),
+            "--log-key",
+            log_key.to_str().unwrap(),
+            "--trusted-keys",
+            trusted.to_str().unwrap(),
+            "--poll-interval",
+            "100ms",
+            "--storage-timeout",
+            "2s",
+        ],
+        &weed.env(),
+    )
+}
+
+fn cli(dir: &Path, server: &Server, args: &[&str]) -> Run {
+    stackpin(dir, &server.url(), args)
+}
+
+fn publish(dir: &Path, server: &Server, release: &str, body: &str) -> Run {
+    let file = format!("{release}-{}.json", body.len());
+    std::fs::write(dir.join(&file), body).unwrap();
+    cli(
+        dir,
+        server,
+        &["publish", &file, "--release-id", release, "--key", "ci.pem"],
+    )
+}
+
+fn history(dir: &Path, server: &Server, env: &str) -> serde_json::Value {
+    // A fresh resolve first: the replica catches up with the bucket.
+    cli(
+        dir,
+        server,
+        &[
+            "resolve",
+            "--fresh",
+            "--env",
+            env,
+            "--at",
+            "2999-01-01T00:00:00Z",
+        ],
+    )
+    .ok();
+    cli(
+        dir,
+        server,
+        &[
+            "--output", "json", "history", "--env", env, "--limit", "1000",
+        ],
+    )
+    .json()
+}
+
+#[test]
+fn two_replicas_on_one_bucket_stay_consistent_under_concurrent_writers() {
+    let weed = Seaweed::start();
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().to_path_buf();
+    keys(&dir);
+    let servers = Arc::new([
+        replica(&dir, "a", &weed, "two"),
+        replica(&dir, "b", &weed, "two"),
+    ]);
+    for i in 0..3 {
+        publish(
+            &dir,
+            &servers[i % 2],
+            &format!("rel-{i}"),
+            &format!("{{\"release\":{i}}}"),
+        )
+        .ok();
+    }
+
+    // 8 pinners across 3 environments, alternating replicas; and racing
+    // publishes of one release id with different bytes.
+    let envs = ["prod", "staging", "qa"];
+    let mut threads = Vec::new();
+    for w in 0..8usize {
+        let (dir, servers) = (dir.clone(), servers.clone());
+        threads.push(std::thread::spawn(move || {
+            for j in 0..6usize {
+                let server = &servers[(w + j) % 2];
+                let env = envs[(w + j) % 3];
+                let release = format!("rel-{}", j % 3);
+                let reason = format!("w{w}-{j}");
+                cli(
+                    &dir,
+                    server,
+                    &[
+                        "pin",
+                        "--env",
+                        env,
+                        "--release-id",
+                        &release,
+                        "--reason",
+                        &reason,
+                    ],
+                )
+                .ok();
+            }
+            publish(
+                &dir,
+                &servers[w % 2],
+                "contested",
+                &format!("{{\"writer\":{w}}}"),
+            )
+            .code
+        }));
+    }
+    let codes: Vec<i32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        codes.iter().filter(|c| **c == 0).count(),
+        1,
+        "one binding wins: {codes:?}"
+    );
+    assert!(codes.iter().all(|c| *c == 0 || *c == 4), "{codes:?}");
+
+    let mut total = 0;
+    for env in envs {
+        let a = history(&dir, &servers[0], env);
+        let b = history(&dir, &servers[1], env);
+        assert_eq!(a, b, "replicas disagree on {env}");
+        let pins = a["pins"].as_array().unwrap();
+        total += pins.len();
+        let seqs: Vec<u64> = pins
+            .iter()
+            .rev()
+            .map(|p| p["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{env} is not contiguous"
+        );
+        for pair in pins.windows(2) {
+            assert_eq!(
+                pair[0]["prev_pin_hash"], pair[1]["entry_hash"],
+                "{env}: chain broken"
+            );
+            assert!(pair[0]["activated_at"].as_str() >= pair[1]["activated_at"].as_str());
+        }
+        // Both replicas answer resolves at every pin's instant identically.
+        for p in pins.iter().take(6) {
+            let at = p["activated_at"].as_str().unwrap();
+            let ra = cli(
+                &dir,
+                &servers[0],
+                &["--output", "json", "resolve", "--env", env, "--at", at],
+            )
+            .json();
+            let rb = cli(
+                &dir,
+                &servers[1],
+                &["--output", "json", "resolve", "--env", env, "--at", at],
+            )
+            .json();
+            assert_eq!(ra, rb);
+        }
+    }
+    assert_eq!(total, 48, "every acknowledged pin is in some history");
+    let list = cli(&dir, &servers[1], &["--output", "json", "list"]).json();
+    assert_eq!(list["artifacts"].as_array().unwrap().len(), 4);
+
+    // The shared log audits clean, with one log key for both replicas.
+    let vkey = cli(
+        &dir,
+        &servers[0],
+        &[
+            "--output",
+            "json",
+            "checkpoint",
+            "--log-key",
+            &log_vkey(&dir),
+            "--state-dir",
+            "st",
+        ],
+    );
+    vkey.ok();
+    let audit = cli(
+        &dir,
+        &servers[1],
+        &[
+            "audit",
+            "--trusted-keys",
+            "trusted",
+            "--log-key",
+            &log_vkey(&dir),
+            "--state-dir",
+            "st",
+        ],
+    );
+    assert!(audit.ok().contains("ok: every check passed"), "{audit:?}");
+}
+
+/// The verifier key of the shared log key, via `stackpin-registry key`.
+fn log_vkey(dir: &Path) -> String {
+    let out = std::process::Command::new(stackpin_tests::bin("stackpin-registry"))
+        .args(["key", "--log-key"])
+        .arg(dir.join("log.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn an_s3_outage_mid_load_is_unavailable_loses_nothing_and_heals_itself() {
+    let mut weed = Seaweed::start();
+    let tmp = TempDir::new().unwrap();
+    let dir: PathBuf = tmp.path().to_path_buf();
+    keys(&dir);
+    let server = Arc::new(replica(&dir, "a", &weed, "outage"));
+    publish(&dir, &server, "rel-0", "{\"release\":0}").ok();
+
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let codes: Arc<Mutex<BTreeMap<i32, usize>>> = Arc::default();
+    let stop_at = Instant::now() + Duration::from_secs(9);
+    let load = {
+        let (dir, server, acked, codes) =
+            (dir.clone(), server.clone(), acked.clone(), codes.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while Instant::now() < stop_at {
+                let reason = format!("load-{n}");
+                n += 1;
+                let run = cli(
+                    &dir,
+                    &server,
+                    &[
+                        "pin",
+                        "--env",
+                        "prod",
+                        "--release-id",
+                        "rel-0",
+                        "--reason",
+                        &reason,
+                    ],
+                );
+                *codes.lock().unwrap().entry(run.code).or_default() += 1;
+                if run.code == 0 {
+                    acked.lock().unwrap().push(reason);
+                } else {
+                    assert_eq!(run.code, 6, "an outage must read as unavailable: {run:?}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    weed.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    weed.restart();
+    load.join().unwrap();
+
+    let codes = codes.lock().unwrap().clone();
+    assert!(
+        codes.get(&6).copied().unwrap_or(0) > 0,
+        "no request saw the outage: {codes:?}"
+    );
+    // Writes succeeded again after the restart, without restarting stackpin.
+    cli(
+        &dir,
+        &server,
+        &[
+            "pin",
+            "--env",
+            "prod",
+            "--release-id",
+            "rel-0",
+            "--reason",
+            "after",
+        ],
+    )
+    .ok();
+    let pins = history(&dir, &server, "prod");
+    let reasons: Vec<&str> = pins["pins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["reason"].as_str().unwrap())
+        .collect();
+    for r in acked.lock().unwrap().iter() {
+        assert!(
+            reasons.contains(&r.as_str()),
+            "acknowledged pin {r} was lost"
+        );
+    }
+    let seqs: Vec<u64> = pins["pins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|p| p["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    eprintln!(
+        "outage run: exit codes {codes:?}, {} pins acknowledged",
+        acked.lock().unwrap().len()
+    );
+}

@@ -1,0 +1,176 @@
+//! The storage conformance suite: the properties the registry relies on,
+//! written once and run on every backend — memory, a local folder, and a
+//! real S3-compatible server (SeaweedFS).
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use object_store::ObjectStore;
+use stackpin_registry::blobs::Blobs;
+use stackpin_registry::digest::Digest;
+use stackpin_registry::index::Index;
+use stackpin_registry::log::Log;
+use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
+use stackpin_registry::registry::{ArtifactRef, Limits};
+use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
+use stackpin_registry::storage::{self, S3Options, StorageUrl};
+use stackpin_registry::{Kind, Registry};
+use stackpin_tests::s3::{BUCKET, Seaweed};
+
+async fn create_is_exclusive(store: Arc<dyn ObjectStore>) {
+    let log = Log::new(store);
+    assert!(
+        log.append(0, &[Bytes::from_static(b"{\"a\":1}")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !log.append(0, &[Bytes::from_static(b"{\"a\":2}")])
+            .await
+            .unwrap(),
+        "a second create won"
+    );
+    assert_eq!(
+        log.read(0).await.unwrap().unwrap(),
+        Bytes::from_static(b"{\"a\":1}")
+    );
+}
+
+async fn concurrent_creates_have_one_winner(store: Arc<dyn ObjectStore>) {
+    let log = Arc::new(Log::new(store));
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.append(7, &[Bytes::from(format!("{{\"writer\":{i}}}"))])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        winners += usize::from(t.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+}
+
+async fn batches_and_gaps_are_visible(store: Arc<dyn ObjectStore>) {
+    let log = Log::new(store);
+    let batch = [Bytes::from_static(b"{}"), Bytes::from_static(b"[]")];
+    assert!(log.append(20, &batch).await.unwrap());
+    assert!(log.append(22, &batch[..1]).await.unwrap());
+    assert_eq!(
+        Log::split(&log.read(20).await.unwrap().unwrap()),
+        batch.to_vec()
+    );
+    assert_eq!(log.read(21).await.unwrap(), None);
+    assert_eq!(log.objects_after(19).await.unwrap(), vec![20, 22]);
+}
+
+async fn blobs_round_trip_small_and_multipart(store: Arc<dyn ObjectStore>) {
+    let blobs = Blobs::new(store.clone());
+    for size in [10, 9 * 1024 * 1024] {
+        let body = Bytes::from(vec![b'7'; size]);
+        let d = Digest::of(&body);
+        blobs.put(&d, body.clone()).await.unwrap();
+        blobs.put(&d, body.clone()).await.unwrap();
+        assert_eq!(blobs.get(&d).await.unwrap(), body);
+    }
+    let missing = Digest::of(b"never stored");
+    assert_eq!(
+        blobs.get(&missing).await.unwrap_err().kind(),
+        Kind::DataLoss
+    );
+}
+
+async fn a_registry_works_and_rebuilds_on_it(store: Arc<dyn ObjectStore>) {
+    let publisher = SigningKey::from_bytes(&[1; 32]);
+    let trusted = TrustedKeys::new([PublicKey::new(publisher.verifying_key())]);
+    let signer = NoteSigner::new(DEFAULT_ORIGIN, SigningKey::from_bytes(&[2; 32])).unwrap();
+    let clock = Arc::new(stackpin_registry::time::SystemClock);
+    let open = || {
+        Registry::open(
+            store.clone(),
+            Index::temporary().unwrap(),
+            trusted.clone(),
+            signer.clone(),
+            Limits::default(),
+            clock.clone(),
+        )
+    };
+    let registry = open().await.unwrap();
+    let body = b"{\"objects\":[]}";
+    let rid = "conformance".parse().unwrap();
+    let env = signing::sign_envelope(
+        &signing::publish_statement(&rid, &Digest::of(body)),
+        &publisher,
+    );
+    let mut p = registry
+        .begin_publish("conformance", "", &env, body.len() as u64)
+        .unwrap();
+    p.push(body).unwrap();
+    assert!(registry.finish_publish(p).await.unwrap().created);
+    let prod = "prod".parse().unwrap();
+    let what = ArtifactRef::Release(rid.clone());
+    registry
+        .pin(&prod, &what, None, &Default::default(), "t")
+        .await
+        .unwrap();
+    let now = stackpin_registry::time::Timestamp::now();
+    let proved = registry.resolve_proved(&prod, now, None).await.unwrap();
+    assert_eq!(proved.resolution.pin.release_id, rid);
+    let again = open().await.unwrap();
+    assert_eq!(
+        again.checkpoint().unwrap().root,
+        registry.checkpoint().unwrap().root
+    );
+}
+
+async fn suite(store: impl Fn() -> Arc<dyn ObjectStore>) {
+    create_is_exclusive(store()).await;
+    concurrent_creates_have_one_winner(store()).await;
+    batches_and_gaps_are_visible(store()).await;
+    blobs_round_trip_small_and_multipart(store()).await;
+    a_registry_works_and_rebuilds_on_it(store()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_memory() {
+    suite(|| storage::open(&StorageUrl::Memory, &S3Options::default()).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_a_local_folder() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    suite(|| {
+        let sub = dir.path().join(
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                .to_string(),
+        );
+        storage::open(&StorageUrl::File(sub), &S3Options::default()).unwrap()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_s3() {
+    let weed = Seaweed::start();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    suite(|| {
+        let prefix = format!(
+            "suite-{}",
+            n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let url = StorageUrl::S3 {
+            bucket: BUCKET.to_owned(),
+            prefix,
+        };
+        storage::open(&url, &weed.options()).unwrap()
+    })
+    .await;
+}
