@@ -12,7 +12,7 @@
 //! p/<env>/<seq u64 BE>                PinRecord (JSON)
 //! t/<env>/<activated_at key><seq BE>  (empty): time-ordered pins, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
-//! o/<first index u64 BE>              u64 BE: entries in the log object at that index
+//! o/<first index u64 BE>              u64 BE entry count, u64 BE byte size of that log object
 //! n/<level u8><index u64 BE>          32-byte hash of a complete Merkle subtree
 //! ```
 //!
@@ -212,14 +212,32 @@ impl Index {
     /// As [`Self::apply`].
     pub fn apply_object(&self, start: u64, entries: &[bytes::Bytes], skip: usize) -> Result<()> {
         let count = entries.len() as u64;
+        // Entries are joined by one newline each.
+        let size = entries.iter().map(|e| e.len() as u64).sum::<u64>() + count.saturating_sub(1);
         for (i, bytes) in entries.iter().enumerate().skip(skip) {
-            let object = (i == 0).then_some(count);
+            let object = (i == 0).then_some((count, size));
             self.apply(start + i as u64, bytes, object)?;
         }
         Ok(())
     }
 
+    /// Every log object applied: (first index, entry count, byte size), in
+    /// order.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn objects(&self) -> Result<Vec<(u64, u64, u64)>> {
+        self.tree
+            .scan_prefix(b"o/")
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((u64_at(&key, 2)?, u64_at(&value, 0)?, u64_at(&value, 8)?))
+            })
+            .collect()
+    }
+
     /// The log object holding entry `index`: its first index and entry count.
+    /// (Objects are recorded with their first entry.)
     ///
     /// # Errors
     /// Internal when the index is unreadable.
@@ -240,7 +258,7 @@ impl Index {
     /// # Errors
     /// DataLoss when the entry is malformed or contradicts earlier entries
     /// (the log was tampered with); Internal on index failure.
-    pub fn apply(&self, index: u64, bytes: &[u8], object: Option<u64>) -> Result<()> {
+    pub fn apply(&self, index: u64, bytes: &[u8], object: Option<(u64, u64)>) -> Result<()> {
         let applied = self.applied()?;
         if index != applied {
             return Err(Error::internal(format!(
@@ -249,8 +267,11 @@ impl Index {
         }
         let entry = Entry::parse(index, bytes)?;
         let mut batch = Batch::default();
-        if let Some(count) = object {
-            batch.insert(&object_key(index)[..], &count.to_be_bytes()[..]);
+        if let Some((count, size)) = object {
+            let mut value = [0u8; 16];
+            value[..8].copy_from_slice(&count.to_be_bytes());
+            value[8..].copy_from_slice(&size.to_be_bytes());
+            batch.insert(&object_key(index)[..], &value[..]);
         }
         let leaf = merkle::leaf_hash(bytes);
         let mut node = leaf;

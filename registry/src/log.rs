@@ -218,6 +218,25 @@ impl Log {
         }
     }
 
+    /// Every log object in storage: (first index, byte size), in order.
+    ///
+    /// # Errors
+    /// Unavailable when storage fails.
+    pub async fn objects(&self) -> Result<Vec<(u64, u64)>> {
+        use futures::TryStreamExt as _;
+        let prefix = Path::from("log/entries");
+        let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        let mut out: Vec<(u64, u64)> = metas
+            .iter()
+            .filter_map(|m| {
+                let index = m.location.filename()?.parse().ok()?;
+                Some((index, m.size))
+            })
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// Indices of every object stored after `index` (for detecting gaps).
     ///
     /// # Errors

@@ -243,6 +243,113 @@ pub fn open_index(dir: &std::path::Path) -> Result<Index> {
     }
 }
 
+/// Checks that the log objects in storage are exactly the ones the index
+/// applied: none missing (a gap), none of a different size (truncated or
+/// rewritten), nothing after the end. This reads only the listing, not the
+/// objects, so it is cheap enough for every start.
+///
+/// # Errors
+/// DataLoss naming the first object that does not match.
+async fn verify_objects(log: &Log, index: &Index) -> Result<()> {
+    let stored = log.objects().await?;
+    let applied = index.objects()?;
+    let hint = "restore log/entries from a backup of the storage before starting";
+    let mut stored_iter = stored.iter().peekable();
+    for (start, count, size) in &applied {
+        match stored_iter.next() {
+            Some((s, actual)) if s == start => {
+                if actual != size {
+                    return Err(Error::new(
+                        Kind::DataLoss,
+                        format!(
+                            "log object {start} (entries {start}..{}) is {actual} bytes in storage but \
+                             was {size} bytes when applied: it was truncated or altered; {hint}",
+                            start + count
+                        ),
+                    ));
+                }
+            }
+            Some((s, _)) if s > start => {
+                return Err(Error::new(
+                    Kind::DataLoss,
+                    format!(
+                        "log object {start} (entries {start}..{}) is missing from storage; {hint}",
+                        start + count
+                    ),
+                ));
+            }
+            Some((s, _)) => {
+                return Err(Error::new(
+                    Kind::DataLoss,
+                    format!(
+                        "log object {s} in storage does not start at an entry boundary; {hint}"
+                    ),
+                ));
+            }
+            None => {
+                return Err(Error::new(
+                    Kind::DataLoss,
+                    format!(
+                        "log object {start} (entries {start}..{}) is missing from storage; {hint}",
+                        start + count
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some((s, _)) = stored_iter.next() {
+        let size = index.applied()?;
+        return Err(Error::new(
+            Kind::DataLoss,
+            format!(
+                "log entry {size} is missing but later log objects exist (the first at {s}): the \
+                 log was truncated or an entry deleted; {hint}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Deletes an index folder and opens an empty one in its place.
+fn reset_index(index: Index, dir: &std::path::Path) -> Result<Index> {
+    drop(index);
+    std::fs::remove_dir_all(dir)
+        .map_err(|e| Error::internal(format!("removing index {}: {e}", dir.display())))?;
+    Index::open(dir)
+}
+
+/// Whether the index's tree matches the stored signed checkpoint (an index
+/// damaged in a way sled does not notice computes another root). A missing
+/// or unreadable checkpoint, or one newer than the index, proves nothing
+/// either way.
+async fn index_agrees_with_checkpoint(
+    store: &Arc<dyn ObjectStore>,
+    index: &Index,
+    signer: &NoteSigner,
+) -> bool {
+    use object_store::ObjectStoreExt as _;
+    let Ok(applied) = index.applied() else {
+        return false;
+    };
+    if index.objects().is_err() {
+        return false;
+    }
+    let note = match store.get(&StorePath::from(CHECKPOINT_PATH)).await {
+        Ok(r) => match r.bytes().await {
+            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+            Err(_) => return true,
+        },
+        Err(_) => return true,
+    };
+    let Ok(cp) = Checkpoint::open(&note, &signer.verifier()) else {
+        return true;
+    };
+    if cp.size > applied {
+        return true;
+    }
+    matches!(merkle::root(index, cp.size), Ok(root) if root == cp.root)
+}
+
 /// A fresh request id, stored in the entry a request writes.
 fn request_id() -> String {
     let mut bytes = [0u8; 12];
@@ -292,19 +399,7 @@ impl Registry {
                 "index caught up with the log"
             );
         }
-        let size = inner.index.applied()?;
-        let later = inner.log.objects_after(size).await?;
-        if let Some(first) = later.first() {
-            return Err(Error::new(
-                Kind::DataLoss,
-                format!(
-                    "log entry {size} is missing but {} later log object(s) exist (the first at \
-                     {first}): the log was truncated or an entry deleted; restore log/entries from \
-                     a backup before starting",
-                    later.len()
-                ),
-            ));
-        }
+        verify_objects(&inner.log, &inner.index).await?;
         tokio::spawn(store_checkpoints(store, checkpoint_rx));
         inner.committed();
         let (commits, rx) = mpsc::channel(4 * committer::MAX_BATCH);
@@ -334,8 +429,40 @@ impl Registry {
                 format!("creating data folder {}: {e}", data_dir.display()),
             )
         })?;
-        let index = open_index(&index_dir(data_dir))?;
-        Self::open(store, index, trusted, signer, limits, Arc::new(SystemClock)).await
+        let dir = index_dir(data_dir);
+        let mut index = open_index(&dir)?;
+        if !index_agrees_with_checkpoint(&store, &index, &signer).await {
+            tracing::warn!(
+                index = %dir.display(),
+                "the index disagrees with the log's signed checkpoint; deleting it and \
+                 rebuilding it from the log"
+            );
+            index = reset_index(index, &dir)?;
+        }
+        let had_state = index.applied()? > 0;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        match Self::open(
+            store.clone(),
+            index,
+            trusted.clone(),
+            signer.clone(),
+            limits.clone(),
+            clock.clone(),
+        )
+        .await
+        {
+            Err(e) if had_state && matches!(e.kind(), Kind::DataLoss | Kind::Internal) => {
+                // Either the log or the index is damaged: a fresh index
+                // built from the log alone tells which.
+                tracing::warn!(
+                    error = %e,
+                    "opening failed with the existing index; rebuilding the index from the log"
+                );
+                let index = reset_index(Index::open(&dir)?, &dir)?;
+                Self::open(store, index, trusted, signer, limits, clock).await
+            }
+            other => other,
+        }
     }
 
     async fn commit(&self, build: Build) -> Result<Option<u64>> {

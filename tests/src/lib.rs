@@ -5,6 +5,7 @@
 //! so the workspace's binaries must be built first (`cargo build --workspace`,
 //! which the README's test command does).
 
+pub mod faults;
 pub mod s3;
 pub mod world;
 
@@ -64,7 +65,23 @@ impl Server {
         Self::spawn(data_dir, args, env)
     }
 
+    /// Starts the server but expects it may refuse to start: returns its
+    /// log when it exits before listening.
+    pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::try_spawn(data_dir, args, Vec::new())
+    }
+
     fn spawn(data_dir: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Self {
+        Self::try_spawn(data_dir, args, env)
+            .unwrap_or_else(|log| panic!("stackpin-registry did not start; its log:\n{log}"))
+    }
+
+    fn try_spawn(
+        data_dir: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Result<Self, String> {
         let mut child = Command::new(bin("stackpin-registry"))
             .arg("--data-dir")
             .arg(data_dir)
@@ -91,27 +108,25 @@ impl Server {
                 log.push('\n');
             }
         });
-        let deadline = Duration::from_secs(30);
+        let deadline = Duration::from_secs(60);
         let addr = match rx.recv_timeout(deadline) {
             Ok(addr) => addr.parse().expect("listen address"),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "stackpin-registry did not start within {deadline:?}; its log:\n{}",
-                    log.lock().unwrap_or_else(|e| e.into_inner())
-                );
+                let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                return Err(log);
             }
         };
-        Self {
+        Ok(Self {
             child,
             addr,
             data_dir: data_dir.to_path_buf(),
             log,
             args,
             env,
-        }
+        })
     }
 
     /// The server URL for `--server`.
