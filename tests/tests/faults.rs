@@ -150,7 +150,8 @@ async fn every_write_path_survives_every_injected_fault() {
     }
 
     let counter = AtomicUsize::new(1);
-    let faults: [(&str, &dyn Fn(&Faulty)); 6] = [
+    type Inject<'a> = (&'a str, &'a dyn Fn(&Faulty));
+    let faults: [Inject; 6] = [
         ("next put fails", &|f| f.fail_puts(1)),
         ("two puts fail", &|f| f.fail_puts(2)),
         ("next get fails", &|f| f.fail_gets(1)),
