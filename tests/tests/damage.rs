@@ -29,11 +29,8 @@ fn a_truncated_entry_stops_the_start_with_a_clear_message() {
     let entry = data.join("log/entries/00000000000000000004");
     let bytes = std::fs::read(&entry).unwrap();
     std::fs::write(&entry, &bytes[..bytes.len() / 2]).unwrap();
-    let args = vec![
-        "--trusted-keys".to_owned(),
-        dir.path().join("trusted").display().to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let trusted = dir.path().join("trusted").display().to_string();
+    let args = ["--trusted-keys", trusted.as_str()];
     let log = Server::try_start(&data, &args)
         .err()
         .expect("the server started on a truncated log");
@@ -50,11 +47,8 @@ fn a_deleted_entry_stops_the_start_instead_of_leaving_a_silent_gap() {
     let data = server.data_dir.clone();
     assert!(server.stop().success());
     std::fs::remove_file(data.join("log/entries/00000000000000000002")).unwrap();
-    let args = vec![
-        "--trusted-keys".to_owned(),
-        dir.path().join("trusted").display().to_string(),
-    ];
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let trusted = dir.path().join("trusted").display().to_string();
+    let args = ["--trusted-keys", trusted.as_str()];
     let log = Server::try_start(&data, &args)
         .err()
         .expect("the server started with a gap in its log");
