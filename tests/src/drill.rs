@@ -5,7 +5,7 @@
 //! and the log must audit clean.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -203,7 +203,7 @@ pub fn run(cycles: usize, workers: usize, backend: Backend<'_>, seed: u64) -> Re
 }
 
 fn work(
-    dir: &PathBuf,
+    dir: &Path,
     url: &str,
     w: usize,
     cycle: usize,
