@@ -60,6 +60,9 @@ impl Failure {
 /// Exit code for a gRPC status.
 pub fn code_of(status: &Status) -> u8 {
     match status.code() {
+        // Over a size limit is the request's fault; a full disk is not.
+        Code::ResourceExhausted if status.message().contains("storage is full") => UNAVAILABLE,
+        Code::ResourceExhausted if status.message().contains("disk is full") => UNAVAILABLE,
         Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => INVALID,
         Code::NotFound => NOT_FOUND,
         Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => CONFLICT,
@@ -95,6 +98,7 @@ impl From<stackpin_registry::Error> for Failure {
         use stackpin_registry::Kind;
         let code = match error.kind() {
             Kind::Invalid | Kind::TooLarge => INVALID,
+            Kind::NoSpace => UNAVAILABLE,
             Kind::NotFound => NOT_FOUND,
             Kind::Conflict | Kind::Precondition => CONFLICT,
             Kind::DataLoss => VERIFY,

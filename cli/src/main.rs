@@ -3,6 +3,7 @@
 //! gRPC only and verifies what it receives locally.
 
 mod artifacts;
+mod bench;
 mod client;
 mod exit;
 mod keygen;
@@ -82,6 +83,8 @@ enum Command {
     /// Manage trusted publisher keys (each change is a log entry).
     #[command(subcommand)]
     Key(keys::Command),
+    /// Drive a running registry with load and report throughput and latency.
+    Bench(bench::Args),
 }
 
 async fn dispatch(cli: &Cli) -> exit::Outcome {
@@ -102,6 +105,7 @@ async fn dispatch(cli: &Cli) -> exit::Outcome {
         Command::Verify(a) => verify::verify(a, format),
         Command::Audit(a) => verify::audit(a, server, state, format).await,
         Command::Key(c) => keys::run(c, server, format).await,
+        Command::Bench(a) => bench::run(a, server, format).await,
     }
 }
 

@@ -20,6 +20,9 @@ pub enum Kind {
     Precondition,
     /// The request exceeds a configured limit.
     TooLarge,
+    /// Storage has no space left; reads still work, writes resume when
+    /// space is freed.
+    NoSpace,
     /// Storage could not be reached; retrying later may succeed.
     Unavailable,
     /// Stored bytes no longer match their digest or the log is damaged.
@@ -88,12 +91,30 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Whether an error (or any error it wraps) is the disk being full.
+fn is_storage_full(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::StorageFull
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
 impl From<object_store::Error> for Error {
     fn from(err: object_store::Error) -> Self {
         match err {
             object_store::Error::NotFound { path, .. } => {
                 Self::not_found(format!("object {path} not found in storage"))
             }
+            other if is_storage_full(&other) => Self::new(
+                Kind::NoSpace,
+                format!("storage is full; nothing was written (free space and retry): {other}"),
+            ),
             other => Self::new(Kind::Unavailable, format!("storage: {other}")),
         }
     }
@@ -101,6 +122,14 @@ impl From<object_store::Error> for Error {
 
 impl From<sled::Error> for Error {
     fn from(err: sled::Error) -> Self {
+        if let sled::Error::Io(io) = &err
+            && io.kind() == std::io::ErrorKind::StorageFull
+        {
+            return Self::new(
+                Kind::NoSpace,
+                format!("the index's disk is full (free space and retry): {err}"),
+            );
+        }
         Self::internal(format!("index: {err}"))
     }
 }

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::registry::Registry;
 use crate::service::RegistryService;
@@ -24,7 +24,12 @@ pub async fn run(
     tracing::info!("listening on {addr}");
     tonic::transport::Server::builder()
         .add_service(RegistryService::new(registry.clone()).into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // TCP_NODELAY: small answers (a resolve, a pin) must not wait for
+        // Nagle's algorithm and the peer's delayed ACK (~40 ms each).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     registry.flush().await?;
     tracing::info!("stopped");

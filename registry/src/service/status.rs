@@ -11,7 +11,7 @@ impl From<Error> for Status {
             Kind::NotFound => Code::NotFound,
             Kind::Conflict => Code::AlreadyExists,
             Kind::Precondition => Code::FailedPrecondition,
-            Kind::TooLarge => Code::ResourceExhausted,
+            Kind::TooLarge | Kind::NoSpace => Code::ResourceExhausted,
             Kind::Unavailable => Code::Unavailable,
             Kind::DataLoss => Code::DataLoss,
             Kind::Internal => Code::Internal,
