@@ -202,14 +202,7 @@ pub fn run(cycles: usize, workers: usize, backend: Backend<'_>, seed: u64) -> Re
     report
 }
 
-fn work(
-    dir: &Path,
-    url: &str,
-    w: usize,
-    cycle: usize,
-    stop: &AtomicBool,
-    ledger: &Mutex<Ledger>,
-) {
+fn work(dir: &Path, url: &str, w: usize, cycle: usize, stop: &AtomicBool, ledger: &Mutex<Ledger>) {
     let mut i = 0;
     while !stop.load(Ordering::SeqCst) {
         i += 1;

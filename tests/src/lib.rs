@@ -20,12 +20,14 @@ use std::time::{Duration, Instant};
 /// `target/<profile>/`, where cargo puts the workspace's binaries.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    dir.to_path_buf()
+    // Tests live in target/<profile>/deps/, binaries (crash-drill) in
+    // target/<profile>/ itself.
+    let dir = exe.parent().expect("executables live in a folder");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary, checked to exist.
