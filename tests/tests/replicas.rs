@@ -48,7 +48,11 @@ fn cli(dir: &Path, server: &Server, args: &[&str]) -> Run {
 }
 
 fn publish(dir: &Path, server: &Server, release: &str, body: &str) -> Run {
-    let file = format!("{release}-{}.json", body.len());
+    // One file per distinct body: concurrent writers must not share one.
+    let file = format!(
+        "{release}-{}.json",
+        &stackpin_registry::digest::Digest::of(body.as_bytes()).hex()[..16]
+    );
     std::fs::write(dir.join(&file), body).unwrap();
     cli(
         dir,
@@ -129,16 +133,20 @@ fn two_replicas_on_one_bucket_stay_consistent_under_concurrent_writers() {
                 )
                 .ok();
             }
-            publish(
-                &dir,
-                &servers[w % 2],
-                "contested",
-                &format!("{{\"writer\":{w}}}"),
-            )
-            .code
+            // Four attempts per writer, all with different bytes: 32 in all.
+            (0..4usize)
+                .map(|k| {
+                    let body = format!("{{\"writer\":{w},\"attempt\":{k}}}");
+                    publish(&dir, &servers[(w + k) % 2], "contested", &body).code
+                })
+                .collect::<Vec<i32>>()
         }));
     }
-    let codes: Vec<i32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let codes: Vec<i32> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(codes.len(), 32);
     assert_eq!(
         codes.iter().filter(|c| **c == 0).count(),
         1,
