@@ -10,13 +10,12 @@ use stackpin_proto::v1 as pb;
 use stackpin_registry::digest::{Digest, Hasher};
 use stackpin_registry::proof::{ProvedEntry, RestoreProof};
 use stackpin_registry::signing::TrustedKeys;
-use tonic::transport::Channel;
 
 use crate::exit::{Failure, Outcome};
 use crate::pins::{ArtifactArg, ResolveArgs, ask};
 use crate::view::{ArtifactView, Format, ResolveView};
 
-type Client = pb::registry_client::RegistryClient<Channel>;
+use crate::client::Client;
 
 /// Downloads an artifact and checks its bytes against the digest the
 /// registry recorded for it.
@@ -121,7 +120,11 @@ struct Fetched {
     artifact: ArtifactView,
 }
 
-pub async fn fetch(args: &FetchArgs, server: &str, format: Format) -> Outcome {
+pub async fn fetch(
+    args: &FetchArgs,
+    server: &crate::client::Connection,
+    format: Format,
+) -> Outcome {
     let mut client = crate::client::connect(server).await?;
     let (artifact, bytes) = download(&mut client, args.artifact.to_wire()).await?;
     if let Some(d) = &args.artifact.digest
@@ -198,7 +201,7 @@ fn proved_entry(what: &str, e: Option<pb::ProvedEntry>) -> Outcome<ProvedEntry> 
 
 pub async fn restore(
     args: &RestoreArgs,
-    server: &str,
+    server: &crate::client::Connection,
     state: Option<&Path>,
     format: Format,
 ) -> Outcome {
@@ -303,7 +306,7 @@ struct Listed {
     next_page_token: String,
 }
 
-pub async fn list(args: &ListArgs, server: &str, format: Format) -> Outcome {
+pub async fn list(args: &ListArgs, server: &crate::client::Connection, format: Format) -> Outcome {
     let mut client = crate::client::connect(server).await?;
     let response = client
         .list_artifacts(pb::ListArtifactsRequest {
@@ -341,7 +344,7 @@ pub struct StatArgs {
     artifact: ArtifactArg,
 }
 
-pub async fn stat(args: &StatArgs, server: &str, format: Format) -> Outcome {
+pub async fn stat(args: &StatArgs, server: &crate::client::Connection, format: Format) -> Outcome {
     let mut client = crate::client::connect(server).await?;
     let artifact = client
         .stat_artifact(pb::StatArtifactRequest {

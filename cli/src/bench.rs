@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use crate::exit::{Failure, Outcome};
 use crate::view::{Format, wire_time};
 
-type Client = pb::registry_client::RegistryClient<tonic::transport::Channel>;
+use crate::client::Client;
 
 /// Size of the chunks artifacts are sent in.
 const CHUNK: usize = 1024 * 1024;
@@ -614,7 +614,7 @@ async fn setup(
     })
 }
 
-pub async fn run(args: &Args, server: &str, format: Format) -> Outcome {
+pub async fn run(args: &Args, server: &crate::client::Connection, format: Format) -> Outcome {
     if args.duration.is_zero() {
         return Err(Failure::invalid("--duration must be more than 0s"));
     }

@@ -9,6 +9,7 @@
 //! | 4 | conflict: write-once (release id bound) or ordering (activation) |
 //! | 5 | verification failed: digest, signature or stored data does not check out |
 //! | 6 | server unavailable |
+//! | 7 | not authenticated, or not allowed |
 
 use std::fmt;
 
@@ -21,6 +22,7 @@ pub const NOT_FOUND: u8 = 3;
 pub const CONFLICT: u8 = 4;
 pub const VERIFY: u8 = 5;
 pub const UNAVAILABLE: u8 = 6;
+pub const AUTH: u8 = 7;
 
 /// The exit-code table, for `--help`.
 pub const HELP: &str = "Exit codes:
@@ -30,7 +32,8 @@ pub const HELP: &str = "Exit codes:
   3  not found
   4  conflict: release id already bound, or activation out of order
   5  verification failed (digest, signature or stored data)
-  6  server unavailable";
+  6  server unavailable
+  7  not authenticated (no or unknown token) or not allowed (role, environment)";
 
 /// A failed command: what to print and which code to exit with.
 pub struct Failure {
@@ -68,6 +71,7 @@ pub fn code_of(status: &Status) -> u8 {
         Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => CONFLICT,
         Code::DataLoss => VERIFY,
         Code::Unavailable | Code::DeadlineExceeded => UNAVAILABLE,
+        Code::Unauthenticated | Code::PermissionDenied => AUTH,
         _ => FAILURE,
     }
 }
@@ -81,6 +85,8 @@ impl From<Status> for Failure {
             Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange => "rejected",
             Code::DataLoss => "server reports data loss",
             Code::Unavailable => "server unavailable",
+            Code::Unauthenticated => "not authenticated",
+            Code::PermissionDenied => "permission denied",
             _ => "server error",
         };
         Self::new(code, anyhow::anyhow!("{what}: {}", status.message()))
@@ -103,6 +109,7 @@ impl From<stackpin_registry::Error> for Failure {
             Kind::Conflict | Kind::Precondition => CONFLICT,
             Kind::DataLoss => VERIFY,
             Kind::Unavailable => UNAVAILABLE,
+            Kind::Unauthenticated | Kind::PermissionDenied => AUTH,
             Kind::Internal => FAILURE,
         };
         Self::new(code, error)

@@ -77,7 +77,7 @@ fn read_public_key(path: &std::path::Path) -> Outcome<PublicKey> {
     PublicKey::from_pem(&pem).map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))
 }
 
-pub async fn run(command: &Command, server: &str, format: Format) -> Outcome {
+pub async fn run(command: &Command, server: &crate::client::Connection, format: Format) -> Outcome {
     let mut client = crate::client::connect(server).await?;
     let key = match command {
         Command::Add {

@@ -34,14 +34,8 @@ where
 #[derive(Parser)]
 #[command(name = "stackpin", version, about, after_help = exit::HELP)]
 struct Cli {
-    /// The registry's URL.
-    #[arg(
-        long,
-        global = true,
-        env = "STACKPIN_SERVER",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    server: String,
+    #[command(flatten)]
+    connection: client::Connection,
     /// Output for people (text) or scripts (json).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     output: Format,
@@ -88,7 +82,7 @@ enum Command {
 }
 
 async fn dispatch(cli: &Cli) -> exit::Outcome {
-    let (server, format) = (cli.server.as_str(), cli.output);
+    let (server, format) = (&cli.connection, cli.output);
     let state = trust::state_dir(cli.state_dir.as_deref());
     let state = state.as_deref();
     match &cli.command {

@@ -52,7 +52,7 @@ pub struct PinArgs {
     reason: Reason,
 }
 
-pub async fn pin(args: &PinArgs, server: &str, format: Format) -> Outcome {
+pub async fn pin(args: &PinArgs, server: &crate::client::Connection, format: Format) -> Outcome {
     let mut client = crate::client::connect(server).await?;
     let response = client
         .pin(pb::PinRequest {
@@ -96,7 +96,7 @@ pub struct ResolveArgs {
 
 /// Asks the registry which pin was live; shared by `resolve` and `restore`.
 pub async fn ask(
-    client: &mut pb::registry_client::RegistryClient<tonic::transport::Channel>,
+    client: &mut crate::client::Client,
     args: &ResolveArgs,
     fresh: bool,
 ) -> Outcome<(pb::ResolveResponse, ResolveView)> {
@@ -117,7 +117,11 @@ pub async fn ask(
     Ok((response, view))
 }
 
-pub async fn resolve(args: &ResolveArgs, server: &str, format: Format) -> Outcome {
+pub async fn resolve(
+    args: &ResolveArgs,
+    server: &crate::client::Connection,
+    format: Format,
+) -> Outcome {
     let mut client = crate::client::connect(server).await?;
     let (_, view) = ask(&mut client, args, false).await?;
     format.emit(&view, || view.text());
@@ -151,7 +155,11 @@ struct HistoryView {
     next_page_token: String,
 }
 
-pub async fn history(args: &HistoryArgs, server: &str, format: Format) -> Outcome {
+pub async fn history(
+    args: &HistoryArgs,
+    server: &crate::client::Connection,
+    format: Format,
+) -> Outcome {
     let mut client = crate::client::connect(server).await?;
     let response = client
         .history(pb::HistoryRequest {

@@ -46,7 +46,7 @@ struct Published {
     artifact: ArtifactView,
 }
 
-pub async fn run(args: &Args, server: &str, format: Format) -> Outcome {
+pub async fn run(args: &Args, server: &crate::client::Connection, format: Format) -> Outcome {
     let bytes = std::fs::read(&args.file)
         .map_err(|e| Failure::invalid(format!("reading {}: {e}", args.file.display())))?;
     if bytes.is_empty() {

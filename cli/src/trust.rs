@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use stackpin_proto::v1 as pb;
 use stackpin_registry::merkle::{self, Hash};
 use stackpin_registry::note::{Checkpoint, NoteVerifier};
-use tonic::transport::Channel;
 
 use crate::exit::{Failure, Outcome};
 
@@ -75,7 +74,7 @@ fn hashes(list: &[bytes::Bytes]) -> Outcome<Vec<Hash>> {
 /// against the checkpoint saved from earlier runs, then saves the newer of
 /// the two.
 pub async fn accept_checkpoint(
-    client: &mut pb::registry_client::RegistryClient<Channel>,
+    client: &mut crate::client::Client,
     note: &str,
     log_key: &NoteVerifier,
     state: Option<&Path>,

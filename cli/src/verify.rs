@@ -38,7 +38,7 @@ struct CheckpointView {
 
 pub async fn checkpoint(
     args: &CheckpointArgs,
-    server: &str,
+    server: &crate::client::Connection,
     state: Option<&Path>,
     format: Format,
 ) -> Outcome {
@@ -205,7 +205,7 @@ impl Progress {
 
 pub async fn audit(
     args: &AuditArgs,
-    server: &str,
+    server: &crate::client::Connection,
     state: Option<&Path>,
     format: Format,
 ) -> Outcome {
@@ -220,7 +220,7 @@ pub async fn audit(
         }
         None => {
             audit_server(server, &mut audit, &log_key, state, &mut progress).await?;
-            server.to_owned()
+            server.url.clone()
         }
     };
     progress.done();
@@ -282,7 +282,7 @@ fn print_report(report: &Report, source: &str, format: Format) {
 }
 
 async fn audit_server(
-    server: &str,
+    server: &crate::client::Connection,
     audit: &mut Audit,
     log_key: &stackpin_registry::note::NoteVerifier,
     state: Option<&Path>,

@@ -1,12 +1,22 @@
-//! Server settings: flags, each also readable from a `STACKPIN_*` variable.
+//! Server settings, in layers: built-in defaults, then a TOML file
+//! (`--config`), then `STACKPIN_*` environment variables, then flags. Each
+//! key has the same name everywhere (`data_dir` in the file,
+//! `STACKPIN_DATA_DIR`, `--data-dir`). Settings are validated once, at
+//! start, and every error names its key.
 //!
-//! With none set the server runs on its embedded default: 127.0.0.1:7070,
-//! data in `./stackpin-data` (object storage root and sled index together).
+//! With nothing set the server runs on its embedded default: 127.0.0.1:7070,
+//! data in `./stackpin-data` (object storage root and sled index together),
+//! no authentication (so it refuses any address but loopback).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Authorizer, CertConfig, TokenConfig};
 use crate::error::{Error, Kind, Result};
 use crate::note::{DEFAULT_ORIGIN, NoteSigner};
 use crate::registry::{DEFAULT_MAX_ARTIFACT_BYTES, Limits};
@@ -24,30 +34,415 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from(d).map_err(|_| format!("{text:?} must not be negative"))
 }
 
-/// Where the data lives and which key signs the log.
-#[derive(Clone, Debug, clap::Args)]
-pub struct LogKeyArgs {
-    /// Folder holding artifact blobs, the log and the index.
-    #[arg(long, env = "STACKPIN_DATA_DIR", default_value = "stackpin-data")]
-    pub data_dir: PathBuf,
+/// Durations are written as text (`5s`) in files, variables and flags.
+mod text_duration {
+    use std::time::Duration;
 
-    /// The log's Ed25519 signing key (PKCS#8 PEM). Default:
-    /// <data-dir>/log-key.pem, generated on first start. Replicas sharing a
-    /// bucket must share this key.
-    #[arg(long, env = "STACKPIN_LOG_KEY")]
-    pub log_key: Option<PathBuf>,
+    use serde::{Deserialize, Deserializer, Serializer};
 
-    /// The log's origin: the first line of its checkpoints and its key name.
-    #[arg(long, env = "STACKPIN_LOG_ORIGIN", default_value = DEFAULT_ORIGIN)]
-    pub log_origin: String,
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
 }
 
-impl LogKeyArgs {
+/// Log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting, merged from all layers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Folder holding the index, and the data itself unless `storage` says otherwise.
+    pub data_dir: PathBuf,
+    /// Address to serve gRPC on.
+    pub listen: SocketAddr,
+    /// Trusted publisher keys: a PEM public-key file or a folder of *.pem.
+    pub trusted_keys: Option<PathBuf>,
+    /// file:///path, s3://bucket/prefix or memory:// (default: file://<data_dir>).
+    pub storage: Option<String>,
+    /// Endpoint of an S3-compatible server.
+    pub s3_endpoint: Option<String>,
+    /// bucket.host addressing instead of host/bucket.
+    pub s3_virtual_hosted_style: bool,
+    #[serde(with = "text_duration")]
+    pub storage_timeout: Duration,
+    #[serde(with = "text_duration")]
+    pub poll_interval: Duration,
+    /// Most writes committed as one log object (1 disables group commit).
+    pub max_batch: usize,
+    pub max_artifact_bytes: u64,
+    /// Largest single gRPC message (artifacts travel in 1 MiB chunks).
+    pub max_message_bytes: usize,
+    #[serde(with = "text_duration")]
+    pub clock_skew: Duration,
+    #[serde(with = "text_duration")]
+    pub boundary_margin: Duration,
+    /// Deadline of one request (a publish of the largest artifact included).
+    #[serde(with = "text_duration")]
+    pub request_timeout: Duration,
+    /// Concurrent streams (requests) per connection.
+    pub max_concurrent_streams: u32,
+    /// The log's signing key (default: <data_dir>/log-key.pem, generated).
+    pub log_key: Option<PathBuf>,
+    pub log_origin: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CA that client certificates must chain to (turns on mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// Allow a non-loopback address without TLS.
+    pub insecure_listen: bool,
+    /// Let requests without credentials read.
+    pub anonymous_read: bool,
+    /// Prometheus metrics on this address (off when unset).
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    /// Bearer tokens, by hash.
+    pub token: Vec<TokenConfig>,
+    /// Client certificate subjects.
+    pub client_cert: Vec<CertConfig>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("stackpin-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            trusted_keys: None,
+            storage: None,
+            s3_endpoint: None,
+            s3_virtual_hosted_style: false,
+            storage_timeout: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(500),
+            max_batch: crate::committer::MAX_BATCH,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            max_message_bytes: 4 * 1024 * 1024,
+            clock_skew: Duration::from_secs(5),
+            boundary_margin: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(120),
+            max_concurrent_streams: 256,
+            log_key: None,
+            log_origin: DEFAULT_ORIGIN.to_owned(),
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            insecure_listen: false,
+            anonymous_read: false,
+            metrics_listen: None,
+            log_format: LogFormat::Text,
+            token: Vec::new(),
+            client_cert: Vec::new(),
+        }
+    }
+}
+
+/// The keys settable through the environment (`STACKPIN_<KEY>`).
+const ENV_KEYS: &[&str] = &[
+    "data_dir",
+    "listen",
+    "trusted_keys",
+    "storage",
+    "s3_endpoint",
+    "s3_virtual_hosted_style",
+    "storage_timeout",
+    "poll_interval",
+    "max_batch",
+    "max_artifact_bytes",
+    "max_message_bytes",
+    "clock_skew",
+    "boundary_margin",
+    "request_timeout",
+    "max_concurrent_streams",
+    "log_key",
+    "log_origin",
+    "tls_cert",
+    "tls_key",
+    "client_ca",
+    "insecure_listen",
+    "anonymous_read",
+    "metrics_listen",
+    "log_format",
+];
+
+/// Flags of `stackpin-registry`: the top layer. Unset flags leave lower
+/// layers alone.
+#[derive(Clone, Debug, Default, Serialize, clap::Args)]
+pub struct Flags {
+    /// A TOML settings file (`stackpin-registry config example` prints one).
+    #[arg(long, env = "STACKPIN_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Folder holding the index, and the data unless --storage says otherwise [default: stackpin-data].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve gRPC on [default: 127.0.0.1:7070].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Trusted publisher keys: a PEM public-key file or a folder of *.pem.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_keys: Option<PathBuf>,
+    /// Storage: file:///path, s3://bucket/prefix or memory:// [default: file://<data-dir>].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    /// Endpoint of an S3-compatible server (credentials from AWS_*).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_endpoint: Option<String>,
+    /// Address buckets as bucket.host (path style is the default).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub s3_virtual_hosted_style: bool,
+    /// How long one storage call may take [default: 10s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_timeout: Option<String>,
+    /// How often to look for other replicas' log entries [default: 500ms].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub poll_interval: Option<String>,
+    /// Most writes committed as one log object; 1 disables group commit [default: 256].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<usize>,
+    /// Largest artifact accepted, in bytes [default: 67108864].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_artifact_bytes: Option<u64>,
+    /// Largest single gRPC message, in bytes [default: 4194304].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<usize>,
+    /// How far in the future a reported activation may lie [default: 5s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<String>,
+    /// Margin around a switch within which resolve names both candidates [default: 2s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boundary_margin: Option<String>,
+    /// Deadline of one request [default: 120s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_timeout: Option<String>,
+    /// Concurrent requests per connection [default: 256].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
+    /// The log's Ed25519 signing key, PKCS#8 PEM [default: <data-dir>/log-key.pem, generated].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_key: Option<PathBuf>,
+    /// The log's origin line and key name [default: stackpin.local/log].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_origin: Option<String>,
+    /// Server certificate chain (PEM) for TLS.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM) for TLS.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) client certificates must chain to: turns on mutual TLS.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without TLS.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_listen: bool,
+    /// Let requests without credentials read (resolve, history, fetch, proofs).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub anonymous_read: bool,
+    /// Serve Prometheus metrics over HTTP on this address (off by default).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as text or JSON [default: text].
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+fn invalid(key: &str, why: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("setting {key}: {why}"))
+}
+
+impl Settings {
+    /// Merges the layers and validates the result.
+    ///
+    /// # Errors
+    /// Invalid, naming the key, for anything malformed or inconsistent.
+    pub fn load(flags: &Flags) -> Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = &flags.config {
+            if !path.is_file() {
+                return Err(invalid(
+                    "config",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment
+            .merge(Env::prefixed("STACKPIN_").only(ENV_KEYS))
+            .merge(Serialized::globals(flags));
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| Error::invalid(format!("settings: {e}")))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses and validates a settings file alone (`config check`).
+    ///
+    /// # Errors
+    /// Invalid, naming the key.
+    pub fn check_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?;
+        let settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(&text))
+            .extract()
+            .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks consistency between keys.
+    ///
+    /// # Errors
+    /// Invalid, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(invalid("tls_cert", "tls_cert and tls_key go together"));
+        }
+        if self.client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(invalid(
+                "client_ca",
+                "mutual TLS needs tls_cert and tls_key",
+            ));
+        }
+        if !self.listen.ip().is_loopback() && self.tls_cert.is_none() && !self.insecure_listen {
+            return Err(invalid(
+                "listen",
+                format!(
+                    "{} is not a loopback address: configure tls_cert and tls_key, or pass \
+                     --insecure-listen to serve plaintext on purpose",
+                    self.listen
+                ),
+            ));
+        }
+        if !self.listen.ip().is_loopback() && self.token.is_empty() && self.client_cert.is_empty() {
+            return Err(invalid(
+                "listen",
+                "serving beyond loopback needs tokens or client certificates: without them \
+                 anyone could write (see `stackpin-registry token create`)",
+            ));
+        }
+        if !(1..=crate::committer::MAX_BATCH).contains(&self.max_batch) {
+            return Err(invalid(
+                "max_batch",
+                format!("must be 1 to {}", crate::committer::MAX_BATCH),
+            ));
+        }
+        if self.max_message_bytes < 2 * 1024 * 1024 {
+            return Err(invalid(
+                "max_message_bytes",
+                "must be at least 2 MiB (artifact chunks are 1 MiB)",
+            ));
+        }
+        if self.max_artifact_bytes == 0 {
+            return Err(invalid("max_artifact_bytes", "must be positive"));
+        }
+        if self.request_timeout < Duration::from_secs(1) {
+            return Err(invalid("request_timeout", "must be at least 1s"));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(invalid("max_concurrent_streams", "must be positive"));
+        }
+        self.storage_url()?;
+        self.authorizer()?;
+        crate::note::NoteSigner::new(
+            &self.log_origin,
+            ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        )
+        .map_err(|e| invalid("log_origin", e))?;
+        Ok(())
+    }
+
+    /// The authorizer these settings describe.
+    ///
+    /// # Errors
+    /// Invalid for a malformed token or certificate entry.
+    pub fn authorizer(&self) -> Result<Authorizer> {
+        Authorizer::new(&self.token, &self.client_cert, self.anonymous_read)
+            .map_err(|e| invalid("token", e))
+    }
+
+    /// The state-machine limits these settings describe.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_artifact_bytes: self.max_artifact_bytes,
+            clock_skew: self.clock_skew,
+            boundary_margin: self.boundary_margin,
+            poll_interval: self.poll_interval.max(Duration::from_millis(10)),
+            max_batch: self.max_batch,
+        }
+    }
+
+    /// The storage URL: `storage`, or the data dir itself.
+    ///
+    /// # Errors
+    /// Invalid for a malformed URL, or shared storage without an explicit
+    /// log key (replicas must sign with one key).
+    pub fn storage_url(&self) -> Result<StorageUrl> {
+        let url = match &self.storage {
+            Some(text) => StorageUrl::parse(text).map_err(|e| invalid("storage", e))?,
+            None => StorageUrl::File(self.data_dir.clone()),
+        };
+        if url.is_shared() && self.log_key.is_none() {
+            return Err(invalid(
+                "log_key",
+                "s3:// storage needs an explicit log_key: replicas sharing a bucket must sign \
+                 the log with the same key (generate one with `stackpin keygen`)",
+            ));
+        }
+        Ok(url)
+    }
+
+    /// S3 settings.
+    pub fn s3_options(&self) -> S3Options {
+        S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            virtual_hosted_style: self.s3_virtual_hosted_style,
+            timeout: self.storage_timeout,
+            credentials: None,
+        }
+    }
+
     /// Loads the log key, generating the default one if it does not exist yet.
     ///
     /// # Errors
-    /// When a configured key file is missing or unreadable, or the origin is
-    /// not a valid key name.
+    /// When a configured key file is missing or unreadable.
     pub fn signer(&self) -> Result<NoteSigner> {
         let (path, may_create) = match &self.log_key {
             Some(p) => (p.clone(), false),
@@ -56,18 +451,15 @@ impl LogKeyArgs {
         let pem = match std::fs::read_to_string(&path) {
             Ok(pem) => pem,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => create_key(&path)?,
-            Err(e) => {
-                return Err(Error::invalid(format!("log key {}: {e}", path.display())));
-            }
+            Err(e) => return Err(invalid("log_key", format!("{}: {e}", path.display()))),
         };
         let key = signing::signing_key_from_pem(&pem)
-            .map_err(|e| Error::invalid(format!("log key {}: {e}", path.display())))?;
-        NoteSigner::new(&self.log_origin, key)
-            .map_err(|e| Error::invalid(format!("--log-origin: {e}")))
+            .map_err(|e| invalid("log_key", format!("{}: {e}", path.display())))?;
+        NoteSigner::new(&self.log_origin, key).map_err(|e| invalid("log_origin", e))
     }
 }
 
-fn create_key(path: &std::path::Path) -> Result<String> {
+fn create_key(path: &Path) -> Result<String> {
     use std::io::Write as _;
     let unavailable = |e: std::io::Error| {
         Error::new(
@@ -97,114 +489,8 @@ fn create_key(path: &std::path::Path) -> Result<String> {
     Ok(pem)
 }
 
-fn parse_batch(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if (1..=crate::committer::MAX_BATCH).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{text:?} is not a batch size from 1 to {}",
-            crate::committer::MAX_BATCH
-        )),
-    }
-}
-
-/// `stackpin-registry` settings.
-#[derive(Clone, Debug, clap::Args)]
-pub struct ServerConfig {
-    #[command(flatten)]
-    pub log: LogKeyArgs,
-
-    /// Address to serve gRPC on.
-    #[arg(long, env = "STACKPIN_LISTEN", default_value = "127.0.0.1:7070")]
-    pub listen: SocketAddr,
-
-    /// Trusted publisher keys: a PEM public-key file (`openssl pkey -pubout`)
-    /// or a folder of *.pem files. Without it, publishes are refused.
-    #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
-    pub trusted_keys: Option<PathBuf>,
-
-    /// Where artifacts and the log live: file:///path, s3://bucket/prefix or
-    /// memory:// (tests). Default: file://<data-dir>. The data dir always
-    /// holds the index.
-    #[arg(long, env = "STACKPIN_STORAGE")]
-    pub storage: Option<String>,
-
-    /// Endpoint of an S3-compatible server (e.g. http://127.0.0.1:8333);
-    /// credentials and region come from the usual AWS_* variables.
-    #[arg(long, env = "STACKPIN_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
-
-    /// Address buckets as bucket.host instead of host/bucket (path style,
-    /// the default).
-    #[arg(long, env = "STACKPIN_S3_VIRTUAL_HOSTED_STYLE")]
-    pub s3_virtual_hosted_style: bool,
-
-    /// How long one storage call may take before it counts as unavailable.
-    #[arg(long, env = "STACKPIN_STORAGE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub storage_timeout: Duration,
-
-    /// How often to look for log entries written by other replicas.
-    #[arg(long, env = "STACKPIN_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
-    pub poll_interval: Duration,
-
-    /// Most writes committed together as one log object; 1 turns group
-    /// commit off.
-    #[arg(long, env = "STACKPIN_MAX_BATCH", default_value_t = crate::committer::MAX_BATCH, value_parser = parse_batch)]
-    pub max_batch: usize,
-
-    /// Largest artifact accepted, in bytes.
-    #[arg(long, env = "STACKPIN_MAX_ARTIFACT_BYTES", default_value_t = DEFAULT_MAX_ARTIFACT_BYTES)]
-    pub max_artifact_bytes: u64,
-
-    /// How far in the future a reported activation may lie.
-    #[arg(long, env = "STACKPIN_CLOCK_SKEW", default_value = "5s", value_parser = parse_duration)]
-    pub clock_skew: Duration,
-
-    /// Default margin around a switch within which resolve names both candidates.
-    #[arg(long, env = "STACKPIN_BOUNDARY_MARGIN", default_value = "2s", value_parser = parse_duration)]
-    pub boundary_margin: Duration,
-}
-
-impl ServerConfig {
-    /// The state-machine limits these settings describe.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_artifact_bytes: self.max_artifact_bytes,
-            clock_skew: self.clock_skew,
-            boundary_margin: self.boundary_margin,
-            poll_interval: self.poll_interval.max(Duration::from_millis(10)),
-            max_batch: self.max_batch,
-        }
-    }
-
-    /// The storage URL: `--storage`, or the data dir itself.
-    ///
-    /// # Errors
-    /// Invalid for a malformed URL, or shared storage without an explicit
-    /// `--log-key` (replicas must sign with one key).
-    pub fn storage_url(&self) -> Result<StorageUrl> {
-        let url = match &self.storage {
-            Some(text) => StorageUrl::parse(text)?,
-            None => StorageUrl::File(self.log.data_dir.clone()),
-        };
-        if url.is_shared() && self.log.log_key.is_none() {
-            return Err(Error::invalid(
-                "--storage s3://... needs --log-key: replicas sharing a bucket must sign the log \
-                 with the same key (generate one with `stackpin keygen`)",
-            ));
-        }
-        Ok(url)
-    }
-
-    /// S3 settings from the flags.
-    pub fn s3_options(&self) -> S3Options {
-        S3Options {
-            endpoint: self.s3_endpoint.clone(),
-            virtual_hosted_style: self.s3_virtual_hosted_style,
-            timeout: self.storage_timeout,
-            credentials: None,
-        }
-    }
-}
+/// A commented example settings file with every key.
+pub const EXAMPLE: &str = include_str!("config_example.toml");
 
 #[cfg(test)]
 mod tests {
@@ -219,5 +505,59 @@ mod tests {
         );
         assert!(parse_duration("-1s").unwrap_err().contains("negative"));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_matches_the_defaults() {
+        let s: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(EXAMPLE))
+            .extract()
+            .unwrap();
+        s.validate().unwrap();
+        let d = Settings::default();
+        assert_eq!(
+            (s.listen, s.clock_skew, s.max_batch),
+            (d.listen, d.clock_skew, d.max_batch)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string("clock_skew = \"soon\""))
+            .extract::<Settings>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("clock_skew"), "{err}");
+        let err = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string("no_such_key = 1"))
+            .extract::<Settings>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no_such_key"), "{err}");
+        let s = Settings {
+            listen: "0.0.0.0:7070".parse().unwrap(),
+            ..Settings::default()
+        };
+        assert!(s.validate().unwrap_err().message().contains("listen"));
+    }
+
+    #[test]
+    fn flags_override_files() {
+        let flags = Flags {
+            clock_skew: Some("9s".into()),
+            ..Flags::default()
+        };
+        let s: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(
+                "clock_skew = \"7s\"\nboundary_margin = \"3s\"",
+            ))
+            .merge(Serialized::globals(&flags))
+            .extract()
+            .unwrap();
+        assert_eq!(
+            (s.clock_skew, s.boundary_margin),
+            (Duration::from_secs(9), Duration::from_secs(3))
+        );
     }
 }

@@ -25,6 +25,10 @@ pub enum Kind {
     NoSpace,
     /// Storage could not be reached; retrying later may succeed.
     Unavailable,
+    /// No credential, or one the registry does not know.
+    Unauthenticated,
+    /// A known credential without the role or environment needed.
+    PermissionDenied,
     /// Stored bytes no longer match their digest or the log is damaged.
     DataLoss,
     /// A bug or an unexpected state.

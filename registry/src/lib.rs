@@ -10,6 +10,7 @@
 //! | [`ids`] | release ids, environment names, reasons: parsed once, safe everywhere |
 //! | [`time`] | microsecond UTC instants, RFC 3339, the injectable clock |
 //! | [`signing`] | Ed25519 keys, DSSE envelopes, in-toto statements |
+//! | [`auth`] | bearer tokens and client certificates mapped to roles |
 //! | [`audit`] | the offline audit of a whole log |
 //! | [`blobs`] | artifact bytes on object storage, verified on read |
 //! | [`log`] | append-only entries on object storage (write-once per index) |
@@ -29,6 +30,7 @@
 //! Object storage is the source of truth; the index is a cache of it.
 
 pub mod audit;
+pub mod auth;
 pub mod blobs;
 pub mod committer;
 pub mod config;

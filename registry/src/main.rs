@@ -1,11 +1,13 @@
-//! `stackpin-registry`: parses settings, sets up logging, opens the registry
-//! and serves it until SIGINT or SIGTERM.
+//! `stackpin-registry`: loads settings, sets up logging, opens the registry
+//! and serves it until SIGINT or SIGTERM. Subcommands print the log key,
+//! create tokens and check settings files.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use stackpin_registry::config::{LogKeyArgs, ServerConfig};
+use stackpin_registry::auth::{self, Role};
+use stackpin_registry::config::{self, Flags, LogFormat, Settings};
 use stackpin_registry::signing::TrustedKeys;
 use stackpin_registry::{Registry, server, storage};
 
@@ -16,60 +18,147 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    config: ServerConfig,
+    flags: Flags,
 }
 
 #[derive(clap::Subcommand)]
 enum Command {
     /// Print the log's verifier key (C2SP signed-note vkey), generating the
     /// default key if there is none yet.
-    Key(LogKeyArgs),
+    Key(Box<Flags>),
+    /// Manage bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Check or print settings files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(clap::Subcommand)]
+enum TokenCommand {
+    /// Make a new token: prints it once, and the [[token]] entry (holding
+    /// only its hash) to add to the settings file.
+    Create {
+        /// A name for logs and for the actor of the log entries it writes.
+        #[arg(long)]
+        name: String,
+        /// publish, pin, read or admin (repeatable).
+        #[arg(long = "role", required = true, value_parser = |s: &str| s.parse::<Role>().map_err(|e| e.to_string()))]
+        roles: Vec<Role>,
+        /// Limit pin to these environments (repeatable).
+        #[arg(long = "env")]
+        envs: Vec<String>,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum ConfigCommand {
+    /// Validate a settings file; errors name the key.
+    Check { file: std::path::PathBuf },
+    /// Print a commented example with every key and its default.
+    Example,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
-    if let Some(Command::Key(args)) = &cli.command {
-        let signer = args.signer().context("loading the log key")?;
-        println!("{}", signer.vkey());
-        return Ok(());
+    match &cli.command {
+        Some(Command::Key(flags)) => {
+            let settings = Settings::load(flags)?;
+            println!("{}", settings.signer()?.vkey());
+            return Ok(());
+        }
+        Some(Command::Token(TokenCommand::Create { name, roles, envs })) => {
+            let (token, entry) = auth::create_token(name, roles, envs)?;
+            let block = toml::to_string(&serde_wrap(entry)).context("printing the entry")?;
+            println!("token (shown once; keep it in a secret store):\n{token}\n");
+            println!("add to the settings file:\n{block}");
+            return Ok(());
+        }
+        Some(Command::Config(ConfigCommand::Check { file })) => {
+            Settings::check_file(file)?;
+            println!("{}: ok", file.display());
+            return Ok(());
+        }
+        Some(Command::Config(ConfigCommand::Example)) => {
+            print!("{}", config::EXAMPLE);
+            return Ok(());
+        }
+        None => {}
     }
-    let config = cli.config;
-    let signer = config.log.signer().context("loading the log key")?;
+    let settings = Settings::load(&cli.flags)?;
+    init_logging(settings.log_format);
+    serve(settings).await
+}
 
-    let trusted = match &config.trusted_keys {
+/// `[[token]]` as a one-element array of tables.
+fn serde_wrap(
+    entry: auth::TokenConfig,
+) -> std::collections::BTreeMap<&'static str, Vec<auth::TokenConfig>> {
+    [("token", vec![entry])].into_iter().collect()
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let signer = settings.signer()?;
+    let trusted = match &settings.trusted_keys {
         Some(path) => TrustedKeys::load(path).context("loading trusted publisher keys")?,
         None => {
             tracing::warn!(
-                "no --trusted-keys given: publishes will be refused until keys are configured"
+                "no trusted_keys: publishes are refused until keys are configured or added"
             );
             TrustedKeys::default()
         }
     };
     tracing::info!(keys = trusted.keys().len(), "trusted publisher keys loaded");
-    let data_dir = &config.log.data_dir;
-    let url = config.storage_url()?;
-    let store = storage::open(&url, &config.s3_options())?;
-    let registry = Registry::open_at(data_dir, store, trusted, signer, config.limits())
-        .await
-        .with_context(|| format!("opening the registry on {url:?}"))?;
+    let authorizer = settings.authorizer()?;
+    if authorizer.enabled() {
+        tracing::info!(
+            tokens = settings.token.len(),
+            client_certs = settings.client_cert.len(),
+            anonymous_read = settings.anonymous_read,
+            "authentication on"
+        );
+    } else {
+        tracing::warn!(
+            listen = %settings.listen,
+            "no tokens or client certificates configured: authentication is off, which is only \
+             allowed on a loopback address (the embedded default)"
+        );
+    }
+    let url = settings.storage_url()?;
+    let store = storage::open(&url, &settings.s3_options())?;
+    let registry = Registry::open_at(
+        &settings.data_dir,
+        store,
+        trusted,
+        signer,
+        settings.limits(),
+    )
+    .await
+    .with_context(|| format!("opening the registry on {url:?}"))?;
     tracing::info!(
-        data_dir = %data_dir.display(), storage = ?url, log_key = %registry.log_vkey(),
+        data_dir = %settings.data_dir.display(), storage = ?url, log_key = %registry.log_vkey(),
         "registry open"
     );
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let options = server::Options::from_settings(&settings, authorizer)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    server::run(listener, Arc::new(registry), shutdown_signal()).await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    server::run(listener, Arc::new(registry), options, shutdown_signal()).await
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -12,9 +12,10 @@ use futures::Stream;
 use stackpin_proto::v1 as pb;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::error::Error;
+use crate::auth::{Action, Authorizer, Principal};
+use crate::error::{Error, Kind};
 use crate::ids::{EnvName, Reason};
-use crate::registry::{ANONYMOUS, HistoryQuery, Registry};
+use crate::registry::{HistoryQuery, Registry};
 use crate::signing::KeyId;
 
 /// Most entries one ListEntries call streams.
@@ -27,20 +28,52 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct RegistryService {
     registry: Arc<Registry>,
+    auth: Authorizer,
 }
 
 impl RegistryService {
-    /// Serves `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+    /// Serves `registry`, letting through what `auth` allows.
+    pub fn new(registry: Arc<Registry>, auth: Authorizer) -> Self {
+        Self { registry, auth }
     }
 
-    /// The tonic server wrapper, with message limits fit for chunked streams.
-    pub fn into_server(self) -> pb::registry_server::RegistryServer<Self> {
+    /// The tonic server wrapper, with a message limit (artifacts travel in
+    /// 1 MiB chunks, so the limit bounds memory, not artifact size).
+    pub fn into_server(
+        self,
+        max_message_bytes: usize,
+    ) -> pb::registry_server::RegistryServer<Self> {
         pb::registry_server::RegistryServer::new(self)
-            .max_decoding_message_size(CHUNK_BYTES * 4)
-            .max_encoding_message_size(CHUNK_BYTES * 4)
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes.max(CHUNK_BYTES * 2))
     }
+
+    /// Who the request is and whether it may do `action`.
+    fn authorize<T>(&self, request: &Request<T>, action: Action<'_>) -> Result<Principal, Status> {
+        let bearer = match request.metadata().get("authorization") {
+            None => None,
+            Some(value) => {
+                let text = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
+                Some(text.ok_or_else(|| {
+                    Error::new(
+                        Kind::Unauthenticated,
+                        "the authorization header is not `Bearer <token>`",
+                    )
+                })?)
+            }
+        };
+        let cn = request
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+        Ok(self.auth.authorize(bearer, cn.as_deref(), action)?)
+    }
+}
+
+/// The subject common name of a DER certificate (already verified by TLS).
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
 }
 
 fn env(text: &str) -> Result<EnvName, Status> {
@@ -56,6 +89,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
+        self.authorize(&request, Action::Publish)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await?.and_then(|m| m.part) {
             Some(pb::publish_request::Part::Header(h)) => h,
@@ -86,6 +120,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::GetArtifactRequest>,
     ) -> Result<Response<Self::GetArtifactStream>, Status> {
+        self.authorize(&request, Action::Read)?;
         let what = convert::artifact_ref(request.into_inner().artifact)?;
         let record = self.registry.artifact(&what)?;
         // Read and verify the whole artifact before sending any of it, so
@@ -112,6 +147,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::StatArtifactRequest>,
     ) -> Result<Response<pb::Artifact>, Status> {
+        self.authorize(&request, Action::Read)?;
         let what = convert::artifact_ref(request.into_inner().artifact)?;
         let record = self.registry.artifact(&what)?;
         Ok(Response::new(convert::artifact(&record)))
@@ -121,6 +157,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let after = convert::page_token(&req.page_token)?;
         let (page, next) = self
@@ -136,14 +173,15 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::PinRequest>,
     ) -> Result<Response<pb::PinResponse>, Status> {
+        let env = env(&request.get_ref().env)?;
+        let who = self.authorize(&request, Action::Pin(&env))?;
         let req = request.into_inner();
-        let env = env(&req.env)?;
         let what = convert::artifact_ref(req.artifact)?;
         let activated_at = convert::optional_time("activated_at", req.activated_at)?;
         let reason: Reason = req.reason.parse()?;
         let pin = self
             .registry
-            .pin(&env, &what, activated_at, &reason, ANONYMOUS)
+            .pin(&env, &what, activated_at, &reason, &who.name)
             .await?;
         Ok(Response::new(pb::PinResponse {
             pin: Some(convert::pin(&pin)),
@@ -154,6 +192,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
+        self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let env = env(&req.env)?;
         let at = convert::required_time("at", req.at)?;
@@ -169,6 +208,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
+        self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let env = env(&req.env)?;
         let query = HistoryQuery {
@@ -186,8 +226,9 @@ impl pb::registry_server::Registry for RegistryService {
 
     async fn get_checkpoint(
         &self,
-        _request: Request<pb::GetCheckpointRequest>,
+        request: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::Checkpoint>, Status> {
+        self.authorize(&request, Action::Read)?;
         let cp = self.registry.checkpoint()?;
         Ok(Response::new(convert::checkpoint(&cp)))
     }
@@ -196,6 +237,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::GetEntryRequest>,
     ) -> Result<Response<pb::LogEntry>, Status> {
+        self.authorize(&request, Action::Read)?;
         let index = request.into_inner().index;
         let entry = self.registry.entry(index).await?;
         Ok(Response::new(pb::LogEntry { index, entry }))
@@ -207,6 +249,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<Self::ListEntriesStream>, Status> {
+        self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let size = self.registry.checkpoint()?.size;
         let end = if req.end == 0 {
@@ -242,6 +285,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::GetInclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProof>, Status> {
+        self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let size = match req.tree_size {
             0 => self.registry.checkpoint()?.size,
@@ -259,6 +303,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::GetConsistencyProofRequest>,
     ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let new = match req.new_size {
             0 => self.registry.checkpoint()?.size,
@@ -276,12 +321,13 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::AddKeyRequest>,
     ) -> Result<Response<pb::PublisherKey>, Status> {
+        let who = self.authorize(&request, Action::Admin)?;
         let req = request.into_inner();
         let valid_from = convert::optional_time("valid_from", req.valid_from)?;
         let reason: Reason = req.reason.parse()?;
         let key = self
             .registry
-            .add_key(&req.public_key_pem, valid_from, &reason, ANONYMOUS)
+            .add_key(&req.public_key_pem, valid_from, &reason, &who.name)
             .await?;
         Ok(Response::new(convert::publisher_key(&key)))
     }
@@ -290,21 +336,23 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::PublisherKey>, Status> {
+        let who = self.authorize(&request, Action::Admin)?;
         let req = request.into_inner();
         let key_id = KeyId::parse(&req.key_id)?;
         let at = convert::optional_time("revoked_at", req.revoked_at)?;
         let reason: Reason = req.reason.parse()?;
         let key = self
             .registry
-            .revoke_key(&key_id, at, &reason, ANONYMOUS)
+            .revoke_key(&key_id, at, &reason, &who.name)
             .await?;
         Ok(Response::new(convert::publisher_key(&key)))
     }
 
     async fn list_keys(
         &self,
-        _request: Request<pb::ListKeysRequest>,
+        request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        self.authorize(&request, Action::Read)?;
         let keys = self.registry.keys()?;
         Ok(Response::new(pb::ListKeysResponse {
             keys: keys.iter().map(convert::publisher_key).collect(),

@@ -13,6 +13,8 @@ impl From<Error> for Status {
             Kind::Precondition => Code::FailedPrecondition,
             Kind::TooLarge | Kind::NoSpace => Code::ResourceExhausted,
             Kind::Unavailable => Code::Unavailable,
+            Kind::Unauthenticated => Code::Unauthenticated,
+            Kind::PermissionDenied => Code::PermissionDenied,
             Kind::DataLoss => Code::DataLoss,
             Kind::Internal => Code::Internal,
         };

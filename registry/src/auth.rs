@@ -1,0 +1,346 @@
+//! Who may do what: bearer tokens mapped to roles, and client certificate
+//! subjects mapped to roles.
+//!
+//! The server holds only SHA-256 hashes of tokens, never tokens. A request
+//! carries `authorization: Bearer <token>`; the hash of the token names a
+//! principal with roles:
+//!
+//! | role | allows |
+//! |---|---|
+//! | `publish` | publishing artifacts |
+//! | `pin` | pinning, in every environment or only the listed ones |
+//! | `read` | resolve, history, fetch, stat, list, checkpoints, entries, proofs, keys |
+//! | `admin` | the publisher key lifecycle |
+//!
+//! With no tokens and no certificate mappings configured, authentication is
+//! off: the embedded default for one machine, which the server only allows
+//! on a loopback address. Once any is configured, every request needs a
+//! credential unless `anonymous_read` lets reads through.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Kind, Result};
+use crate::ids::EnvName;
+
+/// A permission a request needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Publish,
+    Pin,
+    Read,
+    Admin,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Publish => "publish",
+            Role::Pin => "pin",
+            Role::Read => "read",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "publish" => Ok(Role::Publish),
+            "pin" => Ok(Role::Pin),
+            "read" => Ok(Role::Read),
+            "admin" => Ok(Role::Admin),
+            other => Err(Error::invalid(format!(
+                "role {other:?} is not one of publish, pin, read, admin"
+            ))),
+        }
+    }
+}
+
+/// One configured token: its hash, a name for logs and log entries, roles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    pub roles: Vec<Role>,
+    /// For `pin`: the environments it may pin (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub envs: Vec<String>,
+}
+
+/// A client certificate subject (its common name) mapped to roles.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    pub subject_cn: String,
+    pub roles: Vec<Role>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub envs: Vec<String>,
+}
+
+/// Who a request is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Recorded as the actor of the log entries it writes.
+    pub name: String,
+    roles: Vec<Role>,
+    envs: Vec<EnvName>,
+}
+
+impl Principal {
+    fn anonymous(roles: Vec<Role>) -> Self {
+        Self {
+            name: crate::registry::ANONYMOUS.to_owned(),
+            roles,
+            envs: Vec::new(),
+        }
+    }
+}
+
+/// What a request wants to do.
+#[derive(Clone, Copy, Debug)]
+pub enum Action<'a> {
+    Publish,
+    Pin(&'a EnvName),
+    Read,
+    Admin,
+}
+
+impl Action<'_> {
+    fn role(&self) -> Role {
+        match self {
+            Action::Publish => Role::Publish,
+            Action::Pin(_) => Role::Pin,
+            Action::Read => Role::Read,
+            Action::Admin => Role::Admin,
+        }
+    }
+}
+
+/// Hex SHA-256 of a token, as the configuration holds it.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Decides every request.
+#[derive(Clone, Debug, Default)]
+pub struct Authorizer {
+    tokens: HashMap<String, Principal>,
+    certs: HashMap<String, Principal>,
+    anonymous_read: bool,
+}
+
+fn principal(name: &str, roles: &[Role], envs: &[String]) -> Result<Principal> {
+    let envs = envs
+        .iter()
+        .map(|e| e.parse())
+        .collect::<Result<Vec<EnvName>>>()?;
+    if roles.is_empty() {
+        return Err(Error::invalid(format!("credential {name:?} has no roles")));
+    }
+    Ok(Principal {
+        name: name.to_owned(),
+        roles: roles.to_vec(),
+        envs,
+    })
+}
+
+impl Authorizer {
+    /// An authorizer for the configured tokens and certificate subjects.
+    ///
+    /// # Errors
+    /// Invalid for a malformed hash, a duplicate, an empty role list or a
+    /// bad environment name.
+    pub fn new(tokens: &[TokenConfig], certs: &[CertConfig], anonymous_read: bool) -> Result<Self> {
+        let mut out = Self {
+            anonymous_read,
+            ..Self::default()
+        };
+        for t in tokens {
+            let hash = t.sha256.to_ascii_lowercase();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::invalid(format!(
+                    "token {:?}: sha256 must be 64 hex digits (from `stackpin-registry token create`)",
+                    t.name
+                )));
+            }
+            if out
+                .tokens
+                .insert(hash, principal(&t.name, &t.roles, &t.envs)?)
+                .is_some()
+            {
+                return Err(Error::invalid(format!(
+                    "token {:?} is configured twice",
+                    t.name
+                )));
+            }
+        }
+        for c in certs {
+            out.certs.insert(
+                c.subject_cn.clone(),
+                principal(&c.subject_cn, &c.roles, &c.envs)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Whether any credential is configured (authentication is on).
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty() || !self.certs.is_empty()
+    }
+
+    /// Authorizes `action` for a request carrying `bearer` (the token, if
+    /// any) and `cert_cn` (the verified client certificate's common name).
+    ///
+    /// # Errors
+    /// Unauthenticated for a missing or unknown credential; PermissionDenied
+    /// for a known one without the role or environment.
+    pub fn authorize(
+        &self,
+        bearer: Option<&str>,
+        cert_cn: Option<&str>,
+        action: Action<'_>,
+    ) -> Result<Principal> {
+        if !self.enabled() {
+            return Ok(Principal::anonymous(vec![
+                Role::Publish,
+                Role::Pin,
+                Role::Read,
+                Role::Admin,
+            ]));
+        }
+        let who = match (bearer, cert_cn) {
+            (Some(token), _) => self.tokens.get(&token_hash(token)).ok_or_else(|| {
+                Error::new(
+                    Kind::Unauthenticated,
+                    "the bearer token is not one this registry knows",
+                )
+            })?,
+            (None, Some(cn)) => self.certs.get(cn).ok_or_else(|| {
+                Error::new(
+                    Kind::Unauthenticated,
+                    format!("client certificate subject {cn:?} is not mapped to any role"),
+                )
+            })?,
+            (None, None) => {
+                if self.anonymous_read && matches!(action, Action::Read) {
+                    return Ok(Principal::anonymous(vec![Role::Read]));
+                }
+                return Err(Error::new(
+                    Kind::Unauthenticated,
+                    "this registry requires a bearer token (--token-file or STACKPIN_TOKEN)",
+                ));
+            }
+        };
+        let role = action.role();
+        if !who.roles.contains(&role) {
+            return Err(Error::new(
+                Kind::PermissionDenied,
+                format!("{} lacks the {role} role", who.name),
+            ));
+        }
+        if let Action::Pin(env) = action
+            && !who.envs.is_empty()
+            && !who.envs.contains(env)
+        {
+            return Err(Error::new(
+                Kind::PermissionDenied,
+                format!("{} may not pin in environment {env}", who.name),
+            ));
+        }
+        Ok(who.clone())
+    }
+}
+
+/// A new random token (shown once) and its configuration entry.
+///
+/// # Errors
+/// Internal when the system has no randomness.
+pub fn create_token(name: &str, roles: &[Role], envs: &[String]) -> Result<(String, TokenConfig)> {
+    principal(name, roles, envs)?;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::internal(format!("no system randomness: {e}")))?;
+    let token = format!("sp_{}", hex::encode(bytes));
+    let config = TokenConfig {
+        name: name.to_owned(),
+        sha256: token_hash(&token),
+        roles: roles.to_vec(),
+        envs: envs.to_vec(),
+    };
+    Ok((token, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> (Authorizer, String, String) {
+        let (ci, ci_cfg) =
+            create_token("ci", &[Role::Publish, Role::Pin], &["staging".into()]).unwrap();
+        let (ops, ops_cfg) = create_token("ops", &[Role::Read, Role::Admin], &[]).unwrap();
+        (
+            Authorizer::new(&[ci_cfg, ops_cfg], &[], false).unwrap(),
+            ci,
+            ops,
+        )
+    }
+
+    #[test]
+    fn roles_and_environments_are_enforced() {
+        let (a, ci, ops) = auth();
+        let staging: EnvName = "staging".parse().unwrap();
+        let prod: EnvName = "prod".parse().unwrap();
+        assert_eq!(
+            a.authorize(Some(&ci), None, Action::Pin(&staging))
+                .unwrap()
+                .name,
+            "ci"
+        );
+        let e = a
+            .authorize(Some(&ci), None, Action::Pin(&prod))
+            .unwrap_err();
+        assert_eq!(e.kind(), Kind::PermissionDenied);
+        let e = a.authorize(Some(&ci), None, Action::Read).unwrap_err();
+        assert_eq!(e.kind(), Kind::PermissionDenied);
+        assert!(a.authorize(Some(&ops), None, Action::Admin).is_ok());
+        let e = a
+            .authorize(Some("sp_wrong"), None, Action::Read)
+            .unwrap_err();
+        assert_eq!(e.kind(), Kind::Unauthenticated);
+        let e = a.authorize(None, None, Action::Read).unwrap_err();
+        assert_eq!(e.kind(), Kind::Unauthenticated);
+    }
+
+    #[test]
+    fn anonymous_read_lets_only_reads_through() {
+        let (_, cfg) = create_token("ci", &[Role::Publish], &[]).unwrap();
+        let a = Authorizer::new(&[cfg], &[], true).unwrap();
+        assert!(a.authorize(None, None, Action::Read).is_ok());
+        assert_eq!(
+            a.authorize(None, None, Action::Publish).unwrap_err().kind(),
+            Kind::Unauthenticated
+        );
+    }
+
+    #[test]
+    fn bad_configuration_is_refused() {
+        let bad = TokenConfig {
+            name: "x".into(),
+            sha256: "abc".into(),
+            roles: vec![Role::Read],
+            envs: vec![],
+        };
+        assert!(Authorizer::new(&[bad], &[], false).is_err());
+        assert!(create_token("x", &[], &[]).is_err());
+        assert!(create_token("x", &[Role::Pin], &["../prod".into()]).is_err());
+    }
+}
