@@ -135,7 +135,7 @@ pub async fn connect(conn: &Connection) -> Outcome<Client> {
         }
         endpoint = endpoint
             .tls_config(tls)
-            .map_err(|e| Failure::invalid(format!("TLS settings: {e}")))?;
+            .map_err(|e| Failure::invalid(format!("TLS settings: {}", chain(&e))))?;
     } else if conn.ca_cert.is_some() || conn.client_cert.is_some() {
         return Err(Failure::invalid(
             "--ca-cert and --client-cert need an https:// server URL",
@@ -148,18 +148,23 @@ pub async fn connect(conn: &Connection) -> Outcome<Client> {
         .connect()
         .await
         .map_err(|e| {
-            let mut detail = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                detail = format!("{detail}: {s}");
-                source = s.source();
-            }
             Failure::new(
                 UNAVAILABLE,
-                anyhow::anyhow!("cannot reach the registry at {server}: {detail}"),
+                anyhow::anyhow!("cannot reach the registry at {server}: {}", chain(&e)),
             )
         })?;
     Ok(RegistryClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// An error and all its sources, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out = format!("{out}: {s}");
+        source = s.source();
+    }
+    out
 }

@@ -58,6 +58,14 @@ impl Server {
         Self::start_with_env(data_dir, extra, &[])
     }
 
+    /// As [`Self::start`], with `cwd` as the working directory (relative
+    /// paths in settings files resolve from it).
+    pub fn start_in(cwd: &Path, data_dir: &Path, extra: &[&str]) -> Self {
+        let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::try_spawn_in(Some(cwd), data_dir, args, Vec::new())
+            .unwrap_or_else(|log| panic!("stackpin-registry did not start; its log:\n{log}"))
+    }
+
     /// As [`Self::start`], with extra environment variables.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Self {
         let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
@@ -85,7 +93,20 @@ impl Server {
         args: Vec<String>,
         env: Vec<(String, String)>,
     ) -> Result<Self, String> {
-        let mut child = Command::new(bin("stackpin-registry"))
+        Self::try_spawn_in(None, data_dir, args, env)
+    }
+
+    fn try_spawn_in(
+        cwd: Option<&Path>,
+        data_dir: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Result<Self, String> {
+        let mut command = Command::new(bin("stackpin-registry"));
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0"])
@@ -103,13 +124,15 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                {
+                    let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
                     let _ = tx.send(addr.to_owned());
                 }
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let deadline = Duration::from_secs(60);

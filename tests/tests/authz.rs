@@ -1,0 +1,333 @@
+//! The authorization matrix: every RPC × every role, plus no token and an
+//! unknown token, with pin scoped to an environment. The server is the real
+//! `server::run` on 127.0.0.1:0, called through the generated gRPC client.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use stackpin_proto::v1 as pb;
+use stackpin_proto::v1::registry_client::RegistryClient;
+use stackpin_registry::auth::{Authorizer, Role, create_token};
+use stackpin_registry::digest::Digest;
+use stackpin_registry::index::Index;
+use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
+use stackpin_registry::registry::Limits;
+use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
+use stackpin_registry::time::SystemClock;
+use stackpin_registry::{Registry, server, storage};
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Client = RegistryClient<Channel>;
+
+fn req<T>(body: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(body);
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    r
+}
+
+fn publish_stream(
+    release: &str,
+    token: Option<&str>,
+) -> tonic::Request<futures::stream::Iter<std::vec::IntoIter<pb::PublishRequest>>> {
+    let body = format!("{{\"r\":\"{release}\"}}");
+    let env = signing::sign_envelope(
+        &signing::publish_statement(&release.parse().unwrap(), &Digest::of(body.as_bytes())),
+        &SigningKey::from_bytes(&[3; 32]),
+    );
+    let msgs = vec![
+        pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Header(pb::PublishHeader {
+                release_id: release.into(),
+                media_type: String::new(),
+                envelope: env.into(),
+                size: body.len() as u64,
+            })),
+        },
+        pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Chunk(body.into_bytes().into())),
+        },
+    ];
+    req(futures::stream::iter(msgs), token)
+}
+
+fn by_release(r: &str) -> Option<pb::ArtifactRef> {
+    Some(pb::ArtifactRef {
+        r#ref: Some(pb::artifact_ref::Ref::ReleaseId(r.into())),
+    })
+}
+
+/// Calls one RPC and returns its status code (Ok for success).
+async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> Code {
+    let now = prost_now();
+    let result: Result<(), tonic::Status> = match rpc {
+        "Publish" => client
+            .publish(publish_stream(&format!("m{n}"), token))
+            .await
+            .map(drop),
+        "GetArtifact" => match client
+            .get_artifact(req(
+                pb::GetArtifactRequest {
+                    artifact: by_release("base"),
+                },
+                token,
+            ))
+            .await
+        {
+            Ok(r) => r.into_inner().message().await.map(drop),
+            Err(e) => Err(e),
+        },
+        "StatArtifact" => client
+            .stat_artifact(req(
+                pb::StatArtifactRequest {
+                    artifact: by_release("base"),
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        "ListArtifacts" => client
+            .list_artifacts(req(pb::ListArtifactsRequest::default(), token))
+            .await
+            .map(drop),
+        "Pin staging" | "Pin prod" => {
+            let env = if rpc.ends_with("staging") {
+                "staging"
+            } else {
+                "prod"
+            };
+            client
+                .pin(req(
+                    pb::PinRequest {
+                        env: env.into(),
+                        artifact: by_release("base"),
+                        activated_at: None,
+                        reason: String::new(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop)
+        }
+        "Resolve" => client
+            .resolve(req(
+                pb::ResolveRequest {
+                    env: "base-env".into(),
+                    at: Some(now),
+                    margin: None,
+                    fresh: false,
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        "History" => client
+            .history(req(
+                pb::HistoryRequest {
+                    env: "base-env".into(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        "GetCheckpoint" => client
+            .get_checkpoint(req(pb::GetCheckpointRequest {}, token))
+            .await
+            .map(drop),
+        "GetEntry" => client
+            .get_entry(req(pb::GetEntryRequest { index: 0 }, token))
+            .await
+            .map(drop),
+        "ListEntries" => match client
+            .list_entries(req(pb::ListEntriesRequest { start: 0, end: 0 }, token))
+            .await
+        {
+            Ok(r) => r.into_inner().message().await.map(drop),
+            Err(e) => Err(e),
+        },
+        "GetInclusionProof" => client
+            .get_inclusion_proof(req(
+                pb::GetInclusionProofRequest {
+                    index: 0,
+                    tree_size: 0,
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        "GetConsistencyProof" => client
+            .get_consistency_proof(req(
+                pb::GetConsistencyProofRequest {
+                    old_size: 1,
+                    new_size: 0,
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        "AddKey" => {
+            let key = SigningKey::from_bytes(&[u8::try_from(50 + n % 150).unwrap(); 32]);
+            let pem = PublicKey::new(key.verifying_key()).to_pem().unwrap();
+            client
+                .add_key(req(
+                    pb::AddKeyRequest {
+                        public_key_pem: pem,
+                        valid_from: None,
+                        reason: String::new(),
+                    },
+                    token,
+                ))
+                .await
+                .map(drop)
+        }
+        "RevokeKey" => client
+            .revoke_key(req(
+                pb::RevokeKeyRequest {
+                    key_id: "0".repeat(64),
+                    revoked_at: None,
+                    reason: String::new(),
+                },
+                token,
+            ))
+            .await
+            .map(drop),
+        "ListKeys" => client
+            .list_keys(req(pb::ListKeysRequest {}, token))
+            .await
+            .map(drop),
+        other => panic!("unknown rpc {other}"),
+    };
+    match result {
+        Ok(()) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+fn prost_now() -> prost_types::Timestamp {
+    let (seconds, nanos) = stackpin_registry::time::Timestamp::now().to_parts();
+    prost_types::Timestamp { seconds, nanos }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_checks_every_role() {
+    let publisher = SigningKey::from_bytes(&[3; 32]);
+    let trusted = TrustedKeys::new([PublicKey::new(publisher.verifying_key())]);
+    let signer = NoteSigner::new(DEFAULT_ORIGIN, SigningKey::from_bytes(&[4; 32])).unwrap();
+    let store = storage::open(&storage::StorageUrl::Memory, &Default::default()).unwrap();
+    let registry = Registry::open(
+        store,
+        Index::temporary().unwrap(),
+        trusted,
+        signer,
+        Limits::default(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    // Something to read: an artifact and a pin in base-env.
+    let body = b"{\"r\":\"base\"}";
+    let env = signing::sign_envelope(
+        &signing::publish_statement(&"base".parse().unwrap(), &Digest::of(body)),
+        &publisher,
+    );
+    let mut p = registry
+        .begin_publish("base", "", &env, body.len() as u64)
+        .unwrap();
+    p.push(body).unwrap();
+    registry.finish_publish(p).await.unwrap();
+    let what = stackpin_registry::registry::ArtifactRef::Release("base".parse().unwrap());
+    registry
+        .pin(
+            &"base-env".parse().unwrap(),
+            &what,
+            None,
+            &Default::default(),
+            "setup",
+        )
+        .await
+        .unwrap();
+
+    let mut tokens = Vec::new();
+    let mut configs = Vec::new();
+    for (name, roles, envs) in [
+        ("publisher", vec![Role::Publish], vec![]),
+        ("pinner", vec![Role::Pin], vec!["staging".to_owned()]),
+        ("reader", vec![Role::Read], vec![]),
+        ("admin", vec![Role::Admin], vec![]),
+    ] {
+        let (token, cfg) = create_token(name, &roles, &envs).unwrap();
+        tokens.push((name, token));
+        configs.push(cfg);
+    }
+    let options = server::Options {
+        auth: Authorizer::new(&configs, &[], false).unwrap(),
+        ..server::Options::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::run(listener, Arc::new(registry), options, async {
+        let _ = stop_rx.await;
+    }));
+    let mut client = RegistryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    let rpcs: [(&str, &str); 16] = [
+        ("Publish", "publisher"),
+        ("GetArtifact", "reader"),
+        ("StatArtifact", "reader"),
+        ("ListArtifacts", "reader"),
+        ("Pin staging", "pinner"),
+        ("Pin prod", "nobody"), // the pinner is scoped to staging
+        ("Resolve", "reader"),
+        ("History", "reader"),
+        ("GetCheckpoint", "reader"),
+        ("GetEntry", "reader"),
+        ("ListEntries", "reader"),
+        ("GetInclusionProof", "reader"),
+        ("GetConsistencyProof", "reader"),
+        ("AddKey", "admin"),
+        ("RevokeKey", "admin"),
+        ("ListKeys", "reader"),
+    ];
+    let mut n = 0;
+    let mut checked = 0;
+    for (rpc, allowed) in rpcs {
+        for (name, token) in &tokens {
+            n += 1;
+            let code = call(&mut client, rpc, Some(token), n).await;
+            if *name == allowed {
+                assert!(
+                    !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
+                    "{rpc} as {name}: refused ({code:?}) but should be allowed"
+                );
+            } else {
+                assert_eq!(code, Code::PermissionDenied, "{rpc} as {name}");
+            }
+            checked += 1;
+        }
+        n += 1;
+        assert_eq!(
+            call(&mut client, rpc, None, n).await,
+            Code::Unauthenticated,
+            "{rpc} with no token"
+        );
+        n += 1;
+        assert_eq!(
+            call(&mut client, rpc, Some("sp_not_a_token"), n).await,
+            Code::Unauthenticated,
+            "{rpc} with a bad token"
+        );
+        checked += 2;
+    }
+    assert_eq!(checked, 16 * 6);
+    let _ = stop_tx.send(());
+    serving.await.unwrap().unwrap();
+}

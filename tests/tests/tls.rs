@@ -1,0 +1,249 @@
+//! TLS and mutual TLS end to end, with certificates made by OpenSSL in the
+//! test; tokens read from a file; plaintext refused beyond loopback.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+use std::path::Path;
+use std::process::Command;
+
+use stackpin_tests::{Server, stackpin};
+use tempfile::TempDir;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1, and a client certificate
+/// whose common name is `cn`.
+fn certificates(dir: &Path, cn: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=stackpin test CA",
+        ],
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         extendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ],
+    );
+}
+
+fn token(dir: &Path, name: &str, roles: &[&str]) -> (String, String) {
+    let mut args = vec!["token", "create", "--name", name];
+    for r in roles {
+        args.extend(["--role", r]);
+    }
+    let out = Command::new(stackpin_tests::bin("stackpin-registry"))
+        .current_dir(dir)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find(|l| l.starts_with("sp_"))
+        .unwrap()
+        .to_owned();
+    let entry = text
+        .split("add to the settings file:\n")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    (token, entry)
+}
+
+#[test]
+fn tls_mutual_tls_and_tokens_end_to_end() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
+    certificates(dir, "ops-laptop");
+    let (reader_token, reader_entry) = token(dir, "reader", &["read"]);
+    let config = format!(
+        "tls_cert = \"server.crt\"\ntls_key = \"server.key\"\nclient_ca = \"ca.crt\"\n\n{reader_entry}\n\
+         [[client_cert]]\nsubject_cn = \"ops-laptop\"\nroles = [\"read\", \"admin\"]\n"
+    );
+    std::fs::write(dir.join("stackpin.toml"), config).unwrap();
+    let check = Command::new(stackpin_tests::bin("stackpin-registry"))
+        .current_dir(dir)
+        .args(["config", "check", "stackpin.toml"])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+
+    // Relative paths in the settings resolve from the server's working
+    // directory: start it in `dir`.
+    let config_path = dir.join("stackpin.toml").display().to_string();
+    let server = Server::start_in(dir, &dir.join("data"), &["--config", &config_path]);
+    let url = format!("https://127.0.0.1:{}", server.addr.port());
+    assert!(server.log().contains("(https)"), "{}", server.log());
+
+    let tls = ["--ca-cert", "ca.crt"];
+    let mtls = [
+        "--ca-cert",
+        "ca.crt",
+        "--client-cert",
+        "client.crt",
+        "--client-key",
+        "client.key",
+    ];
+    let run = |extra: &[&str], args: &[&str]| {
+        let mut all: Vec<&str> = extra.to_vec();
+        all.extend_from_slice(args);
+        stackpin(dir, &url, &all)
+    };
+    // The client certificate's subject maps to read + admin.
+    run(&mtls, &["key", "list"]).ok();
+    // Without a client certificate the handshake is refused (mutual TLS).
+    let r = run(&tls, &["list"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    // A token over mutual TLS: the token decides (read only).
+    std::fs::write(dir.join("reader.token"), &reader_token).unwrap();
+    let mut with_token: Vec<&str> = mtls.to_vec();
+    with_token.extend(["--token-file", "reader.token"]);
+    run(&with_token, &["list"]).ok();
+    stackpin(dir, "http://127.0.0.1:1", &["keygen", "--out", "pub.pem"]).ok();
+    run(&with_token, &["key", "add", "pub.pub.pem"]).fails(7, "permission denied");
+    std::fs::write(dir.join("bad.token"), "sp_0000").unwrap();
+    let mut bad: Vec<&str> = mtls.to_vec();
+    bad.extend(["--token-file", "bad.token"]);
+    run(&bad, &["list"]).fails(7, "not authenticated");
+    // https without a CA is a usage error; plain http to a TLS port fails.
+    run(&[], &["list"]).fails(2, "--ca-cert");
+    let plain = stackpin(
+        dir,
+        &format!("http://127.0.0.1:{}", server.addr.port()),
+        &["list"],
+    );
+    assert_ne!(plain.code, 0);
+}
+
+#[test]
+fn plaintext_beyond_loopback_is_refused_unless_asked_for() {
+    let tmp = TempDir::new().unwrap();
+    let out = Command::new(stackpin_tests::bin("stackpin-registry"))
+        .args(["--data-dir"])
+        .arg(tmp.path().join("d"))
+        .args(["--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listen") && err.contains("insecure-listen"),
+        "{err}"
+    );
+    // Even with --insecure-listen, no credentials means anyone could write.
+    let out = Command::new(stackpin_tests::bin("stackpin-registry"))
+        .args(["--data-dir"])
+        .arg(tmp.path().join("d"))
+        .args(["--listen", "0.0.0.0:0", "--insecure-listen"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+}
