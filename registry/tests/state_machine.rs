@@ -798,3 +798,27 @@ async fn concurrent_writes_are_group_committed_and_stay_consistent() {
         f.registry.checkpoint().unwrap().root
     );
 }
+
+#[tokio::test]
+async fn pages_are_capped_whatever_is_asked() {
+    let f = Fixture::new().await;
+    f.publish("r1", b"1").await.unwrap();
+    for i in 0..1005 {
+        f.pin("prod", "r1", Some(t(i))).await.unwrap();
+    }
+    let env: EnvName = "prod".parse().unwrap();
+    let page = f
+        .registry
+        .history(
+            &env,
+            &HistoryQuery {
+                limit: 1_000_000,
+                ..HistoryQuery::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(page.pins.len(), stackpin_registry::registry::MAX_PAGE);
+    assert_eq!(page.next, Some(5));
+    let (list, _) = f.registry.list_artifacts(None, usize::MAX).unwrap();
+    assert_eq!(list.len(), 1);
+}

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
+use futures::StreamExt as _;
 use stackpin_proto::v1 as pb;
 use stackpin_proto::v1::registry_client::RegistryClient;
 use stackpin_registry::auth::{Authorizer, Role, create_token};
@@ -330,4 +331,127 @@ async fn every_rpc_checks_every_role() {
     assert_eq!(checked, 16 * 6);
     let _ = stop_tx.send(());
     serving.await.unwrap().unwrap();
+}
+
+/// Starts `server::run` in-process over memory storage with `options`.
+async fn serve(
+    options: server::Options,
+) -> (Client, tokio::sync::oneshot::Sender<()>, Arc<Registry>) {
+    let publisher = SigningKey::from_bytes(&[3; 32]);
+    let trusted = TrustedKeys::new([PublicKey::new(publisher.verifying_key())]);
+    let signer = NoteSigner::new(DEFAULT_ORIGIN, SigningKey::from_bytes(&[4; 32])).unwrap();
+    let store = storage::open(&storage::StorageUrl::Memory, &Default::default()).unwrap();
+    let limits = Limits {
+        max_artifact_bytes: 64 * 1024,
+        ..Limits::default()
+    };
+    let registry = Arc::new(
+        Registry::open(
+            store,
+            Index::temporary().unwrap(),
+            trusted,
+            signer,
+            limits,
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::run(listener, registry.clone(), options, async {
+        let _ = stop_rx.await;
+    }));
+    let client = RegistryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    (client, stop_tx, registry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exceeded_limits_get_their_codes_and_leave_nothing_behind() {
+    let options = server::Options {
+        max_message_bytes: 2 * 1024 * 1024,
+        request_timeout: std::time::Duration::from_secs(1),
+        ..server::Options::default()
+    };
+    let (mut client, _stop, registry) = serve(options).await;
+    let size_before = registry.checkpoint().unwrap().size;
+
+    // A message over max_message_bytes.
+    let huge = pb::PublishRequest {
+        part: Some(pb::publish_request::Part::Chunk(
+            vec![b' '; 3 * 1024 * 1024].into(),
+        )),
+    };
+    let mut msgs: Vec<pb::PublishRequest> =
+        publish_stream("huge", None).into_inner().collect().await;
+    msgs.insert(1, huge);
+    let err = client
+        .publish(futures::stream::iter(msgs))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Code::ResourceExhausted | Code::OutOfRange | Code::Internal
+        ),
+        "{err:?}"
+    );
+
+    // An artifact over max_artifact_bytes, announced honestly or not.
+    let body = format!("[{}0]", "0,".repeat(40_000));
+    let env = signing::sign_envelope(
+        &signing::publish_statement(&"big".parse().unwrap(), &Digest::of(body.as_bytes())),
+        &SigningKey::from_bytes(&[3; 32]),
+    );
+    for announced in [body.len() as u64, 10] {
+        let msgs = vec![
+            pb::PublishRequest {
+                part: Some(pb::publish_request::Part::Header(pb::PublishHeader {
+                    release_id: "big".into(),
+                    media_type: String::new(),
+                    envelope: env.clone().into(),
+                    size: announced,
+                })),
+            },
+            pb::PublishRequest {
+                part: Some(pb::publish_request::Part::Chunk(
+                    body.clone().into_bytes().into(),
+                )),
+            },
+        ];
+        let err = client
+            .publish(futures::stream::iter(msgs))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("limit"), "{err:?}");
+    }
+
+    // A publish that stalls past the request deadline.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut msgs: Vec<pb::PublishRequest> =
+        publish_stream("slow", None).into_inner().collect().await;
+    tx.send(msgs.remove(0)).await.unwrap();
+    let stalled = tokio_stream_from(rx);
+    let err = client.publish(stalled).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{err:?}"
+    );
+    drop(tx);
+
+    assert_eq!(
+        registry.checkpoint().unwrap().size,
+        size_before,
+        "a refused request wrote an entry"
+    );
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<pb::PublishRequest>,
+) -> impl futures::Stream<Item = pb::PublishRequest> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
