@@ -773,24 +773,11 @@ async fn concurrent_writes_are_group_committed_and_stay_consistent() {
             assert!(w[0].activated_at >= w[1].activated_at);
         }
     }
-    // Fewer log objects than entries: requests were committed in batches,
-    // and a fresh index rebuilt from those objects answers the same.
+    // A fresh index rebuilt from the stored objects answers the same. (That
+    // requests are batched is asserted with a slow store in
+    // tests/tests/group_commit.rs, where timing cannot hide it.)
     let entries = f.registry.checkpoint().unwrap().size;
     assert_eq!(entries, 1 + 64 + 1);
-    let objects = {
-        use futures::TryStreamExt;
-        let prefix = object_store::path::Path::from("log/entries");
-        f.store
-            .list(Some(&prefix))
-            .try_collect::<Vec<_>>()
-            .await
-            .unwrap()
-            .len() as u64
-    };
-    assert!(
-        objects < entries,
-        "{objects} log objects for {entries} entries: no batching"
-    );
     assert!(audit(&f).await.ok());
     let fresh = open(f.store.clone(), f.clock.clone(), Limits::default()).await;
     assert_eq!(
