@@ -1,0 +1,29 @@
+//! Every parser of user-typed text: times, names, digests, reasons, key
+//! ids, storage URLs. Accepted names must never be able to reach a path.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use stackpin_registry::digest::Digest;
+use stackpin_registry::ids::{EnvName, Reason, ReleaseId};
+use stackpin_registry::signing::KeyId;
+use stackpin_registry::storage::StorageUrl;
+use stackpin_registry::time::Timestamp;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(t) = text.parse::<Timestamp>() {
+        let again: Timestamp = t.to_string().parse().expect("printed times parse");
+        assert_eq!(again, t);
+    }
+    for name in [text.parse::<ReleaseId>().map(|r| r.to_string()), text.parse::<EnvName>().map(|e| e.to_string())] {
+        if let Ok(n) = name {
+            assert!(!n.contains('/') && !n.contains("..") && !n.contains('\0'));
+        }
+    }
+    if let Ok(d) = text.parse::<Digest>() {
+        assert_eq!(d.to_string().parse::<Digest>().expect("printed digests parse"), d);
+    }
+    let _ = text.parse::<Reason>();
+    let _ = KeyId::parse(text);
+    let _ = StorageUrl::parse(text);
+});
