@@ -244,7 +244,11 @@ pub async fn run<T: Target>(
                 }
             }
             _ = tick.tick() => {
-                match catch_up(target.log(), target.index()).await {
+                let caught = catch_up(target.log(), target.index()).await;
+                if let Ok(n) = &caught {
+                    metrics::gauge!("stackpin_index_lag_entries").set(*n as f64);
+                }
+                match caught {
                     Ok(0) => {}
                     Ok(n) => {
                         tracing::debug!(entries = n, "applied entries written by other replicas");

@@ -111,6 +111,9 @@ fn is_storage_full(err: &(dyn std::error::Error + 'static)) -> bool {
 
 impl From<object_store::Error> for Error {
     fn from(err: object_store::Error) -> Self {
+        if !matches!(err, object_store::Error::NotFound { .. }) {
+            metrics::counter!("stackpin_storage_errors_total").increment(1);
+        }
         match err {
             object_store::Error::NotFound { path, .. } => {
                 Self::not_found(format!("object {path} not found in storage"))

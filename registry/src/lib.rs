@@ -21,6 +21,8 @@
 //! | [`proof`] | offline verification of answers; the `.tlog-proof` file |
 //! | [`committer`] | group commit: the one task that appends to the log |
 //! | [`storage`] | choosing the object store by URL (file, s3, memory) |
+//! | [`health`] | grpc.health.v1: SERVING only while storage answers |
+//! | [`observe`] | Prometheus metrics and one log line per request |
 //! | [`registry`] | the state machine tying the above together |
 //! | [`service`] | the tonic service: the only module that sees proto types |
 //! | [`config`] | server settings and their sources |
@@ -36,11 +38,13 @@ pub mod committer;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod health;
 pub mod ids;
 pub mod index;
 pub mod log;
 pub mod merkle;
 pub mod note;
+pub mod observe;
 pub mod proof;
 pub mod registry;
 pub mod server;

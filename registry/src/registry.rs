@@ -574,6 +574,7 @@ impl Registry {
         match committed {
             Some(index) => {
                 tracing::info!(release_id = %release_id, %digest, size, index, "published");
+                metrics::counter!("stackpin_published_bytes_total").increment(size);
                 Ok(Published {
                     artifact,
                     created: true,
@@ -736,6 +737,7 @@ impl committer::Target for Inner {
     fn committed(&self) {
         match self.checkpoint() {
             Ok(cp) => {
+                metrics::gauge!("stackpin_log_entries").set(cp.size as f64);
                 self.checkpoint_tx.send_replace(Some(cp));
             }
             Err(e) => tracing::warn!(error = %e, "signing a checkpoint failed"),
@@ -744,6 +746,11 @@ impl committer::Target for Inner {
 }
 
 impl Inner {
+    /// The object store everything lives in.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     /// The log's verifier key, in the signed-note vkey form.
     pub fn log_vkey(&self) -> String {
         self.signer.vkey()

@@ -23,6 +23,11 @@ pub struct Options {
     pub request_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub max_message_bytes: usize,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How long in-flight requests may take to finish after a shutdown
+    /// signal before the server stops anyway.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Options {
@@ -33,6 +38,8 @@ impl Default for Options {
             request_timeout: Duration::from_secs(120),
             max_concurrent_streams: 256,
             max_message_bytes: 4 * 1024 * 1024,
+            metrics_listen: None,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -63,12 +70,16 @@ impl Options {
             request_timeout: s.request_timeout,
             max_concurrent_streams: s.max_concurrent_streams,
             max_message_bytes: s.max_message_bytes,
+            metrics_listen: s.metrics_listen,
+            shutdown_grace: Duration::from_secs(30),
         })
     }
 }
 
 /// Serves `registry` on `listener` until `shutdown` completes, then lets
-/// in-flight requests finish and flushes the index.
+/// in-flight requests finish (for at most `shutdown_grace`) and flushes the
+/// index. Alongside the registry it serves gRPC health (SERVING only while
+/// storage answers) and server reflection, and metrics when asked.
 ///
 /// # Errors
 /// When TLS cannot be set up, the transport fails, or the final flush fails.
@@ -76,9 +87,27 @@ pub async fn run(
     listener: TcpListener,
     registry: Arc<Registry>,
     options: Options,
-    shutdown: impl Future<Output = ()> + Send,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
+    if let Some(metrics) = options.metrics_listen {
+        crate::observe::install(metrics).context("starting the metrics listener")?;
+    }
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    let health = tokio::spawn(crate::health::watch(registry.store(), reporter));
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(stackpin_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("building reflection")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building reflection")?;
+
     let mut builder = tonic::transport::Server::builder()
         .timeout(options.request_timeout)
         .max_concurrent_streams(options.max_concurrent_streams);
@@ -93,15 +122,45 @@ pub async fn run(
         "http"
     };
     tracing::info!("listening on {addr} ({scheme})");
-    builder
+
+    // The signal starts the drain; the grace period bounds it.
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let grace = options.shutdown_grace;
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = drain_tx.send(true);
+    });
+    let mut draining = drain_rx.clone();
+    let serving = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(service)
         // TCP_NODELAY: small answers (a resolve, a pin) must not wait for
         // Nagle's algorithm and the peer's delayed ACK (~40 ms each).
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await?;
+            async move {
+                let mut rx = drain_rx;
+                let _ = rx.wait_for(|d| *d).await;
+            },
+        );
+    tokio::pin!(serving);
+    let finished = tokio::select! {
+        r = &mut serving => Some(r),
+        () = async {
+            let _ = draining.wait_for(|d| *d).await;
+            tokio::time::sleep(grace).await;
+        } => None,
+    };
+    match finished {
+        Some(result) => result?,
+        None => tracing::warn!(
+            grace_seconds = grace.as_secs(),
+            "requests still in flight after the grace period; stopping anyway"
+        ),
+    }
+    health.abort();
     registry.flush().await?;
     tracing::info!("stopped");
     Ok(())

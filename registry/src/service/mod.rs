@@ -15,11 +15,15 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{Action, Authorizer, Principal};
 use crate::error::{Error, Kind};
 use crate::ids::{EnvName, Reason};
+use crate::observe;
 use crate::registry::{HistoryQuery, Registry};
 use crate::signing::KeyId;
 
 /// Most entries one ListEntries call streams.
 const MAX_LIST_ENTRIES: u64 = 100_000;
+
+/// The generated tonic server type of the registry service.
+pub type Server = pb::registry_server::RegistryServer<RegistryService>;
 
 /// Size of the chunks artifacts are streamed in.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
@@ -83,9 +87,9 @@ fn env(text: &str) -> Result<EnvName, Status> {
 type ArtifactStream = Pin<Box<dyn Stream<Item = Result<pb::GetArtifactResponse, Status>> + Send>>;
 type EntryStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl pb::registry_server::Registry for RegistryService {
-    async fn publish(
+/// The handlers; the trait impl below wraps each with metrics and a log line.
+impl RegistryService {
+    async fn publish_inner(
         &self,
         request: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
@@ -114,12 +118,10 @@ impl pb::registry_server::Registry for RegistryService {
         }))
     }
 
-    type GetArtifactStream = ArtifactStream;
-
-    async fn get_artifact(
+    async fn get_artifact_inner(
         &self,
         request: Request<pb::GetArtifactRequest>,
-    ) -> Result<Response<Self::GetArtifactStream>, Status> {
+    ) -> Result<Response<ArtifactStream>, Status> {
         self.authorize(&request, Action::Read)?;
         let what = convert::artifact_ref(request.into_inner().artifact)?;
         let record = self.registry.artifact(&what)?;
@@ -143,7 +145,7 @@ impl pb::registry_server::Registry for RegistryService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn stat_artifact(
+    async fn stat_artifact_inner(
         &self,
         request: Request<pb::StatArtifactRequest>,
     ) -> Result<Response<pb::Artifact>, Status> {
@@ -153,7 +155,7 @@ impl pb::registry_server::Registry for RegistryService {
         Ok(Response::new(convert::artifact(&record)))
     }
 
-    async fn list_artifacts(
+    async fn list_artifacts_inner(
         &self,
         request: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
@@ -169,7 +171,7 @@ impl pb::registry_server::Registry for RegistryService {
         }))
     }
 
-    async fn pin(
+    async fn pin_inner(
         &self,
         request: Request<pb::PinRequest>,
     ) -> Result<Response<pb::PinResponse>, Status> {
@@ -188,7 +190,7 @@ impl pb::registry_server::Registry for RegistryService {
         }))
     }
 
-    async fn resolve(
+    async fn resolve_inner(
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
@@ -204,7 +206,7 @@ impl pb::registry_server::Registry for RegistryService {
         Ok(Response::new(convert::resolution(&proved)))
     }
 
-    async fn history(
+    async fn history_inner(
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
@@ -224,7 +226,7 @@ impl pb::registry_server::Registry for RegistryService {
         }))
     }
 
-    async fn get_checkpoint(
+    async fn get_checkpoint_inner(
         &self,
         request: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::Checkpoint>, Status> {
@@ -233,7 +235,7 @@ impl pb::registry_server::Registry for RegistryService {
         Ok(Response::new(convert::checkpoint(&cp)))
     }
 
-    async fn get_entry(
+    async fn get_entry_inner(
         &self,
         request: Request<pb::GetEntryRequest>,
     ) -> Result<Response<pb::LogEntry>, Status> {
@@ -243,12 +245,10 @@ impl pb::registry_server::Registry for RegistryService {
         Ok(Response::new(pb::LogEntry { index, entry }))
     }
 
-    type ListEntriesStream = EntryStream;
-
-    async fn list_entries(
+    async fn list_entries_inner(
         &self,
         request: Request<pb::ListEntriesRequest>,
-    ) -> Result<Response<Self::ListEntriesStream>, Status> {
+    ) -> Result<Response<EntryStream>, Status> {
         self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let size = self.registry.checkpoint()?.size;
@@ -281,7 +281,7 @@ impl pb::registry_server::Registry for RegistryService {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn get_inclusion_proof(
+    async fn get_inclusion_proof_inner(
         &self,
         request: Request<pb::GetInclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProof>, Status> {
@@ -299,7 +299,7 @@ impl pb::registry_server::Registry for RegistryService {
         }))
     }
 
-    async fn get_consistency_proof(
+    async fn get_consistency_proof_inner(
         &self,
         request: Request<pb::GetConsistencyProofRequest>,
     ) -> Result<Response<pb::ConsistencyProof>, Status> {
@@ -317,7 +317,7 @@ impl pb::registry_server::Registry for RegistryService {
         }))
     }
 
-    async fn add_key(
+    async fn add_key_inner(
         &self,
         request: Request<pb::AddKeyRequest>,
     ) -> Result<Response<pb::PublisherKey>, Status> {
@@ -332,7 +332,7 @@ impl pb::registry_server::Registry for RegistryService {
         Ok(Response::new(convert::publisher_key(&key)))
     }
 
-    async fn revoke_key(
+    async fn revoke_key_inner(
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::PublisherKey>, Status> {
@@ -348,7 +348,7 @@ impl pb::registry_server::Registry for RegistryService {
         Ok(Response::new(convert::publisher_key(&key)))
     }
 
-    async fn list_keys(
+    async fn list_keys_inner(
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
@@ -357,5 +357,161 @@ impl pb::registry_server::Registry for RegistryService {
         Ok(Response::new(pb::ListKeysResponse {
             keys: keys.iter().map(convert::publisher_key).collect(),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::registry_server::Registry for RegistryService {
+    type GetArtifactStream = ArtifactStream;
+    type ListEntriesStream = EntryStream;
+
+    async fn publish(
+        &self,
+        request: Request<Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let observed = observe::Observed::begin("Publish", &request);
+        let result = self.publish_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn get_artifact(
+        &self,
+        request: Request<pb::GetArtifactRequest>,
+    ) -> Result<Response<Self::GetArtifactStream>, Status> {
+        let observed = observe::Observed::begin("GetArtifact", &request);
+        let result = self.get_artifact_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn stat_artifact(
+        &self,
+        request: Request<pb::StatArtifactRequest>,
+    ) -> Result<Response<pb::Artifact>, Status> {
+        let observed = observe::Observed::begin("StatArtifact", &request);
+        let result = self.stat_artifact_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn list_artifacts(
+        &self,
+        request: Request<pb::ListArtifactsRequest>,
+    ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        let observed = observe::Observed::begin("ListArtifacts", &request);
+        let result = self.list_artifacts_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn pin(
+        &self,
+        request: Request<pb::PinRequest>,
+    ) -> Result<Response<pb::PinResponse>, Status> {
+        let observed = observe::Observed::begin("Pin", &request);
+        let result = self.pin_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        let observed = observe::Observed::begin("Resolve", &request);
+        let result = self.resolve_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let observed = observe::Observed::begin("History", &request);
+        let result = self.history_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::Checkpoint>, Status> {
+        let observed = observe::Observed::begin("GetCheckpoint", &request);
+        let result = self.get_checkpoint_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn get_entry(
+        &self,
+        request: Request<pb::GetEntryRequest>,
+    ) -> Result<Response<pb::LogEntry>, Status> {
+        let observed = observe::Observed::begin("GetEntry", &request);
+        let result = self.get_entry_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<Self::ListEntriesStream>, Status> {
+        let observed = observe::Observed::begin("ListEntries", &request);
+        let result = self.list_entries_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<pb::GetInclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        let observed = observe::Observed::begin("GetInclusionProof", &request);
+        let result = self.get_inclusion_proof_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        let observed = observe::Observed::begin("GetConsistencyProof", &request);
+        let result = self.get_consistency_proof_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn add_key(
+        &self,
+        request: Request<pb::AddKeyRequest>,
+    ) -> Result<Response<pb::PublisherKey>, Status> {
+        let observed = observe::Observed::begin("AddKey", &request);
+        let result = self.add_key_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::PublisherKey>, Status> {
+        let observed = observe::Observed::begin("RevokeKey", &request);
+        let result = self.revoke_key_inner(request).await;
+        observed.finish(&result);
+        result
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let observed = observe::Observed::begin("ListKeys", &request);
+        let result = self.list_keys_inner(request).await;
+        observed.finish(&result);
+        result
     }
 }
