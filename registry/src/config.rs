@@ -312,17 +312,21 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Parses and validates a settings file alone (`config check`).
+    /// Parses and validates settings files alone, layered in order
+    /// (`config check`).
     ///
     /// # Errors
     /// Invalid, naming the key.
-    pub fn check_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?;
-        let settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
-            .merge(Toml::string(&text))
+    pub fn check_files(paths: &[PathBuf]) -> Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        for path in paths {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?;
+            figment = figment.admerge(Toml::string(&text));
+        }
+        let settings: Settings = figment
             .extract()
-            .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+            .map_err(|e| Error::invalid(format!("settings: {e}")))?;
         settings.validate()?;
         Ok(settings)
     }

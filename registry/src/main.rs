@@ -53,8 +53,12 @@ enum TokenCommand {
 
 #[derive(clap::Subcommand)]
 enum ConfigCommand {
-    /// Validate a settings file; errors name the key.
-    Check { file: std::path::PathBuf },
+    /// Validate settings files, layered in order (later ones win); errors
+    /// name the key.
+    Check {
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
     /// Print a commented example with every key and its default.
     Example,
 }
@@ -89,9 +93,10 @@ async fn main() -> anyhow::Result<()> {
             println!("add to the settings file:\n{block}");
             return Ok(());
         }
-        Some(Command::Config(ConfigCommand::Check { file })) => {
-            Settings::check_file(file)?;
-            println!("{}: ok", file.display());
+        Some(Command::Config(ConfigCommand::Check { files })) => {
+            Settings::check_files(files)?;
+            let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            println!("{}: ok", names.join(" + "));
             return Ok(());
         }
         Some(Command::Config(ConfigCommand::Example)) => {
