@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 use stackpin_proto::v1 as pb;
 use stackpin_registry::digest::{Digest, Hasher};
-use stackpin_registry::proof::{ProvedEntry, RestoreProof};
+use stackpin_registry::position::DbPosition;
+use stackpin_registry::proof::{ProvedEntry, RestoreProof, Verified};
 use stackpin_registry::signing::TrustedKeys;
 
 use crate::exit::{Failure, Outcome};
@@ -169,16 +170,177 @@ pub struct RestoreArgs {
     /// file holding it.
     #[arg(long, env = "STACKPIN_LOG_KEY")]
     log_key: String,
+    /// Explain what would be restored and why, and the database target,
+    /// without downloading or writing anything.
+    #[arg(long)]
+    plan: bool,
+    /// The database file, to fill in the printed Litestream command.
+    #[arg(long, default_value = "<database>")]
+    litestream_db: String,
+    /// The Litestream replica URL, to fill in the printed command.
+    #[arg(long, default_value = "<replica-url>")]
+    litestream_replica: String,
 }
 
 #[derive(Serialize)]
 struct Restored {
+    /// Empty for a --plan.
+    #[serde(skip_serializing_if = "String::is_empty")]
     out: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
     proof: String,
     signed_by: String,
     checkpoint_size: u64,
+    plan: bool,
     #[serde(flatten)]
     resolution: ResolveView,
+    database: DbTarget,
+}
+
+/// The database restore target matching the chosen instant or position.
+#[derive(Serialize)]
+struct DbTarget {
+    /// The instant to restore the database to, when the query was by time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<String>,
+    /// The Litestream command, when the query was by time or TXID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    litestream: Option<String>,
+    /// PostgreSQL recovery settings.
+    postgres: Vec<String>,
+    /// Exact targets recorded when this artifact went live: restoring to one
+    /// of them gives the database as it was at that activation.
+    at_activation: Vec<String>,
+}
+
+fn db_target(args: &RestoreArgs, pin: &pb::Pin) -> DbTarget {
+    use pb::db_position::Position;
+    let (db, replica) = (&args.litestream_db, &args.litestream_replica);
+    let mut target = DbTarget {
+        time: None,
+        litestream: None,
+        postgres: Vec::new(),
+        at_activation: Vec::new(),
+    };
+    if let Some(at) = args.resolve.at {
+        let t = at.to_string();
+        target.litestream = Some(format!(
+            "litestream restore -timestamp {t} -o {db} {replica}"
+        ));
+        target.postgres = vec![
+            format!("recovery_target_time = '{t}'"),
+            "recovery_target_action = 'promote'".to_owned(),
+        ];
+        target.time = Some(t);
+    }
+    match args.resolve.position() {
+        Some(DbPosition::PostgresLsn { lsn }) => {
+            target.postgres = vec![
+                format!("recovery_target_lsn = '{lsn}'"),
+                "recovery_target_action = 'promote'".to_owned(),
+            ];
+        }
+        Some(DbPosition::LitestreamTxid { txid }) => {
+            target.litestream = Some(format!("litestream restore -txid {txid} -o {db} {replica}"));
+        }
+        _ => {}
+    }
+    match pin.db_position.as_ref().and_then(|p| p.position.as_ref()) {
+        Some(Position::PostgresLsn(l)) => target
+            .at_activation
+            .push(format!("recovery_target_lsn = '{l}'")),
+        Some(Position::RestorePoint(n)) => target
+            .at_activation
+            .push(format!("recovery_target_name = '{n}'")),
+        Some(Position::LitestreamTxid(t)) => target
+            .at_activation
+            .push(format!("litestream restore -txid {t} -o {db} {replica}")),
+        None => {}
+    }
+    target
+}
+
+impl DbTarget {
+    fn text(&self) -> String {
+        let mut out = String::from("database target:\n");
+        if let Some(t) = &self.time {
+            out.push_str(&format!(
+                "  restore the database to {t}, then start ObjectOS on this artifact\n"
+            ));
+        }
+        if let Some(l) = &self.litestream {
+            out.push_str(&format!("  Litestream:  {l}\n"));
+        }
+        if !self.postgres.is_empty() {
+            out.push_str("  PostgreSQL (postgresql.conf, with recovery.signal):\n");
+            for line in &self.postgres {
+                out.push_str(&format!("    {line}\n"));
+            }
+        }
+        if !self.at_activation.is_empty() {
+            out.push_str(
+                "  recorded when this artifact went live (the database as of its activation):\n",
+            );
+            for line in &self.at_activation {
+                out.push_str(&format!("    {line}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Checks that the proved pin answers the query: its interval covers the
+/// instant, or its recorded position is the greatest at or below the target
+/// among the proved entries.
+fn check_covers(query: &ResolveArgs, v: &Verified) -> Outcome {
+    if v.pin.env != query.env {
+        return Err(Failure::verify(format!(
+            "the proved pin is for {}, not {}",
+            v.pin.env, query.env
+        )));
+    }
+    let (from, until) = v.interval();
+    if let Some(at) = query.at
+        && (at < from || until.is_some_and(|u| at >= u))
+    {
+        return Err(Failure::verify(format!(
+            "the proved pin (#{} of {}, live [{from}, {})) does not cover {at}",
+            v.pin.seq,
+            v.pin.env,
+            until.map_or_else(|| "still live".to_owned(), |u| u.to_string()),
+        )));
+    }
+    if let Some(target) = query
+        .position()
+        .map(DbPosition::ordered)
+        .transpose()?
+        .flatten()
+    {
+        let own = v
+            .pin
+            .db_position
+            .as_ref()
+            .map(DbPosition::ordered)
+            .transpose()?
+            .flatten();
+        let next = v
+            .next
+            .as_ref()
+            .and_then(|n| n.db_position.as_ref())
+            .map(DbPosition::ordered)
+            .transpose()?
+            .flatten();
+        let covers = own.is_some_and(|o| o.tag() == target.tag() && o.value() <= target.value())
+            && next.is_none_or(|n| n.tag() != target.tag() || n.value() > target.value());
+        if !covers {
+            return Err(Failure::verify(format!(
+                "the proved pin #{} does not match {} {target}",
+                v.pin.seq,
+                target.kind()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn proved_entry(what: &str, e: Option<pb::ProvedEntry>) -> Outcome<ProvedEntry> {
@@ -229,6 +391,43 @@ pub async fn restore(
     let pin = response
         .pin
         .context("the registry answered without a pin")?;
+    let database = db_target(args, &pin);
+    if args.plan {
+        // Checked against the signed checkpoint like a restore, minus the
+        // artifact's bytes, which a plan does not download.
+        let verified = proof
+            .verify_entries(&log_key, &trusted)
+            .map_err(Failure::verify)?;
+        check_covers(&args.resolve, &verified)?;
+        let out = Restored {
+            out: String::new(),
+            proof: String::new(),
+            signed_by: verified.key_id.to_string(),
+            checkpoint_size: checkpoint.size,
+            plan: true,
+            resolution: view,
+            database,
+        };
+        format.emit(&out, || {
+            let margin = out.resolution.near_switch.as_ref().map_or_else(
+                || "not near a switch (outside the boundary margin)\n".to_owned(),
+                |b| format!(
+                    "within the boundary margin of the switch from {} to {}: check the database against both\n",
+                    b.before.release_id, b.after.release_id
+                ),
+            );
+            format!(
+                "plan (nothing downloaded or written)\n{}boundary   {margin}would write {} and {}.tlog-proof, after checking the sha256\nchecked    publisher signature ({}), log inclusion in checkpoint {}\n{}",
+                out.resolution.text(),
+                args.out.display(),
+                args.out.display(),
+                out.signed_by,
+                out.checkpoint_size,
+                out.database.text()
+            )
+        });
+        return Ok(());
+    }
     let what = pb::ArtifactRef {
         r#ref: Some(pb::artifact_ref::Ref::ReleaseId(pin.release_id.clone())),
     };
@@ -244,21 +443,7 @@ pub async fn restore(
     let verified = proof
         .verify(&bytes, &log_key, &trusted)
         .map_err(Failure::verify)?;
-    let at = args.resolve.at;
-    let (from, until) = verified.interval();
-    if verified.pin.env != args.resolve.env
-        || verified.pin.seq != pin.seq
-        || at < from
-        || until.is_some_and(|u| at >= u)
-    {
-        return Err(Failure::verify(format!(
-            "the proved pin (#{} of {}, live [{from}, {})) does not cover {at} in {}",
-            verified.pin.seq,
-            verified.pin.env,
-            until.map_or_else(|| "still live".to_owned(), |u| u.to_string()),
-            args.resolve.env
-        )));
-    }
+    check_covers(&args.resolve, &verified)?;
     let proof_file = crate::verify::proof_path(&args.out);
     write_atomic(&args.out, &bytes)?;
     write_atomic(&proof_file, proof.to_tlog_proof().as_bytes())?;
@@ -267,7 +452,9 @@ pub async fn restore(
         proof: proof_file.display().to_string(),
         signed_by: verified.key_id.to_string(),
         checkpoint_size: checkpoint.size,
+        plan: false,
         resolution: view,
+        database,
     };
     if let Some(b) = &out.resolution.near_switch {
         eprintln!(
@@ -276,14 +463,18 @@ pub async fn restore(
             out.resolution.at, b.before.release_id, b.after.release_id
         );
     }
+    if let Some(u) = &out.resolution.uncertain {
+        eprintln!("warning: {u}");
+    }
     format.emit(&out, || {
         format!(
-            "restored {}\n{}verified   sha256, publisher signature ({}), log inclusion of publish, pin and successor in checkpoint {}\nproof      {}\n",
+            "restored {}\n{}verified   sha256, publisher signature ({}), log inclusion of publish, pin and successor in checkpoint {}\nproof      {}\n{}",
             out.out,
             out.resolution.text(),
             out.signed_by,
             out.checkpoint_size,
-            out.proof
+            out.proof,
+            out.database.text()
         )
     });
     Ok(())
@@ -354,5 +545,79 @@ pub async fn stat(args: &StatArgs, server: &crate::client::Connection, format: F
         .into_inner();
     let view = ArtifactView::from(&artifact);
     format.emit(&view, || view.text());
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct SnapshotTagArgs {
+    /// The environment whose live artifact the snapshot goes with.
+    #[arg(long, value_parser = crate::parse::<stackpin_registry::ids::EnvName>)]
+    env: stackpin_registry::ids::EnvName,
+    /// The database snapshot (e.g. made with `VACUUM INTO`).
+    #[arg(long)]
+    snapshot: PathBuf,
+    /// When the snapshot was taken (default: now).
+    #[arg(long, value_parser = crate::parse::<stackpin_registry::time::Timestamp>)]
+    at: Option<stackpin_registry::time::Timestamp>,
+}
+
+/// The tag written beside a snapshot: which artifact it goes with.
+#[derive(Serialize)]
+struct SnapshotTag {
+    snapshot: String,
+    snapshot_sha256: String,
+    env: String,
+    at: String,
+    release_id: String,
+    digest: String,
+    pin_seq: u64,
+    log_index: u64,
+}
+
+/// `stackpin snapshot-tag`: records, beside a database snapshot, the
+/// artifact live when it was taken, so the two can be restored together
+/// (`stackpin fetch --digest <digest>` brings the artifact back).
+pub async fn snapshot_tag(
+    args: &SnapshotTagArgs,
+    server: &crate::client::Connection,
+    format: Format,
+) -> Outcome {
+    let bytes = std::fs::read(&args.snapshot)
+        .map_err(|e| Failure::invalid(format!("reading {}: {e}", args.snapshot.display())))?;
+    let at = args
+        .at
+        .unwrap_or_else(stackpin_registry::time::Timestamp::now);
+    let mut client = crate::client::connect(server).await?;
+    let query = ResolveArgs::at(args.env.clone(), at);
+    let (response, _) = ask(&mut client, &query, true).await?;
+    let pin = response
+        .pin
+        .context("the registry answered without a pin")?;
+    let tag = SnapshotTag {
+        snapshot: args.snapshot.display().to_string(),
+        snapshot_sha256: Digest::of(&bytes).to_string(),
+        env: args.env.to_string(),
+        at: at.to_string(),
+        release_id: pin.release_id,
+        digest: pin.digest,
+        pin_seq: pin.seq,
+        log_index: pin.log_index,
+    };
+    let mut path = args.snapshot.as_os_str().to_owned();
+    path.push(".stackpin.json");
+    let path = PathBuf::from(path);
+    let json = serde_json::to_vec_pretty(&tag).context("encoding the tag")?;
+    write_atomic(&path, &json)?;
+    format.emit(&tag, || {
+        format!(
+            "tagged {} with {} ({}) live in {} at {}\nwrote {}\n",
+            tag.snapshot,
+            tag.release_id,
+            tag.digest,
+            tag.env,
+            tag.at,
+            path.display()
+        )
+    });
     Ok(())
 }

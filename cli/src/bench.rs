@@ -223,6 +223,7 @@ fn by_release(release_id: &str) -> Option<pb::ArtifactRef> {
 
 fn pin_request(env: &str, release_id: &str, at: Option<Timestamp>, why: &str) -> pb::PinRequest {
     pb::PinRequest {
+        db_position: None,
         env: env.to_owned(),
         artifact: by_release(release_id),
         activated_at: at.map(wire_time),
@@ -279,6 +280,7 @@ impl Job {
                 let at = Timestamp::from_micros(at).unwrap_or_else(|_| Timestamp::now());
                 let (env, at) = (env.clone(), Some(wire_time(at)));
                 let request = pb::ResolveRequest {
+                    position: None,
                     env,
                     at,
                     margin: None,

@@ -30,6 +30,16 @@ where
         .map_err(|e: stackpin_registry::Error| e.to_string())
 }
 
+/// A clap value parser from a constructor returning the registry's error.
+fn parse_with<T>(
+    f: fn(&str) -> Result<T, stackpin_registry::Error>,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: Clone + Send + Sync + 'static,
+{
+    move |text| f(text).map_err(|e| e.to_string())
+}
+
 /// Publish, pin and restore ObjectOS artifacts with a stackpin registry.
 #[derive(Parser)]
 #[command(name = "stackpin", version, about, after_help = exit::HELP)]
@@ -68,6 +78,8 @@ enum Command {
     List(artifacts::ListArgs),
     /// Show one artifact's record.
     Stat(artifacts::StatArgs),
+    /// Tag a database snapshot with the artifact live when it was taken.
+    SnapshotTag(artifacts::SnapshotTagArgs),
     /// Fetch, verify and remember the log's latest checkpoint.
     Checkpoint(verify::CheckpointArgs),
     /// Check an artifact and its .tlog-proof offline.
@@ -95,6 +107,7 @@ async fn dispatch(cli: &Cli) -> exit::Outcome {
         Command::Restore(a) => artifacts::restore(a, server, state, format).await,
         Command::List(a) => artifacts::list(a, server, format).await,
         Command::Stat(a) => artifacts::stat(a, server, format).await,
+        Command::SnapshotTag(a) => artifacts::snapshot_tag(a, server, format).await,
         Command::Checkpoint(a) => verify::checkpoint(a, server, state, format).await,
         Command::Verify(a) => verify::verify(a, format),
         Command::Audit(a) => verify::audit(a, server, state, format).await,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use stackpin_proto::v1 as pb;
 use stackpin_registry::digest::Digest;
 use stackpin_registry::ids::{EnvName, Reason, ReleaseId};
+use stackpin_registry::position::DbPosition;
 use stackpin_registry::time::Timestamp;
 
 use crate::exit::Outcome;
@@ -50,6 +51,44 @@ pub struct PinArgs {
     /// Why (recorded in the log).
     #[arg(long, default_value = "", value_parser = crate::parse::<Reason>)]
     reason: Reason,
+    #[command(flatten)]
+    position: PositionArgs,
+}
+
+/// A database position recorded with a pin.
+#[derive(clap::Args, Clone, Default)]
+#[group(multiple = false)]
+pub struct PositionArgs {
+    /// The PostgreSQL LSN at activation (e.g. 0/16B3748; `SELECT pg_current_wal_lsn()`).
+    #[arg(long, value_parser = crate::parse_with(DbPosition::lsn))]
+    db_lsn: Option<DbPosition>,
+    /// A PostgreSQL restore point created at activation (`pg_create_restore_point`).
+    #[arg(long, value_parser = crate::parse_with(DbPosition::restore_point))]
+    db_restore_point: Option<DbPosition>,
+    /// The Litestream TXID at activation (hex).
+    #[arg(long, value_parser = crate::parse_with(DbPosition::txid))]
+    litestream_txid: Option<DbPosition>,
+}
+
+impl PositionArgs {
+    fn position(&self) -> Option<&DbPosition> {
+        self.db_lsn
+            .as_ref()
+            .or(self.db_restore_point.as_ref())
+            .or(self.litestream_txid.as_ref())
+    }
+}
+
+/// The wire form of a position.
+pub fn wire_position(p: &DbPosition) -> pb::DbPosition {
+    use pb::db_position::Position;
+    pb::DbPosition {
+        position: Some(match p {
+            DbPosition::PostgresLsn { lsn } => Position::PostgresLsn(lsn.clone()),
+            DbPosition::RestorePoint { name } => Position::RestorePoint(name.clone()),
+            DbPosition::LitestreamTxid { txid } => Position::LitestreamTxid(txid.clone()),
+        }),
+    }
 }
 
 pub async fn pin(args: &PinArgs, server: &crate::client::Connection, format: Format) -> Outcome {
@@ -60,6 +99,7 @@ pub async fn pin(args: &PinArgs, server: &crate::client::Connection, format: For
             artifact: Some(args.artifact.to_wire()),
             activated_at: args.activated_at.map(wire_time),
             reason: args.reason.as_str().to_owned(),
+            db_position: args.position.position().map(wire_position),
         })
         .await?
         .into_inner();
@@ -78,13 +118,21 @@ pub async fn pin(args: &PinArgs, server: &crate::client::Connection, format: For
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["at", "db_lsn", "litestream_txid"])))]
 pub struct ResolveArgs {
     /// The environment.
     #[arg(long, value_parser = crate::parse::<EnvName>)]
     pub env: EnvName,
     /// The instant (RFC 3339 with offset), e.g. the database restore time.
     #[arg(long, value_parser = crate::parse::<Timestamp>)]
-    pub at: Timestamp,
+    pub at: Option<Timestamp>,
+    /// Instead of a time: the PostgreSQL LSN the database is restored to
+    /// (the pin with the greatest recorded LSN at or below it).
+    #[arg(long, value_parser = crate::parse_with(DbPosition::lsn))]
+    pub db_lsn: Option<DbPosition>,
+    /// Instead of a time: the Litestream TXID the database is restored to.
+    #[arg(long, value_parser = crate::parse_with(DbPosition::txid))]
+    pub litestream_txid: Option<DbPosition>,
     /// How close to a switch counts as ambiguous (e.g. 2s); default: the
     /// registry's setting.
     #[arg(long, value_parser = stackpin_registry::config::parse_duration)]
@@ -92,6 +140,34 @@ pub struct ResolveArgs {
     /// Have the replica catch up with the shared log before answering.
     #[arg(long)]
     pub fresh: bool,
+}
+
+impl ResolveArgs {
+    /// A query for the pin live in `env` at `at`.
+    pub fn at(env: EnvName, at: Timestamp) -> Self {
+        Self {
+            env,
+            at: Some(at),
+            db_lsn: None,
+            litestream_txid: None,
+            margin: None,
+            fresh: true,
+        }
+    }
+
+    /// The position asked for, if the query is by position.
+    pub fn position(&self) -> Option<&DbPosition> {
+        self.db_lsn.as_ref().or(self.litestream_txid.as_ref())
+    }
+
+    /// What was asked, for messages: the instant or the position.
+    pub fn target_text(&self) -> String {
+        match (&self.at, self.position()) {
+            (Some(at), _) => at.to_string(),
+            (None, Some(p)) => p.to_string(),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 /// Asks the registry which pin was live; shared by `resolve` and `restore`.
@@ -103,7 +179,8 @@ pub async fn ask(
     let response = client
         .resolve(pb::ResolveRequest {
             env: args.env.to_string(),
-            at: Some(wire_time(args.at)),
+            at: args.at.map(wire_time),
+            position: args.position().map(wire_position),
             margin: args.margin.map(|m| prost_types::Duration {
                 seconds: i64::try_from(m.as_secs()).unwrap_or(i64::MAX),
                 nanos: i32::try_from(m.subsec_nanos()).unwrap_or(0),
@@ -112,7 +189,7 @@ pub async fn ask(
         })
         .await?
         .into_inner();
-    let view = ResolveView::new(args.env.as_str(), args.at, &response)
+    let view = ResolveView::new(args.env.as_str(), &args.target_text(), &response)
         .context("the registry answered without a pin")?;
     Ok((response, view))
 }

@@ -92,6 +92,9 @@ pub struct PinView {
     pub entry_hash: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub prev_pin_hash: String,
+    /// The database position recorded at activation, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_position: Option<String>,
 }
 
 impl From<&pb::Pin> for PinView {
@@ -108,6 +111,18 @@ impl From<&pb::Pin> for PinView {
             log_index: p.log_index,
             entry_hash: p.entry_hash.clone(),
             prev_pin_hash: p.prev_pin_hash.clone(),
+            db_position: p
+                .db_position
+                .as_ref()
+                .and_then(|d| d.position.as_ref())
+                .map(|d| {
+                    use pb::db_position::Position;
+                    match d {
+                        Position::PostgresLsn(l) => format!("LSN {l}"),
+                        Position::RestorePoint(n) => format!("restore point {n}"),
+                        Position::LitestreamTxid(t) => format!("Litestream TXID {t}"),
+                    }
+                }),
         }
     }
 }
@@ -138,6 +153,9 @@ pub struct ResolveView {
     pub live_until: Option<String>,
     pub next: Option<PinView>,
     pub near_switch: Option<BoundaryView>,
+    /// For a query by position: why the answer may be uncertain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncertain: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -149,11 +167,12 @@ pub struct BoundaryView {
 }
 
 impl ResolveView {
-    pub fn new(env: &str, at: Timestamp, r: &pb::ResolveResponse) -> Option<Self> {
+    pub fn new(env: &str, at: &str, r: &pb::ResolveResponse) -> Option<Self> {
         let pin = r.pin.as_ref()?;
         Some(Self {
             env: env.to_owned(),
-            at: at.to_string(),
+            at: at.to_owned(),
+            uncertain: (!r.uncertain.is_empty()).then(|| r.uncertain.clone()),
             pin: pin.into(),
             live_from: time(r.live_from.as_ref()),
             live_until: r.live_until.as_ref().map(|t| time(Some(t))),
@@ -184,8 +203,14 @@ impl ResolveView {
             self.live_from,
             until
         );
+        if let Some(p) = &self.pin.db_position {
+            out.push_str(&format!("recorded   {p} at activation\n"));
+        }
         if let Some(b) = &self.near_switch {
             out.push_str(&self.warning(b));
+        }
+        if let Some(u) = &self.uncertain {
+            out.push_str(&format!("uncertain  {u}\n"));
         }
         out
     }

@@ -128,12 +128,29 @@ impl<'a> View<'a> {
                 );
             }
             Entry::Pin(p) => {
+                let previous = self.env_head(&p.env)?;
+                let (mut last_lsn, mut last_txid) = previous
+                    .as_ref()
+                    .map_or((None, None), |h| (h.last_lsn, h.last_txid));
+                match p
+                    .db_position
+                    .as_ref()
+                    .map(|d| d.ordered())
+                    .transpose()?
+                    .flatten()
+                {
+                    Some(o @ crate::position::Ordered::Lsn(_)) => last_lsn = Some(o.value()),
+                    Some(o @ crate::position::Ordered::Txid(_)) => last_txid = Some(o.value()),
+                    None => {}
+                }
                 self.envs.insert(
                     p.env.clone(),
                     EnvHead {
                         seq: p.seq,
                         activated_at: p.activated_at,
                         entry_hash: hex::encode(merkle::leaf_hash(bytes)),
+                        last_lsn,
+                        last_txid,
                     },
                 );
             }

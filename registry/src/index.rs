@@ -12,6 +12,7 @@
 //! p/<env>/<seq u64 BE>                PinRecord (JSON)
 //! t/<env>/<activated_at key><seq BE>  (empty): time-ordered pins, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
+//! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
 //! o/<first index u64 BE>              u64 BE entry count, u64 BE byte size of that log object
 //! n/<level u8><index u64 BE>          32-byte hash of a complete Merkle subtree
 //! ```
@@ -35,6 +36,7 @@ use crate::error::{Error, Kind, Result};
 use crate::ids::{EnvName, ReleaseId};
 use crate::log::{Entry, KeyAction};
 use crate::merkle::{self, Hash, NodeSource};
+use crate::position::Ordered;
 use crate::signing::KeyId;
 use crate::time::Timestamp;
 
@@ -66,6 +68,8 @@ pub struct PinRecord {
     /// Leaf hash (hex) of this pin's entry.
     pub entry_hash: String,
     pub prev_pin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_position: Option<crate::position::DbPosition>,
 }
 
 /// The latest pin of an environment: what the next pin is checked against.
@@ -74,6 +78,22 @@ pub struct EnvHead {
     pub seq: u64,
     pub activated_at: Timestamp,
     pub entry_hash: String,
+    /// The greatest LSN recorded by any pin of the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_lsn: Option<u64>,
+    /// The greatest Litestream TXID recorded by any pin of the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_txid: Option<u64>,
+}
+
+impl EnvHead {
+    /// The greatest recorded position of the kind of `p`.
+    pub fn last(&self, p: Ordered) -> Option<u64> {
+        match p {
+            Ordered::Lsn(_) => self.last_lsn,
+            Ordered::Txid(_) => self.last_txid,
+        }
+    }
 }
 
 /// A publisher key's validity, as the log has shaped it.
@@ -147,6 +167,14 @@ fn pin_key(env: &EnvName, seq: u64) -> Vec<u8> {
 fn time_key(env: &EnvName, at: Timestamp, seq: u64) -> Vec<u8> {
     let mut k = env_prefix("t", env);
     k.extend_from_slice(&at.sort_key());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn position_key(env: &EnvName, p: Ordered, seq: u64) -> Vec<u8> {
+    let mut k = env_prefix("q", env);
+    k.push(p.tag());
+    k.extend_from_slice(&p.value().to_be_bytes());
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
@@ -317,7 +345,21 @@ impl Index {
                 let in_order = head
                     .as_ref()
                     .is_none_or(|h| p.activated_at >= h.activated_at);
-                if p.seq != expect_seq || p.prev_pin != expect_prev || !in_order {
+                let ordered = match &p.db_position {
+                    Some(pos) => pos.ordered().map_err(|e| {
+                        Error::new(Kind::DataLoss, format!("log entry {index}: {e}"))
+                    })?,
+                    None => None,
+                };
+                let position_in_order = match (ordered, &head) {
+                    (Some(o), Some(h)) => h.last(o).is_none_or(|last| o.value() >= last),
+                    _ => true,
+                };
+                if p.seq != expect_seq
+                    || p.prev_pin != expect_prev
+                    || !in_order
+                    || !position_in_order
+                {
                     return Err(Error::new(
                         Kind::DataLoss,
                         format!(
@@ -328,10 +370,23 @@ impl Index {
                     ));
                 }
                 let entry_hash = hex::encode(leaf);
+                let (mut last_lsn, mut last_txid) = head
+                    .as_ref()
+                    .map_or((None, None), |h| (h.last_lsn, h.last_txid));
+                match ordered {
+                    Some(o @ Ordered::Lsn(_)) => last_lsn = Some(o.value()),
+                    Some(o @ Ordered::Txid(_)) => last_txid = Some(o.value()),
+                    None => {}
+                }
+                if let Some(o) = ordered {
+                    batch.insert(position_key(&p.env, o, p.seq), &[][..]);
+                }
                 let head = EnvHead {
                     seq: p.seq,
                     activated_at: p.activated_at,
                     entry_hash: entry_hash.clone(),
+                    last_lsn,
+                    last_txid,
                 };
                 batch.insert(format!("e/{}", p.env).into_bytes(), encode(&head));
                 batch.insert(time_key(&p.env, p.activated_at, p.seq), &[][..]);
@@ -347,6 +402,7 @@ impl Index {
                     log_index: index,
                     entry_hash,
                     prev_pin: p.prev_pin,
+                    db_position: p.db_position,
                 };
                 batch.insert(pin_key(&rec.env, rec.seq), encode(&rec));
             }
@@ -544,6 +600,21 @@ impl Index {
     pub fn seq_at_or_before(&self, env: &EnvName, at: Timestamp) -> Result<Option<u64>> {
         let lo = env_prefix("t", env);
         let hi = time_key(env, at, u64::MAX);
+        match self.tree.range(lo..=hi).next_back() {
+            Some(item) => Ok(Some(seq_of_time_key(&item?.0)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The sequence number of the pin of `env` with the greatest recorded
+    /// position of `target`'s kind that is at most `target`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn seq_at_or_below_position(&self, env: &EnvName, target: Ordered) -> Result<Option<u64>> {
+        let mut lo = env_prefix("q", env);
+        lo.push(target.tag());
+        let hi = position_key(env, target, u64::MAX);
         match self.tree.range(lo..=hi).next_back() {
             Some(item) => Ok(Some(seq_of_time_key(&item?.0)?)),
             None => Ok(None),

@@ -18,6 +18,7 @@
 //! | [`index`] | the sled index derived from the log, rebuildable |
 //! | [`timeline`] | activation ordering and resolve-at-time rules |
 //! | [`note`] | C2SP signed notes and tlog checkpoints: the log's signature |
+//! | [`position`] | database positions (PostgreSQL LSN, restore point, Litestream TXID) |
 //! | [`proof`] | offline verification of answers; the `.tlog-proof` file |
 //! | [`committer`] | group commit: the one task that appends to the log |
 //! | [`storage`] | choosing the object store by URL (file, s3, memory) |
@@ -45,6 +46,7 @@ pub mod log;
 pub mod merkle;
 pub mod note;
 pub mod observe;
+pub mod position;
 pub mod proof;
 pub mod registry;
 pub mod server;

@@ -80,6 +80,9 @@ pub struct PinEntry {
     pub reason: String,
     /// Leaf hash (hex) of the environment's previous pin entry; `None` for seq 1.
     pub prev_pin: Option<String>,
+    /// The database position at activation, when the pipeline recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_position: Option<crate::position::DbPosition>,
     /// Identifies the request that wrote this entry, so a writer whose
     /// storage call timed out can read back and tell whether it landed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -310,6 +313,7 @@ mod tests {
             actor: "anonymous".into(),
             reason: String::new(),
             prev_pin: None,
+            db_position: None,
             request_id: None,
         });
         assert_eq!(Entry::parse(0, &e.to_bytes()).unwrap(), e);

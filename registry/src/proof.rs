@@ -107,15 +107,40 @@ impl RestoreProof {
         log_key: &NoteVerifier,
         trusted: &TrustedKeys,
     ) -> Result<Verified> {
+        self.verify_inner(Some(artifact), log_key, trusted)
+    }
+
+    /// Everything [`Self::verify`] checks except the artifact's own bytes
+    /// (for a plan made before downloading it).
+    ///
+    /// # Errors
+    /// As [`Self::verify`].
+    pub fn verify_entries(
+        &self,
+        log_key: &NoteVerifier,
+        trusted: &TrustedKeys,
+    ) -> Result<Verified> {
+        self.verify_inner(None, log_key, trusted)
+    }
+
+    fn verify_inner(
+        &self,
+        artifact: Option<&[u8]>,
+        log_key: &NoteVerifier,
+        trusted: &TrustedKeys,
+    ) -> Result<Verified> {
         let checkpoint = Checkpoint::open(&self.checkpoint, log_key)
             .map_err(|e| fail("checkpoint signature", e))?;
-        let digest = Digest::of(artifact);
         let Entry::Publish(publish) = self
             .publish
             .verify("publish entry", &checkpoint)
             .map_err(|e| fail("publish entry inclusion", e))?
         else {
             return Err(fail("publish entry", "the entry is not a publish"));
+        };
+        let digest = match artifact {
+            Some(bytes) => Digest::of(bytes),
+            None => publish.digest,
         };
         if publish.digest != digest {
             return Err(fail(

@@ -25,6 +25,7 @@ use crate::index::{ArtifactRecord, Index, KeyRecord, PinRecord};
 use crate::log::{Entry, KeyAction, KeyEntry, Log, PinEntry, PublishEntry};
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, NoteSigner};
+use crate::position::{DbPosition, Ordered};
 use crate::proof::ProvedEntry;
 use crate::signing::{self, Attestation, KeyId, PublicKey, TrustedKeys};
 use crate::time::{Clock, SystemClock, Timestamp};
@@ -146,6 +147,18 @@ pub struct SignedCheckpoint {
     pub root: Hash,
     /// The C2SP signed note.
     pub note: Arc<str>,
+}
+
+/// What a resolve asks for.
+#[derive(Clone, Copy, Debug)]
+pub enum Query {
+    /// The pin live at an instant.
+    At {
+        at: Timestamp,
+        margin: Option<Duration>,
+    },
+    /// The pin matching a database position.
+    Position(Ordered),
 }
 
 /// A resolve answer with the entries and proofs that make it checkable.
@@ -594,6 +607,7 @@ impl Registry {
         env: &EnvName,
         artifact: &ArtifactRef,
         activated_at: Option<Timestamp>,
+        db_position: Option<DbPosition>,
         reason: &Reason,
         actor: &str,
     ) -> Result<PinRecord> {
@@ -615,6 +629,7 @@ impl Registry {
                     now,
                     inner.limits.clock_skew,
                 )?;
+                timeline::position(head.as_ref(), db_position.as_ref())?;
                 Ok(Some(Entry::Pin(PinEntry {
                     env: env2.clone(),
                     seq: head.as_ref().map_or(1, |h| h.seq + 1),
@@ -625,6 +640,7 @@ impl Registry {
                     actor: actor.clone(),
                     reason: reason.clone(),
                     prev_pin: head.map(|h| h.entry_hash),
+                    db_position: db_position.clone(),
                     request_id: Some(request.clone()),
                 })))
             }))
@@ -874,13 +890,11 @@ impl Inner {
     ///
     /// # Errors
     /// As [`Self::resolve`], plus DataLoss when a stored entry changed.
-    pub async fn resolve_proved(
-        &self,
-        env: &EnvName,
-        at: Timestamp,
-        margin: Option<Duration>,
-    ) -> Result<ProvedResolution> {
-        let resolution = self.resolve(env, at, margin)?;
+    pub async fn resolve_proved(&self, env: &EnvName, query: &Query) -> Result<ProvedResolution> {
+        let resolution = match query {
+            Query::At { at, margin } => self.resolve(env, *at, *margin)?,
+            Query::Position(target) => self.resolve_position(env, *target)?,
+        };
         let artifact = self.artifact(&ArtifactRef::Release(resolution.pin.release_id.clone()))?;
         // The checkpoint is taken after the lookup, so it covers every entry
         // the answer names.
@@ -1124,6 +1138,61 @@ impl Inner {
             pin,
             next,
             near_switch,
+            uncertain: None,
+        })
+    }
+
+    /// Which pin matches database position `target`: the pin with the
+    /// greatest recorded position of that kind at or below it. Pins without
+    /// such a position are skipped, and the answer says when that makes it
+    /// uncertain.
+    ///
+    /// # Errors
+    /// NotFound when no pin of `env` recorded a position at or below `target`.
+    pub fn resolve_position(&self, env: &EnvName, target: Ordered) -> Result<Resolution> {
+        let head = self.known_env(env)?;
+        let Some(seq) = self.index.seq_at_or_below_position(env, target)? else {
+            return Err(Error::not_found(format!(
+                "no pin of {env} recorded a {} at or below {target}",
+                target.kind()
+            )));
+        };
+        let pin = self.pin_at(env, seq)?;
+        let next = if seq < head.seq {
+            Some(self.pin_at(env, seq + 1)?)
+        } else {
+            None
+        };
+        // Pins after this one, up to the next that recorded a position of
+        // this kind: any without one might have been live at the target.
+        let mut unknown = Vec::new();
+        let mut s = seq + 1;
+        while s <= head.seq && unknown.len() < 16 {
+            let later = self.pin_at(env, s)?;
+            match later
+                .db_position
+                .as_ref()
+                .map(|p| p.ordered())
+                .transpose()?
+                .flatten()
+            {
+                Some(o) if o.tag() == target.tag() => break,
+                _ => unknown.push(format!("#{} ({})", later.seq, later.release_id)),
+            }
+            s += 1;
+        }
+        let uncertain = (!unknown.is_empty()).then(|| {
+            format!(
+                "later pins recorded no {}, so one of them may have been live at {target}: {}",
+                target.kind(),
+                unknown.join(", ")
+            )
+        });
+        Ok(Resolution {
+            pin,
+            next,
+            near_switch: None,
+            uncertain,
         })
     }
 

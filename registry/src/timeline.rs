@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::index::{EnvHead, PinRecord};
+use crate::position::{DbPosition, Ordered};
 use crate::time::Timestamp;
 
 /// Microseconds in `d`, saturating.
@@ -55,6 +56,32 @@ pub fn activation(
     Ok(at)
 }
 
+/// Checks that a recorded database position does not go backwards.
+///
+/// # Errors
+/// Precondition when the environment already recorded a later position of
+/// the same kind.
+pub fn position(head: Option<&EnvHead>, position: Option<&DbPosition>) -> Result<()> {
+    let Some(ordered) = position.map(DbPosition::ordered).transpose()?.flatten() else {
+        return Ok(());
+    };
+    if let Some(last) = head.and_then(|h| h.last(ordered))
+        && ordered.value() < last
+    {
+        let last_text = match ordered {
+            Ordered::Lsn(_) => crate::position::Lsn(last).to_string(),
+            Ordered::Txid(_) => crate::position::Txid(last).to_string(),
+        };
+        return Err(Error::precondition(format!(
+            "{} {ordered} is before the environment's latest recorded {} {last_text}; database \
+             positions in an environment never go backwards",
+            ordered.kind(),
+            ordered.kind()
+        )));
+    }
+    Ok(())
+}
+
 /// A switch between two pins close to a queried instant.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Boundary {
@@ -76,6 +103,9 @@ pub struct Resolution {
     pub next: Option<PinRecord>,
     /// Set when the instant is within the margin of a switch.
     pub near_switch: Option<Boundary>,
+    /// For a query by database position: why the answer may be uncertain
+    /// (later pins that recorded no position could have been live).
+    pub uncertain: Option<String>,
 }
 
 /// The switch nearest `at` within `margin`, given the live pin and its
@@ -142,6 +172,7 @@ mod tests {
             log_index: seq,
             entry_hash: String::new(),
             prev_pin: None,
+            db_position: None,
         }
     }
 
@@ -150,6 +181,8 @@ mod tests {
             seq,
             activated_at: at,
             entry_hash: String::new(),
+            last_lsn: None,
+            last_txid: None,
         }
     }
 

@@ -101,7 +101,7 @@ impl Fixture {
         let what = ArtifactRef::Release(release.parse()?);
         let p = self
             .registry
-            .pin(&env, &what, at, &Reason::default(), "tester")
+            .pin(&env, &what, at, None, &Reason::default(), "tester")
             .await?;
         Ok(p.seq)
     }
@@ -547,7 +547,11 @@ async fn a_resolve_carries_proofs_that_verify_offline_and_break_on_any_flip() {
     f.pin("prod", "r1", Some(t(10))).await.unwrap();
     f.pin("prod", "r2", Some(t(20))).await.unwrap();
     let env: EnvName = "prod".parse().unwrap();
-    let proved = f.registry.resolve_proved(&env, t(15), None).await.unwrap();
+    let query = stackpin_registry::registry::Query::At {
+        at: t(15),
+        margin: None,
+    };
+    let proved = f.registry.resolve_proved(&env, &query).await.unwrap();
     let proof = RestoreProof {
         checkpoint: proved.checkpoint.note.to_string(),
         publish: proved.publish.clone(),

@@ -109,6 +109,7 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
                         artifact: by_release("base"),
                         activated_at: None,
                         reason: String::new(),
+                        db_position: None,
                     },
                     token,
                 ))
@@ -122,6 +123,7 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
                     at: Some(now),
                     margin: None,
                     fresh: false,
+                    position: None,
                 },
                 token,
             ))
@@ -247,6 +249,7 @@ async fn every_rpc_checks_every_role() {
         .pin(
             &"base-env".parse().unwrap(),
             &what,
+            None,
             None,
             &Default::default(),
             "setup",

@@ -61,7 +61,7 @@ async fn write(registry: &Registry, path: &str, n: usize) -> stackpin_registry::
             let what = ArtifactRef::Release("base".parse().unwrap());
             let reason: Reason = format!("pin-{n}").parse().unwrap();
             registry
-                .pin(&"prod".parse().unwrap(), &what, None, &reason, "t")
+                .pin(&"prod".parse().unwrap(), &what, None, None, &reason, "t")
                 .await
                 .map(|_| ())
         }

@@ -57,7 +57,7 @@ async fn pin_concurrently(registry: Arc<Registry>, n: usize) -> Duration {
             tokio::spawn(async move {
                 let env = ["a", "b", "c"][i % 3].parse().unwrap();
                 let what = ArtifactRef::Release("r1".parse().unwrap());
-                r.pin(&env, &what, None, &Default::default(), "t")
+                r.pin(&env, &what, None, None, &Default::default(), "t")
                     .await
                     .unwrap()
             })

@@ -117,11 +117,15 @@ async fn a_registry_works_and_rebuilds_on_it(store: Arc<dyn ObjectStore>) {
     let prod = "prod".parse().unwrap();
     let what = ArtifactRef::Release(rid.clone());
     registry
-        .pin(&prod, &what, None, &Default::default(), "t")
+        .pin(&prod, &what, None, None, &Default::default(), "t")
         .await
         .unwrap();
     let now = stackpin_registry::time::Timestamp::now();
-    let proved = registry.resolve_proved(&prod, now, None).await.unwrap();
+    let query = stackpin_registry::registry::Query::At {
+        at: now,
+        margin: None,
+    };
+    let proved = registry.resolve_proved(&prod, &query).await.unwrap();
     assert_eq!(proved.resolution.pin.release_id, rid);
     let again = open().await.unwrap();
     assert_eq!(

@@ -9,6 +9,7 @@ use stackpin_proto::v1 as pb;
 
 use crate::error::{Error, Result};
 use crate::index::{ArtifactRecord, PinRecord};
+use crate::position::DbPosition;
 use crate::proof::ProvedEntry;
 use crate::registry::{ArtifactRef, KeySource, ProvedResolution, PublisherKey, SignedCheckpoint};
 use crate::time::Timestamp;
@@ -54,6 +55,27 @@ fn duration_micros(micros: i64) -> prost_types::Duration {
     }
 }
 
+pub fn db_position(p: Option<pb::DbPosition>) -> Result<Option<DbPosition>> {
+    use pb::db_position::Position;
+    match p.and_then(|p| p.position) {
+        None => Ok(None),
+        Some(Position::PostgresLsn(l)) => DbPosition::lsn(&l).map(Some),
+        Some(Position::RestorePoint(n)) => DbPosition::restore_point(&n).map(Some),
+        Some(Position::LitestreamTxid(t)) => DbPosition::txid(&t).map(Some),
+    }
+}
+
+fn db_position_out(p: &DbPosition) -> pb::DbPosition {
+    use pb::db_position::Position;
+    pb::DbPosition {
+        position: Some(match p {
+            DbPosition::PostgresLsn { lsn } => Position::PostgresLsn(lsn.clone()),
+            DbPosition::RestorePoint { name } => Position::RestorePoint(name.clone()),
+            DbPosition::LitestreamTxid { txid } => Position::LitestreamTxid(txid.clone()),
+        }),
+    }
+}
+
 pub fn artifact_ref(r: Option<pb::ArtifactRef>) -> Result<ArtifactRef> {
     match r.and_then(|r| r.r#ref) {
         Some(pb::artifact_ref::Ref::ReleaseId(id)) => Ok(ArtifactRef::Release(id.parse()?)),
@@ -88,6 +110,7 @@ pub fn pin(p: &PinRecord) -> pb::Pin {
         log_index: p.log_index,
         entry_hash: p.entry_hash.clone(),
         prev_pin_hash: p.prev_pin.clone().unwrap_or_default(),
+        db_position: p.db_position.as_ref().map(db_position_out),
     }
 }
 
@@ -111,6 +134,7 @@ pub fn resolution(proved: &ProvedResolution) -> pb::ResolveResponse {
         pin_entry: Some(proved_entry(&proved.pin)),
         next_entry: proved.next.as_ref().map(proved_entry),
         publish_entry: Some(proved_entry(&proved.publish)),
+        uncertain: r.uncertain.clone().unwrap_or_default(),
     }
 }
 

@@ -16,7 +16,7 @@ use crate::auth::{Action, Authorizer, Principal};
 use crate::error::{Error, Kind};
 use crate::ids::{EnvName, Reason};
 use crate::observe;
-use crate::registry::{HistoryQuery, Registry};
+use crate::registry::{HistoryQuery, Query, Registry};
 use crate::signing::KeyId;
 
 /// Most entries one ListEntries call streams.
@@ -181,9 +181,10 @@ impl RegistryService {
         let what = convert::artifact_ref(req.artifact)?;
         let activated_at = convert::optional_time("activated_at", req.activated_at)?;
         let reason: Reason = req.reason.parse()?;
+        let position = convert::db_position(req.db_position)?;
         let pin = self
             .registry
-            .pin(&env, &what, activated_at, &reason, &who.name)
+            .pin(&env, &what, activated_at, position, &reason, &who.name)
             .await?;
         Ok(Response::new(pb::PinResponse {
             pin: Some(convert::pin(&pin)),
@@ -197,12 +198,26 @@ impl RegistryService {
         self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let env = env(&req.env)?;
-        let at = convert::required_time("at", req.at)?;
-        let margin = convert::margin(req.margin)?;
+        let query = match convert::db_position(req.position)? {
+            Some(p) => match p.ordered()? {
+                Some(target) => Query::Position(target),
+                None => {
+                    return Err(Error::invalid(
+                        "resolve by position needs an LSN or a Litestream TXID; restore points \
+                         are not ordered",
+                    )
+                    .into());
+                }
+            },
+            None => Query::At {
+                at: convert::required_time("at", req.at)?,
+                margin: convert::margin(req.margin)?,
+            },
+        };
         if req.fresh {
             self.registry.sync().await?;
         }
-        let proved = self.registry.resolve_proved(&env, at, margin).await?;
+        let proved = self.registry.resolve_proved(&env, &query).await?;
         Ok(Response::new(convert::resolution(&proved)))
     }
 
