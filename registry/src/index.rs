@@ -13,6 +13,7 @@
 //! t/<env>/<activated_at key><seq BE>  (empty): time-ordered pins, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
 //! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
+//! b/<index u64 BE>                    the entry's bytes (a copy, checked against n/ when read)
 //! o/<first index u64 BE>              u64 BE entry count, u64 BE byte size of that log object
 //! n/<level u8><index u64 BE>          32-byte hash of a complete Merkle subtree
 //! ```
@@ -120,6 +121,14 @@ fn object_key(index: u64) -> [u8; 10] {
     k
 }
 
+fn entry_key(index: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[0] = b'b';
+    k[1] = b'/';
+    k[2..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
 fn u64_at(bytes: &[u8], at: usize) -> Result<u64> {
     bytes
         .get(at..at + 8)
@@ -196,8 +205,11 @@ impl Index {
     /// # Errors
     /// Internal when sled cannot open the folder (for example, it is corrupt).
     pub fn open(dir: &Path) -> Result<Self> {
+        // sled caches 1 GiB by default; the index is a cache of the log, and
+        // a bounded one keeps the server's memory flat as history grows.
         let db = sled::Config::new()
             .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(|e| Error::internal(format!("opening index {}: {e}", dir.display())))?;
         Self::from_db(db)
@@ -304,6 +316,7 @@ impl Index {
         let leaf = merkle::leaf_hash(bytes);
         let mut node = leaf;
         batch.insert(&node_key(0, index)[..], &leaf[..]);
+        batch.insert(&entry_key(index)[..], bytes);
         for (level, at) in merkle::completed_nodes(index) {
             let left = self.node(level - 1, 2 * at)?;
             node = merkle::node_hash(&left, &node);
@@ -460,6 +473,26 @@ impl Index {
             .as_ref()
             .try_into()
             .map_err(|_| Error::internal(format!("index Merkle node {level}/{index} is corrupt")))
+    }
+
+    /// The index's copy of entry `index`'s bytes, checked against the leaf
+    /// hash recorded when it was applied.
+    ///
+    /// `None` when the index has no copy (one built by an older version).
+    ///
+    /// # Errors
+    /// DataLoss when the copy no longer matches.
+    pub fn entry(&self, index: u64) -> Result<Option<bytes::Bytes>> {
+        let Some(value) = self.tree.get(entry_key(index))? else {
+            return Ok(None);
+        };
+        if merkle::leaf_hash(&value) != self.node(0, index)? {
+            return Err(Error::new(
+                Kind::DataLoss,
+                format!("the index's copy of log entry {index} is damaged"),
+            ));
+        }
+        Ok(Some(bytes::Bytes::copy_from_slice(&value)))
     }
 
     /// The lifecycle record of a publisher key.

@@ -877,10 +877,22 @@ impl Inner {
         merkle::consistency_proof(&self.index, old, new).map_err(proof_error)
     }
 
-    async fn proved(&self, index: u64, size: u64) -> Result<ProvedEntry> {
+    /// An entry with its inclusion proof. Fresh reads go to storage (and so
+    /// notice a damaged stored entry); others use the index's verified copy,
+    /// which keeps the hot resolve path off storage.
+    async fn proved(&self, index: u64, size: u64, fresh: bool) -> Result<ProvedEntry> {
+        let cached = if fresh {
+            None
+        } else {
+            self.index.entry(index)?
+        };
+        let entry = match cached {
+            Some(bytes) => bytes,
+            None => self.entry(index).await?,
+        };
         Ok(ProvedEntry {
             index,
-            entry: self.entry(index).await?,
+            entry,
             proof: self.inclusion_proof(index, size)?,
         })
     }
@@ -890,7 +902,12 @@ impl Inner {
     ///
     /// # Errors
     /// As [`Self::resolve`], plus DataLoss when a stored entry changed.
-    pub async fn resolve_proved(&self, env: &EnvName, query: &Query) -> Result<ProvedResolution> {
+    pub async fn resolve_proved(
+        &self,
+        env: &EnvName,
+        query: &Query,
+        fresh: bool,
+    ) -> Result<ProvedResolution> {
         let resolution = match query {
             Query::At { at, margin } => self.resolve(env, *at, *margin)?,
             Query::Position(target) => self.resolve_position(env, *target)?,
@@ -900,12 +917,12 @@ impl Inner {
         // the answer names.
         let checkpoint = self.checkpoint()?;
         let size = checkpoint.size;
-        let pin = self.proved(resolution.pin.log_index, size).await?;
+        let pin = self.proved(resolution.pin.log_index, size, fresh).await?;
         let next = match &resolution.next {
-            Some(n) => Some(self.proved(n.log_index, size).await?),
+            Some(n) => Some(self.proved(n.log_index, size, fresh).await?),
             None => None,
         };
-        let publish = self.proved(artifact.log_index, size).await?;
+        let publish = self.proved(artifact.log_index, size, fresh).await?;
         Ok(ProvedResolution {
             resolution,
             checkpoint,

@@ -551,7 +551,11 @@ async fn a_resolve_carries_proofs_that_verify_offline_and_break_on_any_flip() {
         at: t(15),
         margin: None,
     };
-    let proved = f.registry.resolve_proved(&env, &query).await.unwrap();
+    let proved = f
+        .registry
+        .resolve_proved(&env, &query, false)
+        .await
+        .unwrap();
     let proof = RestoreProof {
         checkpoint: proved.checkpoint.note.to_string(),
         publish: proved.publish.clone(),

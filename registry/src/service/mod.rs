@@ -217,7 +217,10 @@ impl RegistryService {
         if req.fresh {
             self.registry.sync().await?;
         }
-        let proved = self.registry.resolve_proved(&env, &query).await?;
+        let proved = self
+            .registry
+            .resolve_proved(&env, &query, req.fresh)
+            .await?;
         Ok(Response::new(convert::resolution(&proved)))
     }
 
