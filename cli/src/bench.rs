@@ -69,7 +69,7 @@ pub enum Workload {
     Publish,
     /// Pin one artifact to --env (server clock).
     Pin,
-    /// Resolve --env at a random instant since its first pin.
+    /// Resolve --env at a random instant between its first and last pins.
     Resolve,
     /// Download one artifact of --size bytes in full.
     Fetch,
@@ -244,8 +244,8 @@ enum Job {
     Publish(Box<Payloads>, Box<SigningKey>),
     /// Environments (worker i pins to the (i mod n)-th) and the release id.
     Pin(Vec<String>, String),
-    /// The environment and its first activation, in microseconds.
-    Resolve(String, i64),
+    /// The environment and its first and last activations, in microseconds.
+    Resolve(String, (i64, i64)),
     /// The release id and its size.
     Fetch(String, u64),
 }
@@ -273,8 +273,12 @@ impl Job {
                 let request = pin_request(&envs[worker % envs.len()], release_id, None, "bench");
                 timed(async { client.pin(request).await.map(drop).map_err(Miss::from) }).await
             }
-            Job::Resolve(env, first_micros) => {
-                let span = Timestamp::now().as_micros().saturating_sub(*first_micros);
+            Job::Resolve(env, (first_micros, last_micros)) => {
+                // Instants from the first pin to a minute past the last one,
+                // so every pin of the history is about equally likely.
+                let span = last_micros
+                    .saturating_add(60_000_000)
+                    .saturating_sub(*first_micros);
                 let offset = xorshift(rng) % u64::try_from(span).unwrap_or(0).saturating_add(1);
                 let at = first_micros.saturating_add(i64::try_from(offset).unwrap_or(0));
                 let at = Timestamp::from_micros(at).unwrap_or_else(|_| Timestamp::now());
@@ -536,10 +540,11 @@ async fn artifact(
     Ok((payloads.release_id(0), args.size))
 }
 
-/// The oldest activation in `env` (None when it has no pins). Reads at most
-/// HISTORY_PAGES pages; any pin's activation is a valid lower bound.
-async fn first_pin(client: &mut Client, env: &str) -> Outcome<Option<i64>> {
-    let (mut oldest, mut page_token) = (None, String::new());
+/// The oldest and newest activations in `env` (None when it has no pins).
+/// Reads at most HISTORY_PAGES pages; any pin's activation is a valid lower
+/// bound.
+async fn first_pin(client: &mut Client, env: &str) -> Outcome<Option<(i64, i64)>> {
+    let (mut oldest, mut newest, mut page_token) = (None, None, String::new());
     for _ in 0..HISTORY_PAGES {
         let (env, limit) = (env.to_owned(), 1000);
         let request = pb::HistoryRequest {
@@ -554,6 +559,11 @@ async fn first_pin(client: &mut Client, env: &str) -> Outcome<Option<i64>> {
             Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
             Err(s) => return Err(s.into()),
         };
+        if newest.is_none()
+            && let Some(t) = page.pins.first().and_then(|p| p.activated_at.as_ref())
+        {
+            newest = Some(Timestamp::from_parts(t.seconds, t.nanos)?.as_micros());
+        }
         if let Some(t) = page.pins.last().and_then(|p| p.activated_at.as_ref()) {
             oldest = Some(Timestamp::from_parts(t.seconds, t.nanos)?.as_micros());
         }
@@ -562,7 +572,7 @@ async fn first_pin(client: &mut Client, env: &str) -> Outcome<Option<i64>> {
         }
         page_token = page.next_page_token;
     }
-    Ok(oldest)
+    Ok(oldest.zip(newest))
 }
 
 /// Prepares the workload; returns it and the artifact size when relevant.
@@ -592,8 +602,8 @@ async fn setup(
         }
         Workload::Resolve => {
             let env = args.env.to_string();
-            let first_micros = match first_pin(client, &env).await? {
-                Some(first) => first,
+            let span = match first_pin(client, &env).await? {
+                Some(span) => span,
                 None => {
                     // Pins one minute apart, the last one a minute ago.
                     let (release_id, _) = artifact(args, client, key.as_ref(), nonce).await?;
@@ -604,10 +614,10 @@ async fn setup(
                         let request = pin_request(&env, &release_id, at, "bench setup");
                         client.pin(request).await?;
                     }
-                    ago(SETUP_PINS).as_micros()
+                    (ago(SETUP_PINS).as_micros(), ago(1).as_micros())
                 }
             };
-            (Job::Resolve(env, first_micros), None)
+            (Job::Resolve(env, span), None)
         }
         Workload::Fetch => {
             let (release_id, size) = artifact(args, client, key.as_ref(), nonce).await?;

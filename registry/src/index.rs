@@ -13,7 +13,7 @@
 //! t/<env>/<activated_at key><seq BE>  (empty): time-ordered pins, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
 //! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
-//! b/<index u64 BE>                    the entry's bytes (a copy, checked against n/ when read)
+//! entries tree: b/<index u64 BE>      the entry's bytes (a copy, checked against n/ when read)
 //! o/<first index u64 BE>              u64 BE entry count, u64 BE byte size of that log object
 //! n/<level u8><index u64 BE>          32-byte hash of a complete Merkle subtree
 //! ```
@@ -113,6 +113,18 @@ pub struct KeyRecord {
 
 const APPLIED: &[u8] = b"m/applied";
 
+/// State written by entries staged earlier in the same batch, which the
+/// tree does not show yet.
+#[derive(Default)]
+struct Pending {
+    envs: std::collections::HashMap<EnvName, EnvHead>,
+    releases: std::collections::HashMap<ReleaseId, u64>,
+    keys: std::collections::HashMap<KeyId, KeyRecord>,
+    nodes: std::collections::HashMap<(u8, u64), Hash>,
+    /// Entry copies, for the `entries` tree.
+    copies: Batch,
+}
+
 fn object_key(index: u64) -> [u8; 10] {
     let mut k = [0u8; 10];
     k[0] = b'o';
@@ -151,6 +163,10 @@ fn node_key(level: u8, index: u64) -> [u8; 11] {
 pub struct Index {
     db: sled::Db,
     tree: Tree,
+    /// Copies of entry bytes, in their own tree so the small, hot lookup keys
+    /// above stay in small sled nodes. Written before the batch that applies
+    /// the entries (a copy without its entry applied is harmless).
+    entries: Tree,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
@@ -207,9 +223,15 @@ impl Index {
     pub fn open(dir: &Path) -> Result<Self> {
         // sled caches 1 GiB by default; the index is a cache of the log, and
         // a bounded one keeps the server's memory flat as history grows.
+        // Throughput mode trades disk space for less rewriting, and a slower
+        // background flush keeps sled's own I/O off the write and rebuild
+        // paths: whatever it had not flushed at a crash is applied again
+        // from the log at start.
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(64 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(2000))
             .open()
             .map_err(|e| Error::internal(format!("opening index {}: {e}", dir.display())))?;
         Self::from_db(db)
@@ -225,7 +247,8 @@ impl Index {
 
     fn from_db(db: sled::Db) -> Result<Self> {
         let tree = db.open_tree("index")?;
-        Ok(Self { db, tree })
+        let entries = db.open_tree("entries")?;
+        Ok(Self { db, tree, entries })
     }
 
     /// How many log entries have been applied (entries `0..applied`).
@@ -252,11 +275,27 @@ impl Index {
     /// As [`Self::apply`].
     pub fn apply_object(&self, start: u64, entries: &[bytes::Bytes], skip: usize) -> Result<()> {
         let count = entries.len() as u64;
+        let applied = self.applied()?;
+        if start + skip as u64 != applied {
+            return Err(Error::internal(format!(
+                "index expected log entry {applied} next, was given {}",
+                start + skip as u64
+            )));
+        }
         // Entries are joined by one newline each.
         let size = entries.iter().map(|e| e.len() as u64).sum::<u64>() + count.saturating_sub(1);
+        // One atomic batch for the whole object: far fewer sled writes when
+        // rebuilding a log of group-committed objects.
+        let mut batch = Batch::default();
+        let mut pending = Pending::default();
         for (i, bytes) in entries.iter().enumerate().skip(skip) {
             let object = (i == 0).then_some((count, size));
-            self.apply(start + i as u64, bytes, object)?;
+            self.stage(&mut batch, &mut pending, start + i as u64, bytes, object)?;
+        }
+        if skip < entries.len() {
+            batch.insert(APPLIED, &(start + count).to_be_bytes());
+            self.entries.apply_batch(pending.copies)?;
+            self.tree.apply_batch(batch)?;
         }
         Ok(())
     }
@@ -305,8 +344,26 @@ impl Index {
                 "index expected log entry {applied} next, was given {index}"
             )));
         }
-        let entry = Entry::parse(index, bytes)?;
         let mut batch = Batch::default();
+        let mut pending = Pending::default();
+        self.stage(&mut batch, &mut pending, index, bytes, object)?;
+        batch.insert(APPLIED, &(index + 1).to_be_bytes());
+        self.entries.apply_batch(pending.copies)?;
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Adds the writes of entry `index` to `batch`, reading state through
+    /// `pending` (the entries staged before it in the same batch).
+    fn stage(
+        &self,
+        batch: &mut Batch,
+        pending: &mut Pending,
+        index: u64,
+        bytes: &[u8],
+        object: Option<(u64, u64)>,
+    ) -> Result<()> {
+        let entry = Entry::parse(index, bytes)?;
         if let Some((count, size)) = object {
             let mut value = [0u8; 16];
             value[..8].copy_from_slice(&count.to_be_bytes());
@@ -316,20 +373,31 @@ impl Index {
         let leaf = merkle::leaf_hash(bytes);
         let mut node = leaf;
         batch.insert(&node_key(0, index)[..], &leaf[..]);
-        batch.insert(&entry_key(index)[..], bytes);
+        pending.copies.insert(&entry_key(index)[..], bytes);
+        pending.nodes.insert((0, index), leaf);
         for (level, at) in merkle::completed_nodes(index) {
-            let left = self.node(level - 1, 2 * at)?;
+            let left = match pending.nodes.get(&(level - 1, 2 * at)) {
+                Some(h) => *h,
+                None => self.node(level - 1, 2 * at)?,
+            };
             node = merkle::node_hash(&left, &node);
             batch.insert(&node_key(level, at)[..], &node[..]);
+            pending.nodes.insert((level, at), node);
         }
         match entry {
             Entry::Publish(p) => {
-                if let Some(existing) = self.artifact_by_release(&p.release_id)? {
+                let earlier = match pending.releases.get(&p.release_id) {
+                    Some(i) => Some(*i),
+                    None => self
+                        .artifact_by_release(&p.release_id)?
+                        .map(|a| a.log_index),
+                };
+                if let Some(existing) = earlier {
                     return Err(Error::new(
                         Kind::DataLoss,
                         format!(
                             "log entry {index} binds release id {} again (already bound at entry {})",
-                            p.release_id, existing.log_index
+                            p.release_id, existing
                         ),
                     ));
                 }
@@ -344,13 +412,17 @@ impl Index {
                     envelope: p.envelope,
                 };
                 batch.insert(format!("r/{}", rec.release_id).into_bytes(), encode(&rec));
+                pending.releases.insert(rec.release_id.clone(), index);
                 batch.insert(
                     format!("d/{}/{}", rec.digest.hex(), rec.release_id).into_bytes(),
                     &[][..],
                 );
             }
             Entry::Pin(p) => {
-                let head = self.env_head(&p.env)?;
+                let head = match pending.envs.get(&p.env) {
+                    Some(h) => Some(h.clone()),
+                    None => self.env_head(&p.env)?,
+                };
                 let (expect_seq, expect_prev) = match &head {
                     None => (1, None),
                     Some(h) => (h.seq + 1, Some(h.entry_hash.clone())),
@@ -402,6 +474,7 @@ impl Index {
                     last_txid,
                 };
                 batch.insert(format!("e/{}", p.env).into_bytes(), encode(&head));
+                pending.envs.insert(p.env.clone(), head);
                 batch.insert(time_key(&p.env, p.activated_at, p.seq), &[][..]);
                 let rec = PinRecord {
                     env: p.env,
@@ -420,7 +493,10 @@ impl Index {
                 batch.insert(pin_key(&rec.env, rec.seq), encode(&rec));
             }
             Entry::Key(k) => {
-                let existing = self.key(&k.key_id)?;
+                let existing = match pending.keys.get(&k.key_id) {
+                    Some(r) => Some(r.clone()),
+                    None => self.key(&k.key_id)?,
+                };
                 let rec = match (k.action, existing) {
                     (KeyAction::Add, None) if k.public_key.is_some() => KeyRecord {
                         key_id: k.key_id.clone(),
@@ -453,10 +529,9 @@ impl Index {
                     }
                 };
                 batch.insert(format!("k/{}", rec.key_id).into_bytes(), encode(&rec));
+                pending.keys.insert(rec.key_id.clone(), rec);
             }
         }
-        batch.insert(APPLIED, &(index + 1).to_be_bytes());
-        self.tree.apply_batch(batch)?;
         Ok(())
     }
 
@@ -483,7 +558,7 @@ impl Index {
     /// # Errors
     /// DataLoss when the copy no longer matches.
     pub fn entry(&self, index: u64) -> Result<Option<bytes::Bytes>> {
-        let Some(value) = self.tree.get(entry_key(index))? else {
+        let Some(value) = self.entries.get(entry_key(index))? else {
             return Ok(None);
         };
         if merkle::leaf_hash(&value) != self.node(0, index)? {
