@@ -156,6 +156,11 @@ impl Server {
         })
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server URL for `--server`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)

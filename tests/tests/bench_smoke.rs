@@ -1,0 +1,54 @@
+//! The load generator, briefly: it runs each workload against a real server
+//! and reports sane numbers. Not a timed pass/fail test: speed is measured
+//! in BENCHMARKS.md, not asserted here.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on purpose
+
+use stackpin_tests::world::World;
+
+#[test]
+fn every_bench_workload_runs_and_reports() {
+    let w = World::new(&[]);
+    let pid = w.server.pid().to_string();
+    for (workload, extra) in [
+        ("pin", vec!["--envs", "2"]),
+        ("resolve", vec![]),
+        ("publish", vec!["--size", "4KiB"]),
+        ("fetch", vec!["--size", "64KiB"]),
+    ] {
+        let mut args = vec![
+            "--output",
+            "json",
+            "bench",
+            workload,
+            "--key",
+            "ci.pem",
+            "--concurrency",
+            "4",
+            "--duration",
+            "1s",
+            "--server-pid",
+            &pid,
+        ];
+        args.extend(extra);
+        let report = w.cli(&args).json();
+        let ok = report["requests_ok"].as_u64().unwrap();
+        assert!(ok > 0, "{workload}: {report}");
+        assert_eq!(
+            report["errors"].as_u64().unwrap(),
+            0,
+            "{workload}: {report}"
+        );
+        let p50 = report["latency_ms"]["p50"].as_f64().unwrap();
+        let max = report["latency_ms"]["max"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 <= max, "{workload}: {report}");
+        assert!(
+            report["throughput_rps"].as_f64().unwrap() > 0.0,
+            "{workload}: {report}"
+        );
+        assert!(
+            report["server"]["peak_rss_mib"].as_f64().unwrap() > 1.0,
+            "{workload}: {report}"
+        );
+    }
+}
