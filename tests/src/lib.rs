@@ -265,6 +265,33 @@ pub fn stackpin(cwd: &Path, server: &str, args: &[&str]) -> Run {
     }
 }
 
+/// A small tmpfs mounted at a folder for the life of the value (needs root,
+/// as CI runs): a data dir that can fill up.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Creates `path` and mounts a tmpfs of `size_mib` there.
+    pub fn mount(path: &Path, size_mib: u32) -> Self {
+        std::fs::create_dir_all(path).expect("create the mount point");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(
+            mounted.success(),
+            "mounting a tmpfs failed: this test needs root (CI runs as root)"
+        );
+        Self(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// The log entry files in a data folder, sorted.
 pub fn log_entries(data_dir: &Path) -> Vec<String> {
     let dir = data_dir.join("log/entries");

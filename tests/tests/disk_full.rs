@@ -11,15 +11,6 @@ use std::process::Command;
 use stackpin_tests::{Server, stackpin};
 use tempfile::TempDir;
 
-/// Unmounts the tmpfs when the test ends, however it ends.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 fn blob_files(data: &Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(data.join("blobs/sha256"))
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
@@ -31,17 +22,7 @@ fn a_full_disk_fails_clearly_writes_nothing_partial_and_recovers() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     let data = dir.join("data");
-    std::fs::create_dir(&data).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "mounting a tmpfs failed: this test needs root (CI runs as root)"
-    );
-    let _mount = Mount(data.clone());
+    let _mount = stackpin_tests::Tmpfs::mount(&data, 24);
 
     std::fs::create_dir(dir.join("trusted")).unwrap();
     stackpin(dir, "http://127.0.0.1:1", &["keygen", "--out", "ci.pem"]).ok();

@@ -14,14 +14,6 @@ use tempfile::TempDir;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 async fn health(url: &str) -> ServingStatus {
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
         .unwrap()
@@ -55,17 +47,7 @@ async fn wait_for(url: &str, want: ServingStatus, within: Duration) -> Duration 
 async fn health_follows_storage_and_reflection_lists_the_services() {
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "mounting a tmpfs failed: this test needs root (CI runs as root)"
-    );
-    let _mount = Mount(data.clone());
+    let _mount = stackpin_tests::Tmpfs::mount(&data, 32);
     let server = Server::start(&data, &[]);
     let url = server.url();
     wait_for(&url, ServingStatus::Serving, Duration::from_secs(5)).await;
