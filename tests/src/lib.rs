@@ -320,3 +320,17 @@ pub fn blobs(data_dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Asserts that nothing partial is left among a data folder's blobs: every
+/// blob file hashes to its name and no staging file remains.
+pub fn assert_blobs_whole(data_dir: &Path) {
+    for name in blobs(data_dir) {
+        assert!(
+            !name.contains('#'),
+            "a staging file was left behind: {name}"
+        );
+        let bytes = std::fs::read(data_dir.join("blobs/sha256").join(&name)).expect("read a blob");
+        let digest = stackpin_registry::digest::Digest::of(&bytes);
+        assert_eq!(digest.hex(), name, "partial blob {name}");
+    }
+}

@@ -5,17 +5,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
-use std::path::Path;
 use std::process::Command;
 
 use stackpin_tests::{Server, stackpin};
 use tempfile::TempDir;
-
-fn blob_files(data: &Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(data.join("blobs/sha256"))
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default()
-}
 
 #[test]
 fn a_full_disk_fails_clearly_writes_nothing_partial_and_recovers() {
@@ -92,17 +85,8 @@ fn a_full_disk_fails_clearly_writes_nothing_partial_and_recovers() {
         "the error should say the disk is full: {run:?}"
     );
 
-    // Nothing partial: every blob file is complete (hashes to its name), no
-    // staging files are left, and every log entry is whole.
-    for blob in blob_files(&data) {
-        let name = blob.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(
-            !name.contains('#'),
-            "a staging file was left behind: {name}"
-        );
-        let digest = stackpin_registry::digest::Digest::of(&std::fs::read(&blob).unwrap());
-        assert_eq!(digest.hex(), name, "partial blob {name}");
-    }
+    // Nothing partial: every blob file is complete and no staging file is left.
+    stackpin_tests::assert_blobs_whole(&data);
     // Reads keep working while the disk is full.
     let v = cli(&[
         "--output",

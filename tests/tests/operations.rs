@@ -260,13 +260,6 @@ fn sigterm_during_an_upload_finishes_or_fails_it_cleanly() {
         .iter()
         .any(|a| a["release_id"] == "big");
     assert_eq!(present, run.code == 0, "client saw {run:?}");
-    for blob in std::fs::read_dir(data.join("blobs/sha256"))
-        .map(|r| r.filter_map(|e| e.ok()).collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        let name = blob.file_name().to_string_lossy().into_owned();
-        let digest = stackpin_registry::digest::Digest::of(&std::fs::read(blob.path()).unwrap());
-        assert_eq!(digest.hex(), name, "partial blob left behind");
-    }
+    stackpin_tests::assert_blobs_whole(&data);
     eprintln!("upload during SIGTERM: exit {}", run.code);
 }
