@@ -4,7 +4,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use stackpin_registry::signing::{self, PublicKey};
 
@@ -82,9 +81,7 @@ pub fn run(args: &Args, format: Format) -> Outcome {
             }
         }
     }
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
-    let key = SigningKey::from_bytes(&seed);
+    let key = signing::generate_key()?;
     let public_key = PublicKey::new(key.verifying_key());
     write_new(
         &args.out,

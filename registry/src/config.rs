@@ -474,10 +474,7 @@ fn create_key(path: &Path) -> Result<String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
     }
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed)
-        .map_err(|e| Error::internal(format!("no system randomness: {e}")))?;
-    let pem = signing::signing_key_to_pem(&ed25519_dalek::SigningKey::from_bytes(&seed))?;
+    let pem = signing::signing_key_to_pem(&signing::generate_key()?)?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

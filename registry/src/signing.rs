@@ -206,6 +206,17 @@ impl TrustedKeys {
     }
 }
 
+/// A new Ed25519 key from the system's randomness.
+///
+/// # Errors
+/// Internal when the system has no randomness.
+pub fn generate_key() -> Result<SigningKey, Error> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| Error::internal(format!("no system randomness: {e}")))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
 /// Loads a PKCS#8 PEM Ed25519 private key (`openssl genpkey -algorithm ed25519`).
 ///
 /// # Errors
