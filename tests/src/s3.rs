@@ -150,7 +150,7 @@ impl Seaweed {
         stackpin_registry::storage::S3Options {
             endpoint: Some(self.endpoint()),
             credentials: Some(("stackpin-test".to_owned(), "stackpin-test".to_owned())),
-            timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
             ..Default::default()
         }
     }
