@@ -44,7 +44,7 @@ pub struct Seaweed {
 }
 
 impl Seaweed {
-    /// Starts SeaweedFS and waits until its bucket answers.
+    /// Starts SeaweedFS and waits until its bucket accepts writes.
     pub fn start() -> Self {
         let dir = TempDir::new().unwrap_or_else(|e| panic!("scratch folder: {e}"));
         let names = [
@@ -108,27 +108,41 @@ impl Seaweed {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if self.bucket_answers() {
+            if self.accepts_writes() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
-        panic!("SeaweedFS did not serve its bucket within 60s; its log:\n{log}");
+        panic!("SeaweedFS did not accept a write within 60s; its log:\n{log}");
     }
 
-    fn bucket_answers(&self) -> bool {
+    /// Ready means a write goes through, not only that the bucket exists:
+    /// SeaweedFS allocates its volumes on the first write, which on a busy
+    /// machine can take longer than the clients' request timeout.
+    fn accepts_writes(&self) -> bool {
+        let probe = format!("/{BUCKET}/.ready-probe");
+        self.request("HEAD", &format!("/{BUCKET}"), b"", Duration::from_secs(2))
+            && self.request("PUT", &probe, b"ok", Duration::from_secs(30))
+            && self.request("DELETE", &probe, b"", Duration::from_secs(10))
+    }
+
+    /// Sends one anonymous HTTP request; true on a 2xx answer.
+    fn request(&self, method: &str, path: &str, body: &[u8], timeout: Duration) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.s3_port)) else {
             return false;
         };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let request =
-            format!("HEAD /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        if stream.write_all(request.as_bytes()).is_err() {
+        let _ = stream.set_read_timeout(Some(timeout));
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        );
+        if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err() {
             return false;
         }
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+        let mut status = [0u8; 10];
+        stream.read_exact(&mut status).is_ok() && status.starts_with(b"HTTP/1.1 2")
     }
 
     /// The S3 endpoint URL.
