@@ -1,7 +1,7 @@
 //! The sled index: lookups derived from the log, rebuildable at any time.
 //!
 //! Object storage is the source of truth; this index only makes reads fast.
-//! Everything lives in one sled tree so that applying a log entry is one
+//! The lookups live in one sled tree so that applying a log object is one
 //! atomic batch, including the count of entries applied:
 //!
 //! ```text
@@ -13,21 +13,25 @@
 //! t/<env>/<activated_at key><seq BE>  (empty): time-ordered pins, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
 //! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
-//! entries tree: b/<index u64 BE>      the entry's bytes (a copy, checked against n/ when read)
 //! o/<first index u64 BE>              u64 BE entry count, u64 BE byte size of that log object
-//! n/<level u8><index u64 BE>          32-byte hash of a complete Merkle subtree
+//! m/format                            u64 BE: the layout version, [`FORMAT`]
 //! ```
 //!
-//! The `n/` keys hold every *complete* (perfect, aligned) subtree of the
-//! RFC 6962 tree over the log, level 0 being the leaf hashes. Such a subtree
-//! never changes once complete, so it is written once, when its last leaf is
-//! applied; any root or proof is then O(log n) lookups.
+//! Next to it, flat files (see [`files`]) hold every *complete* (perfect,
+//! aligned) subtree hash of the RFC 6962 tree over the log, level 0 being
+//! the leaf hashes, and a copy of every entry. A complete subtree never
+//! changes, so it is written once, when its last leaf is applied; any root
+//! or proof is then O(log n) reads at computed offsets.
 //!
 //! Release ids and env names never contain `/`, so the separators are
-//! unambiguous. sled flushes on its own every 500 ms; entries applied but not
+//! unambiguous. sled flushes on its own every 2 s; entries applied but not
 //! yet flushed when the process dies are simply applied again at start.
 
+mod files;
+
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sled::{Batch, Tree};
@@ -112,6 +116,10 @@ pub struct KeyRecord {
 }
 
 const APPLIED: &[u8] = b"m/applied";
+const FORMAT_KEY: &[u8] = b"m/format";
+/// The index layout version; an index of another version is rebuilt.
+/// 2: Merkle hashes and entry copies in flat files.
+pub const FORMAT: u64 = 2;
 
 /// State written by entries staged earlier in the same batch, which the
 /// tree does not show yet.
@@ -120,22 +128,11 @@ struct Pending {
     envs: std::collections::HashMap<EnvName, EnvHead>,
     releases: std::collections::HashMap<ReleaseId, u64>,
     keys: std::collections::HashMap<KeyId, KeyRecord>,
-    nodes: std::collections::HashMap<(u8, u64), Hash>,
-    /// Entry copies, for the `entries` tree.
-    copies: Batch,
 }
 
 fn object_key(index: u64) -> [u8; 10] {
     let mut k = [0u8; 10];
     k[0] = b'o';
-    k[1] = b'/';
-    k[2..].copy_from_slice(&index.to_be_bytes());
-    k
-}
-
-fn entry_key(index: u64) -> [u8; 10] {
-    let mut k = [0u8; 10];
-    k[0] = b'b';
     k[1] = b'/';
     k[2..].copy_from_slice(&index.to_be_bytes());
     k
@@ -149,24 +146,16 @@ fn u64_at(bytes: &[u8], at: usize) -> Result<u64> {
         .ok_or_else(|| Error::internal("index holds a malformed number"))
 }
 
-fn node_key(level: u8, index: u64) -> [u8; 11] {
-    let mut k = [0u8; 11];
-    k[0] = b'n';
-    k[1] = b'/';
-    k[2] = level;
-    k[3..].copy_from_slice(&index.to_be_bytes());
-    k
-}
-
 /// The derived index.
 #[derive(Clone)]
 pub struct Index {
     db: sled::Db,
     tree: Tree,
-    /// Copies of entry bytes, in their own tree so the small, hot lookup keys
-    /// above stay in small sled nodes. Written before the batch that applies
-    /// the entries (a copy without its entry applied is harmless).
-    entries: Tree,
+    /// Merkle hashes and entry copies, written before the batch that
+    /// applies their entries (what lies beyond `applied` is ignored).
+    files: Arc<files::Files>,
+    /// `m/applied`, kept in memory: every read checks against it.
+    applied: Arc<AtomicU64>,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
@@ -234,7 +223,7 @@ impl Index {
             .flush_every_ms(Some(2000))
             .open()
             .map_err(|e| Error::internal(format!("opening index {}: {e}", dir.display())))?;
-        Self::from_db(db)
+        Self::from_db(db, files::Files::open(dir)?)
     }
 
     /// A throwaway index, for tests.
@@ -242,30 +231,48 @@ impl Index {
     /// # Errors
     /// Internal when sled fails.
     pub fn temporary() -> Result<Self> {
-        Self::from_db(sled::Config::new().temporary(true).open()?)
+        Self::from_db(
+            sled::Config::new().temporary(true).open()?,
+            files::Files::memory(),
+        )
     }
 
-    fn from_db(db: sled::Db) -> Result<Self> {
+    /// Checks that the tree is of this version's layout and the flat files
+    /// hold all it applied; an index failing either is rebuilt by the caller.
+    fn from_db(db: sled::Db, files: files::Files) -> Result<Self> {
         let tree = db.open_tree("index")?;
-        let entries = db.open_tree("entries")?;
-        Ok(Self { db, tree, entries })
+        let applied = match tree.get(APPLIED)? {
+            None => 0,
+            Some(v) => u64_at(&v, 0)?,
+        };
+        let format = tree.get(FORMAT_KEY)?.map(|v| u64_at(&v, 0)).transpose()?;
+        match format {
+            Some(FORMAT) => {}
+            None if applied == 0 => {
+                tree.insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+            }
+            other => {
+                return Err(Error::internal(format!(
+                    "index has layout version {}, this version uses {FORMAT}",
+                    other.unwrap_or(1)
+                )));
+            }
+        }
+        files.check(applied)?;
+        Ok(Self {
+            db,
+            tree,
+            files: Arc::new(files),
+            applied: Arc::new(AtomicU64::new(applied)),
+        })
     }
 
     /// How many log entries have been applied (entries `0..applied`).
     ///
     /// # Errors
-    /// Internal when the index is unreadable.
+    /// None today; kept fallible like every other index read.
     pub fn applied(&self) -> Result<u64> {
-        match self.tree.get(APPLIED)? {
-            None => Ok(0),
-            Some(v) => {
-                let b: [u8; 8] = v
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| Error::internal("index applied counter is corrupt"))?;
-                Ok(u64::from_be_bytes(b))
-            }
-        }
+        Ok(self.applied.load(Ordering::Acquire))
     }
 
     /// Applies the entries of the log object starting at `start`, from
@@ -286,17 +293,33 @@ impl Index {
         let size = entries.iter().map(|e| e.len() as u64).sum::<u64>() + count.saturating_sub(1);
         // One atomic batch for the whole object: far fewer sled writes when
         // rebuilding a log of group-committed objects.
+        if skip >= entries.len() {
+            return Ok(());
+        }
         let mut batch = Batch::default();
         let mut pending = Pending::default();
+        let mut staged = self.files.appender(applied)?;
         for (i, bytes) in entries.iter().enumerate().skip(skip) {
             let object = (i == 0).then_some((count, size));
-            self.stage(&mut batch, &mut pending, start + i as u64, bytes, object)?;
+            self.stage(
+                &mut batch,
+                &mut pending,
+                &mut staged,
+                start + i as u64,
+                bytes,
+                object,
+            )?;
         }
-        if skip < entries.len() {
-            batch.insert(APPLIED, &(start + count).to_be_bytes());
-            self.entries.apply_batch(pending.copies)?;
-            self.tree.apply_batch(batch)?;
-        }
+        self.commit(batch, &staged, start + count)
+    }
+
+    /// Writes the flat files, then applies the batch that makes their
+    /// entries count, then lets readers see them.
+    fn commit(&self, mut batch: Batch, staged: &files::Appender, applied: u64) -> Result<()> {
+        self.files.write(staged)?;
+        batch.insert(APPLIED, &applied.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.applied.store(applied, Ordering::Release);
         Ok(())
     }
 
@@ -346,11 +369,9 @@ impl Index {
         }
         let mut batch = Batch::default();
         let mut pending = Pending::default();
-        self.stage(&mut batch, &mut pending, index, bytes, object)?;
-        batch.insert(APPLIED, &(index + 1).to_be_bytes());
-        self.entries.apply_batch(pending.copies)?;
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        let mut staged = self.files.appender(index)?;
+        self.stage(&mut batch, &mut pending, &mut staged, index, bytes, object)?;
+        self.commit(batch, &staged, index + 1)
     }
 
     /// Adds the writes of entry `index` to `batch`, reading state through
@@ -359,6 +380,7 @@ impl Index {
         &self,
         batch: &mut Batch,
         pending: &mut Pending,
+        staged: &mut files::Appender,
         index: u64,
         bytes: &[u8],
         object: Option<(u64, u64)>,
@@ -372,17 +394,12 @@ impl Index {
         }
         let leaf = merkle::leaf_hash(bytes);
         let mut node = leaf;
-        batch.insert(&node_key(0, index)[..], &leaf[..]);
-        pending.copies.insert(&entry_key(index)[..], bytes);
-        pending.nodes.insert((0, index), leaf);
+        staged.push_hash(0, index, &leaf)?;
+        staged.push_entry(bytes);
         for (level, at) in merkle::completed_nodes(index) {
-            let left = match pending.nodes.get(&(level - 1, 2 * at)) {
-                Some(h) => *h,
-                None => self.node(level - 1, 2 * at)?,
-            };
+            let left = staged.hash(&self.files, level - 1, 2 * at)?;
             node = merkle::node_hash(&left, &node);
-            batch.insert(&node_key(level, at)[..], &node[..]);
-            pending.nodes.insert((level, at), node);
+            staged.push_hash(level, at, &node)?;
         }
         match entry {
             Entry::Publish(p) => {
@@ -540,34 +557,34 @@ impl Index {
     /// # Errors
     /// Internal when the node is missing or unreadable.
     pub fn node(&self, level: u8, index: u64) -> Result<Hash> {
-        let value = self
-            .tree
-            .get(node_key(level, index))?
-            .ok_or_else(|| Error::internal(format!("index lacks Merkle node {level}/{index}")))?;
-        value
-            .as_ref()
-            .try_into()
-            .map_err(|_| Error::internal(format!("index Merkle node {level}/{index} is corrupt")))
+        // Subtree `index` at `level` spans leaves index·2^level .. (index+1)·2^level.
+        let complete = level < 64 && index < self.applied()? >> level;
+        if !complete {
+            return Err(Error::internal(format!(
+                "index lacks Merkle node {level}/{index}"
+            )));
+        }
+        self.files.hash(level, index)
     }
 
     /// The index's copy of entry `index`'s bytes, checked against the leaf
     /// hash recorded when it was applied.
     ///
-    /// `None` when the index has no copy (one built by an older version).
+    /// `None` when the copy is damaged (the caller reads storage instead).
     ///
     /// # Errors
-    /// DataLoss when the copy no longer matches.
+    /// Internal when the entry is not applied or the files are unreadable.
     pub fn entry(&self, index: u64) -> Result<Option<bytes::Bytes>> {
-        let Some(value) = self.entries.get(entry_key(index))? else {
+        let leaf = self.node(0, index)?;
+        let copy = self.files.entry(index)?;
+        if merkle::leaf_hash(&copy) != leaf {
+            tracing::warn!(
+                index,
+                "the index's copy of a log entry is damaged; reading storage"
+            );
             return Ok(None);
-        };
-        if merkle::leaf_hash(&value) != self.node(0, index)? {
-            return Err(Error::new(
-                Kind::DataLoss,
-                format!("the index's copy of log entry {index} is damaged"),
-            ));
         }
-        Ok(Some(bytes::Bytes::copy_from_slice(&value)))
+        Ok(Some(bytes::Bytes::from(copy)))
     }
 
     /// The lifecycle record of a publisher key.
@@ -597,6 +614,9 @@ impl Index {
     /// # Errors
     /// Internal when sled fails.
     pub async fn flush(&self) -> Result<()> {
+        // The files first: sled must never say more is applied than the
+        // files hold on disk.
+        self.files.sync()?;
         self.db.flush_async().await?;
         Ok(())
     }

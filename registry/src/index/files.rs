@@ -1,0 +1,400 @@
+//! The index's flat files: Merkle hashes and entry copies.
+//!
+//! Like the rest of the index these are derived from the log, but they are
+//! plain files rather than sled trees. Both grow strictly in log order and
+//! are read at computed offsets, so a file needs no lookup structure; kept
+//! in sled they were most of its pages (at a million entries, three of every
+//! four keys and nine tenths of the bytes), which pushed the small, hot
+//! lookup keys out of its cache and made rebuilds rewrite them again and
+//! again.
+//!
+//! ```text
+//! hashes       32 bytes per complete Merkle subtree, in the order subtrees
+//!              complete: leaf i, then every subtree leaf i completes (the
+//!              "stored hashes" layout of Go's sumdb tlog package)
+//! entries.pos  per entry: u64 BE offset and u64 BE length in entries.dat
+//! entries.dat  the entries' bytes, back to back
+//! ```
+//!
+//! How much of each file is valid follows from the count of entries the
+//! sled tree says are applied. Bytes beyond it are left over from a batch
+//! that was written here but never applied in sled; the next apply of those
+//! entries writes the same positions again. Files are written before the
+//! sled batch that applies their entries, and synced before sled is flushed.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::sync::RwLock;
+
+use crate::error::{Error, Result};
+use crate::merkle::Hash;
+
+/// The position, in hashes, of the complete subtree `n` at `level`.
+pub fn stored_hash_index(level: u8, n: u64) -> u64 {
+    // A subtree is written right after the right child that completes it;
+    // walk down to the leaf that completes it. Before leaf m come m leaves
+    // and m/2 + m/4 + ... parents; after it, `level` parents up to this one.
+    let mut leaf = n;
+    for _ in 0..level {
+        leaf = 2 * leaf + 1;
+    }
+    let mut before = 0u64;
+    let mut m = leaf;
+    while m > 0 {
+        before += m;
+        m >>= 1;
+    }
+    before + u64::from(level)
+}
+
+/// How many hashes a log of `n` entries stores.
+pub fn stored_hash_count(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    let mut count = stored_hash_index(0, n - 1) + 1;
+    let mut i = n - 1;
+    while i & 1 == 1 {
+        count += 1;
+        i >>= 1;
+    }
+    count
+}
+
+/// One flat file, on disk or (for tests) in memory.
+enum Backing {
+    Disk(File),
+    Memory(RwLock<Vec<u8>>),
+}
+
+impl Backing {
+    fn open(path: &Path) -> Result<Self> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map(Self::Disk)
+            .map_err(|e| Error::internal(format!("opening index file {}: {e}", path.display())))
+    }
+
+    fn len(&self) -> Result<u64> {
+        match self {
+            Self::Disk(f) => f
+                .metadata()
+                .map(|m| m.len())
+                .map_err(|e| Error::internal(format!("index file: {e}"))),
+            Self::Memory(v) => Ok(v.read().map_or(0, |v| v.len() as u64)),
+        }
+    }
+
+    fn read_at(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        let short = || Error::internal(format!("index file is shorter than expected (at {at})"));
+        match self {
+            Self::Disk(f) => f.read_exact_at(buf, at).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => short(),
+                _ => Error::internal(format!("reading index file: {e}")),
+            }),
+            Self::Memory(v) => {
+                let v = v.read().map_err(|_| Error::internal("index file lock"))?;
+                let start = usize::try_from(at).map_err(|_| short())?;
+                let src = v.get(start..start + buf.len()).ok_or_else(short)?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+        }
+    }
+
+    fn write_at(&self, buf: &[u8], at: u64) -> Result<()> {
+        match self {
+            Self::Disk(f) => f
+                .write_all_at(buf, at)
+                .map_err(|e| Error::internal(format!("writing index file: {e}"))),
+            Self::Memory(v) => {
+                let mut v = v.write().map_err(|_| Error::internal("index file lock"))?;
+                let start = usize::try_from(at).map_err(|_| Error::internal("index too large"))?;
+                if v.len() < start + buf.len() {
+                    v.resize(start + buf.len(), 0);
+                }
+                v[start..start + buf.len()].copy_from_slice(buf);
+                Ok(())
+            }
+        }
+    }
+
+    fn sync(&self) -> Result<()> {
+        match self {
+            Self::Disk(f) => f
+                .sync_data()
+                .map_err(|e| Error::internal(format!("syncing index file: {e}"))),
+            Self::Memory(_) => Ok(()),
+        }
+    }
+}
+
+/// The three flat files of an index.
+pub struct Files {
+    hashes: Backing,
+    pos: Backing,
+    data: Backing,
+}
+
+impl Files {
+    /// Opens (or creates) the files in `dir`.
+    ///
+    /// # Errors
+    /// Internal when a file cannot be opened.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            hashes: Backing::open(&dir.join("hashes"))?,
+            pos: Backing::open(&dir.join("entries.pos"))?,
+            data: Backing::open(&dir.join("entries.dat"))?,
+        })
+    }
+
+    /// Files held in memory, for throwaway indexes.
+    pub fn memory() -> Self {
+        Self {
+            hashes: Backing::Memory(RwLock::default()),
+            pos: Backing::Memory(RwLock::default()),
+            data: Backing::Memory(RwLock::default()),
+        }
+    }
+
+    /// Checks that the files hold everything `applied` entries wrote (they
+    /// may lack it after a power loss, if sled's flush outlived theirs).
+    ///
+    /// # Errors
+    /// Internal naming the short file.
+    pub fn check(&self, applied: u64) -> Result<()> {
+        let need_hashes = stored_hash_count(applied) * 32;
+        let need_pos = applied * 16;
+        let short = |name: &str, have: u64, need: u64| {
+            Error::internal(format!(
+                "index file {name} holds {have} bytes, {need} are needed for {applied} applied entries"
+            ))
+        };
+        let have = self.hashes.len()?;
+        if have < need_hashes {
+            return Err(short("hashes", have, need_hashes));
+        }
+        let have = self.pos.len()?;
+        if have < need_pos {
+            return Err(short("entries.pos", have, need_pos));
+        }
+        let need_data = self.data_end(applied)?;
+        let have = self.data.len()?;
+        if have < need_data {
+            return Err(short("entries.dat", have, need_data));
+        }
+        Ok(())
+    }
+
+    /// The hash of the complete subtree `n` at `level`.
+    ///
+    /// # Errors
+    /// Internal when the file is short or unreadable.
+    pub fn hash(&self, level: u8, n: u64) -> Result<Hash> {
+        let mut h = [0u8; 32];
+        self.hashes
+            .read_at(&mut h, stored_hash_index(level, n) * 32)?;
+        Ok(h)
+    }
+
+    /// The copy of entry `index`.
+    ///
+    /// # Errors
+    /// Internal when a file is short or unreadable.
+    pub fn entry(&self, index: u64) -> Result<Vec<u8>> {
+        let (offset, len) = self.position(index)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= 1 << 30)
+            .ok_or_else(|| {
+                Error::internal(format!("index position of entry {index} is corrupt"))
+            })?;
+        let mut buf = vec![0u8; len];
+        self.data.read_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    fn position(&self, index: u64) -> Result<(u64, u64)> {
+        let mut b = [0u8; 16];
+        self.pos.read_at(&mut b, index * 16)?;
+        let (offset, len) = b.split_at(8);
+        Ok((
+            u64::from_be_bytes(offset.try_into().unwrap_or_default()),
+            u64::from_be_bytes(len.try_into().unwrap_or_default()),
+        ))
+    }
+
+    /// Where the data of entry `index` starts: the end of the one before.
+    fn data_end(&self, index: u64) -> Result<u64> {
+        if index == 0 {
+            return Ok(0);
+        }
+        let (offset, len) = self.position(index - 1)?;
+        Ok(offset + len)
+    }
+
+    /// Starts staging the writes of entries `first..`.
+    ///
+    /// # Errors
+    /// Internal when the files are unreadable.
+    pub fn appender(&self, first: u64) -> Result<Appender> {
+        Ok(Appender {
+            next_hash: stored_hash_index(0, first),
+            first_hash: stored_hash_index(0, first),
+            hashes: Vec::new(),
+            first_entry: first,
+            pos: Vec::new(),
+            data_start: self.data_end(first)?,
+            data: Vec::new(),
+        })
+    }
+
+    /// Writes what `a` staged.
+    ///
+    /// # Errors
+    /// Internal when a write fails.
+    pub fn write(&self, a: &Appender) -> Result<()> {
+        self.data.write_at(&a.data, a.data_start)?;
+        self.pos.write_at(&a.pos, a.first_entry * 16)?;
+        self.hashes.write_at(&a.hashes, a.first_hash * 32)
+    }
+
+    /// Forces the files to disk.
+    ///
+    /// # Errors
+    /// Internal when the sync fails.
+    pub fn sync(&self) -> Result<()> {
+        self.data.sync()?;
+        self.pos.sync()?;
+        self.hashes.sync()
+    }
+}
+
+/// The writes of a batch of entries, staged in memory (all three files grow
+/// contiguously, so each is one write).
+pub struct Appender {
+    first_hash: u64,
+    next_hash: u64,
+    hashes: Vec<u8>,
+    first_entry: u64,
+    pos: Vec<u8>,
+    data_start: u64,
+    data: Vec<u8>,
+}
+
+impl Appender {
+    /// Stages the hash of subtree `n` at `level`, which must be the next
+    /// one to complete.
+    ///
+    /// # Errors
+    /// Internal when it is not.
+    pub fn push_hash(&mut self, level: u8, n: u64, hash: &Hash) -> Result<()> {
+        if stored_hash_index(level, n) != self.next_hash {
+            return Err(Error::internal(format!(
+                "Merkle node {level}/{n} staged out of order"
+            )));
+        }
+        self.hashes.extend_from_slice(hash);
+        self.next_hash += 1;
+        Ok(())
+    }
+
+    /// The hash of subtree `n` at `level`, staged here or already written.
+    ///
+    /// # Errors
+    /// Internal when the files are unreadable.
+    pub fn hash(&self, files: &Files, level: u8, n: u64) -> Result<Hash> {
+        let at = stored_hash_index(level, n);
+        match at.checked_sub(self.first_hash) {
+            Some(i) if i < self.next_hash - self.first_hash => {
+                let i = usize::try_from(i * 32).map_err(|_| Error::internal("index too large"))?;
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&self.hashes[i..i + 32]);
+                Ok(h)
+            }
+            _ => files.hash(level, n),
+        }
+    }
+
+    /// Stages the copy of the next entry.
+    pub fn push_entry(&mut self, bytes: &[u8]) {
+        let offset = self.data_start + self.data.len() as u64;
+        self.pos.extend_from_slice(&offset.to_be_bytes());
+        self.pos
+            .extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        self.data.extend_from_slice(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_hash_layout_matches_go_tlog() {
+        // From golang.org/x/mod/sumdb/tlog: leaves 0,1 then node 1/0, leaf 2,
+        // leaf 3, node 1/1, node 2/0, leaf 4, ...
+        assert_eq!(stored_hash_index(0, 0), 0);
+        assert_eq!(stored_hash_index(0, 1), 1);
+        assert_eq!(stored_hash_index(1, 0), 2);
+        assert_eq!(stored_hash_index(0, 2), 3);
+        assert_eq!(stored_hash_index(0, 3), 4);
+        assert_eq!(stored_hash_index(1, 1), 5);
+        assert_eq!(stored_hash_index(2, 0), 6);
+        assert_eq!(stored_hash_index(0, 4), 7);
+        assert_eq!(stored_hash_count(0), 0);
+        assert_eq!(stored_hash_count(1), 1);
+        assert_eq!(stored_hash_count(2), 3);
+        assert_eq!(stored_hash_count(3), 4);
+        assert_eq!(stored_hash_count(4), 7);
+        assert_eq!(stored_hash_count(5), 8);
+    }
+
+    #[test]
+    fn every_hash_has_its_own_slot_in_completion_order() {
+        // Walking the leaves in order and the subtrees each completes must
+        // visit slots 0, 1, 2, ... with no gap or repeat.
+        let mut next = 0;
+        for i in 0..5000u64 {
+            assert_eq!(stored_hash_index(0, i), next);
+            next += 1;
+            for (level, n) in crate::merkle::completed_nodes(i) {
+                assert_eq!(stored_hash_index(level, n), next, "{level}/{n}");
+                next += 1;
+            }
+            assert_eq!(stored_hash_count(i + 1), next);
+        }
+    }
+
+    #[test]
+    fn staged_and_written_entries_and_hashes_read_back() {
+        let files = Files::memory();
+        let mut a = files.appender(0).unwrap();
+        a.push_hash(0, 0, &[1; 32]).unwrap();
+        a.push_entry(b"zero");
+        assert!(a.push_hash(1, 0, &[9; 32]).is_err(), "out of order");
+        a.push_hash(0, 1, &[2; 32]).unwrap();
+        a.push_entry(b"one!");
+        assert_eq!(a.hash(&files, 0, 1).unwrap(), [2; 32]);
+        a.push_hash(1, 0, &[3; 32]).unwrap();
+        files.write(&a).unwrap();
+        files.check(2).unwrap();
+        assert!(files.check(3).is_err());
+        let mut b = files.appender(2).unwrap();
+        assert_eq!(b.hash(&files, 1, 0).unwrap(), [3; 32]);
+        b.push_hash(0, 2, &[4; 32]).unwrap();
+        b.push_entry(b"two");
+        files.write(&b).unwrap();
+        assert_eq!(files.entry(0).unwrap(), b"zero");
+        assert_eq!(files.entry(1).unwrap(), b"one!");
+        assert_eq!(files.entry(2).unwrap(), b"two");
+        assert_eq!(files.hash(0, 2).unwrap(), [4; 32]);
+        assert!(files.entry(3).is_err());
+    }
+}
