@@ -9,7 +9,7 @@
 //! r/<release id>                      ArtifactRecord (JSON)
 //! d/<digest hex>/<release id>         (empty): digest -> release ids
 //! e/<env>                             EnvHead (JSON): latest pin of the env
-//! p/<env>/<seq u64 BE>                PinRecord (JSON)
+//! p/<env>/<seq u64 BE>                u64 BE: log index of the pin (its entry copy holds the rest)
 //! t/<env>/<activated_at key><seq BE>  (empty): time-ordered pins, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
 //! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
@@ -118,8 +118,13 @@ pub struct KeyRecord {
 const APPLIED: &[u8] = b"m/applied";
 const FORMAT_KEY: &[u8] = b"m/format";
 /// The index layout version; an index of another version is rebuilt.
-/// 2: Merkle hashes and entry copies in flat files.
-pub const FORMAT: u64 = 2;
+/// 2: Merkle hashes and entry copies in flat files; 3: pins read from
+/// their entry copies.
+pub const FORMAT: u64 = 3;
+
+/// A file in the index folder that says the index was found damaged while
+/// serving; the next open rebuilds it.
+const DAMAGED: &str = "damaged";
 
 /// State written by entries staged earlier in the same batch, which the
 /// tree does not show yet.
@@ -156,6 +161,8 @@ pub struct Index {
     files: Arc<files::Files>,
     /// `m/applied`, kept in memory: every read checks against it.
     applied: Arc<AtomicU64>,
+    /// The index folder (`None` for a throwaway index).
+    dir: Option<std::path::PathBuf>,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
@@ -223,7 +230,15 @@ impl Index {
             .flush_every_ms(Some(2000))
             .open()
             .map_err(|e| Error::internal(format!("opening index {}: {e}", dir.display())))?;
-        Self::from_db(db, files::Files::open(dir)?)
+        if let Ok(index) = std::fs::read_to_string(dir.join(DAMAGED)) {
+            return Err(Error::internal(format!(
+                "index was found damaged while serving (its copy of log entry {})",
+                index.trim()
+            )));
+        }
+        let mut index = Self::from_db(db, files::Files::open(dir)?)?;
+        index.dir = Some(dir.to_owned());
+        Ok(index)
     }
 
     /// A throwaway index, for tests.
@@ -264,6 +279,7 @@ impl Index {
             tree,
             files: Arc::new(files),
             applied: Arc::new(AtomicU64::new(applied)),
+            dir: None,
         })
     }
 
@@ -471,7 +487,6 @@ impl Index {
                         ),
                     ));
                 }
-                let entry_hash = hex::encode(leaf);
                 let (mut last_lsn, mut last_txid) = head
                     .as_ref()
                     .map_or((None, None), |h| (h.last_lsn, h.last_txid));
@@ -486,28 +501,14 @@ impl Index {
                 let head = EnvHead {
                     seq: p.seq,
                     activated_at: p.activated_at,
-                    entry_hash: entry_hash.clone(),
+                    entry_hash: hex::encode(leaf),
                     last_lsn,
                     last_txid,
                 };
                 batch.insert(format!("e/{}", p.env).into_bytes(), encode(&head));
                 pending.envs.insert(p.env.clone(), head);
                 batch.insert(time_key(&p.env, p.activated_at, p.seq), &[][..]);
-                let rec = PinRecord {
-                    env: p.env,
-                    seq: p.seq,
-                    release_id: p.release_id,
-                    digest: p.digest,
-                    activated_at: p.activated_at,
-                    recorded_at: p.recorded_at,
-                    actor: p.actor,
-                    reason: p.reason,
-                    log_index: index,
-                    entry_hash,
-                    prev_pin: p.prev_pin,
-                    db_position: p.db_position,
-                };
-                batch.insert(pin_key(&rec.env, rec.seq), encode(&rec));
+                batch.insert(pin_key(&p.env, p.seq), &index.to_be_bytes()[..]);
             }
             Entry::Key(k) => {
                 let existing = match pending.keys.get(&k.key_id) {
@@ -714,10 +715,62 @@ impl Index {
         if seq == 0 {
             return Ok(None);
         }
-        self.tree
-            .get(pin_key(env, seq))?
-            .map(|v| decode("pin", &v))
-            .transpose()
+        let Some(value) = self.tree.get(pin_key(env, seq))? else {
+            return Ok(None);
+        };
+        self.pin_record(u64_at(&value, 0)?).map(Some)
+    }
+
+    /// The pin logged at `index`, from the entry copy.
+    ///
+    /// # Errors
+    /// DataLoss when the copy is damaged (the index is then marked for a
+    /// rebuild at the next start); Internal when the entry is not a pin.
+    fn pin_record(&self, index: u64) -> Result<PinRecord> {
+        let leaf = self.node(0, index)?;
+        let bytes = self.files.entry(index)?;
+        if merkle::leaf_hash(&bytes) != leaf {
+            self.mark_damaged(index);
+            return Err(Error::new(
+                Kind::DataLoss,
+                format!(
+                    "the index's copy of log entry {index} is damaged; restart the registry to \
+                     rebuild the index from the log"
+                ),
+            ));
+        }
+        let Entry::Pin(p) = Entry::parse(index, &bytes)? else {
+            return Err(Error::internal(format!(
+                "index names log entry {index} as a pin; it is not"
+            )));
+        };
+        Ok(PinRecord {
+            env: p.env,
+            seq: p.seq,
+            release_id: p.release_id,
+            digest: p.digest,
+            activated_at: p.activated_at,
+            recorded_at: p.recorded_at,
+            actor: p.actor,
+            reason: p.reason,
+            log_index: index,
+            entry_hash: hex::encode(leaf),
+            prev_pin: p.prev_pin,
+            db_position: p.db_position,
+        })
+    }
+
+    /// Leaves a mark that makes the next open rebuild the index.
+    fn mark_damaged(&self, index: u64) {
+        tracing::error!(
+            index,
+            "the index's copy of a log entry is damaged; the index will be rebuilt at the next start"
+        );
+        if let Some(dir) = &self.dir {
+            if let Err(e) = std::fs::write(dir.join(DAMAGED), index.to_string()) {
+                tracing::error!(error = %e, "cannot mark the index damaged");
+            }
+        }
     }
 
     /// The sequence number of the last pin of `env` activated at or before

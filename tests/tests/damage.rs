@@ -126,14 +126,15 @@ fn a_short_index_file_is_rebuilt_from_the_log_with_identical_answers() {
 }
 
 #[test]
-fn a_damaged_entry_copy_in_the_index_is_bypassed_not_served() {
+fn a_damaged_entry_copy_in_the_index_is_refused_then_rebuilt() {
     let (w, answers) = stopped_world();
     let args = restart_args(&w);
     let World { dir, server, vkey } = w;
     let data = server.data_dir.clone();
     assert!(server.stop().success());
-    // Flip one byte in every entry copy: resolves must read the log
-    // instead, and still answer (and verify) exactly as before.
+    // Flip bytes in the entry copies: a resolve must not answer from them,
+    // and the next start rebuilds the index, after which every answer is
+    // exactly as before.
     let copies = data.join("index/entries.dat");
     let mut bytes = std::fs::read(&copies).unwrap();
     assert!(!bytes.is_empty());
@@ -144,10 +145,22 @@ fn a_damaged_entry_copy_in_the_index_is_bypassed_not_served() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = Server::start(&data, &args);
     let w = World { dir, server, vkey };
-    assert_eq!(w.answers(), answers);
+    let run = w.cli(&["resolve", "--env", "prod", "--at", "2026-03-01T10:30:00Z"]);
+    assert_ne!(run.code, 0, "answered from a damaged copy: {}", run.stdout);
     assert!(
-        w.server.log().contains("copy of a log entry is damaged"),
+        run.stderr.contains("copy of log entry") && run.stderr.contains("rebuild"),
         "{}",
-        w.server.log()
+        run.stderr
     );
+    let World { dir, server, vkey } = w;
+    assert!(server.stop().success());
+    let server = Server::start(&data, &args);
+    assert!(
+        server.log().contains("found damaged while serving")
+            && server.log().contains("rebuilding it from the log"),
+        "{}",
+        server.log()
+    );
+    let w = World { dir, server, vkey };
+    assert_eq!(w.answers(), answers);
 }

@@ -16,6 +16,10 @@
 //! entries.dat  the entries' bytes, back to back
 //! ```
 //!
+//! The hashes of subtrees of 16 leaves and more (one in eight hashes) are
+//! also kept in memory: every proof needs one at each upper level, and a
+//! read there would be a system call per level.
+//!
 //! How much of each file is valid follows from the count of entries the
 //! sled tree says are applied. Bytes beyond it are left over from a batch
 //! that was written here but never applied in sled; the next apply of those
@@ -134,11 +138,16 @@ impl Backing {
     }
 }
 
+/// The lowest Merkle level kept in memory.
+const MEMORY_FROM: u8 = 4;
+
 /// The three flat files of an index.
 pub struct Files {
     hashes: Backing,
     pos: Backing,
     data: Backing,
+    /// `upper[l - MEMORY_FROM][n]`: the hash of subtree `n` at level `l`.
+    upper: RwLock<Vec<Vec<Hash>>>,
 }
 
 impl Files {
@@ -151,6 +160,7 @@ impl Files {
             hashes: Backing::open(&dir.join("hashes"))?,
             pos: Backing::open(&dir.join("entries.pos"))?,
             data: Backing::open(&dir.join("entries.dat"))?,
+            upper: RwLock::default(),
         })
     }
 
@@ -160,6 +170,7 @@ impl Files {
             hashes: Backing::Memory(RwLock::default()),
             pos: Backing::Memory(RwLock::default()),
             data: Backing::Memory(RwLock::default()),
+            upper: RwLock::default(),
         }
     }
 
@@ -189,6 +200,28 @@ impl Files {
         if have < need_data {
             return Err(short("entries.dat", have, need_data));
         }
+        self.load_upper(applied)
+    }
+
+    /// Reads the upper levels of the tree of `applied` entries into memory.
+    fn load_upper(&self, applied: u64) -> Result<()> {
+        let mut upper = Vec::new();
+        let mut level = MEMORY_FROM;
+        while level < 64 && applied >> level > 0 {
+            let mut hashes = Vec::new();
+            for n in 0..applied >> level {
+                let mut h = [0u8; 32];
+                self.hashes
+                    .read_at(&mut h, stored_hash_index(level, n) * 32)?;
+                hashes.push(h);
+            }
+            upper.push(hashes);
+            level += 1;
+        }
+        *self
+            .upper
+            .write()
+            .map_err(|_| Error::internal("index lock"))? = upper;
         Ok(())
     }
 
@@ -197,6 +230,18 @@ impl Files {
     /// # Errors
     /// Internal when the file is short or unreadable.
     pub fn hash(&self, level: u8, n: u64) -> Result<Hash> {
+        if level >= MEMORY_FROM {
+            let upper = self
+                .upper
+                .read()
+                .map_err(|_| Error::internal("index lock"))?;
+            let cached = upper
+                .get(usize::from(level - MEMORY_FROM))
+                .and_then(|l| l.get(usize::try_from(n).ok()?));
+            if let Some(h) = cached {
+                return Ok(*h);
+            }
+        }
         let mut h = [0u8; 32];
         self.hashes
             .read_at(&mut h, stored_hash_index(level, n) * 32)?;
@@ -252,6 +297,7 @@ impl Files {
             pos: Vec::new(),
             data_start: self.data_end(first)?,
             data: Vec::new(),
+            upper: Vec::new(),
         })
     }
 
@@ -262,7 +308,30 @@ impl Files {
     pub fn write(&self, a: &Appender) -> Result<()> {
         self.data.write_at(&a.data, a.data_start)?;
         self.pos.write_at(&a.pos, a.first_entry * 16)?;
-        self.hashes.write_at(&a.hashes, a.first_hash * 32)
+        self.hashes.write_at(&a.hashes, a.first_hash * 32)?;
+        let mut upper = self
+            .upper
+            .write()
+            .map_err(|_| Error::internal("index lock"))?;
+        for (level, n, hash) in &a.upper {
+            let at = usize::from(level - MEMORY_FROM);
+            if upper.len() == at {
+                upper.push(Vec::new());
+            }
+            let hashes = upper
+                .get_mut(at)
+                .ok_or_else(|| Error::internal("Merkle level written out of order"))?;
+            let n = usize::try_from(*n).map_err(|_| Error::internal("index too large"))?;
+            // A batch written here but never applied in sled is written again.
+            match n.cmp(&hashes.len()) {
+                std::cmp::Ordering::Less => hashes[n] = *hash,
+                std::cmp::Ordering::Equal => hashes.push(*hash),
+                std::cmp::Ordering::Greater => {
+                    return Err(Error::internal("Merkle node written out of order"));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Forces the files to disk.
@@ -286,6 +355,8 @@ pub struct Appender {
     pos: Vec<u8>,
     data_start: u64,
     data: Vec<u8>,
+    /// The staged hashes that [`Files`] also keeps in memory.
+    upper: Vec<(u8, u64, Hash)>,
 }
 
 impl Appender {
@@ -302,6 +373,9 @@ impl Appender {
         }
         self.hashes.extend_from_slice(hash);
         self.next_hash += 1;
+        if level >= MEMORY_FROM {
+            self.upper.push((level, n, *hash));
+        }
         Ok(())
     }
 
@@ -396,5 +470,40 @@ mod tests {
         assert_eq!(files.entry(2).unwrap(), b"two");
         assert_eq!(files.hash(0, 2).unwrap(), [4; 32]);
         assert!(files.entry(3).is_err());
+    }
+
+    #[test]
+    fn upper_levels_read_the_same_from_memory_and_from_the_file() {
+        let files = Files::memory();
+        let mut next = 0u64;
+        for i in 0..100u64 {
+            let mut a = files.appender(i).unwrap();
+            a.push_hash(0, i, &[i as u8; 32]).unwrap();
+            a.push_entry(b"x");
+            for (level, n) in crate::merkle::completed_nodes(i) {
+                let h = [(next % 251) as u8; 32];
+                next += 1;
+                a.push_hash(level, n, &h).unwrap();
+            }
+            files.write(&a).unwrap();
+        }
+        // What was kept in memory while writing equals what a reopen loads.
+        let written = files.upper.read().unwrap().clone();
+        assert_eq!(written.len(), 3, "levels 4, 5 and 6 of 100 leaves");
+        files.check(100).unwrap();
+        assert_eq!(*files.upper.read().unwrap(), written);
+        for (l, hashes) in written.iter().enumerate() {
+            for (n, h) in hashes.iter().enumerate() {
+                let mut raw = [0u8; 32];
+                files
+                    .hashes
+                    .read_at(
+                        &mut raw,
+                        stored_hash_index(l as u8 + MEMORY_FROM, n as u64) * 32,
+                    )
+                    .unwrap();
+                assert_eq!(&raw, h);
+            }
+        }
     }
 }
