@@ -766,10 +766,10 @@ impl Index {
             index,
             "the index's copy of a log entry is damaged; the index will be rebuilt at the next start"
         );
-        if let Some(dir) = &self.dir {
-            if let Err(e) = std::fs::write(dir.join(DAMAGED), index.to_string()) {
-                tracing::error!(error = %e, "cannot mark the index damaged");
-            }
+        if let Some(dir) = &self.dir
+            && let Err(e) = std::fs::write(dir.join(DAMAGED), index.to_string())
+        {
+            tracing::error!(error = %e, "cannot mark the index damaged");
         }
     }
 
