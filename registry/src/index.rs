@@ -283,6 +283,14 @@ impl Index {
         })
     }
 
+    /// `m/applied` as sled has it.
+    fn stored_applied(&self) -> Result<u64> {
+        match self.tree.get(APPLIED)? {
+            None => Ok(0),
+            Some(v) => u64_at(&v, 0),
+        }
+    }
+
     /// How many log entries have been applied (entries `0..applied`).
     ///
     /// # Errors
@@ -559,8 +567,11 @@ impl Index {
     /// Internal when the node is missing or unreadable.
     pub fn node(&self, level: u8, index: u64) -> Result<Hash> {
         // Subtree `index` at `level` spans leaves index·2^level .. (index+1)·2^level.
-        let complete = level < 64 && index < self.applied()? >> level;
-        if !complete {
+        let complete = |applied: u64| level < 64 && index < applied >> level;
+        // The in-memory count is updated just after the sled batch, so a
+        // reader that found a key of that batch may be ahead of it: sled's
+        // own count, applied atomically with the batch, settles it.
+        if !complete(self.applied()?) && !complete(self.stored_applied()?) {
             return Err(Error::internal(format!(
                 "index lacks Merkle node {level}/{index}"
             )));
@@ -712,6 +723,18 @@ impl Index {
     /// # Errors
     /// Internal when the index is unreadable.
     pub fn pin(&self, env: &EnvName, seq: u64) -> Result<Option<PinRecord>> {
+        Ok(self.pin_with_entry(env, seq)?.map(|(pin, _)| pin))
+    }
+
+    /// Pin `seq` of `env` and its entry's bytes.
+    ///
+    /// # Errors
+    /// As [`Self::pin`].
+    pub fn pin_with_entry(
+        &self,
+        env: &EnvName,
+        seq: u64,
+    ) -> Result<Option<(PinRecord, bytes::Bytes)>> {
         if seq == 0 {
             return Ok(None);
         }
@@ -726,7 +749,7 @@ impl Index {
     /// # Errors
     /// DataLoss when the copy is damaged (the index is then marked for a
     /// rebuild at the next start); Internal when the entry is not a pin.
-    fn pin_record(&self, index: u64) -> Result<PinRecord> {
+    fn pin_record(&self, index: u64) -> Result<(PinRecord, bytes::Bytes)> {
         let leaf = self.node(0, index)?;
         let bytes = self.files.entry(index)?;
         if merkle::leaf_hash(&bytes) != leaf {
@@ -744,7 +767,7 @@ impl Index {
                 "index names log entry {index} as a pin; it is not"
             )));
         };
-        Ok(PinRecord {
+        let pin = PinRecord {
             env: p.env,
             seq: p.seq,
             release_id: p.release_id,
@@ -757,7 +780,8 @@ impl Index {
             entry_hash: hex::encode(leaf),
             prev_pin: p.prev_pin,
             db_position: p.db_position,
-        })
+        };
+        Ok((pin, bytes::Bytes::from(bytes)))
     }
 
     /// Leaves a mark that makes the next open rebuild the index.

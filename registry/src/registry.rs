@@ -161,6 +161,10 @@ pub enum Query {
     Position(Ordered),
 }
 
+/// Entries (log index, bytes) read while answering one request, so that
+/// its proofs do not read them again.
+type Seen = Vec<(u64, bytes::Bytes)>;
+
 /// A resolve answer with the entries and proofs that make it checkable.
 #[derive(Clone, Debug)]
 pub struct ProvedResolution {
@@ -880,9 +884,11 @@ impl Inner {
     /// An entry with its inclusion proof. Fresh reads go to storage (and so
     /// notice a damaged stored entry); others use the index's verified copy,
     /// which keeps the hot resolve path off storage.
-    async fn proved(&self, index: u64, size: u64, fresh: bool) -> Result<ProvedEntry> {
+    async fn proved(&self, index: u64, size: u64, fresh: bool, seen: &Seen) -> Result<ProvedEntry> {
         let cached = if fresh {
             None
+        } else if let Some((_, bytes)) = seen.iter().find(|(i, _)| *i == index) {
+            Some(bytes.clone())
         } else {
             self.index.entry(index)?
         };
@@ -908,21 +914,24 @@ impl Inner {
         query: &Query,
         fresh: bool,
     ) -> Result<ProvedResolution> {
+        let mut seen = Seen::new();
         let resolution = match query {
-            Query::At { at, margin } => self.resolve(env, *at, *margin)?,
-            Query::Position(target) => self.resolve_position(env, *target)?,
+            Query::At { at, margin } => self.resolve_at(env, *at, *margin, &mut seen)?,
+            Query::Position(target) => self.resolve_by_position(env, *target, &mut seen)?,
         };
         let artifact = self.artifact(&ArtifactRef::Release(resolution.pin.release_id.clone()))?;
         // The checkpoint is taken after the lookup, so it covers every entry
         // the answer names.
         let checkpoint = self.checkpoint()?;
         let size = checkpoint.size;
-        let pin = self.proved(resolution.pin.log_index, size, fresh).await?;
+        let pin = self
+            .proved(resolution.pin.log_index, size, fresh, &seen)
+            .await?;
         let next = match &resolution.next {
-            Some(n) => Some(self.proved(n.log_index, size, fresh).await?),
+            Some(n) => Some(self.proved(n.log_index, size, fresh, &seen).await?),
             None => None,
         };
-        let publish = self.proved(artifact.log_index, size, fresh).await?;
+        let publish = self.proved(artifact.log_index, size, fresh, &seen).await?;
         Ok(ProvedResolution {
             resolution,
             checkpoint,
@@ -1114,9 +1123,17 @@ impl Inner {
     }
 
     fn pin_at(&self, env: &EnvName, seq: u64) -> Result<PinRecord> {
-        self.index
-            .pin(env, seq)?
-            .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))
+        self.pin_seen(env, seq, &mut Seen::new())
+    }
+
+    /// Pin `seq` of `env`, keeping its entry's bytes in `seen`.
+    fn pin_seen(&self, env: &EnvName, seq: u64, seen: &mut Seen) -> Result<PinRecord> {
+        let (pin, entry) = self
+            .index
+            .pin_with_entry(env, seq)?
+            .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))?;
+        seen.push((pin.log_index, entry));
+        Ok(pin)
     }
 
     /// Which pin was live in `env` at `at`.
@@ -1129,6 +1146,16 @@ impl Inner {
         at: Timestamp,
         margin: Option<Duration>,
     ) -> Result<Resolution> {
+        self.resolve_at(env, at, margin, &mut Seen::new())
+    }
+
+    fn resolve_at(
+        &self,
+        env: &EnvName,
+        at: Timestamp,
+        margin: Option<Duration>,
+        seen: &mut Seen,
+    ) -> Result<Resolution> {
         let head = self.known_env(env)?;
         let margin = margin.unwrap_or(self.limits.boundary_margin);
         let Some(seq) = self.index.seq_at_or_before(env, at)? else {
@@ -1139,14 +1166,15 @@ impl Inner {
                 first.release_id, first.activated_at
             )));
         };
-        let pin = self.pin_at(env, seq)?;
-        let prev = if seq > 1 {
+        let pin = self.pin_seen(env, seq, seen)?;
+        // The previous pin matters only near the start of the interval.
+        let prev = if seq > 1 && timeline::near_start(at, &pin, margin) {
             Some(self.pin_at(env, seq - 1)?)
         } else {
             None
         };
         let next = if seq < head.seq {
-            Some(self.pin_at(env, seq + 1)?)
+            Some(self.pin_seen(env, seq + 1, seen)?)
         } else {
             None
         };
@@ -1167,6 +1195,15 @@ impl Inner {
     /// # Errors
     /// NotFound when no pin of `env` recorded a position at or below `target`.
     pub fn resolve_position(&self, env: &EnvName, target: Ordered) -> Result<Resolution> {
+        self.resolve_by_position(env, target, &mut Seen::new())
+    }
+
+    fn resolve_by_position(
+        &self,
+        env: &EnvName,
+        target: Ordered,
+        seen: &mut Seen,
+    ) -> Result<Resolution> {
         let head = self.known_env(env)?;
         let Some(seq) = self.index.seq_at_or_below_position(env, target)? else {
             return Err(Error::not_found(format!(
@@ -1174,9 +1211,9 @@ impl Inner {
                 target.kind()
             )));
         };
-        let pin = self.pin_at(env, seq)?;
+        let pin = self.pin_seen(env, seq, seen)?;
         let next = if seq < head.seq {
-            Some(self.pin_at(env, seq + 1)?)
+            Some(self.pin_seen(env, seq + 1, seen)?)
         } else {
             None
         };

@@ -108,6 +108,12 @@ pub struct Resolution {
     pub uncertain: Option<String>,
 }
 
+/// Whether `at` is within `margin` of the start of `pin`'s interval (only
+/// then does [`near_switch`] look at the previous pin).
+pub fn near_start(at: Timestamp, pin: &PinRecord, margin: Duration) -> bool {
+    at.as_micros() - pin.activated_at.as_micros() <= micros(margin)
+}
+
 /// The switch nearest `at` within `margin`, given the live pin and its
 /// neighbours.
 pub fn near_switch(
