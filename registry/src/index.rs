@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! m/applied                           u64 BE: entries 0..applied are applied
-//! r/<release id>                      ArtifactRecord (JSON)
+//! r/<release id>                      u64 BE: log index of the publish (its entry copy holds the rest)
 //! d/<digest hex>/<release id>         (empty): digest -> release ids
 //! e/<env>                             EnvHead (JSON): latest pin of the env
 //! p/<env>/<seq u64 BE>                u64 BE: log index of the pin (its entry copy holds the rest)
@@ -119,8 +119,8 @@ const APPLIED: &[u8] = b"m/applied";
 const FORMAT_KEY: &[u8] = b"m/format";
 /// The index layout version; an index of another version is rebuilt.
 /// 2: Merkle hashes and entry copies in flat files; 3: pins read from
-/// their entry copies.
-pub const FORMAT: u64 = 3;
+/// their entry copies; 4: artifacts too.
+pub const FORMAT: u64 = 4;
 
 /// A file in the index folder that says the index was found damaged while
 /// serving; the next open rebuilds it.
@@ -429,9 +429,7 @@ impl Index {
             Entry::Publish(p) => {
                 let earlier = match pending.releases.get(&p.release_id) {
                     Some(i) => Some(*i),
-                    None => self
-                        .artifact_by_release(&p.release_id)?
-                        .map(|a| a.log_index),
+                    None => self.artifact_log_index(&p.release_id)?,
                 };
                 if let Some(existing) = earlier {
                     return Err(Error::new(
@@ -442,22 +440,15 @@ impl Index {
                         ),
                     ));
                 }
-                let rec = ArtifactRecord {
-                    release_id: p.release_id,
-                    digest: p.digest,
-                    size: p.size,
-                    media_type: p.media_type,
-                    recorded_at: p.recorded_at,
-                    log_index: index,
-                    key_id: p.key_id,
-                    envelope: p.envelope,
-                };
-                batch.insert(format!("r/{}", rec.release_id).into_bytes(), encode(&rec));
-                pending.releases.insert(rec.release_id.clone(), index);
                 batch.insert(
-                    format!("d/{}/{}", rec.digest.hex(), rec.release_id).into_bytes(),
+                    format!("r/{}", p.release_id).into_bytes(),
+                    &index.to_be_bytes()[..],
+                );
+                batch.insert(
+                    format!("d/{}/{}", p.digest.hex(), p.release_id).into_bytes(),
                     &[][..],
                 );
+                pending.releases.insert(p.release_id, index);
             }
             Entry::Pin(p) => {
                 let head = match pending.envs.get(&p.env) {
@@ -638,10 +629,40 @@ impl Index {
     /// # Errors
     /// Internal when the index is unreadable.
     pub fn artifact_by_release(&self, release_id: &ReleaseId) -> Result<Option<ArtifactRecord>> {
+        self.artifact_log_index(release_id)?
+            .map(|index| self.artifact_record(index))
+            .transpose()
+    }
+
+    /// The log index of the publish that bound `release_id`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn artifact_log_index(&self, release_id: &ReleaseId) -> Result<Option<u64>> {
         self.tree
             .get(format!("r/{release_id}"))?
-            .map(|v| decode("release", &v))
+            .map(|v| u64_at(&v, 0))
             .transpose()
+    }
+
+    /// The artifact published at `index`, from the entry copy.
+    fn artifact_record(&self, index: u64) -> Result<ArtifactRecord> {
+        let bytes = self.verified_copy(index)?;
+        let Entry::Publish(p) = Entry::parse(index, &bytes)? else {
+            return Err(Error::internal(format!(
+                "index names log entry {index} as a publish; it is not"
+            )));
+        };
+        Ok(ArtifactRecord {
+            release_id: p.release_id,
+            digest: p.digest,
+            size: p.size,
+            media_type: p.media_type,
+            recorded_at: p.recorded_at,
+            log_index: index,
+            key_id: p.key_id,
+            envelope: p.envelope,
+        })
     }
 
     /// An artifact with `digest` (the earliest-sorting release id bound to it).
@@ -680,7 +701,7 @@ impl Index {
             if !key.starts_with(b"r/") || out.len() >= limit {
                 break;
             }
-            out.push(decode("release", &value)?);
+            out.push(self.artifact_record(u64_at(&value, 0)?)?);
         }
         Ok(out)
     }
@@ -750,18 +771,7 @@ impl Index {
     /// DataLoss when the copy is damaged (the index is then marked for a
     /// rebuild at the next start); Internal when the entry is not a pin.
     fn pin_record(&self, index: u64) -> Result<(PinRecord, bytes::Bytes)> {
-        let leaf = self.node(0, index)?;
-        let bytes = self.files.entry(index)?;
-        if merkle::leaf_hash(&bytes) != leaf {
-            self.mark_damaged(index);
-            return Err(Error::new(
-                Kind::DataLoss,
-                format!(
-                    "the index's copy of log entry {index} is damaged; restart the registry to \
-                     rebuild the index from the log"
-                ),
-            ));
-        }
+        let bytes = self.verified_copy(index)?;
         let Entry::Pin(p) = Entry::parse(index, &bytes)? else {
             return Err(Error::internal(format!(
                 "index names log entry {index} as a pin; it is not"
@@ -777,11 +787,32 @@ impl Index {
             actor: p.actor,
             reason: p.reason,
             log_index: index,
-            entry_hash: hex::encode(leaf),
+            entry_hash: hex::encode(merkle::leaf_hash(&bytes)),
             prev_pin: p.prev_pin,
             db_position: p.db_position,
         };
         Ok((pin, bytes::Bytes::from(bytes)))
+    }
+
+    /// The copy of entry `index`, checked against its leaf hash.
+    ///
+    /// # Errors
+    /// DataLoss when the copy is damaged (the index is then marked for a
+    /// rebuild at the next start).
+    fn verified_copy(&self, index: u64) -> Result<Vec<u8>> {
+        let leaf = self.node(0, index)?;
+        let bytes = self.files.entry(index)?;
+        if merkle::leaf_hash(&bytes) != leaf {
+            self.mark_damaged(index);
+            return Err(Error::new(
+                Kind::DataLoss,
+                format!(
+                    "the index's copy of log entry {index} is damaged; restart the registry to \
+                     rebuild the index from the log"
+                ),
+            ));
+        }
+        Ok(bytes)
     }
 
     /// Leaves a mark that makes the next open rebuild the index.

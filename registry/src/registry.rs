@@ -919,7 +919,12 @@ impl Inner {
             Query::At { at, margin } => self.resolve_at(env, *at, *margin, &mut seen)?,
             Query::Position(target) => self.resolve_by_position(env, *target, &mut seen)?,
         };
-        let artifact = self.artifact(&ArtifactRef::Release(resolution.pin.release_id.clone()))?;
+        let release = &resolution.pin.release_id;
+        let published_at = self.index.artifact_log_index(release)?.ok_or_else(|| {
+            Error::internal(format!(
+                "index lacks the publish of pinned release {release}"
+            ))
+        })?;
         // The checkpoint is taken after the lookup, so it covers every entry
         // the answer names.
         let checkpoint = self.checkpoint()?;
@@ -931,7 +936,7 @@ impl Inner {
             Some(n) => Some(self.proved(n.log_index, size, fresh, &seen).await?),
             None => None,
         };
-        let publish = self.proved(artifact.log_index, size, fresh, &seen).await?;
+        let publish = self.proved(published_at, size, fresh, &seen).await?;
         Ok(ProvedResolution {
             resolution,
             checkpoint,
