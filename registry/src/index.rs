@@ -225,7 +225,7 @@ impl Index {
         // from the log at start.
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(32 * 1024 * 1024)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(2000))
             .open()
