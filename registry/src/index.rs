@@ -557,12 +557,7 @@ impl Index {
     /// # Errors
     /// Internal when the node is missing or unreadable.
     pub fn node(&self, level: u8, index: u64) -> Result<Hash> {
-        // Subtree `index` at `level` spans leaves index·2^level .. (index+1)·2^level.
-        let complete = |applied: u64| level < 64 && index < applied >> level;
-        // The in-memory count is updated just after the sled batch, so a
-        // reader that found a key of that batch may be ahead of it: sled's
-        // own count, applied atomically with the batch, settles it.
-        if !complete(self.applied()?) && !complete(self.stored_applied()?) {
+        if !self.complete(level, index)? {
             return Err(Error::internal(format!(
                 "index lacks Merkle node {level}/{index}"
             )));
@@ -570,24 +565,22 @@ impl Index {
         self.files.hash(level, index)
     }
 
-    /// The index's copy of entry `index`'s bytes, checked against the leaf
-    /// hash recorded when it was applied.
-    ///
-    /// `None` when the copy is damaged (the caller reads storage instead).
-    ///
-    /// # Errors
-    /// Internal when the entry is not applied or the files are unreadable.
-    pub fn entry(&self, index: u64) -> Result<Option<bytes::Bytes>> {
-        let leaf = self.node(0, index)?;
-        let copy = self.files.entry(index)?;
-        if merkle::leaf_hash(&copy) != leaf {
-            tracing::warn!(
-                index,
-                "the index's copy of a log entry is damaged; reading storage"
-            );
-            return Ok(None);
+    /// Whether subtree `index` at `level` (leaves index·2^level ..
+    /// (index+1)·2^level) is complete in the applied log.
+    fn complete(&self, level: u8, index: u64) -> Result<bool> {
+        let complete = |applied: u64| level < 64 && index < applied >> level;
+        // The in-memory count is updated just after the sled batch, so a
+        // reader that found a key of that batch may be ahead of it: sled's
+        // own count, applied atomically with the batch, settles it.
+        Ok(complete(self.applied()?) || complete(self.stored_applied()?))
+    }
+
+    /// A reader for one entry and its proof (see [`ProofReader`]).
+    pub fn proof_reader(&self) -> ProofReader<'_> {
+        ProofReader {
+            index: self,
+            block: std::cell::RefCell::new(None),
         }
-        Ok(Some(bytes::Bytes::from(copy)))
     }
 
     /// The lifecycle record of a publisher key.
@@ -888,6 +881,60 @@ impl Index {
             }
             None => Ok(None),
         }
+    }
+}
+
+/// Reads the Merkle hashes one entry's proof needs: below level 4 a proof
+/// and the entry's leaf check stay inside one 16-leaf block, read whole,
+/// so they cost one file read instead of five.
+pub struct ProofReader<'a> {
+    index: &'a Index,
+    block: std::cell::RefCell<Option<(u64, Vec<Hash>)>>,
+}
+
+impl ProofReader<'_> {
+    /// The index's copy of entry `index`, checked against its leaf hash;
+    /// `None` when the copy is damaged (the caller reads storage instead).
+    ///
+    /// # Errors
+    /// Internal when the entry is not applied or the files are unreadable.
+    pub fn entry(&self, index: u64) -> Result<Option<bytes::Bytes>> {
+        let leaf = self.node(0, index)?;
+        let copy = self.index.files.entry(index)?;
+        if merkle::leaf_hash(&copy) != leaf {
+            tracing::warn!(
+                index,
+                "the index's copy of a log entry is damaged; reading storage"
+            );
+            return Ok(None);
+        }
+        Ok(Some(bytes::Bytes::from(copy)))
+    }
+}
+
+impl NodeSource for ProofReader<'_> {
+    type Error = Error;
+
+    fn node(&self, level: u8, n: u64) -> Result<Hash> {
+        let height = files::MEMORY_FROM;
+        if level >= height {
+            return self.index.node(level, n);
+        }
+        let block = n >> (height - level);
+        if !self.index.complete(height, block)? {
+            return self.index.node(level, n);
+        }
+        let mut cached = self.block.borrow_mut();
+        if cached.as_ref().is_none_or(|(b, _)| *b != block) {
+            *cached = Some((block, self.index.files.block(block)?));
+        }
+        let first = files::stored_hash_index(0, block << height);
+        let at = usize::try_from(files::stored_hash_index(level, n) - first)
+            .map_err(|_| Error::internal("index too large"))?;
+        cached
+            .as_ref()
+            .and_then(|(_, hashes)| hashes.get(at).copied())
+            .ok_or_else(|| Error::internal(format!("index lacks Merkle node {level}/{n}")))
     }
 }
 

@@ -858,13 +858,22 @@ impl Inner {
     /// # Errors
     /// Invalid when `index >= size` or `size` is beyond the log.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        self.inclusion_proof_from(&self.index.proof_reader(), index, size)
+    }
+
+    fn inclusion_proof_from<S: merkle::NodeSource<Error = Error>>(
+        &self,
+        src: &S,
+        index: u64,
+        size: u64,
+    ) -> Result<Vec<Hash>> {
         let applied = self.index.applied()?;
         if index >= size || size > applied {
             return Err(Error::invalid(format!(
                 "no inclusion proof for entry {index} in a tree of {size}: need index < size <= {applied}"
             )));
         }
-        merkle::inclusion_proof(&self.index, index, size).map_err(proof_error)
+        merkle::inclusion_proof(src, index, size).map_err(proof_error)
     }
 
     /// The consistency proof between trees of `old` and `new` entries.
@@ -885,12 +894,15 @@ impl Inner {
     /// notice a damaged stored entry); others use the index's verified copy,
     /// which keeps the hot resolve path off storage.
     async fn proved(&self, index: u64, size: u64, fresh: bool, seen: &Seen) -> Result<ProvedEntry> {
+        // One reader for the entry's leaf check and its proof: both read
+        // the same block of hashes.
+        let reader = self.index.proof_reader();
         let cached = if fresh {
             None
         } else if let Some((_, bytes)) = seen.iter().find(|(i, _)| *i == index) {
             Some(bytes.clone())
         } else {
-            self.index.entry(index)?
+            reader.entry(index)?
         };
         let entry = match cached {
             Some(bytes) => bytes,
@@ -899,7 +911,7 @@ impl Inner {
         Ok(ProvedEntry {
             index,
             entry,
-            proof: self.inclusion_proof(index, size)?,
+            proof: self.inclusion_proof_from(&reader, index, size)?,
         })
     }
 

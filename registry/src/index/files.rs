@@ -138,8 +138,12 @@ impl Backing {
     }
 }
 
-/// The lowest Merkle level kept in memory.
-const MEMORY_FROM: u8 = 4;
+/// The lowest Merkle level kept in memory; also the height of a block: the
+/// hashes below it for 16 consecutive leaves, stored together.
+pub const MEMORY_FROM: u8 = 4;
+
+/// Hashes in a block: 16 leaves, 8 + 4 + 2 parents and the block's root.
+const BLOCK_HASHES: usize = 31;
 
 /// The three flat files of an index.
 pub struct Files {
@@ -246,6 +250,21 @@ impl Files {
         self.hashes
             .read_at(&mut h, stored_hash_index(level, n) * 32)?;
         Ok(h)
+    }
+
+    /// The hashes of block `b` (leaves `16b..16b+16`), in stored order,
+    /// with one read; the block must be complete.
+    ///
+    /// # Errors
+    /// Internal when the file is short or unreadable.
+    pub fn block(&self, b: u64) -> Result<Vec<Hash>> {
+        let mut raw = [0u8; BLOCK_HASHES * 32];
+        self.hashes
+            .read_at(&mut raw, stored_hash_index(0, b << MEMORY_FROM) * 32)?;
+        Ok(raw
+            .chunks_exact(32)
+            .map(|c| c.try_into().unwrap_or([0; 32]))
+            .collect())
     }
 
     /// The copy of entry `index`.
@@ -492,6 +511,22 @@ mod tests {
         assert_eq!(written.len(), 3, "levels 4, 5 and 6 of 100 leaves");
         files.check(100).unwrap();
         assert_eq!(*files.upper.read().unwrap(), written);
+        // A block read returns what single reads do.
+        for b in 0..6u64 {
+            let block = files.block(b).unwrap();
+            let first = stored_hash_index(0, b << MEMORY_FROM);
+            for level in 0..=MEMORY_FROM {
+                for n in (b << (MEMORY_FROM - level))..((b + 1) << (MEMORY_FROM - level)) {
+                    let at = (stored_hash_index(level, n) - first) as usize;
+                    let mut raw = [0u8; 32];
+                    files
+                        .hashes
+                        .read_at(&mut raw, stored_hash_index(level, n) * 32)
+                        .unwrap();
+                    assert_eq!(block[at], raw, "block {b} node {level}/{n}");
+                }
+            }
+        }
         for (l, hashes) in written.iter().enumerate() {
             for (n, h) in hashes.iter().enumerate() {
                 let mut raw = [0u8; 32];
