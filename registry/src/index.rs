@@ -163,7 +163,14 @@ pub struct Index {
     applied: Arc<AtomicU64>,
     /// The index folder (`None` for a throwaway index).
     dir: Option<std::path::PathBuf>,
+    /// Hashes of imperfect ranges of leaves (see [`NodeSource::memo`]);
+    /// applied leaves never change, so an entry never goes stale.
+    memo: Arc<std::sync::Mutex<std::collections::HashMap<(u64, u64), Hash>>>,
 }
+
+/// How many range hashes [`Index`] remembers before starting over (a tree
+/// size needs about log2(size) of them).
+const MEMO_LIMIT: usize = 4096;
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes)
@@ -280,6 +287,7 @@ impl Index {
             files: Arc::new(files),
             applied: Arc::new(AtomicU64::new(applied)),
             dir: None,
+            memo: Arc::default(),
         })
     }
 
@@ -640,7 +648,7 @@ impl Index {
 
     /// The artifact published at `index`, from the entry copy.
     fn artifact_record(&self, index: u64) -> Result<ArtifactRecord> {
-        let bytes = self.verified_copy(index)?;
+        let (bytes, _) = self.verified_copy(index)?;
         let Entry::Publish(p) = Entry::parse(index, &bytes)? else {
             return Err(Error::internal(format!(
                 "index names log entry {index} as a publish; it is not"
@@ -764,7 +772,7 @@ impl Index {
     /// DataLoss when the copy is damaged (the index is then marked for a
     /// rebuild at the next start); Internal when the entry is not a pin.
     fn pin_record(&self, index: u64) -> Result<(PinRecord, bytes::Bytes)> {
-        let bytes = self.verified_copy(index)?;
+        let (bytes, leaf) = self.verified_copy(index)?;
         let Entry::Pin(p) = Entry::parse(index, &bytes)? else {
             return Err(Error::internal(format!(
                 "index names log entry {index} as a pin; it is not"
@@ -780,7 +788,7 @@ impl Index {
             actor: p.actor,
             reason: p.reason,
             log_index: index,
-            entry_hash: hex::encode(merkle::leaf_hash(&bytes)),
+            entry_hash: hex::encode(leaf),
             prev_pin: p.prev_pin,
             db_position: p.db_position,
         };
@@ -792,7 +800,7 @@ impl Index {
     /// # Errors
     /// DataLoss when the copy is damaged (the index is then marked for a
     /// rebuild at the next start).
-    fn verified_copy(&self, index: u64) -> Result<Vec<u8>> {
+    fn verified_copy(&self, index: u64) -> Result<(Vec<u8>, Hash)> {
         let leaf = self.node(0, index)?;
         let bytes = self.files.entry(index)?;
         if merkle::leaf_hash(&bytes) != leaf {
@@ -805,7 +813,7 @@ impl Index {
                 ),
             ));
         }
-        Ok(bytes)
+        Ok((bytes, leaf))
     }
 
     /// Leaves a mark that makes the next open rebuild the index.
@@ -915,6 +923,14 @@ impl ProofReader<'_> {
 impl NodeSource for ProofReader<'_> {
     type Error = Error;
 
+    fn memo(&self, start: u64, end: u64) -> Option<Hash> {
+        self.index.memo(start, end)
+    }
+
+    fn remember(&self, start: u64, end: u64, hash: Hash) {
+        self.index.remember(start, end, hash);
+    }
+
     fn node(&self, level: u8, n: u64) -> Result<Hash> {
         let height = files::MEMORY_FROM;
         if level >= height {
@@ -940,6 +956,19 @@ impl NodeSource for ProofReader<'_> {
 
 impl NodeSource for Index {
     type Error = Error;
+
+    fn memo(&self, start: u64, end: u64) -> Option<Hash> {
+        self.memo.lock().ok()?.get(&(start, end)).copied()
+    }
+
+    fn remember(&self, start: u64, end: u64, hash: Hash) {
+        if let Ok(mut memo) = self.memo.lock() {
+            if memo.len() >= MEMO_LIMIT {
+                memo.clear();
+            }
+            memo.insert((start, end), hash);
+        }
+    }
 
     fn node(&self, level: u8, index: u64) -> Result<Hash> {
         Index::node(self, level, index)

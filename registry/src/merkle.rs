@@ -66,6 +66,17 @@ pub trait NodeSource {
 
     /// The stored hash of node `(level, index)`.
     fn node(&self, level: u8, index: u64) -> Result<Hash, Self::Error>;
+
+    /// A hash of the imperfect range `[start, end)` computed earlier, if
+    /// the source keeps them. Proofs against one tree size all need the
+    /// same few ranges along its right edge.
+    fn memo(&self, _start: u64, _end: u64) -> Option<Hash> {
+        None
+    }
+
+    /// Offers the hash of the imperfect range `[start, end)` for
+    /// [`Self::memo`].
+    fn remember(&self, _start: u64, _end: u64, _hash: Hash) {}
 }
 
 /// The largest power of two strictly less than `n`; `n` must be at least 2.
@@ -91,10 +102,15 @@ pub fn subtree_hash<S: NodeSource>(src: &S, start: u64, end: u64) -> Result<Hash
         let level = n.trailing_zeros();
         return src.node(level as u8, start >> level);
     }
+    if let Some(h) = src.memo(start, end) {
+        return Ok(h);
+    }
     let mid = start + split_point(n);
     let left = subtree_hash(src, start, mid)?;
     let right = subtree_hash(src, mid, end)?;
-    Ok(node_hash(&left, &right))
+    let hash = node_hash(&left, &right);
+    src.remember(start, end, hash);
+    Ok(hash)
 }
 
 /// The root of the first `size` leaves; [`EMPTY_ROOT`] for 0.
@@ -603,6 +619,59 @@ mod tests {
                 naive_mth(&leaves[..start])
             );
         }
+    }
+
+    /// A source that remembers every imperfect range, shared across tree
+    /// sizes as the index's memo is.
+    struct Memoizing<'a> {
+        tree: &'a MemoryTree,
+        memo: std::cell::RefCell<std::collections::HashMap<(u64, u64), Hash>>,
+        hits: std::cell::Cell<usize>,
+    }
+
+    impl NodeSource for Memoizing<'_> {
+        type Error = std::convert::Infallible;
+
+        fn node(&self, level: u8, index: u64) -> Result<Hash, Self::Error> {
+            Ok(self.tree.node(level, index).unwrap())
+        }
+
+        fn memo(&self, start: u64, end: u64) -> Option<Hash> {
+            let hit = self.memo.borrow().get(&(start, end)).copied();
+            self.hits.set(self.hits.get() + usize::from(hit.is_some()));
+            hit
+        }
+
+        fn remember(&self, start: u64, end: u64, hash: Hash) {
+            self.memo.borrow_mut().insert((start, end), hash);
+        }
+    }
+
+    #[test]
+    fn remembered_ranges_give_the_same_roots_and_proofs() {
+        let leaves = synthetic(70);
+        let tree = tree_of(&leaves);
+        let memo = Memoizing {
+            tree: &tree,
+            memo: Default::default(),
+            hits: Default::default(),
+        };
+        for size in 1..=70u64 {
+            assert_eq!(root(&memo, size).unwrap(), root(&tree, size).unwrap());
+            for index in 0..size {
+                assert_eq!(
+                    inclusion_proof(&memo, index, size).unwrap(),
+                    inclusion_proof(&tree, index, size).unwrap()
+                );
+            }
+            for old in 1..=size {
+                assert_eq!(
+                    consistency_proof(&memo, old, size).unwrap(),
+                    consistency_proof(&tree, old, size).unwrap()
+                );
+            }
+        }
+        assert!(memo.hits.get() > 1000, "{}", memo.hits.get());
     }
 
     #[test]
