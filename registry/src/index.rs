@@ -6,10 +6,10 @@
 //!
 //! ```text
 //! m/applied                           u64 BE: entries 0..applied are applied
-//! r/<release id>                      u64 BE: log index of the publish (its entry copy holds the rest)
+//! r/<release id>                      EntryAt of the publish (its entry copy holds the rest)
 //! d/<digest hex>/<release id>         (empty): digest -> release ids
 //! e/<env>                             EnvHead (JSON): latest pin of the env
-//! p/<env>/<seq u64 BE>                u64 BE: log index of the pin (its entry copy holds the rest)
+//! p/<env>/<seq u64 BE>                EntryAt of the pin (its entry copy holds the rest)
 //! t/<env>/<activated_at key><seq BE>  (empty): time-ordered pins, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
 //! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
@@ -119,8 +119,40 @@ const APPLIED: &[u8] = b"m/applied";
 const FORMAT_KEY: &[u8] = b"m/format";
 /// The index layout version; an index of another version is rebuilt.
 /// 2: Merkle hashes and entry copies in flat files; 3: pins read from
-/// their entry copies; 4: artifacts too.
-pub const FORMAT: u64 = 4;
+/// their entry copies; 4: artifacts too; 5: with the copies' places.
+pub const FORMAT: u64 = 5;
+
+/// Where an entry and its copy are: log index, then offset and length in
+/// the entry copy file. 20 bytes, so sled keeps the value inline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryAt {
+    pub index: u64,
+    offset: u64,
+    len: u32,
+}
+
+impl EntryAt {
+    fn encode(self) -> [u8; 20] {
+        let mut v = [0u8; 20];
+        v[..8].copy_from_slice(&self.index.to_be_bytes());
+        v[8..16].copy_from_slice(&self.offset.to_be_bytes());
+        v[16..].copy_from_slice(&self.len.to_be_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Result<Self> {
+        let len = v
+            .get(16..20)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| Error::internal("index holds a malformed entry place"))?;
+        Ok(Self {
+            index: u64_at(v, 0)?,
+            offset: u64_at(v, 8)?,
+            len,
+        })
+    }
+}
 
 /// A file in the index folder that says the index was found damaged while
 /// serving; the next open rebuilds it.
@@ -427,7 +459,14 @@ impl Index {
         let leaf = merkle::leaf_hash(bytes);
         let mut node = leaf;
         staged.push_hash(0, index, &leaf)?;
-        staged.push_entry(bytes);
+        let (offset, len) = staged.push_entry(bytes);
+        let at = EntryAt {
+            index,
+            offset,
+            len: u32::try_from(len)
+                .map_err(|_| Error::internal(format!("log entry {index} is over 4 GiB")))?,
+        }
+        .encode();
         for (level, at) in merkle::completed_nodes(index) {
             let left = staged.hash(&self.files, level - 1, 2 * at)?;
             node = merkle::node_hash(&left, &node);
@@ -437,7 +476,7 @@ impl Index {
             Entry::Publish(p) => {
                 let earlier = match pending.releases.get(&p.release_id) {
                     Some(i) => Some(*i),
-                    None => self.artifact_log_index(&p.release_id)?,
+                    None => self.artifact_entry(&p.release_id)?.map(|e| e.index),
                 };
                 if let Some(existing) = earlier {
                     return Err(Error::new(
@@ -448,10 +487,7 @@ impl Index {
                         ),
                     ));
                 }
-                batch.insert(
-                    format!("r/{}", p.release_id).into_bytes(),
-                    &index.to_be_bytes()[..],
-                );
+                batch.insert(format!("r/{}", p.release_id).into_bytes(), &at[..]);
                 batch.insert(
                     format!("d/{}/{}", p.digest.hex(), p.release_id).into_bytes(),
                     &[][..],
@@ -515,7 +551,7 @@ impl Index {
                 batch.insert(format!("e/{}", p.env).into_bytes(), encode(&head));
                 pending.envs.insert(p.env.clone(), head);
                 batch.insert(time_key(&p.env, p.activated_at, p.seq), &[][..]);
-                batch.insert(pin_key(&p.env, p.seq), &index.to_be_bytes()[..]);
+                batch.insert(pin_key(&p.env, p.seq), &at[..]);
             }
             Entry::Key(k) => {
                 let existing = match pending.keys.get(&k.key_id) {
@@ -587,7 +623,7 @@ impl Index {
     pub fn proof_reader(&self) -> ProofReader<'_> {
         ProofReader {
             index: self,
-            block: std::cell::RefCell::new(None),
+            blocks: std::sync::Mutex::default(),
         }
     }
 
@@ -630,8 +666,8 @@ impl Index {
     /// # Errors
     /// Internal when the index is unreadable.
     pub fn artifact_by_release(&self, release_id: &ReleaseId) -> Result<Option<ArtifactRecord>> {
-        self.artifact_log_index(release_id)?
-            .map(|index| self.artifact_record(index))
+        self.artifact_entry(release_id)?
+            .map(|at| self.artifact_record(at))
             .transpose()
     }
 
@@ -639,16 +675,17 @@ impl Index {
     ///
     /// # Errors
     /// Internal when the index is unreadable.
-    pub fn artifact_log_index(&self, release_id: &ReleaseId) -> Result<Option<u64>> {
+    pub fn artifact_entry(&self, release_id: &ReleaseId) -> Result<Option<EntryAt>> {
         self.tree
             .get(format!("r/{release_id}"))?
-            .map(|v| u64_at(&v, 0))
+            .map(|v| EntryAt::decode(&v))
             .transpose()
     }
 
-    /// The artifact published at `index`, from the entry copy.
-    fn artifact_record(&self, index: u64) -> Result<ArtifactRecord> {
-        let (bytes, _) = self.verified_copy(index)?;
+    /// The artifact published at `at`, from the entry copy.
+    fn artifact_record(&self, at: EntryAt) -> Result<ArtifactRecord> {
+        let index = at.index;
+        let (bytes, _) = self.verified_copy(at, &self.proof_reader())?;
         let Entry::Publish(p) = Entry::parse(index, &bytes)? else {
             return Err(Error::internal(format!(
                 "index names log entry {index} as a publish; it is not"
@@ -702,7 +739,7 @@ impl Index {
             if !key.starts_with(b"r/") || out.len() >= limit {
                 break;
             }
-            out.push(self.artifact_record(u64_at(&value, 0)?)?);
+            out.push(self.artifact_record(EntryAt::decode(&value)?)?);
         }
         Ok(out)
     }
@@ -745,7 +782,9 @@ impl Index {
     /// # Errors
     /// Internal when the index is unreadable.
     pub fn pin(&self, env: &EnvName, seq: u64) -> Result<Option<PinRecord>> {
-        Ok(self.pin_with_entry(env, seq)?.map(|(pin, _)| pin))
+        Ok(self
+            .pin_with_entry(env, seq, &self.proof_reader())?
+            .map(|(pin, _)| pin))
     }
 
     /// Pin `seq` of `env` and its entry's bytes.
@@ -756,6 +795,7 @@ impl Index {
         &self,
         env: &EnvName,
         seq: u64,
+        reader: &ProofReader<'_>,
     ) -> Result<Option<(PinRecord, bytes::Bytes)>> {
         if seq == 0 {
             return Ok(None);
@@ -763,7 +803,7 @@ impl Index {
         let Some(value) = self.tree.get(pin_key(env, seq))? else {
             return Ok(None);
         };
-        self.pin_record(u64_at(&value, 0)?).map(Some)
+        self.pin_record(EntryAt::decode(&value)?, reader).map(Some)
     }
 
     /// The pin logged at `index`, from the entry copy.
@@ -771,8 +811,13 @@ impl Index {
     /// # Errors
     /// DataLoss when the copy is damaged (the index is then marked for a
     /// rebuild at the next start); Internal when the entry is not a pin.
-    fn pin_record(&self, index: u64) -> Result<(PinRecord, bytes::Bytes)> {
-        let (bytes, leaf) = self.verified_copy(index)?;
+    fn pin_record(
+        &self,
+        at: EntryAt,
+        reader: &ProofReader<'_>,
+    ) -> Result<(PinRecord, bytes::Bytes)> {
+        let index = at.index;
+        let (bytes, leaf) = self.verified_copy(at, reader)?;
         let Entry::Pin(p) = Entry::parse(index, &bytes)? else {
             return Err(Error::internal(format!(
                 "index names log entry {index} as a pin; it is not"
@@ -800,9 +845,10 @@ impl Index {
     /// # Errors
     /// DataLoss when the copy is damaged (the index is then marked for a
     /// rebuild at the next start).
-    fn verified_copy(&self, index: u64) -> Result<(Vec<u8>, Hash)> {
-        let leaf = self.node(0, index)?;
-        let bytes = self.files.entry(index)?;
+    fn verified_copy(&self, at: EntryAt, reader: &ProofReader<'_>) -> Result<(Vec<u8>, Hash)> {
+        let index = at.index;
+        let leaf = reader.node(0, index)?;
+        let bytes = self.files.entry_at(at.offset, at.len.into())?;
         if merkle::leaf_hash(&bytes) != leaf {
             self.mark_damaged(index);
             return Err(Error::new(
@@ -892,13 +938,17 @@ impl Index {
     }
 }
 
-/// Reads the Merkle hashes one entry's proof needs: below level 4 a proof
-/// and the entry's leaf check stay inside one 16-leaf block, read whole,
-/// so they cost one file read instead of five.
+/// Reads the Merkle hashes of one request's entries and proofs: below
+/// level 4 a proof and the entry's leaf check stay inside one 16-leaf
+/// block, read whole, so they cost one file read instead of five. A
+/// request names a few entries; the reader keeps the last few blocks.
 pub struct ProofReader<'a> {
     index: &'a Index,
-    block: std::cell::RefCell<Option<(u64, Vec<Hash>)>>,
+    blocks: std::sync::Mutex<Vec<(u64, Vec<Hash>)>>,
 }
+
+/// How many blocks a [`ProofReader`] keeps.
+const READER_BLOCKS: usize = 4;
 
 impl ProofReader<'_> {
     /// The index's copy of entry `index`, checked against its leaf hash;
@@ -907,8 +957,22 @@ impl ProofReader<'_> {
     /// # Errors
     /// Internal when the entry is not applied or the files are unreadable.
     pub fn entry(&self, index: u64) -> Result<Option<bytes::Bytes>> {
+        self.check_copy(index, self.index.files.entry(index)?)
+    }
+
+    /// As [`Self::entry`], for an entry whose place is known.
+    ///
+    /// # Errors
+    /// As [`Self::entry`].
+    pub fn entry_at(&self, at: EntryAt) -> Result<Option<bytes::Bytes>> {
+        self.check_copy(
+            at.index,
+            self.index.files.entry_at(at.offset, at.len.into())?,
+        )
+    }
+
+    fn check_copy(&self, index: u64, copy: Vec<u8>) -> Result<Option<bytes::Bytes>> {
         let leaf = self.node(0, index)?;
-        let copy = self.index.files.entry(index)?;
         if merkle::leaf_hash(&copy) != leaf {
             tracing::warn!(
                 index,
@@ -940,16 +1004,27 @@ impl NodeSource for ProofReader<'_> {
         if !self.index.complete(height, block)? {
             return self.index.node(level, n);
         }
-        let mut cached = self.block.borrow_mut();
-        if cached.as_ref().is_none_or(|(b, _)| *b != block) {
-            *cached = Some((block, self.index.files.block(block)?));
-        }
         let first = files::stored_hash_index(0, block << height);
         let at = usize::try_from(files::stored_hash_index(level, n) - first)
             .map_err(|_| Error::internal("index too large"))?;
-        cached
-            .as_ref()
-            .and_then(|(_, hashes)| hashes.get(at).copied())
+        let mut blocks = self
+            .blocks
+            .lock()
+            .map_err(|_| Error::internal("index reader lock"))?;
+        let slot = match blocks.iter().position(|(b, _)| *b == block) {
+            Some(slot) => slot,
+            None => {
+                if blocks.len() >= READER_BLOCKS {
+                    blocks.remove(0);
+                }
+                blocks.push((block, self.index.files.block(block)?));
+                blocks.len() - 1
+            }
+        };
+        blocks[slot]
+            .1
+            .get(at)
+            .copied()
             .ok_or_else(|| Error::internal(format!("index lacks Merkle node {level}/{n}")))
     }
 }

@@ -161,9 +161,22 @@ pub enum Query {
     Position(Ordered),
 }
 
-/// Entries (log index, bytes) read while answering one request, so that
-/// its proofs do not read them again.
-type Seen = Vec<(u64, bytes::Bytes)>;
+/// What answering one request has read: entries (log index, bytes) and,
+/// in the reader, blocks of hashes, so that its proofs need not read them
+/// again.
+struct Seen<'a> {
+    entries: Vec<(u64, bytes::Bytes)>,
+    reader: crate::index::ProofReader<'a>,
+}
+
+impl<'a> Seen<'a> {
+    fn new(index: &'a Index) -> Self {
+        Self {
+            entries: Vec::new(),
+            reader: index.proof_reader(),
+        }
+    }
+}
 
 /// A resolve answer with the entries and proofs that make it checkable.
 #[derive(Clone, Debug)]
@@ -893,13 +906,19 @@ impl Inner {
     /// An entry with its inclusion proof. Fresh reads go to storage (and so
     /// notice a damaged stored entry); others use the index's verified copy,
     /// which keeps the hot resolve path off storage.
-    async fn proved(&self, index: u64, size: u64, fresh: bool, seen: &Seen) -> Result<ProvedEntry> {
-        // One reader for the entry's leaf check and its proof: both read
-        // the same block of hashes.
-        let reader = self.index.proof_reader();
+    async fn proved(
+        &self,
+        index: u64,
+        size: u64,
+        fresh: bool,
+        seen: &Seen<'_>,
+    ) -> Result<ProvedEntry> {
+        // The entry's leaf check and its proof read the same block of
+        // hashes, through the request's reader.
+        let reader = &seen.reader;
         let cached = if fresh {
             None
-        } else if let Some((_, bytes)) = seen.iter().find(|(i, _)| *i == index) {
+        } else if let Some((_, bytes)) = seen.entries.iter().find(|(i, _)| *i == index) {
             Some(bytes.clone())
         } else {
             reader.entry(index)?
@@ -911,7 +930,7 @@ impl Inner {
         Ok(ProvedEntry {
             index,
             entry,
-            proof: self.inclusion_proof_from(&reader, index, size)?,
+            proof: self.inclusion_proof_from(reader, index, size)?,
         })
     }
 
@@ -926,17 +945,20 @@ impl Inner {
         query: &Query,
         fresh: bool,
     ) -> Result<ProvedResolution> {
-        let mut seen = Seen::new();
+        let mut seen = Seen::new(&self.index);
         let resolution = match query {
             Query::At { at, margin } => self.resolve_at(env, *at, *margin, &mut seen)?,
             Query::Position(target) => self.resolve_by_position(env, *target, &mut seen)?,
         };
         let release = &resolution.pin.release_id;
-        let published_at = self.index.artifact_log_index(release)?.ok_or_else(|| {
+        let published = self.index.artifact_entry(release)?.ok_or_else(|| {
             Error::internal(format!(
                 "index lacks the publish of pinned release {release}"
             ))
         })?;
+        if !fresh && let Some(bytes) = seen.reader.entry_at(published)? {
+            seen.entries.push((published.index, bytes));
+        }
         // The checkpoint is taken after the lookup, so it covers every entry
         // the answer names.
         let checkpoint = self.checkpoint()?;
@@ -948,7 +970,7 @@ impl Inner {
             Some(n) => Some(self.proved(n.log_index, size, fresh, &seen).await?),
             None => None,
         };
-        let publish = self.proved(published_at, size, fresh, &seen).await?;
+        let publish = self.proved(published.index, size, fresh, &seen).await?;
         Ok(ProvedResolution {
             resolution,
             checkpoint,
@@ -1140,16 +1162,18 @@ impl Inner {
     }
 
     fn pin_at(&self, env: &EnvName, seq: u64) -> Result<PinRecord> {
-        self.pin_seen(env, seq, &mut Seen::new())
+        self.index
+            .pin(env, seq)?
+            .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))
     }
 
     /// Pin `seq` of `env`, keeping its entry's bytes in `seen`.
-    fn pin_seen(&self, env: &EnvName, seq: u64, seen: &mut Seen) -> Result<PinRecord> {
+    fn pin_seen(&self, env: &EnvName, seq: u64, seen: &mut Seen<'_>) -> Result<PinRecord> {
         let (pin, entry) = self
             .index
-            .pin_with_entry(env, seq)?
+            .pin_with_entry(env, seq, &seen.reader)?
             .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))?;
-        seen.push((pin.log_index, entry));
+        seen.entries.push((pin.log_index, entry));
         Ok(pin)
     }
 
@@ -1163,7 +1187,7 @@ impl Inner {
         at: Timestamp,
         margin: Option<Duration>,
     ) -> Result<Resolution> {
-        self.resolve_at(env, at, margin, &mut Seen::new())
+        self.resolve_at(env, at, margin, &mut Seen::new(&self.index))
     }
 
     fn resolve_at(
@@ -1171,7 +1195,7 @@ impl Inner {
         env: &EnvName,
         at: Timestamp,
         margin: Option<Duration>,
-        seen: &mut Seen,
+        seen: &mut Seen<'_>,
     ) -> Result<Resolution> {
         let head = self.known_env(env)?;
         let margin = margin.unwrap_or(self.limits.boundary_margin);
@@ -1212,14 +1236,14 @@ impl Inner {
     /// # Errors
     /// NotFound when no pin of `env` recorded a position at or below `target`.
     pub fn resolve_position(&self, env: &EnvName, target: Ordered) -> Result<Resolution> {
-        self.resolve_by_position(env, target, &mut Seen::new())
+        self.resolve_by_position(env, target, &mut Seen::new(&self.index))
     }
 
     fn resolve_by_position(
         &self,
         env: &EnvName,
         target: Ordered,
-        seen: &mut Seen,
+        seen: &mut Seen<'_>,
     ) -> Result<Resolution> {
         let head = self.known_env(env)?;
         let Some(seq) = self.index.seq_at_or_below_position(env, target)? else {

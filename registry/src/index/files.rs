@@ -273,12 +273,18 @@ impl Files {
     /// Internal when a file is short or unreadable.
     pub fn entry(&self, index: u64) -> Result<Vec<u8>> {
         let (offset, len) = self.position(index)?;
+        self.entry_at(offset, len)
+    }
+
+    /// The entry copy of `len` bytes at `offset`.
+    ///
+    /// # Errors
+    /// Internal when the file is short or unreadable, or `len` absurd.
+    pub fn entry_at(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
         let len = usize::try_from(len)
             .ok()
             .filter(|l| *l <= 1 << 30)
-            .ok_or_else(|| {
-                Error::internal(format!("index position of entry {index} is corrupt"))
-            })?;
+            .ok_or_else(|| Error::internal(format!("index holds an entry length of {len}")))?;
         let mut buf = vec![0u8; len];
         self.data.read_at(&mut buf, offset)?;
         Ok(buf)
@@ -415,13 +421,15 @@ impl Appender {
         }
     }
 
-    /// Stages the copy of the next entry.
-    pub fn push_entry(&mut self, bytes: &[u8]) {
+    /// Stages the copy of the next entry; returns where it will be
+    /// (offset and length in entries.dat).
+    pub fn push_entry(&mut self, bytes: &[u8]) -> (u64, u64) {
         let offset = self.data_start + self.data.len() as u64;
+        let len = bytes.len() as u64;
         self.pos.extend_from_slice(&offset.to_be_bytes());
-        self.pos
-            .extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+        self.pos.extend_from_slice(&len.to_be_bytes());
         self.data.extend_from_slice(bytes);
+        (offset, len)
     }
 }
 
@@ -470,10 +478,10 @@ mod tests {
         let files = Files::memory();
         let mut a = files.appender(0).unwrap();
         a.push_hash(0, 0, &[1; 32]).unwrap();
-        a.push_entry(b"zero");
+        assert_eq!(a.push_entry(b"zero"), (0, 4));
         assert!(a.push_hash(1, 0, &[9; 32]).is_err(), "out of order");
         a.push_hash(0, 1, &[2; 32]).unwrap();
-        a.push_entry(b"one!");
+        assert_eq!(a.push_entry(b"one!"), (4, 4));
         assert_eq!(a.hash(&files, 0, 1).unwrap(), [2; 32]);
         a.push_hash(1, 0, &[3; 32]).unwrap();
         files.write(&a).unwrap();
@@ -482,11 +490,12 @@ mod tests {
         let mut b = files.appender(2).unwrap();
         assert_eq!(b.hash(&files, 1, 0).unwrap(), [3; 32]);
         b.push_hash(0, 2, &[4; 32]).unwrap();
-        b.push_entry(b"two");
+        assert_eq!(b.push_entry(b"two"), (8, 3));
         files.write(&b).unwrap();
         assert_eq!(files.entry(0).unwrap(), b"zero");
         assert_eq!(files.entry(1).unwrap(), b"one!");
         assert_eq!(files.entry(2).unwrap(), b"two");
+        assert_eq!(files.entry_at(4, 4).unwrap(), b"one!");
         assert_eq!(files.hash(0, 2).unwrap(), [4; 32]);
         assert!(files.entry(3).is_err());
     }
@@ -498,7 +507,7 @@ mod tests {
         for i in 0..100u64 {
             let mut a = files.appender(i).unwrap();
             a.push_hash(0, i, &[i as u8; 32]).unwrap();
-            a.push_entry(b"x");
+            let _ = a.push_entry(b"x");
             for (level, n) in crate::merkle::completed_nodes(i) {
                 let h = [(next % 251) as u8; 32];
                 next += 1;
