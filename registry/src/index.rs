@@ -10,7 +10,7 @@
 //! d/<digest hex>/<release id>         (empty): digest -> release ids
 //! e/<env>                             EnvHead (JSON): latest pin of the env
 //! p/<env>/<seq u64 BE>                EntryAt of the pin (its entry copy holds the rest)
-//! t/<env>/<activated_at key><seq BE>  (empty): time-ordered pins, for resolve
+//! t/<env>/<activated_at key><seq BE>  EntryAt of the pin, then of its release's publish: time-ordered pins, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
 //! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
 //! o/<first index u64 BE>              u64 BE entry count, u64 BE byte size of that log object
@@ -119,8 +119,9 @@ const APPLIED: &[u8] = b"m/applied";
 const FORMAT_KEY: &[u8] = b"m/format";
 /// The index layout version; an index of another version is rebuilt.
 /// 2: Merkle hashes and entry copies in flat files; 3: pins read from
-/// their entry copies; 4: artifacts too; 5: with the copies' places.
-pub const FORMAT: u64 = 5;
+/// their entry copies; 4: artifacts too; 5: with the copies' places;
+/// 6: time keys name the pin and publish entries.
+pub const FORMAT: u64 = 6;
 
 /// Where an entry and its copy are: log index, then offset and length in
 /// the entry copy file. 20 bytes, so sled keeps the value inline.
@@ -163,7 +164,7 @@ const DAMAGED: &str = "damaged";
 #[derive(Default)]
 struct Pending {
     envs: std::collections::HashMap<EnvName, EnvHead>,
-    releases: std::collections::HashMap<ReleaseId, u64>,
+    releases: std::collections::HashMap<ReleaseId, EntryAt>,
     keys: std::collections::HashMap<KeyId, KeyRecord>,
 }
 
@@ -191,7 +192,8 @@ pub struct Index {
     /// Merkle hashes and entry copies, written before the batch that
     /// applies their entries (what lies beyond `applied` is ignored).
     files: Arc<files::Files>,
-    /// `m/applied`, kept in memory: every read checks against it.
+    /// `m/applied`, kept in memory for the check every hash read makes;
+    /// it may trail sled's by the moment between a batch and its update.
     applied: Arc<AtomicU64>,
     /// The index folder (`None` for a throwaway index).
     dir: Option<std::path::PathBuf>,
@@ -331,12 +333,14 @@ impl Index {
         }
     }
 
-    /// How many log entries have been applied (entries `0..applied`).
+    /// How many log entries have been applied (entries `0..applied`), as
+    /// sled has it: a reader that has seen any key of a batch sees at
+    /// least that batch counted.
     ///
     /// # Errors
-    /// None today; kept fallible like every other index read.
+    /// Internal when the index is unreadable.
     pub fn applied(&self) -> Result<u64> {
-        Ok(self.applied.load(Ordering::Acquire))
+        self.stored_applied()
     }
 
     /// Applies the entries of the log object starting at `start`, from
@@ -460,13 +464,13 @@ impl Index {
         let mut node = leaf;
         staged.push_hash(0, index, &leaf)?;
         let (offset, len) = staged.push_entry(bytes);
-        let at = EntryAt {
+        let place = EntryAt {
             index,
             offset,
             len: u32::try_from(len)
                 .map_err(|_| Error::internal(format!("log entry {index} is over 4 GiB")))?,
-        }
-        .encode();
+        };
+        let at = place.encode();
         for (level, at) in merkle::completed_nodes(index) {
             let left = staged.hash(&self.files, level - 1, 2 * at)?;
             node = merkle::node_hash(&left, &node);
@@ -475,7 +479,7 @@ impl Index {
         match entry {
             Entry::Publish(p) => {
                 let earlier = match pending.releases.get(&p.release_id) {
-                    Some(i) => Some(*i),
+                    Some(e) => Some(e.index),
                     None => self.artifact_entry(&p.release_id)?.map(|e| e.index),
                 };
                 if let Some(existing) = earlier {
@@ -492,7 +496,7 @@ impl Index {
                     format!("d/{}/{}", p.digest.hex(), p.release_id).into_bytes(),
                     &[][..],
                 );
-                pending.releases.insert(p.release_id, index);
+                pending.releases.insert(p.release_id, place);
             }
             Entry::Pin(p) => {
                 let head = match pending.envs.get(&p.env) {
@@ -550,7 +554,22 @@ impl Index {
                 };
                 batch.insert(format!("e/{}", p.env).into_bytes(), encode(&head));
                 pending.envs.insert(p.env.clone(), head);
-                batch.insert(time_key(&p.env, p.activated_at, p.seq), &[][..]);
+                let published = match pending.releases.get(&p.release_id) {
+                    Some(e) => *e,
+                    None => self.artifact_entry(&p.release_id)?.ok_or_else(|| {
+                        Error::new(
+                            Kind::DataLoss,
+                            format!(
+                                "log entry {index} pins release {}, which no earlier entry published",
+                                p.release_id
+                            ),
+                        )
+                    })?,
+                };
+                let mut both = [0u8; 40];
+                both[..20].copy_from_slice(&at);
+                both[20..].copy_from_slice(&published.encode());
+                batch.insert(time_key(&p.env, p.activated_at, p.seq), &both[..]);
                 batch.insert(pin_key(&p.env, p.seq), &at[..]);
             }
             Entry::Key(k) => {
@@ -616,7 +635,7 @@ impl Index {
         // The in-memory count is updated just after the sled batch, so a
         // reader that found a key of that batch may be ahead of it: sled's
         // own count, applied atomically with the batch, settles it.
-        Ok(complete(self.applied()?) || complete(self.stored_applied()?))
+        Ok(complete(self.applied.load(Ordering::Acquire)) || complete(self.stored_applied()?))
     }
 
     /// A reader for one entry and its proof (see [`ProofReader`]).
@@ -872,6 +891,27 @@ impl Index {
             && let Err(e) = std::fs::write(dir.join(DAMAGED), index.to_string())
         {
             tracing::error!(error = %e, "cannot mark the index damaged");
+        }
+    }
+
+    /// The last pin of `env` activated at or before `at` (ties: the later
+    /// pin), by one range seek: its sequence number and where the publish
+    /// of its release is.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn live_at(&self, env: &EnvName, at: Timestamp) -> Result<Option<(u64, EntryAt)>> {
+        let lo = env_prefix("t", env);
+        let hi = time_key(env, at, u64::MAX);
+        match self.tree.range(lo..=hi).next_back() {
+            Some(item) => {
+                let (key, value) = item?;
+                let published = value
+                    .get(20..)
+                    .ok_or_else(|| Error::internal("index time value is too short"))?;
+                Ok(Some((seq_of_time_key(&key)?, EntryAt::decode(published)?)))
+            }
+            None => Ok(None),
         }
     }
 

@@ -167,6 +167,9 @@ pub enum Query {
 struct Seen<'a> {
     entries: Vec<(u64, bytes::Bytes)>,
     reader: crate::index::ProofReader<'a>,
+    /// Where the publish of the answer's release is, when the lookup
+    /// found it on the way.
+    published: Option<crate::index::EntryAt>,
 }
 
 impl<'a> Seen<'a> {
@@ -174,6 +177,7 @@ impl<'a> Seen<'a> {
         Self {
             entries: Vec::new(),
             reader: index.proof_reader(),
+            published: None,
         }
     }
 }
@@ -951,11 +955,14 @@ impl Inner {
             Query::Position(target) => self.resolve_by_position(env, *target, &mut seen)?,
         };
         let release = &resolution.pin.release_id;
-        let published = self.index.artifact_entry(release)?.ok_or_else(|| {
-            Error::internal(format!(
-                "index lacks the publish of pinned release {release}"
-            ))
-        })?;
+        let published = match seen.published {
+            Some(p) => p,
+            None => self.index.artifact_entry(release)?.ok_or_else(|| {
+                Error::internal(format!(
+                    "index lacks the publish of pinned release {release}"
+                ))
+            })?,
+        };
         if !fresh && let Some(bytes) = seen.reader.entry_at(published)? {
             seen.entries.push((published.index, bytes));
         }
@@ -1169,12 +1176,22 @@ impl Inner {
 
     /// Pin `seq` of `env`, keeping its entry's bytes in `seen`.
     fn pin_seen(&self, env: &EnvName, seq: u64, seen: &mut Seen<'_>) -> Result<PinRecord> {
-        let (pin, entry) = self
-            .index
-            .pin_with_entry(env, seq, &seen.reader)?
-            .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))?;
+        self.next_pin_seen(env, seq, seen)?
+            .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))
+    }
+
+    /// As [`Self::pin_seen`], `None` when `env` has no pin `seq` (yet).
+    fn next_pin_seen(
+        &self,
+        env: &EnvName,
+        seq: u64,
+        seen: &mut Seen<'_>,
+    ) -> Result<Option<PinRecord>> {
+        let Some((pin, entry)) = self.index.pin_with_entry(env, seq, &seen.reader)? else {
+            return Ok(None);
+        };
         seen.entries.push((pin.log_index, entry));
-        Ok(pin)
+        Ok(Some(pin))
     }
 
     /// Which pin was live in `env` at `at`.
@@ -1197,9 +1214,9 @@ impl Inner {
         margin: Option<Duration>,
         seen: &mut Seen<'_>,
     ) -> Result<Resolution> {
-        let head = self.known_env(env)?;
         let margin = margin.unwrap_or(self.limits.boundary_margin);
-        let Some(seq) = self.index.seq_at_or_before(env, at)? else {
+        let Some((seq, published)) = self.index.live_at(env, at)? else {
+            self.known_env(env)?;
             let first = self.pin_at(env, 1)?;
             return Err(Error::not_found(format!(
                 "nothing was live in {env} at {at}: its first pin (#1, release {}) was activated \
@@ -1207,6 +1224,7 @@ impl Inner {
                 first.release_id, first.activated_at
             )));
         };
+        seen.published = Some(published);
         let pin = self.pin_seen(env, seq, seen)?;
         // The previous pin matters only near the start of the interval.
         let prev = if seq > 1 && timeline::near_start(at, &pin, margin) {
@@ -1214,11 +1232,7 @@ impl Inner {
         } else {
             None
         };
-        let next = if seq < head.seq {
-            Some(self.pin_seen(env, seq + 1, seen)?)
-        } else {
-            None
-        };
+        let next = self.next_pin_seen(env, seq + 1, seen)?;
         let near_switch = timeline::near_switch(at, prev.as_ref(), &pin, next.as_ref(), margin);
         Ok(Resolution {
             pin,
