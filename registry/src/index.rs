@@ -825,6 +825,18 @@ impl Index {
         self.pin_record(EntryAt::decode(&value)?, reader).map(Some)
     }
 
+    /// The pin whose entry is at `at`, and its entry's bytes.
+    ///
+    /// # Errors
+    /// As [`Self::pin`].
+    pub fn pin_entry_at(
+        &self,
+        at: EntryAt,
+        reader: &ProofReader<'_>,
+    ) -> Result<(PinRecord, bytes::Bytes)> {
+        self.pin_record(at, reader)
+    }
+
     /// The pin logged at `index`, from the entry copy.
     ///
     /// # Errors
@@ -895,21 +907,24 @@ impl Index {
     }
 
     /// The last pin of `env` activated at or before `at` (ties: the later
-    /// pin), by one range seek: its sequence number and where the publish
-    /// of its release is.
+    /// pin), by one range seek: where its entry is and where the publish of
+    /// its release is.
     ///
     /// # Errors
     /// Internal when the index is unreadable.
-    pub fn live_at(&self, env: &EnvName, at: Timestamp) -> Result<Option<(u64, EntryAt)>> {
+    pub fn live_at(&self, env: &EnvName, at: Timestamp) -> Result<Option<(EntryAt, EntryAt)>> {
         let lo = env_prefix("t", env);
         let hi = time_key(env, at, u64::MAX);
         match self.tree.range(lo..=hi).next_back() {
             Some(item) => {
-                let (key, value) = item?;
+                let (_, value) = item?;
                 let published = value
                     .get(20..)
                     .ok_or_else(|| Error::internal("index time value is too short"))?;
-                Ok(Some((seq_of_time_key(&key)?, EntryAt::decode(published)?)))
+                Ok(Some((
+                    EntryAt::decode(&value)?,
+                    EntryAt::decode(published)?,
+                )))
             }
             None => Ok(None),
         }

@@ -1215,7 +1215,7 @@ impl Inner {
         seen: &mut Seen<'_>,
     ) -> Result<Resolution> {
         let margin = margin.unwrap_or(self.limits.boundary_margin);
-        let Some((seq, published)) = self.index.live_at(env, at)? else {
+        let Some((pin_at, published)) = self.index.live_at(env, at)? else {
             self.known_env(env)?;
             let first = self.pin_at(env, 1)?;
             return Err(Error::not_found(format!(
@@ -1225,7 +1225,9 @@ impl Inner {
             )));
         };
         seen.published = Some(published);
-        let pin = self.pin_seen(env, seq, seen)?;
+        let (pin, entry) = self.index.pin_entry_at(pin_at, &seen.reader)?;
+        seen.entries.push((pin.log_index, entry));
+        let seq = pin.seq;
         // The previous pin matters only near the start of the interval.
         let prev = if seq > 1 && timeline::near_start(at, &pin, margin) {
             Some(self.pin_at(env, seq - 1)?)
