@@ -23,6 +23,13 @@
 //! changes, so it is written once, when its last leaf is applied; any root
 //! or proof is then O(log n) reads at computed offsets.
 //!
+//! Records are not repeated in sled: an [`EntryAt`] (log index, offset and
+//! length of the entry copy) points at the entry, which is parsed when a
+//! record is read and checked against its leaf hash first. A damaged copy
+//! is refused and leaves a `damaged` file that makes the next start rebuild
+//! the index. Keeping sled to small keys and values keeps its memory and
+//! its traversals small as history grows.
+//!
 //! Release ids and env names never contain `/`, so the separators are
 //! unambiguous. sled flushes on its own every 2 s; entries applied but not
 //! yet flushed when the process dies are simply applied again at start.
@@ -926,20 +933,6 @@ impl Index {
                     EntryAt::decode(published)?,
                 )))
             }
-            None => Ok(None),
-        }
-    }
-
-    /// The sequence number of the last pin of `env` activated at or before
-    /// `at` (ties: the later pin), by one range seek.
-    ///
-    /// # Errors
-    /// Internal when the index is unreadable.
-    pub fn seq_at_or_before(&self, env: &EnvName, at: Timestamp) -> Result<Option<u64>> {
-        let lo = env_prefix("t", env);
-        let hi = time_key(env, at, u64::MAX);
-        match self.tree.range(lo..=hi).next_back() {
-            Some(item) => Ok(Some(seq_of_time_key(&item?.0)?)),
             None => Ok(None),
         }
     }
