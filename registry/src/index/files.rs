@@ -24,7 +24,13 @@
 //! sled tree says are applied. Bytes beyond it are left over from a batch
 //! that was written here but never applied in sled; the next apply of those
 //! entries writes the same positions again. Files are written before the
-//! sled batch that applies their entries, and synced before sled is flushed.
+//! sled batch that applies their entries, so a killed process leaves them
+//! at least as far as sled. They are synced before sled at shutdown, but
+//! sled also flushes on its own, so after a power loss they may hold less
+//! than sled says: files shorter than that make the registry rebuild the
+//! index at start, a damaged copy is refused when read (and marks the index
+//! for a rebuild), and the start-up check of the root against the stored
+//! checkpoint covers the newest hashes.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
