@@ -267,7 +267,7 @@ pub fn open_index(dir: &std::path::Path) -> Result<Index> {
             tracing::warn!(
                 index = %dir.display(),
                 error = %err,
-                "index is unreadable; deleting it and rebuilding it from the log"
+                "the index cannot be used (damaged, short, or of another layout version); deleting it and rebuilding it from the log"
             );
             std::fs::remove_dir_all(dir).map_err(|e| {
                 Error::internal(format!("removing damaged index {}: {e}", dir.display()))
