@@ -45,17 +45,31 @@ fn certificates(dir: &Path, cn: &str) {
             "/CN=stackpin test CA",
         ],
     );
-    std::fs::write(
-        dir.join("server.ext"),
+    issue(
+        dir,
+        "server",
+        "/CN=127.0.0.1",
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
          extendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("client.ext"),
+    );
+    issue(
+        dir,
+        "client",
+        &format!("/CN={cn}"),
         "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
+    );
+}
+
+/// A P-256 key `<name>.key` and a certificate `<name>.crt` for `subject`,
+/// signed by the CA with the extensions `ext`.
+fn issue(dir: &Path, name: &str, subject: &str, ext: &str) {
+    let (key, csr, crt, extfile) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+        format!("{name}.ext"),
+    );
+    std::fs::write(dir.join(&extfile), ext).unwrap();
     openssl(
         dir,
         &[
@@ -66,11 +80,11 @@ fn certificates(dir: &Path, cn: &str) {
             "ec_paramgen_curve:P-256",
             "-nodes",
             "-keyout",
-            "server.key",
+            &key,
             "-out",
-            "server.csr",
+            &csr,
             "-subj",
-            "/CN=127.0.0.1",
+            subject,
         ],
     );
     openssl(
@@ -79,55 +93,18 @@ fn certificates(dir: &Path, cn: &str) {
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &csr,
             "-CA",
             "ca.crt",
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
             "-out",
-            "server.crt",
+            &crt,
             "-days",
             "2",
             "-extfile",
-            "server.ext",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "client.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
+            &extfile,
         ],
     );
 }
