@@ -829,27 +829,17 @@ impl Index {
         let Some(value) = self.tree.get(pin_key(env, seq))? else {
             return Ok(None);
         };
-        self.pin_record(EntryAt::decode(&value)?, reader).map(Some)
+        self.pin_entry_at(EntryAt::decode(&value)?, reader)
+            .map(Some)
     }
 
-    /// The pin whose entry is at `at`, and its entry's bytes.
-    ///
-    /// # Errors
-    /// As [`Self::pin`].
-    pub fn pin_entry_at(
-        &self,
-        at: EntryAt,
-        reader: &ProofReader<'_>,
-    ) -> Result<(PinRecord, bytes::Bytes)> {
-        self.pin_record(at, reader)
-    }
-
-    /// The pin logged at `index`, from the entry copy.
+    /// The pin whose entry is at `at`, from the entry copy, and the
+    /// copy's bytes.
     ///
     /// # Errors
     /// DataLoss when the copy is damaged (the index is then marked for a
     /// rebuild at the next start); Internal when the entry is not a pin.
-    fn pin_record(
+    pub fn pin_entry_at(
         &self,
         at: EntryAt,
         reader: &ProofReader<'_>,
@@ -885,10 +875,8 @@ impl Index {
     /// rebuild at the next start).
     fn verified_copy(&self, at: EntryAt, reader: &ProofReader<'_>) -> Result<(Vec<u8>, Hash)> {
         let index = at.index;
-        let leaf = reader.node(0, index)?;
         let bytes = self.files.entry_at(at.offset, at.len.into())?;
-        if merkle::leaf_hash(&bytes) != leaf {
-            self.mark_damaged(index);
+        let Some(leaf) = reader.verify(index, &bytes)? else {
             return Err(Error::new(
                 Kind::DataLoss,
                 format!(
@@ -896,7 +884,7 @@ impl Index {
                      rebuild the index from the log"
                 ),
             ));
-        }
+        };
         Ok((bytes, leaf))
     }
 
@@ -1000,7 +988,8 @@ const READER_BLOCKS: usize = 4;
 
 impl ProofReader<'_> {
     /// The index's copy of entry `index`, checked against its leaf hash;
-    /// `None` when the copy is damaged (the caller reads storage instead).
+    /// `None` when the copy is damaged (the index is marked for a rebuild;
+    /// the caller reads storage instead).
     ///
     /// # Errors
     /// Internal when the entry is not applied or the files are unreadable.
@@ -1020,15 +1009,18 @@ impl ProofReader<'_> {
     }
 
     fn check_copy(&self, index: u64, copy: Vec<u8>) -> Result<Option<bytes::Bytes>> {
+        Ok(self.verify(index, &copy)?.map(|_| bytes::Bytes::from(copy)))
+    }
+
+    /// The leaf hash of entry `index` when `copy` matches it; `None` when
+    /// the copy is damaged, which marks the index for a rebuild.
+    fn verify(&self, index: u64, copy: &[u8]) -> Result<Option<Hash>> {
         let leaf = self.node(0, index)?;
-        if merkle::leaf_hash(&copy) != leaf {
-            tracing::warn!(
-                index,
-                "the index's copy of a log entry is damaged; reading storage"
-            );
-            return Ok(None);
+        if merkle::leaf_hash(copy) == leaf {
+            return Ok(Some(leaf));
         }
-        Ok(Some(bytes::Bytes::from(copy)))
+        self.index.mark_damaged(index);
+        Ok(None)
     }
 }
 

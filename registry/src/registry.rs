@@ -1176,12 +1176,12 @@ impl Inner {
 
     /// Pin `seq` of `env`, keeping its entry's bytes in `seen`.
     fn pin_seen(&self, env: &EnvName, seq: u64, seen: &mut Seen<'_>) -> Result<PinRecord> {
-        self.next_pin_seen(env, seq, seen)?
+        self.find_pin_seen(env, seq, seen)?
             .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))
     }
 
     /// As [`Self::pin_seen`], `None` when `env` has no pin `seq` (yet).
-    fn next_pin_seen(
+    fn find_pin_seen(
         &self,
         env: &EnvName,
         seq: u64,
@@ -1234,7 +1234,7 @@ impl Inner {
         } else {
             None
         };
-        let next = self.next_pin_seen(env, seq + 1, seen)?;
+        let next = self.find_pin_seen(env, seq + 1, seen)?;
         let near_switch = timeline::near_switch(at, prev.as_ref(), &pin, next.as_ref(), margin);
         Ok(Resolution {
             pin,
