@@ -204,68 +204,21 @@ fn pins_record_database_positions_and_resolve_by_them() {
         ])
         .ok();
     }
-    w.cli(&[
-        "pin",
-        "--env",
-        "pg",
-        "--release-id",
-        "rel-4",
-        "--db-lsn",
-        "0/16B3748",
-    ])
-    .ok();
-    w.cli(&[
-        "pin",
-        "--env",
-        "pg",
-        "--release-id",
+    let pin = |release: &str, position: &[&str]| {
+        let mut args = vec!["pin", "--env", "pg", "--release-id", release];
+        args.extend_from_slice(position);
+        w.cli(&args)
+    };
+    pin("rel-4", &["--db-lsn", "0/16B3748"]).ok();
+    pin(
         "rel-5",
-        "--db-lsn",
-        "0/9000000",
-        "--db-restore-point",
-        "x",
-    ])
+        &["--db-lsn", "0/9000000", "--db-restore-point", "x"],
+    )
     .fails(2, "cannot be used with");
-    w.cli(&[
-        "pin",
-        "--env",
-        "pg",
-        "--release-id",
-        "rel-5",
-        "--db-lsn",
-        "0/16B3747",
-    ])
-    .fails(4, "never go backwards");
-    w.cli(&[
-        "pin",
-        "--env",
-        "pg",
-        "--release-id",
-        "rel-5",
-        "--db-lsn",
-        "0/9000000",
-    ])
-    .ok();
-    w.cli(&[
-        "pin",
-        "--env",
-        "pg",
-        "--release-id",
-        "rel-6",
-        "--db-restore-point",
-        "before-migration",
-    ])
-    .ok();
-    w.cli(&[
-        "pin",
-        "--env",
-        "pg",
-        "--release-id",
-        "rel-4",
-        "--db-lsn",
-        "zz",
-    ])
-    .fails(2, "LSN");
+    pin("rel-5", &["--db-lsn", "0/16B3747"]).fails(4, "never go backwards");
+    pin("rel-5", &["--db-lsn", "0/9000000"]).ok();
+    pin("rel-6", &["--db-restore-point", "before-migration"]).ok();
+    pin("rel-4", &["--db-lsn", "zz"]).fails(2, "LSN");
 
     let by = |lsn: &str| {
         w.cli(&[
