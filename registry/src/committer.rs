@@ -197,6 +197,9 @@ pub trait Target: Send + Sync + 'static {
     fn committed(&self);
 }
 
+/// How often a long catch-up logs its progress.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Applies every log object the index has not seen; returns how many
 /// entries were applied.
 ///
@@ -204,7 +207,18 @@ pub trait Target: Send + Sync + 'static {
 /// Unavailable when storage fails; DataLoss when an entry is damaged.
 pub async fn catch_up(log: &Log, index: &Index) -> Result<u64> {
     let first = index.applied()?;
+    // A rebuild of a long log takes a while: say how far it has come.
+    let mut report_at = std::time::Instant::now() + PROGRESS_EVERY;
     loop {
+        if std::time::Instant::now() >= report_at {
+            let applied = index.applied()?;
+            tracing::info!(
+                applied,
+                since_start = applied - first,
+                "catching up with the log"
+            );
+            report_at += PROGRESS_EVERY;
+        }
         let applied = index.applied()?;
         // A restart may have applied part of an object.
         let (start, skip) = match index.object_of(applied)? {
