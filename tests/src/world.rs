@@ -119,6 +119,27 @@ impl World {
         self.server.data_dir.clone()
     }
 
+    /// The data folder after its stored checkpoint (`log/checkpoint`, which
+    /// the registry rewrites at most once a second) covers `size` entries,
+    /// so an offline audit sees the whole log signed.
+    pub fn data_signed_up_to(&self, size: u64) -> std::path::PathBuf {
+        let path = self.data().join("log/checkpoint");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stored = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|note| note.lines().nth(1)?.parse::<u64>().ok());
+            if stored.is_some_and(|n| n >= size) {
+                return self.data();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stored checkpoint still covers {stored:?} entries, not {size}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Three artifacts published and pinned at T1, T2, T3 in prod.
     pub fn three_releases(&self) {
         for (i, key) in [(1, "ci.pem"), (2, "ops.pem"), (3, "ci.pem")] {

@@ -129,7 +129,7 @@ fn restore_writes_a_proof_that_verifies_offline_and_audit_passes() {
     assert_eq!(cp["size"], 6);
     let report = audit(&w, None);
     assert!(report.ok().contains("ok: every check passed"), "{report:?}");
-    let data = w.data();
+    let data = w.data_signed_up_to(6);
     let report = audit(&w, Some(&data));
     assert!(
         report.ok().contains("entries      6 (checkpoint covers 6)"),
@@ -141,7 +141,7 @@ fn restore_writes_a_proof_that_verifies_offline_and_audit_passes() {
 fn a_flipped_byte_in_a_blob_or_an_entry_fails_restore_and_audit() {
     let w = World::new(&[]);
     w.three_releases();
-    let data = w.data();
+    let data = w.data_signed_up_to(6);
     let stat = w
         .cli(&["--output", "json", "stat", "--release-id", "rel-1"])
         .json();
