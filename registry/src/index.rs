@@ -10,7 +10,7 @@
 //! d/<digest hex>/<release id>         (empty): digest -> release ids
 //! e/<env>                             EnvHead (JSON): latest pin of the env
 //! p/<env>/<seq u64 BE>                EntryAt of the pin (its entry copy holds the rest)
-//! t/<env>/<activated_at key><seq BE>  EntryAt of the pin, then of its release's publish: time-ordered pins, for resolve
+//! t/<env>/<activated_at key><seq BE>  Slot: where the pin, its release's publish and its neighbour pins are; time-ordered, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
 //! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
 //! o/<first index u64 BE>              u64 BE entry count, u64 BE byte size of that log object
@@ -128,7 +128,7 @@ const FORMAT_KEY: &[u8] = b"m/format";
 /// 2: Merkle hashes and entry copies in flat files; 3: pins read from
 /// their entry copies; 4: artifacts too; 5: with the copies' places;
 /// 6: time keys name the pin and publish entries.
-pub const FORMAT: u64 = 6;
+pub const FORMAT: u64 = 7;
 
 /// Where an entry and its copy are: log index, then offset and length in
 /// the entry copy file. 20 bytes, so sled keeps the value inline.
@@ -162,6 +162,66 @@ impl EntryAt {
     }
 }
 
+/// A pin's place in the time-ordered timeline (its `t/` value): where its
+/// entry is, where its release's publish is, and where the entries of the
+/// pins before and after it in its environment are. A resolve by time
+/// finds all four with one range seek; the pin's successor is filled in
+/// when the next pin of the environment is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub pin: EntryAt,
+    pub published: EntryAt,
+    pub prev: Option<EntryAt>,
+    pub next: Option<EntryAt>,
+}
+
+impl Slot {
+    const HAS_PREV: u8 = 1;
+    const HAS_NEXT: u8 = 2;
+
+    /// A flags byte, then the places: pin, publish, then prev and next
+    /// when present.
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(81);
+        let flags = u8::from(self.prev.is_some()) * Self::HAS_PREV
+            + u8::from(self.next.is_some()) * Self::HAS_NEXT;
+        v.push(flags);
+        for at in [Some(self.pin), Some(self.published), self.prev, self.next]
+            .into_iter()
+            .flatten()
+        {
+            v.extend_from_slice(&at.encode());
+        }
+        v
+    }
+
+    fn decode(v: &[u8]) -> Result<Self> {
+        let flags = *v
+            .first()
+            .ok_or_else(|| Error::internal("index holds an empty timeline slot"))?;
+        let mut places = v[1..].chunks(20).map(EntryAt::decode);
+        let mut next_place = || {
+            places
+                .next()
+                .unwrap_or_else(|| Err(Error::internal("index holds a short timeline slot")))
+        };
+        let pin = next_place()?;
+        let published = next_place()?;
+        let prev = (flags & Self::HAS_PREV != 0)
+            .then(&mut next_place)
+            .transpose()?;
+        let next = (flags & Self::HAS_NEXT != 0)
+            .then(&mut next_place)
+            .transpose()?;
+        Ok(Self {
+            pin,
+            published,
+            prev,
+            next,
+        })
+    }
+}
+
 /// A file in the index folder that says the index was found damaged while
 /// serving; the next open rebuilds it.
 const DAMAGED: &str = "damaged";
@@ -172,6 +232,8 @@ const DAMAGED: &str = "damaged";
 struct Pending {
     envs: std::collections::HashMap<EnvName, EnvHead>,
     releases: std::collections::HashMap<ReleaseId, EntryAt>,
+    /// The latest pin's timeline key and slot, per environment.
+    slots: std::collections::HashMap<EnvName, (Vec<u8>, Slot)>,
     keys: std::collections::HashMap<KeyId, KeyRecord>,
 }
 
@@ -552,6 +614,29 @@ impl Index {
                 if let Some(o) = ordered {
                     batch.insert(position_key(&p.env, o, p.seq), &[][..]);
                 }
+                // The previous pin's slot learns where its successor is.
+                let prev = match (pending.slots.remove(&p.env), &head) {
+                    (Some(latest), _) => Some(latest),
+                    (None, Some(h)) => {
+                        let key = time_key(&p.env, h.activated_at, h.seq);
+                        let value = self.tree.get(&key)?.ok_or_else(|| {
+                            Error::internal(format!(
+                                "index lacks the timeline slot of pin #{} of {}",
+                                h.seq, p.env
+                            ))
+                        })?;
+                        Some((key, Slot::decode(&value)?))
+                    }
+                    (None, None) => None,
+                };
+                let prev_pin = match prev {
+                    Some((key, mut slot)) => {
+                        slot.next = Some(place);
+                        batch.insert(key, slot.encode());
+                        Some(slot.pin)
+                    }
+                    None => None,
+                };
                 let head = EnvHead {
                     seq: p.seq,
                     activated_at: p.activated_at,
@@ -573,10 +658,15 @@ impl Index {
                         )
                     })?,
                 };
-                let mut both = [0u8; 40];
-                both[..20].copy_from_slice(&at);
-                both[20..].copy_from_slice(&published.encode());
-                batch.insert(time_key(&p.env, p.activated_at, p.seq), &both[..]);
+                let slot = Slot {
+                    pin: place,
+                    published,
+                    prev: prev_pin,
+                    next: None,
+                };
+                let key = time_key(&p.env, p.activated_at, p.seq);
+                batch.insert(key.clone(), slot.encode());
+                pending.slots.insert(p.env.clone(), (key, slot));
                 batch.insert(pin_key(&p.env, p.seq), &at[..]);
             }
             Entry::Key(k) => {
@@ -902,25 +992,15 @@ impl Index {
     }
 
     /// The last pin of `env` activated at or before `at` (ties: the later
-    /// pin), by one range seek: where its entry is and where the publish of
-    /// its release is.
+    /// pin), by one range seek: its [`Slot`].
     ///
     /// # Errors
     /// Internal when the index is unreadable.
-    pub fn live_at(&self, env: &EnvName, at: Timestamp) -> Result<Option<(EntryAt, EntryAt)>> {
+    pub fn live_at(&self, env: &EnvName, at: Timestamp) -> Result<Option<Slot>> {
         let lo = env_prefix("t", env);
         let hi = time_key(env, at, u64::MAX);
         match self.tree.range(lo..=hi).next_back() {
-            Some(item) => {
-                let (_, value) = item?;
-                let published = value
-                    .get(20..)
-                    .ok_or_else(|| Error::internal("index time value is too short"))?;
-                Ok(Some((
-                    EntryAt::decode(&value)?,
-                    EntryAt::decode(published)?,
-                )))
-            }
+            Some(item) => Ok(Some(Slot::decode(&item?.1)?)),
             None => Ok(None),
         }
     }
@@ -1087,5 +1167,36 @@ impl NodeSource for Index {
 
     fn node(&self, level: u8, index: u64) -> Result<Hash> {
         Index::node(self, level, index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_round_trip_and_short_ones_are_refused() {
+        let at = |index| EntryAt {
+            index,
+            offset: index * 400,
+            len: 389,
+        };
+        for (prev, next) in [
+            (None, None),
+            (Some(at(3)), None),
+            (None, Some(at(9))),
+            (Some(at(3)), Some(at(9))),
+        ] {
+            let slot = Slot {
+                pin: at(5),
+                published: at(1),
+                prev,
+                next,
+            };
+            let bytes = slot.encode();
+            assert_eq!(Slot::decode(&bytes).unwrap(), slot);
+            assert!(Slot::decode(&bytes[..bytes.len() - 1]).is_err());
+        }
+        assert!(Slot::decode(&[]).is_err());
     }
 }

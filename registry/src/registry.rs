@@ -1215,7 +1215,7 @@ impl Inner {
         seen: &mut Seen<'_>,
     ) -> Result<Resolution> {
         let margin = margin.unwrap_or(self.limits.boundary_margin);
-        let Some((pin_at, published)) = self.index.live_at(env, at)? else {
+        let Some(slot) = self.index.live_at(env, at)? else {
             self.known_env(env)?;
             let first = self.pin_at(env, 1)?;
             return Err(Error::not_found(format!(
@@ -1224,17 +1224,24 @@ impl Inner {
                 first.release_id, first.activated_at
             )));
         };
-        seen.published = Some(published);
-        let (pin, entry) = self.index.pin_entry_at(pin_at, &seen.reader)?;
+        seen.published = Some(slot.published);
+        let (pin, entry) = self.index.pin_entry_at(slot.pin, &seen.reader)?;
         seen.entries.push((pin.log_index, entry));
-        let seq = pin.seq;
         // The previous pin matters only near the start of the interval.
-        let prev = if seq > 1 && timeline::near_start(at, &pin, margin) {
-            Some(self.pin_at(env, seq - 1)?)
-        } else {
-            None
+        let prev = match slot.prev {
+            Some(prev) if timeline::near_start(at, &pin, margin) => {
+                Some(self.index.pin_entry_at(prev, &seen.reader)?.0)
+            }
+            _ => None,
         };
-        let next = self.find_pin_seen(env, seq + 1, seen)?;
+        let next = match slot.next {
+            Some(next) => {
+                let (next, entry) = self.index.pin_entry_at(next, &seen.reader)?;
+                seen.entries.push((next.log_index, entry));
+                Some(next)
+            }
+            None => None,
+        };
         let near_switch = timeline::near_switch(at, prev.as_ref(), &pin, next.as_ref(), margin);
         Ok(Resolution {
             pin,

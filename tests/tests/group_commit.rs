@@ -69,6 +69,41 @@ async fn pin_concurrently(registry: Arc<Registry>, n: usize) -> Duration {
     started.elapsed()
 }
 
+/// Resolve by time agrees with the history of `env`, even where one
+/// batch applied several of its pins: at each pin's instant the live pin is
+/// the last one activated then, its successor is the next pin, and the
+/// switch it is near (margin 0) comes from the pin before it.
+fn resolve_follows_history(registry: &Registry, env: &str) {
+    let env = env.parse().unwrap();
+    let mut pins = registry
+        .history(&env, &HistoryQuery::default())
+        .unwrap()
+        .pins;
+    pins.reverse();
+    for p in &pins {
+        let live = pins
+            .iter()
+            .rposition(|q| q.activated_at <= p.activated_at)
+            .unwrap();
+        let r = registry
+            .resolve(&env, p.activated_at, Some(Duration::ZERO))
+            .unwrap();
+        assert_eq!(r.pin.seq, pins[live].seq);
+        assert_eq!(
+            r.next.map(|n| n.seq),
+            pins.get(live + 1).map(|n| n.seq),
+            "successor of pin #{}",
+            r.pin.seq
+        );
+        assert_eq!(
+            r.near_switch.map(|b| b.before.seq),
+            live.checked_sub(1).map(|before| pins[before].seq),
+            "predecessor of pin #{}",
+            r.pin.seq
+        );
+    }
+}
+
 async fn log_objects(store: &Arc<dyn ObjectStore>) -> usize {
     let prefix = object_store::path::Path::from("log/entries");
     store
@@ -100,6 +135,7 @@ async fn concurrent_pins_share_log_objects_on_slow_storage() {
             .unwrap();
         let seqs: Vec<u64> = page.pins.iter().rev().map(|p| p.seq).collect();
         assert_eq!(seqs, (1..=16).collect::<Vec<_>>());
+        resolve_follows_history(&registry, env);
     }
     // Without group commit every pin is its own object.
     let slow = Arc::new(Faulty::new(Arc::new(InMemory::new())));
