@@ -1374,12 +1374,14 @@ async fn put_checkpoint(store: &Arc<dyn ObjectStore>, cp: &SignedCheckpoint) -> 
 
 /// How often `log/checkpoint` is rewritten at most while the log grows.
 ///
-/// Each rewrite costs as much as a publish's own commit (a file written and
-/// fsynced, its folder fsynced, the replaced file's inode freed; on S3 a
-/// PUT), and rewriting after every commit halved publish throughput on a
-/// local disk. The stored checkpoint is a convenience for offline audits
-/// and start-up checks; the log itself is the record, so trailing it by up
-/// to this interval loses nothing. A graceful stop stores the newest one.
+/// Each rewrite is a write of its own (a file written and fsynced, its
+/// folder fsynced, the replaced file's inode freed; on S3 a PUT). Done
+/// after every commit it added two fsyncs to each publish, and on ext4
+/// without a journal the freed inodes piled up and slowed every later file
+/// creation (see BENCHMARKS.md). The stored checkpoint is a convenience
+/// for offline audits and start-up checks; the log itself is the record,
+/// so trailing it by up to this interval loses nothing. A graceful stop
+/// stores the newest one.
 pub const STORE_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Stores new checkpoints at `log/checkpoint`: the first after a quiet

@@ -178,7 +178,7 @@ pub fn local(path: &Path) -> Result<LocalFolder> {
         })?
         .with_fsync(true);
     Ok(LocalFolder {
-        inner: Arc::new(inner),
+        inner,
         root: path.to_path_buf(),
     })
 }
@@ -200,15 +200,14 @@ pub const UNCACHE_FROM: usize = 64 * 1024;
 /// advice: where it fails or is unsupported the data is just as durable.
 #[derive(Debug)]
 pub struct LocalFolder {
-    inner: Arc<LocalFileSystem>,
+    inner: LocalFileSystem,
     root: PathBuf,
 }
 
-impl LocalFolder {
-    fn uncache_later(&self, location: &StorePath) {
-        let path = self.root.join(location.as_ref());
-        tokio::task::spawn_blocking(move || uncache(&path));
-    }
+/// Drops the cached pages of the (synced) file at `path`, off the caller's
+/// thread.
+fn uncache_later(path: PathBuf) {
+    tokio::task::spawn_blocking(move || uncache(&path));
 }
 
 /// Asks the kernel to drop the cached pages of the (synced) file at `path`.
@@ -240,7 +239,7 @@ impl ObjectStore for LocalFolder {
         let large = payload.content_length() >= UNCACHE_FROM;
         let result = self.inner.put_opts(location, payload, opts).await?;
         if large {
-            self.uncache_later(location);
+            uncache_later(self.root.join(location.as_ref()));
         }
         Ok(result)
     }
@@ -320,8 +319,7 @@ impl MultipartUpload for UncachedUpload {
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         let result = self.upload.complete().await?;
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || uncache(&path));
+        uncache_later(self.path.clone());
         Ok(result)
     }
 
