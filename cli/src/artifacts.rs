@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Serialize;
+use stackpin_core::digest::{Digest, Hasher};
+use stackpin_core::position::DbPosition;
+use stackpin_core::proof::{ProvedEntry, RestoreProof, Verified};
+use stackpin_core::signing::TrustedKeys;
 use stackpin_proto::v1 as pb;
-use stackpin_registry::digest::{Digest, Hasher};
-use stackpin_registry::position::DbPosition;
-use stackpin_registry::proof::{ProvedEntry, RestoreProof, Verified};
-use stackpin_registry::signing::TrustedKeys;
 
 use crate::exit::{Failure, Outcome};
 use crate::pins::{ArtifactArg, ResolveArgs, ask};
@@ -551,14 +551,14 @@ pub async fn stat(args: &StatArgs, server: &crate::client::Connection, format: F
 #[derive(clap::Args)]
 pub struct SnapshotTagArgs {
     /// The environment whose live artifact the snapshot goes with.
-    #[arg(long, value_parser = crate::parse::<stackpin_registry::ids::EnvName>)]
-    env: stackpin_registry::ids::EnvName,
+    #[arg(long, value_parser = crate::parse::<stackpin_core::ids::EnvName>)]
+    env: stackpin_core::ids::EnvName,
     /// The database snapshot (e.g. made with `VACUUM INTO`).
     #[arg(long)]
     snapshot: PathBuf,
     /// When the snapshot was taken (default: now).
-    #[arg(long, value_parser = crate::parse::<stackpin_registry::time::Timestamp>)]
-    at: Option<stackpin_registry::time::Timestamp>,
+    #[arg(long, value_parser = crate::parse::<stackpin_core::time::Timestamp>)]
+    at: Option<stackpin_core::time::Timestamp>,
 }
 
 /// The tag written beside a snapshot: which artifact it goes with.
@@ -584,9 +584,7 @@ pub async fn snapshot_tag(
 ) -> Outcome {
     let bytes = std::fs::read(&args.snapshot)
         .map_err(|e| Failure::invalid(format!("reading {}: {e}", args.snapshot.display())))?;
-    let at = args
-        .at
-        .unwrap_or_else(stackpin_registry::time::Timestamp::now);
+    let at = args.at.unwrap_or_else(stackpin_core::time::Timestamp::now);
     let mut client = crate::client::connect(server).await?;
     let query = ResolveArgs::at(args.env.clone(), at);
     let (response, _) = ask(&mut client, &query, true).await?;

@@ -35,12 +35,12 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+use stackpin_core::digest::Digest;
+use stackpin_core::ids::{EnvName, ReleaseId};
+use stackpin_core::signing;
+use stackpin_core::time::Timestamp;
+use stackpin_core::time::parse_duration;
 use stackpin_proto::v1 as pb;
-use stackpin_registry::config::parse_duration;
-use stackpin_registry::digest::Digest;
-use stackpin_registry::ids::{EnvName, ReleaseId};
-use stackpin_registry::signing;
-use stackpin_registry::time::Timestamp;
 use tokio::time::Instant;
 
 use crate::exit::{Failure, Outcome};

@@ -99,9 +99,9 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-impl From<stackpin_registry::Error> for Failure {
-    fn from(error: stackpin_registry::Error) -> Self {
-        use stackpin_registry::Kind;
+impl From<stackpin_core::Error> for Failure {
+    fn from(error: stackpin_core::Error) -> Self {
+        use stackpin_core::Kind;
         let code = match error.kind() {
             Kind::Invalid | Kind::TooLarge => INVALID,
             Kind::NoSpace => UNAVAILABLE,

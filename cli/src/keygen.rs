@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use stackpin_registry::signing::{self, PublicKey};
+use stackpin_core::signing::{self, PublicKey};
 
 use crate::exit::{Failure, Outcome};
 use crate::view::Format;

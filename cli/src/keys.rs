@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
+use stackpin_core::ids::Reason;
+use stackpin_core::signing::{KeyId, PublicKey};
+use stackpin_core::time::Timestamp;
 use stackpin_proto::v1 as pb;
-use stackpin_registry::ids::Reason;
-use stackpin_registry::signing::{KeyId, PublicKey};
-use stackpin_registry::time::Timestamp;
 
 use crate::exit::{Failure, Outcome};
 use crate::view::{Format, time, wire_time};

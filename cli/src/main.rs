@@ -24,15 +24,15 @@ use crate::view::Format;
 /// rejects exactly what the registry would, before anything is sent.
 fn parse<T>(text: &str) -> Result<T, String>
 where
-    T: std::str::FromStr<Err = stackpin_registry::Error>,
+    T: std::str::FromStr<Err = stackpin_core::Error>,
 {
     text.parse()
-        .map_err(|e: stackpin_registry::Error| e.to_string())
+        .map_err(|e: stackpin_core::Error| e.to_string())
 }
 
 /// A clap value parser from a constructor returning the registry's error.
 fn parse_with<T>(
-    f: fn(&str) -> Result<T, stackpin_registry::Error>,
+    f: fn(&str) -> Result<T, stackpin_core::Error>,
 ) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
 where
     T: Clone + Send + Sync + 'static,

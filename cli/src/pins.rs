@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
+use stackpin_core::digest::Digest;
+use stackpin_core::ids::{EnvName, Reason, ReleaseId};
+use stackpin_core::position::DbPosition;
+use stackpin_core::time::Timestamp;
 use stackpin_proto::v1 as pb;
-use stackpin_registry::digest::Digest;
-use stackpin_registry::ids::{EnvName, Reason, ReleaseId};
-use stackpin_registry::position::DbPosition;
-use stackpin_registry::time::Timestamp;
 
 use crate::exit::Outcome;
 use crate::view::{Format, PinView, ResolveView, wire_time};
@@ -135,7 +135,7 @@ pub struct ResolveArgs {
     pub litestream_txid: Option<DbPosition>,
     /// How close to a switch counts as ambiguous (e.g. 2s); default: the
     /// registry's setting.
-    #[arg(long, value_parser = stackpin_registry::config::parse_duration)]
+    #[arg(long, value_parser = stackpin_core::time::parse_duration)]
     pub margin: Option<Duration>,
     /// Have the replica catch up with the shared log before answering.
     #[arg(long)]

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use serde::Serialize;
+use stackpin_core::digest::Digest;
+use stackpin_core::ids::ReleaseId;
+use stackpin_core::signing;
 use stackpin_proto::v1 as pb;
-use stackpin_registry::digest::Digest;
-use stackpin_registry::ids::ReleaseId;
-use stackpin_registry::signing;
 
 use crate::exit::{Failure, Outcome};
 use crate::view::{ArtifactView, Format};

@@ -8,9 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
+use stackpin_core::merkle::{self, Hash};
+use stackpin_core::note::{Checkpoint, NoteVerifier};
 use stackpin_proto::v1 as pb;
-use stackpin_registry::merkle::{self, Hash};
-use stackpin_registry::note::{Checkpoint, NoteVerifier};
 
 use crate::exit::{Failure, Outcome};
 

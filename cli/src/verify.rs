@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use stackpin_core::audit::{Audit, Report};
+use stackpin_core::layout;
+use stackpin_core::proof::RestoreProof;
+use stackpin_core::signing::TrustedKeys;
 use stackpin_proto::v1 as pb;
-use stackpin_registry::audit::{Audit, Report};
-use stackpin_registry::digest::Digest;
-use stackpin_registry::proof::RestoreProof;
-use stackpin_registry::signing::TrustedKeys;
 
 use crate::exit::{Failure, Outcome, VERIFY};
 use crate::view::Format;
@@ -284,7 +284,7 @@ fn print_report(report: &Report, source: &str, format: Format) {
 async fn audit_server(
     server: &crate::client::Connection,
     audit: &mut Audit,
-    log_key: &stackpin_registry::note::NoteVerifier,
+    log_key: &stackpin_core::note::NoteVerifier,
     state: Option<&Path>,
     progress: &mut Progress,
 ) -> Outcome {
@@ -343,34 +343,36 @@ async fn audit_server(
 fn audit_dir(
     dir: &Path,
     audit: &mut Audit,
-    log_key: &stackpin_registry::note::NoteVerifier,
+    log_key: &stackpin_core::note::NoteVerifier,
     progress: &mut Progress,
 ) -> Outcome {
-    let entries = dir.join("log/entries");
+    let entries = dir.join(layout::ENTRIES);
     if !entries.is_dir() {
         return Err(Failure::invalid(format!(
-            "{} has no log/entries folder: not a stackpin data folder",
-            dir.display()
+            "{} has no {} folder: not a stackpin data folder",
+            dir.display(),
+            layout::ENTRIES
         )));
     }
-    // Every entry file present, so a gap (a deleted entry) is seen even
-    // though entries are read by index.
-    let mut present: Vec<u64> = std::fs::read_dir(&entries)
+    // Every log object present, in order: an object may hold several
+    // entries (a group commit), and a gap (a deleted object) is seen as
+    // entries no object holds.
+    let mut objects: Vec<u64> = std::fs::read_dir(&entries)
         .map_err(|e| Failure::invalid(format!("listing {}: {e}", entries.display())))?
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter_map(|e| e.file_name().to_str().and_then(layout::parse_object_name))
         .collect();
-    present.sort_unstable();
-    let total = present.last().map_or(0, |last| last + 1);
-    for index in 0..total {
-        let path = entries.join(format!("{index:020}"));
+    objects.sort_unstable();
+    let total = objects.len() as u64;
+    for (i, start) in objects.into_iter().enumerate() {
+        let path = dir.join(layout::object_key(start));
         match std::fs::read(&path) {
-            Ok(bytes) => audit.entry(index, &bytes),
-            Err(e) => audit.unreadable(index, &format!("{}: {e}", path.display())),
+            Ok(bytes) => audit.object(start, Ok(&bytes::Bytes::from(bytes))),
+            Err(e) => audit.object(start, Err(&format!("{}: {e}", path.display()))),
         }
-        progress.tick("entries", index + 1, Some(total));
+        progress.tick("log objects", i as u64 + 1, Some(total));
     }
-    let cp_path = dir.join("log/checkpoint");
+    let cp_path = dir.join(layout::CHECKPOINT);
     match std::fs::read_to_string(&cp_path) {
         Ok(note) => audit.checkpoint(&note, log_key),
         Err(e) => audit.no_checkpoint(&format!("no checkpoint at {}: {e}", cp_path.display())),
@@ -378,7 +380,7 @@ fn audit_dir(
     audit.signatures();
     let digests = audit.digests();
     for (i, digest) in digests.iter().enumerate() {
-        let path = blob_path(dir, digest);
+        let path = dir.join(layout::blob_key(digest));
         match std::fs::read(&path) {
             Ok(bytes) => audit.blob(digest, Ok(&bytes)),
             Err(e) => audit.blob(digest, Err(format!("{}: {e}", path.display()))),
@@ -386,8 +388,4 @@ fn audit_dir(
         progress.tick("blobs", i as u64 + 1, Some(digests.len() as u64));
     }
     Ok(())
-}
-
-fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
-    dir.join("blobs/sha256").join(digest.hex())
 }

@@ -2,8 +2,8 @@
 //! rendered as text for people or JSON for scripts.
 
 use serde::Serialize;
+use stackpin_core::time::Timestamp;
 use stackpin_proto::v1 as pb;
-use stackpin_registry::time::Timestamp;
 
 /// How results are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -141,7 +141,7 @@ pub struct Authorizer {
 fn principal(name: &str, roles: &[Role], envs: &[String]) -> Result<Principal> {
     let envs = envs
         .iter()
-        .map(|e| e.parse())
+        .map(|e| e.parse().map_err(Error::from))
         .collect::<Result<Vec<EnvName>>>()?;
     if roles.is_empty() {
         return Err(Error::invalid(format!("credential {name:?} has no roles")));

@@ -37,7 +37,7 @@ impl Blobs {
 
     /// The storage key of `digest`.
     pub fn path(digest: &Digest) -> Path {
-        Path::from(format!("blobs/sha256/{}", digest.hex()))
+        Path::from(stackpin_core::layout::blob_key(digest))
     }
 
     /// Stores `bytes` under `digest` (which the caller computed from them),

@@ -14,168 +14,29 @@
 //! replicas' writes within one poll interval, and reads its own writes at
 //! once (entries are applied before requests are acknowledged).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use stackpin_core::state::{Overlay, Refused, Rules};
+
 use crate::error::{Error, Kind, Result};
-use crate::ids::{EnvName, ReleaseId};
-use crate::index::{ArtifactRecord, EnvHead, Index, KeyRecord};
-use crate::log::{Entry, KeyAction, Log};
-use crate::merkle;
-use crate::signing::KeyId;
+use crate::index::Index;
+use crate::log::{Entry, Log};
 
 /// Most requests committed in one log object.
 pub const MAX_BATCH: usize = 256;
 /// Rounds of "lost the race, catch up, try again" before giving up.
 const MAX_ATTEMPTS: usize = 64;
 
-/// The state a request is validated against: the applied log plus the
-/// entries already accepted into the batch being built.
-pub struct View<'a> {
-    index: &'a Index,
-    next: u64,
-    envs: HashMap<EnvName, EnvHead>,
-    releases: HashMap<ReleaseId, ArtifactRecord>,
-    keys: HashMap<KeyId, KeyRecord>,
-}
-
-impl<'a> View<'a> {
-    pub(crate) fn new(index: &'a Index, next: u64) -> Self {
-        Self {
-            index,
-            next,
-            envs: HashMap::new(),
-            releases: HashMap::new(),
-            keys: HashMap::new(),
-        }
-    }
-
-    /// The index the next entry would get.
-    pub fn next_index(&self) -> u64 {
-        self.next
-    }
-
-    /// The latest pin of `env`.
-    ///
-    /// # Errors
-    /// Internal when the index fails.
-    pub fn env_head(&self, env: &EnvName) -> Result<Option<EnvHead>> {
-        match self.envs.get(env) {
-            Some(h) => Ok(Some(h.clone())),
-            None => self.index.env_head(env),
-        }
-    }
-
-    /// The artifact bound to `release_id`.
-    ///
-    /// # Errors
-    /// Internal when the index fails.
-    pub fn artifact_by_release(&self, release_id: &ReleaseId) -> Result<Option<ArtifactRecord>> {
-        match self.releases.get(release_id) {
-            Some(a) => Ok(Some(a.clone())),
-            None => self.index.artifact_by_release(release_id),
-        }
-    }
-
-    /// A publisher key's lifecycle record.
-    ///
-    /// # Errors
-    /// Internal when the index fails.
-    pub fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>> {
-        match self.keys.get(key_id) {
-            Some(k) => Ok(Some(k.clone())),
-            None => self.index.key(key_id),
-        }
-    }
-
-    /// Every publisher key record.
-    ///
-    /// # Errors
-    /// Internal when the index fails.
-    pub fn keys(&self) -> Result<Vec<KeyRecord>> {
-        let mut out: Vec<KeyRecord> = self
-            .index
-            .keys()?
-            .into_iter()
-            .filter(|k| !self.keys.contains_key(&k.key_id))
-            .collect();
-        out.extend(self.keys.values().cloned());
-        Ok(out)
-    }
-
-    /// Takes an accepted entry into account for the requests after it.
-    fn absorb(&mut self, entry: &Entry, bytes: &[u8]) -> Result<()> {
-        let index = self.next;
-        self.next += 1;
-        match entry {
-            Entry::Publish(p) => {
-                self.releases.insert(
-                    p.release_id.clone(),
-                    ArtifactRecord {
-                        release_id: p.release_id.clone(),
-                        digest: p.digest,
-                        size: p.size,
-                        media_type: p.media_type.clone(),
-                        recorded_at: p.recorded_at,
-                        log_index: index,
-                        key_id: p.key_id.clone(),
-                        envelope: p.envelope.clone(),
-                    },
-                );
-            }
-            Entry::Pin(p) => {
-                let previous = self.env_head(&p.env)?;
-                let (mut last_lsn, mut last_txid) = previous
-                    .as_ref()
-                    .map_or((None, None), |h| (h.last_lsn, h.last_txid));
-                match p
-                    .db_position
-                    .as_ref()
-                    .map(|d| d.ordered())
-                    .transpose()?
-                    .flatten()
-                {
-                    Some(o @ crate::position::Ordered::Lsn(_)) => last_lsn = Some(o.value()),
-                    Some(o @ crate::position::Ordered::Txid(_)) => last_txid = Some(o.value()),
-                    None => {}
-                }
-                self.envs.insert(
-                    p.env.clone(),
-                    EnvHead {
-                        seq: p.seq,
-                        activated_at: p.activated_at,
-                        entry_hash: hex::encode(merkle::leaf_hash(bytes)),
-                        last_lsn,
-                        last_txid,
-                    },
-                );
-            }
-            Entry::Key(k) => {
-                let mut rec = self.key(&k.key_id)?.unwrap_or(KeyRecord {
-                    key_id: k.key_id.clone(),
-                    public_key: None,
-                    valid_from: None,
-                    revoked_at: None,
-                    added_at_index: None,
-                });
-                match k.action {
-                    KeyAction::Add => {
-                        rec.public_key = k.public_key.clone();
-                        rec.valid_from = Some(k.at);
-                        rec.added_at_index = Some(index);
-                    }
-                    KeyAction::Revoke => rec.revoked_at = Some(k.at),
-                }
-                self.keys.insert(k.key_id.clone(), rec);
-            }
-        }
-        Ok(())
-    }
-}
+/// The state a request is built against: the applied log plus the entries
+/// already accepted into the batch being built. Every entry a request
+/// builds is then accepted or refused by [`stackpin_core::state::apply`]
+/// over the same state, so the rules are the ones the index and the audit
+/// apply.
+pub type View<'a> = Overlay<'a, Index>;
 
 /// Builds a request's entry from the current state; `Ok(None)` means there
 /// is nothing to write (an idempotent repeat).
@@ -193,6 +54,8 @@ pub enum Msg {
 pub trait Target: Send + Sync + 'static {
     fn log(&self) -> &Log;
     fn index(&self) -> &Index;
+    /// The rules entries are applied by.
+    fn rules(&self) -> &Rules;
     /// Called after entries were applied (a new checkpoint is due).
     fn committed(&self);
 }
@@ -205,7 +68,7 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 ///
 /// # Errors
 /// Unavailable when storage fails; DataLoss when an entry is damaged.
-pub async fn catch_up(log: &Log, index: &Index) -> Result<u64> {
+pub async fn catch_up(log: &Log, index: &Index, rules: &Rules) -> Result<u64> {
     let first = index.applied()?;
     // A rebuild of a long log takes a while: say how far it has come.
     let mut report_at = std::time::Instant::now() + PROGRESS_EVERY;
@@ -229,7 +92,12 @@ pub async fn catch_up(log: &Log, index: &Index) -> Result<u64> {
             break;
         };
         let entries = Log::split(&object);
-        index.apply_object(start, &entries, usize::try_from(skip).unwrap_or(usize::MAX))?;
+        index.apply_object(
+            rules,
+            start,
+            &entries,
+            usize::try_from(skip).unwrap_or(usize::MAX),
+        )?;
     }
     Ok(index.applied()? - first)
 }
@@ -262,7 +130,7 @@ pub async fn run<T: Target>(
                     }
                 }
                 if !syncs.is_empty() {
-                    let result = catch_up(target.log(), target.index()).await;
+                    let result = catch_up(target.log(), target.index(), target.rules()).await;
                     if matches!(result, Ok(n) if n > 0) {
                         target.committed();
                     }
@@ -275,7 +143,7 @@ pub async fn run<T: Target>(
                 }
             }
             _ = tick.tick() => {
-                let caught = catch_up(target.log(), target.index()).await;
+                let caught = catch_up(target.log(), target.index(), target.rules()).await;
                 if let Ok(n) = &caught {
                     metrics::gauge!("stackpin_index_lag_entries").set(*n as f64);
                 }
@@ -295,7 +163,7 @@ pub async fn run<T: Target>(
 type Reply = oneshot::Sender<Result<Option<u64>>>;
 
 async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
-    let (log, index) = (target.log(), target.index());
+    let (log, index, rules) = (target.log(), target.index(), target.rules());
     for attempt in 0.. {
         if pending.is_empty() {
             return;
@@ -313,7 +181,7 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
             Ok(s) => s,
             Err(e) => return fail_all(pending, &e),
         };
-        let mut view = View::new(index, start);
+        let mut view = View::new(index);
         let mut entries: Vec<Bytes> = Vec::new();
         let mut owners: Vec<(Build, Reply)> = Vec::new();
         // Answers decided against this batch's state (a repeat of, or a
@@ -324,8 +192,9 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
             match build(&view) {
                 Ok(Some(entry)) => {
                     let bytes = entry.to_bytes();
-                    if let Err(e) = view.absorb(&entry, &bytes) {
-                        decided.push((build, reply, Err(e)));
+                    let at = start + entries.len() as u64;
+                    if let Err(refused) = view.apply(rules, at, &bytes) {
+                        decided.push((build, reply, Err(refused_request(refused))));
                         continue;
                     }
                     entries.push(bytes);
@@ -359,14 +228,14 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
             let rerun = owners
                 .into_iter()
                 .chain(decided.into_iter().map(|(b, r, _)| (b, r)));
-            if let Err(e) = catch_up(log, index).await {
+            if let Err(e) = catch_up(log, index, rules).await {
                 return fail_all(rerun.collect(), &e);
             }
             target.committed();
             pending = rerun.collect();
             continue;
         }
-        if let Err(e) = index.apply_object(start, &entries, 0) {
+        if let Err(e) = index.apply_object(rules, start, &entries, 0) {
             fail_all(owners, &e);
             return fail_all(decided.into_iter().map(|(b, r, _)| (b, r)).collect(), &e);
         }
@@ -378,6 +247,15 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
             let _ = reply.send(answer);
         }
         return;
+    }
+}
+
+/// A request whose entry the rules refuse: the violation's kind and
+/// message, for the caller to act on.
+fn refused_request(refused: Refused<Error>) -> Error {
+    match refused {
+        Refused::Violation(v) => v.to_error().into(),
+        Refused::State(e) => e,
     }
 }
 

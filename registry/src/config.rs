@@ -23,16 +23,7 @@ use crate::registry::{DEFAULT_MAX_ARTIFACT_BYTES, Limits};
 use crate::signing;
 use crate::storage::{S3Options, StorageUrl};
 
-/// Parses a duration such as `5s`, `1500ms` or `2m` (non-negative).
-///
-/// # Errors
-/// A message naming the accepted forms.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = text
-        .parse()
-        .map_err(|e| format!("{text:?} is not a duration like 5s, 1500ms or 2m: {e}"))?;
-    Duration::try_from(d).map_err(|_| format!("{text:?} must not be negative"))
-}
+pub use stackpin_core::time::parse_duration;
 
 /// Durations are written as text (`5s`) in files, variables and flags.
 mod text_duration {

@@ -1,4 +1,5 @@
-//! The registry's one error type.
+//! The registry's error type: the core's [`Kind`] and message, plus the
+//! conversions from the storage and index crates the core does not know.
 //!
 //! Every failure carries a [`Kind`] telling the caller what to do about it and
 //! a message naming the thing that caused it (a digest, a release id, an
@@ -7,48 +8,17 @@
 
 use std::fmt;
 
-/// What the caller can do about a failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// The request is malformed; retrying it unchanged cannot succeed.
-    Invalid,
-    /// The named thing does not exist.
-    NotFound,
-    /// A write-once rule forbids the write (a release id already bound).
-    Conflict,
-    /// The request is well-formed but out of order with the current state.
-    Precondition,
-    /// The request exceeds a configured limit.
-    TooLarge,
-    /// Storage has no space left; reads still work, writes resume when
-    /// space is freed.
-    NoSpace,
-    /// Storage could not be reached; retrying later may succeed.
-    Unavailable,
-    /// No credential, or one the registry does not know.
-    Unauthenticated,
-    /// A known credential without the role or environment needed.
-    PermissionDenied,
-    /// Stored bytes no longer match their digest or the log is damaged.
-    DataLoss,
-    /// A bug or an unexpected state.
-    Internal,
-}
+pub use stackpin_core::error::Kind;
 
-/// A registry failure: a kind and a human-readable message.
+/// A registry failure: a core error, or one from storage or the index
+/// converted into the same kinds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Error {
-    kind: Kind,
-    message: String,
-}
+pub struct Error(stackpin_core::Error);
 
 impl Error {
     /// Builds an error of `kind`.
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
+        Self(stackpin_core::Error::new(kind, message))
     }
 
     /// A malformed request.
@@ -78,22 +48,39 @@ impl Error {
 
     /// The kind of failure.
     pub fn kind(&self) -> Kind {
-        self.kind
+        self.0.kind()
     }
 
     /// The human-readable message.
     pub fn message(&self) -> &str {
-        &self.message
+        self.0.message()
+    }
+
+    /// The same error with a precise machine-readable reason.
+    #[must_use]
+    pub fn with_reason(self, reason: &'static str) -> Self {
+        Self(self.0.with_reason(reason))
+    }
+
+    /// The machine-readable reason (see [`stackpin_core::Error::reason`]).
+    pub fn reason(&self) -> &'static str {
+        self.0.reason()
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
+        self.0.fmt(f)
     }
 }
 
 impl std::error::Error for Error {}
+
+impl From<stackpin_core::Error> for Error {
+    fn from(err: stackpin_core::Error) -> Self {
+        Self(err)
+    }
+}
 
 /// Whether an error (or any error it wraps) is the disk being full.
 fn is_storage_full(err: &(dyn std::error::Error + 'static)) -> bool {

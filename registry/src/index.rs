@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! m/applied                           u64 BE: entries 0..applied are applied
-//! r/<release id>                      EntryAt of the publish (its entry copy holds the rest)
+//! r/<release id>                      EntryAt of the publish, then the 32-byte digest it binds
 //! d/<digest hex>/<release id>         (empty): digest -> release ids
 //! e/<env>                             EnvHead (JSON): latest pin of the env
 //! p/<env>/<seq u64 BE>                EntryAt of the pin (its entry copy holds the rest)
@@ -46,11 +46,13 @@ use sled::{Batch, Tree};
 use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
 use crate::ids::{EnvName, ReleaseId};
-use crate::log::{Entry, KeyAction};
+use crate::log::Entry;
 use crate::merkle::{self, Hash, NodeSource};
 use crate::position::Ordered;
 use crate::signing::KeyId;
 use crate::time::Timestamp;
+use stackpin_core::layout;
+use stackpin_core::state::{Applied, Change, Overlay, Refused, Release, Rules, State};
 
 /// A published artifact, as the index keeps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -84,51 +86,16 @@ pub struct PinRecord {
     pub db_position: Option<crate::position::DbPosition>,
 }
 
-/// The latest pin of an environment: what the next pin is checked against.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EnvHead {
-    pub seq: u64,
-    pub activated_at: Timestamp,
-    pub entry_hash: String,
-    /// The greatest LSN recorded by any pin of the environment.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_lsn: Option<u64>,
-    /// The greatest Litestream TXID recorded by any pin of the environment.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_txid: Option<u64>,
-}
-
-impl EnvHead {
-    /// The greatest recorded position of the kind of `p`.
-    pub fn last(&self, p: Ordered) -> Option<u64> {
-        match p {
-            Ordered::Lsn(_) => self.last_lsn,
-            Ordered::Txid(_) => self.last_txid,
-        }
-    }
-}
-
-/// A publisher key's validity, as the log has shaped it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KeyRecord {
-    pub key_id: KeyId,
-    /// SPKI PEM; `None` for a configured key that the log only revoked.
-    pub public_key: Option<String>,
-    /// From when publishes may use it (`None`: configured, always).
-    pub valid_from: Option<Timestamp>,
-    /// From when publishes may no longer use it.
-    pub revoked_at: Option<Timestamp>,
-    /// Log index of the add entry, if the key was added through the log.
-    pub added_at_index: Option<u64>,
-}
+pub use stackpin_core::state::{EnvHead, KeyRecord};
 
 const APPLIED: &[u8] = b"m/applied";
 const FORMAT_KEY: &[u8] = b"m/format";
 /// The index layout version; an index of another version is rebuilt.
 /// 2: Merkle hashes and entry copies in flat files; 3: pins read from
 /// their entry copies; 4: artifacts too; 5: with the copies' places;
-/// 6: time keys name the pin and publish entries.
-pub const FORMAT: u64 = 7;
+/// 6: time keys name the pin and publish entries; 7: with the copies'
+/// lengths; 8: release keys carry the bound digest.
+pub const FORMAT: u64 = 8;
 
 /// Where an entry and its copy are: log index, then offset and length in
 /// the entry copy file. 20 bytes, so sled keeps the value inline.
@@ -226,15 +193,14 @@ impl Slot {
 /// serving; the next open rebuilds it.
 const DAMAGED: &str = "damaged";
 
-/// State written by entries staged earlier in the same batch, which the
-/// tree does not show yet.
+/// Places written by entries staged earlier in the same batch, which the
+/// tree does not show yet (the rule state of those entries is the
+/// overlay's, see [`Index::apply_object`]).
 #[derive(Default)]
 struct Pending {
-    envs: std::collections::HashMap<EnvName, EnvHead>,
     releases: std::collections::HashMap<ReleaseId, EntryAt>,
     /// The latest pin's timeline key and slot, per environment.
     slots: std::collections::HashMap<EnvName, (Vec<u8>, Slot)>,
-    keys: std::collections::HashMap<KeyId, KeyRecord>,
 }
 
 fn object_key(index: u64) -> [u8; 10] {
@@ -414,10 +380,19 @@ impl Index {
 
     /// Applies the entries of the log object starting at `start`, from
     /// entry `start + skip` on (a restart may have applied the first ones).
+    /// Each entry must be accepted by [`state::apply`] under `rules`, over
+    /// the index plus the entries before it in the object.
     ///
     /// # Errors
-    /// As [`Self::apply`].
-    pub fn apply_object(&self, start: u64, entries: &[bytes::Bytes], skip: usize) -> Result<()> {
+    /// DataLoss when an entry breaks a rule (the log was tampered with);
+    /// Internal on index failure.
+    pub fn apply_object(
+        &self,
+        rules: &Rules,
+        start: u64,
+        entries: &[bytes::Bytes],
+        skip: usize,
+    ) -> Result<()> {
         let count = entries.len() as u64;
         let applied = self.applied()?;
         if start + skip as u64 != applied {
@@ -426,8 +401,7 @@ impl Index {
                 start + skip as u64
             )));
         }
-        // Entries are joined by one newline each.
-        let size = entries.iter().map(|e| e.len() as u64).sum::<u64>() + count.saturating_sub(1);
+        let size = layout::object_size(entries);
         // One atomic batch for the whole object: far fewer sled writes when
         // rebuilding a log of group-committed objects.
         if skip >= entries.len() {
@@ -436,13 +410,18 @@ impl Index {
         let mut batch = Batch::default();
         let mut pending = Pending::default();
         let mut staged = self.files.appender(applied)?;
+        let mut state = Overlay::new(self);
         for (i, bytes) in entries.iter().enumerate().skip(skip) {
+            let index = start + i as u64;
+            let accepted = state
+                .apply(rules, index, bytes)
+                .map_err(|refused| refused_in_log(refused, index))?;
             let object = (i == 0).then_some((count, size));
             self.stage(
                 &mut batch,
                 &mut pending,
                 &mut staged,
-                start + i as u64,
+                &accepted,
                 bytes,
                 object,
             )?;
@@ -491,45 +470,25 @@ impl Index {
         Ok((index < start + count).then_some((start, count)))
     }
 
-    /// Applies log entry `index` (which must be the next one), atomically.
-    /// `object` is the entry count when the entry opens a log object.
-    ///
-    /// # Errors
-    /// DataLoss when the entry is malformed or contradicts earlier entries
-    /// (the log was tampered with); Internal on index failure.
-    pub fn apply(&self, index: u64, bytes: &[u8], object: Option<(u64, u64)>) -> Result<()> {
-        let applied = self.applied()?;
-        if index != applied {
-            return Err(Error::internal(format!(
-                "index expected log entry {applied} next, was given {index}"
-            )));
-        }
-        let mut batch = Batch::default();
-        let mut pending = Pending::default();
-        let mut staged = self.files.appender(index)?;
-        self.stage(&mut batch, &mut pending, &mut staged, index, bytes, object)?;
-        self.commit(batch, &staged, index + 1)
-    }
-
-    /// Adds the writes of entry `index` to `batch`, reading state through
-    /// `pending` (the entries staged before it in the same batch).
+    /// Adds the writes of an accepted entry to `batch`; `pending` holds the
+    /// places of the entries staged before it in the same batch.
     fn stage(
         &self,
         batch: &mut Batch,
         pending: &mut Pending,
         staged: &mut files::Appender,
-        index: u64,
+        accepted: &Applied,
         bytes: &[u8],
         object: Option<(u64, u64)>,
     ) -> Result<()> {
-        let entry = Entry::parse(index, bytes)?;
+        let index = accepted.index;
         if let Some((count, size)) = object {
             let mut value = [0u8; 16];
             value[..8].copy_from_slice(&count.to_be_bytes());
             value[8..].copy_from_slice(&size.to_be_bytes());
             batch.insert(&object_key(index)[..], &value[..]);
         }
-        let leaf = merkle::leaf_hash(bytes);
+        let leaf = accepted.leaf;
         let mut node = leaf;
         staged.push_hash(0, index, &leaf)?;
         let (offset, len) = staged.push_entry(bytes);
@@ -545,77 +504,31 @@ impl Index {
             node = merkle::node_hash(&left, &node);
             staged.push_hash(level, at, &node)?;
         }
-        match entry {
-            Entry::Publish(p) => {
-                let earlier = match pending.releases.get(&p.release_id) {
-                    Some(e) => Some(e.index),
-                    None => self.artifact_entry(&p.release_id)?.map(|e| e.index),
-                };
-                if let Some(existing) = earlier {
-                    return Err(Error::new(
-                        Kind::DataLoss,
-                        format!(
-                            "log entry {index} binds release id {} again (already bound at entry {})",
-                            p.release_id, existing
-                        ),
-                    ));
-                }
-                batch.insert(format!("r/{}", p.release_id).into_bytes(), &at[..]);
+        match (&accepted.entry, &accepted.change) {
+            (Entry::Publish(p), Change::Publish(release)) => {
+                let mut value = Vec::with_capacity(52);
+                value.extend_from_slice(&at);
+                value.extend_from_slice(release.digest.as_bytes());
+                batch.insert(format!("r/{}", p.release_id).into_bytes(), value);
                 batch.insert(
                     format!("d/{}/{}", p.digest.hex(), p.release_id).into_bytes(),
                     &[][..],
                 );
-                pending.releases.insert(p.release_id, place);
+                pending.releases.insert(p.release_id.clone(), place);
             }
-            Entry::Pin(p) => {
-                let head = match pending.envs.get(&p.env) {
-                    Some(h) => Some(h.clone()),
-                    None => self.env_head(&p.env)?,
-                };
-                let (expect_seq, expect_prev) = match &head {
-                    None => (1, None),
-                    Some(h) => (h.seq + 1, Some(h.entry_hash.clone())),
-                };
-                let in_order = head
-                    .as_ref()
-                    .is_none_or(|h| p.activated_at >= h.activated_at);
-                let ordered = match &p.db_position {
-                    Some(pos) => pos.ordered().map_err(|e| {
-                        Error::new(Kind::DataLoss, format!("log entry {index}: {e}"))
-                    })?,
-                    None => None,
-                };
-                let position_in_order = match (ordered, &head) {
-                    (Some(o), Some(h)) => h.last(o).is_none_or(|last| o.value() >= last),
-                    _ => true,
-                };
-                if p.seq != expect_seq
-                    || p.prev_pin != expect_prev
-                    || !in_order
-                    || !position_in_order
-                {
-                    return Err(Error::new(
-                        Kind::DataLoss,
-                        format!(
-                            "log entry {index} (pin #{} of {}) does not follow the environment's \
-                             previous pin: the pin chain is broken",
-                            p.seq, p.env
-                        ),
-                    ));
-                }
-                let (mut last_lsn, mut last_txid) = head
-                    .as_ref()
-                    .map_or((None, None), |h| (h.last_lsn, h.last_txid));
-                match ordered {
-                    Some(o @ Ordered::Lsn(_)) => last_lsn = Some(o.value()),
-                    Some(o @ Ordered::Txid(_)) => last_txid = Some(o.value()),
-                    None => {}
-                }
-                if let Some(o) = ordered {
-                    batch.insert(position_key(&p.env, o, p.seq), &[][..]);
+            (
+                Entry::Pin(p),
+                Change::Pin {
+                    previous,
+                    head,
+                    position,
+                },
+            ) => {
+                if let Some(o) = position {
+                    batch.insert(position_key(&p.env, *o, p.seq), &[][..]);
                 }
                 // The previous pin's slot learns where its successor is.
-                let prev = match (pending.slots.remove(&p.env), &head) {
+                let prev = match (pending.slots.remove(&p.env), previous) {
                     (Some(latest), _) => Some(latest),
                     (None, Some(h)) => {
                         let key = time_key(&p.env, h.activated_at, h.seq);
@@ -637,25 +550,14 @@ impl Index {
                     }
                     None => None,
                 };
-                let head = EnvHead {
-                    seq: p.seq,
-                    activated_at: p.activated_at,
-                    entry_hash: hex::encode(leaf),
-                    last_lsn,
-                    last_txid,
-                };
-                batch.insert(format!("e/{}", p.env).into_bytes(), encode(&head));
-                pending.envs.insert(p.env.clone(), head);
+                batch.insert(format!("e/{}", p.env).into_bytes(), encode(head));
                 let published = match pending.releases.get(&p.release_id) {
                     Some(e) => *e,
                     None => self.artifact_entry(&p.release_id)?.ok_or_else(|| {
-                        Error::new(
-                            Kind::DataLoss,
-                            format!(
-                                "log entry {index} pins release {}, which no earlier entry published",
-                                p.release_id
-                            ),
-                        )
+                        Error::internal(format!(
+                            "index lacks the publish of release {} that entry {index} pins",
+                            p.release_id
+                        ))
                     })?,
                 };
                 let slot = Slot {
@@ -669,44 +571,13 @@ impl Index {
                 pending.slots.insert(p.env.clone(), (key, slot));
                 batch.insert(pin_key(&p.env, p.seq), &at[..]);
             }
-            Entry::Key(k) => {
-                let existing = match pending.keys.get(&k.key_id) {
-                    Some(r) => Some(r.clone()),
-                    None => self.key(&k.key_id)?,
-                };
-                let rec = match (k.action, existing) {
-                    (KeyAction::Add, None) if k.public_key.is_some() => KeyRecord {
-                        key_id: k.key_id.clone(),
-                        public_key: k.public_key,
-                        valid_from: Some(k.at),
-                        revoked_at: None,
-                        added_at_index: Some(index),
-                    },
-                    (KeyAction::Revoke, existing)
-                        if existing.as_ref().is_none_or(|e| e.revoked_at.is_none()) =>
-                    {
-                        let mut rec = existing.unwrap_or(KeyRecord {
-                            key_id: k.key_id.clone(),
-                            public_key: None,
-                            valid_from: None,
-                            revoked_at: None,
-                            added_at_index: None,
-                        });
-                        rec.revoked_at = Some(k.at);
-                        rec
-                    }
-                    _ => {
-                        return Err(Error::new(
-                            Kind::DataLoss,
-                            format!(
-                                "log entry {index} ({:?} of key {}) contradicts the key's earlier entries",
-                                k.action, k.key_id
-                            ),
-                        ));
-                    }
-                };
-                batch.insert(format!("k/{}", rec.key_id).into_bytes(), encode(&rec));
-                pending.keys.insert(rec.key_id.clone(), rec);
+            (Entry::Key(_), Change::Key(record)) => {
+                batch.insert(format!("k/{}", record.key_id).into_bytes(), encode(record));
+            }
+            _ => {
+                return Err(Error::internal(format!(
+                    "log entry {index} was accepted with a change of another kind"
+                )));
             }
         }
         Ok(())
@@ -1058,6 +929,55 @@ impl Index {
 /// level 4 a proof and the entry's leaf check stay inside one 16-leaf
 /// block, read whole, so they cost one file read instead of five. A
 /// request names a few entries; the reader keeps the last few blocks.
+/// The index is the rule state of the log it has applied.
+impl State for Index {
+    type Error = Error;
+
+    fn env_head(&self, env: &EnvName) -> Result<Option<EnvHead>> {
+        Index::env_head(self, env)
+    }
+
+    fn release(&self, release_id: &ReleaseId) -> Result<Option<Release>> {
+        let Some(v) = self.tree.get(format!("r/{release_id}"))? else {
+            return Ok(None);
+        };
+        let at = EntryAt::decode(&v)?;
+        let digest: [u8; 32] = v
+            .get(20..52)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "index holds a short release record for {release_id}"
+                ))
+            })?;
+        Ok(Some(Release {
+            index: at.index,
+            digest: Digest::from_bytes(digest),
+        }))
+    }
+
+    fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>> {
+        Index::key(self, key_id)
+    }
+}
+
+/// An entry of the log refused while applying it: a violation means the
+/// log breaks its own rules (it was tampered with, or written by a
+/// registry with other settings); a state failure is the index's.
+pub fn refused_in_log(refused: Refused<Error>, index: u64) -> Error {
+    match refused {
+        Refused::Violation(v) => Error::new(
+            Kind::DataLoss,
+            format!(
+                "log entry {index} breaks the log's rules ({}): {v}",
+                v.reason()
+            ),
+        )
+        .with_reason(v.reason()),
+        Refused::State(e) => e,
+    }
+}
+
 pub struct ProofReader<'a> {
     index: &'a Index,
     blocks: std::sync::Mutex<Vec<(u64, Vec<Hash>)>>,

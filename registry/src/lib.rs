@@ -32,28 +32,21 @@
 //!
 //! Object storage is the source of truth; the index is a cache of it.
 
-pub mod audit;
+pub use stackpin_core::{audit, digest, ids, merkle, note, position, proof, signing, time};
+
 pub mod auth;
 pub mod blobs;
 pub mod committer;
 pub mod config;
-pub mod digest;
 pub mod error;
 pub mod health;
-pub mod ids;
 pub mod index;
 pub mod log;
-pub mod merkle;
-pub mod note;
 pub mod observe;
-pub mod position;
-pub mod proof;
 pub mod registry;
 pub mod server;
 pub mod service;
-pub mod signing;
 pub mod storage;
-pub mod time;
 pub mod timeline;
 
 pub use error::{Error, Kind, Result};

@@ -1,145 +1,22 @@
-//! The append-only log: one entry per state change.
+//! The append-only log on object storage: one object per committed batch,
+//! created write-once.
 //!
-//! ```text
-//! log/entries/00000000000000000000   entry 0 (JSON, the exact bytes hashed)
-//! log/entries/00000000000000000001   entry 1
-//! log/entries/00000000000000000002   entries 2, 3 and 4: a group commit,
-//!                                    one entry per line
-//! log/entries/00000000000000000005   entry 5
-//! ...
-//! ```
-//!
-//! The object at `log/entries/<n>` is created with `PutMode::Create`, so two
-//! writers can never both write it: the loser learns it lost the race and
-//! must catch up. An object usually holds one entry; when several requests
-//! wait at the same moment they are committed together as one object whose
-//! lines are entries `n, n+1, ...` (entries are compact JSON, which never
-//! contains a raw newline). The next object's key is the index after the
-//! last entry, so objects chain without gaps and a batch is all or nothing.
-//!
-//! Entries are stored as the exact bytes that are hashed and never
-//! re-serialized; each entry's hash is its RFC 6962 leaf hash,
-//! `SHA-256(0x00 || bytes)`, which is also what a pin's `prev_pin` links to.
+//! The object at [`layout::object_key`]`(n)` is created with
+//! `PutMode::Create`, so two writers can never both write it: the loser
+//! learns it lost the race and must catch up. Which keys exist and how an
+//! object holds its entries is the core's [`layout`]; this module only
+//! moves those objects to and from storage.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
-use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::error::{Error, Kind, Result};
-use crate::ids::{EnvName, ReleaseId};
-use crate::signing::KeyId;
-use crate::time::Timestamp;
+use crate::error::Result;
+use stackpin_core::layout;
 
-/// One state change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Entry {
-    /// An artifact was published.
-    Publish(PublishEntry),
-    /// An artifact went live in an environment.
-    Pin(PinEntry),
-    /// The set of trusted publisher keys changed.
-    Key(KeyEntry),
-}
-
-/// A published artifact: the binding of a release id to a digest.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PublishEntry {
-    pub release_id: ReleaseId,
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: String,
-    /// The trusted key that verified `envelope` at publish.
-    pub key_id: KeyId,
-    /// The publisher's DSSE envelope (its signature covers the decoded
-    /// payload, so embedding it as JSON keeps it verifiable).
-    pub envelope: serde_json::Value,
-    pub recorded_at: Timestamp,
-    /// Identifies the request that wrote this entry, so a writer whose
-    /// storage call timed out can read back and tell whether it landed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-}
-
-/// An activation of an artifact in an environment.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PinEntry {
-    pub env: EnvName,
-    /// Per-environment sequence number, contiguous from 1.
-    pub seq: u64,
-    pub release_id: ReleaseId,
-    pub digest: Digest,
-    pub activated_at: Timestamp,
-    pub recorded_at: Timestamp,
-    /// Who asked for the pin, as the registry authenticated them.
-    pub actor: String,
-    pub reason: String,
-    /// Leaf hash (hex) of the environment's previous pin entry; `None` for seq 1.
-    pub prev_pin: Option<String>,
-    /// The database position at activation, when the pipeline recorded it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub db_position: Option<crate::position::DbPosition>,
-    /// Identifies the request that wrote this entry, so a writer whose
-    /// storage call timed out can read back and tell whether it landed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-}
-
-/// What a key entry does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyAction {
-    /// Trust the key for publishes logged at or after `at`.
-    Add,
-    /// Stop trusting the key for publishes logged at or after `at`.
-    Revoke,
-}
-
-/// A change to the trusted publisher keys.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KeyEntry {
-    pub action: KeyAction,
-    pub key_id: KeyId,
-    /// The SPKI PEM public key (for `add`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub public_key: Option<String>,
-    /// `valid_from` for an add, `revoked_at` for a revoke.
-    pub at: Timestamp,
-    pub recorded_at: Timestamp,
-    pub actor: String,
-    pub reason: String,
-    /// Identifies the request that wrote this entry, so a writer whose
-    /// storage call timed out can read back and tell whether it landed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-}
-
-impl Entry {
-    /// Serializes a new entry; these bytes are what gets stored and hashed.
-    pub fn to_bytes(&self) -> Bytes {
-        // Serializing these plain structs cannot fail.
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    /// Parses stored entry bytes.
-    ///
-    /// # Errors
-    /// DataLoss when the bytes are not a valid entry.
-    pub fn parse(index: u64, bytes: &[u8]) -> Result<Self> {
-        serde_json::from_slice(bytes).map_err(|e| {
-            Error::new(
-                Kind::DataLoss,
-                format!("log entry {index} is not a valid entry: {e}"),
-            )
-        })
-    }
-}
-
-pub use crate::merkle::leaf_hash;
+pub use stackpin_core::entry::{Entry, KeyAction, KeyEntry, PinEntry, PublishEntry, leaf_hash};
 
 /// The entries in object storage.
 #[derive(Clone, Debug)]
@@ -153,38 +30,19 @@ impl Log {
         Self { store }
     }
 
-    /// The storage key of entry `index`.
+    /// The storage key of the object whose first entry is `index`.
     pub fn path(index: u64) -> Path {
-        Path::from(format!("log/entries/{index:020}"))
+        Path::from(layout::object_key(index))
     }
 
     /// The object bytes of a batch: its entries, one per line.
     pub fn join(entries: &[Bytes]) -> Bytes {
-        if let [one] = entries {
-            return one.clone();
-        }
-        let mut out = Vec::with_capacity(entries.iter().map(|e| e.len() + 1).sum());
-        for (i, e) in entries.iter().enumerate() {
-            if i > 0 {
-                out.push(b'\n');
-            }
-            out.extend_from_slice(e);
-        }
-        Bytes::from(out)
+        layout::join(entries)
     }
 
     /// Splits an object into its entries.
     pub fn split(object: &Bytes) -> Vec<Bytes> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        for (i, b) in object.iter().enumerate() {
-            if *b == b'\n' {
-                out.push(object.slice(start..i));
-                start = i + 1;
-            }
-        }
-        out.push(object.slice(start..));
-        out
+        layout::split(object)
     }
 
     /// Creates the object holding entries `index..index + entries.len()`,
@@ -227,12 +85,12 @@ impl Log {
     /// Unavailable when storage fails.
     pub async fn objects(&self) -> Result<Vec<(u64, u64)>> {
         use futures::TryStreamExt as _;
-        let prefix = Path::from("log/entries");
+        let prefix = Path::from(layout::ENTRIES);
         let metas: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
         let mut out: Vec<(u64, u64)> = metas
             .iter()
             .filter_map(|m| {
-                let index = m.location.filename()?.parse().ok()?;
+                let index = layout::parse_object_name(m.location.filename()?)?;
                 Some((index, m.size))
             })
             .collect();
@@ -246,7 +104,7 @@ impl Log {
     /// Unavailable when storage fails.
     pub async fn objects_after(&self, index: u64) -> Result<Vec<u64>> {
         use futures::TryStreamExt as _;
-        let prefix = Path::from("log/entries");
+        let prefix = Path::from(layout::ENTRIES);
         let offset = Self::path(index);
         let metas: Vec<_> = self
             .store
@@ -255,7 +113,7 @@ impl Log {
             .await?;
         let mut out: Vec<u64> = metas
             .iter()
-            .filter_map(|m| m.location.filename().and_then(|n| n.parse().ok()))
+            .filter_map(|m| m.location.filename().and_then(layout::parse_object_name))
             .filter(|i| *i > index)
             .collect();
         out.sort_unstable();
@@ -290,35 +148,5 @@ mod tests {
         );
         assert_eq!(log.objects_after(0).await.unwrap(), vec![1]);
         assert_eq!(Log::path(7).as_ref(), "log/entries/00000000000000000007");
-    }
-
-    #[test]
-    fn leaf_hash_has_the_rfc6962_prefix() {
-        // SHA-256 of the single byte 0x00: the RFC 6962 hash of an empty leaf.
-        assert_eq!(
-            hex::encode(leaf_hash(b"")),
-            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-        );
-    }
-
-    #[test]
-    fn entries_parse_back_and_reject_unknown_shapes() {
-        let e = Entry::Pin(PinEntry {
-            env: "prod".parse().unwrap(),
-            seq: 1,
-            release_id: "r1".parse().unwrap(),
-            digest: Digest::of(b"{}"),
-            activated_at: Timestamp::from_micros(1).unwrap(),
-            recorded_at: Timestamp::from_micros(2).unwrap(),
-            actor: "anonymous".into(),
-            reason: String::new(),
-            prev_pin: None,
-            db_position: None,
-            request_id: None,
-        });
-        assert_eq!(Entry::parse(0, &e.to_bytes()).unwrap(), e);
-        let err = Entry::parse(3, br#"{"type":"delete"}"#).unwrap_err();
-        assert_eq!(err.kind(), Kind::DataLoss);
-        assert!(err.message().contains("log entry 3"));
     }
 }

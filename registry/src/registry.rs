@@ -21,7 +21,7 @@ use crate::committer::{self, Build, Msg, Target as _};
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Kind, Result};
 use crate::ids::{EnvName, Reason, ReleaseId};
-use crate::index::{ArtifactRecord, Index, KeyRecord, PinRecord};
+use crate::index::{ArtifactRecord, Index, PinRecord};
 use crate::log::{Entry, KeyAction, KeyEntry, Log, PinEntry, PublishEntry};
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, NoteSigner};
@@ -30,11 +30,12 @@ use crate::proof::ProvedEntry;
 use crate::signing::{self, Attestation, KeyId, PublicKey, TrustedKeys};
 use crate::time::{Clock, SystemClock, Timestamp};
 use crate::timeline::{self, Resolution};
+use stackpin_core::state::{self, Rules, State as _};
 
 /// Default largest artifact: 64 MiB.
 pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
 /// Default allowed clock skew for reported activations.
-pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(5);
+pub const DEFAULT_CLOCK_SKEW: Duration = stackpin_core::state::DEFAULT_CLOCK_SKEW;
 /// Default margin around a switch within which resolve names both candidates.
 pub const DEFAULT_BOUNDARY_MARGIN: Duration = Duration::from_secs(2);
 /// Largest page of history or artifacts.
@@ -212,7 +213,7 @@ pub struct PublisherKey {
 }
 
 /// The storage key of the latest checkpoint.
-const CHECKPOINT_PATH: &str = "log/checkpoint";
+const CHECKPOINT_PATH: &str = stackpin_core::layout::CHECKPOINT;
 
 /// The registry: the shared state plus the handle of the committer task
 /// that performs every write. Reads go straight to [`Inner`].
@@ -235,9 +236,10 @@ pub struct Inner {
     blobs: Blobs,
     log: Log,
     index: Index,
-    /// Publisher keys from the configuration; the log can revoke them and
-    /// add others.
-    config_keys: TrustedKeys,
+    /// The rules every entry is applied by: publisher keys from the
+    /// configuration (the log can revoke them and add others) and the
+    /// allowed clock skew.
+    rules: Rules,
     clock: Arc<dyn Clock>,
     limits: Limits,
     /// Signs checkpoints as the log.
@@ -414,7 +416,10 @@ impl Registry {
             blobs: Blobs::new(store.clone()),
             log: Log::new(store.clone()),
             index,
-            config_keys: trusted,
+            rules: Rules {
+                configured: trusted,
+                clock_skew: limits.clock_skew,
+            },
             clock,
             limits,
             signer,
@@ -424,7 +429,7 @@ impl Registry {
         });
         let from = inner.index.applied()?;
         let started = Instant::now();
-        let applied = committer::catch_up(&inner.log, &inner.index).await?;
+        let applied = committer::catch_up(&inner.log, &inner.index, &inner.rules).await?;
         if applied > 0 {
             tracing::info!(
                 from,
@@ -577,18 +582,12 @@ impl Registry {
         let request = request_id();
         let committed = self
             .commit(Box::new(move |view| {
-                if view.artifact_by_release(&rid)?.is_some() {
+                if view.release(&rid)?.is_some() {
                     return Ok(None); // bound meanwhile: answered below
                 }
-                // The key must still be valid at the instant the entry is logged.
+                // The rules check that the key is still valid at the
+                // instant the entry is logged.
                 let now = inner.clock.now();
-                let valid = inner.publisher_keys_at(view.keys()?, now)?;
-                if !valid.keys().iter().any(|k| k.id() == &attestation.key_id) {
-                    return Err(Error::precondition(format!(
-                        "publisher key {} is no longer trusted (revoked)",
-                        attestation.key_id
-                    )));
-                }
                 Ok(Some(Entry::Publish(PublishEntry {
                     release_id: rid.clone(),
                     digest,
@@ -642,15 +641,10 @@ impl Registry {
         );
         let committed = self
             .commit(Box::new(move |view| {
+                // The rules check order, skew and positions.
                 let head = view.env_head(&env2)?;
                 let now = inner.clock.now();
-                let at = timeline::activation(
-                    head.as_ref(),
-                    activated_at,
-                    now,
-                    inner.limits.clock_skew,
-                )?;
-                timeline::position(head.as_ref(), db_position.as_ref())?;
+                let at = timeline::activation(head.as_ref(), activated_at, now);
                 Ok(Some(Entry::Pin(PinEntry {
                     env: env2.clone(),
                     seq: head.as_ref().map_or(1, |h| h.seq + 1),
@@ -695,8 +689,9 @@ impl Registry {
         let inner = self.inner.clone();
         let id = key.id().clone();
         let (reason, actor, request) = (reason.as_str().to_owned(), actor.to_owned(), request_id());
-        self.commit(Box::new(move |view| {
-            if view.key(&id)?.is_some() || inner.config_keys.keys().iter().any(|k| k.id() == &id) {
+        self.commit(Box::new(move |_view| {
+            // A key the log knows already is refused by the rules.
+            if inner.rules.configured.keys().iter().any(|k| k.id() == &id) {
                 return Err(Error::conflict(format!(
                     "publisher key {id} is already known; a revoked key cannot be added again"
                 )));
@@ -734,15 +729,10 @@ impl Registry {
         let id = key_id.clone();
         let (reason, actor, request) = (reason.as_str().to_owned(), actor.to_owned(), request_id());
         self.commit(Box::new(move |view| {
-            let record = view.key(&id)?;
-            let configured = inner.config_keys.keys().iter().any(|k| k.id() == &id);
-            if record.is_none() && !configured {
+            // A second revocation is refused by the rules.
+            let configured = inner.rules.configured.keys().iter().any(|k| k.id() == &id);
+            if view.key(&id)?.is_none() && !configured {
                 return Err(Error::not_found(format!("publisher key {id} is not known")));
-            }
-            if let Some(t) = record.and_then(|r| r.revoked_at) {
-                return Err(Error::conflict(format!(
-                    "publisher key {id} was already revoked at {t}"
-                )));
             }
             let now = inner.clock.now();
             Ok(Some(Entry::Key(KeyEntry {
@@ -769,6 +759,10 @@ impl committer::Target for Inner {
 
     fn index(&self) -> &Index {
         &self.index
+    }
+
+    fn rules(&self) -> &Rules {
+        &self.rules
     }
 
     fn committed(&self) {
@@ -987,32 +981,6 @@ impl Inner {
         })
     }
 
-    /// Publisher keys valid for a publish logged at `at`, given the log's
-    /// key records.
-    fn publisher_keys_at(&self, records: Vec<KeyRecord>, at: Timestamp) -> Result<TrustedKeys> {
-        let revoked = |id: &KeyId| {
-            records
-                .iter()
-                .any(|r| &r.key_id == id && r.revoked_at.is_some_and(|t| t <= at))
-        };
-        let mut keys: Vec<PublicKey> = self
-            .config_keys
-            .keys()
-            .iter()
-            .filter(|k| !revoked(k.id()))
-            .cloned()
-            .collect();
-        for r in &records {
-            if let (Some(pem), Some(from)) = (&r.public_key, r.valid_from)
-                && from <= at
-                && !revoked(&r.key_id)
-            {
-                keys.push(PublicKey::from_pem(pem)?);
-            }
-        }
-        Ok(TrustedKeys::new(keys))
-    }
-
     /// Every publisher key, configured or logged, with its validity.
     ///
     /// # Errors
@@ -1020,7 +988,7 @@ impl Inner {
     pub fn keys(&self) -> Result<Vec<PublisherKey>> {
         let records = self.index.keys()?;
         let mut out = Vec::new();
-        for k in self.config_keys.keys() {
+        for k in self.rules.configured.keys() {
             let rec = records.iter().find(|r| &r.key_id == k.id());
             out.push(PublisherKey {
                 key_id: k.id().clone(),
@@ -1084,7 +1052,7 @@ impl Inner {
                 ),
             ));
         }
-        let trusted = self.publisher_keys_at(self.index.keys()?, self.clock.now())?;
+        let trusted = state::valid_keys(&self.rules, &self.index.keys()?, self.clock.now());
         if trusted.is_empty() {
             return Err(Error::precondition(
                 "this registry has no valid publisher keys (none configured, or all revoked): \

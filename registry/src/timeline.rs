@@ -8,9 +8,7 @@
 
 use std::time::Duration;
 
-use crate::error::{Error, Result};
 use crate::index::{EnvHead, PinRecord};
-use crate::position::{DbPosition, Ordered};
 use crate::time::Timestamp;
 
 /// Microseconds in `d`, saturating.
@@ -18,68 +16,17 @@ pub fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// Chooses and checks the activation instant of a new pin.
-///
-/// Without a requested instant the pin activates "now", but never before the
-/// environment's latest pin (a clock that stepped back must not make a
-/// default pin fail).
-///
-/// # Errors
-/// Precondition when the requested instant is before the latest pin of the
-/// environment or further than `skew` in the future.
+/// Chooses the activation instant of a new pin: the requested one, or
+/// "now" but never before the environment's latest pin (a clock that
+/// stepped back must not make a default pin fail). Whether the instant is
+/// allowed (order, skew) is for the log's rules to decide
+/// ([`stackpin_core::state::apply`]).
 pub fn activation(
     head: Option<&EnvHead>,
     requested: Option<Timestamp>,
     now: Timestamp,
-    skew: Duration,
-) -> Result<Timestamp> {
-    let Some(at) = requested else {
-        return Ok(head.map_or(now, |h| h.activated_at.max(now)));
-    };
-    if let Some(h) = head
-        && at < h.activated_at
-    {
-        return Err(Error::precondition(format!(
-            "activation {at} is before the environment's latest pin (#{} at {}); activations \
-             in an environment never go back in time (to roll back, pin the older release now)",
-            h.seq, h.activated_at
-        )));
-    }
-    let limit = now.saturating_add_micros(micros(skew));
-    if at > limit {
-        return Err(Error::precondition(format!(
-            "activation {at} is in the future: the registry's clock reads {now} and allows at \
-             most {}s of skew",
-            skew.as_secs_f64()
-        )));
-    }
-    Ok(at)
-}
-
-/// Checks that a recorded database position does not go backwards.
-///
-/// # Errors
-/// Precondition when the environment already recorded a later position of
-/// the same kind.
-pub fn position(head: Option<&EnvHead>, position: Option<&DbPosition>) -> Result<()> {
-    let Some(ordered) = position.map(DbPosition::ordered).transpose()?.flatten() else {
-        return Ok(());
-    };
-    if let Some(last) = head.and_then(|h| h.last(ordered))
-        && ordered.value() < last
-    {
-        let last_text = match ordered {
-            Ordered::Lsn(_) => crate::position::Lsn(last).to_string(),
-            Ordered::Txid(_) => crate::position::Txid(last).to_string(),
-        };
-        return Err(Error::precondition(format!(
-            "{} {ordered} is before the environment's latest recorded {} {last_text}; database \
-             positions in an environment never go backwards",
-            ordered.kind(),
-            ordered.kind()
-        )));
-    }
-    Ok(())
+) -> Timestamp {
+    requested.unwrap_or_else(|| head.map_or(now, |h| h.activated_at.max(now)))
 }
 
 /// A switch between two pins close to a queried instant.
@@ -192,37 +139,17 @@ mod tests {
         }
     }
 
-    const SKEW: Duration = Duration::from_secs(5);
-
     #[test]
     fn default_activation_is_now_but_never_before_the_head() {
-        assert_eq!(activation(None, None, t(100), SKEW).unwrap(), t(100));
-        assert_eq!(
-            activation(Some(&head(1, t(90))), None, t(100), SKEW).unwrap(),
-            t(100)
-        );
+        assert_eq!(activation(None, None, t(100)), t(100));
+        assert_eq!(activation(Some(&head(1, t(90))), None, t(100)), t(100));
         // The clock stepped back below the head: the head's instant is used.
+        assert_eq!(activation(Some(&head(1, t(120))), None, t(100)), t(120));
+        // A requested instant is taken as asked; the log's rules judge it.
         assert_eq!(
-            activation(Some(&head(1, t(120))), None, t(100), SKEW).unwrap(),
-            t(120)
+            activation(Some(&head(1, t(120))), Some(t(99)), t(100)),
+            t(99)
         );
-    }
-
-    #[test]
-    fn requested_activation_must_not_go_back_or_too_far_ahead() {
-        let h = head(3, t(100));
-        assert_eq!(
-            activation(Some(&h), Some(t(100)), t(200), SKEW).unwrap(),
-            t(100)
-        );
-        let err = activation(Some(&h), Some(t(99)), t(200), SKEW).unwrap_err();
-        assert!(err.message().contains("never go back"), "{err}");
-        assert_eq!(
-            activation(None, Some(t(205)), t(200), SKEW).unwrap(),
-            t(205)
-        );
-        let err = activation(None, Some(t(206)), t(200), SKEW).unwrap_err();
-        assert!(err.message().contains("future"), "{err}");
     }
 
     #[test]

@@ -20,10 +20,18 @@ use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::time::SystemClock;
 use stackpin_tests::faults::Faulty;
 
+fn publisher() -> SigningKey {
+    SigningKey::from_bytes(&[21; 32])
+}
+
+fn log_signer() -> NoteSigner {
+    NoteSigner::new(DEFAULT_ORIGIN, SigningKey::from_bytes(&[22; 32])).unwrap()
+}
+
 async fn open(store: Arc<dyn ObjectStore>, max_batch: usize) -> Registry {
-    let publisher = SigningKey::from_bytes(&[21; 32]);
+    let publisher = publisher();
     let trusted = TrustedKeys::new([PublicKey::new(publisher.verifying_key())]);
-    let signer = NoteSigner::new(DEFAULT_ORIGIN, SigningKey::from_bytes(&[22; 32])).unwrap();
+    let signer = log_signer();
     let limits = Limits {
         max_batch,
         ..Limits::default()
@@ -49,13 +57,13 @@ async fn open(store: Arc<dyn ObjectStore>, max_batch: usize) -> Registry {
     registry
 }
 
-async fn pin_concurrently(registry: Arc<Registry>, n: usize) -> Duration {
+async fn pin_concurrently(registry: Arc<Registry>, n: usize, envs: usize) -> Duration {
     let started = Instant::now();
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let r = registry.clone();
             tokio::spawn(async move {
-                let env = ["a", "b", "c"][i % 3].parse().unwrap();
+                let env = ["a", "b", "c", "d"][i % envs].parse().unwrap();
                 let what = ArtifactRef::Release("r1".parse().unwrap());
                 r.pin(&env, &what, None, None, &Default::default(), "t")
                     .await
@@ -120,7 +128,7 @@ async fn concurrent_pins_share_log_objects_on_slow_storage() {
     let store: Arc<dyn ObjectStore> = slow.clone();
     let registry = Arc::new(open(store.clone(), 256).await);
     slow.delay(Duration::from_millis(20));
-    pin_concurrently(registry.clone(), 48).await;
+    pin_concurrently(registry.clone(), 48, 3).await;
     slow.delay(Duration::ZERO);
     let entries = registry.checkpoint().unwrap().size as usize;
     let objects = log_objects(&store).await;
@@ -141,6 +149,82 @@ async fn concurrent_pins_share_log_objects_on_slow_storage() {
     let slow = Arc::new(Faulty::new(Arc::new(InMemory::new())));
     let store: Arc<dyn ObjectStore> = slow.clone();
     let registry = Arc::new(open(store.clone(), 1).await);
-    pin_concurrently(registry.clone(), 12).await;
+    pin_concurrently(registry.clone(), 12, 3).await;
     assert_eq!(log_objects(&store).await, 13);
+}
+
+/// The offline audit reads a copied data folder as the registry wrote it:
+/// a log object of a group commit holds several entries, one per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_audit_passes_an_intact_group_committed_log_and_fails_a_tampered_one() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let folder = stackpin_registry::storage::open(
+        &stackpin_registry::storage::StorageUrl::File(data.clone()),
+        &Default::default(),
+    )
+    .unwrap();
+    let slow = Arc::new(Faulty::new(folder));
+    let store: Arc<dyn ObjectStore> = slow.clone();
+    let registry = Arc::new(open(store.clone(), 256).await);
+    slow.delay(Duration::from_millis(20));
+    pin_concurrently(registry.clone(), 40, 4).await;
+    slow.delay(Duration::ZERO);
+    registry.flush().await.unwrap();
+    let entries = registry.checkpoint().unwrap().size as usize;
+    assert_eq!(entries, 41);
+    assert!(
+        log_objects(&store).await < entries,
+        "no log object holds more than one entry: nothing here is group-committed"
+    );
+    drop(registry);
+
+    let trusted = dir.path().join("publisher.pub.pem");
+    std::fs::write(
+        &trusted,
+        PublicKey::new(publisher().verifying_key())
+            .to_pem()
+            .unwrap(),
+    )
+    .unwrap();
+    let audit = || {
+        stackpin_tests::stackpin(
+            dir.path(),
+            "http://127.0.0.1:1",
+            &[
+                "audit",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--trusted-keys",
+                trusted.to_str().unwrap(),
+                "--log-key",
+                &log_signer().vkey(),
+            ],
+        )
+    };
+    let intact = audit();
+    assert!(
+        intact
+            .ok()
+            .contains("entries      41 (checkpoint covers 41)"),
+        "{intact:#?}"
+    );
+
+    // Change the second entry of a batch: the root no longer matches.
+    let (path, object) = std::fs::read_dir(data.join("log/entries"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap()))
+        .find(|(_, text)| text.lines().count() > 1)
+        .unwrap();
+    let lines: Vec<&str> = object.lines().collect();
+    let tampered = lines[1].replacen("\"actor\":\"t\"", "\"actor\":\"x\"", 1);
+    assert_ne!(tampered, lines[1]);
+    let mut changed = lines.clone();
+    changed[1] = &tampered;
+    std::fs::write(&path, changed.join("\n")).unwrap();
+    let run = audit();
+    assert_eq!(run.code, 5, "{run:#?}");
+    assert!(run.stdout.contains("[checkpoint]"), "{run:#?}");
+    assert!(run.stdout.contains("the log was rewritten"), "{run:#?}");
 }

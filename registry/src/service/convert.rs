@@ -57,12 +57,13 @@ fn duration_micros(micros: i64) -> prost_types::Duration {
 
 pub fn db_position(p: Option<pb::DbPosition>) -> Result<Option<DbPosition>> {
     use pb::db_position::Position;
-    match p.and_then(|p| p.position) {
-        None => Ok(None),
-        Some(Position::PostgresLsn(l)) => DbPosition::lsn(&l).map(Some),
-        Some(Position::RestorePoint(n)) => DbPosition::restore_point(&n).map(Some),
-        Some(Position::LitestreamTxid(t)) => DbPosition::txid(&t).map(Some),
-    }
+    let position = match p.and_then(|p| p.position) {
+        None => return Ok(None),
+        Some(Position::PostgresLsn(l)) => DbPosition::lsn(&l),
+        Some(Position::RestorePoint(n)) => DbPosition::restore_point(&n),
+        Some(Position::LitestreamTxid(t)) => DbPosition::txid(&t),
+    };
+    Ok(Some(position?))
 }
 
 fn db_position_out(p: &DbPosition) -> pb::DbPosition {

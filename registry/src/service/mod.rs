@@ -81,7 +81,7 @@ fn common_name(der: &[u8]) -> Option<String> {
 }
 
 fn env(text: &str) -> Result<EnvName, Status> {
-    Ok(text.parse::<EnvName>()?)
+    Ok(text.parse::<EnvName>().map_err(Error::from)?)
 }
 
 type ArtifactStream = Pin<Box<dyn Stream<Item = Result<pb::GetArtifactResponse, Status>> + Send>>;
@@ -180,7 +180,7 @@ impl RegistryService {
         let req = request.into_inner();
         let what = convert::artifact_ref(req.artifact)?;
         let activated_at = convert::optional_time("activated_at", req.activated_at)?;
-        let reason: Reason = req.reason.parse()?;
+        let reason: Reason = req.reason.parse().map_err(Error::from)?;
         let position = convert::db_position(req.db_position)?;
         let pin = self
             .registry
@@ -199,7 +199,7 @@ impl RegistryService {
         let req = request.into_inner();
         let env = env(&req.env)?;
         let query = match convert::db_position(req.position)? {
-            Some(p) => match p.ordered()? {
+            Some(p) => match p.ordered().map_err(Error::from)? {
                 Some(target) => Query::Position(target),
                 None => {
                     return Err(Error::invalid(
@@ -342,7 +342,7 @@ impl RegistryService {
         let who = self.authorize(&request, Action::Admin)?;
         let req = request.into_inner();
         let valid_from = convert::optional_time("valid_from", req.valid_from)?;
-        let reason: Reason = req.reason.parse()?;
+        let reason: Reason = req.reason.parse().map_err(Error::from)?;
         let key = self
             .registry
             .add_key(&req.public_key_pem, valid_from, &reason, &who.name)
@@ -356,9 +356,9 @@ impl RegistryService {
     ) -> Result<Response<pb::PublisherKey>, Status> {
         let who = self.authorize(&request, Action::Admin)?;
         let req = request.into_inner();
-        let key_id = KeyId::parse(&req.key_id)?;
+        let key_id = KeyId::parse(&req.key_id).map_err(Error::from)?;
         let at = convert::optional_time("revoked_at", req.revoked_at)?;
-        let reason: Reason = req.reason.parse()?;
+        let reason: Reason = req.reason.parse().map_err(Error::from)?;
         let key = self
             .registry
             .revoke_key(&key_id, at, &reason, &who.name)

@@ -23,8 +23,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
+use crate::entry::{Entry, PinEntry, PublishEntry};
 use crate::error::{Error, Result};
-use crate::log::{Entry, PinEntry, PublishEntry};
 use crate::merkle::{self, Hash};
 use crate::note::{Checkpoint, NoteVerifier};
 use crate::signing::{self, TrustedKeys};

@@ -161,6 +161,17 @@ impl Clock for SystemClock {
     }
 }
 
+/// Parses a duration such as `5s`, `1500ms` or `2m` (non-negative).
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 5s, 1500ms or 2m: {e}"))?;
+    std::time::Duration::try_from(d).map_err(|_| format!("{text:?} must not be negative"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,334 @@
+//! A full audit of a log, with no trust in the server: every leaf and the
+//! root recomputed and compared with the signed checkpoint, every entry
+//! checked by the same rules the registry appends by ([`crate::state`]),
+//! publishes that a later revocation casts doubt on, and every blob
+//! re-hashed.
+//!
+//! The auditor is fed in order: entries, then the checkpoint, then blobs.
+//! It collects every failure rather than stopping at the first, so one run
+//! lists everything that is wrong.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::entry::Entry;
+use crate::ids::ReleaseId;
+use crate::layout;
+use crate::merkle::{self, MemoryTree};
+use crate::note::{Checkpoint, NoteVerifier};
+use crate::signing::{KeyId, TrustedKeys};
+use crate::state::{self, Applied, Empty, Overlay, Refused, Rules, State as _};
+use crate::time::Timestamp;
+
+/// The kind of a failure, so a report can say which checks failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// An entry is missing, unreadable or out of place.
+    Log,
+    /// The checkpoint signature or root does not match the entries.
+    Checkpoint,
+    /// A publisher signature does not verify under a key valid at the time.
+    Signature,
+    /// A release id is bound twice, or an environment's pins do not chain.
+    Timeline,
+    /// A blob is missing or its bytes do not match its digest.
+    Blob,
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Class::Log => "log",
+            Class::Checkpoint => "checkpoint",
+            Class::Signature => "signature",
+            Class::Timeline => "timeline",
+            Class::Blob => "blob",
+        })
+    }
+}
+
+/// One thing found wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub class: Class,
+    pub message: String,
+    /// The rule of the log the entry breaks ([`crate::state::Violation::reason`]),
+    /// when the failure is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'static str>,
+}
+
+/// What an audit found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub entries: u64,
+    pub checkpoint_size: u64,
+    pub publishes: u64,
+    pub pins: u64,
+    pub key_changes: u64,
+    pub environments: u64,
+    pub blobs_checked: u64,
+    pub failures: Vec<Failure>,
+}
+
+impl Report {
+    /// Whether nothing was found wrong.
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// A state nothing has been applied to: the audit's overlay starts here.
+static EMPTY: Empty = Empty;
+
+/// An audit in progress.
+pub struct Audit {
+    tree: MemoryTree,
+    rules: Rules,
+    state: Overlay<'static, Empty>,
+    /// Every accepted publish: (index, release id, key id, recorded_at),
+    /// for the check against revocations logged after it.
+    publishes: Vec<(u64, ReleaseId, KeyId, Timestamp)>,
+    digests: BTreeSet<Digest>,
+    report: Report,
+}
+
+impl Audit {
+    /// An audit trusting `trusted` publisher keys (plus those the log adds),
+    /// with the default rules.
+    pub fn new(trusted: TrustedKeys) -> Self {
+        Self::with_rules(Rules::new(trusted))
+    }
+
+    /// An audit by `rules` (the trusted keys and the clock skew the
+    /// registry was configured with).
+    pub fn with_rules(rules: Rules) -> Self {
+        Self {
+            tree: MemoryTree::new(),
+            rules,
+            state: Overlay::new(&EMPTY),
+            publishes: Vec::new(),
+            digests: BTreeSet::new(),
+            report: Report::default(),
+        }
+    }
+
+    fn fail(&mut self, class: Class, message: String) {
+        self.report.failures.push(Failure {
+            class,
+            message,
+            rule: None,
+        });
+    }
+
+    /// Entries fed so far.
+    pub fn entries(&self) -> u64 {
+        self.tree.len()
+    }
+
+    /// Records that entry `index` (the next one) could not be read at all;
+    /// a placeholder leaf keeps later indices in place, so the root check
+    /// also fails, as it must.
+    pub fn unreadable(&mut self, index: u64, why: &str) {
+        self.fail(Class::Log, format!("entry {index}: {why}"));
+        if index == self.tree.len() {
+            self.tree.push([0; 32]);
+            self.report.entries += 1;
+        }
+    }
+
+    /// Feeds one log object as stored: entries `start, start + 1, …`, one
+    /// per line ([`layout`]), or why it could not be read. Objects must come
+    /// in order of `start`; entries no object holds are reported as missing
+    /// and an object that overlaps entries already fed as out of place.
+    pub fn object(&mut self, start: u64, object: Result<&Bytes, &str>) {
+        let expected = self.tree.len();
+        if start < expected {
+            self.fail(
+                Class::Log,
+                format!(
+                    "log object {} starts inside entries already read (next expected: {expected}): objects overlap",
+                    layout::object_name(start)
+                ),
+            );
+            return;
+        }
+        if start > expected {
+            self.fail(
+                Class::Log,
+                format!(
+                    "entries {expected}..{start} are missing: no log object starts at {}",
+                    layout::object_name(expected)
+                ),
+            );
+            for _ in expected..start {
+                self.tree.push([0; 32]);
+                self.report.entries += 1;
+            }
+        }
+        match object {
+            Ok(bytes) => {
+                for (i, entry) in layout::split(bytes).iter().enumerate() {
+                    self.entry(start + i as u64, entry);
+                }
+            }
+            Err(why) => self.unreadable(start, why),
+        }
+    }
+
+    /// Records that no checkpoint could be read.
+    pub fn no_checkpoint(&mut self, why: &str) {
+        self.fail(Class::Checkpoint, why.to_owned());
+    }
+
+    /// Feeds the next entry (indices must come in order from 0).
+    pub fn entry(&mut self, index: u64, bytes: &[u8]) {
+        if index != self.tree.len() {
+            let expected = self.tree.len();
+            self.fail(
+                Class::Log,
+                format!("entry {index} arrived where entry {expected} was expected (a gap)"),
+            );
+            return;
+        }
+        self.tree.push(merkle::leaf_hash(bytes));
+        self.report.entries += 1;
+        let applied = match state::apply(&self.state, &self.rules, index, bytes) {
+            Ok(applied) => applied,
+            Err(Refused::State(never)) => match never {},
+            Err(Refused::Violation(v)) => {
+                let class = if v.is_timeline() {
+                    Class::Timeline
+                } else if v.is_signature() {
+                    Class::Signature
+                } else {
+                    Class::Log
+                };
+                self.report.failures.push(Failure {
+                    class,
+                    message: format!("entry {index}: {v}"),
+                    rule: Some(v.reason()),
+                });
+                // Go on against the log as written, so one bad entry is
+                // one failure, not a cascade.
+                let Ok(entry) = serde_json::from_slice::<Entry>(bytes) else {
+                    return;
+                };
+                let leaf = merkle::leaf_hash(bytes);
+                let Ok(change) = state::assume(&self.state, index, &entry, &leaf);
+                let Some(change) = change else {
+                    self.count(&entry);
+                    return;
+                };
+                Applied {
+                    index,
+                    entry,
+                    leaf,
+                    change,
+                }
+            }
+        };
+        self.count(&applied.entry);
+        if let Entry::Publish(p) = &applied.entry {
+            self.digests.insert(p.digest);
+            self.publishes
+                .push((index, p.release_id.clone(), p.key_id.clone(), p.recorded_at));
+        }
+        self.state.absorb(&applied);
+    }
+
+    fn count(&mut self, entry: &Entry) {
+        match entry {
+            Entry::Publish(_) => self.report.publishes += 1,
+            Entry::Pin(_) => self.report.pins += 1,
+            Entry::Key(_) => self.report.key_changes += 1,
+        }
+    }
+
+    /// Checks the signed checkpoint against the entries fed.
+    pub fn checkpoint(&mut self, note: &str, log_key: &NoteVerifier) {
+        let cp = match Checkpoint::open(note, log_key) {
+            Ok(cp) => cp,
+            Err(e) => {
+                self.fail(Class::Checkpoint, format!("checkpoint: {e}"));
+                return;
+            }
+        };
+        self.report.checkpoint_size = cp.size;
+        if cp.size > self.tree.len() {
+            let have = self.tree.len();
+            self.fail(
+                Class::Checkpoint,
+                format!(
+                    "the checkpoint covers {} entries but only {have} exist: entries were removed",
+                    cp.size
+                ),
+            );
+            return;
+        }
+        match merkle::root(&self.tree, cp.size) {
+            Ok(root) if root == cp.root => {}
+            Ok(_) => self.fail(
+                Class::Checkpoint,
+                format!(
+                    "the entries' Merkle root at size {} differs from the signed checkpoint: the log was rewritten",
+                    cp.size
+                ),
+            ),
+            Err(e) => self.fail(Class::Checkpoint, format!("computing the root: {e}")),
+        }
+    }
+
+    /// Checks every publish against revocations logged after it (a key
+    /// revoked from an instant before a publish it signed makes that
+    /// publish suspect). Each publish was checked against the keys valid
+    /// when it was logged as it was fed; this pass runs after all entries
+    /// are in, so late revocations count.
+    pub fn signatures(&mut self) {
+        let mut failures = Vec::new();
+        for (index, release_id, key_id, recorded_at) in &self.publishes {
+            let Ok(record) = self.state.key(key_id);
+            if let Some(r) = record.and_then(|r| r.revoked_at)
+                && *recorded_at >= r
+            {
+                failures.push(format!(
+                    "entry {index} ({release_id}): logged at {recorded_at} with key {key_id} revoked at {r}"
+                ));
+            }
+        }
+        for f in failures {
+            self.fail(Class::Signature, f);
+        }
+    }
+
+    /// Every digest a publish entry names (for re-hashing the blobs).
+    pub fn digests(&self) -> Vec<Digest> {
+        self.digests.iter().copied().collect()
+    }
+
+    /// Records a blob read: its bytes, or why it could not be read.
+    pub fn blob(&mut self, digest: &Digest, bytes: Result<&[u8], String>) {
+        self.report.blobs_checked += 1;
+        match bytes {
+            Ok(b) => {
+                let actual = Digest::of(b);
+                if actual != *digest {
+                    self.fail(Class::Blob, format!("blob {digest} hashes to {actual}"));
+                }
+            }
+            Err(why) => self.fail(Class::Blob, format!("blob {digest}: {why}")),
+        }
+    }
+
+    /// The report.
+    pub fn finish(mut self) -> Report {
+        self.report.environments = self.state.environments() as u64;
+        self.report.failures.sort_by_key(|f| f.class);
+        self.report
+    }
+}

@@ -1,0 +1,161 @@
+//! The one error type of the log's values and rules.
+//!
+//! Every failure carries a [`Kind`] telling the caller what to do about it and
+//! a message naming the thing that caused it (a digest, a release id, an
+//! index). The registry's service layer maps kinds to gRPC status codes in
+//! exactly one place; the CLI maps them to exit codes in exactly one place.
+
+use std::fmt;
+
+/// What the caller can do about a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The request is malformed; retrying it unchanged cannot succeed.
+    Invalid,
+    /// The named thing does not exist.
+    NotFound,
+    /// A write-once rule forbids the write (a release id already bound).
+    Conflict,
+    /// The request is well-formed but out of order with the current state.
+    Precondition,
+    /// The request exceeds a configured limit.
+    TooLarge,
+    /// Storage has no space left; reads still work, writes resume when
+    /// space is freed.
+    NoSpace,
+    /// Storage could not be reached; retrying later may succeed.
+    Unavailable,
+    /// No credential, or one the registry does not know.
+    Unauthenticated,
+    /// A known credential without the role or environment needed.
+    PermissionDenied,
+    /// Stored bytes no longer match their digest or the log is damaged.
+    DataLoss,
+    /// A bug or an unexpected state.
+    Internal,
+}
+
+impl Kind {
+    /// The reason an error of this kind carries when nothing more precise
+    /// is known.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Kind::Invalid => "INVALID_ARGUMENT",
+            Kind::NotFound => "NOT_FOUND",
+            Kind::Conflict => "CONFLICT",
+            Kind::Precondition => "PRECONDITION",
+            Kind::TooLarge => "MESSAGE_TOO_LARGE",
+            Kind::NoSpace => "STORAGE_FULL",
+            Kind::Unavailable => "UNAVAILABLE",
+            Kind::Unauthenticated => "UNAUTHENTICATED",
+            Kind::PermissionDenied => "PERMISSION_DENIED",
+            Kind::DataLoss => "DATA_LOSS",
+            Kind::Internal => "INTERNAL",
+        }
+    }
+
+    const ALL: [Kind; 11] = [
+        Kind::Invalid,
+        Kind::NotFound,
+        Kind::Conflict,
+        Kind::Precondition,
+        Kind::TooLarge,
+        Kind::NoSpace,
+        Kind::Unavailable,
+        Kind::Unauthenticated,
+        Kind::PermissionDenied,
+        Kind::DataLoss,
+        Kind::Internal,
+    ];
+
+    /// The kind a machine-readable reason stands for: a kind's own reason,
+    /// or the reason of a rule of the log ([`crate::state::Violation`]) as a
+    /// request that broke it is told. `None` for a reason this version does
+    /// not know.
+    pub fn of_reason(reason: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.reason() == reason)
+            .or_else(|| crate::state::Violation::kind_of_reason(reason))
+    }
+}
+
+/// A failure: a kind, a human-readable message, and optionally a
+/// machine-readable reason more precise than the kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: Kind,
+    message: String,
+    reason: Option<&'static str>,
+}
+
+impl Error {
+    /// Builds an error of `kind`.
+    pub fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            reason: None,
+        }
+    }
+
+    /// The same error with a precise machine-readable reason (for example
+    /// `ACTIVATION_ORDER`).
+    #[must_use]
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// The machine-readable reason: the precise one when set, else the
+    /// kind's.
+    pub fn reason(&self) -> &'static str {
+        self.reason.unwrap_or(self.kind.reason())
+    }
+
+    /// A malformed request.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Kind::Invalid, message)
+    }
+
+    /// Something named does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(Kind::NotFound, message)
+    }
+
+    /// A write-once conflict.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(Kind::Conflict, message)
+    }
+
+    /// An out-of-order request.
+    pub fn precondition(message: impl Into<String>) -> Self {
+        Self::new(Kind::Precondition, message)
+    }
+
+    /// An unexpected internal state.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Kind::Internal, message)
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The result type of core operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

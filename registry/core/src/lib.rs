@@ -1,0 +1,39 @@
+//! stackpin-core: the values and rules of the stackpin log, shared by the
+//! registry that writes it and by everyone who checks it.
+//!
+//! # Layout
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | [`error`] | the one error type and its kinds |
+//! | [`digest`] | the `sha256:<hex>` content address |
+//! | [`ids`] | release ids, environment names, reasons: parsed once, safe everywhere |
+//! | [`time`] | microsecond UTC instants, RFC 3339, durations, the injectable clock |
+//! | [`position`] | database positions (PostgreSQL LSN, restore point, Litestream TXID) |
+//! | [`signing`] | Ed25519 keys, DSSE envelopes, in-toto statements |
+//! | [`merkle`] | RFC 6962 / 9162 Merkle tree hashing and proofs |
+//! | [`note`] | C2SP signed notes and tlog checkpoints: the log's signature |
+//! | [`proof`] | offline verification of answers; the `.tlog-proof` file |
+//! | [`entry`] | the log entry types and their exact bytes |
+//! | [`layout`] | the storage keys of entries, blobs and the checkpoint |
+//! | [`state`] | `apply`: the one rule set deciding whether an entry may follow the log |
+//! | [`audit`] | a full audit of a log from its entries, checkpoint and blobs |
+//!
+//! Nothing here does I/O beyond reading a key file: callers bring the
+//! bytes, from a server, a folder or a bucket.
+
+pub mod audit;
+pub mod digest;
+pub mod entry;
+pub mod error;
+pub mod ids;
+pub mod layout;
+pub mod merkle;
+pub mod note;
+pub mod position;
+pub mod proof;
+pub mod signing;
+pub mod state;
+pub mod time;
+
+pub use error::{Error, Kind, Result};

@@ -1,0 +1,963 @@
+//! The one rule set that decides whether an entry may follow the log so far.
+//!
+//! The registry applies every entry it is about to append through
+//! [`apply`], its index applies every entry it rebuilds from through
+//! [`apply`], and the audit (of a live registry, a copied data folder or a
+//! bucket) applies every entry it reads through [`apply`]. A rule written
+//! here once cannot drift between the writer and its checkers.
+//!
+//! The state a rule needs is small: per environment its latest pin
+//! ([`EnvHead`]), per release id the publish that bound it ([`Release`]),
+//! per publisher key its lifecycle ([`KeyRecord`]), and the keys trusted by
+//! configuration. Where it is kept is the caller's business ([`State`]): the
+//! index keeps it in sled, the audit in memory, and an [`Overlay`] adds the
+//! entries accepted into a batch that is not applied yet.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::entry::{Entry, KeyAction, KeyEntry, PinEntry, PublishEntry};
+use crate::error::Kind;
+use crate::ids::{EnvName, ReleaseId};
+use crate::merkle::{self, Hash};
+use crate::position::{Lsn, Ordered, Txid};
+use crate::signing::{self, KeyId, PublicKey, TrustedKeys};
+use crate::time::Timestamp;
+
+/// How far in the future of its `recorded_at` a pin may activate, unless
+/// configured otherwise: the clocks of a pipeline and the registry may
+/// disagree by this much.
+pub const DEFAULT_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The settings the rules depend on.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    /// Keys trusted by configuration: valid for publishes from the start of
+    /// the log until the log revokes them.
+    pub configured: TrustedKeys,
+    /// How far after its `recorded_at` a pin may activate.
+    pub clock_skew: std::time::Duration,
+}
+
+impl Rules {
+    /// Rules trusting `configured` keys, with the default clock skew.
+    pub fn new(configured: TrustedKeys) -> Self {
+        Self {
+            configured,
+            clock_skew: DEFAULT_CLOCK_SKEW,
+        }
+    }
+
+    fn skew_micros(&self) -> i64 {
+        i64::try_from(self.clock_skew.as_micros()).unwrap_or(i64::MAX)
+    }
+}
+
+/// The latest pin of an environment: what the next pin is checked against.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnvHead {
+    pub seq: u64,
+    pub activated_at: Timestamp,
+    /// Leaf hash (hex) of the pin's entry: the next pin's `prev_pin`.
+    pub entry_hash: String,
+    /// The greatest LSN recorded by any pin of the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_lsn: Option<u64>,
+    /// The greatest Litestream TXID recorded by any pin of the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_txid: Option<u64>,
+}
+
+impl EnvHead {
+    /// The greatest recorded position of the kind of `p`.
+    pub fn last(&self, p: Ordered) -> Option<u64> {
+        match p {
+            Ordered::Lsn(_) => self.last_lsn,
+            Ordered::Txid(_) => self.last_txid,
+        }
+    }
+
+    /// The head after `pin` (entry leaf hash `leaf`) follows this one.
+    fn after(
+        previous: Option<&EnvHead>,
+        pin: &PinEntry,
+        leaf: &Hash,
+        ordered: Option<Ordered>,
+    ) -> Self {
+        let (mut last_lsn, mut last_txid) =
+            previous.map_or((None, None), |h| (h.last_lsn, h.last_txid));
+        match ordered {
+            Some(o @ Ordered::Lsn(_)) => last_lsn = Some(o.value()),
+            Some(o @ Ordered::Txid(_)) => last_txid = Some(o.value()),
+            None => {}
+        }
+        EnvHead {
+            seq: pin.seq,
+            activated_at: pin.activated_at,
+            entry_hash: hex::encode(leaf),
+            last_lsn,
+            last_txid,
+        }
+    }
+}
+
+/// Where a release id was bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Release {
+    /// Log index of the publish entry.
+    pub index: u64,
+    /// The digest it is bound to.
+    pub digest: Digest,
+}
+
+/// A publisher key's validity, as the log has shaped it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub key_id: KeyId,
+    /// SPKI PEM; `None` for a configured key that the log only revoked.
+    pub public_key: Option<String>,
+    /// From when publishes may use it (`None`: configured, always).
+    pub valid_from: Option<Timestamp>,
+    /// From when publishes may no longer use it.
+    pub revoked_at: Option<Timestamp>,
+    /// Log index of the add entry, if the key was added through the log.
+    pub added_at_index: Option<u64>,
+}
+
+/// Read access to the log so far, as far as the rules need it.
+pub trait State {
+    /// Why a lookup failed (an index that cannot be read, say).
+    type Error;
+    /// The latest pin of `env`.
+    ///
+    /// # Errors
+    /// When the state cannot be read.
+    fn env_head(&self, env: &EnvName) -> Result<Option<EnvHead>, Self::Error>;
+    /// The publish that bound `release_id`.
+    ///
+    /// # Errors
+    /// When the state cannot be read.
+    fn release(&self, release_id: &ReleaseId) -> Result<Option<Release>, Self::Error>;
+    /// The lifecycle of publisher key `key_id`.
+    ///
+    /// # Errors
+    /// When the state cannot be read.
+    fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, Self::Error>;
+}
+
+/// What an accepted entry changes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// A release id is now bound.
+    Publish(Release),
+    /// An environment has a new latest pin.
+    Pin {
+        /// The environment's head before this pin.
+        previous: Option<EnvHead>,
+        /// Its head from this pin on.
+        head: EnvHead,
+        /// The pin's database position, when it recorded an ordered one.
+        position: Option<Ordered>,
+    },
+    /// A publisher key's lifecycle changed.
+    Key(KeyRecord),
+}
+
+/// An entry [`apply`] accepted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applied {
+    /// Its log index.
+    pub index: u64,
+    /// The entry, parsed once.
+    pub entry: Entry,
+    /// Its RFC 6962 leaf hash.
+    pub leaf: Hash,
+    /// What it changes in the state.
+    pub change: Change,
+}
+
+/// Why an entry may not follow the log so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// The bytes are not a log entry.
+    Malformed { index: u64, why: String },
+    /// A publish binds a release id that an earlier publish bound.
+    ReleaseBound {
+        index: u64,
+        release_id: ReleaseId,
+        first: u64,
+        digest: Digest,
+    },
+    /// A publish's envelope does not verify, or does not sign what the entry says.
+    Signature {
+        index: u64,
+        release_id: ReleaseId,
+        why: String,
+    },
+    /// A publish uses a key that is not valid when it is logged.
+    KeyNotValid {
+        index: u64,
+        release_id: ReleaseId,
+        key_id: KeyId,
+        why: String,
+    },
+    /// A pin names a release id no earlier entry published.
+    Unpublished {
+        index: u64,
+        env: EnvName,
+        release_id: ReleaseId,
+    },
+    /// A pin names a release with another digest than its publish bound.
+    DigestMismatch {
+        index: u64,
+        release_id: ReleaseId,
+        pinned: Digest,
+        bound: Digest,
+    },
+    /// A pin's sequence number is not the next of its environment.
+    Sequence {
+        index: u64,
+        env: EnvName,
+        seq: u64,
+        expected: u64,
+    },
+    /// A pin does not carry the hash of its environment's previous pin.
+    PreviousPin { index: u64, env: EnvName, seq: u64 },
+    /// A pin activates before its environment's latest pin.
+    ActivationOrder {
+        index: u64,
+        env: EnvName,
+        at: Timestamp,
+        head_seq: u64,
+        head_at: Timestamp,
+    },
+    /// A pin activates further after its `recorded_at` than the skew allows.
+    ActivationSkew {
+        index: u64,
+        at: Timestamp,
+        recorded_at: Timestamp,
+        skew: std::time::Duration,
+    },
+    /// A pin records a database position before one already recorded.
+    PositionOrder {
+        index: u64,
+        position: Ordered,
+        last: u64,
+    },
+    /// A key add without a PEM key whose id is the entry's key id.
+    KeyMismatch {
+        index: u64,
+        key_id: KeyId,
+        why: String,
+    },
+    /// A key add for a key the log already added.
+    KeyAddedTwice {
+        index: u64,
+        key_id: KeyId,
+        first: Option<u64>,
+    },
+    /// A key revoke for a key the log already revoked.
+    KeyRevokedTwice {
+        index: u64,
+        key_id: KeyId,
+        revoked_at: Timestamp,
+    },
+}
+
+/// Every rule's reason and the kind of error a request that breaks it
+/// gets: a write-once rule is a conflict, an out-of-order request a
+/// precondition, a malformed one invalid.
+const RULES: [(&str, Kind); 14] = [
+    ("MALFORMED_ENTRY", Kind::Invalid),
+    ("RELEASE_BOUND", Kind::Conflict),
+    ("BAD_SIGNATURE", Kind::Invalid),
+    ("KEY_NOT_VALID", Kind::Precondition),
+    ("RELEASE_UNPUBLISHED", Kind::NotFound),
+    ("DIGEST_MISMATCH", Kind::Invalid),
+    ("PIN_SEQUENCE", Kind::Precondition),
+    ("PIN_CHAIN", Kind::Precondition),
+    ("ACTIVATION_ORDER", Kind::Precondition),
+    ("ACTIVATION_SKEW", Kind::Precondition),
+    ("POSITION_ORDER", Kind::Precondition),
+    ("KEY_MISMATCH", Kind::Invalid),
+    ("KEY_ADDED_TWICE", Kind::Conflict),
+    ("KEY_REVOKED_TWICE", Kind::Conflict),
+];
+
+impl Violation {
+    /// The log index of the entry refused.
+    pub fn index(&self) -> u64 {
+        match self {
+            Violation::Malformed { index, .. }
+            | Violation::ReleaseBound { index, .. }
+            | Violation::Signature { index, .. }
+            | Violation::KeyNotValid { index, .. }
+            | Violation::Unpublished { index, .. }
+            | Violation::DigestMismatch { index, .. }
+            | Violation::Sequence { index, .. }
+            | Violation::PreviousPin { index, .. }
+            | Violation::ActivationOrder { index, .. }
+            | Violation::ActivationSkew { index, .. }
+            | Violation::PositionOrder { index, .. }
+            | Violation::KeyMismatch { index, .. }
+            | Violation::KeyAddedTwice { index, .. }
+            | Violation::KeyRevokedTwice { index, .. } => *index,
+        }
+    }
+
+    /// A stable, machine-readable name of the rule broken (for error
+    /// details and scripts).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Violation::Malformed { .. } => "MALFORMED_ENTRY",
+            Violation::ReleaseBound { .. } => "RELEASE_BOUND",
+            Violation::Signature { .. } => "BAD_SIGNATURE",
+            Violation::KeyNotValid { .. } => "KEY_NOT_VALID",
+            Violation::Unpublished { .. } => "RELEASE_UNPUBLISHED",
+            Violation::DigestMismatch { .. } => "DIGEST_MISMATCH",
+            Violation::Sequence { .. } => "PIN_SEQUENCE",
+            Violation::PreviousPin { .. } => "PIN_CHAIN",
+            Violation::ActivationOrder { .. } => "ACTIVATION_ORDER",
+            Violation::ActivationSkew { .. } => "ACTIVATION_SKEW",
+            Violation::PositionOrder { .. } => "POSITION_ORDER",
+            Violation::KeyMismatch { .. } => "KEY_MISMATCH",
+            Violation::KeyAddedTwice { .. } => "KEY_ADDED_TWICE",
+            Violation::KeyRevokedTwice { .. } => "KEY_REVOKED_TWICE",
+        }
+    }
+
+    /// The kind a request is told for the rule named `reason`.
+    pub(crate) fn kind_of_reason(reason: &str) -> Option<Kind> {
+        RULES.iter().find(|(r, _)| *r == reason).map(|(_, k)| *k)
+    }
+
+    /// The error a request that would write this entry gets: the rule's
+    /// kind and reason, and what to do about it.
+    pub fn to_error(&self) -> crate::Error {
+        crate::Error::new(self.kind(), self.to_string()).with_reason(self.reason())
+    }
+
+    /// What a request that would write this entry is told: the kind of
+    /// error it gets.
+    pub fn kind(&self) -> Kind {
+        Self::kind_of_reason(self.reason()).unwrap_or(Kind::Invalid)
+    }
+
+    /// Whether the violation breaks an environment's pin chain (sequence,
+    /// link, order): what the audit reports as a timeline failure.
+    pub fn is_timeline(&self) -> bool {
+        matches!(
+            self,
+            Violation::ReleaseBound { .. }
+                | Violation::Unpublished { .. }
+                | Violation::DigestMismatch { .. }
+                | Violation::Sequence { .. }
+                | Violation::PreviousPin { .. }
+                | Violation::ActivationOrder { .. }
+                | Violation::ActivationSkew { .. }
+                | Violation::PositionOrder { .. }
+        )
+    }
+
+    /// Whether the violation is about a publisher signature or key.
+    pub fn is_signature(&self) -> bool {
+        matches!(
+            self,
+            Violation::Signature { .. } | Violation::KeyNotValid { .. }
+        )
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::Malformed { index: _, why } => {
+                write!(f, "not a valid entry: {why}")
+            }
+            Violation::ReleaseBound {
+                index: _,
+                release_id,
+                first,
+                digest,
+            } => write!(
+                f,
+                "release id {release_id} is already bound to {digest} (entry {first}); release ids are write-once"
+            ),
+            Violation::Signature {
+                index: _,
+                release_id,
+                why,
+            } => {
+                write!(f, "{release_id}: {why}")
+            }
+            Violation::KeyNotValid {
+                index: _,
+                release_id,
+                key_id,
+                why,
+            } => {
+                write!(f, "{release_id}: publisher key {key_id} {why}")
+            }
+            Violation::Unpublished {
+                index: _,
+                env,
+                release_id,
+            } => write!(
+                f,
+                "a pin of {env} names release {release_id}, which is not published"
+            ),
+            Violation::DigestMismatch {
+                index: _,
+                release_id,
+                pinned,
+                bound,
+            } => write!(
+                f,
+                "a pin names release {release_id} as {pinned}, but it is bound to {bound}"
+            ),
+            Violation::Sequence {
+                index: _,
+                env,
+                seq,
+                expected,
+            } => write!(
+                f,
+                "pin #{seq} of {env} should be #{expected}: the pin chain is broken"
+            ),
+            Violation::PreviousPin { index: _, env, seq } => write!(
+                f,
+                "pin #{seq} of {env} does not carry the previous pin's hash: the pin chain is broken"
+            ),
+            Violation::ActivationOrder {
+                index: _,
+                env,
+                at,
+                head_seq,
+                head_at,
+            } => write!(
+                f,
+                "activation {at} is before the latest pin of {env} (#{head_seq} at {head_at}); \
+                 activations in an environment never go back in time (to roll back, pin the older release now)"
+            ),
+            Violation::ActivationSkew {
+                index: _,
+                at,
+                recorded_at,
+                skew,
+            } => write!(
+                f,
+                "activation {at} is in the future: the registry's clock read {recorded_at} and \
+                 allows at most {}s of skew",
+                skew.as_secs_f64()
+            ),
+            Violation::PositionOrder {
+                index: _,
+                position,
+                last,
+            } => {
+                let last = match position {
+                    Ordered::Lsn(_) => Lsn(*last).to_string(),
+                    Ordered::Txid(_) => Txid(*last).to_string(),
+                };
+                let kind = position.kind();
+                write!(
+                    f,
+                    "{kind} {position} is before the environment's latest recorded {kind} {last}; \
+                     database positions in an environment never go backwards"
+                )
+            }
+            Violation::KeyMismatch {
+                index: _,
+                key_id,
+                why,
+            } => {
+                write!(f, "key add for {key_id} carries no matching key: {why}")
+            }
+            Violation::KeyAddedTwice {
+                index: _,
+                key_id,
+                first,
+            } => match first {
+                Some(first) => write!(
+                    f,
+                    "publisher key {key_id} is already known (added at entry {first}); a revoked key cannot be added again"
+                ),
+                None => write!(
+                    f,
+                    "publisher key {key_id} is already known; a revoked key cannot be added again"
+                ),
+            },
+            Violation::KeyRevokedTwice {
+                index: _,
+                key_id,
+                revoked_at,
+            } => write!(
+                f,
+                "publisher key {key_id} was already revoked at {revoked_at}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// Why [`apply`] did not accept an entry: the entry breaks a rule, or the
+/// state could not be read.
+#[derive(Debug)]
+pub enum Refused<E> {
+    Violation(Violation),
+    State(E),
+}
+
+impl<E> From<Violation> for Refused<E> {
+    fn from(v: Violation) -> Self {
+        Refused::Violation(v)
+    }
+}
+
+/// Decides whether `bytes` may be entry `index` of a log whose state so far
+/// is `state`, and what it changes.
+///
+/// # Errors
+/// `Refused::Violation` naming the rule the entry breaks, or
+/// `Refused::State` when `state` fails.
+pub fn apply<S: State>(
+    state: &S,
+    rules: &Rules,
+    index: u64,
+    bytes: &[u8],
+) -> Result<Applied, Refused<S::Error>> {
+    let entry: Entry = serde_json::from_slice(bytes).map_err(|e| Violation::Malformed {
+        index,
+        why: e.to_string(),
+    })?;
+    let leaf = merkle::leaf_hash(bytes);
+    let change = match &entry {
+        Entry::Publish(p) => publish(state, rules, index, p)?,
+        Entry::Pin(p) => pin(state, rules, index, p, &leaf)?,
+        Entry::Key(k) => key(state, index, k)?,
+    };
+    Ok(Applied {
+        index,
+        entry,
+        leaf,
+        change,
+    })
+}
+
+fn publish<S: State>(
+    state: &S,
+    rules: &Rules,
+    index: u64,
+    p: &PublishEntry,
+) -> Result<Change, Refused<S::Error>> {
+    if let Some(first) = state.release(&p.release_id).map_err(Refused::State)? {
+        return Err(Violation::ReleaseBound {
+            index,
+            release_id: p.release_id.clone(),
+            first: first.index,
+            digest: first.digest,
+        }
+        .into());
+    }
+    let record = state.key(&p.key_id).map_err(Refused::State)?;
+    let key = key_valid_at(rules, &p.key_id, record.as_ref(), p.recorded_at).map_err(|why| {
+        Violation::KeyNotValid {
+            index,
+            release_id: p.release_id.clone(),
+            key_id: p.key_id.clone(),
+            why,
+        }
+    })?;
+    let envelope = serde_json::to_vec(&p.envelope).unwrap_or_default();
+    let signature = |why: String| Violation::Signature {
+        index,
+        release_id: p.release_id.clone(),
+        why,
+    };
+    let att = signing::verify_envelope(&envelope, &TrustedKeys::new([key]))
+        .map_err(|e| signature(e.to_string()))?;
+    if att.release_id != p.release_id || att.digest != p.digest || att.key_id != p.key_id {
+        return Err(signature(format!(
+            "the signed statement ({} {}, key {}) does not match the entry",
+            att.release_id, att.digest, att.key_id
+        ))
+        .into());
+    }
+    Ok(Change::Publish(Release {
+        index,
+        digest: p.digest,
+    }))
+}
+
+/// The public key of `key_id` when it may sign a publish logged at `at`:
+/// a configured key until the log revokes it, a key the log added from its
+/// `valid_from` until its revocation.
+///
+/// # Errors
+/// Why the key may not sign then, as a phrase following the key's name.
+pub fn key_valid_at(
+    rules: &Rules,
+    key_id: &KeyId,
+    record: Option<&KeyRecord>,
+    at: Timestamp,
+) -> Result<PublicKey, String> {
+    let configured = rules.configured.keys().iter().find(|k| k.id() == key_id);
+    let key = match (record, configured) {
+        (_, Some(k)) => k.clone(),
+        (Some(r), None) => match r.public_key.as_deref().map(PublicKey::from_pem) {
+            Some(Ok(k)) => k,
+            _ => return Err("is not trusted (no key was added for it)".into()),
+        },
+        (None, None) => {
+            return Err("is not trusted (neither configured nor added by the log)".into());
+        }
+    };
+    if let Some(r) = record {
+        if configured.is_none() && r.valid_from.is_none_or(|from| at < from) {
+            let from = r
+                .valid_from
+                .map_or_else(|| "never".to_owned(), |f| f.to_string());
+            return Err(format!("was not yet valid at {at} (valid from {from})"));
+        }
+        if let Some(revoked) = r.revoked_at
+            && at >= revoked
+        {
+            return Err(format!(
+                "is no longer trusted (revoked at {revoked}; the publish is logged at {at})"
+            ));
+        }
+    }
+    Ok(key)
+}
+
+/// Every key that may sign a publish logged at `at`, given the log's key
+/// records.
+pub fn valid_keys(rules: &Rules, records: &[KeyRecord], at: Timestamp) -> TrustedKeys {
+    let configured = rules.configured.keys().iter().map(|k| {
+        let record = records.iter().find(|r| &r.key_id == k.id());
+        key_valid_at(rules, k.id(), record, at)
+    });
+    let logged = records
+        .iter()
+        .filter(|r| !rules.configured.keys().iter().any(|k| k.id() == &r.key_id))
+        .map(|r| key_valid_at(rules, &r.key_id, Some(r), at));
+    TrustedKeys::new(configured.chain(logged).filter_map(Result::ok))
+}
+
+fn pin<S: State>(
+    state: &S,
+    rules: &Rules,
+    index: u64,
+    p: &PinEntry,
+    leaf: &Hash,
+) -> Result<Change, Refused<S::Error>> {
+    let head = state.env_head(&p.env).map_err(Refused::State)?;
+    let (expected, expected_prev) = match &head {
+        None => (1, None),
+        Some(h) => (h.seq + 1, Some(h.entry_hash.as_str())),
+    };
+    if p.seq != expected {
+        return Err(Violation::Sequence {
+            index,
+            env: p.env.clone(),
+            seq: p.seq,
+            expected,
+        }
+        .into());
+    }
+    if p.prev_pin.as_deref() != expected_prev {
+        return Err(Violation::PreviousPin {
+            index,
+            env: p.env.clone(),
+            seq: p.seq,
+        }
+        .into());
+    }
+    if let Some(h) = &head
+        && p.activated_at < h.activated_at
+    {
+        return Err(Violation::ActivationOrder {
+            index,
+            env: p.env.clone(),
+            at: p.activated_at,
+            head_seq: h.seq,
+            head_at: h.activated_at,
+        }
+        .into());
+    }
+    if p.activated_at > p.recorded_at.saturating_add_micros(rules.skew_micros()) {
+        return Err(Violation::ActivationSkew {
+            index,
+            at: p.activated_at,
+            recorded_at: p.recorded_at,
+            skew: rules.clock_skew,
+        }
+        .into());
+    }
+    let ordered = match &p.db_position {
+        Some(pos) => pos.ordered().map_err(|e| Violation::Malformed {
+            index,
+            why: e.to_string(),
+        })?,
+        None => None,
+    };
+    if let (Some(o), Some(h)) = (ordered, &head)
+        && let Some(last) = h.last(o)
+        && o.value() < last
+    {
+        return Err(Violation::PositionOrder {
+            index,
+            position: o,
+            last,
+        }
+        .into());
+    }
+    match state.release(&p.release_id).map_err(Refused::State)? {
+        None => {
+            return Err(Violation::Unpublished {
+                index,
+                env: p.env.clone(),
+                release_id: p.release_id.clone(),
+            }
+            .into());
+        }
+        Some(r) if r.digest != p.digest => {
+            return Err(Violation::DigestMismatch {
+                index,
+                release_id: p.release_id.clone(),
+                pinned: p.digest,
+                bound: r.digest,
+            }
+            .into());
+        }
+        Some(_) => {}
+    }
+    let new_head = EnvHead::after(head.as_ref(), p, leaf, ordered);
+    Ok(Change::Pin {
+        previous: head,
+        head: new_head,
+        position: ordered,
+    })
+}
+
+fn key<S: State>(state: &S, index: u64, k: &KeyEntry) -> Result<Change, Refused<S::Error>> {
+    let existing = state.key(&k.key_id).map_err(Refused::State)?;
+    let record = match k.action {
+        KeyAction::Add => {
+            if let Some(e) = &existing {
+                return Err(Violation::KeyAddedTwice {
+                    index,
+                    key_id: k.key_id.clone(),
+                    first: e.added_at_index,
+                }
+                .into());
+            }
+            let mismatch = |why: String| Violation::KeyMismatch {
+                index,
+                key_id: k.key_id.clone(),
+                why,
+            };
+            let Some(pem) = &k.public_key else {
+                return Err(mismatch("the entry holds no public key".into()).into());
+            };
+            let key = PublicKey::from_pem(pem).map_err(|e| mismatch(e.to_string()))?;
+            if key.id() != &k.key_id {
+                return Err(mismatch(format!("the PEM key's id is {}", key.id())).into());
+            }
+            KeyRecord {
+                key_id: k.key_id.clone(),
+                public_key: Some(pem.clone()),
+                valid_from: Some(k.at),
+                revoked_at: None,
+                added_at_index: Some(index),
+            }
+        }
+        KeyAction::Revoke => {
+            if let Some(revoked_at) = existing.as_ref().and_then(|e| e.revoked_at) {
+                return Err(Violation::KeyRevokedTwice {
+                    index,
+                    key_id: k.key_id.clone(),
+                    revoked_at,
+                }
+                .into());
+            }
+            let mut rec = existing.unwrap_or(KeyRecord {
+                key_id: k.key_id.clone(),
+                public_key: None,
+                valid_from: None,
+                revoked_at: None,
+                added_at_index: None,
+            });
+            rec.revoked_at = Some(k.at);
+            rec
+        }
+    };
+    Ok(Change::Key(record))
+}
+
+/// The state of a base plus the entries accepted on top of it but not yet
+/// in the base: a batch being built, or (over [`Empty`]) a whole log held
+/// in memory.
+pub struct Overlay<'a, S> {
+    base: &'a S,
+    envs: HashMap<EnvName, EnvHead>,
+    releases: HashMap<ReleaseId, Release>,
+    keys: HashMap<KeyId, KeyRecord>,
+}
+
+impl<'a, S: State> Overlay<'a, S> {
+    /// No entries on top of `base` yet.
+    pub fn new(base: &'a S) -> Self {
+        Self {
+            base,
+            envs: HashMap::new(),
+            releases: HashMap::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    /// Takes an accepted entry's change into account.
+    pub fn absorb(&mut self, applied: &Applied) {
+        match (&applied.change, &applied.entry) {
+            (Change::Publish(r), Entry::Publish(p)) => {
+                self.releases.insert(p.release_id.clone(), *r);
+            }
+            (Change::Pin { head, .. }, Entry::Pin(p)) => {
+                self.envs.insert(p.env.clone(), head.clone());
+            }
+            (Change::Key(k), _) => {
+                self.keys.insert(k.key_id.clone(), k.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Applies `bytes` as entry `index` and, when accepted, absorbs it.
+    ///
+    /// # Errors
+    /// As [`apply`].
+    pub fn apply(
+        &mut self,
+        rules: &Rules,
+        index: u64,
+        bytes: &[u8],
+    ) -> Result<Applied, Refused<S::Error>> {
+        let applied = apply(self, rules, index, bytes)?;
+        self.absorb(&applied);
+        Ok(applied)
+    }
+
+    /// Every environment with a pin in the overlay.
+    pub fn environments(&self) -> usize {
+        self.envs.len()
+    }
+
+    /// Every key record changed in the overlay.
+    pub fn keys(&self) -> impl Iterator<Item = &KeyRecord> {
+        self.keys.values()
+    }
+}
+
+impl<S: State> State for Overlay<'_, S> {
+    type Error = S::Error;
+
+    fn env_head(&self, env: &EnvName) -> Result<Option<EnvHead>, S::Error> {
+        match self.envs.get(env) {
+            Some(h) => Ok(Some(h.clone())),
+            None => self.base.env_head(env),
+        }
+    }
+
+    fn release(&self, release_id: &ReleaseId) -> Result<Option<Release>, S::Error> {
+        match self.releases.get(release_id) {
+            Some(r) => Ok(Some(*r)),
+            None => self.base.release(release_id),
+        }
+    }
+
+    fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, S::Error> {
+        match self.keys.get(key_id) {
+            Some(k) => Ok(Some(k.clone())),
+            None => self.base.key(key_id),
+        }
+    }
+}
+
+/// The state of an empty log.
+pub struct Empty;
+
+impl State for Empty {
+    type Error = std::convert::Infallible;
+
+    fn env_head(&self, _: &EnvName) -> Result<Option<EnvHead>, Self::Error> {
+        Ok(None)
+    }
+
+    fn release(&self, _: &ReleaseId) -> Result<Option<Release>, Self::Error> {
+        Ok(None)
+    }
+
+    fn key(&self, _: &KeyId) -> Result<Option<KeyRecord>, Self::Error> {
+        Ok(None)
+    }
+}
+
+/// What `entry` changes if it is taken as written, without checking it: an
+/// audit that found a violation goes on checking the rest of the log
+/// against the log as it stands, so one bad entry is reported once rather
+/// than as a cascade. `None` when it changes nothing (a release bound
+/// again).
+///
+/// # Errors
+/// When `state` fails.
+pub fn assume<S: State>(
+    state: &S,
+    index: u64,
+    entry: &Entry,
+    leaf: &Hash,
+) -> Result<Option<Change>, S::Error> {
+    Ok(match entry {
+        Entry::Publish(p) => match state.release(&p.release_id)? {
+            Some(_) => None,
+            None => Some(Change::Publish(Release {
+                index,
+                digest: p.digest,
+            })),
+        },
+        Entry::Pin(p) => {
+            let previous = state.env_head(&p.env)?;
+            let ordered = p
+                .db_position
+                .as_ref()
+                .and_then(|d| d.ordered().ok().flatten());
+            let head = EnvHead::after(previous.as_ref(), p, leaf, ordered);
+            Some(Change::Pin {
+                previous,
+                head,
+                position: ordered,
+            })
+        }
+        Entry::Key(k) => {
+            let mut rec = state.key(&k.key_id)?.unwrap_or(KeyRecord {
+                key_id: k.key_id.clone(),
+                public_key: None,
+                valid_from: None,
+                revoked_at: None,
+                added_at_index: None,
+            });
+            match k.action {
+                KeyAction::Add => {
+                    rec.public_key.clone_from(&k.public_key);
+                    rec.valid_from = Some(k.at);
+                    rec.added_at_index = Some(index);
+                }
+                KeyAction::Revoke => rec.revoked_at = Some(k.at),
+            }
+            Some(Change::Key(rec))
+        }
+    })
+}
