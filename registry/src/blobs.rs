@@ -109,7 +109,8 @@ impl Blobs {
             }
             Err(e) => return Err(e.into()),
         };
-        let actual = Digest::of(&bytes);
+        // Hashing a whole artifact takes milliseconds: off the runtime.
+        let (actual, bytes) = crate::blocking::run(move || Ok((Digest::of(&bytes), bytes))).await?;
         if actual != *digest {
             return Err(Error::new(
                 Kind::DataLoss,

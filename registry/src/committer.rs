@@ -92,14 +92,23 @@ pub async fn catch_up(log: &Log, index: &Index, rules: &Rules) -> Result<u64> {
             break;
         };
         let entries = Log::split(&object);
-        index.apply_object(
-            rules,
-            start,
-            &entries,
-            usize::try_from(skip).unwrap_or(usize::MAX),
-        )?;
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+        apply(index, rules, start, entries, skip).await?;
     }
     Ok(index.applied()? - first)
+}
+
+/// Applies a log object to the index on the blocking pool (sled batches,
+/// file writes and signature checks take more than a few microseconds).
+async fn apply(
+    index: &Index,
+    rules: &Rules,
+    start: u64,
+    entries: Vec<Bytes>,
+    skip: usize,
+) -> Result<()> {
+    let (index, rules) = (index.clone(), rules.clone());
+    crate::blocking::run(move || index.apply_object(&rules, start, &entries, skip)).await
 }
 
 /// The committer loop: batches up to `max_batch` writes, tails the log
@@ -235,7 +244,7 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
             pending = rerun.collect();
             continue;
         }
-        if let Err(e) = index.apply_object(rules, start, &entries, 0) {
+        if let Err(e) = apply(index, rules, start, entries, 0).await {
             fail_all(owners, &e);
             return fail_all(decided.into_iter().map(|(b, r, _)| (b, r)).collect(), &e);
         }

@@ -36,6 +36,7 @@ pub use stackpin_core::{audit, digest, ids, merkle, note, position, proof, signi
 
 pub mod auth;
 pub mod blobs;
+pub(crate) mod blocking;
 pub mod committer;
 pub mod config;
 pub mod error;

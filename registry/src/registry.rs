@@ -271,12 +271,29 @@ pub fn open_index(dir: &std::path::Path) -> Result<Index> {
                 error = %err,
                 "the index cannot be used (damaged, short, or of another layout version); deleting it and rebuilding it from the log"
             );
-            std::fs::remove_dir_all(dir).map_err(|e| {
-                Error::internal(format!("removing damaged index {}: {e}", dir.display()))
-            })?;
-            Index::open(dir)
+            fresh_index(dir)
         }
     }
+}
+
+/// Deletes the index folder `dir`, without opening it first (an index
+/// too damaged to open must not stop its own rebuild), and creates an
+/// empty index in its place.
+///
+/// # Errors
+/// Internal when the folder cannot be removed or a fresh index created.
+fn fresh_index(dir: &std::path::Path) -> Result<Index> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "removing index {}: {e}",
+                dir.display()
+            )));
+        }
+    }
+    Index::open(dir)
 }
 
 /// Checks that the log objects in storage are exactly the ones the index
@@ -344,14 +361,6 @@ async fn verify_objects(log: &Log, index: &Index) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Deletes an index folder and opens an empty one in its place.
-fn reset_index(index: Index, dir: &std::path::Path) -> Result<Index> {
-    drop(index);
-    std::fs::remove_dir_all(dir)
-        .map_err(|e| Error::internal(format!("removing index {}: {e}", dir.display())))?;
-    Index::open(dir)
 }
 
 /// Whether the index's tree matches the stored signed checkpoint (an index
@@ -476,7 +485,8 @@ impl Registry {
                 "the index disagrees with the log's signed checkpoint; deleting it and \
                  rebuilding it from the log"
             );
-            index = reset_index(index, &dir)?;
+            drop(index);
+            index = fresh_index(&dir)?;
         }
         let had_state = index.applied()? > 0;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -497,7 +507,7 @@ impl Registry {
                     error = %e,
                     "opening failed with the existing index; rebuilding the index from the log"
                 );
-                let index = reset_index(Index::open(&dir)?, &dir)?;
+                let index = fresh_index(&dir)?;
                 Self::open(store, index, trusted, signer, limits, clock).await
             }
             other => other,
@@ -512,6 +522,42 @@ impl Registry {
             .map_err(|_| Error::internal("the committer has stopped"))?;
         rx.await
             .map_err(|_| Error::internal("the committer dropped a request"))?
+    }
+
+    /// Entries `start..end`, in order, reading each log object once. An
+    /// entry that cannot be served is an error item; the stream goes on
+    /// with the next entry.
+    pub fn entries(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl futures::Stream<Item = (u64, Result<Bytes>)> + Send + 'static {
+        let registry = self.inner.clone();
+        futures::stream::unfold(
+            (start, std::collections::VecDeque::new()),
+            move |(index, mut read): (u64, std::collections::VecDeque<Bytes>)| {
+                let registry = registry.clone();
+                async move {
+                    if index >= end {
+                        return None;
+                    }
+                    if read.is_empty() {
+                        match registry.entries_from(index).await {
+                            Ok(entries) => read.extend(entries),
+                            Err(e) => return Some(((index, Err(e)), (index + 1, read))),
+                        }
+                    }
+                    let entry = read.pop_front()?;
+                    Some(((index, Ok(entry)), (index + 1, read)))
+                }
+            },
+        )
+    }
+
+    /// Whether the committer task still runs: when it has stopped, every
+    /// write fails, and health says so.
+    pub fn accepts_writes(&self) -> bool {
+        !self.commits.is_closed()
     }
 
     /// Catches up with entries other replicas wrote, before a fresh read.
@@ -566,11 +612,16 @@ impl Registry {
                 attestation.digest
             )));
         }
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-            return Err(Error::invalid(format!(
-                "artifact is not valid JSON (objectstack.json must be JSON): {e}"
-            )));
-        }
+        // Parsing a whole artifact takes milliseconds: off the runtime.
+        let bytes = crate::blocking::run(move || {
+            match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                Ok(_) => Ok(bytes),
+                Err(e) => Err(Error::invalid(format!(
+                    "artifact is not valid JSON (objectstack.json must be JSON): {e}"
+                ))),
+            }
+        })
+        .await?;
         let release_id = attestation.release_id.clone();
         if let Some(existing) = self.index.artifact_by_release(&release_id)? {
             return same_or_conflict(existing, &digest);
@@ -834,6 +885,18 @@ impl Inner {
     /// NotFound past the end of the log; DataLoss when the stored bytes
     /// changed or vanished; Unavailable when storage fails.
     pub async fn entry(&self, index: u64) -> Result<Bytes> {
+        let mut entries = self.entries_from(index).await?;
+        Ok(entries.swap_remove(0))
+    }
+
+    /// Entry `index` and the entries after it in the same log object, each
+    /// checked against its logged hash: one storage read for a whole group
+    /// commit. Stops before the first entry that fails its check (asking
+    /// for that one then names it).
+    ///
+    /// # Errors
+    /// As [`Self::entry`], for entry `index`.
+    async fn entries_from(&self, index: u64) -> Result<Vec<Bytes>> {
         let size = self.index.applied()?;
         if index >= size {
             return Err(Error::not_found(format!(
@@ -848,20 +911,26 @@ impl Inner {
         };
         let (start, _) = self.index.object_of(index)?.unwrap_or((index, 1));
         let object = self.log.read(start).await?.ok_or_else(missing)?;
-        let position = usize::try_from(index - start).unwrap_or(usize::MAX);
-        let bytes = Log::split(&object)
-            .into_iter()
-            .nth(position)
-            .ok_or_else(missing)?;
-        if merkle::leaf_hash(&bytes) != self.index.node(0, index)? {
-            return Err(Error::new(
-                Kind::DataLoss,
-                format!(
-                    "log entry {index} in storage no longer matches its logged hash; it will not be served"
-                ),
-            ));
+        let skip = usize::try_from(index - start).unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        for (at, bytes) in (start..size).zip(Log::split(&object)).skip(skip) {
+            if merkle::leaf_hash(&bytes) != self.index.node(0, at)? {
+                if out.is_empty() {
+                    return Err(Error::new(
+                        Kind::DataLoss,
+                        format!(
+                            "log entry {at} in storage no longer matches its logged hash; it will not be served"
+                        ),
+                    ));
+                }
+                break;
+            }
+            out.push(bytes);
         }
-        Ok(bytes)
+        if out.is_empty() {
+            return Err(missing());
+        }
+        Ok(out)
     }
 
     /// The inclusion proof of entry `index` in the tree of `size` entries.
@@ -1422,5 +1491,26 @@ fn parse_media_type(text: &str) -> Result<String> {
         Err(Error::invalid(format!(
             "media type {text:?} is not of the form type/subtype"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_index_too_damaged_to_open_is_replaced_without_opening_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let index_dir = super::index_dir(dir.path());
+        drop(super::Index::open(&index_dir).unwrap());
+        // What sled cannot open: its files replaced by garbage.
+        for entry in std::fs::read_dir(&index_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::write(&path, b"not sled").unwrap();
+            }
+        }
+        std::fs::write(index_dir.join("damaged"), b"3").unwrap();
+        assert!(super::Index::open(&index_dir).is_err());
+        let fresh = super::fresh_index(&index_dir).unwrap();
+        assert_eq!(fresh.applied().unwrap(), 0);
     }
 }

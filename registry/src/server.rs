@@ -79,7 +79,7 @@ impl Options {
 /// Serves `registry` on `listener` until `shutdown` completes, then lets
 /// in-flight requests finish (for at most `shutdown_grace`) and flushes the
 /// index. Alongside the registry it serves gRPC health (SERVING only while
-/// storage answers) and server reflection, and metrics when asked.
+/// storage answers and the committer runs) and server reflection, and metrics when asked.
 ///
 /// # Errors
 /// When TLS cannot be set up, the transport fails, or the final flush fails.
@@ -97,7 +97,11 @@ pub async fn run(
     reporter
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    let health = tokio::spawn(crate::health::watch(registry.store(), reporter));
+    let writes = {
+        let registry = registry.clone();
+        move || registry.accepts_writes()
+    };
+    let health = tokio::spawn(crate::health::watch(registry.store(), writes, reporter));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(stackpin_proto::v1::FILE_DESCRIPTOR_SET)

@@ -30,6 +30,8 @@ struct Plan {
     after_landing: usize,
     delay: Duration,
     injected: usize,
+    /// Object reads (gets) asked for, faulty or not.
+    reads: usize,
 }
 
 /// A store that fails on request.
@@ -88,10 +90,17 @@ impl Faulty {
     /// Removes every planned fault.
     pub fn clear(&self) {
         let injected = self.plan().injected;
+        let reads = self.plan().reads;
         *self.plan() = Plan {
             injected,
+            reads,
             ..Plan::default()
         };
+    }
+
+    /// How many objects were read (gets) so far.
+    pub fn reads(&self) -> usize {
+        self.plan().reads
     }
 
     /// How many faults were injected so far.
@@ -179,6 +188,7 @@ impl ObjectStore for Faulty {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.pause().await;
+        self.plan().reads += 1;
         if self.trip(Op::Get) {
             return Err(injected("get"));
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use stackpin_registry::Registry;
@@ -145,6 +145,19 @@ async fn concurrent_pins_share_log_objects_on_slow_storage() {
         assert_eq!(seqs, (1..=16).collect::<Vec<_>>());
         resolve_follows_history(&registry, env);
     }
+    // Listing every entry reads each log object once, not once per entry.
+    let reads = slow.reads();
+    let listed: Vec<_> = registry.entries(0, entries as u64).collect().await;
+    assert_eq!(listed.len(), entries);
+    for (i, (index, entry)) in listed.into_iter().enumerate() {
+        assert_eq!(index, i as u64);
+        assert_eq!(entry.unwrap(), registry.entry(index).await.unwrap());
+    }
+    assert_eq!(
+        slow.reads() - reads,
+        objects + entries,
+        "one read per object, then one per entry asked singly"
+    );
     // Without group commit every pin is its own object.
     let slow = Arc::new(Faulty::new(Arc::new(InMemory::new())));
     let store: Arc<dyn ObjectStore> = slow.clone();

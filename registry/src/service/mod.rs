@@ -281,20 +281,10 @@ impl RegistryService {
             );
         }
         let end = end.min(req.start.saturating_add(MAX_LIST_ENTRIES));
-        let registry = self.registry.clone();
-        let stream = futures::stream::unfold(req.start, move |index| {
-            let registry = registry.clone();
-            async move {
-                if index >= end {
-                    return None;
-                }
-                let item = registry
-                    .entry(index)
-                    .await
-                    .map(|entry| pb::LogEntry { index, entry })
-                    .map_err(Status::from);
-                Some((item, index + 1))
-            }
+        use futures::StreamExt as _;
+        let stream = self.registry.entries(req.start, end).map(|(index, item)| {
+            item.map(|entry| pb::LogEntry { index, entry })
+                .map_err(Status::from)
         });
         Ok(Response::new(Box::pin(stream)))
     }
