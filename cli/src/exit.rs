@@ -13,7 +13,10 @@
 
 use std::fmt;
 
+use stackpin_core::Kind;
+use stackpin_core::error::ERROR_DOMAIN;
 use tonic::{Code, Status};
+use tonic_types::StatusExt as _;
 
 pub const OK: u8 = 0;
 pub const FAILURE: u8 = 1;
@@ -60,12 +63,38 @@ impl Failure {
     }
 }
 
-/// Exit code for a gRPC status.
+/// Exit code for a kind of failure: the one table, used for the registry's
+/// answers and for local failures alike.
+pub fn code_of_kind(kind: Kind) -> u8 {
+    match kind {
+        Kind::Invalid | Kind::TooLarge => INVALID,
+        Kind::NoSpace => UNAVAILABLE,
+        Kind::NotFound => NOT_FOUND,
+        Kind::Conflict | Kind::Precondition => CONFLICT,
+        Kind::DataLoss => VERIFY,
+        Kind::Unavailable => UNAVAILABLE,
+        Kind::Unauthenticated | Kind::PermissionDenied => AUTH,
+        Kind::Internal => FAILURE,
+    }
+}
+
+/// The kind of failure a status stands for, from the machine-readable
+/// reason the registry attaches (`google.rpc.ErrorInfo`), when it does.
+fn kind_of(status: &Status) -> Option<Kind> {
+    let info = status.get_details_error_info()?;
+    if info.domain != ERROR_DOMAIN {
+        return None;
+    }
+    Kind::of_reason(&info.reason)
+}
+
+/// Exit code for a gRPC status: by the registry's reason when it gave one,
+/// else by the status code (a status made by the transport or a proxy).
 pub fn code_of(status: &Status) -> u8 {
+    if let Some(kind) = kind_of(status) {
+        return code_of_kind(kind);
+    }
     match status.code() {
-        // Over a size limit is the request's fault; a full disk is not.
-        Code::ResourceExhausted if status.message().contains("storage is full") => UNAVAILABLE,
-        Code::ResourceExhausted if status.message().contains("disk is full") => UNAVAILABLE,
         Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => INVALID,
         Code::NotFound => NOT_FOUND,
         Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => CONFLICT,
@@ -101,20 +130,44 @@ impl From<anyhow::Error> for Failure {
 
 impl From<stackpin_core::Error> for Failure {
     fn from(error: stackpin_core::Error) -> Self {
-        use stackpin_core::Kind;
-        let code = match error.kind() {
-            Kind::Invalid | Kind::TooLarge => INVALID,
-            Kind::NoSpace => UNAVAILABLE,
-            Kind::NotFound => NOT_FOUND,
-            Kind::Conflict | Kind::Precondition => CONFLICT,
-            Kind::DataLoss => VERIFY,
-            Kind::Unavailable => UNAVAILABLE,
-            Kind::Unauthenticated | Kind::PermissionDenied => AUTH,
-            Kind::Internal => FAILURE,
-        };
-        Self::new(code, error)
+        Self::new(code_of_kind(error.kind()), error)
     }
 }
 
 /// A command's result.
 pub type Outcome<T = ()> = Result<T, Failure>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::ErrorDetails;
+
+    fn with_reason(code: Code, message: &str, reason: &str) -> Status {
+        let details =
+            ErrorDetails::with_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+        Status::with_error_details(code, message, details)
+    }
+
+    #[test]
+    fn exit_codes_follow_the_reason_not_the_message() {
+        // A full disk is not the request's fault, whatever the text says.
+        let full = with_reason(Code::ResourceExhausted, "no room", "STORAGE_FULL");
+        assert_eq!(code_of(&full), UNAVAILABLE);
+        let big = with_reason(
+            Code::ResourceExhausted,
+            "storage is full",
+            "MESSAGE_TOO_LARGE",
+        );
+        assert_eq!(code_of(&big), INVALID);
+        let bound = with_reason(Code::AlreadyExists, "", "RELEASE_BOUND");
+        assert_eq!(code_of(&bound), CONFLICT);
+        let order = with_reason(Code::FailedPrecondition, "", "ACTIVATION_ORDER");
+        assert_eq!(code_of(&order), CONFLICT);
+        // A status with no reason (from the transport) goes by its code.
+        assert_eq!(
+            code_of(&Status::resource_exhausted("storage is full")),
+            INVALID
+        );
+        assert_eq!(code_of(&Status::unavailable("")), UNAVAILABLE);
+    }
+}

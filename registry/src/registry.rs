@@ -1459,6 +1459,7 @@ fn conflict(existing: &ArtifactRecord) -> Error {
          publish the new bytes under a new release id",
         existing.release_id, existing.digest, existing.log_index
     ))
+    .with_reason(state::reason::RELEASE_BOUND)
 }
 
 fn same_or_conflict(existing: ArtifactRecord, digest: &Digest) -> Result<Published> {

@@ -431,6 +431,12 @@ async fn exceeded_limits_get_their_codes_and_leave_nothing_behind() {
             .unwrap_err();
         assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
         assert!(err.message().contains("limit"), "{err:?}");
+        // The reason says it is the request's size, not a full disk.
+        let info = tonic_types::StatusExt::get_details_error_info(&err).unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("MESSAGE_TOO_LARGE", "stackpin.v1")
+        );
     }
 
     // A publish that stalls past the request deadline.

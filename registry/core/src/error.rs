@@ -7,6 +7,10 @@
 
 use std::fmt;
 
+/// The `domain` of the `google.rpc.ErrorInfo` the registry attaches to
+/// every error status: its `reason` is [`Error::reason`].
+pub const ERROR_DOMAIN: &str = "stackpin.v1";
+
 /// What the caller can do about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -267,24 +267,43 @@ pub enum Violation {
     },
 }
 
+/// The machine-readable reasons of the rules, as errors carry them
+/// (`google.rpc.ErrorInfo` on the wire) and scripts match them.
+pub mod reason {
+    pub const MALFORMED_ENTRY: &str = "MALFORMED_ENTRY";
+    pub const RELEASE_BOUND: &str = "RELEASE_BOUND";
+    pub const BAD_SIGNATURE: &str = "BAD_SIGNATURE";
+    pub const KEY_NOT_VALID: &str = "KEY_NOT_VALID";
+    pub const RELEASE_UNPUBLISHED: &str = "RELEASE_UNPUBLISHED";
+    pub const DIGEST_MISMATCH: &str = "DIGEST_MISMATCH";
+    pub const PIN_SEQUENCE: &str = "PIN_SEQUENCE";
+    pub const PIN_CHAIN: &str = "PIN_CHAIN";
+    pub const ACTIVATION_ORDER: &str = "ACTIVATION_ORDER";
+    pub const ACTIVATION_SKEW: &str = "ACTIVATION_SKEW";
+    pub const POSITION_ORDER: &str = "POSITION_ORDER";
+    pub const KEY_MISMATCH: &str = "KEY_MISMATCH";
+    pub const KEY_ADDED_TWICE: &str = "KEY_ADDED_TWICE";
+    pub const KEY_REVOKED_TWICE: &str = "KEY_REVOKED_TWICE";
+}
+
 /// Every rule's reason and the kind of error a request that breaks it
 /// gets: a write-once rule is a conflict, an out-of-order request a
 /// precondition, a malformed one invalid.
 const RULES: [(&str, Kind); 14] = [
-    ("MALFORMED_ENTRY", Kind::Invalid),
-    ("RELEASE_BOUND", Kind::Conflict),
-    ("BAD_SIGNATURE", Kind::Invalid),
-    ("KEY_NOT_VALID", Kind::Precondition),
-    ("RELEASE_UNPUBLISHED", Kind::NotFound),
-    ("DIGEST_MISMATCH", Kind::Invalid),
-    ("PIN_SEQUENCE", Kind::Precondition),
-    ("PIN_CHAIN", Kind::Precondition),
-    ("ACTIVATION_ORDER", Kind::Precondition),
-    ("ACTIVATION_SKEW", Kind::Precondition),
-    ("POSITION_ORDER", Kind::Precondition),
-    ("KEY_MISMATCH", Kind::Invalid),
-    ("KEY_ADDED_TWICE", Kind::Conflict),
-    ("KEY_REVOKED_TWICE", Kind::Conflict),
+    (reason::MALFORMED_ENTRY, Kind::Invalid),
+    (reason::RELEASE_BOUND, Kind::Conflict),
+    (reason::BAD_SIGNATURE, Kind::Invalid),
+    (reason::KEY_NOT_VALID, Kind::Precondition),
+    (reason::RELEASE_UNPUBLISHED, Kind::NotFound),
+    (reason::DIGEST_MISMATCH, Kind::Invalid),
+    (reason::PIN_SEQUENCE, Kind::Precondition),
+    (reason::PIN_CHAIN, Kind::Precondition),
+    (reason::ACTIVATION_ORDER, Kind::Precondition),
+    (reason::ACTIVATION_SKEW, Kind::Precondition),
+    (reason::POSITION_ORDER, Kind::Precondition),
+    (reason::KEY_MISMATCH, Kind::Invalid),
+    (reason::KEY_ADDED_TWICE, Kind::Conflict),
+    (reason::KEY_REVOKED_TWICE, Kind::Conflict),
 ];
 
 impl Violation {
@@ -312,20 +331,20 @@ impl Violation {
     /// details and scripts).
     pub fn reason(&self) -> &'static str {
         match self {
-            Violation::Malformed { .. } => "MALFORMED_ENTRY",
-            Violation::ReleaseBound { .. } => "RELEASE_BOUND",
-            Violation::Signature { .. } => "BAD_SIGNATURE",
-            Violation::KeyNotValid { .. } => "KEY_NOT_VALID",
-            Violation::Unpublished { .. } => "RELEASE_UNPUBLISHED",
-            Violation::DigestMismatch { .. } => "DIGEST_MISMATCH",
-            Violation::Sequence { .. } => "PIN_SEQUENCE",
-            Violation::PreviousPin { .. } => "PIN_CHAIN",
-            Violation::ActivationOrder { .. } => "ACTIVATION_ORDER",
-            Violation::ActivationSkew { .. } => "ACTIVATION_SKEW",
-            Violation::PositionOrder { .. } => "POSITION_ORDER",
-            Violation::KeyMismatch { .. } => "KEY_MISMATCH",
-            Violation::KeyAddedTwice { .. } => "KEY_ADDED_TWICE",
-            Violation::KeyRevokedTwice { .. } => "KEY_REVOKED_TWICE",
+            Violation::Malformed { .. } => reason::MALFORMED_ENTRY,
+            Violation::ReleaseBound { .. } => reason::RELEASE_BOUND,
+            Violation::Signature { .. } => reason::BAD_SIGNATURE,
+            Violation::KeyNotValid { .. } => reason::KEY_NOT_VALID,
+            Violation::Unpublished { .. } => reason::RELEASE_UNPUBLISHED,
+            Violation::DigestMismatch { .. } => reason::DIGEST_MISMATCH,
+            Violation::Sequence { .. } => reason::PIN_SEQUENCE,
+            Violation::PreviousPin { .. } => reason::PIN_CHAIN,
+            Violation::ActivationOrder { .. } => reason::ACTIVATION_ORDER,
+            Violation::ActivationSkew { .. } => reason::ACTIVATION_SKEW,
+            Violation::PositionOrder { .. } => reason::POSITION_ORDER,
+            Violation::KeyMismatch { .. } => reason::KEY_MISMATCH,
+            Violation::KeyAddedTwice { .. } => reason::KEY_ADDED_TWICE,
+            Violation::KeyRevokedTwice { .. } => reason::KEY_REVOKED_TWICE,
         }
     }
 

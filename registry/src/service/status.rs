@@ -1,6 +1,11 @@
-//! The one mapping from error kinds to gRPC status codes.
+//! The one mapping from error kinds to gRPC status codes. Every status
+//! also carries a `google.rpc.ErrorInfo` whose `reason` says precisely what
+//! went wrong (`ACTIVATION_ORDER`, `RELEASE_BOUND`, `STORAGE_FULL`, ...), so
+//! clients decide by the reason and never by the message text.
 
+use stackpin_core::error::ERROR_DOMAIN;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::error::{Error, Kind};
 
@@ -24,6 +29,11 @@ impl From<Error> for Status {
         ) {
             tracing::error!(kind = ?err.kind(), error = %err, "request failed");
         }
-        Status::new(code, err.message())
+        let details = ErrorDetails::with_error_info(
+            err.reason(),
+            ERROR_DOMAIN,
+            std::collections::HashMap::new(),
+        );
+        Status::with_error_details(code, err.message(), details)
     }
 }
