@@ -148,10 +148,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = storage::open(&url, &settings.s3_options())?;
     let registry = Registry::open_at(
         &settings.data_dir,
-        store,
-        trusted,
-        signer,
-        settings.limits(),
+        stackpin_registry::registry::Options {
+            trusted,
+            limits: settings.limits(),
+            ..stackpin_registry::registry::Options::new(store, signer)
+        },
     )
     .await
     .with_context(|| format!("opening the registry on {url:?}"))?;

@@ -16,7 +16,7 @@ use stackpin_registry::digest::Digest;
 use stackpin_registry::ids::{EnvName, Reason, ReleaseId};
 use stackpin_registry::index::Index;
 use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
-use stackpin_registry::registry::{ArtifactRef, HistoryQuery, Limits, Published};
+use stackpin_registry::registry::{ArtifactRef, HistoryQuery, Limits, Options, Published};
 use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::time::{Clock, Timestamp};
 use stackpin_registry::{Kind, Registry};
@@ -120,12 +120,14 @@ impl Fixture {
 async fn open(store: Arc<InMemory>, clock: Arc<FakeClock>, limits: Limits) -> Registry {
     let trusted = TrustedKeys::new([PublicKey::new(publisher().verifying_key())]);
     Registry::open(
-        store,
         Index::temporary().unwrap(),
-        trusted,
-        log_signer(),
-        limits,
-        clock,
+        Options {
+            store,
+            trusted,
+            signer: log_signer(),
+            limits,
+            clock,
+        },
     )
     .await
     .unwrap()
@@ -478,12 +480,14 @@ async fn a_tampered_log_entry_is_refused_at_open() {
     f.store.put(&path, text.into_bytes().into()).await.unwrap();
     let trusted = TrustedKeys::new([PublicKey::new(publisher().verifying_key())]);
     let err = Registry::open(
-        f.store.clone(),
         Index::temporary().unwrap(),
-        trusted,
-        log_signer(),
-        Limits::default(),
-        f.clock.clone(),
+        Options {
+            store: f.store.clone(),
+            trusted,
+            signer: log_signer(),
+            limits: Limits::default(),
+            clock: f.clock.clone(),
+        },
     )
     .await
     .err()

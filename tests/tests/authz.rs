@@ -14,7 +14,7 @@ use stackpin_registry::auth::{Authorizer, Role, create_token};
 use stackpin_registry::digest::Digest;
 use stackpin_registry::index::Index;
 use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
-use stackpin_registry::registry::Limits;
+use stackpin_registry::registry::{Limits, Options};
 use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::time::SystemClock;
 use stackpin_registry::{Registry, server, storage};
@@ -224,12 +224,14 @@ async fn every_rpc_checks_every_role() {
     let signer = NoteSigner::new(DEFAULT_ORIGIN, SigningKey::from_bytes(&[4; 32])).unwrap();
     let store = storage::open(&storage::StorageUrl::Memory, &Default::default()).unwrap();
     let registry = Registry::open(
-        store,
         Index::temporary().unwrap(),
-        trusted,
-        signer,
-        Limits::default(),
-        Arc::new(SystemClock),
+        Options {
+            store,
+            trusted,
+            signer,
+            limits: Limits::default(),
+            clock: Arc::new(SystemClock),
+        },
     )
     .await
     .unwrap();
@@ -350,12 +352,14 @@ async fn serve(
     };
     let registry = Arc::new(
         Registry::open(
-            store,
             Index::temporary().unwrap(),
-            trusted,
-            signer,
-            limits,
-            Arc::new(SystemClock),
+            Options {
+                store,
+                trusted,
+                signer,
+                limits,
+                clock: Arc::new(SystemClock),
+            },
         )
         .await
         .unwrap(),

@@ -15,7 +15,7 @@ use stackpin_registry::digest::Digest;
 use stackpin_registry::ids::Reason;
 use stackpin_registry::index::Index;
 use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
-use stackpin_registry::registry::{ArtifactRef, Limits};
+use stackpin_registry::registry::{ArtifactRef, Limits, Options};
 use stackpin_registry::signing::{self, KeyId, PublicKey, TrustedKeys};
 use stackpin_registry::time::SystemClock;
 use stackpin_registry::{Kind, Registry};
@@ -32,12 +32,14 @@ fn signer() -> NoteSigner {
 async fn open(store: Arc<dyn ObjectStore>) -> Registry {
     let trusted = TrustedKeys::new([PublicKey::new(publisher().verifying_key())]);
     Registry::open(
-        store,
         Index::temporary().unwrap(),
-        trusted,
-        signer(),
-        Limits::default(),
-        Arc::new(SystemClock),
+        Options {
+            store,
+            trusted,
+            signer: signer(),
+            limits: Limits::default(),
+            clock: Arc::new(SystemClock),
+        },
     )
     .await
     .unwrap()

@@ -15,7 +15,7 @@ use stackpin_registry::Registry;
 use stackpin_registry::digest::Digest;
 use stackpin_registry::index::Index;
 use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
-use stackpin_registry::registry::{ArtifactRef, HistoryQuery, Limits};
+use stackpin_registry::registry::{ArtifactRef, HistoryQuery, Limits, Options};
 use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::time::SystemClock;
 use stackpin_tests::faults::Faulty;
@@ -37,12 +37,14 @@ async fn open(store: Arc<dyn ObjectStore>, max_batch: usize) -> Registry {
         ..Limits::default()
     };
     let registry = Registry::open(
-        store,
         Index::temporary().unwrap(),
-        trusted,
-        signer,
-        limits,
-        Arc::new(SystemClock),
+        Options {
+            store,
+            trusted,
+            signer,
+            limits,
+            clock: Arc::new(SystemClock),
+        },
     )
     .await
     .unwrap();

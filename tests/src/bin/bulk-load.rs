@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use stackpin_registry::Registry;
 use stackpin_registry::digest::Digest;
-use stackpin_registry::registry::{ArtifactRef, Limits};
+use stackpin_registry::registry::{ArtifactRef, Limits, Options};
 use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::time::Timestamp;
 
@@ -60,9 +60,16 @@ async fn main() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let registry = Arc::new(
-        Registry::open_at(&dir, store, trusted, log_signer, Limits::default())
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
+        Registry::open_at(
+            &dir,
+            Options {
+                trusted,
+                limits: Limits::default(),
+                ..Options::new(store, log_signer)
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}")),
     );
     let started = Instant::now();
     let concurrency = 256u64;

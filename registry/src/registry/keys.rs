@@ -1,0 +1,132 @@
+//! Publisher keys: the configured ones and the log's additions and
+//! revocations.
+
+use super::{KeySource, PublisherKey, Registry, request_id};
+use crate::error::{Error, Result};
+use crate::ids::Reason;
+use crate::log::{Entry, KeyAction, KeyEntry};
+use crate::signing::{KeyId, PublicKey};
+use crate::time::Timestamp;
+use stackpin_core::state::State as _;
+
+impl Registry {
+    /// Trusts a publisher key for publishes logged from `valid_from` (default
+    /// now) on.
+    ///
+    /// # Errors
+    /// Invalid for a malformed key; Conflict when the key is already known.
+    pub async fn add_key(
+        &self,
+        pem: &str,
+        valid_from: Option<Timestamp>,
+        reason: &Reason,
+        actor: &str,
+    ) -> Result<PublisherKey> {
+        let key = PublicKey::from_pem(pem)?;
+        let pem = key.to_pem()?;
+        let shared = self.shared.clone();
+        let id = key.id().clone();
+        let (reason, actor, request) = (reason.as_str().to_owned(), actor.to_owned(), request_id());
+        self.commit(Box::new(move |_view| {
+            // A key the log knows already is refused by the rules.
+            if shared.rules.configured.keys().iter().any(|k| k.id() == &id) {
+                return Err(Error::conflict(format!(
+                    "publisher key {id} is already known; a revoked key cannot be added again"
+                )));
+            }
+            let now = shared.clock.now();
+            Ok(Some(Entry::Key(KeyEntry {
+                action: KeyAction::Add,
+                key_id: id.clone(),
+                public_key: Some(pem.clone()),
+                at: valid_from.unwrap_or(now),
+                recorded_at: now,
+                actor: actor.clone(),
+                reason: reason.clone(),
+                request_id: Some(request.clone()),
+            })))
+        }))
+        .await?;
+        tracing::info!(key_id = %key.id(), "publisher key added");
+        self.key_view(key.id())
+    }
+
+    /// Stops trusting a publisher key for publishes logged from `at`
+    /// (default now) on; earlier publishes keep verifying.
+    ///
+    /// # Errors
+    /// NotFound for an unknown key; Conflict when it is already revoked.
+    pub async fn revoke_key(
+        &self,
+        key_id: &KeyId,
+        at: Option<Timestamp>,
+        reason: &Reason,
+        actor: &str,
+    ) -> Result<PublisherKey> {
+        let shared = self.shared.clone();
+        let id = key_id.clone();
+        let (reason, actor, request) = (reason.as_str().to_owned(), actor.to_owned(), request_id());
+        self.commit(Box::new(move |view| {
+            // A second revocation is refused by the rules.
+            let configured = shared.rules.configured.keys().iter().any(|k| k.id() == &id);
+            if view.key(&id)?.is_none() && !configured {
+                return Err(Error::not_found(format!("publisher key {id} is not known")));
+            }
+            let now = shared.clock.now();
+            Ok(Some(Entry::Key(KeyEntry {
+                action: KeyAction::Revoke,
+                key_id: id.clone(),
+                public_key: None,
+                at: at.unwrap_or(now),
+                recorded_at: now,
+                actor: actor.clone(),
+                reason: reason.clone(),
+                request_id: Some(request.clone()),
+            })))
+        }))
+        .await?;
+        tracing::info!(%key_id, "publisher key revoked");
+        self.key_view(key_id)
+    }
+
+    /// Every publisher key, configured or logged, with its validity.
+    ///
+    /// # Errors
+    /// Internal when the index fails.
+    pub fn keys(&self) -> Result<Vec<PublisherKey>> {
+        let records = self.shared.index.keys()?;
+        let mut out = Vec::new();
+        for k in self.shared.rules.configured.keys() {
+            let rec = records.iter().find(|r| &r.key_id == k.id());
+            out.push(PublisherKey {
+                key_id: k.id().clone(),
+                public_key_pem: k.to_pem()?,
+                source: KeySource::Config,
+                valid_from: None,
+                revoked_at: rec.and_then(|r| r.revoked_at),
+            });
+        }
+        for r in records {
+            if let Some(pem) = r.public_key.filter(|_| r.added_at_index.is_some()) {
+                if out.iter().any(|k| k.key_id == r.key_id) {
+                    continue;
+                }
+                out.push(PublisherKey {
+                    key_id: r.key_id,
+                    public_key_pem: pem,
+                    source: KeySource::Log,
+                    valid_from: r.valid_from,
+                    revoked_at: r.revoked_at,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn key_view(&self, key_id: &KeyId) -> Result<PublisherKey> {
+        self.keys()?
+            .into_iter()
+            .find(|k| &k.key_id == key_id)
+            .ok_or_else(|| Error::internal(format!("key {key_id} vanished from the index")))
+    }
+}

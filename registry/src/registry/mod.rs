@@ -1,0 +1,331 @@
+//! The registry's state machine: validates requests against the applied log,
+//! appends entries, and answers queries from the index.
+//!
+//! Writes follow the log discipline of DESIGN.md "Appending": a writer holds
+//! the append lock, validates against everything applied so far, creates the
+//! next entry with `PutMode::Create`, and applies it to the index before the
+//! request is acknowledged. If another writer won the index, it catches up
+//! and validates again.
+
+mod checkpoint;
+mod keys;
+mod pin;
+mod prove;
+mod publish;
+mod recover;
+mod resolve;
+
+pub use checkpoint::STORE_CHECKPOINT_EVERY;
+use checkpoint::put_checkpoint;
+pub use publish::PendingPublish;
+pub use recover::{index_dir, open_index};
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use object_store::ObjectStore;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::blobs::Blobs;
+use crate::committer::{self, Build, Msg};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::ids::ReleaseId;
+use crate::index::{ArtifactRecord, Index, PinRecord};
+use crate::log::Log;
+use crate::merkle::Hash;
+use crate::note::NoteSigner;
+use crate::position::Ordered;
+use crate::proof::ProvedEntry;
+use crate::signing::KeyId;
+use crate::signing::TrustedKeys;
+use crate::time::{Clock, SystemClock, Timestamp};
+use crate::timeline::Resolution;
+use stackpin_core::state::Rules;
+
+/// Default largest artifact: 64 MiB.
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
+/// Default allowed clock skew for reported activations.
+pub const DEFAULT_CLOCK_SKEW: Duration = stackpin_core::state::DEFAULT_CLOCK_SKEW;
+/// Default margin around a switch within which resolve names both candidates.
+pub const DEFAULT_BOUNDARY_MARGIN: Duration = Duration::from_secs(2);
+/// Largest page of history or artifacts.
+pub const MAX_PAGE: usize = 1000;
+/// Page size when the request leaves it unset.
+pub const DEFAULT_PAGE: usize = 100;
+/// The identity recorded for unauthenticated requests.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Tunables of the state machine.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest artifact accepted, in bytes.
+    pub max_artifact_bytes: u64,
+    /// How far in the future a reported activation may lie.
+    pub clock_skew: Duration,
+    /// Default margin for "near a switch" in resolve.
+    pub boundary_margin: Duration,
+    /// How often the log is polled for other replicas' entries.
+    pub poll_interval: Duration,
+    /// Most requests committed as one log object (1 disables group commit).
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            clock_skew: DEFAULT_CLOCK_SKEW,
+            boundary_margin: DEFAULT_BOUNDARY_MARGIN,
+            poll_interval: Duration::from_millis(500),
+            max_batch: committer::MAX_BATCH,
+        }
+    }
+}
+
+/// An artifact named by release id or digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArtifactRef {
+    Release(ReleaseId),
+    Digest(Digest),
+}
+
+/// The outcome of a publish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Published {
+    pub artifact: ArtifactRecord,
+    /// False when the same release id and bytes were already published.
+    pub created: bool,
+}
+
+/// A page of history, newest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryPage {
+    pub pins: Vec<PinRecord>,
+    /// Sequence number to continue from, when more pins match.
+    pub next: Option<u64>,
+}
+
+/// What a history query asks for.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryQuery {
+    /// Only pins activated strictly before this instant.
+    pub before: Option<Timestamp>,
+    /// Only pins activated at or after this instant.
+    pub since: Option<Timestamp>,
+    /// Page size (0: the default).
+    pub limit: usize,
+    /// Continue from this sequence number (downwards).
+    pub from_seq: Option<u64>,
+}
+
+/// A checkpoint signed by the registry's log key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub size: u64,
+    pub root: Hash,
+    /// The C2SP signed note.
+    pub note: Arc<str>,
+}
+
+/// What a resolve asks for.
+#[derive(Clone, Copy, Debug)]
+pub enum Query {
+    /// The pin live at an instant.
+    At {
+        at: Timestamp,
+        margin: Option<Duration>,
+    },
+    /// The pin matching a database position.
+    Position(Ordered),
+}
+
+/// A resolve answer with the entries and proofs that make it checkable.
+#[derive(Clone, Debug)]
+pub struct ProvedResolution {
+    pub resolution: Resolution,
+    pub checkpoint: SignedCheckpoint,
+    pub pin: ProvedEntry,
+    pub next: Option<ProvedEntry>,
+    pub publish: ProvedEntry,
+}
+
+/// Where a publisher key's trust comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// `--trusted-keys` at start.
+    Config,
+    /// An add entry in the log.
+    Log,
+}
+
+/// A publisher key and its validity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublisherKey {
+    pub key_id: KeyId,
+    pub public_key_pem: String,
+    pub source: KeySource,
+    pub valid_from: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// The storage key of the latest checkpoint.
+const CHECKPOINT_PATH: &str = stackpin_core::layout::CHECKPOINT;
+
+/// What a registry is opened with.
+#[derive(Clone)]
+pub struct Options {
+    /// Where the log, the blobs and the stored checkpoint live.
+    pub store: Arc<dyn ObjectStore>,
+    /// Publisher keys trusted by configuration (the log can revoke them and
+    /// add others).
+    pub trusted: TrustedKeys,
+    /// The log's key: it signs every checkpoint.
+    pub signer: NoteSigner,
+    pub limits: Limits,
+    /// The clock entries are recorded by (a fake one in tests).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Options {
+    /// A registry on `store` signing as `signer`, trusting no configured
+    /// publisher key, with the default limits and the system clock.
+    pub fn new(store: Arc<dyn ObjectStore>, signer: NoteSigner) -> Self {
+        Self {
+            store,
+            trusted: TrustedKeys::new([]),
+            signer,
+            limits: Limits::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// The registry: the state every request and the committer share, plus
+/// the handle of the committer task that performs every write.
+pub struct Registry {
+    shared: Arc<Shared>,
+    commits: mpsc::Sender<Msg>,
+}
+
+/// Everything the registry knows, shared by request handlers and the
+/// committer task.
+struct Shared {
+    blobs: Blobs,
+    log: Log,
+    index: Index,
+    /// The rules every entry is applied by: publisher keys from the
+    /// configuration (the log can revoke them and add others) and the
+    /// allowed clock skew.
+    rules: Rules,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    /// Signs checkpoints as the log.
+    signer: NoteSigner,
+    /// The newest signed checkpoint, so readers do not sign per request.
+    checkpoint: RwLock<Option<SignedCheckpoint>>,
+    /// Hands new checkpoints to the task that stores `log/checkpoint`, off
+    /// the request path; it coalesces bursts to the newest.
+    checkpoint_tx: watch::Sender<Option<SignedCheckpoint>>,
+    store: Arc<dyn ObjectStore>,
+}
+
+/// A fresh request id, stored in the entry a request writes.
+fn request_id() -> String {
+    let mut bytes = [0u8; 12];
+    // Randomness only makes ids unique; a failure falls back to the clock.
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&Timestamp::now().as_micros().to_be_bytes());
+    }
+    hex::encode(bytes)
+}
+
+impl Registry {
+    async fn commit(&self, build: Build) -> Result<Option<u64>> {
+        let (tx, rx) = oneshot::channel();
+        self.commits
+            .send(Msg::Write(build, tx))
+            .await
+            .map_err(|_| Error::internal("the committer has stopped"))?;
+        rx.await
+            .map_err(|_| Error::internal("the committer dropped a request"))?
+    }
+
+    /// Whether the committer task still runs: when it has stopped, every
+    /// write fails, and health says so.
+    pub fn accepts_writes(&self) -> bool {
+        !self.commits.is_closed()
+    }
+
+    /// Catches up with entries other replicas wrote, before a fresh read.
+    ///
+    /// # Errors
+    /// Unavailable when storage fails.
+    pub async fn sync(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commits
+            .send(Msg::Sync(tx))
+            .await
+            .map_err(|_| Error::internal("the committer has stopped"))?;
+        rx.await
+            .map_err(|_| Error::internal("the committer dropped a request"))?
+    }
+
+    /// Flushes the index to disk and stores the latest checkpoint (at
+    /// shutdown).
+    ///
+    /// # Errors
+    /// Internal when sled fails; Unavailable when storage fails.
+    pub async fn flush(&self) -> Result<()> {
+        self.shared.index.flush().await?;
+        let cp = self.checkpoint()?;
+        put_checkpoint(&self.shared.store, &cp).await
+    }
+
+    /// The object store everything lives in.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.shared.store.clone()
+    }
+
+    /// The log's verifier key, in the signed-note vkey form.
+    pub fn log_vkey(&self) -> String {
+        self.shared.signer.vkey()
+    }
+
+    /// The state-machine tunables.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// The newest signed checkpoint (signed after every commit).
+    ///
+    /// # Errors
+    /// Internal when the index fails.
+    pub fn checkpoint(&self) -> Result<SignedCheckpoint> {
+        self.shared.checkpoint()
+    }
+}
+
+impl committer::Target for Shared {
+    fn log(&self) -> &Log {
+        &self.log
+    }
+
+    fn index(&self) -> &Index {
+        &self.index
+    }
+
+    fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    fn committed(&self) {
+        match self.checkpoint() {
+            Ok(cp) => {
+                metrics::gauge!("stackpin_log_entries").set(cp.size as f64);
+                self.checkpoint_tx.send_replace(Some(cp));
+            }
+            Err(e) => tracing::warn!(error = %e, "signing a checkpoint failed"),
+        }
+    }
+}

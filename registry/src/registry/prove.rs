@@ -1,0 +1,226 @@
+//! Entries and proofs: log entries as stored, inclusion and consistency
+//! proofs, and resolve answers that carry their proofs.
+
+use bytes::Bytes;
+
+use crate::error::{Error, Kind, Result};
+use crate::ids::EnvName;
+use crate::log::Log;
+use crate::merkle::{self, Hash};
+use crate::proof::ProvedEntry;
+
+use super::resolve::Seen;
+use super::{ProvedResolution, Query, Registry, Shared};
+
+impl Registry {
+    /// The stored bytes of entry `index`, checked against the leaf hash the
+    /// index recorded when the entry was applied.
+    ///
+    /// # Errors
+    /// NotFound past the end of the log; DataLoss when the stored bytes
+    /// changed or vanished; Unavailable when storage fails.
+    pub async fn entry(&self, index: u64) -> Result<Bytes> {
+        let mut entries = self.shared.entries_from(index).await?;
+        Ok(entries.swap_remove(0))
+    }
+
+    /// Entries `start..end`, in order, reading each log object once. An
+    /// entry that cannot be served is an error item; the stream goes on
+    /// with the next entry.
+    pub fn entries(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl futures::Stream<Item = (u64, Result<Bytes>)> + Send + 'static {
+        let registry = self.shared.clone();
+        futures::stream::unfold(
+            (start, std::collections::VecDeque::new()),
+            move |(index, mut read): (u64, std::collections::VecDeque<Bytes>)| {
+                let registry = registry.clone();
+                async move {
+                    if index >= end {
+                        return None;
+                    }
+                    if read.is_empty() {
+                        match registry.entries_from(index).await {
+                            Ok(entries) => read.extend(entries),
+                            Err(e) => return Some(((index, Err(e)), (index + 1, read))),
+                        }
+                    }
+                    let entry = read.pop_front()?;
+                    Some(((index, Ok(entry)), (index + 1, read)))
+                }
+            },
+        )
+    }
+
+    /// The inclusion proof of entry `index` in the tree of `size` entries.
+    ///
+    /// # Errors
+    /// Invalid when `index >= size` or `size` is beyond the log.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
+        self.inclusion_proof_from(&self.shared.index.proof_reader(), index, size)
+    }
+
+    fn inclusion_proof_from<S: merkle::NodeSource<Error = Error>>(
+        &self,
+        src: &S,
+        index: u64,
+        size: u64,
+    ) -> Result<Vec<Hash>> {
+        let applied = self.shared.index.applied()?;
+        if index >= size || size > applied {
+            return Err(Error::invalid(format!(
+                "no inclusion proof for entry {index} in a tree of {size}: need index < size <= {applied}"
+            )));
+        }
+        merkle::inclusion_proof(src, index, size).map_err(proof_error)
+    }
+
+    /// The consistency proof between trees of `old` and `new` entries.
+    ///
+    /// # Errors
+    /// Invalid unless `0 < old <= new <= size of the log`.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>> {
+        let applied = self.shared.index.applied()?;
+        if old == 0 || old > new || new > applied {
+            return Err(Error::invalid(format!(
+                "no consistency proof from {old} to {new}: need 0 < old <= new <= {applied}"
+            )));
+        }
+        merkle::consistency_proof(&self.shared.index, old, new).map_err(proof_error)
+    }
+
+    /// An entry with its inclusion proof. Fresh reads go to storage (and so
+    /// notice a damaged stored entry); others use the index's verified copy,
+    /// which keeps the hot resolve path off storage.
+    async fn proved(
+        &self,
+        index: u64,
+        size: u64,
+        fresh: bool,
+        seen: &Seen<'_>,
+    ) -> Result<ProvedEntry> {
+        // The entry's leaf check and its proof read the same block of
+        // hashes, through the request's reader.
+        let reader = &seen.reader;
+        let cached = if fresh {
+            None
+        } else if let Some((_, bytes)) = seen.entries.iter().find(|(i, _)| *i == index) {
+            Some(bytes.clone())
+        } else {
+            reader.entry(index)?
+        };
+        let entry = match cached {
+            Some(bytes) => bytes,
+            None => self.entry(index).await?,
+        };
+        Ok(ProvedEntry {
+            index,
+            entry,
+            proof: self.inclusion_proof_from(reader, index, size)?,
+        })
+    }
+
+    /// Resolves and attaches the checkpoint, the pin entry, the next pin's
+    /// entry and the publish entry, each with its inclusion proof.
+    ///
+    /// # Errors
+    /// As [`Self::resolve`], plus DataLoss when a stored entry changed.
+    pub async fn resolve_proved(
+        &self,
+        env: &EnvName,
+        query: &Query,
+        fresh: bool,
+    ) -> Result<ProvedResolution> {
+        let mut seen = Seen::new(&self.shared.index);
+        let resolution = match query {
+            Query::At { at, margin } => self.resolve_at(env, *at, *margin, &mut seen)?,
+            Query::Position(target) => self.resolve_by_position(env, *target, &mut seen)?,
+        };
+        let release = &resolution.pin.release_id;
+        let published = match seen.published {
+            Some(p) => p,
+            None => self.shared.index.artifact_entry(release)?.ok_or_else(|| {
+                Error::internal(format!(
+                    "index lacks the publish of pinned release {release}"
+                ))
+            })?,
+        };
+        if !fresh && let Some(bytes) = seen.reader.entry_at(published)? {
+            seen.entries.push((published.index, bytes));
+        }
+        // The checkpoint is taken after the lookup, so it covers every entry
+        // the answer names.
+        let checkpoint = self.checkpoint()?;
+        let size = checkpoint.size;
+        let pin = self
+            .proved(resolution.pin.log_index, size, fresh, &seen)
+            .await?;
+        let next = match &resolution.next {
+            Some(n) => Some(self.proved(n.log_index, size, fresh, &seen).await?),
+            None => None,
+        };
+        let publish = self.proved(published.index, size, fresh, &seen).await?;
+        Ok(ProvedResolution {
+            resolution,
+            checkpoint,
+            pin,
+            next,
+            publish,
+        })
+    }
+}
+
+fn proof_error(e: merkle::ProofError<Error>) -> Error {
+    match e {
+        merkle::ProofError::Range(why) => Error::invalid(why),
+        merkle::ProofError::Source(e) => e,
+    }
+}
+
+impl Shared {
+    /// Entry `index` and the entries after it in the same log object, each
+    /// checked against its logged hash: one storage read for a whole group
+    /// commit. Stops before the first entry that fails its check (asking
+    /// for that one then names it).
+    ///
+    /// # Errors
+    /// As [`Self::entry`], for entry `index`.
+    pub(super) async fn entries_from(&self, index: u64) -> Result<Vec<Bytes>> {
+        let size = self.index.applied()?;
+        if index >= size {
+            return Err(Error::not_found(format!(
+                "log entry {index} does not exist (the log has {size} entries)"
+            )));
+        }
+        let missing = || {
+            Error::new(
+                Kind::DataLoss,
+                format!("log entry {index} is missing from storage"),
+            )
+        };
+        let (start, _) = self.index.object_of(index)?.unwrap_or((index, 1));
+        let object = self.log.read(start).await?.ok_or_else(missing)?;
+        let skip = usize::try_from(index - start).unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        for (at, bytes) in (start..size).zip(Log::split(&object)).skip(skip) {
+            if merkle::leaf_hash(&bytes) != self.index.node(0, at)? {
+                if out.is_empty() {
+                    return Err(Error::new(
+                        Kind::DataLoss,
+                        format!(
+                            "log entry {at} in storage no longer matches its logged hash; it will not be served"
+                        ),
+                    ));
+                }
+                break;
+            }
+            out.push(bytes);
+        }
+        if out.is_empty() {
+            return Err(missing());
+        }
+        Ok(out)
+    }
+}

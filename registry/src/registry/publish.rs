@@ -1,0 +1,285 @@
+//! Publishing: a header checked before any bytes arrive, then the bytes
+//! hashed, stored write-once and bound to their release id in the log.
+
+use bytes::Bytes;
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, Kind, Result};
+use crate::ids::ReleaseId;
+use crate::index::ArtifactRecord;
+use crate::log::{Entry, PublishEntry};
+use crate::signing::{self, Attestation};
+use stackpin_core::state::{self, State as _};
+
+use super::resolve::page_size;
+use super::{ArtifactRef, Published, Registry, request_id};
+
+/// A publish whose header was accepted and whose bytes are arriving.
+#[derive(Debug)]
+pub struct PendingPublish {
+    attestation: Attestation,
+    media_type: String,
+    envelope: serde_json::Value,
+    max: u64,
+    hasher: Hasher,
+    bytes: Vec<u8>,
+}
+
+impl PendingPublish {
+    /// Adds the next chunk of artifact bytes.
+    ///
+    /// # Errors
+    /// TooLarge when the artifact grows past the limit.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
+        let total = self.bytes.len() as u64 + chunk.len() as u64;
+        if total > self.max {
+            return Err(Error::new(
+                Kind::TooLarge,
+                format!(
+                    "artifact exceeds the registry's limit of {} bytes",
+                    self.max
+                ),
+            ));
+        }
+        self.hasher.update(chunk);
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+}
+
+impl Registry {
+    /// Accepts a publish header: checks the names and the envelope's
+    /// signature before any bytes are received.
+    ///
+    /// # Errors
+    /// Invalid for bad names or a bad or untrusted envelope; TooLarge when the
+    /// announced size is over the limit; Conflict when the release id is
+    /// already bound to another digest.
+    pub fn begin_publish(
+        &self,
+        release_id: &str,
+        media_type: &str,
+        envelope: &[u8],
+        size_hint: u64,
+    ) -> Result<PendingPublish> {
+        let release_id: ReleaseId = release_id.parse()?;
+        let media_type = parse_media_type(media_type)?;
+        if size_hint > self.shared.limits.max_artifact_bytes {
+            return Err(Error::new(
+                Kind::TooLarge,
+                format!(
+                    "artifact is {size_hint} bytes; the registry's limit is {} bytes",
+                    self.shared.limits.max_artifact_bytes
+                ),
+            ));
+        }
+        let trusted = state::valid_keys(
+            &self.shared.rules,
+            &self.shared.index.keys()?,
+            self.shared.clock.now(),
+        );
+        if trusted.is_empty() {
+            return Err(Error::precondition(
+                "this registry has no valid publisher keys (none configured, or all revoked): \
+                 start it with --trusted-keys or add one with `stackpin key add`",
+            ));
+        }
+        let attestation = signing::verify_envelope(envelope, &trusted)?;
+        if attestation.release_id != release_id {
+            return Err(Error::invalid(format!(
+                "the envelope's subject is release {}, but this publish is for release {release_id}",
+                attestation.release_id
+            )));
+        }
+        if let Some(existing) = self.shared.index.artifact_by_release(&release_id)?
+            && existing.digest != attestation.digest
+        {
+            return Err(conflict(&existing));
+        }
+        let envelope = serde_json::from_slice(envelope)
+            .map_err(|e| Error::invalid(format!("DSSE envelope is not valid JSON: {e}")))?;
+        let capacity =
+            usize::try_from(size_hint.min(self.shared.limits.max_artifact_bytes)).unwrap_or(0);
+        Ok(PendingPublish {
+            attestation,
+            media_type,
+            envelope,
+            max: self.shared.limits.max_artifact_bytes,
+            hasher: Hasher::default(),
+            bytes: Vec::with_capacity(capacity),
+        })
+    }
+
+    /// Finishes a publish once all bytes arrived: checks them against the
+    /// envelope, stores the blob, and logs the binding.
+    ///
+    /// # Errors
+    /// Invalid for empty or non-JSON bytes or a digest other than the signed
+    /// one; Conflict when the release id got bound to other bytes;
+    /// Precondition when the key was revoked meanwhile; Unavailable when
+    /// storage fails.
+    pub async fn finish_publish(&self, pending: PendingPublish) -> Result<Published> {
+        let PendingPublish {
+            attestation,
+            media_type,
+            envelope,
+            hasher,
+            bytes,
+            ..
+        } = pending;
+        if bytes.is_empty() {
+            return Err(Error::invalid("artifact is empty"));
+        }
+        let digest = hasher.finish();
+        if digest != attestation.digest {
+            return Err(Error::invalid(format!(
+                "the received bytes hash to {digest}, but the envelope is signed for {}",
+                attestation.digest
+            )));
+        }
+        // Parsing a whole artifact takes milliseconds: off the runtime.
+        let bytes = crate::blocking::run(move || {
+            match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                Ok(_) => Ok(bytes),
+                Err(e) => Err(Error::invalid(format!(
+                    "artifact is not valid JSON (objectstack.json must be JSON): {e}"
+                ))),
+            }
+        })
+        .await?;
+        let release_id = attestation.release_id.clone();
+        if let Some(existing) = self.shared.index.artifact_by_release(&release_id)? {
+            return same_or_conflict(existing, &digest);
+        }
+        let size = bytes.len() as u64;
+        self.shared.blobs.put(&digest, Bytes::from(bytes)).await?;
+        let shared = self.shared.clone();
+        let rid = release_id.clone();
+        let request = request_id();
+        let committed = self
+            .commit(Box::new(move |view| {
+                if view.release(&rid)?.is_some() {
+                    return Ok(None); // bound meanwhile: answered below
+                }
+                // The rules check that the key is still valid at the
+                // instant the entry is logged.
+                let now = shared.clock.now();
+                Ok(Some(Entry::Publish(PublishEntry {
+                    release_id: rid.clone(),
+                    digest,
+                    size,
+                    media_type: media_type.clone(),
+                    key_id: attestation.key_id.clone(),
+                    envelope: envelope.clone(),
+                    recorded_at: now,
+                    request_id: Some(request.clone()),
+                })))
+            }))
+            .await?;
+        let artifact = self
+            .shared
+            .index
+            .artifact_by_release(&release_id)?
+            .ok_or_else(|| Error::internal("published artifact is missing from the index"))?;
+        match committed {
+            Some(index) => {
+                tracing::info!(release_id = %release_id, %digest, size, index, "published");
+                metrics::counter!("stackpin_published_bytes_total").increment(size);
+                Ok(Published {
+                    artifact,
+                    created: true,
+                })
+            }
+            None => same_or_conflict(artifact, &digest),
+        }
+    }
+
+    /// Looks an artifact up.
+    ///
+    /// # Errors
+    /// NotFound when nothing is published under the name.
+    pub fn artifact(&self, what: &ArtifactRef) -> Result<ArtifactRecord> {
+        match what {
+            ArtifactRef::Release(r) => self
+                .shared
+                .index
+                .artifact_by_release(r)?
+                .ok_or_else(|| Error::not_found(format!("release {r} is not published"))),
+            ArtifactRef::Digest(d) => self.shared.index.artifact_by_digest(d)?.ok_or_else(|| {
+                Error::not_found(format!("no artifact with digest {d} is published"))
+            }),
+        }
+    }
+
+    /// The verified bytes of a published artifact.
+    ///
+    /// # Errors
+    /// DataLoss when the stored bytes no longer match; Unavailable when
+    /// storage fails.
+    pub async fn artifact_bytes(&self, artifact: &ArtifactRecord) -> Result<Bytes> {
+        self.shared.blobs.get(&artifact.digest).await
+    }
+
+    /// Artifacts in release id order, after `after`.
+    ///
+    /// # Errors
+    /// Internal when the index fails.
+    pub fn list_artifacts(
+        &self,
+        after: Option<&ReleaseId>,
+        limit: usize,
+    ) -> Result<(Vec<ArtifactRecord>, Option<ReleaseId>)> {
+        let limit = page_size(limit);
+        let mut page = self.shared.index.list_artifacts(after, limit + 1)?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = if more {
+            page.last().map(|a| a.release_id.clone())
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+}
+
+fn conflict(existing: &ArtifactRecord) -> Error {
+    Error::conflict(format!(
+        "release {} is already bound to {} (log entry {}); release ids are write-once, \
+         publish the new bytes under a new release id",
+        existing.release_id, existing.digest, existing.log_index
+    ))
+    .with_reason(state::reason::RELEASE_BOUND)
+}
+
+fn same_or_conflict(existing: ArtifactRecord, digest: &Digest) -> Result<Published> {
+    if existing.digest == *digest {
+        Ok(Published {
+            artifact: existing,
+            created: false,
+        })
+    } else {
+        Err(conflict(&existing))
+    }
+}
+
+fn parse_media_type(text: &str) -> Result<String> {
+    if text.is_empty() {
+        return Ok("application/json".to_owned());
+    }
+    let valid = text.len() <= 128
+        && text.split_once('/').is_some_and(|(t, s)| {
+            let part = |p: &str| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+            };
+            part(t) && part(s)
+        });
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(Error::invalid(format!(
+            "media type {text:?} is not of the form type/subtype"
+        )))
+    }
+}

@@ -1,0 +1,223 @@
+//! Answers from the timeline: which pin was live at an instant or a
+//! database position, and an environment's history.
+
+use std::time::Duration;
+
+use super::{DEFAULT_PAGE, HistoryPage, HistoryQuery, MAX_PAGE, Registry};
+use crate::error::{Error, Result};
+use crate::ids::EnvName;
+use crate::index::{Index, PinRecord};
+use crate::position::Ordered;
+use crate::time::Timestamp;
+use crate::timeline::{self, Resolution};
+
+/// What answering one request has read: entries (log index, bytes) and,
+/// in the reader, blocks of hashes, so that its proofs need not read them
+/// again.
+pub(super) struct Seen<'a> {
+    pub(super) entries: Vec<(u64, bytes::Bytes)>,
+    pub(super) reader: crate::index::ProofReader<'a>,
+    /// Where the publish of the answer's release is, when the lookup
+    /// found it on the way.
+    pub(super) published: Option<crate::index::EntryAt>,
+}
+
+impl<'a> Seen<'a> {
+    pub(super) fn new(index: &'a Index) -> Self {
+        Self {
+            entries: Vec::new(),
+            reader: index.proof_reader(),
+            published: None,
+        }
+    }
+}
+
+impl Registry {
+    fn known_env(&self, env: &EnvName) -> Result<crate::index::EnvHead> {
+        self.shared
+            .index
+            .env_head(env)?
+            .ok_or_else(|| Error::not_found(format!("environment {env} has no pins")))
+    }
+
+    fn pin_at(&self, env: &EnvName, seq: u64) -> Result<PinRecord> {
+        self.shared
+            .index
+            .pin(env, seq)?
+            .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))
+    }
+
+    /// Pin `seq` of `env`, keeping its entry's bytes in `seen`.
+    fn pin_seen(&self, env: &EnvName, seq: u64, seen: &mut Seen<'_>) -> Result<PinRecord> {
+        self.find_pin_seen(env, seq, seen)?
+            .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))
+    }
+
+    /// As [`Self::pin_seen`], `None` when `env` has no pin `seq` (yet).
+    fn find_pin_seen(
+        &self,
+        env: &EnvName,
+        seq: u64,
+        seen: &mut Seen<'_>,
+    ) -> Result<Option<PinRecord>> {
+        let Some((pin, entry)) = self.shared.index.pin_with_entry(env, seq, &seen.reader)? else {
+            return Ok(None);
+        };
+        seen.entries.push((pin.log_index, entry));
+        Ok(Some(pin))
+    }
+
+    /// Which pin was live in `env` at `at`.
+    ///
+    /// # Errors
+    /// NotFound when the environment has no pins or `at` precedes the first.
+    pub fn resolve(
+        &self,
+        env: &EnvName,
+        at: Timestamp,
+        margin: Option<Duration>,
+    ) -> Result<Resolution> {
+        self.resolve_at(env, at, margin, &mut Seen::new(&self.shared.index))
+    }
+
+    pub(super) fn resolve_at(
+        &self,
+        env: &EnvName,
+        at: Timestamp,
+        margin: Option<Duration>,
+        seen: &mut Seen<'_>,
+    ) -> Result<Resolution> {
+        let margin = margin.unwrap_or(self.shared.limits.boundary_margin);
+        let Some(slot) = self.shared.index.live_at(env, at)? else {
+            self.known_env(env)?;
+            let first = self.pin_at(env, 1)?;
+            return Err(Error::not_found(format!(
+                "nothing was live in {env} at {at}: its first pin (#1, release {}) was activated \
+                 at {}",
+                first.release_id, first.activated_at
+            )));
+        };
+        seen.published = Some(slot.published);
+        let (pin, entry) = self.shared.index.pin_entry_at(slot.pin, &seen.reader)?;
+        seen.entries.push((pin.log_index, entry));
+        // The previous pin matters only near the start of the interval.
+        let prev = match slot.prev {
+            Some(prev) if timeline::near_start(at, &pin, margin) => {
+                Some(self.shared.index.pin_entry_at(prev, &seen.reader)?.0)
+            }
+            _ => None,
+        };
+        let next = match slot.next {
+            Some(next) => {
+                let (next, entry) = self.shared.index.pin_entry_at(next, &seen.reader)?;
+                seen.entries.push((next.log_index, entry));
+                Some(next)
+            }
+            None => None,
+        };
+        let near_switch = timeline::near_switch(at, prev.as_ref(), &pin, next.as_ref(), margin);
+        Ok(Resolution {
+            pin,
+            next,
+            near_switch,
+            uncertain: None,
+        })
+    }
+
+    pub(super) fn resolve_by_position(
+        &self,
+        env: &EnvName,
+        target: Ordered,
+        seen: &mut Seen<'_>,
+    ) -> Result<Resolution> {
+        let head = self.known_env(env)?;
+        let Some(seq) = self.shared.index.seq_at_or_below_position(env, target)? else {
+            return Err(Error::not_found(format!(
+                "no pin of {env} recorded a {} at or below {target}",
+                target.kind()
+            )));
+        };
+        let pin = self.pin_seen(env, seq, seen)?;
+        let next = if seq < head.seq {
+            Some(self.pin_seen(env, seq + 1, seen)?)
+        } else {
+            None
+        };
+        // Pins after this one, up to the next that recorded a position of
+        // this kind: any without one might have been live at the target.
+        let mut unknown = Vec::new();
+        let mut s = seq + 1;
+        while s <= head.seq && unknown.len() < 16 {
+            let later = self.pin_at(env, s)?;
+            match later
+                .db_position
+                .as_ref()
+                .map(|p| p.ordered())
+                .transpose()?
+                .flatten()
+            {
+                Some(o) if o.tag() == target.tag() => break,
+                _ => unknown.push(format!("#{} ({})", later.seq, later.release_id)),
+            }
+            s += 1;
+        }
+        let uncertain = (!unknown.is_empty()).then(|| {
+            format!(
+                "later pins recorded no {}, so one of them may have been live at {target}: {}",
+                target.kind(),
+                unknown.join(", ")
+            )
+        });
+        Ok(Resolution {
+            pin,
+            next,
+            near_switch: None,
+            uncertain,
+        })
+    }
+
+    /// A page of `env`'s pins, newest first.
+    ///
+    /// # Errors
+    /// NotFound for an environment without pins.
+    pub fn history(&self, env: &EnvName, query: &HistoryQuery) -> Result<HistoryPage> {
+        let head = self.known_env(env)?;
+        let limit = page_size(query.limit);
+        let empty = HistoryPage {
+            pins: Vec::new(),
+            next: None,
+        };
+        let mut hi = head.seq;
+        if let Some(before) = query.before {
+            match self.shared.index.seq_before(env, before)? {
+                Some(s) => hi = hi.min(s),
+                None => return Ok(empty),
+            }
+        }
+        if let Some(from) = query.from_seq {
+            hi = hi.min(from);
+        }
+        let lo = match query.since {
+            Some(since) => match self.shared.index.seq_at_or_after(env, since)? {
+                Some(s) => s,
+                None => return Ok(empty),
+            },
+            None => 1,
+        };
+        let mut pins = Vec::new();
+        let mut seq = hi;
+        while seq >= lo && seq >= 1 && pins.len() < limit {
+            pins.push(self.pin_at(env, seq)?);
+            seq -= 1;
+        }
+        let next = (seq >= lo && seq >= 1).then_some(seq);
+        Ok(HistoryPage { pins, next })
+    }
+}
+
+pub(super) fn page_size(requested: usize) -> usize {
+    match requested {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
