@@ -44,6 +44,7 @@ pub mod health;
 pub mod index;
 pub mod log;
 pub mod observe;
+pub mod records;
 pub mod registry;
 pub mod server;
 pub mod service;

@@ -8,8 +8,9 @@
 
 use std::time::Duration;
 
-use crate::index::{EnvHead, PinRecord};
+use crate::records::PinRecord;
 use crate::time::Timestamp;
+use stackpin_core::state::EnvHead;
 
 /// Microseconds in `d`, saturating.
 pub fn micros(d: Duration) -> i64 {

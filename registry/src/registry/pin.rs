@@ -3,9 +3,9 @@
 use super::{ArtifactRef, Registry, request_id};
 use crate::error::{Error, Result};
 use crate::ids::{EnvName, Reason};
-use crate::index::PinRecord;
 use crate::log::{Entry, PinEntry};
 use crate::position::DbPosition;
+use crate::records::PinRecord;
 use crate::time::Timestamp;
 use crate::timeline::{self};
 use stackpin_core::state::State as _;

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Kind, Result};
 use crate::ids::ReleaseId;
-use crate::index::ArtifactRecord;
 use crate::log::{Entry, PublishEntry};
+use crate::records::ArtifactRecord;
 use crate::signing::{self, Attestation};
 use stackpin_core::state::{self, State as _};
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 use super::{DEFAULT_PAGE, HistoryPage, HistoryQuery, MAX_PAGE, Registry};
 use crate::error::{Error, Result};
 use crate::ids::EnvName;
-use crate::index::{Index, PinRecord};
+use crate::index::Index;
 use crate::position::Ordered;
+use crate::records::PinRecord;
 use crate::time::Timestamp;
 use crate::timeline::{self, Resolution};
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use stackpin_proto::v1 as pb;
 
 use crate::error::{Error, Result};
-use crate::index::{ArtifactRecord, PinRecord};
 use crate::position::DbPosition;
 use crate::proof::ProvedEntry;
+use crate::records::{ArtifactRecord, PinRecord};
 use crate::registry::{ArtifactRef, KeySource, ProvedResolution, PublisherKey, SignedCheckpoint};
 use crate::time::Timestamp;
 use crate::timeline::{Boundary, Resolution};

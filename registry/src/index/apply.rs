@@ -1,0 +1,262 @@
+//! Applying the log to the index: every entry goes through
+//! [`stackpin_core::state::apply`] (over the index plus the entries before
+//! it in the same object) and what it changes becomes one sled batch.
+
+use std::sync::atomic::Ordering;
+
+use sled::Batch;
+
+use super::codec::{EntryAt, Slot, encode, object_key, pin_key, position_key, time_key};
+use super::{APPLIED, EnvHead, Index, KeyRecord, files};
+use crate::digest::Digest;
+use crate::error::{Error, Kind, Result};
+use crate::ids::{EnvName, ReleaseId};
+use crate::log::Entry;
+use crate::merkle;
+use crate::signing::KeyId;
+use stackpin_core::layout;
+use stackpin_core::state::{Applied, Change, Overlay, Refused, Release, Rules, State};
+
+/// Places written by entries staged earlier in the same batch, which the
+/// tree does not show yet (the rule state of those entries is the
+/// overlay's, see [`Index::apply_object`]).
+#[derive(Default)]
+pub(super) struct Pending {
+    releases: std::collections::HashMap<ReleaseId, EntryAt>,
+    /// The latest pin's timeline key and slot, per environment.
+    slots: std::collections::HashMap<EnvName, (Vec<u8>, Slot)>,
+}
+
+impl Index {
+    /// Applies the entries of the log object starting at `start`, from
+    /// entry `start + skip` on (a restart may have applied the first ones).
+    /// Each entry must be accepted by [`state::apply`] under `rules`, over
+    /// the index plus the entries before it in the object.
+    ///
+    /// # Errors
+    /// DataLoss when an entry breaks a rule (the log was tampered with);
+    /// Internal on index failure.
+    pub fn apply_object(
+        &self,
+        rules: &Rules,
+        start: u64,
+        entries: &[bytes::Bytes],
+        skip: usize,
+    ) -> Result<()> {
+        let count = entries.len() as u64;
+        let applied = self.applied()?;
+        if start + skip as u64 != applied {
+            return Err(Error::internal(format!(
+                "index expected log entry {applied} next, was given {}",
+                start + skip as u64
+            )));
+        }
+        let size = layout::object_size(entries);
+        // One atomic batch for the whole object: far fewer sled writes when
+        // rebuilding a log of group-committed objects.
+        if skip >= entries.len() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        let mut pending = Pending::default();
+        let mut staged = self.files.appender(applied)?;
+        let mut state = Overlay::new(self);
+        for (i, bytes) in entries.iter().enumerate().skip(skip) {
+            let index = start + i as u64;
+            let accepted = state
+                .apply(rules, index, bytes)
+                .map_err(|refused| refused_in_log(refused, index))?;
+            let object = (i == 0).then_some((count, size));
+            self.stage(
+                &mut batch,
+                &mut pending,
+                &mut staged,
+                &accepted,
+                bytes,
+                object,
+            )?;
+        }
+        self.commit(batch, &staged, start + count)
+    }
+
+    /// Writes the flat files, then applies the batch that makes their
+    /// entries count, then lets readers see them.
+    pub(super) fn commit(
+        &self,
+        mut batch: Batch,
+        staged: &files::Appender,
+        applied: u64,
+    ) -> Result<()> {
+        self.files.write(staged)?;
+        batch.insert(APPLIED, &applied.to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        self.applied.store(applied, Ordering::Release);
+        Ok(())
+    }
+
+    /// Adds the writes of an accepted entry to `batch`; `pending` holds the
+    /// places of the entries staged before it in the same batch.
+    pub(super) fn stage(
+        &self,
+        batch: &mut Batch,
+        pending: &mut Pending,
+        staged: &mut files::Appender,
+        accepted: &Applied,
+        bytes: &[u8],
+        object: Option<(u64, u64)>,
+    ) -> Result<()> {
+        let index = accepted.index;
+        if let Some((count, size)) = object {
+            let mut value = [0u8; 16];
+            value[..8].copy_from_slice(&count.to_be_bytes());
+            value[8..].copy_from_slice(&size.to_be_bytes());
+            batch.insert(&object_key(index)[..], &value[..]);
+        }
+        let leaf = accepted.leaf;
+        let mut node = leaf;
+        staged.push_hash(0, index, &leaf)?;
+        let (offset, len) = staged.push_entry(bytes);
+        let place = EntryAt {
+            index,
+            offset,
+            len: u32::try_from(len)
+                .map_err(|_| Error::internal(format!("log entry {index} is over 4 GiB")))?,
+        };
+        let at = place.encode();
+        for (level, at) in merkle::completed_nodes(index) {
+            let left = staged.hash(&self.files, level - 1, 2 * at)?;
+            node = merkle::node_hash(&left, &node);
+            staged.push_hash(level, at, &node)?;
+        }
+        match (&accepted.entry, &accepted.change) {
+            (Entry::Publish(p), Change::Publish(release)) => {
+                let mut value = Vec::with_capacity(52);
+                value.extend_from_slice(&at);
+                value.extend_from_slice(release.digest.as_bytes());
+                batch.insert(format!("r/{}", p.release_id).into_bytes(), value);
+                batch.insert(
+                    format!("d/{}/{}", p.digest.hex(), p.release_id).into_bytes(),
+                    &[][..],
+                );
+                pending.releases.insert(p.release_id.clone(), place);
+            }
+            (
+                Entry::Pin(p),
+                Change::Pin {
+                    previous,
+                    head,
+                    position,
+                },
+            ) => {
+                if let Some(o) = position {
+                    batch.insert(position_key(&p.env, *o, p.seq), &[][..]);
+                }
+                // The previous pin's slot learns where its successor is.
+                let prev = match (pending.slots.remove(&p.env), previous) {
+                    (Some(latest), _) => Some(latest),
+                    (None, Some(h)) => {
+                        let key = time_key(&p.env, h.activated_at, h.seq);
+                        let value = self.tree.get(&key)?.ok_or_else(|| {
+                            Error::internal(format!(
+                                "index lacks the timeline slot of pin #{} of {}",
+                                h.seq, p.env
+                            ))
+                        })?;
+                        Some((key, Slot::decode(&value)?))
+                    }
+                    (None, None) => None,
+                };
+                let prev_pin = match prev {
+                    Some((key, mut slot)) => {
+                        slot.next = Some(place);
+                        batch.insert(key, slot.encode());
+                        Some(slot.pin)
+                    }
+                    None => None,
+                };
+                batch.insert(format!("e/{}", p.env).into_bytes(), encode(head));
+                let published = match pending.releases.get(&p.release_id) {
+                    Some(e) => *e,
+                    None => self.artifact_entry(&p.release_id)?.ok_or_else(|| {
+                        Error::internal(format!(
+                            "index lacks the publish of release {} that entry {index} pins",
+                            p.release_id
+                        ))
+                    })?,
+                };
+                let slot = Slot {
+                    pin: place,
+                    published,
+                    prev: prev_pin,
+                    next: None,
+                };
+                let key = time_key(&p.env, p.activated_at, p.seq);
+                batch.insert(key.clone(), slot.encode());
+                pending.slots.insert(p.env.clone(), (key, slot));
+                batch.insert(pin_key(&p.env, p.seq), &at[..]);
+            }
+            (Entry::Key(_), Change::Key(record)) => {
+                batch.insert(format!("k/{}", record.key_id).into_bytes(), encode(record));
+            }
+            _ => {
+                return Err(Error::internal(format!(
+                    "log entry {index} was accepted with a change of another kind"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the Merkle hashes of one request's entries and proofs: below
+/// level 4 a proof and the entry's leaf check stay inside one 16-leaf
+/// block, read whole, so they cost one file read instead of five. A
+/// request names a few entries; the reader keeps the last few blocks.
+/// The index is the rule state of the log it has applied.
+impl State for Index {
+    type Error = Error;
+
+    fn env_head(&self, env: &EnvName) -> Result<Option<EnvHead>> {
+        Index::env_head(self, env)
+    }
+
+    fn release(&self, release_id: &ReleaseId) -> Result<Option<Release>> {
+        let Some(v) = self.tree.get(format!("r/{release_id}"))? else {
+            return Ok(None);
+        };
+        let at = EntryAt::decode(&v)?;
+        let digest: [u8; 32] = v
+            .get(20..52)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "index holds a short release record for {release_id}"
+                ))
+            })?;
+        Ok(Some(Release {
+            index: at.index,
+            digest: Digest::from_bytes(digest),
+        }))
+    }
+
+    fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>> {
+        Index::key(self, key_id)
+    }
+}
+
+/// An entry of the log refused while applying it: a violation means the
+/// log breaks its own rules (it was tampered with, or written by a
+/// registry with other settings); a state failure is the index's.
+pub fn refused_in_log(refused: Refused<Error>, index: u64) -> Error {
+    match refused {
+        Refused::Violation(v) => Error::new(
+            Kind::DataLoss,
+            format!(
+                "log entry {index} breaks the log's rules ({}): {v}",
+                v.reason()
+            ),
+        )
+        .with_reason(v.reason()),
+        Refused::State(e) => e,
+    }
+}

@@ -1,0 +1,352 @@
+//! Reading the index: records and entry bytes by release, digest,
+//! environment, sequence, instant and database position. Callers get
+//! records and bytes, never the index's keys.
+
+use super::codec::{
+    EntryAt, Slot, decode, env_prefix, object_key, pin_key, position_key, seq_of_time_key,
+    time_key, u64_at,
+};
+use super::{ArtifactRecord, DAMAGED, EnvHead, Index, KeyRecord, PinRecord, ProofReader};
+use crate::digest::Digest;
+use crate::error::{Error, Kind, Result};
+use crate::ids::{EnvName, ReleaseId};
+use crate::log::Entry;
+use crate::merkle::Hash;
+use crate::position::Ordered;
+use crate::signing::KeyId;
+use crate::time::Timestamp;
+
+impl Index {
+    /// Every log object applied: (first index, entry count, byte size), in
+    /// order.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn objects(&self) -> Result<Vec<(u64, u64, u64)>> {
+        self.tree
+            .scan_prefix(b"o/")
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((u64_at(&key, 2)?, u64_at(&value, 0)?, u64_at(&value, 8)?))
+            })
+            .collect()
+    }
+
+    /// The log object holding entry `index`: its first index and entry count.
+    /// (Objects are recorded with their first entry.)
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn object_of(&self, index: u64) -> Result<Option<(u64, u64)>> {
+        let hi = object_key(index);
+        let Some(item) = self.tree.range(&b"o/"[..]..=&hi[..]).next_back() else {
+            return Ok(None);
+        };
+        let (key, value) = item?;
+        let start = u64_at(&key, 2)?;
+        let count = u64_at(&value, 0)?;
+        Ok((index < start + count).then_some((start, count)))
+    }
+
+    /// The lifecycle record of a publisher key.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>> {
+        self.tree
+            .get(format!("k/{key_id}"))?
+            .map(|v| decode("key", &v))
+            .transpose()
+    }
+
+    /// Every publisher key the log mentions.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn keys(&self) -> Result<Vec<KeyRecord>> {
+        self.tree
+            .scan_prefix(b"k/")
+            .map(|item| decode("key", &item?.1))
+            .collect()
+    }
+
+    /// The artifact bound to `release_id`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn artifact_by_release(&self, release_id: &ReleaseId) -> Result<Option<ArtifactRecord>> {
+        self.artifact_entry(release_id)?
+            .map(|at| self.artifact_record(at))
+            .transpose()
+    }
+
+    /// The log index of the publish that bound `release_id`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn artifact_entry(&self, release_id: &ReleaseId) -> Result<Option<EntryAt>> {
+        self.tree
+            .get(format!("r/{release_id}"))?
+            .map(|v| EntryAt::decode(&v))
+            .transpose()
+    }
+
+    /// The artifact published at `at`, from the entry copy.
+    pub(super) fn artifact_record(&self, at: EntryAt) -> Result<ArtifactRecord> {
+        let index = at.index;
+        let (bytes, _) = self.verified_copy(at, &self.proof_reader())?;
+        let Entry::Publish(p) = Entry::parse(index, &bytes)? else {
+            return Err(Error::internal(format!(
+                "index names log entry {index} as a publish; it is not"
+            )));
+        };
+        Ok(ArtifactRecord {
+            release_id: p.release_id,
+            digest: p.digest,
+            size: p.size,
+            media_type: p.media_type,
+            recorded_at: p.recorded_at,
+            log_index: index,
+            key_id: p.key_id,
+            envelope: p.envelope,
+        })
+    }
+
+    /// An artifact with `digest` (the earliest-sorting release id bound to it).
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn artifact_by_digest(&self, digest: &Digest) -> Result<Option<ArtifactRecord>> {
+        let prefix = format!("d/{}/", digest.hex());
+        let Some(item) = self.tree.scan_prefix(prefix.as_bytes()).next() else {
+            return Ok(None);
+        };
+        let (key, _) = item?;
+        let release = std::str::from_utf8(&key[prefix.len()..])
+            .map_err(|_| Error::internal("index digest key is not UTF-8"))?;
+        let release: ReleaseId = release.parse()?;
+        self.artifact_by_release(&release)
+    }
+
+    /// Artifacts in release id order, starting after `after`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn list_artifacts(
+        &self,
+        after: Option<&ReleaseId>,
+        limit: usize,
+    ) -> Result<Vec<ArtifactRecord>> {
+        let start = match after {
+            // '/'+1 is '0': nothing sorts between "r/<id>" and "r/<id>\0".
+            Some(id) => format!("r/{id}\0").into_bytes(),
+            None => b"r/".to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..) {
+            let (key, value) = item?;
+            if !key.starts_with(b"r/") || out.len() >= limit {
+                break;
+            }
+            out.push(self.artifact_record(EntryAt::decode(&value)?)?);
+        }
+        Ok(out)
+    }
+
+    /// The latest pin of `env`, if any.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn env_head(&self, env: &EnvName) -> Result<Option<EnvHead>> {
+        self.tree
+            .get(format!("e/{env}"))?
+            .map(|v| decode("environment head", &v))
+            .transpose()
+    }
+
+    /// The pin of `env` written at log index `log_index`, searching back from
+    /// the latest pin (a new pin is at most a batch away from the head).
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn pin_at_index(&self, env: &EnvName, log_index: u64) -> Result<Option<PinRecord>> {
+        let Some(head) = self.env_head(env)? else {
+            return Ok(None);
+        };
+        let mut seq = head.seq;
+        while let Some(pin) = self.pin(env, seq)? {
+            if pin.log_index == log_index {
+                return Ok(Some(pin));
+            }
+            if pin.log_index < log_index {
+                break;
+            }
+            seq -= 1;
+        }
+        Ok(None)
+    }
+
+    /// Pin `seq` of `env`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn pin(&self, env: &EnvName, seq: u64) -> Result<Option<PinRecord>> {
+        Ok(self
+            .pin_with_entry(env, seq, &self.proof_reader())?
+            .map(|(pin, _)| pin))
+    }
+
+    /// Pin `seq` of `env` and its entry's bytes.
+    ///
+    /// # Errors
+    /// As [`Self::pin`].
+    pub fn pin_with_entry(
+        &self,
+        env: &EnvName,
+        seq: u64,
+        reader: &ProofReader<'_>,
+    ) -> Result<Option<(PinRecord, bytes::Bytes)>> {
+        if seq == 0 {
+            return Ok(None);
+        }
+        let Some(value) = self.tree.get(pin_key(env, seq))? else {
+            return Ok(None);
+        };
+        self.pin_entry_at(EntryAt::decode(&value)?, reader)
+            .map(Some)
+    }
+
+    /// The pin whose entry is at `at`, from the entry copy, and the
+    /// copy's bytes.
+    ///
+    /// # Errors
+    /// DataLoss when the copy is damaged (the index is then marked for a
+    /// rebuild at the next start); Internal when the entry is not a pin.
+    pub fn pin_entry_at(
+        &self,
+        at: EntryAt,
+        reader: &ProofReader<'_>,
+    ) -> Result<(PinRecord, bytes::Bytes)> {
+        let index = at.index;
+        let (bytes, leaf) = self.verified_copy(at, reader)?;
+        let Entry::Pin(p) = Entry::parse(index, &bytes)? else {
+            return Err(Error::internal(format!(
+                "index names log entry {index} as a pin; it is not"
+            )));
+        };
+        let pin = PinRecord {
+            env: p.env,
+            seq: p.seq,
+            release_id: p.release_id,
+            digest: p.digest,
+            activated_at: p.activated_at,
+            recorded_at: p.recorded_at,
+            actor: p.actor,
+            reason: p.reason,
+            log_index: index,
+            entry_hash: hex::encode(leaf),
+            prev_pin: p.prev_pin,
+            db_position: p.db_position,
+        };
+        Ok((pin, bytes::Bytes::from(bytes)))
+    }
+
+    /// The copy of entry `index`, checked against its leaf hash.
+    ///
+    /// # Errors
+    /// DataLoss when the copy is damaged (the index is then marked for a
+    /// rebuild at the next start).
+    pub(super) fn verified_copy(
+        &self,
+        at: EntryAt,
+        reader: &ProofReader<'_>,
+    ) -> Result<(Vec<u8>, Hash)> {
+        let index = at.index;
+        let bytes = self.files.entry_at(at.offset, at.len.into())?;
+        let Some(leaf) = reader.verify(index, &bytes)? else {
+            return Err(Error::new(
+                Kind::DataLoss,
+                format!(
+                    "the index's copy of log entry {index} is damaged; restart the registry to \
+                     rebuild the index from the log"
+                ),
+            ));
+        };
+        Ok((bytes, leaf))
+    }
+
+    /// Leaves a mark that makes the next open rebuild the index.
+    pub(super) fn mark_damaged(&self, index: u64) {
+        tracing::error!(
+            index,
+            "the index's copy of a log entry is damaged; the index will be rebuilt at the next start"
+        );
+        if let Some(dir) = &self.dir
+            && let Err(e) = std::fs::write(dir.join(DAMAGED), index.to_string())
+        {
+            tracing::error!(error = %e, "cannot mark the index damaged");
+        }
+    }
+
+    /// The last pin of `env` activated at or before `at` (ties: the later
+    /// pin), by one range seek: its [`Slot`].
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn live_at(&self, env: &EnvName, at: Timestamp) -> Result<Option<Slot>> {
+        let lo = env_prefix("t", env);
+        let hi = time_key(env, at, u64::MAX);
+        match self.tree.range(lo..=hi).next_back() {
+            Some(item) => Ok(Some(Slot::decode(&item?.1)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The sequence number of the pin of `env` with the greatest recorded
+    /// position of `target`'s kind that is at most `target`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn seq_at_or_below_position(&self, env: &EnvName, target: Ordered) -> Result<Option<u64>> {
+        let mut lo = env_prefix("q", env);
+        lo.push(target.tag());
+        let hi = position_key(env, target, u64::MAX);
+        match self.tree.range(lo..=hi).next_back() {
+            Some(item) => Ok(Some(seq_of_time_key(&item?.0)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The sequence number of the last pin of `env` activated strictly before `at`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn seq_before(&self, env: &EnvName, at: Timestamp) -> Result<Option<u64>> {
+        let lo = env_prefix("t", env);
+        let hi = time_key(env, at, 0);
+        match self.tree.range(lo..hi).next_back() {
+            Some(item) => Ok(Some(seq_of_time_key(&item?.0)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The sequence number of the first pin of `env` activated at or after `at`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn seq_at_or_after(&self, env: &EnvName, at: Timestamp) -> Result<Option<u64>> {
+        let prefix = env_prefix("t", env);
+        let lo = time_key(env, at, 0);
+        match self.tree.range(lo..).next() {
+            Some(item) => {
+                let (key, _) = item?;
+                if key.starts_with(&prefix) {
+                    Ok(Some(seq_of_time_key(&key)?))
+                } else {
+                    Ok(None)
+                }
+            }
+            None => Ok(None),
+        }
+    }
+}
