@@ -85,7 +85,7 @@ fn kind_of(status: &Status) -> Option<Kind> {
     if info.domain != ERROR_DOMAIN {
         return None;
     }
-    Kind::of_reason(&info.reason)
+    stackpin_core::state::kind_of_reason(&info.reason)
 }
 
 /// Exit code for a gRPC status: by the registry's reason when it gave one,

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use stackpin_core::merkle::{self, Hash};
 use stackpin_core::note::{Checkpoint, NoteVerifier};
+use stackpin_core::signing::TrustedKeys;
 use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome};
@@ -133,6 +134,11 @@ pub async fn accept_checkpoint(
             return Ok(cp);
         }
     }
-    crate::artifacts::write_atomic(&path, note.as_bytes())?;
+    crate::files::write_atomic(&path, note.as_bytes())?;
     Ok(cp)
+}
+
+/// Loads `--trusted-keys` for a local check.
+pub fn trusted_keys(path: &Path) -> Outcome<TrustedKeys> {
+    TrustedKeys::load(path).map_err(|e| Failure::invalid(format!("--trusted-keys: {e}")))
 }

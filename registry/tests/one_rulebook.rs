@@ -413,7 +413,7 @@ fn every_rule_has_a_way_to_break_it_here() {
     // The table above and the rules' reasons name the same rules.
     for reason in BREAKS {
         assert!(
-            stackpin_core::Kind::of_reason(reason).is_some(),
+            stackpin_core::state::kind_of_reason(reason).is_some(),
             "{reason} is not a rule"
         );
     }

@@ -19,7 +19,6 @@ fn every_bench_workload_runs_and_reports() {
         let mut args = vec![
             "--output",
             "json",
-            "bench",
             workload,
             "--key",
             "ci.pem",
@@ -31,7 +30,19 @@ fn every_bench_workload_runs_and_reports() {
             &pid,
         ];
         args.extend(extra);
-        let report = w.cli(&args).json();
+        // The load generator is its own binary, beside `stackpin`.
+        let out = std::process::Command::new(stackpin_tests::bin("stackpin-bench"))
+            .current_dir(w.dir.path())
+            .env("STACKPIN_SERVER", w.server.url())
+            .args(&args)
+            .output()
+            .unwrap();
+        let report = stackpin_tests::Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+        .json();
         let ok = report["requests_ok"].as_u64().unwrap();
         assert!(ok > 0, "{workload}: {report}");
         assert_eq!(

@@ -58,7 +58,8 @@ impl Kind {
         }
     }
 
-    const ALL: [Kind; 11] = [
+    /// Every kind.
+    pub const ALL: [Kind; 11] = [
         Kind::Invalid,
         Kind::NotFound,
         Kind::Conflict,
@@ -71,17 +72,6 @@ impl Kind {
         Kind::DataLoss,
         Kind::Internal,
     ];
-
-    /// The kind a machine-readable reason stands for: a kind's own reason,
-    /// or the reason of a rule of the log ([`crate::state::Violation`]) as a
-    /// request that broke it is told. `None` for a reason this version does
-    /// not know.
-    pub fn of_reason(reason: &str) -> Option<Kind> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.reason() == reason)
-            .or_else(|| crate::state::Violation::kind_of_reason(reason))
-    }
 }
 
 /// A failure: a kind, a human-readable message, and optionally a

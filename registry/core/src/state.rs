@@ -306,6 +306,21 @@ const RULES: [(&str, Kind); 14] = [
     (reason::KEY_REVOKED_TWICE, Kind::Conflict),
 ];
 
+/// The kind a request is told for the rule named `reason`.
+fn rule_kind(reason: &str) -> Option<Kind> {
+    RULES.iter().find(|(r, _)| *r == reason).map(|(_, k)| *k)
+}
+
+/// The kind a machine-readable reason stands for: a kind's own reason
+/// ([`Kind::reason`]), or the reason of a rule of the log as a request that
+/// broke it is told. `None` for a reason this version does not know.
+pub fn kind_of_reason(reason: &str) -> Option<Kind> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.reason() == reason)
+        .or_else(|| rule_kind(reason))
+}
+
 impl Violation {
     /// The log index of the entry refused.
     pub fn index(&self) -> u64 {
@@ -348,11 +363,6 @@ impl Violation {
         }
     }
 
-    /// The kind a request is told for the rule named `reason`.
-    pub(crate) fn kind_of_reason(reason: &str) -> Option<Kind> {
-        RULES.iter().find(|(r, _)| *r == reason).map(|(_, k)| *k)
-    }
-
     /// The error a request that would write this entry gets: the rule's
     /// kind and reason, and what to do about it.
     pub fn to_error(&self) -> crate::Error {
@@ -362,7 +372,7 @@ impl Violation {
     /// What a request that would write this entry is told: the kind of
     /// error it gets.
     pub fn kind(&self) -> Kind {
-        Self::kind_of_reason(self.reason()).unwrap_or(Kind::Invalid)
+        rule_kind(self.reason()).unwrap_or(Kind::Invalid)
     }
 
     /// Whether the violation breaks an environment's pin chain (sequence,

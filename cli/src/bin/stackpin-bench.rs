@@ -1,5 +1,6 @@
-//! `stackpin bench`: drive a running registry with load and report what it
-//! sustained.
+//! `stackpin-bench`: drive a running registry with load and report what it
+//! sustained. A tool of its own, so the `stackpin` that pipelines and
+//! operators install carries no load generator.
 //!
 //! N worker tasks share one gRPC channel (HTTP/2 multiplexes their calls) and
 //! each keeps one request in flight, so N is the number of concurrent
@@ -43,10 +44,10 @@ use stackpin_core::time::parse_duration;
 use stackpin_proto::v1 as pb;
 use tokio::time::Instant;
 
-use crate::exit::{Failure, Outcome};
-use crate::view::{Format, wire_time};
+use stackpin_cli::exit::{Failure, Outcome};
+use stackpin_cli::view::{Format, wire_time};
 
-use crate::client::Client;
+use stackpin_cli::client::Client;
 
 /// Size of the chunks artifacts are sent in.
 const CHUNK: usize = 1024 * 1024;
@@ -76,7 +77,7 @@ pub enum Workload {
 }
 
 #[derive(clap::Args)]
-pub struct Args {
+struct Args {
     #[arg(value_enum)]
     workload: Workload,
     /// Requests in flight at once (one worker task each).
@@ -92,7 +93,7 @@ pub struct Args {
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     size: u64,
     /// Environment for pin and resolve.
-    #[arg(long, default_value = "bench", value_parser = crate::parse::<EnvName>)]
+    #[arg(long, default_value = "bench", value_parser = stackpin_cli::parse::<EnvName>)]
     env: EnvName,
     /// Spread pins over this many environments, <env>-0, <env>-1, ... (pin only).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -102,7 +103,7 @@ pub struct Args {
     #[arg(long, required_if_eq("workload", "publish"))]
     key: Option<PathBuf>,
     /// Pin, resolve or fetch this published artifact instead of publishing one.
-    #[arg(long, value_parser = crate::parse::<ReleaseId>)]
+    #[arg(long, value_parser = stackpin_cli::parse::<ReleaseId>)]
     release_id: Option<ReleaseId>,
     /// The registry's process id, to report its CPU time and memory (Linux).
     #[arg(long)]
@@ -626,7 +627,7 @@ async fn setup(
     })
 }
 
-pub async fn run(args: &Args, server: &crate::client::Connection, format: Format) -> Outcome {
+async fn run(args: &Args, server: &stackpin_cli::client::Connection, format: Format) -> Outcome {
     if args.duration.is_zero() {
         return Err(Failure::invalid("--duration must be more than 0s"));
     }
@@ -659,7 +660,7 @@ pub async fn run(args: &Args, server: &crate::client::Connection, format: Format
     let now_secs = Timestamp::now().as_micros() / 1_000_000;
     let nonce = format!("{now_secs:x}{:08x}", seed as u32);
 
-    let mut client = crate::client::connect(server).await?;
+    let mut client = stackpin_cli::client::connect(server).await?;
     let (job, size_bytes) = setup(args, &mut client, key, &nonce).await?;
 
     let measure_from = Instant::now() + args.warmup;
@@ -735,4 +736,40 @@ pub async fn run(args: &Args, server: &crate::client::Connection, format: Format
     };
     format.emit(&report, || report.text());
     Ok(())
+}
+
+/// Drive a running stackpin registry with load and report throughput,
+/// latency and the server's CPU and memory.
+#[derive(clap::Parser)]
+#[command(name = "stackpin-bench", version, after_help = stackpin_cli::exit::HELP)]
+struct Cli {
+    #[command(flatten)]
+    connection: stackpin_cli::client::Connection,
+    /// Output for people (text) or scripts (json).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    output: Format,
+    #[command(flatten)]
+    args: Args,
+}
+
+fn main() -> std::process::ExitCode {
+    use clap::Parser as _;
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::from(stackpin_cli::exit::FAILURE);
+        }
+    };
+    match runtime.block_on(run(&cli.args, &cli.connection, cli.output)) {
+        Ok(()) => std::process::ExitCode::from(stackpin_cli::exit::OK),
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            std::process::ExitCode::from(failure.code)
+        }
+    }
 }

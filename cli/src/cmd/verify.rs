@@ -9,16 +9,13 @@ use serde::Serialize;
 use stackpin_core::audit::{Audit, Report};
 use stackpin_core::layout;
 use stackpin_core::proof::RestoreProof;
-use stackpin_core::signing::TrustedKeys;
+use stackpin_core::state::{DEFAULT_CLOCK_SKEW, Rules};
 use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome, VERIFY};
+use crate::files::proof_path;
+use crate::trust::trusted_keys;
 use crate::view::Format;
-
-/// Loads `--trusted-keys` for a local check.
-pub fn trusted_keys(path: &Path) -> Outcome<TrustedKeys> {
-    TrustedKeys::load(path).map_err(|e| Failure::invalid(format!("--trusted-keys: {e}")))
-}
 
 #[derive(clap::Args)]
 pub struct CheckpointArgs {
@@ -149,13 +146,6 @@ pub fn verify(args: &VerifyArgs, format: Format) -> Outcome {
     Ok(())
 }
 
-/// `FILE` -> `FILE.tlog-proof`.
-pub fn proof_path(file: &Path) -> PathBuf {
-    let mut name = file.as_os_str().to_owned();
-    name.push(".tlog-proof");
-    PathBuf::from(name)
-}
-
 #[derive(clap::Args)]
 pub struct AuditArgs {
     /// Audit a data folder directly instead of the server.
@@ -167,6 +157,10 @@ pub struct AuditArgs {
     /// The log's verifier key, or a file holding it.
     #[arg(long, env = "STACKPIN_LOG_KEY")]
     log_key: String,
+    /// How far after its recording a pin may activate: the registry's
+    /// `clock_skew` setting, when it is not the default [default: 5s].
+    #[arg(long, value_parser = stackpin_core::time::parse_duration)]
+    clock_skew: Option<std::time::Duration>,
 }
 
 /// Progress on stderr, at most every two seconds, only for a terminal.
@@ -211,7 +205,10 @@ pub async fn audit(
 ) -> Outcome {
     let trusted = trusted_keys(&args.trusted_keys)?;
     let log_key = crate::trust::log_key(&args.log_key)?;
-    let mut audit = Audit::new(trusted);
+    let mut audit = Audit::with_rules(Rules {
+        configured: trusted,
+        clock_skew: args.clock_skew.unwrap_or(DEFAULT_CLOCK_SKEW),
+    });
     let mut progress = Progress::new();
     let source = match &args.data_dir {
         Some(dir) => {
@@ -331,7 +328,7 @@ async fn audit_server(
         let what = pb::ArtifactRef {
             r#ref: Some(pb::artifact_ref::Ref::Digest(digest.to_string())),
         };
-        match crate::artifacts::download(&mut client, what).await {
+        match crate::download::download(&mut client, what).await {
             Ok((_, bytes)) => audit.blob(digest, Ok(&bytes)),
             Err(f) => audit.blob(digest, Err(format!("{:#}", f.error))),
         }

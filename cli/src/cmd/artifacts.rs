@@ -1,109 +1,20 @@
 //! `stackpin fetch`, `restore`, `list` and `stat`: getting artifacts back,
 //! verified locally before anything is written.
 
-use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use stackpin_core::digest::{Digest, Hasher};
+use stackpin_core::digest::Digest;
 use stackpin_core::position::DbPosition;
 use stackpin_core::proof::{ProvedEntry, RestoreProof, Verified};
-use stackpin_core::signing::TrustedKeys;
 use stackpin_proto::v1 as pb;
 
+use crate::cmd::pins::{ArtifactArg, ResolveArgs, ask};
+use crate::download::download;
 use crate::exit::{Failure, Outcome};
-use crate::pins::{ArtifactArg, ResolveArgs, ask};
+use crate::files::write_atomic;
 use crate::view::{ArtifactView, Format, ResolveView};
-
-use crate::client::Client;
-
-/// Downloads an artifact and checks its bytes against the digest the
-/// registry recorded for it.
-pub async fn download(
-    client: &mut Client,
-    what: pb::ArtifactRef,
-) -> Outcome<(pb::Artifact, Vec<u8>)> {
-    let mut stream = client
-        .get_artifact(pb::GetArtifactRequest {
-            artifact: Some(what),
-        })
-        .await?
-        .into_inner();
-    let artifact = match stream.message().await?.and_then(|m| m.part) {
-        Some(pb::get_artifact_response::Part::Artifact(a)) => a,
-        _ => {
-            return Err(Failure::verify(
-                "the registry did not send the artifact record first",
-            ));
-        }
-    };
-    let expected: Digest = artifact
-        .digest
-        .parse()
-        .map_err(|e| Failure::verify(format!("the registry sent a bad digest: {e}")))?;
-    let size = usize::try_from(artifact.size).unwrap_or(usize::MAX);
-    let progress = size > 8 * 1024 * 1024 && std::io::stderr().is_terminal();
-    let mut bytes = Vec::with_capacity(size.min(64 * 1024 * 1024));
-    let mut hasher = Hasher::default();
-    while let Some(message) = stream.message().await? {
-        let Some(pb::get_artifact_response::Part::Chunk(chunk)) = message.part else {
-            return Err(Failure::verify(
-                "the registry sent a second artifact record",
-            ));
-        };
-        if bytes.len() + chunk.len() > size {
-            return Err(Failure::verify(format!(
-                "the registry sent more than the {size} bytes it announced"
-            )));
-        }
-        hasher.update(&chunk);
-        bytes.extend_from_slice(&chunk);
-        if progress {
-            eprint!(
-                "\rdownloading: {:>3}% of {size} bytes",
-                bytes.len() * 100 / size
-            );
-        }
-    }
-    if progress {
-        eprintln!();
-    }
-    let actual = hasher.finish();
-    if actual != expected || bytes.len() != size {
-        return Err(Failure::verify(format!(
-            "downloaded {} bytes hashing to {actual}; the registry recorded {size} bytes with \
-             digest {expected}",
-            bytes.len()
-        )));
-    }
-    Ok((artifact, bytes))
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it, synced,
-/// then renamed over it. A reader never sees a partial file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Outcome {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Failure::invalid(format!("cannot create {}: {e}", dir.display())))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".stackpin-")
-        .tempfile_in(&dir)
-        .map_err(|e| Failure::invalid(format!("cannot write into {}: {e}", dir.display())))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| anyhow::anyhow!("moving the download into {}: {}", path.display(), e.error))?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        // Make the rename itself durable; failure here is not worth failing for.
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
 
 #[derive(clap::Args)]
 pub struct FetchArgs {
@@ -367,8 +278,7 @@ pub async fn restore(
     state: Option<&Path>,
     format: Format,
 ) -> Outcome {
-    let trusted = TrustedKeys::load(&args.trusted_keys)
-        .map_err(|e| Failure::invalid(format!("--trusted-keys: {e}")))?;
+    let trusted = crate::trust::trusted_keys(&args.trusted_keys)?;
     let log_key = crate::trust::log_key(&args.log_key)?;
     let mut client = crate::client::connect(server).await?;
     // A restore always reads the replica's freshest state.
@@ -444,7 +354,7 @@ pub async fn restore(
         .verify(&bytes, &log_key, &trusted)
         .map_err(Failure::verify)?;
     check_covers(&args.resolve, &verified)?;
-    let proof_file = crate::verify::proof_path(&args.out);
+    let proof_file = crate::files::proof_path(&args.out);
     write_atomic(&args.out, &bytes)?;
     write_atomic(&proof_file, proof.to_tlog_proof().as_bytes())?;
     let out = Restored {

@@ -1,0 +1,71 @@
+//! One module per command group. Command modules share the helpers at the
+//! top of the crate (client, downloads, files, trust, views) and never
+//! each other's internals, except `restore`, which asks the question
+//! `resolve` asks.
+
+pub mod artifacts;
+pub mod keygen;
+pub mod keys;
+pub mod pins;
+pub mod publish;
+pub mod verify;
+
+use clap::Subcommand;
+
+use crate::exit::Outcome;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Make a new Ed25519 publisher key pair.
+    Keygen(keygen::Args),
+    /// Sign and publish an artifact under a release id.
+    Publish(publish::Args),
+    /// Record that an artifact went live in an environment.
+    Pin(pins::PinArgs),
+    /// Which artifact was live in an environment at an instant.
+    Resolve(pins::ResolveArgs),
+    /// An environment's pins, newest first.
+    History(pins::HistoryArgs),
+    /// Download an artifact, verified against its digest.
+    Fetch(artifacts::FetchArgs),
+    /// Resolve, download and verify the artifact live at an instant, and
+    /// write it atomically.
+    Restore(artifacts::RestoreArgs),
+    /// List published artifacts.
+    List(artifacts::ListArgs),
+    /// Show one artifact's record.
+    Stat(artifacts::StatArgs),
+    /// Tag a database snapshot with the artifact live when it was taken.
+    SnapshotTag(artifacts::SnapshotTagArgs),
+    /// Fetch, verify and remember the log's latest checkpoint.
+    Checkpoint(verify::CheckpointArgs),
+    /// Check an artifact and its .tlog-proof offline.
+    Verify(verify::VerifyArgs),
+    /// Check the whole log: entries, root, signatures, pin chains, blobs.
+    Audit(verify::AuditArgs),
+    /// Manage trusted publisher keys (each change is a log entry).
+    #[command(subcommand)]
+    Key(keys::Command),
+}
+
+pub async fn dispatch(cli: &crate::Cli) -> Outcome {
+    let (server, format) = (&cli.connection, cli.output);
+    let state = crate::trust::state_dir(cli.state_dir.as_deref());
+    let state = state.as_deref();
+    match &cli.command {
+        Command::Keygen(a) => keygen::run(a, format),
+        Command::Publish(a) => publish::run(a, server, format).await,
+        Command::Pin(a) => pins::pin(a, server, format).await,
+        Command::Resolve(a) => pins::resolve(a, server, format).await,
+        Command::History(a) => pins::history(a, server, format).await,
+        Command::Fetch(a) => artifacts::fetch(a, server, format).await,
+        Command::Restore(a) => artifacts::restore(a, server, state, format).await,
+        Command::List(a) => artifacts::list(a, server, format).await,
+        Command::Stat(a) => artifacts::stat(a, server, format).await,
+        Command::SnapshotTag(a) => artifacts::snapshot_tag(a, server, format).await,
+        Command::Checkpoint(a) => verify::checkpoint(a, server, state, format).await,
+        Command::Verify(a) => verify::verify(a, format),
+        Command::Audit(a) => verify::audit(a, server, state, format).await,
+        Command::Key(c) => keys::run(c, server, format).await,
+    }
+}

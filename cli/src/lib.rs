@@ -1,0 +1,92 @@
+//! `stackpin`: the command line for release pipelines (publish, pin),
+//! operators (resolve, restore) and auditors. It talks to the registry over
+//! gRPC only and verifies what it receives locally, with the same
+//! `stackpin-core` code the registry uses.
+//!
+//! # Layout
+//!
+//! | module | responsibility |
+//! |---|---|
+//! | [`cmd`] | one module per command group, and the dispatch |
+//! | [`client`] | connecting: URL, TLS, token |
+//! | [`download`] | artifact downloads, verified against their digest |
+//! | [`files`] | atomic writes, proof file paths |
+//! | [`trust`] | remembered checkpoints, the log key, trusted publisher keys |
+//! | [`view`] | text and JSON output |
+//! | [`exit`] | exit codes and the failure type |
+//!
+//! The load generator (`stackpin-bench`, `src/bin/`) uses this library too,
+//! but is not part of the `stackpin` binary.
+
+pub mod client;
+mod cmd;
+mod download;
+pub mod exit;
+mod files;
+mod trust;
+pub mod view;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::view::Format;
+
+/// Parses a command-line value with the registry's own parser, so the CLI
+/// rejects exactly what the registry would, before anything is sent.
+pub fn parse<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr<Err = stackpin_core::Error>,
+{
+    text.parse()
+        .map_err(|e: stackpin_core::Error| e.to_string())
+}
+
+/// A clap value parser from a constructor returning the registry's error.
+pub fn parse_with<T>(
+    f: fn(&str) -> Result<T, stackpin_core::Error>,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: Clone + Send + Sync + 'static,
+{
+    move |text| f(text).map_err(|e| e.to_string())
+}
+
+/// Publish, pin and restore ObjectOS artifacts with a stackpin registry.
+#[derive(Parser)]
+#[command(name = "stackpin", version, about, after_help = exit::HELP)]
+struct Cli {
+    #[command(flatten)]
+    connection: client::Connection,
+    /// Output for people (text) or scripts (json).
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    output: Format,
+    /// Where the last verified checkpoint of each log is kept (default:
+    /// $XDG_CONFIG_HOME/stackpin or ~/.config/stackpin).
+    #[arg(long, global = true, env = "STACKPIN_STATE_DIR")]
+    state_dir: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: cmd::Command,
+}
+
+/// Runs the `stackpin` command line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(cmd::dispatch(&cli)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
