@@ -12,7 +12,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::exit::{Failure, INVALID, Outcome, UNAVAILABLE};
 
 /// Largest message the client accepts (artifacts arrive in 1 MiB chunks).
-const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+const MAX_MESSAGE: usize = stackpin_core::defaults::MAX_MESSAGE_BYTES;
 
 /// How to reach the registry (global flags).
 #[derive(Clone, Debug, clap::Args)]
@@ -22,7 +22,7 @@ pub struct Connection {
         long = "server",
         global = true,
         env = "STACKPIN_SERVER",
-        default_value = "http://127.0.0.1:7070"
+        default_value = stackpin_core::defaults::SERVER_URL
     )]
     pub url: String,
     /// A file holding the bearer token (or set STACKPIN_TOKEN).

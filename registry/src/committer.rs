@@ -27,7 +27,7 @@ use crate::index::Index;
 use crate::log::{Entry, Log};
 
 /// Most requests committed in one log object.
-pub const MAX_BATCH: usize = 256;
+pub const MAX_BATCH: usize = crate::defaults::MAX_BATCH;
 /// Rounds of "lost the race, catch up, try again" before giving up.
 const MAX_ATTEMPTS: usize = 64;
 

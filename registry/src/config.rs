@@ -17,6 +17,7 @@ use figment::providers::{Env, Format as _, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Authorizer, CertConfig, TokenConfig};
+use crate::defaults;
 use crate::error::{Error, Kind, Result};
 use crate::note::{DEFAULT_ORIGIN, NoteSigner};
 use crate::registry::{DEFAULT_MAX_ARTIFACT_BYTES, Limits};
@@ -109,21 +110,21 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            data_dir: PathBuf::from("stackpin-data"),
-            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            data_dir: PathBuf::from(defaults::DATA_DIR),
+            listen: defaults::LISTEN,
             trusted_keys: None,
             storage: None,
             s3_endpoint: None,
             s3_virtual_hosted_style: false,
-            storage_timeout: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(500),
+            storage_timeout: defaults::STORAGE_TIMEOUT,
+            poll_interval: defaults::POLL_INTERVAL,
             max_batch: crate::committer::MAX_BATCH,
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
-            max_message_bytes: 4 * 1024 * 1024,
-            clock_skew: Duration::from_secs(5),
-            boundary_margin: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(120),
-            max_concurrent_streams: 256,
+            max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            clock_skew: defaults::CLOCK_SKEW,
+            boundary_margin: defaults::BOUNDARY_MARGIN,
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
             log_key: None,
             log_origin: DEFAULT_ORIGIN.to_owned(),
             tls_cert: None,
@@ -511,6 +512,64 @@ mod tests {
             (s.listen, s.clock_skew, s.max_batch),
             (d.listen, d.clock_skew, d.max_batch)
         );
+    }
+
+    /// `value` as the settings would read it: durations compared as
+    /// durations ("5s" and "5000ms" are one default).
+    fn same_setting(a: &toml::Value, b: &str) -> bool {
+        let a = match a {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        a == b
+            || matches!(
+                (parse_duration(&a), parse_duration(b)),
+                (Ok(x), Ok(y)) if x == y
+            )
+    }
+
+    #[test]
+    fn the_example_file_and_the_flags_name_the_defaults_the_settings_use() {
+        let defaults = toml::Value::try_from(Settings::default()).unwrap();
+        let defaults = defaults.as_table().unwrap();
+        // Every key the example sets is set to its default.
+        let example: toml::Table = EXAMPLE.parse().unwrap();
+        for (key, value) in &example {
+            let Some(default) = defaults.get(key) else {
+                continue; // tables of tokens and certificates
+            };
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            assert!(
+                same_setting(default, &text),
+                "the example sets {key} = {text}; the default is {default}"
+            );
+        }
+        // Every flag that names a default names the one the settings use.
+        let command = <Flags as clap::Args>::augment_args(clap::Command::new("t"));
+        let mut named = 0;
+        for arg in command.get_arguments() {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let Some(text) = help
+                .split("[default: ")
+                .nth(1)
+                .and_then(|t| t.split(']').next())
+            else {
+                continue;
+            };
+            let key = arg.get_id().as_str();
+            let Some(default) = defaults.get(key) else {
+                continue; // derived from another setting, e.g. <data-dir>/...
+            };
+            named += 1;
+            assert!(
+                same_setting(default, text),
+                "--{key} says [default: {text}]; the settings use {default}"
+            );
+        }
+        assert!(named >= 10, "only {named} flags name their default");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod blobs;
 pub(crate) mod blocking;
 pub mod committer;
 pub mod config;
+pub mod defaults;
 pub mod error;
 pub mod health;
 pub mod index;

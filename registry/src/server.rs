@@ -35,11 +35,11 @@ impl Default for Options {
         Self {
             tls: None,
             auth: Authorizer::default(),
-            request_timeout: Duration::from_secs(120),
-            max_concurrent_streams: 256,
-            max_message_bytes: 4 * 1024 * 1024,
+            request_timeout: crate::defaults::REQUEST_TIMEOUT,
+            max_concurrent_streams: crate::defaults::MAX_CONCURRENT_STREAMS,
+            max_message_bytes: crate::defaults::MAX_MESSAGE_BYTES,
             metrics_listen: None,
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
         }
     }
 }
@@ -71,7 +71,7 @@ impl Options {
             max_concurrent_streams: s.max_concurrent_streams,
             max_message_bytes: s.max_message_bytes,
             metrics_listen: s.metrics_listen,
-            shutdown_grace: Duration::from_secs(30),
+            shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
         })
     }
 }

@@ -108,7 +108,7 @@ pub fn open(url: &StorageUrl, s3: &S3Options) -> Result<Arc<dyn ObjectStore>> {
         StorageUrl::Memory => Ok(Arc::new(InMemory::new())),
         StorageUrl::S3 { bucket, prefix } => {
             let timeout = if s3.timeout.is_zero() {
-                Duration::from_secs(10)
+                crate::defaults::STORAGE_TIMEOUT
             } else {
                 s3.timeout
             };

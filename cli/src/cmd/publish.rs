@@ -14,7 +14,7 @@ use crate::exit::{Failure, Outcome};
 use crate::view::{ArtifactView, Format};
 
 /// Size of the chunks the artifact is sent in.
-const CHUNK: usize = 1024 * 1024;
+const CHUNK: usize = stackpin_core::defaults::CHUNK_BYTES;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -6,6 +6,7 @@
 //! | module | responsibility |
 //! |---|---|
 //! | [`error`] | the one error type and its kinds |
+//! | [`defaults`] | defaults the registry and its clients share |
 //! | [`digest`] | the `sha256:<hex>` content address |
 //! | [`ids`] | release ids, environment names, reasons: parsed once, safe everywhere |
 //! | [`time`] | microsecond UTC instants, RFC 3339, durations, the injectable clock |
@@ -23,6 +24,7 @@
 //! bytes, from a server, a folder or a bucket.
 
 pub mod audit;
+pub mod defaults;
 pub mod digest;
 pub mod entry;
 pub mod error;

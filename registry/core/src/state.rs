@@ -30,7 +30,7 @@ use crate::time::Timestamp;
 /// How far in the future of its `recorded_at` a pin may activate, unless
 /// configured otherwise: the clocks of a pipeline and the registry may
 /// disagree by this much.
-pub const DEFAULT_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5);
+pub const DEFAULT_CLOCK_SKEW: std::time::Duration = crate::defaults::CLOCK_SKEW;
 
 /// The settings the rules depend on.
 #[derive(Clone, Debug)]

@@ -45,11 +45,11 @@ use crate::timeline::Resolution;
 use stackpin_core::state::Rules;
 
 /// Default largest artifact: 64 MiB.
-pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = crate::defaults::MAX_ARTIFACT_BYTES;
 /// Default allowed clock skew for reported activations.
-pub const DEFAULT_CLOCK_SKEW: Duration = stackpin_core::state::DEFAULT_CLOCK_SKEW;
+pub const DEFAULT_CLOCK_SKEW: Duration = crate::defaults::CLOCK_SKEW;
 /// Default margin around a switch within which resolve names both candidates.
-pub const DEFAULT_BOUNDARY_MARGIN: Duration = Duration::from_secs(2);
+pub const DEFAULT_BOUNDARY_MARGIN: Duration = crate::defaults::BOUNDARY_MARGIN;
 /// Largest page of history or artifacts.
 pub const MAX_PAGE: usize = 1000;
 /// Page size when the request leaves it unset.
@@ -78,7 +78,7 @@ impl Default for Limits {
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             clock_skew: DEFAULT_CLOCK_SKEW,
             boundary_margin: DEFAULT_BOUNDARY_MARGIN,
-            poll_interval: Duration::from_millis(500),
+            poll_interval: crate::defaults::POLL_INTERVAL,
             max_batch: committer::MAX_BATCH,
         }
     }

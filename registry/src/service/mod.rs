@@ -26,7 +26,7 @@ const MAX_LIST_ENTRIES: u64 = 100_000;
 pub type Server = pb::registry_server::RegistryServer<RegistryService>;
 
 /// Size of the chunks artifacts are streamed in.
-pub const CHUNK_BYTES: usize = 1024 * 1024;
+pub const CHUNK_BYTES: usize = crate::defaults::CHUNK_BYTES;
 
 /// The `stackpin.v1.Registry` service.
 #[derive(Clone)]
@@ -368,6 +368,22 @@ impl RegistryService {
     }
 }
 
+/// Runs `handler` with what every RPC gets: a request id, one log line
+/// and the request metrics (see [`observe`]).
+async fn observed<T, R, F>(
+    rpc: &'static str,
+    request: Request<T>,
+    handler: impl FnOnce(Request<T>) -> F,
+) -> Result<Response<R>, Status>
+where
+    F: std::future::Future<Output = Result<Response<R>, Status>>,
+{
+    let observed = observe::Observed::begin(rpc, &request);
+    let result = handler(request).await;
+    observed.finish(&result);
+    result
+}
+
 #[tonic::async_trait]
 impl pb::registry_server::Registry for RegistryService {
     type GetArtifactStream = ArtifactStream;
@@ -377,149 +393,110 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        let observed = observe::Observed::begin("Publish", &request);
-        let result = self.publish_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("Publish", request, |r| self.publish_inner(r)).await
     }
 
     async fn get_artifact(
         &self,
         request: Request<pb::GetArtifactRequest>,
     ) -> Result<Response<Self::GetArtifactStream>, Status> {
-        let observed = observe::Observed::begin("GetArtifact", &request);
-        let result = self.get_artifact_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("GetArtifact", request, |r| self.get_artifact_inner(r)).await
     }
 
     async fn stat_artifact(
         &self,
         request: Request<pb::StatArtifactRequest>,
     ) -> Result<Response<pb::Artifact>, Status> {
-        let observed = observe::Observed::begin("StatArtifact", &request);
-        let result = self.stat_artifact_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("StatArtifact", request, |r| self.stat_artifact_inner(r)).await
     }
 
     async fn list_artifacts(
         &self,
         request: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
-        let observed = observe::Observed::begin("ListArtifacts", &request);
-        let result = self.list_artifacts_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("ListArtifacts", request, |r| self.list_artifacts_inner(r)).await
     }
 
     async fn pin(
         &self,
         request: Request<pb::PinRequest>,
     ) -> Result<Response<pb::PinResponse>, Status> {
-        let observed = observe::Observed::begin("Pin", &request);
-        let result = self.pin_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("Pin", request, |r| self.pin_inner(r)).await
     }
 
     async fn resolve(
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
-        let observed = observe::Observed::begin("Resolve", &request);
-        let result = self.resolve_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("Resolve", request, |r| self.resolve_inner(r)).await
     }
 
     async fn history(
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        let observed = observe::Observed::begin("History", &request);
-        let result = self.history_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("History", request, |r| self.history_inner(r)).await
     }
 
     async fn get_checkpoint(
         &self,
         request: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::Checkpoint>, Status> {
-        let observed = observe::Observed::begin("GetCheckpoint", &request);
-        let result = self.get_checkpoint_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("GetCheckpoint", request, |r| self.get_checkpoint_inner(r)).await
     }
 
     async fn get_entry(
         &self,
         request: Request<pb::GetEntryRequest>,
     ) -> Result<Response<pb::LogEntry>, Status> {
-        let observed = observe::Observed::begin("GetEntry", &request);
-        let result = self.get_entry_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("GetEntry", request, |r| self.get_entry_inner(r)).await
     }
 
     async fn list_entries(
         &self,
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<Self::ListEntriesStream>, Status> {
-        let observed = observe::Observed::begin("ListEntries", &request);
-        let result = self.list_entries_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("ListEntries", request, |r| self.list_entries_inner(r)).await
     }
 
     async fn get_inclusion_proof(
         &self,
         request: Request<pb::GetInclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProof>, Status> {
-        let observed = observe::Observed::begin("GetInclusionProof", &request);
-        let result = self.get_inclusion_proof_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("GetInclusionProof", request, |r| {
+            self.get_inclusion_proof_inner(r)
+        })
+        .await
     }
 
     async fn get_consistency_proof(
         &self,
         request: Request<pb::GetConsistencyProofRequest>,
     ) -> Result<Response<pb::ConsistencyProof>, Status> {
-        let observed = observe::Observed::begin("GetConsistencyProof", &request);
-        let result = self.get_consistency_proof_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("GetConsistencyProof", request, |r| {
+            self.get_consistency_proof_inner(r)
+        })
+        .await
     }
 
     async fn add_key(
         &self,
         request: Request<pb::AddKeyRequest>,
     ) -> Result<Response<pb::PublisherKey>, Status> {
-        let observed = observe::Observed::begin("AddKey", &request);
-        let result = self.add_key_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("AddKey", request, |r| self.add_key_inner(r)).await
     }
 
     async fn revoke_key(
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::PublisherKey>, Status> {
-        let observed = observe::Observed::begin("RevokeKey", &request);
-        let result = self.revoke_key_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("RevokeKey", request, |r| self.revoke_key_inner(r)).await
     }
 
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let observed = observe::Observed::begin("ListKeys", &request);
-        let result = self.list_keys_inner(request).await;
-        observed.finish(&result);
-        result
+        observed("ListKeys", request, |r| self.list_keys_inner(r)).await
     }
 }

@@ -1,0 +1,38 @@
+//! Every default of the registry, said once: the settings (`config`), the
+//! flags' help, the example configuration, the state machine's limits and
+//! the transport options all read them from here.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+pub use stackpin_core::defaults::{CHUNK_BYTES, CLOCK_SKEW, MAX_MESSAGE_BYTES, PORT};
+
+/// The data folder of the embedded default (object storage and index).
+pub const DATA_DIR: &str = "stackpin-data";
+
+/// The address of the embedded default: loopback only.
+pub const LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), PORT);
+
+/// How long one storage call may take.
+pub const STORAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a replica looks for other replicas' log entries.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Most writes committed as one log object.
+pub const MAX_BATCH: usize = 256;
+
+/// Largest artifact accepted: 64 MiB.
+pub const MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Margin around a switch within which resolve names both candidates.
+pub const BOUNDARY_MARGIN: Duration = Duration::from_secs(2);
+
+/// Deadline of one request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Concurrent requests (HTTP/2 streams) per connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
