@@ -4,31 +4,28 @@
 //!
 //! # Layout
 //!
+//! The values and rules of the log (ids, digests, time, positions,
+//! signing, merkle, notes, proofs, entries, storage layout, `state::apply`,
+//! the audit) are `stackpin-core`'s, re-exported here under their old
+//! names. This crate adds what needs storage, an index or a network:
+//!
 //! | module | responsibility |
 //! |---|---|
-//! | [`digest`] | the `sha256:<hex>` content address |
-//! | [`ids`] | release ids, environment names, reasons: parsed once, safe everywhere |
-//! | [`time`] | microsecond UTC instants, RFC 3339, the injectable clock |
-//! | [`signing`] | Ed25519 keys, DSSE envelopes, in-toto statements |
-//! | [`auth`] | bearer tokens and client certificates mapped to roles |
-//! | [`audit`] | the offline audit of a whole log |
-//! | [`blobs`] | artifact bytes on object storage, verified on read |
-//! | [`log`] | append-only entries on object storage (write-once per index) |
-//! | [`merkle`] | RFC 6962 / 9162 Merkle tree hashing and proofs |
+//! | [`registry`] | the `Registry`: opening and recovery, publish, pin, keys, resolve, proofs, checkpoints |
+//! | [`committer`] | group commit: the one task that appends to the log, through `state::apply` |
 //! | [`index`] | the sled index derived from the log, rebuildable |
-//! | [`timeline`] | activation ordering and resolve-at-time rules |
-//! | [`note`] | C2SP signed notes and tlog checkpoints: the log's signature |
-//! | [`position`] | database positions (PostgreSQL LSN, restore point, Litestream TXID) |
-//! | [`proof`] | offline verification of answers; the `.tlog-proof` file |
-//! | [`committer`] | group commit: the one task that appends to the log |
+//! | [`records`] | the artifact and pin records answers carry |
+//! | [`timeline`] | resolve-at-time rules |
+//! | [`blobs`] | artifact bytes on object storage, verified on read |
+//! | [`log`] | log objects on object storage (write-once per index) |
 //! | [`storage`] | choosing the object store by URL (file, s3, memory) |
-//! | [`health`] | grpc.health.v1: SERVING only while storage answers |
+//! | [`auth`] | bearer tokens and client certificates mapped to roles |
+//! | [`health`] | grpc.health.v1: SERVING only while storage answers and the committer runs |
 //! | [`observe`] | Prometheus metrics and one log line per request |
-//! | [`registry`] | the state machine tying the above together |
 //! | [`service`] | the tonic service: the only module that sees proto types |
-//! | [`config`] | server settings and their sources |
-//! | [`server`] | `run(listener, shutdown)` |
-//! | [`error`] | the one error type and its kinds |
+//! | [`config`], [`defaults`] | server settings and their sources; every default |
+//! | [`server`] | `run(listener, registry, options, shutdown)` |
+//! | [`error`] | the error type: the core's kinds, plus storage and index failures |
 //!
 //! Object storage is the source of truth; the index is a cache of it.
 
