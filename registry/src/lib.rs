@@ -34,18 +34,18 @@ pub use stackpin_core::{audit, digest, ids, merkle, note, position, proof, signi
 pub mod auth;
 pub mod blobs;
 pub(crate) mod blocking;
-pub mod committer;
+pub(crate) mod committer;
 pub mod config;
 pub mod defaults;
 pub mod error;
-pub mod health;
+pub(crate) mod health;
 pub mod index;
 pub mod log;
-pub mod observe;
+pub(crate) mod observe;
 pub mod records;
 pub mod registry;
 pub mod server;
-pub mod service;
+pub(crate) mod service;
 pub mod storage;
 pub mod timeline;
 
