@@ -72,6 +72,12 @@ struct Cli {
 /// Runs the `stackpin` command line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    run(cmd::dispatch(&cli))
+}
+
+/// Runs a command on a single-threaded runtime and turns its outcome into
+/// the process's exit code (printing the failure first).
+pub fn run(command: impl std::future::Future<Output = exit::Outcome>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -82,7 +88,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match runtime.block_on(cmd::dispatch(&cli)) {
+    match runtime.block_on(command) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(failure) => {
             eprintln!("error: {:#}", failure.error);

@@ -1,7 +1,16 @@
 //! Work that can take more than a few microseconds (sled batches, pread and
-//! pwrite of the index files, fsync, hashing a whole artifact) runs on
-//! tokio's blocking pool, so that it never stalls the runtime threads that
-//! serve every other request.
+//! pwrite of the index files, fsync, hashing a whole artifact) runs off the
+//! runtime threads, so that it never stalls the ones serving every other
+//! request.
+//!
+//! Index writes go to one dedicated thread (the committer serializes them
+//! anyway): the same thread every time keeps sled's pages and the
+//! allocator's arena hot, which tokio's blocking pool, handing each call
+//! to whichever thread is idle, does not (a rebuild through the pool took
+//! about 1.4 times as long). Other long work uses the blocking pool.
+
+use std::sync::OnceLock;
+use std::sync::mpsc;
 
 use crate::error::{Error, Result};
 
@@ -15,4 +24,50 @@ pub async fn run<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::internal(format!("blocking work failed: {e}")))?
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The index writer thread's queue, started at first use.
+fn writer() -> Option<&'static mpsc::Sender<Job>> {
+    static WRITER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    WRITER
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("index-writer".into())
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
+}
+
+/// Runs `work` (an index write) on the index writer thread and waits for
+/// it.
+///
+/// # Errors
+/// What `work` returns; Internal when the thread cannot be started or the
+/// work panicked.
+pub async fn on_index_writer<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        let _ = tx.send(result);
+    });
+    writer()
+        .ok_or_else(|| Error::internal("the index writer thread could not be started"))?
+        .send(job)
+        .map_err(|_| Error::internal("the index writer thread has stopped"))?;
+    match rx.await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(Error::internal("an index write panicked")),
+        Err(_) => Err(Error::internal("the index writer dropped a write")),
+    }
 }

@@ -108,7 +108,8 @@ async fn apply(
     skip: usize,
 ) -> Result<()> {
     let (index, rules) = (index.clone(), rules.clone());
-    crate::blocking::run(move || index.apply_object(&rules, start, &entries, skip)).await
+    crate::blocking::on_index_writer(move || index.apply_object(&rules, start, &entries, skip))
+        .await
 }
 
 /// The committer loop: batches up to `max_batch` writes, tails the log

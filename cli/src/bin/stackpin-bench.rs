@@ -755,21 +755,5 @@ struct Cli {
 fn main() -> std::process::ExitCode {
     use clap::Parser as _;
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            return std::process::ExitCode::from(stackpin_cli::exit::FAILURE);
-        }
-    };
-    match runtime.block_on(run(&cli.args, &cli.connection, cli.output)) {
-        Ok(()) => std::process::ExitCode::from(stackpin_cli::exit::OK),
-        Err(failure) => {
-            eprintln!("error: {:#}", failure.error);
-            std::process::ExitCode::from(failure.code)
-        }
-    }
+    stackpin_cli::run(run(&cli.args, &cli.connection, cli.output))
 }

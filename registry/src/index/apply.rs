@@ -2,6 +2,8 @@
 //! [`stackpin_core::state::apply`] (over the index plus the entries before
 //! it in the same object) and what it changes becomes one sled batch.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use sled::Batch;
@@ -18,7 +20,7 @@ use stackpin_core::layout;
 use stackpin_core::state::{Applied, Change, Overlay, Refused, Release, Rules, State};
 
 /// Places written by entries staged earlier in the same batch, which the
-/// tree does not show yet (the rule state of those entries is the
+/// tree does not show yet, and of the releases the rules looked up (the rule state of those entries is the
 /// overlay's, see [`Index::apply_object`]).
 #[derive(Default)]
 pub(super) struct Pending {
@@ -60,13 +62,23 @@ impl Index {
         let mut batch = Batch::default();
         let mut pending = Pending::default();
         let mut staged = self.files.appender(applied)?;
-        let mut state = Overlay::new(self);
+        let base = Reading {
+            index: self,
+            places: RefCell::new(HashMap::new()),
+        };
+        let mut state = Overlay::new(&base);
         for (i, bytes) in entries.iter().enumerate().skip(skip) {
             let index = start + i as u64;
             let accepted = state
                 .apply(rules, index, bytes)
                 .map_err(|refused| refused_in_log(refused, index))?;
             let object = (i == 0).then_some((count, size));
+            // The rules just read where the pinned release is published.
+            if let Entry::Pin(p) = &accepted.entry
+                && let Some(at) = base.places.borrow().get(&p.release_id)
+            {
+                pending.releases.entry(p.release_id.clone()).or_insert(*at);
+            }
             self.stage(
                 &mut batch,
                 &mut pending,
@@ -213,14 +225,10 @@ impl Index {
 /// block, read whole, so they cost one file read instead of five. A
 /// request names a few entries; the reader keeps the last few blocks.
 /// The index is the rule state of the log it has applied.
-impl State for Index {
-    type Error = Error;
-
-    fn env_head(&self, env: &EnvName) -> Result<Option<EnvHead>> {
-        Index::env_head(self, env)
-    }
-
-    fn release(&self, release_id: &ReleaseId) -> Result<Option<Release>> {
+impl Index {
+    /// The publish that bound `release_id`: where its entry is and the
+    /// digest it binds (one `r/` read).
+    fn release_record(&self, release_id: &ReleaseId) -> Result<Option<(EntryAt, Digest)>> {
         let Some(v) = self.tree.get(format!("r/{release_id}"))? else {
             return Ok(None);
         };
@@ -233,14 +241,60 @@ impl State for Index {
                     "index holds a short release record for {release_id}"
                 ))
             })?;
-        Ok(Some(Release {
-            index: at.index,
-            digest: Digest::from_bytes(digest),
-        }))
+        Ok(Some((at, Digest::from_bytes(digest))))
+    }
+}
+
+/// The index is the rule state of the log it has applied.
+impl State for Index {
+    type Error = Error;
+
+    fn env_head(&self, env: &EnvName) -> Result<Option<EnvHead>> {
+        Index::env_head(self, env)
+    }
+
+    fn release(&self, release_id: &ReleaseId) -> Result<Option<Release>> {
+        Ok(self
+            .release_record(release_id)?
+            .map(|(at, digest)| Release {
+                index: at.index,
+                digest,
+            }))
     }
 
     fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>> {
         Index::key(self, key_id)
+    }
+}
+
+/// The index as the base state of one object being applied: it remembers
+/// where the releases it looked up are published, so that staging a pin
+/// does not read the `r/` key the rules just read.
+struct Reading<'a> {
+    index: &'a Index,
+    places: RefCell<HashMap<ReleaseId, EntryAt>>,
+}
+
+impl State for Reading<'_> {
+    type Error = Error;
+
+    fn env_head(&self, env: &EnvName) -> Result<Option<EnvHead>> {
+        self.index.env_head(env)
+    }
+
+    fn release(&self, release_id: &ReleaseId) -> Result<Option<Release>> {
+        let Some((at, digest)) = self.index.release_record(release_id)? else {
+            return Ok(None);
+        };
+        self.places.borrow_mut().insert(release_id.clone(), at);
+        Ok(Some(Release {
+            index: at.index,
+            digest,
+        }))
+    }
+
+    fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>> {
+        self.index.key(key_id)
     }
 }
 
