@@ -193,6 +193,7 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
         };
         let mut view = View::new(index);
         let mut entries: Vec<Bytes> = Vec::new();
+        let mut accepted = Vec::new();
         let mut owners: Vec<(Build, Reply)> = Vec::new();
         // Answers decided against this batch's state (a repeat of, or a
         // conflict with, an entry ahead in the batch) are held back until
@@ -203,9 +204,12 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
                 Ok(Some(entry)) => {
                     let bytes = entry.to_bytes();
                     let at = start + entries.len() as u64;
-                    if let Err(refused) = view.apply(rules, at, &bytes) {
-                        decided.push((build, reply, Err(refused_request(refused))));
-                        continue;
+                    match view.apply(rules, at, &bytes) {
+                        Ok(applied) => accepted.push(applied),
+                        Err(refused) => {
+                            decided.push((build, reply, Err(refused_request(refused))));
+                            continue;
+                        }
                     }
                     entries.push(bytes);
                     owners.push((build, reply));
@@ -245,7 +249,13 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
             pending = rerun.collect();
             continue;
         }
-        if let Err(e) = apply(index, rules, start, entries, 0).await {
+        // The entries were applied by the rules over this index just now;
+        // writing them does not decide again.
+        let writing = index.clone();
+        let write = crate::blocking::on_index_writer(move || {
+            writing.apply_accepted(start, &entries, &accepted)
+        });
+        if let Err(e) = write.await {
             fail_all(owners, &e);
             return fail_all(decided.into_iter().map(|(b, r, _)| (b, r)).collect(), &e);
         }

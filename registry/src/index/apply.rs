@@ -91,6 +91,52 @@ impl Index {
         self.commit(batch, &staged, start + count)
     }
 
+    /// Writes a log object whose entries the committer has just applied
+    /// by the rules over this index (`accepted`, one per entry, in order):
+    /// the same decision is not taken twice (a publish's signature is not
+    /// verified again).
+    ///
+    /// # Errors
+    /// Internal on index failure, or when `accepted` does not match.
+    pub fn apply_accepted(
+        &self,
+        start: u64,
+        entries: &[bytes::Bytes],
+        accepted: &[Applied],
+    ) -> Result<()> {
+        let applied = self.applied()?;
+        if start != applied || accepted.len() != entries.len() {
+            return Err(Error::internal(format!(
+                "index expected log entry {applied} next, was given {start} ({} entries, {} accepted)",
+                entries.len(),
+                accepted.len()
+            )));
+        }
+        let (count, size) = (entries.len() as u64, layout::object_size(entries));
+        let mut batch = Batch::default();
+        let mut pending = Pending::default();
+        let mut staged = self.files.appender(applied)?;
+        for (i, (bytes, accepted)) in entries.iter().zip(accepted).enumerate() {
+            if accepted.index != start + i as u64 {
+                return Err(Error::internal(format!(
+                    "entry {} was accepted as entry {}",
+                    start + i as u64,
+                    accepted.index
+                )));
+            }
+            let object = (i == 0).then_some((count, size));
+            self.stage(
+                &mut batch,
+                &mut pending,
+                &mut staged,
+                accepted,
+                bytes,
+                object,
+            )?;
+        }
+        self.commit(batch, &staged, start + count)
+    }
+
     /// Writes the flat files, then applies the batch that makes their
     /// entries count, then lets readers see them.
     pub(super) fn commit(
