@@ -61,14 +61,32 @@ fn saved_path(dir: &Path, origin: &str) -> PathBuf {
     dir.join("checkpoints").join(format!("{name}.checkpoint"))
 }
 
-fn hashes(list: &[bytes::Bytes]) -> Outcome<Vec<Hash>> {
+/// The hashes of a proof as sent on the wire; `what` names the proof in
+/// the error.
+pub(crate) fn hashes(list: &[bytes::Bytes], what: &str) -> Outcome<Vec<Hash>> {
     list.iter()
         .map(|h| {
-            h.as_ref()
-                .try_into()
-                .map_err(|_| Failure::verify("the registry sent a proof hash that is not 32 bytes"))
+            Hash::from_slice(h).ok_or_else(|| {
+                Failure::verify(format!("a proof hash of the {what} is not 32 bytes"))
+            })
         })
         .collect()
+}
+
+/// Fetches the registry's current checkpoint and accepts it as
+/// [`accept_checkpoint`] does; also returns the note as sent.
+pub async fn latest_checkpoint(
+    client: &mut crate::client::Client,
+    log_key: &NoteVerifier,
+    state: Option<&Path>,
+) -> Outcome<(Checkpoint, String)> {
+    let note = client
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner()
+        .note;
+    let cp = accept_checkpoint(client, &note, log_key, state).await?;
+    Ok((cp, note))
 }
 
 /// Verifies a checkpoint note from the registry against the log key and
@@ -121,7 +139,7 @@ pub async fn accept_checkpoint(
                 })
                 .await?
                 .into_inner();
-            let proof = hashes(&proof.hashes)?;
+            let proof = hashes(&proof.hashes, "consistency proof")?;
             merkle::verify_consistency(small.size, large.size, &small.root, &large.root, &proof)
                 .map_err(|e| {
                     forked(format!(

@@ -6,9 +6,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::ids::{EnvName, ReleaseId};
+use crate::ids::ReleaseId;
+use crate::merkle::Hash;
 use crate::signing::KeyId;
 use crate::time::Timestamp;
+use stackpin_core::entry::PinEntry;
 
 /// A published artifact, as the index keeps it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,21 +25,11 @@ pub struct ArtifactRecord {
     pub envelope: serde_json::Value,
 }
 
-/// A pin, as the index keeps it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A pin: its log entry as written, and where it sits in the log.
+#[derive(Clone, Debug, PartialEq)]
 pub struct PinRecord {
-    pub env: EnvName,
-    pub seq: u64,
-    pub release_id: ReleaseId,
-    pub digest: Digest,
-    pub activated_at: Timestamp,
-    pub recorded_at: Timestamp,
-    pub actor: String,
-    pub reason: String,
+    pub entry: PinEntry,
     pub log_index: u64,
-    /// Leaf hash (hex) of this pin's entry.
-    pub entry_hash: String,
-    pub prev_pin: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub db_position: Option<crate::position::DbPosition>,
+    /// Leaf hash of this pin's entry: the next pin's `prev_pin`.
+    pub entry_hash: Hash,
 }

@@ -59,7 +59,7 @@ pub struct Resolution {
 /// Whether `at` is within `margin` of the start of `pin`'s interval (only
 /// then does [`near_switch`] look at the previous pin).
 pub fn near_start(at: Timestamp, pin: &PinRecord, margin: Duration) -> bool {
-    at.as_micros() - pin.activated_at.as_micros() <= micros(margin)
+    at.as_micros() - pin.entry.activated_at.as_micros() <= micros(margin)
 }
 
 /// The switch nearest `at` within `margin`, given the live pin and its
@@ -72,8 +72,8 @@ pub fn near_switch(
     margin: Duration,
 ) -> Option<Boundary> {
     let margin = micros(margin);
-    let since_start = at.as_micros() - pin.activated_at.as_micros();
-    let until_end = next.map(|n| n.activated_at.as_micros() - at.as_micros());
+    let since_start = at.as_micros() - pin.entry.activated_at.as_micros();
+    let until_end = next.map(|n| n.entry.activated_at.as_micros() - at.as_micros());
     let start = prev
         .filter(|_| since_start <= margin)
         .map(|p| (since_start, p, pin));
@@ -115,18 +115,21 @@ mod tests {
 
     fn pin(seq: u64, at: Timestamp) -> PinRecord {
         PinRecord {
-            env: "prod".parse().unwrap(),
-            seq,
-            release_id: format!("r{seq}").parse().unwrap(),
-            digest: crate::digest::Digest::of(&seq.to_be_bytes()),
-            activated_at: at,
-            recorded_at: at,
-            actor: "anonymous".into(),
-            reason: String::new(),
+            entry: stackpin_core::entry::PinEntry {
+                env: "prod".parse().unwrap(),
+                seq,
+                release_id: format!("r{seq}").parse().unwrap(),
+                digest: crate::digest::Digest::of(&seq.to_be_bytes()),
+                activated_at: at,
+                recorded_at: at,
+                actor: "anonymous".into(),
+                reason: String::new(),
+                prev_pin: None,
+                db_position: None,
+                request_id: None,
+            },
             log_index: seq,
-            entry_hash: String::new(),
-            prev_pin: None,
-            db_position: None,
+            entry_hash: crate::merkle::Hash::from_bytes([0; 32]),
         }
     }
 
@@ -134,7 +137,7 @@ mod tests {
         EnvHead {
             seq,
             activated_at: at,
-            entry_hash: String::new(),
+            entry_hash: crate::merkle::Hash::from_bytes([0; 32]),
             last_lsn: None,
             last_txid: None,
         }
@@ -160,13 +163,13 @@ mod tests {
         // Just after b's start: the a->b switch.
         let s = near_switch(t(201), Some(&a), &b, Some(&c), m).unwrap();
         assert_eq!(
-            (s.before.seq, s.after.seq, s.offset_micros),
+            (s.before.entry.seq, s.after.entry.seq, s.offset_micros),
             (1, 2, 1_000_000)
         );
         // Just before c's start: the b->c switch, negative offset.
         let s = near_switch(t(299), Some(&a), &b, Some(&c), m).unwrap();
         assert_eq!(
-            (s.before.seq, s.after.seq, s.offset_micros),
+            (s.before.entry.seq, s.after.entry.seq, s.offset_micros),
             (2, 3, -1_000_000)
         );
         // Middle of the interval, and the first pin's start (no switch there).

@@ -103,7 +103,7 @@ impl Fixture {
             .registry
             .pin(&env, &what, at, None, &Reason::default(), "tester")
             .await?;
-        Ok(p.seq)
+        Ok(p.entry.seq)
     }
 
     async fn object_count(&self) -> usize {
@@ -353,14 +353,17 @@ async fn pins_are_contiguous_chained_and_never_go_back_in_time() {
     assert_eq!(f.pin("prod", "r2", None).await.unwrap(), 4);
     let env: EnvName = "prod".parse().unwrap();
     let page = f.registry.history(&env, &HistoryQuery::default()).unwrap();
-    let seqs: Vec<u64> = page.pins.iter().map(|p| p.seq).collect();
+    let seqs: Vec<u64> = page.pins.iter().map(|p| p.entry.seq).collect();
     assert_eq!(seqs, vec![4, 3, 2, 1]);
-    assert_eq!(page.pins[0].activated_at, f.clock.now());
-    assert_eq!(page.pins[3].prev_pin, None);
+    assert_eq!(page.pins[0].entry.activated_at, f.clock.now());
+    assert_eq!(page.pins[3].entry.prev_pin, None);
     for w in page.pins.windows(2) {
-        assert_eq!(w[0].prev_pin.as_deref(), Some(w[1].entry_hash.as_str()));
+        assert_eq!(
+            w[0].entry.prev_pin.as_deref(),
+            Some(w[1].entry_hash.hex().as_str())
+        );
     }
-    assert!(page.pins.iter().all(|p| p.actor == "tester"));
+    assert!(page.pins.iter().all(|p| p.entry.actor == "tester"));
 }
 
 #[tokio::test]
@@ -384,25 +387,31 @@ async fn resolve_answers_intervals_boundaries_and_before_the_first_pin() {
     assert_eq!(err.kind(), Kind::NotFound);
 
     let r = f.registry.resolve(&env, t(100), None).unwrap();
-    assert_eq!((r.pin.seq, r.next.as_ref().map(|n| n.seq)), (1, Some(2)));
+    assert_eq!(
+        (r.pin.entry.seq, r.next.as_ref().map(|n| n.entry.seq)),
+        (1, Some(2))
+    );
     assert!(
         r.near_switch.is_none(),
         "the first pin's start is no switch"
     );
     let r = f.registry.resolve(&env, t(150), None).unwrap();
-    assert_eq!(r.pin.release_id.as_str(), "r1");
-    assert_eq!(r.next.unwrap().activated_at, t(200));
+    assert_eq!(r.pin.entry.release_id.as_str(), "r1");
+    assert_eq!(r.next.unwrap().entry.activated_at, t(200));
     let r = f.registry.resolve(&env, t(200), None).unwrap();
-    assert_eq!(r.pin.release_id.as_str(), "r2");
+    assert_eq!(r.pin.entry.release_id.as_str(), "r2");
     let b = r.near_switch.unwrap();
-    assert_eq!((b.before.seq, b.after.seq, b.offset_micros), (1, 2, 0));
+    assert_eq!(
+        (b.before.entry.seq, b.after.entry.seq, b.offset_micros),
+        (1, 2, 0)
+    );
     let r = f
         .registry
         .resolve(&env, t(199), Some(Duration::from_millis(500)))
         .unwrap();
     assert!(r.near_switch.is_none(), "outside a narrower margin");
     let r = f.registry.resolve(&env, t(10_000), None).unwrap();
-    assert_eq!((r.pin.seq, r.next), (3, None));
+    assert_eq!((r.pin.entry.seq, r.next), (3, None));
 }
 
 #[tokio::test]
@@ -424,7 +433,7 @@ async fn history_pages_with_before_and_since() {
     let seqs = |q: HistoryQuery| {
         let page = f.registry.history(&env, &q).unwrap();
         (
-            page.pins.iter().map(|p| p.seq).collect::<Vec<_>>(),
+            page.pins.iter().map(|p| p.entry.seq).collect::<Vec<_>>(),
             page.next,
         )
     };
@@ -528,9 +537,9 @@ proptest! {
                     None => prop_assert_eq!(got.unwrap_err().kind(), Kind::NotFound),
                     Some(i) => {
                         let r = got.unwrap();
-                        prop_assert_eq!(r.pin.seq, i as u64 + 1);
-                        prop_assert_eq!(r.pin.activated_at, t(times[i]));
-                        prop_assert_eq!(r.next.as_ref().map(|n| n.activated_at), times.get(i + 1).map(|x| t(*x)));
+                        prop_assert_eq!(r.pin.entry.seq, i as u64 + 1);
+                        prop_assert_eq!(r.pin.entry.activated_at, t(times[i]));
+                        prop_assert_eq!(r.next.as_ref().map(|n| n.entry.activated_at), times.get(i + 1).map(|x| t(*x)));
                         let near_start = i > 0 && q - times[i] <= margin;
                         let near_end = times.get(i + 1).is_some_and(|n| n - q <= margin);
                         prop_assert_eq!(r.near_switch.is_some(), near_start || near_end);
@@ -778,11 +787,14 @@ async fn concurrent_writes_are_group_committed_and_stay_consistent() {
                 },
             )
             .unwrap();
-        let seqs: Vec<u64> = page.pins.iter().rev().map(|p| p.seq).collect();
+        let seqs: Vec<u64> = page.pins.iter().rev().map(|p| p.entry.seq).collect();
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
         for w in page.pins.windows(2) {
-            assert_eq!(w[0].prev_pin.as_deref(), Some(w[1].entry_hash.as_str()));
-            assert!(w[0].activated_at >= w[1].activated_at);
+            assert_eq!(
+                w[0].entry.prev_pin.as_deref(),
+                Some(w[1].entry_hash.hex().as_str())
+            );
+            assert!(w[0].entry.activated_at >= w[1].entry.activated_at);
         }
     }
     // A fresh index rebuilt from the stored objects answers the same. (That

@@ -93,23 +93,23 @@ fn resolve_follows_history(registry: &Registry, env: &str) {
     for p in &pins {
         let live = pins
             .iter()
-            .rposition(|q| q.activated_at <= p.activated_at)
+            .rposition(|q| q.entry.activated_at <= p.entry.activated_at)
             .unwrap();
         let r = registry
-            .resolve(&env, p.activated_at, Some(Duration::ZERO))
+            .resolve(&env, p.entry.activated_at, Some(Duration::ZERO))
             .unwrap();
-        assert_eq!(r.pin.seq, pins[live].seq);
+        assert_eq!(r.pin.entry.seq, pins[live].entry.seq);
         assert_eq!(
-            r.next.map(|n| n.seq),
-            pins.get(live + 1).map(|n| n.seq),
+            r.next.map(|n| n.entry.seq),
+            pins.get(live + 1).map(|n| n.entry.seq),
             "successor of pin #{}",
-            r.pin.seq
+            r.pin.entry.seq
         );
         assert_eq!(
-            r.near_switch.map(|b| b.before.seq),
-            live.checked_sub(1).map(|before| pins[before].seq),
+            r.near_switch.map(|b| b.before.entry.seq),
+            live.checked_sub(1).map(|before| pins[before].entry.seq),
             "predecessor of pin #{}",
-            r.pin.seq
+            r.pin.entry.seq
         );
     }
 }
@@ -143,7 +143,7 @@ async fn concurrent_pins_share_log_objects_on_slow_storage() {
         let page = registry
             .history(&env.parse().unwrap(), &HistoryQuery::default())
             .unwrap();
-        let seqs: Vec<u64> = page.pins.iter().rev().map(|p| p.seq).collect();
+        let seqs: Vec<u64> = page.pins.iter().rev().map(|p| p.entry.seq).collect();
         assert_eq!(seqs, (1..=16).collect::<Vec<_>>());
         resolve_follows_history(&registry, env);
     }

@@ -139,7 +139,7 @@ async fn a_registry_works_and_rebuilds_on_it(store: Arc<dyn ObjectStore>) {
         margin: None,
     };
     let proved = registry.resolve_proved(&prod, &query, true).await.unwrap();
-    assert_eq!(proved.resolution.pin.release_id, rid);
+    assert_eq!(proved.resolution.pin.entry.release_id, rid);
     let again = open().await.unwrap();
     assert_eq!(
         again.checkpoint().unwrap().root,

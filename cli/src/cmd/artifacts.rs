@@ -256,15 +256,7 @@ fn check_covers(query: &ResolveArgs, v: &Verified) -> Outcome {
 
 fn proved_entry(what: &str, e: Option<pb::ProvedEntry>) -> Outcome<ProvedEntry> {
     let e = e.ok_or_else(|| Failure::verify(format!("the registry sent no {what}")))?;
-    let proof = e
-        .proof
-        .iter()
-        .map(|h| {
-            h.as_ref()
-                .try_into()
-                .map_err(|_| Failure::verify(format!("a proof hash of the {what} is not 32 bytes")))
-        })
-        .collect::<Outcome<Vec<_>>>()?;
+    let proof = crate::trust::hashes(&e.proof, what)?;
     Ok(ProvedEntry {
         index: e.index,
         entry: e.entry,

@@ -41,16 +41,11 @@ pub async fn checkpoint(
 ) -> Outcome {
     let log_key = crate::trust::log_key(&args.log_key)?;
     let mut client = crate::client::connect(server).await?;
-    let note = client
-        .get_checkpoint(pb::GetCheckpointRequest {})
-        .await?
-        .into_inner()
-        .note;
-    let cp = crate::trust::accept_checkpoint(&mut client, &note, &log_key, state).await?;
+    let (cp, note) = crate::trust::latest_checkpoint(&mut client, &log_key, state).await?;
     let view = CheckpointView {
         origin: cp.origin,
         size: cp.size,
-        root: hex::encode(cp.root),
+        root: cp.root.hex(),
         note,
     };
     format.emit(&view, || {
@@ -286,12 +281,7 @@ async fn audit_server(
     progress: &mut Progress,
 ) -> Outcome {
     let mut client = crate::client::connect(server).await?;
-    let note = client
-        .get_checkpoint(pb::GetCheckpointRequest {})
-        .await?
-        .into_inner()
-        .note;
-    let cp = crate::trust::accept_checkpoint(&mut client, &note, log_key, state).await?;
+    let (cp, note) = crate::trust::latest_checkpoint(&mut client, log_key, state).await?;
     let mut next = 0;
     while next < cp.size {
         let mut stream = client

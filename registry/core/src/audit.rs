@@ -18,7 +18,7 @@ use crate::digest::Digest;
 use crate::entry::Entry;
 use crate::ids::ReleaseId;
 use crate::layout;
-use crate::merkle::{self, MemoryTree};
+use crate::merkle::{self, Hash, MemoryTree};
 use crate::note::{Checkpoint, NoteVerifier};
 use crate::signing::{KeyId, TrustedKeys};
 use crate::state::{self, Applied, Empty, Overlay, Refused, Rules, State as _};
@@ -137,7 +137,7 @@ impl Audit {
     pub fn unreadable(&mut self, index: u64, why: &str) {
         self.fail(Class::Log, format!("entry {index}: {why}"));
         if index == self.tree.len() {
-            self.tree.push([0; 32]);
+            self.tree.push(Hash::from_bytes([0; 32]));
             self.report.entries += 1;
         }
     }
@@ -167,7 +167,7 @@ impl Audit {
                 ),
             );
             for _ in expected..start {
-                self.tree.push([0; 32]);
+                self.tree.push(Hash::from_bytes([0; 32]));
                 self.report.entries += 1;
             }
         }

@@ -30,32 +30,112 @@ use std::fmt;
 
 use sha2::{Digest as _, Sha256};
 
-/// A SHA-256 tree hash.
-pub type Hash = [u8; 32];
+/// A SHA-256 tree hash: a leaf, an interior node or a root.
+///
+/// A value of its own rather than a bare `[u8; 32]`, so a tree hash cannot be
+/// mistaken for an artifact digest or a key, and so its text form (lowercase
+/// hex, as in entries and the index) is spelled in one place.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hash([u8; 32]);
+
+impl Hash {
+    /// The hash with these bytes.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The hash in `bytes`, `None` unless it is exactly 32 bytes long.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// The raw bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lowercase hex, the spelling used in log entries (`prev_pin`).
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parses 64 hex digits.
+    ///
+    /// # Errors
+    /// When `text` is not 64 hex digits.
+    pub fn from_hex(text: &str) -> Result<Self, String> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text, &mut out)
+            .map_err(|_| format!("{text:?} is not a hash (64 hex digits)"))?;
+        Ok(Self(out))
+    }
+}
+
+impl AsRef<[u8]> for Hash {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<[u8; 32]> for Hash {
+    fn from(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", self.hex())
+    }
+}
+
+/// Serialized as its hex text, as the index has always stored it.
+impl serde::Serialize for Hash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Hash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::from_hex(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
+}
 
 /// The RFC 6962 root of the empty tree: `SHA-256("")`.
-pub const EMPTY_ROOT: Hash = [
+pub const EMPTY_ROOT: Hash = Hash([
     0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
     0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
-];
+]);
 
 /// The hash of a log entry: `SHA-256(0x00 || entry)`.
 pub fn leaf_hash(entry: &[u8]) -> Hash {
-    Sha256::new()
-        .chain_update([0x00])
-        .chain_update(entry)
-        .finalize()
-        .into()
+    Hash(
+        Sha256::new()
+            .chain_update([0x00])
+            .chain_update(entry)
+            .finalize()
+            .into(),
+    )
 }
 
 /// The hash of an interior node: `SHA-256(0x01 || left || right)`.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    Sha256::new()
-        .chain_update([0x01])
-        .chain_update(left)
-        .chain_update(right)
-        .finalize()
-        .into()
+    Hash(
+        Sha256::new()
+            .chain_update([0x01])
+            .chain_update(left.0)
+            .chain_update(right.0)
+            .finalize()
+            .into(),
+    )
 }
 
 /// Source of stored hashes of *perfect, aligned* subtrees: level `L`, index
@@ -435,7 +515,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn h(hex: &str) -> Hash {
-        hex::decode(hex).unwrap().try_into().unwrap()
+        Hash::from_hex(hex).unwrap()
     }
 
     fn hashes(hexes: &[&str]) -> Vec<Hash> {
@@ -538,7 +618,7 @@ mod tests {
             return leaves
                 .first()
                 .copied()
-                .unwrap_or(Sha256::digest(b"").into());
+                .unwrap_or(Hash::from_bytes(Sha256::digest(b"").into()));
         }
         let mut k = 1;
         while k * 2 < leaves.len() {
@@ -557,9 +637,9 @@ mod tests {
     }
 
     fn flip(hash: &Hash, bit: usize) -> Hash {
-        let mut out = *hash;
+        let mut out = *hash.as_bytes();
         out[bit / 8] ^= 1 << (bit % 8);
-        out
+        Hash::from_bytes(out)
     }
 
     /// Copies of `proof`, each with `bit` flipped in one element.
@@ -573,7 +653,7 @@ mod tests {
 
     #[test]
     fn known_answers() {
-        assert_eq!(EMPTY_ROOT, <Hash>::from(Sha256::digest(b"")));
+        assert_eq!(EMPTY_ROOT, Hash::from_bytes(Sha256::digest(b"").into()));
         let leaves: Vec<Hash> = LEAF_INPUTS.iter().map(|e| leaf_hash(e)).collect();
         let tree = tree_of(&leaves);
         assert_eq!(root(&tree, 0).unwrap(), EMPTY_ROOT);

@@ -267,7 +267,7 @@ impl Checkpoint {
         let root: Hash = STANDARD
             .decode(root)
             .ok()
-            .and_then(|r| r.try_into().ok())
+            .and_then(|r| Hash::from_slice(&r))
             .ok_or_else(|| Error::invalid("checkpoint root is not a base64 SHA-256 hash"))?;
         Ok(Self {
             origin: origin.to_owned(),
@@ -362,7 +362,7 @@ mod tests {
         let cp = Checkpoint {
             origin: DEFAULT_ORIGIN.to_owned(),
             size: 42,
-            root: [7; 32],
+            root: Hash::from_bytes([7; 32]),
         };
         let note = signer.sign(&cp.body());
         assert_eq!(Checkpoint::open(&note, &signer.verifier()).unwrap(), cp);

@@ -151,8 +151,7 @@ impl RestoreProof {
                 ),
             ));
         }
-        let envelope = serde_json::to_vec(&publish.envelope).unwrap_or_default();
-        let attestation = signing::verify_envelope(&envelope, trusted)
+        let attestation = signing::verify_logged_envelope(&publish.envelope, trusted)
             .map_err(|e| fail("publisher signature", e))?;
         if attestation.release_id != publish.release_id || attestation.digest != publish.digest {
             return Err(fail(
@@ -288,7 +287,7 @@ fn decode_hash(text: &str) -> Result<Hash> {
     STANDARD
         .decode(text)
         .ok()
-        .and_then(|h| h.try_into().ok())
+        .and_then(|h| Hash::from_slice(&h))
         .ok_or_else(|| Error::invalid(format!("proof line {text:?} is not a base64 SHA-256 hash")))
 }
 

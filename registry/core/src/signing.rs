@@ -25,6 +25,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use ed25519_dalek::pkcs8::spki::{DecodePublicKey, EncodePublicKey};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::Deserialize as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
@@ -287,23 +288,71 @@ pub struct Attestation {
     pub digest: Digest,
     /// The trusted key whose signature verified.
     pub key_id: KeyId,
+    /// The statement's `predicateType`: what the signer meant it for.
+    pub predicate_type: String,
+}
+
+/// A DSSE envelope whose signature verified: the exact bytes received, the
+/// JSON they parse to (what a publish entry embeds) and what it attests.
+/// Verifying returns this so that nothing downstream parses the bytes again.
+#[derive(Clone, Debug)]
+pub struct VerifiedEnvelope {
+    bytes: Vec<u8>,
+    json: serde_json::Value,
+    attestation: Attestation,
+}
+
+impl VerifiedEnvelope {
+    /// What the envelope attests, and the key that signed it.
+    pub fn attestation(&self) -> &Attestation {
+        &self.attestation
+    }
+
+    /// The envelope exactly as received.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The envelope as JSON, for embedding in a log entry.
+    pub fn into_json(self) -> serde_json::Value {
+        self.json
+    }
 }
 
 /// Parses a DSSE envelope, checks that one of its signatures verifies under a
-/// trusted key, and returns the single in-toto subject it attests.
+/// trusted key, and returns it with the single in-toto subject it attests.
 ///
 /// # Errors
 /// Invalid for a malformed envelope or statement, a payload type other than
 /// in-toto, or no signature that verifies under a trusted key.
-pub fn verify_envelope(envelope: &[u8], trusted: &TrustedKeys) -> Result<Attestation, Error> {
+pub fn verify_envelope(envelope: &[u8], trusted: &TrustedKeys) -> Result<VerifiedEnvelope, Error> {
     if envelope.len() > MAX_ENVELOPE_BYTES {
         return Err(Error::invalid(format!(
             "DSSE envelope is {} bytes; at most {MAX_ENVELOPE_BYTES} are allowed",
             envelope.len()
         )));
     }
-    let env: EnvelopeJson = serde_json::from_slice(envelope)
+    let json: serde_json::Value = serde_json::from_slice(envelope)
         .map_err(|e| Error::invalid(format!("DSSE envelope is not valid JSON: {e}")))?;
+    let attestation = verify_logged_envelope(&json, trusted)?;
+    Ok(VerifiedEnvelope {
+        bytes: envelope.to_vec(),
+        json,
+        attestation,
+    })
+}
+
+/// As [`verify_envelope`], for an envelope already held as JSON (as a
+/// publish entry embeds it).
+///
+/// # Errors
+/// As [`verify_envelope`].
+pub fn verify_logged_envelope(
+    envelope: &serde_json::Value,
+    trusted: &TrustedKeys,
+) -> Result<Attestation, Error> {
+    let env = EnvelopeJson::deserialize(envelope)
+        .map_err(|e| Error::invalid(format!("DSSE envelope is not valid: {e}")))?;
     if env.payload_type != IN_TOTO_PAYLOAD_TYPE {
         return Err(Error::invalid(format!(
             "DSSE payloadType is {:?}; expected {IN_TOTO_PAYLOAD_TYPE:?}",
@@ -337,11 +386,12 @@ pub fn verify_envelope(envelope: &[u8], trusted: &TrustedKeys) -> Result<Attesta
              (wrong key, untrusted key, or the envelope was altered)",
         )
     })?;
-    let (release_id, digest) = parse_statement(&payload)?;
+    let (release_id, digest, predicate_type) = parse_statement(&payload)?;
     Ok(Attestation {
         release_id,
         digest,
         key_id,
+        predicate_type,
     })
 }
 
@@ -362,7 +412,7 @@ struct SubjectJson {
     digest: std::collections::BTreeMap<String, String>,
 }
 
-fn parse_statement(payload: &[u8]) -> Result<(ReleaseId, Digest), Error> {
+fn parse_statement(payload: &[u8]) -> Result<(ReleaseId, Digest, String), Error> {
     let st: StatementJson = serde_json::from_slice(payload)
         .map_err(|e| Error::invalid(format!("in-toto statement is not valid: {e}")))?;
     if st.type_ != STATEMENT_V1 {
@@ -382,7 +432,7 @@ fn parse_statement(payload: &[u8]) -> Result<(ReleaseId, Digest), Error> {
         .digest
         .get("sha256")
         .ok_or_else(|| Error::invalid("in-toto subject has no sha256 digest"))?;
-    Ok((release_id, Digest::from_hex(hex)?))
+    Ok((release_id, Digest::from_hex(hex)?, st.predicate_type))
 }
 
 /// The in-toto statement the CLI signs for a publish.
@@ -442,9 +492,9 @@ mod tests {
         let d = Digest::of(b"{}");
         let env = sign_envelope(&publish_statement(&rid, &d), &k);
         let att = verify_envelope(&env, &trusted(&[&key(2), &k])).unwrap();
-        assert_eq!(att.release_id, rid);
-        assert_eq!(att.digest, d);
-        assert_eq!(att.key_id, KeyId::of(&k.verifying_key()));
+        assert_eq!(att.attestation().release_id, rid);
+        assert_eq!(att.attestation().digest, d);
+        assert_eq!(att.attestation().key_id, KeyId::of(&k.verifying_key()));
     }
 
     #[test]

@@ -61,8 +61,8 @@ impl Rules {
 pub struct EnvHead {
     pub seq: u64,
     pub activated_at: Timestamp,
-    /// Leaf hash (hex) of the pin's entry: the next pin's `prev_pin`.
-    pub entry_hash: String,
+    /// Leaf hash of the pin's entry: the next pin's `prev_pin`.
+    pub entry_hash: Hash,
     /// The greatest LSN recorded by any pin of the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_lsn: Option<u64>,
@@ -97,7 +97,7 @@ impl EnvHead {
         EnvHead {
             seq: pin.seq,
             activated_at: pin.activated_at,
-            entry_hash: hex::encode(leaf),
+            entry_hash: *leaf,
             last_lsn,
             last_txid,
         }
@@ -125,6 +125,20 @@ pub struct KeyRecord {
     pub revoked_at: Option<Timestamp>,
     /// Log index of the add entry, if the key was added through the log.
     pub added_at_index: Option<u64>,
+}
+
+impl KeyRecord {
+    /// The record of a key the log has not shaped yet: configured, valid
+    /// from the start, never revoked.
+    pub fn configured(key_id: &KeyId) -> Self {
+        Self {
+            key_id: key_id.clone(),
+            public_key: None,
+            valid_from: None,
+            revoked_at: None,
+            added_at_index: None,
+        }
+    }
 }
 
 /// Read access to the log so far, as far as the rules need it.
@@ -601,13 +615,12 @@ fn publish<S: State>(
             why,
         }
     })?;
-    let envelope = serde_json::to_vec(&p.envelope).unwrap_or_default();
     let signature = |why: String| Violation::Signature {
         index,
         release_id: p.release_id.clone(),
         why,
     };
-    let att = signing::verify_envelope(&envelope, &TrustedKeys::new([key]))
+    let att = signing::verify_logged_envelope(&p.envelope, &TrustedKeys::new([key]))
         .map_err(|e| signature(e.to_string()))?;
     if att.release_id != p.release_id || att.digest != p.digest || att.key_id != p.key_id {
         return Err(signature(format!(
@@ -687,7 +700,7 @@ fn pin<S: State>(
     let head = state.env_head(&p.env).map_err(Refused::State)?;
     let (expected, expected_prev) = match &head {
         None => (1, None),
-        Some(h) => (h.seq + 1, Some(h.entry_hash.as_str())),
+        Some(h) => (h.seq + 1, Some(h.entry_hash.hex())),
     };
     if p.seq != expected {
         return Err(Violation::Sequence {
@@ -698,7 +711,7 @@ fn pin<S: State>(
         }
         .into());
     }
-    if p.prev_pin.as_deref() != expected_prev {
+    if p.prev_pin != expected_prev {
         return Err(Violation::PreviousPin {
             index,
             env: p.env.clone(),
@@ -814,13 +827,7 @@ fn key<S: State>(state: &S, index: u64, k: &KeyEntry) -> Result<Change, Refused<
                 }
                 .into());
             }
-            let mut rec = existing.unwrap_or(KeyRecord {
-                key_id: k.key_id.clone(),
-                public_key: None,
-                valid_from: None,
-                revoked_at: None,
-                added_at_index: None,
-            });
+            let mut rec = existing.unwrap_or_else(|| KeyRecord::configured(&k.key_id));
             rec.revoked_at = Some(k.at);
             rec
         }
@@ -971,13 +978,9 @@ pub fn assume<S: State>(
             })
         }
         Entry::Key(k) => {
-            let mut rec = state.key(&k.key_id)?.unwrap_or(KeyRecord {
-                key_id: k.key_id.clone(),
-                public_key: None,
-                valid_from: None,
-                revoked_at: None,
-                added_at_index: None,
-            });
+            let mut rec = state
+                .key(&k.key_id)?
+                .unwrap_or_else(|| KeyRecord::configured(&k.key_id));
             match k.action {
                 KeyAction::Add => {
                     rec.public_key.clone_from(&k.public_key);

@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
     let size = u64::from_le_bytes(data[8..16].try_into().unwrap_or_default());
     let hashes: Vec<merkle::Hash> = data[16..]
         .chunks_exact(32)
-        .map(|c| c.try_into().unwrap_or_default())
+        .filter_map(merkle::Hash::from_slice)
         .collect();
     let (tree, root) = &*TREE;
     let leaf = merkle::leaf_hash(&[(index % 256) as u8]);

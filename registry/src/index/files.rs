@@ -223,7 +223,7 @@ impl Files {
                 let mut h = [0u8; 32];
                 self.hashes
                     .read_at(&mut h, stored_hash_index(level, n) * 32)?;
-                hashes.push(h);
+                hashes.push(Hash::from_bytes(h));
             }
             upper.push(hashes);
             level += 1;
@@ -255,7 +255,7 @@ impl Files {
         let mut h = [0u8; 32];
         self.hashes
             .read_at(&mut h, stored_hash_index(level, n) * 32)?;
-        Ok(h)
+        Ok(Hash::from_bytes(h))
     }
 
     /// The hashes of block `b` (leaves `16b..16b+16`), in stored order,
@@ -269,7 +269,7 @@ impl Files {
             .read_at(&mut raw, stored_hash_index(0, b << MEMORY_FROM) * 32)?;
         Ok(raw
             .chunks_exact(32)
-            .map(|c| c.try_into().unwrap_or([0; 32]))
+            .map(|c| Hash::from_slice(c).unwrap_or(Hash::from_bytes([0; 32])))
             .collect())
     }
 
@@ -296,7 +296,7 @@ impl Files {
         Ok(buf)
     }
 
-    fn position(&self, index: u64) -> Result<(u64, u64)> {
+    pub(super) fn position(&self, index: u64) -> Result<(u64, u64)> {
         let mut b = [0u8; 16];
         self.pos.read_at(&mut b, index * 16)?;
         let (offset, len) = b.split_at(8);
@@ -402,7 +402,7 @@ impl Appender {
                 "Merkle node {level}/{n} staged out of order"
             )));
         }
-        self.hashes.extend_from_slice(hash);
+        self.hashes.extend_from_slice(hash.as_bytes());
         self.next_hash += 1;
         if level >= MEMORY_FROM {
             self.upper.push((level, n, *hash));
@@ -419,9 +419,8 @@ impl Appender {
         match at.checked_sub(self.first_hash) {
             Some(i) if i < self.next_hash - self.first_hash => {
                 let i = usize::try_from(i * 32).map_err(|_| Error::internal("index too large"))?;
-                let mut h = [0u8; 32];
-                h.copy_from_slice(&self.hashes[i..i + 32]);
-                Ok(h)
+                Hash::from_slice(&self.hashes[i..i + 32])
+                    .ok_or_else(|| Error::internal("staged hash out of range"))
             }
             _ => files.hash(level, n),
         }
@@ -483,26 +482,29 @@ mod tests {
     fn staged_and_written_entries_and_hashes_read_back() {
         let files = Files::memory();
         let mut a = files.appender(0).unwrap();
-        a.push_hash(0, 0, &[1; 32]).unwrap();
+        a.push_hash(0, 0, &Hash::from_bytes([1; 32])).unwrap();
         assert_eq!(a.push_entry(b"zero"), (0, 4));
-        assert!(a.push_hash(1, 0, &[9; 32]).is_err(), "out of order");
-        a.push_hash(0, 1, &[2; 32]).unwrap();
+        assert!(
+            a.push_hash(1, 0, &Hash::from_bytes([9; 32])).is_err(),
+            "out of order"
+        );
+        a.push_hash(0, 1, &Hash::from_bytes([2; 32])).unwrap();
         assert_eq!(a.push_entry(b"one!"), (4, 4));
-        assert_eq!(a.hash(&files, 0, 1).unwrap(), [2; 32]);
-        a.push_hash(1, 0, &[3; 32]).unwrap();
+        assert_eq!(a.hash(&files, 0, 1).unwrap(), Hash::from_bytes([2; 32]));
+        a.push_hash(1, 0, &Hash::from_bytes([3; 32])).unwrap();
         files.write(&a).unwrap();
         files.check(2).unwrap();
         assert!(files.check(3).is_err());
         let mut b = files.appender(2).unwrap();
-        assert_eq!(b.hash(&files, 1, 0).unwrap(), [3; 32]);
-        b.push_hash(0, 2, &[4; 32]).unwrap();
+        assert_eq!(b.hash(&files, 1, 0).unwrap(), Hash::from_bytes([3; 32]));
+        b.push_hash(0, 2, &Hash::from_bytes([4; 32])).unwrap();
         assert_eq!(b.push_entry(b"two"), (8, 3));
         files.write(&b).unwrap();
         assert_eq!(files.entry(0).unwrap(), b"zero");
         assert_eq!(files.entry(1).unwrap(), b"one!");
         assert_eq!(files.entry(2).unwrap(), b"two");
         assert_eq!(files.entry_at(4, 4).unwrap(), b"one!");
-        assert_eq!(files.hash(0, 2).unwrap(), [4; 32]);
+        assert_eq!(files.hash(0, 2).unwrap(), Hash::from_bytes([4; 32]));
         assert!(files.entry(3).is_err());
     }
 
@@ -512,10 +514,10 @@ mod tests {
         let mut next = 0u64;
         for i in 0..100u64 {
             let mut a = files.appender(i).unwrap();
-            a.push_hash(0, i, &[i as u8; 32]).unwrap();
+            a.push_hash(0, i, &Hash::from_bytes([i as u8; 32])).unwrap();
             let _ = a.push_entry(b"x");
             for (level, n) in crate::merkle::completed_nodes(i) {
-                let h = [(next % 251) as u8; 32];
+                let h = Hash::from_bytes([(next % 251) as u8; 32]);
                 next += 1;
                 a.push_hash(level, n, &h).unwrap();
             }
@@ -538,7 +540,7 @@ mod tests {
                         .hashes
                         .read_at(&mut raw, stored_hash_index(level, n) * 32)
                         .unwrap();
-                    assert_eq!(block[at], raw, "block {b} node {level}/{n}");
+                    assert_eq!(block[at].as_bytes(), &raw, "block {b} node {level}/{n}");
                 }
             }
         }
@@ -552,7 +554,7 @@ mod tests {
                         stored_hash_index(l as u8 + MEMORY_FROM, n as u64) * 32,
                     )
                     .unwrap();
-                assert_eq!(&raw, h);
+                assert_eq!(&raw, h.as_bytes());
             }
         }
     }

@@ -164,43 +164,23 @@ impl Index {
             .transpose()
     }
 
-    /// The pin of `env` written at log index `log_index`, searching back from
-    /// the latest pin (a new pin is at most a batch away from the head).
+    /// Where the index keeps its copy of entry `index`.
     ///
     /// # Errors
-    /// Internal when the index is unreadable.
-    pub fn pin_at_index(&self, env: &EnvName, log_index: u64) -> Result<Option<PinRecord>> {
-        let Some(head) = self.env_head(env)? else {
-            return Ok(None);
-        };
-        let mut seq = head.seq;
-        while let Some(pin) = self.pin(env, seq)? {
-            if pin.log_index == log_index {
-                return Ok(Some(pin));
-            }
-            if pin.log_index < log_index {
-                break;
-            }
-            seq -= 1;
-        }
-        Ok(None)
+    /// Internal when the entry is not applied or the files are unreadable.
+    pub fn place(&self, index: u64) -> Result<EntryAt> {
+        let (offset, len) = self.files.position(index)?;
+        let len = u32::try_from(len)
+            .map_err(|_| Error::internal(format!("index holds an entry length of {len}")))?;
+        Ok(EntryAt { index, offset, len })
     }
 
-    /// Pin `seq` of `env`.
+    /// Pin `seq` of `env` and its entry's bytes; `None` when `env` has no
+    /// pin `seq` (yet).
     ///
     /// # Errors
-    /// Internal when the index is unreadable.
-    pub fn pin(&self, env: &EnvName, seq: u64) -> Result<Option<PinRecord>> {
-        Ok(self
-            .pin_with_entry(env, seq, &self.proof_reader())?
-            .map(|(pin, _)| pin))
-    }
-
-    /// Pin `seq` of `env` and its entry's bytes.
-    ///
-    /// # Errors
-    /// As [`Self::pin`].
-    pub fn pin_with_entry(
+    /// As [`Self::pin_at`].
+    pub fn pin(
         &self,
         env: &EnvName,
         seq: u64,
@@ -212,8 +192,7 @@ impl Index {
         let Some(value) = self.tree.get(pin_key(env, seq))? else {
             return Ok(None);
         };
-        self.pin_entry_at(EntryAt::decode(&value)?, reader)
-            .map(Some)
+        self.pin_at(EntryAt::decode(&value)?, reader).map(Some)
     }
 
     /// The pin whose entry is at `at`, from the entry copy, and the
@@ -222,7 +201,7 @@ impl Index {
     /// # Errors
     /// DataLoss when the copy is damaged (the index is then marked for a
     /// rebuild at the next start); Internal when the entry is not a pin.
-    pub fn pin_entry_at(
+    pub fn pin_at(
         &self,
         at: EntryAt,
         reader: &ProofReader<'_>,
@@ -235,18 +214,9 @@ impl Index {
             )));
         };
         let pin = PinRecord {
-            env: p.env,
-            seq: p.seq,
-            release_id: p.release_id,
-            digest: p.digest,
-            activated_at: p.activated_at,
-            recorded_at: p.recorded_at,
-            actor: p.actor,
-            reason: p.reason,
+            entry: p,
             log_index: index,
-            entry_hash: hex::encode(leaf),
-            prev_pin: p.prev_pin,
-            db_position: p.db_position,
+            entry_hash: leaf,
         };
         Ok((pin, bytes::Bytes::from(bytes)))
     }

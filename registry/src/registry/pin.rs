@@ -48,21 +48,18 @@ impl Registry {
                     recorded_at: now,
                     actor: actor.clone(),
                     reason: reason.clone(),
-                    prev_pin: head.map(|h| h.entry_hash),
+                    prev_pin: head.map(|h| h.entry_hash.hex()),
                     db_position: db_position.clone(),
                     request_id: Some(request.clone()),
                 })))
             }))
             .await?
             .ok_or_else(|| Error::internal("a pin produced no log entry"))?;
-        let pin = self
-            .shared
-            .index
-            .pin_at_index(env, committed)?
-            .ok_or_else(|| Error::internal("new pin is missing from the index"))?;
+        let index = &self.shared.index;
+        let (pin, _) = index.pin_at(index.place(committed)?, &index.proof_reader())?;
         tracing::info!(
-            env = %env, seq = pin.seq, release_id = %pin.release_id,
-            activated_at = %pin.activated_at, index = committed, "pinned"
+            env = %env, seq = pin.entry.seq, release_id = %pin.entry.release_id,
+            activated_at = %pin.entry.activated_at, index = committed, "pinned"
         );
         Ok(pin)
     }

@@ -138,7 +138,7 @@ impl Registry {
             Query::At { at, margin } => self.resolve_at(env, *at, *margin, &mut seen)?,
             Query::Position(target) => self.resolve_by_position(env, *target, &mut seen)?,
         };
-        let release = &resolution.pin.release_id;
+        let release = &resolution.pin.entry.release_id;
         let published = match seen.published {
             Some(p) => p,
             None => self.shared.index.artifact_entry(release)?.ok_or_else(|| {

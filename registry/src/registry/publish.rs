@@ -3,12 +3,12 @@
 
 use bytes::Bytes;
 
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
 use crate::ids::ReleaseId;
 use crate::log::{Entry, PublishEntry};
 use crate::records::ArtifactRecord;
-use crate::signing::{self, Attestation};
+use crate::signing::{self, VerifiedEnvelope};
 use stackpin_core::state::{self, State as _};
 
 use super::resolve::page_size;
@@ -17,11 +17,9 @@ use super::{ArtifactRef, Published, Registry, request_id};
 /// A publish whose header was accepted and whose bytes are arriving.
 #[derive(Debug)]
 pub struct PendingPublish {
-    attestation: Attestation,
+    envelope: VerifiedEnvelope,
     media_type: String,
-    envelope: serde_json::Value,
     max: u64,
-    hasher: Hasher,
     bytes: Vec<u8>,
 }
 
@@ -41,7 +39,6 @@ impl PendingPublish {
                 ),
             ));
         }
-        self.hasher.update(chunk);
         self.bytes.extend_from_slice(chunk);
         Ok(())
     }
@@ -84,7 +81,8 @@ impl Registry {
                  start it with --trusted-keys or add one with `stackpin key add`",
             ));
         }
-        let attestation = signing::verify_envelope(envelope, &trusted)?;
+        let envelope = signing::verify_envelope(envelope, &trusted)?;
+        let attestation = envelope.attestation();
         if attestation.release_id != release_id {
             return Err(Error::invalid(format!(
                 "the envelope's subject is release {}, but this publish is for release {release_id}",
@@ -96,16 +94,12 @@ impl Registry {
         {
             return Err(conflict(&existing));
         }
-        let envelope = serde_json::from_slice(envelope)
-            .map_err(|e| Error::invalid(format!("DSSE envelope is not valid JSON: {e}")))?;
         let capacity =
             usize::try_from(size_hint.min(self.shared.limits.max_artifact_bytes)).unwrap_or(0);
         Ok(PendingPublish {
-            attestation,
-            media_type,
             envelope,
+            media_type,
             max: self.shared.limits.max_artifact_bytes,
-            hasher: Hasher::default(),
             bytes: Vec::with_capacity(capacity),
         })
     }
@@ -120,33 +114,35 @@ impl Registry {
     /// storage fails.
     pub async fn finish_publish(&self, pending: PendingPublish) -> Result<Published> {
         let PendingPublish {
-            attestation,
-            media_type,
             envelope,
-            hasher,
+            media_type,
             bytes,
             ..
         } = pending;
         if bytes.is_empty() {
             return Err(Error::invalid("artifact is empty"));
         }
-        let digest = hasher.finish();
+        let attestation = envelope.attestation().clone();
+        let envelope = envelope.into_json();
+        // Hashing and parsing a whole artifact take milliseconds: off the
+        // runtime, in one pass of a blocking thread.
+        let (digest, bytes, parsed) = crate::blocking::run(move || {
+            let digest = Digest::of(&bytes);
+            let parsed = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map(|_| ());
+            Ok((digest, bytes, parsed))
+        })
+        .await?;
         if digest != attestation.digest {
             return Err(Error::invalid(format!(
                 "the received bytes hash to {digest}, but the envelope is signed for {}",
                 attestation.digest
             )));
         }
-        // Parsing a whole artifact takes milliseconds: off the runtime.
-        let bytes = crate::blocking::run(move || {
-            match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-                Ok(_) => Ok(bytes),
-                Err(e) => Err(Error::invalid(format!(
-                    "artifact is not valid JSON (objectstack.json must be JSON): {e}"
-                ))),
-            }
-        })
-        .await?;
+        parsed.map_err(|e| {
+            Error::invalid(format!(
+                "artifact is not valid JSON (objectstack.json must be JSON): {e}"
+            ))
+        })?;
         let release_id = attestation.release_id.clone();
         if let Some(existing) = self.shared.index.artifact_by_release(&release_id)? {
             return same_or_conflict(existing, &digest);

@@ -41,31 +41,24 @@ impl Registry {
             .ok_or_else(|| Error::not_found(format!("environment {env} has no pins")))
     }
 
-    fn pin_at(&self, env: &EnvName, seq: u64) -> Result<PinRecord> {
-        self.shared
-            .index
-            .pin(env, seq)?
-            .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))
-    }
-
-    /// Pin `seq` of `env`, keeping its entry's bytes in `seen`.
-    fn pin_seen(&self, env: &EnvName, seq: u64, seen: &mut Seen<'_>) -> Result<PinRecord> {
-        self.find_pin_seen(env, seq, seen)?
-            .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))
-    }
-
-    /// As [`Self::pin_seen`], `None` when `env` has no pin `seq` (yet).
-    fn find_pin_seen(
+    /// Pin `seq` of `env`, which the index must hold, and its entry.
+    fn logged_pin(
         &self,
         env: &EnvName,
         seq: u64,
-        seen: &mut Seen<'_>,
-    ) -> Result<Option<PinRecord>> {
-        let Some((pin, entry)) = self.shared.index.pin_with_entry(env, seq, &seen.reader)? else {
-            return Ok(None);
-        };
+        reader: &crate::index::ProofReader<'_>,
+    ) -> Result<(PinRecord, bytes::Bytes)> {
+        self.shared
+            .index
+            .pin(env, seq, reader)?
+            .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))
+    }
+
+    /// As [`Self::logged_pin`], keeping the entry's bytes in `seen`.
+    fn pin_seen(&self, env: &EnvName, seq: u64, seen: &mut Seen<'_>) -> Result<PinRecord> {
+        let (pin, entry) = self.logged_pin(env, seq, &seen.reader)?;
         seen.entries.push((pin.log_index, entry));
-        Ok(Some(pin))
+        Ok(pin)
     }
 
     /// Which pin was live in `env` at `at`.
@@ -91,26 +84,26 @@ impl Registry {
         let margin = margin.unwrap_or(self.shared.limits.boundary_margin);
         let Some(slot) = self.shared.index.live_at(env, at)? else {
             self.known_env(env)?;
-            let first = self.pin_at(env, 1)?;
+            let first = self.logged_pin(env, 1, &seen.reader)?.0;
             return Err(Error::not_found(format!(
                 "nothing was live in {env} at {at}: its first pin (#1, release {}) was activated \
                  at {}",
-                first.release_id, first.activated_at
+                first.entry.release_id, first.entry.activated_at
             )));
         };
         seen.published = Some(slot.published);
-        let (pin, entry) = self.shared.index.pin_entry_at(slot.pin, &seen.reader)?;
+        let (pin, entry) = self.shared.index.pin_at(slot.pin, &seen.reader)?;
         seen.entries.push((pin.log_index, entry));
         // The previous pin matters only near the start of the interval.
         let prev = match slot.prev {
             Some(prev) if timeline::near_start(at, &pin, margin) => {
-                Some(self.shared.index.pin_entry_at(prev, &seen.reader)?.0)
+                Some(self.shared.index.pin_at(prev, &seen.reader)?.0)
             }
             _ => None,
         };
         let next = match slot.next {
             Some(next) => {
-                let (next, entry) = self.shared.index.pin_entry_at(next, &seen.reader)?;
+                let (next, entry) = self.shared.index.pin_at(next, &seen.reader)?;
                 seen.entries.push((next.log_index, entry));
                 Some(next)
             }
@@ -149,8 +142,9 @@ impl Registry {
         let mut unknown = Vec::new();
         let mut s = seq + 1;
         while s <= head.seq && unknown.len() < 16 {
-            let later = self.pin_at(env, s)?;
+            let later = self.logged_pin(env, s, &seen.reader)?.0;
             match later
+                .entry
                 .db_position
                 .as_ref()
                 .map(|p| p.ordered())
@@ -158,7 +152,7 @@ impl Registry {
                 .flatten()
             {
                 Some(o) if o.tag() == target.tag() => break,
-                _ => unknown.push(format!("#{} ({})", later.seq, later.release_id)),
+                _ => unknown.push(format!("#{} ({})", later.entry.seq, later.entry.release_id)),
             }
             s += 1;
         }
@@ -207,8 +201,9 @@ impl Registry {
         };
         let mut pins = Vec::new();
         let mut seq = hi;
+        let reader = self.shared.index.proof_reader();
         while seq >= lo && seq >= 1 && pins.len() < limit {
-            pins.push(self.pin_at(env, seq)?);
+            pins.push(self.logged_pin(env, seq, &reader)?.0);
             seq -= 1;
         }
         let next = (seq >= lo && seq >= 1).then_some(seq);

@@ -100,18 +100,18 @@ pub fn artifact(a: &ArtifactRecord) -> pb::Artifact {
 
 pub fn pin(p: &PinRecord) -> pb::Pin {
     pb::Pin {
-        env: p.env.to_string(),
-        seq: p.seq,
-        release_id: p.release_id.to_string(),
-        digest: p.digest.to_string(),
-        activated_at: Some(timestamp(p.activated_at)),
-        recorded_at: Some(timestamp(p.recorded_at)),
-        actor: p.actor.clone(),
-        reason: p.reason.clone(),
+        env: p.entry.env.to_string(),
+        seq: p.entry.seq,
+        release_id: p.entry.release_id.to_string(),
+        digest: p.entry.digest.to_string(),
+        activated_at: Some(timestamp(p.entry.activated_at)),
+        recorded_at: Some(timestamp(p.entry.recorded_at)),
+        actor: p.entry.actor.clone(),
+        reason: p.entry.reason.clone(),
         log_index: p.log_index,
-        entry_hash: p.entry_hash.clone(),
-        prev_pin_hash: p.prev_pin.clone().unwrap_or_default(),
-        db_position: p.db_position.as_ref().map(db_position_out),
+        entry_hash: p.entry_hash.hex(),
+        prev_pin_hash: p.entry.prev_pin.clone().unwrap_or_default(),
+        db_position: p.entry.db_position.as_ref().map(db_position_out),
     }
 }
 
@@ -127,8 +127,8 @@ pub fn resolution(proved: &ProvedResolution) -> pb::ResolveResponse {
     let r: &Resolution = &proved.resolution;
     pb::ResolveResponse {
         pin: Some(pin(&r.pin)),
-        live_from: Some(timestamp(r.pin.activated_at)),
-        live_until: r.next.as_ref().map(|n| timestamp(n.activated_at)),
+        live_from: Some(timestamp(r.pin.entry.activated_at)),
+        live_until: r.next.as_ref().map(|n| timestamp(n.entry.activated_at)),
         next: r.next.as_ref().map(pin),
         near_switch: r.near_switch.as_ref().map(boundary),
         checkpoint: Some(checkpoint(&proved.checkpoint)),
@@ -149,7 +149,7 @@ pub fn checkpoint(cp: &SignedCheckpoint) -> pb::Checkpoint {
 pub fn hashes(hashes: &[crate::merkle::Hash]) -> Vec<bytes::Bytes> {
     hashes
         .iter()
-        .map(|h| bytes::Bytes::copy_from_slice(h))
+        .map(|h| bytes::Bytes::copy_from_slice(h.as_bytes()))
         .collect()
 }
 
