@@ -82,6 +82,8 @@ pub struct Settings {
     pub clock_skew: Duration,
     #[serde(with = "text_duration")]
     pub boundary_margin: Duration,
+    /// In-toto predicate types accepted as a publish besides stackpin's own.
+    pub accepted_predicate_types: Vec<String>,
     /// Deadline of one request (a publish of the largest artifact included).
     #[serde(with = "text_duration")]
     pub request_timeout: Duration,
@@ -123,6 +125,7 @@ impl Default for Settings {
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
             clock_skew: defaults::CLOCK_SKEW,
             boundary_margin: defaults::BOUNDARY_MARGIN,
+            accepted_predicate_types: Vec::new(),
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
             log_key: None,
@@ -155,6 +158,7 @@ const ENV_KEYS: &[&str] = &[
     "max_message_bytes",
     "clock_skew",
     "boundary_margin",
+    "accepted_predicate_types",
     "request_timeout",
     "max_concurrent_streams",
     "log_key",
@@ -328,6 +332,16 @@ impl Settings {
     /// # Errors
     /// Invalid, naming the key.
     pub fn validate(&self) -> Result<()> {
+        if let Some(t) = self
+            .accepted_predicate_types
+            .iter()
+            .find(|t| !t.contains(':') || t.chars().any(char::is_whitespace))
+        {
+            return Err(invalid(
+                "accepted_predicate_types",
+                format!("{t:?} is not a URI (an in-toto predicateType such as https://…)"),
+            ));
+        }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(invalid("tls_cert", "tls_cert and tls_key go together"));
         }
@@ -402,6 +416,7 @@ impl Settings {
             boundary_margin: self.boundary_margin,
             poll_interval: self.poll_interval.max(Duration::from_millis(10)),
             max_batch: self.max_batch,
+            predicate_types: self.accepted_predicate_types.clone(),
         }
     }
 

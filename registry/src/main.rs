@@ -32,6 +32,20 @@ enum Command {
     /// Check or print settings files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Rebuild the index from the log, check the log against its stored
+    /// signed checkpoints, store a checkpoint of it, and exit.
+    Recover(Box<RecoverArgs>),
+}
+
+#[derive(clap::Args)]
+struct RecoverArgs {
+    /// Sign a log that has entries but no stored signed checkpoint. Only
+    /// after checking it by other means (`stackpin audit --data-dir` with
+    /// a checkpoint a client saved): from then on its entries are signed.
+    #[arg(long)]
+    accept_unsigned: bool,
+    #[command(flatten)]
+    flags: Flags,
 }
 
 #[derive(clap::Subcommand)]
@@ -103,6 +117,11 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", config::EXAMPLE);
             return Ok(());
         }
+        Some(Command::Recover(args)) => {
+            let settings = Settings::load(&args.flags)?;
+            init_logging(settings.log_format);
+            return recover(settings, args.accept_unsigned).await;
+        }
         None => {}
     }
     let settings = Settings::load(&cli.flags)?;
@@ -117,7 +136,8 @@ fn serde_wrap(
     [("token", vec![entry])].into_iter().collect()
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// The registry's options from `settings`.
+fn registry_options(settings: &Settings) -> anyhow::Result<stackpin_registry::registry::Options> {
     let signer = settings.signer()?;
     let trusted = match &settings.trusted_keys {
         Some(path) => TrustedKeys::load(path).context("loading trusted publisher keys")?,
@@ -129,6 +149,45 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
     };
     tracing::info!(keys = trusted.keys().len(), "trusted publisher keys loaded");
+    let url = settings.storage_url()?;
+    let store = storage::open(&url, &settings.s3_options())?;
+    Ok(stackpin_registry::registry::Options {
+        trusted,
+        limits: settings.limits(),
+        ..stackpin_registry::registry::Options::new(store, signer)
+    })
+}
+
+/// `recover`: a fresh index from the log, checked, and a stored checkpoint.
+async fn recover(settings: Settings, accept_unsigned: bool) -> anyhow::Result<()> {
+    let url = settings.storage_url()?;
+    let options = stackpin_registry::registry::Options {
+        accept_unsigned,
+        ..registry_options(&settings)?
+    };
+    let registry = Registry::recover_at(&settings.data_dir, options)
+        .await
+        .with_context(|| format!("recovering the registry on {url:?}"))?;
+    registry.flush().await.context("storing the checkpoint")?;
+    let cp = registry.checkpoint()?;
+    println!(
+        "recovered: {} log entries, root {}; signed and stored as {} and {}",
+        cp.size,
+        cp.root,
+        stackpin_registry::layout::CHECKPOINT,
+        stackpin_registry::layout::checkpoint_history_key(cp.size)
+    );
+    Ok(())
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let url = settings.storage_url()?;
+    // Bind first: a port in use stops the start before the folder is
+    // touched.
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let options = registry_options(&settings)?;
     let authorizer = settings.authorizer()?;
     if authorizer.enabled() {
         tracing::info!(
@@ -144,26 +203,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
              allowed on a loopback address (the embedded default)"
         );
     }
-    let url = settings.storage_url()?;
-    let store = storage::open(&url, &settings.s3_options())?;
-    let registry = Registry::open_at(
-        &settings.data_dir,
-        stackpin_registry::registry::Options {
-            trusted,
-            limits: settings.limits(),
-            ..stackpin_registry::registry::Options::new(store, signer)
-        },
-    )
-    .await
-    .with_context(|| format!("opening the registry on {url:?}"))?;
+    let registry = Registry::open_at(&settings.data_dir, options)
+        .await
+        .with_context(|| format!("opening the registry on {url:?}"))?;
     tracing::info!(
         data_dir = %settings.data_dir.display(), storage = ?url, log_key = %registry.log_vkey(),
         "registry open"
     );
     let options = server::Options::from_settings(&settings, authorizer)?;
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("binding {}", settings.listen))?;
     let shutdown = shutdown_signal()?;
     server::run(listener, Arc::new(registry), options, shutdown).await
 }

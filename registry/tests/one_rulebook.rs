@@ -31,10 +31,11 @@ fn key(seed: u8) -> SigningKey {
 }
 
 /// Every way to break an entry that the rules name, by its reason.
-const BREAKS: [&str; 14] = [
+const BREAKS: [&str; 15] = [
     "MALFORMED_ENTRY",
     "RELEASE_BOUND",
     "BAD_SIGNATURE",
+    "PREDICATE_TYPE",
     "KEY_NOT_VALID",
     "RELEASE_UNPUBLISHED",
     "DIGEST_MISMATCH",
@@ -117,6 +118,7 @@ impl Writer {
             envelope: serde_json::from_slice(&envelope).unwrap(),
             recorded_at: self.tick(),
             request_id: None,
+            predicate_type: Some(signing::PUBLISH_PREDICATE.into()),
         })
     }
 
@@ -238,6 +240,26 @@ impl Writer {
             "BAD_SIGNATURE" => {
                 let body = b"[\"signed\"]";
                 self.publish_entry("forged", b"[\"sent\"]", &key(1), &Digest::of(body))
+            }
+            "PREDICATE_TYPE" => {
+                // Another attestation by a trusted key, recorded as what it is.
+                let body = b"[\"provenance\"]";
+                let statement = String::from_utf8(signing::publish_statement(
+                    &"provenance".parse().unwrap(),
+                    &Digest::of(body),
+                ))
+                .unwrap()
+                .replace(signing::PUBLISH_PREDICATE, "https://slsa.dev/provenance/v1");
+                let mut e = self.publish_entry("provenance", body, &key(1), &Digest::of(body));
+                if let Entry::Publish(p) = &mut e {
+                    p.envelope = serde_json::from_slice(&signing::sign_envelope(
+                        statement.as_bytes(),
+                        &key(1),
+                    ))
+                    .unwrap();
+                    p.predicate_type = Some("https://slsa.dev/provenance/v1".into());
+                }
+                e
             }
             "KEY_NOT_VALID" => {
                 let body = b"[\"unknown key\"]";

@@ -122,11 +122,10 @@ async fn open(store: Arc<InMemory>, clock: Arc<FakeClock>, limits: Limits) -> Re
     Registry::open(
         Index::temporary().unwrap(),
         Options {
-            store,
             trusted,
-            signer: log_signer(),
             limits,
             clock,
+            ..Options::new(store, log_signer())
         },
     )
     .await
@@ -491,11 +490,9 @@ async fn a_tampered_log_entry_is_refused_at_open() {
     let err = Registry::open(
         Index::temporary().unwrap(),
         Options {
-            store: f.store.clone(),
             trusted,
-            signer: log_signer(),
-            limits: Limits::default(),
             clock: f.clock.clone(),
+            ..Options::new(f.store.clone(), log_signer())
         },
     )
     .await

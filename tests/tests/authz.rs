@@ -16,7 +16,6 @@ use stackpin_registry::index::Index;
 use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
 use stackpin_registry::registry::{Limits, Options};
 use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
-use stackpin_registry::time::SystemClock;
 use stackpin_registry::{Registry, server, storage};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -226,11 +225,8 @@ async fn every_rpc_checks_every_role() {
     let registry = Registry::open(
         Index::temporary().unwrap(),
         Options {
-            store,
             trusted,
-            signer,
-            limits: Limits::default(),
-            clock: Arc::new(SystemClock),
+            ..Options::new(store, signer)
         },
     )
     .await
@@ -354,11 +350,9 @@ async fn serve(
         Registry::open(
             Index::temporary().unwrap(),
             Options {
-                store,
                 trusted,
-                signer,
                 limits,
-                clock: Arc::new(SystemClock),
+                ..Options::new(store, signer)
             },
         )
         .await

@@ -15,9 +15,8 @@ use stackpin_registry::digest::Digest;
 use stackpin_registry::ids::Reason;
 use stackpin_registry::index::Index;
 use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
-use stackpin_registry::registry::{ArtifactRef, Limits, Options};
+use stackpin_registry::registry::{ArtifactRef, Options};
 use stackpin_registry::signing::{self, KeyId, PublicKey, TrustedKeys};
-use stackpin_registry::time::SystemClock;
 use stackpin_registry::{Kind, Registry};
 use stackpin_tests::faults::Faulty;
 
@@ -34,11 +33,8 @@ async fn open(store: Arc<dyn ObjectStore>) -> Registry {
     Registry::open(
         Index::temporary().unwrap(),
         Options {
-            store,
             trusted,
-            signer: signer(),
-            limits: Limits::default(),
-            clock: Arc::new(SystemClock),
+            ..Options::new(store, signer())
         },
     )
     .await

@@ -17,7 +17,6 @@ use stackpin_registry::index::Index;
 use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
 use stackpin_registry::registry::{ArtifactRef, HistoryQuery, Limits, Options};
 use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
-use stackpin_registry::time::SystemClock;
 use stackpin_tests::faults::Faulty;
 
 fn publisher() -> SigningKey {
@@ -39,11 +38,9 @@ async fn open(store: Arc<dyn ObjectStore>, max_batch: usize) -> Registry {
     let registry = Registry::open(
         Index::temporary().unwrap(),
         Options {
-            store,
             trusted,
-            signer,
             limits,
-            clock: Arc::new(SystemClock),
+            ..Options::new(store, signer)
         },
     )
     .await

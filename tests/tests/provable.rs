@@ -272,7 +272,34 @@ fn a_rewritten_log_is_caught_by_the_saved_checkpoint() {
         .replace("deploy 3", "deploy X");
     std::fs::write(&last, text).unwrap();
     let trusted = dir.path().join("trusted");
-    let server = Server::start(&forged, &["--trusted-keys", trusted.to_str().unwrap()]);
+    let flags = ["--trusted-keys", trusted.to_str().unwrap()];
+    // The registry itself refuses the edited log: its stored checkpoints
+    // sign another tree.
+    let log = match Server::try_start(&forged, &flags) {
+        Ok(_) => panic!("a registry started on a log that contradicts its checkpoints"),
+        Err(log) => log,
+    };
+    assert!(
+        log.contains("is not what the log key signed") && log.contains("log/checkpoint"),
+        "{log}"
+    );
+    // Holding the log key, the forger also deletes every stored checkpoint
+    // and signs the copy again, deliberately.
+    std::fs::remove_file(forged.join("log/checkpoint")).unwrap();
+    std::fs::remove_dir_all(forged.join("log/checkpoints")).unwrap();
+    let log = match Server::try_start(&forged, &flags) {
+        Ok(_) => panic!("a registry signed a log with entries and no checkpoint"),
+        Err(log) => log,
+    };
+    assert!(log.contains("--accept-unsigned"), "{log}");
+    let recovered = std::process::Command::new(stackpin_tests::bin("stackpin-registry"))
+        .args(["recover", "--accept-unsigned", "--data-dir"])
+        .arg(&forged)
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(recovered.status.success(), "{recovered:?}");
+    let server = Server::start(&forged, &flags);
     let w = World { dir, server, vkey };
 
     // Same size, different root: a fork.

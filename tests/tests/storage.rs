@@ -14,7 +14,7 @@ use stackpin_registry::digest::Digest;
 use stackpin_registry::index::Index;
 use stackpin_registry::log::Log;
 use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
-use stackpin_registry::registry::{ArtifactRef, Limits, Options};
+use stackpin_registry::registry::{ArtifactRef, Options};
 use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::storage::{self, S3Options, StorageUrl};
 use stackpin_registry::{Kind, Registry};
@@ -107,11 +107,9 @@ async fn a_registry_works_and_rebuilds_on_it(store: Arc<dyn ObjectStore>) {
         Registry::open(
             Index::temporary().unwrap(),
             Options {
-                store: store.clone(),
                 trusted: trusted.clone(),
-                signer: signer.clone(),
-                limits: Limits::default(),
                 clock: clock.clone(),
+                ..Options::new(store.clone(), signer.clone())
             },
         )
     };

@@ -156,6 +156,10 @@ pub struct AuditArgs {
     /// `clock_skew` setting, when it is not the default [default: 5s].
     #[arg(long, value_parser = stackpin_core::time::parse_duration)]
     clock_skew: Option<std::time::Duration>,
+    /// An in-toto predicate type the registry accepts as a publish besides
+    /// stackpin's own: its `accepted_predicate_types` setting (repeatable).
+    #[arg(long = "accept-predicate-type", value_name = "URI")]
+    accept_predicate_types: Vec<String>,
 }
 
 /// Progress on stderr, at most every two seconds, only for a terminal.
@@ -203,6 +207,7 @@ pub async fn audit(
     let mut audit = Audit::with_rules(Rules {
         configured: trusted,
         clock_skew: args.clock_skew.unwrap_or(DEFAULT_CLOCK_SKEW),
+        predicate_types: args.accept_predicate_types.clone(),
     });
     let mut progress = Progress::new();
     let source = match &args.data_dir {

@@ -47,6 +47,10 @@ pub struct PublishEntry {
     /// storage call timed out can read back and tell whether it landed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The envelope statement's `predicateType`, checked at publish. Entries
+    /// written before the registry recorded it have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicate_type: Option<String>,
 }
 
 /// An activation of an artifact in an environment.

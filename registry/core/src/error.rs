@@ -11,6 +11,22 @@ use std::fmt;
 /// every error status: its `reason` is [`Error::reason`].
 pub const ERROR_DOMAIN: &str = "stackpin.v1";
 
+/// Reasons more precise than a [`Kind`] that are not rules of the log (those
+/// are in `state::reason`): what a start or a read found damaged.
+pub mod reason {
+    /// The registry's index disagrees with the log: a cache to rebuild,
+    /// never a sign that storage is damaged.
+    pub const INDEX_DAMAGED: &str = "INDEX_DAMAGED";
+    /// A stored checkpoint is not one this log's key signed.
+    pub const CHECKPOINT_UNVERIFIED: &str = "CHECKPOINT_UNVERIFIED";
+    /// Entries in storage disagree with a checkpoint the log key signed.
+    pub const LOG_CONTRADICTS_CHECKPOINT: &str = "LOG_CONTRADICTS_CHECKPOINT";
+    /// A log with entries and no signed checkpoint to check them against.
+    pub const UNSIGNED_LOG: &str = "UNSIGNED_LOG";
+    /// A publish envelope attests something other than a publish.
+    pub const PREDICATE_TYPE: &str = "PREDICATE_TYPE";
+}
+
 /// What the caller can do about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

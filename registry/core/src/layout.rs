@@ -8,6 +8,9 @@
 //!                                    one entry per line
 //! log/entries/00000000000000000005   entry 5
 //! log/checkpoint                     the latest signed checkpoint
+//! log/checkpoints/00000000000000000006  every stored signed checkpoint, by
+//!                                    size, written once: the history a
+//!                                    start checks the log against
 //! ```
 //!
 //! An object at `log/entries/<n>` holds entries `n, n+1, …`, one per line
@@ -27,6 +30,23 @@ pub const ENTRIES: &str = "log/entries";
 
 /// The key of the latest signed checkpoint.
 pub const CHECKPOINT: &str = "log/checkpoint";
+
+/// The folder (key prefix) of the checkpoint history: one object per
+/// stored checkpoint, named by its tree size, never rewritten. Overwriting
+/// or deleting `log/checkpoint` does not hide an edit the history has
+/// signed.
+pub const CHECKPOINTS: &str = "log/checkpoints";
+
+/// The storage key of the history copy of the checkpoint of tree `size`.
+pub fn checkpoint_history_key(size: u64) -> String {
+    format!("{CHECKPOINTS}/{}", object_name(size))
+}
+
+/// The tree size of the history checkpoint called `name`, or `None` when the
+/// name is not one the registry writes.
+pub fn parse_checkpoint_history_name(name: &str) -> Option<u64> {
+    parse_object_name(name)
+}
 
 /// The folder (key prefix) of artifact bytes.
 pub const BLOBS: &str = "blobs/sha256";

@@ -24,7 +24,7 @@ use crate::error::Kind;
 use crate::ids::{EnvName, ReleaseId};
 use crate::merkle::{self, Hash};
 use crate::position::{Lsn, Ordered, Txid};
-use crate::signing::{self, KeyId, PublicKey, TrustedKeys};
+use crate::signing::{self, KeyId, PUBLISH_PREDICATE, PublicKey, TrustedKeys};
 use crate::time::Timestamp;
 
 /// How far in the future of its `recorded_at` a pin may activate, unless
@@ -40,14 +40,24 @@ pub struct Rules {
     pub configured: TrustedKeys,
     /// How far after its `recorded_at` a pin may activate.
     pub clock_skew: std::time::Duration,
+    /// In-toto predicate types accepted as a publish besides stackpin's
+    /// own ([`PUBLISH_PREDICATE`]): an operator's setting.
+    pub predicate_types: Vec<String>,
 }
 
 impl Rules {
+    /// Whether a statement of `predicate_type` may be a publish.
+    pub fn accepts_predicate(&self, predicate_type: &str) -> bool {
+        predicate_type == PUBLISH_PREDICATE
+            || self.predicate_types.iter().any(|t| t == predicate_type)
+    }
+
     /// Rules trusting `configured` keys, with the default clock skew.
     pub fn new(configured: TrustedKeys) -> Self {
         Self {
             configured,
             clock_skew: DEFAULT_CLOCK_SKEW,
+            predicate_types: Vec::new(),
         }
     }
 
@@ -211,6 +221,15 @@ pub enum Violation {
         release_id: ReleaseId,
         why: String,
     },
+    /// A publish's envelope attests something other than a publish: its
+    /// statement's predicate type is neither stackpin's nor one the rules
+    /// accept, or is not the one the entry records.
+    PredicateType {
+        index: u64,
+        release_id: ReleaseId,
+        predicate_type: String,
+        recorded: Option<String>,
+    },
     /// A publish uses a key that is not valid when it is logged.
     KeyNotValid {
         index: u64,
@@ -287,6 +306,7 @@ pub mod reason {
     pub const MALFORMED_ENTRY: &str = "MALFORMED_ENTRY";
     pub const RELEASE_BOUND: &str = "RELEASE_BOUND";
     pub const BAD_SIGNATURE: &str = "BAD_SIGNATURE";
+    pub const PREDICATE_TYPE: &str = crate::error::reason::PREDICATE_TYPE;
     pub const KEY_NOT_VALID: &str = "KEY_NOT_VALID";
     pub const RELEASE_UNPUBLISHED: &str = "RELEASE_UNPUBLISHED";
     pub const DIGEST_MISMATCH: &str = "DIGEST_MISMATCH";
@@ -303,10 +323,11 @@ pub mod reason {
 /// Every rule's reason and the kind of error a request that breaks it
 /// gets: a write-once rule is a conflict, an out-of-order request a
 /// precondition, a malformed one invalid.
-const RULES: [(&str, Kind); 14] = [
+const RULES: [(&str, Kind); 15] = [
     (reason::MALFORMED_ENTRY, Kind::Invalid),
     (reason::RELEASE_BOUND, Kind::Conflict),
     (reason::BAD_SIGNATURE, Kind::Invalid),
+    (reason::PREDICATE_TYPE, Kind::Invalid),
     (reason::KEY_NOT_VALID, Kind::Precondition),
     (reason::RELEASE_UNPUBLISHED, Kind::NotFound),
     (reason::DIGEST_MISMATCH, Kind::Invalid),
@@ -342,6 +363,7 @@ impl Violation {
             Violation::Malformed { index, .. }
             | Violation::ReleaseBound { index, .. }
             | Violation::Signature { index, .. }
+            | Violation::PredicateType { index, .. }
             | Violation::KeyNotValid { index, .. }
             | Violation::Unpublished { index, .. }
             | Violation::DigestMismatch { index, .. }
@@ -363,6 +385,7 @@ impl Violation {
             Violation::Malformed { .. } => reason::MALFORMED_ENTRY,
             Violation::ReleaseBound { .. } => reason::RELEASE_BOUND,
             Violation::Signature { .. } => reason::BAD_SIGNATURE,
+            Violation::PredicateType { .. } => reason::PREDICATE_TYPE,
             Violation::KeyNotValid { .. } => reason::KEY_NOT_VALID,
             Violation::Unpublished { .. } => reason::RELEASE_UNPUBLISHED,
             Violation::DigestMismatch { .. } => reason::DIGEST_MISMATCH,
@@ -409,7 +432,9 @@ impl Violation {
     pub fn is_signature(&self) -> bool {
         matches!(
             self,
-            Violation::Signature { .. } | Violation::KeyNotValid { .. }
+            Violation::Signature { .. }
+                | Violation::PredicateType { .. }
+                | Violation::KeyNotValid { .. }
         )
     }
 }
@@ -436,6 +461,28 @@ impl fmt::Display for Violation {
             } => {
                 write!(f, "{release_id}: {why}")
             }
+            Violation::PredicateType {
+                index: _,
+                release_id,
+                predicate_type,
+                recorded: Some(recorded),
+            } if recorded != predicate_type => write!(
+                f,
+                "{release_id}: the entry records predicate type {recorded:?} but its envelope \
+                 attests {predicate_type:?}"
+            ),
+            Violation::PredicateType {
+                index: _,
+                release_id,
+                predicate_type,
+                recorded: _,
+            } => write!(
+                f,
+                "{release_id}: the envelope's in-toto statement has predicateType \
+                 {predicate_type:?}, which is not a publish: sign the statement `stackpin \
+                 publish` writes (predicateType {PUBLISH_PREDICATE:?}), or list this type in the \
+                 registry's accepted_predicate_types setting"
+            ),
             Violation::KeyNotValid {
                 index: _,
                 release_id,
@@ -627,6 +674,20 @@ fn publish<S: State>(
             "the signed statement ({} {}, key {}) does not match the entry",
             att.release_id, att.digest, att.key_id
         ))
+        .into());
+    }
+    // Publishes logged before entries recorded their predicate type keep
+    // auditing as they did; from the entry that records one on, the type
+    // must be the envelope's and one that means "publish".
+    if let Some(recorded) = &p.predicate_type
+        && (recorded != &att.predicate_type || !rules.accepts_predicate(recorded))
+    {
+        return Err(Violation::PredicateType {
+            index,
+            release_id: p.release_id.clone(),
+            predicate_type: att.predicate_type,
+            recorded: Some(recorded.clone()),
+        }
         .into());
     }
     Ok(Change::Publish(Release {

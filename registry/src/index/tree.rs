@@ -33,6 +33,30 @@ impl Index {
         Ok(complete(self.applied.load(Ordering::Acquire)) || complete(self.stored_applied()?))
     }
 
+    /// The first stored Merkle node of the applied tree that disagrees with
+    /// its children (see `Files::check_tree`), `None` when all agree.
+    ///
+    /// # Errors
+    /// Internal when the files are short or unreadable.
+    pub fn check_tree(&self) -> Result<Option<(u8, u64)>> {
+        self.files.check_tree(self.applied()?)
+    }
+
+    /// Whether the index's own copy of entry `index` matches its leaf hash;
+    /// when it does not, the index is marked for a rebuild. Tells a damaged
+    /// index from damaged storage when storage disagrees with the leaf.
+    ///
+    /// # Errors
+    /// Internal when the files are unreadable.
+    pub fn copy_agrees(&self, index: u64) -> Result<bool> {
+        let copy = self.files.entry(index)?;
+        if merkle::leaf_hash(&copy) == self.node(0, index)? {
+            return Ok(true);
+        }
+        self.mark_damaged(index);
+        Ok(false)
+    }
+
     /// A reader for one entry and its proof (see [`ProofReader`]).
     pub fn proof_reader(&self) -> ProofReader<'_> {
         ProofReader {

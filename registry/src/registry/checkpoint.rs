@@ -1,5 +1,7 @@
-//! Checkpoints: signed after every commit for the tree the index holds,
-//! cached for readers, and stored at `log/checkpoint` off the request path.
+//! Checkpoints: signed after every commit for the tree the index holds
+//! (checked against the stored checkpoints at every start, see
+//! `recover.rs`), cached for readers, and stored off the request path at
+//! `log/checkpoint` and, written once, in the history `log/checkpoints/`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +11,14 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutMode, PutOptions};
 use tokio::sync::watch;
 
-use super::{CHECKPOINT_PATH, Shared, SignedCheckpoint};
-use crate::error::Result;
+use object_store::ObjectStoreExt as _;
+
+use super::{Shared, SignedCheckpoint};
+use crate::error::{Error, Kind, Result};
 use crate::merkle::{self};
-use crate::note::Checkpoint;
+use crate::note::{Checkpoint, NoteVerifier};
+use stackpin_core::error::reason;
+use stackpin_core::layout;
 
 impl Shared {
     /// A signed checkpoint of everything applied so far.
@@ -56,17 +62,134 @@ impl Shared {
     }
 }
 
+/// A signed checkpoint found in storage, with the key it is stored under.
+#[derive(Clone, Debug)]
+pub(super) struct Stored {
+    pub(super) key: String,
+    pub(super) checkpoint: Checkpoint,
+}
+
+/// Reads the object at `key`, `None` when there is none.
+async fn read_note(store: &Arc<dyn ObjectStore>, key: &str) -> Result<Option<String>> {
+    match store.get(&StorePath::from(key)).await {
+        Ok(r) => {
+            let bytes = r.bytes().await?;
+            Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens the note stored at `key` as a checkpoint of this log.
+fn open_stored(key: &str, note: &str, verifier: &NoteVerifier) -> Result<Stored> {
+    let checkpoint = Checkpoint::open(note, verifier).map_err(|e| {
+        Error::new(
+            Kind::DataLoss,
+            format!(
+                "{key} is not a checkpoint signed by this registry's log key {}: {}; the stored \
+                 checkpoints are what the log is checked against, so the start stops (see the \
+                 runbook: a checkpoint that does not verify)",
+                verifier.name(),
+                e.message()
+            ),
+        )
+        .with_reason(reason::CHECKPOINT_UNVERIFIED)
+    })?;
+    Ok(Stored {
+        key: key.to_owned(),
+        checkpoint,
+    })
+}
+
+/// Every signed checkpoint stored with the log (`log/checkpoint` and the
+/// history `log/checkpoints/<size>`), smallest tree first.
+///
+/// # Errors
+/// DataLoss naming a stored object that is not a checkpoint signed by
+/// `verifier` (truncated, altered, or signed by another key); Unavailable
+/// when storage fails.
+pub(super) async fn stored_checkpoints(
+    store: &Arc<dyn ObjectStore>,
+    verifier: &NoteVerifier,
+) -> Result<Vec<Stored>> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    let prefix = StorePath::from(layout::CHECKPOINTS);
+    let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+    let keys: Vec<(u64, String)> = metas
+        .iter()
+        .filter_map(|m| {
+            let size = layout::parse_checkpoint_history_name(m.location.filename()?)?;
+            Some((size, m.location.to_string()))
+        })
+        .collect();
+    let mut out: Vec<Stored> = futures::stream::iter(keys)
+        .map(|(size, key)| async move {
+            let note = read_note(store, &key).await?.unwrap_or_default();
+            let stored = open_stored(&key, &note, verifier)?;
+            if stored.checkpoint.size != size {
+                return Err(Error::new(
+                    Kind::DataLoss,
+                    format!(
+                        "{key} holds a checkpoint of size {}, not {size}: it was moved or \
+                         altered",
+                        stored.checkpoint.size
+                    ),
+                )
+                .with_reason(reason::CHECKPOINT_UNVERIFIED));
+            }
+            Ok(stored)
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await?;
+    if let Some(note) = read_note(store, layout::CHECKPOINT).await? {
+        out.push(open_stored(layout::CHECKPOINT, &note, verifier)?);
+    }
+    out.sort_by_key(|s| s.checkpoint.size);
+    Ok(out)
+}
+
+/// Stores `cp`: first its history copy, written once, then `log/checkpoint`
+/// unless that already holds a checkpoint at least as new (a replica or a
+/// restarted registry never moves it backwards).
+///
+/// # Errors
+/// Unavailable when storage fails.
 pub(super) async fn put_checkpoint(
     store: &Arc<dyn ObjectStore>,
+    verifier: &NoteVerifier,
     cp: &SignedCheckpoint,
 ) -> Result<()> {
-    let opts = PutOptions {
+    let bytes = Bytes::copy_from_slice(cp.note.as_bytes());
+    let create = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    // The empty tree proves nothing: no history copy of it.
+    if cp.size > 0 {
+        let history = StorePath::from(layout::checkpoint_history_key(cp.size));
+        match store.put_opts(&history, bytes.clone().into(), create).await {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(note) = read_note(store, layout::CHECKPOINT).await?
+        && let Ok(current) = Checkpoint::open(&note, verifier)
+        && current.size >= cp.size
+    {
+        return Ok(());
+    }
+    let overwrite = PutOptions {
         mode: PutMode::Overwrite,
         ..PutOptions::default()
     };
-    let bytes = Bytes::copy_from_slice(cp.note.as_bytes());
     store
-        .put_opts(&StorePath::from(CHECKPOINT_PATH), bytes.into(), opts)
+        .put_opts(
+            &StorePath::from(layout::CHECKPOINT),
+            bytes.into(),
+            overwrite,
+        )
         .await?;
     Ok(())
 }
@@ -88,6 +211,7 @@ pub const STORE_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// newest. Ends when the registry is dropped.
 pub(super) async fn store_checkpoints(
     store: Arc<dyn ObjectStore>,
+    verifier: NoteVerifier,
     mut rx: watch::Receiver<Option<SignedCheckpoint>>,
 ) {
     let mut stored = 0;
@@ -98,7 +222,7 @@ pub(super) async fn store_checkpoints(
         if cp.size <= stored && stored != 0 {
             continue;
         }
-        match put_checkpoint(&store, &cp).await {
+        match put_checkpoint(&store, &verifier, &cp).await {
             Ok(()) => stored = cp.size,
             Err(e) => {
                 tracing::warn!(size = cp.size, error = %e, "storing the checkpoint failed; it will be retried with the next one")

@@ -18,7 +18,7 @@ mod resolve;
 pub use checkpoint::STORE_CHECKPOINT_EVERY;
 use checkpoint::put_checkpoint;
 pub use publish::PendingPublish;
-pub use recover::{index_dir, open_index};
+pub use recover::{LOCK_FILE, index_dir, open_index};
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -70,6 +70,8 @@ pub struct Limits {
     pub poll_interval: Duration,
     /// Most requests committed as one log object (1 disables group commit).
     pub max_batch: usize,
+    /// In-toto predicate types accepted as a publish besides stackpin's own.
+    pub predicate_types: Vec<String>,
 }
 
 impl Default for Limits {
@@ -80,6 +82,7 @@ impl Default for Limits {
             boundary_margin: DEFAULT_BOUNDARY_MARGIN,
             poll_interval: crate::defaults::POLL_INTERVAL,
             max_batch: committer::MAX_BATCH,
+            predicate_types: Vec::new(),
         }
     }
 }
@@ -170,9 +173,6 @@ pub struct PublisherKey {
     pub revoked_at: Option<Timestamp>,
 }
 
-/// The storage key of the latest checkpoint.
-const CHECKPOINT_PATH: &str = stackpin_core::layout::CHECKPOINT;
-
 /// What a registry is opened with.
 #[derive(Clone)]
 pub struct Options {
@@ -186,6 +186,10 @@ pub struct Options {
     pub limits: Limits,
     /// The clock entries are recorded by (a fake one in tests).
     pub clock: Arc<dyn Clock>,
+    /// Sign a log that has entries but no stored signed checkpoint (after
+    /// the operator has checked it by other means: `recover
+    /// --accept-unsigned`). Off, such a start stops.
+    pub accept_unsigned: bool,
 }
 
 impl Options {
@@ -198,6 +202,7 @@ impl Options {
             signer,
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
+            accept_unsigned: false,
         }
     }
 }
@@ -207,6 +212,8 @@ impl Options {
 pub struct Registry {
     shared: Arc<Shared>,
     commits: mpsc::Sender<Msg>,
+    /// The lock on the data folder, when opened on one.
+    folder: Option<recover::FolderLock>,
 }
 
 /// Everything the registry knows, shared by request handlers and the
@@ -280,7 +287,7 @@ impl Registry {
     pub async fn flush(&self) -> Result<()> {
         self.shared.index.flush().await?;
         let cp = self.checkpoint()?;
-        put_checkpoint(&self.shared.store, &cp).await
+        put_checkpoint(&self.shared.store, &self.shared.signer.verifier(), &cp).await
     }
 
     /// The object store everything lives in.

@@ -180,6 +180,31 @@ fn proof_error(e: merkle::ProofError<Error>) -> Error {
 }
 
 impl Shared {
+    /// The error for entry `at`, whose bytes in storage disagree with the
+    /// index's leaf hash. Storage is blamed only when the index's own copy
+    /// of the entry still matches that hash; otherwise the index is what is
+    /// damaged (a leaf hash or both), and it is marked for a rebuild.
+    fn disagreement(&self, at: u64) -> Error {
+        match self.index.copy_agrees(at) {
+            Ok(true) => Error::new(
+                Kind::DataLoss,
+                format!(
+                    "log entry {at} in storage no longer matches its logged hash; it will not be \
+                     served"
+                ),
+            ),
+            Ok(false) | Err(_) => Error::new(
+                Kind::Internal,
+                format!(
+                    "the index's record of log entry {at} is damaged (storage disagrees with its \
+                     leaf hash, and so does the index's own copy); it will not be served: restart \
+                     the registry to rebuild the index from the log"
+                ),
+            )
+            .with_reason(stackpin_core::error::reason::INDEX_DAMAGED),
+        }
+    }
+
     /// Entry `index` and the entries after it in the same log object, each
     /// checked against its logged hash: one storage read for a whole group
     /// commit. Stops before the first entry that fails its check (asking
@@ -207,12 +232,7 @@ impl Shared {
         for (at, bytes) in (start..size).zip(Log::split(&object)).skip(skip) {
             if merkle::leaf_hash(&bytes) != self.index.node(0, at)? {
                 if out.is_empty() {
-                    return Err(Error::new(
-                        Kind::DataLoss,
-                        format!(
-                            "log entry {at} in storage no longer matches its logged hash; it will not be served"
-                        ),
-                    ));
+                    return Err(self.disagreement(at));
                 }
                 break;
             }

@@ -83,6 +83,20 @@ impl Registry {
         }
         let envelope = signing::verify_envelope(envelope, &trusted)?;
         let attestation = envelope.attestation();
+        if !self
+            .shared
+            .rules
+            .accepts_predicate(&attestation.predicate_type)
+        {
+            return Err(state::Violation::PredicateType {
+                index: self.shared.index.applied()?,
+                release_id: attestation.release_id.clone(),
+                predicate_type: attestation.predicate_type.clone(),
+                recorded: None,
+            }
+            .to_error()
+            .into());
+        }
         if attestation.release_id != release_id {
             return Err(Error::invalid(format!(
                 "the envelope's subject is release {}, but this publish is for release {release_id}",
@@ -169,6 +183,7 @@ impl Registry {
                     envelope: envelope.clone(),
                     recorded_at: now,
                     request_id: Some(request.clone()),
+                    predicate_type: Some(attestation.predicate_type.clone()),
                 })))
             }))
             .await?;

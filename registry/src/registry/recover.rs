@@ -1,12 +1,12 @@
-//! Opening a registry: the index opened (or rebuilt from the log), caught
-//! up, and checked against the log's objects and signed checkpoint.
+//! Opening a registry: the data folder locked, the index opened (or
+//! rebuilt from the log), caught up, and checked against the log's objects
+//! and every signed checkpoint stored with it, before anything is signed
+//! or served.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use object_store::ObjectStore;
-use object_store::path::Path as StorePath;
 use tokio::sync::{mpsc, watch};
 
 use crate::blobs::Blobs;
@@ -15,12 +15,13 @@ use crate::error::{Error, Kind, Result};
 use crate::index::Index;
 use crate::log::Log;
 use crate::merkle::{self};
-use crate::note::{Checkpoint, NoteSigner};
 
 use stackpin_core::state::Rules;
 
-use super::checkpoint::store_checkpoints;
-use super::{CHECKPOINT_PATH, Options, Registry, Shared};
+use super::checkpoint::{Stored, store_checkpoints, stored_checkpoints};
+use super::{Options, Registry, Shared};
+use stackpin_core::error::reason;
+use stackpin_core::layout;
 
 /// Where the embedded default keeps things inside its data folder.
 pub fn index_dir(data_dir: &std::path::Path) -> PathBuf {
@@ -133,45 +134,224 @@ async fn verify_objects(log: &Log, index: &Index) -> Result<()> {
     Ok(())
 }
 
-/// Whether the index's tree matches the stored signed checkpoint (an index
-/// damaged in a way sled does not notice computes another root). A missing
-/// or unreadable checkpoint, or one newer than the index, proves nothing
-/// either way.
-async fn index_agrees_with_checkpoint(
-    store: &Arc<dyn ObjectStore>,
-    index: &Index,
-    signer: &NoteSigner,
-) -> bool {
-    use object_store::ObjectStoreExt as _;
-    let Ok(applied) = index.applied() else {
-        return false;
-    };
-    if index.objects().is_err() {
-        return false;
+/// An exclusive lock on a data folder, held while a registry runs on it.
+/// Two registries on one folder would each take the other's index for
+/// damage; the second one stops instead, naming the first, having touched
+/// nothing.
+#[derive(Debug)]
+pub(super) struct FolderLock {
+    _file: std::fs::File,
+}
+
+/// The lock file in a data folder; it holds the holder's process id.
+pub const LOCK_FILE: &str = "registry.lock";
+
+/// Takes the exclusive lock on `data_dir`.
+///
+/// # Errors
+/// Precondition naming the process that holds it; Unavailable when the
+/// lock file cannot be opened.
+pub(super) fn lock_folder(data_dir: &std::path::Path) -> Result<FolderLock> {
+    use std::io::Write as _;
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| {
+            Error::new(
+                Kind::Unavailable,
+                format!("opening the lock file {}: {e}", path.display()),
+            )
+        })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another process".to_owned()
+            } else {
+                format!("another registry ({holder})")
+            };
+            return Err(Error::precondition(format!(
+                "the data folder {} is in use by {who}, which holds {}: stop it first, or give \
+                 this registry a data folder of its own; nothing was changed",
+                data_dir.display(),
+                path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(Error::new(
+                Kind::Unavailable,
+                format!("locking {}: {e}", path.display()),
+            ));
+        }
     }
-    let note = match store.get(&StorePath::from(CHECKPOINT_PATH)).await {
-        Ok(r) => match r.bytes().await {
-            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-            Err(_) => return true,
-        },
-        Err(_) => return true,
-    };
-    let Ok(cp) = Checkpoint::open(&note, &signer.verifier()) else {
-        return true;
-    };
-    if cp.size > applied {
-        return true;
+    // Best effort: the lock is what excludes; the id only names the holder.
+    let _ = file.set_len(0);
+    let _ = writeln!(file, "pid {}", std::process::id());
+    Ok(FolderLock { _file: file })
+}
+
+/// An index that disagrees with the log: rebuilt, never trusted.
+fn index_damaged(why: String) -> Error {
+    Error::new(
+        Kind::Internal,
+        format!("the index disagrees with the log: {why}"),
+    )
+    .with_reason(reason::INDEX_DAMAGED)
+}
+
+/// Checks the applied tree against the stored signed checkpoints before
+/// anything is signed or served from it.
+///
+/// Every stored hash is tied to its children (one pass over the hash
+/// file), the root at each stored checkpoint's size must be that
+/// checkpoint's root, and the leaves of entries past the newest checkpoint
+/// that the index held before this start (not just read from storage) are
+/// compared with storage. `rebuilt` says the whole tree was just computed
+/// from the entries in storage: then a disagreement is the log's, not the
+/// index's.
+///
+/// # Errors
+/// Internal with reason INDEX_DAMAGED when the index is at fault (the
+/// caller rebuilds it); DataLoss when the log in storage contradicts a
+/// signed checkpoint, or has entries and no checkpoint at all while
+/// `accept_unsigned` is off.
+async fn check_against_checkpoints(
+    shared: &Shared,
+    stored: &[Stored],
+    held_before: u64,
+    accept_unsigned: bool,
+) -> Result<()> {
+    let index = &shared.index;
+    let size = index.applied()?;
+    let rebuilt = held_before == 0;
+    let tree = index.clone();
+    if let Some((level, n)) = crate::blocking::run(move || tree.check_tree()).await? {
+        return Err(index_damaged(format!(
+            "its stored Merkle node {level}/{n} is not the hash of its children"
+        )));
     }
-    matches!(merkle::root(index, cp.size), Ok(root) if root == cp.root)
+    if size > 0 && stored.is_empty() && !accept_unsigned {
+        return Err(Error::new(
+            Kind::DataLoss,
+            format!(
+                "the log has {size} entries but no signed checkpoint (neither {} nor any in {}/): \
+                 nothing proves these entries are the ones this registry signed. If the log is \
+                 known to be intact (audit it against a checkpoint a client saved), sign it again \
+                 with `stackpin-registry recover --accept-unsigned`",
+                layout::CHECKPOINT,
+                layout::CHECKPOINTS
+            ),
+        )
+        .with_reason(reason::UNSIGNED_LOG));
+    }
+    let mut agreed: Option<&Stored> = None;
+    for s in stored {
+        let cp = &s.checkpoint;
+        if cp.size > size {
+            return Err(Error::new(
+                Kind::DataLoss,
+                format!(
+                    "{} signs a log of {} entries, but storage holds {size}: log entries \
+                     {size}..{} were deleted; restore log/entries from a backup",
+                    s.key, cp.size, cp.size
+                ),
+            )
+            .with_reason(reason::LOG_CONTRADICTS_CHECKPOINT));
+        }
+        let root = merkle::root(index, cp.size)?;
+        if root == cp.root {
+            if cp.size > 0 {
+                agreed = Some(s);
+            }
+            continue;
+        }
+        if !rebuilt {
+            return Err(index_damaged(format!(
+                "its root at size {} is not the one {} signed",
+                cp.size, s.key
+            )));
+        }
+        let from = agreed.map_or(0, |a| a.checkpoint.size);
+        let which = if from + 1 == cp.size {
+            format!("log entry {from}")
+        } else {
+            format!("one of log entries {from}..{}", cp.size)
+        };
+        let since = agreed.map_or(String::new(), |a| {
+            format!(" (the entries before agree with {})", a.key)
+        });
+        return Err(Error::new(
+            Kind::DataLoss,
+            format!(
+                "{which} in storage is not what the log key signed: {} (size {}, root {}) does \
+                 not match the tree of the entries in storage{since}. An entry was altered or \
+                 replaced after it was signed; the registry will not sign or serve this log. \
+                 Restore log/entries from a backup and compare with `stackpin audit --data-dir`",
+                s.key, cp.size, cp.root
+            ),
+        )
+        .with_reason(reason::LOG_CONTRADICTS_CHECKPOINT));
+    }
+    // Leaves the index held before this start, past the newest signed
+    // checkpoint: no signature covers them, so compare them with storage.
+    let signed = agreed.map_or(0, |a| a.checkpoint.size);
+    if !rebuilt && signed < held_before {
+        for (start, count, _) in index.objects()? {
+            if start + count <= signed || start >= held_before {
+                continue;
+            }
+            let Some(object) = shared.log.read(start).await? else {
+                return Err(Error::new(
+                    Kind::DataLoss,
+                    format!("log object {start} is missing from storage"),
+                ));
+            };
+            for (at, bytes) in (start..).zip(Log::split(&object)) {
+                if at < signed
+                    || at >= held_before
+                    || merkle::leaf_hash(&bytes) == index.node(0, at)?
+                {
+                    continue;
+                }
+                // The index's own copy tells which side changed.
+                if index.copy_agrees(at)? {
+                    return Err(Error::new(
+                        Kind::DataLoss,
+                        format!(
+                            "log entry {at} in storage changed after the registry applied it (the \
+                             index still holds the entry as written, and no stored checkpoint \
+                             covers it yet): restore log/entries from a backup"
+                        ),
+                    )
+                    .with_reason(reason::LOG_CONTRADICTS_CHECKPOINT));
+                }
+                return Err(index_damaged(format!(
+                    "its leaf hash of log entry {at} is not the hash of the entry"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Registry {
     /// Opens a registry over `index` with `options`, catching the index up
-    /// with the log, and starts its committer task (tailing every `poll`).
+    /// with the log and checking the tree against every signed checkpoint
+    /// stored with the log, and starts its committer task (tailing every
+    /// `poll`). An empty `index` is built from the entries in storage.
     ///
     /// # Errors
     /// Unavailable when storage is unreachable; DataLoss when the log is
-    /// damaged (an entry unreadable, or a gap before later entries).
+    /// damaged (an entry unreadable, a gap before later entries, entries
+    /// that contradict a signed checkpoint, or a stored checkpoint that
+    /// does not verify); Internal with reason INDEX_DAMAGED when the index
+    /// disagrees with the log.
     pub async fn open(index: Index, options: Options) -> Result<Self> {
         let Options {
             store,
@@ -179,6 +359,7 @@ impl Registry {
             signer,
             limits,
             clock,
+            accept_unsigned,
         } = options;
         let (checkpoint_tx, checkpoint_rx) = watch::channel(None);
         let shared = Arc::new(Shared {
@@ -188,6 +369,7 @@ impl Registry {
             rules: Rules {
                 configured: trusted,
                 clock_skew: limits.clock_skew,
+                predicate_types: limits.predicate_types.clone(),
             },
             clock,
             limits,
@@ -196,6 +378,10 @@ impl Registry {
             checkpoint_tx,
             store: store.clone(),
         });
+        let verifier = shared.signer.verifier();
+        // Read before catching up: a checkpoint another replica stores
+        // meanwhile is newer than what this start checks, not a mismatch.
+        let stored = stored_checkpoints(&store, &verifier).await?;
         let from = shared.index.applied()?;
         let started = Instant::now();
         let applied = committer::catch_up(&shared.log, &shared.index, &shared.rules).await?;
@@ -208,7 +394,17 @@ impl Registry {
             );
         }
         verify_objects(&shared.log, &shared.index).await?;
-        tokio::spawn(store_checkpoints(store, checkpoint_rx));
+        check_against_checkpoints(&shared, &stored, from, accept_unsigned).await?;
+        if let Some(newest) = stored.last() {
+            tracing::info!(
+                checkpoint = %newest.key,
+                size = newest.checkpoint.size,
+                checkpoints = stored.len(),
+                entries = shared.index.applied()?,
+                "the log agrees with its signed checkpoints"
+            );
+        }
+        tokio::spawn(store_checkpoints(store, verifier, checkpoint_rx));
         shared.committed();
         let (commits, rx) = mpsc::channel(4 * committer::MAX_BATCH);
         tokio::spawn(committer::run(
@@ -217,14 +413,21 @@ impl Registry {
             shared.limits.poll_interval,
             shared.limits.max_batch,
         ));
-        Ok(Self { shared, commits })
+        Ok(Self {
+            shared,
+            commits,
+            folder: None,
+        })
     }
 
-    /// Opens a registry with its index in `data_dir` (rebuilt from the log
-    /// when it is damaged or disagrees with the stored checkpoint).
+    /// Opens a registry with its index in `data_dir`, which it locks for
+    /// as long as it runs. An index that cannot be opened, or that
+    /// disagrees with the log, is deleted and rebuilt from the log; the
+    /// rebuilt tree must then agree with the stored signed checkpoints.
     ///
     /// # Errors
-    /// As [`Self::open`].
+    /// Precondition when another process holds the folder; otherwise as
+    /// [`Self::open`].
     pub async fn open_at(data_dir: &std::path::Path, options: Options) -> Result<Self> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             Error::new(
@@ -232,31 +435,46 @@ impl Registry {
                 format!("creating data folder {}: {e}", data_dir.display()),
             )
         })?;
+        let folder = lock_folder(data_dir)?;
         let dir = index_dir(data_dir);
-        let mut index = open_index(&dir)?;
-        if !index_agrees_with_checkpoint(&options.store, &index, &options.signer).await {
-            tracing::warn!(
-                index = %dir.display(),
-                "the index disagrees with the log's signed checkpoint; deleting it and \
-                 rebuilding it from the log"
-            );
-            drop(index);
-            index = fresh_index(&dir)?;
-        }
+        let index = open_index(&dir)?;
         let had_state = index.applied()? > 0;
-        match Self::open(index, options.clone()).await {
+        let mut registry = match Self::open(index, options.clone()).await {
             Err(e) if had_state && matches!(e.kind(), Kind::DataLoss | Kind::Internal) => {
                 // Either the log or the index is damaged: a fresh index
                 // built from the log alone tells which.
                 tracing::warn!(
+                    index = %dir.display(),
                     error = %e,
-                    "opening failed with the existing index; rebuilding the index from the log"
+                    "opening failed with the existing index; deleting it and rebuilding it from \
+                     the log"
                 );
                 let index = fresh_index(&dir)?;
-                Self::open(index, options).await
+                Self::open(index, options).await?
             }
-            other => other,
-        }
+            other => other?,
+        };
+        registry.folder = Some(folder);
+        Ok(registry)
+    }
+
+    /// Opens a registry on `data_dir` with an index rebuilt from the log
+    /// whatever state the old one is in (`stackpin-registry recover`).
+    ///
+    /// # Errors
+    /// As [`Self::open_at`].
+    pub async fn recover_at(data_dir: &std::path::Path, options: Options) -> Result<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            Error::new(
+                Kind::Unavailable,
+                format!("creating data folder {}: {e}", data_dir.display()),
+            )
+        })?;
+        let folder = lock_folder(data_dir)?;
+        let index = fresh_index(&index_dir(data_dir))?;
+        let mut registry = Self::open(index, options).await?;
+        registry.folder = Some(folder);
+        Ok(registry)
     }
 }
 
