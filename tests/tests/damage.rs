@@ -174,3 +174,174 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Flips one bit of the byte at `at` in `path`.
+fn flip(path: &std::path::Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// The sha256 digest a publish entry records, from its JSON.
+fn published_digest(data: &std::path::Path, index: u64) -> String {
+    let entry = std::fs::read_to_string(data.join(format!("log/entries/{index:020}"))).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&entry).unwrap();
+    v["digest"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn an_edited_pin_is_refused_at_start_not_signed_again_even_without_the_index() {
+    let s = Stopped::new();
+    // The last pin (entry 5, release rel-3) made to name rel-1 instead: a
+    // valid entry by every rule, and of the same length.
+    let (rel1, rel3) = (published_digest(&s.data, 0), published_digest(&s.data, 2));
+    let last = s.data.join("log/entries/00000000000000000005");
+    let text = std::fs::read_to_string(&last).unwrap();
+    assert!(text.contains("rel-3") && text.contains(&rel3), "{text}");
+    std::fs::write(&last, text.replace("rel-3", "rel-1").replace(&rel3, &rel1)).unwrap();
+    std::fs::remove_dir_all(s.data.join("index")).unwrap();
+    let log = s.start_fails("on an edited log");
+    assert!(
+        log.contains("is not what the log key signed")
+            && log.contains("log/checkpoint")
+            && log.contains("size 6"),
+        "{log}"
+    );
+    // Deleting the newest checkpoint does not hide it: the history still
+    // signs the edited entry.
+    std::fs::remove_file(s.data.join("log/checkpoint")).unwrap();
+    let log = s.start_fails("once log/checkpoint was deleted");
+    assert!(
+        log.contains("log/checkpoints/00000000000000000006")
+            && log.contains("is not what the log key signed"),
+        "{log}"
+    );
+    // Nothing was signed meanwhile.
+    let history: Vec<_> = std::fs::read_dir(s.data.join("log/checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        history.iter().all(|n| n.as_str() <= "00000000000000000006"),
+        "{history:?}"
+    );
+}
+
+#[test]
+fn a_damaged_tree_hash_is_blamed_on_the_index_and_never_signed() {
+    let s = Stopped::new();
+    let before = std::fs::read_to_string(s.data.join("log/checkpoint")).unwrap();
+    // The root of the first four leaves (stored after leaf 3 and node 1/1),
+    // with the stored checkpoint gone: only the history remains to check.
+    let hashes = s.data.join("index/hashes");
+    flip(&hashes, 6 * 32 + 5);
+    std::fs::remove_file(s.data.join("log/checkpoint")).unwrap();
+    let (w, answers) = s.start();
+    let log = w.server.log();
+    assert!(
+        log.contains("not the hash of its children") && log.contains("rebuilding it from the log"),
+        "{log}"
+    );
+    assert_eq!(w.answers(), answers);
+    // The checkpoint it signs is the one it signed before the damage.
+    let note = w.cli(&["checkpoint", "--log-key", &w.vkey]).ok().to_owned();
+    assert!(
+        note.contains(before.lines().nth(2).unwrap()),
+        "{note}\n{before}"
+    );
+}
+
+#[test]
+fn a_damaged_leaf_hash_is_blamed_on_the_index_not_on_storage() {
+    let w = World::new(&[]);
+    w.three_releases();
+    let trusted = w.dir.path().join("trusted");
+    let audit = |w: &World| {
+        w.cli(&[
+            "audit",
+            "--trusted-keys",
+            trusted.to_str().unwrap(),
+            "--log-key",
+            &w.vkey,
+        ])
+    };
+    audit(&w).ok();
+    let answers = w.answers();
+    // The leaf hash of entry 0 is the first stored hash.
+    flip(&w.data().join("index/hashes"), 3);
+    let run = audit(&w);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        said.contains("the index's record of log entry 0 is damaged")
+            && !said.contains("in storage no longer matches"),
+        "{said}"
+    );
+    // The next start rebuilds the index; the log audits clean again.
+    let (w, answers) = Stopped::stop(w, answers).start();
+    assert!(
+        w.server.log().contains("rebuilding it from the log"),
+        "{}",
+        w.server.log()
+    );
+    assert_eq!(w.answers(), answers);
+    audit(&w).ok();
+}
+
+#[test]
+fn a_second_registry_on_the_same_folder_stops_and_deletes_nothing() {
+    let w = World::new(&[]);
+    w.three_releases();
+    let answers = w.answers();
+    let trusted = w.dir.path().join("trusted");
+    let log = match Server::try_start(&w.data(), &["--trusted-keys", trusted.to_str().unwrap()]) {
+        Ok(_) => panic!("two registries run on one data folder"),
+        Err(log) => log,
+    };
+    assert!(
+        log.contains("is in use by another registry (pid ") && log.contains("nothing was changed"),
+        "{log}"
+    );
+    assert!(w.data().join("index/hashes").exists());
+    assert_eq!(w.answers(), answers);
+    // The first one still writes.
+    w.cli(&["pin", "--env", "prod", "--release-id", "rel-1"])
+        .ok();
+}
+
+#[test]
+fn a_deleted_checkpoint_history_with_the_newest_checkpoint_kept_starts_with_identical_answers() {
+    let s = Stopped::new();
+    std::fs::remove_dir_all(s.data.join("log/checkpoints")).unwrap();
+    std::fs::remove_dir_all(s.data.join("index")).unwrap();
+    let (w, answers) = s.start();
+    assert_eq!(w.answers(), answers);
+}
+
+#[test]
+fn a_truncated_checkpoint_stops_the_start_and_names_it() {
+    let s = Stopped::new();
+    let cp = s.data.join("log/checkpoint");
+    let note = std::fs::read(&cp).unwrap();
+    std::fs::write(&cp, &note[..note.len() / 2]).unwrap();
+    let log = s.start_fails("on a truncated checkpoint");
+    assert!(
+        log.contains("log/checkpoint is not a checkpoint signed by this registry's log key"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_checkpoint_signed_by_another_key_stops_the_start_and_names_it() {
+    let s = Stopped::new();
+    // The newest history copy replaced by a checkpoint of another registry.
+    let other = World::new(&[]);
+    other.three_releases();
+    let theirs = other.data_signed_up_to(6).join("log/checkpoint");
+    std::fs::copy(theirs, s.data.join("log/checkpoints/00000000000000000006")).unwrap();
+    let log = s.start_fails("on a checkpoint signed by another key");
+    assert!(
+        log.contains("log/checkpoints/00000000000000000006 is not a checkpoint signed by this registry's log key"),
+        "{log}"
+    );
+}
