@@ -504,3 +504,73 @@ fn the_server_stops_cleanly_on_sigterm() {
     let status = w.server.stop();
     assert!(status.success(), "exit status {status}");
 }
+
+/// An envelope over an in-toto statement for `body` whose predicate type is
+/// `predicate_type`, signed by the `ci` publisher key.
+fn attestation(w: &World, release: &str, body: &[u8], predicate_type: &str) -> Vec<u8> {
+    use stackpin_registry::signing;
+    let pem = String::from_utf8(w.read("ci.pem")).unwrap();
+    let key = signing::signing_key_from_pem(&pem).unwrap();
+    let digest = stackpin_registry::digest::Digest::of(body);
+    let statement = String::from_utf8(signing::publish_statement(
+        &release.parse().unwrap(),
+        &digest,
+    ))
+    .unwrap()
+    .replace(signing::PUBLISH_PREDICATE, predicate_type);
+    signing::sign_envelope(statement.as_bytes(), &key)
+}
+
+#[test]
+fn only_an_attestation_of_a_publish_publishes() {
+    const SLSA: &str = "https://slsa.dev/provenance/v1";
+    let w = World::new(&[]);
+    let body = b"{\"ok\":true}";
+    w.write("ok.json", body);
+    // Provenance signed by a trusted publisher key, naming the release and
+    // the digest: not a publish.
+    w.write("slsa.json", &attestation(&w, "r1", body, SLSA));
+    let publish = |w: &World| {
+        w.cli(&[
+            "--output",
+            "json",
+            "publish",
+            "ok.json",
+            "--release-id",
+            "r1",
+            "--envelope",
+            "slsa.json",
+        ])
+    };
+    publish(&w).fails(2, &format!("predicateType {SLSA:?}, which is not a publish"));
+    w.cli(&["pin", "--env", "prod", "--release-id", "r1"])
+        .fails(3, "r1");
+
+    // An operator who lists the type accepts it; the entry records it, and
+    // an audit checks it against the same list.
+    let World { dir, server, vkey } = w;
+    assert!(server.stop().success());
+    let settings = dir.path().join("settings.toml");
+    std::fs::write(&settings, format!("accepted_predicate_types = [{SLSA:?}]\n")).unwrap();
+    let trusted = dir.path().join("trusted");
+    let server = stackpin_tests::Server::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            settings.to_str().unwrap(),
+            "--trusted-keys",
+            trusted.to_str().unwrap(),
+        ],
+    );
+    let w = World { dir, server, vkey };
+    assert_eq!(publish(&w).json()["created"], true);
+    let audit = |extra: &[&str]| {
+        let mut args = vec!["audit", "--trusted-keys", "trusted", "--log-key", &w.vkey];
+        args.extend_from_slice(extra);
+        w.cli(&args)
+    };
+    audit(&["--accept-predicate-type", SLSA]).ok();
+    let refused = audit(&[]);
+    refused.fails(5, "audit failed");
+    assert!(refused.stdout.contains("which is not a publish"), "{}", refused.stdout);
+}
