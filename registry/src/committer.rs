@@ -58,6 +58,10 @@ pub trait Target: Send + Sync + 'static {
     fn rules(&self) -> &Rules;
     /// Called after entries were applied (a new checkpoint is due).
     fn committed(&self);
+    /// Called after entries other replicas wrote, from log index `from`
+    /// on, were applied, before [`Self::committed`]: checks them against
+    /// the checkpoint stored with the log.
+    fn tailed(&self, from: u64) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// How often a long catch-up logs its progress.
@@ -140,8 +144,10 @@ pub async fn run<T: Target>(
                     }
                 }
                 if !syncs.is_empty() {
+                    let from = target.index().applied().unwrap_or(0);
                     let result = catch_up(target.log(), target.index(), target.rules()).await;
                     if matches!(result, Ok(n) if n > 0) {
+                        target.tailed(from).await;
                         target.committed();
                     }
                     for s in syncs {
@@ -153,6 +159,7 @@ pub async fn run<T: Target>(
                 }
             }
             _ = tick.tick() => {
+                let from = target.index().applied().unwrap_or(0);
                 let caught = catch_up(target.log(), target.index(), target.rules()).await;
                 if let Ok(n) = &caught {
                     metrics::gauge!("stackpin_index_lag_entries").set(*n as f64);
@@ -161,6 +168,7 @@ pub async fn run<T: Target>(
                     Ok(0) => {}
                     Ok(n) => {
                         tracing::debug!(entries = n, "applied entries written by other replicas");
+                        target.tailed(from).await;
                         target.committed();
                     }
                     Err(e) => tracing::warn!(error = %e, "tailing the log failed; retrying at the next poll"),
@@ -242,9 +250,11 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
             let rerun = owners
                 .into_iter()
                 .chain(decided.into_iter().map(|(b, r, _)| (b, r)));
+            let from = index.applied().unwrap_or(start);
             if let Err(e) = catch_up(log, index, rules).await {
                 return fail_all(rerun.collect(), &e);
             }
+            target.tailed(from).await;
             target.committed();
             pending = rerun.collect();
             continue;

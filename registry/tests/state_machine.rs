@@ -830,3 +830,43 @@ async fn pages_are_capped_whatever_is_asked() {
     let (list, _) = f.registry.list_artifacts(None, usize::MAX).unwrap();
     assert_eq!(list.len(), 1);
 }
+
+#[tokio::test]
+async fn a_replica_that_reads_entries_contradicting_the_stored_checkpoint_serves_nothing() {
+    let f = Fixture::new().await;
+    // A second replica on the same store, reading only when asked.
+    let replica = open(
+        f.store.clone(),
+        f.clock.clone(),
+        Limits {
+            poll_interval: Duration::from_secs(3600),
+            ..Limits::default()
+        },
+    )
+    .await;
+    f.publish("r1", b"[1]").await.unwrap();
+    f.publish("r2", b"[2]").await.unwrap();
+    f.pin("prod", "r1", None).await.unwrap();
+    f.pin("prod", "r2", None).await.unwrap();
+    f.registry.flush().await.unwrap(); // the checkpoint of 4 entries, stored
+    // Pin #2 rewritten in storage to name r1: valid by every rule.
+    let path = stackpin_registry::log::Log::path(3);
+    let bytes = f.store.get(&path).await.unwrap().bytes().await.unwrap();
+    let text = String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .replace("\"r2\"", "\"r1\"")
+        .replace(&Digest::of(b"[2]").hex(), &Digest::of(b"[1]").hex());
+    f.store.put(&path, text.into_bytes().into()).await.unwrap();
+    assert!(replica.accepts_writes());
+    replica.sync().await.unwrap();
+    let err = replica.contradicted().expect("the replica noticed");
+    assert_eq!(err.kind(), Kind::DataLoss);
+    assert!(
+        err.message().contains("..4 written by another replica")
+            && err.message().contains("log/checkpoint"),
+        "{err}"
+    );
+    assert!(!replica.accepts_writes(), "health must go NOT_SERVING");
+    // It signs nothing for them.
+    assert_eq!(replica.checkpoint().unwrap_err().kind(), Kind::DataLoss);
+}

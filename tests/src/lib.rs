@@ -83,6 +83,20 @@ impl Server {
         Self::try_spawn(data_dir, args, Vec::new())
     }
 
+    /// As [`Self::try_start`], with extra environment variables.
+    pub fn try_start_with_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<Self, String> {
+        let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        Self::try_spawn(data_dir, args, env)
+    }
+
     fn spawn(data_dir: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Self {
         Self::try_spawn(data_dir, args, env)
             .unwrap_or_else(|log| panic!("stackpin-registry did not start; its log:\n{log}"))

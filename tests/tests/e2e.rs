@@ -542,7 +542,10 @@ fn only_an_attestation_of_a_publish_publishes() {
             "slsa.json",
         ])
     };
-    publish(&w).fails(2, &format!("predicateType {SLSA:?}, which is not a publish"));
+    publish(&w).fails(
+        2,
+        &format!("predicateType {SLSA:?}, which is not a publish"),
+    );
     w.cli(&["pin", "--env", "prod", "--release-id", "r1"])
         .fails(3, "r1");
 
@@ -551,7 +554,11 @@ fn only_an_attestation_of_a_publish_publishes() {
     let World { dir, server, vkey } = w;
     assert!(server.stop().success());
     let settings = dir.path().join("settings.toml");
-    std::fs::write(&settings, format!("accepted_predicate_types = [{SLSA:?}]\n")).unwrap();
+    std::fs::write(
+        &settings,
+        format!("accepted_predicate_types = [{SLSA:?}]\n"),
+    )
+    .unwrap();
     let trusted = dir.path().join("trusted");
     let server = stackpin_tests::Server::start(
         &dir.path().join("data"),
@@ -572,5 +579,9 @@ fn only_an_attestation_of_a_publish_publishes() {
     audit(&["--accept-predicate-type", SLSA]).ok();
     let refused = audit(&[]);
     refused.fails(5, "audit failed");
-    assert!(refused.stdout.contains("which is not a publish"), "{}", refused.stdout);
+    assert!(
+        refused.stdout.contains("which is not a publish"),
+        "{}",
+        refused.stdout
+    );
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use object_store::ObjectStoreExt as _;
 use stackpin_tests::s3::Seaweed;
 use stackpin_tests::{Run, Server, stackpin};
 use tempfile::TempDir;
@@ -21,9 +22,15 @@ fn keys(dir: &Path) {
 }
 
 fn replica(dir: &Path, name: &str, weed: &Seaweed, prefix: &str) -> Server {
+    try_replica(dir, name, weed, prefix)
+        .unwrap_or_else(|log| panic!("stackpin-registry did not start; its log:\n{log}"))
+}
+
+/// As [`replica`], for a start that may be refused: its log when it is.
+fn try_replica(dir: &Path, name: &str, weed: &Seaweed, prefix: &str) -> Result<Server, String> {
     let storage = format!("s3://{}/{prefix}", stackpin_tests::s3::BUCKET);
     let (log_key, trusted) = (dir.join("log.pem"), dir.join("trusted"));
-    Server::start_with_env(
+    Server::try_start_with_env(
         &dir.join(name),
         &[
             "--storage",
@@ -335,5 +342,111 @@ fn an_s3_outage_mid_load_is_unavailable_loses_nothing_and_heals_itself() {
     eprintln!(
         "outage run: exit codes {codes:?}, {} pins acknowledged",
         acked.lock().unwrap().len()
+    );
+}
+
+/// What `resolve` answers in prod at a few instants, as JSON text.
+fn prod_answers(dir: &Path, server: &Server) -> Vec<String> {
+    ["2026-03-01T10:30:00Z", "2030-01-01T00:00:00Z"]
+        .iter()
+        .map(|at| {
+            cli(
+                dir,
+                server,
+                &["--output", "json", "resolve", "--env", "prod", "--at", at],
+            )
+            .ok()
+            .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn on_a_bucket_an_edited_log_is_refused_and_a_damaged_index_is_rebuilt() {
+    let weed = Seaweed::start();
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().to_path_buf();
+    keys(&dir);
+    let a = replica(&dir, "a", &weed, "edited");
+    publish(&dir, &a, "rel-1", "{\"release\":1}").ok();
+    publish(&dir, &a, "rel-2", "{\"release\":2}").ok();
+    for (release, at) in [
+        ("rel-1", "2026-03-01T10:00:00Z"),
+        ("rel-2", "2026-03-01T11:00:00Z"),
+    ] {
+        cli(
+            &dir,
+            &a,
+            &[
+                "pin",
+                "--env",
+                "prod",
+                "--release-id",
+                release,
+                "--activated-at",
+                at,
+            ],
+        )
+        .ok();
+    }
+    let answers = prod_answers(&dir, &a);
+
+    // A second registry on a's data folder stops and deletes nothing.
+    let log = try_replica(&dir, "a", &weed, "edited")
+        .err()
+        .expect("two registries on one folder");
+    assert!(log.contains("is in use by another registry"), "{log}");
+    assert_eq!(prod_answers(&dir, &a), answers);
+    assert!(a.stop().success());
+
+    // The tree hash over the first four leaves damaged, and the bucket's
+    // newest checkpoint deleted: the index is blamed and rebuilt.
+    let store = stackpin_registry::storage::open(
+        &stackpin_registry::storage::StorageUrl::S3 {
+            bucket: stackpin_tests::s3::BUCKET.to_owned(),
+            prefix: "edited".to_owned(),
+        },
+        &weed.options(),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let checkpoint = object_store::path::Path::from(stackpin_registry::layout::CHECKPOINT);
+    runtime.block_on(store.delete(&checkpoint)).unwrap();
+    let hashes = dir.join("a/index/hashes");
+    let mut bytes = std::fs::read(&hashes).unwrap();
+    bytes[6 * 32] ^= 1;
+    std::fs::write(&hashes, &bytes).unwrap();
+    let a = replica(&dir, "a", &weed, "edited");
+    assert!(
+        a.log().contains("not the hash of its children"),
+        "{}",
+        a.log()
+    );
+    assert_eq!(prod_answers(&dir, &a), answers);
+    assert!(a.stop().success());
+
+    // Pin #2 edited in the bucket to name rel-1 (valid by every rule): a
+    // fresh replica refuses it instead of signing it.
+    let entry = object_store::path::Path::from(stackpin_registry::layout::object_key(3));
+    let text = runtime
+        .block_on(async { store.get(&entry).await?.bytes().await })
+        .unwrap();
+    let (d1, d2) = (
+        stackpin_registry::digest::Digest::of(b"{\"release\":1}").hex(),
+        stackpin_registry::digest::Digest::of(b"{\"release\":2}").hex(),
+    );
+    let edited = String::from_utf8(text.to_vec())
+        .unwrap()
+        .replace("rel-2", "rel-1")
+        .replace(&d2, &d1);
+    runtime
+        .block_on(store.put(&entry, edited.into_bytes().into()))
+        .unwrap();
+    let log = try_replica(&dir, "fresh", &weed, "edited")
+        .err()
+        .expect("a fresh replica signed an edited log");
+    assert!(
+        log.contains("of log entries 0..4") && log.contains("is not what the log key signed"),
+        "{log}"
     );
 }

@@ -24,8 +24,12 @@ impl Shared {
     /// A signed checkpoint of everything applied so far.
     ///
     /// # Errors
-    /// Internal when the index fails.
+    /// Internal when the index fails; DataLoss once entries read from
+    /// storage contradicted the stored checkpoint.
     pub(super) fn checkpoint(&self) -> Result<SignedCheckpoint> {
+        if let Some(e) = self.contradicted.get() {
+            return Err(e.clone());
+        }
         let size = self.index.applied()?;
         if let Some(cp) = self.cached_checkpoint()
             && cp.size >= size
@@ -52,6 +56,50 @@ impl Shared {
             *cache = Some(cp.clone());
         }
         Ok(cp)
+    }
+
+    /// Checks entries other replicas wrote (from log index `from` on)
+    /// against the checkpoint stored with the log, when it covers them: a
+    /// root that differs means the entries read from storage are not the
+    /// ones the log key signed. The replica then stops signing and serving
+    /// (health NOT_SERVING) rather than spread them.
+    pub(super) async fn check_tailed(&self, from: u64) {
+        let verifier = self.signer.verifier();
+        let note = match read_note(&self.store, layout::CHECKPOINT).await {
+            Ok(Some(note)) => note,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the stored checkpoint failed");
+                return;
+            }
+        };
+        let Ok(stored) = open_stored(layout::CHECKPOINT, &note, &verifier) else {
+            tracing::warn!("the stored checkpoint does not verify under the log key");
+            return;
+        };
+        let cp = stored.checkpoint;
+        let applied = self.index.applied().unwrap_or(0);
+        if cp.size <= from || cp.size > applied {
+            return;
+        }
+        if matches!(merkle::root(&self.index, cp.size), Ok(root) if root != cp.root) {
+            let e = Error::new(
+                Kind::DataLoss,
+                format!(
+                    "log entries {from}..{} written by another replica are not what {} (size \
+                     {}, root {}) signs: the first of them that may be damaged is log entry \
+                     {from}. This replica serves nothing until it is restarted on an intact log \
+                     (see the runbook)",
+                    cp.size,
+                    layout::CHECKPOINT,
+                    cp.size,
+                    cp.root
+                ),
+            )
+            .with_reason(reason::LOG_CONTRADICTS_CHECKPOINT);
+            tracing::error!(error = %e, "NOT_SERVING");
+            let _ = self.contradicted.set(e);
+        }
     }
 
     fn cached_checkpoint(&self) -> Option<SignedCheckpoint> {
@@ -229,5 +277,77 @@ pub(super) async fn store_checkpoints(
             }
         }
         tokio::time::sleep(STORE_CHECKPOINT_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::note::{DEFAULT_ORIGIN, NoteSigner};
+
+    fn signed(signer: &NoteSigner, size: u64) -> SignedCheckpoint {
+        let root = crate::merkle::Hash::from_bytes([size as u8; 32]);
+        let body = Checkpoint {
+            origin: DEFAULT_ORIGIN.to_owned(),
+            size,
+            root,
+        }
+        .body();
+        SignedCheckpoint {
+            size,
+            root,
+            note: signer.sign(&body).into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_stored_checkpoint_never_moves_back_and_the_history_keeps_each() {
+        let signer = NoteSigner::new(
+            DEFAULT_ORIGIN,
+            ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+        )
+        .unwrap();
+        let verifier = signer.verifier();
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        put_checkpoint(&store, &verifier, &signed(&signer, 0))
+            .await
+            .unwrap();
+        put_checkpoint(&store, &verifier, &signed(&signer, 5))
+            .await
+            .unwrap();
+        // A replica (or a restarted registry) that is behind stores its own.
+        put_checkpoint(&store, &verifier, &signed(&signer, 3))
+            .await
+            .unwrap();
+        let stored = stored_checkpoints(&store, &verifier).await.unwrap();
+        let found: Vec<(String, u64)> = stored
+            .iter()
+            .map(|s| (s.key.clone(), s.checkpoint.size))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (layout::checkpoint_history_key(3), 3),
+                (layout::checkpoint_history_key(5), 5),
+                (layout::CHECKPOINT.to_owned(), 5),
+            ]
+        );
+        // A history copy that is not this log's stops the reading.
+        let other = NoteSigner::new(
+            DEFAULT_ORIGIN,
+            ed25519_dalek::SigningKey::from_bytes(&[6; 32]),
+        )
+        .unwrap();
+        let theirs = signed(&other, 7);
+        store
+            .put(
+                &StorePath::from(layout::checkpoint_history_key(7)),
+                Bytes::copy_from_slice(theirs.note.as_bytes()).into(),
+            )
+            .await
+            .unwrap();
+        let err = stored_checkpoints(&store, &verifier).await.unwrap_err();
+        assert_eq!(err.kind(), Kind::DataLoss);
+        assert!(err.message().contains("00000000000000000007"), "{err}");
     }
 }

@@ -236,6 +236,9 @@ struct Shared {
     /// the request path; it coalesces bursts to the newest.
     checkpoint_tx: watch::Sender<Option<SignedCheckpoint>>,
     store: Arc<dyn ObjectStore>,
+    /// Set when entries other replicas wrote contradict the checkpoint
+    /// stored with the log: from then on nothing is signed or served.
+    contradicted: std::sync::OnceLock<Error>,
 }
 
 /// A fresh request id, stored in the entry a request writes.
@@ -262,7 +265,13 @@ impl Registry {
     /// Whether the committer task still runs: when it has stopped, every
     /// write fails, and health says so.
     pub fn accepts_writes(&self) -> bool {
-        !self.commits.is_closed()
+        !self.commits.is_closed() && self.shared.contradicted.get().is_none()
+    }
+
+    /// Why this replica serves nothing: entries it read contradict a
+    /// signed checkpoint (DataLoss), if that happened.
+    pub fn contradicted(&self) -> Option<Error> {
+        self.shared.contradicted.get().cloned()
     }
 
     /// Catches up with entries other replicas wrote, before a fresh read.
@@ -327,7 +336,14 @@ impl committer::Target for Shared {
         &self.rules
     }
 
+    async fn tailed(&self, from: u64) {
+        self.check_tailed(from).await;
+    }
+
     fn committed(&self) {
+        if self.contradicted.get().is_some() {
+            return; // never sign entries that contradict a signed checkpoint
+        }
         match self.checkpoint() {
             Ok(cp) => {
                 metrics::gauge!("stackpin_log_entries").set(cp.size as f64);

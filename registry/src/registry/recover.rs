@@ -377,6 +377,7 @@ impl Registry {
             checkpoint: RwLock::new(None),
             checkpoint_tx,
             store: store.clone(),
+            contradicted: std::sync::OnceLock::new(),
         });
         let verifier = shared.signer.verifier();
         // Read before catching up: a checkpoint another replica stores

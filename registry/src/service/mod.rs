@@ -54,6 +54,9 @@ impl RegistryService {
 
     /// Who the request is and whether it may do `action`.
     fn authorize<T>(&self, request: &Request<T>, action: Action<'_>) -> Result<Principal, Status> {
+        if let Some(e) = self.registry.contradicted() {
+            return Err(e.into());
+        }
         let bearer = match request.metadata().get("authorization") {
             None => None,
             Some(value) => {
