@@ -125,7 +125,8 @@ pub async fn run<T: Target>(
     max_batch: usize,
 ) {
     let max_batch = max_batch.clamp(1, MAX_BATCH);
-    let mut tick = tokio::time::interval(poll);
+    // Opening caught up already: the first tail is one interval away.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + poll, poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -344,4 +344,24 @@ fn a_checkpoint_signed_by_another_key_stops_the_start_and_names_it() {
         log.contains("log/checkpoints/00000000000000000006 is not a checkpoint signed by this registry's log key"),
         "{log}"
     );
+    // The offline audit reads the history too.
+    let (data, trusted) = (s.data.display().to_string(), s.trusted());
+    let run = stackpin_tests::stackpin(
+        s.dir.path(),
+        "http://127.0.0.1:1",
+        &[
+            "audit",
+            "--data-dir",
+            &data,
+            "--trusted-keys",
+            &trusted,
+            "--log-key",
+            &s.vkey,
+        ],
+    );
+    assert_eq!(run.code, 5, "{run:#?}");
+    assert!(
+        run.stdout.contains("log/checkpoints/00000000000000000006"),
+        "{run:#?}"
+    );
 }

@@ -423,6 +423,34 @@ fn on_a_bucket_an_edited_log_is_refused_and_a_damaged_index_is_rebuilt() {
         a.log()
     );
     assert_eq!(prod_answers(&dir, &a), answers);
+
+    // A damaged leaf hash in the running replica's index is blamed on the
+    // index, not on the bucket.
+    let key = std::process::Command::new(stackpin_tests::bin("stackpin-registry"))
+        .args(["key", "--log-key"])
+        .arg(dir.join("log.pem"))
+        .output()
+        .unwrap();
+    let vkey = String::from_utf8(key.stdout).unwrap().trim().to_owned();
+    let audit = || {
+        cli(
+            &dir,
+            &a,
+            &["audit", "--trusted-keys", "trusted", "--log-key", &vkey],
+        )
+    };
+    audit().ok();
+    let mut bytes = std::fs::read(&hashes).unwrap();
+    bytes[3] ^= 1;
+    std::fs::write(&hashes, &bytes).unwrap();
+    let run = audit();
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        run.code != 0
+            && said.contains("the index's record of log entry 0 is damaged")
+            && !said.contains("in storage no longer matches"),
+        "{said}"
+    );
     assert!(a.stop().success());
 
     // Pin #2 edited in the bucket to name rel-1 (valid by every rule): a

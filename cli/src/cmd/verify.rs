@@ -369,6 +369,26 @@ fn audit_dir(
         Ok(note) => audit.checkpoint(&note, log_key),
         Err(e) => audit.no_checkpoint(&format!("no checkpoint at {}: {e}", cp_path.display())),
     }
+    // Every checkpoint of the history signs a prefix of the same log.
+    let history = dir.join(layout::CHECKPOINTS);
+    let mut sizes: Vec<u64> = std::fs::read_dir(&history)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(layout::parse_checkpoint_history_name)
+        })
+        .collect();
+    sizes.sort_unstable();
+    for size in sizes {
+        let key = layout::checkpoint_history_key(size);
+        match std::fs::read_to_string(dir.join(&key)) {
+            Ok(note) => audit.stored_checkpoint(&key, &note, log_key),
+            Err(e) => audit.stored_checkpoint(&key, &format!("unreadable: {e}"), log_key),
+        }
+    }
     audit.signatures();
     let digests = audit.digests();
     for (i, digest) in digests.iter().enumerate() {

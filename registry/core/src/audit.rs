@@ -252,20 +252,27 @@ impl Audit {
 
     /// Checks the signed checkpoint against the entries fed.
     pub fn checkpoint(&mut self, note: &str, log_key: &NoteVerifier) {
+        self.stored_checkpoint("checkpoint", note, log_key);
+    }
+
+    /// Checks a signed checkpoint stored as `name` (the latest, or one of
+    /// the history `log/checkpoints/<size>`) against the entries fed. The
+    /// report's checkpoint size is the largest checked.
+    pub fn stored_checkpoint(&mut self, name: &str, note: &str, log_key: &NoteVerifier) {
         let cp = match Checkpoint::open(note, log_key) {
             Ok(cp) => cp,
             Err(e) => {
-                self.fail(Class::Checkpoint, format!("checkpoint: {e}"));
+                self.fail(Class::Checkpoint, format!("{name}: {e}"));
                 return;
             }
         };
-        self.report.checkpoint_size = cp.size;
+        self.report.checkpoint_size = self.report.checkpoint_size.max(cp.size);
         if cp.size > self.tree.len() {
             let have = self.tree.len();
             self.fail(
                 Class::Checkpoint,
                 format!(
-                    "the checkpoint covers {} entries but only {have} exist: entries were removed",
+                    "{name} covers {} entries but only {have} exist: entries were removed",
                     cp.size
                 ),
             );
@@ -276,7 +283,7 @@ impl Audit {
             Ok(_) => self.fail(
                 Class::Checkpoint,
                 format!(
-                    "the entries' Merkle root at size {} differs from the signed checkpoint: the log was rewritten",
+                    "the entries' Merkle root at size {} differs from {name}: the log was rewritten",
                     cp.size
                 ),
             ),

@@ -146,13 +146,19 @@ pub(super) struct FolderLock {
 /// The lock file in a data folder; it holds the holder's process id.
 pub const LOCK_FILE: &str = "registry.lock";
 
-/// Takes the exclusive lock on `data_dir`.
+/// Creates `data_dir` if need be and takes its exclusive lock.
 ///
 /// # Errors
 /// Precondition naming the process that holds it; Unavailable when the
-/// lock file cannot be opened.
+/// folder or the lock file cannot be made.
 pub(super) fn lock_folder(data_dir: &std::path::Path) -> Result<FolderLock> {
     use std::io::Write as _;
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        Error::new(
+            Kind::Unavailable,
+            format!("creating data folder {}: {e}", data_dir.display()),
+        )
+    })?;
     let path = data_dir.join(LOCK_FILE);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -396,6 +402,18 @@ impl Registry {
         }
         verify_objects(&shared.log, &shared.index).await?;
         check_against_checkpoints(&shared, &stored, from, accept_unsigned).await?;
+        let history = stored
+            .iter()
+            .filter(|s| s.key != layout::CHECKPOINT)
+            .count();
+        if history == 0 && shared.index.applied()? > 0 {
+            tracing::warn!(
+                history = layout::CHECKPOINTS,
+                "the log has no checkpoint history (a registry before this version kept only \
+                 log/checkpoint, or the history was deleted): the log is checked against \
+                 log/checkpoint alone; from now on every stored checkpoint is kept in the history"
+            );
+        }
         if let Some(newest) = stored.last() {
             tracing::info!(
                 checkpoint = %newest.key,
@@ -430,12 +448,6 @@ impl Registry {
     /// Precondition when another process holds the folder; otherwise as
     /// [`Self::open`].
     pub async fn open_at(data_dir: &std::path::Path, options: Options) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            Error::new(
-                Kind::Unavailable,
-                format!("creating data folder {}: {e}", data_dir.display()),
-            )
-        })?;
         let folder = lock_folder(data_dir)?;
         let dir = index_dir(data_dir);
         let index = open_index(&dir)?;
@@ -465,12 +477,6 @@ impl Registry {
     /// # Errors
     /// As [`Self::open_at`].
     pub async fn recover_at(data_dir: &std::path::Path, options: Options) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            Error::new(
-                Kind::Unavailable,
-                format!("creating data folder {}: {e}", data_dir.display()),
-            )
-        })?;
         let folder = lock_folder(data_dir)?;
         let index = fresh_index(&index_dir(data_dir))?;
         let mut registry = Self::open(index, options).await?;
