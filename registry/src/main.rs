@@ -170,12 +170,18 @@ async fn recover(settings: Settings, accept_unsigned: bool) -> anyhow::Result<()
         .with_context(|| format!("recovering the registry on {url:?}"))?;
     registry.flush().await.context("storing the checkpoint")?;
     let cp = registry.checkpoint()?;
+    let stored = if cp.size == 0 {
+        stackpin_registry::layout::CHECKPOINT.to_owned()
+    } else {
+        format!(
+            "{} and {}",
+            stackpin_registry::layout::CHECKPOINT,
+            stackpin_registry::layout::checkpoint_history_key(cp.size)
+        )
+    };
     println!(
-        "recovered: {} log entries, root {}; signed and stored as {} and {}",
-        cp.size,
-        cp.root,
-        stackpin_registry::layout::CHECKPOINT,
-        stackpin_registry::layout::checkpoint_history_key(cp.size)
+        "recovered: {} log entries, root {}; signed and stored as {stored}",
+        cp.size, cp.root
     );
     Ok(())
 }

@@ -456,6 +456,7 @@ async fn a_new_index_rebuilt_from_the_log_gives_identical_answers() {
     f.pin("prod", "r1", Some(t(1))).await.unwrap();
     f.pin("prod", "r2", Some(t(2))).await.unwrap();
     let env: EnvName = "prod".parse().unwrap();
+    f.registry.flush().await.unwrap(); // as a graceful stop stores the checkpoint
     let fresh = open(f.store.clone(), f.clock.clone(), Limits::default()).await;
     for at in [1, 2, 3] {
         assert_eq!(
@@ -800,6 +801,7 @@ async fn concurrent_writes_are_group_committed_and_stay_consistent() {
     let entries = f.registry.checkpoint().unwrap().size;
     assert_eq!(entries, 1 + 64 + 1);
     assert!(audit(&f).await.ok());
+    f.registry.flush().await.unwrap(); // as a graceful stop stores the checkpoint
     let fresh = open(f.store.clone(), f.clock.clone(), Limits::default()).await;
     assert_eq!(
         fresh.checkpoint().unwrap().root,

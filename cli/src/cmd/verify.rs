@@ -207,7 +207,7 @@ pub async fn audit(
     let mut audit = Audit::with_rules(Rules {
         configured: trusted,
         clock_skew: args.clock_skew.unwrap_or(DEFAULT_CLOCK_SKEW),
-        predicate_types: args.accept_predicate_types.clone(),
+        predicate_types: Some(args.accept_predicate_types.clone()),
     });
     let mut progress = Progress::new();
     let source = match &args.data_dir {

@@ -435,6 +435,12 @@ fn parse_statement(payload: &[u8]) -> Result<(ReleaseId, Digest, String), Error>
     Ok((release_id, Digest::from_hex(hex)?, st.predicate_type))
 }
 
+/// Whether an in-toto statement of `predicate_type` is a publish: stackpin's
+/// own type, or one of `also` (an operator's `accepted_predicate_types`).
+pub fn is_publish_predicate(predicate_type: &str, also: &[String]) -> bool {
+    predicate_type == PUBLISH_PREDICATE || also.iter().any(|t| t == predicate_type)
+}
+
 /// The in-toto statement the CLI signs for a publish.
 pub fn publish_statement(release_id: &ReleaseId, digest: &Digest) -> Vec<u8> {
     let st = StatementJson {

@@ -40,16 +40,21 @@ pub struct Rules {
     pub configured: TrustedKeys,
     /// How far after its `recorded_at` a pin may activate.
     pub clock_skew: std::time::Duration,
-    /// In-toto predicate types accepted as a publish besides stackpin's
-    /// own ([`PUBLISH_PREDICATE`]): an operator's setting.
-    pub predicate_types: Vec<String>,
+    /// In-toto predicate types a logged publish may record besides
+    /// stackpin's own ([`PUBLISH_PREDICATE`]), as an auditor was told the
+    /// registry accepts. `None`: any type the entry records, as long as it
+    /// is the one its envelope attests. A registry replays its own log so:
+    /// which types it accepts is checked when a publish arrives, and a
+    /// setting changed later must not make its log invalid.
+    pub predicate_types: Option<Vec<String>>,
 }
 
 impl Rules {
-    /// Whether a statement of `predicate_type` may be a publish.
+    /// Whether a logged publish may record `predicate_type`.
     pub fn accepts_predicate(&self, predicate_type: &str) -> bool {
-        predicate_type == PUBLISH_PREDICATE
-            || self.predicate_types.iter().any(|t| t == predicate_type)
+        self.predicate_types
+            .as_ref()
+            .is_none_or(|also| signing::is_publish_predicate(predicate_type, also))
     }
 
     /// Rules trusting `configured` keys, with the default clock skew.
@@ -57,7 +62,7 @@ impl Rules {
         Self {
             configured,
             clock_skew: DEFAULT_CLOCK_SKEW,
-            predicate_types: Vec::new(),
+            predicate_types: Some(Vec::new()),
         }
     }
 
@@ -340,6 +345,11 @@ const RULES: [(&str, Kind); 15] = [
     (reason::KEY_ADDED_TWICE, Kind::Conflict),
     (reason::KEY_REVOKED_TWICE, Kind::Conflict),
 ];
+
+/// Whether `reason` names one of the log's rules.
+pub fn is_rule(reason: &str) -> bool {
+    rule_kind(reason).is_some()
+}
 
 /// The kind a request is told for the rule named `reason`.
 fn rule_kind(reason: &str) -> Option<Kind> {

@@ -246,7 +246,7 @@ impl Index {
     }
 
     /// Leaves a mark that makes the next open rebuild the index.
-    pub(super) fn mark_damaged(&self, index: u64) {
+    pub fn mark_damaged(&self, index: u64) {
         tracing::error!(
             index,
             "the index's copy of a log entry is damaged; the index will be rebuilt at the next start"

@@ -30,7 +30,12 @@ impl Shared {
         if let Some(e) = self.contradicted.get() {
             return Err(e.clone());
         }
-        let size = self.index.applied()?;
+        // Only what was checked: entries other replicas wrote are signed
+        // once checked against the stored checkpoint (`check_tailed`).
+        let size = self
+            .index
+            .applied()?
+            .min(self.checked.load(std::sync::atomic::Ordering::Acquire));
         if let Some(cp) = self.cached_checkpoint()
             && cp.size >= size
         {
@@ -65,40 +70,42 @@ impl Shared {
     /// (health NOT_SERVING) rather than spread them.
     pub(super) async fn check_tailed(&self, from: u64) {
         let verifier = self.signer.verifier();
-        let note = match read_note(&self.store, layout::CHECKPOINT).await {
-            Ok(Some(note)) => note,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the stored checkpoint failed");
+        let applied = self.index.applied().unwrap_or(0);
+        // The newest history copy covering the new entries, and the latest.
+        let mut signed = Vec::new();
+        match find_checkpoints(&self.store, &verifier, Some(from)).await {
+            Ok(found) => {
+                if let Some(size) = found.history.iter().rev().find(|s| **s <= applied) {
+                    match history_checkpoint(&self.store, &verifier, *size).await {
+                        Ok(stored) => signed.push(stored),
+                        Err(e) => tracing::warn!(error = %e, "a stored checkpoint is unusable"),
+                    }
+                }
+                signed.extend(found.latest);
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the stored checkpoints failed"),
+        }
+        for stored in signed {
+            let cp = &stored.checkpoint;
+            if cp.size <= from || cp.size > applied {
+                continue;
+            }
+            if matches!(merkle::root(&self.index, cp.size), Ok(root) if root != cp.root) {
+                let e = Error::new(
+                    Kind::DataLoss,
+                    format!(
+                        "log entries {from}..{} written by another replica are not what {} \
+                         (size {}, root {}) signs: the first of them that may be damaged is log \
+                         entry {from}. This replica serves nothing until it is restarted on an \
+                         intact log (see the runbook)",
+                        cp.size, stored.key, cp.size, cp.root
+                    ),
+                )
+                .with_reason(reason::LOG_CONTRADICTS_CHECKPOINT);
+                tracing::error!(error = %e, "NOT_SERVING");
+                let _ = self.contradicted.set(e);
                 return;
             }
-        };
-        let Ok(stored) = open_stored(layout::CHECKPOINT, &note, &verifier) else {
-            tracing::warn!("the stored checkpoint does not verify under the log key");
-            return;
-        };
-        let cp = stored.checkpoint;
-        let applied = self.index.applied().unwrap_or(0);
-        if cp.size <= from || cp.size > applied {
-            return;
-        }
-        if matches!(merkle::root(&self.index, cp.size), Ok(root) if root != cp.root) {
-            let e = Error::new(
-                Kind::DataLoss,
-                format!(
-                    "log entries {from}..{} written by another replica are not what {} (size \
-                     {}, root {}) signs: the first of them that may be damaged is log entry \
-                     {from}. This replica serves nothing until it is restarted on an intact log \
-                     (see the runbook)",
-                    cp.size,
-                    layout::CHECKPOINT,
-                    cp.size,
-                    cp.root
-                ),
-            )
-            .with_reason(reason::LOG_CONTRADICTS_CHECKPOINT);
-            tracing::error!(error = %e, "NOT_SERVING");
-            let _ = self.contradicted.set(e);
         }
     }
 
@@ -150,52 +157,77 @@ fn open_stored(key: &str, note: &str, verifier: &NoteVerifier) -> Result<Stored>
     })
 }
 
-/// Every signed checkpoint stored with the log (`log/checkpoint` and the
-/// history `log/checkpoints/<size>`), smallest tree first.
+/// What is stored of the log's checkpoints: the sizes the history holds
+/// (from its listing alone) and the latest copy, read and verified.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Found {
+    /// Sizes of `log/checkpoints/<size>`, smallest first.
+    pub(super) history: Vec<u64>,
+    /// `log/checkpoint`, when there is one.
+    pub(super) latest: Option<Stored>,
+}
+
+/// Lists the checkpoint history (names only) from `after` on, and reads
+/// `log/checkpoint`.
 ///
 /// # Errors
-/// DataLoss naming a stored object that is not a checkpoint signed by
-/// `verifier` (truncated, altered, or signed by another key); Unavailable
-/// when storage fails.
-pub(super) async fn stored_checkpoints(
+/// DataLoss when `log/checkpoint` is not a checkpoint signed by `verifier`
+/// (truncated, altered, or signed by another key); Unavailable when
+/// storage fails.
+pub(super) async fn find_checkpoints(
     store: &Arc<dyn ObjectStore>,
     verifier: &NoteVerifier,
-) -> Result<Vec<Stored>> {
-    use futures::{StreamExt as _, TryStreamExt as _};
+    after: Option<u64>,
+) -> Result<Found> {
+    use futures::TryStreamExt as _;
     let prefix = StorePath::from(layout::CHECKPOINTS);
-    let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
-    let keys: Vec<(u64, String)> = metas
+    let metas: Vec<_> = match after {
+        None => store.list(Some(&prefix)).try_collect().await?,
+        Some(after) => {
+            let offset = StorePath::from(layout::checkpoint_history_key(after));
+            store
+                .list_with_offset(Some(&prefix), &offset)
+                .try_collect()
+                .await?
+        }
+    };
+    let mut history: Vec<u64> = metas
         .iter()
-        .filter_map(|m| {
-            let size = layout::parse_checkpoint_history_name(m.location.filename()?)?;
-            Some((size, m.location.to_string()))
-        })
+        .filter_map(|m| layout::parse_checkpoint_history_name(m.location.filename()?))
+        .filter(|size| after.is_none_or(|a| *size > a))
         .collect();
-    let mut out: Vec<Stored> = futures::stream::iter(keys)
-        .map(|(size, key)| async move {
-            let note = read_note(store, &key).await?.unwrap_or_default();
-            let stored = open_stored(&key, &note, verifier)?;
-            if stored.checkpoint.size != size {
-                return Err(Error::new(
-                    Kind::DataLoss,
-                    format!(
-                        "{key} holds a checkpoint of size {}, not {size}: it was moved or \
-                         altered",
-                        stored.checkpoint.size
-                    ),
-                )
-                .with_reason(reason::CHECKPOINT_UNVERIFIED));
-            }
-            Ok(stored)
-        })
-        .buffer_unordered(16)
-        .try_collect()
-        .await?;
-    if let Some(note) = read_note(store, layout::CHECKPOINT).await? {
-        out.push(open_stored(layout::CHECKPOINT, &note, verifier)?);
+    history.sort_unstable();
+    let latest = match read_note(store, layout::CHECKPOINT).await? {
+        Some(note) => Some(open_stored(layout::CHECKPOINT, &note, verifier)?),
+        None => None,
+    };
+    Ok(Found { history, latest })
+}
+
+/// Reads and verifies the history copy of the checkpoint of `size`.
+///
+/// # Errors
+/// DataLoss when it is missing, is not a checkpoint signed by `verifier`,
+/// or signs another size; Unavailable when storage fails.
+pub(super) async fn history_checkpoint(
+    store: &Arc<dyn ObjectStore>,
+    verifier: &NoteVerifier,
+    size: u64,
+) -> Result<Stored> {
+    let key = layout::checkpoint_history_key(size);
+    let note = read_note(store, &key).await?.unwrap_or_default();
+    let stored = open_stored(&key, &note, verifier)?;
+    if stored.checkpoint.size != size {
+        return Err(Error::new(
+            Kind::DataLoss,
+            format!(
+                "{key} holds a checkpoint of size {}, not {size}: it was moved or altered",
+                stored.checkpoint.size
+            ),
+        )
+        .with_reason(reason::CHECKPOINT_UNVERIFIED));
     }
-    out.sort_by_key(|s| s.checkpoint.size);
-    Ok(out)
+    Ok(stored)
 }
 
 /// Stores `cp`: first its history copy, written once, then `log/checkpoint`
@@ -267,7 +299,9 @@ pub(super) async fn store_checkpoints(
         let Some(cp) = rx.borrow_and_update().clone() else {
             continue;
         };
-        if cp.size <= stored && stored != 0 {
+        // The empty tree's signature proves nothing: the first one stored
+        // is the first with entries, at once.
+        if cp.size <= stored {
             continue;
         }
         match put_checkpoint(&store, &verifier, &cp).await {
@@ -319,19 +353,12 @@ mod tests {
         put_checkpoint(&store, &verifier, &signed(&signer, 3))
             .await
             .unwrap();
-        let stored = stored_checkpoints(&store, &verifier).await.unwrap();
-        let found: Vec<(String, u64)> = stored
-            .iter()
-            .map(|s| (s.key.clone(), s.checkpoint.size))
-            .collect();
-        assert_eq!(
-            found,
-            [
-                (layout::checkpoint_history_key(3), 3),
-                (layout::checkpoint_history_key(5), 5),
-                (layout::CHECKPOINT.to_owned(), 5),
-            ]
-        );
+        let found = find_checkpoints(&store, &verifier, None).await.unwrap();
+        assert_eq!(found.history, [3, 5]);
+        assert_eq!(found.latest.unwrap().checkpoint.size, 5, "never moved back");
+        let three = history_checkpoint(&store, &verifier, 3).await.unwrap();
+        assert_eq!(three.key, layout::checkpoint_history_key(3));
+        assert_eq!(three.checkpoint.size, 3);
         // A history copy that is not this log's stops the reading.
         let other = NoteSigner::new(
             DEFAULT_ORIGIN,
@@ -346,7 +373,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let err = stored_checkpoints(&store, &verifier).await.unwrap_err();
+        let err = history_checkpoint(&store, &verifier, 7).await.unwrap_err();
         assert_eq!(err.kind(), Kind::DataLoss);
         assert!(err.message().contains("00000000000000000007"), "{err}");
     }

@@ -239,6 +239,9 @@ struct Shared {
     /// Set when entries other replicas wrote contradict the checkpoint
     /// stored with the log: from then on nothing is signed or served.
     contradicted: std::sync::OnceLock<Error>,
+    /// How much of the applied log has been checked (at start, against the
+    /// stored checkpoints) or written here: checkpoints are signed up to it.
+    checked: std::sync::atomic::AtomicU64,
 }
 
 /// A fresh request id, stored in the entry a request writes.
@@ -343,6 +346,12 @@ impl committer::Target for Shared {
     fn committed(&self) {
         if self.contradicted.get().is_some() {
             return; // never sign entries that contradict a signed checkpoint
+        }
+        // Entries applied before this call were written here or checked by
+        // `tailed`, which the committer calls first.
+        if let Ok(applied) = self.index.applied() {
+            self.checked
+                .fetch_max(applied, std::sync::atomic::Ordering::AcqRel);
         }
         match self.checkpoint() {
             Ok(cp) => {

@@ -193,7 +193,11 @@ impl Shared {
                      served"
                 ),
             ),
-            Ok(false) | Err(_) => Error::new(
+            result => {
+                if result.is_err() {
+                    self.index.mark_damaged(at);
+                }
+                Error::new(
                 Kind::Internal,
                 format!(
                     "the index's record of log entry {at} is damaged (storage disagrees with its \
@@ -201,7 +205,8 @@ impl Shared {
                      the registry to rebuild the index from the log"
                 ),
             )
-            .with_reason(stackpin_core::error::reason::INDEX_DAMAGED),
+                .with_reason(stackpin_core::error::reason::INDEX_DAMAGED)
+            }
         }
     }
 

@@ -83,11 +83,10 @@ impl Registry {
         }
         let envelope = signing::verify_envelope(envelope, &trusted)?;
         let attestation = envelope.attestation();
-        if !self
-            .shared
-            .rules
-            .accepts_predicate(&attestation.predicate_type)
-        {
+        if !signing::is_publish_predicate(
+            &attestation.predicate_type,
+            &self.shared.limits.predicate_types,
+        ) {
             return Err(state::Violation::PredicateType {
                 index: self.shared.index.applied()?,
                 release_id: attestation.release_id.clone(),

@@ -18,7 +18,7 @@ use crate::merkle::{self};
 
 use stackpin_core::state::Rules;
 
-use super::checkpoint::{Stored, store_checkpoints, stored_checkpoints};
+use super::checkpoint::{Found, Stored, find_checkpoints, history_checkpoint, store_checkpoints};
 use super::{Options, Registry, Shared};
 use stackpin_core::error::reason;
 use stackpin_core::layout;
@@ -202,6 +202,16 @@ pub(super) fn lock_folder(data_dir: &std::path::Path) -> Result<FolderLock> {
     Ok(FolderLock { _file: file })
 }
 
+/// Whether a failed open may be the index's fault, so that a rebuild from
+/// the log is the way on: an index error, an index found disagreeing, or a
+/// rule an entry broke against the index's state (which a damaged index
+/// could have made up).
+fn blames_the_index(e: &Error) -> bool {
+    e.kind() == Kind::Internal
+        || e.reason() == reason::INDEX_DAMAGED
+        || stackpin_core::state::is_rule(e.reason())
+}
+
 /// An index that disagrees with the log: rebuilt, never trusted.
 fn index_damaged(why: String) -> Error {
     Error::new(
@@ -229,10 +239,10 @@ fn index_damaged(why: String) -> Error {
 /// `accept_unsigned` is off.
 async fn check_against_checkpoints(
     shared: &Shared,
-    stored: &[Stored],
+    found: &Found,
     held_before: u64,
     accept_unsigned: bool,
-) -> Result<()> {
+) -> Result<Option<Stored>> {
     let index = &shared.index;
     let size = index.applied()?;
     let rebuilt = held_before == 0;
@@ -242,7 +252,22 @@ async fn check_against_checkpoints(
             "its stored Merkle node {level}/{n} is not the hash of its children"
         )));
     }
-    if size > 0 && stored.is_empty() && !accept_unsigned {
+    // The anchors: the newest history copy and the latest. With every
+    // stored hash tied to its children, a root that matches the newest
+    // signature vouches for every smaller tree too; older copies are read
+    // only to tell which entries an edit touched.
+    let verifier = shared.signer.verifier();
+    let mut anchors = Vec::new();
+    if let Some(newest) = found.history.last() {
+        anchors.push(history_checkpoint(&shared.store, &verifier, *newest).await?);
+    }
+    anchors.extend(found.latest.clone());
+    anchors.sort_by_key(|s| s.checkpoint.size);
+    // The empty tree's checkpoint signs nothing. An index that holds the
+    // entries does not vouch for them either: it may have been built from
+    // the same storage by an earlier start that stopped.
+    let signed_any = anchors.iter().any(|s| s.checkpoint.size > 0);
+    if size > 0 && !signed_any && !accept_unsigned {
         return Err(Error::new(
             Kind::DataLoss,
             format!(
@@ -256,8 +281,8 @@ async fn check_against_checkpoints(
         )
         .with_reason(reason::UNSIGNED_LOG));
     }
-    let mut agreed: Option<&Stored> = None;
-    for s in stored {
+    let mut agreed: Option<Stored> = None;
+    for s in &anchors {
         let cp = &s.checkpoint;
         if cp.size > size {
             return Err(Error::new(
@@ -270,10 +295,9 @@ async fn check_against_checkpoints(
             )
             .with_reason(reason::LOG_CONTRADICTS_CHECKPOINT));
         }
-        let root = merkle::root(index, cp.size)?;
-        if root == cp.root {
+        if merkle::root(index, cp.size)? == cp.root {
             if cp.size > 0 {
-                agreed = Some(s);
+                agreed = Some(s.clone());
             }
             continue;
         }
@@ -283,30 +307,11 @@ async fn check_against_checkpoints(
                 cp.size, s.key
             )));
         }
-        let from = agreed.map_or(0, |a| a.checkpoint.size);
-        let which = if from + 1 == cp.size {
-            format!("log entry {from}")
-        } else {
-            format!("one of log entries {from}..{}", cp.size)
-        };
-        let since = agreed.map_or(String::new(), |a| {
-            format!(" (the entries before agree with {})", a.key)
-        });
-        return Err(Error::new(
-            Kind::DataLoss,
-            format!(
-                "{which} in storage is not what the log key signed: {} (size {}, root {}) does \
-                 not match the tree of the entries in storage{since}. An entry was altered or \
-                 replaced after it was signed; the registry will not sign or serve this log. \
-                 Restore log/entries from a backup and compare with `stackpin audit --data-dir`",
-                s.key, cp.size, cp.root
-            ),
-        )
-        .with_reason(reason::LOG_CONTRADICTS_CHECKPOINT));
+        return Err(contradiction(shared, &found.history, s).await);
     }
+    let signed = agreed.as_ref().map_or(0, |a| a.checkpoint.size);
     // Leaves the index held before this start, past the newest signed
     // checkpoint: no signature covers them, so compare them with storage.
-    let signed = agreed.map_or(0, |a| a.checkpoint.size);
     if !rebuilt && signed < held_before {
         for (start, count, _) in index.objects()? {
             if start + count <= signed || start >= held_before {
@@ -343,7 +348,66 @@ async fn check_against_checkpoints(
             }
         }
     }
-    Ok(())
+    Ok(agreed)
+}
+
+/// The error for a rebuilt tree that disagrees with `bad`: the history is
+/// searched (agreement holds up to some size and fails after) for the
+/// last copy that agrees, which brackets the entries an edit touched.
+async fn contradiction(shared: &Shared, history: &[u64], bad: &Stored) -> Error {
+    let verifier = shared.signer.verifier();
+    let index = &shared.index;
+    let mut below: Vec<u64> = history
+        .iter()
+        .copied()
+        .filter(|s| *s > 0 && *s < bad.checkpoint.size)
+        .collect();
+    below.dedup();
+    // Binary search for the boundary: `lo` agrees (or is none), `hi`
+    // (and `bad`) does not.
+    let (mut lo, mut hi) = (0usize, below.len());
+    let mut first_bad = bad.clone();
+    let mut last_good: Option<Stored> = None;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let stored = match history_checkpoint(&shared.store, &verifier, below[mid]).await {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        match merkle::root(index, stored.checkpoint.size) {
+            Ok(root) if root == stored.checkpoint.root => {
+                last_good = Some(stored);
+                lo = mid + 1;
+            }
+            Ok(_) => {
+                first_bad = stored;
+                hi = mid;
+            }
+            Err(e) => return e,
+        }
+    }
+    let from = last_good.as_ref().map_or(0, |g| g.checkpoint.size);
+    let to = first_bad.checkpoint.size;
+    let which = if from + 1 == to {
+        format!("log entry {from}")
+    } else {
+        format!("one of log entries {from}..{to}")
+    };
+    let since = last_good.map_or(String::new(), |g| {
+        format!(" (the entries before agree with {})", g.key)
+    });
+    let cp = &first_bad.checkpoint;
+    Error::new(
+        Kind::DataLoss,
+        format!(
+            "{which} in storage is not what the log key signed: {} (size {}, root {}) does not \
+             match the tree of the entries in storage{since}. An entry was altered or replaced \
+             after it was signed; the registry will not sign or serve this log. Restore \
+             log/entries from a backup and compare with `stackpin audit --data-dir`",
+            first_bad.key, cp.size, cp.root
+        ),
+    )
+    .with_reason(reason::LOG_CONTRADICTS_CHECKPOINT)
 }
 
 impl Registry {
@@ -375,7 +439,10 @@ impl Registry {
             rules: Rules {
                 configured: trusted,
                 clock_skew: limits.clock_skew,
-                predicate_types: limits.predicate_types.clone(),
+                // Which types count as a publish is checked when one
+                // arrives (publish.rs); the log is replayed by what it
+                // recorded.
+                predicate_types: None,
             },
             clock,
             limits,
@@ -384,11 +451,12 @@ impl Registry {
             checkpoint_tx,
             store: store.clone(),
             contradicted: std::sync::OnceLock::new(),
+            checked: std::sync::atomic::AtomicU64::new(0),
         });
         let verifier = shared.signer.verifier();
         // Read before catching up: a checkpoint another replica stores
         // meanwhile is newer than what this start checks, not a mismatch.
-        let stored = stored_checkpoints(&store, &verifier).await?;
+        let found = find_checkpoints(&store, &verifier, None).await?;
         let from = shared.index.applied()?;
         let started = Instant::now();
         let applied = committer::catch_up(&shared.log, &shared.index, &shared.rules).await?;
@@ -401,12 +469,12 @@ impl Registry {
             );
         }
         verify_objects(&shared.log, &shared.index).await?;
-        check_against_checkpoints(&shared, &stored, from, accept_unsigned).await?;
-        let history = stored
-            .iter()
-            .filter(|s| s.key != layout::CHECKPOINT)
-            .count();
-        if history == 0 && shared.index.applied()? > 0 {
+        let anchor = check_against_checkpoints(&shared, &found, from, accept_unsigned).await?;
+        let entries = shared.index.applied()?;
+        shared
+            .checked
+            .store(entries, std::sync::atomic::Ordering::Release);
+        if found.history.is_empty() && entries > 0 {
             tracing::warn!(
                 history = layout::CHECKPOINTS,
                 "the log has no checkpoint history (a registry before this version kept only \
@@ -414,12 +482,12 @@ impl Registry {
                  log/checkpoint alone; from now on every stored checkpoint is kept in the history"
             );
         }
-        if let Some(newest) = stored.last() {
+        if let Some(anchor) = anchor {
             tracing::info!(
-                checkpoint = %newest.key,
-                size = newest.checkpoint.size,
-                checkpoints = stored.len(),
-                entries = shared.index.applied()?,
+                checkpoint = %anchor.key,
+                size = anchor.checkpoint.size,
+                history = found.history.len(),
+                entries,
                 "the log agrees with its signed checkpoints"
             );
         }
@@ -453,9 +521,12 @@ impl Registry {
         let index = open_index(&dir)?;
         let had_state = index.applied()? > 0;
         let mut registry = match Self::open(index, options.clone()).await {
-            Err(e) if had_state && matches!(e.kind(), Kind::DataLoss | Kind::Internal) => {
-                // Either the log or the index is damaged: a fresh index
-                // built from the log alone tells which.
+            Err(e) if had_state && blames_the_index(&e) => {
+                // The index, or state it derived, disagrees with the log: a
+                // fresh index built from the log alone tells which is at
+                // fault. Damage the log itself is blamed for (entries that
+                // contradict a signature, a checkpoint that does not verify)
+                // stops here, with the index kept as evidence.
                 tracing::warn!(
                     index = %dir.display(),
                     error = %e,
