@@ -411,6 +411,15 @@ fn on_a_bucket_an_edited_log_is_refused_and_a_damaged_index_is_rebuilt() {
     .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let checkpoint = object_store::path::Path::from(stackpin_registry::layout::CHECKPOINT);
+    // The stop stored the newest checkpoint (a conditional update on S3).
+    let note = runtime
+        .block_on(async { store.get(&checkpoint).await?.bytes().await })
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&note).lines().nth(1),
+        Some("4"),
+        "{note:?}"
+    );
     runtime.block_on(store.delete(&checkpoint)).unwrap();
     let hashes = dir.join("a/index/hashes");
     let mut bytes = std::fs::read(&hashes).unwrap();

@@ -254,23 +254,56 @@ pub(super) async fn put_checkpoint(
             Err(e) => return Err(e.into()),
         }
     }
-    if let Some(note) = read_note(store, layout::CHECKPOINT).await?
-        && let Ok(current) = Checkpoint::open(&note, verifier)
-        && current.size >= cp.size
-    {
-        return Ok(());
+    // Compare and swap where the store supports it (S3 If-Match), so two
+    // replicas storing at once cannot move it back; a plain overwrite on a
+    // local folder, which one registry holds alone.
+    let path = StorePath::from(layout::CHECKPOINT);
+    for _ in 0..8 {
+        let (current, version) = match store.get(&path).await {
+            Ok(r) => {
+                let version = object_store::UpdateVersion {
+                    e_tag: r.meta.e_tag.clone(),
+                    version: r.meta.version.clone(),
+                };
+                let note = String::from_utf8_lossy(&r.bytes().await?).into_owned();
+                (Checkpoint::open(&note, verifier).ok(), Some(version))
+            }
+            Err(object_store::Error::NotFound { .. }) => (None, None),
+            Err(e) => return Err(e.into()),
+        };
+        if current.is_some_and(|c| c.size >= cp.size) {
+            return Ok(());
+        }
+        let mode = match version {
+            Some(v) => PutMode::Update(v),
+            None => PutMode::Create,
+        };
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        match store.put_opts(&path, bytes.clone().into(), opts).await {
+            Ok(_) => return Ok(()),
+            // Another writer came first: look again.
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => {}
+            // No conditional update here: overwrite.
+            Err(_) => {
+                let overwrite = PutOptions {
+                    mode: PutMode::Overwrite,
+                    ..PutOptions::default()
+                };
+                store.put_opts(&path, bytes.into(), overwrite).await?;
+                return Ok(());
+            }
+        }
     }
-    let overwrite = PutOptions {
-        mode: PutMode::Overwrite,
-        ..PutOptions::default()
-    };
-    store
-        .put_opts(
-            &StorePath::from(layout::CHECKPOINT),
-            bytes.into(),
-            overwrite,
-        )
-        .await?;
+    tracing::warn!(
+        size = cp.size,
+        "log/checkpoint kept changing under this replica; the history copy is stored"
+    );
     Ok(())
 }
 
