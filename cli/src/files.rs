@@ -8,29 +8,88 @@ use anyhow::Context as _;
 
 use crate::exit::{Failure, Outcome};
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, synced,
-/// then renamed over it. A reader never sees a partial file.
+/// Writes `bytes` to `path` atomically (see [`write_all_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Outcome {
-    let dir = match path.parent() {
+    write_all_atomic(&[(path, bytes)])
+}
+
+/// Writes several files as one step: every target is checked first (none
+/// may be a folder), each is written to a temporary file beside it and
+/// synced, and only then are all renamed over their targets, with no await
+/// in between, so an interrupt replaces all or none. A failure before the
+/// renames leaves every target as it was; temporaries are removed when they
+/// drop. A new file gets the mode the umask gives (as `cp` would); a
+/// replaced file keeps its mode.
+pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Outcome {
+    let dir_of = |path: &Path| match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Failure::invalid(format!("cannot create {}: {e}", dir.display())))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".stackpin-")
-        .tempfile_in(&dir)
-        .map_err(|e| Failure::invalid(format!("cannot write into {}: {e}", dir.display())))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| anyhow::anyhow!("moving the download into {}: {}", path.display(), e.error))?;
-    if let Ok(d) = std::fs::File::open(&dir) {
-        // Make the rename itself durable; failure here is not worth failing for.
-        let _ = d.sync_all();
+    for (path, _) in files {
+        if path.is_dir() {
+            return Err(Failure::invalid(format!(
+                "{} is a folder, not a file; nothing was written",
+                path.display()
+            )));
+        }
+        let dir = dir_of(path);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Failure::invalid(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut staged = Vec::with_capacity(files.len());
+    for (path, bytes) in files {
+        let dir = dir_of(path);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".stackpin-")
+            .tempfile_in(&dir)
+            .map_err(|e| Failure::invalid(format!("cannot write into {}: {e}", dir.display())))?;
+        tmp.write_all(bytes)
+            .and_then(|()| set_mode(tmp.as_file(), path))
+            .and_then(|()| tmp.as_file().sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+        staged.push((tmp, *path, dir));
+    }
+    for (tmp, path, dir) in staged {
+        tmp.persist(path)
+            .map_err(|e| anyhow::anyhow!("moving the file into {}: {}", path.display(), e.error))?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            // Make the rename itself durable; failure here is not worth failing for.
+            let _ = d.sync_all();
+        }
     }
     Ok(())
+}
+
+/// Gives the temporary for `target` the mode `target` has, or the one a new
+/// file gets under the process's umask.
+#[cfg(unix)]
+fn set_mode(tmp: &std::fs::File, target: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = match std::fs::metadata(target) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(_) => 0o666 & !umask(),
+    };
+    tmp.set_permissions(std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_tmp: &std::fs::File, _target: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// The process's umask, read from /proc (reading it through umask(2) would
+/// change it); 022 where /proc does not say.
+#[cfg(unix)]
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 /// `FILE` -> `FILE.tlog-proof`.

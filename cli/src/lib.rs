@@ -75,6 +75,32 @@ pub fn main() -> ExitCode {
     run(cmd::dispatch(&cli))
 }
 
+/// Resolves on SIGINT or SIGTERM with the conventional exit code (128 +
+/// the signal); never, if the handlers cannot be installed.
+async fn interrupted() -> u8 {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            },
+            _ => std::future::pending().await,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => 130,
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
 /// Runs a command on a single-threaded runtime and turns its outcome into
 /// the process's exit code (printing the failure first).
 pub fn run(command: impl std::future::Future<Output = exit::Outcome>) -> ExitCode {
@@ -88,7 +114,19 @@ pub fn run(command: impl std::future::Future<Output = exit::Outcome>) -> ExitCod
             return ExitCode::from(exit::FAILURE);
         }
     };
-    match runtime.block_on(command) {
+    // SIGINT and SIGTERM drop the command at its next await: temporaries
+    // it holds are removed as they drop, and files are only ever replaced
+    // by renames that run without an await between them.
+    let interruptible = async {
+        tokio::select! {
+            outcome = command => outcome,
+            signal = interrupted() => Err(exit::Failure::new(
+                signal,
+                anyhow::anyhow!("interrupted; no file was left half-written"),
+            )),
+        }
+    };
+    match runtime.block_on(interruptible) {
         Ok(()) => ExitCode::from(exit::OK),
         Err(failure) => {
             eprintln!("error: {:#}", failure.error);

@@ -17,10 +17,28 @@ impl Format {
     pub fn emit<T: Serialize>(self, value: &T, text: impl FnOnce() -> String) {
         match self {
             Format::Json => match serde_json::to_string_pretty(value) {
-                Ok(json) => println!("{json}"),
+                Ok(json) => stdout_line(&json),
                 Err(e) => eprintln!("error: printing JSON: {e}"),
             },
-            Format::Text => println!("{}", text().trim_end()),
+            Format::Text => stdout_line(text().trim_end()),
+        }
+    }
+}
+
+/// Writes a line to standard output. A reader that went away (`| head -1`,
+/// `| grep -q`) ends the command quietly with success, as what it asked
+/// for was done; any other write error (a full disk behind `>file`) is
+/// reported and exits 1. Everything a command writes to files is in place
+/// before it prints.
+pub fn stdout_line(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: writing to standard output: {e}");
+            std::process::exit(i32::from(crate::exit::FAILURE));
         }
     }
 }

@@ -585,3 +585,85 @@ fn only_an_attestation_of_a_publish_publishes() {
         refused.stdout
     );
 }
+
+/// The process's umask, from /proc.
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+        .unwrap()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn restore_replaces_artifact_and_proof_together_with_the_modes_a_reader_needs() {
+    let w = World::new(&[]);
+    w.three_releases();
+    let out = w.dir.path().join("r.json");
+    // A new file gets the mode the umask gives, as cp would (not 0600).
+    w.restore(T1, "r.json", &[]).ok();
+    assert_eq!(mode(&out), 0o666 & !umask());
+    assert_eq!(
+        mode(&w.dir.path().join("r.json.tlog-proof")),
+        0o666 & !umask()
+    );
+    // A replaced file keeps its mode.
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    w.restore(T2, "r.json", &[]).ok();
+    assert_eq!(mode(&out), 0o640);
+    let before = std::fs::read(&out).unwrap();
+    // A proof path that is a folder: refused before anything is replaced.
+    std::fs::create_dir(w.dir.path().join("s.json.tlog-proof")).unwrap();
+    std::fs::write(w.dir.path().join("s.json"), b"old").unwrap();
+    w.restore(T3, "s.json", &[]).fails(2, "is a folder");
+    assert_eq!(std::fs::read(w.dir.path().join("s.json")).unwrap(), b"old");
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    // No temporaries are left behind.
+    let hidden: Vec<_> = std::fs::read_dir(w.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".stackpin-"))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+}
+
+#[test]
+fn a_closed_pipe_ends_quietly_and_a_full_stdout_is_an_error_not_a_panic() {
+    let w = World::new(&[]);
+    w.three_releases();
+    let command = || {
+        let mut c = std::process::Command::new(stackpin_tests::bin("stackpin"));
+        c.current_dir(w.dir.path())
+            .env("STACKPIN_SERVER", w.server.url())
+            .args(["history", "--env", "prod"]);
+        c
+    };
+    // The reader closes its end before anything is written.
+    let mut child = command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Standard output on a full device.
+    let out = command()
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("writing to standard output") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

@@ -347,8 +347,12 @@ pub async fn restore(
         .map_err(Failure::verify)?;
     check_covers(&args.resolve, &verified)?;
     let proof_file = crate::files::proof_path(&args.out);
-    write_atomic(&args.out, &bytes)?;
-    write_atomic(&proof_file, proof.to_tlog_proof().as_bytes())?;
+    // The artifact and its proof are replaced together or not at all.
+    let proof_text = proof.to_tlog_proof();
+    crate::files::write_all_atomic(&[
+        (args.out.as_path(), bytes.as_ref()),
+        (proof_file.as_path(), proof_text.as_bytes()),
+    ])?;
     let out = Restored {
         out: args.out.display().to_string(),
         proof: proof_file.display().to_string(),
