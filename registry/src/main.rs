@@ -108,7 +108,11 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::Config(ConfigCommand::Check { files })) => {
-            Settings::check_files(files)?;
+            if let Err(e) = Settings::check_files(files) {
+                // Invalid input, like every other: exit 2.
+                eprintln!("Error: {e:#}");
+                std::process::exit(2);
+            }
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             println!("{}: ok", names.join(" + "));
             return Ok(());

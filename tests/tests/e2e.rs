@@ -667,3 +667,29 @@ fn a_closed_pipe_ends_quietly_and_a_full_stdout_is_an_error_not_a_panic() {
         "{stderr}"
     );
 }
+
+#[test]
+fn snapshot_tag_hashes_a_snapshot_larger_than_its_read_buffer() {
+    let w = World::new(&[]);
+    w.three_releases();
+    // 3.5 MiB: several reads of the 1 MiB buffer, the last one partial.
+    let body: Vec<u8> = (0..3_670_016u32).map(|i| (i % 251) as u8).collect();
+    w.write("snap.db", &body);
+    let out = w
+        .cli(&[
+            "--output",
+            "json",
+            "snapshot-tag",
+            "--env",
+            "prod",
+            "--snapshot",
+            "snap.db",
+        ])
+        .json();
+    assert_eq!(
+        out["snapshot_sha256"],
+        stackpin_registry::digest::Digest::of(&body).to_string()
+    );
+    let tag: serde_json::Value = serde_json::from_slice(&w.read("snap.db.stackpin.json")).unwrap();
+    assert_eq!(tag["snapshot_sha256"], out["snapshot_sha256"]);
+}

@@ -206,6 +206,14 @@ fn settings_layer_file_then_environment_then_flags() {
         String::from_utf8_lossy(&out.stderr).contains("clock_skew"),
         "{out:?}"
     );
+    // A file that is not TOML at all is invalid input too: exit 2.
+    std::fs::write(dir.join("broken.toml"), "listen = [\n").unwrap();
+    let out = Command::new(stackpin_tests::bin("stackpin-registry"))
+        .current_dir(dir)
+        .args(["config", "check", "broken.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     let example = Command::new(stackpin_tests::bin("stackpin-registry"))
         .args(["config", "example"])
         .output()

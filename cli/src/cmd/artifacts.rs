@@ -480,6 +480,23 @@ struct SnapshotTag {
     log_index: u64,
 }
 
+/// The digest of the file at `path`, read in 1 MiB pieces: a database
+/// snapshot can be larger than memory.
+fn hash_file(path: &std::path::Path) -> Outcome<Digest> {
+    use std::io::Read as _;
+    let reading = |e: std::io::Error| Failure::invalid(format!("reading {}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(reading)?;
+    let mut hasher = stackpin_core::digest::Hasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(reading)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
 /// `stackpin snapshot-tag`: records, beside a database snapshot, the
 /// artifact live when it was taken, so the two can be restored together
 /// (`stackpin fetch --digest <digest>` brings the artifact back).
@@ -488,8 +505,7 @@ pub async fn snapshot_tag(
     server: &crate::client::Connection,
     format: Format,
 ) -> Outcome {
-    let bytes = std::fs::read(&args.snapshot)
-        .map_err(|e| Failure::invalid(format!("reading {}: {e}", args.snapshot.display())))?;
+    let snapshot_sha256 = hash_file(&args.snapshot)?;
     let at = args.at.unwrap_or_else(stackpin_core::time::Timestamp::now);
     let mut client = crate::client::connect(server).await?;
     let query = ResolveArgs::at(args.env.clone(), at);
@@ -499,7 +515,7 @@ pub async fn snapshot_tag(
         .context("the registry answered without a pin")?;
     let tag = SnapshotTag {
         snapshot: args.snapshot.display().to_string(),
-        snapshot_sha256: Digest::of(&bytes).to_string(),
+        snapshot_sha256: snapshot_sha256.to_string(),
         env: args.env.to_string(),
         at: at.to_string(),
         release_id: pin.release_id,
