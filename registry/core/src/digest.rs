@@ -42,12 +42,13 @@ impl Digest {
     pub fn from_hex(text: &str) -> Result<Self, Error> {
         if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::invalid(format!(
-                "digest {text:?} is not 64 hex digits"
+                "digest {} is not 64 hex digits",
+                crate::error::shown(text)
             )));
         }
         let mut out = [0u8; 32];
         hex::decode_to_slice(text.to_ascii_lowercase(), &mut out)
-            .map_err(|e| Error::invalid(format!("digest {text:?}: {e}")))?;
+            .map_err(|e| Error::invalid(format!("digest {}: {e}", crate::error::shown(text))))?;
         Ok(Self(out))
     }
 }
@@ -59,7 +60,8 @@ impl FromStr for Digest {
     fn from_str(text: &str) -> Result<Self, Error> {
         let hex = text.strip_prefix("sha256:").ok_or_else(|| {
             Error::invalid(format!(
-                "digest {text:?} must look like sha256:<64 hex digits>"
+                "digest {} must look like sha256:<64 hex digits>",
+                crate::error::shown(text)
             ))
         })?;
         Self::from_hex(hex)

@@ -27,6 +27,24 @@ pub mod reason {
     pub const PREDICATE_TYPE: &str = "PREDICATE_TYPE";
 }
 
+/// The most of an input an error message repeats, in bytes.
+pub const SHOWN_BYTES: usize = 64;
+
+/// `text` for an error message: quoted, and cut to [`SHOWN_BYTES`] (at a
+/// character boundary, marked with its full length) so that an error about
+/// a 20 kB name is not itself 20 kB (gRPC clients refuse oversized
+/// metadata, and would report that instead).
+pub fn shown(text: &str) -> String {
+    if text.len() <= SHOWN_BYTES {
+        return format!("{text:?}");
+    }
+    let mut end = SHOWN_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &text[..end], text.len())
+}
+
 /// What the caller can do about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -169,3 +187,23 @@ impl std::error::Error for Error {}
 
 /// The result type of core operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod shown_tests {
+    use super::*;
+
+    #[test]
+    fn long_inputs_are_cut_in_messages() {
+        assert_eq!(shown("prod"), "\"prod\"");
+        let long = "é".repeat(10_000);
+        let cut = shown(&long);
+        assert!(cut.len() < 100 && cut.ends_with("… (20000 bytes)"), "{cut}");
+        // As the service's name parsing reports a 20 kB environment name.
+        let err = "a"
+            .repeat(20_000)
+            .parse::<crate::ids::EnvName>()
+            .unwrap_err();
+        assert!(err.message().len() < 300, "{}", err.message());
+        assert!(err.message().contains("(20000 bytes)"), "{}", err.message());
+    }
+}

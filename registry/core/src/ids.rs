@@ -27,8 +27,9 @@ fn check_name(what: &str, text: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "{what} {text:?} is not valid: use 1 to {MAX_NAME_LEN} characters from \
-             [A-Za-z0-9._-], starting with a letter or digit, without \"..\""
+            "{what} {} is not valid: use 1 to {MAX_NAME_LEN} characters from \
+             [A-Za-z0-9._-], starting with a letter or digit, without \"..\"",
+            crate::error::shown(text)
         )))
     }
 }

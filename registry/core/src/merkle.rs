@@ -65,8 +65,12 @@ impl Hash {
     /// When `text` is not 64 hex digits.
     pub fn from_hex(text: &str) -> Result<Self, String> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(text, &mut out)
-            .map_err(|_| format!("{text:?} is not a hash (64 hex digits)"))?;
+        hex::decode_to_slice(text, &mut out).map_err(|_| {
+            format!(
+                "{} is not a hash (64 hex digits)",
+                crate::error::shown(text)
+            )
+        })?;
         Ok(Self(out))
     }
 }

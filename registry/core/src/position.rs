@@ -25,7 +25,8 @@ impl std::str::FromStr for Lsn {
     fn from_str(text: &str) -> Result<Self> {
         let bad = || {
             Error::invalid(format!(
-                "LSN {text:?} is not of the form 16/B374D848 (hex/hex)"
+                "LSN {} is not of the form 16/B374D848 (hex/hex)",
+                crate::error::shown(text)
             ))
         };
         let (hi, lo) = text.split_once('/').ok_or_else(bad)?;
@@ -58,12 +59,16 @@ impl std::str::FromStr for Txid {
     fn from_str(text: &str) -> Result<Self> {
         if text.is_empty() || text.len() > 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::invalid(format!(
-                "Litestream TXID {text:?} is not up to 16 hex digits (e.g. 0000000000000003)"
+                "Litestream TXID {} is not up to 16 hex digits (e.g. 0000000000000003)",
+                crate::error::shown(text)
             )));
         }
-        u64::from_str_radix(text, 16)
-            .map(Self)
-            .map_err(|_| Error::invalid(format!("Litestream TXID {text:?} is out of range")))
+        u64::from_str_radix(text, 16).map(Self).map_err(|_| {
+            Error::invalid(format!(
+                "Litestream TXID {} is out of range",
+                crate::error::shown(text)
+            ))
+        })
     }
 }
 

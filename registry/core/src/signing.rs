@@ -66,7 +66,8 @@ impl KeyId {
             Ok(Self(text.to_owned()))
         } else {
             Err(Error::invalid(format!(
-                "key id {text:?} is not 64 lowercase hex digits"
+                "key id {} is not 64 lowercase hex digits",
+                crate::error::shown(text)
             )))
         }
     }

@@ -96,7 +96,8 @@ impl FromStr for Timestamp {
         match text.parse::<jiff::Timestamp>() {
             Ok(ts) => Self::from_micros(ts.as_microsecond()).map_err(|_| {
                 Error::invalid(format!(
-                    "time {text:?} is outside the years 0001 to 9999 that RFC 3339 allows"
+                    "time {} is outside the years 0001 to 9999 that RFC 3339 allows",
+                    crate::error::shown(text)
                 ))
             }),
             Err(err) => {
@@ -104,13 +105,15 @@ impl FromStr for Timestamp {
                 // precisely what is missing rather than echo the parser.
                 if text.parse::<jiff::civil::DateTime>().is_ok() {
                     Err(Error::invalid(format!(
-                        "time {text:?} has no UTC offset; write it in RFC 3339 with Z or an \
+                        "time {} has no UTC offset; write it in RFC 3339 with Z or an \
                          offset, e.g. 2026-05-24T13:00:00Z (a time without an offset is never \
-                         taken as local time)"
+                         taken as local time)",
+                        crate::error::shown(text)
                     )))
                 } else {
                     Err(Error::invalid(format!(
-                        "time {text:?} is not RFC 3339 (e.g. 2026-05-24T13:00:00Z): {err}"
+                        "time {} is not RFC 3339 (e.g. 2026-05-24T13:00:00Z): {err}",
+                        crate::error::shown(text)
                     )))
                 }
             }
@@ -166,10 +169,14 @@ impl Clock for SystemClock {
 /// # Errors
 /// A message naming the accepted forms.
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let d: jiff::SignedDuration = text
-        .parse()
-        .map_err(|e| format!("{text:?} is not a duration like 5s, 1500ms or 2m: {e}"))?;
-    std::time::Duration::try_from(d).map_err(|_| format!("{text:?} must not be negative"))
+    let d: jiff::SignedDuration = text.parse().map_err(|e| {
+        format!(
+            "{} is not a duration like 5s, 1500ms or 2m: {e}",
+            crate::error::shown(text)
+        )
+    })?;
+    std::time::Duration::try_from(d)
+        .map_err(|_| format!("{} must not be negative", crate::error::shown(text)))
 }
 
 #[cfg(test)]

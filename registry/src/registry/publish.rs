@@ -289,7 +289,8 @@ fn parse_media_type(text: &str) -> Result<String> {
         Ok(text.to_owned())
     } else {
         Err(Error::invalid(format!(
-            "media type {text:?} is not of the form type/subtype"
+            "media type {} is not of the form type/subtype",
+            stackpin_core::error::shown(text)
         )))
     }
 }
