@@ -31,7 +31,12 @@ pub struct Args {
         conflicts_with = "envelope"
     )]
     key: Option<PathBuf>,
-    /// A DSSE envelope signed elsewhere (e.g. by a KMS), instead of --key.
+    /// A DSSE envelope signed elsewhere (e.g. by a KMS), instead of --key:
+    /// an in-toto Statement v1 with predicateType
+    /// https://stackpin.local/publish/v1. A signature's keyid, when set,
+    /// must be stackpin's key id, the hex SHA-256 of the raw 32-byte
+    /// Ed25519 public key (`stackpin key list` shows it); left empty, every
+    /// trusted key is tried.
     #[arg(long)]
     envelope: Option<PathBuf>,
     /// Media type recorded with the artifact.

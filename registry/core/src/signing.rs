@@ -381,12 +381,32 @@ pub fn verify_logged_envelope(
             }
         }
     }
-    let key_id = key_id.ok_or_else(|| {
-        Error::invalid(
+    let Some(key_id) = key_id else {
+        // Every signature names a key id and none is a trusted key's: say
+        // so, since a key id in another convention is the likely cause.
+        let named: Vec<&str> = env.signatures.iter().map(|s| s.keyid.as_str()).collect();
+        let trusted_ids = || -> bool {
+            trusted
+                .keys()
+                .iter()
+                .any(|k| named.iter().any(|n| *n == k.id.0))
+        };
+        if named.iter().all(|n| !n.is_empty()) && !trusted_ids() {
+            let seen: Vec<String> = named.iter().map(|n| crate::error::shown(n)).collect();
+            let known: Vec<&str> = trusted.keys().iter().map(|k| k.id.as_str()).collect();
+            return Err(Error::invalid(format!(
+                "no trusted publisher key has the key id the envelope's signatures name ({}); \
+                 the trusted keys' ids are {} (stackpin's key id: the hex SHA-256 of the raw \
+                 32-byte Ed25519 public key; leave keyid empty to try every trusted key)",
+                seen.join(", "),
+                known.join(", ")
+            )));
+        }
+        return Err(Error::invalid(
             "DSSE signature does not verify under any trusted publisher key \
              (wrong key, untrusted key, or the envelope was altered)",
-        )
-    })?;
+        ));
+    };
     let (release_id, digest, predicate_type) = parse_statement(&payload)?;
     Ok(Attestation {
         release_id,
@@ -474,6 +494,26 @@ pub fn sign_envelope(payload: &[u8], key: &SigningKey) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_id_no_trusted_key_has_is_named_with_the_trusted_ones() {
+        let k = SigningKey::from_bytes(&[7; 32]);
+        let trusted = TrustedKeys::new([PublicKey::new(k.verifying_key())]);
+        let rid: ReleaseId = "r1".parse().unwrap();
+        let envelope = sign_envelope(&publish_statement(&rid, &Digest::of(b"x")), &k);
+        let mut v: serde_json::Value = serde_json::from_slice(&envelope).unwrap();
+        v["signatures"][0]["keyid"] = "securesystemslib-style-id".into();
+        let err = verify_envelope(&serde_json::to_vec(&v).unwrap(), &trusted).unwrap_err();
+        let msg = err.message();
+        assert!(msg.contains("\"securesystemslib-style-id\""), "{msg}");
+        assert!(
+            msg.contains(KeyId::of(&k.verifying_key()).as_str()),
+            "{msg}"
+        );
+        // Without a key id every trusted key is tried.
+        v["signatures"][0]["keyid"] = "".into();
+        verify_envelope(&serde_json::to_vec(&v).unwrap(), &trusted).unwrap();
+    }
 
     fn key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])
