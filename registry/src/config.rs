@@ -69,6 +69,8 @@ pub struct Settings {
     pub s3_endpoint: Option<String>,
     /// bucket.host addressing instead of host/bucket.
     pub s3_virtual_hosted_style: bool,
+    /// Allow a plain-HTTP S3 endpoint that is not loopback.
+    pub s3_allow_http: bool,
     #[serde(with = "text_duration")]
     pub storage_timeout: Duration,
     #[serde(with = "text_duration")]
@@ -118,6 +120,7 @@ impl Default for Settings {
             storage: None,
             s3_endpoint: None,
             s3_virtual_hosted_style: false,
+            s3_allow_http: false,
             storage_timeout: defaults::STORAGE_TIMEOUT,
             poll_interval: defaults::POLL_INTERVAL,
             max_batch: crate::committer::MAX_BATCH,
@@ -151,6 +154,7 @@ const ENV_KEYS: &[&str] = &[
     "storage",
     "s3_endpoint",
     "s3_virtual_hosted_style",
+    "s3_allow_http",
     "storage_timeout",
     "poll_interval",
     "max_batch",
@@ -204,6 +208,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub s3_virtual_hosted_style: bool,
+    /// Allow a plain-HTTP S3 endpoint that is not loopback (on purpose).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub s3_allow_http: bool,
     /// How long one storage call may take [default: 10s].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -447,6 +455,7 @@ impl Settings {
             virtual_hosted_style: self.s3_virtual_hosted_style,
             timeout: self.storage_timeout,
             credentials: None,
+            allow_http: self.s3_allow_http,
         }
     }
 

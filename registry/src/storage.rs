@@ -96,6 +96,34 @@ pub struct S3Options {
     pub timeout: Duration,
     /// Access key id and secret, overriding `AWS_*` (for embedding).
     pub credentials: Option<(String, String)>,
+    /// Allow a plain-HTTP endpoint beyond loopback (credentials and log
+    /// entries would cross the network unencrypted).
+    pub allow_http: bool,
+}
+
+/// Whether `endpoint` may be spoken to over plain HTTP: only a loopback
+/// host, unless `allow` says otherwise. An `https://` endpoint always.
+fn plain_http_allowed(endpoint: &str, allow: bool) -> Result<bool> {
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return Ok(false);
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback || allow {
+        return Ok(true);
+    }
+    Err(Error::invalid(format!(
+        "s3_endpoint {} is plain HTTP to a host that is not loopback: use https://, or set \
+         s3_allow_http = true (--s3-allow-http) on purpose",
+        stackpin_core::error::shown(endpoint)
+    )))
 }
 
 /// Opens the store `url` names.
@@ -112,6 +140,10 @@ pub fn open(url: &StorageUrl, s3: &S3Options) -> Result<Arc<dyn ObjectStore>> {
             } else {
                 s3.timeout
             };
+            let allow_http = match &s3.endpoint {
+                Some(endpoint) => plain_http_allowed(endpoint, s3.allow_http)?,
+                None => s3.allow_http,
+            };
             let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_virtual_hosted_style_request(s3.virtual_hosted_style)
@@ -119,7 +151,7 @@ pub fn open(url: &StorageUrl, s3: &S3Options) -> Result<Arc<dyn ObjectStore>> {
                     ClientOptions::new()
                         .with_timeout(timeout)
                         .with_connect_timeout(Duration::from_secs(2))
-                        .with_allow_http(true),
+                        .with_allow_http(allow_http),
                 )
                 // A few quick retries; beyond that the caller gets
                 // UNAVAILABLE instead of a request hanging for minutes.
@@ -331,6 +363,31 @@ impl MultipartUpload for UncachedUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_is_for_loopback_endpoints_unless_allowed() {
+        for ok in [
+            "http://127.0.0.1:8333",
+            "http://localhost:9000/",
+            "http://[::1]:8333",
+        ] {
+            assert!(plain_http_allowed(ok, false).unwrap(), "{ok}");
+        }
+        assert!(!plain_http_allowed("https://s3.example.com", false).unwrap());
+        let err = plain_http_allowed("http://10.0.0.5:8333", false).unwrap_err();
+        assert!(err.message().contains("s3_allow_http"), "{err}");
+        assert!(plain_http_allowed("http://10.0.0.5:8333", true).unwrap());
+        // The refusal happens before any request.
+        let url = StorageUrl::S3 {
+            bucket: "b".into(),
+            prefix: String::new(),
+        };
+        let s3 = S3Options {
+            endpoint: Some("http://192.0.2.1:8333".into()),
+            ..S3Options::default()
+        };
+        assert!(open(&url, &s3).is_err());
+    }
 
     #[test]
     fn urls_parse_and_bad_ones_say_why() {
