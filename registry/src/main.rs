@@ -216,6 +216,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let registry = Registry::open_at(&settings.data_dir, options)
         .await
         .with_context(|| format!("opening the registry on {url:?}"))?;
+    if let storage::StorageUrl::File(root) = &url {
+        let removed = storage::remove_staging(root);
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                "removed partial writes a killed process left in the folder"
+            );
+        }
+    }
     tracing::info!(
         data_dir = %settings.data_dir.display(), storage = ?url, log_key = %registry.log_vkey(),
         "registry open"

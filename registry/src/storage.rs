@@ -101,6 +101,38 @@ pub struct S3Options {
     pub allow_http: bool,
 }
 
+/// Removes what a killed writer left in a local folder store: the local
+/// backend writes each object to `<name>#<n>` and renames it into place, so
+/// a `kill -9` mid-write leaves that file behind, invisible to listings and
+/// never reused. Only `blobs/` and `log/entries/` are swept (no write can
+/// be in flight there before the first request); returns how many files
+/// went. Call it only while holding the folder's lock.
+pub fn remove_staging(root: &std::path::Path) -> usize {
+    fn sweep(dir: &std::path::Path, removed: &mut usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                sweep(&path, removed);
+            } else if entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.rsplit_once('#'))
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                && std::fs::remove_file(&path).is_ok()
+            {
+                *removed += 1;
+            }
+        }
+    }
+    let mut removed = 0;
+    sweep(&root.join(stackpin_core::layout::BLOBS), &mut removed);
+    sweep(&root.join(stackpin_core::layout::ENTRIES), &mut removed);
+    removed
+}
+
 /// Whether `endpoint` may be spoken to over plain HTTP: only a loopback
 /// host, unless `allow` says otherwise. An `https://` endpoint always.
 fn plain_http_allowed(endpoint: &str, allow: bool) -> Result<bool> {

@@ -365,3 +365,22 @@ fn a_checkpoint_signed_by_another_key_stops_the_start_and_names_it() {
         "{run:#?}"
     );
 }
+
+#[test]
+fn partial_writes_a_killed_process_left_are_removed_at_start() {
+    let s = Stopped::new();
+    // What the local backend leaves when killed mid-write: `<name>#<n>`.
+    let blob = walk(&s.data.join("blobs")).remove(0);
+    let staged_blob = std::path::PathBuf::from(format!("{}#7", blob.display()));
+    std::fs::write(&staged_blob, vec![0u8; 1 << 20]).unwrap();
+    let staged_entry = s.data.join("log/entries/00000000000000000006#1");
+    std::fs::write(&staged_entry, b"{\"half\":").unwrap();
+    let (w, answers) = s.start();
+    assert!(!staged_blob.exists() && !staged_entry.exists());
+    assert!(
+        w.server.log().contains("removed partial writes"),
+        "{}",
+        w.server.log()
+    );
+    assert_eq!(w.answers(), answers);
+}
