@@ -110,6 +110,9 @@ impl Principal {
 pub enum Action<'a> {
     Publish,
     Pin(&'a EnvName),
+    /// Pinning in some environment: the role alone, for refusing a caller
+    /// before its input is looked at.
+    PinAnywhere,
     Read,
     Admin,
 }
@@ -118,7 +121,7 @@ impl Action<'_> {
     fn role(&self) -> Role {
         match self {
             Action::Publish => Role::Publish,
-            Action::Pin(_) => Role::Pin,
+            Action::Pin(_) | Action::PinAnywhere => Role::Pin,
             Action::Read => Role::Read,
             Action::Admin => Role::Admin,
         }

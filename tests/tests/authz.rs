@@ -95,9 +95,11 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
             .list_artifacts(req(pb::ListArtifactsRequest::default(), token))
             .await
             .map(drop),
-        "Pin staging" | "Pin prod" => {
+        "Pin staging" | "Pin prod" | "Pin ../bad" => {
             let env = if rpc.ends_with("staging") {
                 "staging"
+            } else if rpc.ends_with("bad") {
+                "../bad"
             } else {
                 "prod"
             };
@@ -330,6 +332,21 @@ async fn every_rpc_checks_every_role() {
         checked += 2;
     }
     assert_eq!(checked, 16 * 6);
+    // Who asks is checked before what is asked: an invalid environment is
+    // INVALID_ARGUMENT only for a caller who may pin.
+    for (token, code) in [
+        (None, Code::Unauthenticated),
+        (Some("sp_not_a_token"), Code::Unauthenticated),
+        (Some(tokens[2].1.as_str()), Code::PermissionDenied),
+        (Some(tokens[1].1.as_str()), Code::InvalidArgument),
+    ] {
+        n += 1;
+        assert_eq!(
+            call(&mut client, "Pin ../bad", token, n).await,
+            code,
+            "{token:?}"
+        );
+    }
     let _ = stop_tx.send(());
     serving.await.unwrap().unwrap();
 }

@@ -178,6 +178,9 @@ impl RegistryService {
         &self,
         request: Request<pb::PinRequest>,
     ) -> Result<Response<pb::PinResponse>, Status> {
+        // Who asks comes before what is asked: a caller without the pin role
+        // is told that, not what is wrong with its input.
+        self.authorize(&request, Action::PinAnywhere)?;
         let env = env(&request.get_ref().env)?;
         let who = self.authorize(&request, Action::Pin(&env))?;
         let req = request.into_inner();
