@@ -100,6 +100,8 @@ pub struct Settings {
     pub client_ca: Option<PathBuf>,
     /// Allow a non-loopback address without TLS.
     pub insecure_listen: bool,
+    /// Allow `memory://` storage (a throwaway registry for tests).
+    pub allow_memory_storage: bool,
     /// Let requests without credentials read.
     pub anonymous_read: bool,
     /// Prometheus metrics on this address (off when unset).
@@ -137,6 +139,7 @@ impl Default for Settings {
             tls_key: None,
             client_ca: None,
             insecure_listen: false,
+            allow_memory_storage: false,
             anonymous_read: false,
             metrics_listen: None,
             log_format: LogFormat::Text,
@@ -171,6 +174,7 @@ const ENV_KEYS: &[&str] = &[
     "tls_key",
     "client_ca",
     "insecure_listen",
+    "allow_memory_storage",
     "anonymous_read",
     "metrics_listen",
     "log_format",
@@ -272,6 +276,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure_listen: bool,
+    /// Allow memory:// storage: everything is lost when the process stops.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_memory_storage: bool,
     /// Let requests without credentials read (resolve, history, fetch, proofs).
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -438,6 +446,14 @@ impl Settings {
             Some(text) => StorageUrl::parse(text).map_err(|e| invalid("storage", e))?,
             None => StorageUrl::File(self.data_dir.clone()),
         };
+        if url == StorageUrl::Memory && !self.allow_memory_storage {
+            return Err(invalid(
+                "storage",
+                "memory:// keeps the log and the artifacts in this process only: everything is \
+                 lost when it stops. For a throwaway test registry pass --allow-memory-storage \
+                 (allow_memory_storage = true); otherwise use file:// or s3://",
+            ));
+        }
         if url.is_shared() && self.log_key.is_none() {
             return Err(invalid(
                 "log_key",
@@ -594,6 +610,21 @@ mod tests {
             );
         }
         assert!(named >= 10, "only {named} flags name their default");
+    }
+
+    #[test]
+    fn memory_storage_needs_saying_so() {
+        let mut settings = Settings {
+            storage: Some("memory://".into()),
+            ..Settings::default()
+        };
+        let err = settings.storage_url().unwrap_err().to_string();
+        assert!(
+            err.contains("storage") && err.contains("--allow-memory-storage"),
+            "{err}"
+        );
+        settings.allow_memory_storage = true;
+        assert_eq!(settings.storage_url().unwrap(), StorageUrl::Memory);
     }
 
     #[test]
