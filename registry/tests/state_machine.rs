@@ -872,3 +872,34 @@ async fn a_replica_that_reads_entries_contradicting_the_stored_checkpoint_serves
     // It signs nothing for them.
     assert_eq!(replica.checkpoint().unwrap_err().kind(), Kind::DataLoss);
 }
+
+#[tokio::test]
+async fn a_publish_must_bring_the_bytes_its_header_declared() {
+    let f = Fixture::new().await;
+    let body = b"[1,2,3]";
+    let env = signing::sign_envelope(
+        &signing::publish_statement(&"r1".parse().unwrap(), &Digest::of(body)),
+        &publisher(),
+    );
+    // Fewer (a cut stream) and more than declared: refused, nothing stored.
+    let before = f.object_count().await;
+    let mut short = f
+        .registry
+        .begin_publish("r1", "", &env, body.len() as u64 + 1)
+        .unwrap();
+    short.push(body).unwrap();
+    let err = f.registry.finish_publish(short).await.unwrap_err();
+    assert_eq!(err.kind(), Kind::Invalid);
+    assert!(
+        err.message().contains("declared 8 bytes but 7 arrived"),
+        "{err}"
+    );
+    let mut long = f
+        .registry
+        .begin_publish("r1", "", &env, body.len() as u64 - 1)
+        .unwrap();
+    let err = long.push(body).unwrap_err();
+    assert_eq!(err.kind(), Kind::Invalid);
+    assert_eq!(f.object_count().await, before);
+    f.publish("r1", body).await.unwrap();
+}

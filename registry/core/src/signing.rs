@@ -395,7 +395,8 @@ pub fn verify_logged_envelope(
             let seen: Vec<String> = named.iter().map(|n| crate::error::shown(n)).collect();
             let known: Vec<&str> = trusted.keys().iter().map(|k| k.id.as_str()).collect();
             return Err(Error::invalid(format!(
-                "no trusted publisher key has the key id the envelope's signatures name ({}); \
+                "DSSE signature does not verify under any trusted publisher key: none has the key \
+                 id the envelope's signatures name ({}); \
                  the trusted keys' ids are {} (stackpin's key id: the hex SHA-256 of the raw \
                  32-byte Ed25519 public key; leave keyid empty to try every trusted key)",
                 seen.join(", "),

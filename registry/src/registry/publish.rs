@@ -20,6 +20,8 @@ pub struct PendingPublish {
     envelope: VerifiedEnvelope,
     media_type: String,
     max: u64,
+    /// The size the header declared; the bytes must add up to it.
+    declared: u64,
     bytes: Vec<u8>,
 }
 
@@ -38,6 +40,12 @@ impl PendingPublish {
                     self.max
                 ),
             ));
+        }
+        if total > self.declared {
+            return Err(Error::invalid(format!(
+                "more bytes arrived than the {} the publish header declared; nothing was stored",
+                self.declared
+            )));
         }
         self.bytes.extend_from_slice(chunk);
         Ok(())
@@ -113,6 +121,7 @@ impl Registry {
             envelope,
             media_type,
             max: self.shared.limits.max_artifact_bytes,
+            declared: size_hint,
             bytes: Vec::with_capacity(capacity),
         })
     }
@@ -130,10 +139,19 @@ impl Registry {
             envelope,
             media_type,
             bytes,
+            declared,
             ..
         } = pending;
         if bytes.is_empty() {
             return Err(Error::invalid("artifact is empty"));
+        }
+        if bytes.len() as u64 != declared {
+            return Err(Error::invalid(format!(
+                "the publish header declared {} bytes but {} arrived (a cut stream?); nothing \
+                 was stored",
+                declared,
+                bytes.len()
+            )));
         }
         let attestation = envelope.attestation().clone();
         let envelope = envelope.into_json();
