@@ -4,10 +4,10 @@
 //! |---|---|
 //! | 0 | success |
 //! | 1 | unexpected failure (a bug, an I/O error on the local machine) |
-//! | 2 | usage error or invalid input; nothing was changed |
+//! | 2 | usage error or invalid input (also a publish refused for its signature or digest); nothing was changed |
 //! | 3 | not found |
 //! | 4 | conflict: write-once (release id bound) or ordering (activation) |
-//! | 5 | verification failed: digest, signature or stored data does not check out |
+//! | 5 | verification failed: what is stored or served does not check out |
 //! | 6 | server unavailable |
 //! | 7 | not authenticated, or not allowed |
 
@@ -31,10 +31,12 @@ pub const AUTH: u8 = 7;
 pub const HELP: &str = "Exit codes:
   0  success
   1  unexpected failure
-  2  usage error or invalid input (nothing was changed)
+  2  usage error or invalid input, including a publish refused for its
+     signature or digest (nothing was changed)
   3  not found
   4  conflict: release id already bound, or activation out of order
-  5  verification failed (digest, signature or stored data)
+  5  verification failed: what is stored or served (an artifact, a proof,
+     a checkpoint, the log) does not check out
   6  server unavailable
   7  not authenticated (no or unknown token) or not allowed (role, environment)";
 
