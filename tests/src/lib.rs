@@ -68,12 +68,8 @@ impl Server {
 
     /// As [`Self::start`], with extra environment variables.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Self {
-        let args: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
-        let env = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect();
-        Self::spawn(data_dir, args, env)
+        Self::try_start_with_env(data_dir, extra, env)
+            .unwrap_or_else(|log| panic!("stackpin-registry did not start; its log:\n{log}"))
     }
 
     /// Starts the server but expects it may refuse to start: returns its
