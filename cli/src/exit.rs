@@ -74,7 +74,7 @@ pub fn code_of_kind(kind: Kind) -> u8 {
         Kind::NotFound => NOT_FOUND,
         Kind::Conflict | Kind::Precondition => CONFLICT,
         Kind::DataLoss => VERIFY,
-        Kind::Unavailable => UNAVAILABLE,
+        Kind::Unavailable | Kind::Busy | Kind::Deadline => UNAVAILABLE,
         Kind::Unauthenticated | Kind::PermissionDenied => AUTH,
         Kind::Internal => FAILURE,
     }

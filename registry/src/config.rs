@@ -80,6 +80,14 @@ pub struct Settings {
     pub max_artifact_bytes: u64,
     /// Largest single gRPC message (artifacts travel in 1 MiB chunks).
     pub max_message_bytes: usize,
+    /// How deep an artifact's JSON may nest.
+    pub max_json_depth: usize,
+    /// Artifact bytes all publishes and downloads together may hold in
+    /// memory; beyond it new streams wait briefly, then are refused.
+    pub max_inflight_bytes: u64,
+    /// How long a publish or download stream may stay silent.
+    #[serde(with = "text_duration")]
+    pub stream_idle_timeout: Duration,
     #[serde(with = "text_duration")]
     pub clock_skew: Duration,
     #[serde(with = "text_duration")]
@@ -128,6 +136,9 @@ impl Default for Settings {
             max_batch: crate::committer::MAX_BATCH,
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,
+            max_json_depth: stackpin_core::json::DEFAULT_MAX_DEPTH,
+            max_inflight_bytes: defaults::MAX_INFLIGHT_BYTES,
+            stream_idle_timeout: defaults::STREAM_IDLE_TIMEOUT,
             clock_skew: defaults::CLOCK_SKEW,
             boundary_margin: defaults::BOUNDARY_MARGIN,
             accepted_predicate_types: Vec::new(),
@@ -163,6 +174,9 @@ const ENV_KEYS: &[&str] = &[
     "max_batch",
     "max_artifact_bytes",
     "max_message_bytes",
+    "max_json_depth",
+    "max_inflight_bytes",
+    "stream_idle_timeout",
     "clock_skew",
     "boundary_margin",
     "accepted_predicate_types",
@@ -236,6 +250,18 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_message_bytes: Option<usize>,
+    /// How deep an artifact's JSON may nest, at most 1024 [default: 128].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_json_depth: Option<usize>,
+    /// Artifact bytes all streams together may hold in memory [default: 268435456].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inflight_bytes: Option<u64>,
+    /// How long a publish or download may stay silent before it is cut [default: 30s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_idle_timeout: Option<String>,
     /// How far in the future a reported activation may lie [default: 5s].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -396,6 +422,22 @@ impl Settings {
                 "must be at least 2 MiB (artifact chunks are 1 MiB)",
             ));
         }
+        if !(1..=stackpin_core::json::MAX_DEPTH_LIMIT).contains(&self.max_json_depth) {
+            return Err(invalid(
+                "max_json_depth",
+                format!("must be 1 to {}", stackpin_core::json::MAX_DEPTH_LIMIT),
+            ));
+        }
+        let least = 4 * crate::defaults::CHUNK_BYTES as u64 + crate::blobs::PART_BYTES as u64;
+        if self.max_inflight_bytes < least {
+            return Err(invalid(
+                "max_inflight_bytes",
+                format!("must be at least {least} bytes (one stream's buffers)"),
+            ));
+        }
+        if self.stream_idle_timeout < Duration::from_secs(1) {
+            return Err(invalid("stream_idle_timeout", "must be at least 1s"));
+        }
         if self.max_artifact_bytes == 0 {
             return Err(invalid("max_artifact_bytes", "must be positive"));
         }
@@ -433,6 +475,10 @@ impl Settings {
             poll_interval: self.poll_interval.max(Duration::from_millis(10)),
             max_batch: self.max_batch,
             predicate_types: self.accepted_predicate_types.clone(),
+            max_json_depth: self.max_json_depth,
+            max_inflight_bytes: self.max_inflight_bytes,
+            stream_idle_timeout: self.stream_idle_timeout,
+            request_timeout: self.request_timeout,
         }
     }
 

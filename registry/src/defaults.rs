@@ -31,6 +31,13 @@ pub const BOUNDARY_MARGIN: Duration = Duration::from_secs(2);
 /// Deadline of one request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Artifact bytes all streams together may hold in memory: well under a
+/// small container's memory, and room for about a hundred streams' buffers.
+pub const MAX_INFLIGHT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// How long a publish or download may stay silent before it is cut.
+pub const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Concurrent requests (HTTP/2 streams) per connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 

@@ -16,7 +16,9 @@
 //! | [`index`] | the sled index derived from the log, rebuildable |
 //! | [`records`] | the artifact and pin records answers carry |
 //! | [`timeline`] | resolve-at-time rules |
-//! | [`blobs`] | artifact bytes on object storage, verified on read |
+//! | [`blobs`] | artifact bytes on object storage, verified as they stream |
+//! | [`staging`] | a publish's bytes on local disk while they arrive, hashed as written |
+//! | [`budget`] | the bound on artifact bytes all streams hold in memory |
 //! | [`log`] | log objects on object storage (write-once per index) |
 //! | [`storage`] | choosing the object store by URL (file, s3, memory) |
 //! | [`auth`] | bearer tokens and client certificates mapped to roles |
@@ -34,6 +36,7 @@ pub use stackpin_core::{audit, digest, ids, layout, merkle, note, position, proo
 pub mod auth;
 pub mod blobs;
 pub(crate) mod blocking;
+pub mod budget;
 pub(crate) mod committer;
 pub mod config;
 pub mod defaults;
@@ -46,6 +49,7 @@ pub mod records;
 pub mod registry;
 pub mod server;
 pub(crate) mod service;
+pub mod staging;
 pub mod storage;
 pub mod timeline;
 

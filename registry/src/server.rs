@@ -20,7 +20,6 @@ use crate::service::RegistryService;
 pub struct Options {
     pub tls: Option<ServerTlsConfig>,
     pub auth: Authorizer,
-    pub request_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub max_message_bytes: usize,
     /// Where to serve Prometheus metrics, if anywhere.
@@ -35,7 +34,6 @@ impl Default for Options {
         Self {
             tls: None,
             auth: Authorizer::default(),
-            request_timeout: crate::defaults::REQUEST_TIMEOUT,
             max_concurrent_streams: crate::defaults::MAX_CONCURRENT_STREAMS,
             max_message_bytes: crate::defaults::MAX_MESSAGE_BYTES,
             metrics_listen: None,
@@ -67,7 +65,6 @@ impl Options {
         Ok(Self {
             tls,
             auth,
-            request_timeout: s.request_timeout,
             max_concurrent_streams: s.max_concurrent_streams,
             max_message_bytes: s.max_message_bytes,
             metrics_listen: s.metrics_listen,
@@ -112,9 +109,11 @@ pub async fn run(
         .build_v1alpha()
         .context("building reflection")?;
 
-    let mut builder = tonic::transport::Server::builder()
-        .timeout(options.request_timeout)
-        .max_concurrent_streams(options.max_concurrent_streams);
+    // The request deadline is the service's own (`request_timeout` in its
+    // limits), so that passing it answers DEADLINE_EXCEEDED rather than
+    // tonic's CANCELLED.
+    let mut builder =
+        tonic::transport::Server::builder().max_concurrent_streams(options.max_concurrent_streams);
     if let Some(tls) = options.tls.clone() {
         builder = builder.tls_config(tls).context("setting up TLS")?;
     }

@@ -84,9 +84,10 @@ impl Fixture {
     ) -> stackpin_registry::Result<Published> {
         let mut p = self
             .registry
-            .begin_publish(release, "", envelope, body.len() as u64)?;
+            .begin_publish(release, "", envelope, body.len() as u64)
+            .await?;
         for chunk in body.chunks(7) {
-            p.push(chunk)?;
+            p.push(bytes::Bytes::copy_from_slice(chunk)).await?;
         }
         self.registry.finish_publish(p).await
     }
@@ -152,15 +153,22 @@ async fn publish_is_write_once_per_release_id() {
     );
     // The same bytes under another release id are a new, separate binding.
     assert!(f.publish("r2", br#"{"v":1}"#).await.unwrap().created);
-    let stored = f
+    let record = f
         .registry
-        .artifact_bytes(
-            &f.registry
-                .artifact(&ArtifactRef::Release("r1".parse().unwrap()))
-                .unwrap(),
-        )
-        .await
+        .artifact(&ArtifactRef::Release("r1".parse().unwrap()))
         .unwrap();
+    use futures::StreamExt as _;
+    let chunks: Vec<_> = f
+        .registry
+        .artifact_stream(&record, 3)
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    let stored: Vec<u8> = chunks
+        .into_iter()
+        .flat_map(|c| c.unwrap().to_vec())
+        .collect();
     assert_eq!(&stored[..], br#"{"v":1}"#);
 }
 
@@ -211,7 +219,7 @@ async fn every_rejected_publish_writes_nothing() {
             sign_for(b"{nope"),
             b"{nope".to_vec(),
             Kind::Invalid,
-            "not valid JSON",
+            "not strict JSON",
         ),
         (
             "too large",
@@ -283,6 +291,7 @@ async fn every_rejected_publish_writes_nothing() {
     let err = f
         .registry
         .begin_publish("r1", "", &good, 1 << 20)
+        .await
         .unwrap_err();
     assert_eq!(err.kind(), Kind::TooLarge);
     // A conflicting release id is refused at the header, before the bytes.
@@ -293,6 +302,7 @@ async fn every_rejected_publish_writes_nothing() {
     let err = f
         .registry
         .begin_publish("base", "", &base_other, 2)
+        .await
         .unwrap_err();
     assert_eq!(err.kind(), Kind::Conflict);
     assert_eq!(f.object_count().await, before);
@@ -886,8 +896,9 @@ async fn a_publish_must_bring_the_bytes_its_header_declared() {
     let mut short = f
         .registry
         .begin_publish("r1", "", &env, body.len() as u64 + 1)
+        .await
         .unwrap();
-    short.push(body).unwrap();
+    short.push(bytes::Bytes::from_static(body)).await.unwrap();
     let err = f.registry.finish_publish(short).await.unwrap_err();
     assert_eq!(err.kind(), Kind::Invalid);
     assert!(
@@ -897,9 +908,55 @@ async fn a_publish_must_bring_the_bytes_its_header_declared() {
     let mut long = f
         .registry
         .begin_publish("r1", "", &env, body.len() as u64 - 1)
+        .await
         .unwrap();
-    let err = long.push(body).unwrap_err();
+    let err = long
+        .push(bytes::Bytes::from_static(body))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), Kind::Invalid);
     assert_eq!(f.object_count().await, before);
     f.publish("r1", body).await.unwrap();
+}
+
+#[tokio::test]
+async fn only_strict_json_is_published_and_the_error_names_the_byte() {
+    let f = Fixture::new().await;
+    f.publish("base", b"{}").await.unwrap();
+    let before = f.object_count().await;
+    let deep = "[".repeat(4_000);
+    let cases: [(&str, &[u8], &str); 8] = [
+        ("bad-utf8", b"{\"a\":\"\xff\xfe\"}", "unicode"),
+        ("overlong", b"{\"a\":\"\xc0\xaf\"}", "unicode"),
+        ("lone-surrogate", br#"{"a":"\ud800"}"#, "hex escape"),
+        ("deep", deep.as_bytes(), "limit of 128"),
+        ("huge-number", b"[1e400]", "out of range"),
+        ("duplicate", br#"{"a":1,"a":2}"#, "duplicate member name"),
+        ("trailing", b"{} {}", "trailing"),
+        (
+            "nested-duplicate",
+            br#"{"x":{"k":1,"k":1}}"#,
+            "duplicate member name \"k\"",
+        ),
+    ];
+    for (release, body, what) in cases {
+        let err = f.publish(release, body).await.unwrap_err();
+        assert_eq!(err.kind(), Kind::Invalid, "{release}: {err}");
+        let message = err.message().to_lowercase();
+        assert!(message.contains(what), "{release}: {err}");
+        assert!(message.contains("at byte "), "{release}: {err}");
+        assert!(message.len() < 512, "{release}: the error echoes the input");
+    }
+    assert_eq!(
+        f.object_count().await,
+        before,
+        "a refused publish stored something"
+    );
+    // What JSON parsers agree on is accepted, big numbers included.
+    f.publish(
+        "fine",
+        br#"{"a":[1,2.5e300,-0,"\u00e9\ud83d\ude00"],"b":{"a":null}}"#,
+    )
+    .await
+    .unwrap();
 }

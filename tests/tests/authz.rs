@@ -241,8 +241,9 @@ async fn every_rpc_checks_every_role() {
     );
     let mut p = registry
         .begin_publish("base", "", &env, body.len() as u64)
+        .await
         .unwrap();
-    p.push(body).unwrap();
+    p.push(bytes::Bytes::copy_from_slice(body)).await.unwrap();
     registry.finish_publish(p).await.unwrap();
     let what = stackpin_registry::registry::ArtifactRef::Release("base".parse().unwrap());
     registry
@@ -354,13 +355,20 @@ async fn every_rpc_checks_every_role() {
 /// Starts `server::run` in-process over memory storage with `options`.
 async fn serve(
     options: server::Options,
-) -> (Client, tokio::sync::oneshot::Sender<()>, Arc<Registry>) {
+) -> (
+    Client,
+    tokio::sync::oneshot::Sender<()>,
+    Arc<Registry>,
+    std::net::SocketAddr,
+) {
     let publisher = SigningKey::from_bytes(&[3; 32]);
     let trusted = TrustedKeys::new([PublicKey::new(publisher.verifying_key())]);
     let signer = NoteSigner::new(DEFAULT_ORIGIN, SigningKey::from_bytes(&[4; 32])).unwrap();
     let store = storage::open(&storage::StorageUrl::Memory, &Default::default()).unwrap();
     let limits = Limits {
         max_artifact_bytes: 64 * 1024,
+        request_timeout: std::time::Duration::from_secs(2),
+        stream_idle_timeout: std::time::Duration::from_secs(1),
         ..Limits::default()
     };
     let registry = Arc::new(
@@ -384,17 +392,80 @@ async fn serve(
     let client = RegistryClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
-    (client, stop_tx, registry)
+    (client, stop_tx, registry, addr)
+}
+
+/// Sends `bytes` as the one message of a Publish, undecoded.
+async fn raw_publish(addr: std::net::SocketAddr, bytes: &[u8]) -> tonic::Status {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/stackpin.v1.Registry/Publish");
+    let messages = futures::stream::iter(vec![bytes.to_vec()]);
+    grpc.client_streaming(tonic::Request::new(messages), path, RawCodec)
+        .await
+        .map(|_: tonic::Response<Vec<u8>>| ())
+        .unwrap_err()
+}
+
+/// A codec that sends and receives message bytes as they are.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exceeded_limits_get_their_codes_and_leave_nothing_behind() {
     let options = server::Options {
         max_message_bytes: 2 * 1024 * 1024,
-        request_timeout: std::time::Duration::from_secs(1),
         ..server::Options::default()
     };
-    let (mut client, _stop, registry) = serve(options).await;
+    let (mut client, _stop, registry, addr) = serve(options).await;
     let size_before = registry.checkpoint().unwrap().size;
 
     // A message over max_message_bytes.
@@ -410,13 +481,8 @@ async fn exceeded_limits_get_their_codes_and_leave_nothing_behind() {
         .publish(futures::stream::iter(msgs))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err.code(),
-            Code::ResourceExhausted | Code::OutOfRange | Code::Internal
-        ),
-        "{err:?}"
-    );
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_message_bytes"), "{err:?}");
 
     // An artifact over max_artifact_bytes, announced honestly or not.
     let body = format!("[{}0]", "0,".repeat(40_000));
@@ -454,18 +520,46 @@ async fn exceeded_limits_get_their_codes_and_leave_nothing_behind() {
         );
     }
 
-    // A publish that stalls past the request deadline.
+    // A publish that stalls: cut at the idle timeout.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut msgs: Vec<pb::PublishRequest> =
         publish_stream("slow", None).into_inner().collect().await;
     tx.send(msgs.remove(0)).await.unwrap();
     let stalled = tokio_stream_from(rx);
     let err = client.publish(stalled).await.unwrap_err();
-    assert!(
-        matches!(err.code(), Code::Cancelled | Code::DeadlineExceeded),
-        "{err:?}"
-    );
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("stream_idle_timeout"), "{err:?}");
     drop(tx);
+
+    // A publish that trickles (never idle long) past the request deadline.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut msgs: Vec<pb::PublishRequest> =
+        publish_stream("trickle", None).into_inner().collect().await;
+    tx.send(msgs.remove(0)).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..6 {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let chunk = pb::PublishRequest {
+                part: Some(pb::publish_request::Part::Chunk(vec![b' '; 1].into())),
+            };
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let err = client.publish(tokio_stream_from(rx)).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("request_timeout"), "{err:?}");
+    trickle.abort();
+
+    // Bytes that are not a protobuf message at all: INVALID_ARGUMENT.
+    let err = raw_publish(addr, b"\xff\xff\xff\xff\xff").await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // No budget or staging file outlives the refused streams.
+    assert_eq!(
+        registry.budget().available(),
+        registry.limits().max_inflight_bytes
+    );
 
     assert_eq!(
         registry.checkpoint().unwrap().size,

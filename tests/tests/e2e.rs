@@ -255,7 +255,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "--key",
         "ci.pem",
     ])
-    .fails(2, "not valid JSON");
+    .fails(2, "not strict JSON");
     w.cli(&[
         "publish",
         "big.json",

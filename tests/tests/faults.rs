@@ -51,8 +51,11 @@ async fn write(registry: &Registry, path: &str, n: usize) -> stackpin_registry::
                 &signing::publish_statement(&rid.parse().unwrap(), &Digest::of(body.as_bytes())),
                 &publisher(),
             );
-            let mut p = registry.begin_publish(&rid, "", &env, body.len() as u64)?;
-            p.push(body.as_bytes())?;
+            let mut p = registry
+                .begin_publish(&rid, "", &env, body.len() as u64)
+                .await?;
+            p.push(bytes::Bytes::copy_from_slice(body.as_bytes()))
+                .await?;
             registry.finish_publish(p).await.map(|_| ())
         }
         "pin" => {
@@ -134,8 +137,9 @@ async fn every_write_path_survives_every_injected_fault() {
     );
     let mut p = registry
         .begin_publish(rid, "", &env, body.len() as u64)
+        .await
         .unwrap();
-    p.push(body).unwrap();
+    p.push(bytes::Bytes::copy_from_slice(body)).await.unwrap();
     registry.finish_publish(p).await.unwrap();
     for seed in 150..200u8 {
         let pem = PublicKey::new(SigningKey::from_bytes(&[seed; 32]).verifying_key())

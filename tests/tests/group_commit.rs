@@ -50,8 +50,8 @@ async fn open(store: Arc<dyn ObjectStore>, max_batch: usize) -> Registry {
         &signing::publish_statement(&"r1".parse().unwrap(), &Digest::of(body)),
         &publisher,
     );
-    let mut p = registry.begin_publish("r1", "", &env, 3).unwrap();
-    p.push(body).unwrap();
+    let mut p = registry.begin_publish("r1", "", &env, 3).await.unwrap();
+    p.push(bytes::Bytes::copy_from_slice(body)).await.unwrap();
     registry.finish_publish(p).await.unwrap();
     registry
 }

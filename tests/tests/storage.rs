@@ -122,8 +122,9 @@ async fn a_registry_works_and_rebuilds_on_it(store: Arc<dyn ObjectStore>) {
     );
     let mut p = registry
         .begin_publish("conformance", "", &env, body.len() as u64)
+        .await
         .unwrap();
-    p.push(body).unwrap();
+    p.push(bytes::Bytes::copy_from_slice(body)).await.unwrap();
     assert!(registry.finish_publish(p).await.unwrap().created);
     let prod = "prod".parse().unwrap();
     let what = ArtifactRef::Release(rid.clone());

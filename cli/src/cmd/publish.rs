@@ -60,9 +60,12 @@ pub async fn run(args: &Args, server: &crate::client::Connection, format: Format
             args.file.display()
         )));
     }
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+    // The registry's own check, before anything is signed or sent; how
+    // deep is the registry's setting, so only the hard cap applies here.
+    if let Err(e) = stackpin_core::json::check(&bytes, stackpin_core::json::MAX_DEPTH_LIMIT) {
         return Err(Failure::invalid(format!(
-            "{} is not valid JSON (objectstack.json must be JSON): {e}",
+            "{} is not strict JSON (objectstack.json must be RFC 8259 JSON in UTF-8, without \
+             duplicate names): {e}",
             args.file.display()
         )));
     }

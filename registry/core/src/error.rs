@@ -63,6 +63,12 @@ pub enum Kind {
     NoSpace,
     /// Storage could not be reached; retrying later may succeed.
     Unavailable,
+    /// The registry is at a limit of its own (bytes in flight); retrying
+    /// shortly may succeed.
+    Busy,
+    /// The request or its stream ran past its deadline or stayed silent
+    /// too long.
+    Deadline,
     /// No credential, or one the registry does not know.
     Unauthenticated,
     /// A known credential without the role or environment needed.
@@ -85,6 +91,8 @@ impl Kind {
             Kind::TooLarge => "MESSAGE_TOO_LARGE",
             Kind::NoSpace => "STORAGE_FULL",
             Kind::Unavailable => "UNAVAILABLE",
+            Kind::Busy => "BUSY",
+            Kind::Deadline => "DEADLINE_EXCEEDED",
             Kind::Unauthenticated => "UNAUTHENTICATED",
             Kind::PermissionDenied => "PERMISSION_DENIED",
             Kind::DataLoss => "DATA_LOSS",
@@ -93,7 +101,7 @@ impl Kind {
     }
 
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Invalid,
         Kind::NotFound,
         Kind::Conflict,
@@ -101,6 +109,8 @@ impl Kind {
         Kind::TooLarge,
         Kind::NoSpace,
         Kind::Unavailable,
+        Kind::Busy,
+        Kind::Deadline,
         Kind::Unauthenticated,
         Kind::PermissionDenied,
         Kind::DataLoss,

@@ -16,6 +16,7 @@
 //! | [`note`] | C2SP signed notes and tlog checkpoints: the log's signature |
 //! | [`proof`] | offline verification of answers; the `.tlog-proof` file |
 //! | [`entry`] | the log entry types and their exact bytes |
+//! | [`json`] | the strict JSON (I-JSON, nesting-limited) an artifact must be |
 //! | [`layout`] | the storage keys of entries, blobs and the checkpoint |
 //! | [`state`] | `apply`: the one rule set deciding whether an entry may follow the log |
 //! | [`audit`] | a full audit of a log from its entries, checkpoint and blobs |
@@ -29,6 +30,7 @@ pub mod digest;
 pub mod entry;
 pub mod error;
 pub mod ids;
+pub mod json;
 pub mod layout;
 pub mod merkle;
 pub mod note;

@@ -72,6 +72,14 @@ pub struct Limits {
     pub max_batch: usize,
     /// In-toto predicate types accepted as a publish besides stackpin's own.
     pub predicate_types: Vec<String>,
+    /// How deep an artifact's JSON may nest.
+    pub max_json_depth: usize,
+    /// Artifact bytes all streams together may hold in memory.
+    pub max_inflight_bytes: u64,
+    /// How long a publish or download may stay silent.
+    pub stream_idle_timeout: Duration,
+    /// How long a publish or download may take in all.
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -83,6 +91,10 @@ impl Default for Limits {
             poll_interval: crate::defaults::POLL_INTERVAL,
             max_batch: committer::MAX_BATCH,
             predicate_types: Vec::new(),
+            max_json_depth: stackpin_core::json::DEFAULT_MAX_DEPTH,
+            max_inflight_bytes: crate::defaults::MAX_INFLIGHT_BYTES,
+            stream_idle_timeout: crate::defaults::STREAM_IDLE_TIMEOUT,
+            request_timeout: crate::defaults::REQUEST_TIMEOUT,
         }
     }
 }
@@ -190,6 +202,9 @@ pub struct Options {
     /// the operator has checked it by other means: `recover
     /// --accept-unsigned`). Off, such a start stops.
     pub accept_unsigned: bool,
+    /// Where publishes stage their bytes: the data folder's `staging/`
+    /// when opened on one, else the system's temporary folder.
+    pub staging_dir: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -203,6 +218,7 @@ impl Options {
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
             accept_unsigned: false,
+            staging_dir: None,
         }
     }
 }
@@ -242,6 +258,9 @@ struct Shared {
     /// How much of the applied log has been checked (at start, against the
     /// stored checkpoints) or written here: checkpoints are signed up to it.
     checked: std::sync::atomic::AtomicU64,
+    /// Artifact bytes in memory, bounded.
+    budget: crate::budget::Budget,
+    staging_dir: Option<std::path::PathBuf>,
 }
 
 /// A fresh request id, stored in the entry a request writes.

@@ -9,6 +9,7 @@ use crate::ids::ReleaseId;
 use crate::log::{Entry, PublishEntry};
 use crate::records::ArtifactRecord;
 use crate::signing::{self, VerifiedEnvelope};
+use crate::staging::Staging;
 use stackpin_core::state::{self, State as _};
 
 use super::resolve::page_size;
@@ -22,16 +23,18 @@ pub struct PendingPublish {
     max: u64,
     /// The size the header declared; the bytes must add up to it.
     declared: u64,
-    bytes: Vec<u8>,
+    /// Where the bytes go as they arrive, hashed as written.
+    staging: Staging,
 }
 
 impl PendingPublish {
-    /// Adds the next chunk of artifact bytes.
+    /// Adds the next chunk of artifact bytes (to the staging file).
     ///
     /// # Errors
-    /// TooLarge when the artifact grows past the limit.
-    pub fn push(&mut self, chunk: &[u8]) -> Result<()> {
-        let total = self.bytes.len() as u64 + chunk.len() as u64;
+    /// TooLarge when the artifact grows past the limit; Invalid past the
+    /// declared size; Unavailable or NoSpace when staging fails.
+    pub async fn push(&mut self, chunk: Bytes) -> Result<()> {
+        let total = self.staging.len() + chunk.len() as u64;
         if total > self.max {
             return Err(Error::new(
                 Kind::TooLarge,
@@ -47,8 +50,7 @@ impl PendingPublish {
                 self.declared
             )));
         }
-        self.bytes.extend_from_slice(chunk);
-        Ok(())
+        self.staging.push(chunk).await
     }
 }
 
@@ -59,8 +61,9 @@ impl Registry {
     /// # Errors
     /// Invalid for bad names or a bad or untrusted envelope; TooLarge when the
     /// announced size is over the limit; Conflict when the release id is
-    /// already bound to another digest.
-    pub fn begin_publish(
+    /// already bound to another digest; Unavailable or NoSpace when no
+    /// staging file can be made.
+    pub async fn begin_publish(
         &self,
         release_id: &str,
         media_type: &str,
@@ -115,14 +118,13 @@ impl Registry {
         {
             return Err(conflict(&existing));
         }
-        let capacity =
-            usize::try_from(size_hint.min(self.shared.limits.max_artifact_bytes)).unwrap_or(0);
+        let staging = Staging::create(self.shared.staging_dir.clone()).await?;
         Ok(PendingPublish {
             envelope,
             media_type,
             max: self.shared.limits.max_artifact_bytes,
             declared: size_hint,
-            bytes: Vec::with_capacity(capacity),
+            staging,
         })
     }
 
@@ -138,48 +140,41 @@ impl Registry {
         let PendingPublish {
             envelope,
             media_type,
-            bytes,
+            staging,
             declared,
             ..
         } = pending;
-        if bytes.is_empty() {
+        if staging.is_empty() {
             return Err(Error::invalid("artifact is empty"));
         }
-        if bytes.len() as u64 != declared {
+        let staged = staging.finish().await?;
+        if staged.len != declared {
             return Err(Error::invalid(format!(
-                "the publish header declared {} bytes but {} arrived (a cut stream?); nothing \
-                 was stored",
-                declared,
-                bytes.len()
+                "the publish header declared {declared} bytes but {} arrived (a cut stream?); \
+                 nothing was stored",
+                staged.len
             )));
         }
         let attestation = envelope.attestation().clone();
         let envelope = envelope.into_json();
-        // Hashing and parsing a whole artifact take milliseconds: off the
-        // runtime, in one pass of a blocking thread.
-        let (digest, bytes, parsed) = crate::blocking::run(move || {
-            let digest = Digest::of(&bytes);
-            let parsed = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map(|_| ());
-            Ok((digest, bytes, parsed))
-        })
-        .await?;
+        let digest = staged.digest;
         if digest != attestation.digest {
             return Err(Error::invalid(format!(
                 "the received bytes hash to {digest}, but the envelope is signed for {}",
                 attestation.digest
             )));
         }
-        parsed.map_err(|e| {
-            Error::invalid(format!(
-                "artifact is not valid JSON (objectstack.json must be JSON): {e}"
-            ))
-        })?;
+        self.check_json(staged.file.path()).await?;
         let release_id = attestation.release_id.clone();
         if let Some(existing) = self.shared.index.artifact_by_release(&release_id)? {
             return same_or_conflict(existing, &digest);
         }
-        let size = bytes.len() as u64;
-        self.shared.blobs.put(&digest, Bytes::from(bytes)).await?;
+        let size = staged.len;
+        self.shared
+            .blobs
+            .put_file(&digest, staged.file.path(), size, &self.shared.budget)
+            .await?;
+        drop(staged);
         let shared = self.shared.clone();
         let rid = release_id.clone();
         let request = request_id();
@@ -222,6 +217,38 @@ impl Registry {
         }
     }
 
+    /// Checks that the staged bytes are strict JSON (see
+    /// `stackpin_core::json`), reading them once more from the staging file.
+    async fn check_json(&self, path: &std::path::Path) -> Result<()> {
+        let path = path.to_owned();
+        let depth = self.shared.limits.max_json_depth;
+        crate::blocking::run(move || {
+            let file = std::fs::File::open(&path).map_err(|e| {
+                tracing::error!(error = %e, path = %path.display(), "opening a staging file");
+                Error::new(
+                    Kind::Unavailable,
+                    "the registry could not read its staging file",
+                )
+            })?;
+            let reader = std::io::BufReader::with_capacity(64 * 1024, file);
+            stackpin_core::json::check_reader(reader, depth).map_err(|e| match e {
+                stackpin_core::json::ReadError::Json(e) => Error::invalid(format!(
+                    "artifact is not strict JSON (objectstack.json must be RFC 8259 JSON in \
+                     UTF-8, without duplicate names, nested at most {depth} deep): {e}; \
+                     nothing was stored"
+                )),
+                stackpin_core::json::ReadError::Io(e) => {
+                    tracing::error!(error = %e, "reading a staging file");
+                    Error::new(
+                        Kind::Unavailable,
+                        "the registry could not read its staging file",
+                    )
+                }
+            })
+        })
+        .await
+    }
+
     /// Looks an artifact up.
     ///
     /// # Errors
@@ -239,13 +266,26 @@ impl Registry {
         }
     }
 
-    /// The verified bytes of a published artifact.
+    /// The bytes of a published artifact in chunks of at most `chunk`
+    /// bytes, checked as they stream: damaged bytes end the stream with
+    /// DataLoss before its last chunk.
     ///
     /// # Errors
-    /// DataLoss when the stored bytes no longer match; Unavailable when
-    /// storage fails.
-    pub async fn artifact_bytes(&self, artifact: &ArtifactRecord) -> Result<Bytes> {
-        self.shared.blobs.get(&artifact.digest).await
+    /// DataLoss when the blob is missing; Unavailable when storage fails.
+    pub async fn artifact_stream(
+        &self,
+        artifact: &ArtifactRecord,
+        chunk: usize,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        self.shared
+            .blobs
+            .stream(&artifact.digest, artifact.size, chunk)
+            .await
+    }
+
+    /// The budget every stream's buffers are reserved in.
+    pub fn budget(&self) -> &crate::budget::Budget {
+        &self.shared.budget
     }
 
     /// Artifacts in release id order, after `after`.

@@ -430,8 +430,10 @@ impl Registry {
             limits,
             clock,
             accept_unsigned,
+            staging_dir,
         } = options;
         let (checkpoint_tx, checkpoint_rx) = watch::channel(None);
+        let limits_budget = limits.max_inflight_bytes;
         let shared = Arc::new(Shared {
             blobs: Blobs::new(store.clone()),
             log: Log::new(store.clone()),
@@ -452,6 +454,8 @@ impl Registry {
             store: store.clone(),
             contradicted: std::sync::OnceLock::new(),
             checked: std::sync::atomic::AtomicU64::new(0),
+            budget: crate::budget::Budget::new(limits_budget),
+            staging_dir,
         });
         let verifier = shared.signer.verifier();
         // Read before catching up: a checkpoint another replica stores
@@ -515,8 +519,9 @@ impl Registry {
     /// # Errors
     /// Precondition when another process holds the folder; otherwise as
     /// [`Self::open`].
-    pub async fn open_at(data_dir: &std::path::Path, options: Options) -> Result<Self> {
+    pub async fn open_at(data_dir: &std::path::Path, mut options: Options) -> Result<Self> {
         let folder = lock_folder(data_dir)?;
+        options.staging_dir = Some(sweep_staging(data_dir));
         let dir = index_dir(data_dir);
         let index = open_index(&dir)?;
         let had_state = index.applied()? > 0;
@@ -547,13 +552,25 @@ impl Registry {
     ///
     /// # Errors
     /// As [`Self::open_at`].
-    pub async fn recover_at(data_dir: &std::path::Path, options: Options) -> Result<Self> {
+    pub async fn recover_at(data_dir: &std::path::Path, mut options: Options) -> Result<Self> {
         let folder = lock_folder(data_dir)?;
+        options.staging_dir = Some(sweep_staging(data_dir));
         let index = fresh_index(&index_dir(data_dir))?;
         let mut registry = Self::open(index, options).await?;
         registry.folder = Some(folder);
         Ok(registry)
     }
+}
+
+/// The data folder's staging folder, emptied of what a killed process left
+/// there (the caller holds the folder's lock, so no publish is in flight).
+fn sweep_staging(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let dir = crate::staging::dir_in(data_dir);
+    let removed = crate::staging::sweep(&dir);
+    if removed > 0 {
+        tracing::info!(removed, "removed staging files an earlier process left");
+    }
+    dir
 }
 
 #[cfg(test)]

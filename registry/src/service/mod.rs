@@ -4,6 +4,7 @@
 
 mod convert;
 mod status;
+mod streams;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,20 +34,27 @@ pub const CHUNK_BYTES: usize = crate::defaults::CHUNK_BYTES;
 pub struct RegistryService {
     registry: Arc<Registry>,
     auth: Authorizer,
+    /// The largest message a client may send (a publish chunk included).
+    max_message_bytes: usize,
 }
 
 impl RegistryService {
     /// Serves `registry`, letting through what `auth` allows.
     pub fn new(registry: Arc<Registry>, auth: Authorizer) -> Self {
-        Self { registry, auth }
+        Self {
+            registry,
+            auth,
+            max_message_bytes: crate::defaults::MAX_MESSAGE_BYTES,
+        }
     }
 
     /// The tonic server wrapper, with a message limit (artifacts travel in
     /// 1 MiB chunks, so the limit bounds memory, not artifact size).
     pub fn into_server(
-        self,
+        mut self,
         max_message_bytes: usize,
     ) -> pb::registry_server::RegistryServer<Self> {
+        self.max_message_bytes = max_message_bytes;
         pb::registry_server::RegistryServer::new(self)
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes.max(CHUNK_BYTES * 2))
@@ -97,23 +105,38 @@ impl RegistryService {
         request: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
         self.authorize(&request, Action::Publish)?;
+        let limits = self.registry.limits();
+        let idle = limits.stream_idle_timeout;
         let mut stream = request.into_inner();
-        let header = match stream.message().await?.and_then(|m| m.part) {
-            Some(pb::publish_request::Part::Header(h)) => h,
+        let header = match streams::next(&mut stream, idle, self.max_message_bytes).await? {
+            Some(pb::PublishRequest {
+                part: Some(pb::publish_request::Part::Header(h)),
+            }) => h,
             _ => return Err(Error::invalid("a publish must start with its header").into()),
         };
-        let mut pending = self.registry.begin_publish(
-            &header.release_id,
-            &header.media_type,
-            &header.envelope,
-            header.size,
-        )?;
-        while let Some(message) = stream.message().await? {
+        // What the transport may hold for this stream while bytes arrive:
+        // the message being decoded and the chunk in hand.
+        let room = self
+            .registry
+            .budget()
+            .reserve(2 * self.max_message_bytes as u64, "a publish")
+            .await?;
+        let mut pending = self
+            .registry
+            .begin_publish(
+                &header.release_id,
+                &header.media_type,
+                &header.envelope,
+                header.size,
+            )
+            .await?;
+        while let Some(message) = streams::next(&mut stream, idle, self.max_message_bytes).await? {
             match message.part {
-                Some(pb::publish_request::Part::Chunk(chunk)) => pending.push(&chunk)?,
+                Some(pb::publish_request::Part::Chunk(chunk)) => pending.push(chunk).await?,
                 _ => return Err(Error::invalid("a publish has exactly one header").into()),
             }
         }
+        drop(room);
         let published = self.registry.finish_publish(pending).await?;
         Ok(Response::new(pb::PublishResponse {
             artifact: Some(convert::artifact(&published.artifact)),
@@ -128,23 +151,32 @@ impl RegistryService {
         self.authorize(&request, Action::Read)?;
         let what = convert::artifact_ref(request.into_inner().artifact)?;
         let record = self.registry.artifact(&what)?;
-        // Read and verify the whole artifact before sending any of it, so
-        // damaged bytes are never served, not even in part.
-        let bytes = self.registry.artifact_bytes(&record).await?;
+        // Held while the stream lives: a chunk in the channel, one being
+        // encoded and one in the transport's send buffer.
+        let room = self
+            .registry
+            .budget()
+            .reserve(3 * CHUNK_BYTES as u64, "a download")
+            .await?;
+        let chunks = self.registry.artifact_stream(&record, CHUNK_BYTES).await?;
         let head = pb::GetArtifactResponse {
             part: Some(pb::get_artifact_response::Part::Artifact(
                 convert::artifact(&record),
             )),
         };
-        let chunks = (0..bytes.len()).step_by(CHUNK_BYTES).map(move |start| {
-            let end = (start + CHUNK_BYTES).min(bytes.len());
-            Ok(pb::GetArtifactResponse {
-                part: Some(pb::get_artifact_response::Part::Chunk(
-                    bytes.slice(start..end),
-                )),
+        use futures::StreamExt as _;
+        let chunks = chunks.map(|item| {
+            item.map(|chunk| pb::GetArtifactResponse {
+                part: Some(pb::get_artifact_response::Part::Chunk(chunk)),
             })
         });
-        let stream = futures::stream::iter(std::iter::once(Ok(head)).chain(chunks));
+        let limits = self.registry.limits();
+        let stream = streams::fed(
+            futures::stream::once(async { Ok(head) }).chain(chunks),
+            limits.stream_idle_timeout,
+            limits.request_timeout,
+            room,
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -374,20 +406,38 @@ impl RegistryService {
     }
 }
 
-/// Runs `handler` with what every RPC gets: a request id, one log line
-/// and the request metrics (see [`observe`]).
-async fn observed<T, R, F>(
-    rpc: &'static str,
-    request: Request<T>,
-    handler: impl FnOnce(Request<T>) -> F,
-) -> Result<Response<R>, Status>
-where
-    F: std::future::Future<Output = Result<Response<R>, Status>>,
-{
-    let observed = observe::Observed::begin(rpc, &request);
-    let result = handler(request).await;
-    observed.finish(&result);
-    result
+impl RegistryService {
+    /// Runs `handler` with what every RPC gets: a request id, one log
+    /// line, the request metrics (see [`observe`]) and the request deadline
+    /// (`request_timeout`; a response stream's own deadline is in
+    /// [`streams::fed`]). Passing it answers DEADLINE_EXCEEDED, as gRPC
+    /// says a deadline is reported.
+    async fn observed<T, R, F>(
+        &self,
+        rpc: &'static str,
+        request: Request<T>,
+        handler: impl FnOnce(Request<T>) -> F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        let observed = observe::Observed::begin(rpc, &request);
+        let deadline = self.registry.limits().request_timeout;
+        let result = match tokio::time::timeout(deadline, handler(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(
+                Kind::Deadline,
+                format!(
+                    "the request ran past the registry's request_timeout of {}s; a write may \
+                     or may not have been recorded: retry it with the same request id",
+                    deadline.as_secs_f64()
+                ),
+            )
+            .into()),
+        };
+        observed.finish(&result);
+        result
+    }
 }
 
 #[tonic::async_trait]
@@ -399,77 +449,86 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<Streaming<pb::PublishRequest>>,
     ) -> Result<Response<pb::PublishResponse>, Status> {
-        observed("Publish", request, |r| self.publish_inner(r)).await
+        self.observed("Publish", request, |r| self.publish_inner(r))
+            .await
     }
 
     async fn get_artifact(
         &self,
         request: Request<pb::GetArtifactRequest>,
     ) -> Result<Response<Self::GetArtifactStream>, Status> {
-        observed("GetArtifact", request, |r| self.get_artifact_inner(r)).await
+        self.observed("GetArtifact", request, |r| self.get_artifact_inner(r))
+            .await
     }
 
     async fn stat_artifact(
         &self,
         request: Request<pb::StatArtifactRequest>,
     ) -> Result<Response<pb::Artifact>, Status> {
-        observed("StatArtifact", request, |r| self.stat_artifact_inner(r)).await
+        self.observed("StatArtifact", request, |r| self.stat_artifact_inner(r))
+            .await
     }
 
     async fn list_artifacts(
         &self,
         request: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
-        observed("ListArtifacts", request, |r| self.list_artifacts_inner(r)).await
+        self.observed("ListArtifacts", request, |r| self.list_artifacts_inner(r))
+            .await
     }
 
     async fn pin(
         &self,
         request: Request<pb::PinRequest>,
     ) -> Result<Response<pb::PinResponse>, Status> {
-        observed("Pin", request, |r| self.pin_inner(r)).await
+        self.observed("Pin", request, |r| self.pin_inner(r)).await
     }
 
     async fn resolve(
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
-        observed("Resolve", request, |r| self.resolve_inner(r)).await
+        self.observed("Resolve", request, |r| self.resolve_inner(r))
+            .await
     }
 
     async fn history(
         &self,
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        observed("History", request, |r| self.history_inner(r)).await
+        self.observed("History", request, |r| self.history_inner(r))
+            .await
     }
 
     async fn get_checkpoint(
         &self,
         request: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::Checkpoint>, Status> {
-        observed("GetCheckpoint", request, |r| self.get_checkpoint_inner(r)).await
+        self.observed("GetCheckpoint", request, |r| self.get_checkpoint_inner(r))
+            .await
     }
 
     async fn get_entry(
         &self,
         request: Request<pb::GetEntryRequest>,
     ) -> Result<Response<pb::LogEntry>, Status> {
-        observed("GetEntry", request, |r| self.get_entry_inner(r)).await
+        self.observed("GetEntry", request, |r| self.get_entry_inner(r))
+            .await
     }
 
     async fn list_entries(
         &self,
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<Self::ListEntriesStream>, Status> {
-        observed("ListEntries", request, |r| self.list_entries_inner(r)).await
+        self.observed("ListEntries", request, |r| self.list_entries_inner(r))
+            .await
     }
 
     async fn get_inclusion_proof(
         &self,
         request: Request<pb::GetInclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProof>, Status> {
-        observed("GetInclusionProof", request, |r| {
+        self.observed("GetInclusionProof", request, |r| {
             self.get_inclusion_proof_inner(r)
         })
         .await
@@ -479,7 +538,7 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::GetConsistencyProofRequest>,
     ) -> Result<Response<pb::ConsistencyProof>, Status> {
-        observed("GetConsistencyProof", request, |r| {
+        self.observed("GetConsistencyProof", request, |r| {
             self.get_consistency_proof_inner(r)
         })
         .await
@@ -489,20 +548,23 @@ impl pb::registry_server::Registry for RegistryService {
         &self,
         request: Request<pb::AddKeyRequest>,
     ) -> Result<Response<pb::PublisherKey>, Status> {
-        observed("AddKey", request, |r| self.add_key_inner(r)).await
+        self.observed("AddKey", request, |r| self.add_key_inner(r))
+            .await
     }
 
     async fn revoke_key(
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::PublisherKey>, Status> {
-        observed("RevokeKey", request, |r| self.revoke_key_inner(r)).await
+        self.observed("RevokeKey", request, |r| self.revoke_key_inner(r))
+            .await
     }
 
     async fn list_keys(
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        observed("ListKeys", request, |r| self.list_keys_inner(r)).await
+        self.observed("ListKeys", request, |r| self.list_keys_inner(r))
+            .await
     }
 }

@@ -91,8 +91,11 @@ async fn main() {
                 );
                 let mut p = registry
                     .begin_publish(&rid, "", &env, body.len() as u64)
+                    .await
                     .unwrap_or_else(|e| panic!("{e}"));
-                p.push(body.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+                p.push(bytes::Bytes::copy_from_slice(body.as_bytes()))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
                 registry
                     .finish_publish(p)
                     .await

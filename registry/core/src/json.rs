@@ -1,0 +1,360 @@
+//! The strict JSON an artifact must be: RFC 8259 text in valid UTF-8, with
+//! the I-JSON restrictions of RFC 7493 (no duplicate member names, no lone
+//! surrogates, numbers within IEEE 754 doubles) and a nesting limit.
+//!
+//! Lenient parsers differ exactly where this check refuses: one keeps the
+//! first of two duplicate keys and another the last, one replaces invalid
+//! UTF-8 and another stops. A registry that stored such a file would hand
+//! ObjectOS, at restore, bytes whose meaning depends on who reads them
+//! (Python's `json.load` refuses some outright), so the registry refuses
+//! them at publish and names the byte where the trouble starts.
+//!
+//! The check keeps no value: only the member names of the objects open at
+//! the current position, so it runs over a reader in bounded memory for any
+//! artifact whose single objects are of ordinary size.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io::Read;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// The nesting limit when none is configured (serde_json's own).
+pub const DEFAULT_MAX_DEPTH: usize = 128;
+/// The most a nesting limit can be set to: each level costs stack.
+pub const MAX_DEPTH_LIMIT: usize = 1024;
+
+/// Why bytes are not strict JSON, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonError {
+    /// Offset of the byte where the problem was found (0-based).
+    pub offset: u64,
+    /// Line and column (1-based) of that byte.
+    pub line: usize,
+    pub column: usize,
+    /// What is wrong there.
+    pub what: String,
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at byte {} (line {}, column {})",
+            self.what, self.offset, self.line, self.column
+        )
+    }
+}
+
+impl std::error::Error for JsonError {}
+
+/// Checks that `bytes` are strict JSON nested at most `max_depth` deep.
+///
+/// # Errors
+/// The first problem found, with its byte offset.
+pub fn check(bytes: &[u8], max_depth: usize) -> Result<(), JsonError> {
+    check_reader(bytes, max_depth).map_err(|e| match e {
+        ReadError::Json(e) => e,
+        ReadError::Io(e) => JsonError {
+            offset: 0,
+            line: 1,
+            column: 1,
+            what: e.to_string(),
+        },
+    })
+}
+
+/// Why a reader did not yield strict JSON.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The bytes are not strict JSON.
+    Json(JsonError),
+    /// Reading failed.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Json(e) => e.fmt(f),
+            Self::Io(e) => write!(f, "reading the artifact: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// [`check`] over a reader (buffer it: it is read a byte at a time).
+///
+/// # Errors
+/// The first problem found, or the read error.
+pub fn check_reader(reader: impl Read, max_depth: usize) -> Result<(), ReadError> {
+    let max_depth = max_depth.clamp(1, MAX_DEPTH_LIMIT);
+    let mut counted = Counted {
+        inner: reader,
+        consumed: 0,
+        line: 1,
+        line_start: 0,
+        io_error: None,
+    };
+    let result = {
+        let mut de = serde_json::Deserializer::from_reader(&mut counted);
+        // The depth is counted here, against the configured limit.
+        de.disable_recursion_limit();
+        let checked = Strict {
+            depth: 0,
+            max_depth,
+        }
+        .deserialize(&mut de);
+        checked.and_then(|()| de.end())
+    };
+    let Err(e) = result else {
+        return Ok(());
+    };
+    if let Some(io) = counted.io_error.take() {
+        return Err(ReadError::Io(io));
+    }
+    let line = e.line().max(1);
+    let column = e.column();
+    // serde_json reports the line and column of the last byte it consumed;
+    // the counting reader knows where that line starts.
+    let offset = if line == counted.line {
+        counted.line_start + column.saturating_sub(1) as u64
+    } else {
+        counted.consumed.saturating_sub(1)
+    };
+    let what = strip_position(&e.to_string());
+    Err(ReadError::Json(JsonError {
+        offset,
+        line,
+        column: column.max(1),
+        what,
+    }))
+}
+
+/// serde_json's message without its " at line L column C" suffix.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// A reader that counts what it hands out and where the current line began.
+struct Counted<R> {
+    inner: R,
+    consumed: u64,
+    line: usize,
+    line_start: u64,
+    io_error: Option<std::io::Error>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                for (i, b) in buf[..n].iter().enumerate() {
+                    if *b == b'\n' {
+                        self.line += 1;
+                        self.line_start = self.consumed + i as u64 + 1;
+                    }
+                }
+                self.consumed += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                let copy = std::io::Error::new(e.kind(), e.to_string());
+                self.io_error = Some(e);
+                Err(copy)
+            }
+        }
+    }
+}
+
+/// One JSON value, checked and dropped.
+#[derive(Clone, Copy)]
+struct Strict {
+    depth: usize,
+    max_depth: usize,
+}
+
+impl Strict {
+    fn deeper<E: de::Error>(self) -> Result<Self, E> {
+        if self.depth >= self.max_depth {
+            return Err(E::custom(format_args!(
+                "nested deeper than the limit of {} levels",
+                self.max_depth
+            )));
+        }
+        Ok(Self {
+            depth: self.depth + 1,
+            ..self
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        // serde_json already refuses what overflows a double.
+        if v.is_finite() {
+            Ok(())
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        // Reaching here means serde_json decoded the string: valid UTF-8,
+        // escapes well-formed, no lone surrogate, no raw control character.
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.deeper()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.deeper()?;
+        let mut names = HashSet::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if names.contains(&name) {
+                return Err(de::Error::custom(format_args!(
+                    "duplicate member name {}",
+                    crate::error::shown(&name)
+                )));
+            }
+            map.next_value_seed(inner)?;
+            names.insert(name);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(bytes: &[u8]) -> JsonError {
+        check(bytes, DEFAULT_MAX_DEPTH).expect_err("must be refused")
+    }
+
+    #[test]
+    fn accepts_ordinary_json() {
+        for ok in [
+            &br#"{"a":1,"b":[true,false,null,"x\u00e9\ud83d\ude00"],"c":{"a":1e300}}"#[..],
+            b" [ ] ",
+            b"\"text\"",
+            b"-0.5e-10",
+            "{\"caf\u{e9}\":\"\u{1f600}\"}".as_bytes(),
+        ] {
+            check(ok, DEFAULT_MAX_DEPTH).unwrap();
+        }
+    }
+
+    #[test]
+    fn refuses_invalid_utf8_with_its_offset() {
+        let e = refused(b"{\"a\":\"\xff\xfe\"}");
+        assert!(e.what.contains("unicode"), "{e}");
+        assert_eq!(e.line, 1);
+        assert!((5..=8).contains(&e.offset), "{e}");
+        refused(b"{\"a\":\"\xc0\xaf\"}"); // overlong
+        refused(b"{\"a\":\"\xed\xa0\x80\"}"); // an encoded surrogate
+    }
+
+    #[test]
+    fn refuses_lone_surrogates() {
+        refused(br#"["\ud800"]"#);
+        refused(br#"["\udc00x"]"#);
+        refused(br#"["\ud800\u0041"]"#);
+    }
+
+    #[test]
+    fn refuses_duplicate_names_at_any_depth() {
+        let e = refused(br#"{"a":1,"b":{"x":1,"x":2}}"#);
+        assert!(e.what.contains("duplicate member name \"x\""), "{e}");
+        // The second "x" ends at byte 22.
+        assert!((19..=23).contains(&e.offset), "{e}");
+        // The same name in sibling objects is fine.
+        check(br#"[{"x":1},{"x":2}]"#, DEFAULT_MAX_DEPTH).unwrap();
+    }
+
+    #[test]
+    fn refuses_numbers_beyond_a_double() {
+        assert!(refused(b"[1e400]").what.contains("out of range"));
+        check(b"[123456789012345678901234567890]", DEFAULT_MAX_DEPTH).unwrap();
+    }
+
+    #[test]
+    fn enforces_the_nesting_limit() {
+        let deep = |n: usize| {
+            let mut v = "[".repeat(n);
+            v.push_str(&"]".repeat(n));
+            v
+        };
+        check(deep(128).as_bytes(), 128).unwrap();
+        let e = refused(deep(129).as_bytes());
+        assert!(e.what.contains("limit of 128"), "{e}");
+        // Found where the parser stands: just after the 129th `[`.
+        assert_eq!(e.offset, 129);
+        // 100,000 open brackets: refused at the limit, without recursing.
+        let e = check("[".repeat(100_000).as_bytes(), 16).unwrap_err();
+        assert_eq!(e.offset, 17);
+        // The hard cap holds whatever is asked for.
+        check(deep(MAX_DEPTH_LIMIT).as_bytes(), usize::MAX).unwrap();
+        check(deep(MAX_DEPTH_LIMIT + 1).as_bytes(), usize::MAX).unwrap_err();
+    }
+
+    #[test]
+    fn refuses_what_is_not_json_at_all() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"{\"a\":1}x",
+            b"{'a':1}",
+            b"[1,]",
+            b"\"tab\there\"",
+            b"NaN",
+        ] {
+            check(bad, DEFAULT_MAX_DEPTH).unwrap_err();
+        }
+    }
+
+    #[test]
+    fn offsets_count_lines() {
+        let e = refused(b"{\n  \"a\": 1,\n  \"a\": 2\n}");
+        assert_eq!(e.line, 3);
+        assert!((12..=20).contains(&e.offset), "{e}");
+    }
+}

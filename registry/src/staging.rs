@@ -1,0 +1,172 @@
+//! Where a publish's bytes wait while they arrive: a file of their own in
+//! the data folder's `staging/`, hashed as it is written, so that a publish
+//! holds only the chunk in hand however large its artifact.
+//!
+//! The file is deleted when the publish ends, whichever way it ends (stored,
+//! refused, cut off or cancelled): it is a `tempfile::NamedTempFile`. What a
+//! killed process leaves behind is swept at the next start
+//! ([`sweep`]), under the folder's lock.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+use tempfile::NamedTempFile;
+
+use crate::digest::Digest;
+use crate::error::{Error, Kind, Result};
+
+/// The staging folder inside a data folder.
+pub fn dir_in(data_dir: &Path) -> PathBuf {
+    data_dir.join("staging")
+}
+
+/// Removes every staging file a killed process left in `dir`; returns how
+/// many went. Call it only while holding the folder's lock.
+pub fn sweep(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// A staging file being written.
+#[derive(Debug)]
+pub struct Staging {
+    /// Taken while a write runs on the blocking pool.
+    state: Option<(NamedTempFile, Sha256)>,
+    len: u64,
+}
+
+/// A staging file whose bytes have all arrived.
+#[derive(Debug)]
+pub struct Staged {
+    pub file: NamedTempFile,
+    pub digest: Digest,
+    pub len: u64,
+}
+
+fn io_error(what: &str, e: &std::io::Error) -> Error {
+    if e.raw_os_error() == Some(28) {
+        return Error::new(
+            Kind::NoSpace,
+            "the registry's data folder is full: the publish was not stored",
+        );
+    }
+    // The path stays in the server's log; the client learns what failed.
+    tracing::error!(error = %e, "staging file: {what}");
+    Error::new(
+        Kind::Unavailable,
+        format!("the registry could not {what} its staging file"),
+    )
+}
+
+impl Staging {
+    /// A new, empty staging file in `dir` (created if missing), or in the
+    /// system's temporary folder.
+    ///
+    /// # Errors
+    /// Unavailable or NoSpace when the file cannot be created.
+    pub async fn create(dir: Option<PathBuf>) -> Result<Self> {
+        let file = crate::blocking::run(move || {
+            let made = match &dir {
+                Some(dir) => std::fs::create_dir_all(dir)
+                    .and_then(|()| tempfile::Builder::new().prefix("publish-").tempfile_in(dir)),
+                None => tempfile::Builder::new()
+                    .prefix("stackpin-publish-")
+                    .tempfile(),
+            };
+            made.map_err(|e| io_error("create", &e))
+        })
+        .await?;
+        Ok(Self {
+            state: Some((file, Sha256::new())),
+            len: 0,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `chunk`, hashing it (on the blocking pool).
+    ///
+    /// # Errors
+    /// Unavailable or NoSpace when the write fails.
+    pub async fn push(&mut self, chunk: Bytes) -> Result<()> {
+        let (mut file, mut hasher) = self
+            .state
+            .take()
+            .ok_or_else(|| Error::internal("a staging file was used after a failed write"))?;
+        let n = chunk.len() as u64;
+        let state = crate::blocking::run(move || {
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(|e| io_error("write", &e))?;
+            Ok((file, hasher))
+        })
+        .await?;
+        self.state = Some(state);
+        self.len += n;
+        Ok(())
+    }
+
+    /// Flushes the file and returns it with the digest of its bytes.
+    ///
+    /// # Errors
+    /// Unavailable or NoSpace when the flush fails.
+    pub async fn finish(mut self) -> Result<Staged> {
+        let (file, hasher) = self
+            .state
+            .take()
+            .ok_or_else(|| Error::internal("a staging file was used after a failed write"))?;
+        let len = self.len;
+        crate::blocking::run(move || {
+            file.as_file()
+                .sync_data()
+                .map_err(|e| io_error("flush", &e))?;
+            let digest = Digest::from_bytes(hasher.finalize().into());
+            Ok(Staged { file, digest, len })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stages_hashes_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging_dir = dir_in(dir.path());
+        let mut s = Staging::create(Some(staging_dir.clone())).await.unwrap();
+        s.push(Bytes::from_static(b"{\"a\":")).await.unwrap();
+        s.push(Bytes::from_static(b"1}")).await.unwrap();
+        assert_eq!(s.len(), 7);
+        let staged = s.finish().await.unwrap();
+        assert_eq!(staged.digest, Digest::of(b"{\"a\":1}"));
+        assert_eq!(std::fs::read(staged.file.path()).unwrap(), b"{\"a\":1}");
+        let path = staged.file.path().to_owned();
+        drop(staged);
+        assert!(!path.exists(), "a finished publish leaves no staging file");
+
+        // A cancelled publish leaves none either; a killed one is swept.
+        let s = Staging::create(Some(staging_dir.clone())).await.unwrap();
+        drop(s);
+        assert_eq!(std::fs::read_dir(&staging_dir).unwrap().count(), 0);
+        std::fs::write(staging_dir.join("publish-left"), b"x").unwrap();
+        assert_eq!(sweep(&staging_dir), 1);
+        assert_eq!(sweep(&dir.path().join("absent")), 0);
+    }
+}
