@@ -21,27 +21,35 @@ pub struct Connection {
     #[arg(
         long = "server",
         global = true,
+        help_heading = HEADING,
         env = "STACKPIN_SERVER",
         default_value = stackpin_core::defaults::SERVER_URL
     )]
     pub url: String,
     /// A file holding the bearer token (or set STACKPIN_TOKEN).
-    #[arg(long, global = true, env = "STACKPIN_TOKEN_FILE")]
+    #[arg(long, global = true, env = "STACKPIN_TOKEN_FILE", help_heading = HEADING)]
     pub token_file: Option<PathBuf>,
     /// The bearer token itself; prefer --token-file, which keeps it out of
     /// process listings.
-    #[arg(long = "token", global = true, env = "STACKPIN_TOKEN", hide = true)]
+    #[arg(
+        long = "token",
+        global = true,
+        env = "STACKPIN_TOKEN",
+        hide = true,
+        help_heading = HEADING
+    )]
     pub token: Option<String>,
     /// CA certificate (PEM) to verify the server with, for https:// URLs
     /// (required for https://: the CLI trusts no system roots).
-    #[arg(long, global = true, env = "STACKPIN_CA_CERT")]
+    #[arg(long, global = true, env = "STACKPIN_CA_CERT", help_heading = HEADING)]
     pub ca_cert: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
     #[arg(
         long,
         global = true,
         env = "STACKPIN_CLIENT_CERT",
-        requires = "client_key"
+        requires = "client_key",
+        help_heading = HEADING
     )]
     pub client_cert: Option<PathBuf>,
     /// Client private key (PEM) for mutual TLS.
@@ -49,9 +57,152 @@ pub struct Connection {
         long,
         global = true,
         env = "STACKPIN_CLIENT_KEY",
-        requires = "client_cert"
+        requires = "client_cert",
+        help_heading = HEADING
     )]
     pub client_key: Option<PathBuf>,
+    /// Deadline of each call to the registry (e.g. 30s, 5m).
+    #[arg(
+        long,
+        global = true,
+        env = "STACKPIN_TIMEOUT",
+        default_value = "120s",
+        value_parser = parse_timeout,
+        help_heading = HEADING
+    )]
+    pub timeout: std::time::Duration,
+    /// How often a call that failed for a passing reason (registry
+    /// unavailable or busy, deadline passed) is tried again, with backoff.
+    #[arg(
+        long,
+        global = true,
+        env = "STACKPIN_RETRIES",
+        default_value_t = 3,
+        help_heading = HEADING
+    )]
+    pub retries: u32,
+    /// The request id of a pin, publish or key change (an idempotency key:
+    /// the registry records it once however often the call is retried, and
+    /// refuses it for a different request). Default: a fresh random id,
+    /// reused by this command's own retries. Pass your own to make retries
+    /// across separate runs safe, e.g. the CI job's id.
+    #[arg(long, global = true, env = "STACKPIN_REQUEST_ID", help_heading = HEADING)]
+    pub request_id: Option<String>,
+}
+
+/// The `--help` heading the connection options are listed under.
+const HEADING: &str = "Connection options";
+
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let d = stackpin_core::time::parse_duration(text)?;
+    if d.is_zero() {
+        return Err("must be positive".to_owned());
+    }
+    Ok(d)
+}
+
+impl Connection {
+    /// The request id this run's writes carry: `--request-id`, or one made
+    /// once per run (so every retry of the write sends the same one).
+    ///
+    /// # Errors
+    /// Invalid for a malformed `--request-id`.
+    pub fn request_id(&self) -> Outcome<String> {
+        static MADE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        match &self.request_id {
+            Some(id) => stackpin_core::ids::parse_request_id(id)
+                .map_err(|e| Failure::invalid(format!("--request-id: {e}"))),
+            None => Ok(MADE.get_or_init(new_request_id).clone()),
+        }
+    }
+
+    /// `message` as a request carrying `id` as its `x-request-id`, the id
+    /// the registry's request log prints.
+    pub fn request<T>(id: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Ok(value) = id.parse() {
+            request.metadata_mut().insert("x-request-id", value);
+        }
+        request
+    }
+
+    /// Runs `call` until it succeeds, fails for good, or has been retried
+    /// `--retries` times; waits 250 ms, 500 ms, 1 s, … (with jitter)
+    /// between attempts and says so on stderr.
+    ///
+    /// # Errors
+    /// The last attempt's status.
+    pub async fn retrying<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call().await {
+                Err(status) if attempt < self.retries && transient(&status) => {
+                    let base = 250u64 << attempt.min(6);
+                    let jitter = u64::from(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.subsec_nanos()),
+                    ) % (base / 2 + 1);
+                    let wait = std::time::Duration::from_millis(base + jitter);
+                    attempt += 1;
+                    eprintln!(
+                        "{what}: {} ({:?}); retry {attempt} of {} in {} ms",
+                        status.message(),
+                        status.code(),
+                        self.retries,
+                        wait.as_millis()
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Whether a failure may pass by itself: the registry unreachable or
+/// busy, or a deadline (ours or the registry's) passed. Writes are retried
+/// under one request id, so a retry never records twice.
+pub fn transient(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => true,
+        // tonic reports its own timeout as CANCELLED "Timeout expired".
+        Code::Cancelled => status.message().contains("Timeout expired"),
+        Code::ResourceExhausted => {
+            use tonic_types::StatusExt as _;
+            status
+                .get_details_error_info()
+                .is_some_and(|info| info.reason == stackpin_core::Kind::Busy.reason())
+        }
+        _ => false,
+    }
+}
+
+/// A random request id in the UUID v4 form.
+fn new_request_id() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b = nanos.to_be_bytes();
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// Adds the bearer token to every request.
@@ -142,15 +293,26 @@ pub async fn connect(conn: &Connection) -> Outcome<Client> {
         ));
     }
     let bearer = conn.bearer()?;
-    let channel = endpoint
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
+    let endpoint = endpoint
+        .connect_timeout(conn.timeout.min(std::time::Duration::from_secs(5)))
+        .timeout(conn.timeout)
+        .tcp_nodelay(true);
+    // A registry that is restarting is worth waiting for a moment.
+    let channel = conn
+        .retrying("connecting", || async {
+            endpoint
+                .connect()
+                .await
+                .map_err(|e| tonic::Status::unavailable(chain(&e)))
+        })
         .await
-        .map_err(|e| {
+        .map_err(|status| {
             Failure::new(
                 UNAVAILABLE,
-                anyhow::anyhow!("cannot reach the registry at {server}: {}", chain(&e)),
+                anyhow::anyhow!(
+                    "cannot reach the registry at {server}: {}",
+                    status.message()
+                ),
             )
         })?;
     Ok(RegistryClient::with_interceptor(channel, bearer)

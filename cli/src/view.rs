@@ -113,6 +113,9 @@ pub struct PinView {
     /// The database position recorded at activation, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_position: Option<String>,
+    /// The id of the request that recorded the pin.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
 }
 
 impl From<&pb::Pin> for PinView {
@@ -129,6 +132,7 @@ impl From<&pb::Pin> for PinView {
             log_index: p.log_index,
             entry_hash: p.entry_hash.clone(),
             prev_pin_hash: p.prev_pin_hash.clone(),
+            request_id: p.request_id.clone(),
             db_position: p
                 .db_position
                 .as_ref()

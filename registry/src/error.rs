@@ -105,11 +105,40 @@ impl From<object_store::Error> for Error {
             object_store::Error::NotFound { path, .. } => {
                 Self::not_found(format!("object {path} not found in storage"))
             }
-            other if is_storage_full(&other) => Self::new(
-                Kind::NoSpace,
-                format!("storage is full; nothing was written (free space and retry): {other}"),
-            ),
-            other => Self::new(Kind::Unavailable, format!("storage: {other}")),
+            // What storage said can name the server's folders and
+            // endpoints: it goes to the registry's log (under the request's
+            // id), and callers get what failed without it.
+            other if is_storage_full(&other) => {
+                tracing::error!(error = %other, "storage is full");
+                Self::new(
+                    Kind::NoSpace,
+                    "storage is full; nothing was written (free space and retry)",
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "storage failed");
+                let what = match &other {
+                    object_store::Error::Generic { store, .. } => {
+                        format!("the {store} storage backend failed")
+                    }
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. } => {
+                        "a conditional write to storage was refused".to_owned()
+                    }
+                    object_store::Error::NotModified { .. } => {
+                        "storage answered a read unexpectedly".to_owned()
+                    }
+                    object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. } => {
+                        "storage refused the registry's credentials".to_owned()
+                    }
+                    _ => "a storage request failed".to_owned(),
+                };
+                Self::new(
+                    Kind::Unavailable,
+                    format!("storage: {what} (the registry's log has the details)"),
+                )
+            }
         }
     }
 }
@@ -119,12 +148,14 @@ impl From<sled::Error> for Error {
         if let sled::Error::Io(io) = &err
             && io.kind() == std::io::ErrorKind::StorageFull
         {
+            tracing::error!(error = %err, "the index's disk is full");
             return Self::new(
                 Kind::NoSpace,
-                format!("the index's disk is full (free space and retry): {err}"),
+                "the index's disk is full (free space and retry)",
             );
         }
-        Self::internal(format!("index: {err}"))
+        tracing::error!(error = %err, "the index failed");
+        Self::internal("the index failed (the registry's log has the details)")
     }
 }
 

@@ -74,6 +74,11 @@ impl Observed {
         }
     }
 
+    /// The request's id, as its log lines carry it.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
     /// Records the outcome.
     pub fn finish<T>(self, result: &Result<Response<T>, Status>) {
         let elapsed = self.started.elapsed();

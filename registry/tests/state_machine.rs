@@ -437,6 +437,7 @@ async fn history_pages_with_before_and_since() {
             since: since.map(t),
             limit,
             from_seq,
+            request_id: None,
         }
     };
     let seqs = |q: HistoryQuery| {
@@ -959,4 +960,111 @@ async fn only_strict_json_is_published_and_the_error_names_the_byte() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_request_id_records_once_and_refuses_another_request() {
+    let f = Fixture::new().await;
+    f.publish("base", b"{}").await.unwrap();
+    f.publish("next", b"[]").await.unwrap();
+    let prod: EnvName = "prod".parse().unwrap();
+    let base = ArtifactRef::Release("base".parse().unwrap());
+    let next = ArtifactRef::Release("next".parse().unwrap());
+    let reason = Reason::default();
+    let pin = |what: &ArtifactRef, id: &str| {
+        let (what, id, prod, reason) = (what.clone(), id.to_owned(), prod.clone(), reason.clone());
+        let r = &f.registry;
+        async move {
+            r.pin_once(&prod, &what, None, None, &reason, "ci", Some(&id))
+                .await
+        }
+    };
+    let first = pin(&base, "job-1").await.unwrap();
+    let size = f.registry.checkpoint().unwrap().size;
+    // A retry of the same pin: the first result, nothing new logged.
+    let again = pin(&base, "job-1").await.unwrap();
+    assert_eq!(
+        (again.entry.seq, again.log_index),
+        (first.entry.seq, first.log_index)
+    );
+    assert_eq!(f.registry.checkpoint().unwrap().size, size);
+    assert_eq!(first.entry.request_id.as_deref(), Some("job-1"));
+    // The same id for a different pin: refused, naming the first entry.
+    let err = pin(&next, "job-1").await.unwrap_err();
+    assert_eq!(err.kind(), Kind::Conflict, "{err}");
+    assert_eq!(err.reason(), "REQUEST_ID_REUSED");
+    assert!(
+        err.message().contains(&first.log_index.to_string()),
+        "{err}"
+    );
+    // A malformed id writes nothing.
+    assert_eq!(pin(&base, "a b").await.unwrap_err().kind(), Kind::Invalid);
+    assert_eq!(f.registry.checkpoint().unwrap().size, size);
+
+    // Publishes and key changes alike.
+    let rid: ReleaseId = "r1".parse().unwrap();
+    let body = br#"{"r":1}"#;
+    let env = signing::sign_envelope(
+        &signing::publish_statement(&rid, &Digest::of(body)),
+        &publisher(),
+    );
+    let mut results = Vec::new();
+    for _ in 0..2 {
+        let mut p = f
+            .registry
+            .begin_publish_once("r1", "", &env, body.len() as u64, Some("pub-1"))
+            .await
+            .unwrap();
+        p.push(bytes::Bytes::from_static(body)).await.unwrap();
+        results.push(f.registry.finish_publish(p).await.unwrap());
+    }
+    assert!(
+        results.iter().all(|p| p.created),
+        "the retry returns the first result"
+    );
+    assert_eq!(results[0].artifact, results[1].artifact);
+    let pem = PublicKey::new(SigningKey::from_bytes(&[77; 32]).verifying_key())
+        .to_pem()
+        .unwrap();
+    let k1 = f
+        .registry
+        .add_key_once(&pem, None, &reason, "admin", Some("key-1"))
+        .await
+        .unwrap();
+    let k2 = f
+        .registry
+        .add_key_once(&pem, None, &reason, "admin", Some("key-1"))
+        .await
+        .unwrap();
+    assert_eq!(k1, k2, "a retried key add is not 'already known'");
+    let err = f
+        .registry
+        .revoke_key_once(&k1.key_id, None, &reason, "admin", Some("pub-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "REQUEST_ID_REUSED", "{err}");
+
+    // The id is searchable, and a registry that rebuilt its index from the
+    // log still knows it.
+    let find = |r: &Registry| {
+        r.history(
+            &prod,
+            &HistoryQuery {
+                request_id: Some("job-1".into()),
+                ..HistoryQuery::default()
+            },
+        )
+        .unwrap()
+        .pins
+    };
+    assert_eq!(find(&f.registry).len(), 1);
+    let rebuilt = open(f.store.clone(), f.clock.clone(), Limits::default()).await;
+    assert_eq!(find(&rebuilt)[0].log_index, first.log_index);
+    let size = rebuilt.checkpoint().unwrap().size;
+    let again = rebuilt
+        .pin_once(&prod, &base, None, None, &reason, "ci", Some("job-1"))
+        .await
+        .unwrap();
+    assert_eq!(again.log_index, first.log_index);
+    assert_eq!(rebuilt.checkpoint().unwrap().size, size);
 }

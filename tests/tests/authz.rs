@@ -47,6 +47,7 @@ fn publish_stream(
                 media_type: String::new(),
                 envelope: env.into(),
                 size: body.len() as u64,
+                request_id: String::new(),
             })),
         },
         pb::PublishRequest {
@@ -111,6 +112,7 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
                         activated_at: None,
                         reason: String::new(),
                         db_position: None,
+                        request_id: String::new(),
                     },
                     token,
                 ))
@@ -184,6 +186,7 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
                         public_key_pem: pem,
                         valid_from: None,
                         reason: String::new(),
+                        request_id: String::new(),
                     },
                     token,
                 ))
@@ -196,6 +199,7 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
                     key_id: "0".repeat(64),
                     revoked_at: None,
                     reason: String::new(),
+                    request_id: String::new(),
                 },
                 token,
             ))
@@ -498,6 +502,7 @@ async fn exceeded_limits_get_their_codes_and_leave_nothing_behind() {
                     media_type: String::new(),
                     envelope: env.clone().into(),
                     size: announced,
+                    request_id: String::new(),
                 })),
             },
             pb::PublishRequest {

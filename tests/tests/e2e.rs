@@ -693,3 +693,84 @@ fn snapshot_tag_hashes_a_snapshot_larger_than_its_read_buffer() {
     let tag: serde_json::Value = serde_json::from_slice(&w.read("snap.db.stackpin.json")).unwrap();
     assert_eq!(tag["snapshot_sha256"], out["snapshot_sha256"]);
 }
+
+#[test]
+fn a_retried_pin_is_recorded_once_and_found_by_its_request_id() {
+    let w = World::new(&[]);
+    w.write("a.json", b"{\"a\":1}");
+    w.write("b.json", b"{\"b\":1}");
+    for (file, release) in [("a.json", "a"), ("b.json", "b")] {
+        w.cli(&["publish", file, "--release-id", release, "--key", "ci.pem"])
+            .ok();
+    }
+    let pin = |release: &str, id: &str| {
+        w.cli(&[
+            "--output",
+            "json",
+            "pin",
+            "--env",
+            "prod",
+            "--release-id",
+            release,
+            "--request-id",
+            id,
+        ])
+    };
+    let first = pin("a", "deploy-42").json();
+    let again = pin("a", "deploy-42").json();
+    assert_eq!(first["log_index"], again["log_index"]);
+    assert_eq!(first["seq"], again["seq"]);
+    // The id of another request: refused (exit 4), nothing recorded.
+    pin("b", "deploy-42").fails(4, "was used by a different request");
+    pin("a", "not valid!").fails(2, "request id");
+    let history = w
+        .cli(&["--output", "json", "history", "--env", "prod"])
+        .json();
+    assert_eq!(history["pins"].as_array().unwrap().len(), 1);
+    let found = w
+        .cli(&[
+            "history",
+            "--env",
+            "prod",
+            "--request-id",
+            "deploy-42",
+            "--output",
+            "json",
+        ])
+        .json();
+    assert_eq!(found["pins"][0]["log_index"], first["log_index"]);
+    assert_eq!(found["pins"][0]["request_id"], "deploy-42");
+    // Without --request-id each run is a new request.
+    w.cli(&["pin", "--env", "prod", "--release-id", "b"]).ok();
+    let history = w
+        .cli(&["--output", "json", "history", "--env", "prod"])
+        .json();
+    assert_eq!(history["pins"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn an_unreachable_registry_is_retried_with_backoff_then_exits_6() {
+    let w = World::new(&[]);
+    let started = std::time::Instant::now();
+    let run = stackpin_tests::stackpin(
+        w.dir.path(),
+        "http://127.0.0.1:9",
+        &[
+            "history",
+            "--env",
+            "prod",
+            "--retries",
+            "2",
+            "--timeout",
+            "1s",
+        ],
+    );
+    run.fails(6, "cannot reach").fails(6, "retry 2 of 2");
+    assert!(!run.stderr.contains("retry 3"), "{run:#?}");
+    // 250 ms, then 500 ms (plus jitter), and no more.
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(750), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    w.cli(&["history", "--env", "prod", "--timeout", "0s"])
+        .fails(2, "--timeout");
+}

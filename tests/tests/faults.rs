@@ -189,6 +189,11 @@ async fn every_write_path_survives_every_injected_fault() {
                 ),
                 Err(e) => {
                     assert_eq!(e.kind(), Kind::Unavailable, "{path} / {name}: {e}");
+                    // What storage said stays in the server's log.
+                    assert!(
+                        !e.message().contains("injected fault"),
+                        "{path} / {name}: {e}"
+                    );
                     assert!(
                         after == before || after == before + 1,
                         "{path} / {name}: half a write"

@@ -195,6 +195,7 @@ impl Payloads {
             media_type: "application/json".to_owned(),
             envelope: signing::sign_envelope(&statement, key).into(),
             size: self.size,
+            request_id: String::new(),
         });
         let chunks = self.body.iter().cloned().chain([tail]).map(Part::Chunk);
         let parts = std::iter::once(header).chain(chunks);
@@ -229,6 +230,7 @@ fn pin_request(env: &str, release_id: &str, at: Option<Timestamp>, why: &str) ->
         artifact: by_release(release_id),
         activated_at: at.map(wire_time),
         reason: why.to_owned(),
+        request_id: String::new(),
     }
 }
 
@@ -554,6 +556,7 @@ async fn first_pin(client: &mut Client, env: &str) -> Outcome<Option<(i64, i64)>
             since: None,
             limit,
             page_token,
+            request_id: String::new(),
         };
         let page = match client.history(request).await {
             Ok(page) => page.into_inner(),

@@ -79,6 +79,7 @@ fn read_public_key(path: &std::path::Path) -> Outcome<PublicKey> {
 
 pub async fn run(command: &Command, server: &crate::client::Connection, format: Format) -> Outcome {
     let mut client = crate::client::connect(server).await?;
+    let id = server.request_id()?;
     let key = match command {
         Command::Add {
             public_key,
@@ -86,11 +87,17 @@ pub async fn run(command: &Command, server: &crate::client::Connection, format: 
             reason,
         } => {
             let key = read_public_key(public_key)?;
-            client
-                .add_key(pb::AddKeyRequest {
-                    public_key_pem: key.to_pem()?,
-                    valid_from: valid_from.map(wire_time),
-                    reason: reason.as_str().to_owned(),
+            let message = pb::AddKeyRequest {
+                public_key_pem: key.to_pem()?,
+                valid_from: valid_from.map(wire_time),
+                reason: reason.as_str().to_owned(),
+                request_id: id.clone(),
+            };
+            server
+                .retrying("key add", || {
+                    let mut client = client.clone();
+                    let request = crate::client::Connection::request(&id, message.clone());
+                    async move { client.add_key(request).await }
                 })
                 .await?
                 .into_inner()
@@ -107,11 +114,17 @@ pub async fn run(command: &Command, server: &crate::client::Connection, format: 
                     )));
                 }
             };
-            client
-                .revoke_key(pb::RevokeKeyRequest {
-                    key_id: key_id.to_string(),
-                    revoked_at: at.map(wire_time),
-                    reason: reason.as_str().to_owned(),
+            let message = pb::RevokeKeyRequest {
+                key_id: key_id.to_string(),
+                revoked_at: at.map(wire_time),
+                reason: reason.as_str().to_owned(),
+                request_id: id.clone(),
+            };
+            server
+                .retrying("key revoke", || {
+                    let mut client = client.clone();
+                    let request = crate::client::Connection::request(&id, message.clone());
+                    async move { client.revoke_key(request).await }
                 })
                 .await?
                 .into_inner()

@@ -92,14 +92,22 @@ pub fn wire_position(p: &DbPosition) -> pb::DbPosition {
 }
 
 pub async fn pin(args: &PinArgs, server: &crate::client::Connection, format: Format) -> Outcome {
-    let mut client = crate::client::connect(server).await?;
-    let response = client
-        .pin(pb::PinRequest {
-            env: args.env.to_string(),
-            artifact: Some(args.artifact.to_wire()),
-            activated_at: args.activated_at.map(wire_time),
-            reason: args.reason.as_str().to_owned(),
-            db_position: args.position.position().map(wire_position),
+    let client = crate::client::connect(server).await?;
+    let id = server.request_id()?;
+    let message = pb::PinRequest {
+        env: args.env.to_string(),
+        artifact: Some(args.artifact.to_wire()),
+        activated_at: args.activated_at.map(wire_time),
+        reason: args.reason.as_str().to_owned(),
+        db_position: args.position.position().map(wire_position),
+        request_id: id.clone(),
+    };
+    // Retries carry the same request id: the registry records the pin once.
+    let response = server
+        .retrying("pin", || {
+            let mut client = client.clone();
+            let request = crate::client::Connection::request(&id, message.clone());
+            async move { client.pin(request).await }
         })
         .await?
         .into_inner();
@@ -245,6 +253,8 @@ pub async fn history(
             since: args.since.map(wire_time),
             limit: args.limit,
             page_token: args.page_token.clone(),
+            // `--request-id` here is a filter: the pin that request recorded.
+            request_id: server.request_id.clone().unwrap_or_default(),
         })
         .await?
         .into_inner();

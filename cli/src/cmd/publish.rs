@@ -83,7 +83,8 @@ pub async fn run(args: &Args, server: &crate::client::Connection, format: Format
         (None, None) => return Err(Failure::invalid("pass --key or --envelope")),
     };
 
-    let mut client = crate::client::connect(server).await?;
+    let client = crate::client::connect(server).await?;
+    let id = server.request_id()?;
     let size = bytes.len();
     let show_progress = size > 8 * CHUNK && std::io::stderr().is_terminal();
     let header = pb::PublishRequest {
@@ -92,23 +93,33 @@ pub async fn run(args: &Args, server: &crate::client::Connection, format: Format
             media_type: args.media_type.clone(),
             envelope: envelope.into(),
             size: size as u64,
+            request_id: id.clone(),
         })),
     };
     let body = bytes::Bytes::from(bytes);
-    let chunks = (0..size).step_by(CHUNK).map(move |start| {
-        let end = (start + CHUNK).min(size);
-        if show_progress {
-            eprint!("\rpublishing: {:>3}% of {size} bytes", end * 100 / size);
-            if end == size {
-                eprintln!();
-            }
-        }
-        pb::PublishRequest {
-            part: Some(pb::publish_request::Part::Chunk(body.slice(start..end))),
-        }
-    });
-    let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
-    let response = client.publish(stream).await?.into_inner();
+    // Each attempt streams the bytes again under the same request id.
+    let response = server
+        .retrying("publish", || {
+            let body = body.clone();
+            let chunks = (0..size).step_by(CHUNK).map(move |start| {
+                let end = (start + CHUNK).min(size);
+                if show_progress {
+                    eprint!("\rpublishing: {:>3}% of {size} bytes", end * 100 / size);
+                    if end == size {
+                        eprintln!();
+                    }
+                }
+                pb::PublishRequest {
+                    part: Some(pb::publish_request::Part::Chunk(body.slice(start..end))),
+                }
+            });
+            let stream = futures::stream::iter(std::iter::once(header.clone()).chain(chunks));
+            let mut client = client.clone();
+            let request = crate::client::Connection::request(&id, stream);
+            async move { client.publish(request).await }
+        })
+        .await?
+        .into_inner();
     let artifact = response
         .artifact
         .as_ref()

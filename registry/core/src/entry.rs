@@ -107,6 +107,15 @@ pub struct KeyEntry {
 }
 
 impl Entry {
+    /// The id of the request that wrote the entry, when it recorded one.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Entry::Publish(p) => p.request_id.as_deref(),
+            Entry::Pin(p) => p.request_id.as_deref(),
+            Entry::Key(k) => k.request_id.as_deref(),
+        }
+    }
+
     /// Serializes a new entry; these bytes are what gets stored and hashed.
     pub fn to_bytes(&self) -> Bytes {
         // Serializing these plain structs cannot fail.

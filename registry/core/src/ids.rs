@@ -132,9 +132,44 @@ impl<'de> serde::Deserialize<'de> for Reason {
     }
 }
 
+/// The longest request id a client may send.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// A client's request id (an idempotency key such as a UUID): 1 to 64 of
+/// `A-Z a-z 0-9 . _ : -`, so it is safe in a log line, a header and a
+/// storage key. The same id sent again with the same request returns the
+/// first result; with another request it is refused.
+///
+/// # Errors
+/// Invalid for anything else.
+pub fn parse_request_id(text: &str) -> Result<String, Error> {
+    let valid = (1..=MAX_REQUEST_ID_LEN).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(&b));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(Error::invalid(format!(
+            "request id {} is not 1 to {MAX_REQUEST_ID_LEN} of A-Z a-z 0-9 . _ : - (a UUID is \
+             fine)",
+            crate::error::shown(text)
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_bounded_and_plain() {
+        parse_request_id("0b7e6f1c-3f5d-4c7e-9a51-2d8f0e6b9c41").unwrap();
+        parse_request_id("ci:run-42.pin_prod").unwrap();
+        for bad in ["", "a b", "x\n", "../q", &"a".repeat(65)] {
+            assert!(parse_request_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn accepts_ordinary_names() {

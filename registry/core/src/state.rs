@@ -323,12 +323,14 @@ pub mod reason {
     pub const KEY_MISMATCH: &str = "KEY_MISMATCH";
     pub const KEY_ADDED_TWICE: &str = "KEY_ADDED_TWICE";
     pub const KEY_REVOKED_TWICE: &str = "KEY_REVOKED_TWICE";
+    /// A request id already used for a different request.
+    pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
 }
 
 /// Every rule's reason and the kind of error a request that breaks it
 /// gets: a write-once rule is a conflict, an out-of-order request a
 /// precondition, a malformed one invalid.
-const RULES: [(&str, Kind); 15] = [
+const RULES: [(&str, Kind); 16] = [
     (reason::MALFORMED_ENTRY, Kind::Invalid),
     (reason::RELEASE_BOUND, Kind::Conflict),
     (reason::BAD_SIGNATURE, Kind::Invalid),
@@ -343,6 +345,7 @@ const RULES: [(&str, Kind); 15] = [
     (reason::POSITION_ORDER, Kind::Precondition),
     (reason::KEY_MISMATCH, Kind::Invalid),
     (reason::KEY_ADDED_TWICE, Kind::Conflict),
+    (reason::REQUEST_ID_REUSED, Kind::Conflict),
     (reason::KEY_REVOKED_TWICE, Kind::Conflict),
 ];
 

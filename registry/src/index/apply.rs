@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 
 use sled::Batch;
 
-use super::codec::{EntryAt, Slot, encode, object_key, pin_key, position_key, time_key};
+use super::codec::{
+    EntryAt, Slot, encode, object_key, pin_key, position_key, request_key, time_key,
+};
 use super::{APPLIED, EnvHead, Index, KeyRecord, files};
 use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
@@ -185,6 +187,11 @@ impl Index {
             let left = staged.hash(&self.files, level - 1, 2 * at)?;
             node = merkle::node_hash(&left, &node);
             staged.push_hash(level, at, &node)?;
+        }
+        // Which entry a request id wrote, so a retry finds its first
+        // result (the log keeps the id; this is the lookup).
+        if let Some(id) = accepted.entry.request_id() {
+            batch.insert(request_key(id), &index.to_be_bytes()[..]);
         }
         match (&accepted.entry, &accepted.change) {
             (Entry::Publish(p), Change::Publish(release)) => {

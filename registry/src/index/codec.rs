@@ -130,6 +130,12 @@ pub(super) fn env_prefix(tag: &str, env: &EnvName) -> Vec<u8> {
     format!("{tag}/{env}/").into_bytes()
 }
 
+/// Request ids never contain `/` (see `stackpin_core::ids::parse_request_id`;
+/// server-made ids are hex).
+pub(super) fn request_key(id: &str) -> Vec<u8> {
+    format!("i/{id}").into_bytes()
+}
+
 pub(super) fn pin_key(env: &EnvName, seq: u64) -> Vec<u8> {
     let mut k = env_prefix("p", env);
     k.extend_from_slice(&seq.to_be_bytes());

@@ -164,6 +164,19 @@ impl Index {
             .transpose()
     }
 
+    /// The entry the request with id `id` wrote, and its log index.
+    ///
+    /// # Errors
+    /// As [`Self::verified_copy`].
+    pub fn by_request(&self, id: &str) -> Result<Option<(u64, Entry)>> {
+        let Some(value) = self.tree.get(super::codec::request_key(id))? else {
+            return Ok(None);
+        };
+        let index = super::codec::u64_at(&value, 0)?;
+        let (bytes, _) = self.verified_copy(self.place(index)?, &self.proof_reader())?;
+        Ok(Some((index, Entry::parse(index, &bytes)?)))
+    }
+
     /// Where the index keeps its copy of entry `index`.
     ///
     /// # Errors

@@ -12,6 +12,7 @@
 //! p/<env>/<seq u64 BE>                EntryAt of the pin (its entry copy holds the rest)
 //! t/<env>/<activated_at key><seq BE>  Slot: where the pin, its release's publish and its neighbour pins are; time-ordered, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
+//! i/<request id>                      u64 BE: the log index of the entry that request wrote
 //! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
 //! o/<first index u64 BE>              u64 BE entry count, u64 BE byte size of that log object
 //! m/format                            u64 BE: the layout version, [`FORMAT`]
@@ -63,8 +64,8 @@ const FORMAT_KEY: &[u8] = b"m/format";
 /// 2: Merkle hashes and entry copies in flat files; 3: pins read from
 /// their entry copies; 4: artifacts too; 5: with the copies' places;
 /// 6: time keys name the pin and publish entries; 7: with the copies'
-/// lengths; 8: release keys carry the bound digest.
-pub const FORMAT: u64 = 8;
+/// lengths; 8: release keys carry the bound digest; 9: request ids.
+pub const FORMAT: u64 = 9;
 
 /// A file in the index folder that says the index was found damaged while
 /// serving; the next open rebuilds it.

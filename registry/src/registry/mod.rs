@@ -29,10 +29,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::blobs::Blobs;
 use crate::committer::{self, Build, Msg};
 use crate::digest::Digest;
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::ids::ReleaseId;
 use crate::index::Index;
-use crate::log::Log;
+use crate::log::{Entry, Log};
 use crate::merkle::Hash;
 use crate::note::NoteSigner;
 use crate::position::Ordered;
@@ -133,6 +133,8 @@ pub struct HistoryQuery {
     pub limit: usize,
     /// Continue from this sequence number (downwards).
     pub from_seq: Option<u64>,
+    /// Only the pin the request with this id recorded.
+    pub request_id: Option<String>,
 }
 
 /// A checkpoint signed by the registry's log key.
@@ -260,7 +262,96 @@ struct Shared {
     checked: std::sync::atomic::AtomicU64,
     /// Artifact bytes in memory, bounded.
     budget: crate::budget::Budget,
+    /// Client request ids being served here now: a second request with
+    /// one of them waits for the first to finish (see [`Claim`]).
+    inflight: std::sync::Mutex<std::collections::HashSet<String>>,
     staging_dir: Option<std::path::PathBuf>,
+}
+
+/// A client request id (idempotency key) held by the request serving it,
+/// so that two copies of one request in flight at once cannot both write:
+/// the second is told to retry and then finds the first one's result.
+pub(crate) struct Claim {
+    id: String,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Claim").field(&self.id).finish()
+    }
+}
+
+impl Claim {
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut ids) = self.shared.inflight.lock() {
+            ids.remove(&self.id);
+        }
+    }
+}
+
+/// A request id used before for a different request.
+fn reused(id: &str, index: u64, entry: &Entry) -> Error {
+    let what = match entry {
+        Entry::Publish(p) => format!("the publish of release {}", p.release_id),
+        Entry::Pin(p) => format!("pin #{} of {} in {}", p.seq, p.release_id, p.env),
+        Entry::Key(k) => format!("a key {:?} of {}", k.action, k.key_id),
+    };
+    Error::conflict(format!(
+        "request id {} was used by a different request: log entry {index}, {what}; send a new \
+         id for a new request",
+        stackpin_core::error::shown(id)
+    ))
+    .with_reason(stackpin_core::state::reason::REQUEST_ID_REUSED)
+}
+
+impl Registry {
+    /// Claims the client's request id `id`, if it sent one.
+    ///
+    /// # Errors
+    /// Invalid for a malformed id; Busy while another request with the
+    /// same id is being served here.
+    pub(crate) fn claim(&self, id: Option<&str>) -> Result<Option<Claim>> {
+        let Some(id) = id.filter(|id| !id.is_empty()) else {
+            return Ok(None);
+        };
+        let id = stackpin_core::ids::parse_request_id(id)?;
+        let mut ids = self
+            .shared
+            .inflight
+            .lock()
+            .map_err(|_| Error::internal("the request id table is poisoned"))?;
+        if !ids.insert(id.clone()) {
+            return Err(Error::new(
+                Kind::Busy,
+                format!(
+                    "a request with id {} is being served right now; retry to get its result",
+                    stackpin_core::error::shown(&id)
+                ),
+            ));
+        }
+        Ok(Some(Claim {
+            id,
+            shared: self.shared.clone(),
+        }))
+    }
+
+    /// The entry an earlier request with the claimed id wrote.
+    ///
+    /// # Errors
+    /// As `Index::by_request`.
+    pub(crate) fn earlier(&self, claim: Option<&Claim>) -> Result<Option<(u64, Entry)>> {
+        match claim {
+            Some(c) => self.shared.index.by_request(c.id()),
+            None => Ok(None),
+        }
+    }
 }
 
 /// A fresh request id, stored in the entry a request writes.

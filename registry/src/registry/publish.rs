@@ -13,7 +13,7 @@ use crate::staging::Staging;
 use stackpin_core::state::{self, State as _};
 
 use super::resolve::page_size;
-use super::{ArtifactRef, Published, Registry, request_id};
+use super::{ArtifactRef, Claim, Published, Registry, request_id, reused};
 
 /// A publish whose header was accepted and whose bytes are arriving.
 #[derive(Debug)]
@@ -25,6 +25,8 @@ pub struct PendingPublish {
     declared: u64,
     /// Where the bytes go as they arrive, hashed as written.
     staging: Staging,
+    /// The client's request id, claimed.
+    claim: Option<Claim>,
 }
 
 impl PendingPublish {
@@ -70,6 +72,25 @@ impl Registry {
         envelope: &[u8],
         size_hint: u64,
     ) -> Result<PendingPublish> {
+        self.begin_publish_once(release_id, media_type, envelope, size_hint, None)
+            .await
+    }
+
+    /// [`Self::begin_publish`] under the client's request id: a retry of
+    /// the same publish returns the first result without a new entry.
+    ///
+    /// # Errors
+    /// As [`Self::begin_publish`]; Invalid for a malformed id; Busy while a
+    /// request with the id is in flight here.
+    pub async fn begin_publish_once(
+        &self,
+        release_id: &str,
+        media_type: &str,
+        envelope: &[u8],
+        size_hint: u64,
+        request: Option<&str>,
+    ) -> Result<PendingPublish> {
+        let claim = self.claim(request)?;
         let release_id: ReleaseId = release_id.parse()?;
         let media_type = parse_media_type(media_type)?;
         if size_hint > self.shared.limits.max_artifact_bytes {
@@ -125,6 +146,7 @@ impl Registry {
             max: self.shared.limits.max_artifact_bytes,
             declared: size_hint,
             staging,
+            claim,
         })
     }
 
@@ -142,6 +164,7 @@ impl Registry {
             media_type,
             staging,
             declared,
+            claim,
             ..
         } = pending;
         if staging.is_empty() {
@@ -166,6 +189,9 @@ impl Registry {
         }
         self.check_json(staged.file.path()).await?;
         let release_id = attestation.release_id.clone();
+        if let Some((index, entry)) = self.earlier(claim.as_ref())? {
+            return self.publish_again(index, &entry, &release_id, &digest, claim.as_ref());
+        }
         if let Some(existing) = self.shared.index.artifact_by_release(&release_id)? {
             return same_or_conflict(existing, &digest);
         }
@@ -177,9 +203,16 @@ impl Registry {
         drop(staged);
         let shared = self.shared.clone();
         let rid = release_id.clone();
-        let request = request_id();
+        let first = claim.as_ref().map(|c| c.id().to_owned());
+        let request = first.clone().unwrap_or_else(request_id);
         let committed = self
             .commit(Box::new(move |view| {
+                // Another replica may have recorded this request meanwhile.
+                if let Some(id) = &first
+                    && shared.index.by_request(id)?.is_some()
+                {
+                    return Ok(None);
+                }
                 if view.release(&rid)?.is_some() {
                     return Ok(None); // bound meanwhile: answered below
                 }
@@ -213,8 +246,38 @@ impl Registry {
                     created: true,
                 })
             }
-            None => same_or_conflict(artifact, &digest),
+            None => match self.earlier(claim.as_ref())? {
+                Some((index, entry)) => {
+                    self.publish_again(index, &entry, &release_id, &digest, claim.as_ref())
+                }
+                None => same_or_conflict(artifact, &digest),
+            },
         }
+    }
+
+    /// The answer to a publish whose request id already wrote entry
+    /// `index`: its first result when it is the same publish.
+    fn publish_again(
+        &self,
+        index: u64,
+        entry: &Entry,
+        release_id: &ReleaseId,
+        digest: &Digest,
+        claim: Option<&Claim>,
+    ) -> Result<Published> {
+        let same = matches!(entry, Entry::Publish(p) if p.release_id == *release_id && p.digest == *digest);
+        if !same {
+            return Err(reused(claim.map_or("", Claim::id), index, entry));
+        }
+        let artifact = self
+            .shared
+            .index
+            .artifact_by_release(release_id)?
+            .ok_or_else(|| Error::internal("a published artifact is missing from the index"))?;
+        Ok(Published {
+            created: artifact.log_index == index,
+            artifact,
+        })
     }
 
     /// Checks that the staged bytes are strict JSON (see

@@ -455,6 +455,7 @@ impl Registry {
             contradicted: std::sync::OnceLock::new(),
             checked: std::sync::atomic::AtomicU64::new(0),
             budget: crate::budget::Budget::new(limits_budget),
+            inflight: std::sync::Mutex::default(),
             staging_dir,
         });
         let verifier = shared.signer.verifier();

@@ -182,6 +182,21 @@ impl Registry {
             pins: Vec::new(),
             next: None,
         };
+        if let Some(id) = &query.request_id {
+            let id = stackpin_core::ids::parse_request_id(id)?;
+            let pins = match self.shared.index.by_request(&id)? {
+                Some((index, crate::log::Entry::Pin(p))) if p.env == *env => {
+                    let index_ = &self.shared.index;
+                    vec![
+                        index_
+                            .pin_at(index_.place(index)?, &index_.proof_reader())?
+                            .0,
+                    ]
+                }
+                _ => Vec::new(),
+            };
+            return Ok(HistoryPage { pins, next: None });
+        }
         let mut hi = head.seq;
         if let Some(before) = query.before {
             match self.shared.index.seq_before(env, before)? {

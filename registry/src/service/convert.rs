@@ -112,6 +112,7 @@ pub fn pin(p: &PinRecord) -> pb::Pin {
         entry_hash: p.entry_hash.hex(),
         prev_pin_hash: p.entry.prev_pin.clone().unwrap_or_default(),
         db_position: p.entry.db_position.as_ref().map(db_position_out),
+        request_id: p.entry.request_id.clone().unwrap_or_default(),
     }
 }
 

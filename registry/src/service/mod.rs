@@ -123,11 +123,12 @@ impl RegistryService {
             .await?;
         let mut pending = self
             .registry
-            .begin_publish(
+            .begin_publish_once(
                 &header.release_id,
                 &header.media_type,
                 &header.envelope,
                 header.size,
+                Some(&header.request_id),
             )
             .await?;
         while let Some(message) = streams::next(&mut stream, idle, self.max_message_bytes).await? {
@@ -222,7 +223,15 @@ impl RegistryService {
         let position = convert::db_position(req.db_position)?;
         let pin = self
             .registry
-            .pin(&env, &what, activated_at, position, &reason, &who.name)
+            .pin_once(
+                &env,
+                &what,
+                activated_at,
+                position,
+                &reason,
+                &who.name,
+                Some(&req.request_id),
+            )
             .await?;
         Ok(Response::new(pb::PinResponse {
             pin: Some(convert::pin(&pin)),
@@ -274,6 +283,7 @@ impl RegistryService {
             since: convert::optional_time("since", req.since)?,
             limit: req.limit as usize,
             from_seq: convert::page_token(&req.page_token)?,
+            request_id: Some(req.request_id).filter(|id| !id.is_empty()),
         };
         let page = self.registry.history(&env, &query)?;
         Ok(Response::new(pb::HistoryResponse {
@@ -373,7 +383,13 @@ impl RegistryService {
         let reason: Reason = req.reason.parse().map_err(Error::from)?;
         let key = self
             .registry
-            .add_key(&req.public_key_pem, valid_from, &reason, &who.name)
+            .add_key_once(
+                &req.public_key_pem,
+                valid_from,
+                &reason,
+                &who.name,
+                Some(&req.request_id),
+            )
             .await?;
         Ok(Response::new(convert::publisher_key(&key)))
     }
@@ -389,7 +405,7 @@ impl RegistryService {
         let reason: Reason = req.reason.parse().map_err(Error::from)?;
         let key = self
             .registry
-            .revoke_key(&key_id, at, &reason, &who.name)
+            .revoke_key_once(&key_id, at, &reason, &who.name, Some(&req.request_id))
             .await?;
         Ok(Response::new(convert::publisher_key(&key)))
     }
@@ -421,9 +437,13 @@ impl RegistryService {
     where
         F: std::future::Future<Output = Result<Response<R>, Status>>,
     {
+        use tracing::Instrument as _;
         let observed = observe::Observed::begin(rpc, &request);
         let deadline = self.registry.limits().request_timeout;
-        let result = match tokio::time::timeout(deadline, handler(request)).await {
+        // Every line logged while serving carries the request's id.
+        let span = tracing::info_span!("request", request_id = %observed.request_id());
+        let served = tokio::time::timeout(deadline, handler(request)).instrument(span);
+        let result = match served.await {
             Ok(result) => result,
             Err(_) => Err(Error::new(
                 Kind::Deadline,
@@ -435,6 +455,23 @@ impl RegistryService {
             )
             .into()),
         };
+        // A failure the caller cannot fix names the id its details are
+        // logged under.
+        let result = result.map_err(|status| {
+            if matches!(
+                status.code(),
+                tonic::Code::Internal | tonic::Code::Unavailable | tonic::Code::DataLoss
+            ) {
+                let message = format!(
+                    "{} [request id {}]",
+                    status.message(),
+                    observed.request_id()
+                );
+                Status::with_details(status.code(), message, status.details().to_vec().into())
+            } else {
+                status
+            }
+        });
         observed.finish(&result);
         result
     }
