@@ -69,6 +69,12 @@ struct Cli {
     command: cmd::Command,
 }
 
+/// The `stackpin` command line's definition (for completions and man
+/// pages).
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
 /// Runs the `stackpin` command line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

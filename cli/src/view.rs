@@ -31,9 +31,14 @@ impl Format {
 /// reported and exits 1. Everything a command writes to files is in place
 /// before it prints.
 pub fn stdout_line(text: &str) {
+    stdout_bytes(format!("{text}\n").as_bytes());
+}
+
+/// Writes `bytes` to stdout, as [`stdout_line`] does.
+pub fn stdout_bytes(bytes: &[u8]) {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
-    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => {

@@ -117,9 +117,10 @@ impl Blobs {
         file: &std::path::Path,
         len: u64,
         budget: &Budget,
+        wait: std::time::Duration,
     ) -> Result<()> {
         let _room = budget
-            .reserve(put_file_bytes(len), "storing a published artifact")
+            .reserve_within(put_file_bytes(len), "storing a published artifact", wait)
             .await?;
         let mut reader = open_staged(file).await?;
         if len <= MULTIPART_ABOVE as u64 {
@@ -437,7 +438,13 @@ mod tests {
             let file = tempfile::NamedTempFile::new().unwrap();
             std::fs::write(file.path(), &data).unwrap();
             blobs
-                .put_file(&d, file.path(), len as u64, &budget)
+                .put_file(
+                    &d,
+                    file.path(),
+                    len as u64,
+                    &budget,
+                    std::time::Duration::from_secs(1),
+                )
                 .await
                 .unwrap();
             assert_eq!(blobs.get(&d).await.unwrap(), data);

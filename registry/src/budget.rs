@@ -61,6 +61,21 @@ impl Budget {
     /// Busy (RESOURCE_EXHAUSTED) when no room frees up in time, or when
     /// `bytes` exceeds the whole budget.
     pub async fn reserve(&self, bytes: u64, what: &str) -> Result<Reservation> {
+        self.reserve_within(bytes, what, WAIT).await
+    }
+
+    /// [`Self::reserve`], waiting up to `wait` for room: for work a caller
+    /// already waits on (storing bytes that have all arrived), where a
+    /// queue is kinder than a refusal.
+    ///
+    /// # Errors
+    /// As [`Self::reserve`].
+    pub async fn reserve_within(
+        &self,
+        bytes: u64,
+        what: &str,
+        wait: Duration,
+    ) -> Result<Reservation> {
         let units = bytes.div_ceil(UNIT).max(1);
         let refused = || {
             metrics::counter!("stackpin_budget_refusals_total").increment(1);
@@ -81,7 +96,7 @@ impl Budget {
             return Err(refused());
         }
         let permit = match tokio::time::timeout(
-            WAIT,
+            wait,
             self.permits.clone().acquire_many_owned(units32),
         )
         .await

@@ -16,6 +16,7 @@ use tempfile::NamedTempFile;
 
 use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
+use stackpin_core::json::LongestString;
 
 /// The staging folder inside a data folder.
 pub fn dir_in(data_dir: &Path) -> PathBuf {
@@ -35,20 +36,37 @@ pub fn sweep(dir: &Path) -> usize {
         .count()
 }
 
-/// A staging file being written.
+/// Artifacts of at most this many bytes (one chunk) are staged in memory:
+/// holding one costs no more than the chunk that carries it, and spares
+/// the small publishes that are the usual case a file per request.
+pub const IN_MEMORY: u64 = crate::defaults::CHUNK_BYTES as u64;
+
+/// Where staged bytes go.
+#[derive(Debug)]
+enum Sink {
+    Memory(Vec<u8>),
+    File(NamedTempFile),
+}
+
+/// A staging file (or, for a small artifact, buffer) being written.
 #[derive(Debug)]
 pub struct Staging {
     /// Taken while a write runs on the blocking pool.
-    state: Option<(NamedTempFile, Sha256)>,
+    state: Option<(Sink, Sha256, LongestString)>,
     len: u64,
 }
 
 /// A staging file whose bytes have all arrived.
 #[derive(Debug)]
 pub struct Staged {
-    pub file: NamedTempFile,
+    /// The bytes of a small artifact, held in memory.
+    pub bytes: Option<Bytes>,
+    /// The staging file of a larger one.
+    pub file: Option<NamedTempFile>,
     pub digest: Digest,
     pub len: u64,
+    /// The longest JSON string in the bytes: what checking them holds.
+    pub longest_string: u64,
 }
 
 fn io_error(what: &str, e: &std::io::Error) -> Error {
@@ -67,12 +85,24 @@ fn io_error(what: &str, e: &std::io::Error) -> Error {
 }
 
 impl Staging {
-    /// A new, empty staging file in `dir` (created if missing), or in the
-    /// system's temporary folder.
+    /// A new, empty staging place for an artifact of `declared` bytes: a
+    /// buffer up to [`IN_MEMORY`], else a file in `dir` (created if
+    /// missing), or in the system's temporary folder.
     ///
     /// # Errors
     /// Unavailable or NoSpace when the file cannot be created.
-    pub async fn create(dir: Option<PathBuf>) -> Result<Self> {
+    pub async fn create(dir: Option<PathBuf>, declared: u64) -> Result<Self> {
+        if declared <= IN_MEMORY {
+            let buffer = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
+            return Ok(Self {
+                state: Some((
+                    Sink::Memory(buffer),
+                    Sha256::new(),
+                    LongestString::default(),
+                )),
+                len: 0,
+            });
+        }
         let file = crate::blocking::run(move || {
             let made = match &dir {
                 Some(dir) => std::fs::create_dir_all(dir)
@@ -85,7 +115,7 @@ impl Staging {
         })
         .await?;
         Ok(Self {
-            state: Some((file, Sha256::new())),
+            state: Some((Sink::File(file), Sha256::new(), LongestString::default())),
             len: 0,
         })
     }
@@ -105,15 +135,19 @@ impl Staging {
     /// # Errors
     /// Unavailable or NoSpace when the write fails.
     pub async fn push(&mut self, chunk: Bytes) -> Result<()> {
-        let (mut file, mut hasher) = self
+        let (mut file, mut hasher, mut strings) = self
             .state
             .take()
             .ok_or_else(|| Error::internal("a staging file was used after a failed write"))?;
         let n = chunk.len() as u64;
         let state = crate::blocking::run(move || {
             hasher.update(&chunk);
-            file.write_all(&chunk).map_err(|e| io_error("write", &e))?;
-            Ok((file, hasher))
+            strings.update(&chunk);
+            match &mut file {
+                Sink::Memory(buffer) => buffer.extend_from_slice(&chunk),
+                Sink::File(f) => f.write_all(&chunk).map_err(|e| io_error("write", &e))?,
+            }
+            Ok((file, hasher, strings))
         })
         .await?;
         self.state = Some(state);
@@ -121,24 +155,31 @@ impl Staging {
         Ok(())
     }
 
-    /// Flushes the file and returns it with the digest of its bytes.
+    /// Returns the file with the digest of its bytes. It is not synced:
+    /// it is only read back by this process, and what is stored from it
+    /// is made durable by the store.
     ///
     /// # Errors
-    /// Unavailable or NoSpace when the flush fails.
+    /// Internal after a failed write.
     pub async fn finish(mut self) -> Result<Staged> {
-        let (file, hasher) = self
+        let (file, hasher, strings) = self
             .state
             .take()
             .ok_or_else(|| Error::internal("a staging file was used after a failed write"))?;
         let len = self.len;
-        crate::blocking::run(move || {
-            file.as_file()
-                .sync_data()
-                .map_err(|e| io_error("flush", &e))?;
-            let digest = Digest::from_bytes(hasher.finalize().into());
-            Ok(Staged { file, digest, len })
+        let longest_string = strings.longest();
+        let digest = Digest::from_bytes(hasher.finalize().into());
+        let (bytes, file) = match file {
+            Sink::Memory(buffer) => (Some(Bytes::from(buffer)), None),
+            Sink::File(f) => (None, Some(f)),
+        };
+        Ok(Staged {
+            bytes,
+            file,
+            digest,
+            len,
+            longest_string,
         })
-        .await
     }
 }
 
@@ -150,20 +191,32 @@ mod tests {
     async fn stages_hashes_and_cleans_up() {
         let dir = tempfile::tempdir().unwrap();
         let staging_dir = dir_in(dir.path());
-        let mut s = Staging::create(Some(staging_dir.clone())).await.unwrap();
+        let big = IN_MEMORY + 1;
+        let mut s = Staging::create(Some(staging_dir.clone()), big)
+            .await
+            .unwrap();
         s.push(Bytes::from_static(b"{\"a\":")).await.unwrap();
         s.push(Bytes::from_static(b"1}")).await.unwrap();
         assert_eq!(s.len(), 7);
         let staged = s.finish().await.unwrap();
         assert_eq!(staged.digest, Digest::of(b"{\"a\":1}"));
-        assert_eq!(std::fs::read(staged.file.path()).unwrap(), b"{\"a\":1}");
-        let path = staged.file.path().to_owned();
+        let file = staged.file.as_ref().unwrap();
+        assert_eq!(std::fs::read(file.path()).unwrap(), b"{\"a\":1}");
+        let path = file.path().to_owned();
         drop(staged);
         assert!(!path.exists(), "a finished publish leaves no staging file");
 
         // A cancelled publish leaves none either; a killed one is swept.
-        let s = Staging::create(Some(staging_dir.clone())).await.unwrap();
+        let s = Staging::create(Some(staging_dir.clone()), big)
+            .await
+            .unwrap();
         drop(s);
+        // A small artifact stays in memory: no file at all.
+        let mut s = Staging::create(Some(staging_dir.clone()), 2).await.unwrap();
+        s.push(Bytes::from_static(b"[]")).await.unwrap();
+        let staged = s.finish().await.unwrap();
+        assert_eq!(staged.bytes.as_deref(), Some(&b"[]"[..]));
+        assert!(staged.file.is_none());
         assert_eq!(std::fs::read_dir(&staging_dir).unwrap().count(), 0);
         std::fs::write(staging_dir.join("publish-left"), b"x").unwrap();
         assert_eq!(sweep(&staging_dir), 1);

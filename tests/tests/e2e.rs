@@ -774,3 +774,38 @@ fn an_unreachable_registry_is_retried_with_backoff_then_exits_6() {
     w.cli(&["history", "--env", "prod", "--timeout", "0s"])
         .fails(2, "--timeout");
 }
+
+#[test]
+fn completions_and_man_pages_describe_every_command() {
+    let w = World::new(&[]);
+    let bash = w.cli(&["completions", "bash"]).ok().to_owned();
+    for word in [
+        "publish",
+        "restore",
+        "snapshot-tag",
+        "--request-id",
+        "--timeout",
+    ] {
+        assert!(bash.contains(word), "bash completion lacks {word}");
+    }
+    w.write("stackpin.bash", bash.as_bytes());
+    let syntax = std::process::Command::new("bash")
+        .args(["-n", "stackpin.bash"])
+        .current_dir(w.dir.path())
+        .status()
+        .unwrap();
+    assert!(syntax.success(), "the bash completion does not parse");
+    for shell in ["zsh", "fish"] {
+        assert!(w.cli(&["completions", shell]).ok().contains("restore"));
+    }
+    w.cli(&["completions", "tcsh"]).fails(2, "invalid value");
+    let page = w.cli(&["man"]).ok().to_owned();
+    assert!(
+        page.starts_with(".ie") && page.contains(".TH stackpin 1"),
+        "{page}"
+    );
+    w.cli(&["man", "--out-dir", "man"]).ok();
+    let publish = std::fs::read_to_string(w.dir.path().join("man/stackpin-publish.1")).unwrap();
+    assert!(publish.contains("stackpin\\-publish") && publish.contains("request\\-id"));
+    assert!(w.dir.path().join("man/stackpin-key-revoke.1").is_file());
+}

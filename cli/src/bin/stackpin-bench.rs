@@ -111,7 +111,16 @@ struct Args {
     /// Run load for this long before measuring.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     warmup: Duration,
+    /// Behave as a stalled client (publish and fetch): after the header
+    /// and the first chunk, send or read nothing more for this long, then
+    /// give up. Measures what stalled streams cost the server; such
+    /// requests count as failures.
+    #[arg(long, value_parser = parse_duration)]
+    stall: Option<Duration>,
 }
+
+/// `--stall`, for the workers.
+static STALL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 /// Parses 4096, 4KiB, 512KiB, 8MiB or 1GiB.
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -263,6 +272,22 @@ impl Job {
                     Ok(prepared) => prepared,
                     Err(f) => return (0, Err(Miss("ClientError".into(), f.error.to_string()))),
                 };
+                if let Some(stall) = STALL.get() {
+                    // Header and one chunk, then silence.
+                    let first: Vec<_> = parts.into_iter().take(2).collect();
+                    let stream = futures::StreamExt::chain(
+                        futures::stream::iter(first),
+                        futures::stream::pending(),
+                    );
+                    return timed(async {
+                        match tokio::time::timeout(*stall, client.publish(stream)).await {
+                            Ok(Err(status)) => Err(Miss::from(status)),
+                            Ok(Ok(_)) => Err(Miss("Stalled".into(), "answered".into())),
+                            Err(_) => Err(Miss("Stalled".into(), "held to the end".into())),
+                        }
+                    })
+                    .await;
+                }
                 timed(async {
                     let response = client.publish(futures::stream::iter(parts)).await?;
                     match response.into_inner().artifact {
@@ -299,6 +324,17 @@ impl Job {
                 let request = pb::GetArtifactRequest {
                     artifact: by_release(release_id),
                 };
+                if let Some(stall) = STALL.get() {
+                    return timed(async {
+                        let mut stream = client.get_artifact(request).await?.into_inner();
+                        stream.message().await?;
+                        stream.message().await?;
+                        // Read nothing more: the server must hold or cut it.
+                        tokio::time::sleep(*stall).await;
+                        Err(Miss("Stalled".into(), "held to the end".into()))
+                    })
+                    .await;
+                }
                 timed(async {
                     let mut stream = client.get_artifact(request).await?.into_inner();
                     let mut got = 0;
@@ -633,6 +669,12 @@ async fn setup(
 async fn run(args: &Args, server: &stackpin_cli::client::Connection, format: Format) -> Outcome {
     if args.duration.is_zero() {
         return Err(Failure::invalid("--duration must be more than 0s"));
+    }
+    if let Some(stall) = args.stall {
+        if !matches!(args.workload, Workload::Publish | Workload::Fetch) {
+            return Err(Failure::invalid("--stall applies to publish and fetch"));
+        }
+        let _ = STALL.set(stall);
     }
     if args.workload == Workload::Publish && args.release_id.is_some() {
         return Err(Failure::invalid("--release-id does not apply to publish"));

@@ -8,6 +8,7 @@ pub mod keygen;
 pub mod keys;
 pub mod pins;
 pub mod publish;
+pub mod shell;
 pub mod verify;
 
 use clap::Subcommand;
@@ -46,6 +47,10 @@ pub enum Command {
     /// Manage trusted publisher keys (each change is a log entry).
     #[command(subcommand)]
     Key(keys::Command),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(shell::CompletionsArgs),
+    /// Print the man page, or write one per command with --out-dir.
+    Man(shell::ManArgs),
 }
 
 pub async fn dispatch(cli: &crate::Cli) -> Outcome {
@@ -67,5 +72,7 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Verify(a) => verify::verify(a, format),
         Command::Audit(a) => verify::audit(a, server, state, format).await,
         Command::Key(c) => keys::run(c, server, format).await,
+        Command::Completions(a) => shell::completions(a),
+        Command::Man(a) => shell::man(a),
     }
 }

@@ -24,6 +24,46 @@ pub const DEFAULT_MAX_DEPTH: usize = 128;
 /// The most a nesting limit can be set to: each level costs stack.
 pub const MAX_DEPTH_LIMIT: usize = 1024;
 
+/// The length of the longest string in JSON text fed in pieces: what
+/// [`check_reader`] holds in memory at most for one string (it decodes each
+/// string whole). A byte scan, correct for valid JSON; for invalid text it
+/// is only an estimate, and the check refuses the text anyway.
+#[derive(Clone, Debug, Default)]
+pub struct LongestString {
+    in_string: bool,
+    escape: bool,
+    current: u64,
+    longest: u64,
+}
+
+impl LongestString {
+    /// Scans the next piece of the text.
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.in_string {
+                self.current += 1;
+                if self.escape {
+                    self.escape = false;
+                } else if b == b'\\' {
+                    self.escape = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                    self.longest = self.longest.max(self.current);
+                }
+            } else if b == b'"' {
+                self.in_string = true;
+                self.current = 0;
+            }
+        }
+    }
+
+    /// The longest string seen, in bytes (an unterminated one included).
+    pub fn longest(&self) -> u64 {
+        self.longest
+            .max(if self.in_string { self.current } else { 0 })
+    }
+}
+
 /// Why bytes are not strict JSON, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JsonError {
@@ -53,14 +93,36 @@ impl std::error::Error for JsonError {}
 /// # Errors
 /// The first problem found, with its byte offset.
 pub fn check(bytes: &[u8], max_depth: usize) -> Result<(), JsonError> {
-    check_reader(bytes, max_depth).map_err(|e| match e {
-        ReadError::Json(e) => e,
-        ReadError::Io(e) => JsonError {
-            offset: 0,
-            line: 1,
-            column: 1,
-            what: e.to_string(),
-        },
+    let max_depth = max_depth.clamp(1, MAX_DEPTH_LIMIT);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    let result = Strict {
+        depth: 0,
+        max_depth,
+    }
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    let Err(e) = result else {
+        return Ok(());
+    };
+    let line = e.line().max(1);
+    let column = e.column();
+    // The offset of the line's start, then the column within it.
+    let start = if line == 1 {
+        0
+    } else {
+        bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(line - 2)
+            .map_or(bytes.len(), |(i, _)| i + 1)
+    };
+    Err(JsonError {
+        offset: (start + column.saturating_sub(1)) as u64,
+        line,
+        column: column.max(1),
+        what: strip_position(&e.to_string()),
     })
 }
 
@@ -326,11 +388,16 @@ mod tests {
         check(deep(128).as_bytes(), 128).unwrap();
         let e = refused(deep(129).as_bytes());
         assert!(e.what.contains("limit of 128"), "{e}");
-        // Found where the parser stands: just after the 129th `[`.
-        assert_eq!(e.offset, 129);
+        // Found at the 129th `[` (or, reading a stream, just after it).
+        assert!((128..=129).contains(&e.offset), "{e}");
         // 100,000 open brackets: refused at the limit, without recursing.
         let e = check("[".repeat(100_000).as_bytes(), 16).unwrap_err();
-        assert_eq!(e.offset, 17);
+        assert_eq!(e.offset, 16);
+        let ReadError::Json(r) = check_reader("[".repeat(100_000).as_bytes(), 16).unwrap_err()
+        else {
+            panic!("not a JSON error");
+        };
+        assert!((16..=17).contains(&r.offset), "{r}");
         // The hard cap holds whatever is asked for.
         check(deep(MAX_DEPTH_LIMIT).as_bytes(), usize::MAX).unwrap();
         check(deep(MAX_DEPTH_LIMIT + 1).as_bytes(), usize::MAX).unwrap_err();
@@ -349,6 +416,19 @@ mod tests {
         ] {
             check(bad, DEFAULT_MAX_DEPTH).unwrap_err();
         }
+    }
+
+    #[test]
+    fn the_longest_string_is_found_across_pieces() {
+        let text = br#"{"ab":"x\"yz","k":["0123456789"]}"#;
+        let mut whole = LongestString::default();
+        whole.update(text);
+        assert_eq!(whole.longest(), 11); // 0123456789 and its closing quote
+        let mut pieces = LongestString::default();
+        for piece in text.chunks(3) {
+            pieces.update(piece);
+        }
+        assert_eq!(pieces.longest(), whole.longest());
     }
 
     #[test]

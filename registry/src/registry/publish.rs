@@ -139,7 +139,7 @@ impl Registry {
         {
             return Err(conflict(&existing));
         }
-        let staging = Staging::create(self.shared.staging_dir.clone()).await?;
+        let staging = Staging::create(self.shared.staging_dir.clone(), size_hint).await?;
         Ok(PendingPublish {
             envelope,
             media_type,
@@ -187,7 +187,38 @@ impl Registry {
                 attestation.digest
             )));
         }
-        self.check_json(staged.file.path()).await?;
+        // A small artifact is read back once, checked and stored from
+        // memory; a large one is checked and stored from the staging file.
+        // Either way its room is reserved: the bytes held, and the buffer
+        // the check decodes each string into (up to twice the longest
+        // string while it grows). All bytes have arrived, so this waits
+        // its turn rather than refusing.
+        let check_room = 2 * staged.longest_string + 64 * 1024;
+        let file = staged.file.as_ref().map(|f| f.path().to_owned());
+        let small = staged.len <= crate::blobs::MULTIPART_ABOVE as u64;
+        let room = self
+            .shared
+            .budget
+            .reserve_within(
+                if small {
+                    staged.len + check_room
+                } else {
+                    check_room
+                },
+                "checking a published artifact",
+                self.shared.limits.request_timeout,
+            )
+            .await?;
+        let bytes = match (staged.bytes.clone(), &file) {
+            (Some(bytes), _) => Some(self.check_bytes(bytes).await?),
+            (None, Some(path)) if small => Some(self.read_and_check(path).await?),
+            (None, Some(path)) => {
+                self.check_json(path).await?;
+                drop(room);
+                None
+            }
+            (None, None) => return Err(Error::internal("a staged publish has no bytes")),
+        };
         let release_id = attestation.release_id.clone();
         if let Some((index, entry)) = self.earlier(claim.as_ref())? {
             return self.publish_again(index, &entry, &release_id, &digest, claim.as_ref());
@@ -196,10 +227,21 @@ impl Registry {
             return same_or_conflict(existing, &digest);
         }
         let size = staged.len;
-        self.shared
-            .blobs
-            .put_file(&digest, staged.file.path(), size, &self.shared.budget)
-            .await?;
+        match bytes {
+            Some(bytes) => self.shared.blobs.put(&digest, bytes).await?,
+            None => {
+                self.shared
+                    .blobs
+                    .put_file(
+                        &digest,
+                        file.as_deref().unwrap_or(std::path::Path::new("")),
+                        size,
+                        &self.shared.budget,
+                        self.shared.limits.request_timeout,
+                    )
+                    .await?;
+            }
+        }
         drop(staged);
         let shared = self.shared.clone();
         let rid = release_id.clone();
@@ -280,6 +322,34 @@ impl Registry {
         })
     }
 
+    /// Checks that bytes held in memory are strict JSON.
+    async fn check_bytes(&self, bytes: Bytes) -> Result<Bytes> {
+        let depth = self.shared.limits.max_json_depth;
+        crate::blocking::run(move || {
+            stackpin_core::json::check(&bytes, depth).map_err(|e| not_strict(depth, &e))?;
+            Ok(bytes)
+        })
+        .await
+    }
+
+    /// Reads a small staged artifact whole and checks it is strict JSON.
+    async fn read_and_check(&self, path: &std::path::Path) -> Result<Bytes> {
+        let path = path.to_owned();
+        let depth = self.shared.limits.max_json_depth;
+        crate::blocking::run(move || {
+            let bytes = std::fs::read(&path).map_err(|e| {
+                tracing::error!(error = %e, path = %path.display(), "reading a staging file");
+                Error::new(
+                    Kind::Unavailable,
+                    "the registry could not read its staging file",
+                )
+            })?;
+            stackpin_core::json::check(&bytes, depth).map_err(|e| not_strict(depth, &e))?;
+            Ok(Bytes::from(bytes))
+        })
+        .await
+    }
+
     /// Checks that the staged bytes are strict JSON (see
     /// `stackpin_core::json`), reading them once more from the staging file.
     async fn check_json(&self, path: &std::path::Path) -> Result<()> {
@@ -295,11 +365,7 @@ impl Registry {
             })?;
             let reader = std::io::BufReader::with_capacity(64 * 1024, file);
             stackpin_core::json::check_reader(reader, depth).map_err(|e| match e {
-                stackpin_core::json::ReadError::Json(e) => Error::invalid(format!(
-                    "artifact is not strict JSON (objectstack.json must be RFC 8259 JSON in \
-                     UTF-8, without duplicate names, nested at most {depth} deep): {e}; \
-                     nothing was stored"
-                )),
+                stackpin_core::json::ReadError::Json(e) => not_strict(depth, &e),
                 stackpin_core::json::ReadError::Io(e) => {
                     tracing::error!(error = %e, "reading a staging file");
                     Error::new(
@@ -371,6 +437,13 @@ impl Registry {
         };
         Ok((page, next))
     }
+}
+
+fn not_strict(depth: usize, e: &stackpin_core::json::JsonError) -> Error {
+    Error::invalid(format!(
+        "artifact is not strict JSON (objectstack.json must be RFC 8259 JSON in UTF-8, without \
+         duplicate names, nested at most {depth} deep): {e}; nothing was stored"
+    ))
 }
 
 fn conflict(existing: &ArtifactRecord) -> Error {
