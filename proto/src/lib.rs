@@ -3,9 +3,12 @@
 //! Only the registry's `service` module and the CLI's client use these; the
 //! rest of the registry works on domain types.
 
+pub mod codec;
+
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("stackpin.v1");
+    include!(concat!(env!("OUT_DIR"), "/client/stackpin.v1.rs"));
 
     /// Encoded file descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

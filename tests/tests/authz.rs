@@ -417,6 +417,23 @@ async fn raw_publish(addr: std::net::SocketAddr, bytes: &[u8]) -> tonic::Status 
         .unwrap_err()
 }
 
+/// Sends `bytes` as the request of the unary `method`, undecoded.
+async fn raw_unary(addr: std::net::SocketAddr, method: &str, bytes: &[u8]) -> tonic::Status {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path: tonic::codegen::http::uri::PathAndQuery =
+        format!("/stackpin.v1.Registry/{method}").parse().unwrap();
+    grpc.unary(tonic::Request::new(bytes.to_vec()), path, RawCodec)
+        .await
+        .map(|_: tonic::Response<Vec<u8>>| ())
+        .unwrap_err()
+}
+
 /// A codec that sends and receives message bytes as they are.
 #[derive(Clone, Copy, Default)]
 struct RawCodec;
@@ -560,6 +577,12 @@ async fn exceeded_limits_get_their_codes_and_leave_nothing_behind() {
     // Bytes that are not a protobuf message at all: INVALID_ARGUMENT.
     let err = raw_publish(addr, b"\xff\xff\xff\xff\xff").await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // The same for unary calls, which tonic decodes before any handler.
+    for method in ["Pin", "Resolve", "GetCheckpoint"] {
+        let err = raw_unary(addr, method, b"\xff\xff\xff\xff\xff").await;
+        assert_eq!(err.code(), Code::InvalidArgument, "{method}: {err:?}");
+        assert!(err.message().contains("not valid protobuf"), "{err:?}");
+    }
     // No budget or staging file outlives the refused streams.
     assert_eq!(
         registry.budget().available(),

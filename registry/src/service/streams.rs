@@ -43,9 +43,9 @@ pub async fn next<T>(
     }
 }
 
-/// A status tonic made while decoding a request, in the registry's kinds:
-/// undecodable bytes are the caller's error (INVALID_ARGUMENT), an oversized
-/// message a limit (RESOURCE_EXHAUSTED).
+/// A status tonic made while reading a request stream, in the registry's
+/// kinds: an oversized message is a limit (RESOURCE_EXHAUSTED). Undecodable
+/// bytes are INVALID_ARGUMENT already (`stackpin_proto::codec`).
 pub fn transport_status(status: Status, max_message_bytes: usize) -> Status {
     let message = status.message();
     match status.code() {
@@ -56,11 +56,6 @@ pub fn transport_status(status: Status, max_message_bytes: usize) -> Status {
                      (setting max_message_bytes): send artifacts in chunks of 1 MiB"
             ),
         )
-        .into(),
-        Code::Internal if message.contains("decode") => Error::invalid(format!(
-            "a message is not valid protobuf for this call: {}",
-            stackpin_core::error::shown(message)
-        ))
         .into(),
         _ => status,
     }
