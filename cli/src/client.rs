@@ -88,6 +88,19 @@ pub struct Connection {
     /// across separate runs safe, e.g. the CI job's id.
     #[arg(long, global = true, env = "STACKPIN_REQUEST_ID", help_heading = HEADING)]
     pub request_id: Option<String>,
+    /// Largest artifact `fetch`, `restore` and `audit` download (bytes, or
+    /// with KiB, MiB, GiB): an artifact the registry announces as larger is
+    /// refused before anything is read, so a hostile server cannot make the
+    /// CLI fill memory.
+    #[arg(
+        long,
+        global = true,
+        env = "STACKPIN_MAX_DOWNLOAD",
+        default_value = "1GiB",
+        value_parser = crate::parse_size,
+        help_heading = HEADING
+    )]
+    pub max_download: u64,
 }
 
 /// The `--help` heading the connection options are listed under.

@@ -1,18 +1,22 @@
 //! Downloading an artifact, verified against the digest its record names.
 
-use std::io::IsTerminal as _;
-
 use stackpin_core::digest::{Digest, Hasher};
 use stackpin_proto::v1 as pb;
 
 use crate::client::Client;
 use crate::exit::{Failure, Outcome};
+use crate::progress::Progress;
+
+/// Downloads smaller than this show no progress bar.
+const QUIET_BELOW: u64 = 8 * 1024 * 1024;
 
 /// Downloads an artifact and checks its bytes against the digest the
-/// registry recorded for it.
+/// registry recorded for it; refuses one announced as larger than `max`
+/// bytes (`--max-download`) before reading any of it.
 pub async fn download(
     client: &mut Client,
     what: pb::ArtifactRef,
+    max: u64,
 ) -> Outcome<(pb::Artifact, Vec<u8>)> {
     let mut stream = client
         .get_artifact(pb::GetArtifactRequest {
@@ -32,8 +36,16 @@ pub async fn download(
         .digest
         .parse()
         .map_err(|e| Failure::verify(format!("the registry sent a bad digest: {e}")))?;
+    if artifact.size > max {
+        return Err(Failure::invalid(format!(
+            "the registry announces {} as {} bytes, more than --max-download allows ({max} \
+             bytes); raise --max-download if an artifact that large is expected",
+            artifact.digest, artifact.size
+        )));
+    }
     let size = usize::try_from(artifact.size).unwrap_or(usize::MAX);
-    let progress = size > 8 * 1024 * 1024 && std::io::stderr().is_terminal();
+    let mut progress =
+        (artifact.size >= QUIET_BELOW).then(|| Progress::bytes("downloading", artifact.size));
     let mut bytes = Vec::with_capacity(size.min(64 * 1024 * 1024));
     let mut hasher = Hasher::default();
     while let Some(message) = stream.message().await? {
@@ -49,15 +61,12 @@ pub async fn download(
         }
         hasher.update(&chunk);
         bytes.extend_from_slice(&chunk);
-        if progress {
-            eprint!(
-                "\rdownloading: {:>3}% of {size} bytes",
-                bytes.len() * 100 / size
-            );
+        if let Some(p) = progress.as_mut() {
+            p.set(bytes.len() as u64);
         }
     }
-    if progress {
-        eprintln!();
+    if let Some(p) = progress {
+        p.finish();
     }
     let actual = hasher.finish();
     if actual != expected || bytes.len() != size {

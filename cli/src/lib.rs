@@ -11,6 +11,7 @@
 //! | [`client`] | connecting: URL, TLS, token |
 //! | [`download`] | artifact downloads, verified against their digest |
 //! | [`files`] | atomic writes, proof file paths |
+//! | [`progress`] | progress bars (indicatif) and their log-line fallback |
 //! | [`trust`] | remembered checkpoints, the log key, trusted publisher keys |
 //! | [`view`] | text and JSON output |
 //! | [`exit`] | exit codes and the failure type |
@@ -23,6 +24,7 @@ mod cmd;
 mod download;
 pub mod exit;
 mod files;
+mod progress;
 mod trust;
 pub mod view;
 
@@ -40,6 +42,27 @@ where
 {
     text.parse()
         .map_err(|e: stackpin_core::Error| e.to_string())
+}
+
+/// Parses a size: 4096, 4KiB, 512KiB, 8MiB or 1GiB (at least one byte).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return Err(format!("{text:?}: use bytes or a KiB, MiB or GiB suffix")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?} is not a size of at least one byte"))
 }
 
 /// A clap value parser from a constructor returning the registry's error.

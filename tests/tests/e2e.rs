@@ -496,6 +496,30 @@ fn artifacts_larger_than_one_message_stream_both_ways() {
     w.cli(&["fetch", "--release-id", "big", "--out", "big-back.json"])
         .ok();
     assert_eq!(w.read("big-back.json"), body.as_bytes());
+
+    // A download the registry announces as larger than --max-download is
+    // refused before it is read, and nothing is written.
+    let refused = w.cli(&[
+        "fetch",
+        "--release-id",
+        "big",
+        "--out",
+        "too-big.json",
+        "--max-download",
+        "8MiB",
+    ]);
+    refused.fails(2, "more than --max-download allows");
+    assert!(!w.dir.path().join("too-big.json").exists());
+    w.cli(&[
+        "fetch",
+        "--release-id",
+        "big",
+        "--out",
+        "x.json",
+        "--max-download",
+        "0",
+    ])
+    .fails(2, "not a size of at least one byte");
 }
 
 #[test]

@@ -124,21 +124,11 @@ static STALL: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
 
 /// Parses 4096, 4KiB, 512KiB, 8MiB or 1GiB.
 fn parse_size(text: &str) -> Result<u64, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let unit: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        _ => return Err(format!("{text:?}: use bytes or a KiB, MiB or GiB suffix")),
-    };
-    let bytes = number.parse::<u64>().ok().and_then(|n| n.checked_mul(unit));
-    bytes
-        .filter(|n| (1..=MAX_SIZE).contains(n))
-        .ok_or_else(|| format!("{text:?} is not a size from 1 byte to 1GiB"))
+    stackpin_cli::parse_size(text).and_then(|n| {
+        (n <= MAX_SIZE)
+            .then_some(n)
+            .ok_or_else(|| format!("{text:?} is more than 1GiB"))
+    })
 }
 
 impl Workload {

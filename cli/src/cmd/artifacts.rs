@@ -38,7 +38,8 @@ pub async fn fetch(
     format: Format,
 ) -> Outcome {
     let mut client = crate::client::connect(server).await?;
-    let (artifact, bytes) = download(&mut client, args.artifact.to_wire()).await?;
+    let (artifact, bytes) =
+        download(&mut client, args.artifact.to_wire(), server.max_download).await?;
     if let Some(d) = &args.artifact.digest
         && artifact.digest != d.to_string()
     {
@@ -333,7 +334,7 @@ pub async fn restore(
     let what = pb::ArtifactRef {
         r#ref: Some(pb::artifact_ref::Ref::ReleaseId(pin.release_id.clone())),
     };
-    let (artifact, bytes) = download(&mut client, what).await?;
+    let (artifact, bytes) = download(&mut client, what, server.max_download).await?;
     if artifact.digest != pin.digest || artifact.release_id != pin.release_id {
         return Err(Failure::verify(format!(
             "the pin names {} {} but the registry sent {} {}",
@@ -486,14 +487,26 @@ fn hash_file(path: &std::path::Path) -> Outcome<Digest> {
     use std::io::Read as _;
     let reading = |e: std::io::Error| Failure::invalid(format!("reading {}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(reading)?;
+    let len = file.metadata().map_err(reading)?.len();
+    // Snapshots run to gigabytes: show the hashing.
+    let mut progress =
+        (len >= 64 * 1024 * 1024).then(|| crate::progress::Progress::bytes("hashing", len));
     let mut hasher = stackpin_core::digest::Hasher::default();
     let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
     loop {
         let n = file.read(&mut buf).map_err(reading)?;
         if n == 0 {
+            if let Some(p) = progress {
+                p.finish();
+            }
             return Ok(hasher.finish());
         }
         hasher.update(&buf[..n]);
+        done += n as u64;
+        if let Some(p) = progress.as_mut() {
+            p.set(done);
+        }
     }
 }
 

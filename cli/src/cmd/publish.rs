@@ -1,6 +1,5 @@
 //! `stackpin publish`: sign and upload an objectstack.json.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -11,6 +10,7 @@ use stackpin_core::signing;
 use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome};
+use crate::progress::Progress;
 use crate::view::{ArtifactView, Format};
 
 /// Size of the chunks the artifact is sent in.
@@ -86,7 +86,7 @@ pub async fn run(args: &Args, server: &crate::client::Connection, format: Format
     let client = crate::client::connect(server).await?;
     let id = server.request_id()?;
     let size = bytes.len();
-    let show_progress = size > 8 * CHUNK && std::io::stderr().is_terminal();
+    let show_progress = size > 8 * CHUNK;
     let header = pb::PublishRequest {
         part: Some(pb::publish_request::Part::Header(pb::PublishHeader {
             release_id: args.release_id.to_string(),
@@ -101,12 +101,13 @@ pub async fn run(args: &Args, server: &crate::client::Connection, format: Format
     let response = server
         .retrying("publish", || {
             let body = body.clone();
+            let mut progress = show_progress.then(|| Progress::bytes("publishing", size as u64));
             let chunks = (0..size).step_by(CHUNK).map(move |start| {
                 let end = (start + CHUNK).min(size);
-                if show_progress {
-                    eprint!("\rpublishing: {:>3}% of {size} bytes", end * 100 / size);
+                if let Some(p) = progress.as_mut() {
+                    p.set(end as u64);
                     if end == size {
-                        eprintln!();
+                        p.finish();
                     }
                 }
                 pb::PublishRequest {

@@ -1,9 +1,7 @@
 //! `stackpin checkpoint`, `verify` and `audit`: checking the registry with
 //! no trust in it.
 
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use stackpin_core::audit::{Audit, Report};
@@ -14,6 +12,7 @@ use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome, VERIFY};
 use crate::files::proof_path;
+use crate::progress::Progress;
 use crate::trust::trusted_keys;
 use crate::view::Format;
 
@@ -162,40 +161,6 @@ pub struct AuditArgs {
     accept_predicate_types: Vec<String>,
 }
 
-/// Progress on stderr, at most every two seconds, only for a terminal.
-struct Progress {
-    last: Instant,
-    tty: bool,
-}
-
-impl Progress {
-    fn new() -> Self {
-        Self {
-            last: Instant::now(),
-            tty: std::io::stderr().is_terminal(),
-        }
-    }
-
-    fn tick(&mut self, what: &str, done: u64, total: Option<u64>) {
-        if self.last.elapsed() < Duration::from_secs(2) {
-            return;
-        }
-        self.last = Instant::now();
-        let total = total.map(|t| format!(" of {t}")).unwrap_or_default();
-        if self.tty {
-            eprint!("\raudit: {done}{total} {what}   ");
-        } else {
-            eprintln!("audit: {done}{total} {what}");
-        }
-    }
-
-    fn done(&self) {
-        if self.tty {
-            eprintln!();
-        }
-    }
-}
-
 pub async fn audit(
     args: &AuditArgs,
     server: &crate::client::Connection,
@@ -209,7 +174,7 @@ pub async fn audit(
         clock_skew: args.clock_skew.unwrap_or(DEFAULT_CLOCK_SKEW),
         predicate_types: Some(args.accept_predicate_types.clone()),
     });
-    let mut progress = Progress::new();
+    let mut progress = Progress::items("audit", None);
     let source = match &args.data_dir {
         Some(dir) => {
             audit_dir(dir, &mut audit, &log_key, &mut progress)?;
@@ -220,7 +185,7 @@ pub async fn audit(
             server.url.clone()
         }
     };
-    progress.done();
+    progress.finish();
     let report = audit.finish();
     print_report(&report, &source, format);
     if report.ok() {
@@ -301,7 +266,7 @@ async fn audit_server(
                 Ok(Some(e)) => {
                     audit.entry(e.index, &e.entry);
                     next = e.index + 1;
-                    progress.tick("entries", next, Some(cp.size));
+                    progress.tick("audit: entries", next, Some(cp.size));
                 }
                 Ok(None) => break,
                 Err(status) => {
@@ -323,11 +288,11 @@ async fn audit_server(
         let what = pb::ArtifactRef {
             r#ref: Some(pb::artifact_ref::Ref::Digest(digest.to_string())),
         };
-        match crate::download::download(&mut client, what).await {
+        match crate::download::download(&mut client, what, server.max_download).await {
             Ok((_, bytes)) => audit.blob(digest, Ok(&bytes)),
             Err(f) => audit.blob(digest, Err(format!("{:#}", f.error))),
         }
-        progress.tick("blobs", i as u64 + 1, Some(digests.len() as u64));
+        progress.tick("audit: blobs", i as u64 + 1, Some(digests.len() as u64));
     }
     Ok(())
 }
@@ -362,7 +327,7 @@ fn audit_dir(
             Ok(bytes) => audit.object(start, Ok(&bytes::Bytes::from(bytes))),
             Err(e) => audit.object(start, Err(&format!("{}: {e}", path.display()))),
         }
-        progress.tick("log objects", i as u64 + 1, Some(total));
+        progress.tick("audit: log objects", i as u64 + 1, Some(total));
     }
     let cp_path = dir.join(layout::CHECKPOINT);
     match std::fs::read_to_string(&cp_path) {
@@ -397,7 +362,7 @@ fn audit_dir(
             Ok(bytes) => audit.blob(digest, Ok(&bytes)),
             Err(e) => audit.blob(digest, Err(format!("{}: {e}", path.display()))),
         }
-        progress.tick("blobs", i as u64 + 1, Some(digests.len() as u64));
+        progress.tick("audit: blobs", i as u64 + 1, Some(digests.len() as u64));
     }
     Ok(())
 }
