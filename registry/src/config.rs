@@ -22,7 +22,7 @@ use crate::error::{Error, Kind, Result};
 use crate::note::{DEFAULT_ORIGIN, NoteSigner};
 use crate::registry::{DEFAULT_MAX_ARTIFACT_BYTES, Limits};
 use crate::signing;
-use crate::storage::{S3Options, StorageUrl};
+use crate::storage::{StorageOptions, StorageUrl};
 
 pub use stackpin_core::time::parse_duration;
 
@@ -63,14 +63,21 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Trusted publisher keys: a PEM public-key file or a folder of *.pem.
     pub trusted_keys: Option<PathBuf>,
-    /// file:///path, s3://bucket/prefix or memory:// (default: file://<data_dir>).
+    /// file:///path, s3://bucket/prefix, az://container/prefix or memory://
+    /// (default: file://<data_dir>).
     pub storage: Option<String>,
     /// Endpoint of an S3-compatible server.
     pub s3_endpoint: Option<String>,
     /// bucket.host addressing instead of host/bucket.
     pub s3_virtual_hosted_style: bool,
-    /// Allow a plain-HTTP S3 endpoint that is not loopback.
-    pub s3_allow_http: bool,
+    /// Azure blob endpoint instead of https://<account>.blob.core.windows.net.
+    pub azure_endpoint: Option<String>,
+    /// Allow a plain-HTTP storage endpoint that is not loopback.
+    pub storage_allow_http: bool,
+    /// The name `storage_allow_http` had when S3 was the only remote
+    /// storage, still read (either one allows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_allow_http: Option<bool>,
     #[serde(with = "text_duration")]
     pub storage_timeout: Duration,
     #[serde(with = "text_duration")]
@@ -130,7 +137,9 @@ impl Default for Settings {
             storage: None,
             s3_endpoint: None,
             s3_virtual_hosted_style: false,
-            s3_allow_http: false,
+            azure_endpoint: None,
+            storage_allow_http: false,
+            s3_allow_http: None,
             storage_timeout: defaults::STORAGE_TIMEOUT,
             poll_interval: defaults::POLL_INTERVAL,
             max_batch: crate::committer::MAX_BATCH,
@@ -168,6 +177,8 @@ const ENV_KEYS: &[&str] = &[
     "storage",
     "s3_endpoint",
     "s3_virtual_hosted_style",
+    "azure_endpoint",
+    "storage_allow_http",
     "s3_allow_http",
     "storage_timeout",
     "poll_interval",
@@ -214,7 +225,8 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trusted_keys: Option<PathBuf>,
-    /// Storage: file:///path, s3://bucket/prefix or memory:// [default: file://<data-dir>].
+    /// Storage: file:///path, s3://bucket/prefix, az://container/prefix or
+    /// memory:// [default: file://<data-dir>].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage: Option<String>,
@@ -226,10 +238,16 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub s3_virtual_hosted_style: bool,
-    /// Allow a plain-HTTP S3 endpoint that is not loopback (on purpose).
+    /// Azure blob endpoint, e.g. a private endpoint or Azurite's
+    /// http://127.0.0.1:10000/devstoreaccount1 (account and credentials
+    /// from AZURE_*) [default: https://<account>.blob.core.windows.net].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub azure_endpoint: Option<String>,
+    /// Allow a plain-HTTP storage endpoint that is not loopback (on purpose).
+    #[arg(long, alias = "s3-allow-http")]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub s3_allow_http: bool,
+    pub storage_allow_http: bool,
     /// How long one storage call may take [default: 10s].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -497,27 +515,28 @@ impl Settings {
                 "storage",
                 "memory:// keeps the log and the artifacts in this process only: everything is \
                  lost when it stops. For a throwaway test registry pass --allow-memory-storage \
-                 (allow_memory_storage = true); otherwise use file:// or s3://",
+                 (allow_memory_storage = true); otherwise use file://, s3:// or az://",
             ));
         }
         if url.is_shared() && self.log_key.is_none() {
             return Err(invalid(
                 "log_key",
-                "s3:// storage needs an explicit log_key: replicas sharing a bucket must sign \
-                 the log with the same key (generate one with `stackpin keygen`)",
+                "s3:// and az:// storage need an explicit log_key: replicas sharing a bucket \
+                 must sign the log with the same key (generate one with `stackpin keygen`)",
             ));
         }
         Ok(url)
     }
 
     /// S3 settings.
-    pub fn s3_options(&self) -> S3Options {
-        S3Options {
+    pub fn storage_options(&self) -> StorageOptions {
+        StorageOptions {
             endpoint: self.s3_endpoint.clone(),
             virtual_hosted_style: self.s3_virtual_hosted_style,
             timeout: self.storage_timeout,
             credentials: None,
-            allow_http: self.s3_allow_http,
+            allow_http: self.storage_allow_http || self.s3_allow_http == Some(true),
+            azure_endpoint: self.azure_endpoint.clone(),
         }
     }
 
@@ -656,6 +675,15 @@ mod tests {
             );
         }
         assert!(named >= 10, "only {named} flags name their default");
+    }
+
+    #[test]
+    fn the_old_name_of_storage_allow_http_is_still_read() {
+        let s: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string("s3_allow_http = true"))
+            .extract()
+            .unwrap();
+        assert!(s.storage_options().allow_http);
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn registry_options(settings: &Settings) -> anyhow::Result<stackpin_registry::re
     };
     tracing::info!(keys = trusted.keys().len(), "trusted publisher keys loaded");
     let url = settings.storage_url()?;
-    let store = storage::open(&url, &settings.s3_options())?;
+    let store = storage::open(&url, &settings.storage_options())?;
     Ok(stackpin_registry::registry::Options {
         trusted,
         limits: settings.limits(),

@@ -4,11 +4,13 @@
 //! |---|---|
 //! | `file:///path` | a local folder (fsync on): the embedded default |
 //! | `s3://bucket[/prefix]` | S3 or an S3-compatible server; endpoint, region and credentials from the usual `AWS_*` variables, `--s3-endpoint` for S3-compatible servers |
+//! | `az://container[/prefix]` | Azure Blob Storage; account and credentials from the usual `AZURE_*` variables, `--azure-endpoint` for another blob endpoint (Azurite, a private endpoint) |
 //! | `memory://` | in memory, for tests only: gone when the process ends |
 //!
 //! Whatever the backend, the registry relies on one property: a write with
-//! `PutMode::Create` fails if the key exists (S3: `If-None-Match: *`). That
-//! is what serializes several replicas on one bucket.
+//! `PutMode::Create` fails if the key exists (S3 and Azure:
+//! `If-None-Match: *`). That is what serializes several replicas on one
+//! bucket or container.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
@@ -35,12 +38,15 @@ pub enum StorageUrl {
     File(std::path::PathBuf),
     /// An S3 bucket, optionally under a key prefix.
     S3 { bucket: String, prefix: String },
+    /// An Azure Blob Storage container, optionally under a name prefix.
+    Azure { container: String, prefix: String },
     /// Process memory (tests).
     Memory,
 }
 
 impl StorageUrl {
-    /// Parses `file:///path`, `s3://bucket/prefix` or `memory://`.
+    /// Parses `file:///path`, `s3://bucket/prefix`, `az://container/prefix`
+    /// or `memory://`.
     ///
     /// # Errors
     /// Invalid for any other form.
@@ -69,24 +75,50 @@ impl StorageUrl {
                 prefix: prefix.trim_end_matches('/').to_owned(),
             });
         }
+        if let Some(rest) = text.strip_prefix("az://") {
+            let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            // Azure's rule: 3 to 63 of lowercase letters, digits and single
+            // hyphens, starting and ending with a letter or digit.
+            let valid = (3..=63).contains(&container.len())
+                && container
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !container.starts_with('-')
+                && !container.ends_with('-')
+                && !container.contains("--");
+            if !valid {
+                return Err(Error::invalid(format!(
+                    "--storage {}: {} is not an Azure container name (3 to 63 lowercase \
+                     letters, digits and single hyphens)",
+                    stackpin_core::error::shown(text),
+                    stackpin_core::error::shown(container)
+                )));
+            }
+            return Ok(Self::Azure {
+                container: container.to_owned(),
+                prefix: prefix.trim_end_matches('/').to_owned(),
+            });
+        }
         if text == "memory://" || text == "memory:" {
             return Ok(Self::Memory);
         }
         Err(Error::invalid(format!(
-            "--storage {text:?} is not file:///path, s3://bucket/prefix or memory://"
+            "--storage {} is not file:///path, s3://bucket/prefix, az://container/prefix or \
+             memory://",
+            stackpin_core::error::shown(text)
         )))
     }
 
     /// Whether several processes can share this storage (and so must share
     /// one log key).
     pub fn is_shared(&self) -> bool {
-        matches!(self, Self::S3 { .. })
+        matches!(self, Self::S3 { .. } | Self::Azure { .. })
     }
 }
 
-/// S3 settings beyond the `AWS_*` environment.
+/// Settings of remote storage beyond the `AWS_*` and `AZURE_*` environment.
 #[derive(Clone, Debug, Default)]
-pub struct S3Options {
+pub struct StorageOptions {
     /// Endpoint of an S3-compatible server, e.g. `http://127.0.0.1:8333`.
     pub endpoint: Option<String>,
     /// Use `bucket.host` URLs instead of `host/bucket` (path style).
@@ -94,8 +126,13 @@ pub struct S3Options {
     /// Per-request timeout; storage that does not answer in time is
     /// reported as unavailable rather than hanging requests.
     pub timeout: Duration,
-    /// Access key id and secret, overriding `AWS_*` (for embedding).
+    /// Access key id and secret (S3), or account name and access key
+    /// (Azure), overriding `AWS_*` / `AZURE_*` (for embedding).
     pub credentials: Option<(String, String)>,
+    /// Blob service endpoint for Azure instead of
+    /// `https://<account>.blob.core.windows.net`, e.g. Azurite's
+    /// `http://127.0.0.1:10000/devstoreaccount1`.
+    pub azure_endpoint: Option<String>,
     /// Allow a plain-HTTP endpoint beyond loopback (credentials and log
     /// entries would cross the network unencrypted).
     pub allow_http: bool,
@@ -135,7 +172,7 @@ pub fn remove_staging(root: &std::path::Path) -> usize {
 
 /// Whether `endpoint` may be spoken to over plain HTTP: only a loopback
 /// host, unless `allow` says otherwise. An `https://` endpoint always.
-fn plain_http_allowed(endpoint: &str, allow: bool) -> Result<bool> {
+fn plain_http_allowed(setting: &str, endpoint: &str, allow: bool) -> Result<bool> {
     let Some(rest) = endpoint.strip_prefix("http://") else {
         return Ok(false);
     };
@@ -152,8 +189,8 @@ fn plain_http_allowed(endpoint: &str, allow: bool) -> Result<bool> {
         return Ok(true);
     }
     Err(Error::invalid(format!(
-        "s3_endpoint {} is plain HTTP to a host that is not loopback: use https://, or set \
-         s3_allow_http = true (--s3-allow-http) on purpose",
+        "{setting} {} is plain HTTP to a host that is not loopback: use https://, or set \
+         storage_allow_http = true (--storage-allow-http) on purpose",
         stackpin_core::error::shown(endpoint)
     )))
 }
@@ -162,40 +199,66 @@ fn plain_http_allowed(endpoint: &str, allow: bool) -> Result<bool> {
 ///
 /// # Errors
 /// Invalid settings, or a local folder that cannot be created.
-pub fn open(url: &StorageUrl, s3: &S3Options) -> Result<Arc<dyn ObjectStore>> {
+pub fn open(url: &StorageUrl, s3: &StorageOptions) -> Result<Arc<dyn ObjectStore>> {
+    let timeout = if s3.timeout.is_zero() {
+        crate::defaults::STORAGE_TIMEOUT
+    } else {
+        s3.timeout
+    };
+    let client = |allow_http: bool| {
+        ClientOptions::new()
+            .with_timeout(timeout)
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_allow_http(allow_http)
+    };
+    // A few quick retries; beyond that the caller gets UNAVAILABLE instead
+    // of a request hanging for minutes.
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            base: 2.0,
+        },
+        max_retries: 2,
+        retry_timeout: timeout,
+    };
     match url {
         StorageUrl::File(path) => Ok(Arc::new(local(path)?)),
         StorageUrl::Memory => Ok(Arc::new(InMemory::new())),
-        StorageUrl::S3 { bucket, prefix } => {
-            let timeout = if s3.timeout.is_zero() {
-                crate::defaults::STORAGE_TIMEOUT
-            } else {
-                s3.timeout
+        StorageUrl::Azure { container, prefix } => {
+            let allow_http = match &s3.azure_endpoint {
+                Some(endpoint) => plain_http_allowed("azure_endpoint", endpoint, s3.allow_http)?,
+                None => s3.allow_http,
             };
+            let mut builder = MicrosoftAzureBuilder::from_env()
+                .with_container_name(container)
+                .with_client_options(client(allow_http))
+                .with_retry(retry);
+            if let Some(endpoint) = &s3.azure_endpoint {
+                builder = builder.with_endpoint(endpoint.clone());
+            }
+            if let Some((account, key)) = &s3.credentials {
+                builder = builder.with_account(account).with_access_key(key);
+            }
+            let store = builder
+                .build()
+                .map_err(|e| Error::invalid(format!("Azure storage az://{container}: {e}")))?;
+            if prefix.is_empty() {
+                Ok(Arc::new(store))
+            } else {
+                Ok(Arc::new(PrefixStore::new(store, prefix.as_str())))
+            }
+        }
+        StorageUrl::S3 { bucket, prefix } => {
             let allow_http = match &s3.endpoint {
-                Some(endpoint) => plain_http_allowed(endpoint, s3.allow_http)?,
+                Some(endpoint) => plain_http_allowed("s3_endpoint", endpoint, s3.allow_http)?,
                 None => s3.allow_http,
             };
             let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_virtual_hosted_style_request(s3.virtual_hosted_style)
-                .with_client_options(
-                    ClientOptions::new()
-                        .with_timeout(timeout)
-                        .with_connect_timeout(Duration::from_secs(2))
-                        .with_allow_http(allow_http),
-                )
-                // A few quick retries; beyond that the caller gets
-                // UNAVAILABLE instead of a request hanging for minutes.
-                .with_retry(RetryConfig {
-                    backoff: BackoffConfig {
-                        init_backoff: Duration::from_millis(50),
-                        max_backoff: Duration::from_millis(500),
-                        base: 2.0,
-                    },
-                    max_retries: 2,
-                    retry_timeout: timeout,
-                });
+                .with_client_options(client(allow_http))
+                .with_retry(retry);
             if std::env::var_os("AWS_REGION").is_none()
                 && std::env::var_os("AWS_DEFAULT_REGION").is_none()
             {
@@ -403,20 +466,23 @@ mod tests {
             "http://localhost:9000/",
             "http://[::1]:8333",
         ] {
-            assert!(plain_http_allowed(ok, false).unwrap(), "{ok}");
+            assert!(
+                plain_http_allowed("s3_endpoint", ok, false).unwrap(),
+                "{ok}"
+            );
         }
-        assert!(!plain_http_allowed("https://s3.example.com", false).unwrap());
-        let err = plain_http_allowed("http://10.0.0.5:8333", false).unwrap_err();
-        assert!(err.message().contains("s3_allow_http"), "{err}");
-        assert!(plain_http_allowed("http://10.0.0.5:8333", true).unwrap());
+        assert!(!plain_http_allowed("s3_endpoint", "https://s3.example.com", false).unwrap());
+        let err = plain_http_allowed("s3_endpoint", "http://10.0.0.5:8333", false).unwrap_err();
+        assert!(err.message().contains("storage_allow_http"), "{err}");
+        assert!(plain_http_allowed("s3_endpoint", "http://10.0.0.5:8333", true).unwrap());
         // The refusal happens before any request.
         let url = StorageUrl::S3 {
             bucket: "b".into(),
             prefix: String::new(),
         };
-        let s3 = S3Options {
+        let s3 = StorageOptions {
             endpoint: Some("http://192.0.2.1:8333".into()),
-            ..S3Options::default()
+            ..StorageOptions::default()
         };
         assert!(open(&url, &s3).is_err());
     }
@@ -442,7 +508,27 @@ mod tests {
             }
         );
         assert_eq!(StorageUrl::parse("memory://").unwrap(), StorageUrl::Memory);
-        for bad in ["file://", "s3://A_B", "gs://x", "/plain/path", "s3://"] {
+        assert_eq!(
+            StorageUrl::parse("az://stackpin-prod/eu/").unwrap(),
+            StorageUrl::Azure {
+                container: "stackpin-prod".into(),
+                prefix: "eu".into()
+            }
+        );
+        assert!(StorageUrl::parse("az://c-1").unwrap().is_shared());
+        for bad in [
+            "file://",
+            "s3://A_B",
+            "gs://x",
+            "/plain/path",
+            "s3://",
+            "az://",
+            "az://ab",
+            "az://Upper",
+            "az://-lead",
+            "az://two--hyphens",
+            "az://under_score",
+        ] {
             assert!(StorageUrl::parse(bad).is_err(), "{bad}");
         }
     }

@@ -12,15 +12,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::s3::Seaweed;
+use crate::remote::Remote;
 use crate::{Server, stackpin};
 
 /// Where the drilled registry keeps its data.
 pub enum Backend<'a> {
     /// The embedded default: a local folder.
     Local,
-    /// A bucket on a running SeaweedFS.
-    S3(&'a Seaweed),
+    /// A bucket or container on a running object store.
+    Remote(&'a dyn Remote),
 }
 
 /// What a drill saw.
@@ -64,16 +64,15 @@ fn server_args(dir: &Path, backend: &Backend<'_>) -> (Vec<String>, Vec<(&'static
         dir.join("trusted").display().to_string(),
     ];
     let mut env = Vec::new();
-    if let Backend::S3(weed) = backend {
+    if let Backend::Remote(remote) = backend {
         args.extend([
             "--storage".to_owned(),
-            format!("s3://{}/drill-{}", crate::s3::BUCKET, std::process::id()),
-            "--s3-endpoint".to_owned(),
-            weed.endpoint(),
+            remote.storage_url(&format!("drill-{}", std::process::id())),
             "--log-key".to_owned(),
             dir.join("log.pem").display().to_string(),
         ]);
-        env = weed.env();
+        args.extend(remote.server_args());
+        env = remote.env();
     }
     (args, env)
 }
@@ -126,7 +125,7 @@ pub fn run(cycles: usize, workers: usize, backend: Backend<'_>, seed: u64) -> Re
         let data_s = data.display().to_string();
         key_args.push(&data_s);
         let log_key = dir.join("log.pem").display().to_string();
-        if matches!(backend, Backend::S3(_)) {
+        if matches!(backend, Backend::Remote(_)) {
             key_args.extend(["--log-key", log_key.as_str()]);
         }
         let out = std::process::Command::new(crate::bin("stackpin-registry"))

@@ -28,7 +28,8 @@ pub fn weed_binary() -> PathBuf {
     PathBuf::from("weed")
 }
 
-fn free_port() -> u16 {
+/// A port on 127.0.0.1 nothing listens on now.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -160,8 +161,8 @@ impl Seaweed {
     }
 
     /// S3 options for opening this server's bucket in-process.
-    pub fn options(&self) -> stackpin_registry::storage::S3Options {
-        stackpin_registry::storage::S3Options {
+    pub fn options(&self) -> stackpin_registry::storage::StorageOptions {
+        stackpin_registry::storage::StorageOptions {
             endpoint: Some(self.endpoint()),
             credentials: Some(("stackpin-test".to_owned(), "stackpin-test".to_owned())),
             timeout: Duration::from_secs(15),
@@ -181,6 +182,28 @@ impl Seaweed {
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+}
+
+impl crate::remote::Remote for Seaweed {
+    fn name(&self) -> &'static str {
+        "seaweedfs"
+    }
+
+    fn storage_url(&self, prefix: &str) -> String {
+        format!("s3://{BUCKET}/{prefix}")
+    }
+
+    fn server_args(&self) -> Vec<String> {
+        vec!["--s3-endpoint".to_owned(), self.endpoint()]
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        Seaweed::env(self)
+    }
+
+    fn options(&self) -> stackpin_registry::storage::StorageOptions {
+        Seaweed::options(self)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The storage conformance suite: the properties the registry relies on,
-//! written once and run on every backend — memory, a local folder, and a
-//! real S3-compatible server (SeaweedFS).
+//! written once and run on every backend — memory, a local folder, two real
+//! S3 implementations (SeaweedFS and moto) and Azure Blob Storage (Azurite).
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
@@ -16,9 +16,10 @@ use stackpin_registry::log::Log;
 use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
 use stackpin_registry::registry::{ArtifactRef, Options};
 use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
-use stackpin_registry::storage::{self, S3Options, StorageUrl};
+use stackpin_registry::storage::{self, StorageOptions, StorageUrl};
 use stackpin_registry::{Kind, Registry};
-use stackpin_tests::s3::{BUCKET, Seaweed};
+use stackpin_tests::remote::{Azurite, Moto, Remote};
+use stackpin_tests::s3::Seaweed;
 
 async fn create_is_exclusive(store: Arc<dyn ObjectStore>) {
     let log = Log::new(store);
@@ -156,7 +157,7 @@ async fn suite(store: impl Fn() -> Arc<dyn ObjectStore>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_memory() {
-    suite(|| storage::open(&StorageUrl::Memory, &S3Options::default()).unwrap()).await;
+    suite(|| storage::open(&StorageUrl::Memory, &StorageOptions::default()).unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,25 +169,36 @@ async fn conformance_on_a_local_folder() {
             n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
                 .to_string(),
         );
-        storage::open(&StorageUrl::File(sub), &S3Options::default()).unwrap()
+        storage::open(&StorageUrl::File(sub), &StorageOptions::default()).unwrap()
     })
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_on_s3() {
-    let weed = Seaweed::start();
+/// The suite on `remote`, each case under a prefix of its own.
+async fn suite_on(remote: &dyn Remote) {
     let n = std::sync::atomic::AtomicUsize::new(0);
     suite(|| {
         let prefix = format!(
             "suite-{}",
             n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         );
-        let url = StorageUrl::S3 {
-            bucket: BUCKET.to_owned(),
-            prefix,
-        };
-        storage::open(&url, &weed.options()).unwrap()
+        let url = StorageUrl::parse(&remote.storage_url(&prefix)).unwrap();
+        storage::open(&url, &remote.options()).unwrap()
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_s3() {
+    suite_on(&Seaweed::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_a_second_s3_moto() {
+    suite_on(&Moto::start()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_azure_blob_azurite() {
+    suite_on(&Azurite::start()).await;
 }

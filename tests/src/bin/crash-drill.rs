@@ -30,7 +30,7 @@ fn main() {
     let started = std::time::Instant::now();
     let weed = s3.then(Seaweed::start);
     let backend = match &weed {
-        Some(w) => Backend::S3(w),
+        Some(w) => Backend::Remote(w),
         None => Backend::Local,
     };
     let report = drill::run(cycles, workers, backend, seed);
