@@ -596,6 +596,64 @@ async fn exceeded_limits_get_their_codes_and_leave_nothing_behind() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_is_cut_and_returns_its_budget() {
+    let (client, _stop, registry, addr) = serve(server::Options::default()).await;
+    // Enough entries to fill the transport's flow-control windows (each
+    // publish entry carries its envelope, near a kilobyte), for a reader
+    // with gRPC's usual 64 KiB windows (tonic's own are megabytes).
+    let publisher = client.clone();
+    let mut publishes = futures::stream::iter(0..1500)
+        .map(|i| {
+            let mut client = publisher.clone();
+            async move { client.publish(publish_stream(&format!("r{i}"), None)).await }
+        })
+        .buffer_unordered(16);
+    while let Some(done) = publishes.next().await {
+        done.unwrap();
+    }
+    drop(publishes);
+    let size = registry.checkpoint().unwrap().size;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut entries = RegistryClient::new(channel)
+        .list_entries(pb::ListEntriesRequest { start: 0, end: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    entries.message().await.unwrap().unwrap();
+    assert!(
+        registry.budget().available() < registry.limits().max_inflight_bytes,
+        "the stream holds no budget"
+    );
+    // Stop reading past stream_idle_timeout (1 s) and request_timeout (2 s).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut read = 1;
+    let cut = loop {
+        match entries.message().await {
+            Ok(Some(_)) => read += 1,
+            Ok(None) => panic!("all {read} of {size} entries arrived: the stream was not cut"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(cut.code(), Code::DeadlineExceeded, "{cut:?}");
+    assert!(read < size, "{read} of {size}");
+    drop(entries);
+    let full = registry.limits().max_inflight_bytes;
+    for _ in 0..50 {
+        if registry.budget().available() == full {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(registry.budget().available(), full);
+}
+
 fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<pb::PublishRequest>,
 ) -> impl futures::Stream<Item = pb::PublishRequest> {

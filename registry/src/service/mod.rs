@@ -329,11 +329,25 @@ impl RegistryService {
             );
         }
         let end = end.min(req.start.saturating_add(MAX_LIST_ENTRIES));
+        // Like a download: an entry in the channel, one being encoded, one
+        // in the send buffer; cut when the client stops reading.
+        let room = self
+            .registry
+            .budget()
+            .reserve(3 * CHUNK_BYTES as u64, "a list of entries")
+            .await?;
         use futures::StreamExt as _;
-        let stream = self.registry.entries(req.start, end).map(|(index, item)| {
-            item.map(|entry| pb::LogEntry { index, entry })
-                .map_err(Status::from)
-        });
+        let entries = self
+            .registry
+            .entries(req.start, end)
+            .map(|(index, item)| item.map(|entry| pb::LogEntry { index, entry }));
+        let limits = self.registry.limits();
+        let stream = streams::fed(
+            entries,
+            limits.stream_idle_timeout,
+            limits.request_timeout,
+            room,
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
