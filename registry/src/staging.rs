@@ -65,7 +65,8 @@ pub struct Staged {
     pub file: Option<NamedTempFile>,
     pub digest: Digest,
     pub len: u64,
-    /// The longest JSON string in the bytes: what checking them holds.
+    /// The longest JSON string in the bytes: what checking them holds (for
+    /// bytes in memory, their length, a bound that costs no scan).
     pub longest_string: u64,
 }
 
@@ -142,10 +143,14 @@ impl Staging {
         let n = chunk.len() as u64;
         let state = crate::blocking::run(move || {
             hasher.update(&chunk);
-            strings.update(&chunk);
             match &mut file {
+                // The longest string only matters for a file, checked as
+                // a stream; a buffer's check is bounded by its length.
                 Sink::Memory(buffer) => buffer.extend_from_slice(&chunk),
-                Sink::File(f) => f.write_all(&chunk).map_err(|e| io_error("write", &e))?,
+                Sink::File(f) => {
+                    strings.update(&chunk);
+                    f.write_all(&chunk).map_err(|e| io_error("write", &e))?;
+                }
             }
             Ok((file, hasher, strings))
         })
@@ -167,7 +172,10 @@ impl Staging {
             .take()
             .ok_or_else(|| Error::internal("a staging file was used after a failed write"))?;
         let len = self.len;
-        let longest_string = strings.longest();
+        let longest_string = match file {
+            Sink::Memory(_) => len,
+            Sink::File(_) => strings.longest(),
+        };
         let digest = Digest::from_bytes(hasher.finalize().into());
         let (bytes, file) = match file {
             Sink::Memory(buffer) => (Some(Bytes::from(buffer)), None),

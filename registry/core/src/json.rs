@@ -37,22 +37,35 @@ pub struct LongestString {
 }
 
 impl LongestString {
-    /// Scans the next piece of the text.
+    /// Scans the next piece of the text, jumping from quote to quote (and
+    /// backslash) with memchr: it runs on every published byte.
     pub fn update(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if self.in_string {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if !self.in_string {
+                let Some(i) = memchr::memchr(b'"', rest) else {
+                    return;
+                };
+                self.in_string = true;
+                self.current = 0;
+                rest = &rest[i + 1..];
+            } else if self.escape {
+                self.escape = false;
                 self.current += 1;
-                if self.escape {
-                    self.escape = false;
-                } else if b == b'\\' {
+                rest = &rest[1..];
+            } else {
+                let Some(i) = memchr::memchr2(b'"', b'\\', rest) else {
+                    self.current += rest.len() as u64;
+                    return;
+                };
+                self.current += i as u64 + 1;
+                if rest[i] == b'\\' {
                     self.escape = true;
-                } else if b == b'"' {
+                } else {
                     self.in_string = false;
                     self.longest = self.longest.max(self.current);
                 }
-            } else if b == b'"' {
-                self.in_string = true;
-                self.current = 0;
+                rest = &rest[i + 1..];
             }
         }
     }
@@ -429,6 +442,44 @@ mod tests {
             pieces.update(piece);
         }
         assert_eq!(pieces.longest(), whole.longest());
+    }
+
+    /// The scan a byte at a time, as the jumping one must behave.
+    fn longest_by_bytes(text: &[u8]) -> u64 {
+        let (mut in_string, mut escape, mut current, mut longest) = (false, false, 0u64, 0u64);
+        for &b in text {
+            if in_string {
+                current += 1;
+                if escape {
+                    escape = false;
+                } else if b == b'\\' {
+                    escape = true;
+                } else if b == b'"' {
+                    in_string = false;
+                    longest = longest.max(current);
+                }
+            } else if b == b'"' {
+                in_string = true;
+                current = 0;
+            }
+        }
+        longest.max(if in_string { current } else { 0 })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        #[test]
+        fn jumping_scan_agrees_with_the_byte_scan(
+            text in proptest::collection::vec(
+                proptest::sample::select(vec![b'"', b'\\', b'a', b'{', b'\n']), 0..200),
+            cut in 1usize..17,
+        ) {
+            let mut pieces = LongestString::default();
+            for piece in text.chunks(cut) {
+                pieces.update(piece);
+            }
+            proptest::prop_assert_eq!(pieces.longest(), longest_by_bytes(&text));
+        }
     }
 
     #[test]
