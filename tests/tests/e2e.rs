@@ -773,6 +773,57 @@ fn a_retried_pin_is_recorded_once_and_found_by_its_request_id() {
 }
 
 #[test]
+fn pins_retried_after_short_deadlines_are_recorded_once_each() {
+    let w = World::new(&[]);
+    w.write("a.json", b"{\"a\":1}");
+    w.cli(&["publish", "a.json", "--release-id", "a", "--key", "ci.pem"])
+        .ok();
+    // A 20 ms deadline: some attempts time out after the registry has
+    // committed the pin; the CLI's retries carry the same request id.
+    let mut ok = 0;
+    for i in 0..20 {
+        let id = format!("job-{i}");
+        let run = w.cli(&[
+            "pin",
+            "--env",
+            "prod",
+            "--release-id",
+            "a",
+            "--timeout",
+            "20ms",
+            "--retries",
+            "8",
+            "--request-id",
+            &id,
+        ]);
+        assert!(run.code == 0 || run.code == 6, "{}", run.stderr);
+        ok += usize::from(run.code == 0);
+    }
+    let history = w
+        .cli(&[
+            "--output", "json", "history", "--env", "prod", "--limit", "1000",
+        ])
+        .json();
+    let pins = history["pins"].as_array().unwrap();
+    let mut ids: Vec<&str> = pins
+        .iter()
+        .map(|p| p["request_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let recorded = ids.len();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        recorded,
+        "a request id was recorded twice: {ids:?}"
+    );
+    assert!(
+        recorded >= ok && recorded <= 20,
+        "{ok} ok, {recorded} recorded"
+    );
+}
+
+#[test]
 fn an_unreachable_registry_is_retried_with_backoff_then_exits_6() {
     let w = World::new(&[]);
     let started = std::time::Instant::now();
