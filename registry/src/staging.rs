@@ -131,11 +131,23 @@ impl Staging {
         self.len == 0
     }
 
-    /// Appends `chunk`, hashing it (on the blocking pool).
+    /// Whether the bytes are held in memory (a small artifact).
+    pub fn in_memory(&self) -> bool {
+        matches!(self.state, Some((Sink::Memory(_), _, _)))
+    }
+
+    /// Appends `chunk`: to a buffer at once (hashed at [`Self::finish`],
+    /// in the same hand-off to the blocking pool as the JSON check), or to
+    /// the file, hashed as it is written, on the blocking pool.
     ///
     /// # Errors
     /// Unavailable or NoSpace when the write fails.
     pub async fn push(&mut self, chunk: Bytes) -> Result<()> {
+        if let Some((Sink::Memory(buffer), _, _)) = &mut self.state {
+            buffer.extend_from_slice(&chunk);
+            self.len += chunk.len() as u64;
+            return Ok(());
+        }
         let (mut file, mut hasher, mut strings) = self
             .state
             .take()
@@ -144,9 +156,9 @@ impl Staging {
         let state = crate::blocking::run(move || {
             hasher.update(&chunk);
             match &mut file {
+                Sink::Memory(buffer) => buffer.extend_from_slice(&chunk),
                 // The longest string only matters for a file, checked as
                 // a stream; a buffer's check is bounded by its length.
-                Sink::Memory(buffer) => buffer.extend_from_slice(&chunk),
                 Sink::File(f) => {
                     strings.update(&chunk);
                     f.write_all(&chunk).map_err(|e| io_error("write", &e))?;
@@ -160,34 +172,52 @@ impl Staging {
         Ok(())
     }
 
-    /// Returns the file with the digest of its bytes. It is not synced:
-    /// it is only read back by this process, and what is stored from it
-    /// is made durable by the store.
+    /// Returns the file (or buffer) with the digest of its bytes; for a
+    /// buffer, `check` runs over the bytes in the same hand-off to the
+    /// blocking pool that hashes them, and its result comes back with them
+    /// (a file is checked by the caller, as a stream). The file is not
+    /// synced: it is only read back by this process, and what is stored
+    /// from it is made durable by the store.
     ///
     /// # Errors
     /// Internal after a failed write.
-    pub async fn finish(mut self) -> Result<Staged> {
+    pub async fn finish<F>(mut self, check: F) -> Result<(Staged, Option<Result<()>>)>
+    where
+        F: FnOnce(&[u8]) -> Result<()> + Send + 'static,
+    {
         let (file, hasher, strings) = self
             .state
             .take()
             .ok_or_else(|| Error::internal("a staging file was used after a failed write"))?;
         let len = self.len;
-        let longest_string = match file {
-            Sink::Memory(_) => len,
-            Sink::File(_) => strings.longest(),
-        };
-        let digest = Digest::from_bytes(hasher.finalize().into());
-        let (bytes, file) = match file {
-            Sink::Memory(buffer) => (Some(Bytes::from(buffer)), None),
-            Sink::File(f) => (None, Some(f)),
-        };
-        Ok(Staged {
-            bytes,
-            file,
-            digest,
-            len,
-            longest_string,
-        })
+        match file {
+            Sink::Memory(buffer) => {
+                let (digest, checked, buffer) = crate::blocking::run(move || {
+                    let digest = Digest::from_bytes(Sha256::digest(&buffer).into());
+                    let checked = check(&buffer);
+                    Ok((digest, checked, buffer))
+                })
+                .await?;
+                let staged = Staged {
+                    bytes: Some(Bytes::from(buffer)),
+                    file: None,
+                    digest,
+                    len,
+                    longest_string: len,
+                };
+                Ok((staged, Some(checked)))
+            }
+            Sink::File(f) => {
+                let staged = Staged {
+                    bytes: None,
+                    file: Some(f),
+                    digest: Digest::from_bytes(hasher.finalize().into()),
+                    len,
+                    longest_string: strings.longest(),
+                };
+                Ok((staged, None))
+            }
+        }
     }
 }
 
@@ -206,7 +236,7 @@ mod tests {
         s.push(Bytes::from_static(b"{\"a\":")).await.unwrap();
         s.push(Bytes::from_static(b"1}")).await.unwrap();
         assert_eq!(s.len(), 7);
-        let staged = s.finish().await.unwrap();
+        let (staged, _) = s.finish(|_| Ok(())).await.unwrap();
         assert_eq!(staged.digest, Digest::of(b"{\"a\":1}"));
         let file = staged.file.as_ref().unwrap();
         assert_eq!(std::fs::read(file.path()).unwrap(), b"{\"a\":1}");
@@ -222,7 +252,13 @@ mod tests {
         // A small artifact stays in memory: no file at all.
         let mut s = Staging::create(Some(staging_dir.clone()), 2).await.unwrap();
         s.push(Bytes::from_static(b"[]")).await.unwrap();
-        let staged = s.finish().await.unwrap();
+        let (staged, checked) = s
+            .finish(|bytes| Err(Error::invalid(format!("saw {} bytes", bytes.len()))))
+            .await
+            .unwrap();
+        // The check ran over the buffer, and its answer came back with it.
+        assert_eq!(checked.unwrap().unwrap_err().message(), "saw 2 bytes");
+        assert_eq!(staged.digest, Digest::of(b"[]"));
         assert_eq!(staged.bytes.as_deref(), Some(&b"[]"[..]));
         assert!(staged.file.is_none());
         assert_eq!(std::fs::read_dir(&staging_dir).unwrap().count(), 0);

@@ -170,7 +170,30 @@ impl Registry {
         if staging.is_empty() {
             return Err(Error::invalid("artifact is empty"));
         }
-        let staged = staging.finish().await?;
+        // A buffered artifact is hashed and checked in one hand-off to the
+        // blocking pool, with its room (the bytes, and the check's decode
+        // buffer, at most twice their length) reserved first.
+        let depth = self.shared.limits.max_json_depth;
+        let early_room = if staging.in_memory() {
+            let len = staging.len();
+            Some(
+                self.shared
+                    .budget
+                    .reserve_within(
+                        3 * len + 64 * 1024,
+                        "checking a published artifact",
+                        self.shared.limits.request_timeout,
+                    )
+                    .await?,
+            )
+        } else {
+            None
+        };
+        let (staged, checked) = staging
+            .finish(move |bytes| {
+                stackpin_core::json::check(bytes, depth).map_err(|e| not_strict(depth, &e))
+            })
+            .await?;
         if staged.len != declared {
             return Err(Error::invalid(format!(
                 "the publish header declared {declared} bytes but {} arrived (a cut stream?); \
@@ -196,21 +219,30 @@ impl Registry {
         let check_room = 2 * staged.longest_string + 64 * 1024;
         let file = staged.file.as_ref().map(|f| f.path().to_owned());
         let small = staged.len <= crate::blobs::MULTIPART_ABOVE as u64;
-        let room = self
-            .shared
-            .budget
-            .reserve_within(
-                if small {
-                    staged.len + check_room
-                } else {
-                    check_room
-                },
-                "checking a published artifact",
-                self.shared.limits.request_timeout,
-            )
-            .await?;
+        let room = match early_room {
+            Some(room) => room,
+            None => {
+                self.shared
+                    .budget
+                    .reserve_within(
+                        if small {
+                            staged.len + check_room
+                        } else {
+                            check_room
+                        },
+                        "checking a published artifact",
+                        self.shared.limits.request_timeout,
+                    )
+                    .await?
+            }
+        };
         let bytes = match (staged.bytes.clone(), &file) {
-            (Some(bytes), _) => Some(self.check_bytes(bytes).await?),
+            (Some(bytes), _) => {
+                checked.unwrap_or_else(|| {
+                    Err(Error::internal("a buffered publish was not checked"))
+                })?;
+                Some(bytes)
+            }
             (None, Some(path)) if small => Some(self.read_and_check(path).await?),
             (None, Some(path)) => {
                 self.check_json(path).await?;
@@ -320,16 +352,6 @@ impl Registry {
             created: artifact.log_index == index,
             artifact,
         })
-    }
-
-    /// Checks that bytes held in memory are strict JSON.
-    async fn check_bytes(&self, bytes: Bytes) -> Result<Bytes> {
-        let depth = self.shared.limits.max_json_depth;
-        crate::blocking::run(move || {
-            stackpin_core::json::check(&bytes, depth).map_err(|e| not_strict(depth, &e))?;
-            Ok(bytes)
-        })
-        .await
     }
 
     /// Reads a small staged artifact whole and checks it is strict JSON.
