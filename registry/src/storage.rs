@@ -195,6 +195,24 @@ fn plain_http_allowed(setting: &str, endpoint: &str, allow: bool) -> Result<bool
     )))
 }
 
+/// Whether plain HTTP may be used: by the rule of [`plain_http_allowed`]
+/// for a configured `endpoint`, else as `allow` says.
+fn endpoint_allows_http(setting: &str, endpoint: &Option<String>, allow: bool) -> Result<bool> {
+    match endpoint {
+        Some(endpoint) => plain_http_allowed(setting, endpoint, allow),
+        None => Ok(allow),
+    }
+}
+
+/// `store`, seen from under `prefix` (all of it when the prefix is empty).
+fn under_prefix<S: ObjectStore>(store: S, prefix: &str) -> Arc<dyn ObjectStore> {
+    if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }
+}
+
 /// Opens the store `url` names.
 ///
 /// # Errors
@@ -226,10 +244,8 @@ pub fn open(url: &StorageUrl, s3: &StorageOptions) -> Result<Arc<dyn ObjectStore
         StorageUrl::File(path) => Ok(Arc::new(local(path)?)),
         StorageUrl::Memory => Ok(Arc::new(InMemory::new())),
         StorageUrl::Azure { container, prefix } => {
-            let allow_http = match &s3.azure_endpoint {
-                Some(endpoint) => plain_http_allowed("azure_endpoint", endpoint, s3.allow_http)?,
-                None => s3.allow_http,
-            };
+            let allow_http =
+                endpoint_allows_http("azure_endpoint", &s3.azure_endpoint, s3.allow_http)?;
             let mut builder = MicrosoftAzureBuilder::from_env()
                 .with_container_name(container)
                 .with_client_options(client(allow_http))
@@ -243,17 +259,10 @@ pub fn open(url: &StorageUrl, s3: &StorageOptions) -> Result<Arc<dyn ObjectStore
             let store = builder
                 .build()
                 .map_err(|e| Error::invalid(format!("Azure storage az://{container}: {e}")))?;
-            if prefix.is_empty() {
-                Ok(Arc::new(store))
-            } else {
-                Ok(Arc::new(PrefixStore::new(store, prefix.as_str())))
-            }
+            Ok(under_prefix(store, prefix))
         }
         StorageUrl::S3 { bucket, prefix } => {
-            let allow_http = match &s3.endpoint {
-                Some(endpoint) => plain_http_allowed("s3_endpoint", endpoint, s3.allow_http)?,
-                None => s3.allow_http,
-            };
+            let allow_http = endpoint_allows_http("s3_endpoint", &s3.endpoint, s3.allow_http)?;
             let mut builder = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_virtual_hosted_style_request(s3.virtual_hosted_style)
@@ -275,11 +284,7 @@ pub fn open(url: &StorageUrl, s3: &StorageOptions) -> Result<Arc<dyn ObjectStore
             let store = builder
                 .build()
                 .map_err(|e| Error::invalid(format!("S3 storage s3://{bucket}: {e}")))?;
-            if prefix.is_empty() {
-                Ok(Arc::new(store))
-            } else {
-                Ok(Arc::new(PrefixStore::new(store, prefix.as_str())))
-            }
+            Ok(under_prefix(store, prefix))
         }
     }
 }

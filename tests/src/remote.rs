@@ -49,9 +49,19 @@ fn workspace_tool(var: &str, relative: &str, fallback: &str) -> PathBuf {
     PathBuf::from(fallback)
 }
 
+/// A server process, killed and reaped when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `cmd` with its stderr in `dir/name.log`, and waits up to 60 s for
 /// `ready`.
-fn spawn(mut cmd: Command, dir: &TempDir, name: &str, ready: impl Fn() -> bool) -> Child {
+fn spawn(mut cmd: Command, dir: &TempDir, name: &str, ready: impl Fn() -> bool) -> Process {
     let log_path = dir.path().join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path).unwrap_or_else(|e| panic!("{name} log: {e}"));
     let mut child = cmd
@@ -68,7 +78,7 @@ fn spawn(mut cmd: Command, dir: &TempDir, name: &str, ready: impl Fn() -> bool) 
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if ready() {
-            return child;
+            return Process(child);
         }
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -101,7 +111,7 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, String)]) -> Opti
 /// SeaweedFS. Its conditional create (`If-None-Match: *`) is what the
 /// registry needs, and it has it.
 pub struct Moto {
-    child: Child,
+    _process: Process,
     _dir: TempDir,
     port: u16,
 }
@@ -118,11 +128,11 @@ impl Moto {
         ));
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         // moto accepts any credentials; creating the bucket needs none.
-        let child = spawn(cmd, &dir, "moto", || {
+        let process = spawn(cmd, &dir, "moto", || {
             matches!(http(port, "PUT", &format!("/{BUCKET}"), &[]), Some(200))
         });
         Self {
-            child,
+            _process: process,
             _dir: dir,
             port,
         }
@@ -147,27 +157,11 @@ impl Remote for Moto {
     }
 
     fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID", "stackpin-test".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "stackpin-test".to_owned()),
-            ("AWS_REGION", "us-east-1".to_owned()),
-        ]
+        crate::s3::test_env()
     }
 
     fn options(&self) -> StorageOptions {
-        StorageOptions {
-            endpoint: Some(self.endpoint()),
-            credentials: Some(("stackpin-test".to_owned(), "stackpin-test".to_owned())),
-            timeout: Duration::from_secs(15),
-            ..Default::default()
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::s3::test_options(self.endpoint())
     }
 }
 
@@ -178,7 +172,7 @@ const AZURITE_KEY: &str =
 
 /// Azurite, Microsoft's Azure Storage emulator, serving Blob Storage.
 pub struct Azurite {
-    child: Child,
+    _process: Process,
     _dir: TempDir,
     port: u16,
 }
@@ -197,12 +191,12 @@ impl Azurite {
             .arg("--location")
             .arg(dir.path().join("data"))
             .args(["--silent", "--skipApiVersionCheck", "--disableTelemetry"]);
-        let child = spawn(cmd, &dir, "azurite", || {
+        let process = spawn(cmd, &dir, "azurite", || {
             // 201 made, 409 already there (an earlier attempt got through).
             matches!(create_container(port), Some(201 | 409))
         });
         Self {
-            child,
+            _process: process,
             _dir: dir,
             port,
         }
@@ -274,12 +268,5 @@ impl Remote for Azurite {
             timeout: Duration::from_secs(15),
             ..Default::default()
         }
-    }
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -28,6 +28,26 @@ pub fn weed_binary() -> PathBuf {
     PathBuf::from("weed")
 }
 
+/// The environment a registry needs for a test S3 server (which takes any
+/// credentials).
+pub fn test_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "stackpin-test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "stackpin-test".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ]
+}
+
+/// Options for opening a test S3 server at `endpoint` in-process.
+pub fn test_options(endpoint: String) -> stackpin_registry::storage::StorageOptions {
+    stackpin_registry::storage::StorageOptions {
+        endpoint: Some(endpoint),
+        credentials: Some(("stackpin-test".to_owned(), "stackpin-test".to_owned())),
+        timeout: Duration::from_secs(15),
+        ..Default::default()
+    }
+}
+
 /// A port on 127.0.0.1 nothing listens on now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -153,21 +173,12 @@ impl Seaweed {
 
     /// Environment a client of this server needs (any credentials work).
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID", "stackpin-test".to_owned()),
-            ("AWS_SECRET_ACCESS_KEY", "stackpin-test".to_owned()),
-            ("AWS_REGION", "us-east-1".to_owned()),
-        ]
+        test_env()
     }
 
     /// S3 options for opening this server's bucket in-process.
     pub fn options(&self) -> stackpin_registry::storage::StorageOptions {
-        stackpin_registry::storage::StorageOptions {
-            endpoint: Some(self.endpoint()),
-            credentials: Some(("stackpin-test".to_owned(), "stackpin-test".to_owned())),
-            timeout: Duration::from_secs(15),
-            ..Default::default()
-        }
+        test_options(self.endpoint())
     }
 
     /// Kills the server (as an outage would).

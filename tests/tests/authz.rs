@@ -399,8 +399,8 @@ async fn serve(
     (client, stop_tx, registry, addr)
 }
 
-/// Sends `bytes` as the one message of a Publish, undecoded.
-async fn raw_publish(addr: std::net::SocketAddr, bytes: &[u8]) -> tonic::Status {
+/// A gRPC client for sending undecoded messages to `addr`, ready.
+async fn raw_client(addr: std::net::SocketAddr) -> tonic::client::Grpc<Channel> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -408,6 +408,12 @@ async fn raw_publish(addr: std::net::SocketAddr, bytes: &[u8]) -> tonic::Status 
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
+    grpc
+}
+
+/// Sends `bytes` as the one message of a Publish, undecoded.
+async fn raw_publish(addr: std::net::SocketAddr, bytes: &[u8]) -> tonic::Status {
+    let mut grpc = raw_client(addr).await;
     let path =
         tonic::codegen::http::uri::PathAndQuery::from_static("/stackpin.v1.Registry/Publish");
     let messages = futures::stream::iter(vec![bytes.to_vec()]);
@@ -419,13 +425,7 @@ async fn raw_publish(addr: std::net::SocketAddr, bytes: &[u8]) -> tonic::Status 
 
 /// Sends `bytes` as the request of the unary `method`, undecoded.
 async fn raw_unary(addr: std::net::SocketAddr, method: &str, bytes: &[u8]) -> tonic::Status {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
+    let mut grpc = raw_client(addr).await;
     let path: tonic::codegen::http::uri::PathAndQuery =
         format!("/stackpin.v1.Registry/{method}").parse().unwrap();
     grpc.unary(tonic::Request::new(bytes.to_vec()), path, RawCodec)
