@@ -1,10 +1,17 @@
 //! What the CLI trusts and remembers: the log's verifier key, and the last
 //! checkpoint it verified per log (rollback and fork protection).
 //!
-//! Saved checkpoints live in `<state dir>/checkpoints/<origin>.checkpoint`
-//! (the origin with anything but `[A-Za-z0-9._-]` replaced by `_`). A newer
-//! checkpoint is accepted only with a consistency proof from the saved one;
-//! an older one only with a consistency proof up to the saved one.
+//! Saved checkpoints live in
+//! `<state dir>/checkpoints/<origin>+<key id>.checkpoint` (the origin with
+//! anything but `[A-Za-z0-9._-]` replaced by `_`, the log key's 8-hex-digit
+//! signed-note id): one per log and key, so meeting a second registry never
+//! trips over the first. A newer checkpoint is accepted only with a
+//! consistency proof from the saved one; an older one only with a
+//! consistency proof up to the saved one. A log that shows up under another
+//! key than the one remembered for its origin is refused until the old one
+//! is forgotten on purpose (`stackpin trust forget ORIGIN`). Files named
+//! `<origin>.checkpoint` (kept before keys were part of the name) are read
+//! and moved to the new name.
 
 use std::path::{Path, PathBuf};
 
@@ -27,8 +34,37 @@ pub fn state_dir(flag: Option<&Path>) -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/stackpin"))
 }
 
-/// Parses `--log-key`: the vkey text itself, or a file holding it.
-pub fn log_key(value: &str) -> Outcome<NoteVerifier> {
+/// The log's verifier key, as commands that check the log take it.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LogKey {
+    /// The log's verifier key (the line `stackpin-registry key` prints), or
+    /// a file holding it. Also read from STACKPIN_LOG_KEY, its old name,
+    /// with a warning.
+    #[arg(long = "log-key", env = "STACKPIN_LOG_VKEY", value_name = "VKEY")]
+    value: Option<String>,
+}
+
+/// Parses `--log-key` (or `STACKPIN_LOG_VKEY`, or the old
+/// `STACKPIN_LOG_KEY`): the vkey text itself, or a file holding it.
+pub fn log_key(arg: &LogKey) -> Outcome<NoteVerifier> {
+    let value = match (&arg.value, std::env::var("STACKPIN_LOG_KEY")) {
+        (Some(v), _) => v.clone(),
+        (None, Ok(v)) if !v.is_empty() => {
+            eprintln!(
+                "warning: reading the log key from STACKPIN_LOG_KEY, its old name; export it as \
+                 STACKPIN_LOG_VKEY (the registry reads its signing key from \
+                 STACKPIN_LOG_SIGNING_KEY)"
+            );
+            v
+        }
+        _ => {
+            return Err(Failure::invalid(
+                "the log's verifier key is needed: pass --log-key or set STACKPIN_LOG_VKEY to \
+                 the line `stackpin-registry key` prints",
+            ));
+        }
+    };
+    let value = value.as_str();
     match NoteVerifier::parse(value) {
         Ok(v) => Ok(v),
         Err(parse_err) => {
@@ -47,8 +83,92 @@ pub fn log_key(value: &str) -> Outcome<NoteVerifier> {
     }
 }
 
-fn saved_path(dir: &Path, origin: &str) -> PathBuf {
-    let name: String = origin
+/// The file a checkpoint of `origin` signed by key `id` is saved in.
+fn saved_path(dir: &Path, origin: &str, id: u32) -> PathBuf {
+    dir.join("checkpoints")
+        .join(format!("{}+{id:08x}.checkpoint", file_stem(origin)))
+}
+
+/// Where checkpoints were saved before the key was part of the name.
+fn legacy_path(dir: &Path, origin: &str) -> PathBuf {
+    dir.join("checkpoints")
+        .join(format!("{}.checkpoint", file_stem(origin)))
+}
+
+/// A remembered checkpoint, read without a key.
+#[derive(Debug, serde::Serialize)]
+pub struct Remembered {
+    pub origin: String,
+    /// The signed-note id of the key that signed it (8 hex digits).
+    pub key_id: String,
+    pub size: u64,
+    pub root: String,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// Every checkpoint remembered in `dir`, by origin, then key.
+///
+/// # Errors
+/// When the folder cannot be read.
+pub fn remembered(dir: &Path) -> Outcome<Vec<Remembered>> {
+    let folder = dir.join("checkpoints");
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Failure::invalid(format!(
+                "reading {}: {e}",
+                folder.display()
+            )));
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| Failure::invalid(format!("reading {}: {e}", folder.display())))?
+            .path();
+        if path.extension().is_none_or(|x| x != "checkpoint") {
+            continue;
+        }
+        let Ok(note) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Some(text_end) = note.rfind("\n\n") else {
+            continue;
+        };
+        let Ok(cp) = Checkpoint::parse(&note[..=text_end]) else {
+            continue;
+        };
+        let key_id = signer_id(&note[text_end + 2..], &cp.origin)
+            .map_or_else(|| "unknown".to_owned(), |id| format!("{id:08x}"));
+        out.push(Remembered {
+            origin: cp.origin,
+            key_id,
+            size: cp.size,
+            root: cp.root.hex(),
+            path,
+        });
+    }
+    out.sort_by(|a, b| (&a.origin, &a.key_id).cmp(&(&b.origin, &b.key_id)));
+    Ok(out)
+}
+
+/// The key id of the first signature line by `name`.
+fn signer_id(signatures: &str, name: &str) -> Option<u32> {
+    use base64::Engine as _;
+    signatures.lines().find_map(|line| {
+        let (who, blob) = line.strip_prefix("\u{2014} ")?.split_once(' ')?;
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(blob)
+            .ok()?;
+        (who == name && blob.len() >= 4)
+            .then(|| u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]))
+    })
+}
+
+fn file_stem(origin: &str) -> String {
+    origin
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
@@ -57,8 +177,7 @@ fn saved_path(dir: &Path, origin: &str) -> PathBuf {
                 '_'
             }
         })
-        .collect();
-    dir.join("checkpoints").join(format!("{name}.checkpoint"))
+        .collect()
 }
 
 /// The hashes of a proof as sent on the wire; `what` names the proof in
@@ -103,16 +222,27 @@ pub async fn accept_checkpoint(
     let Some(dir) = state else {
         return Ok(cp);
     };
-    let path = saved_path(dir, &cp.origin);
-    let saved = match std::fs::read_to_string(&path) {
-        Ok(text) => Some(Checkpoint::open(&text, log_key).map_err(|e| {
+    let path = saved_path(dir, &cp.origin, log_key.id());
+    let legacy = legacy_path(dir, &cp.origin);
+    let saved = match read_saved(&path)? {
+        Some(text) => Some(Checkpoint::open(&text, log_key).map_err(|e| {
             Failure::verify(format!(
-                "the saved checkpoint {} does not verify under this log key: {e}",
-                path.display()
+                "the saved checkpoint {} does not verify under this log key: {e} (it was \
+                 altered; `stackpin trust forget {}` removes it)",
+                path.display(),
+                cp.origin
             ))
         })?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Failure::invalid(format!("reading {}: {e}", path.display()))),
+        None => match read_saved(&legacy)? {
+            Some(text) => match Checkpoint::open(&text, log_key) {
+                Ok(old) => Some(old),
+                Err(_) => return Err(other_key(dir, &cp.origin, log_key)),
+            },
+            None if remembered(dir)?.iter().any(|r| r.origin == cp.origin) => {
+                return Err(other_key(dir, &cp.origin, log_key));
+            }
+            None => None,
+        },
     };
     if let Some(old) = &saved {
         let forked = |why: String| {
@@ -153,7 +283,59 @@ pub async fn accept_checkpoint(
         }
     }
     crate::files::write_atomic(&path, note.as_bytes())?;
+    // The old name is now covered by the new one.
+    let _ = std::fs::remove_file(&legacy);
     Ok(cp)
+}
+
+fn read_saved(path: &Path) -> Outcome<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Failure::invalid(format!("reading {}: {e}", path.display()))),
+    }
+}
+
+/// The refusal of a log met under another key than the one remembered.
+fn other_key(dir: &Path, origin: &str, log_key: &NoteVerifier) -> Failure {
+    let others: Vec<String> = remembered(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.origin == origin)
+        .map(|r| {
+            format!(
+                "key {} (size {}, in {})",
+                r.key_id,
+                r.size,
+                r.path.display()
+            )
+        })
+        .collect();
+    Failure::verify(format!(
+        "this CLI remembers the log {origin} under another key: {}; the registry now signs it \
+         with key {:08x}. A log does not change its key: this may be another registry posing as \
+         the one you met. If the log was re-created or re-keyed on purpose, forget what was \
+         remembered with `stackpin trust forget {origin}` and run again",
+        others.join(", "),
+        log_key.id()
+    ))
+}
+
+/// Forgets every checkpoint remembered for `origin`; returns what it
+/// removed.
+///
+/// # Errors
+/// When a file cannot be removed.
+pub fn forget(dir: &Path, origin: &str) -> Outcome<Vec<Remembered>> {
+    let gone: Vec<Remembered> = remembered(dir)?
+        .into_iter()
+        .filter(|r| r.origin == origin)
+        .collect();
+    for r in &gone {
+        std::fs::remove_file(&r.path)
+            .map_err(|e| Failure::invalid(format!("removing {}: {e}", r.path.display())))?;
+    }
+    Ok(gone)
 }
 
 /// Loads `--trusted-keys` for a local check.

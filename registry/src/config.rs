@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Authorizer, CertConfig, TokenConfig};
 use crate::defaults;
 use crate::error::{Error, Kind, Result};
-use crate::note::{DEFAULT_ORIGIN, NoteSigner};
+use crate::note::NoteSigner;
+use crate::registry::OriginSource;
 use crate::registry::{DEFAULT_MAX_ARTIFACT_BYTES, Limits};
 use crate::signing;
 use crate::storage::{StorageOptions, StorageUrl};
@@ -107,8 +108,14 @@ pub struct Settings {
     /// Concurrent streams (requests) per connection.
     pub max_concurrent_streams: u32,
     /// The log's signing key (default: <data_dir>/log-key.pem, generated).
+    pub log_signing_key: Option<PathBuf>,
+    /// The name `log_signing_key` had, still read with a warning: it
+    /// shared `STACKPIN_LOG_KEY` with the CLI's verifier key.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_key: Option<PathBuf>,
-    pub log_origin: String,
+    /// The origin of a new log (default: derived from the log key). A log
+    /// that has signed keeps its origin.
+    pub log_origin: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// CA that client certificates must chain to (turns on mutual TLS).
@@ -126,6 +133,10 @@ pub struct Settings {
     pub token: Vec<TokenConfig>,
     /// Client certificate subjects.
     pub client_cert: Vec<CertConfig>,
+    /// What loading found worth a warning (old spellings), for the caller
+    /// to log once logging is set up.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl Default for Settings {
@@ -153,8 +164,9 @@ impl Default for Settings {
             accepted_predicate_types: Vec::new(),
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
+            log_signing_key: None,
             log_key: None,
-            log_origin: DEFAULT_ORIGIN.to_owned(),
+            log_origin: None,
             tls_cert: None,
             tls_key: None,
             client_ca: None,
@@ -165,6 +177,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             token: Vec::new(),
             client_cert: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -193,7 +206,7 @@ const ENV_KEYS: &[&str] = &[
     "accepted_predicate_types",
     "request_timeout",
     "max_concurrent_streams",
-    "log_key",
+    "log_signing_key",
     "log_origin",
     "tls_cert",
     "tls_key",
@@ -299,8 +312,12 @@ pub struct Flags {
     /// The log's Ed25519 signing key, PKCS#8 PEM [default: <data-dir>/log-key.pem, generated].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_signing_key: Option<PathBuf>,
+    /// Old name of --log-signing-key (still read, with a warning).
+    #[arg(long, hide = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_key: Option<PathBuf>,
-    /// The log's origin line and key name [default: stackpin.local/log].
+    /// The origin (log name) of a new log [default: stackpin.local/log/<key hash>]; a log that has signed keeps its own.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_origin: Option<String>,
@@ -361,11 +378,47 @@ impl Settings {
         figment = figment
             .merge(Env::prefixed("STACKPIN_").only(ENV_KEYS))
             .merge(Serialized::globals(flags));
-        let settings: Settings = figment
+        let mut settings: Settings = figment
             .extract()
             .map_err(|e| Error::invalid(format!("settings: {e}")))?;
+        let legacy_env = std::env::var("STACKPIN_LOG_KEY").ok();
+        settings.adopt_old_log_key(legacy_env.as_deref())?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Reads the old spellings of `log_signing_key`: `log_key` (file,
+    /// flag) and `STACKPIN_LOG_KEY` (`env`). That variable is the CLI's
+    /// verifier key: a value that parses as one is the CLI's and is
+    /// ignored here; a path is adopted, with a warning.
+    fn adopt_old_log_key(&mut self, env: Option<&str>) -> Result<()> {
+        let from_env = env
+            .filter(|v| !v.is_empty() && crate::note::NoteVerifier::parse(v).is_err())
+            .map(PathBuf::from);
+        let (old, spelling) = match (self.log_key.take(), from_env) {
+            (Some(path), _) => (path, "log_key (--log-key)"),
+            (None, Some(path)) => (path, "STACKPIN_LOG_KEY"),
+            (None, None) => return Ok(()),
+        };
+        match &self.log_signing_key {
+            Some(new) if *new != old => {
+                return Err(invalid(
+                    "log_signing_key",
+                    format!(
+                        "{spelling} (the old name) says {} but log_signing_key says {}: set one",
+                        old.display(),
+                        new.display()
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => self.log_signing_key = Some(old),
+        }
+        self.warnings.push(format!(
+            "{spelling} is the old name of log_signing_key (STACKPIN_LOG_SIGNING_KEY, \
+             --log-signing-key); it still works, but STACKPIN_LOG_KEY is the CLI's verifier key"
+        ));
+        Ok(())
     }
 
     /// Parses and validates settings files alone, layered in order
@@ -380,9 +433,10 @@ impl Settings {
                 .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?;
             figment = figment.admerge(Toml::string(&text));
         }
-        let settings: Settings = figment
+        let mut settings: Settings = figment
             .extract()
             .map_err(|e| Error::invalid(format!("settings: {e}")))?;
+        settings.adopt_old_log_key(None)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -467,11 +521,9 @@ impl Settings {
         }
         self.storage_url()?;
         self.authorizer()?;
-        crate::note::NoteSigner::new(
-            &self.log_origin,
-            ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
-        )
-        .map_err(|e| invalid("log_origin", e))?;
+        if let Some(origin) = &self.log_origin {
+            crate::note::check_origin(origin).map_err(|e| invalid("log_origin", e))?;
+        }
         Ok(())
     }
 
@@ -518,10 +570,10 @@ impl Settings {
                  (allow_memory_storage = true); otherwise use file://, s3:// or az://",
             ));
         }
-        if url.is_shared() && self.log_key.is_none() {
+        if url.is_shared() && self.log_signing_key.is_none() {
             return Err(invalid(
-                "log_key",
-                "s3:// and az:// storage need an explicit log_key: replicas sharing a bucket \
+                "log_signing_key",
+                "s3:// and az:// storage need an explicit log_signing_key: replicas sharing a bucket \
                  must sign the log with the same key (generate one with `stackpin keygen`)",
             ));
         }
@@ -544,19 +596,40 @@ impl Settings {
     ///
     /// # Errors
     /// When a configured key file is missing or unreadable.
-    pub fn signer(&self) -> Result<NoteSigner> {
-        let (path, may_create) = match &self.log_key {
+    pub fn signing_key(&self) -> Result<ed25519_dalek::SigningKey> {
+        let (path, may_create) = match &self.log_signing_key {
             Some(p) => (p.clone(), false),
             None => (self.data_dir.join("log-key.pem"), true),
         };
         let pem = match std::fs::read_to_string(&path) {
             Ok(pem) => pem,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => create_key(&path)?,
-            Err(e) => return Err(invalid("log_key", format!("{}: {e}", path.display()))),
+            Err(e) => {
+                return Err(invalid(
+                    "log_signing_key",
+                    format!("{}: {e}", path.display()),
+                ));
+            }
         };
-        let key = signing::signing_key_from_pem(&pem)
-            .map_err(|e| invalid("log_key", format!("{}: {e}", path.display())))?;
-        NoteSigner::new(&self.log_origin, key).map_err(|e| invalid("log_origin", e))
+        signing::signing_key_from_pem(&pem)
+            .map_err(|e| invalid("log_signing_key", format!("{}: {e}", path.display())))
+    }
+
+    /// The log's signer: its key ([`Self::signing_key`]) under the origin
+    /// the log in `store` signs as ([`crate::registry::log_origin`]).
+    ///
+    /// # Errors
+    /// As those two.
+    pub async fn signer(
+        &self,
+        store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    ) -> Result<(NoteSigner, OriginSource)> {
+        let key = self.signing_key()?;
+        let (origin, source) =
+            crate::registry::log_origin(store, self.log_origin.as_deref(), &key.verifying_key())
+                .await?;
+        let signer = NoteSigner::new(&origin, key).map_err(|e| invalid("log_origin", e))?;
+        Ok((signer, source))
     }
 }
 

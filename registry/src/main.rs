@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use stackpin_registry::auth::{self, Role};
 use stackpin_registry::config::{self, Flags, LogFormat, Settings};
+use stackpin_registry::registry::OriginSource;
 use stackpin_registry::signing::TrustedKeys;
 use stackpin_registry::{Registry, server, storage};
 
@@ -77,7 +78,16 @@ enum ConfigCommand {
     Example,
 }
 
-fn init_logging(format: LogFormat) {
+/// Sets up logging in the configured format, then logs what loading the
+/// settings warned about.
+fn init_logging(settings: &Settings) {
+    init_subscriber(settings.log_format);
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+}
+
+fn init_subscriber(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -98,7 +108,26 @@ async fn main() -> anyhow::Result<()> {
     match &cli.command {
         Some(Command::Key(flags)) => {
             let settings = Settings::load(flags)?;
-            println!("{}", settings.signer()?.vkey());
+            for warning in &settings.warnings {
+                eprintln!("warning: {warning}");
+            }
+            // A data folder that does not exist yet holds no log: nothing
+            // to read, and printing a key creates no folder.
+            let url = settings.storage_url()?;
+            let store: Arc<dyn object_store::ObjectStore> = match &url {
+                storage::StorageUrl::File(root) if !root.exists() => {
+                    Arc::new(object_store::memory::InMemory::new())
+                }
+                _ => storage::open(&url, &settings.storage_options())?,
+            };
+            let (signer, source) = settings.signer(&store).await?;
+            let why = match source {
+                OriginSource::Stored => "the origin this log has signed as",
+                OriginSource::Configured => "from the log_origin setting; a new log",
+                OriginSource::Derived => "derived from the log key; a new log",
+            };
+            eprintln!("log origin {} ({why})", signer.name());
+            println!("{}", signer.vkey());
             return Ok(());
         }
         Some(Command::Token(TokenCommand::Create { name, roles, envs })) => {
@@ -124,13 +153,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Recover(args)) => {
             let settings = Settings::load(&args.flags)?;
-            init_logging(settings.log_format);
+            init_logging(&settings);
             return recover(settings, args.accept_unsigned).await;
         }
         None => {}
     }
     let settings = Settings::load(&cli.flags)?;
-    init_logging(settings.log_format);
+    init_logging(&settings);
     serve(settings).await
 }
 
@@ -142,8 +171,13 @@ fn serde_wrap(
 }
 
 /// The registry's options from `settings`.
-fn registry_options(settings: &Settings) -> anyhow::Result<stackpin_registry::registry::Options> {
-    let signer = settings.signer()?;
+async fn registry_options(
+    settings: &Settings,
+) -> anyhow::Result<stackpin_registry::registry::Options> {
+    let url = settings.storage_url()?;
+    let store = storage::open(&url, &settings.storage_options())?;
+    let (signer, source) = settings.signer(&store).await?;
+    tracing::info!(origin = signer.name(), source = ?source, "log origin");
     let trusted = match &settings.trusted_keys {
         Some(path) => TrustedKeys::load(path).context("loading trusted publisher keys")?,
         None => {
@@ -154,8 +188,6 @@ fn registry_options(settings: &Settings) -> anyhow::Result<stackpin_registry::re
         }
     };
     tracing::info!(keys = trusted.keys().len(), "trusted publisher keys loaded");
-    let url = settings.storage_url()?;
-    let store = storage::open(&url, &settings.storage_options())?;
     Ok(stackpin_registry::registry::Options {
         trusted,
         limits: settings.limits(),
@@ -168,7 +200,7 @@ async fn recover(settings: Settings, accept_unsigned: bool) -> anyhow::Result<()
     let url = settings.storage_url()?;
     let options = stackpin_registry::registry::Options {
         accept_unsigned,
-        ..registry_options(&settings)?
+        ..registry_options(&settings).await?
     };
     let registry = Registry::recover_at(&settings.data_dir, options)
         .await
@@ -198,7 +230,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
-    let options = registry_options(&settings)?;
+    let options = registry_options(&settings).await?;
     let authorizer = settings.authorizer()?;
     if authorizer.enabled() {
         tracing::info!(

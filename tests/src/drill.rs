@@ -68,7 +68,7 @@ fn server_args(dir: &Path, backend: &Backend<'_>) -> (Vec<String>, Vec<(&'static
         args.extend([
             "--storage".to_owned(),
             remote.storage_url(&format!("drill-{}", std::process::id())),
-            "--log-key".to_owned(),
+            "--log-signing-key".to_owned(),
             dir.join("log.pem").display().to_string(),
         ]);
         args.extend(remote.server_args());
@@ -126,7 +126,7 @@ pub fn run(cycles: usize, workers: usize, backend: Backend<'_>, seed: u64) -> Re
         key_args.push(&data_s);
         let log_key = dir.join("log.pem").display().to_string();
         if matches!(backend, Backend::Remote(_)) {
-            key_args.extend(["--log-key", log_key.as_str()]);
+            key_args.extend(["--log-signing-key", log_key.as_str()]);
         }
         let out = std::process::Command::new(crate::bin("stackpin-registry"))
             .args(&key_args)

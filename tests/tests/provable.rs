@@ -51,7 +51,9 @@ fn restore_writes_a_proof_that_verifies_offline_and_audit_passes() {
         proof.starts_with("c2sp.org/tlog-proof@v1\nextra "),
         "{proof}"
     );
-    assert!(proof.contains("\n\nstackpin.local/log\n"), "{proof}");
+    let origin = w.vkey.split('+').next().unwrap();
+    assert!(origin.starts_with("stackpin.local/log/"), "{origin}");
+    assert!(proof.contains(&format!("\n\n{origin}\n")), "{proof}");
 
     // Offline: no server needed (point the CLI at a closed port).
     let offline = stackpin_tests::stackpin(

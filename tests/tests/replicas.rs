@@ -37,7 +37,7 @@ fn try_replica(dir: &Path, name: &str, weed: &Seaweed, prefix: &str) -> Result<S
             &storage,
             "--s3-endpoint",
             &weed.endpoint(),
-            "--log-key",
+            "--log-signing-key",
             log_key.to_str().unwrap(),
             "--trusted-keys",
             trusted.to_str().unwrap(),
@@ -241,7 +241,7 @@ fn two_replicas_on_one_bucket_stay_consistent_under_concurrent_writers() {
 /// The verifier key of the shared log key, via `stackpin-registry key`.
 fn log_vkey(dir: &Path) -> String {
     let out = std::process::Command::new(stackpin_tests::bin("stackpin-registry"))
-        .args(["key", "--log-key"])
+        .args(["key", "--log-signing-key"])
         .arg(dir.join("log.pem"))
         .output()
         .unwrap();
@@ -440,7 +440,7 @@ fn on_a_bucket_an_edited_log_is_refused_and_a_damaged_index_is_rebuilt() {
     // A damaged leaf hash in the running replica's index is blamed on the
     // index, not on the bucket.
     let key = std::process::Command::new(stackpin_tests::bin("stackpin-registry"))
-        .args(["key", "--log-key"])
+        .args(["key", "--log-signing-key"])
         .arg(dir.join("log.pem"))
         .output()
         .unwrap();

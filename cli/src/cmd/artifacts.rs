@@ -78,10 +78,8 @@ pub struct RestoreArgs {
     /// public-key file or a folder of *.pem.
     #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
     trusted_keys: PathBuf,
-    /// The log's verifier key (as `stackpin-registry key` prints it), or a
-    /// file holding it.
-    #[arg(long, env = "STACKPIN_LOG_KEY")]
-    log_key: String,
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
     /// Explain what would be restored and why, and the database target,
     /// without downloading or writing anything.
     #[arg(long)]

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod pins;
 pub mod publish;
 pub mod shell;
+pub mod trust;
 pub mod verify;
 
 use clap::Subcommand;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Manage trusted publisher keys (each change is a log entry).
     #[command(subcommand)]
     Key(keys::Command),
+    /// What is remembered of the logs met so far: list, or forget one.
+    #[command(subcommand)]
+    Trust(trust::Command),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(shell::CompletionsArgs),
     /// Print the man page, or write one per command with --out-dir.
@@ -72,6 +76,7 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Verify(a) => verify::verify(a, format),
         Command::Audit(a) => verify::audit(a, server, state, format).await,
         Command::Key(c) => keys::run(c, server, format).await,
+        Command::Trust(c) => trust::run(c, state, format),
         Command::Completions(a) => shell::completions(a),
         Command::Man(a) => shell::man(a),
     }

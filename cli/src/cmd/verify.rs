@@ -18,10 +18,8 @@ use crate::view::Format;
 
 #[derive(clap::Args)]
 pub struct CheckpointArgs {
-    /// The log's verifier key (as `stackpin-registry key` prints it), or a
-    /// file holding it.
-    #[arg(long, env = "STACKPIN_LOG_KEY")]
-    log_key: String,
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
 }
 
 #[derive(Serialize)]
@@ -67,9 +65,8 @@ pub struct VerifyArgs {
     /// Publisher keys (a PEM file or a folder of *.pem).
     #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
     trusted_keys: PathBuf,
-    /// The log's verifier key, or a file holding it.
-    #[arg(long, env = "STACKPIN_LOG_KEY")]
-    log_key: String,
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
 }
 
 #[derive(Serialize)]
@@ -148,9 +145,8 @@ pub struct AuditArgs {
     /// Publisher keys (a PEM file or a folder of *.pem).
     #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
     trusted_keys: PathBuf,
-    /// The log's verifier key, or a file holding it.
-    #[arg(long, env = "STACKPIN_LOG_KEY")]
-    log_key: String,
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
     /// How far after its recording a pin may activate: the registry's
     /// `clock_skew` setting, when it is not the default [default: 5s].
     #[arg(long, value_parser = stackpin_core::time::parse_duration)]

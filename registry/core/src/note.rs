@@ -24,7 +24,9 @@ use crate::merkle::Hash;
 
 /// The Ed25519 signature type byte of signed notes.
 const ED25519: u8 = 0x01;
-/// Default origin (and key name) of a registry's log.
+/// The origin every registry signed as before origins were unique; logs
+/// that signed with it keep it. New logs derive theirs
+/// ([`derived_origin`]).
 pub const DEFAULT_ORIGIN: &str = "stackpin.local/log";
 /// Largest note accepted when parsing.
 const MAX_NOTE_BYTES: usize = 64 * 1024;
@@ -49,6 +51,32 @@ pub fn key_id(name: &str, key: &VerifyingKey) -> u32 {
     h.update(key.as_bytes());
     let d = h.finalize();
     u32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
+
+/// The origin of a new log whose settings name none: unique to its key
+/// (`stackpin.local/log/` and the first 16 hex digits of the SHA-256 of the
+/// raw public key), so two installations never sign as the same log, and
+/// replicas that share a key share an origin.
+pub fn derived_origin(key: &VerifyingKey) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{DEFAULT_ORIGIN}/{hex}")
+}
+
+/// The origin line of a checkpoint note (its first line), unverified: what
+/// a stored log says it signs as.
+pub fn origin_of(note: &str) -> Option<&str> {
+    note.split('\n')
+        .next()
+        .filter(|line| check_name(line).is_ok())
+}
+
+/// Checks that `origin` can be a log origin and note key name.
+///
+/// # Errors
+/// Invalid for an empty name, spaces, '+' or control characters.
+pub fn check_origin(origin: &str) -> Result<()> {
+    check_name(origin)
 }
 
 /// Signs notes as the log.
@@ -81,14 +109,7 @@ impl NoteSigner {
 
     /// The verifier key text: `<name>+<hex id>+<base64(0x01 || key)>`.
     pub fn vkey(&self) -> String {
-        let mut material = vec![ED25519];
-        material.extend_from_slice(self.key.verifying_key().as_bytes());
-        format!(
-            "{}+{:08x}+{}",
-            self.name,
-            self.id,
-            STANDARD.encode(material)
-        )
+        self.verifier().vkey()
     }
 
     /// The verifier for this signer.
@@ -160,6 +181,28 @@ impl NoteVerifier {
     /// The key name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The signed-note key id (of name and key).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The public key.
+    pub fn key(&self) -> &VerifyingKey {
+        &self.key
+    }
+
+    /// The verifier key text: `<name>+<hex id>+<base64(0x01 || key)>`.
+    pub fn vkey(&self) -> String {
+        let mut material = vec![ED25519];
+        material.extend_from_slice(self.key.as_bytes());
+        format!(
+            "{}+{:08x}+{}",
+            self.name,
+            self.id,
+            STANDARD.encode(material)
+        )
     }
 
     /// Checks a signed note and returns its text (which includes the final
@@ -323,6 +366,29 @@ mod tests {
         assert_eq!(note, format!("{TEXT}\n\u{2014} PeterNeumann {SIG}\n"));
         let verifier = NoteVerifier::parse(VKEY).unwrap();
         assert_eq!(verifier.open(&note).unwrap(), TEXT);
+    }
+
+    #[test]
+    fn derived_origins_are_valid_names_unique_to_their_key() {
+        let a = derived_origin(&SigningKey::from_bytes(&[1; 32]).verifying_key());
+        let b = derived_origin(&SigningKey::from_bytes(&[2; 32]).verifying_key());
+        assert_ne!(a, b);
+        assert!(a.starts_with("stackpin.local/log/") && a.len() == DEFAULT_ORIGIN.len() + 17);
+        check_origin(&a).unwrap();
+        let signer = NoteSigner::new(&a, SigningKey::from_bytes(&[1; 32])).unwrap();
+        let body = Checkpoint {
+            origin: a.clone(),
+            size: 1,
+            root: Hash::from_bytes([7; 32]),
+        }
+        .body();
+        let note = signer.sign(&body);
+        assert_eq!(origin_of(&note), Some(a.as_str()));
+        assert_eq!(origin_of("has space\n"), None);
+        assert_eq!(
+            NoteVerifier::parse(&signer.vkey()).unwrap().vkey(),
+            signer.vkey()
+        );
     }
 
     #[test]

@@ -204,6 +204,55 @@ pub(super) async fn find_checkpoints(
     Ok(Found { history, latest })
 }
 
+/// Where a log's origin came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OriginSource {
+    /// The checkpoints stored with the log sign as it.
+    Stored,
+    /// The `log_origin` setting, for a log that has signed nothing yet.
+    Configured,
+    /// Derived from the log key, for a new log with no `log_origin`.
+    Derived,
+}
+
+/// The origin a registry signs its log as: the one its stored checkpoints
+/// carry (a log keeps its origin for good), else `configured`, else one
+/// derived from the log key ([`crate::note::derived_origin`]).
+///
+/// # Errors
+/// Invalid when `configured` names another origin than the stored log
+/// signs as; Unavailable when storage fails.
+pub async fn log_origin(
+    store: &Arc<dyn ObjectStore>,
+    configured: Option<&str>,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<(String, OriginSource)> {
+    use futures::TryStreamExt as _;
+    let mut note = read_note(store, layout::CHECKPOINT).await?;
+    if note.is_none() {
+        let prefix = StorePath::from(layout::CHECKPOINTS);
+        let metas: Vec<_> = store.list(Some(&prefix)).try_collect().await?;
+        let newest = metas
+            .iter()
+            .filter_map(|m| layout::parse_checkpoint_history_name(m.location.filename()?))
+            .max();
+        if let Some(size) = newest {
+            note = read_note(store, &layout::checkpoint_history_key(size)).await?;
+        }
+    }
+    let stored = note.as_deref().and_then(crate::note::origin_of);
+    match (stored, configured) {
+        (Some(stored), Some(configured)) if stored != configured => Err(Error::invalid(format!(
+            "setting log_origin: the log in this storage signs as {stored:?}, not \
+             {configured:?}; a log keeps its origin for good (verifiers and witnesses know it \
+             by that name). Remove log_origin, or set it to {stored:?}"
+        ))),
+        (Some(stored), _) => Ok((stored.to_owned(), OriginSource::Stored)),
+        (None, Some(configured)) => Ok((configured.to_owned(), OriginSource::Configured)),
+        (None, None) => Ok((crate::note::derived_origin(key), OriginSource::Derived)),
+    }
+}
+
 /// Reads and verifies the history copy of the checkpoint of `size`.
 ///
 /// # Errors

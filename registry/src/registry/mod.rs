@@ -15,8 +15,8 @@ mod publish;
 mod recover;
 mod resolve;
 
-pub use checkpoint::STORE_CHECKPOINT_EVERY;
 use checkpoint::put_checkpoint;
+pub use checkpoint::{OriginSource, STORE_CHECKPOINT_EVERY, log_origin};
 pub use publish::PendingPublish;
 pub use recover::{LOCK_FILE, index_dir, open_index};
 

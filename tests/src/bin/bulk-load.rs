@@ -53,12 +53,15 @@ async fn main() {
         data_dir: dir.clone(),
         ..Default::default()
     };
-    let log_signer = settings.signer().unwrap_or_else(|e| panic!("{e}"));
     let store = stackpin_registry::storage::open(
         &stackpin_registry::storage::StorageUrl::File(dir.clone()),
         &Default::default(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    let (log_signer, _) = settings
+        .signer(&store)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let registry = Arc::new(
         Registry::open_at(
             &dir,
