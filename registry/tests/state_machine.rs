@@ -609,6 +609,18 @@ async fn a_resolve_carries_proofs_that_verify_offline_and_break_on_any_flip() {
     // The .tlog-proof text round-trips, and no single flipped byte survives.
     let text = proof.to_tlog_proof();
     assert_eq!(RestoreProof::parse_tlog_proof(&text).unwrap(), proof);
+    // What a generic C2SP verifier checks is the claim a restore rests on:
+    // the file's index and proof lines prove the pin entry.
+    assert!(
+        text.contains(&format!("\nindex {}\n", proof.pin.index)),
+        "{text}"
+    );
+    // Files written before (the publish entry primary, the pin in extra)
+    // still parse to the same proof and verify.
+    let earlier = earlier_tlog_proof(&proof);
+    let parsed = RestoreProof::parse_tlog_proof(&earlier).unwrap();
+    assert_eq!(parsed, proof);
+    parsed.verify(b"[1]", &log_key, &trusted).unwrap();
     let bytes = text.as_bytes();
     for i in 0..bytes.len() {
         let mut flipped = bytes.to_vec();
@@ -621,6 +633,40 @@ async fn a_resolve_carries_proofs_that_verify_offline_and_break_on_any_flip() {
             .is_ok();
         assert!(!ok, "flipping byte {i} of the proof file went unnoticed");
     }
+}
+
+/// A `.tlog-proof` as versions before the pin became the primary proof
+/// wrote it: the publish entry's index and proof lines, and the pin and
+/// next entries in `extra`.
+fn earlier_tlog_proof(proof: &stackpin_registry::proof::RestoreProof) -> String {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let proved = |e: &stackpin_registry::proof::ProvedEntry| {
+        serde_json::json!({
+            "index": e.index,
+            "entry": b64(&e.entry),
+            "proof": e.proof.iter().map(|h| b64(h.as_bytes())).collect::<Vec<_>>(),
+        })
+    };
+    let mut extra = serde_json::json!({
+        "entry": b64(&proof.publish.entry),
+        "pin": proved(&proof.pin),
+    });
+    if let Some(next) = &proof.next {
+        extra["next"] = proved(next);
+    }
+    let mut out = format!(
+        "c2sp.org/tlog-proof@v1\nextra {}\nindex {}\n",
+        b64(&serde_json::to_vec(&extra).unwrap()),
+        proof.publish.index
+    );
+    for h in &proof.publish.proof {
+        out.push_str(&b64(h.as_bytes()));
+        out.push('\n');
+    }
+    out.push('\n');
+    out.push_str(&proof.checkpoint);
+    out
 }
 
 #[tokio::test]

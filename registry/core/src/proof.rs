@@ -11,11 +11,15 @@
 //!                leaf hash, so no pin lies between the two: T's interval is exact
 //! ```
 //!
-//! The `.tlog-proof` file's own index and proof lines are the publish entry
-//! (the record that the artifact was logged); its `extra` line carries the
-//! entry bytes needed to recompute that leaf, plus the pin and next entries
-//! with their proofs, as base64 JSON. Extra data is unauthenticated by
-//! itself: everything in it is checked against the signed checkpoint.
+//! The `.tlog-proof` file's own index and proof lines are the pin entry: the
+//! claim a restore rests on (this artifact was live in this environment from
+//! this instant), so a generic C2SP verifier checks that claim. Its `extra`
+//! line carries the pin entry's bytes (to recompute the leaf), and the
+//! publish and next entries with their proofs, as base64 JSON (the schema is
+//! in docs/proof-files.md). Files written before carried the publish entry
+//! as the primary proof and the pin in `extra`; they still parse. Extra data
+//! is unauthenticated by itself: everything in it is checked against the
+//! signed checkpoint.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -215,17 +219,18 @@ impl RestoreProof {
     /// The `.tlog-proof` text.
     pub fn to_tlog_proof(&self) -> String {
         let extra = Extra {
-            entry: STANDARD.encode(&self.publish.entry),
-            pin: ExtraEntry::from(&self.pin),
+            entry: STANDARD.encode(&self.pin.entry),
+            publish: Some(ExtraEntry::from(&self.publish)),
+            pin: None,
             next: self.next.as_ref().map(ExtraEntry::from),
         };
         let extra = serde_json::to_vec(&extra).unwrap_or_default();
         let mut out = format!(
             "{TLOG_PROOF_HEADER}\nextra {}\nindex {}\n",
             STANDARD.encode(extra),
-            self.publish.index
+            self.pin.index
         );
-        for h in &self.publish.proof {
+        for h in &self.pin.proof {
             out.push_str(&STANDARD.encode(h));
             out.push('\n');
         }
@@ -234,7 +239,8 @@ impl RestoreProof {
         out
     }
 
-    /// Parses a `.tlog-proof` file written by [`Self::to_tlog_proof`].
+    /// Parses a `.tlog-proof` file written by [`Self::to_tlog_proof`], or by
+    /// earlier versions (the publish entry as the primary proof).
     ///
     /// # Errors
     /// Invalid when the text is not such a file.
@@ -267,17 +273,28 @@ impl RestoreProof {
             .map_err(|_| bad("extra is not base64"))?;
         let extra: Extra =
             serde_json::from_slice(&extra).map_err(|e| bad(&format!("extra: {e}")))?;
+        let primary = ProvedEntry {
+            index,
+            entry: STANDARD
+                .decode(&extra.entry)
+                .map_err(|_| bad("extra entry is not base64"))?
+                .into(),
+            proof,
+        };
+        let (publish, pin) = match (extra.publish, extra.pin) {
+            (Some(publish), None) => (publish.try_into()?, primary),
+            (None, Some(pin)) => (primary, pin.try_into()?),
+            _ => {
+                return Err(bad(
+                    "extra must carry either the publish entry (the pin is the primary proof) \
+                     or, in files from earlier versions, the pin entry",
+                ));
+            }
+        };
         Ok(Self {
             checkpoint: checkpoint.to_owned(),
-            publish: ProvedEntry {
-                index,
-                entry: STANDARD
-                    .decode(&extra.entry)
-                    .map_err(|_| bad("extra entry is not base64"))?
-                    .into(),
-                proof,
-            },
-            pin: extra.pin.try_into()?,
+            publish,
+            pin,
             next: extra.next.map(TryInto::try_into).transpose()?,
         })
     }
@@ -294,9 +311,15 @@ fn decode_hash(text: &str) -> Result<Hash> {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Extra {
-    /// The publish entry (the file's own index and proof lines prove it).
+    /// The entry the file's own index and proof lines prove: the pin entry
+    /// (earlier files: the publish entry).
     entry: String,
-    pin: ExtraEntry,
+    /// The publish entry, with its proof (absent in earlier files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    publish: Option<ExtraEntry>,
+    /// Earlier files only: the pin entry, with its proof.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pin: Option<ExtraEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next: Option<ExtraEntry>,
 }
