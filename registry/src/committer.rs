@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use stackpin_core::layout;
 use stackpin_core::state::{Overlay, Refused, Rules};
 
 use crate::error::{Error, Kind, Result};
@@ -212,6 +213,10 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
             match build(&view) {
                 Ok(Some(entry)) => {
                     let bytes = entry.to_bytes();
+                    if let Err(e) = layout::check_entry_size(&bytes) {
+                        decided.push((build, reply, Err(e.into())));
+                        continue;
+                    }
                     let at = start + entries.len() as u64;
                     match view.apply(rules, at, &bytes) {
                         Ok(applied) => accepted.push(applied),

@@ -138,6 +138,40 @@ fn log_signer() -> NoteSigner {
 }
 
 #[tokio::test]
+async fn an_entry_too_long_for_a_tile_bundle_is_refused_and_nothing_is_logged() {
+    let f = Fixture::new().await;
+    let body = br#"{"v":1}"#;
+    let rid: ReleaseId = "big".parse().unwrap();
+    let small = signing::sign_envelope(
+        &signing::publish_statement(&rid, &Digest::of(body)),
+        &publisher(),
+    );
+    // The same valid signature, repeated: an envelope within its own limit
+    // whose log entry would not fit a uint16 length prefix.
+    let mut envelope: serde_json::Value = serde_json::from_slice(&small).unwrap();
+    let signature = envelope["signatures"][0].clone();
+    let mut big = envelope.clone();
+    let mut count = 1;
+    while serde_json::to_vec(&big).unwrap().len() < signing::MAX_ENVELOPE_BYTES - 300 {
+        count += 1;
+        big["signatures"] = serde_json::Value::Array(vec![signature.clone(); count]);
+    }
+    envelope["signatures"] = serde_json::Value::Array(vec![signature; count / 2]);
+    let fits = serde_json::to_vec(&envelope).unwrap();
+    let too_long = serde_json::to_vec(&big).unwrap();
+    assert!(too_long.len() <= signing::MAX_ENVELOPE_BYTES);
+    let before = f.registry.checkpoint().unwrap().size;
+    let err = f.publish_with("big", &too_long, body).await.unwrap_err();
+    assert_eq!(err.kind(), Kind::Invalid, "{err}");
+    assert!(err.message().contains("at most 65535"), "{err}");
+    assert_eq!(f.registry.checkpoint().unwrap().size, before);
+    // Half as many signatures fit: the refusal was the entry's size.
+    let p = f.publish_with("big", &fits, body).await.unwrap();
+    assert!(p.created);
+    assert_eq!(f.registry.checkpoint().unwrap().size, before + 1);
+}
+
+#[tokio::test]
 async fn publish_is_write_once_per_release_id() {
     let f = Fixture::new().await;
     let first = f.publish("r1", br#"{"v":1}"#).await.unwrap();

@@ -48,6 +48,28 @@ pub fn parse_checkpoint_history_name(name: &str) -> Option<u64> {
     parse_object_name(name)
 }
 
+/// The largest log entry a new write may add: C2SP tlog-tiles entry bundles
+/// prefix each entry with a big-endian uint16 length, so a longer entry
+/// could not be served as tiles. Entries already in a log are read whatever
+/// their size; only new ones are held to this.
+pub const MAX_ENTRY_BYTES: usize = u16::MAX as usize;
+
+/// Checks a new entry's size against [`MAX_ENTRY_BYTES`].
+///
+/// # Errors
+/// Invalid, naming both sizes.
+pub fn check_entry_size(entry: &[u8]) -> crate::error::Result<()> {
+    if entry.len() > MAX_ENTRY_BYTES {
+        return Err(crate::error::Error::invalid(format!(
+            "the log entry this request would write is {} bytes; a log entry holds at most \
+             {MAX_ENTRY_BYTES} (the length prefix of tlog-tiles entry bundles): shorten the \
+             envelope (fewer or smaller signatures) or the reason",
+            entry.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The folder (key prefix) of artifact bytes.
 pub const BLOBS: &str = "blobs/sha256";
 
