@@ -38,6 +38,7 @@ pub mod position;
 pub mod proof;
 pub mod signing;
 pub mod state;
+pub mod tiles;
 pub mod time;
 
 pub use error::{Error, Kind, Result};
