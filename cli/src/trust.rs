@@ -134,14 +134,16 @@ pub fn remembered(dir: &Path) -> Outcome<Vec<Remembered>> {
         let Ok(note) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let Some(text_end) = note.rfind("\n\n") else {
+        let Ok((text, signatures)) = stackpin_core::note::split(&note) else {
             continue;
         };
-        let Ok(cp) = Checkpoint::parse(&note[..=text_end]) else {
+        let Ok(cp) = Checkpoint::parse(text) else {
             continue;
         };
-        let key_id = signer_id(&note[text_end + 2..], &cp.origin)
-            .map_or_else(|| "unknown".to_owned(), |id| format!("{id:08x}"));
+        let key_id = signatures
+            .iter()
+            .find(|s| s.name == cp.origin)
+            .map_or_else(|| "unknown".to_owned(), |s| format!("{:08x}", s.id));
         out.push(Remembered {
             origin: cp.origin,
             key_id,
@@ -152,19 +154,6 @@ pub fn remembered(dir: &Path) -> Outcome<Vec<Remembered>> {
     }
     out.sort_by(|a, b| (&a.origin, &a.key_id).cmp(&(&b.origin, &b.key_id)));
     Ok(out)
-}
-
-/// The key id of the first signature line by `name`.
-fn signer_id(signatures: &str, name: &str) -> Option<u32> {
-    use base64::Engine as _;
-    signatures.lines().find_map(|line| {
-        let (who, blob) = line.strip_prefix("\u{2014} ")?.split_once(' ')?;
-        let blob = base64::engine::general_purpose::STANDARD
-            .decode(blob)
-            .ok()?;
-        (who == name && blob.len() >= 4)
-            .then(|| u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]))
-    })
 }
 
 fn file_stem(origin: &str) -> String {

@@ -212,38 +212,14 @@ impl NoteVerifier {
     /// Invalid when the note is malformed, a signature by this key fails, or
     /// no signature by this key is present.
     pub fn open<'a>(&self, note: &'a str) -> Result<&'a str> {
-        if note.len() > MAX_NOTE_BYTES {
-            return Err(Error::invalid("signed note is too large"));
-        }
-        if note.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(Error::invalid("signed note contains control characters"));
-        }
-        let split = note
-            .rfind("\n\n")
-            .ok_or_else(|| Error::invalid("signed note has no blank line before its signatures"))?;
-        let (text, sigs) = (&note[..=split], &note[split + 2..]);
-        if !sigs.ends_with('\n') || sigs.len() < 2 {
-            return Err(Error::invalid("signed note has no signature lines"));
-        }
+        let (text, signatures) = split(note)?;
         let mut verified = false;
-        for line in sigs[..sigs.len() - 1].split('\n') {
-            let rest = line
-                .strip_prefix("\u{2014} ")
-                .ok_or_else(|| Error::invalid(format!("malformed signature line {line:?}")))?;
-            let (name, blob) = rest
-                .split_once(' ')
-                .ok_or_else(|| Error::invalid(format!("malformed signature line {line:?}")))?;
-            let blob = STANDARD
-                .decode(blob)
-                .map_err(|_| Error::invalid(format!("signature of {name} is not base64")))?;
-            if blob.len() < 4 {
-                return Err(Error::invalid(format!("signature of {name} is too short")));
-            }
-            let id = u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]);
-            if name != self.name || id != self.id {
+        for sig in signatures {
+            if sig.name != self.name || sig.id != self.id {
                 continue; // another key's signature: ignored, as the spec says
             }
-            let sig = Signature::from_slice(&blob[4..])
+            let name = sig.name;
+            let sig = Signature::from_slice(&sig.signature)
                 .map_err(|_| Error::invalid(format!("signature of {name} is not Ed25519")))?;
             if self.key.verify_strict(text.as_bytes(), &sig).is_err() {
                 return Err(Error::invalid(format!(
@@ -260,6 +236,60 @@ impl NoteVerifier {
         }
         Ok(text)
     }
+}
+
+/// One signature line of a signed note, not verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignatureLine<'a> {
+    /// The key name.
+    pub name: &'a str,
+    /// The key id (the first four bytes of the decoded signature).
+    pub id: u32,
+    /// The signature proper (what follows the key id).
+    pub signature: Vec<u8>,
+}
+
+/// Splits a signed note into its text (with its final newline) and its
+/// signature lines, verifying nothing.
+///
+/// # Errors
+/// Invalid when the note is too large, has control characters, or its
+/// signature lines are malformed.
+pub fn split(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>)> {
+    if note.len() > MAX_NOTE_BYTES {
+        return Err(Error::invalid("signed note is too large"));
+    }
+    if note.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(Error::invalid("signed note contains control characters"));
+    }
+    let at = note
+        .rfind("\n\n")
+        .ok_or_else(|| Error::invalid("signed note has no blank line before its signatures"))?;
+    let (text, sigs) = (&note[..=at], &note[at + 2..]);
+    if !sigs.ends_with('\n') || sigs.len() < 2 {
+        return Err(Error::invalid("signed note has no signature lines"));
+    }
+    let mut out = Vec::new();
+    for line in sigs[..sigs.len() - 1].split('\n') {
+        let malformed = || Error::invalid(format!("malformed signature line {line:?}"));
+        let (name, blob) = line
+            .strip_prefix("\u{2014} ")
+            .ok_or_else(malformed)?
+            .split_once(' ')
+            .ok_or_else(malformed)?;
+        let blob = STANDARD
+            .decode(blob)
+            .map_err(|_| Error::invalid(format!("signature of {name} is not base64")))?;
+        let [a, b, c, d, signature @ ..] = blob.as_slice() else {
+            return Err(Error::invalid(format!("signature of {name} is too short")));
+        };
+        out.push(SignatureLine {
+            name,
+            id: u32::from_be_bytes([*a, *b, *c, *d]),
+            signature: signature.to_vec(),
+        });
+    }
+    Ok((text, out))
 }
 
 /// A tlog checkpoint body: the log's commitment to its first `size` entries.
