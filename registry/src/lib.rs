@@ -31,7 +31,9 @@
 //!
 //! Object storage is the source of truth; the index is a cache of it.
 
-pub use stackpin_core::{audit, digest, ids, layout, merkle, note, position, proof, signing, time};
+pub use stackpin_core::{
+    audit, digest, ids, layout, merkle, note, position, proof, signing, tiles, time,
+};
 
 pub mod auth;
 pub mod blobs;

@@ -1148,3 +1148,83 @@ async fn a_request_id_records_once_and_refuses_another_request() {
     assert_eq!(again.log_index, first.log_index);
     assert_eq!(rebuilt.checkpoint().unwrap().size, size);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_served_as_tlog_tiles_and_full_tiles_are_stored_once() {
+    use stackpin_registry::tiles::{self, Tile, TileTree};
+    let f = Fixture::new().await;
+    f.publish("r1", b"[1]").await.unwrap();
+    let pins = (0..599).map(|i| {
+        let f = &f;
+        async move { f.pin(["a", "b", "c"][i % 3], "r1", None).await }
+    });
+    for r in futures::future::join_all(pins).await {
+        r.unwrap();
+    }
+    let cp = f.registry.checkpoint().unwrap();
+    assert_eq!(cp.size, 600);
+    // What a tlog-tiles client reads gives the signed root, and the bundles
+    // hold the log's entries.
+    let mut served = std::collections::HashMap::new();
+    for tile in tiles::tiles_of(cp.size) {
+        let bytes = f.registry.tile(&tile.path()).await.unwrap();
+        served.insert(
+            tile,
+            bytes.unwrap_or_else(|| panic!("{} missing", tile.path())),
+        );
+    }
+    let tree = TileTree::new(cp.size, |t: &Tile| {
+        Ok(served.get(t).map(|b| b.to_vec()).unwrap_or_default())
+    });
+    assert_eq!(tree.root().unwrap(), cp.root);
+    for tile in tiles::tiles_of(cp.size)
+        .into_iter()
+        .filter(|t| t.level.is_none())
+    {
+        let entries = tiles::split_bundle(&served[&tile]).unwrap();
+        assert_eq!(entries.len() as u64, tile.width);
+        for (k, e) in entries.iter().enumerate() {
+            let want = f.registry.entry(tile.first() + k as u64).await.unwrap();
+            assert_eq!(*e, &want[..]);
+        }
+    }
+    // Beyond the tree, or spelt otherwise: not a tile.
+    for path in [
+        "tile/0/002.p/89",
+        "tile/0/003",
+        "tile/entries/002.p/89",
+        "tile/1/000.p/3",
+        "tile/0/2",
+        "tile/0/x000/002",
+        "tile/0/002.p/088",
+        "checkpoint",
+    ] {
+        assert!(f.registry.tile(path).await.unwrap().is_none(), "{path}");
+    }
+    // A smaller partial tile of the same row is still served (trees of
+    // earlier sizes had it).
+    assert!(f.registry.tile("tile/0/002.p/3").await.unwrap().is_some());
+    // The full tiles end up in storage, byte for byte what is served.
+    let marker = object_store::path::Path::from(stackpin_registry::layout::TILES_WRITTEN);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(r) = f.store.get(&marker).await
+            && r.bytes().await.unwrap() == "512"
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no tiles stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for tile in tiles::tiles_of(cp.size) {
+        let stored = f
+            .store
+            .get(&object_store::path::Path::from(tile.path()))
+            .await;
+        if tile.is_full() {
+            assert_eq!(stored.unwrap().bytes().await.unwrap(), served[&tile]);
+        } else {
+            assert!(stored.is_err(), "partial {} stored", tile.path());
+        }
+    }
+}

@@ -22,6 +22,7 @@ use crate::merkle::{self, Hash, MemoryTree};
 use crate::note::{Checkpoint, NoteVerifier};
 use crate::signing::{KeyId, TrustedKeys};
 use crate::state::{self, Applied, Empty, Overlay, Refused, Rules, State as _};
+use crate::tiles::Tile;
 use crate::time::Timestamp;
 
 /// The kind of a failure, so a report can say which checks failed.
@@ -38,6 +39,8 @@ pub enum Class {
     Timeline,
     /// A blob is missing or its bytes do not match its digest.
     Blob,
+    /// A tlog-tiles hash tile is missing or differs from the entries' tree.
+    Tiles,
 }
 
 impl fmt::Display for Class {
@@ -48,6 +51,7 @@ impl fmt::Display for Class {
             Class::Signature => "signature",
             Class::Timeline => "timeline",
             Class::Blob => "blob",
+            Class::Tiles => "tiles",
         })
     }
 }
@@ -73,7 +77,14 @@ pub struct Report {
     pub key_changes: u64,
     pub environments: u64,
     pub blobs_checked: u64,
+    /// Hash tiles compared with the entries' tree (a tiles audit).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub tiles_checked: u64,
     pub failures: Vec<Failure>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Report {
@@ -288,6 +299,73 @@ impl Audit {
                 ),
             ),
             Err(e) => self.fail(Class::Checkpoint, format!("computing the root: {e}")),
+        }
+    }
+
+    /// Feeds the entries of a tlog-tiles entry bundle (the next one, in
+    /// order): its bytes, or why it could not be read.
+    pub fn bundle(&mut self, tile: &Tile, bytes: Result<&[u8], &str>) {
+        let first = tile.first();
+        let entries = match bytes.map(crate::tiles::split_bundle) {
+            Ok(Ok(entries)) if entries.len() as u64 == tile.width => entries,
+            Ok(Ok(entries)) => {
+                self.fail(
+                    Class::Log,
+                    format!(
+                        "{} holds {} entries, not {}",
+                        tile.path(),
+                        entries.len(),
+                        tile.width
+                    ),
+                );
+                entries
+            }
+            Ok(Err(e)) => {
+                self.fail(Class::Log, format!("{}: {e}", tile.path()));
+                Vec::new()
+            }
+            Err(why) => {
+                self.fail(Class::Log, format!("{}: {why}", tile.path()));
+                Vec::new()
+            }
+        };
+        for (k, entry) in entries.iter().take(tile.width as usize).enumerate() {
+            self.entry(first + k as u64, entry);
+        }
+        // Keep later indices in place when the bundle was short.
+        while self.tree.len() < first + tile.width {
+            let index = self.tree.len();
+            self.tree.push(Hash::from_bytes([0; 32]));
+            self.report.failures.push(Failure {
+                class: Class::Log,
+                message: format!("entry {index}: not in {}", tile.path()),
+                rule: None,
+            });
+        }
+    }
+
+    /// Checks a tlog-tiles hash tile (after the entries it covers were
+    /// fed) against the tree of the entries: its bytes, or why it could
+    /// not be read.
+    pub fn tile(&mut self, tile: &Tile, bytes: Result<&[u8], &str>) {
+        let Some(level) = tile.level else {
+            return self.bundle(tile, bytes);
+        };
+        self.report.tiles_checked += 1;
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(why) => return self.fail(Class::Tiles, format!("{}: {why}", tile.path())),
+        };
+        match crate::tiles::tile_bytes(&self.tree, level, tile.index, tile.width) {
+            Ok(expected) if expected == bytes => {}
+            Ok(_) => self.fail(
+                Class::Tiles,
+                format!(
+                    "{} differs from the hashes of the entries it covers",
+                    tile.path()
+                ),
+            ),
+            Err(e) => self.fail(Class::Tiles, format!("{}: {e}", tile.path())),
         }
     }
 

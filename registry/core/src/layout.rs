@@ -48,6 +48,18 @@ pub fn parse_checkpoint_history_name(name: &str) -> Option<u64> {
     parse_object_name(name)
 }
 
+/// The folder (key prefix) of the log's C2SP tlog-tiles: full hash tiles
+/// and entry bundles (see [`crate::tiles`]), each written once beside
+/// `log/`, so a mirror or an auditor can read the log from the bucket (or a
+/// CDN in front of it) with no registry running. Partial tiles are served
+/// by the registry, not stored.
+pub const TILES: &str = "tile";
+
+/// How many entries the full tiles stored under [`TILES`] cover (decimal
+/// text, a multiple of 256): the tile writer goes on from there after a
+/// restart instead of writing everything again.
+pub const TILES_WRITTEN: &str = "log/tiles-written";
+
 /// The largest log entry a new write may add: C2SP tlog-tiles entry bundles
 /// prefix each entry with a big-endian uint16 length, so a longer entry
 /// could not be served as tiles. Entries already in a log are read whatever

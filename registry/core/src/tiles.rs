@@ -115,6 +115,16 @@ impl Tile {
         })
     }
 
+    /// Whether a tree of `size` leaves has this tile (a partial tile of
+    /// width `W` is in every tree from the size that first has it on).
+    pub fn within(&self, size: u64) -> bool {
+        let have = match self.level {
+            Some(level) => nodes_at(size, level).unwrap_or(0),
+            None => size,
+        };
+        (1..=WIDTH).contains(&self.width) && self.first() + self.width <= have
+    }
+
     /// The first tree node (of level `8 * L`) or entry the tile holds.
     pub fn first(&self) -> u64 {
         self.index * WIDTH
@@ -150,6 +160,41 @@ pub fn tiles_of(size: u64) -> Vec<Tile> {
             index,
             width: (size - index * WIDTH).min(WIDTH),
         });
+    }
+    out
+}
+
+/// The full tiles (hash tiles of every level, and entry bundles) a tree of
+/// `new` leaves has and one of `old` leaves has not: what a writer that
+/// stored every full tile up to `old` stores next. Bundles and level-0
+/// tiles first, in order, then the higher levels.
+pub fn full_tiles_between(old: u64, new: u64) -> Vec<Tile> {
+    let mut out = Vec::new();
+    if new <= old {
+        return out;
+    }
+    let full = |index| Tile {
+        level: None,
+        index,
+        width: WIDTH,
+    };
+    for index in old / WIDTH..new / WIDTH {
+        out.push(full(index));
+        out.push(Tile {
+            level: Some(0),
+            ..full(index)
+        });
+    }
+    for level in 1..8u8 {
+        let (Some(before), Some(after)) = (nodes_at(old, level), nodes_at(new, level)) else {
+            break;
+        };
+        for index in before / WIDTH..after / WIDTH {
+            out.push(Tile {
+                level: Some(level),
+                ..full(index)
+            });
+        }
     }
     out
 }
@@ -339,6 +384,45 @@ where
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_full_tiles_between_two_sizes_are_the_new_full_ones() {
+        let full = |size| -> std::collections::BTreeSet<Tile> {
+            tiles_of(size).into_iter().filter(Tile::is_full).collect()
+        };
+        for (old, new) in [
+            (0, 255),
+            (0, 256),
+            (255, 257),
+            (256, 512),
+            (0, 65536),
+            (65535, 65536 + 256),
+            (300, 70000),
+        ] {
+            let between: std::collections::BTreeSet<Tile> =
+                full_tiles_between(old, new).into_iter().collect();
+            let expected: std::collections::BTreeSet<Tile> =
+                full(new).difference(&full(old)).copied().collect();
+            assert_eq!(between, expected, "{old}..{new}");
+        }
+        assert!(full_tiles_between(512, 256).is_empty());
+        // Every tile of a tree is in every larger tree; a wider one is not.
+        for size in [1, 255, 256, 257, 65536, 70000] {
+            for tile in tiles_of(size) {
+                assert!(tile.within(size) && tile.within(size + 1), "{tile:?}");
+                let wider = Tile {
+                    width: tile.width + 1,
+                    ..tile
+                };
+                assert!(!wider.within(size), "{wider:?} in {size}");
+            }
+        }
+        assert!(full_tiles_between(0, 65536).contains(&Tile {
+            level: Some(1),
+            index: 0,
+            width: WIDTH
+        }));
+    }
+
     use super::*;
     use crate::merkle::MemoryTree;
 

@@ -14,6 +14,7 @@ mod prove;
 mod publish;
 mod recover;
 mod resolve;
+mod tiles;
 
 use checkpoint::put_checkpoint;
 pub use checkpoint::{OriginSource, STORE_CHECKPOINT_EVERY, log_origin};

@@ -496,6 +496,10 @@ impl Registry {
                 "the log agrees with its signed checkpoints"
             );
         }
+        tokio::spawn(super::tiles::write_tiles(
+            Arc::downgrade(&shared),
+            shared.checkpoint_tx.subscribe(),
+        ));
         tokio::spawn(store_checkpoints(store, verifier, checkpoint_rx));
         shared.committed();
         let (commits, rx) = mpsc::channel(4 * committer::MAX_BATCH);
