@@ -128,6 +128,9 @@ pub struct Settings {
     pub anonymous_read: bool,
     /// Prometheus metrics on this address (off when unset).
     pub metrics_listen: Option<SocketAddr>,
+    /// The log as C2SP tlog-tiles over HTTP(S) on this address (off when
+    /// unset), with the TLS and token rules of `listen`.
+    pub tiles_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     /// Bearer tokens, by hash.
     pub token: Vec<TokenConfig>,
@@ -174,6 +177,7 @@ impl Default for Settings {
             allow_memory_storage: false,
             anonymous_read: false,
             metrics_listen: None,
+            tiles_listen: None,
             log_format: LogFormat::Text,
             token: Vec::new(),
             client_cert: Vec::new(),
@@ -215,6 +219,7 @@ const ENV_KEYS: &[&str] = &[
     "allow_memory_storage",
     "anonymous_read",
     "metrics_listen",
+    "tiles_listen",
     "log_format",
 ];
 
@@ -349,6 +354,12 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the log as C2SP tlog-tiles (checkpoint, tiles, entry bundles)
+    /// over HTTP on this address, with the TLS and tokens of --listen (off
+    /// by default).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tiles_listen: Option<SocketAddr>,
     /// Log lines as text or JSON [default: text].
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -474,6 +485,23 @@ impl Settings {
                     self.listen
                 ),
             ));
+        }
+        if let Some(tiles) = self.tiles_listen {
+            if tiles == self.listen || self.metrics_listen == Some(tiles) {
+                return Err(invalid(
+                    "tiles_listen",
+                    format!("{tiles} is already the address of listen or metrics_listen"),
+                ));
+            }
+            if !tiles.ip().is_loopback() && self.tls_cert.is_none() && !self.insecure_listen {
+                return Err(invalid(
+                    "tiles_listen",
+                    format!(
+                        "{tiles} is not a loopback address: configure tls_cert and tls_key, or \
+                         pass --insecure-listen to serve plaintext on purpose"
+                    ),
+                ));
+            }
         }
         if !self.listen.ip().is_loopback() && self.token.is_empty() && self.client_cert.is_empty() {
             return Err(invalid(

@@ -43,6 +43,7 @@ pub(crate) mod committer;
 pub mod config;
 pub mod defaults;
 pub mod error;
+pub mod http;
 pub(crate) mod health;
 pub mod index;
 pub mod log;

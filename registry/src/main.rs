@@ -230,6 +230,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
+    let tiles = match settings.tiles_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (tiles_listen)"))?,
+        ),
+        None => None,
+    };
     let options = registry_options(&settings).await?;
     let authorizer = settings.authorizer()?;
     if authorizer.enabled() {
@@ -264,7 +272,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     );
     let options = server::Options::from_settings(&settings, authorizer)?;
     let shutdown = shutdown_signal()?;
-    server::run(listener, Arc::new(registry), options, shutdown).await
+    let listeners = server::Listeners {
+        grpc: listener,
+        tiles,
+    };
+    server::run_all(listeners, Arc::new(registry), options, shutdown).await
 }
 
 /// A future that completes on SIGINT or SIGTERM. The handlers are installed

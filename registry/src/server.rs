@@ -24,6 +24,9 @@ pub struct Options {
     pub max_message_bytes: usize,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// TLS of the HTTP (tlog-tiles) listener: the gRPC listener's
+    /// certificate and client CA, read once more for rustls.
+    pub http_tls: Option<Arc<rustls::ServerConfig>>,
     /// How long in-flight requests may take to finish after a shutdown
     /// signal before the server stops anyway.
     pub shutdown_grace: Duration,
@@ -37,6 +40,7 @@ impl Default for Options {
             max_concurrent_streams: crate::defaults::MAX_CONCURRENT_STREAMS,
             max_message_bytes: crate::defaults::MAX_MESSAGE_BYTES,
             metrics_listen: None,
+            http_tls: None,
             shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
         }
     }
@@ -62,12 +66,21 @@ impl Options {
             }
             _ => None,
         };
+        let http_tls = match (&s.tiles_listen, &s.tls_cert, &s.tls_key) {
+            (Some(_), Some(cert), Some(key)) => Some(crate::http::tls_config(
+                cert,
+                key,
+                s.client_ca.as_deref(),
+            )?),
+            _ => None,
+        };
         Ok(Self {
             tls,
             auth,
             max_concurrent_streams: s.max_concurrent_streams,
             max_message_bytes: s.max_message_bytes,
             metrics_listen: s.metrics_listen,
+            http_tls,
             shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
         })
     }
@@ -86,6 +99,37 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_all(
+        Listeners {
+            grpc: listener,
+            tiles: None,
+        },
+        registry,
+        options,
+        shutdown,
+    )
+    .await
+}
+
+/// The listeners a registry serves on, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// C2SP tlog-tiles over HTTP (see [`crate::http`]).
+    pub tiles: Option<TcpListener>,
+}
+
+/// As [`run`], on every listener of `listeners`.
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_all(
+    listeners: Listeners,
+    registry: Arc<Registry>,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = listeners.grpc;
     let addr = listener.local_addr()?;
     if let Some(metrics) = options.metrics_listen {
         crate::observe::install(metrics).context("starting the metrics listener")?;
@@ -134,6 +178,14 @@ pub async fn run(
         let _ = drain_tx.send(true);
     });
     let mut draining = drain_rx.clone();
+    if let Some(tiles) = listeners.tiles {
+        let http = crate::http::Http {
+            registry: registry.clone(),
+            auth: options.auth.clone(),
+            tls: options.http_tls.clone(),
+        };
+        tokio::spawn(crate::http::serve(tiles, http, drain_rx.clone()));
+    }
     let serving = builder
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -1,0 +1,275 @@
+//! The HTTP listener (`tiles_listen`): the log as C2SP tlog-tiles
+//! (<https://c2sp.org/tlog-tiles>), read-only, so that the ecosystem's
+//! clients (monitors, mirrors, witnesses' feeders, `stackpin audit
+//! --tiles`) read it with no stackpin code.
+//!
+//! ```text
+//! GET /checkpoint                      the newest signed checkpoint
+//! GET /tile/<L>/<N>[.p/<W>]            hash tiles of its tree
+//! GET /tile/entries/<N>[.p/<W>]        entry bundles
+//! ```
+//!
+//! The checkpoint changes with every commit, so it may be cached for a
+//! second at most; a tile's bytes never change (a partial tile of width W
+//! is the same in every tree that has it), so tiles are cached for a year.
+//! The listener follows the gRPC listener's rules: the same certificate
+//! and client CA when TLS is configured, and the same tokens (the `read`
+//! role, or none with `anonymous_read`) when authentication is on.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::auth::{Action, Authorizer};
+use crate::error::{Error, Kind};
+use crate::registry::Registry;
+
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen queue.
+const MAX_CONNECTIONS: usize = 1024;
+
+const CHECKPOINT_CACHE: &str = "public, max-age=1";
+const TILE_CACHE: &str = "public, max-age=31536000, immutable";
+
+/// What the listener needs besides the registry.
+#[derive(Clone)]
+pub struct Http {
+    pub registry: Arc<Registry>,
+    pub auth: Authorizer,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The TLS setup of the HTTP listener, from the gRPC listener's PEM files:
+/// a certificate chain and key, and when `client_ca` is given, client
+/// certificates required to chain to it.
+///
+/// # Errors
+/// When a file cannot be read or parsed.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .with_context(|| format!("setting tls_cert: reading {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("setting tls_key: reading {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("setting up TLS")?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("setting client_ca: reading {}", ca.display()))?
+            {
+                let c = c.with_context(|| format!("setting client_ca: reading {}", ca.display()))?;
+                roots
+                    .add(c)
+                    .with_context(|| format!("setting client_ca: {}", ca.display()))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .context("setting client_ca")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .context("setting tls_cert and tls_key")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves on `listener` until `stop` turns true; connections already open
+/// finish what they are sending.
+pub async fn serve(listener: TcpListener, http: Http, mut stop: watch::Receiver<bool>) {
+    let scheme = if http.tls.is_some() { "https" } else { "http" };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("serving tlog-tiles on {addr} ({scheme})");
+    }
+    let acceptor = http.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = async { drop(stop.wait_for(|s| *s).await) } => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let http = http.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match acceptor {
+                None => connection(TokioIo::new(tcp), http, None).await,
+                Some(acceptor) => {
+                    let tls = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await;
+                    let Ok(Ok(tls)) = tls else {
+                        return; // a failed or stalled handshake
+                    };
+                    let cn = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| crate::service::common_name(c.as_ref()));
+                    connection(TokioIo::new(tls), http, cn).await;
+                }
+            }
+        });
+    }
+}
+
+async fn connection<I>(io: I, http: Http, cn: Option<String>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let http = http.clone();
+        let cn = cn.clone();
+        async move { Ok::<_, Infallible>(handle(&http, cn.as_deref(), &req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    if let Err(e) = builder.serve_connection(io, service).await {
+        tracing::debug!(error = %e, "an HTTP connection ended with an error");
+    }
+}
+
+async fn handle(http: &Http, cn: Option<&str>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    if let Err(e) = authorize(http, cn, req) {
+        return error(&e);
+    }
+    let path = req.uri().path();
+    let mut response = if path == "/checkpoint" {
+        match http.registry.checkpoint() {
+            Ok(cp) => body(
+                Bytes::from(cp.note.to_string()),
+                "text/plain; charset=utf-8",
+                CHECKPOINT_CACHE,
+            ),
+            Err(e) => error(&e),
+        }
+    } else if let Some(tile) = path.strip_prefix('/').filter(|p| p.starts_with("tile/")) {
+        match http.registry.tile(tile).await {
+            Ok(Some(bytes)) => body(bytes, "application/octet-stream", TILE_CACHE),
+            Ok(None) => text(
+                StatusCode::NOT_FOUND,
+                "no such tile in the newest checkpoint's tree\n",
+            ),
+            Err(e) => error(&e),
+        }
+    } else {
+        text(
+            StatusCode::NOT_FOUND,
+            "not found: this listener serves /checkpoint and /tile/… (C2SP tlog-tiles)\n",
+        )
+    };
+    if req.method() == Method::HEAD {
+        *response.body_mut() = Full::new(Bytes::new());
+    }
+    response
+}
+
+fn authorize(http: &Http, cn: Option<&str>, req: &Request<Incoming>) -> crate::error::Result<()> {
+    if let Some(e) = http.registry.contradicted() {
+        return Err(e);
+    }
+    let bearer = match req.headers().get(header::AUTHORIZATION) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| {
+                    Error::new(
+                        Kind::Unauthenticated,
+                        "the authorization header is not `Bearer <token>`",
+                    )
+                })?,
+        ),
+    };
+    http.auth.authorize(bearer, cn, Action::Read).map(|_| ())
+}
+
+fn body(bytes: Bytes, content_type: &'static str, cache: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(bytes));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    r
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(message.to_owned())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // What is missing now may exist after the next commit.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// The HTTP status of an error kind: the one place HTTP answers are mapped.
+fn status(kind: Kind) -> StatusCode {
+    match kind {
+        Kind::Invalid => StatusCode::BAD_REQUEST,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::Conflict => StatusCode::CONFLICT,
+        Kind::Precondition => StatusCode::PRECONDITION_FAILED,
+        Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Kind::PermissionDenied => StatusCode::FORBIDDEN,
+        Kind::Unavailable | Kind::Busy | Kind::NoSpace => StatusCode::SERVICE_UNAVAILABLE,
+        Kind::Deadline => StatusCode::GATEWAY_TIMEOUT,
+        Kind::DataLoss | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error(e: &Error) -> Response<Full<Bytes>> {
+    let mut r = text(status(e.kind()), &format!("{}\n", e.message()));
+    if e.kind() == Kind::Unauthenticated {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
