@@ -245,6 +245,22 @@ fn read(path: &PathBuf, what: &str) -> Outcome<Vec<u8>> {
 
 impl Connection {
     fn bearer(&self) -> Outcome<Bearer> {
+        match self.token()? {
+            None => Ok(Bearer(None)),
+            Some(t) => {
+                let value = format!("Bearer {t}").parse().map_err(|_| {
+                    Failure::invalid("the token contains characters a header cannot carry")
+                })?;
+                Ok(Bearer(Some(value)))
+            }
+        }
+    }
+
+    /// The bearer token, from --token-file or STACKPIN_TOKEN.
+    ///
+    /// # Errors
+    /// Invalid when the token file cannot be read or is not text.
+    pub fn token(&self) -> Outcome<Option<String>> {
         let token = match (&self.token_file, &self.token) {
             (Some(path), _) => Some(
                 String::from_utf8(read(path, "--token-file")?)
@@ -255,15 +271,7 @@ impl Connection {
             (None, Some(t)) => Some(t.trim().to_owned()),
             (None, None) => None,
         };
-        match token.filter(|t| !t.is_empty()) {
-            None => Ok(Bearer(None)),
-            Some(t) => {
-                let value = format!("Bearer {t}").parse().map_err(|_| {
-                    Failure::invalid("the token contains characters a header cannot carry")
-                })?;
-                Ok(Bearer(Some(value)))
-            }
-        }
+        Ok(token.filter(|t| !t.is_empty()))
     }
 }
 

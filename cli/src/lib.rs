@@ -25,6 +25,7 @@ mod download;
 pub mod exit;
 mod files;
 mod progress;
+mod tiles;
 mod trust;
 pub mod view;
 

@@ -206,6 +206,38 @@ pub async fn accept_checkpoint(
     log_key: &NoteVerifier,
     state: Option<&Path>,
 ) -> Outcome<Checkpoint> {
+    accept_checkpoint_with(note, log_key, state, async |small, large| {
+        let proof = client
+            .get_consistency_proof(pb::GetConsistencyProofRequest {
+                old_size: small.size,
+                new_size: large.size,
+            })
+            .await?
+            .into_inner();
+        let proof = hashes(&proof.hashes, "consistency proof")?;
+        Ok(
+            merkle::verify_consistency(small.size, large.size, &small.root, &large.root, &proof)
+                .map_err(|e| {
+                    format!(
+                        "no valid consistency proof from {} to {}: {e}",
+                        small.size, large.size
+                    )
+                }),
+        )
+    })
+    .await
+}
+
+/// As [`accept_checkpoint`], with the check that the tree of `small` is a
+/// prefix of the tree of `large` done by `consistent` (a proof from the
+/// registry, or roots computed from the log's tiles): it answers
+/// `Ok(Err(why))` when they are not.
+pub async fn accept_checkpoint_with(
+    note: &str,
+    log_key: &NoteVerifier,
+    state: Option<&Path>,
+    consistent: impl AsyncFnOnce(&Checkpoint, &Checkpoint) -> Outcome<Result<(), String>>,
+) -> Outcome<Checkpoint> {
     let cp = Checkpoint::open(note, log_key)
         .map_err(|e| Failure::verify(format!("checkpoint signature: {e}")))?;
     let Some(dir) = state else {
@@ -251,21 +283,7 @@ pub async fn accept_checkpoint(
                 return Err(forked(format!("two different roots for size {}", cp.size)));
             }
         } else if small.size > 0 {
-            let proof = client
-                .get_consistency_proof(pb::GetConsistencyProofRequest {
-                    old_size: small.size,
-                    new_size: large.size,
-                })
-                .await?
-                .into_inner();
-            let proof = hashes(&proof.hashes, "consistency proof")?;
-            merkle::verify_consistency(small.size, large.size, &small.root, &large.root, &proof)
-                .map_err(|e| {
-                    forked(format!(
-                        "no valid consistency proof from {} to {}: {e}",
-                        small.size, large.size
-                    ))
-                })?;
+            consistent(small, large).await?.map_err(forked)?;
         }
         if old.size >= cp.size {
             return Ok(cp);

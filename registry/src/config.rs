@@ -487,7 +487,8 @@ impl Settings {
             ));
         }
         if let Some(tiles) = self.tiles_listen {
-            if tiles == self.listen || self.metrics_listen == Some(tiles) {
+            // Port 0 asks the system for a free port each time: no clash.
+            if tiles.port() != 0 && (tiles == self.listen || self.metrics_listen == Some(tiles)) {
                 return Err(invalid(
                     "tiles_listen",
                     format!("{tiles} is already the address of listen or metrics_listen"),

@@ -79,7 +79,8 @@ pub fn tls_config(
             for c in CertificateDer::pem_file_iter(ca)
                 .with_context(|| format!("setting client_ca: reading {}", ca.display()))?
             {
-                let c = c.with_context(|| format!("setting client_ca: reading {}", ca.display()))?;
+                let c =
+                    c.with_context(|| format!("setting client_ca: reading {}", ca.display()))?;
                 roots
                     .add(c)
                     .with_context(|| format!("setting client_ca: {}", ca.display()))?;

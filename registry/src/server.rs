@@ -67,11 +67,9 @@ impl Options {
             _ => None,
         };
         let http_tls = match (&s.tiles_listen, &s.tls_cert, &s.tls_key) {
-            (Some(_), Some(cert), Some(key)) => Some(crate::http::tls_config(
-                cert,
-                key,
-                s.client_ca.as_deref(),
-            )?),
+            (Some(_), Some(cert), Some(key)) => {
+                Some(crate::http::tls_config(cert, key, s.client_ca.as_deref())?)
+            }
             _ => None,
         };
         Ok(Self {

@@ -9,6 +9,7 @@ pub mod drill;
 pub mod faults;
 pub mod remote;
 pub mod s3;
+pub mod tlog;
 pub mod world;
 
 use std::io::{BufRead as _, BufReader};
@@ -175,6 +176,28 @@ impl Server {
     /// The server URL for `--server`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The address of the tlog-tiles listener (`--tiles-listen`), as the
+    /// server logged it.
+    pub fn tiles_addr(&self) -> std::net::SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(addr) = self
+                .log()
+                .split("serving tlog-tiles on ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+            {
+                return addr.parse().expect("tiles address");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no tiles listener:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Everything the server logged so far.

@@ -155,7 +155,12 @@ fn tls_mutual_tls_and_tokens_end_to_end() {
     // Relative paths in the settings resolve from the server's working
     // directory: start it in `dir`.
     let config_path = dir.join("stackpin.toml").display().to_string();
-    let server = Server::start_in(dir, &dir.join("data"), &["--config", &config_path]);
+    let vkey = stackpin_tests::world::log_vkey(&dir.join("data"));
+    let server = Server::start_in(
+        dir,
+        &dir.join("data"),
+        &["--config", &config_path, "--tiles-listen", "127.0.0.1:0"],
+    );
     let url = format!("https://127.0.0.1:{}", server.addr.port());
     assert!(server.log().contains("(https)"), "{}", server.log());
 
@@ -189,6 +194,25 @@ fn tls_mutual_tls_and_tokens_end_to_end() {
     let mut bad: Vec<&str> = mtls.to_vec();
     bad.extend(["--token-file", "bad.token"]);
     run(&bad, &["list"]).fails(7, "not authenticated");
+    // The tiles listener keeps the same rules: mutual TLS, then tokens.
+    let tiles = format!("https://{}", server.tiles_addr());
+    let audit = [
+        "audit",
+        "--tiles",
+        &tiles,
+        "--trusted-keys",
+        "pub.pub.pem",
+        "--log-key",
+        &vkey,
+    ];
+    let report = run(&with_token, &[&["--output", "json"], &audit[..]].concat()).json();
+    assert_eq!(report["ok"], true, "{report}");
+    run(&mtls, &audit).ok();
+    run(&bad, &audit).fails(7, "401");
+    let r = run(&tls, &audit);
+    assert_eq!(r.code, 6, "no client certificate, no handshake: {r:?}");
+    run(&[], &audit).fails(2, "--ca-cert");
+
     // https without a CA is a usage error; plain http to a TLS port fails.
     run(&[], &["list"]).fails(2, "--ca-cert");
     let plain = stackpin(

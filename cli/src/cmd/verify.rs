@@ -140,8 +140,14 @@ pub fn verify(args: &VerifyArgs, format: Format) -> Outcome {
 #[derive(clap::Args)]
 pub struct AuditArgs {
     /// Audit a data folder directly instead of the server.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tiles")]
     data_dir: Option<PathBuf>,
+    /// Audit the log served as C2SP tlog-tiles under this URL (the
+    /// registry's tiles_listen, or a mirror or CDN of it): the checkpoint,
+    /// every entry bundle and every hash tile. Blobs are not checked (a
+    /// tiles URL serves the log only).
+    #[arg(long, value_name = "URL")]
+    tiles: Option<String>,
     /// Publisher keys (a PEM file or a folder of *.pem).
     #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
     trusted_keys: PathBuf,
@@ -171,12 +177,17 @@ pub async fn audit(
         predicate_types: Some(args.accept_predicate_types.clone()),
     });
     let mut progress = Progress::items("audit", None);
-    let source = match &args.data_dir {
-        Some(dir) => {
+    let source = match (&args.data_dir, &args.tiles) {
+        (Some(dir), _) => {
             audit_dir(dir, &mut audit, &log_key, &mut progress)?;
             dir.display().to_string()
         }
-        None => {
+        (None, Some(url)) => {
+            let source = crate::tiles::TilesSource::new(url, server)?;
+            audit_tiles(&source, &mut audit, &log_key, state, &mut progress).await?;
+            source.url().to_owned()
+        }
+        (None, None) => {
             audit_server(server, &mut audit, &log_key, state, &mut progress).await?;
             server.url.clone()
         }
@@ -227,6 +238,12 @@ fn print_report(report: &Report, source: &str, format: Format) {
             report.key_changes,
             report.blobs_checked
         );
+        if report.tiles_checked > 0 {
+            out.push_str(&format!(
+                "tiles        {} compared with the entries\n",
+                report.tiles_checked
+            ));
+        }
         if report.ok() {
             out.push_str("result       ok: every check passed\n");
         } else {
@@ -293,6 +310,72 @@ async fn audit_server(
     Ok(())
 }
 
+async fn audit_tiles(
+    source: &crate::tiles::TilesSource,
+    audit: &mut Audit,
+    log_key: &stackpin_core::note::NoteVerifier,
+    state: Option<&Path>,
+    progress: &mut Progress,
+) -> Outcome {
+    use futures::StreamExt as _;
+    use stackpin_core::tiles;
+    let note = source.checkpoint().await?;
+    let cp = stackpin_core::note::Checkpoint::open(&note, log_key)
+        .map_err(|e| Failure::verify(format!("{}/checkpoint: {e}", source.url())))?;
+    let (bundles, hashes): (Vec<_>, Vec<_>) = tiles::tiles_of(cp.size)
+        .into_iter()
+        .partition(|t| t.level.is_none());
+    // Bundles in order (the audit replays the entries), a few in flight.
+    let mut fetched = futures::stream::iter(bundles)
+        .map(|tile| async move { (tile, source.tile(&tile).await) })
+        .buffered(4);
+    while let Some((tile, bytes)) = fetched.next().await {
+        audit.bundle(&tile, bytes.as_deref().map_err(String::as_str));
+        progress.tick("audit: entries", audit.entries(), Some(cp.size));
+    }
+    let total = hashes.len() as u64;
+    let mut fetched = futures::stream::iter(hashes)
+        .map(|tile| async move { (tile, source.tile(&tile).await) })
+        .buffered(8);
+    let mut done = 0;
+    while let Some((tile, bytes)) = fetched.next().await {
+        audit.tile(&tile, bytes.as_deref().map_err(String::as_str));
+        done += 1;
+        progress.tick("audit: hash tiles", done, Some(total));
+    }
+    audit.checkpoint(&note, log_key);
+    audit.signatures();
+    // The checkpoint remembered from earlier runs must sign a prefix of
+    // this log: compared with the root of the entries just read.
+    let roots = |size: u64| audit.root_at(size);
+    crate::trust::accept_checkpoint_with(&note, log_key, state, async |small, large| {
+        if large.size > cp.size {
+            eprintln!(
+                "warning: {}/checkpoint (size {}) is older than the checkpoint remembered (size \
+                 {}); a mirror or cache may be behind. Its consistency with the remembered one \
+                 is not checked",
+                source.url(),
+                cp.size,
+                large.size
+            );
+            return Ok(Ok(()));
+        }
+        Ok(match roots(small.size) {
+            Some(root) if root == small.root => Ok(()),
+            Some(_) => Err(format!(
+                "the root of the first {} entries served is not the remembered one",
+                small.size
+            )),
+            None => Err(format!(
+                "the first {} entries were not all read",
+                small.size
+            )),
+        })
+    })
+    .await?;
+    Ok(())
+}
+
 fn audit_dir(
     dir: &Path,
     audit: &mut Audit,
@@ -324,6 +407,26 @@ fn audit_dir(
             Err(e) => audit.object(start, Err(&format!("{}: {e}", path.display()))),
         }
         progress.tick("audit: log objects", i as u64 + 1, Some(total));
+    }
+    // The full tiles stored beside the log, as far as the registry says it
+    // wrote them (a mirror reading the bucket trusts these).
+    let written = std::fs::read_to_string(dir.join(layout::TILES_WRITTEN))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(audit.entries());
+    let stored = stackpin_core::tiles::full_tiles_between(0, written);
+    let total = stored.len() as u64;
+    for (i, tile) in stored.into_iter().enumerate() {
+        let path = dir.join(tile.path());
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
+        let bytes = bytes.as_deref().map_err(String::as_str);
+        if tile.level.is_some() {
+            audit.tile(&tile, bytes);
+        } else {
+            audit.stored_bundle(&tile, bytes);
+        }
+        progress.tick("audit: stored tiles", i as u64 + 1, Some(total));
     }
     let cp_path = dir.join(layout::CHECKPOINT);
     match std::fs::read_to_string(&cp_path) {

@@ -142,6 +142,14 @@ impl Audit {
         self.tree.len()
     }
 
+    /// The Merkle root of the first `size` entries fed, `None` when fewer
+    /// were fed.
+    pub fn root_at(&self, size: u64) -> Option<Hash> {
+        (size <= self.tree.len())
+            .then(|| merkle::root(&self.tree, size).ok())
+            .flatten()
+    }
+
     /// Records that entry `index` (the next one) could not be read at all;
     /// a placeholder leaf keeps later indices in place, so the root check
     /// also fails, as it must.
@@ -341,6 +349,30 @@ impl Audit {
                 message: format!("entry {index}: not in {}", tile.path()),
                 rule: None,
             });
+        }
+    }
+
+    /// Checks a stored entry bundle (after the entries it covers were fed
+    /// from the log itself) against those entries: its bytes, or why it
+    /// could not be read.
+    pub fn stored_bundle(&mut self, tile: &Tile, bytes: Result<&[u8], &str>) {
+        self.report.tiles_checked += 1;
+        let path = tile.path();
+        let entries = match bytes.map(crate::tiles::split_bundle) {
+            Ok(Ok(entries)) => entries,
+            Ok(Err(e)) => return self.fail(Class::Tiles, format!("{path}: {e}")),
+            Err(why) => return self.fail(Class::Tiles, format!("{path}: {why}")),
+        };
+        let agrees = entries.len() as u64 == tile.width
+            && entries.iter().enumerate().all(|(k, e)| {
+                merkle::NodeSource::node(&self.tree, 0, tile.first() + k as u64)
+                    .is_ok_and(|leaf| leaf == merkle::leaf_hash(e))
+            });
+        if !agrees {
+            self.fail(
+                Class::Tiles,
+                format!("{path} differs from the log entries it bundles"),
+            );
         }
     }
 
