@@ -40,5 +40,6 @@ pub mod signing;
 pub mod state;
 pub mod tiles;
 pub mod time;
+pub mod witness;
 
 pub use error::{Error, Kind, Result};

@@ -31,7 +31,7 @@ pub const DEFAULT_ORIGIN: &str = "stackpin.local/log";
 /// Largest note accepted when parsing.
 const MAX_NOTE_BYTES: usize = 64 * 1024;
 
-fn check_name(name: &str) -> Result<()> {
+pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('+') || name.chars().any(char::is_whitespace) {
         return Err(Error::invalid(format!(
             "note key name {name:?} must be non-empty, without spaces or '+'"
