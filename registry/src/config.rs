@@ -134,6 +134,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Bearer tokens, by hash.
     pub token: Vec<TokenConfig>,
+    /// Witnesses the log's checkpoints are submitted to (`[[witness]]`).
+    pub witness: Vec<WitnessConfig>,
     /// Client certificate subjects.
     pub client_cert: Vec<CertConfig>,
     /// What loading found worth a warning (old spellings), for the caller
@@ -180,10 +182,24 @@ impl Default for Settings {
             tiles_listen: None,
             log_format: LogFormat::Text,
             token: Vec::new(),
+            witness: Vec::new(),
             client_cert: Vec::new(),
             warnings: Vec::new(),
         }
     }
+}
+
+/// A witness to submit checkpoints to (C2SP tlog-witness).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// What logs and metrics call it [default: the name in its vkey].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its cosignature/v1 verifier key, as `stackpin-witness key` prints it.
+    pub vkey: String,
+    /// Its submission prefix: checkpoints go to `<url>/add-checkpoint`.
+    pub url: String,
 }
 
 /// The keys settable through the environment (`STACKPIN_<KEY>`).
@@ -511,6 +527,7 @@ impl Settings {
                  anyone could write (see `stackpin-registry token create`)",
             ));
         }
+        self.witnesses()?;
         if !(1..=crate::committer::MAX_BATCH).contains(&self.max_batch) {
             return Err(invalid(
                 "max_batch",
@@ -554,6 +571,37 @@ impl Settings {
             crate::note::check_origin(origin).map_err(|e| invalid("log_origin", e))?;
         }
         Ok(())
+    }
+
+    /// The witnesses these settings name.
+    ///
+    /// # Errors
+    /// Invalid for a bad vkey or URL, or two witnesses with one name.
+    pub fn witnesses(&self) -> Result<Vec<crate::registry::WitnessTarget>> {
+        let mut out: Vec<crate::registry::WitnessTarget> = Vec::new();
+        for w in &self.witness {
+            let key = stackpin_core::witness::CosignerKey::parse(&w.vkey)
+                .map_err(|e| invalid("witness", e))?;
+            if !w.url.starts_with("http://") && !w.url.starts_with("https://") {
+                return Err(invalid(
+                    "witness",
+                    format!("url {:?} is not http:// or https://", w.url),
+                ));
+            }
+            let label = w.name.clone().unwrap_or_else(|| key.name().to_owned());
+            if out.iter().any(|o| o.label == label) {
+                return Err(invalid(
+                    "witness",
+                    format!("two witnesses are called {label}"),
+                ));
+            }
+            out.push(crate::registry::WitnessTarget {
+                label,
+                key,
+                url: w.url.clone(),
+            });
+        }
+        Ok(out)
     }
 
     /// The authorizer these settings describe.
@@ -630,18 +678,7 @@ impl Settings {
             Some(p) => (p.clone(), false),
             None => (self.data_dir.join("log-key.pem"), true),
         };
-        let pem = match std::fs::read_to_string(&path) {
-            Ok(pem) => pem,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => create_key(&path)?,
-            Err(e) => {
-                return Err(invalid(
-                    "log_signing_key",
-                    format!("{}: {e}", path.display()),
-                ));
-            }
-        };
-        signing::signing_key_from_pem(&pem)
-            .map_err(|e| invalid("log_signing_key", format!("{}: {e}", path.display())))
+        load_key(&path, may_create, "log_signing_key")
     }
 
     /// The log's signer: its key ([`Self::signing_key`]) under the origin
@@ -662,12 +699,29 @@ impl Settings {
     }
 }
 
+/// Loads the Ed25519 key in the PEM file at `path`; when there is none and
+/// `may_create`, generates one there first (mode 0600). `setting` names it
+/// in errors.
+///
+/// # Errors
+/// Invalid when the file is missing (and may not be created) or is not a
+/// key; Unavailable when it cannot be written.
+pub fn load_key(path: &Path, may_create: bool, setting: &str) -> Result<ed25519_dalek::SigningKey> {
+    let pem = match std::fs::read_to_string(path) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_create => create_key(path)?,
+        Err(e) => return Err(invalid(setting, format!("{}: {e}", path.display()))),
+    };
+    signing::signing_key_from_pem(&pem)
+        .map_err(|e| invalid(setting, format!("{}: {e}", path.display())))
+}
+
 fn create_key(path: &Path) -> Result<String> {
     use std::io::Write as _;
     let unavailable = |e: std::io::Error| {
         Error::new(
             Kind::Unavailable,
-            format!("creating log key {}: {e}", path.display()),
+            format!("creating key {}: {e}", path.display()),
         )
     };
     if let Some(dir) = path.parent() {
@@ -685,7 +739,7 @@ fn create_key(path: &Path) -> Result<String> {
     file.write_all(pem.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(unavailable)?;
-    tracing::info!(path = %path.display(), "generated a new log signing key");
+    tracing::info!(path = %path.display(), "generated a new signing key");
     Ok(pem)
 }
 

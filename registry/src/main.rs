@@ -188,8 +188,14 @@ async fn registry_options(
         }
     };
     tracing::info!(keys = trusted.keys().len(), "trusted publisher keys loaded");
+    let witnesses = settings.witnesses()?;
+    if !witnesses.is_empty() {
+        let names: Vec<&str> = witnesses.iter().map(|w| w.label.as_str()).collect();
+        tracing::info!(witnesses = ?names, "checkpoints go to witnesses for cosignatures");
+    }
     Ok(stackpin_registry::registry::Options {
         trusted,
+        witnesses,
         limits: settings.limits(),
         ..stackpin_registry::registry::Options::new(store, signer)
     })

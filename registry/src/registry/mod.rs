@@ -15,11 +15,13 @@ mod publish;
 mod recover;
 mod resolve;
 mod tiles;
+mod witnesses;
 
 use checkpoint::put_checkpoint;
 pub use checkpoint::{OriginSource, STORE_CHECKPOINT_EVERY, log_origin};
 pub use publish::PendingPublish;
 pub use recover::{LOCK_FILE, index_dir, open_index};
+pub use witnesses::{SUBMIT_EVERY, WitnessTarget};
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -208,6 +210,8 @@ pub struct Options {
     /// Where publishes stage their bytes: the data folder's `staging/`
     /// when opened on one, else the system's temporary folder.
     pub staging_dir: Option<std::path::PathBuf>,
+    /// Witnesses the checkpoints are submitted to for cosignatures.
+    pub witnesses: Vec<WitnessTarget>,
 }
 
 impl Options {
@@ -222,6 +226,7 @@ impl Options {
             clock: Arc::new(SystemClock),
             accept_unsigned: false,
             staging_dir: None,
+            witnesses: Vec::new(),
         }
     }
 }
@@ -267,6 +272,8 @@ struct Shared {
     /// one of them waits for the first to finish (see [`Claim`]).
     inflight: std::sync::Mutex<std::collections::HashSet<String>>,
     staging_dir: Option<std::path::PathBuf>,
+    /// Witness cosignatures collected, served with the checkpoint they sign.
+    cosignatures: witnesses::Cosignatures,
 }
 
 /// A client request id (idempotency key) held by the request serving it,
@@ -433,7 +440,7 @@ impl Registry {
     /// # Errors
     /// Internal when the index fails.
     pub fn checkpoint(&self) -> Result<SignedCheckpoint> {
-        self.shared.checkpoint()
+        Ok(self.shared.witnessed(self.shared.checkpoint()?))
     }
 }
 

@@ -431,6 +431,7 @@ impl Registry {
             clock,
             accept_unsigned,
             staging_dir,
+            witnesses,
         } = options;
         let (checkpoint_tx, checkpoint_rx) = watch::channel(None);
         let limits_budget = limits.max_inflight_bytes;
@@ -457,6 +458,7 @@ impl Registry {
             budget: crate::budget::Budget::new(limits_budget),
             inflight: std::sync::Mutex::default(),
             staging_dir,
+            cosignatures: std::sync::Mutex::default(),
         });
         let verifier = shared.signer.verifier();
         // Read before catching up: a checkpoint another replica stores
@@ -500,6 +502,7 @@ impl Registry {
             Arc::downgrade(&shared),
             shared.checkpoint_tx.subscribe(),
         ));
+        super::witnesses::spawn(&shared, &witnesses);
         tokio::spawn(store_checkpoints(store, verifier, checkpoint_rx));
         shared.committed();
         let (commits, rx) = mpsc::channel(4 * committer::MAX_BATCH);

@@ -1,0 +1,229 @@
+//! Witness cosignatures (C2SP tlog-witness): after commits, each newly
+//! signed checkpoint goes to every configured witness with a consistency
+//! proof from the size that witness last cosigned; the cosignatures that
+//! come back are served with the checkpoint they sign (GetCheckpoint, the
+//! tiles `checkpoint`, the checkpoint of every resolve, so every
+//! `.tlog-proof`). One task per witness, at most one submission per second
+//! each, never on the write path: a slow or absent witness delays only its
+//! own cosignature.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Shared, SignedCheckpoint};
+use crate::merkle::{self, Hash};
+use stackpin_core::witness::{AddCheckpoint, CosignerKey};
+
+/// At most one submission per witness in this interval.
+pub const SUBMIT_EVERY: Duration = Duration::from_secs(1);
+/// How long one submission may take.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A witness the registry submits to.
+#[derive(Clone, Debug)]
+pub struct WitnessTarget {
+    /// What logs and metrics call it.
+    pub label: String,
+    pub key: CosignerKey,
+    /// The submission prefix: requests go to `<url>/add-checkpoint`.
+    pub url: String,
+}
+
+/// The newest cosignature of one witness: on the tree of `size`, `root`.
+#[derive(Clone, Debug)]
+pub(super) struct Cosignature {
+    size: u64,
+    root: Hash,
+    line: String,
+}
+
+/// The cosignatures collected so far, by witness label.
+pub(super) type Cosignatures = std::sync::Mutex<std::collections::BTreeMap<String, Cosignature>>;
+
+impl Shared {
+    /// `cp` with the cosignatures collected for exactly its tree.
+    pub(super) fn witnessed(&self, mut cp: SignedCheckpoint) -> SignedCheckpoint {
+        let cosigs = self
+            .cosignatures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lines: String = cosigs
+            .values()
+            .filter(|c| c.size == cp.size && c.root == cp.root)
+            .map(|c| c.line.as_str())
+            .collect();
+        if !lines.is_empty() {
+            cp.note = format!("{}{lines}", cp.note).into();
+        }
+        cp
+    }
+}
+
+enum Outcome {
+    Cosigned(String),
+    /// 409: the witness's size.
+    Resync(u64),
+    Failed(String),
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: String) -> Outcome {
+    let sent = http
+        .post(format!("{}/add-checkpoint", url.trim_end_matches('/')))
+        .body(body)
+        .send()
+        .await;
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let status = response.status();
+    let text = match response.text().await {
+        Ok(t) => t,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    match status.as_u16() {
+        200 => Outcome::Cosigned(text),
+        409 => match text.trim().parse() {
+            Ok(size) => Outcome::Resync(size),
+            Err(_) => Outcome::Failed(format!("409 without a size: {text:?}")),
+        },
+        _ => Outcome::Failed(format!("HTTP {status}: {}", text.trim())),
+    }
+}
+
+/// Submits the registry's checkpoints to `witness` as they are signed,
+/// until the registry is dropped.
+pub(super) async fn submit(
+    shared: Weak<Shared>,
+    mut rx: watch::Receiver<Option<SignedCheckpoint>>,
+    witness: WitnessTarget,
+) {
+    let http = match reqwest::Client::builder()
+        .timeout(SUBMIT_TIMEOUT)
+        .connect_timeout(SUBMIT_TIMEOUT)
+        .build()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(witness = %witness.label, error = %e, "no HTTP client for the witness");
+            return;
+        }
+    };
+    let label = witness.label.clone();
+    // What the witness last cosigned, as far as this registry knows: 0
+    // until it says otherwise (a 409 tells its size).
+    let mut known: u64 = 0;
+    // The tree this witness last cosigned for this registry.
+    let mut cosigned: Option<(u64, Hash)> = None;
+    while rx.changed().await.is_ok() {
+        let Some(cp) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        if cp.size == 0 || cosigned == Some((cp.size, cp.root)) {
+            continue;
+        }
+        for _attempt in 0..3 {
+            let Some(strong) = shared.upgrade() else {
+                return;
+            };
+            if known > cp.size {
+                tracing::warn!(
+                    witness = %label, witness_size = known, size = cp.size,
+                    "the witness has cosigned a larger tree than this registry signs: it is ahead \
+                     (another replica) or saw another history"
+                );
+                break;
+            }
+            let proof = if known == 0 || known == cp.size {
+                Vec::new()
+            } else {
+                match merkle::consistency_proof(&strong.index, known, cp.size) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(witness = %label, error = %e, "no consistency proof");
+                        break;
+                    }
+                }
+            };
+            drop(strong);
+            let request = AddCheckpoint {
+                old: known,
+                proof,
+                note: cp.note.to_string(),
+            };
+            let started = std::time::Instant::now();
+            match post(&http, &witness.url, request.body()).await {
+                Outcome::Cosigned(lines) => {
+                    let note = format!("{}{lines}", cp.note);
+                    let Some(time) = witness.key.cosigned_at(&note) else {
+                        tracing::warn!(witness = %label, "the witness answered without a valid cosignature");
+                        break;
+                    };
+                    let line = lines
+                        .lines()
+                        .map(|l| format!("{l}\n"))
+                        .find(|l| witness.key.cosigned_at(&format!("{}{l}", cp.note)) == Some(time))
+                        .unwrap_or_default();
+                    if let Some(shared) = shared.upgrade() {
+                        shared
+                            .cosignatures
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(
+                                label.clone(),
+                                Cosignature {
+                                    size: cp.size,
+                                    root: cp.root,
+                                    line,
+                                },
+                            );
+                    }
+                    known = cp.size;
+                    cosigned = Some((cp.size, cp.root));
+                    metrics::gauge!("stackpin_witness_cosigned_size", "witness" => label.clone())
+                        .set(cp.size as f64);
+                    metrics::histogram!("stackpin_witness_seconds", "witness" => label.clone())
+                        .record(started.elapsed().as_secs_f64());
+                    break;
+                }
+                Outcome::Resync(size) if size == known => {
+                    // Our proof started at its size and it still refuses:
+                    // it has cosigned another tree of that size.
+                    metrics::counter!("stackpin_witness_failures_total", "witness" => label.clone())
+                        .increment(1);
+                    tracing::error!(
+                        witness = %label, size = cp.size, witness_size = size,
+                        "the witness has cosigned another tree of size {size} than this \
+                         registry's: the log was forked or shows another history (see the \
+                         runbook: a witness refuses the log)"
+                    );
+                    break;
+                }
+                Outcome::Resync(size) => {
+                    tracing::info!(witness = %label, witness_size = size, "resending from the witness's size");
+                    known = size;
+                }
+                Outcome::Failed(why) => {
+                    metrics::counter!("stackpin_witness_failures_total", "witness" => label.clone())
+                        .increment(1);
+                    tracing::warn!(witness = %label, size = cp.size, error = %why, "the witness did not cosign; the next checkpoint is tried");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(SUBMIT_EVERY).await;
+    }
+}
+
+/// Starts one submitting task per witness.
+pub(super) fn spawn(shared: &Arc<Shared>, witnesses: &[WitnessTarget]) {
+    for w in witnesses {
+        tokio::spawn(submit(
+            Arc::downgrade(shared),
+            shared.checkpoint_tx.subscribe(),
+            w.clone(),
+        ));
+    }
+}

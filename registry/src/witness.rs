@@ -1,0 +1,288 @@
+//! A C2SP tlog-witness (<https://c2sp.org/tlog-witness>): `POST
+//! /add-checkpoint` cosigns a checkpoint of a log it is configured to
+//! trust once it has checked the log's signature and a consistency proof
+//! from the last checkpoint it cosigned for that log. Teams that do not
+//! trust each other each run one; a registry that showed two histories
+//! would have to get both past the same witnesses, which refuse the second.
+//!
+//! Per origin it keeps the size and root it last cosigned in
+//! `<data-dir>/state/<sha256 of the origin>`, written atomically (a file
+//! synced, renamed, its folder synced) before it answers, under one lock
+//! with the check, so two requests cannot roll it back.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sha2::{Digest as _, Sha256};
+use tokio::net::TcpListener;
+
+use crate::merkle::{self, Hash};
+use crate::note::{self, Checkpoint, NoteVerifier};
+use stackpin_core::witness::{AddCheckpoint, Cosigner, MAX_REQUEST_BYTES, SIZE_CONTENT_TYPE};
+
+/// How long a client may take to send a request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a witness last cosigned for one log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Latest {
+    pub size: u64,
+    pub root: Hash,
+}
+
+/// A witness: its key, the logs it trusts (by origin), and its state.
+pub struct Witness {
+    cosigner: Cosigner,
+    logs: BTreeMap<String, NoteVerifier>,
+    dir: PathBuf,
+    /// Held across check and persist.
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// The answer to one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// 200: the cosignature line(s).
+    Cosigned(String),
+    /// 409: the size last cosigned.
+    Conflict(u64),
+    /// Another status, with a message.
+    Refused(StatusCode, String),
+}
+
+impl Witness {
+    /// A witness keeping its state in `dir`, trusting `logs`.
+    ///
+    /// # Errors
+    /// When two logs share an origin, or `dir` cannot be created.
+    pub fn new(cosigner: Cosigner, logs: Vec<NoteVerifier>, dir: &Path) -> anyhow::Result<Self> {
+        let mut by_origin = BTreeMap::new();
+        for log in logs {
+            if let Some(other) = by_origin.insert(log.name().to_owned(), log) {
+                anyhow::bail!("two --log keys for the origin {}", other.name());
+            }
+        }
+        let dir = dir.join("state");
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            cosigner,
+            logs: by_origin,
+            dir,
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The witness's verifier key (cosignature/v1).
+    pub fn vkey(&self) -> String {
+        self.cosigner.key().vkey()
+    }
+
+    fn state_path(&self, origin: &str) -> PathBuf {
+        self.dir
+            .join(hex::encode(Sha256::digest(origin.as_bytes())))
+    }
+
+    /// What was last cosigned for `origin`.
+    ///
+    /// # Errors
+    /// When the state file is unreadable or damaged.
+    pub fn latest(&self, origin: &str) -> anyhow::Result<Option<Latest>> {
+        let path = self.state_path(origin);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let cp =
+            Checkpoint::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        anyhow::ensure!(
+            cp.origin == origin,
+            "{} is not the state of {origin}",
+            path.display()
+        );
+        Ok(Some(Latest {
+            size: cp.size,
+            root: cp.root,
+        }))
+    }
+
+    fn persist(&self, cp: &Checkpoint) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let path = self.state_path(&cp.origin);
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        tmp.write_all(cp.body().as_bytes())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    /// Handles one `add-checkpoint` request body.
+    pub async fn add_checkpoint(&self, body: &str) -> Answer {
+        let refuse = |status, why: String| Answer::Refused(status, why);
+        let req = match AddCheckpoint::parse(body) {
+            Ok(r) => r,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, e.message().to_owned()),
+        };
+        let Some(origin) = note::origin_of(&req.note) else {
+            return refuse(StatusCode::BAD_REQUEST, "no checkpoint".into());
+        };
+        let Some(log) = self.logs.get(origin) else {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                format!("this witness does not know the log {origin}"),
+            );
+        };
+        let cp = match Checkpoint::open(&req.note, log) {
+            Ok(cp) => cp,
+            Err(e) => return refuse(StatusCode::FORBIDDEN, e.message().to_owned()),
+        };
+        if req.old > cp.size {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "old size {} is beyond the checkpoint's {}",
+                    req.old, cp.size
+                ),
+            );
+        }
+        let _held = self.lock.lock().await;
+        let latest = match self.latest(origin) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the witness state failed");
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, "state unreadable".into());
+            }
+        };
+        let have = latest.map_or(0, |l| l.size);
+        if req.old != have {
+            return Answer::Conflict(have);
+        }
+        if let Some(l) = latest {
+            let consistent = if l.size == cp.size {
+                if l.root != cp.root {
+                    tracing::error!(
+                        origin,
+                        size = cp.size,
+                        "EVIDENCE: two checkpoints of one size with different roots: {}",
+                        req.note.replace('\n', "\\n")
+                    );
+                    return Answer::Conflict(have);
+                }
+                true
+            } else {
+                merkle::verify_consistency(l.size, cp.size, &l.root, &cp.root, &req.proof).is_ok()
+            };
+            if !consistent {
+                // Signed by the log and inconsistent with what it signed
+                // before: evidence of a fork, kept in the log.
+                tracing::error!(
+                    origin,
+                    old = l.size,
+                    size = cp.size,
+                    "EVIDENCE: a checkpoint inconsistent with the one cosigned before: {}",
+                    req.note.replace('\n', "\\n")
+                );
+                return refuse(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "the consistency proof from {} to {} does not verify",
+                        l.size, cp.size
+                    ),
+                );
+            }
+        } else if !req.proof.is_empty() {
+            return refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "a proof from size 0 must be empty".into(),
+            );
+        }
+        if let Err(e) = self.persist(&cp) {
+            tracing::error!(error = %e, "persisting the witness state failed");
+            return refuse(StatusCode::INTERNAL_SERVER_ERROR, "state not stored".into());
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        tracing::info!(origin, size = cp.size, "cosigned");
+        Answer::Cosigned(self.cosigner.cosign(&cp.body(), now))
+    }
+}
+
+/// Serves `witness` on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, witness: Arc<Witness>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(vkey = %witness.vkey(), "witness listening on {addr}");
+    }
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let witness = witness.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let witness = witness.clone();
+                async move { Ok::<_, Infallible>(handle(&witness, req).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT);
+            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+        });
+    }
+}
+
+async fn handle(witness: &Witness, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() != "/add-checkpoint" {
+        return text(
+            StatusCode::NOT_FOUND,
+            "this witness serves POST /add-checkpoint\n",
+        );
+    }
+    if req.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "POST only\n");
+    }
+    let body = Limited::new(req.into_body(), MAX_REQUEST_BYTES);
+    let body = match tokio::time::timeout(REQUEST_TIMEOUT, body.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return text(StatusCode::PAYLOAD_TOO_LARGE, "request too large\n"),
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "request too slow\n"),
+    };
+    let Ok(body) = std::str::from_utf8(&body) else {
+        return text(StatusCode::BAD_REQUEST, "the request is not UTF-8\n");
+    };
+    match witness.add_checkpoint(body).await {
+        Answer::Cosigned(lines) => text(StatusCode::OK, &lines),
+        Answer::Conflict(size) => {
+            let mut r = text(StatusCode::CONFLICT, &format!("{size}\n"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(SIZE_CONTENT_TYPE),
+            );
+            r
+        }
+        Answer::Refused(status, why) => text(status, &format!("{why}\n")),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
