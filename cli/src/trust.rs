@@ -20,6 +20,8 @@ use stackpin_core::note::{Checkpoint, NoteVerifier};
 use stackpin_core::signing::TrustedKeys;
 use stackpin_proto::v1 as pb;
 
+use stackpin_core::witness::Policy;
+
 use crate::exit::{Failure, Outcome};
 
 /// The CLI's state folder: `--state-dir`, else `$XDG_CONFIG_HOME/stackpin`,
@@ -42,11 +44,69 @@ pub struct LogKey {
     /// with a warning.
     #[arg(long = "log-key", env = "STACKPIN_LOG_VKEY", value_name = "VKEY")]
     value: Option<String>,
+    /// A C2SP tlog-policy file (`log`, `witness`, `group`, `quorum` lines):
+    /// a checkpoint must also carry the cosignatures its quorum asks for.
+    /// Its `log` line stands in for --log-key.
+    #[arg(long, env = "STACKPIN_POLICY", value_name = "FILE")]
+    policy: Option<PathBuf>,
+}
+
+impl LogKey {
+    /// The policy named by `--policy`, if any.
+    ///
+    /// # Errors
+    /// Invalid when it cannot be read or parsed.
+    pub fn policy(&self) -> Outcome<Option<Policy>> {
+        let Some(path) = &self.policy else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::invalid(format!("--policy {}: {e}", path.display())))?;
+        Policy::parse(&text)
+            .map(Some)
+            .map_err(|e| Failure::invalid(format!("--policy {}: {e}", path.display())))
+    }
+
+    /// Checks `note` (a checkpoint already verified under the log key)
+    /// against the policy's quorum, when there is a policy.
+    ///
+    /// # Errors
+    /// Verification failed (exit 5), naming the missing witnesses.
+    pub fn check_quorum(&self, note: &str) -> Outcome {
+        match self.policy()? {
+            None => Ok(()),
+            Some(policy) => policy.check_quorum(note).map_err(Failure::verify),
+        }
+    }
+}
+
+/// How old the newest cosignature on `note` is, by the witnesses of
+/// `policy` (the only clock a checkpoint carries): `None` without one.
+pub fn checkpoint_age(policy: &Policy, note: &str) -> Option<std::time::Duration> {
+    let newest = policy.cosigned(note).into_values().max()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(std::time::Duration::from_secs(now.saturating_sub(newest)))
 }
 
 /// Parses `--log-key` (or `STACKPIN_LOG_VKEY`, or the old
 /// `STACKPIN_LOG_KEY`): the vkey text itself, or a file holding it.
 pub fn log_key(arg: &LogKey) -> Outcome<NoteVerifier> {
+    if arg.value.is_none()
+        && let Some(policy) = arg.policy()?
+    {
+        return match policy.logs.as_slice() {
+            [log] => Ok(log.clone()),
+            [] => Err(Failure::invalid(
+                "the policy has no `log` line: pass --log-key as well",
+            )),
+            _ => Err(Failure::invalid(
+                "the policy lists several logs: pass --log-key to say which one this is",
+            )),
+        };
+    }
     let value = match (&arg.value, std::env::var("STACKPIN_LOG_KEY")) {
         (Some(v), _) => v.clone(),
         (None, Ok(v)) if !v.is_empty() => {

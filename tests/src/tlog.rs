@@ -30,6 +30,10 @@ pub fn get(addr: SocketAddr, path: &str) -> Answer {
     .expect("send");
     let mut raw = Vec::new();
     tcp.read_to_end(&mut raw).expect("read");
+    parse_answer(&raw)
+}
+
+fn parse_answer(raw: &[u8]) -> Answer {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -222,4 +226,18 @@ pub fn read_log(
         return Err("the entries do not hash to the checkpoint's root".into());
     }
     Ok(Read { entries, fetched })
+}
+
+/// `POST path` with `body` on `addr`, HTTP/1.1 with `Connection: close`.
+pub fn post(addr: SocketAddr, path: &str, body: &str) -> Answer {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    write!(
+        tcp,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).expect("read");
+    parse_answer(&raw)
 }

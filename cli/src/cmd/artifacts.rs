@@ -90,7 +90,16 @@ pub struct RestoreArgs {
     /// The Litestream replica URL, to fill in the printed command.
     #[arg(long, default_value = "<replica-url>")]
     litestream_replica: String,
+    /// Refuse a checkpoint whose newest cosignature (by the witnesses of
+    /// --policy) is older than this (e.g. 10m, 1h): an answer that says
+    /// "still live" is only as fresh as its checkpoint.
+    #[arg(long, value_parser = stackpin_core::time::parse_duration, value_name = "DURATION")]
+    max_age: Option<std::time::Duration>,
 }
+
+/// How often a restore asks again for a checkpoint that lacks the
+/// policy's quorum (a second apart).
+const QUORUM_ATTEMPTS: u32 = 5;
 
 #[derive(Serialize)]
 struct Restored {
@@ -101,6 +110,12 @@ struct Restored {
     proof: String,
     signed_by: String,
     checkpoint_size: u64,
+    /// Seconds since the newest cosignature of the policy's witnesses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint_age_seconds: Option<u64>,
+    /// The policy's witnesses that cosigned the checkpoint.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cosigned_by: Vec<String>,
     plan: bool,
     #[serde(flatten)]
     resolution: ResolveView,
@@ -271,15 +286,62 @@ pub async fn restore(
 ) -> Outcome {
     let trusted = crate::trust::trusted_keys(&args.trusted_keys)?;
     let log_key = crate::trust::log_key(&args.log_key)?;
+    let policy = args.log_key.policy()?;
+    if args.max_age.is_some() && policy.is_none() {
+        return Err(Failure::invalid(
+            "--max-age needs --policy: a checkpoint is dated only by the cosignatures of the \
+             witnesses a policy names",
+        ));
+    }
     let mut client = crate::client::connect(server).await?;
-    // A restore always reads the replica's freshest state.
-    let (response, view) = ask(&mut client, &args.resolve, true).await?;
-    let note = response
-        .checkpoint
+    // A restore always reads the replica's freshest state. A checkpoint is
+    // cosigned about a second after its commit: one that lacks the quorum
+    // yet is asked for again a few times before the restore gives up.
+    let mut attempt = 0;
+    let (response, view, note, checkpoint) = loop {
+        let (response, view) = ask(&mut client, &args.resolve, true).await?;
+        let note = response
+            .checkpoint
+            .as_ref()
+            .map(|c| c.note.clone())
+            .ok_or_else(|| Failure::verify("the registry sent no checkpoint"))?;
+        let checkpoint =
+            crate::trust::accept_checkpoint(&mut client, &note, &log_key, state).await?;
+        match policy.as_ref().map(|p| p.check_quorum(&note)) {
+            Some(Err(_)) if attempt < QUORUM_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Some(Err(why)) => return Err(Failure::verify(why)),
+            _ => break (response, view, note, checkpoint),
+        }
+    };
+    let age = policy
         .as_ref()
-        .map(|c| c.note.clone())
-        .ok_or_else(|| Failure::verify("the registry sent no checkpoint"))?;
-    let checkpoint = crate::trust::accept_checkpoint(&mut client, &note, &log_key, state).await?;
+        .and_then(|p| crate::trust::checkpoint_age(p, &note));
+    let cosigned_by: Vec<String> = policy
+        .as_ref()
+        .map(|p| p.cosigned(&note).into_keys().collect())
+        .unwrap_or_default();
+    if let Some(max) = args.max_age {
+        match age {
+            Some(age) if age <= max => {}
+            Some(age) => {
+                return Err(Failure::verify(format!(
+                    "the checkpoint's newest cosignature is {}s old, older than --max-age {}s: \
+                     the registry may be stale or withholding newer entries",
+                    age.as_secs(),
+                    max.as_secs()
+                )));
+            }
+            None => {
+                return Err(Failure::verify(
+                    "the checkpoint carries no cosignature of the policy's witnesses, so its \
+                     age is unknown (--max-age)",
+                ));
+            }
+        }
+    }
     let proof = RestoreProof {
         checkpoint: note,
         publish: proved_entry("publish entry", response.publish_entry.clone())?,
@@ -305,6 +367,8 @@ pub async fn restore(
             proof: String::new(),
             signed_by: verified.key_id.to_string(),
             checkpoint_size: checkpoint.size,
+            checkpoint_age_seconds: age.map(|a| a.as_secs()),
+            cosigned_by: cosigned_by.clone(),
             plan: true,
             resolution: view,
             database,
@@ -357,6 +421,8 @@ pub async fn restore(
         proof: proof_file.display().to_string(),
         signed_by: verified.key_id.to_string(),
         checkpoint_size: checkpoint.size,
+        checkpoint_age_seconds: age.map(|a| a.as_secs()),
+        cosigned_by,
         plan: false,
         resolution: view,
         database,
@@ -373,16 +439,28 @@ pub async fn restore(
     }
     format.emit(&out, || {
         format!(
-            "restored {}\n{}verified   sha256, publisher signature ({}), log inclusion of publish, pin and successor in checkpoint {}\nproof      {}\n{}",
+            "restored {}\n{}verified   sha256, publisher signature ({}), log inclusion of publish, pin and successor in checkpoint {}\n{}proof      {}\n{}",
             out.out,
             out.resolution.text(),
             out.signed_by,
             out.checkpoint_size,
+            freshness(out.checkpoint_age_seconds, &out.cosigned_by),
             out.proof,
             out.database.text()
         )
     });
     Ok(())
+}
+
+/// The text line saying how fresh the checkpoint is.
+fn freshness(age: Option<u64>, cosigned_by: &[String]) -> String {
+    match age {
+        Some(age) => format!(
+            "fresh      checkpoint cosigned {age}s ago (by {})\n",
+            cosigned_by.join(", ")
+        ),
+        None => "fresh      the checkpoint's age is unknown: no cosignature of a policy's witness (see --policy)\n".to_owned(),
+    }
 }
 
 #[derive(clap::Args)]

@@ -39,6 +39,7 @@ pub async fn checkpoint(
     let log_key = crate::trust::log_key(&args.log_key)?;
     let mut client = crate::client::connect(server).await?;
     let (cp, note) = crate::trust::latest_checkpoint(&mut client, &log_key, state).await?;
+    args.log_key.check_quorum(&note)?;
     let view = CheckpointView {
         origin: cp.origin,
         size: cp.size,
@@ -103,6 +104,7 @@ pub fn verify(args: &VerifyArgs, format: Format) -> Outcome {
         .map_err(|e| Failure::invalid(format!("reading {}: {e}", proof_path.display())))?;
     let proof = RestoreProof::parse_tlog_proof(&text)
         .map_err(|e| Failure::verify(format!("proof file: {e}")))?;
+    args.log_key.check_quorum(&proof.checkpoint)?;
     let v = proof
         .verify(&bytes, &log_key, &trusted)
         .map_err(Failure::verify)?;
@@ -177,18 +179,19 @@ pub async fn audit(
         predicate_types: Some(args.accept_predicate_types.clone()),
     });
     let mut progress = Progress::items("audit", None);
+    let quorum = |note: &str| args.log_key.check_quorum(note);
     let source = match (&args.data_dir, &args.tiles) {
         (Some(dir), _) => {
-            audit_dir(dir, &mut audit, &log_key, &mut progress)?;
+            audit_dir(dir, &mut audit, &log_key, &quorum, &mut progress)?;
             dir.display().to_string()
         }
         (None, Some(url)) => {
             let source = crate::tiles::TilesSource::new(url, server)?;
-            audit_tiles(&source, &mut audit, &log_key, state, &mut progress).await?;
+            audit_tiles(&source, &mut audit, &log_key, &quorum, state, &mut progress).await?;
             source.url().to_owned()
         }
         (None, None) => {
-            audit_server(server, &mut audit, &log_key, state, &mut progress).await?;
+            audit_server(server, &mut audit, &log_key, &quorum, state, &mut progress).await?;
             server.url.clone()
         }
     };
@@ -260,11 +263,13 @@ async fn audit_server(
     server: &crate::client::Connection,
     audit: &mut Audit,
     log_key: &stackpin_core::note::NoteVerifier,
+    quorum: &dyn Fn(&str) -> Outcome,
     state: Option<&Path>,
     progress: &mut Progress,
 ) -> Outcome {
     let mut client = crate::client::connect(server).await?;
     let (cp, note) = crate::trust::latest_checkpoint(&mut client, log_key, state).await?;
+    quorum(&note)?;
     let mut next = 0;
     while next < cp.size {
         let mut stream = client
@@ -314,6 +319,7 @@ async fn audit_tiles(
     source: &crate::tiles::TilesSource,
     audit: &mut Audit,
     log_key: &stackpin_core::note::NoteVerifier,
+    quorum: &dyn Fn(&str) -> Outcome,
     state: Option<&Path>,
     progress: &mut Progress,
 ) -> Outcome {
@@ -322,6 +328,7 @@ async fn audit_tiles(
     let note = source.checkpoint().await?;
     let cp = stackpin_core::note::Checkpoint::open(&note, log_key)
         .map_err(|e| Failure::verify(format!("{}/checkpoint: {e}", source.url())))?;
+    quorum(&note)?;
     let (bundles, hashes): (Vec<_>, Vec<_>) = tiles::tiles_of(cp.size)
         .into_iter()
         .partition(|t| t.level.is_none());
@@ -380,6 +387,7 @@ fn audit_dir(
     dir: &Path,
     audit: &mut Audit,
     log_key: &stackpin_core::note::NoteVerifier,
+    quorum: &dyn Fn(&str) -> Outcome,
     progress: &mut Progress,
 ) -> Outcome {
     let entries = dir.join(layout::ENTRIES);
@@ -430,7 +438,10 @@ fn audit_dir(
     }
     let cp_path = dir.join(layout::CHECKPOINT);
     match std::fs::read_to_string(&cp_path) {
-        Ok(note) => audit.checkpoint(&note, log_key),
+        Ok(note) => {
+            quorum(&note)?;
+            audit.checkpoint(&note, log_key);
+        }
         Err(e) => audit.no_checkpoint(&format!("no checkpoint at {}: {e}", cp_path.display())),
     }
     // Every checkpoint of the history signs a prefix of the same log.
