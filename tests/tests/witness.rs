@@ -261,8 +261,57 @@ fn two_witnesses_cosign_a_policy_is_enforced_and_a_fork_is_not_cosigned() {
     world
         .cli(&["checkpoint", "--policy", "policy-c.txt"])
         .fails(5, "missing cosignatures from C");
+    // Resolve shows the same freshness when asked to verify.
+    let resolved = world
+        .cli(&[
+            "--output",
+            "json",
+            "resolve",
+            "--env",
+            "prod",
+            "--at",
+            T3,
+            "--policy",
+            "policy.txt",
+        ])
+        .json();
+    assert_eq!(
+        resolved["cosigned_by"],
+        serde_json::json!(["A", "B"]),
+        "{resolved}"
+    );
+    assert_eq!(resolved["checkpoint_size"], 6);
+    let text = world
+        .cli(&[
+            "resolve",
+            "--env",
+            "prod",
+            "--at",
+            T3,
+            "--policy",
+            "policy.txt",
+        ])
+        .ok()
+        .to_owned();
+    assert!(
+        text.contains("cosigned") && text.contains("by A, B"),
+        "{text}"
+    );
     // Freshness: a checkpoint older than --max-age is refused.
     std::thread::sleep(Duration::from_millis(2100));
+    world
+        .cli(&[
+            "resolve",
+            "--env",
+            "prod",
+            "--at",
+            T3,
+            "--policy",
+            "policy.txt",
+            "--max-age",
+            "1s",
+        ])
+        .fails(5, "older than --max-age");
     world
         .restore(
             T1,

@@ -110,12 +110,8 @@ struct Restored {
     proof: String,
     signed_by: String,
     checkpoint_size: u64,
-    /// Seconds since the newest cosignature of the policy's witnesses.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    checkpoint_age_seconds: Option<u64>,
-    /// The policy's witnesses that cosigned the checkpoint.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    cosigned_by: Vec<String>,
+    #[serde(flatten)]
+    fresh: crate::trust::Freshness,
     plan: bool,
     #[serde(flatten)]
     resolution: ResolveView,
@@ -288,10 +284,7 @@ pub async fn restore(
     let log_key = crate::trust::log_key(&args.log_key)?;
     let policy = args.log_key.policy()?;
     if args.max_age.is_some() && policy.is_none() {
-        return Err(Failure::invalid(
-            "--max-age needs --policy: a checkpoint is dated only by the cosignatures of the \
-             witnesses a policy names",
-        ));
+        crate::trust::freshness(None, "", args.max_age)?;
     }
     let mut client = crate::client::connect(server).await?;
     // A restore always reads the replica's freshest state. A checkpoint is
@@ -316,32 +309,7 @@ pub async fn restore(
             _ => break (response, view, note, checkpoint),
         }
     };
-    let age = policy
-        .as_ref()
-        .and_then(|p| crate::trust::checkpoint_age(p, &note));
-    let cosigned_by: Vec<String> = policy
-        .as_ref()
-        .map(|p| p.cosigned(&note).into_keys().collect())
-        .unwrap_or_default();
-    if let Some(max) = args.max_age {
-        match age {
-            Some(age) if age <= max => {}
-            Some(age) => {
-                return Err(Failure::verify(format!(
-                    "the checkpoint's newest cosignature is {}s old, older than --max-age {}s: \
-                     the registry may be stale or withholding newer entries",
-                    age.as_secs(),
-                    max.as_secs()
-                )));
-            }
-            None => {
-                return Err(Failure::verify(
-                    "the checkpoint carries no cosignature of the policy's witnesses, so its \
-                     age is unknown (--max-age)",
-                ));
-            }
-        }
-    }
+    let fresh = crate::trust::freshness(policy.as_ref(), &note, args.max_age)?;
     let proof = RestoreProof {
         checkpoint: note,
         publish: proved_entry("publish entry", response.publish_entry.clone())?,
@@ -367,8 +335,10 @@ pub async fn restore(
             proof: String::new(),
             signed_by: verified.key_id.to_string(),
             checkpoint_size: checkpoint.size,
-            checkpoint_age_seconds: age.map(|a| a.as_secs()),
-            cosigned_by: cosigned_by.clone(),
+            fresh: crate::trust::Freshness {
+                age_seconds: fresh.age_seconds,
+                cosigned_by: fresh.cosigned_by.clone(),
+            },
             plan: true,
             resolution: view,
             database,
@@ -421,8 +391,7 @@ pub async fn restore(
         proof: proof_file.display().to_string(),
         signed_by: verified.key_id.to_string(),
         checkpoint_size: checkpoint.size,
-        checkpoint_age_seconds: age.map(|a| a.as_secs()),
-        cosigned_by,
+        fresh,
         plan: false,
         resolution: view,
         database,
@@ -444,23 +413,12 @@ pub async fn restore(
             out.resolution.text(),
             out.signed_by,
             out.checkpoint_size,
-            freshness(out.checkpoint_age_seconds, &out.cosigned_by),
+            out.fresh.text(),
             out.proof,
             out.database.text()
         )
     });
     Ok(())
-}
-
-/// The text line saying how fresh the checkpoint is.
-fn freshness(age: Option<u64>, cosigned_by: &[String]) -> String {
-    match age {
-        Some(age) => format!(
-            "fresh      checkpoint cosigned {age}s ago (by {})\n",
-            cosigned_by.join(", ")
-        ),
-        None => "fresh      the checkpoint's age is unknown: no cosignature of a policy's witness (see --policy)\n".to_owned(),
-    }
 }
 
 #[derive(clap::Args)]

@@ -25,7 +25,7 @@ pub enum Command {
     /// Record that an artifact went live in an environment.
     Pin(pins::PinArgs),
     /// Which artifact was live in an environment at an instant.
-    Resolve(pins::ResolveArgs),
+    Resolve(pins::ResolveCmd),
     /// An environment's pins, newest first.
     History(pins::HistoryArgs),
     /// Download an artifact, verified against its digest.

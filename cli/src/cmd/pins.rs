@@ -202,14 +202,71 @@ pub async fn ask(
     Ok((response, view))
 }
 
+#[derive(clap::Args)]
+pub struct ResolveCmd {
+    #[command(flatten)]
+    query: ResolveArgs,
+    /// With --log-key or --policy, the answer's checkpoint is verified
+    /// (signature, and the policy's quorum) and its age shown.
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
+    /// Refuse a checkpoint whose newest cosignature (by the witnesses of
+    /// --policy) is older than this (e.g. 10m, 1h).
+    #[arg(long, value_parser = stackpin_core::time::parse_duration, value_name = "DURATION")]
+    max_age: Option<Duration>,
+}
+
+#[derive(Serialize)]
+struct ResolvedView<'a> {
+    #[serde(flatten)]
+    resolution: &'a ResolveView,
+    /// The checkpoint the answer was given under, when it was verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint_size: Option<u64>,
+    #[serde(flatten)]
+    fresh: crate::trust::Freshness,
+}
+
 pub async fn resolve(
-    args: &ResolveArgs,
+    args: &ResolveCmd,
     server: &crate::client::Connection,
     format: Format,
 ) -> Outcome {
+    let policy = args.log_key.policy()?;
+    let verify = policy.is_some() || args.log_key.given();
+    if !verify && args.max_age.is_some() {
+        crate::trust::freshness(None, "", args.max_age)?;
+    }
     let mut client = crate::client::connect(server).await?;
-    let (_, view) = ask(&mut client, args, false).await?;
-    format.emit(&view, || view.text());
+    let (response, view) = ask(&mut client, &args.query, false).await?;
+    let mut out = ResolvedView {
+        resolution: &view,
+        checkpoint_size: None,
+        fresh: crate::trust::Freshness::default(),
+    };
+    if verify {
+        let log_key = crate::trust::log_key(&args.log_key)?;
+        let note = response
+            .checkpoint
+            .as_ref()
+            .map(|c| c.note.clone())
+            .ok_or_else(|| crate::exit::Failure::verify("the registry sent no checkpoint"))?;
+        let cp = stackpin_core::note::Checkpoint::open(&note, &log_key)
+            .map_err(|e| crate::exit::Failure::verify(format!("checkpoint signature: {e}")))?;
+        args.log_key.check_quorum(&note)?;
+        out.checkpoint_size = Some(cp.size);
+        out.fresh = crate::trust::freshness(policy.as_ref(), &note, args.max_age)?;
+    }
+    format.emit(&out, || {
+        let mut text = view.text();
+        if let Some(size) = out.checkpoint_size {
+            text.push_str(&format!(
+                "log        checkpoint of size {size}, signature checked\n"
+            ));
+            text.push_str(&out.fresh.text());
+        }
+        text
+    });
     Ok(())
 }
 
