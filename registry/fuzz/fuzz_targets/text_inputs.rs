@@ -1,5 +1,7 @@
 //! Every parser of user-typed text: times, names, digests, reasons, key
-//! ids, storage URLs. Accepted names must never be able to reach a path.
+//! ids, storage URLs; and of text from the network: tile paths,
+//! add-checkpoint requests (a witness takes them from anyone), policies.
+//! Accepted names must never be able to reach a path.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,4 +28,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = text.parse::<Reason>();
     let _ = KeyId::parse(text);
     let _ = StorageUrl::parse(text);
+    if let Some(tile) = stackpin_registry::tiles::Tile::parse(text) {
+        assert_eq!(tile.path(), text, "only canonical tile paths parse");
+    }
+    if let Ok(req) = stackpin_core::witness::AddCheckpoint::parse(text) {
+        let again = stackpin_core::witness::AddCheckpoint::parse(&req.body()).expect("bodies parse");
+        assert_eq!(again, req);
+    }
+    let _ = stackpin_core::witness::Policy::parse(text);
 });

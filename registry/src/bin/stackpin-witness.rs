@@ -55,6 +55,10 @@ struct Args {
     /// prints it (repeatable). The witness knows a log by its origin.
     #[arg(long = "log", value_name = "VKEY")]
     logs: Vec<String>,
+    /// A file of log verifier keys, one per line (blank lines and lines
+    /// starting with # are ignored), besides any --log.
+    #[arg(long, env = "STACKPIN_WITNESS_LOGS_FILE", value_name = "FILE")]
+    logs_file: Option<PathBuf>,
     /// Where to serve `POST /add-checkpoint`.
     #[arg(
         long,
@@ -88,11 +92,23 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let args = &cli.args;
-    if args.logs.is_empty() {
-        anyhow::bail!("give at least one --log VKEY: the logs this witness cosigns");
+    let mut vkeys = args.logs.clone();
+    if let Some(path) = &args.logs_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--logs-file {}", path.display()))?;
+        vkeys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
     }
-    let logs = args
-        .logs
+    if vkeys.is_empty() {
+        anyhow::bail!(
+            "give at least one --log VKEY (or --logs-file): the logs this witness cosigns"
+        );
+    }
+    let logs = vkeys
         .iter()
         .map(|v| NoteVerifier::parse(v).map_err(|e| anyhow::anyhow!("--log: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
