@@ -274,6 +274,8 @@ struct Shared {
     staging_dir: Option<std::path::PathBuf>,
     /// Witness cosignatures collected, served with the checkpoint they sign.
     cosignatures: witnesses::Cosignatures,
+    /// Tiles computed for readers (see `tiles.rs`).
+    tile_cache: tiles::TileCache,
 }
 
 /// A client request id (idempotency key) held by the request serving it,

@@ -459,6 +459,7 @@ impl Registry {
             inflight: std::sync::Mutex::default(),
             staging_dir,
             cosignatures: std::sync::Mutex::default(),
+            tile_cache: super::tiles::TileCache::default(),
         });
         let verifier = shared.signer.verifier();
         // Read before catching up: a checkpoint another replica stores

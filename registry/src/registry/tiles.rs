@@ -34,7 +34,53 @@ impl Registry {
         if !tile.within(size) {
             return Ok(None);
         }
-        self.shared.tile_bytes(&tile).await.map(|b| Some(b.into()))
+        if let Some(bytes) = self.shared.tile_cache.get(&tile) {
+            return Ok(Some(bytes));
+        }
+        let bytes = Bytes::from(self.shared.tile_bytes(&tile).await?);
+        // A full tile never changes, nor does a partial one of a given
+        // width: both are kept, within the cache's bound.
+        self.shared.tile_cache.put(tile, bytes.clone());
+        Ok(Some(bytes))
+    }
+}
+
+/// Tiles computed for readers, so that a mirror or a crowd of clients
+/// reading the same tiles costs one computation each (a bundle reads up to
+/// 256 log objects). Bounded in bytes; when full it starts over, which is
+/// as good as any eviction for tiles read in a sweep.
+#[derive(Debug, Default)]
+pub(super) struct TileCache {
+    tiles: std::sync::Mutex<(usize, std::collections::HashMap<Tile, Bytes>)>,
+}
+
+/// The tile cache's bound.
+const TILE_CACHE_BYTES: usize = 32 << 20;
+
+impl TileCache {
+    fn get(&self, tile: &Tile) -> Option<Bytes> {
+        let held = self
+            .tiles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.1.get(tile).cloned()
+    }
+
+    fn put(&self, tile: Tile, bytes: Bytes) {
+        if bytes.len() > TILE_CACHE_BYTES / 8 {
+            return;
+        }
+        let mut held = self
+            .tiles
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.0 + bytes.len() > TILE_CACHE_BYTES {
+            *held = (0, std::collections::HashMap::new());
+        }
+        held.0 += bytes.len();
+        if let Some(old) = held.1.insert(tile, bytes) {
+            held.0 -= old.len();
+        }
     }
 }
 
