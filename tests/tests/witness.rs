@@ -238,6 +238,36 @@ fn two_witnesses_cosign_a_policy_is_enforced_and_a_fork_is_not_cosigned() {
         ])
         .ok();
 
+    // The stored checkpoint gets the cosignatures too: an offline audit of
+    // the folder passes the policy.
+    let stored = world.data().join("log/checkpoint");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let note = std::fs::read_to_string(&stored).unwrap_or_default();
+        if note.contains(&format!("\u{2014} {name_a} "))
+            && note.contains(&format!("\u{2014} {name_b} "))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored without cosignatures:\n{note}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let data = world.data();
+    world
+        .cli(&[
+            "audit",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--trusted-keys",
+            "trusted",
+            "--policy",
+            "policy.txt",
+        ])
+        .ok();
+
     // A quorum naming a witness that never cosigned: refused, naming it.
     let absent = stackpin_core_vkey("witness-c.example/w");
     world.write(

@@ -280,8 +280,9 @@ pub(super) async fn history_checkpoint(
 }
 
 /// Stores `cp`: first its history copy, written once, then `log/checkpoint`
-/// unless that already holds a checkpoint at least as new (a replica or a
-/// restarted registry never moves it backwards).
+/// unless that already holds a newer checkpoint, or this one with as many
+/// signatures (a replica or a restarted registry never moves it backwards;
+/// cosignatures that arrive later are added).
 ///
 /// # Errors
 /// Unavailable when storage fails.
@@ -315,12 +316,21 @@ pub(super) async fn put_checkpoint(
                     version: r.meta.version.clone(),
                 };
                 let note = String::from_utf8_lossy(&r.bytes().await?).into_owned();
-                (Checkpoint::open(&note, verifier).ok(), Some(version))
+                (
+                    Checkpoint::open(&note, verifier)
+                        .ok()
+                        .map(|c| (c, note.len())),
+                    Some(version),
+                )
             }
             Err(object_store::Error::NotFound { .. }) => (None, None),
             Err(e) => return Err(e.into()),
         };
-        if current.is_some_and(|c| c.size >= cp.size) {
+        // Newer, or the same tree with more signatures (cosignatures that
+        // arrived since it was stored).
+        if current
+            .is_some_and(|(c, len)| c.size > cp.size || (c.size == cp.size && len >= cp.note.len()))
+        {
             return Ok(());
         }
         let mode = match version {
@@ -356,6 +366,12 @@ pub(super) async fn put_checkpoint(
     Ok(())
 }
 
+/// Held by whoever stores `log/checkpoint` in this process (the storing
+/// task, the witnesses' tasks adding cosignatures, a graceful stop): on a
+/// local folder the store has no compare-and-swap, so two writers at once
+/// could move it back.
+pub(super) type StoreLock = Arc<tokio::sync::Mutex<()>>;
+
 /// How often `log/checkpoint` is rewritten at most while the log grows.
 ///
 /// Each rewrite is a write of its own (a file written and fsynced, its
@@ -374,6 +390,7 @@ pub const STORE_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 pub(super) async fn store_checkpoints(
     store: Arc<dyn ObjectStore>,
     verifier: NoteVerifier,
+    lock: StoreLock,
     mut rx: watch::Receiver<Option<SignedCheckpoint>>,
 ) {
     let mut stored = 0;
@@ -386,7 +403,10 @@ pub(super) async fn store_checkpoints(
         if cp.size <= stored {
             continue;
         }
-        match put_checkpoint(&store, &verifier, &cp).await {
+        let held = lock.lock().await;
+        let stored_now = put_checkpoint(&store, &verifier, &cp).await;
+        drop(held);
+        match stored_now {
             Ok(()) => stored = cp.size,
             Err(e) => {
                 tracing::warn!(size = cp.size, error = %e, "storing the checkpoint failed; it will be retried with the next one")
@@ -435,6 +455,24 @@ mod tests {
         put_checkpoint(&store, &verifier, &signed(&signer, 3))
             .await
             .unwrap();
+        // The same tree with a cosignature more replaces it; without, not.
+        let mut cosigned = signed(&signer, 5);
+        let witness = stackpin_core::witness::Cosigner::new(
+            "w.example",
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+        )
+        .unwrap();
+        let body = crate::note::split(&cosigned.note).unwrap().0.to_owned();
+        cosigned.note = format!("{}{}", cosigned.note, witness.cosign(&body, 1)).into();
+        put_checkpoint(&store, &verifier, &cosigned).await.unwrap();
+        put_checkpoint(&store, &verifier, &signed(&signer, 5))
+            .await
+            .unwrap();
+        let stored = read_note(&store, layout::CHECKPOINT)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(witness.key().cosigned_at(&stored), Some(1), "{stored}");
         let found = find_checkpoints(&store, &verifier, None).await.unwrap();
         assert_eq!(found.history, [3, 5]);
         assert_eq!(found.latest.unwrap().checkpoint.size, 5, "never moved back");

@@ -276,6 +276,8 @@ struct Shared {
     cosignatures: witnesses::Cosignatures,
     /// Tiles computed for readers (see `tiles.rs`).
     tile_cache: tiles::TileCache,
+    /// Serializes the writers of `log/checkpoint` (see `checkpoint.rs`).
+    store_lock: checkpoint::StoreLock,
 }
 
 /// A client request id (idempotency key) held by the request serving it,
@@ -419,6 +421,7 @@ impl Registry {
     pub async fn flush(&self) -> Result<()> {
         self.shared.index.flush().await?;
         let cp = self.checkpoint()?;
+        let _held = self.shared.store_lock.lock().await;
         put_checkpoint(&self.shared.store, &self.shared.signer.verifier(), &cp).await
     }
 

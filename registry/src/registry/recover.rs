@@ -460,6 +460,7 @@ impl Registry {
             staging_dir,
             cosignatures: std::sync::Mutex::default(),
             tile_cache: super::tiles::TileCache::default(),
+            store_lock: super::checkpoint::StoreLock::default(),
         });
         let verifier = shared.signer.verifier();
         // Read before catching up: a checkpoint another replica stores
@@ -504,7 +505,12 @@ impl Registry {
             shared.checkpoint_tx.subscribe(),
         ));
         super::witnesses::spawn(&shared, &witnesses);
-        tokio::spawn(store_checkpoints(store, verifier, checkpoint_rx));
+        tokio::spawn(store_checkpoints(
+            store,
+            verifier,
+            shared.store_lock.clone(),
+            checkpoint_rx,
+        ));
         shared.committed();
         let (commits, rx) = mpsc::channel(4 * committer::MAX_BATCH);
         tokio::spawn(committer::run(

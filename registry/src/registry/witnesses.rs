@@ -179,6 +179,18 @@ pub(super) async fn submit(
                                     line,
                                 },
                             );
+                        // The stored checkpoint carries the cosignatures
+                        // too, for offline audits under a policy (when it
+                        // is still this tree).
+                        let held = shared.store_lock.lock().await;
+                        let witnessed = shared.witnessed(cp.clone());
+                        let verifier = shared.signer.verifier();
+                        let stored =
+                            super::put_checkpoint(&shared.store, &verifier, &witnessed).await;
+                        drop(held);
+                        if let Err(e) = stored {
+                            tracing::warn!(error = %e, "storing the cosigned checkpoint failed");
+                        }
                     }
                     known = cp.size;
                     cosigned = Some((cp.size, cp.root));
