@@ -14,17 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use stackpin_tests::s3::free_port;
 use stackpin_tests::world::{T1, T3, World};
 use stackpin_tests::{Server, stackpin, tlog};
-
-/// A free loopback port (bound and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct WitnessProc {
     child: Child,

@@ -145,37 +145,14 @@ impl NoteVerifier {
     /// Invalid when the text is malformed, not Ed25519, or its id does not
     /// match its name and key.
     pub fn parse(vkey: &str) -> Result<Self> {
-        let vkey = vkey.trim();
-        let bad =
-            |why: &str| Error::invalid(format!("log key {vkey:?} is not a verifier key: {why}"));
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(material)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad("expected <name>+<key id>+<key>"));
-        };
-        check_name(name)?;
-        if id_hex.len() != 8 {
-            return Err(bad("the key id must be 8 hex digits"));
+        let (name, id, key) = parse_vkey(vkey, "log key", ED25519, "Ed25519 (type 0x01)")?;
+        if key_id(&name, &key) != id {
+            return Err(Error::invalid(format!(
+                "log key {:?} is not a verifier key: the key id does not match the name and key",
+                vkey.trim()
+            )));
         }
-        let id = u32::from_str_radix(id_hex, 16).map_err(|_| bad("the key id is not hex"))?;
-        let material = STANDARD
-            .decode(material)
-            .map_err(|_| bad("the key is not base64"))?;
-        let [ED25519, rest @ ..] = material.as_slice() else {
-            return Err(bad("only Ed25519 (type 0x01) keys are supported"));
-        };
-        let bytes: [u8; 32] = rest
-            .try_into()
-            .map_err(|_| bad("an Ed25519 key is 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("not a valid Ed25519 point"))?;
-        if key_id(name, &key) != id {
-            return Err(bad("the key id does not match the name and key"));
-        }
-        Ok(Self {
-            name: name.to_owned(),
-            key,
-            id,
-        })
+        Ok(Self { name, key, id })
     }
 
     /// The key name.
@@ -195,14 +172,7 @@ impl NoteVerifier {
 
     /// The verifier key text: `<name>+<hex id>+<base64(0x01 || key)>`.
     pub fn vkey(&self) -> String {
-        let mut material = vec![ED25519];
-        material.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{:08x}+{}",
-            self.name,
-            self.id,
-            STANDARD.encode(material)
-        )
+        format_vkey(&self.name, self.id, ED25519, &self.key)
     }
 
     /// Checks a signed note and returns its text (which includes the final
@@ -236,6 +206,50 @@ impl NoteVerifier {
         }
         Ok(text)
     }
+}
+
+/// A signed-note verifier key: `<name>+<hex id>+<base64(type || key)>`.
+pub(crate) fn format_vkey(name: &str, id: u32, kind: u8, key: &VerifyingKey) -> String {
+    let mut material = vec![kind];
+    material.extend_from_slice(key.as_bytes());
+    format!("{name}+{id:08x}+{}", STANDARD.encode(material))
+}
+
+/// Parses a verifier key of signature type `kind` (an Ed25519 key): its
+/// name, its stated id (the caller checks it, as ids differ by type) and
+/// its key. `what` and `kind_text` name them in errors.
+pub(crate) fn parse_vkey(
+    vkey: &str,
+    what: &str,
+    kind: u8,
+    kind_text: &str,
+) -> Result<(String, u32, VerifyingKey)> {
+    let vkey = vkey.trim();
+    let bad = |why: &str| Error::invalid(format!("{what} {vkey:?} is not a verifier key: {why}"));
+    let mut parts = vkey.splitn(3, '+');
+    let (Some(name), Some(id_hex), Some(material)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("expected <name>+<key id>+<key>"));
+    };
+    check_name(name)?;
+    if id_hex.len() != 8 {
+        return Err(bad("the key id must be 8 hex digits"));
+    }
+    let id = u32::from_str_radix(id_hex, 16).map_err(|_| bad("the key id is not hex"))?;
+    let material = STANDARD
+        .decode(material)
+        .map_err(|_| bad("the key is not base64"))?;
+    let [first, rest @ ..] = material.as_slice() else {
+        return Err(bad("the key is empty"));
+    };
+    if *first != kind {
+        return Err(bad(&format!("only {kind_text} keys are supported")));
+    }
+    let bytes: [u8; 32] = rest
+        .try_into()
+        .map_err(|_| bad("an Ed25519 key is 32 bytes"))?;
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("not a valid Ed25519 point"))?;
+    Ok((name.to_owned(), id, key))
 }
 
 /// One signature line of a signed note, not verified.

@@ -62,37 +62,18 @@ impl CosignerKey {
     /// Invalid when malformed, not a cosignature/v1 key, or its id does
     /// not match.
     pub fn parse(vkey: &str) -> Result<Self> {
-        let vkey = vkey.trim();
-        let bad = |why: &str| {
-            Error::invalid(format!(
-                "witness key {vkey:?} is not a cosigner verifier key: {why}"
-            ))
-        };
-        let mut parts = vkey.splitn(3, '+');
-        let (Some(name), Some(id_hex), Some(material)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad("expected <name>+<key id>+<key>"));
-        };
-        note::check_name(name)?;
-        let id = (id_hex.len() == 8)
-            .then(|| u32::from_str_radix(id_hex, 16).ok())
-            .flatten()
-            .ok_or_else(|| bad("the key id must be 8 hex digits"))?;
-        let material = STANDARD
-            .decode(material)
-            .map_err(|_| bad("the key is not base64"))?;
-        let [COSIGNATURE_V1, rest @ ..] = material.as_slice() else {
-            return Err(bad(
-                "only Ed25519 cosignature/v1 (type 0x04) keys are supported",
-            ));
-        };
-        let bytes: [u8; 32] = rest
-            .try_into()
-            .map_err(|_| bad("an Ed25519 key is 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(&bytes).map_err(|_| bad("not a valid Ed25519 point"))?;
-        let key = Self::new(name, key)?;
+        let (name, id, key) = note::parse_vkey(
+            vkey,
+            "witness key",
+            COSIGNATURE_V1,
+            "Ed25519 cosignature/v1 (type 0x04)",
+        )?;
+        let key = Self::new(&name, key)?;
         if key.id != id {
-            return Err(bad("the key id does not match the name and key"));
+            return Err(Error::invalid(format!(
+                "witness key {:?} is not a verifier key: the key id does not match the name and key",
+                vkey.trim()
+            )));
         }
         Ok(key)
     }
@@ -107,14 +88,7 @@ impl CosignerKey {
 
     /// The vkey text.
     pub fn vkey(&self) -> String {
-        let mut material = vec![COSIGNATURE_V1];
-        material.extend_from_slice(self.key.as_bytes());
-        format!(
-            "{}+{:08x}+{}",
-            self.name,
-            self.id,
-            STANDARD.encode(material)
-        )
+        note::format_vkey(&self.name, self.id, COSIGNATURE_V1, &self.key)
     }
 
     /// The time (POSIX seconds) of this cosigner's valid cosignature on
