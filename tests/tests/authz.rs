@@ -132,6 +132,10 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
             ))
             .await
             .map(drop),
+        "ListEnvironments" => client
+            .list_environments(req(pb::ListEnvironmentsRequest::default(), token))
+            .await
+            .map(drop),
         "History" => client
             .history(req(
                 pb::HistoryRequest {
@@ -288,7 +292,7 @@ async fn every_rpc_checks_every_role() {
         .await
         .unwrap();
 
-    let rpcs: [(&str, &str); 16] = [
+    let rpcs: [(&str, &str); 17] = [
         ("Publish", "publisher"),
         ("GetArtifact", "reader"),
         ("StatArtifact", "reader"),
@@ -297,6 +301,7 @@ async fn every_rpc_checks_every_role() {
         ("Pin prod", "nobody"), // the pinner is scoped to staging
         ("Resolve", "reader"),
         ("History", "reader"),
+        ("ListEnvironments", "reader"),
         ("GetCheckpoint", "reader"),
         ("GetEntry", "reader"),
         ("ListEntries", "reader"),
@@ -336,7 +341,7 @@ async fn every_rpc_checks_every_role() {
         );
         checked += 2;
     }
-    assert_eq!(checked, 16 * 6);
+    assert_eq!(checked, 17 * 6);
     // Who asks is checked before what is asked: an invalid environment is
     // INVALID_ARGUMENT only for a caller who may pin.
     for (token, code) in [

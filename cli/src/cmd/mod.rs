@@ -28,6 +28,10 @@ pub enum Command {
     Resolve(pins::ResolveCmd),
     /// An environment's pins, newest first.
     History(pins::HistoryArgs),
+    /// Every environment at a glance: what is live now, since when, by
+    /// whom, its number of pins and how long since the last one.
+    #[command(visible_alias = "envs")]
+    Status(pins::StatusArgs),
     /// Download an artifact, verified against its digest.
     Fetch(artifacts::FetchArgs),
     /// Resolve, download and verify the artifact live at an instant, and
@@ -67,6 +71,7 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Pin(a) => pins::pin(a, server, format).await,
         Command::Resolve(a) => pins::resolve(a, server, format).await,
         Command::History(a) => pins::history(a, server, format).await,
+        Command::Status(a) => pins::status(a, server, format).await,
         Command::Fetch(a) => artifacts::fetch(a, server, format).await,
         Command::Restore(a) => artifacts::restore(a, server, state, format).await,
         Command::List(a) => artifacts::list(a, server, format).await,

@@ -336,3 +336,111 @@ pub async fn history(
     });
     Ok(())
 }
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// At most this many environments (in name order; at most 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Continue from a previous page.
+    #[arg(long, default_value = "")]
+    page_token: String,
+}
+
+#[derive(Serialize)]
+struct EnvView {
+    env: String,
+    /// The latest pin: what is live now.
+    live: PinView,
+    pins: u64,
+    /// Seconds since the latest pin was recorded (by this machine's clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds_since_last_pin: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct StatusView {
+    environments: Vec<EnvView>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    next_page_token: String,
+}
+
+/// `3d 4h`, `2h 5m`, `40s`: a rough age for people.
+fn age_text(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+pub async fn status(
+    args: &StatusArgs,
+    server: &crate::client::Connection,
+    format: Format,
+) -> Outcome {
+    let mut client = crate::client::connect(server).await?;
+    let response = client
+        .list_environments(pb::ListEnvironmentsRequest {
+            limit: args.limit,
+            page_token: args.page_token.clone(),
+        })
+        .await?
+        .into_inner();
+    let now = Timestamp::now();
+    let environments = response
+        .environments
+        .iter()
+        .filter_map(|e| {
+            let live = PinView::from(e.latest.as_ref()?);
+            let since = live
+                .recorded_at
+                .parse::<Timestamp>()
+                .ok()
+                .map(|t| (now.as_micros() - t.as_micros()) / 1_000_000);
+            Some(EnvView {
+                env: e.env.clone(),
+                pins: live.seq,
+                seconds_since_last_pin: since,
+                live,
+            })
+        })
+        .collect();
+    let view = StatusView {
+        environments,
+        next_page_token: response.next_page_token,
+    };
+    format.emit(&view, || {
+        let mut out = String::new();
+        if view.environments.is_empty() {
+            out.push_str("no environments yet: nothing has been pinned\n");
+        }
+        for e in &view.environments {
+            let p = &e.live;
+            out.push_str(&format!(
+                "{}  live {} ({}) since {} by {}{}\n    {} pin(s), last {} ago, log index {}\n",
+                e.env,
+                p.release_id,
+                p.digest,
+                p.activated_at,
+                p.actor,
+                p.db_position
+                    .as_ref()
+                    .map(|d| format!(", db {d}"))
+                    .unwrap_or_default(),
+                e.pins,
+                e.seconds_since_last_pin
+                    .map(age_text)
+                    .unwrap_or_else(|| "?".into()),
+                p.log_index,
+            ));
+        }
+        if !view.next_page_token.is_empty() {
+            out.push_str(&format!("more: --page-token {}\n", view.next_page_token));
+        }
+        out
+    });
+    Ok(())
+}

@@ -153,6 +153,35 @@ impl Index {
         Ok(out)
     }
 
+    /// Environments with their latest pins, in name order, starting after
+    /// `after`; at most `limit`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn env_heads(
+        &self,
+        after: Option<&EnvName>,
+        limit: usize,
+    ) -> Result<Vec<(EnvName, EnvHead)>> {
+        let start = match after {
+            Some(env) => format!("e/{env}\0").into_bytes(),
+            None => b"e/".to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.tree.range(start..) {
+            let (key, value) = item?;
+            if !key.starts_with(b"e/") || out.len() >= limit {
+                break;
+            }
+            let name = std::str::from_utf8(&key[2..])
+                .ok()
+                .and_then(|n| n.parse::<EnvName>().ok())
+                .ok_or_else(|| Error::internal("the index holds a malformed environment key"))?;
+            out.push((name, decode("environment head", &value)?));
+        }
+        Ok(out)
+    }
+
     /// The latest pin of `env`, if any.
     ///
     /// # Errors

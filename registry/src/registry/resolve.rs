@@ -41,6 +41,32 @@ impl Registry {
             .ok_or_else(|| Error::not_found(format!("environment {env} has no pins")))
     }
 
+    /// Every environment with its latest pin (what is live now, and its
+    /// count of pins: the pin's seq), in name order, after `after`; with
+    /// the name to continue after when there are more.
+    ///
+    /// # Errors
+    /// Internal when the index fails.
+    pub fn environments(
+        &self,
+        after: Option<&EnvName>,
+        limit: usize,
+    ) -> Result<(Vec<PinRecord>, Option<EnvName>)> {
+        let limit = page_size(limit);
+        let mut heads = self.shared.index.env_heads(after, limit + 1)?;
+        let more = heads.len() > limit;
+        heads.truncate(limit);
+        let reader = self.shared.index.proof_reader();
+        let pins = heads
+            .iter()
+            .map(|(env, head)| Ok(self.logged_pin(env, head.seq, &reader)?.0))
+            .collect::<Result<Vec<_>>>()?;
+        let next = more
+            .then(|| heads.last().map(|(env, _)| env.clone()))
+            .flatten();
+        Ok((pins, next))
+    }
+
     /// Pin `seq` of `env`, which the index must hold, and its entry.
     fn logged_pin(
         &self,

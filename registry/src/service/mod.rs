@@ -292,6 +292,33 @@ impl RegistryService {
         }))
     }
 
+    async fn list_environments_inner(
+        &self,
+        request: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        self.authorize(&request, Action::Read)?;
+        let req = request.into_inner();
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(env(token).map_err(|_| {
+                Status::invalid_argument(format!("page_token {token:?} is not one this RPC gave"))
+            })?),
+        };
+        let (pins, next) = self
+            .registry
+            .environments(after.as_ref(), req.limit as usize)?;
+        Ok(Response::new(pb::ListEnvironmentsResponse {
+            environments: pins
+                .iter()
+                .map(|p| pb::Environment {
+                    env: p.entry.env.to_string(),
+                    latest: Some(convert::pin(p)),
+                })
+                .collect(),
+            next_page_token: next.map(|e| e.to_string()).unwrap_or_default(),
+        }))
+    }
+
     async fn get_checkpoint_inner(
         &self,
         request: Request<pb::GetCheckpointRequest>,
@@ -549,6 +576,16 @@ impl pb::registry_server::Registry for RegistryService {
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         self.observed("History", request, |r| self.history_inner(r))
             .await
+    }
+
+    async fn list_environments(
+        &self,
+        request: Request<pb::ListEnvironmentsRequest>,
+    ) -> Result<Response<pb::ListEnvironmentsResponse>, Status> {
+        self.observed("ListEnvironments", request, |r| {
+            self.list_environments_inner(r)
+        })
+        .await
     }
 
     async fn get_checkpoint(
