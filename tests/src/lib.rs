@@ -54,7 +54,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `stackpin-registry` on 127.0.0.1:0 over `data_dir` with extra
+    /// Starts `stackpin-registry` on 127.0.0.1:0 (unless `extra` has its own
+    /// `--listen`, kept across restarts) over `data_dir` with extra
     /// flags, and waits until it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
         Self::start_with_env(data_dir, extra, &[])
@@ -121,7 +122,11 @@ impl Server {
         let mut child = command
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(if args.iter().any(|a| a == "--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .args(&args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")

@@ -161,6 +161,20 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
             Ok(r) => r.into_inner().message().await.map(drop),
             Err(e) => Err(e),
         },
+        "WatchLog" => match client
+            .watch_log(req(
+                pb::WatchLogRequest {
+                    from: 0,
+                    env: String::new(),
+                    types: vec![],
+                },
+                token,
+            ))
+            .await
+        {
+            Ok(r) => r.into_inner().message().await.map(drop),
+            Err(e) => Err(e),
+        },
         "GetInclusionProof" => client
             .get_inclusion_proof(req(
                 pb::GetInclusionProofRequest {
@@ -292,7 +306,7 @@ async fn every_rpc_checks_every_role() {
         .await
         .unwrap();
 
-    let rpcs: [(&str, &str); 17] = [
+    let rpcs: [(&str, &str); 18] = [
         ("Publish", "publisher"),
         ("GetArtifact", "reader"),
         ("StatArtifact", "reader"),
@@ -305,6 +319,7 @@ async fn every_rpc_checks_every_role() {
         ("GetCheckpoint", "reader"),
         ("GetEntry", "reader"),
         ("ListEntries", "reader"),
+        ("WatchLog", "reader"),
         ("GetInclusionProof", "reader"),
         ("GetConsistencyProof", "reader"),
         ("AddKey", "admin"),
@@ -341,7 +356,7 @@ async fn every_rpc_checks_every_role() {
         );
         checked += 2;
     }
-    assert_eq!(checked, 17 * 6);
+    assert_eq!(checked, 18 * 6);
     // Who asks is checked before what is asked: an invalid environment is
     // INVALID_ARGUMENT only for a caller who may pin.
     for (token, code) in [

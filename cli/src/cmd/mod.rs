@@ -11,6 +11,7 @@ pub mod publish;
 pub mod shell;
 pub mod trust;
 pub mod verify;
+pub mod watch;
 
 use clap::Subcommand;
 
@@ -32,6 +33,9 @@ pub enum Command {
     /// whom, its number of pins and how long since the last one.
     #[command(visible_alias = "envs")]
     Status(pins::StatusArgs),
+    /// Each entry as it lands (the pins of --env), verified, optionally
+    /// running a command for each.
+    Watch(watch::WatchArgs),
     /// Download an artifact, verified against its digest.
     Fetch(artifacts::FetchArgs),
     /// Resolve, download and verify the artifact live at an instant, and
@@ -72,6 +76,7 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Resolve(a) => pins::resolve(a, server, format).await,
         Command::History(a) => pins::history(a, server, format).await,
         Command::Status(a) => pins::status(a, server, format).await,
+        Command::Watch(a) => watch::run(a, server, format).await,
         Command::Fetch(a) => artifacts::fetch(a, server, format).await,
         Command::Restore(a) => artifacts::restore(a, server, state, format).await,
         Command::List(a) => artifacts::list(a, server, format).await,

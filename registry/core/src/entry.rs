@@ -122,6 +122,18 @@ impl Entry {
         Bytes::from(serde_json::to_vec(self).unwrap_or_default())
     }
 
+    /// The entry's type, as its `type` field spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::Publish(_) => "publish",
+            Entry::Pin(_) => "pin",
+            Entry::Key(_) => "key",
+        }
+    }
+
+    /// The kinds of entry there are.
+    pub const KINDS: [&'static str; 3] = ["publish", "pin", "key"];
+
     /// Parses stored entry bytes.
     ///
     /// # Errors

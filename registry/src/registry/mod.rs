@@ -440,6 +440,11 @@ impl Registry {
         &self.shared.limits
     }
 
+    /// A receiver that changes at every commit (for watchers).
+    pub fn commits(&self) -> watch::Receiver<Option<SignedCheckpoint>> {
+        self.shared.checkpoint_tx.subscribe()
+    }
+
     /// The newest signed checkpoint (signed after every commit).
     ///
     /// # Errors

@@ -5,6 +5,7 @@
 mod convert;
 mod status;
 mod streams;
+mod watch;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -97,6 +98,7 @@ fn env(text: &str) -> Result<EnvName, Status> {
 
 type ArtifactStream = Pin<Box<dyn Stream<Item = Result<pb::GetArtifactResponse, Status>> + Send>>;
 type EntryStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
 /// The handlers; the trait impl below wraps each with metrics and a log line.
 impl RegistryService {
@@ -378,6 +380,44 @@ impl RegistryService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn watch_log_inner(
+        &self,
+        request: Request<pb::WatchLogRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        self.authorize(&request, Action::Read)?;
+        let req = request.into_inner();
+        let filter = watch::Filter::new(&req.env, req.types)?;
+        let size = self.registry.checkpoint()?.size;
+        if req.from > size {
+            return Err(Error::invalid(format!(
+                "from {} is past the end of the log ({size} entries)",
+                req.from
+            ))
+            .into());
+        }
+        let room = self
+            .registry
+            .budget()
+            .reserve(3 * CHUNK_BYTES as u64, "a watch")
+            .await?;
+        let limits = self.registry.limits();
+        // Heartbeats well inside the idle timeout; the request deadline
+        // still ends the stream, and the watcher resumes from its cursor.
+        let events = watch::events(
+            self.registry.clone(),
+            req.from,
+            filter,
+            limits.stream_idle_timeout / 3,
+        );
+        let stream = streams::fed(
+            events,
+            limits.stream_idle_timeout,
+            limits.request_timeout,
+            room,
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_inclusion_proof_inner(
         &self,
         request: Request<pb::GetInclusionProofRequest>,
@@ -522,6 +562,7 @@ impl RegistryService {
 impl pb::registry_server::Registry for RegistryService {
     type GetArtifactStream = ArtifactStream;
     type ListEntriesStream = EntryStream;
+    type WatchLogStream = WatchStream;
 
     async fn publish(
         &self,
@@ -609,6 +650,14 @@ impl pb::registry_server::Registry for RegistryService {
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<Self::ListEntriesStream>, Status> {
         self.observed("ListEntries", request, |r| self.list_entries_inner(r))
+            .await
+    }
+
+    async fn watch_log(
+        &self,
+        request: Request<pb::WatchLogRequest>,
+    ) -> Result<Response<Self::WatchLogStream>, Status> {
+        self.observed("WatchLog", request, |r| self.watch_log_inner(r))
             .await
     }
 

@@ -1,0 +1,220 @@
+//! `stackpin watch`: each entry as it lands (by default the pins of one
+//! environment), each checked against the signed checkpoint it comes with,
+//! optionally running a command for each, so a deployer can re-point
+//! ObjectOS when a pin lands. The log index is the cursor: after a
+//! disconnect the watch resumes where it stopped, with no gap and no
+//! repeat.
+
+use serde::Serialize;
+use stackpin_core::entry::Entry;
+use stackpin_core::merkle;
+use stackpin_core::note::Checkpoint;
+use stackpin_proto::v1 as pb;
+
+use crate::exit::{Failure, Outcome};
+use crate::view::Format;
+
+#[derive(clap::Args)]
+pub struct WatchArgs {
+    /// Only pins of this environment.
+    #[arg(long, value_parser = crate::parse::<stackpin_core::ids::EnvName>)]
+    env: Option<stackpin_core::ids::EnvName>,
+    /// Only entries of this type: publish, pin, key (repeatable) [default:
+    /// pin with --env, else all].
+    #[arg(long = "type", value_name = "TYPE", value_parser = ["publish", "pin", "key"])]
+    types: Vec<String>,
+    /// The first log index to show [default: the log's current size, i.e.
+    /// only what lands from now on]; 0 replays the whole log.
+    #[arg(long)]
+    from: Option<u64>,
+    /// Run this command (with `sh -c`) for each entry shown, with
+    /// STACKPIN_ENTRY_TYPE, STACKPIN_LOG_INDEX and, for a pin, STACKPIN_ENV,
+    /// STACKPIN_RELEASE_ID, STACKPIN_DIGEST, STACKPIN_SEQ and
+    /// STACKPIN_ACTIVATED_AT in its environment. The watch waits for it; a
+    /// failing command is reported and the watch goes on.
+    #[arg(long, value_name = "CMD")]
+    exec: Option<String>,
+    /// Stop after this many entries.
+    #[arg(long)]
+    count: Option<u64>,
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
+}
+
+#[derive(Serialize)]
+struct Shown {
+    index: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    checkpoint_size: u64,
+    entry: serde_json::Value,
+}
+
+pub async fn run(args: &WatchArgs, server: &crate::client::Connection, format: Format) -> Outcome {
+    let log_key = crate::trust::log_key(&args.log_key)?;
+    let policy = args.log_key.policy()?;
+    let types = if args.types.is_empty() && args.env.is_some() {
+        vec!["pin".to_owned()]
+    } else {
+        args.types.clone()
+    };
+    let mut client = crate::client::connect(server).await?;
+    let mut next = match args.from {
+        Some(n) => n,
+        None => {
+            client
+                .get_checkpoint(pb::GetCheckpointRequest {})
+                .await?
+                .into_inner()
+                .size
+        }
+    };
+    let mut shown = 0u64;
+    let mut failures = 0u32;
+    loop {
+        let request = pb::WatchLogRequest {
+            from: next,
+            env: args
+                .env
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            types: types.clone(),
+        };
+        let stream = client.watch_log(request).await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(status) if passing(&status) && failures < 60 => {
+                failures += 1;
+                eprintln!("watch: {} (reconnecting from {next})", status.message());
+                tokio::time::sleep(backoff(failures)).await;
+                continue;
+            }
+            Err(status) => return Err(status.into()),
+        };
+        loop {
+            let event = match stream.message().await {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(status) if passing(&status) => {
+                    eprintln!("watch: {} (reconnecting from {next})", status.message());
+                    break;
+                }
+                Err(status) => return Err(status.into()),
+            };
+            failures = 0;
+            let cp = Checkpoint::open(&event.checkpoint, &log_key)
+                .map_err(|e| Failure::verify(format!("the watch's checkpoint: {e}")))?;
+            if let Some(p) = &policy {
+                p.check_quorum(&event.checkpoint).map_err(Failure::verify)?;
+            }
+            if !event.entry.is_empty() {
+                if event.index < next {
+                    return Err(Failure::verify(format!(
+                        "the registry sent entry {} again (the cursor is at {next})",
+                        event.index
+                    )));
+                }
+                let proof = crate::trust::hashes(&event.proof, "watched entry")?;
+                merkle::verify_inclusion(
+                    &merkle::leaf_hash(&event.entry),
+                    event.index,
+                    cp.size,
+                    &proof,
+                    &cp.root,
+                )
+                .map_err(|e| {
+                    Failure::verify(format!(
+                        "entry {} is not in the checkpoint: {e}",
+                        event.index
+                    ))
+                })?;
+                let entry = Entry::parse(event.index, &event.entry)
+                    .map_err(|e| Failure::verify(e.to_string()))?;
+                show(&entry, event.index, cp.size, format)?;
+                if let Some(cmd) = &args.exec {
+                    exec(cmd, &entry, event.index).await;
+                }
+                shown += 1;
+            }
+            next = next.max(event.next);
+            if args.count.is_some_and(|c| shown >= c) {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(backoff(1)).await;
+    }
+}
+
+/// Whether a watch that ended with `status` should be resumed.
+fn passing(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+    )
+}
+
+fn backoff(failures: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(200 * u64::from(failures.min(25)))
+}
+
+fn show(entry: &Entry, index: u64, size: u64, format: Format) -> Outcome {
+    let shown = Shown {
+        index,
+        kind: entry.kind(),
+        checkpoint_size: size,
+        entry: serde_json::to_value(entry).map_err(|e| Failure::new(crate::exit::FAILURE, e))?,
+    };
+    let line = match (format, entry) {
+        (Format::Json, _) => serde_json::to_string(&shown).unwrap_or_default(),
+        (_, Entry::Pin(p)) => format!(
+            "{}  #{} {} {} live from {} by {}{} (log index {index}, verified)",
+            p.env,
+            p.seq,
+            p.release_id,
+            p.digest,
+            p.activated_at,
+            p.actor,
+            p.db_position
+                .as_ref()
+                .map(|d| format!(", db {d}"))
+                .unwrap_or_default()
+        ),
+        (_, Entry::Publish(p)) => format!(
+            "publish {} {} ({} bytes, key {}) (log index {index}, verified)",
+            p.release_id, p.digest, p.size, p.key_id
+        ),
+        (_, Entry::Key(k)) => format!(
+            "key {:?} {} at {} by {} (log index {index}, verified)",
+            k.action, k.key_id, k.at, k.actor
+        ),
+    };
+    println!("{line}");
+    Ok(())
+}
+
+async fn exec(cmd: &str, entry: &Entry, index: u64) {
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .env("STACKPIN_ENTRY_TYPE", entry.kind())
+        .env("STACKPIN_LOG_INDEX", index.to_string());
+    if let Entry::Pin(p) = entry {
+        command
+            .env("STACKPIN_ENV", p.env.to_string())
+            .env("STACKPIN_RELEASE_ID", p.release_id.to_string())
+            .env("STACKPIN_DIGEST", p.digest.to_string())
+            .env("STACKPIN_SEQ", p.seq.to_string())
+            .env("STACKPIN_ACTIVATED_AT", p.activated_at.to_string());
+    }
+    match command.status().await {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("watch: --exec for log index {index} failed ({s}); going on"),
+        Err(e) => eprintln!("watch: --exec for log index {index} could not start: {e}; going on"),
+    }
+}
