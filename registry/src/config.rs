@@ -128,9 +128,13 @@ pub struct Settings {
     pub anonymous_read: bool,
     /// Prometheus metrics on this address (off when unset).
     pub metrics_listen: Option<SocketAddr>,
-    /// The log as C2SP tlog-tiles over HTTP(S) on this address (off when
-    /// unset), with the TLS and token rules of `listen`.
-    pub tiles_listen: Option<SocketAddr>,
+    /// The HTTP(S) listener (off when unset), with the TLS and token rules
+    /// of `listen`: the log as C2SP tlog-tiles, and the web view.
+    pub http_listen: Option<SocketAddr>,
+    /// The web view on `http_listen`: unset, it is on when that address is
+    /// loopback or authentication is on, and off otherwise (artifacts can
+    /// be private; the tiles are served either way).
+    pub web_view: Option<bool>,
     pub log_format: LogFormat,
     /// Bearer tokens, by hash.
     pub token: Vec<TokenConfig>,
@@ -179,7 +183,8 @@ impl Default for Settings {
             allow_memory_storage: false,
             anonymous_read: false,
             metrics_listen: None,
-            tiles_listen: None,
+            http_listen: None,
+            web_view: None,
             log_format: LogFormat::Text,
             token: Vec::new(),
             witness: Vec::new(),
@@ -235,7 +240,8 @@ const ENV_KEYS: &[&str] = &[
     "allow_memory_storage",
     "anonymous_read",
     "metrics_listen",
-    "tiles_listen",
+    "http_listen",
+    "web_view",
     "log_format",
 ];
 
@@ -370,12 +376,17 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Serve the log as C2SP tlog-tiles (checkpoint, tiles, entry bundles)
-    /// over HTTP on this address, with the TLS and tokens of --listen (off
-    /// by default).
+    /// Serve HTTP on this address, with the TLS and tokens of --listen
+    /// (off by default): the log as C2SP tlog-tiles (checkpoint, tiles,
+    /// entry bundles) and the read-only web view.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tiles_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    /// The web view on --http-listen [default: on when that address is
+    /// loopback or authentication is on].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_view: Option<bool>,
     /// Log lines as text or JSON [default: text].
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -502,17 +513,17 @@ impl Settings {
                 ),
             ));
         }
-        if let Some(tiles) = self.tiles_listen {
+        if let Some(tiles) = self.http_listen {
             // Port 0 asks the system for a free port each time: no clash.
             if tiles.port() != 0 && (tiles == self.listen || self.metrics_listen == Some(tiles)) {
                 return Err(invalid(
-                    "tiles_listen",
+                    "http_listen",
                     format!("{tiles} is already the address of listen or metrics_listen"),
                 ));
             }
             if !tiles.ip().is_loopback() && self.tls_cert.is_none() && !self.insecure_listen {
                 return Err(invalid(
-                    "tiles_listen",
+                    "http_listen",
                     format!(
                         "{tiles} is not a loopback address: configure tls_cert and tls_key, or \
                          pass --insecure-listen to serve plaintext on purpose"

@@ -1,13 +1,18 @@
-//! The HTTP listener (`tiles_listen`): the log as C2SP tlog-tiles
+//! The HTTP listener (`http_listen`): the log as C2SP tlog-tiles
 //! (<https://c2sp.org/tlog-tiles>), read-only, so that the ecosystem's
 //! clients (monitors, mirrors, witnesses' feeders, `stackpin audit
-//! --tiles`) read it with no stackpin code.
+//! --tiles`) read it with no stackpin code; and the web view
+//! ([`crate::web`]) for people.
 //!
 //! ```text
 //! GET /checkpoint                      the newest signed checkpoint
 //! GET /tile/<L>/<N>[.p/<W>]            hash tiles of its tree
 //! GET /tile/entries/<N>[.p/<W>]        entry bundles
+//! GET /, /env/…, /artifact/…, /log …   the web view (when it is on)
 //! ```
+//!
+//! Browsers send their token in a cookie (set by the web view's sign-in
+//! page); other clients send `Authorization: Bearer`.
 //!
 //! The checkpoint changes with every commit, so it may be cached for a
 //! second at most; a tile's bytes never change (a partial tile of width W
@@ -48,7 +53,12 @@ pub struct Http {
     pub registry: Arc<Registry>,
     pub auth: Authorizer,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The web view; None when it is off.
+    pub web: Option<crate::web::Site>,
 }
+
+/// The largest sign-in form read.
+const MAX_FORM_BYTES: usize = 4096;
 
 /// The TLS setup of the HTTP listener, from the gRPC listener's PEM files:
 /// a certificate chain and key, and when `client_ca` is given, client
@@ -104,7 +114,12 @@ pub fn tls_config(
 pub async fn serve(listener: TcpListener, http: Http, mut stop: watch::Receiver<bool>) {
     let scheme = if http.tls.is_some() { "https" } else { "http" };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!("serving tlog-tiles on {addr} ({scheme})");
+        let web = if http.web.is_some() {
+            "and the web view"
+        } else {
+            "(the web view is off)"
+        };
+        tracing::info!("serving tlog-tiles on {addr} ({scheme}) {web}");
     }
     let acceptor = http.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -155,7 +170,7 @@ where
     let service = hyper::service::service_fn(move |req| {
         let http = http.clone();
         let cn = cn.clone();
-        async move { Ok::<_, Infallible>(handle(&http, cn.as_deref(), &req).await) }
+        async move { Ok::<_, Infallible>(handle(&http, cn.as_deref(), req).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -167,17 +182,29 @@ where
     }
 }
 
-async fn handle(http: &Http, cn: Option<&str>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+async fn handle(http: &Http, cn: Option<&str>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let head = req.method() == Method::HEAD;
+    if let (Some(site), true) = (&http.web, req.method() == Method::POST && path == "/login") {
+        return match read_form(req).await {
+            Ok(form) => reply(crate::web::login(site, &http.auth, &form)),
+            Err(e) => error(&e),
+        };
+    }
+    if req.method() != Method::GET && !head {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    if let Err(e) = authorize(http, cn, req) {
-        return error(&e);
+    let open = http.web.is_some() && crate::web::is_open(&path);
+    if !open && let Err(e) = authorize(http, cn, &req) {
+        return match &http.web {
+            Some(site) if !is_tiles(&path) => reply(crate::web::refused(site, &e)),
+            _ => error(&e),
+        };
     }
-    let path = req.uri().path();
     let mut response = if path == "/checkpoint" {
         match http.registry.checkpoint() {
             Ok(cp) => body(
@@ -197,15 +224,88 @@ async fn handle(http: &Http, cn: Option<&str>, req: &Request<Incoming>) -> Respo
             Err(e) => error(&e),
         }
     } else {
-        text(
-            StatusCode::NOT_FOUND,
-            "not found: this listener serves /checkpoint and /tile/… (C2SP tlog-tiles)\n",
-        )
+        let page = match &http.web {
+            Some(site) => crate::web::get(&http.registry, site, &path, &query).await,
+            None => None,
+        };
+        match (page, &http.web) {
+            (Some(page), _) => reply(page),
+            (None, Some(_)) => text(
+                StatusCode::NOT_FOUND,
+                "not found: this listener serves the web view (/), /checkpoint and /tile/… \
+                 (C2SP tlog-tiles)\n",
+            ),
+            (None, None) => text(
+                StatusCode::NOT_FOUND,
+                "not found: this listener serves /checkpoint and /tile/… (C2SP tlog-tiles); the \
+                 web view is off (a non-loopback address without authentication: configure \
+                 tokens, or set web_view = true)\n",
+            ),
+        }
     };
-    if req.method() == Method::HEAD {
+    if head {
         *response.body_mut() = Full::new(Bytes::new());
     }
     response
+}
+
+fn is_tiles(path: &str) -> bool {
+    path == "/checkpoint" || path.starts_with("/tile/")
+}
+
+/// The body of a sign-in form, bounded.
+async fn read_form(req: Request<Incoming>) -> crate::error::Result<Bytes> {
+    use http_body_util::BodyExt as _;
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_FORM_BYTES);
+    match tokio::time::timeout(HEADER_TIMEOUT, limited.collect()).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(_)) => Err(Error::new(
+            Kind::TooLarge,
+            format!("the sign-in form is larger than {MAX_FORM_BYTES} bytes or was cut off"),
+        )),
+        Err(_) => Err(Error::new(
+            Kind::Deadline,
+            "the sign-in form did not arrive in time",
+        )),
+    }
+}
+
+/// A web view answer as an HTTP response.
+fn reply(page: crate::web::Reply) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(page.body));
+    *r.status_mut() =
+        StatusCode::from_u16(page.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(page.content_type),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(page.cache));
+    // Nothing is loaded from elsewhere, and no other site may frame a page.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if let Some(to) = page.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        h.insert(header::LOCATION, to);
+    }
+    if let Some(c) = page.set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(header::SET_COOKIE, c);
+    }
+    if page.status == 401 {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
 }
 
 fn authorize(http: &Http, cn: Option<&str>, req: &Request<Incoming>) -> crate::error::Result<()> {
@@ -213,6 +313,7 @@ fn authorize(http: &Http, cn: Option<&str>, req: &Request<Incoming>) -> crate::e
         return Err(e);
     }
     let bearer = match req.headers().get(header::AUTHORIZATION) {
+        None if http.web.is_some() => cookie_token(req),
         None => None,
         Some(v) => Some(
             v.to_str()
@@ -227,6 +328,18 @@ fn authorize(http: &Http, cn: Option<&str>, req: &Request<Incoming>) -> crate::e
         ),
     };
     http.auth.authorize(bearer, cn, Action::Read).map(|_| ())
+}
+
+/// The token a browser keeps in the web view's cookie.
+fn cookie_token(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == crate::web::TOKEN_COOKIE)
+        .map(|(_, v)| v)
 }
 
 fn body(bytes: Bytes, content_type: &'static str, cache: &'static str) -> Response<Full<Bytes>> {
@@ -251,7 +364,7 @@ fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
 }
 
 /// The HTTP status of an error kind: the one place HTTP answers are mapped.
-fn status(kind: Kind) -> StatusCode {
+pub(crate) fn status(kind: Kind) -> StatusCode {
     match kind {
         Kind::Invalid => StatusCode::BAD_REQUEST,
         Kind::NotFound => StatusCode::NOT_FOUND,

@@ -55,6 +55,7 @@ pub(crate) mod service;
 pub mod staging;
 pub mod storage;
 pub mod timeline;
+pub mod web;
 pub mod witness;
 
 pub use error::{Error, Kind, Result};

@@ -236,11 +236,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
-    let tiles = match settings.tiles_listen {
+    let tiles = match settings.http_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .with_context(|| format!("binding {addr} (tiles_listen)"))?,
+                .with_context(|| format!("binding {addr} (http_listen)"))?,
         ),
         None => None,
     };

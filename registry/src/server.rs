@@ -27,6 +27,8 @@ pub struct Options {
     /// TLS of the HTTP (tlog-tiles) listener: the gRPC listener's
     /// certificate and client CA, read once more for rustls.
     pub http_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The web view on the HTTP listener; None when it is off.
+    pub web: Option<crate::web::Site>,
     /// How long in-flight requests may take to finish after a shutdown
     /// signal before the server stops anyway.
     pub shutdown_grace: Duration,
@@ -41,6 +43,7 @@ impl Default for Options {
             max_message_bytes: crate::defaults::MAX_MESSAGE_BYTES,
             metrics_listen: None,
             http_tls: None,
+            web: Some(crate::web::Site::default()),
             shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
         }
     }
@@ -66,14 +69,35 @@ impl Options {
             }
             _ => None,
         };
-        let http_tls = match (&s.tiles_listen, &s.tls_cert, &s.tls_key) {
+        let http_tls = match (&s.http_listen, &s.tls_cert, &s.tls_key) {
             (Some(_), Some(cert), Some(key)) => {
                 Some(crate::http::tls_config(cert, key, s.client_ca.as_deref())?)
             }
             _ => None,
         };
+        let web = match s.http_listen {
+            None => None,
+            Some(addr) => {
+                let on = s
+                    .web_view
+                    .unwrap_or(addr.ip().is_loopback() || auth.enabled());
+                if !on && s.web_view.is_none() {
+                    tracing::warn!(
+                        http_listen = %addr,
+                        "the web view is off: http_listen is not a loopback address and \
+                         authentication is off (configure tokens, or set web_view = true to \
+                         show it to anyone who can reach the address); the tiles are served"
+                    );
+                }
+                on.then(|| crate::web::Site {
+                    auth_on: auth.enabled(),
+                    https: http_tls.is_some(),
+                })
+            }
+        };
         Ok(Self {
             tls,
+            web,
             auth,
             max_concurrent_streams: s.max_concurrent_streams,
             max_message_bytes: s.max_message_bytes,
@@ -181,6 +205,7 @@ pub async fn run_all(
             registry: registry.clone(),
             auth: options.auth.clone(),
             tls: options.http_tls.clone(),
+            web: options.web.clone(),
         };
         tokio::spawn(crate::http::serve(tiles, http, drain_rx.clone()));
     }

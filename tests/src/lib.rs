@@ -183,7 +183,7 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
-    /// The address of the tlog-tiles listener (`--tiles-listen`), as the
+    /// The address of the tlog-tiles listener (`--http-listen`), as the
     /// server logged it.
     pub fn tiles_addr(&self) -> std::net::SocketAddr {
         let deadline = Instant::now() + Duration::from_secs(20);

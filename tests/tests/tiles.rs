@@ -68,7 +68,7 @@ fn read_over_http(addr: SocketAddr, cp: &tlog::Checkpoint) -> tlog::Read {
 
 #[test]
 fn a_spec_client_reads_the_log_over_tiles_and_the_audit_runs_from_them() {
-    let world = World::new(&["--tiles-listen", "127.0.0.1:0"]);
+    let world = World::new(&["--http-listen", "127.0.0.1:0"]);
     let addr = world.server.tiles_addr();
     world.three_releases();
     let answer = tlog::get(addr, "/checkpoint");

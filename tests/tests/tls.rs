@@ -159,7 +159,7 @@ fn tls_mutual_tls_and_tokens_end_to_end() {
     let server = Server::start_in(
         dir,
         &dir.join("data"),
-        &["--config", &config_path, "--tiles-listen", "127.0.0.1:0"],
+        &["--config", &config_path, "--http-listen", "127.0.0.1:0"],
     );
     let url = format!("https://127.0.0.1:{}", server.addr.port());
     assert!(server.log().contains("(https)"), "{}", server.log());

@@ -162,7 +162,7 @@ fn two_witnesses_cosign_a_policy_is_enforced_and_a_fork_is_not_cosigned() {
     )
     .unwrap();
     let cfg = config.to_str().unwrap();
-    let world = World::new(&["--config", cfg, "--tiles-listen", "127.0.0.1:0"]);
+    let world = World::new(&["--config", cfg, "--http-listen", "127.0.0.1:0"]);
     let tiles = world.server.tiles_addr();
     let a = WitnessProc::start(name_a, &wa, &world.vkey, port_a);
     let b = WitnessProc::start(name_b, &wb, &world.vkey, port_b);

@@ -145,7 +145,7 @@ pub struct AuditArgs {
     #[arg(long, conflicts_with = "tiles")]
     data_dir: Option<PathBuf>,
     /// Audit the log served as C2SP tlog-tiles under this URL (the
-    /// registry's tiles_listen, or a mirror or CDN of it): the checkpoint,
+    /// registry's http_listen, or a mirror or CDN of it): the checkpoint,
     /// every entry bundle and every hash tile. Blobs are not checked (a
     /// tiles URL serves the log only).
     #[arg(long, value_name = "URL")]

@@ -21,7 +21,7 @@ use checkpoint::put_checkpoint;
 pub use checkpoint::{OriginSource, STORE_CHECKPOINT_EVERY, log_origin};
 pub use publish::PendingPublish;
 pub use recover::{LOCK_FILE, index_dir, open_index};
-pub use witnesses::{SUBMIT_EVERY, WitnessTarget};
+pub use witnesses::{SUBMIT_EVERY, WitnessStatus, WitnessTarget};
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -149,6 +149,16 @@ pub struct SignedCheckpoint {
     pub note: Arc<str>,
 }
 
+/// The start-up check: at `at`, the first `entries` of the log were
+/// checked against the signed checkpoints stored with it (the newest of
+/// which covered `checkpoint_size`), and agreed.
+#[derive(Clone, Debug)]
+pub struct StartCheck {
+    pub at: Timestamp,
+    pub entries: u64,
+    pub checkpoint_size: Option<u64>,
+}
+
 /// What a resolve asks for.
 #[derive(Clone, Copy, Debug)]
 pub enum Query {
@@ -274,6 +284,11 @@ struct Shared {
     staging_dir: Option<std::path::PathBuf>,
     /// Witness cosignatures collected, served with the checkpoint they sign.
     cosignatures: witnesses::Cosignatures,
+    /// The witnesses configured (submitted to by `witnesses.rs`).
+    witnesses: Vec<WitnessTarget>,
+    /// What the start-up check of the log against its signed checkpoints
+    /// found.
+    start_check: std::sync::OnceLock<StartCheck>,
     /// Tiles computed for readers (see `tiles.rs`).
     tile_cache: tiles::TileCache,
     /// Serializes the writers of `log/checkpoint` (see `checkpoint.rs`).

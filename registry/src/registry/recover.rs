@@ -459,6 +459,8 @@ impl Registry {
             inflight: std::sync::Mutex::default(),
             staging_dir,
             cosignatures: std::sync::Mutex::default(),
+            witnesses: witnesses.clone(),
+            start_check: std::sync::OnceLock::new(),
             tile_cache: super::tiles::TileCache::default(),
             store_lock: super::checkpoint::StoreLock::default(),
         });
@@ -491,6 +493,11 @@ impl Registry {
                  log/checkpoint alone; from now on every stored checkpoint is kept in the history"
             );
         }
+        let _ = shared.start_check.set(super::StartCheck {
+            at: shared.clock.now(),
+            entries,
+            checkpoint_size: anchor.as_ref().map(|a| a.checkpoint.size),
+        });
         if let Some(anchor) = anchor {
             tracing::info!(
                 checkpoint = %anchor.key,

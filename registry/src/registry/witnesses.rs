@@ -61,6 +61,40 @@ impl Shared {
     }
 }
 
+/// A configured witness, and the newest tree size it cosigned since the
+/// registry started.
+#[derive(Clone, Debug)]
+pub struct WitnessStatus {
+    pub label: String,
+    pub vkey: String,
+    pub cosigned: Option<u64>,
+}
+
+impl super::Registry {
+    /// The configured witnesses and what each has cosigned.
+    pub fn witness_status(&self) -> Vec<WitnessStatus> {
+        let cosigs = self
+            .shared
+            .cosignatures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.shared
+            .witnesses
+            .iter()
+            .map(|w| WitnessStatus {
+                label: w.label.clone(),
+                vkey: w.key.vkey(),
+                cosigned: cosigs.get(&w.label).map(|c| c.size),
+            })
+            .collect()
+    }
+
+    /// What the start-up check of the log found.
+    pub fn start_check(&self) -> Option<super::StartCheck> {
+        self.shared.start_check.get().cloned()
+    }
+}
+
 enum Outcome {
     Cosigned(String),
     /// 409: the witness's size.
