@@ -243,3 +243,28 @@ pub async fn run_all(
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web_on(http_listen: &str, web_view: Option<bool>) -> bool {
+        let s = Settings {
+            http_listen: Some(http_listen.parse().unwrap()),
+            web_view,
+            ..Settings::default()
+        };
+        Options::from_settings(&s, Authorizer::default())
+            .unwrap()
+            .web
+            .is_some()
+    }
+
+    #[test]
+    fn the_web_view_is_off_beyond_loopback_without_authentication_unless_asked() {
+        assert!(web_on("127.0.0.1:8444", None));
+        assert!(!web_on("192.0.2.7:8444", None));
+        assert!(web_on("192.0.2.7:8444", Some(true)));
+        assert!(!web_on("127.0.0.1:8444", Some(false)));
+    }
+}

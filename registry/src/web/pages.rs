@@ -563,10 +563,7 @@ type LiveInterval = (PinRecord, Option<Timestamp>);
 
 /// Where and when `digest` was live: every pin of it, per environment,
 /// with the instant the next pin ended it.
-fn live_intervals(
-    registry: &Registry,
-    digest: &Digest,
-) -> Result<(Vec<LiveInterval>, bool)> {
+fn live_intervals(registry: &Registry, digest: &Digest) -> Result<(Vec<LiveInterval>, bool)> {
     let mut out = Vec::new();
     let mut scanned = 0usize;
     let mut after: Option<EnvName> = None;

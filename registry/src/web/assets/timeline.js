@@ -37,9 +37,10 @@
   }
 
   function hue(text) {
+    // Spread by the golden angle, so releases with similar names differ.
     var h = 0;
-    for (var i = 0; i < text.length; i++) h = (h * 31 + text.charCodeAt(i)) % 360;
-    return h;
+    for (var i = 0; i < text.length; i++) h = (h * 31 + text.charCodeAt(i)) % 100003;
+    return Math.round(h * 137.508) % 360;
   }
 
   function el(name, attrs, text) {
