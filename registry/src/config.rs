@@ -140,6 +140,8 @@ pub struct Settings {
     pub token: Vec<TokenConfig>,
     /// Witnesses the log's checkpoints are submitted to (`[[witness]]`).
     pub witness: Vec<WitnessConfig>,
+    /// Endpoints that receive a signed CloudEvent per entry (`[[webhook]]`).
+    pub webhook: Vec<WebhookConfig>,
     /// Client certificate subjects.
     pub client_cert: Vec<CertConfig>,
     /// What loading found worth a warning (old spellings), for the caller
@@ -188,6 +190,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             token: Vec::new(),
             witness: Vec::new(),
+            webhook: Vec::new(),
             client_cert: Vec::new(),
             warnings: Vec::new(),
         }
@@ -205,6 +208,24 @@ pub struct WitnessConfig {
     pub vkey: String,
     /// Its submission prefix: checkpoints go to `<url>/add-checkpoint`.
     pub url: String,
+}
+
+/// An endpoint that receives events (see [`crate::webhooks`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// What logs, metrics and the web view call it; also names its cursor
+    /// in storage, so renaming it starts it afresh.
+    pub name: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// Only entries of these types: publish, pin, key [default: all].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    /// Only pins of these environments (other types are not filtered)
+    /// [default: all].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub envs: Vec<String>,
 }
 
 /// The keys settable through the environment (`STACKPIN_<KEY>`).
@@ -539,6 +560,7 @@ impl Settings {
             ));
         }
         self.witnesses()?;
+        self.webhooks()?;
         if !(1..=crate::committer::MAX_BATCH).contains(&self.max_batch) {
             return Err(invalid(
                 "max_batch",
@@ -611,6 +633,25 @@ impl Settings {
                 key,
                 url: w.url.clone(),
             });
+        }
+        Ok(out)
+    }
+
+    /// The webhook endpoints these settings name.
+    ///
+    /// # Errors
+    /// Invalid for a bad name, URL, type or environment, or two endpoints
+    /// with one name.
+    pub fn webhooks(&self) -> Result<Vec<crate::webhooks::Endpoint>> {
+        let mut out: Vec<crate::webhooks::Endpoint> = Vec::new();
+        for w in &self.webhook {
+            out.push(crate::webhooks::Endpoint::new(w).map_err(|e| invalid("webhook", e))?);
+            if out[..out.len() - 1].iter().any(|o| o.name == w.name) {
+                return Err(invalid(
+                    "webhook",
+                    format!("two webhooks are called {}", w.name),
+                ));
+            }
         }
         Ok(out)
     }

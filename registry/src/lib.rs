@@ -56,6 +56,7 @@ pub mod staging;
 pub mod storage;
 pub mod timeline;
 pub mod web;
+pub mod webhooks;
 pub mod witness;
 
 pub use error::{Error, Kind, Result};

@@ -276,13 +276,22 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         data_dir = %settings.data_dir.display(), storage = ?url, log_key = %registry.log_vkey(),
         "registry open"
     );
-    let options = server::Options::from_settings(&settings, authorizer)?;
+    let mut options = server::Options::from_settings(&settings, authorizer)?;
+    let registry = Arc::new(registry);
+    let endpoints = settings.webhooks()?;
+    if !endpoints.is_empty() {
+        let holder = stackpin_registry::webhooks::holder_id(&settings.data_dir)?;
+        let deliveries = stackpin_registry::webhooks::spawn(registry.clone(), endpoints, holder);
+        if let Some(site) = &mut options.web {
+            site.webhooks = deliveries;
+        }
+    }
     let shutdown = shutdown_signal()?;
     let listeners = server::Listeners {
         grpc: listener,
         tiles,
     };
-    server::run_all(listeners, Arc::new(registry), options, shutdown).await
+    server::run_all(listeners, registry, options, shutdown).await
 }
 
 /// A future that completes on SIGINT or SIGTERM. The handlers are installed

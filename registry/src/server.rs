@@ -92,6 +92,7 @@ impl Options {
                 on.then(|| crate::web::Site {
                     auth_on: auth.enabled(),
                     https: http_tls.is_some(),
+                    webhooks: std::sync::Arc::default(),
                 })
             }
         };

@@ -85,6 +85,35 @@ pub fn check_entry_size(entry: &[u8]) -> crate::error::Result<()> {
 /// The folder (key prefix) of artifact bytes.
 pub const BLOBS: &str = "blobs/sha256";
 
+/// Webhook delivery state, beside the log: the lease that lets one
+/// replica of a bucket send (`webhooks/lease/<epoch>`, created once each),
+/// its holder's heartbeat (`webhooks/heartbeat/<epoch>`), and each
+/// endpoint's cursor, the next log index to deliver
+/// (`webhooks/cursor/<name>`).
+pub const WEBHOOK_LEASES: &str = "webhooks/lease";
+
+/// The lease of `epoch`.
+pub fn webhook_lease_key(epoch: u64) -> String {
+    format!("{WEBHOOK_LEASES}/{epoch:020}")
+}
+
+/// The epoch a lease object's name holds.
+pub fn parse_webhook_lease_name(name: &str) -> Option<u64> {
+    (name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| name.parse().ok())
+        .flatten()
+}
+
+/// The heartbeat of the holder of `epoch`.
+pub fn webhook_heartbeat_key(epoch: u64) -> String {
+    format!("webhooks/heartbeat/{epoch:020}")
+}
+
+/// The cursor of the endpoint `name`.
+pub fn webhook_cursor_key(name: &str) -> String {
+    format!("webhooks/cursor/{name}")
+}
+
 /// The file name of the log object whose first entry is `index`.
 pub fn object_name(index: u64) -> String {
     format!("{index:020}")

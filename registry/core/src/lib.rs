@@ -40,6 +40,7 @@ pub mod signing;
 pub mod state;
 pub mod tiles;
 pub mod time;
+pub mod webhook;
 pub mod witness;
 
 pub use error::{Error, Kind, Result};

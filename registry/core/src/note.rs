@@ -121,6 +121,13 @@ impl NoteSigner {
         }
     }
 
+    /// A bare Ed25519 signature of `message` with the log's key, for
+    /// messages that can never be read as a note (see
+    /// [`crate::webhook`]).
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message).to_bytes()
+    }
+
     /// Signs `text` (which must end in a newline) into a signed note.
     pub fn sign(&self, text: &str) -> String {
         let sig = self.key.sign(text.as_bytes());

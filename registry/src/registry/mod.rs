@@ -450,6 +450,30 @@ impl Registry {
         self.shared.signer.vkey()
     }
 
+    /// The log's origin (the name it signs checkpoints as).
+    pub fn origin(&self) -> &str {
+        self.shared.signer.name()
+    }
+
+    /// The current instant, by the registry's clock.
+    pub fn now(&self) -> Timestamp {
+        self.shared.clock.now()
+    }
+
+    /// The `webhook-signature` of a delivery, with the log's key (see
+    /// [`stackpin_core::webhook`]).
+    ///
+    /// # Errors
+    /// Invalid when the id or body holds a newline.
+    pub fn sign_webhook(&self, id: &str, timestamp: i64, body: &[u8]) -> Result<String> {
+        Ok(stackpin_core::webhook::sign(
+            &self.shared.signer,
+            id,
+            timestamp,
+            body,
+        )?)
+    }
+
     /// The state-machine tunables.
     pub fn limits(&self) -> &Limits {
         &self.shared.limits

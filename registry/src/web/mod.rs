@@ -39,6 +39,8 @@ pub struct Site {
     pub auth_on: bool,
     /// Whether the listener is HTTPS (the token cookie is then `Secure`).
     pub https: bool,
+    /// The webhooks' delivery log.
+    pub webhooks: std::sync::Arc<crate::webhooks::Deliveries>,
 }
 
 /// An answer of the web view.
@@ -119,7 +121,7 @@ pub async fn get(registry: &Registry, site: &Site, path: &str, query: &str) -> O
             include_str!("assets/timeline.js"),
         )),
         ["login"] => Ok(pages::login(site, None)),
-        ["log"] => pages::log(registry),
+        ["log"] => pages::log(registry, site),
         ["env", env] => pages::environment(registry, env, &q),
         ["env", env, "at"] => pages::at(registry, env, &q),
         ["env", env, "at.json"] => pages::at_json(registry, env, &q),

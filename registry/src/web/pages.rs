@@ -757,11 +757,12 @@ pub async fn diff(registry: &Registry, q: &Query) -> Result<Reply> {
 }
 
 /// `GET /log`: its size, the checkpoint, its signatures and their age.
-pub fn log(registry: &Registry) -> Result<Reply> {
+pub fn log(registry: &Registry, site: &Site) -> Result<Reply> {
     let cp = registry.checkpoint()?;
     let log_key = stackpin_core::note::NoteVerifier::parse(&registry.log_vkey())?;
     let (_, sigs) = stackpin_core::note::split(&cp.note)?;
     let witnesses = registry.witness_status();
+    let (sending, hooks) = site.webhooks.snapshot();
     let body = html! {
         dl {
             dt { "Entries" } dd { (cp.size) }
@@ -806,6 +807,24 @@ pub fn log(registry: &Registry) -> Result<Reply> {
                         Some(n) => { (n) " (" (cp.size.saturating_sub(n)) " entries behind)" },
                         None => "none collected since the registry started",
                     } }
+                } } }
+            }
+        }
+        h2 { "Webhooks" }
+        @if hooks.is_empty() {
+            p { "No webhooks are configured here, or none has been looked at yet." }
+        } @else {
+            p { @if sending { "This replica holds the webhook lease and sends the events." }
+                @else { "Another replica on this storage holds the webhook lease and sends the events; the cursors below are as this replica last saw them." } }
+            table {
+                thead { tr { th scope="col" { "Endpoint" } th scope="col" { "Next log index" } th scope="col" { "Behind" }
+                    th scope="col" { "Delivered since start" } th scope="col" { "Failures in a row" }
+                    th scope="col" { "Last answer" } th scope="col" { "Last delivered" } } }
+                tbody { @for (name, h) in &hooks { tr {
+                    td { (name) } td.num { (h.cursor) } td.num { (cp.size.saturating_sub(h.cursor)) }
+                    td.num { (h.delivered) } td.num { (h.failures) }
+                    td { (h.last_answer.as_deref().unwrap_or("—")) }
+                    td { @match h.last_delivered_at { Some(t) => { (t) " (" (ago(t)) ")" }, None => "—" } }
                 } } }
             }
         }

@@ -1,0 +1,292 @@
+//! Webhooks against a receiver on loopback that fails the first attempts
+//! and stalls once: every event arrives (at least once, none skipped),
+//! signed so that the log's vkey verifies it, as CloudEvents 1.0, across
+//! a registry killed in the middle of a delivery.
+//!
+//! The receiver checks signatures from the Standard Webhooks scheme alone
+//! (`v1a,` Ed25519 over `id.timestamp.body`), with no stackpin code.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::Verifier as _;
+use stackpin_tests::world::World;
+
+#[derive(Clone, Debug)]
+struct Delivery {
+    path: String,
+    id: String,
+    timestamp: String,
+    signature: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+/// What the receiver does with its nth request (counting from 1).
+#[derive(Clone, Copy)]
+enum Answer {
+    Fail,
+    Stall,
+    Accept,
+}
+
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<(Delivery, u16)>>>,
+}
+
+impl Receiver {
+    fn start(policy: fn(usize) -> Answer) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                n += 1;
+                let Some(d) = read_request(&mut stream) else {
+                    continue;
+                };
+                let status = match policy(n) {
+                    Answer::Fail => 500,
+                    Answer::Accept => 200,
+                    Answer::Stall => {
+                        // Hold the request unanswered: the registry is
+                        // killed meanwhile.
+                        sink.lock().unwrap().push((d, 0));
+                        std::thread::sleep(Duration::from_secs(8));
+                        continue;
+                    }
+                };
+                sink.lock().unwrap().push((d, status));
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Self { port, got }
+    }
+
+    /// The deliveries answered 2xx, by path.
+    fn accepted(&self, path: &str) -> Vec<Delivery> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(d, s)| d.path == path && (200..300).contains(s))
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    fn all(&self) -> Vec<(Delivery, u16)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+fn read_request(stream: &mut std::net::TcpStream) -> Option<Delivery> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split(' ').nth(1)?.to_owned();
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+    }
+    let len: usize = headers.get("content-length")?.parse().ok()?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    let h = |k: &str| headers.get(k).cloned().unwrap_or_default();
+    Some(Delivery {
+        path,
+        id: h("webhook-id"),
+        timestamp: h("webhook-timestamp"),
+        signature: h("webhook-signature"),
+        content_type: h("content-type"),
+        body,
+    })
+}
+
+/// Checks a delivery's signature with the log's vkey
+/// (`<name>+<hex id>+<base64(0x01 || key)>`), as a receiver would.
+fn verify(vkey: &str, d: &Delivery) -> Result<(), String> {
+    let key = B64
+        .decode(vkey.rsplit('+').next().unwrap())
+        .map_err(|e| e.to_string())?;
+    let key: [u8; 32] = key[1..].try_into().map_err(|_| "key length")?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|e| e.to_string())?;
+    let sig = d.signature.strip_prefix("v1a,").ok_or("not v1a")?;
+    let sig = ed25519_dalek::Signature::from_slice(&B64.decode(sig).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let mut content = format!("{}.{}.", d.id, d.timestamp).into_bytes();
+    content.extend_from_slice(&d.body);
+    key.verify(&content, &sig).map_err(|e| e.to_string())
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn webhooks_arrive_signed_at_least_once_and_none_is_skipped_across_a_crash() {
+    // Three failures, then success; the sixth request is held unanswered.
+    let receiver = Receiver::start(|n| match n {
+        1..=3 => Answer::Fail,
+        6 => Answer::Stall,
+        _ => Answer::Accept,
+    });
+    let dir = tempfile::TempDir::new().unwrap();
+    let cfg = dir.path().join("webhooks.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[webhook]]\nname = \"all\"\nurl = \"http://127.0.0.1:{p}/all\"\n\n\
+             [[webhook]]\nname = \"prod-pins\"\nurl = \"http://127.0.0.1:{p}/prod\"\n\
+             types = [\"pin\"]\nenvs = [\"prod\"]\n",
+            p = receiver.port
+        ),
+    )
+    .unwrap();
+    let world = World::new(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    // A new endpoint starts at the log's size when first seen: wait for
+    // both cursors before writing.
+    let cursors = world.data().join("webhooks/cursor");
+    wait_until("the cursors", Duration::from_secs(30), || {
+        cursors.join("all").exists() && cursors.join("prod-pins").exists()
+    });
+    world.three_releases(); // log indexes 0-2 publishes, 3-5 prod pins
+    world
+        .cli(&["pin", "--env", "staging", "--release-id", "rel-1"])
+        .ok(); // 6
+
+    // The stalled request: kill the registry while it waits for an answer.
+    wait_until("the stalled delivery", Duration::from_secs(60), || {
+        receiver.all().iter().any(|(_, s)| *s == 0)
+    });
+    let World {
+        dir: wdir,
+        server,
+        vkey,
+    } = world;
+    let world = World {
+        dir: wdir,
+        server: server.crash_and_restart(),
+        vkey,
+    };
+    world
+        .cli(&[
+            "pin",
+            "--env",
+            "prod",
+            "--release-id",
+            "rel-2",
+            "--db-lsn",
+            "0/AB",
+        ])
+        .ok(); // 7
+
+    wait_until("every event", Duration::from_secs(90), || {
+        receiver
+            .accepted("/all")
+            .iter()
+            .map(|d| d.id.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == 8
+            && receiver.accepted("/prod").len() >= 4
+    });
+    let origin = world.vkey.split('+').next().unwrap().to_owned();
+    let all = receiver.accepted("/all");
+    let mut first_seen: Vec<u64> = Vec::new();
+    for d in &all {
+        verify(&world.vkey, d).unwrap_or_else(|e| panic!("{}: {e}", d.id));
+        assert_eq!(d.content_type, "application/cloudevents+json");
+        let event: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+        let index = event["data"]["log_index"].as_u64().unwrap();
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(event["source"], origin.as_str());
+        assert_eq!(event["id"], format!("{origin}/{index}"));
+        assert_eq!(event["id"], d.id.as_str());
+        if !first_seen.contains(&index) {
+            first_seen.push(index);
+        }
+    }
+    // In log order, none skipped; repeats (the unanswered one) allowed.
+    assert_eq!(first_seen, (0..8).collect::<Vec<_>>());
+    assert!(all.len() >= 8, "{} deliveries for 8 events", all.len());
+    let event = |index: u64| -> serde_json::Value {
+        let d = all
+            .iter()
+            .find(|d| d.id == format!("{origin}/{index}"))
+            .unwrap();
+        serde_json::from_slice(&d.body).unwrap()
+    };
+    assert_eq!(event(0)["type"], "dev.stackpin.artifact.published");
+    assert_eq!(event(0)["data"]["release_id"], "rel-1");
+    let pin = event(7);
+    assert_eq!(pin["type"], "dev.stackpin.pin.created");
+    assert_eq!(pin["subject"], "prod");
+    assert_eq!(pin["data"]["env"], "prod");
+    assert_eq!(pin["data"]["release_id"], "rel-2");
+    assert_eq!(pin["data"]["db_position"], "LSN 0/AB");
+    assert!(
+        pin["data"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+
+    // The filtered endpoint got prod's pins only.
+    let mut prod: Vec<u64> = receiver
+        .accepted("/prod")
+        .iter()
+        .map(|d| {
+            serde_json::from_slice::<serde_json::Value>(&d.body).unwrap()["data"]["log_index"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    prod.dedup();
+    assert_eq!(prod, [3, 4, 5, 7]);
+    // A forged body does not verify.
+    let mut forged = all[0].clone();
+    forged.body = br#"{"specversion":"1.0","id":"forged"}"#.to_vec();
+    assert!(verify(&world.vkey, &forged).is_err());
+
+    // The delivery log, in the web view.
+    let page = stackpin_tests::tlog::get(world.server.tiles_addr(), "/log");
+    let page = String::from_utf8(page.body).unwrap();
+    assert!(
+        page.contains("This replica holds the webhook lease") && page.contains("prod-pins"),
+        "{page}"
+    );
+    assert!(page.contains("HTTP 200"), "{page}");
+}
