@@ -130,7 +130,7 @@ fn read_request(stream: &mut std::net::TcpStream) -> Option<Delivery> {
 /// (`<name>+<hex id>+<base64(0x01 || key)>`), as a receiver would.
 fn verify(vkey: &str, d: &Delivery) -> Result<(), String> {
     let key = B64
-        .decode(vkey.rsplit('+').next().unwrap())
+        .decode(vkey.splitn(3, '+').nth(2).unwrap())
         .map_err(|e| e.to_string())?;
     let key: [u8; 32] = key[1..].try_into().map_err(|_| "key length")?;
     let key = ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|e| e.to_string())?;
@@ -289,4 +289,161 @@ fn webhooks_arrive_signed_at_least_once_and_none_is_skipped_across_a_crash() {
         "{page}"
     );
     assert!(page.contains("HTTP 200"), "{page}");
+}
+
+/// Two replicas on one bucket (a real SeaweedFS) with the same webhook:
+/// each event is sent once, by the lease holder; when the holder is killed
+/// the other takes the next epoch and sends what follows.
+#[test]
+fn replicas_on_one_bucket_send_each_event_once_and_one_takes_over() {
+    use object_store::ObjectStoreExt as _;
+    use stackpin_tests::s3::Seaweed;
+    use stackpin_tests::{Server, stackpin};
+
+    let receiver = Receiver::start(|_| Answer::Accept);
+    let weed = Seaweed::start();
+    let tmp = tempfile::TempDir::new().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("trusted")).unwrap();
+    stackpin(dir, "http://127.0.0.1:1", &["keygen", "--out", "log.pem"]).ok();
+    stackpin(dir, "http://127.0.0.1:1", &["keygen", "--out", "ci.pem"]).ok();
+    std::fs::rename(dir.join("ci.pub.pem"), dir.join("trusted/ci.pub.pem")).unwrap();
+    let cfg = dir.join("webhooks.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[webhook]]\nname = \"all\"\nurl = \"http://127.0.0.1:{}/all\"\n",
+            receiver.port
+        ),
+    )
+    .unwrap();
+    let prefix = "hooks";
+    let storage = format!("s3://{}/{prefix}", stackpin_tests::s3::BUCKET);
+    let replica = |name: &str| {
+        Server::start_with_env(
+            &dir.join(name),
+            &[
+                "--storage",
+                &storage,
+                "--s3-endpoint",
+                &weed.endpoint(),
+                "--log-signing-key",
+                dir.join("log.pem").to_str().unwrap(),
+                "--trusted-keys",
+                dir.join("trusted").to_str().unwrap(),
+                "--poll-interval",
+                "100ms",
+                "--config",
+                cfg.to_str().unwrap(),
+            ],
+            &weed.env(),
+        )
+    };
+    let a = replica("a");
+    let b = replica("b");
+    let store = stackpin_registry::storage::open(
+        &stackpin_registry::storage::StorageUrl::S3 {
+            bucket: stackpin_tests::s3::BUCKET.to_owned(),
+            prefix: prefix.to_owned(),
+        },
+        &weed.options(),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let read = |key: &str| {
+        let key = object_store::path::Path::from(key);
+        runtime.block_on(async { store.get(&key).await?.bytes().await })
+    };
+    wait_until("the cursor", Duration::from_secs(30), || {
+        read("webhooks/cursor/all").is_ok()
+    });
+
+    // Writes through both replicas.
+    for (i, server) in [&a, &b].iter().enumerate() {
+        let file = format!("r{i}.json");
+        std::fs::write(dir.join(&file), format!("{{\"r\":{i}}}")).unwrap();
+        stackpin(
+            dir,
+            &server.url(),
+            &[
+                "publish",
+                &file,
+                "--release-id",
+                &format!("r{i}"),
+                "--key",
+                "ci.pem",
+            ],
+        )
+        .ok();
+    }
+    for (env, release, server) in [("prod", "r0", &a), ("staging", "r1", &b), ("dev", "r0", &a)] {
+        stackpin(
+            dir,
+            &server.url(),
+            &["pin", "--env", env, "--release-id", release],
+        )
+        .ok();
+    }
+    let ids = || -> Vec<String> {
+        receiver
+            .accepted("/all")
+            .iter()
+            .map(|d| d.id.clone())
+            .collect()
+    };
+    wait_until("five events", Duration::from_secs(30), || ids().len() >= 5);
+    std::thread::sleep(Duration::from_secs(
+        2 * stackpin_registry::webhooks::HEARTBEAT.as_secs(),
+    ));
+    let mut seen = ids();
+    let sent = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(
+        (sent, seen.len()),
+        (5, 5),
+        "each event once, by one replica: {seen:?}"
+    );
+
+    // The holder is killed: the other takes the next epoch.
+    let holder = String::from_utf8(
+        read("webhooks/lease/00000000000000000001")
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    let id_of =
+        |name: &str| std::fs::read_to_string(dir.join(name).join("webhook-holder")).unwrap();
+    let (survivor, survivor_name) = if holder.trim() == id_of("a").trim() {
+        a.kill();
+        (b, "b")
+    } else {
+        assert_eq!(holder.trim(), id_of("b").trim());
+        b.kill();
+        (a, "a")
+    };
+    stackpin(
+        dir,
+        &survivor.url(),
+        &["pin", "--env", "prod", "--release-id", "r1"],
+    )
+    .ok();
+    let ttl = stackpin_registry::webhooks::LEASE_TTL + 4 * stackpin_registry::webhooks::HEARTBEAT;
+    wait_until("the event after the takeover", ttl, || ids().len() >= 6);
+    let taken = String::from_utf8(
+        read("webhooks/lease/00000000000000000002")
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert_eq!(taken.trim(), id_of(survivor_name).trim());
+    let mut all = ids();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert!(
+        survivor
+            .log()
+            .contains("this replica sends webhooks from now on")
+    );
 }
