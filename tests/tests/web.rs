@@ -454,3 +454,96 @@ fn with_tokens_a_browser_signs_in_and_nothing_is_shown_before() {
     assert!(get("/checkpoint", &format!("Cookie: {pair}\r\n")).starts_with("HTTP/1.1 200"));
     assert!(get("/", "Cookie: stackpin_token=sp_forged\r\n").starts_with("HTTP/1.1 401"));
 }
+
+/// Years of history: 1,200 pins an hour apart. The timeline reads them a
+/// page at a time (500 per request), draws them all when zoomed out and
+/// only the visible ones when zoomed in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_is_paged_into_the_timeline_and_only_the_visible_part_is_drawn() {
+    use stackpin_proto::v1 as pb;
+    let world = World::new(&["--http-listen", "127.0.0.1:0"]);
+    world.three_releases();
+    let mut client = pb::registry_client::RegistryClient::connect(world.server.url())
+        .await
+        .unwrap();
+    let hour = 3_600i64;
+    let start = jiff::Timestamp::now().as_second() - 1_300 * hour;
+    for i in 0..1_200i64 {
+        client
+            .pin(pb::PinRequest {
+                env: "long".into(),
+                artifact: Some(pb::ArtifactRef {
+                    r#ref: Some(pb::artifact_ref::Ref::ReleaseId(format!(
+                        "rel-{}",
+                        i % 3 + 1
+                    ))),
+                }),
+                activated_at: Some(prost_types::Timestamp {
+                    seconds: start + i * hour,
+                    nanos: 0,
+                }),
+                reason: String::new(),
+                db_position: None,
+                request_id: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let web = world.server.tiles_addr();
+
+    // The pages the script reads: 500, 500, 200, newest first, no gap.
+    let mut seqs = Vec::new();
+    let mut from = String::new();
+    loop {
+        let page = stackpin_tests::tlog::get(
+            web,
+            &format!("/env/long/pins.json?since=0&before=9000000000000000{from}"),
+        );
+        assert_eq!(page.status, 200);
+        let page: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
+        let pins = page["pins"].as_array().unwrap();
+        assert!(pins.len() <= 500);
+        seqs.extend(pins.iter().map(|p| p["seq"].as_u64().unwrap()));
+        match page["next_from_seq"].as_u64() {
+            Some(n) => from = format!("&from_seq={n}"),
+            None => break,
+        }
+    }
+    assert_eq!(seqs, (1..=1_200).rev().collect::<Vec<u64>>());
+
+    let driver = Driver::start();
+    let c = driver.browser(true).await;
+    c.goto(&format!("http://{web}/env/long")).await.unwrap();
+    attr_of(&c, "#timeline", "data-drawn").await;
+    let whole = text_of(&c, "p.range").await;
+    assert!(whole.contains(": 1200 pin(s)"), "{whole}");
+    screenshot(&c, "11-long-history").await;
+    let drawn_all = c
+        .find_all(Locator::Css("#timeline rect[data-release]"))
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(drawn_all, 1_200);
+    // Zoomed in three times: an eighth of the window, fewer bands drawn.
+    let timeline = c.find(Locator::Css("#timeline")).await.unwrap();
+    for _ in 0..3 {
+        let drawn = attr_of(&c, "#timeline", "data-drawn").await;
+        timeline.send_keys("+").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while attr_of(&c, "#timeline", "data-drawn").await == drawn {
+            assert!(Instant::now() < deadline, "zooming did not redraw");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let visible = c
+        .find_all(Locator::Css("#timeline rect[data-release]"))
+        .await
+        .unwrap()
+        .len();
+    assert!(
+        visible > 0 && visible < 400,
+        "{visible} bands drawn after zooming in"
+    );
+    screenshot(&c, "12-long-history-zoomed").await;
+    c.close().await.unwrap();
+}
