@@ -170,11 +170,14 @@ fn webhooks_arrive_signed_at_least_once_and_none_is_skipped_across_a_crash() {
         ),
     )
     .unwrap();
+    let metrics = format!("127.0.0.1:{}", stackpin_tests::s3::free_port());
     let world = World::new(&[
         "--config",
         cfg.to_str().unwrap(),
         "--http-listen",
         "127.0.0.1:0",
+        "--metrics-listen",
+        &metrics,
     ]);
     // A new endpoint starts at the log's size when first seen: wait for
     // both cursors before writing.
@@ -212,6 +215,8 @@ fn webhooks_arrive_signed_at_least_once_and_none_is_skipped_across_a_crash() {
             "0/AB",
         ])
         .ok(); // 7
+    world.cli(&["keygen", "--out", "extra.pem"]).ok();
+    world.cli(&["key", "add", "extra.pub.pem"]).ok(); // 8
 
     wait_until("every event", Duration::from_secs(90), || {
         receiver
@@ -220,7 +225,7 @@ fn webhooks_arrive_signed_at_least_once_and_none_is_skipped_across_a_crash() {
             .map(|d| d.id.clone())
             .collect::<std::collections::BTreeSet<_>>()
             .len()
-            == 8
+            == 9
             && receiver.accepted("/prod").len() >= 4
     });
     let origin = world.vkey.split('+').next().unwrap().to_owned();
@@ -240,8 +245,8 @@ fn webhooks_arrive_signed_at_least_once_and_none_is_skipped_across_a_crash() {
         }
     }
     // In log order, none skipped; repeats (the unanswered one) allowed.
-    assert_eq!(first_seen, (0..8).collect::<Vec<_>>());
-    assert!(all.len() >= 8, "{} deliveries for 8 events", all.len());
+    assert_eq!(first_seen, (0..9).collect::<Vec<_>>());
+    assert!(all.len() >= 9, "{} deliveries for 9 events", all.len());
     let event = |index: u64| -> serde_json::Value {
         let d = all
             .iter()
@@ -289,6 +294,18 @@ fn webhooks_arrive_signed_at_least_once_and_none_is_skipped_across_a_crash() {
         "{page}"
     );
     assert!(page.contains("HTTP 200"), "{page}");
+    // And in metrics.
+    let scraped = stackpin_tests::tlog::get(metrics.parse().unwrap(), "/metrics");
+    let scraped = String::from_utf8(scraped.body).unwrap();
+    assert!(scraped.contains("stackpin_webhook_sender 1"), "{scraped}");
+    assert!(
+        scraped
+            .lines()
+            .any(|l| l.starts_with("stackpin_webhook_attempts_total{")
+                && l.contains("outcome=\"delivered\"")
+                && l.contains("webhook=\"all\"")),
+        "{scraped}"
+    );
 }
 
 /// Two replicas on one bucket (a real SeaweedFS) with the same webhook:
