@@ -248,12 +248,22 @@ fn pins_record_database_positions_and_resolve_by_them() {
         !w.dir.path().join("plan.json").exists(),
         "a plan wrote the file"
     );
+    // PostgreSQL refuses RFC 3339's Z; the real recovery is in postgres.rs.
+    let settings: Vec<&str> = plan["database"]["postgres"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
     assert!(
-        plan["database"]["postgres"][0]
-            .as_str()
-            .unwrap()
-            .starts_with("recovery_target_time = '2999-01-01T00:00:00")
+        settings.contains(&"recovery_target_time = '2999-01-01 00:00:00.000000+00'"),
+        "{settings:?}"
     );
+    assert!(
+        settings[0].starts_with("restore_command = 'cp "),
+        "{settings:?}"
+    );
+    assert!(settings.contains(&"archive_mode = off"), "{settings:?}");
     let out = w.cli(&[
         "--output",
         "json",
@@ -272,7 +282,7 @@ fn pins_record_database_positions_and_resolve_by_them() {
     let out = out.json();
     assert_eq!(out["pin"]["release_id"], "rel-5");
     assert_eq!(
-        out["database"]["postgres"][0],
+        out["database"]["postgres"][1],
         "recovery_target_lsn = '0/A000000'"
     );
     assert_eq!(

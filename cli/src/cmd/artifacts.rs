@@ -90,6 +90,10 @@ pub struct RestoreArgs {
     /// The Litestream replica URL, to fill in the printed command.
     #[arg(long, default_value = "<replica-url>")]
     litestream_replica: String,
+    /// The PostgreSQL WAL archive folder, to fill in the printed
+    /// restore_command.
+    #[arg(long, value_name = "DIR", default_value = "/path/to/wal_archive")]
+    wal_archive: String,
     /// Refuse a checkpoint whose newest cosignature (by the witnesses of
     /// --policy) is older than this (e.g. 10m, 1h): an answer that says
     /// "still live" is only as fresh as its checkpoint.
@@ -148,18 +152,16 @@ fn db_target(args: &RestoreArgs, pin: &pb::Pin) -> DbTarget {
         target.litestream = Some(format!(
             "litestream restore -timestamp {t} -o {db} {replica}"
         ));
-        target.postgres = vec![
-            format!("recovery_target_time = '{t}'"),
-            "recovery_target_action = 'promote'".to_owned(),
-        ];
+        target.postgres = postgres_recovery(
+            &args.wal_archive,
+            &format!("recovery_target_time = '{}'", postgres_time(&t)),
+        );
         target.time = Some(t);
     }
     match args.resolve.position() {
         Some(DbPosition::PostgresLsn { lsn }) => {
-            target.postgres = vec![
-                format!("recovery_target_lsn = '{lsn}'"),
-                "recovery_target_action = 'promote'".to_owned(),
-            ];
+            target.postgres =
+                postgres_recovery(&args.wal_archive, &format!("recovery_target_lsn = '{lsn}'"));
         }
         Some(DbPosition::LitestreamTxid { txid }) => {
             target.litestream = Some(format!("litestream restore -txid {txid} -o {db} {replica}"));
@@ -181,6 +183,32 @@ fn db_target(args: &RestoreArgs, pin: &pb::Pin) -> DbTarget {
     target
 }
 
+/// An instant as PostgreSQL's `recovery_target_time` accepts it: it
+/// refuses RFC 3339's `Z`, so `2026-12-01 23:04:13.720526+00`.
+fn postgres_time(rfc3339: &str) -> String {
+    let t = rfc3339.replacen('T', " ", 1);
+    match t.strip_suffix('Z') {
+        Some(t) => format!("{t}+00"),
+        None => t,
+    }
+}
+
+/// The settings of a PostgreSQL point-in-time recovery to `target`, as
+/// they can be pasted into postgresql.conf (with recovery.signal): a
+/// recovery needs restore_command, and a restored copy must not archive
+/// into the primary's archive until it is promoted on purpose.
+fn postgres_recovery(archive: &str, target: &str) -> Vec<String> {
+    vec![
+        format!("restore_command = 'cp {archive}/%f %p'"),
+        target.to_owned(),
+        "recovery_target_action = 'promote'".to_owned(),
+        "# a restored copy must not write into the primary's WAL archive: keep archiving off \
+         until it becomes the primary on purpose"
+            .to_owned(),
+        "archive_mode = off".to_owned(),
+    ]
+}
+
 impl DbTarget {
     fn text(&self) -> String {
         let mut out = String::from("database target:\n");
@@ -193,7 +221,10 @@ impl DbTarget {
             out.push_str(&format!("  Litestream:  {l}\n"));
         }
         if !self.postgres.is_empty() {
-            out.push_str("  PostgreSQL (postgresql.conf, with recovery.signal):\n");
+            out.push_str(
+                "  PostgreSQL (append to postgresql.conf of the restored base backup, and create \
+                 recovery.signal beside it):\n",
+            );
             for line in &self.postgres {
                 out.push_str(&format!("    {line}\n"));
             }

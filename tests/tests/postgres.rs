@@ -1,0 +1,344 @@
+//! The PostgreSQL recovery settings `stackpin restore` prints, applied
+//! exactly as printed to a real PostgreSQL 15: a primary archiving its WAL,
+//! three releases pinned with their LSNs while rows are written, then
+//! copies of one base backup recovered by time and by LSN. Each copy must
+//! start (no refused setting), promote, and hold exactly the rows written
+//! up to the instant, under the release `restore` paired with it.
+//!
+//! The servers run as the unprivileged `postgres` user (initdb refuses
+//! root) on unix sockets in a temporary folder; nothing listens on TCP.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use stackpin_tests::world::World;
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Runs a PostgreSQL program as the `postgres` user when this is root.
+fn pg(program: &str, args: &[&str]) -> Output {
+    let path = format!("{BIN}/{program}");
+    assert!(
+        Path::new(&path).exists(),
+        "{path} is missing: install Debian's postgresql-15 (tests/run does, as root)"
+    );
+    let root = rustix_is_root();
+    let mut command = if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", &path]);
+        c
+    } else {
+        Command::new(&path)
+    };
+    command.args(args).output().unwrap()
+}
+
+fn rustix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Cluster {
+    data: PathBuf,
+    sock: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    fn sql(&self, sql: &str) -> String {
+        let port = self.port.to_string();
+        ok(
+            pg(
+                "psql",
+                &[
+                    "-h",
+                    self.sock.to_str().unwrap(),
+                    "-p",
+                    &port,
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-XAtqc",
+                    sql,
+                ],
+            ),
+            sql,
+        )
+        .trim()
+        .to_owned()
+    }
+
+    fn start(&self) -> Output {
+        let log = self.data.with_extension("log");
+        pg(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+    }
+
+    fn stop(&self) {
+        let _ = pg(
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn append(path: &Path, lines: &str) {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    writeln!(f, "\n{lines}").unwrap();
+}
+
+fn chown_postgres(path: &Path) {
+    if rustix_is_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+#[test]
+fn printed_postgresql_settings_recover_a_real_server_by_time_and_by_lsn() {
+    let world = World::new(&[]);
+    world.three_releases(); // publishes rel-1..3 (and pins them in prod)
+    let tmp = tempfile::Builder::new().prefix("pg").tempdir().unwrap();
+    let dir = tmp.path();
+    for sub in ["sock", "archive"] {
+        std::fs::create_dir(dir.join(sub)).unwrap();
+    }
+    let mut perms = std::fs::metadata(dir).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(dir, perms).unwrap();
+    chown_postgres(dir);
+    let archive = dir.join("archive");
+
+    let primary = Cluster {
+        data: dir.join("primary"),
+        sock: dir.join("sock"),
+        port: 5491,
+    };
+    ok(
+        pg(
+            "initdb",
+            &[
+                "-D",
+                primary.data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+            ],
+        ),
+        "initdb",
+    );
+    append(
+        &primary.data.join("postgresql.conf"),
+        &format!(
+            "listen_addresses = ''\nunix_socket_directories = '{}'\nport = {}\nwal_level = \
+             replica\narchive_mode = on\narchive_command = 'cp %p {}/%f'\nfsync = off\n",
+            primary.sock.display(),
+            primary.port,
+            archive.display()
+        ),
+    );
+    ok(primary.start(), "starting the primary");
+    primary.sql("CREATE TABLE rows (release text NOT NULL, n int NOT NULL)");
+    primary.sql("CREATE TABLE ticks (n int)");
+    let base = dir.join("base");
+    ok(
+        pg(
+            "pg_basebackup",
+            &[
+                "-h",
+                primary.sock.to_str().unwrap(),
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                base.to_str().unwrap(),
+                "--no-sync",
+            ],
+        ),
+        "pg_basebackup",
+    );
+
+    // Each release pinned with the LSN at activation, then its rows; an
+    // instant and an LSN inside its interval are kept for the restores.
+    let mut targets = Vec::new();
+    for i in 1..=3 {
+        let release = format!("rel-{i}");
+        let lsn = primary.sql("SELECT pg_current_wal_lsn()");
+        world
+            .cli(&[
+                "pin",
+                "--env",
+                "pg",
+                "--release-id",
+                &release,
+                "--db-lsn",
+                &lsn,
+            ])
+            .ok();
+        // Clear of the boundary margin (2 s) on both sides of the instant.
+        std::thread::sleep(Duration::from_millis(2200));
+        primary.sql(&format!(
+            "INSERT INTO rows SELECT '{release}', g FROM generate_series(1, 100) g"
+        ));
+        let at = primary.sql(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', \
+             'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        );
+        let after = primary.sql("SELECT pg_current_wal_lsn()");
+        targets.push((release, at, after));
+        // WAL moves on before the next activation, so its recorded LSN is
+        // past this target (at an equal LSN the next release would be the
+        // one live, by the rule "the greatest at or below").
+        primary.sql("INSERT INTO ticks VALUES (1)");
+        std::thread::sleep(Duration::from_millis(2200));
+    }
+    // A later commit: recovery by time stops at the first commit after its
+    // target, so the last target needs one after it.
+    primary.sql("INSERT INTO rows VALUES ('later', 0)");
+    // Everything archived before the restores.
+    let last = primary.sql("SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !archive.join(&last).exists() {
+        assert!(Instant::now() < deadline, "{last} was not archived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    primary.stop();
+
+    let mut port = 5500;
+    for (release, at, lsn) in &targets {
+        for query in [["--at", at.as_str()], ["--db-lsn", lsn.as_str()]] {
+            port += 1;
+            let out = format!("pg-{port}.json");
+            let restore = world
+                .cli(&[
+                    "--output",
+                    "json",
+                    "restore",
+                    "--env",
+                    "pg",
+                    query[0],
+                    query[1],
+                    "--out",
+                    &out,
+                    "--trusted-keys",
+                    "trusted",
+                    "--log-key",
+                    &world.vkey,
+                    "--wal-archive",
+                    archive.to_str().unwrap(),
+                ])
+                .json();
+            assert_eq!(restore["pin"]["release_id"], release.as_str(), "{query:?}");
+            let settings: Vec<&str> = restore["database"]["postgres"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap())
+                .collect();
+
+            // A copy of the base backup with exactly the printed settings.
+            let copy = Cluster {
+                data: dir.join(format!("copy-{port}")),
+                sock: dir.join("sock"),
+                port,
+            };
+            let copied = Command::new("cp")
+                .arg("-a")
+                .arg(&base)
+                .arg(&copy.data)
+                .status()
+                .unwrap()
+                .success();
+            assert!(copied);
+            append(
+                &copy.data.join("postgresql.conf"),
+                &format!("port = {port}\n{}", settings.join("\n")),
+            );
+            std::fs::write(copy.data.join("recovery.signal"), "").unwrap();
+            chown_postgres(&copy.data);
+            let started = copy.start();
+            assert!(
+                started.status.success(),
+                "the printed settings {settings:?} did not start PostgreSQL:\n{}",
+                copy.log()
+            );
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while copy.sql("SELECT pg_is_in_recovery()") != "f" {
+                assert!(
+                    Instant::now() < deadline,
+                    "the copy did not promote:\n{}",
+                    copy.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let want: Vec<String> = (1..=release[4..].parse::<u32>().unwrap())
+                .map(|j| format!("rel-{j}:100"))
+                .collect();
+            let got = copy.sql(
+                "SELECT string_agg(release || ':' || c, ',' ORDER BY release) FROM \
+                 (SELECT release, count(*) AS c FROM rows GROUP BY release) r",
+            );
+            assert_eq!(
+                got,
+                want.join(","),
+                "{query:?}: the database restored to the target must hold the rows up to \
+                 {release}, the release restore paired with it"
+            );
+            copy.stop();
+        }
+    }
+}
