@@ -168,6 +168,17 @@ fn two_witnesses_cosign_a_policy_is_enforced_and_a_fork_is_not_cosigned() {
     let b = WitnessProc::start(name_b, &wb, &world.vkey, port_b);
     world.three_releases();
     let note6 = cosigned(tiles, 6, &[name_a, name_b]);
+    // The web view's log page names both cosignatures with their time,
+    // and each witness as up to date.
+    let page = stackpin_tests::tlog::get(tiles, "/log");
+    let page = String::from_utf8(page.body).unwrap();
+    assert_eq!(
+        page.matches("witness cosignature (cosignature/v1)").count(),
+        2,
+        "{page}"
+    );
+    assert!(page.contains("s ago)"), "{page}");
+    assert_eq!(page.matches("(the newest checkpoint)").count(), 2, "{page}");
 
     // A policy that needs both: restore, verify, checkpoint and audit pass.
     let policy = format!(
