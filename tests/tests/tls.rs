@@ -213,6 +213,34 @@ fn tls_mutual_tls_and_tokens_end_to_end() {
     assert_eq!(r.code, 6, "no client certificate, no handshake: {r:?}");
     run(&[], &audit).fails(2, "--ca-cert");
 
+    // The web view on the same listener and rules: the client certificate
+    // lets a browser in, and a token's sign-in cookie is Secure under TLS.
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .current_dir(dir)
+            .args(["-s", "-i", "--cacert", "ca.crt"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    };
+    let cert = ["--cert", "client.crt", "--key", "client.key"];
+    let page = curl(&[&cert[..], &[&format!("{tiles}/")]].concat());
+    assert!(
+        page.contains(" 200") && page.contains("<h1>environments</h1>"),
+        "{page}"
+    );
+    let form = format!("token={reader_token}");
+    let signed = curl(&[&cert[..], &["-d", &form, &format!("{tiles}/login")]].concat());
+    let cookie = signed
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("{signed}"));
+    assert!(
+        cookie.contains("; secure") && cookie.contains("httponly"),
+        "{cookie}"
+    );
+
     // https without a CA is a usage error; plain http to a TLS port fails.
     run(&[], &["list"]).fails(2, "--ca-cert");
     let plain = stackpin(
