@@ -86,12 +86,8 @@ impl Endpoint {
                 c.name, c.url
             ));
         }
-        if let Some(t) = c.types.iter().find(|t| !Entry::KINDS.contains(&t.as_str())) {
-            return Err(format!(
-                "{}: type {t:?} is not an entry type ({})",
-                c.name,
-                Entry::KINDS.join(", ")
-            ));
+        for t in &c.types {
+            Entry::check_kind(t).map_err(|e| format!("{}: type {}", c.name, e.message()))?;
         }
         let envs = c
             .envs

@@ -373,3 +373,31 @@ pub fn assert_blobs_whole(data_dir: &Path) {
         assert_eq!(digest.hex(), name, "partial blob {name}");
     }
 }
+
+/// `stackpin-registry token create` in `dir`: the token, and the settings
+/// entry to add for it.
+#[allow(clippy::unwrap_used)] // a test fixture: failing loudly is the point
+pub fn create_token(dir: &Path, name: &str, roles: &[&str]) -> (String, String) {
+    let mut args = vec!["token", "create", "--name", name];
+    for r in roles {
+        args.extend(["--role", r]);
+    }
+    let out = Command::new(bin("stackpin-registry"))
+        .current_dir(dir)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let token = text
+        .lines()
+        .find(|l| l.starts_with("sp_"))
+        .unwrap()
+        .to_owned();
+    let entry = text
+        .split("add to the settings file:\n")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    (token, entry)
+}

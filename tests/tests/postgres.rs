@@ -25,7 +25,7 @@ fn pg(program: &str, args: &[&str]) -> Output {
         Path::new(&path).exists(),
         "{path} is missing: install Debian's postgresql-15 (tests/run does, as root)"
     );
-    let root = rustix_is_root();
+    let root = is_root();
     let mut command = if root {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--", &path]);
@@ -36,12 +36,12 @@ fn pg(program: &str, args: &[&str]) -> Output {
     command.args(args).output().unwrap()
 }
 
-fn rustix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+/// Whether this process runs as root (its /proc entry is root's).
+fn is_root() -> bool {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT.get_or_init(|| {
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
+    })
 }
 
 fn ok(out: Output, what: &str) -> String {
@@ -134,7 +134,7 @@ fn append(path: &Path, lines: &str) {
 }
 
 fn chown_postgres(path: &Path) {
-    if rustix_is_root() {
+    if is_root() {
         let ok = Command::new("chown")
             .args(["-R", "postgres:postgres"])
             .arg(path)

@@ -109,37 +109,12 @@ fn issue(dir: &Path, name: &str, subject: &str, ext: &str) {
     );
 }
 
-fn token(dir: &Path, name: &str, roles: &[&str]) -> (String, String) {
-    let mut args = vec!["token", "create", "--name", name];
-    for r in roles {
-        args.extend(["--role", r]);
-    }
-    let out = Command::new(stackpin_tests::bin("stackpin-registry"))
-        .current_dir(dir)
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let token = text
-        .lines()
-        .find(|l| l.starts_with("sp_"))
-        .unwrap()
-        .to_owned();
-    let entry = text
-        .split("add to the settings file:\n")
-        .nth(1)
-        .unwrap()
-        .to_owned();
-    (token, entry)
-}
-
 #[test]
 fn tls_mutual_tls_and_tokens_end_to_end() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path();
     certificates(dir, "ops-laptop");
-    let (reader_token, reader_entry) = token(dir, "reader", &["read"]);
+    let (reader_token, reader_entry) = stackpin_tests::create_token(dir, "reader", &["read"]);
     let config = format!(
         "tls_cert = \"server.crt\"\ntls_key = \"server.key\"\nclient_ca = \"ca.crt\"\n\n{reader_entry}\n\
          [[client_cert]]\nsubject_cn = \"ops-laptop\"\nroles = [\"read\", \"admin\"]\n"

@@ -374,21 +374,9 @@ async fn a_person_finds_what_was_live_and_what_changed_in_a_real_browser() {
 fn with_tokens_a_browser_signs_in_and_nothing_is_shown_before() {
     use std::io::{Read as _, Write as _};
     let dir = tempfile::TempDir::new().unwrap();
-    let out = Command::new(stackpin_tests::bin("stackpin-registry"))
-        .current_dir(dir.path())
-        .args(["token", "create", "--name", "viewer", "--role", "read"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let token = text
-        .lines()
-        .find(|l| l.starts_with("sp_"))
-        .unwrap()
-        .to_owned();
-    let entry = text.split("add to the settings file:\n").nth(1).unwrap();
+    let (token, entry) = stackpin_tests::create_token(dir.path(), "viewer", &["read"]);
     let cfg = dir.path().join("tokens.toml");
-    std::fs::write(&cfg, entry).unwrap();
+    std::fs::write(&cfg, &entry).unwrap();
     let server = stackpin_tests::Server::start(
         &dir.path().join("data"),
         &[

@@ -134,6 +134,22 @@ impl Entry {
     /// The kinds of entry there are.
     pub const KINDS: [&'static str; 3] = ["publish", "pin", "key"];
 
+    /// Checks that `kind` names a kind of entry (a filter of watches and
+    /// webhooks).
+    ///
+    /// # Errors
+    /// Invalid, listing the kinds.
+    pub fn check_kind(kind: &str) -> Result<()> {
+        if Self::KINDS.contains(&kind) {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "{kind:?} is not an entry type ({})",
+                Self::KINDS.join(", ")
+            )))
+        }
+    }
+
     /// Parses stored entry bytes.
     ///
     /// # Errors

@@ -31,11 +31,8 @@ impl Filter {
     /// # Errors
     /// Invalid for an unknown type or a malformed environment.
     pub fn new(env: &str, types: Vec<String>) -> Result<Self> {
-        if let Some(t) = types.iter().find(|t| !Entry::KINDS.contains(&t.as_str())) {
-            return Err(Error::invalid(format!(
-                "types: {t:?} is not an entry type ({})",
-                Entry::KINDS.join(", ")
-            )));
+        for t in &types {
+            Entry::check_kind(t).map_err(|e| Error::invalid(format!("types: {}", e.message())))?;
         }
         let env = match env {
             "" => None,
