@@ -10,6 +10,7 @@
 //! | 5 | verification failed: what is stored or served does not check out |
 //! | 6 | server unavailable |
 //! | 7 | not authenticated, or not allowed |
+//! | 8 | out of policy: a recovery target is missed (`posture`), or a drill failed |
 
 use std::fmt;
 
@@ -26,6 +27,7 @@ pub const CONFLICT: u8 = 4;
 pub const VERIFY: u8 = 5;
 pub const UNAVAILABLE: u8 = 6;
 pub const AUTH: u8 = 7;
+pub const OUT_OF_POLICY: u8 = 8;
 
 /// The exit-code table, for `--help`.
 pub const HELP: &str = "Exit codes:
@@ -38,7 +40,8 @@ pub const HELP: &str = "Exit codes:
   5  verification failed: what is stored or served (an artifact, a proof,
      a checkpoint, the log) does not check out
   6  server unavailable
-  7  not authenticated (no or unknown token) or not allowed (role, environment)";
+  7  not authenticated (no or unknown token) or not allowed (role, environment)
+  8  out of policy: `posture` found a recovery target missed, or a drill failed";
 
 /// A failed command: what to print and which code to exit with.
 pub struct Failure {

@@ -142,6 +142,9 @@ pub struct Settings {
     pub witness: Vec<WitnessConfig>,
     /// Endpoints that receive a signed CloudEvent per entry (`[[webhook]]`).
     pub webhook: Vec<WebhookConfig>,
+    /// Recovery targets (`[[posture]]`): without `env`, every environment's
+    /// default; with it, that environment's.
+    pub posture: Vec<PostureConfig>,
     /// Client certificate subjects.
     pub client_cert: Vec<CertConfig>,
     /// What loading found worth a warning (old spellings), for the caller
@@ -191,6 +194,7 @@ impl Default for Settings {
             token: Vec::new(),
             witness: Vec::new(),
             webhook: Vec::new(),
+            posture: Vec::new(),
             client_cert: Vec::new(),
             warnings: Vec::new(),
         }
@@ -226,6 +230,57 @@ pub struct WebhookConfig {
     /// [default: all].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub envs: Vec<String>,
+}
+
+/// Recovery targets: a class's defaults, any of them overridden.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostureConfig {
+    /// The environment these targets are for [default: every environment
+    /// no other `[[posture]]` names].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// evaluation, single-node, single-tenant or multi-tenant [default:
+    /// single-node].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    /// Newest snapshot at most this old (`15m`; `off`: not judged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo: Option<String>,
+    /// Newest passing drill restored within this (`30m`; `off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto: Option<String>,
+    /// Newest passing drill at most this old (`90d`; `off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill_interval: Option<String>,
+}
+
+impl PostureConfig {
+    fn targets(&self) -> std::result::Result<stackpin_core::posture::Targets, String> {
+        let class = match &self.class {
+            Some(c) => c
+                .parse::<stackpin_core::posture::Class>()
+                .map_err(|e| e.message().to_owned())?,
+            None => stackpin_core::posture::DEFAULT_CLASS,
+        };
+        let mut t = class.targets();
+        let over = |name: &str, text: &Option<String>, into: &mut Option<Duration>| {
+            match text.as_deref() {
+                None => {}
+                Some("off") => *into = None,
+                Some(d) => *into = Some(parse_duration(d).map_err(|e| format!("{name}: {e}"))?),
+            }
+            Ok::<(), String>(())
+        };
+        over("rpo", &self.rpo, &mut t.rpo)?;
+        over("rto", &self.rto, &mut t.rto)?;
+        over(
+            "drill_interval",
+            &self.drill_interval,
+            &mut t.drill_interval,
+        )?;
+        Ok(t)
+    }
 }
 
 /// The keys settable through the environment (`STACKPIN_<KEY>`).
@@ -561,6 +616,7 @@ impl Settings {
         }
         self.witnesses()?;
         self.webhooks()?;
+        self.posture_policy()?;
         if !(1..=crate::committer::MAX_BATCH).contains(&self.max_batch) {
             return Err(invalid(
                 "max_batch",
@@ -656,6 +712,40 @@ impl Settings {
         Ok(out)
     }
 
+    /// The recovery targets these settings describe.
+    ///
+    /// # Errors
+    /// Invalid for an unknown class, a bad duration or environment name,
+    /// or two `[[posture]]` tables for one environment.
+    pub fn posture_policy(&self) -> Result<stackpin_core::posture::Policy> {
+        let mut policy = stackpin_core::posture::Policy::default();
+        let mut default_seen = false;
+        for p in &self.posture {
+            let targets = p.targets().map_err(|e| invalid("posture", e))?;
+            match &p.env {
+                None if default_seen => {
+                    return Err(invalid("posture", "two [[posture]] tables without env"));
+                }
+                None => {
+                    default_seen = true;
+                    policy.default = targets;
+                }
+                Some(env) => {
+                    let env: crate::ids::EnvName = env
+                        .parse()
+                        .map_err(|e: stackpin_core::Error| invalid("posture", e.message()))?;
+                    if policy.envs.insert(env.clone(), targets).is_some() {
+                        return Err(invalid(
+                            "posture",
+                            format!("two [[posture]] tables for {env}"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(policy)
+    }
+
     /// The authorizer these settings describe.
     ///
     /// # Errors
@@ -678,6 +768,8 @@ impl Settings {
             max_inflight_bytes: self.max_inflight_bytes,
             stream_idle_timeout: self.stream_idle_timeout,
             request_timeout: self.request_timeout,
+            // Validated at load; a policy that no longer parses falls back.
+            posture: self.posture_policy().unwrap_or_default(),
         }
     }
 

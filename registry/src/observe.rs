@@ -12,6 +12,15 @@
 //! | `stackpin_storage_errors_total` | counter | |
 //! | `stackpin_storage_up` | gauge: 1 when the last storage probe succeeded | |
 //! | `stackpin_build_info` | gauge, always 1 | `version` |
+//! | `stackpin_posture_in_policy` | gauge: 1 when the environment meets its recovery targets | `env`, `class` |
+//! | `stackpin_posture_snapshot_age_seconds` | gauge: age of the newest snapshot (absent: none) | `env` |
+//! | `stackpin_posture_drill_age_seconds` | gauge: age of the newest passing drill (absent: none) | `env` |
+//! | `stackpin_posture_measured_rto_seconds` | gauge: the newest passing drill's restore time | `env` |
+//! | `stackpin_posture_position_share` | gauge: share of pins recording a database position | `env` |
+//! | `stackpin_posture_pins_without_snapshot` | gauge | `env` |
+//!
+//! The posture gauges are computed every [`POSTURE_EVERY`], as `stackpin
+//! posture` reports them (see `stackpin_core::posture`).
 //!
 //! Without `metrics_listen` no recorder is installed and recording costs
 //! nothing. Log lines never include credentials.
@@ -26,6 +35,42 @@ use tonic::{Request, Response, Status};
 const BUCKETS: &[f64] = &[
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// How often the posture gauges are recomputed.
+pub const POSTURE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps the posture gauges current, until the registry stops.
+pub async fn posture(registry: std::sync::Arc<crate::registry::Registry>) {
+    loop {
+        match registry.posture(None, None) {
+            Ok(report) => {
+                for p in report {
+                    let env = p.env.to_string();
+                    metrics::gauge!("stackpin_posture_in_policy", "env" => env.clone(), "class" => p.targets.class.as_str())
+                        .set(if p.in_policy() { 1.0 } else { 0.0 });
+                    if let Some(a) = p.snapshot_age_secs {
+                        metrics::gauge!("stackpin_posture_snapshot_age_seconds", "env" => env.clone())
+                            .set(a as f64);
+                    }
+                    if let Some(a) = p.drill_age_secs {
+                        metrics::gauge!("stackpin_posture_drill_age_seconds", "env" => env.clone())
+                            .set(a as f64);
+                    }
+                    if let Some(m) = p.measured_rto_millis {
+                        metrics::gauge!("stackpin_posture_measured_rto_seconds", "env" => env.clone())
+                            .set(m as f64 / 1000.0);
+                    }
+                    metrics::gauge!("stackpin_posture_position_share", "env" => env.clone())
+                        .set(p.position_share());
+                    metrics::gauge!("stackpin_posture_pins_without_snapshot", "env" => env)
+                        .set(p.pins_without_snapshot_count as f64);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot compute the recovery posture"),
+        }
+        tokio::time::sleep(POSTURE_EVERY).await;
+    }
+}
 
 /// Serves metrics on `addr` (a background task of the current runtime).
 ///

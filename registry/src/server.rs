@@ -156,6 +156,7 @@ pub async fn run_all(
     let addr = listener.local_addr()?;
     if let Some(metrics) = options.metrics_listen {
         crate::observe::install(metrics).context("starting the metrics listener")?;
+        tokio::spawn(crate::observe::posture(registry.clone()));
     }
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter

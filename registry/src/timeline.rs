@@ -140,6 +140,7 @@ mod tests {
             entry_hash: crate::merkle::Hash::from_bytes([0; 32]),
             last_lsn: None,
             last_txid: None,
+            positioned: 0,
         }
     }
 

@@ -106,9 +106,9 @@ impl Endpoint {
         if !self.types.is_empty() && !self.types.iter().any(|t| t == entry.kind()) {
             return false;
         }
-        match entry {
-            Entry::Pin(p) => self.envs.is_empty() || self.envs.contains(&p.env),
-            _ => true,
+        match entry.env() {
+            Some(env) => self.envs.is_empty() || self.envs.contains(env),
+            None => true,
         }
     }
 }

@@ -462,7 +462,14 @@ fn copy_storage(data: &Path, to: &Path, entries: u64) {
             if e.file_type().unwrap().is_dir() {
                 copy(&e.path(), &target);
             } else {
-                std::fs::copy(e.path(), &target).unwrap();
+                // The running registry renames its staging files away while
+                // this copies; a file gone meanwhile is not part of the log.
+                match std::fs::copy(e.path(), &target) {
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    r => {
+                        r.unwrap();
+                    }
+                }
             }
         }
     }

@@ -106,7 +106,7 @@ pub struct RestoreArgs {
 const QUORUM_ATTEMPTS: u32 = 5;
 
 #[derive(Serialize)]
-struct Restored {
+pub struct Restored {
     /// Empty for a --plan.
     #[serde(skip_serializing_if = "String::is_empty")]
     out: String,
@@ -118,7 +118,7 @@ struct Restored {
     fresh: crate::trust::Freshness,
     plan: bool,
     #[serde(flatten)]
-    resolution: ResolveView,
+    pub resolution: ResolveView,
     database: DbTarget,
 }
 
@@ -311,6 +311,87 @@ pub async fn restore(
     state: Option<&Path>,
     format: Format,
 ) -> Outcome {
+    let out = restore_verified(args, server, state).await?;
+    if args.plan {
+        format.emit(&out, || {
+            let margin = out.resolution.near_switch.as_ref().map_or_else(
+                || "not near a switch (outside the boundary margin)\n".to_owned(),
+                |b| format!(
+                    "within the boundary margin of the switch from {} to {}: check the database against both\n",
+                    b.before.release_id, b.after.release_id
+                ),
+            );
+            format!(
+                "plan (nothing downloaded or written)\n{}boundary   {margin}would write {} and {}.tlog-proof, after checking the sha256\nchecked    publisher signature ({}), log inclusion in checkpoint {}\n{}",
+                out.resolution.text(),
+                args.out.display(),
+                args.out.display(),
+                out.signed_by,
+                out.checkpoint_size,
+                out.database.text()
+            )
+        });
+        return Ok(());
+    }
+    if let Some(b) = &out.resolution.near_switch {
+        eprintln!(
+            "warning: {} is within the margin of the switch from {} to {}; verify against the \
+             database which one it matches",
+            out.resolution.at, b.before.release_id, b.after.release_id
+        );
+    }
+    if let Some(u) = &out.resolution.uncertain {
+        eprintln!("warning: {u}");
+    }
+    format.emit(&out, || {
+        format!(
+            "restored {}\n{}verified   sha256, publisher signature ({}), log inclusion of publish, pin and successor in checkpoint {}\n{}proof      {}\n{}",
+            out.out,
+            out.resolution.text(),
+            out.signed_by,
+            out.checkpoint_size,
+            out.fresh.text(),
+            out.proof,
+            out.database.text()
+        )
+    });
+    Ok(())
+}
+
+impl RestoreArgs {
+    /// A restore of the artifact live in `env` at `at` into `out`, as a
+    /// drill performs it.
+    pub fn drill(
+        env: stackpin_core::ids::EnvName,
+        at: stackpin_core::time::Timestamp,
+        out: PathBuf,
+        trusted_keys: PathBuf,
+        log_key: crate::trust::LogKey,
+    ) -> Self {
+        Self {
+            resolve: ResolveArgs::at(env, at),
+            out,
+            trusted_keys,
+            log_key,
+            plan: false,
+            litestream_db: "<database>".into(),
+            litestream_replica: "<replica-url>".into(),
+            wal_archive: "/path/to/wal_archive".into(),
+            max_age: None,
+        }
+    }
+}
+
+/// Resolves, downloads, verifies and (unless a plan) writes the artifact
+/// and its proof; what it did, for the caller to show.
+///
+/// # Errors
+/// As `stackpin restore`.
+pub async fn restore_verified(
+    args: &RestoreArgs,
+    server: &crate::client::Connection,
+    state: Option<&Path>,
+) -> Outcome<Restored> {
     let trusted = crate::trust::trusted_keys(&args.trusted_keys)?;
     let log_key = crate::trust::log_key(&args.log_key)?;
     let policy = args.log_key.policy()?;
@@ -361,7 +442,7 @@ pub async fn restore(
             .verify_entries(&log_key, &trusted)
             .map_err(Failure::verify)?;
         check_covers(&args.resolve, &verified)?;
-        let out = Restored {
+        return Ok(Restored {
             out: String::new(),
             proof: String::new(),
             signed_by: verified.key_id.to_string(),
@@ -373,26 +454,7 @@ pub async fn restore(
             plan: true,
             resolution: view,
             database,
-        };
-        format.emit(&out, || {
-            let margin = out.resolution.near_switch.as_ref().map_or_else(
-                || "not near a switch (outside the boundary margin)\n".to_owned(),
-                |b| format!(
-                    "within the boundary margin of the switch from {} to {}: check the database against both\n",
-                    b.before.release_id, b.after.release_id
-                ),
-            );
-            format!(
-                "plan (nothing downloaded or written)\n{}boundary   {margin}would write {} and {}.tlog-proof, after checking the sha256\nchecked    publisher signature ({}), log inclusion in checkpoint {}\n{}",
-                out.resolution.text(),
-                args.out.display(),
-                args.out.display(),
-                out.signed_by,
-                out.checkpoint_size,
-                out.database.text()
-            )
         });
-        return Ok(());
     }
     let what = pb::ArtifactRef {
         r#ref: Some(pb::artifact_ref::Ref::ReleaseId(pin.release_id.clone())),
@@ -417,7 +479,7 @@ pub async fn restore(
         (args.out.as_path(), bytes.as_ref()),
         (proof_file.as_path(), proof_text.as_bytes()),
     ])?;
-    let out = Restored {
+    Ok(Restored {
         out: args.out.display().to_string(),
         proof: proof_file.display().to_string(),
         signed_by: verified.key_id.to_string(),
@@ -426,30 +488,7 @@ pub async fn restore(
         plan: false,
         resolution: view,
         database,
-    };
-    if let Some(b) = &out.resolution.near_switch {
-        eprintln!(
-            "warning: {} is within the margin of the switch from {} to {}; verify against the \
-             database which one it matches",
-            out.resolution.at, b.before.release_id, b.after.release_id
-        );
-    }
-    if let Some(u) = &out.resolution.uncertain {
-        eprintln!("warning: {u}");
-    }
-    format.emit(&out, || {
-        format!(
-            "restored {}\n{}verified   sha256, publisher signature ({}), log inclusion of publish, pin and successor in checkpoint {}\n{}proof      {}\n{}",
-            out.out,
-            out.resolution.text(),
-            out.signed_by,
-            out.checkpoint_size,
-            out.fresh.text(),
-            out.proof,
-            out.database.text()
-        )
-    });
-    Ok(())
+    })
 }
 
 #[derive(clap::Args)]
@@ -521,16 +560,30 @@ pub async fn stat(args: &StatArgs, server: &crate::client::Connection, format: F
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("backup").required(true).multiple(true).args(["snapshot", "location"])))]
 pub struct SnapshotTagArgs {
     /// The environment whose live artifact the snapshot goes with.
     #[arg(long, value_parser = crate::parse::<stackpin_core::ids::EnvName>)]
     env: stackpin_core::ids::EnvName,
-    /// The database snapshot (e.g. made with `VACUUM INTO`).
-    #[arg(long)]
-    snapshot: PathBuf,
-    /// When the snapshot was taken (default: now).
+    /// A database snapshot file (e.g. made with `VACUUM INTO`): its size
+    /// and sha256 are recorded, and FILE.stackpin.json written beside it.
+    #[arg(long, value_name = "FILE")]
+    snapshot: Option<PathBuf>,
+    /// Where the backup is, as recorded (a URL or path) [default: the
+    /// --snapshot file's absolute path].
+    #[arg(long, value_name = "URL")]
+    location: Option<String>,
+    /// How the backup was made: sqlite, postgresql, litestream, other
+    /// [default: sqlite with --snapshot, else other].
+    #[arg(long, value_parser = crate::parse::<stackpin_core::entry::Driver>)]
+    driver: Option<stackpin_core::entry::Driver>,
+    /// The database instant the backup restores to (default: now).
     #[arg(long, value_parser = crate::parse::<stackpin_core::time::Timestamp>)]
     at: Option<stackpin_core::time::Timestamp>,
+    #[command(flatten)]
+    position: crate::cmd::pins::PositionArgs,
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
 }
 
 /// The tag written beside a snapshot: which artifact it goes with.
@@ -543,7 +596,16 @@ struct SnapshotTag {
     release_id: String,
     digest: String,
     pin_seq: u64,
+    /// The log index of the snapshot entry.
     log_index: u64,
+}
+
+#[derive(Serialize)]
+struct Tagged {
+    #[serde(flatten)]
+    recorded: crate::cmd::evidence::Shown,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag_file: Option<String>,
 }
 
 /// The digest of the file at `path`, read in 1 MiB pieces: a database
@@ -575,47 +637,93 @@ fn hash_file(path: &std::path::Path) -> Outcome<Digest> {
     }
 }
 
-/// `stackpin snapshot-tag`: records, beside a database snapshot, the
-/// artifact live when it was taken, so the two can be restored together
+/// `stackpin snapshot-tag`: records a backup in the log, paired by the
+/// registry with the artifact live at its instant, and beside a snapshot
+/// file a tag naming that artifact, so the two can be restored together
 /// (`stackpin fetch --digest <digest>` brings the artifact back).
 pub async fn snapshot_tag(
     args: &SnapshotTagArgs,
     server: &crate::client::Connection,
     format: Format,
 ) -> Outcome {
-    let snapshot_sha256 = hash_file(&args.snapshot)?;
-    let at = args.at.unwrap_or_else(stackpin_core::time::Timestamp::now);
-    let mut client = crate::client::connect(server).await?;
-    let query = ResolveArgs::at(args.env.clone(), at);
-    let (response, _) = ask(&mut client, &query, true).await?;
-    let pin = response
-        .pin
-        .context("the registry answered without a pin")?;
-    let tag = SnapshotTag {
-        snapshot: args.snapshot.display().to_string(),
-        snapshot_sha256: snapshot_sha256.to_string(),
-        env: args.env.to_string(),
-        at: at.to_string(),
-        release_id: pin.release_id,
-        digest: pin.digest,
-        pin_seq: pin.seq,
-        log_index: pin.log_index,
+    let (size, sha256) = match &args.snapshot {
+        Some(path) => {
+            let len = std::fs::metadata(path)
+                .map_err(|e| Failure::invalid(format!("reading {}: {e}", path.display())))?
+                .len();
+            (Some(len), Some(hash_file(path)?))
+        }
+        None => (None, None),
     };
-    let mut path = args.snapshot.as_os_str().to_owned();
-    path.push(".stackpin.json");
-    let path = PathBuf::from(path);
-    let json = serde_json::to_vec_pretty(&tag).context("encoding the tag")?;
-    write_atomic(&path, &json)?;
-    format.emit(&tag, || {
-        format!(
-            "tagged {} with {} ({}) live in {} at {}\nwrote {}\n",
-            tag.snapshot,
-            tag.release_id,
-            tag.digest,
-            tag.env,
-            tag.at,
-            path.display()
-        )
+    let location = match (&args.location, &args.snapshot) {
+        (Some(l), _) => l.clone(),
+        (None, Some(path)) => std::path::absolute(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string(),
+        (None, None) => unreachable!("clap requires --snapshot or --location"),
+    };
+    let driver = args.driver.unwrap_or(if args.snapshot.is_some() {
+        stackpin_core::entry::Driver::Sqlite
+    } else {
+        stackpin_core::entry::Driver::Other
+    });
+    let message = pb::RecordSnapshotRequest {
+        env: args.env.to_string(),
+        driver: driver.to_string(),
+        location,
+        db_time: args.at.map(crate::view::wire_time),
+        db_position: args
+            .position
+            .position()
+            .map(crate::cmd::pins::wire_position),
+        size,
+        sha256: sha256.map(|d| d.to_string()).unwrap_or_default(),
+        request_id: String::new(),
+    };
+    let recorded = crate::cmd::evidence::record_snapshot(server, &args.log_key, message).await?;
+    let stackpin_core::entry::Entry::Snapshot(entry) = &recorded.entry else {
+        return Err(Failure::verify(
+            "the registry recorded another kind of entry",
+        ));
+    };
+    let tag_file = match (&args.snapshot, sha256) {
+        (Some(file), Some(sha)) => {
+            let tag = SnapshotTag {
+                snapshot: file.display().to_string(),
+                snapshot_sha256: sha.to_string(),
+                env: entry.env.to_string(),
+                at: entry.db_time.to_string(),
+                release_id: entry.live.release_id.to_string(),
+                digest: entry.live.digest.to_string(),
+                pin_seq: entry.live.seq,
+                log_index: recorded.index,
+            };
+            let mut path = file.as_os_str().to_owned();
+            path.push(".stackpin.json");
+            let path = PathBuf::from(path);
+            let json = serde_json::to_vec_pretty(&tag).context("encoding the tag")?;
+            write_atomic(&path, &json)?;
+            Some(path.display().to_string())
+        }
+        _ => None,
+    };
+    let line = crate::cmd::evidence::snapshot_line(entry);
+    let out = Tagged { recorded, tag_file };
+    format.emit(&out, || {
+        let mut text = format!(
+            "recorded {line}\nlog index  {} ({})\n",
+            out.recorded.index,
+            if out.recorded.verified {
+                "verified"
+            } else {
+                "not verified: pass --log-key"
+            }
+        );
+        if let Some(f) = &out.tag_file {
+            text.push_str(&format!("wrote {f}\n"));
+        }
+        text
     });
     Ok(())
 }

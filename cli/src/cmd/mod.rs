@@ -4,6 +4,7 @@
 //! `resolve` asks.
 
 pub mod artifacts;
+pub mod evidence;
 pub mod keygen;
 pub mod keys;
 pub mod pins;
@@ -45,8 +46,19 @@ pub enum Command {
     List(artifacts::ListArgs),
     /// Show one artifact's record.
     Stat(artifacts::StatArgs),
-    /// Tag a database snapshot with the artifact live when it was taken.
+    /// Record a database backup in the log, paired with the artifact live
+    /// at its instant; with --snapshot FILE, also write FILE.stackpin.json.
     SnapshotTag(artifacts::SnapshotTagArgs),
+    /// The backups recorded for an environment.
+    #[command(subcommand)]
+    Snapshot(evidence::SnapshotCmd),
+    /// Restore drills: run one and record it, record one done by other
+    /// means, or list them.
+    #[command(subcommand)]
+    Drill(evidence::DrillCmd),
+    /// Each environment's backups and drills against its recovery targets
+    /// (RPO, RTO, drill interval); exit 8 when one is out of policy.
+    Posture(evidence::PostureArgs),
     /// Fetch, verify and remember the log's latest checkpoint.
     Checkpoint(verify::CheckpointArgs),
     /// Check an artifact and its .tlog-proof offline.
@@ -82,6 +94,9 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::List(a) => artifacts::list(a, server, format).await,
         Command::Stat(a) => artifacts::stat(a, server, format).await,
         Command::SnapshotTag(a) => artifacts::snapshot_tag(a, server, format).await,
+        Command::Snapshot(c) => evidence::snapshot(c, server, format).await,
+        Command::Drill(c) => evidence::drill(c, server, state, format).await,
+        Command::Posture(a) => evidence::posture(a, server, format).await,
         Command::Checkpoint(a) => verify::checkpoint(a, server, state, format).await,
         Command::Verify(a) => verify::verify(a, format),
         Command::Audit(a) => verify::audit(a, server, state, format).await,

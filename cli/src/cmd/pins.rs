@@ -71,7 +71,7 @@ pub struct PositionArgs {
 }
 
 impl PositionArgs {
-    fn position(&self) -> Option<&DbPosition> {
+    pub fn position(&self) -> Option<&DbPosition> {
         self.db_lsn
             .as_ref()
             .or(self.db_restore_point.as_ref())

@@ -19,18 +19,20 @@ pub struct WatchArgs {
     /// Only pins of this environment.
     #[arg(long, value_parser = crate::parse::<stackpin_core::ids::EnvName>)]
     env: Option<stackpin_core::ids::EnvName>,
-    /// Only entries of this type: publish, pin, key (repeatable) [default:
-    /// pin with --env, else all].
-    #[arg(long = "type", value_name = "TYPE", value_parser = ["publish", "pin", "key"])]
+    /// Only entries of this type: publish, pin, key, snapshot, drill
+    /// (repeatable) [default: pin with --env, else all].
+    #[arg(long = "type", value_name = "TYPE", value_parser = Entry::KINDS)]
     types: Vec<String>,
     /// The first log index to show [default: the log's current size, i.e.
     /// only what lands from now on]; 0 replays the whole log.
     #[arg(long)]
     from: Option<u64>,
     /// Run this command (with `sh -c`) for each entry shown, with
-    /// STACKPIN_ENTRY_TYPE, STACKPIN_LOG_INDEX and, for a pin, STACKPIN_ENV,
-    /// STACKPIN_RELEASE_ID, STACKPIN_DIGEST, STACKPIN_SEQ and
-    /// STACKPIN_ACTIVATED_AT in its environment. The watch waits for it; a
+    /// STACKPIN_ENTRY_TYPE, STACKPIN_LOG_INDEX and, for a pin, snapshot or
+    /// drill, STACKPIN_ENV, STACKPIN_RELEASE_ID, STACKPIN_DIGEST and
+    /// STACKPIN_SEQ (of the pin, or of the pin live at the snapshot or
+    /// drill), plus STACKPIN_ACTIVATED_AT, STACKPIN_DB_TIME or
+    /// STACKPIN_DRILL_PASSED, in its environment. The watch waits for it; a
     /// failing command is reported and the watch goes on.
     #[arg(long, value_name = "CMD")]
     exec: Option<String>,
@@ -192,6 +194,14 @@ fn show(entry: &Entry, index: u64, size: u64, format: Format) -> Outcome {
             "key {:?} {} at {} by {} (log index {index}, verified)",
             k.action, k.key_id, k.at, k.actor
         ),
+        (_, Entry::Snapshot(s)) => format!(
+            "{} (log index {index}, verified)",
+            super::evidence::snapshot_line(s)
+        ),
+        (_, Entry::Drill(d)) => format!(
+            "{} (log index {index}, verified)",
+            super::evidence::drill_line(d)
+        ),
     };
     println!("{line}");
     Ok(())
@@ -204,13 +214,27 @@ async fn exec(cmd: &str, entry: &Entry, index: u64) {
         .arg(cmd)
         .env("STACKPIN_ENTRY_TYPE", entry.kind())
         .env("STACKPIN_LOG_INDEX", index.to_string());
-    if let Entry::Pin(p) = entry {
+    let live = match entry {
+        Entry::Pin(p) => {
+            command.env("STACKPIN_ACTIVATED_AT", p.activated_at.to_string());
+            Some((&p.env, p.seq, &p.release_id, &p.digest))
+        }
+        Entry::Snapshot(s) => {
+            command.env("STACKPIN_DB_TIME", s.db_time.to_string());
+            Some((&s.env, s.live.seq, &s.live.release_id, &s.live.digest))
+        }
+        Entry::Drill(d) => {
+            command.env("STACKPIN_DRILL_PASSED", d.passed.to_string());
+            Some((&d.env, d.live.seq, &d.live.release_id, &d.live.digest))
+        }
+        Entry::Publish(_) | Entry::Key(_) => None,
+    };
+    if let Some((env, seq, release_id, digest)) = live {
         command
-            .env("STACKPIN_ENV", p.env.to_string())
-            .env("STACKPIN_RELEASE_ID", p.release_id.to_string())
-            .env("STACKPIN_DIGEST", p.digest.to_string())
-            .env("STACKPIN_SEQ", p.seq.to_string())
-            .env("STACKPIN_ACTIVATED_AT", p.activated_at.to_string());
+            .env("STACKPIN_ENV", env.to_string())
+            .env("STACKPIN_RELEASE_ID", release_id.to_string())
+            .env("STACKPIN_DIGEST", digest.to_string())
+            .env("STACKPIN_SEQ", seq.to_string());
     }
     match command.status().await {
         Ok(s) if s.success() => {}

@@ -41,6 +41,8 @@ pub enum Class {
     Blob,
     /// A tlog-tiles hash tile is missing or differs from the entries' tree.
     Tiles,
+    /// A snapshot or drill entry does not match the timeline it names.
+    Evidence,
 }
 
 impl fmt::Display for Class {
@@ -52,6 +54,7 @@ impl fmt::Display for Class {
             Class::Timeline => "timeline",
             Class::Blob => "blob",
             Class::Tiles => "tiles",
+            Class::Evidence => "evidence",
         })
     }
 }
@@ -75,6 +78,10 @@ pub struct Report {
     pub publishes: u64,
     pub pins: u64,
     pub key_changes: u64,
+    /// Snapshot entries: backups recorded.
+    pub snapshots: u64,
+    /// Drill entries: restore tests recorded.
+    pub drills: u64,
     pub environments: u64,
     pub blobs_checked: u64,
     /// Hash tiles compared with the entries' tree (a tiles audit).
@@ -221,7 +228,9 @@ impl Audit {
             Ok(applied) => applied,
             Err(Refused::State(never)) => match never {},
             Err(Refused::Violation(v)) => {
-                let class = if v.is_timeline() {
+                let class = if v.is_evidence() {
+                    Class::Evidence
+                } else if v.is_timeline() {
                     Class::Timeline
                 } else if v.is_signature() {
                     Class::Signature
@@ -266,6 +275,8 @@ impl Audit {
             Entry::Publish(_) => self.report.publishes += 1,
             Entry::Pin(_) => self.report.pins += 1,
             Entry::Key(_) => self.report.key_changes += 1,
+            Entry::Snapshot(_) => self.report.snapshots += 1,
+            Entry::Drill(_) => self.report.drills += 1,
         }
     }
 

@@ -28,6 +28,11 @@ pub enum Entry {
     Pin(PinEntry),
     /// The set of trusted publisher keys changed.
     Key(KeyEntry),
+    /// A database backup exists, paired with the artifact live at the
+    /// instant it restores to.
+    Snapshot(SnapshotEntry),
+    /// A restore test happened, and how it went.
+    Drill(DrillEntry),
 }
 
 /// A published artifact: the binding of a release id to a digest.
@@ -106,13 +111,175 @@ pub struct KeyEntry {
     pub request_id: Option<String>,
 }
 
+/// How a database backup was made (and so how it is restored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    /// A SQLite file (`VACUUM INTO`, the Online Backup API).
+    Sqlite,
+    /// A PostgreSQL base backup with its WAL archive.
+    Postgresql,
+    /// A Litestream replica.
+    Litestream,
+    /// Anything else; `location` says what.
+    Other,
+}
+
+impl Driver {
+    /// Every driver, as written.
+    pub const ALL: [Driver; 4] = [
+        Driver::Sqlite,
+        Driver::Postgresql,
+        Driver::Litestream,
+        Driver::Other,
+    ];
+
+    /// The driver's name, as entries and flags spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Sqlite => "sqlite",
+            Driver::Postgresql => "postgresql",
+            Driver::Litestream => "litestream",
+            Driver::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Driver {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == text)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "driver {} is not one of sqlite, postgresql, litestream, other",
+                    crate::error::shown(text)
+                ))
+            })
+    }
+}
+
+/// The pin live in an environment at an instant, as the registry found it
+/// in its timeline when it recorded a snapshot or a drill (the rules check
+/// it against the log, so a client cannot choose it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Live {
+    /// The pin's per-environment sequence number.
+    pub seq: u64,
+    pub release_id: ReleaseId,
+    pub digest: Digest,
+}
+
+/// A database backup: where it is, the instant (and position) it restores
+/// to, and the artifact that goes with it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    pub env: EnvName,
+    pub driver: Driver,
+    /// Where the backup is: a URL or a path, as the operator wrote it.
+    pub location: String,
+    /// The database instant the backup restores to.
+    pub db_time: Timestamp,
+    /// The database position it restores to, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_position: Option<crate::position::DbPosition>,
+    /// Its size in bytes, when the client could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Its SHA-256, when the client could read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Digest>,
+    /// The pin live at `db_time`.
+    pub live: Live,
+    pub recorded_at: Timestamp,
+    /// Who recorded it, as the registry authenticated them.
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// One verification a drill ran on the restored database or artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillCheck {
+    /// What was checked: `integrity_check`, a query, `artifact digest`.
+    pub name: String,
+    pub passed: bool,
+    /// What was found (a query's result, a mismatch).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// One timed step of a drill.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillStep {
+    pub name: String,
+    pub millis: u64,
+}
+
+/// A restore test: what was restored, what was checked, how long it took
+/// and whether it passed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrillEntry {
+    pub env: EnvName,
+    pub driver: Driver,
+    /// The log index of the snapshot entry restored, when the drill
+    /// restored a recorded snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<u64>,
+    /// The database instant restored to.
+    pub target: Timestamp,
+    /// The pin live at `target`: the artifact restored with the database.
+    pub live: Live,
+    pub checks: Vec<DrillCheck>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<DrillStep>,
+    /// How long the restore took, start to verified (the measured RTO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rto_millis: Option<u64>,
+    /// How much later the source's newest data was than the restored
+    /// database's (the measured RPO), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_millis: Option<u64>,
+    pub passed: bool,
+    /// Why the drill failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    pub started_at: Timestamp,
+    pub recorded_at: Timestamp,
+    /// Who ran it, as the registry authenticated them.
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
 impl Entry {
+    /// The environment the entry is about (publishes and key changes are
+    /// about none).
+    pub fn env(&self) -> Option<&EnvName> {
+        match self {
+            Entry::Pin(p) => Some(&p.env),
+            Entry::Snapshot(s) => Some(&s.env),
+            Entry::Drill(d) => Some(&d.env),
+            Entry::Publish(_) | Entry::Key(_) => None,
+        }
+    }
+
     /// The id of the request that wrote the entry, when it recorded one.
     pub fn request_id(&self) -> Option<&str> {
         match self {
             Entry::Publish(p) => p.request_id.as_deref(),
             Entry::Pin(p) => p.request_id.as_deref(),
             Entry::Key(k) => k.request_id.as_deref(),
+            Entry::Snapshot(s) => s.request_id.as_deref(),
+            Entry::Drill(d) => d.request_id.as_deref(),
         }
     }
 
@@ -128,11 +295,13 @@ impl Entry {
             Entry::Publish(_) => "publish",
             Entry::Pin(_) => "pin",
             Entry::Key(_) => "key",
+            Entry::Snapshot(_) => "snapshot",
+            Entry::Drill(_) => "drill",
         }
     }
 
     /// The kinds of entry there are.
-    pub const KINDS: [&'static str; 3] = ["publish", "pin", "key"];
+    pub const KINDS: [&'static str; 5] = ["publish", "pin", "key", "snapshot", "drill"];
 
     /// Checks that `kind` names a kind of entry (a filter of watches and
     /// webhooks).

@@ -19,6 +19,7 @@
 //! | [`json`] | the strict JSON (I-JSON, nesting-limited) an artifact must be |
 //! | [`layout`] | the storage keys of entries, blobs and the checkpoint |
 //! | [`state`] | `apply`: the one rule set deciding whether an entry may follow the log |
+//! | [`posture`] | recovery posture: backups and drills against RPO, RTO and drill interval |
 //! | [`audit`] | a full audit of a log from its entries, checkpoint and blobs |
 //!
 //! Nothing here does I/O beyond reading a key file: callers bring the
@@ -35,6 +36,7 @@ pub mod layout;
 pub mod merkle;
 pub mod note;
 pub mod position;
+pub mod posture;
 pub mod proof;
 pub mod signing;
 pub mod state;

@@ -19,7 +19,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
-use crate::entry::{Entry, KeyAction, KeyEntry, PinEntry, PublishEntry};
+use crate::entry::{
+    DrillEntry, Entry, KeyAction, KeyEntry, Live, PinEntry, PublishEntry, SnapshotEntry,
+};
 use crate::error::Kind;
 use crate::ids::{EnvName, ReleaseId};
 use crate::merkle::{self, Hash};
@@ -84,6 +86,9 @@ pub struct EnvHead {
     /// The greatest Litestream TXID recorded by any pin of the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_txid: Option<u64>,
+    /// How many of the environment's pins record a database position.
+    #[serde(default)]
+    pub positioned: u64,
 }
 
 impl EnvHead {
@@ -104,6 +109,8 @@ impl EnvHead {
     ) -> Self {
         let (mut last_lsn, mut last_txid) =
             previous.map_or((None, None), |h| (h.last_lsn, h.last_txid));
+        let positioned =
+            previous.map_or(0, |h| h.positioned) + u64::from(pin.db_position.is_some());
         match ordered {
             Some(o @ Ordered::Lsn(_)) => last_lsn = Some(o.value()),
             Some(o @ Ordered::Txid(_)) => last_txid = Some(o.value()),
@@ -115,8 +122,17 @@ impl EnvHead {
             entry_hash: *leaf,
             last_lsn,
             last_txid,
+            positioned,
         }
     }
+}
+
+/// A snapshot entry, as a drill that names it is checked against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRef {
+    pub env: EnvName,
+    /// The instant it restores to.
+    pub db_time: Timestamp,
 }
 
 /// Where a release id was bound.
@@ -175,6 +191,18 @@ pub trait State {
     /// # Errors
     /// When the state cannot be read.
     fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>, Self::Error>;
+    /// The pin live in `env` at `at`: of the pins activated at or before
+    /// `at`, the latest (the highest sequence number among equal instants),
+    /// as `resolve` answers.
+    ///
+    /// # Errors
+    /// When the state cannot be read.
+    fn live_at(&self, env: &EnvName, at: Timestamp) -> Result<Option<Live>, Self::Error>;
+    /// The snapshot entry at log index `index`, when that entry is one.
+    ///
+    /// # Errors
+    /// When the state cannot be read.
+    fn snapshot(&self, index: u64) -> Result<Option<SnapshotRef>, Self::Error>;
 }
 
 /// What an accepted entry changes.
@@ -193,6 +221,10 @@ pub enum Change {
     },
     /// A publisher key's lifecycle changed.
     Key(KeyRecord),
+    /// A backup was recorded.
+    Snapshot(SnapshotRef),
+    /// A restore test was recorded.
+    Drill,
 }
 
 /// An entry [`apply`] accepted.
@@ -303,6 +335,38 @@ pub enum Violation {
         key_id: KeyId,
         revoked_at: Timestamp,
     },
+    /// A snapshot or drill names an instant at which nothing was live in
+    /// its environment.
+    NothingLive {
+        index: u64,
+        env: EnvName,
+        at: Timestamp,
+    },
+    /// A snapshot or drill names another pin than the one live at its
+    /// instant.
+    LiveMismatch {
+        index: u64,
+        env: EnvName,
+        at: Timestamp,
+        named: Box<Live>,
+        live: Box<Live>,
+    },
+    /// A snapshot or drill instant after the entry was recorded, beyond the skew.
+    FutureInstant {
+        index: u64,
+        at: Timestamp,
+        recorded_at: Timestamp,
+        skew: std::time::Duration,
+    },
+    /// A drill names a snapshot that is not a snapshot of its environment
+    /// at its target.
+    SnapshotRef {
+        index: u64,
+        snapshot: u64,
+        why: String,
+    },
+    /// A drill's verdict contradicts its checks.
+    DrillVerdict { index: u64, why: String },
 }
 
 /// The machine-readable reasons of the rules, as errors carry them
@@ -323,6 +387,11 @@ pub mod reason {
     pub const KEY_MISMATCH: &str = "KEY_MISMATCH";
     pub const KEY_ADDED_TWICE: &str = "KEY_ADDED_TWICE";
     pub const KEY_REVOKED_TWICE: &str = "KEY_REVOKED_TWICE";
+    pub const NOTHING_LIVE: &str = "NOTHING_LIVE";
+    pub const LIVE_MISMATCH: &str = "LIVE_MISMATCH";
+    pub const FUTURE_INSTANT: &str = "FUTURE_INSTANT";
+    pub const SNAPSHOT_REF: &str = "SNAPSHOT_REF";
+    pub const DRILL_VERDICT: &str = "DRILL_VERDICT";
     /// A request id already used for a different request.
     pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
 }
@@ -330,7 +399,7 @@ pub mod reason {
 /// Every rule's reason and the kind of error a request that breaks it
 /// gets: a write-once rule is a conflict, an out-of-order request a
 /// precondition, a malformed one invalid.
-const RULES: [(&str, Kind); 16] = [
+const RULES: [(&str, Kind); 21] = [
     (reason::MALFORMED_ENTRY, Kind::Invalid),
     (reason::RELEASE_BOUND, Kind::Conflict),
     (reason::BAD_SIGNATURE, Kind::Invalid),
@@ -347,6 +416,11 @@ const RULES: [(&str, Kind); 16] = [
     (reason::KEY_ADDED_TWICE, Kind::Conflict),
     (reason::REQUEST_ID_REUSED, Kind::Conflict),
     (reason::KEY_REVOKED_TWICE, Kind::Conflict),
+    (reason::NOTHING_LIVE, Kind::Precondition),
+    (reason::LIVE_MISMATCH, Kind::Invalid),
+    (reason::FUTURE_INSTANT, Kind::Precondition),
+    (reason::SNAPSHOT_REF, Kind::Invalid),
+    (reason::DRILL_VERDICT, Kind::Invalid),
 ];
 
 /// Whether `reason` names one of the log's rules.
@@ -387,7 +461,12 @@ impl Violation {
             | Violation::PositionOrder { index, .. }
             | Violation::KeyMismatch { index, .. }
             | Violation::KeyAddedTwice { index, .. }
-            | Violation::KeyRevokedTwice { index, .. } => *index,
+            | Violation::KeyRevokedTwice { index, .. }
+            | Violation::NothingLive { index, .. }
+            | Violation::LiveMismatch { index, .. }
+            | Violation::FutureInstant { index, .. }
+            | Violation::SnapshotRef { index, .. }
+            | Violation::DrillVerdict { index, .. } => *index,
         }
     }
 
@@ -410,6 +489,11 @@ impl Violation {
             Violation::KeyMismatch { .. } => reason::KEY_MISMATCH,
             Violation::KeyAddedTwice { .. } => reason::KEY_ADDED_TWICE,
             Violation::KeyRevokedTwice { .. } => reason::KEY_REVOKED_TWICE,
+            Violation::NothingLive { .. } => reason::NOTHING_LIVE,
+            Violation::LiveMismatch { .. } => reason::LIVE_MISMATCH,
+            Violation::FutureInstant { .. } => reason::FUTURE_INSTANT,
+            Violation::SnapshotRef { .. } => reason::SNAPSHOT_REF,
+            Violation::DrillVerdict { .. } => reason::DRILL_VERDICT,
         }
     }
 
@@ -438,6 +522,19 @@ impl Violation {
                 | Violation::ActivationOrder { .. }
                 | Violation::ActivationSkew { .. }
                 | Violation::PositionOrder { .. }
+        )
+    }
+
+    /// Whether the violation is about a snapshot or drill entry: the
+    /// evidence that restores were made and tested.
+    pub fn is_evidence(&self) -> bool {
+        matches!(
+            self,
+            Violation::NothingLive { .. }
+                | Violation::LiveMismatch { .. }
+                | Violation::FutureInstant { .. }
+                | Violation::SnapshotRef { .. }
+                | Violation::DrillVerdict { .. }
         )
     }
 
@@ -601,6 +698,41 @@ impl fmt::Display for Violation {
                 f,
                 "publisher key {key_id} was already revoked at {revoked_at}"
             ),
+            Violation::NothingLive { index: _, env, at } => write!(
+                f,
+                "nothing was live in {env} at {at}: a backup or drill pairs a database \
+                 instant with the artifact pinned then, so pin first or name a later instant"
+            ),
+            Violation::LiveMismatch {
+                index: _,
+                env,
+                at,
+                named,
+                live,
+            } => write!(
+                f,
+                "the entry names pin #{} ({}) as live in {env} at {at}, but pin #{} ({}) was",
+                named.seq, named.release_id, live.seq, live.release_id
+            ),
+            Violation::FutureInstant {
+                index: _,
+                at,
+                recorded_at,
+                skew,
+            } => write!(
+                f,
+                "instant {at} is in the future: the registry's clock read {recorded_at} and \
+                 allows at most {}s of skew",
+                skew.as_secs_f64()
+            ),
+            Violation::SnapshotRef {
+                index: _,
+                snapshot,
+                why,
+            } => write!(f, "the drill names snapshot entry {snapshot}, which {why}"),
+            Violation::DrillVerdict { index: _, why } => {
+                write!(f, "the drill's verdict contradicts its checks: {why}")
+            }
         }
     }
 }
@@ -642,6 +774,8 @@ pub fn apply<S: State>(
         Entry::Publish(p) => publish(state, rules, index, p)?,
         Entry::Pin(p) => pin(state, rules, index, p, &leaf)?,
         Entry::Key(k) => key(state, index, k)?,
+        Entry::Snapshot(snap) => snapshot(state, rules, index, snap)?,
+        Entry::Drill(d) => drill(state, rules, index, d)?,
     };
     Ok(Applied {
         index,
@@ -909,6 +1043,134 @@ fn key<S: State>(state: &S, index: u64, k: &KeyEntry) -> Result<Change, Refused<
     Ok(Change::Key(record))
 }
 
+/// Checks that `named` is the pin live in `env` at `at`, and that `at` is
+/// not after `recorded_at` beyond the skew.
+fn check_live<S: State>(
+    state: &S,
+    rules: &Rules,
+    index: u64,
+    env: &EnvName,
+    (at, recorded_at): (Timestamp, Timestamp),
+    named: &Live,
+) -> Result<(), Refused<S::Error>> {
+    if at > recorded_at.saturating_add_micros(rules.skew_micros()) {
+        return Err(Violation::FutureInstant {
+            index,
+            at,
+            recorded_at,
+            skew: rules.clock_skew,
+        }
+        .into());
+    }
+    match state.live_at(env, at).map_err(Refused::State)? {
+        None => Err(Violation::NothingLive {
+            index,
+            env: env.clone(),
+            at,
+        }
+        .into()),
+        Some(live) if &live != named => Err(Violation::LiveMismatch {
+            index,
+            env: env.clone(),
+            at,
+            named: Box::new(named.clone()),
+            live: Box::new(live),
+        }
+        .into()),
+        Some(_) => Ok(()),
+    }
+}
+
+fn snapshot<S: State>(
+    state: &S,
+    rules: &Rules,
+    index: u64,
+    s: &SnapshotEntry,
+) -> Result<Change, Refused<S::Error>> {
+    if let Some(pos) = &s.db_position {
+        pos.ordered().map_err(|e| Violation::Malformed {
+            index,
+            why: e.to_string(),
+        })?;
+    }
+    check_live(
+        state,
+        rules,
+        index,
+        &s.env,
+        (s.db_time, s.recorded_at),
+        &s.live,
+    )?;
+    Ok(Change::Snapshot(SnapshotRef {
+        env: s.env.clone(),
+        db_time: s.db_time,
+    }))
+}
+
+fn drill<S: State>(
+    state: &S,
+    rules: &Rules,
+    index: u64,
+    d: &DrillEntry,
+) -> Result<Change, Refused<S::Error>> {
+    let verdict = |why: &str| Violation::DrillVerdict {
+        index,
+        why: why.to_owned(),
+    };
+    let failed_check = d.checks.iter().any(|c| !c.passed);
+    if d.passed && failed_check {
+        return Err(verdict("it passed, yet a check failed").into());
+    }
+    if d.passed && d.failure.is_some() {
+        return Err(verdict("it passed, yet it records why it failed").into());
+    }
+    if !d.passed && !failed_check && d.failure.is_none() {
+        return Err(verdict("it failed, yet no check failed and no reason is given").into());
+    }
+    if let Some(at) = d.snapshot {
+        let bad = |why: String| Violation::SnapshotRef {
+            index,
+            snapshot: at,
+            why,
+        };
+        if at >= index {
+            return Err(bad("is not an earlier entry".into()).into());
+        }
+        match state.snapshot(at).map_err(Refused::State)? {
+            None => return Err(bad("is not a snapshot".into()).into()),
+            Some(r) if r.env != d.env => {
+                return Err(bad(format!("is a snapshot of {}, not {}", r.env, d.env)).into());
+            }
+            Some(r) if r.db_time != d.target => {
+                return Err(bad(format!(
+                    "restores to {}, not to the drill's target {}",
+                    r.db_time, d.target
+                ))
+                .into());
+            }
+            Some(_) => {}
+        }
+    }
+    check_live(
+        state,
+        rules,
+        index,
+        &d.env,
+        (d.target, d.recorded_at),
+        &d.live,
+    )?;
+    if d.started_at > d.recorded_at.saturating_add_micros(rules.skew_micros()) {
+        return Err(Violation::FutureInstant {
+            index,
+            at: d.started_at,
+            recorded_at: d.recorded_at,
+            skew: rules.clock_skew,
+        }
+        .into());
+    }
+    Ok(Change::Drill)
+}
+
 /// The state of a base plus the entries accepted on top of it but not yet
 /// in the base: a batch being built, or (over [`Empty`]) a whole log held
 /// in memory.
@@ -917,6 +1179,10 @@ pub struct Overlay<'a, S> {
     envs: HashMap<EnvName, EnvHead>,
     releases: HashMap<ReleaseId, Release>,
     keys: HashMap<KeyId, KeyRecord>,
+    /// The pins accepted on top of the base, per environment, in order:
+    /// what [`State::live_at`] answers from before asking the base.
+    pins: HashMap<EnvName, Vec<(Timestamp, Live)>>,
+    snapshots: HashMap<u64, SnapshotRef>,
 }
 
 impl<'a, S: State> Overlay<'a, S> {
@@ -927,6 +1193,8 @@ impl<'a, S: State> Overlay<'a, S> {
             envs: HashMap::new(),
             releases: HashMap::new(),
             keys: HashMap::new(),
+            pins: HashMap::new(),
+            snapshots: HashMap::new(),
         }
     }
 
@@ -938,9 +1206,20 @@ impl<'a, S: State> Overlay<'a, S> {
             }
             (Change::Pin { head, .. }, Entry::Pin(p)) => {
                 self.envs.insert(p.env.clone(), head.clone());
+                self.pins.entry(p.env.clone()).or_default().push((
+                    p.activated_at,
+                    Live {
+                        seq: p.seq,
+                        release_id: p.release_id.clone(),
+                        digest: p.digest,
+                    },
+                ));
             }
             (Change::Key(k), _) => {
                 self.keys.insert(k.key_id.clone(), k.clone());
+            }
+            (Change::Snapshot(r), _) => {
+                self.snapshots.insert(applied.index, r.clone());
             }
             _ => {}
         }
@@ -995,6 +1274,25 @@ impl<S: State> State for Overlay<'_, S> {
             None => self.base.key(key_id),
         }
     }
+
+    fn live_at(&self, env: &EnvName, at: Timestamp) -> Result<Option<Live>, S::Error> {
+        // Pins activate in order, so the overlay's pins all follow the
+        // base's: when one of them is at or before `at`, it is the answer.
+        if let Some(pins) = self.pins.get(env) {
+            let after = pins.partition_point(|(t, _)| *t <= at);
+            if after > 0 {
+                return Ok(Some(pins[after - 1].1.clone()));
+            }
+        }
+        self.base.live_at(env, at)
+    }
+
+    fn snapshot(&self, index: u64) -> Result<Option<SnapshotRef>, S::Error> {
+        match self.snapshots.get(&index) {
+            Some(r) => Ok(Some(r.clone())),
+            None => self.base.snapshot(index),
+        }
+    }
 }
 
 /// The state of an empty log.
@@ -1012,6 +1310,14 @@ impl State for Empty {
     }
 
     fn key(&self, _: &KeyId) -> Result<Option<KeyRecord>, Self::Error> {
+        Ok(None)
+    }
+
+    fn live_at(&self, _: &EnvName, _: Timestamp) -> Result<Option<Live>, Self::Error> {
+        Ok(None)
+    }
+
+    fn snapshot(&self, _: u64) -> Result<Option<SnapshotRef>, Self::Error> {
         Ok(None)
     }
 }
@@ -1065,5 +1371,10 @@ pub fn assume<S: State>(
             }
             Some(Change::Key(rec))
         }
+        Entry::Snapshot(s) => Some(Change::Snapshot(SnapshotRef {
+            env: s.env.clone(),
+            db_time: s.db_time,
+        })),
+        Entry::Drill(_) => Some(Change::Drill),
     })
 }

@@ -30,6 +30,9 @@ pub fn event_type(entry: &Entry) -> &'static str {
             KeyAction::Add => "dev.stackpin.key.added",
             KeyAction::Revoke => "dev.stackpin.key.revoked",
         },
+        Entry::Snapshot(_) => "dev.stackpin.snapshot.recorded",
+        Entry::Drill(d) if d.passed => "dev.stackpin.drill.passed",
+        Entry::Drill(_) => "dev.stackpin.drill.failed",
     }
 }
 
@@ -66,6 +69,31 @@ pub fn event(origin: &str, index: u64, entry: &Entry) -> Value {
             data["action"] = json!(k.action);
             data["actor"] = json!(k.actor);
             (k.key_id.to_string(), k.recorded_at)
+        }
+        Entry::Snapshot(s) => {
+            data["env"] = json!(s.env);
+            data["driver"] = json!(s.driver);
+            data["location"] = json!(s.location);
+            data["db_time"] = json!(s.db_time);
+            data["db_position"] = json!(s.db_position.as_ref().map(ToString::to_string));
+            data["release_id"] = json!(s.live.release_id);
+            data["digest"] = json!(s.live.digest);
+            data["seq"] = json!(s.live.seq);
+            data["actor"] = json!(s.actor);
+            (s.env.to_string(), s.recorded_at)
+        }
+        Entry::Drill(d) => {
+            data["env"] = json!(d.env);
+            data["driver"] = json!(d.driver);
+            data["target"] = json!(d.target);
+            data["snapshot"] = json!(d.snapshot);
+            data["release_id"] = json!(d.live.release_id);
+            data["digest"] = json!(d.live.digest);
+            data["seq"] = json!(d.live.seq);
+            data["passed"] = json!(d.passed);
+            data["rto_millis"] = json!(d.rto_millis);
+            data["actor"] = json!(d.actor);
+            (d.env.to_string(), d.recorded_at)
         }
     };
     json!({

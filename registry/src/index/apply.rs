@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use sled::Batch;
 
 use super::codec::{
-    EntryAt, Slot, encode, object_key, pin_key, position_key, request_key, time_key,
+    EntryAt, Slot, encode, evidence_key, object_key, pin_key, position_key, request_key, time_key,
 };
 use super::{APPLIED, EnvHead, Index, KeyRecord, files};
 use crate::digest::Digest;
@@ -18,8 +18,9 @@ use crate::ids::{EnvName, ReleaseId};
 use crate::log::Entry;
 use crate::merkle;
 use crate::signing::KeyId;
+use stackpin_core::entry::Live;
 use stackpin_core::layout;
-use stackpin_core::state::{Applied, Change, Overlay, Refused, Release, Rules, State};
+use stackpin_core::state::{Applied, Change, Overlay, Refused, Release, Rules, SnapshotRef, State};
 
 /// Places written by entries staged earlier in the same batch, which the
 /// tree does not show yet, and of the releases the rules looked up (the rule state of those entries is the
@@ -263,6 +264,19 @@ impl Index {
             (Entry::Key(_), Change::Key(record)) => {
                 batch.insert(format!("k/{}", record.key_id).into_bytes(), encode(record));
             }
+            (Entry::Snapshot(s), Change::Snapshot(_)) => {
+                let mut value = at.to_vec();
+                value.extend_from_slice(&s.live.seq.to_be_bytes());
+                value.extend_from_slice(&s.db_time.as_micros().to_be_bytes());
+                batch.insert(evidence_key("s", &s.env, index), value);
+            }
+            (Entry::Drill(d), Change::Drill) => {
+                let mut value = at.to_vec();
+                value.push(u8::from(d.passed));
+                value.extend_from_slice(&d.recorded_at.as_micros().to_be_bytes());
+                value.extend_from_slice(&d.rto_millis.unwrap_or(u64::MAX).to_be_bytes());
+                batch.insert(evidence_key("v", &d.env, index), value);
+            }
             _ => {
                 return Err(Error::internal(format!(
                     "log entry {index} was accepted with a change of another kind"
@@ -318,6 +332,14 @@ impl State for Index {
     fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>> {
         Index::key(self, key_id)
     }
+
+    fn live_at(&self, env: &EnvName, at: crate::time::Timestamp) -> Result<Option<Live>> {
+        Index::live_pin(self, env, at)
+    }
+
+    fn snapshot(&self, index: u64) -> Result<Option<SnapshotRef>> {
+        Index::snapshot_ref(self, index)
+    }
 }
 
 /// The index as the base state of one object being applied: it remembers
@@ -348,6 +370,14 @@ impl State for Reading<'_> {
 
     fn key(&self, key_id: &KeyId) -> Result<Option<KeyRecord>> {
         self.index.key(key_id)
+    }
+
+    fn live_at(&self, env: &EnvName, at: crate::time::Timestamp) -> Result<Option<Live>> {
+        self.index.live_pin(env, at)
+    }
+
+    fn snapshot(&self, index: u64) -> Result<Option<SnapshotRef>> {
+        self.index.snapshot_ref(index)
     }
 }
 

@@ -157,6 +157,13 @@ pub(super) fn position_key(env: &EnvName, p: Ordered, seq: u64) -> Vec<u8> {
     k
 }
 
+/// A snapshot (`s`) or drill (`v`) key: by environment, in log order.
+pub(super) fn evidence_key(tag: &str, env: &EnvName, index: u64) -> Vec<u8> {
+    let mut k = env_prefix(tag, env);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
 pub(super) fn seq_of_time_key(key: &[u8]) -> Result<u64> {
     let tail = key
         .len()

@@ -3,8 +3,8 @@
 //! records and bytes, never the index's keys.
 
 use super::codec::{
-    EntryAt, Slot, decode, env_prefix, object_key, pin_key, position_key, seq_of_time_key,
-    time_key, u64_at,
+    EntryAt, Slot, decode, env_prefix, evidence_key, object_key, pin_key, position_key,
+    seq_of_time_key, time_key, u64_at,
 };
 use super::{ArtifactRecord, DAMAGED, EnvHead, Index, KeyRecord, PinRecord, ProofReader};
 use crate::digest::Digest;
@@ -15,6 +15,56 @@ use crate::merkle::Hash;
 use crate::position::Ordered;
 use crate::signing::KeyId;
 use crate::time::Timestamp;
+use stackpin_core::entry::Live;
+use stackpin_core::posture::Evidence;
+use stackpin_core::state::SnapshotRef;
+
+/// A snapshot as the index lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub at: EntryAt,
+    /// The sequence number of the pin live at its instant.
+    pub seq: u64,
+    pub db_time: Timestamp,
+}
+
+impl SnapshotRow {
+    fn decode(v: &[u8]) -> Result<Self> {
+        Ok(Self {
+            at: EntryAt::decode(v)?,
+            seq: u64_at(v, 20)?,
+            db_time: Timestamp::from_micros(i64_at(v, 28)?)?,
+        })
+    }
+}
+
+/// A drill as the index lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrillRow {
+    pub at: EntryAt,
+    pub passed: bool,
+    pub recorded_at: Timestamp,
+    pub rto_millis: Option<u64>,
+}
+
+impl DrillRow {
+    fn decode(v: &[u8]) -> Result<Self> {
+        let passed = *v
+            .get(20)
+            .ok_or_else(|| Error::internal("index holds a short drill record"))?;
+        let rto = u64_at(v, 29)?;
+        Ok(Self {
+            at: EntryAt::decode(v)?,
+            passed: passed == 1,
+            recorded_at: Timestamp::from_micros(i64_at(v, 21)?)?,
+            rto_millis: (rto != u64::MAX).then_some(rto),
+        })
+    }
+}
+
+fn i64_at(bytes: &[u8], at: usize) -> Result<i64> {
+    Ok(u64_at(bytes, at)?.cast_signed())
+}
 
 impl Index {
     /// Every log object applied: (first index, entry count, byte size), in
@@ -312,6 +362,121 @@ impl Index {
             Some(item) => Ok(Some(Slot::decode(&item?.1)?)),
             None => Ok(None),
         }
+    }
+
+    /// The pin of `env` live at `at` (see [`Self::live_at`]), as the rules
+    /// of snapshots and drills name it.
+    ///
+    /// # Errors
+    /// As [`Self::pin_at`].
+    pub fn live_pin(&self, env: &EnvName, at: Timestamp) -> Result<Option<Live>> {
+        let Some(slot) = self.live_at(env, at)? else {
+            return Ok(None);
+        };
+        let (pin, _) = self.pin_at(slot.pin, &self.proof_reader())?;
+        Ok(Some(Live {
+            seq: pin.entry.seq,
+            release_id: pin.entry.release_id,
+            digest: pin.entry.digest,
+        }))
+    }
+
+    /// Entry `index` and its bytes, from the index's copy.
+    ///
+    /// # Errors
+    /// As [`Self::verified_copy`]; Internal when `index` is not applied.
+    pub fn entry(&self, index: u64) -> Result<(Entry, Vec<u8>)> {
+        let (bytes, _) = self.verified_copy(self.place(index)?, &self.proof_reader())?;
+        Ok((Entry::parse(index, &bytes)?, bytes))
+    }
+
+    /// The snapshot entry at `index`, as a drill naming it is checked
+    /// against; `None` when that entry is not a snapshot (or not applied).
+    ///
+    /// # Errors
+    /// As [`Self::entry`].
+    pub fn snapshot_ref(&self, index: u64) -> Result<Option<SnapshotRef>> {
+        if index >= self.applied()? {
+            return Ok(None);
+        }
+        Ok(match self.entry(index)?.0 {
+            Entry::Snapshot(s) => Some(SnapshotRef {
+                env: s.env,
+                db_time: s.db_time,
+            }),
+            _ => None,
+        })
+    }
+
+    /// The snapshots of `env`, newest first, starting before log index
+    /// `before`, at most `limit`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn snapshots(&self, env: &EnvName, before: u64, limit: usize) -> Result<Vec<SnapshotRow>> {
+        self.tree
+            .range(env_prefix("s", env)..evidence_key("s", env, before))
+            .rev()
+            .take(limit)
+            .map(|item| SnapshotRow::decode(&item?.1))
+            .collect()
+    }
+
+    /// The drills of `env`, newest first, starting before log index
+    /// `before`, at most `limit`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn drills(&self, env: &EnvName, before: u64, limit: usize) -> Result<Vec<DrillRow>> {
+        self.tree
+            .range(env_prefix("v", env)..evidence_key("v", env, before))
+            .rev()
+            .take(limit)
+            .map(|item| DrillRow::decode(&item?.1))
+            .collect()
+    }
+
+    /// What the log holds about the backups and drills of `env`, for its
+    /// posture: one pass over its snapshot keys and a backwards walk over
+    /// its drill keys to the newest passing one.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn evidence(&self, env: &EnvName) -> Result<Evidence> {
+        let head = self.env_head(env)?;
+        let pins = head.as_ref().map_or(0, |h| h.seq);
+        let mut covered = std::collections::HashSet::new();
+        let mut newest_snapshot = None;
+        for item in self.tree.scan_prefix(env_prefix("s", env)) {
+            let row = SnapshotRow::decode(&item?.1)?;
+            covered.insert(row.seq);
+            newest_snapshot = match newest_snapshot {
+                Some((t, i)) if t > row.db_time => Some((t, i)),
+                _ => Some((row.db_time, row.at.index)),
+            };
+        }
+        let mut newest_drill = None;
+        let mut newest_passing_drill = None;
+        for item in self.tree.scan_prefix(env_prefix("v", env)).rev() {
+            let row = DrillRow::decode(&item?.1)?;
+            newest_drill.get_or_insert((row.recorded_at, row.passed));
+            if row.passed {
+                newest_passing_drill = Some((
+                    row.recorded_at,
+                    row.at.index,
+                    row.rto_millis.map(std::time::Duration::from_millis),
+                ));
+                break;
+            }
+        }
+        Ok(Evidence {
+            pins,
+            positioned: head.map_or(0, |h| h.positioned),
+            newest_snapshot,
+            newest_passing_drill,
+            newest_drill,
+            pins_without_snapshot: (1..=pins).filter(|s| !covered.contains(s)).collect(),
+        })
     }
 
     /// The sequence number of the pin of `env` with the greatest recorded

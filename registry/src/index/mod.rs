@@ -15,6 +15,8 @@
 //! i/<request id>                      u64 BE: the log index of the entry that request wrote
 //! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
 //! o/<first index u64 BE>              u64 BE entry count, u64 BE byte size of that log object
+//! s/<env>/<index u64 BE>              EntryAt of a snapshot, the live pin's seq (u64 BE), its db_time (i64 BE micros)
+//! v/<env>/<index u64 BE>              EntryAt of a drill, passed (1 byte), recorded_at (i64 BE micros), restore millis (u64 BE, MAX: none)
 //! m/format                            u64 BE: the layout version, [`FORMAT`]
 //! ```
 //!
@@ -45,6 +47,7 @@ pub use crate::records::{ArtifactRecord, PinRecord};
 pub use apply::refused_in_log;
 use codec::u64_at;
 pub use codec::{EntryAt, Slot};
+pub use lookup::{DrillRow, SnapshotRow};
 pub use tree::ProofReader;
 
 use std::path::Path;
@@ -64,8 +67,9 @@ const FORMAT_KEY: &[u8] = b"m/format";
 /// 2: Merkle hashes and entry copies in flat files; 3: pins read from
 /// their entry copies; 4: artifacts too; 5: with the copies' places;
 /// 6: time keys name the pin and publish entries; 7: with the copies'
-/// lengths; 8: release keys carry the bound digest; 9: request ids.
-pub const FORMAT: u64 = 9;
+/// lengths; 8: release keys carry the bound digest; 9: request ids;
+/// 10: snapshots and drills, and heads count positioned pins.
+pub const FORMAT: u64 = 10;
 
 /// A file in the index folder that says the index was found damaged while
 /// serving; the next open rebuilds it.

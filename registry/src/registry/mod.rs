@@ -8,6 +8,7 @@
 //! and validates again.
 
 mod checkpoint;
+mod evidence;
 mod keys;
 mod pin;
 mod prove;
@@ -19,6 +20,7 @@ mod witnesses;
 
 use checkpoint::put_checkpoint;
 pub use checkpoint::{OriginSource, STORE_CHECKPOINT_EVERY, log_origin};
+pub use evidence::{DrillRequest, SnapshotRequest};
 pub use publish::PendingPublish;
 pub use recover::{LOCK_FILE, index_dir, open_index};
 pub use witnesses::{SUBMIT_EVERY, WitnessStatus, WitnessTarget};
@@ -83,6 +85,8 @@ pub struct Limits {
     pub stream_idle_timeout: Duration,
     /// How long a publish or download may take in all.
     pub request_timeout: Duration,
+    /// The recovery targets each environment's posture is judged by.
+    pub posture: stackpin_core::posture::Policy,
 }
 
 impl Default for Limits {
@@ -98,6 +102,7 @@ impl Default for Limits {
             max_inflight_bytes: crate::defaults::MAX_INFLIGHT_BYTES,
             stream_idle_timeout: crate::defaults::STREAM_IDLE_TIMEOUT,
             request_timeout: crate::defaults::REQUEST_TIMEOUT,
+            posture: stackpin_core::posture::Policy::default(),
         }
     }
 }
@@ -329,6 +334,8 @@ fn reused(id: &str, index: u64, entry: &Entry) -> Error {
         Entry::Publish(p) => format!("the publish of release {}", p.release_id),
         Entry::Pin(p) => format!("pin #{} of {} in {}", p.seq, p.release_id, p.env),
         Entry::Key(k) => format!("a key {:?} of {}", k.action, k.key_id),
+        Entry::Snapshot(s) => format!("a snapshot of {} at {}", s.env, s.db_time),
+        Entry::Drill(d) => format!("a drill of {} at {}", d.env, d.target),
     };
     Error::conflict(format!(
         "request id {} was used by a different request: log entry {index}, {what}; send a new \

@@ -3,6 +3,7 @@
 //! types.
 
 mod convert;
+mod evidence;
 mod status;
 mod streams;
 mod watch;
@@ -627,6 +628,38 @@ impl pb::registry_server::Registry for RegistryService {
             self.list_environments_inner(r)
         })
         .await
+    }
+
+    async fn record_snapshot(
+        &self,
+        request: Request<pb::RecordSnapshotRequest>,
+    ) -> Result<Response<pb::RecordedEntry>, Status> {
+        self.observed("RecordSnapshot", request, |r| self.record_snapshot_inner(r))
+            .await
+    }
+
+    async fn record_drill(
+        &self,
+        request: Request<pb::RecordDrillRequest>,
+    ) -> Result<Response<pb::RecordedEntry>, Status> {
+        self.observed("RecordDrill", request, |r| self.record_drill_inner(r))
+            .await
+    }
+
+    async fn list_evidence(
+        &self,
+        request: Request<pb::ListEvidenceRequest>,
+    ) -> Result<Response<pb::ListEvidenceResponse>, Status> {
+        self.observed("ListEvidence", request, |r| self.list_evidence_inner(r))
+            .await
+    }
+
+    async fn get_posture(
+        &self,
+        request: Request<pb::GetPostureRequest>,
+    ) -> Result<Response<pb::GetPostureResponse>, Status> {
+        self.observed("GetPosture", request, |r| self.get_posture_inner(r))
+            .await
     }
 
     async fn get_checkpoint(

@@ -46,11 +46,11 @@ impl Filter {
         if !self.types.is_empty() && !typed {
             return false;
         }
-        match (&self.env, entry) {
+        match (&self.env, entry.env()) {
             (None, _) => true,
-            (Some(env), Entry::Pin(p)) => p.env == *env,
-            // With an environment, other entries only when asked for by type.
-            (Some(_), _) => typed,
+            (Some(env), Some(of)) => of == env,
+            // With an environment, entries of none only when asked for by type.
+            (Some(_), None) => typed,
         }
     }
 }

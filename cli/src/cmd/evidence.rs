@@ -1,0 +1,1126 @@
+//! `stackpin snapshot list`, `drill run|record|list` and `posture`: the
+//! evidence that restores work, recorded in the log and read back verified.
+//!
+//! A snapshot entry says a backup exists and which artifact goes with it; a
+//! drill entry says a restore was tested, how long it took and what the
+//! checks found. The registry pairs both with the pin live at their
+//! instant, and the log's rules check that pairing, so neither can name
+//! another artifact than the timeline does.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use stackpin_core::entry::{DrillCheck, DrillEntry, DrillStep, Driver, Entry, SnapshotEntry};
+use stackpin_core::ids::EnvName;
+use stackpin_core::merkle;
+use stackpin_core::note::Checkpoint;
+use stackpin_core::posture::human;
+use stackpin_core::time::Timestamp;
+use stackpin_proto::v1 as pb;
+
+use crate::exit::{Failure, Outcome};
+use crate::view::{Format, wire_time};
+
+/// A snapshot entry as one line.
+pub fn snapshot_line(s: &SnapshotEntry) -> String {
+    let mut line = format!(
+        "snapshot {} {} at {} -> #{} {} ({})",
+        s.env, s.driver, s.db_time, s.live.seq, s.live.release_id, s.location
+    );
+    if let Some(p) = &s.db_position {
+        line.push_str(&format!(", db {p}"));
+    }
+    if let Some(size) = s.size {
+        line.push_str(&format!(", {size} bytes"));
+    }
+    line
+}
+
+/// A drill entry as one line.
+pub fn drill_line(d: &DrillEntry) -> String {
+    let verdict = if d.passed { "PASSED" } else { "FAILED" };
+    let mut line = format!(
+        "drill {} {verdict} {} to {} with #{} {}",
+        d.env, d.driver, d.target, d.live.seq, d.live.release_id
+    );
+    if let Some(rto) = d.rto_millis {
+        line.push_str(&format!(
+            ", restored in {}",
+            human(Duration::from_millis(rto))
+        ));
+    }
+    let passed = d.checks.iter().filter(|c| c.passed).count();
+    line.push_str(&format!(
+        ", {passed}/{} checks passed, by {}",
+        d.checks.len(),
+        d.actor
+    ));
+    if let Some(f) = &d.failure {
+        line.push_str(&format!(": {f}"));
+    }
+    line
+}
+
+/// An entry the registry sent with its proof, checked against the signed
+/// checkpoint it came with when a log key is known.
+#[derive(Serialize)]
+pub struct Shown {
+    pub index: u64,
+    /// Whether the entry was checked against a signed checkpoint.
+    pub verified: bool,
+    pub entry: Entry,
+}
+
+fn open(
+    log_key: Option<&stackpin_core::note::NoteVerifier>,
+    checkpoint: &str,
+    proved: &pb::ProvedEntry,
+) -> Outcome<Shown> {
+    let verified = match log_key {
+        None => false,
+        Some(key) => {
+            let cp = Checkpoint::open(checkpoint, key)
+                .map_err(|e| Failure::verify(format!("the answer's checkpoint: {e}")))?;
+            let proof = crate::trust::hashes(&proved.proof, "entry")?;
+            merkle::verify_inclusion(
+                &merkle::leaf_hash(&proved.entry),
+                proved.index,
+                cp.size,
+                &proof,
+                &cp.root,
+            )
+            .map_err(|e| {
+                Failure::verify(format!(
+                    "entry {} is not in the checkpoint: {e}",
+                    proved.index
+                ))
+            })?;
+            true
+        }
+    };
+    let entry =
+        Entry::parse(proved.index, &proved.entry).map_err(|e| Failure::verify(e.to_string()))?;
+    Ok(Shown {
+        index: proved.index,
+        verified,
+        entry,
+    })
+}
+
+/// The log key, when one was given: answers are then verified.
+fn optional_key(arg: &crate::trust::LogKey) -> Outcome<Option<stackpin_core::note::NoteVerifier>> {
+    if arg.given() || arg.policy()?.is_some() {
+        crate::trust::log_key(arg).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+fn checked(shown: &Shown) -> &'static str {
+    if shown.verified {
+        "verified"
+    } else {
+        "not verified: pass --log-key"
+    }
+}
+
+/// Records a snapshot; the entry the registry wrote, opened.
+pub async fn record_snapshot(
+    server: &crate::client::Connection,
+    log_key: &crate::trust::LogKey,
+    message: pb::RecordSnapshotRequest,
+) -> Outcome<Shown> {
+    let key = optional_key(log_key)?;
+    let client = crate::client::connect(server).await?;
+    let id = server.request_id()?;
+    let message = pb::RecordSnapshotRequest {
+        request_id: id.clone(),
+        ..message
+    };
+    let recorded = server
+        .retrying("snapshot", || {
+            let mut client = client.clone();
+            let request = crate::client::Connection::request(&id, message.clone());
+            async move { client.record_snapshot(request).await }
+        })
+        .await?
+        .into_inner();
+    let proved = recorded
+        .entry
+        .ok_or_else(|| Failure::verify("the registry answered without the entry"))?;
+    let shown = open(key.as_ref(), &recorded.checkpoint, &proved)?;
+    match &shown.entry {
+        Entry::Snapshot(s) if s.env.as_str() == message.env && s.location == message.location => {
+            Ok(shown)
+        }
+        _ => Err(Failure::verify(format!(
+            "entry {} is not the snapshot asked for",
+            shown.index
+        ))),
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum SnapshotCmd {
+    /// The snapshots recorded for an environment, newest first.
+    List(ListArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    #[arg(long, value_parser = crate::parse::<EnvName>)]
+    env: EnvName,
+    /// At most this many (at most 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Continue from a previous page.
+    #[arg(long, default_value = "")]
+    page_token: String,
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
+}
+
+#[derive(Serialize)]
+struct Listed {
+    entries: Vec<Shown>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    next_page_token: String,
+}
+
+async fn list(
+    args: &ListArgs,
+    kind: &str,
+    server: &crate::client::Connection,
+    format: Format,
+) -> Outcome {
+    let key = optional_key(&args.log_key)?;
+    let mut client = crate::client::connect(server).await?;
+    let page = client
+        .list_evidence(pb::ListEvidenceRequest {
+            env: args.env.to_string(),
+            kind: kind.to_owned(),
+            limit: args.limit,
+            page_token: args.page_token.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut entries = Vec::new();
+    for proved in &page.entries {
+        let shown = open(key.as_ref(), &page.checkpoint, proved)?;
+        if shown.entry.kind() != kind || shown.entry.env() != Some(&args.env) {
+            return Err(Failure::verify(format!(
+                "entry {} is not a {kind} of {}",
+                shown.index, args.env
+            )));
+        }
+        entries.push(shown);
+    }
+    let listed = Listed {
+        entries,
+        next_page_token: page.next_page_token,
+    };
+    format.emit(&listed, || {
+        let mut text = String::new();
+        if listed.entries.is_empty() {
+            text.push_str(&format!("no {kind} recorded for {}\n", args.env));
+        }
+        for e in &listed.entries {
+            let line = match &e.entry {
+                Entry::Snapshot(s) => snapshot_line(s),
+                Entry::Drill(d) => drill_line(d),
+                _ => String::new(),
+            };
+            text.push_str(&format!("{line} (log index {}, {})\n", e.index, checked(e)));
+        }
+        if !listed.next_page_token.is_empty() {
+            text.push_str(&format!("more: --page-token {}\n", listed.next_page_token));
+        }
+        text
+    });
+    Ok(())
+}
+
+pub async fn snapshot(
+    cmd: &SnapshotCmd,
+    server: &crate::client::Connection,
+    format: Format,
+) -> Outcome {
+    match cmd {
+        SnapshotCmd::List(a) => list(a, "snapshot", server, format).await,
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum DrillCmd {
+    /// Restore a backup and its artifact into a temporary folder, check
+    /// them, time every step, record the drill, and clean up. The exit code
+    /// is 0 when the drill passed, 8 when it failed.
+    Run(Box<RunArgs>),
+    /// Record the result of a drill done by other means.
+    Record(RecordArgs),
+    /// The drills recorded for an environment, newest first.
+    List(ListArgs),
+}
+
+pub async fn drill(
+    cmd: &DrillCmd,
+    server: &crate::client::Connection,
+    state: Option<&Path>,
+    format: Format,
+) -> Outcome {
+    match cmd {
+        DrillCmd::Run(a) => run(a, server, state, format).await,
+        DrillCmd::Record(a) => record(a, server, format).await,
+        DrillCmd::List(a) => list(a, "drill", server, format).await,
+    }
+}
+
+#[derive(clap::Args)]
+pub struct RecordArgs {
+    #[arg(long, value_parser = crate::parse::<EnvName>)]
+    env: EnvName,
+    /// How the backup was made: sqlite, postgresql, litestream, other.
+    #[arg(long, value_parser = crate::parse::<Driver>)]
+    driver: Driver,
+    /// The database instant restored to.
+    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    target: Timestamp,
+    /// The log index of the snapshot entry restored, if one was.
+    #[arg(long)]
+    snapshot: Option<u64>,
+    /// A check that passed (repeatable).
+    #[arg(long, value_name = "NAME")]
+    check_passed: Vec<String>,
+    /// A check that failed (repeatable).
+    #[arg(long, value_name = "NAME")]
+    check_failed: Vec<String>,
+    /// How long the restore took, start to verified (e.g. 4m30s).
+    #[arg(long, value_parser = stackpin_core::time::parse_duration)]
+    rto: Option<Duration>,
+    /// How much data the restored database missed against its source.
+    #[arg(long, value_parser = stackpin_core::time::parse_duration)]
+    rpo: Option<Duration>,
+    /// The drill failed, and why (without it, the drill passed unless a
+    /// check failed).
+    #[arg(long, value_name = "WHY")]
+    failed: Option<String>,
+    /// When the drill started [default: now minus --rto].
+    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    started_at: Option<Timestamp>,
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn record(args: &RecordArgs, server: &crate::client::Connection, format: Format) -> Outcome {
+    let checks: Vec<DrillCheck> = args
+        .check_passed
+        .iter()
+        .map(|n| (n, true))
+        .chain(args.check_failed.iter().map(|n| (n, false)))
+        .map(|(name, passed)| DrillCheck {
+            name: name.clone(),
+            passed,
+            detail: String::new(),
+        })
+        .collect();
+    let passed = args.failed.is_none() && checks.iter().all(|c| c.passed);
+    let started_at = args.started_at.unwrap_or_else(|| {
+        let back = args
+            .rto
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(0));
+        Timestamp::now().saturating_add_micros(-back)
+    });
+    let failure = match (&args.failed, passed) {
+        (Some(f), _) => Some(f.clone()),
+        (None, false) => Some("a check failed".to_owned()),
+        (None, true) => None,
+    };
+    let drill = Drill {
+        env: args.env.clone(),
+        driver: args.driver,
+        snapshot: args.snapshot,
+        target: args.target,
+        checks,
+        steps: Vec::new(),
+        rto: args.rto,
+        rpo: args.rpo,
+        failure,
+        started_at,
+    };
+    let shown = record_drill(server, &args.log_key, &drill).await?;
+    format.emit(&shown, || {
+        let line = match &shown.entry {
+            Entry::Drill(d) => drill_line(d),
+            _ => String::new(),
+        };
+        format!(
+            "recorded {line}\nlog index  {} ({})\n",
+            shown.index,
+            checked(&shown)
+        )
+    });
+    if passed {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            crate::exit::OUT_OF_POLICY,
+            anyhow::anyhow!("the drill recorded failed"),
+        ))
+    }
+}
+
+/// A drill's result, before the registry pairs it.
+struct Drill {
+    env: EnvName,
+    driver: Driver,
+    snapshot: Option<u64>,
+    target: Timestamp,
+    checks: Vec<DrillCheck>,
+    steps: Vec<DrillStep>,
+    rto: Option<Duration>,
+    rpo: Option<Duration>,
+    failure: Option<String>,
+    started_at: Timestamp,
+}
+
+async fn record_drill(
+    server: &crate::client::Connection,
+    log_key: &crate::trust::LogKey,
+    d: &Drill,
+) -> Outcome<Shown> {
+    let key = optional_key(log_key)?;
+    let client = crate::client::connect(server).await?;
+    let id = server.request_id()?;
+    let passed = d.failure.is_none() && d.checks.iter().all(|c| c.passed);
+    let message = pb::RecordDrillRequest {
+        env: d.env.to_string(),
+        driver: d.driver.to_string(),
+        snapshot: d.snapshot,
+        target: Some(wire_time(d.target)),
+        checks: d
+            .checks
+            .iter()
+            .map(|c| pb::DrillCheck {
+                name: c.name.clone(),
+                passed: c.passed,
+                detail: c.detail.clone(),
+            })
+            .collect(),
+        steps: d
+            .steps
+            .iter()
+            .map(|s| pb::DrillStep {
+                name: s.name.clone(),
+                millis: s.millis,
+            })
+            .collect(),
+        rto_millis: d.rto.map(millis),
+        rpo_millis: d.rpo.map(millis),
+        passed,
+        failure: d.failure.clone().unwrap_or_default(),
+        started_at: Some(wire_time(d.started_at)),
+        request_id: id.clone(),
+    };
+    let recorded = server
+        .retrying("drill", || {
+            let mut client = client.clone();
+            let request = crate::client::Connection::request(&id, message.clone());
+            async move { client.record_drill(request).await }
+        })
+        .await?
+        .into_inner();
+    let proved = recorded
+        .entry
+        .ok_or_else(|| Failure::verify("the registry answered without the entry"))?;
+    let shown = open(key.as_ref(), &recorded.checkpoint, &proved)?;
+    match &shown.entry {
+        Entry::Drill(e) if e.env == d.env && e.target == d.target && e.passed == passed => {
+            Ok(shown)
+        }
+        _ => Err(Failure::verify(format!(
+            "entry {} is not the drill sent",
+            shown.index
+        ))),
+    }
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[arg(long, value_parser = crate::parse::<EnvName>)]
+    env: EnvName,
+    /// The database instant to restore to [default: the snapshot's, with
+    /// --snapshot].
+    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    at: Option<Timestamp>,
+    /// Drill a recorded snapshot: its log index (see `stackpin snapshot
+    /// list`). Its location and instant are used unless given.
+    #[arg(long)]
+    snapshot: Option<u64>,
+    /// A Litestream replica URL to restore from (`litestream restore
+    /// -timestamp`).
+    #[arg(long, value_name = "URL", conflicts_with = "file")]
+    replica: Option<String>,
+    /// A SQLite snapshot file to restore (copied, never opened in place).
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// A query to run on the restored database (repeatable). It passes
+    /// when it returns a row whose first value is not NULL, 0 or empty;
+    /// `QUERY => VALUE` passes when that value is VALUE. `{release_id}`
+    /// and `{digest}` stand for the artifact restored.
+    #[arg(long, value_name = "QUERY")]
+    check: Vec<String>,
+    /// A query returning the newest data's instant (RFC 3339) in the
+    /// restored database: the drill's target minus it is the measured RPO.
+    #[arg(long, value_name = "QUERY")]
+    rpo_query: Option<String>,
+    /// The litestream binary.
+    #[arg(long, env = "STACKPIN_LITESTREAM", default_value = "litestream")]
+    litestream: PathBuf,
+    /// Publisher keys the restored artifact's signature is checked against.
+    #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
+    trusted_keys: PathBuf,
+    /// Keep the restored database and artifact in this folder instead of
+    /// removing them.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
+}
+
+/// What `drill run` shows.
+#[derive(Serialize)]
+struct Ran {
+    #[serde(flatten)]
+    shown: Shown,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kept: Option<String>,
+}
+
+/// Times the steps of a drill and shows them as they run.
+struct Steps {
+    steps: Vec<DrillStep>,
+    total: usize,
+}
+
+impl Steps {
+    fn begin(&self, name: &str) -> Instant {
+        eprintln!("drill [{}/{}] {name} ...", self.steps.len() + 1, self.total);
+        Instant::now()
+    }
+
+    fn end(&mut self, name: &str, started: Instant, ok: bool) {
+        let took = started.elapsed();
+        eprintln!(
+            "drill [{}/{}] {name}: {} in {}",
+            self.steps.len() + 1,
+            self.total,
+            if ok { "done" } else { "FAILED" },
+            human(took)
+        );
+        self.steps.push(DrillStep {
+            name: name.to_owned(),
+            millis: millis(took),
+        });
+    }
+}
+
+/// Where the database comes from.
+enum Source {
+    Litestream(String),
+    File(PathBuf),
+}
+
+async fn run(
+    args: &RunArgs,
+    server: &crate::client::Connection,
+    state: Option<&Path>,
+    format: Format,
+) -> Outcome {
+    // Everything a user can get wrong is refused before anything runs.
+    crate::trust::trusted_keys(&args.trusted_keys)?;
+    crate::trust::log_key(&args.log_key)?;
+    let checks: Vec<(String, String, Option<String>)> = args
+        .check
+        .iter()
+        .map(|c| {
+            let (query, expect) = match c.rsplit_once(" => ") {
+                Some((q, v)) => (q.trim().to_owned(), Some(v.trim().to_owned())),
+                None => (c.trim().to_owned(), None),
+            };
+            if query.is_empty() {
+                return Err(Failure::invalid(format!("--check {c:?} has no query")));
+            }
+            Ok((c.clone(), query, expect))
+        })
+        .collect::<Outcome<_>>()?;
+    let snapshot = match args.snapshot {
+        None => None,
+        Some(index) => Some(snapshot_entry(server, &args.log_key, index, &args.env).await?),
+    };
+    let source = match (&args.replica, &args.file, &snapshot) {
+        (Some(url), _, _) => Source::Litestream(url.clone()),
+        (None, Some(path), _) => Source::File(path.clone()),
+        (None, None, Some(s)) => match s.driver {
+            Driver::Litestream => Source::Litestream(s.location.clone()),
+            Driver::Sqlite => Source::File(PathBuf::from(&s.location)),
+            other => {
+                return Err(Failure::invalid(format!(
+                    "snapshot {} is a {other} backup: `drill run` restores Litestream replicas \
+                     and SQLite files; record a drill done by other means with `stackpin drill \
+                     record`",
+                    args.snapshot.unwrap_or_default()
+                )));
+            }
+        },
+        (None, None, None) => {
+            return Err(Failure::invalid(
+                "say what to restore: --replica URL (Litestream), --file PATH (a SQLite \
+                 snapshot) or --snapshot INDEX (a recorded snapshot)",
+            ));
+        }
+    };
+    let target = match (args.at, &snapshot) {
+        (Some(at), _) => at,
+        (None, Some(s)) => s.db_time,
+        (None, None) => match &source {
+            Source::Litestream(_) => {
+                return Err(Failure::invalid(
+                    "--at is needed: the instant to restore the replica to",
+                ));
+            }
+            Source::File(_) => Timestamp::now(),
+        },
+    };
+    if target > Timestamp::now() {
+        return Err(Failure::invalid(format!("--at {target} is in the future")));
+    }
+    let driver = match &source {
+        Source::Litestream(_) => Driver::Litestream,
+        Source::File(_) => Driver::Sqlite,
+    };
+    let work = tempfile::Builder::new()
+        .prefix("stackpin-drill-")
+        .tempdir()
+        .map_err(|e| Failure::new(crate::exit::FAILURE, e))?;
+    let db = work.path().join("restored.db");
+    let artifact = work.path().join("objectstack.json");
+    let started_at = Timestamp::now();
+    let clock = Instant::now();
+    let mut steps = Steps {
+        steps: Vec::new(),
+        total: 3 + checks.len() + usize::from(args.rpo_query.is_some()),
+    };
+    let mut results = Vec::new();
+    let mut failure = None;
+
+    // 1. The database.
+    let step = match &source {
+        Source::Litestream(_) => "litestream restore",
+        Source::File(_) => "copy snapshot",
+    };
+    let t = steps.begin(step);
+    let restored = match &source {
+        Source::Litestream(url) => litestream_restore(&args.litestream, url, target, &db).await,
+        Source::File(path) => copy_snapshot(path, snapshot.as_ref(), &db),
+    };
+    steps.end(step, t, restored.is_ok());
+    if let Err(why) = restored {
+        failure = Some(why);
+    }
+
+    // 2. The artifact live at the same instant, verified as `restore` does.
+    let t = steps.begin("stackpin restore");
+    let restore = crate::cmd::artifacts::RestoreArgs::drill(
+        args.env.clone(),
+        target,
+        artifact.clone(),
+        args.trusted_keys.clone(),
+        args.log_key.clone(),
+    );
+    let artifact_restored = crate::cmd::artifacts::restore_verified(&restore, server, state).await;
+    steps.end("stackpin restore", t, artifact_restored.is_ok());
+    let (release_id, digest) = match &artifact_restored {
+        Ok(r) => (
+            r.resolution.pin.release_id.clone(),
+            r.resolution.pin.digest.clone(),
+        ),
+        Err(e) => {
+            failure.get_or_insert_with(|| format!("stackpin restore: {}", e.error));
+            (String::new(), String::new())
+        }
+    };
+    results.push(DrillCheck {
+        name: "artifact restored and verified".into(),
+        passed: artifact_restored.is_ok(),
+        detail: if release_id.is_empty() {
+            String::new()
+        } else {
+            format!("{release_id} {digest}")
+        },
+    });
+
+    // 3. The database's own check, then the operator's.
+    let mut rpo = None;
+    if failure.is_none() {
+        let t = steps.begin("PRAGMA integrity_check");
+        let check = query(&db, "PRAGMA integrity_check", Some("ok"));
+        steps.end("PRAGMA integrity_check", t, check.0);
+        results.push(DrillCheck {
+            name: "PRAGMA integrity_check".into(),
+            passed: check.0,
+            detail: check.1,
+        });
+        for (name, q, expect) in &checks {
+            let fill = |s: &str| {
+                s.replace("{release_id}", &release_id)
+                    .replace("{digest}", &digest)
+            };
+            let t = steps.begin(name);
+            let (passed, detail) = query(&db, &fill(q), expect.as_deref().map(fill).as_deref());
+            steps.end(name, t, passed);
+            results.push(DrillCheck {
+                name: name.clone(),
+                passed,
+                detail,
+            });
+        }
+        if let Some(q) = &args.rpo_query {
+            let t = steps.begin("rpo query");
+            let newest = newest_instant(&db, q);
+            steps.end("rpo query", t, newest.is_ok());
+            match newest {
+                Ok(newest) => {
+                    let gap = target.as_micros().saturating_sub(newest.as_micros()).max(0);
+                    rpo = Some(Duration::from_micros(gap.unsigned_abs()));
+                }
+                Err(why) => results.push(DrillCheck {
+                    name: "rpo query".into(),
+                    passed: false,
+                    detail: why,
+                }),
+            }
+        }
+    }
+    let rto = clock.elapsed();
+    if failure.is_none() && results.iter().any(|c| !c.passed) {
+        failure = Some("a check failed".into());
+    }
+    let drill = Drill {
+        env: args.env.clone(),
+        driver,
+        snapshot: args.snapshot,
+        target,
+        checks: results,
+        steps: steps.steps,
+        rto: Some(rto),
+        rpo,
+        failure,
+        started_at,
+    };
+    let passed = drill.failure.is_none();
+    let shown = record_drill(server, &args.log_key, &drill).await?;
+    if let Entry::Drill(d) = &shown.entry
+        && !release_id.is_empty()
+        && d.live.release_id.as_str() != release_id
+    {
+        return Err(Failure::verify(format!(
+            "the registry paired the drill with {}, but the artifact restored was {release_id}",
+            d.live.release_id
+        )));
+    }
+    let kept = match &args.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .and_then(|()| {
+                    for f in [
+                        "restored.db",
+                        "objectstack.json",
+                        "objectstack.json.tlog-proof",
+                    ] {
+                        let from = work.path().join(f);
+                        if from.exists() {
+                            std::fs::copy(&from, dir.join(f))?;
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|e| Failure::invalid(format!("--keep {}: {e}", dir.display())))?;
+            Some(dir.display().to_string())
+        }
+        None => None,
+    };
+    drop(work);
+    let ran = Ran { shown, kept };
+    format.emit(&ran, || {
+        let Entry::Drill(d) = &ran.shown.entry else {
+            return String::new();
+        };
+        let mut text = format!("{}\n", drill_line(d));
+        for c in &d.checks {
+            let mark = if c.passed { "ok  " } else { "FAIL" };
+            text.push_str(&format!("  {mark} {}", c.name));
+            if !c.detail.is_empty() {
+                text.push_str(&format!(": {}", c.detail));
+            }
+            text.push('\n');
+        }
+        for s in &d.steps {
+            text.push_str(&format!(
+                "  step {} took {}\n",
+                s.name,
+                human(Duration::from_millis(s.millis))
+            ));
+        }
+        if let Some(rpo) = d.rpo_millis {
+            text.push_str(&format!(
+                "  measured RPO {}\n",
+                human(Duration::from_millis(rpo))
+            ));
+        }
+        text.push_str(&format!(
+            "recorded as log index {} ({})\n",
+            ran.shown.index,
+            checked(&ran.shown)
+        ));
+        if let Some(k) = &ran.kept {
+            text.push_str(&format!("kept the restored files in {k}\n"));
+        }
+        text
+    });
+    if passed {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            crate::exit::OUT_OF_POLICY,
+            anyhow::anyhow!("the drill failed: {}", drill.failure.unwrap_or_default()),
+        ))
+    }
+}
+
+/// The snapshot entry at `index`, verified, which must be of `env`.
+async fn snapshot_entry(
+    server: &crate::client::Connection,
+    log_key: &crate::trust::LogKey,
+    index: u64,
+    env: &EnvName,
+) -> Outcome<SnapshotEntry> {
+    let key = crate::trust::log_key(log_key)?;
+    let mut client = crate::client::connect(server).await?;
+    let cp = client
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner();
+    if index >= cp.size {
+        return Err(Failure::new(
+            crate::exit::NOT_FOUND,
+            anyhow::anyhow!("--snapshot {index}: the log has {} entries", cp.size),
+        ));
+    }
+    let entry = client
+        .get_entry(pb::GetEntryRequest { index })
+        .await?
+        .into_inner();
+    let proof = client
+        .get_inclusion_proof(pb::GetInclusionProofRequest {
+            index,
+            tree_size: cp.size,
+        })
+        .await?
+        .into_inner();
+    let shown = open(
+        Some(&key),
+        &cp.note,
+        &pb::ProvedEntry {
+            index,
+            entry: entry.entry,
+            proof: proof.hashes,
+        },
+    )?;
+    match shown.entry {
+        Entry::Snapshot(s) if &s.env == env => Ok(s),
+        Entry::Snapshot(s) => Err(Failure::invalid(format!(
+            "--snapshot {index} is a snapshot of {}, not {env}",
+            s.env
+        ))),
+        other => Err(Failure::invalid(format!(
+            "--snapshot {index}: log entry {index} is a {}, not a snapshot",
+            other.kind()
+        ))),
+    }
+}
+
+/// `litestream restore -timestamp` of `url` into `db`; why it failed.
+async fn litestream_restore(
+    litestream: &Path,
+    url: &str,
+    target: Timestamp,
+    db: &Path,
+) -> Result<(), String> {
+    let out = tokio::process::Command::new(litestream)
+        .args(["restore", "-timestamp", &target.to_string(), "-o"])
+        .arg(db)
+        .arg(url)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", litestream.display()))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no output");
+        return Err(format!(
+            "litestream restore to {target} failed ({}): {last}",
+            out.status
+        ));
+    }
+    if !db.exists() {
+        return Err(format!(
+            "litestream restore to {target} wrote no database (the replica holds nothing at that instant)"
+        ));
+    }
+    Ok(())
+}
+
+/// Copies a SQLite snapshot file to `db`, checking it against the size and
+/// sha256 its snapshot entry recorded.
+fn copy_snapshot(path: &Path, entry: Option<&SnapshotEntry>, db: &Path) -> Result<(), String> {
+    std::fs::copy(path, db).map_err(|e| format!("copying {}: {e}", path.display()))?;
+    if let Some(s) = entry {
+        let bytes = std::fs::read(db).map_err(|e| format!("reading the copy: {e}"))?;
+        if let Some(size) = s.size
+            && size != bytes.len() as u64
+        {
+            return Err(format!(
+                "{} is {} bytes; the snapshot entry recorded {size}",
+                path.display(),
+                bytes.len()
+            ));
+        }
+        if let Some(d) = &s.sha256
+            && *d != stackpin_core::digest::Digest::of(&bytes)
+        {
+            return Err(format!(
+                "{} does not match the sha256 the snapshot entry recorded ({d})",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `q` on the database; whether it passes and what it returned.
+fn query(db: &Path, q: &str, expect: Option<&str>) -> (bool, String) {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = match rusqlite::Connection::open_with_flags(db, flags) {
+        Ok(c) => c,
+        Err(e) => return (false, format!("cannot open the restored database: {e}")),
+    };
+    let first = conn.query_row(q, [], |row| {
+        Ok(match row.get_ref(0)? {
+            rusqlite::types::ValueRef::Null => None,
+            rusqlite::types::ValueRef::Integer(i) => Some(i.to_string()),
+            rusqlite::types::ValueRef::Real(f) => Some(f.to_string()),
+            rusqlite::types::ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+            rusqlite::types::ValueRef::Blob(b) => Some(format!("{} bytes", b.len())),
+        })
+    });
+    match (first, expect) {
+        (Err(rusqlite::Error::QueryReturnedNoRows), _) => (false, "no rows".into()),
+        (Err(e), _) => (false, e.to_string()),
+        (Ok(v), Some(want)) => {
+            let got = v.unwrap_or_else(|| "NULL".into());
+            (got == want, format!("{got} (expected {want})"))
+        }
+        (Ok(None), None) => (false, "NULL".into()),
+        (Ok(Some(v)), None) => (v != "0" && !v.is_empty(), v),
+    }
+}
+
+/// The instant the RPO query returns.
+fn newest_instant(db: &Path, q: &str) -> Result<Timestamp, String> {
+    let (ok, value) = query(db, q, None);
+    if !ok {
+        return Err(format!("the RPO query returned {value}"));
+    }
+    value
+        .parse::<Timestamp>()
+        .map_err(|e| format!("the RPO query returned {value:?}, not an instant: {e}"))
+}
+
+#[derive(clap::Args)]
+pub struct PostureArgs {
+    /// Only this environment [default: every environment with a pin].
+    #[arg(long, value_parser = crate::parse::<EnvName>)]
+    env: Option<EnvName>,
+    /// Judge as of this instant instead of now.
+    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    at: Option<Timestamp>,
+}
+
+#[derive(Serialize)]
+struct PostureView {
+    at: String,
+    in_policy: bool,
+    environments: Vec<EnvView>,
+}
+
+#[derive(Serialize)]
+struct EnvView {
+    env: String,
+    class: String,
+    in_policy: bool,
+    rpo_secs: Option<u64>,
+    rto_secs: Option<u64>,
+    drill_interval_secs: Option<u64>,
+    snapshot_age_secs: Option<u64>,
+    drill_age_secs: Option<u64>,
+    measured_rto_millis: Option<u64>,
+    last_drill_failed: bool,
+    pins: u64,
+    pins_with_position: u64,
+    pins_without_snapshot: Vec<u64>,
+    pins_without_snapshot_count: u64,
+    findings: Vec<String>,
+}
+
+fn age_against(age: Option<u64>, target: Option<u64>) -> String {
+    let shown = age.map_or_else(
+        || "none".to_owned(),
+        |a| format!("{} old", human(Duration::from_secs(a))),
+    );
+    match target {
+        Some(t) => format!("{shown} (target {})", human(Duration::from_secs(t))),
+        None => format!("{shown} (best effort)"),
+    }
+}
+
+pub async fn posture(
+    args: &PostureArgs,
+    server: &crate::client::Connection,
+    format: Format,
+) -> Outcome {
+    let mut client = crate::client::connect(server).await?;
+    let report = client
+        .get_posture(pb::GetPostureRequest {
+            env: args
+                .env
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            at: args.at.map(wire_time),
+        })
+        .await?
+        .into_inner();
+    let environments: Vec<EnvView> = report
+        .environments
+        .into_iter()
+        .map(|e| EnvView {
+            in_policy: e.findings.is_empty(),
+            env: e.env,
+            class: e.class,
+            rpo_secs: e.rpo_secs,
+            rto_secs: e.rto_secs,
+            drill_interval_secs: e.drill_interval_secs,
+            snapshot_age_secs: e.snapshot_age_secs,
+            drill_age_secs: e.drill_age_secs,
+            measured_rto_millis: e.measured_rto_millis,
+            last_drill_failed: e.last_drill_failed,
+            pins: e.pins,
+            pins_with_position: e.pins_with_position,
+            pins_without_snapshot: e.pins_without_snapshot,
+            pins_without_snapshot_count: e.pins_without_snapshot_count,
+            findings: e.findings.into_iter().map(|f| f.message).collect(),
+        })
+        .collect();
+    let view = PostureView {
+        at: crate::view::time(report.at.as_ref()),
+        in_policy: environments.iter().all(|e| e.in_policy),
+        environments,
+    };
+    format.emit(&view, || {
+        let mut text = format!("recovery posture at {}\n", view.at);
+        if view.environments.is_empty() {
+            text.push_str("no environment has a pin yet\n");
+        }
+        for e in &view.environments {
+            text.push_str(&format!(
+                "\n{} ({}): {}\n",
+                e.env,
+                e.class,
+                if e.in_policy {
+                    "in policy"
+                } else {
+                    "OUT OF POLICY"
+                }
+            ));
+            text.push_str(&format!(
+                "  newest snapshot   {}\n",
+                age_against(e.snapshot_age_secs, e.rpo_secs)
+            ));
+            text.push_str(&format!(
+                "  newest drill      {}{}\n",
+                age_against(e.drill_age_secs, e.drill_interval_secs),
+                if e.last_drill_failed {
+                    "; the latest drill FAILED"
+                } else {
+                    ""
+                }
+            ));
+            let rto = e.measured_rto_millis.map_or_else(
+                || "not measured".to_owned(),
+                |m| human(Duration::from_millis(m)),
+            );
+            let target = e.rto_secs.map_or_else(
+                || "best effort".to_owned(),
+                |t| format!("target {}", human(Duration::from_secs(t))),
+            );
+            text.push_str(&format!("  restore time      {rto} ({target})\n"));
+            text.push_str(&format!(
+                "  pins with a DB position  {} of {}\n",
+                e.pins_with_position, e.pins
+            ));
+            if e.pins_without_snapshot_count > 0 {
+                let list: Vec<String> = e
+                    .pins_without_snapshot
+                    .iter()
+                    .map(|s| format!("#{s}"))
+                    .collect();
+                text.push_str(&format!(
+                    "  pins without a snapshot  {} ({}{})\n",
+                    e.pins_without_snapshot_count,
+                    list.join(" "),
+                    if e.pins_without_snapshot_count > list.len() as u64 {
+                        " and older"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            for f in &e.findings {
+                text.push_str(&format!("  ! {f}\n"));
+            }
+        }
+        text
+    });
+    if view.in_policy {
+        Ok(())
+    } else {
+        let out: Vec<&str> = view
+            .environments
+            .iter()
+            .filter(|e| !e.in_policy)
+            .map(|e| e.env.as_str())
+            .collect();
+        Err(Failure::new(
+            crate::exit::OUT_OF_POLICY,
+            anyhow::anyhow!("out of policy: {}", out.join(", ")),
+        ))
+    }
+}
