@@ -37,7 +37,7 @@ const BUCKETS: &[f64] = &[
 ];
 
 /// How often the posture gauges are recomputed.
-pub const POSTURE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+pub const POSTURE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Keeps the posture gauges current, until the registry stops.
 pub async fn posture(registry: std::sync::Arc<crate::registry::Registry>) {

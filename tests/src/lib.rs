@@ -7,6 +7,7 @@
 
 pub mod drill;
 pub mod faults;
+pub mod litestream;
 pub mod remote;
 pub mod s3;
 pub mod tlog;

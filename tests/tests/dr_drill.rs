@@ -8,23 +8,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
+use stackpin_tests::litestream::{litestream, replicate};
 use stackpin_tests::world::World;
-
-fn litestream() -> PathBuf {
-    if let Some(p) = std::env::var_os("STACKPIN_LITESTREAM") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/litestream");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("litestream")
-    }
-}
 
 /// The newest row's release in a SQLite database (python3's sqlite3).
 fn newest_release(db: &Path) -> String {
@@ -36,29 +25,6 @@ fn newest_release(db: &Path) -> String {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// A writer that inserts a row every 50 ms recording the live release, read
-/// from a file the test updates right after each pin.
-const WRITER: &str = r#"
-import sqlite3, sys, time, os
-db, live, stop = sys.argv[1], sys.argv[2], sys.argv[3]
-c = sqlite3.connect(db, isolation_level=None)
-c.execute("pragma journal_mode=wal")
-c.execute("create table if not exists rows (id integer primary key, at text, release text)")
-while not os.path.exists(stop):
-    release = open(live).read().strip()
-    c.execute("insert into rows (at, release) values (strftime('%Y-%m-%dT%H:%M:%fZ','now'), ?)", (release,))
-    time.sleep(0.05)
-"#;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn now() -> String {
@@ -87,32 +53,7 @@ fn litestream_and_stackpin_restore_the_same_moment() {
     let (db, live, stop) = (dir.join("app.db"), dir.join("live"), dir.join("stop"));
     let replica = format!("file://{}", dir.join("replica").display());
     std::fs::write(&live, "none").unwrap();
-    let writer = Killed(
-        Command::new("python3")
-            .arg("-c")
-            .arg(WRITER)
-            .arg(&db)
-            .arg(&live)
-            .arg(&stop)
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let _replicating = Killed(
-        Command::new(litestream())
-            .args(["replicate"])
-            .arg(&db)
-            .arg(&replica)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start litestream ({}): {e}; run tests/run",
-                    litestream().display()
-                )
-            }),
-    );
+    let (writer, _replicating) = replicate(&db, &live, &stop, &replica);
     std::thread::sleep(Duration::from_secs(1));
 
     // Pin each release for ~3 s; remember an instant in the middle of each.

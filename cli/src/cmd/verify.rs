@@ -232,13 +232,15 @@ fn print_report(report: &Report, source: &str, format: Format) {
     };
     format.emit(&view, || {
         let mut out = format!(
-            "audited {source}\nentries      {} (checkpoint covers {})\npublishes    {}\npins         {} in {} environment(s)\nkey changes  {}\nblobs        {} re-hashed\n",
+            "audited {source}\nentries      {} (checkpoint covers {})\npublishes    {}\npins         {} in {} environment(s)\nkey changes  {}\nsnapshots    {}\ndrills       {}\nblobs        {} re-hashed\n",
             report.entries,
             report.checkpoint_size,
             report.publishes,
             report.pins,
             report.environments,
             report.key_changes,
+            report.snapshots,
+            report.drills,
             report.blobs_checked
         );
         if report.tiles_checked > 0 {

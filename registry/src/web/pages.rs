@@ -164,6 +164,10 @@ pub fn overview(registry: &Registry, q: &Query) -> Result<Reply> {
     let after = q.get("after").map(env_name).transpose()?;
     let (pins, next) = registry.environments(after.as_ref(), PAGE)?;
     let cp = registry.checkpoint()?;
+    let mut postures = Vec::with_capacity(pins.len());
+    for p in &pins {
+        postures.push(registry.posture(Some(&p.entry.env), None)?.pop());
+    }
     let body = html! {
         p { "The log holds " (cp.size) " entries. " a href="/log" { "The log and its checkpoint" } "." }
         @if pins.is_empty() && after.is_none() {
@@ -176,9 +180,10 @@ pub fn overview(registry: &Registry, q: &Query) -> Result<Reply> {
                     th scope="col" { "Digest" } th scope="col" { "Live since" }
                     th scope="col" { "Pinned by" } th scope="col" { "DB position" }
                     th scope="col" { "Pins" } th scope="col" { "Last pin" }
+                    th scope="col" { "Recovery posture" }
                 } }
                 tbody {
-                    @for p in &pins {
+                    @for (p, posture) in pins.iter().zip(&postures) {
                         tr {
                             th scope="row" { a href={ "/env/" (p.entry.env) } { (p.entry.env) } }
                             td { a href=(pin_href(p)) { (p.entry.release_id) } }
@@ -188,6 +193,7 @@ pub fn overview(registry: &Registry, q: &Query) -> Result<Reply> {
                             td { (position(p)) }
                             td.num { (p.entry.seq) }
                             td { (ago(p.entry.recorded_at)) }
+                            td { (posture_cell(posture.as_ref())) }
                         }
                     }
                 }
@@ -198,6 +204,22 @@ pub fn overview(registry: &Registry, q: &Query) -> Result<Reply> {
         }
     };
     Ok(page("Environments", &body))
+}
+
+/// An environment's recovery posture, as `stackpin posture` judges it:
+/// its class and either "in policy" or each target missed.
+fn posture_cell(p: Option<&stackpin_core::posture::Posture>) -> Markup {
+    let Some(p) = p else {
+        return html! {};
+    };
+    html! {
+        @if p.in_policy() {
+            (p.targets.class) ": in policy"
+        } @else {
+            strong { (p.targets.class) ": out of policy" }
+            ul { @for f in &p.findings { li { (f.message) } } }
+        }
+    }
 }
 
 /// `GET /env/<E>`: the timeline, the question, and the pins as a table.
