@@ -716,6 +716,10 @@ fn snapshot_tag_hashes_a_snapshot_larger_than_its_read_buffer() {
     );
     let tag: serde_json::Value = serde_json::from_slice(&w.read("snap.db.stackpin.json")).unwrap();
     assert_eq!(tag["snapshot_sha256"], out["snapshot_sha256"]);
+    // The snapshot entry records the same size and digest.
+    assert_eq!(out["entry"]["sha256"], out["snapshot_sha256"]);
+    assert_eq!(out["entry"]["size"], body.len());
+    assert_eq!(tag["log_index"], out["index"]);
 }
 
 #[test]

@@ -606,6 +606,9 @@ struct Tagged {
     recorded: crate::cmd::evidence::Shown,
     #[serde(skip_serializing_if = "Option::is_none")]
     tag_file: Option<String>,
+    /// The tag written beside the file, as earlier versions printed it.
+    #[serde(flatten)]
+    tag: Option<SnapshotTag>,
 }
 
 /// The digest of the file at `path`, read in 1 MiB pieces: a database
@@ -687,7 +690,7 @@ pub async fn snapshot_tag(
             "the registry recorded another kind of entry",
         ));
     };
-    let tag_file = match (&args.snapshot, sha256) {
+    let (tag_file, tag) = match (&args.snapshot, sha256) {
         (Some(file), Some(sha)) => {
             let tag = SnapshotTag {
                 snapshot: file.display().to_string(),
@@ -704,12 +707,16 @@ pub async fn snapshot_tag(
             let path = PathBuf::from(path);
             let json = serde_json::to_vec_pretty(&tag).context("encoding the tag")?;
             write_atomic(&path, &json)?;
-            Some(path.display().to_string())
+            (Some(path.display().to_string()), Some(tag))
         }
-        _ => None,
+        _ => (None, None),
     };
     let line = crate::cmd::evidence::snapshot_line(entry);
-    let out = Tagged { recorded, tag_file };
+    let out = Tagged {
+        recorded,
+        tag_file,
+        tag,
+    };
     format.emit(&out, || {
         let mut text = format!(
             "recorded {line}\nlog index  {} ({})\n",
