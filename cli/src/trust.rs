@@ -321,6 +321,22 @@ pub(crate) fn hashes(list: &[bytes::Bytes], what: &str) -> Outcome<Vec<Hash>> {
         .collect()
 }
 
+/// Checks that `entry` is entry `index` of the tree `cp` signs, by the
+/// inclusion `proof` the registry sent with it.
+///
+/// # Errors
+/// Verification failed (exit 5).
+pub fn verify_included(
+    cp: &Checkpoint,
+    index: u64,
+    entry: &[u8],
+    proof: &[bytes::Bytes],
+) -> Outcome {
+    let proof = hashes(proof, "entry")?;
+    merkle::verify_inclusion(&merkle::leaf_hash(entry), index, cp.size, &proof, &cp.root)
+        .map_err(|e| Failure::verify(format!("entry {index} is not in the checkpoint: {e}")))
+}
+
 /// Fetches the registry's current checkpoint and accepts it as
 /// [`accept_checkpoint`] does; also returns the note as sent.
 pub async fn latest_checkpoint(

@@ -222,7 +222,7 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
             .iter()
             .map(|s| s["name"].as_str().unwrap())
             .collect();
-        assert_eq!(steps[..2], ["litestream restore", "stackpin restore"]);
+        assert_eq!(steps[..2], ["stackpin restore", "litestream restore"]);
     }
     // Nothing is left behind in the temporary folder.
     let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())

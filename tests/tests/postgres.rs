@@ -5,6 +5,10 @@
 //! start (no refused setting), promote, and hold exactly the rows written
 //! up to the instant, under the release `restore` paired with it.
 //!
+//! `stackpin drill run --pg-base` then performs such a recovery itself,
+//! checks it and records the drill; without the WAL it fails and records
+//! that.
+//!
 //! The servers run as the unprivileged `postgres` user (initdb refuses
 //! root) on unix sockets in a temporary folder; nothing listens on TCP.
 
@@ -341,4 +345,111 @@ fn printed_postgresql_settings_recover_a_real_server_by_time_and_by_lsn() {
             copy.stop();
         }
     }
+
+    // `stackpin drill run` does the same recovery itself, checks the
+    // result and records the drill (as postgres: PostgreSQL refuses root).
+    let trusted = dir.join("trusted");
+    std::fs::create_dir(&trusted).unwrap();
+    for e in std::fs::read_dir(world.dir.path().join("trusted")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), trusted.join(e.file_name())).unwrap();
+    }
+    let empty_archive = dir.join("empty-archive");
+    std::fs::create_dir(&empty_archive).unwrap();
+    chown_postgres(dir);
+    let drill = |archive: &Path, at: &str| {
+        let stackpin = stackpin_tests::bin("stackpin");
+        let args = [
+            "--state-dir",
+            dir.join("state").to_str().unwrap(),
+            "--output",
+            "json",
+            "drill",
+            "run",
+            "--env",
+            "pg",
+            "--pg-base",
+            base.to_str().unwrap(),
+            "--wal-archive",
+            archive.to_str().unwrap(),
+            "--pg-bin",
+            BIN,
+            "--at",
+            at,
+            "--check",
+            "SELECT count(*) FROM rows WHERE release = '{release_id}' => 100",
+            "--trusted-keys",
+            trusted.to_str().unwrap(),
+            "--log-key",
+            &world.vkey,
+        ]
+        .map(str::to_owned);
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&stackpin);
+            c
+        } else {
+            Command::new(&stackpin)
+        };
+        let out = command
+            .current_dir(dir)
+            .env("STACKPIN_SERVER", world.server.url())
+            .env("TMPDIR", dir)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+    let (release, at, _) = &targets[1];
+    let (code, stdout, stderr) = drill(&archive, at);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let ran: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let entry = &ran["entry"];
+    assert_eq!(entry["driver"], "postgresql");
+    assert_eq!(entry["passed"], true, "{ran}");
+    assert_eq!(entry["live"]["release_id"], release.as_str());
+    let checks: Vec<(&str, bool)> = entry["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["passed"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            ("artifact restored and verified", true),
+            ("recovered and promoted", true),
+            (
+                "SELECT count(*) FROM rows WHERE release = '{release_id}' => 100",
+                true
+            ),
+        ]
+    );
+    assert!(stderr.contains("PostgreSQL recovery: done"), "{stderr}");
+    // Without the WAL, recovery cannot reach the target: a failed drill,
+    // recorded as failed, with PostgreSQL's reason.
+    let (code, stdout, stderr) = drill(&empty_archive, at);
+    assert_eq!(code, Some(8), "{stdout}\n{stderr}");
+    let ran: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(ran["entry"]["passed"], false, "{ran}");
+    assert!(
+        ran["entry"]["failure"]
+            .as_str()
+            .unwrap()
+            .contains("PostgreSQL"),
+        "{ran}"
+    );
+    // Nothing of either drill is left in the temporary folder.
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("stackpin-drill-")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

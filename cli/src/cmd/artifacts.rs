@@ -119,12 +119,12 @@ pub struct Restored {
     plan: bool,
     #[serde(flatten)]
     pub resolution: ResolveView,
-    database: DbTarget,
+    pub(crate) database: DbTarget,
 }
 
 /// The database restore target matching the chosen instant or position.
 #[derive(Serialize)]
-struct DbTarget {
+pub(crate) struct DbTarget {
     /// The instant to restore the database to, when the query was by time.
     #[serde(skip_serializing_if = "Option::is_none")]
     time: Option<String>,
@@ -132,7 +132,7 @@ struct DbTarget {
     #[serde(skip_serializing_if = "Option::is_none")]
     litestream: Option<String>,
     /// PostgreSQL recovery settings.
-    postgres: Vec<String>,
+    pub(crate) postgres: Vec<String>,
     /// Exact targets recorded when this artifact went live: restoring to one
     /// of them gives the database as it was at that activation.
     at_activation: Vec<String>,
@@ -367,6 +367,7 @@ impl RestoreArgs {
         out: PathBuf,
         trusted_keys: PathBuf,
         log_key: crate::trust::LogKey,
+        wal_archive: Option<&Path>,
     ) -> Self {
         Self {
             resolve: ResolveArgs::at(env, at),
@@ -376,7 +377,10 @@ impl RestoreArgs {
             plan: false,
             litestream_db: "<database>".into(),
             litestream_replica: "<replica-url>".into(),
-            wal_archive: "/path/to/wal_archive".into(),
+            wal_archive: wal_archive.map_or_else(
+                || "/path/to/wal_archive".into(),
+                |p| p.display().to_string(),
+            ),
             max_age: None,
         }
     }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use stackpin_core::entry::{DrillCheck, DrillEntry, DrillStep, Driver, Entry, SnapshotEntry};
 use stackpin_core::ids::EnvName;
-use stackpin_core::merkle;
 use stackpin_core::note::Checkpoint;
 use stackpin_core::posture::human;
 use stackpin_core::time::Timestamp;
@@ -82,20 +81,7 @@ fn open(
         Some(key) => {
             let cp = Checkpoint::open(checkpoint, key)
                 .map_err(|e| Failure::verify(format!("the answer's checkpoint: {e}")))?;
-            let proof = crate::trust::hashes(&proved.proof, "entry")?;
-            merkle::verify_inclusion(
-                &merkle::leaf_hash(&proved.entry),
-                proved.index,
-                cp.size,
-                &proof,
-                &cp.root,
-            )
-            .map_err(|e| {
-                Failure::verify(format!(
-                    "entry {} is not in the checkpoint: {e}",
-                    proved.index
-                ))
-            })?;
+            crate::trust::verify_included(&cp, proved.index, &proved.entry, &proved.proof)?;
             true
         }
     };
@@ -125,35 +111,59 @@ fn checked(shown: &Shown) -> &'static str {
     }
 }
 
-/// Records a snapshot; the entry the registry wrote, opened.
-pub async fn record_snapshot(
+/// Sends a record request (with the run's request id, retried as pins
+/// are) and opens the entry the registry answers with.
+async fn send<M, F, Fut>(
     server: &crate::client::Connection,
     log_key: &crate::trust::LogKey,
-    message: pb::RecordSnapshotRequest,
-) -> Outcome<Shown> {
+    what: &str,
+    message: impl Fn(String) -> M,
+    call: F,
+) -> Outcome<Shown>
+where
+    M: Clone,
+    F: Fn(crate::client::Client, tonic::Request<M>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<pb::RecordedEntry>, tonic::Status>>,
+{
     let key = optional_key(log_key)?;
     let client = crate::client::connect(server).await?;
     let id = server.request_id()?;
-    let message = pb::RecordSnapshotRequest {
-        request_id: id.clone(),
-        ..message
-    };
+    let message = message(id.clone());
     let recorded = server
-        .retrying("snapshot", || {
-            let mut client = client.clone();
-            let request = crate::client::Connection::request(&id, message.clone());
-            async move { client.record_snapshot(request).await }
+        .retrying(what, || {
+            call(
+                client.clone(),
+                crate::client::Connection::request(&id, message.clone()),
+            )
         })
         .await?
         .into_inner();
     let proved = recorded
         .entry
         .ok_or_else(|| Failure::verify("the registry answered without the entry"))?;
-    let shown = open(key.as_ref(), &recorded.checkpoint, &proved)?;
+    open(key.as_ref(), &recorded.checkpoint, &proved)
+}
+
+/// Records a snapshot; the entry the registry wrote, opened.
+pub async fn record_snapshot(
+    server: &crate::client::Connection,
+    log_key: &crate::trust::LogKey,
+    message: pb::RecordSnapshotRequest,
+) -> Outcome<Shown> {
+    let (env, location) = (message.env.clone(), message.location.clone());
+    let shown = send(
+        server,
+        log_key,
+        "snapshot",
+        |request_id| pb::RecordSnapshotRequest {
+            request_id,
+            ..message.clone()
+        },
+        |mut c, r| async move { c.record_snapshot(r).await },
+    )
+    .await?;
     match &shown.entry {
-        Entry::Snapshot(s) if s.env.as_str() == message.env && s.location == message.location => {
-            Ok(shown)
-        }
+        Entry::Snapshot(s) if s.env.as_str() == env && s.location == location => Ok(shown),
         _ => Err(Failure::verify(format!(
             "entry {} is not the snapshot asked for",
             shown.index
@@ -393,11 +403,8 @@ async fn record_drill(
     log_key: &crate::trust::LogKey,
     d: &Drill,
 ) -> Outcome<Shown> {
-    let key = optional_key(log_key)?;
-    let client = crate::client::connect(server).await?;
-    let id = server.request_id()?;
     let passed = d.failure.is_none() && d.checks.iter().all(|c| c.passed);
-    let message = pb::RecordDrillRequest {
+    let message = |request_id| pb::RecordDrillRequest {
         env: d.env.to_string(),
         driver: d.driver.to_string(),
         snapshot: d.snapshot,
@@ -424,20 +431,12 @@ async fn record_drill(
         passed,
         failure: d.failure.clone().unwrap_or_default(),
         started_at: Some(wire_time(d.started_at)),
-        request_id: id.clone(),
+        request_id,
     };
-    let recorded = server
-        .retrying("drill", || {
-            let mut client = client.clone();
-            let request = crate::client::Connection::request(&id, message.clone());
-            async move { client.record_drill(request).await }
-        })
-        .await?
-        .into_inner();
-    let proved = recorded
-        .entry
-        .ok_or_else(|| Failure::verify("the registry answered without the entry"))?;
-    let shown = open(key.as_ref(), &recorded.checkpoint, &proved)?;
+    let shown = send(server, log_key, "drill", message, |mut c, r| async move {
+        c.record_drill(r).await
+    })
+    .await?;
     match &shown.entry {
         Entry::Drill(e) if e.env == d.env && e.target == d.target && e.passed == passed => {
             Ok(shown)
@@ -469,7 +468,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
     /// A query to run on the restored database (repeatable). It passes
-    /// when it returns a row whose first value is not NULL, 0 or empty;
+    /// when it returns a row whose first value is not NULL, 0, f (false)
+    /// or empty;
     /// `QUERY => VALUE` passes when that value is VALUE. `{release_id}`
     /// and `{digest}` stand for the artifact restored.
     #[arg(long, value_name = "QUERY")]
@@ -478,6 +478,18 @@ pub struct RunArgs {
     /// restored database: the drill's target minus it is the measured RPO.
     #[arg(long, value_name = "QUERY")]
     rpo_query: Option<String>,
+    /// A PostgreSQL base backup folder (`pg_basebackup -D`) to recover a
+    /// copy of, with --wal-archive, on a unix socket in a temporary folder.
+    /// PostgreSQL refuses root: run the drill as an unprivileged user.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["replica", "file"])]
+    pg_base: Option<PathBuf>,
+    /// The folder the WAL was archived to (the `restore_command` source).
+    #[arg(long, value_name = "DIR")]
+    wal_archive: Option<PathBuf>,
+    /// Where the PostgreSQL programs are [default: `pg_config --bindir`,
+    /// else PATH].
+    #[arg(long, value_name = "DIR")]
+    pg_bin: Option<PathBuf>,
     /// The litestream binary.
     #[arg(long, env = "STACKPIN_LITESTREAM", default_value = "litestream")]
     litestream: PathBuf,
@@ -533,6 +545,52 @@ impl Steps {
 enum Source {
     Litestream(String),
     File(PathBuf),
+    Postgres { base: PathBuf, archive: PathBuf },
+}
+
+impl Source {
+    fn driver(&self) -> Driver {
+        match self {
+            Source::Litestream(_) => Driver::Litestream,
+            Source::File(_) => Driver::Sqlite,
+            Source::Postgres { .. } => Driver::Postgresql,
+        }
+    }
+}
+
+/// The restored database, as the checks query it.
+enum Db {
+    Sqlite(PathBuf),
+    /// A recovered PostgreSQL cluster on a unix socket in the work folder.
+    Postgres(Cluster),
+}
+
+impl Db {
+    /// The first value of the first row `q` returns (`None` for NULL).
+    fn first_value(&self, q: &str) -> Result<Option<String>, String> {
+        match self {
+            Db::Sqlite(path) => sqlite_first_value(path, q),
+            Db::Postgres(c) => c.first_value(q),
+        }
+    }
+
+    /// Runs `q`; whether it passes and what it returned.
+    fn check(&self, q: &str, expect: Option<&str>) -> (bool, String) {
+        match (self.first_value(q), expect) {
+            (Err(e), _) => (false, e),
+            (Ok(v), Some(want)) => {
+                let got = v.unwrap_or_else(|| "NULL".into());
+                (got == want, format!("{got} (expected {want})"))
+            }
+            (Ok(None), None) => (false, "NULL".into()),
+            (Ok(Some(v)), None) => (v != "0" && !v.is_empty() && v != "f", v),
+        }
+    }
+}
+
+/// Whether this process runs as root (PostgreSQL refuses to).
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
 
 async fn run(
@@ -562,52 +620,91 @@ async fn run(
         None => None,
         Some(index) => Some(snapshot_entry(server, &args.log_key, index, &args.env).await?),
     };
-    let source = match (&args.replica, &args.file, &snapshot) {
-        (Some(url), _, _) => Source::Litestream(url.clone()),
-        (None, Some(path), _) => Source::File(path.clone()),
-        (None, None, Some(s)) => match s.driver {
+    let source = match (&args.replica, &args.file, &args.pg_base, &snapshot) {
+        (Some(url), _, _, _) => Source::Litestream(url.clone()),
+        (None, Some(path), _, _) => Source::File(path.clone()),
+        (None, None, Some(base), _) => {
+            let Some(archive) = &args.wal_archive else {
+                return Err(Failure::invalid(
+                    "--pg-base needs --wal-archive: the folder the WAL was archived to",
+                ));
+            };
+            Source::Postgres {
+                base: base.clone(),
+                archive: archive.clone(),
+            }
+        }
+        (None, None, None, Some(s)) => match s.driver {
             Driver::Litestream => Source::Litestream(s.location.clone()),
             Driver::Sqlite => Source::File(PathBuf::from(&s.location)),
-            other => {
+            Driver::Postgresql => match &args.wal_archive {
+                Some(archive) => Source::Postgres {
+                    base: PathBuf::from(&s.location),
+                    archive: archive.clone(),
+                },
+                None => {
+                    return Err(Failure::invalid(format!(
+                        "snapshot {} is a PostgreSQL base backup: pass --wal-archive DIR too",
+                        args.snapshot.unwrap_or_default()
+                    )));
+                }
+            },
+            Driver::Other => {
                 return Err(Failure::invalid(format!(
-                    "snapshot {} is a {other} backup: `drill run` restores Litestream replicas \
-                     and SQLite files; record a drill done by other means with `stackpin drill \
-                     record`",
+                    "snapshot {} is an `other` backup, which `drill run` cannot restore; record \
+                     a drill done by other means with `stackpin drill record`",
                     args.snapshot.unwrap_or_default()
                 )));
             }
         },
-        (None, None, None) => {
+        (None, None, None, None) => {
             return Err(Failure::invalid(
                 "say what to restore: --replica URL (Litestream), --file PATH (a SQLite \
-                 snapshot) or --snapshot INDEX (a recorded snapshot)",
+                 snapshot), --pg-base DIR --wal-archive DIR (PostgreSQL) or --snapshot INDEX \
+                 (a recorded snapshot)",
             ));
         }
     };
-    let target = match (args.at, &snapshot) {
-        (Some(at), _) => at,
-        (None, Some(s)) => s.db_time,
-        (None, None) => match &source {
-            Source::Litestream(_) => {
-                return Err(Failure::invalid(
-                    "--at is needed: the instant to restore the replica to",
-                ));
-            }
-            Source::File(_) => Timestamp::now(),
-        },
+    let target = match (args.at, &snapshot, &source) {
+        (Some(at), _, _) => at,
+        (None, Some(s), _) => s.db_time,
+        (None, None, Source::File(_)) => Timestamp::now(),
+        (None, None, _) => {
+            return Err(Failure::invalid(
+                "--at is needed: the instant to restore the database to",
+            ));
+        }
     };
     if target > Timestamp::now() {
         return Err(Failure::invalid(format!("--at {target} is in the future")));
     }
-    let driver = match &source {
-        Source::Litestream(_) => Driver::Litestream,
-        Source::File(_) => Driver::Sqlite,
-    };
+    if let Source::Postgres { base, archive } = &source {
+        if is_root() {
+            return Err(Failure::invalid(
+                "PostgreSQL refuses to run as root: run `drill run` as the postgres user (or \
+                 any unprivileged user that can read the base backup and the archive)",
+            ));
+        }
+        for (flag, dir) in [("--pg-base", base), ("--wal-archive", archive)] {
+            if !dir.is_dir() {
+                return Err(Failure::invalid(format!(
+                    "{flag} {}: not a folder",
+                    dir.display()
+                )));
+            }
+        }
+        if !base.join("PG_VERSION").is_file() {
+            return Err(Failure::invalid(format!(
+                "--pg-base {}: not a PostgreSQL base backup (no PG_VERSION)",
+                base.display()
+            )));
+        }
+    }
+    let driver = source.driver();
     let work = tempfile::Builder::new()
         .prefix("stackpin-drill-")
         .tempdir()
         .map_err(|e| Failure::new(crate::exit::FAILURE, e))?;
-    let db = work.path().join("restored.db");
     let artifact = work.path().join("objectstack.json");
     let started_at = Timestamp::now();
     let clock = Instant::now();
@@ -618,40 +715,32 @@ async fn run(
     let mut results = Vec::new();
     let mut failure = None;
 
-    // 1. The database.
-    let step = match &source {
-        Source::Litestream(_) => "litestream restore",
-        Source::File(_) => "copy snapshot",
-    };
-    let t = steps.begin(step);
-    let restored = match &source {
-        Source::Litestream(url) => litestream_restore(&args.litestream, url, target, &db).await,
-        Source::File(path) => copy_snapshot(path, snapshot.as_ref(), &db),
-    };
-    steps.end(step, t, restored.is_ok());
-    if let Err(why) = restored {
-        failure = Some(why);
-    }
-
-    // 2. The artifact live at the same instant, verified as `restore` does.
+    // 1. The artifact live at the instant, verified as `restore` does (it
+    // also gives the PostgreSQL recovery settings `restore` prints).
     let t = steps.begin("stackpin restore");
+    let archive = match &source {
+        Source::Postgres { archive, .. } => Some(archive.as_path()),
+        _ => None,
+    };
     let restore = crate::cmd::artifacts::RestoreArgs::drill(
         args.env.clone(),
         target,
         artifact.clone(),
         args.trusted_keys.clone(),
         args.log_key.clone(),
+        archive,
     );
     let artifact_restored = crate::cmd::artifacts::restore_verified(&restore, server, state).await;
     steps.end("stackpin restore", t, artifact_restored.is_ok());
-    let (release_id, digest) = match &artifact_restored {
+    let (release_id, digest, settings) = match &artifact_restored {
         Ok(r) => (
             r.resolution.pin.release_id.clone(),
             r.resolution.pin.digest.clone(),
+            r.database.postgres.clone(),
         ),
         Err(e) => {
             failure.get_or_insert_with(|| format!("stackpin restore: {}", e.error));
-            (String::new(), String::new())
+            (String::new(), String::new(), Vec::new())
         }
     };
     results.push(DrillCheck {
@@ -664,14 +753,56 @@ async fn run(
         },
     });
 
+    // 2. The database at the same instant.
+    let step = match &source {
+        Source::Litestream(_) => "litestream restore",
+        Source::File(_) => "copy snapshot",
+        Source::Postgres { .. } => "PostgreSQL recovery",
+    };
+    let t = steps.begin(step);
+    let restored = match &source {
+        Source::Litestream(url) => {
+            let db = work.path().join("restored.db");
+            litestream_restore(&args.litestream, url, target, &db)
+                .await
+                .map(|()| Db::Sqlite(db))
+        }
+        Source::File(path) => {
+            let db = work.path().join("restored.db");
+            copy_snapshot(path, snapshot.as_ref(), &db).map(|()| Db::Sqlite(db))
+        }
+        Source::Postgres { base, .. } if failure.is_none() => {
+            Cluster::recover(args.pg_bin.as_deref(), base, work.path(), &settings)
+                .await
+                .map(Db::Postgres)
+        }
+        Source::Postgres { .. } => Err("not attempted: the artifact restore failed".into()),
+    };
+    steps.end(step, t, restored.is_ok());
+    let db = match restored {
+        Ok(db) => Some(db),
+        Err(why) => {
+            failure.get_or_insert(why);
+            None
+        }
+    };
+
     // 3. The database's own check, then the operator's.
     let mut rpo = None;
-    if failure.is_none() {
-        let t = steps.begin("PRAGMA integrity_check");
-        let check = query(&db, "PRAGMA integrity_check", Some("ok"));
-        steps.end("PRAGMA integrity_check", t, check.0);
+    if let (None, Some(db)) = (&failure, &db) {
+        let (name, q, want) = match db {
+            Db::Sqlite(_) => ("PRAGMA integrity_check", "PRAGMA integrity_check", "ok"),
+            Db::Postgres(_) => (
+                "recovered and promoted",
+                "SELECT pg_is_in_recovery()::text",
+                "false",
+            ),
+        };
+        let t = steps.begin(name);
+        let check = db.check(q, Some(want));
+        steps.end(name, t, check.0);
         results.push(DrillCheck {
-            name: "PRAGMA integrity_check".into(),
+            name: name.into(),
             passed: check.0,
             detail: check.1,
         });
@@ -681,7 +812,7 @@ async fn run(
                     .replace("{digest}", &digest)
             };
             let t = steps.begin(name);
-            let (passed, detail) = query(&db, &fill(q), expect.as_deref().map(fill).as_deref());
+            let (passed, detail) = db.check(&fill(q), expect.as_deref().map(fill).as_deref());
             steps.end(name, t, passed);
             results.push(DrillCheck {
                 name: name.clone(),
@@ -691,7 +822,7 @@ async fn run(
         }
         if let Some(q) = &args.rpo_query {
             let t = steps.begin("rpo query");
-            let newest = newest_instant(&db, q);
+            let newest = newest_instant(db, q);
             steps.end("rpo query", t, newest.is_ok());
             match newest {
                 Ok(newest) => {
@@ -707,6 +838,9 @@ async fn run(
         }
     }
     let rto = clock.elapsed();
+    if let Some(Db::Postgres(c)) = &db {
+        c.stop().await;
+    }
     if failure.is_none() && results.iter().any(|c| !c.passed) {
         failure = Some("a check failed".into());
     }
@@ -735,20 +869,7 @@ async fn run(
     }
     let kept = match &args.keep {
         Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .and_then(|()| {
-                    for f in [
-                        "restored.db",
-                        "objectstack.json",
-                        "objectstack.json.tlog-proof",
-                    ] {
-                        let from = work.path().join(f);
-                        if from.exists() {
-                            std::fs::copy(&from, dir.join(f))?;
-                        }
-                    }
-                    Ok(())
-                })
+            keep(work.path(), dir)
                 .map_err(|e| Failure::invalid(format!("--keep {}: {e}", dir.display())))?;
             Some(dir.display().to_string())
         }
@@ -800,6 +921,205 @@ async fn run(
             anyhow::anyhow!("the drill failed: {}", drill.failure.unwrap_or_default()),
         ))
     }
+}
+
+/// Copies what a drill restored (the database file or cluster folder, the
+/// artifact and its proof) from `work` into `dir`.
+fn keep(work: &Path, dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for name in [
+        "restored.db",
+        "objectstack.json",
+        "objectstack.json.tlog-proof",
+        "pgdata",
+    ] {
+        let from = work.join(name);
+        if from.is_dir() {
+            copy_tree(&from, &dir.join(name))?;
+        } else if from.exists() {
+            std::fs::copy(&from, dir.join(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the folder `from` to `to`, recursively; sockets and other
+/// special files are skipped.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let kind = e.file_type()?;
+        let target = to.join(e.file_name());
+        if kind.is_dir() {
+            copy_tree(&e.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(e.path(), &target)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A PostgreSQL cluster recovered from a base backup into a drill's work
+/// folder, listening only on a unix socket there.
+struct Cluster {
+    bin: PathBuf,
+    data: PathBuf,
+    sock: PathBuf,
+}
+
+/// The port that names the cluster's socket file (nothing listens on TCP).
+const PG_PORT: &str = "5432";
+
+impl Cluster {
+    /// Copies `base` into `work`, adds the recovery `settings` exactly as
+    /// `stackpin restore` prints them (plus the socket and no TCP), starts
+    /// it and waits until it has recovered to the target and promoted.
+    async fn recover(
+        bin: Option<&Path>,
+        base: &Path,
+        work: &Path,
+        settings: &[String],
+    ) -> Result<Self, String> {
+        let bin = match bin {
+            Some(b) => b.to_owned(),
+            None => pg_bindir().await?,
+        };
+        let data = work.join("pgdata");
+        let sock = work.join("sock");
+        copy_tree(base, &data).map_err(|e| format!("copying {}: {e}", base.display()))?;
+        std::fs::create_dir_all(&sock).map_err(|e| e.to_string())?;
+        // PostgreSQL refuses a data folder others can read.
+        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| e.to_string())?;
+        for stale in ["postmaster.pid", "standby.signal"] {
+            let _ = std::fs::remove_file(data.join(stale));
+        }
+        let mut conf = format!(
+            "\n# stackpin drill\nlisten_addresses = ''\nunix_socket_directories = '{}'\nport = {PG_PORT}\n",
+            sock.display()
+        );
+        for line in settings {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| f.write_all(conf.as_bytes()))
+            .map_err(|e| format!("writing the recovery settings: {e}"))?;
+        std::fs::write(data.join("recovery.signal"), "").map_err(|e| e.to_string())?;
+        let cluster = Self { bin, data, sock };
+        let log = work.join("postgresql.log");
+        let started = tokio::process::Command::new(cluster.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&cluster.data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "600", "start"])
+            .output()
+            .await
+            .map_err(|e| format!("cannot run pg_ctl from {}: {e}", cluster.bin.display()))?;
+        let log_tail = || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines()
+                .rev()
+                .find(|l| l.contains("FATAL") || l.contains("ERROR"))
+                .or_else(|| text.lines().last())
+                .unwrap_or("no log")
+                .to_owned()
+        };
+        if !started.status.success() {
+            return Err(format!("PostgreSQL did not start: {}", log_tail()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            match cluster.first_value("SELECT pg_is_in_recovery()::text") {
+                Ok(Some(v)) if v == "false" => return Ok(cluster),
+                _ if Instant::now() > deadline => {
+                    cluster.stop().await;
+                    return Err(format!(
+                        "PostgreSQL did not finish recovery in 10 minutes: {}",
+                        log_tail()
+                    ));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+            if !cluster.data.join("postmaster.pid").exists() {
+                return Err(format!(
+                    "PostgreSQL stopped during recovery: {}",
+                    log_tail()
+                ));
+            }
+        }
+    }
+
+    fn first_value(&self, q: &str) -> Result<Option<String>, String> {
+        let out = std::process::Command::new(self.bin.join("psql"))
+            .arg("-h")
+            .arg(&self.sock)
+            .args([
+                "-p",
+                PG_PORT,
+                "-d",
+                "postgres",
+                "-XAtq",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                q,
+            ])
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .map_err(|e| format!("cannot run psql: {e}"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(err.trim().to_owned());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        match text.lines().next() {
+            None => Err("no rows".into()),
+            Some(line) => {
+                let first = line.split('|').next().unwrap_or_default();
+                Ok((!first.is_empty()).then(|| first.to_owned()))
+            }
+        }
+    }
+
+    async fn stop(&self) {
+        let _ = tokio::process::Command::new(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output()
+            .await;
+    }
+}
+
+/// Where the PostgreSQL programs are: `pg_config --bindir`, else the
+/// folder of `pg_ctl` on PATH.
+async fn pg_bindir() -> Result<PathBuf, String> {
+    if let Ok(out) = tokio::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .await
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("pg_ctl").exists() {
+            return Ok(dir);
+        }
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .find(|d| d.join("pg_ctl").exists())
+        .ok_or_else(|| {
+            "cannot find pg_ctl: pass --pg-bin DIR (e.g. /usr/lib/postgresql/15/bin)".to_owned()
+        })
 }
 
 /// The snapshot entry at `index`, verified, which must be of `env`.
@@ -915,13 +1235,11 @@ fn copy_snapshot(path: &Path, entry: Option<&SnapshotEntry>, db: &Path) -> Resul
     Ok(())
 }
 
-/// Runs `q` on the database; whether it passes and what it returned.
-fn query(db: &Path, q: &str, expect: Option<&str>) -> (bool, String) {
+/// The first value of the first row `q` returns on a SQLite file.
+fn sqlite_first_value(db: &Path, q: &str) -> Result<Option<String>, String> {
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
-    let conn = match rusqlite::Connection::open_with_flags(db, flags) {
-        Ok(c) => c,
-        Err(e) => return (false, format!("cannot open the restored database: {e}")),
-    };
+    let conn = rusqlite::Connection::open_with_flags(db, flags)
+        .map_err(|e| format!("cannot open the restored database: {e}"))?;
     let first = conn.query_row(q, [], |row| {
         Ok(match row.get_ref(0)? {
             rusqlite::types::ValueRef::Null => None,
@@ -931,24 +1249,20 @@ fn query(db: &Path, q: &str, expect: Option<&str>) -> (bool, String) {
             rusqlite::types::ValueRef::Blob(b) => Some(format!("{} bytes", b.len())),
         })
     });
-    match (first, expect) {
-        (Err(rusqlite::Error::QueryReturnedNoRows), _) => (false, "no rows".into()),
-        (Err(e), _) => (false, e.to_string()),
-        (Ok(v), Some(want)) => {
-            let got = v.unwrap_or_else(|| "NULL".into());
-            (got == want, format!("{got} (expected {want})"))
-        }
-        (Ok(None), None) => (false, "NULL".into()),
-        (Ok(Some(v)), None) => (v != "0" && !v.is_empty(), v),
+    match first {
+        Err(rusqlite::Error::QueryReturnedNoRows) => Err("no rows".into()),
+        Err(e) => Err(e.to_string()),
+        Ok(v) => Ok(v),
     }
 }
 
 /// The instant the RPO query returns.
-fn newest_instant(db: &Path, q: &str) -> Result<Timestamp, String> {
-    let (ok, value) = query(db, q, None);
-    if !ok {
-        return Err(format!("the RPO query returned {value}"));
-    }
+fn newest_instant(db: &Db, q: &str) -> Result<Timestamp, String> {
+    let value = match db.first_value(q) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Err("the RPO query returned NULL".into()),
+        Err(e) => return Err(format!("the RPO query failed: {e}")),
+    };
     value
         .parse::<Timestamp>()
         .map_err(|e| format!("the RPO query returned {value:?}, not an instant: {e}"))

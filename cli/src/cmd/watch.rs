@@ -7,7 +7,6 @@
 
 use serde::Serialize;
 use stackpin_core::entry::Entry;
-use stackpin_core::merkle;
 use stackpin_core::note::Checkpoint;
 use stackpin_proto::v1 as pb;
 
@@ -117,20 +116,7 @@ pub async fn run(args: &WatchArgs, server: &crate::client::Connection, format: F
                         event.index
                     )));
                 }
-                let proof = crate::trust::hashes(&event.proof, "watched entry")?;
-                merkle::verify_inclusion(
-                    &merkle::leaf_hash(&event.entry),
-                    event.index,
-                    cp.size,
-                    &proof,
-                    &cp.root,
-                )
-                .map_err(|e| {
-                    Failure::verify(format!(
-                        "entry {} is not in the checkpoint: {e}",
-                        event.index
-                    ))
-                })?;
+                crate::trust::verify_included(&cp, event.index, &event.entry, &event.proof)?;
                 let entry = Entry::parse(event.index, &event.entry)
                     .map_err(|e| Failure::verify(e.to_string()))?;
                 show(&entry, event.index, cp.size, format)?;

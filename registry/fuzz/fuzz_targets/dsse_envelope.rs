@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
+use stackpin_core::signing::{self, PublicKey, TrustedKeys};
 
 static TRUSTED: LazyLock<TrustedKeys> = LazyLock::new(|| {
     let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);

@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stackpin_registry::log::{Entry, Log};
+use stackpin_core::entry::Entry;
+use stackpin_core::layout;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(entry) = Entry::parse(0, data) {
@@ -11,6 +12,6 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(again, entry);
     }
     let object = bytes::Bytes::copy_from_slice(data);
-    let parts = Log::split(&object);
-    assert_eq!(Log::join(&parts), object);
+    let parts = layout::split(&object);
+    assert_eq!(layout::join(&parts), object);
 });

@@ -6,10 +6,10 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use stackpin_registry::merkle::{self, MemoryTree};
-use stackpin_registry::note::NoteSigner;
-use stackpin_registry::proof::RestoreProof;
-use stackpin_registry::signing::TrustedKeys;
+use stackpin_core::merkle::{self, MemoryTree};
+use stackpin_core::note::NoteSigner;
+use stackpin_core::proof::RestoreProof;
+use stackpin_core::signing::TrustedKeys;
 
 static TREE: LazyLock<(MemoryTree, merkle::Hash)> = LazyLock::new(|| {
     let mut tree = MemoryTree::new();

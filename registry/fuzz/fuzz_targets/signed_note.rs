@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use stackpin_registry::note::{Checkpoint, NoteSigner, NoteVerifier};
+use stackpin_core::note::{Checkpoint, NoteSigner, NoteVerifier};
 
 static SIGNER: LazyLock<NoteSigner> = LazyLock::new(|| {
     NoteSigner::new("stackpin.local/log", ed25519_dalek::SigningKey::from_bytes(&[9; 32]))

@@ -1,15 +1,14 @@
-//! Every parser of user-typed text: times, names, digests, reasons, key
-//! ids, storage URLs; and of text from the network: tile paths,
+//! Every parser of user-typed text in the core crate: times, names,
+//! digests, reasons, key ids; and of text from the network: tile paths,
 //! add-checkpoint requests (a witness takes them from anyone), policies.
 //! Accepted names must never be able to reach a path.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stackpin_registry::digest::Digest;
-use stackpin_registry::ids::{EnvName, Reason, ReleaseId};
-use stackpin_registry::signing::KeyId;
-use stackpin_registry::storage::StorageUrl;
-use stackpin_registry::time::Timestamp;
+use stackpin_core::digest::Digest;
+use stackpin_core::ids::{EnvName, Reason, ReleaseId};
+use stackpin_core::signing::KeyId;
+use stackpin_core::time::Timestamp;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -27,8 +26,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = text.parse::<Reason>();
     let _ = KeyId::parse(text);
-    let _ = StorageUrl::parse(text);
-    if let Some(tile) = stackpin_registry::tiles::Tile::parse(text) {
+    if let Some(tile) = stackpin_core::tiles::Tile::parse(text) {
         assert_eq!(tile.path(), text, "only canonical tile paths parse");
     }
     if let Ok(req) = stackpin_core::witness::AddCheckpoint::parse(text) {

@@ -3,7 +3,7 @@
 //! its instant as this registry's timeline has it when the entry is
 //! committed, and the recovery posture they add up to.
 
-use stackpin_core::entry::{DrillCheck, DrillEntry, DrillStep, Driver, SnapshotEntry};
+use stackpin_core::entry::{DrillCheck, DrillEntry, DrillStep, Driver, Live, SnapshotEntry};
 use stackpin_core::posture::{self, Posture};
 use stackpin_core::state::State as _;
 
@@ -98,7 +98,65 @@ impl DrillRequest {
     }
 }
 
+/// The pin live in `env` at `at`, as the rules will check it.
+fn live_at(view: &crate::committer::View<'_>, env: &EnvName, at: Timestamp) -> Result<Live> {
+    view.live_at(env, at)?.ok_or_else(|| {
+        Error::from(
+            stackpin_core::state::Violation::NothingLive {
+                index: 0,
+                env: env.clone(),
+                at,
+            }
+            .to_error(),
+        )
+    })
+}
+
 impl Registry {
+    /// Records the entry `make` builds (from the batch's view, the
+    /// registry's clock and the request id), once per request id: a retry
+    /// whose earlier entry is `same` gets that entry's index.
+    async fn record_once(
+        &self,
+        request: Option<&str>,
+        what: &str,
+        same: impl Fn(&Entry) -> bool,
+        make: impl Fn(&crate::committer::View<'_>, Timestamp, &str) -> Result<Entry> + Send + 'static,
+    ) -> Result<u64> {
+        let claim = self.claim(request)?;
+        let again = |index: u64, entry: &Entry| {
+            if same(entry) {
+                Ok(index)
+            } else {
+                Err(reused(claim.as_ref().map_or("", |c| c.id()), index, entry))
+            }
+        };
+        if let Some((index, entry)) = self.earlier(claim.as_ref())? {
+            return again(index, &entry);
+        }
+        let shared = self.shared.clone();
+        let first = claim.as_ref().map(|c| c.id().to_owned());
+        let id = first.clone().unwrap_or_else(request_id);
+        let committed = self
+            .commit(Box::new(move |view| {
+                // Another replica may have recorded this request meanwhile.
+                if let Some(id) = &first
+                    && shared.index.by_request(id)?.is_some()
+                {
+                    return Ok(None);
+                }
+                make(view, shared.clock.now(), &id).map(Some)
+            }))
+            .await?;
+        match committed {
+            Some(index) => Ok(index),
+            None => match self.earlier(claim.as_ref())? {
+                Some((index, entry)) => again(index, &entry),
+                None => Err(Error::internal(format!("{what} produced no log entry"))),
+            },
+        }
+    }
+
     /// Records that a backup of `req.env` exists, paired with the pin live
     /// at its instant. A retry under the same request id returns the
     /// first entry.
@@ -113,7 +171,6 @@ impl Registry {
         request: Option<&str>,
     ) -> Result<u64> {
         req.check()?;
-        let claim = self.claim(request)?;
         let same = |entry: &Entry| {
             matches!(entry, Entry::Snapshot(s)
                 if s.env == req.env && s.driver == req.driver && s.location == req.location
@@ -121,61 +178,26 @@ impl Registry {
                     && s.db_position == req.db_position && s.size == req.size
                     && s.sha256 == req.sha256 && s.actor == actor)
         };
-        if let Some((index, entry)) = self.earlier(claim.as_ref())? {
-            return if same(&entry) {
-                Ok(index)
-            } else {
-                Err(reused(claim.as_ref().map_or("", |c| c.id()), index, &entry))
-            };
-        }
-        let shared = self.shared.clone();
-        let first = claim.as_ref().map(|c| c.id().to_owned());
-        let id = first.clone().unwrap_or_else(request_id);
-        let (req2, actor2) = (req.clone(), actor.to_owned());
-        let committed = self
-            .commit(Box::new(move |view| {
-                if let Some(id) = &first
-                    && shared.index.by_request(id)?.is_some()
-                {
-                    return Ok(None);
-                }
-                let now = shared.clock.now();
-                let at = req2.db_time.unwrap_or(now);
-                // The rules refuse an instant with nothing live; the pair is
-                // whatever the timeline holds at commit.
-                let live = view.live_at(&req2.env, at)?.ok_or_else(|| {
-                    stackpin_core::state::Violation::NothingLive {
-                        index: 0,
-                        env: req2.env.clone(),
-                        at,
-                    }
-                    .to_error()
-                })?;
-                Ok(Some(Entry::Snapshot(SnapshotEntry {
-                    env: req2.env.clone(),
-                    driver: req2.driver,
-                    location: req2.location.clone(),
+        let (r, actor2) = (req.clone(), actor.to_owned());
+        let index = self
+            .record_once(request, "a snapshot", same, move |view, now, id| {
+                // The pair is whatever the timeline holds at commit.
+                let at = r.db_time.unwrap_or(now);
+                Ok(Entry::Snapshot(SnapshotEntry {
+                    env: r.env.clone(),
+                    driver: r.driver,
+                    location: r.location.clone(),
                     db_time: at,
-                    db_position: req2.db_position.clone(),
-                    size: req2.size,
-                    sha256: req2.sha256,
-                    live,
+                    db_position: r.db_position.clone(),
+                    size: r.size,
+                    sha256: r.sha256,
+                    live: live_at(view, &r.env, at)?,
                     recorded_at: now,
                     actor: actor2.clone(),
-                    request_id: Some(id.clone()),
-                })))
-            }))
+                    request_id: Some(id.to_owned()),
+                }))
+            })
             .await?;
-        let index = match committed {
-            Some(i) => i,
-            None => match self.earlier(claim.as_ref())? {
-                Some((i, e)) if same(&e) => i,
-                Some((i, e)) => {
-                    return Err(reused(claim.as_ref().map_or("", |c| c.id()), i, &e));
-                }
-                None => return Err(Error::internal("a snapshot produced no log entry")),
-            },
-        };
         tracing::info!(env = %req.env, index, "snapshot recorded");
         Ok(index)
     }
@@ -194,68 +216,33 @@ impl Registry {
         request: Option<&str>,
     ) -> Result<u64> {
         req.check()?;
-        let claim = self.claim(request)?;
         let same = |entry: &Entry| {
             matches!(entry, Entry::Drill(d)
                 if d.env == req.env && d.target == req.target && d.snapshot == req.snapshot
                     && d.checks == req.checks && d.passed == req.passed && d.actor == actor)
         };
-        if let Some((index, entry)) = self.earlier(claim.as_ref())? {
-            return if same(&entry) {
-                Ok(index)
-            } else {
-                Err(reused(claim.as_ref().map_or("", |c| c.id()), index, &entry))
-            };
-        }
-        let shared = self.shared.clone();
-        let first = claim.as_ref().map(|c| c.id().to_owned());
-        let id = first.clone().unwrap_or_else(request_id);
-        let (req2, actor2) = (req.clone(), actor.to_owned());
-        let committed = self
-            .commit(Box::new(move |view| {
-                if let Some(id) = &first
-                    && shared.index.by_request(id)?.is_some()
-                {
-                    return Ok(None);
-                }
-                let now = shared.clock.now();
-                let live = view.live_at(&req2.env, req2.target)?.ok_or_else(|| {
-                    stackpin_core::state::Violation::NothingLive {
-                        index: 0,
-                        env: req2.env.clone(),
-                        at: req2.target,
-                    }
-                    .to_error()
-                })?;
-                Ok(Some(Entry::Drill(DrillEntry {
-                    env: req2.env.clone(),
-                    driver: req2.driver,
-                    snapshot: req2.snapshot,
-                    target: req2.target,
-                    live,
-                    checks: req2.checks.clone(),
-                    steps: req2.steps.clone(),
-                    rto_millis: req2.rto_millis,
-                    rpo_millis: req2.rpo_millis,
-                    passed: req2.passed,
-                    failure: req2.failure.clone(),
-                    started_at: req2.started_at,
+        let (r, actor2) = (req.clone(), actor.to_owned());
+        let index = self
+            .record_once(request, "a drill", same, move |view, now, id| {
+                Ok(Entry::Drill(DrillEntry {
+                    env: r.env.clone(),
+                    driver: r.driver,
+                    snapshot: r.snapshot,
+                    target: r.target,
+                    live: live_at(view, &r.env, r.target)?,
+                    checks: r.checks.clone(),
+                    steps: r.steps.clone(),
+                    rto_millis: r.rto_millis,
+                    rpo_millis: r.rpo_millis,
+                    passed: r.passed,
+                    failure: r.failure.clone(),
+                    started_at: r.started_at,
                     recorded_at: now,
                     actor: actor2.clone(),
-                    request_id: Some(id.clone()),
-                })))
-            }))
+                    request_id: Some(id.to_owned()),
+                }))
+            })
             .await?;
-        let index = match committed {
-            Some(i) => i,
-            None => match self.earlier(claim.as_ref())? {
-                Some((i, e)) if same(&e) => i,
-                Some((i, e)) => {
-                    return Err(reused(claim.as_ref().map_or("", |c| c.id()), i, &e));
-                }
-                None => return Err(Error::internal("a drill produced no log entry")),
-            },
-        };
         tracing::info!(env = %req.env, index, passed = req.passed, "drill recorded");
         Ok(index)
     }
