@@ -12,7 +12,10 @@ use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use stackpin_core::audit::Audit;
 use stackpin_core::digest::Digest;
-use stackpin_core::entry::{Entry, KeyAction, KeyEntry, PinEntry, PublishEntry};
+use stackpin_core::entry::{
+    DrillCheck, DrillEntry, Driver, Entry, KeyAction, KeyEntry, Live, PinEntry, PublishEntry,
+    SnapshotEntry,
+};
 use stackpin_core::ids::ReleaseId;
 use stackpin_core::layout;
 use stackpin_core::merkle;
@@ -31,7 +34,7 @@ fn key(seed: u8) -> SigningKey {
 }
 
 /// Every way to break an entry that the rules name, by its reason.
-const BREAKS: [&str; 15] = [
+const BREAKS: [&str; 20] = [
     "MALFORMED_ENTRY",
     "RELEASE_BOUND",
     "BAD_SIGNATURE",
@@ -47,6 +50,11 @@ const BREAKS: [&str; 15] = [
     "KEY_MISMATCH",
     "KEY_ADDED_TWICE",
     "KEY_REVOKED_TWICE",
+    "NOTHING_LIVE",
+    "LIVE_MISMATCH",
+    "FUTURE_INSTANT",
+    "SNAPSHOT_REF",
+    "DRILL_VERDICT",
 ];
 
 #[derive(Clone)]
@@ -67,6 +75,10 @@ struct Writer {
     second_added: bool,
     second_revoked: bool,
     rng: u64,
+    /// Every pin so far, per environment: (activation, the pin).
+    pins: HashMap<&'static str, Vec<(Timestamp, Live)>>,
+    /// Every snapshot so far: (log index, environment, instant, its pin).
+    snapshots: Vec<(u64, &'static str, Timestamp, Live)>,
 }
 
 impl Writer {
@@ -79,6 +91,8 @@ impl Writer {
             second_added: false,
             second_revoked: false,
             rng: seed | 1,
+            pins: HashMap::new(),
+            snapshots: Vec::new(),
         }
     }
 
@@ -171,6 +185,14 @@ impl Writer {
     }
 
     fn push_pin(&mut self, env: &'static str, p: PinEntry) {
+        self.pins.entry(env).or_default().push((
+            p.activated_at,
+            Live {
+                seq: p.seq,
+                release_id: p.release_id.clone(),
+                digest: p.digest,
+            },
+        ));
         let e = Entry::Pin(p.clone());
         let bytes = e.to_bytes();
         self.heads.insert(
@@ -219,10 +241,93 @@ impl Writer {
         self.push(&e);
     }
 
+    /// A pin of a pinned environment, picked at random, with its instant:
+    /// the snapshot or drill of that instant pairs with it.
+    fn some_pin(&mut self) -> (&'static str, Timestamp, Live) {
+        let mut envs: Vec<&'static str> = self.pins.keys().copied().collect();
+        envs.sort_unstable();
+        let env = envs[self.rand(envs.len() as u64) as usize];
+        let n = self.pins[env].len() as u64;
+        let pick = self.rand(n) as usize;
+        let (at, live) = self.pins[env][pick].clone();
+        (env, at, live)
+    }
+
+    fn snapshot_entry(&mut self, env: &'static str, at: Timestamp, live: Live) -> SnapshotEntry {
+        SnapshotEntry {
+            env: env.parse().unwrap(),
+            driver: Driver::Litestream,
+            location: "s3://backups/db".into(),
+            db_time: at,
+            db_position: None,
+            size: Some(4096),
+            sha256: None,
+            live,
+            recorded_at: self.tick(),
+            actor: "backup".into(),
+            request_id: None,
+        }
+    }
+
+    fn snapshot(&mut self) {
+        let (env, at, live) = self.some_pin();
+        let index = self.entries.len() as u64;
+        let s = self.snapshot_entry(env, at, live.clone());
+        self.snapshots.push((index, env, at, live));
+        self.push(&Entry::Snapshot(s));
+    }
+
+    fn drill_entry(
+        &mut self,
+        env: &'static str,
+        target: Timestamp,
+        live: Live,
+        snapshot: Option<u64>,
+        passed: bool,
+    ) -> DrillEntry {
+        let recorded_at = self.tick();
+        DrillEntry {
+            env: env.parse().unwrap(),
+            driver: Driver::Litestream,
+            snapshot,
+            target,
+            live,
+            checks: vec![DrillCheck {
+                name: "PRAGMA integrity_check".into(),
+                passed,
+                detail: String::new(),
+            }],
+            steps: Vec::new(),
+            rto_millis: Some(1200),
+            rpo_millis: None,
+            passed,
+            failure: (!passed).then(|| "a check failed".into()),
+            started_at: recorded_at,
+            recorded_at,
+            actor: "drill".into(),
+            request_id: None,
+        }
+    }
+
+    fn drill(&mut self) {
+        let passed = self.rand(4) != 0;
+        let d = if !self.snapshots.is_empty() && self.rand(2) == 0 {
+            let pick = self.rand(self.snapshots.len() as u64) as usize;
+            let (index, env, at, live) = self.snapshots[pick].clone();
+            self.drill_entry(env, at, live, Some(index), passed)
+        } else {
+            let (env, at, live) = self.some_pin();
+            self.drill_entry(env, at, live, None, passed)
+        };
+        self.push(&Entry::Drill(d));
+    }
+
     /// One more valid entry, of a random kind.
     fn any(&mut self) {
-        match self.rand(6) {
+        match self.rand(8) {
             0 | 1 => self.publish(),
+            6 => self.snapshot(),
+            7 => self.drill(),
             _ => self.pin(),
         }
     }
@@ -305,6 +410,33 @@ impl Writer {
             "KEY_MISMATCH" => self.key_entry(KeyAction::Add, &key(3), &key(4)),
             "KEY_ADDED_TWICE" => self.key_entry(KeyAction::Add, &key(2), &key(2)),
             "KEY_REVOKED_TWICE" => self.key_entry(KeyAction::Revoke, &key(2), &key(2)),
+            "NOTHING_LIVE" => {
+                let (_, at, live) = self.some_pin();
+                Entry::Snapshot(self.snapshot_entry("never-pinned", at, live))
+            }
+            "LIVE_MISMATCH" => {
+                let (env, at, mut live) = self.some_pin();
+                live.digest = Digest::of(b"another artifact");
+                Entry::Snapshot(self.snapshot_entry(env, at, live))
+            }
+            "FUTURE_INSTANT" => {
+                let (env, _, live) = self.some_pin();
+                let mut s = self.snapshot_entry(env, Timestamp::from_micros(0).unwrap(), live);
+                s.db_time = s.recorded_at.saturating_add_micros(3600 * SECOND);
+                Entry::Snapshot(s)
+            }
+            "SNAPSHOT_REF" => {
+                // Entry 0 is a publish, not a snapshot.
+                let (env, at, live) = self.some_pin();
+                Entry::Drill(self.drill_entry(env, at, live, Some(0), true))
+            }
+            "DRILL_VERDICT" => {
+                let (env, at, live) = self.some_pin();
+                let mut d = self.drill_entry(env, at, live, None, false);
+                d.passed = true;
+                d.failure = None;
+                Entry::Drill(d)
+            }
             other => panic!("no way to break {other}"),
         };
         entry.to_bytes()
@@ -437,6 +569,13 @@ fn every_rule_has_a_way_to_break_it_here() {
         assert!(
             stackpin_core::state::kind_of_reason(reason).is_some(),
             "{reason} is not a rule"
+        );
+    }
+    // A request id reused is refused per request, before any entry exists.
+    for reason in stackpin_core::state::reasons() {
+        assert!(
+            BREAKS.contains(&reason) || reason == "REQUEST_ID_REUSED",
+            "no way to break {reason} here"
         );
     }
 }

@@ -362,6 +362,15 @@ mod tests {
             request_id: None,
         });
         assert_eq!(Entry::parse(0, &e.to_bytes()).unwrap(), e);
+        // The fuzz corpus's snapshot and drill seeds are entries as written.
+        for seed in [
+            &include_bytes!("../../fuzz/corpus/log_entry/snapshot")[..],
+            &include_bytes!("../../fuzz/corpus/log_entry/drill")[..],
+        ] {
+            let entry = Entry::parse(0, seed).unwrap();
+            assert_eq!(entry.to_bytes().as_ref(), seed, "{}", entry.kind());
+            assert_eq!(entry.env().map(EnvName::as_str), Some("prod"));
+        }
         let err = Entry::parse(3, br#"{"type":"delete"}"#).unwrap_err();
         assert_eq!(err.kind(), Kind::DataLoss);
         assert!(err.message().contains("log entry 3"));

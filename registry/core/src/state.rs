@@ -423,6 +423,11 @@ const RULES: [(&str, Kind); 21] = [
     (reason::DRILL_VERDICT, Kind::Invalid),
 ];
 
+/// The reason of every rule, as errors carry them.
+pub fn reasons() -> impl Iterator<Item = &'static str> {
+    RULES.iter().map(|(r, _)| *r)
+}
+
 /// Whether `reason` names one of the log's rules.
 pub fn is_rule(reason: &str) -> bool {
     rule_kind(reason).is_some()
