@@ -223,11 +223,12 @@ pub struct WebhookConfig {
     pub name: String,
     /// Where events are POSTed.
     pub url: String,
-    /// Only entries of these types: publish, pin, key [default: all].
+    /// Only entries of these types: publish, pin, key, snapshot, drill
+    /// [default: all].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<String>,
-    /// Only pins of these environments (other types are not filtered)
-    /// [default: all].
+    /// Only pins, snapshots and drills of these environments (publishes
+    /// and key changes are not filtered) [default: all].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub envs: Vec<String>,
 }
@@ -903,6 +904,53 @@ mod tests {
         );
         assert!(parse_duration("-1s").unwrap_err().contains("negative"));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn posture_tables_give_each_environment_its_targets_and_bad_ones_name_the_key() {
+        let read = |toml: &str| {
+            let s: Settings = Figment::from(Serialized::defaults(Settings::default()))
+                .merge(Toml::string(toml))
+                .extract()
+                .unwrap();
+            s.validate().map(|()| s.posture_policy().unwrap())
+        };
+        let policy = read(
+            "[[posture]]\nclass = \"evaluation\"\n[[posture]]\nenv = \"prod\"\nclass =              \"multi-tenant\"\nrto = \"20m\"\ndrill_interval = \"off\"\n",
+        )
+        .unwrap();
+        let prod = policy.targets(&"prod".parse().unwrap());
+        assert_eq!(prod.rpo, Some(Duration::from_secs(300)));
+        assert_eq!(prod.rto, Some(Duration::from_secs(1200)));
+        assert_eq!(prod.drill_interval, None);
+        let other = policy.targets(&"dev".parse().unwrap());
+        assert_eq!(other.class, stackpin_core::posture::Class::Evaluation);
+        // Without tables: single-node for everyone.
+        let none = read("").unwrap();
+        assert_eq!(
+            none.targets(&"prod".parse().unwrap()),
+            stackpin_core::posture::Class::SingleNode.targets()
+        );
+        for (bad, says) in [
+            ("[[posture]]\nclass = \"huge\"\n", "class"),
+            ("[[posture]]\nrpo = \"soon\"\n", "rpo"),
+            ("[[posture]]\nenv = \"Prod!\"\n", "posture"),
+            (
+                "[[posture]]\n[[posture]]\n",
+                "two [[posture]] tables without env",
+            ),
+            (
+                "[[posture]]\nenv = \"a\"\n[[posture]]\nenv = \"a\"\n",
+                "two [[posture]] tables for a",
+            ),
+        ] {
+            let e = read(bad).unwrap_err();
+            assert!(
+                e.message().starts_with("setting posture") && e.message().contains(says),
+                "{bad}: {}",
+                e.message()
+            );
+        }
     }
 
     #[test]

@@ -184,4 +184,32 @@ mod tests {
         }
         assert!(sign(&signer, "x", 1, b"{\n}").is_err());
     }
+
+    #[test]
+    fn snapshots_and_drills_are_events_about_their_environment_and_artifact() {
+        for (seed, kind, passed) in [
+            (
+                &include_bytes!("../../fuzz/corpus/log_entry/snapshot")[..],
+                "dev.stackpin.snapshot.recorded",
+                None,
+            ),
+            (
+                &include_bytes!("../../fuzz/corpus/log_entry/drill")[..],
+                "dev.stackpin.drill.passed",
+                Some(true),
+            ),
+        ] {
+            let entry = Entry::parse(9, seed).unwrap();
+            let e = event("example.com/log", 9, &entry);
+            assert_eq!(e["type"], kind);
+            assert_eq!(e["subject"], "prod");
+            assert_eq!(e["data"]["release_id"], "rel-3");
+            assert_eq!(e["data"]["seq"], 3);
+            assert_eq!(e["data"]["log_index"], 9);
+            assert_eq!(e["data"].get("passed").and_then(Value::as_bool), passed);
+        }
+        let failed = br#"{"type":"drill","env":"prod","driver":"other","target":"2026-01-01T00:00:00Z","live":{"seq":1,"release_id":"r","digest":"sha256:b11a26ab2e8e81d75fa098d0d06fb4c40edc8fecfb3f3e09590a8e50a2070dfb"},"checks":[],"passed":false,"failure":"no rows","started_at":"2026-01-01T00:00:00Z","recorded_at":"2026-01-01T00:00:01Z","actor":"a"}"#;
+        let entry = Entry::parse(1, failed).unwrap();
+        assert_eq!(event_type(&entry), "dev.stackpin.drill.failed");
+    }
 }
