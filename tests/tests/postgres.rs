@@ -441,6 +441,78 @@ fn printed_postgresql_settings_recover_a_real_server_by_time_and_by_lsn() {
             .contains("PostgreSQL"),
         "{ran}"
     );
+    // Where the backup is not at hand: the drill printed as commands. Run
+    // as printed (up to the artifact restore), they recover the copy.
+    let printed = stackpin_tests::stackpin(
+        world.dir.path(),
+        &world.server.url(),
+        &[
+            "--output",
+            "json",
+            "drill",
+            "run",
+            "--env",
+            "pg",
+            "--print-postgresql",
+            "--pg-base",
+            base.to_str().unwrap(),
+            "--wal-archive",
+            archive.to_str().unwrap(),
+            "--at",
+            at,
+            "--check",
+            "SELECT count(*) FROM rows WHERE release = '{release_id}'",
+            "--trusted-keys",
+            "trusted",
+            "--log-key",
+            &world.vkey,
+        ],
+    )
+    .json();
+    assert_eq!(printed["release_id"], release.as_str(), "{printed}");
+    let commands: Vec<&str> = printed["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.starts_with("stackpin drill record --env pg"))
+    );
+    let check = commands
+        .iter()
+        .find(|c| c.starts_with("psql") && c.contains(release.as_str()))
+        .unwrap_or_else(|| panic!("no check with the release filled in: {commands:?}"));
+    let upto = commands
+        .iter()
+        .position(|c| c.starts_with("stackpin restore"))
+        .unwrap();
+    let script = format!(
+        "set -e\nexport PATH={BIN}:$PATH TMPDIR={}\n{}\n{check}\npg_ctl -D \"$D/pgdata\" -m immediate -w stop\nrm -rf \"$D\"\n",
+        dir.display(),
+        commands[..upto].join("\n")
+    );
+    let mut bash = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "bash", "-c", &script]);
+        c
+    } else {
+        let mut c = Command::new("bash");
+        c.args(["-c", &script]);
+        c
+    };
+    let out = bash.current_dir(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "the printed drill failed:\n{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // pg_ctl talks on stdout too; the check's answer is a line of its own.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().any(|l| l == "100"), "{script}\n{stdout}");
+
     // Nothing of either drill is left in the temporary folder.
     let left: Vec<_> = std::fs::read_dir(dir)
         .unwrap()

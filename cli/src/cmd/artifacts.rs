@@ -384,6 +384,12 @@ impl RestoreArgs {
             max_age: None,
         }
     }
+
+    /// The same, as a plan: checked, nothing downloaded or written.
+    pub fn planned(mut self) -> Self {
+        self.plan = true;
+        self
+    }
 }
 
 /// Resolves, downloads, verifies and (unless a plan) writes the artifact

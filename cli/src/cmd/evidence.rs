@@ -490,6 +490,17 @@ pub struct RunArgs {
     /// else PATH].
     #[arg(long, value_name = "DIR")]
     pg_bin: Option<PathBuf>,
+    /// Restore the Litestream replica to this TXID (`litestream restore
+    /// -txid`) rather than to the instant [default: the snapshot's TXID,
+    /// when it recorded one].
+    #[arg(long, value_parser = crate::parse_with(stackpin_core::position::DbPosition::txid))]
+    litestream_txid: Option<stackpin_core::position::DbPosition>,
+    /// Print the PostgreSQL drill for --at as commands to run where the
+    /// base backup and the WAL archive are, with the exact recovery
+    /// settings and the `stackpin drill record` to finish with; nothing is
+    /// restored or recorded.
+    #[arg(long, conflicts_with_all = ["replica", "file"])]
+    print_postgresql: bool,
     /// The litestream binary.
     #[arg(long, env = "STACKPIN_LITESTREAM", default_value = "litestream")]
     litestream: PathBuf,
@@ -544,8 +555,14 @@ impl Steps {
 /// Where the database comes from.
 enum Source {
     Litestream(String),
+    /// The commands of a PostgreSQL drill, printed (base: where the base
+    /// backup is, when known).
+    PostgresPlan(Option<PathBuf>),
     File(PathBuf),
-    Postgres { base: PathBuf, archive: PathBuf },
+    Postgres {
+        base: PathBuf,
+        archive: PathBuf,
+    },
 }
 
 impl Source {
@@ -553,7 +570,7 @@ impl Source {
         match self {
             Source::Litestream(_) => Driver::Litestream,
             Source::File(_) => Driver::Sqlite,
-            Source::Postgres { .. } => Driver::Postgresql,
+            Source::Postgres { .. } | Source::PostgresPlan(_) => Driver::Postgresql,
         }
     }
 }
@@ -620,13 +637,18 @@ async fn run(
         None => None,
         Some(index) => Some(snapshot_entry(server, &args.log_key, index, &args.env).await?),
     };
+    let snapshot_base = snapshot
+        .as_ref()
+        .filter(|s| s.driver == Driver::Postgresql)
+        .map(|s| PathBuf::from(&s.location));
     let source = match (&args.replica, &args.file, &args.pg_base, &snapshot) {
+        _ if args.print_postgresql => Source::PostgresPlan(args.pg_base.clone().or(snapshot_base)),
         (Some(url), _, _, _) => Source::Litestream(url.clone()),
         (None, Some(path), _, _) => Source::File(path.clone()),
         (None, None, Some(base), _) => {
             let Some(archive) = &args.wal_archive else {
                 return Err(Failure::invalid(
-                    "--pg-base needs --wal-archive: the folder the WAL was archived to",
+                    "--pg-base needs --wal-archive: the folder the WAL was archived to                      (or --print-postgresql for the commands to run where they are)",
                 ));
             };
             Source::Postgres {
@@ -644,7 +666,7 @@ async fn run(
                 },
                 None => {
                     return Err(Failure::invalid(format!(
-                        "snapshot {} is a PostgreSQL base backup: pass --wal-archive DIR too",
+                        "snapshot {} is a PostgreSQL base backup: pass --wal-archive DIR too,                          or --print-postgresql for the commands to run where it is",
                         args.snapshot.unwrap_or_default()
                     )));
                 }
@@ -700,6 +722,21 @@ async fn run(
             )));
         }
     }
+    if let Source::PostgresPlan(base) = &source {
+        return print_postgresql(args, server, state, target, base.as_deref(), format).await;
+    }
+    let txid = args.litestream_txid.clone().or_else(|| {
+        snapshot
+            .as_ref()
+            .filter(|s| s.driver == Driver::Litestream)
+            .and_then(|s| s.db_position.clone())
+            .filter(|p| {
+                matches!(
+                    p,
+                    stackpin_core::position::DbPosition::LitestreamTxid { .. }
+                )
+            })
+    });
     let driver = source.driver();
     let work = tempfile::Builder::new()
         .prefix("stackpin-drill-")
@@ -757,13 +794,13 @@ async fn run(
     let step = match &source {
         Source::Litestream(_) => "litestream restore",
         Source::File(_) => "copy snapshot",
-        Source::Postgres { .. } => "PostgreSQL recovery",
+        Source::Postgres { .. } | Source::PostgresPlan(_) => "PostgreSQL recovery",
     };
     let t = steps.begin(step);
     let restored = match &source {
         Source::Litestream(url) => {
             let db = work.path().join("restored.db");
-            litestream_restore(&args.litestream, url, target, &db)
+            litestream_restore(&args.litestream, url, target, txid.as_ref(), &db)
                 .await
                 .map(|()| Db::Sqlite(db))
         }
@@ -777,6 +814,7 @@ async fn run(
                 .map(Db::Postgres)
         }
         Source::Postgres { .. } => Err("not attempted: the artifact restore failed".into()),
+        Source::PostgresPlan(_) => Err("a printed drill restores nothing".into()),
     };
     steps.end(step, t, restored.is_ok());
     let db = match restored {
@@ -1122,6 +1160,106 @@ async fn pg_bindir() -> Result<PathBuf, String> {
         })
 }
 
+/// `drill run --print-postgresql`: the drill as commands, with the
+/// recovery settings `stackpin restore` gives for the instant (checked
+/// against the log like a restore plan), ending with the `drill record`
+/// that puts the result in the log.
+async fn print_postgresql(
+    args: &RunArgs,
+    server: &crate::client::Connection,
+    state: Option<&Path>,
+    target: Timestamp,
+    base: Option<&Path>,
+    format: Format,
+) -> Outcome {
+    let archive = args
+        .wal_archive
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/path/to/wal_archive"));
+    let plan = crate::cmd::artifacts::RestoreArgs::drill(
+        args.env.clone(),
+        target,
+        PathBuf::from("objectstack.json"),
+        args.trusted_keys.clone(),
+        args.log_key.clone(),
+        Some(&archive),
+    )
+    .planned();
+    let planned = crate::cmd::artifacts::restore_verified(&plan, server, state).await?;
+    let base = base.map_or_else(
+        || "/path/to/base_backup".to_owned(),
+        |b| b.display().to_string(),
+    );
+    let (env, at) = (args.env.to_string(), target.to_string());
+    let mut commands = vec![
+        "D=$(mktemp -d)".to_owned(),
+        format!(
+            "cp -a {} \"$D/pgdata\" && chmod 700 \"$D/pgdata\" && mkdir \"$D/sock\"",
+            shell_quote(&base)
+        ),
+        format!(
+            "cat >> \"$D/pgdata/postgresql.conf\" <<EOF\nlisten_addresses = ''\nunix_socket_directories = '$D/sock'\nport = {PG_PORT}\n{}\nEOF",
+            planned.database.postgres.join("\n")
+        ),
+        "touch \"$D/pgdata/recovery.signal\"".to_owned(),
+        "START=$(date +%s)".to_owned(),
+        "pg_ctl -D \"$D/pgdata\" -l \"$D/postgresql.log\" -w -t 600 start".to_owned(),
+        format!(
+            "until [ \"$(psql -h \"$D/sock\" -p {PG_PORT} -d postgres -XAtc 'SELECT pg_is_in_recovery()')\" = f ]; do sleep 1; done"
+        ),
+        format!(
+            "stackpin restore --env {env} --at {at} --out \"$D/objectstack.json\" --trusted-keys {}",
+            args.trusted_keys.display()
+        ),
+    ];
+    for c in &args.check {
+        let query = c.rsplit_once(" => ").map_or(c.as_str(), |(q, _)| q);
+        let query = query
+            .replace("{release_id}", planned.resolution.pin.release_id.as_str())
+            .replace("{digest}", planned.resolution.pin.digest.as_str());
+        commands.push(format!(
+            "psql -h \"$D/sock\" -p {PG_PORT} -d postgres -XAtc {}",
+            shell_quote(&query)
+        ));
+    }
+    commands.push(format!(
+        "stackpin drill record --env {env} --driver postgresql --target {at} --rto \"$(( $(date +%s) - START ))s\" --check-passed NAME  # or --check-failed NAME / --failed WHY"
+    ));
+    commands.push("pg_ctl -D \"$D/pgdata\" -m immediate -w stop && rm -rf \"$D\"".to_owned());
+    #[derive(Serialize)]
+    struct Printed<'a> {
+        env: &'a str,
+        target: &'a str,
+        release_id: &'a str,
+        digest: &'a str,
+        settings: &'a [String],
+        commands: &'a [String],
+    }
+    let printed = Printed {
+        env: &env,
+        target: &at,
+        release_id: &planned.resolution.pin.release_id,
+        digest: &planned.resolution.pin.digest,
+        settings: &planned.database.postgres,
+        commands: &commands,
+    };
+    format.emit(&printed, || {
+        format!(
+            "# PostgreSQL drill of {env} at {at}, paired with {} ({}); run where the base backup \
+             and the WAL archive are, as their owner (not root)\n{}\n",
+            printed.release_id,
+            printed.digest,
+            commands.join("\n")
+        )
+    });
+    Ok(())
+}
+
+/// `text` as one single-quoted shell word.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
 /// The snapshot entry at `index`, verified, which must be of `env`.
 async fn snapshot_entry(
     server: &crate::client::Connection,
@@ -1174,15 +1312,23 @@ async fn snapshot_entry(
     }
 }
 
-/// `litestream restore -timestamp` of `url` into `db`; why it failed.
+/// `litestream restore -timestamp` (or `-txid`) of `url` into `db`; why
+/// it failed.
 async fn litestream_restore(
     litestream: &Path,
     url: &str,
     target: Timestamp,
+    txid: Option<&stackpin_core::position::DbPosition>,
     db: &Path,
 ) -> Result<(), String> {
+    let (flag, value) = match txid {
+        Some(stackpin_core::position::DbPosition::LitestreamTxid { txid }) => {
+            ("-txid", txid.clone())
+        }
+        _ => ("-timestamp", target.to_string()),
+    };
     let out = tokio::process::Command::new(litestream)
-        .args(["restore", "-timestamp", &target.to_string(), "-o"])
+        .args(["restore", flag, &value, "-o"])
         .arg(db)
         .arg(url)
         .output()
@@ -1196,13 +1342,13 @@ async fn litestream_restore(
             .find(|l| !l.trim().is_empty())
             .unwrap_or("no output");
         return Err(format!(
-            "litestream restore to {target} failed ({}): {last}",
+            "litestream restore {flag} {value} failed ({}): {last}",
             out.status
         ));
     }
     if !db.exists() {
         return Err(format!(
-            "litestream restore to {target} wrote no database (the replica holds nothing at that instant)"
+            "litestream restore {flag} {value} wrote no database (the replica holds nothing there)"
         ));
     }
     Ok(())
