@@ -236,6 +236,55 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 
+    // By TXID (`litestream restore -txid`): the newest transaction holds
+    // rel-3's rows; the first one, written before anything was pinned,
+    // holds none of them, so the release check fails even though the
+    // instant (rel-3 live) is the same: the TXID, not the instant, chose
+    // what was restored.
+    let txids: Vec<String> = {
+        let mut ends: Vec<String> = ltx_files(&dir.join("replica"))
+            .iter()
+            .filter_map(|p| {
+                let stem = p.file_stem()?.to_str()?;
+                Some(stem.split_once('-')?.1.to_owned())
+            })
+            .collect();
+        ends.sort();
+        ends.dedup();
+        ends
+    };
+    assert!(txids.len() > 2, "{txids:?}");
+    let newest = drill(&[
+        "--replica",
+        &replica,
+        "--at",
+        &snapshots[2].1,
+        "--litestream-txid",
+        txids.last().unwrap(),
+    ]);
+    assert_eq!(newest.code, 0, "{newest:#?}");
+    let newest = newest.json();
+    assert_eq!(newest["entry"]["live"]["release_id"], "rel-3", "{newest}");
+    let first = drill(&[
+        "--replica",
+        &replica,
+        "--at",
+        &snapshots[2].1,
+        "--litestream-txid",
+        &txids[0],
+    ]);
+    assert_eq!(first.code, 8, "{first:#?}");
+    let first: Value = serde_json::from_str(&first.stdout).unwrap();
+    let release_check = &first["entry"]["checks"][2];
+    assert_eq!(release_check["passed"], false, "{first}");
+    assert!(
+        !release_check["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("rel-3"),
+        "{first}"
+    );
+
     // A replica that lost its newest segments: the drill fails, clearly,
     // and is recorded as failed.
     let damaged = dir.join("damaged");
@@ -258,7 +307,7 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
         .cli(&["--output", "json", "drill", "list", "--env", "prod"])
         .json();
     let list = drills["entries"].as_array().unwrap();
-    assert_eq!(list.len(), 4, "{drills}");
+    assert_eq!(list.len(), 6, "{drills}");
     assert_eq!(list[0]["entry"]["passed"], false);
     let text = w.cli(&["drill", "list", "--env", "prod"]).ok().to_owned();
     assert!(text.contains("FAILED") && text.contains("PASSED"), "{text}");
@@ -366,7 +415,7 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
     assert_eq!(report.code, 0, "{report:#?}");
     let report = report.json();
     assert_eq!(report["snapshots"], 3, "{report}");
-    assert_eq!(report["drills"], 4, "{report}");
+    assert_eq!(report["drills"], 6, "{report}");
 
     // A drill rewritten in storage to claim another artifact is caught by
     // the rule, not only by the changed hash.
