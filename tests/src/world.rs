@@ -140,6 +140,24 @@ impl World {
         }
     }
 
+    /// Publishes `rN.json` (`{"release":N}`) as `rel-N` for N in 1..=n,
+    /// signed with `ci.pem`; nothing is pinned.
+    pub fn publish_releases(&self, n: u32) {
+        for i in 1..=n {
+            let name = format!("r{i}.json");
+            self.write(&name, format!("{{\"release\":{i}}}").as_bytes());
+            self.cli(&[
+                "publish",
+                &name,
+                "--release-id",
+                &format!("rel-{i}"),
+                "--key",
+                "ci.pem",
+            ])
+            .ok();
+        }
+    }
+
     /// Three artifacts published and pinned at T1, T2, T3 in prod.
     pub fn three_releases(&self) {
         for (i, key) in [(1, "ci.pem"), (2, "ops.pem"), (3, "ci.pem")] {

@@ -35,21 +35,7 @@ fn now() -> String {
 fn litestream_and_stackpin_restore_the_same_moment() {
     let w = World::new(&[]);
     let dir = w.dir.path().to_path_buf();
-    for i in 1..=3 {
-        w.write(
-            &format!("r{i}.json"),
-            format!("{{\"release\":{i}}}").as_bytes(),
-        );
-        w.cli(&[
-            "publish",
-            &format!("r{i}.json"),
-            "--release-id",
-            &format!("rel-{i}"),
-            "--key",
-            "ci.pem",
-        ])
-        .ok();
-    }
+    w.publish_releases(3);
     let (db, live, stop) = (dir.join("app.db"), dir.join("live"), dir.join("stop"));
     let replica = format!("file://{}", dir.join("replica").display());
     std::fs::write(&live, "none").unwrap();

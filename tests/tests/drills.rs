@@ -89,21 +89,7 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
     ]);
     let dir = w.dir.path().to_path_buf();
     let vkey = w.vkey.clone();
-    for i in 1..=3 {
-        w.write(
-            &format!("r{i}.json"),
-            format!("{{\"release\":{i}}}").as_bytes(),
-        );
-        w.cli(&[
-            "publish",
-            &format!("r{i}.json"),
-            "--release-id",
-            &format!("rel-{i}"),
-            "--key",
-            "ci.pem",
-        ])
-        .ok();
-    }
+    w.publish_releases(3);
     let (db, live, stop) = (dir.join("app.db"), dir.join("live"), dir.join("stop"));
     let replica = format!("file://{}", dir.join("replica").display());
     std::fs::write(&live, "none").unwrap();
