@@ -322,6 +322,23 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
     let overview = get(&w.server.tiles_addr().to_string(), "/");
     assert!(overview.contains("single-node: in policy"), "{overview}");
 
+    // As of the second snapshot's instant only what existed then counts:
+    // two pins, both with a snapshot, and no drill yet.
+    let past = posture(Some(&snapshots[1].1));
+    assert_eq!(past.code, 8, "{past:#?}");
+    let past: Value = serde_json::from_str(&past.stdout).unwrap();
+    let then = &past["environments"][0];
+    assert_eq!(then["pins"], 2, "{past}");
+    assert_eq!(then["pins_without_snapshot_count"], 0, "{past}");
+    assert_eq!(then["findings"].as_array().unwrap().len(), 1, "{past}");
+    assert!(
+        then["findings"][0]
+            .as_str()
+            .unwrap()
+            .contains("no passing restore drill"),
+        "{past}"
+    );
+
     // Two hours on, the newest snapshot is older than the RPO.
     let two_hours = later(Duration::from_secs(2 * 3600));
     let p = posture(Some(&two_hours));

@@ -1419,7 +1419,9 @@ pub struct PostureArgs {
     /// Only this environment [default: every environment with a pin].
     #[arg(long, value_parser = crate::parse::<EnvName>)]
     env: Option<EnvName>,
-    /// Judge as of this instant instead of now.
+    /// Judge as of this instant instead of now: only the pins activated,
+    /// the snapshots restoring to an instant, and the drills recorded by
+    /// then count.
     #[arg(long, value_parser = crate::parse::<Timestamp>)]
     at: Option<Timestamp>,
 }

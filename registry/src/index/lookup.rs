@@ -440,15 +440,48 @@ impl Index {
     /// posture: one pass over its snapshot keys and a backwards walk over
     /// its drill keys to the newest passing one.
     ///
+    /// With `as_of`, only what existed by then counts: the pins activated
+    /// by then, the snapshots restoring to an instant up to then, and the
+    /// drills recorded by then (so an auditor can ask how an environment
+    /// stood at the end of a past quarter).
+    ///
     /// # Errors
     /// Internal when the index is unreadable.
-    pub fn evidence(&self, env: &EnvName) -> Result<Evidence> {
+    pub fn evidence(&self, env: &EnvName, as_of: Option<Timestamp>) -> Result<Evidence> {
         let head = self.env_head(env)?;
-        let pins = head.as_ref().map_or(0, |h| h.seq);
+        let all = head.as_ref().map_or(0, |h| h.seq);
+        let pins = match as_of {
+            None => all,
+            // Pins are activated in sequence order, so the last one
+            // activated at or before `t` is the count of them.
+            Some(t) => match self
+                .tree
+                .range(env_prefix("t", env)..=time_key(env, t, u64::MAX))
+                .next_back()
+            {
+                Some(item) => seq_of_time_key(&item?.0)?,
+                None => 0,
+            },
+        };
+        let positioned = if pins == all {
+            head.map_or(0, |h| h.positioned)
+        } else {
+            let mut seqs = std::collections::HashSet::new();
+            for item in self.tree.scan_prefix(env_prefix("q", env)) {
+                let seq = seq_of_time_key(&item?.0)?;
+                if seq <= pins {
+                    seqs.insert(seq);
+                }
+            }
+            seqs.len() as u64
+        };
         let mut covered = std::collections::HashSet::new();
         let mut newest_snapshot = None;
         for item in self.tree.scan_prefix(env_prefix("s", env)) {
             let row = SnapshotRow::decode(&item?.1)?;
+            if as_of.is_some_and(|t| row.db_time > t) {
+                continue;
+            }
             covered.insert(row.seq);
             newest_snapshot = match newest_snapshot {
                 Some((t, i)) if t > row.db_time => Some((t, i)),
@@ -459,6 +492,9 @@ impl Index {
         let mut newest_passing_drill = None;
         for item in self.tree.scan_prefix(env_prefix("v", env)).rev() {
             let row = DrillRow::decode(&item?.1)?;
+            if as_of.is_some_and(|t| row.recorded_at > t) {
+                continue;
+            }
             newest_drill.get_or_insert((row.recorded_at, row.passed));
             if row.passed {
                 newest_passing_drill = Some((
@@ -471,7 +507,7 @@ impl Index {
         }
         Ok(Evidence {
             pins,
-            positioned: head.map_or(0, |h| h.positioned),
+            positioned,
             newest_snapshot,
             newest_passing_drill,
             newest_drill,

@@ -307,7 +307,7 @@ impl Registry {
             .map(|e| {
                 Ok(posture::evaluate(
                     e,
-                    &index.evidence(e)?,
+                    &index.evidence(e, at)?,
                     policy.targets(e),
                     now,
                 ))
