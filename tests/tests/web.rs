@@ -330,7 +330,16 @@ async fn a_person_finds_what_was_live_and_what_changed_in_a_real_browser() {
         artifact.contains("Where and when it was live") && artifact.contains("#2"),
         "{artifact}"
     );
+    // rel-2 was ended by rel-3's pin; rel-3 is live in both environments.
+    assert!(!artifact.contains("still live"), "{artifact}");
     screenshot(&c, "8-artifact").await;
+    c.goto(&format!("{base}/artifact/rel-3")).await.unwrap();
+    let newest = text_of(&c, "main").await;
+    assert_eq!(newest.matches("still live").count(), 2, "{newest}");
+    assert!(
+        newest.contains("prod") && newest.contains("staging"),
+        "{newest}"
+    );
     c.goto(&format!("{base}/log")).await.unwrap();
     let log = text_of(&c, "main").await;
     assert!(

@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use sled::Batch;
 
 use super::codec::{
-    EntryAt, Slot, encode, evidence_key, object_key, pin_key, position_key, request_key, time_key,
+    EntryAt, Slot, artifact_pin_key, encode, evidence_key, object_key, pin_key, position_key,
+    request_key, time_key,
 };
 use super::{APPLIED, EnvHead, Index, KeyRecord, files};
 use crate::digest::Digest;
@@ -217,6 +218,7 @@ impl Index {
                 if let Some(o) = position {
                     batch.insert(position_key(&p.env, *o, p.seq), &[][..]);
                 }
+                batch.insert(artifact_pin_key(&p.digest, &p.env, p.seq), &[][..]);
                 // The previous pin's slot learns where its successor is.
                 let prev = match (pending.slots.remove(&p.env), previous) {
                     (Some(latest), _) => Some(latest),

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::ids::EnvName;
 use crate::position::Ordered;
@@ -153,6 +154,14 @@ pub(super) fn position_key(env: &EnvName, p: Ordered, seq: u64) -> Vec<u8> {
     let mut k = env_prefix("q", env);
     k.push(p.tag());
     k.extend_from_slice(&p.value().to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The key that says pin `seq` of `env` pins `digest`; the prefix
+/// `a/<digest hex>/` lists every pin of an artifact.
+pub(super) fn artifact_pin_key(digest: &Digest, env: &EnvName, seq: u64) -> Vec<u8> {
+    let mut k = format!("a/{}/{env}/", digest.hex()).into_bytes();
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }

@@ -178,6 +178,30 @@ impl Index {
         self.artifact_by_release(&release)
     }
 
+    /// The pins of the artifact `digest` (environment and sequence
+    /// number), by environment name and then in sequence order; at most
+    /// `limit`.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn pins_of(&self, digest: &Digest, limit: usize) -> Result<Vec<(EnvName, u64)>> {
+        let prefix = format!("a/{}/", digest.hex());
+        self.tree
+            .scan_prefix(prefix.as_bytes())
+            .take(limit)
+            .map(|item| {
+                let (key, _) = item?;
+                let rest = key
+                    .get(prefix.len()..key.len().saturating_sub(9))
+                    .ok_or_else(|| Error::internal("index artifact pin key is too short"))?;
+                let env = std::str::from_utf8(rest)
+                    .map_err(|_| Error::internal("index artifact pin key is not UTF-8"))?
+                    .parse()?;
+                Ok((env, seq_of_time_key(&key)?))
+            })
+            .collect()
+    }
+
     /// Artifacts in release id order, starting after `after`.
     ///
     /// # Errors

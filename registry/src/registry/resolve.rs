@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{DEFAULT_PAGE, HistoryPage, HistoryQuery, MAX_PAGE, Registry};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::ids::EnvName;
 use crate::index::Index;
@@ -32,6 +33,10 @@ impl<'a> Seen<'a> {
         }
     }
 }
+
+/// A pin and the instant the next pin of its environment ended it
+/// (`None`: still live).
+pub type LiveInterval = (PinRecord, Option<Timestamp>);
 
 impl Registry {
     fn known_env(&self, env: &EnvName) -> Result<crate::index::EnvHead> {
@@ -195,6 +200,38 @@ impl Registry {
             near_switch: None,
             uncertain,
         })
+    }
+
+    /// Where and when the artifact `digest` was live: its pins (at most
+    /// `limit`), by environment and then newest first, each with the
+    /// instant the next pin of its environment ended it (`None`: still
+    /// live); and whether more pins of it were left out.
+    ///
+    /// # Errors
+    /// Internal when the index fails.
+    pub fn pins_of_artifact(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> Result<(Vec<LiveInterval>, bool)> {
+        let index = &self.shared.index;
+        let mut found = index.pins_of(digest, limit.saturating_add(1))?;
+        let more = found.len() > limit;
+        found.truncate(limit);
+        // Newest first within each environment, as the history shows them.
+        found.sort_by(|(e1, s1), (e2, s2)| e1.cmp(e2).then(s2.cmp(s1)));
+        let reader = index.proof_reader();
+        let pins = found
+            .iter()
+            .map(|(env, seq)| {
+                let pin = self.logged_pin(env, *seq, &reader)?.0;
+                let until = index
+                    .pin(env, seq + 1, &reader)?
+                    .map(|(next, _)| next.entry.activated_at);
+                Ok((pin, until))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((pins, more))
     }
 
     /// A page of `env`'s pins, newest first.

@@ -23,8 +23,8 @@ const TIMELINE_PAGE: usize = 500;
 const MAX_WEB_ARTIFACT: u64 = 16 << 20;
 /// Changes a diff page lists at most.
 const MAX_CHANGES: usize = 2000;
-/// Pins the artifact page reads when looking for where it was live.
-const MAX_SCANNED_PINS: usize = 20_000;
+/// Pins of one artifact the artifact page lists at most.
+const MAX_ARTIFACT_PINS: usize = 5_000;
 
 fn layout(title: &str, body: &Markup) -> Markup {
     html! {
@@ -580,53 +580,6 @@ pub async fn pin(registry: &Registry, env: &str, seq: &str) -> Result<Reply> {
     ))
 }
 
-/// A pin and the instant the next pin ended it (None: still live).
-type LiveInterval = (PinRecord, Option<Timestamp>);
-
-/// Where and when `digest` was live: every pin of it, per environment,
-/// with the instant the next pin ended it.
-fn live_intervals(registry: &Registry, digest: &Digest) -> Result<(Vec<LiveInterval>, bool)> {
-    let mut out = Vec::new();
-    let mut scanned = 0usize;
-    let mut after: Option<EnvName> = None;
-    loop {
-        let (heads, next_env) = registry.environments(after.as_ref(), 1000)?;
-        for head in &heads {
-            let env = &head.entry.env;
-            let mut from_seq = None;
-            let mut later: Option<Timestamp> = None;
-            loop {
-                let page = registry.history(
-                    env,
-                    &HistoryQuery {
-                        limit: 1000,
-                        from_seq,
-                        ..HistoryQuery::default()
-                    },
-                )?;
-                for p in page.pins {
-                    scanned += 1;
-                    if p.entry.digest == *digest {
-                        out.push((p.clone(), later));
-                    }
-                    later = Some(p.entry.activated_at);
-                }
-                if scanned >= MAX_SCANNED_PINS {
-                    return Ok((out, true));
-                }
-                match page.next {
-                    Some(n) => from_seq = Some(n),
-                    None => break,
-                }
-            }
-        }
-        match next_env {
-            Some(e) => after = Some(e),
-            None => return Ok((out, false)),
-        }
-    }
-}
-
 fn artifact_record(registry: &Registry, text: &str) -> Result<ArtifactRecord> {
     let what = if text.starts_with("sha256:") {
         ArtifactRef::Digest(digest(text)?)
@@ -640,7 +593,7 @@ fn artifact_record(registry: &Registry, text: &str) -> Result<ArtifactRecord> {
 pub fn artifact(registry: &Registry, text: &str) -> Result<Reply> {
     let a = artifact_record(registry, text)?;
     let key = registry.keys()?.into_iter().find(|k| k.key_id == a.key_id);
-    let (live, truncated) = live_intervals(registry, &a.digest)?;
+    let (live, truncated) = registry.pins_of_artifact(&a.digest, MAX_ARTIFACT_PINS)?;
     let body = html! {
         dl {
             dt { "Release" } dd { (a.release_id) }
@@ -668,7 +621,7 @@ pub fn artifact(registry: &Registry, text: &str) -> Result<Reply> {
                     td.num { (p.log_index) }
                 } } }
             }
-            @if truncated { p.warning { "Only the newest " (MAX_SCANNED_PINS) " pins were searched." } }
+            @if truncated { p.warning { "Only " (MAX_ARTIFACT_PINS) " of its pins are listed." } }
         }
     };
     Ok(page(&format!("Artifact {}", a.release_id), &body))
