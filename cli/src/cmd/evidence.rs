@@ -1509,7 +1509,11 @@ pub async fn posture(
     format.emit(&view, || {
         let mut text = format!("recovery posture at {}\n", view.at);
         if view.environments.is_empty() {
-            text.push_str("no environment has a pin yet\n");
+            text.push_str(if args.at.is_some() {
+                "no environment had a pin by then\n"
+            } else {
+                "no environment has a pin yet\n"
+            });
         }
         for e in &view.environments {
             text.push_str(&format!(

@@ -240,8 +240,11 @@ fn age(now: Timestamp, then: Timestamp) -> Duration {
 /// Judges `evidence` of `env` against `targets` as of `now`.
 pub fn evaluate(env: &EnvName, evidence: &Evidence, targets: Targets, now: Timestamp) -> Posture {
     let mut findings = Vec::new();
+    // An environment with nothing pinned yet (as of `now`) has nothing to
+    // restore, so no backup or drill is due.
+    let due = evidence.pins > 0;
     let snapshot_age = evidence.newest_snapshot.map(|(t, _)| age(now, t));
-    if let Some(rpo) = targets.rpo {
+    if let Some(rpo) = targets.rpo.filter(|_| due) {
         match snapshot_age {
             None => findings.push(Finding {
                 target: "rpo",
@@ -262,7 +265,7 @@ pub fn evaluate(env: &EnvName, evidence: &Evidence, targets: Targets, now: Times
         }
     }
     let drill_age = evidence.newest_passing_drill.map(|(t, _, _)| age(now, t));
-    if let Some(interval) = targets.drill_interval {
+    if let Some(interval) = targets.drill_interval.filter(|_| due) {
         match drill_age {
             None => findings.push(Finding {
                 target: "drill_interval",
@@ -320,6 +323,32 @@ mod tests {
 
     fn at(text: &str) -> Timestamp {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn an_environment_with_nothing_pinned_yet_owes_no_backup_or_drill() {
+        let env: EnvName = "prod".parse().unwrap();
+        let none = Evidence::default();
+        let p = evaluate(
+            &env,
+            &none,
+            Class::MultiTenant.targets(),
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert!(p.in_policy(), "{:?}", p.findings);
+        let pinned = Evidence {
+            pins: 1,
+            pins_without_snapshot: vec![1],
+            ..Evidence::default()
+        };
+        let p = evaluate(
+            &env,
+            &pinned,
+            Class::MultiTenant.targets(),
+            at("2026-01-01T00:00:00Z"),
+        );
+        let targets: Vec<_> = p.findings.iter().map(|f| f.target).collect();
+        assert_eq!(targets, ["rpo", "drill_interval"]);
     }
 
     #[test]

@@ -303,15 +303,16 @@ impl Registry {
                 all
             }
         };
-        envs.iter()
-            .map(|e| {
-                Ok(posture::evaluate(
-                    e,
-                    &index.evidence(e, at)?,
-                    policy.targets(e),
-                    now,
-                ))
-            })
-            .collect()
+        let mut out = Vec::with_capacity(envs.len());
+        for e in &envs {
+            let evidence = index.evidence(e, at)?;
+            // Judged as of an instant before its first pin, an environment
+            // not named did not exist yet.
+            if env.is_none() && evidence.pins == 0 {
+                continue;
+            }
+            out.push(posture::evaluate(e, &evidence, policy.targets(e), now));
+        }
+        Ok(out)
     }
 }
