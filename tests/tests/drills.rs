@@ -210,6 +210,17 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
             .collect();
         assert_eq!(steps[..2], ["stackpin restore", "litestream restore"]);
     }
+    // A snapshot restores to its own instant: another --at is refused
+    // before anything runs.
+    drill(&[
+        "--snapshot",
+        &snapshots[1].2.to_string(),
+        "--at",
+        &snapshots[0].1,
+    ])
+    .fails(2, "drop --at to drill the snapshot");
+    // A mistyped environment is not in policy: it is not found.
+    w.cli(&["posture", "--env", "prdo"]).fails(3, "has no pins");
     // Nothing is left behind in the temporary folder.
     let leftovers: Vec<_> = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
@@ -322,9 +333,12 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
     let overview = get(&w.server.tiles_addr().to_string(), "/");
     assert!(overview.contains("single-node: in policy"), "{overview}");
 
-    // As of the second snapshot's instant only what existed then counts:
-    // two pins, both with a snapshot, and no drill yet.
-    let past = posture(Some(&snapshots[1].1));
+    // Half a second after the second snapshot was tagged (before the third
+    // pin) only what existed then counts: two pins, both with a snapshot
+    // recorded, and no drill yet.
+    let then: Timestamp = snapshots[1].1.parse().unwrap();
+    let then = then.saturating_add_micros(500_000).to_string();
+    let past = posture(Some(&then));
     assert_eq!(past.code, 8, "{past:#?}");
     let past: Value = serde_json::from_str(&past.stdout).unwrap();
     let then = &past["environments"][0];
@@ -485,6 +499,9 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
     drop(tmp);
 }
 
+/// An instant after the third of `three_releases`' pins.
+const T3_AFTER: &str = "2026-06-01T00:00:00Z";
+
 #[test]
 fn drills_and_snapshots_refuse_what_they_cannot_pair_and_record_nothing() {
     let w = World::new(&[]);
@@ -527,6 +544,70 @@ fn drills_and_snapshots_refuse_what_they_cannot_pair_and_record_nothing() {
     // Bad input, refused before anything is sent.
     w.cli(&["snapshot-tag", "--env", "prod"])
         .fails(2, "--snapshot");
+    let kept = w.dir.path().join("kept");
+    std::fs::create_dir(&kept).unwrap();
+    std::fs::write(kept.join("old"), "").unwrap();
+    let relative = [
+        "restore", "--env", "prod", "--at", T3_AFTER, "--out", "x.json",
+    ];
+    for (extra, needle) in [
+        (
+            &["--file", "app.db", "--litestream-txid", "10"][..],
+            "--litestream-txid restores a Litestream",
+        ),
+        (
+            &[
+                "--replica",
+                "file:///nowhere",
+                "--at",
+                T3_AFTER,
+                "--wal-archive",
+                "/tmp",
+            ][..],
+            "--wal-archive is for a PostgreSQL",
+        ),
+        (
+            &["--file", "app.db", "--keep", kept.to_str().unwrap()][..],
+            "is not empty",
+        ),
+        (
+            &[
+                "--pg-base",
+                "/tmp",
+                "--wal-archive",
+                "no-such-archive",
+                "--at",
+                T3_AFTER,
+            ][..],
+            "--wal-archive no-such-archive",
+        ),
+    ] {
+        let mut args = vec![
+            "drill",
+            "run",
+            "--env",
+            "prod",
+            "--trusted-keys",
+            "trusted",
+            "--log-key",
+            &vkey,
+        ];
+        args.extend_from_slice(extra);
+        w.cli(&args).fails(2, needle);
+    }
+    w.cli(&[&relative[..], &["--plan", "--wal-archive", "wal"]].concat())
+        .fails(2, "not an absolute path");
+    w.cli(&[
+        "drill",
+        "record",
+        "--env",
+        "prod",
+        "--driver",
+        "postgresql",
+        "--target",
+        T3_AFTER,
+    ])
+    .fails(2, "a drill with no checks proves nothing");
     w.cli(&[
         "snapshot-tag",
         "--env",

@@ -92,7 +92,7 @@ pub struct RestoreArgs {
     litestream_replica: String,
     /// The PostgreSQL WAL archive folder, to fill in the printed
     /// restore_command.
-    #[arg(long, value_name = "DIR", default_value = "/path/to/wal_archive")]
+    #[arg(long, value_name = "DIR", default_value = "/path/to/wal_archive", value_parser = wal_archive)]
     wal_archive: String,
     /// Refuse a checkpoint whose newest cosignature (by the witnesses of
     /// --policy) is older than this (e.g. 10m, 1h): an answer that says
@@ -193,13 +193,38 @@ fn postgres_time(rfc3339: &str) -> String {
     }
 }
 
+/// A WAL archive folder as `restore_command` can name it: absolute (the
+/// command runs in the data folder), and free of the quotes, `$`, `\` and
+/// backquotes the setting and its shell would read.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn wal_archive(text: &str) -> Result<String, String> {
+    if !text.starts_with('/') {
+        return Err(format!(
+            "{text:?} is not an absolute path: restore_command runs in the restored data \
+             folder, so the archive must be named from /"
+        ));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '\'' | '"' | '\\' | '$' | '`'))
+    {
+        return Err(format!(
+            "{text:?} holds {c:?}, which restore_command cannot quote; use a path without it \
+             (a symbolic link to the archive will do)"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 /// The settings of a PostgreSQL point-in-time recovery to `target`, as
 /// they can be pasted into postgresql.conf (with recovery.signal): a
 /// recovery needs restore_command, and a restored copy must not archive
 /// into the primary's archive until it is promoted on purpose.
 fn postgres_recovery(archive: &str, target: &str) -> Vec<String> {
     vec![
-        format!("restore_command = 'cp {archive}/%f %p'"),
+        format!("restore_command = 'cp \"{archive}/%f\" \"%p\"'"),
         target.to_owned(),
         "recovery_target_action = 'promote'".to_owned(),
         "# a restored copy must not write into the primary's WAL archive: keep archiving off \
@@ -650,6 +675,13 @@ fn hash_file(path: &std::path::Path) -> Outcome<Digest> {
     }
 }
 
+/// Where the tag of the snapshot file `file` goes: `FILE.stackpin.json`.
+fn tag_path(file: &Path) -> PathBuf {
+    let mut path = file.as_os_str().to_owned();
+    path.push(".stackpin.json");
+    PathBuf::from(path)
+}
+
 /// `stackpin snapshot-tag`: records a backup in the log, paired by the
 /// registry with the artifact live at its instant, and beside a snapshot
 /// file a tag naming that artifact, so the two can be restored together
@@ -694,6 +726,27 @@ pub async fn snapshot_tag(
         sha256: sha256.map(|d| d.to_string()).unwrap_or_default(),
         request_id: String::new(),
     };
+    // The tag beside the snapshot must be writable before the entry is
+    // recorded: a retry after a failed write would record the backup twice.
+    if let Some(file) = &args.snapshot {
+        let path = tag_path(file);
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if path.is_dir() {
+            return Err(Failure::invalid(format!(
+                "{} is a folder, so the tag cannot be written there; nothing was recorded",
+                path.display()
+            )));
+        }
+        tempfile::NamedTempFile::new_in(&dir).map_err(|e| {
+            Failure::invalid(format!(
+                "cannot write the tag {} ({e}); nothing was recorded",
+                path.display()
+            ))
+        })?;
+    }
     let recorded = crate::cmd::evidence::record_snapshot(server, &args.log_key, message).await?;
     let stackpin_core::entry::Entry::Snapshot(entry) = &recorded.entry else {
         return Err(Failure::verify(
@@ -712,9 +765,7 @@ pub async fn snapshot_tag(
                 pin_seq: entry.live.seq,
                 log_index: recorded.index,
             };
-            let mut path = file.as_os_str().to_owned();
-            path.push(".stackpin.json");
-            let path = PathBuf::from(path);
+            let path = tag_path(file);
             let json = serde_json::to_vec_pretty(&tag).context("encoding the tag")?;
             write_atomic(&path, &json)?;
             (Some(path.display().to_string()), Some(tag))

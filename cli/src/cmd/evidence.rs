@@ -339,6 +339,12 @@ async fn record(args: &RecordArgs, server: &crate::client::Connection, format: F
         })
         .collect();
     let passed = args.failed.is_none() && checks.iter().all(|c| c.passed);
+    if passed && checks.is_empty() {
+        return Err(Failure::invalid(
+            "a passing drill names the checks that passed (--check-passed NAME, repeatable): \
+             a drill with no checks proves nothing; a failed one says why (--failed WHY)",
+        ));
+    }
     let started_at = args.started_at.unwrap_or_else(|| {
         let back = args
             .rto
@@ -653,7 +659,7 @@ async fn run(
             };
             Source::Postgres {
                 base: base.clone(),
-                archive: archive.clone(),
+                archive: archive_dir(archive)?,
             }
         }
         (None, None, None, Some(s)) => match s.driver {
@@ -662,7 +668,7 @@ async fn run(
             Driver::Postgresql => match &args.wal_archive {
                 Some(archive) => Source::Postgres {
                     base: PathBuf::from(&s.location),
-                    archive: archive.clone(),
+                    archive: archive_dir(archive)?,
                 },
                 None => {
                     return Err(Failure::invalid(format!(
@@ -687,6 +693,49 @@ async fn run(
             ));
         }
     };
+    let litestream = matches!(source, Source::Litestream(_));
+    let postgres = matches!(source, Source::Postgres { .. } | Source::PostgresPlan(_));
+    if args.litestream_txid.is_some() && !litestream {
+        return Err(Failure::invalid(
+            "--litestream-txid restores a Litestream replica: drill one (--replica URL, or a \
+             recorded Litestream snapshot)",
+        ));
+    }
+    if args.wal_archive.is_some() && !postgres {
+        return Err(Failure::invalid(
+            "--wal-archive is for a PostgreSQL drill (--pg-base DIR, or a recorded PostgreSQL \
+             snapshot)",
+        ));
+    }
+    if let Some(wal) = &args.wal_archive
+        && matches!(source, Source::PostgresPlan(_))
+    {
+        crate::cmd::artifacts::wal_archive(&wal.to_string_lossy())
+            .map_err(|e| Failure::invalid(format!("--wal-archive: {e}")))?;
+    }
+    if let (Some(at), Some(s)) = (args.at, &snapshot)
+        && at != s.db_time
+    {
+        return Err(Failure::invalid(format!(
+            "snapshot {} restores to {}, not --at {at}: drop --at to drill the snapshot, or \
+             drop --snapshot to drill another instant",
+            args.snapshot.unwrap_or_default(),
+            s.db_time
+        )));
+    }
+    if checks.len() > MAX_CHECKS {
+        return Err(Failure::invalid(format!(
+            "at most {MAX_CHECKS} --check queries in one drill"
+        )));
+    }
+    if let Some(dir) = &args.keep
+        && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+    {
+        return Err(Failure::invalid(format!(
+            "--keep {}: the folder is not empty; name a new or empty one",
+            dir.display()
+        )));
+    }
     let target = match (args.at, &snapshot, &source) {
         (Some(at), _, _) => at,
         (None, Some(s), _) => s.db_time,
@@ -817,7 +866,7 @@ async fn run(
         Source::PostgresPlan(_) => Err("a printed drill restores nothing".into()),
     };
     steps.end(step, t, restored.is_ok());
-    let db = match restored {
+    let mut db = match restored {
         Ok(db) => Some(db),
         Err(why) => {
             failure.get_or_insert(why);
@@ -876,12 +925,20 @@ async fn run(
         }
     }
     let rto = clock.elapsed();
-    if let Some(Db::Postgres(c)) = &db {
+    if let Some(Db::Postgres(c)) = &mut db {
         c.stop().await;
     }
     if failure.is_none() && results.iter().any(|c| !c.passed) {
         failure = Some("a check failed".into());
     }
+    for c in &mut results {
+        c.name = one_line(&c.name, MAX_DETAIL);
+        c.detail = one_line(&c.detail, MAX_DETAIL);
+    }
+    for step in &mut steps.steps {
+        step.name = one_line(&step.name, MAX_DETAIL);
+    }
+    let failure = failure.map(|f| one_line(&f, 4 * MAX_DETAIL));
     let drill = Drill {
         env: args.env.clone(),
         driver,
@@ -963,6 +1020,43 @@ async fn run(
 
 /// Copies what a drill restored (the database file or cluster folder, the
 /// artifact and its proof) from `work` into `dir`.
+/// Most `--check` queries one drill runs (the registry records at most 256
+/// checks, and a drill adds its own).
+const MAX_CHECKS: usize = 200;
+/// Longest check name or detail recorded; the registry takes at most 4096
+/// bytes of text, and the whole entry must stay small.
+const MAX_DETAIL: usize = 512;
+
+/// A PostgreSQL drill's WAL archive, absolute (`restore_command` runs in
+/// the restored data folder) and nameable by it.
+fn archive_dir(dir: &Path) -> Outcome<PathBuf> {
+    let abs = std::fs::canonicalize(dir)
+        .map_err(|e| Failure::invalid(format!("--wal-archive {}: {e}", dir.display())))?;
+    crate::cmd::artifacts::wal_archive(&abs.to_string_lossy())
+        .map_err(|e| Failure::invalid(format!("--wal-archive: {e}")))?;
+    Ok(abs)
+}
+
+/// `text` as one line of at most `max` bytes, as the log records it: what
+/// a database or a tool prints (psql's errors span lines) is kept readable
+/// rather than refused with the drill's result.
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text
+        .split(char::is_control)
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if flat.len() <= max {
+        return flat;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !flat.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &flat[..end])
+}
+
 fn keep(work: &Path, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for name in [
@@ -1006,6 +1100,21 @@ struct Cluster {
     bin: PathBuf,
     data: PathBuf,
     sock: PathBuf,
+    /// Whether it was stopped; dropped running (an error path, Ctrl-C or
+    /// SIGTERM), it is stopped as it drops, before its folder is removed.
+    stopped: bool,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = std::process::Command::new(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
+        }
+    }
 }
 
 /// The port that names the cluster's socket file (nothing listens on TCP).
@@ -1043,14 +1152,23 @@ impl Cluster {
             conf.push_str(line);
             conf.push('\n');
         }
+        // postgresql.auto.conf is read last, so these win over anything the
+        // primary set with ALTER SYSTEM (archive_mode = on, a listen
+        // address) that the base backup carries.
         use std::io::Write as _;
         std::fs::OpenOptions::new()
+            .create(true)
             .append(true)
-            .open(data.join("postgresql.conf"))
+            .open(data.join("postgresql.auto.conf"))
             .and_then(|mut f| f.write_all(conf.as_bytes()))
             .map_err(|e| format!("writing the recovery settings: {e}"))?;
         std::fs::write(data.join("recovery.signal"), "").map_err(|e| e.to_string())?;
-        let cluster = Self { bin, data, sock };
+        let mut cluster = Self {
+            bin,
+            data,
+            sock,
+            stopped: false,
+        };
         let log = work.join("postgresql.log");
         let started = tokio::process::Command::new(cluster.bin.join("pg_ctl"))
             .arg("-D")
@@ -1058,6 +1176,7 @@ impl Cluster {
             .arg("-l")
             .arg(&log)
             .args(["-w", "-t", "600", "start"])
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| format!("cannot run pg_ctl from {}: {e}", cluster.bin.display()))?;
@@ -1127,13 +1246,15 @@ impl Cluster {
         }
     }
 
-    async fn stop(&self) {
+    async fn stop(&mut self) {
         let _ = tokio::process::Command::new(self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(&self.data)
             .args(["-m", "immediate", "-w", "stop"])
+            .kill_on_drop(true)
             .output()
             .await;
+        self.stopped = true;
     }
 }
 
@@ -1191,14 +1312,23 @@ async fn print_postgresql(
         |b| b.display().to_string(),
     );
     let (env, at) = (args.env.to_string(), target.to_string());
+    // The settings go into postgresql.auto.conf, read last, so they win
+    // over what the primary set with ALTER SYSTEM; the heredoc is quoted,
+    // so nothing in them is expanded by the shell.
     let mut commands = vec![
+        "set -eu".to_owned(),
         "D=$(mktemp -d)".to_owned(),
+        "trap 'pg_ctl -D \"$D/pgdata\" -m immediate -w stop >/dev/null 2>&1 || true; rm -rf \"$D\"' EXIT".to_owned(),
         format!(
             "cp -a {} \"$D/pgdata\" && chmod 700 \"$D/pgdata\" && mkdir \"$D/sock\"",
             shell_quote(&base)
         ),
+        "rm -f \"$D/pgdata/postmaster.pid\" \"$D/pgdata/standby.signal\"".to_owned(),
         format!(
-            "cat >> \"$D/pgdata/postgresql.conf\" <<EOF\nlisten_addresses = ''\nunix_socket_directories = '$D/sock'\nport = {PG_PORT}\n{}\nEOF",
+            "printf \"listen_addresses = ''\\nunix_socket_directories = '%s'\\nport = {PG_PORT}\\n\" \"$D/sock\" >> \"$D/pgdata/postgresql.auto.conf\""
+        ),
+        format!(
+            "cat >> \"$D/pgdata/postgresql.auto.conf\" <<'EOF'\n{}\nEOF",
             planned.database.postgres.join("\n")
         ),
         "touch \"$D/pgdata/recovery.signal\"".to_owned(),
@@ -1209,7 +1339,7 @@ async fn print_postgresql(
         ),
         format!(
             "stackpin restore --env {env} --at {at} --out \"$D/objectstack.json\" --trusted-keys {}",
-            args.trusted_keys.display()
+            shell_quote(&args.trusted_keys.display().to_string())
         ),
     ];
     for c in &args.check {
@@ -1222,10 +1352,13 @@ async fn print_postgresql(
             shell_quote(&query)
         ));
     }
+    let snapshot = args
+        .snapshot
+        .map(|i| format!(" --snapshot {i}"))
+        .unwrap_or_default();
     commands.push(format!(
-        "stackpin drill record --env {env} --driver postgresql --target {at} --rto \"$(( $(date +%s) - START ))s\" --check-passed NAME  # or --check-failed NAME / --failed WHY"
+        "stackpin drill record --env {env} --driver postgresql --target {at}{snapshot} --rto \"$(( $(date +%s) - START ))s\" --check-passed NAME  # or --check-failed NAME / --failed WHY"
     ));
-    commands.push("pg_ctl -D \"$D/pgdata\" -m immediate -w stop && rm -rf \"$D\"".to_owned());
     #[derive(Serialize)]
     struct Printed<'a> {
         env: &'a str,
@@ -1331,6 +1464,7 @@ async fn litestream_restore(
         .args(["restore", flag, &value, "-o"])
         .arg(db)
         .arg(url)
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| format!("cannot run {}: {e}", litestream.display()))?;
@@ -1419,9 +1553,8 @@ pub struct PostureArgs {
     /// Only this environment [default: every environment with a pin].
     #[arg(long, value_parser = crate::parse::<EnvName>)]
     env: Option<EnvName>,
-    /// Judge as of this instant instead of now: only the pins activated,
-    /// the snapshots restoring to an instant, and the drills recorded by
-    /// then count.
+    /// Judge as of this instant instead of now: only the pins activated
+    /// and the snapshots and drills recorded by then count.
     #[arg(long, value_parser = crate::parse::<Timestamp>)]
     at: Option<Timestamp>,
 }
@@ -1588,5 +1721,24 @@ pub async fn posture(
             crate::exit::OUT_OF_POLICY,
             anyhow::anyhow!("out of policy: {}", out.join(", ")),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn what_a_tool_prints_is_recorded_as_one_short_line() {
+        let psql = "ERROR:  relation \"ordrs\" does not exist\nLINE 1: SELECT count(*) FROM ordrs\n                             ^\n";
+        assert_eq!(
+            one_line(psql, 512),
+            "ERROR:  relation \"ordrs\" does not exist LINE 1: SELECT count(*) FROM ordrs ^"
+        );
+        let long = "é".repeat(600);
+        let cut = one_line(&long, 512);
+        assert!(cut.len() <= 512, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert_eq!(one_line("fine", 512), "fine");
     }
 }

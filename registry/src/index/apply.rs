@@ -270,6 +270,7 @@ impl Index {
                 let mut value = at.to_vec();
                 value.extend_from_slice(&s.live.seq.to_be_bytes());
                 value.extend_from_slice(&s.db_time.as_micros().to_be_bytes());
+                value.extend_from_slice(&s.recorded_at.as_micros().to_be_bytes());
                 batch.insert(evidence_key("s", &s.env, index), value);
             }
             (Entry::Drill(d), Change::Drill) => {

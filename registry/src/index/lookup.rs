@@ -26,6 +26,8 @@ pub struct SnapshotRow {
     /// The sequence number of the pin live at its instant.
     pub seq: u64,
     pub db_time: Timestamp,
+    /// When the registry recorded it.
+    pub recorded_at: Timestamp,
 }
 
 impl SnapshotRow {
@@ -34,6 +36,7 @@ impl SnapshotRow {
             at: EntryAt::decode(v)?,
             seq: u64_at(v, 20)?,
             db_time: Timestamp::from_micros(i64_at(v, 28)?)?,
+            recorded_at: Timestamp::from_micros(i64_at(v, 36)?)?,
         })
     }
 }
@@ -465,8 +468,7 @@ impl Index {
     /// its drill keys to the newest passing one.
     ///
     /// With `as_of`, only what existed by then counts: the pins activated
-    /// by then, the snapshots restoring to an instant up to then, and the
-    /// drills recorded by then (so an auditor can ask how an environment
+    /// by then, and the snapshots and drills recorded by then (so an auditor can ask how an environment
     /// stood at the end of a past quarter).
     ///
     /// # Errors
@@ -490,20 +492,24 @@ impl Index {
         let positioned = if pins == all {
             head.map_or(0, |h| h.positioned)
         } else {
-            let mut seqs = std::collections::HashSet::new();
-            for item in self.tree.scan_prefix(env_prefix("q", env)) {
-                let seq = seq_of_time_key(&item?.0)?;
-                if seq <= pins {
-                    seqs.insert(seq);
+            // As of a past instant: read the pins activated by then (a
+            // restore point is a position too, and has no ordered key).
+            let reader = self.proof_reader();
+            let mut n = 0;
+            for seq in 1..=pins {
+                if let Some((p, _)) = self.pin(env, seq, &reader)?
+                    && p.entry.db_position.is_some()
+                {
+                    n += 1;
                 }
             }
-            seqs.len() as u64
+            n
         };
         let mut covered = std::collections::HashSet::new();
         let mut newest_snapshot = None;
         for item in self.tree.scan_prefix(env_prefix("s", env)) {
             let row = SnapshotRow::decode(&item?.1)?;
-            if as_of.is_some_and(|t| row.db_time > t) {
+            if as_of.is_some_and(|t| row.recorded_at > t) {
                 continue;
             }
             covered.insert(row.seq);

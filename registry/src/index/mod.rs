@@ -16,7 +16,7 @@
 //! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
 //! a/<digest hex>/<env>/<seq BE>       (empty): artifact -> the pins of it
 //! o/<first index u64 BE>              u64 BE entry count, u64 BE byte size of that log object
-//! s/<env>/<index u64 BE>              EntryAt of a snapshot, the live pin's seq (u64 BE), its db_time (i64 BE micros)
+//! s/<env>/<index u64 BE>              EntryAt of a snapshot, the live pin's seq (u64 BE), its db_time and recorded_at (i64 BE micros)
 //! v/<env>/<index u64 BE>              EntryAt of a drill, passed (1 byte), recorded_at (i64 BE micros), restore millis (u64 BE, MAX: none)
 //! m/format                            u64 BE: the layout version, [`FORMAT`]
 //! ```
@@ -70,8 +70,8 @@ const FORMAT_KEY: &[u8] = b"m/format";
 /// 6: time keys name the pin and publish entries; 7: with the copies'
 /// lengths; 8: release keys carry the bound digest; 9: request ids;
 /// 10: snapshots and drills, and heads count positioned pins; 11: the
-/// pins of each artifact.
-pub const FORMAT: u64 = 11;
+/// pins of each artifact; 12: when each snapshot was recorded.
+pub const FORMAT: u64 = 12;
 
 /// A file in the index folder that says the index was found damaged while
 /// serving; the next open rebuilds it.

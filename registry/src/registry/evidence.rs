@@ -286,6 +286,11 @@ impl Registry {
         let policy = &self.shared.limits.posture;
         let index = &self.shared.index;
         let envs: Vec<EnvName> = match env {
+            // A name with no pins is most likely mistyped: an alert job
+            // must not pass on it.
+            Some(e) if index.env_head(e)?.is_none() => {
+                return Err(Error::not_found(format!("environment {e} has no pins")));
+            }
             Some(e) => vec![e.clone()],
             None => {
                 let mut all = Vec::new();
