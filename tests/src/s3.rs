@@ -65,7 +65,10 @@ pub struct Seaweed {
 }
 
 impl Seaweed {
-    /// Starts SeaweedFS and waits until its bucket accepts writes.
+    /// Starts SeaweedFS and waits until its bucket accepts writes. The
+    /// ports are picked free, but another process may take one before
+    /// SeaweedFS binds it: it then exits, and is started again on other
+    /// ports.
     pub fn start() -> Self {
         let dir = TempDir::new().unwrap_or_else(|e| panic!("scratch folder: {e}"));
         let names = [
@@ -80,23 +83,42 @@ impl Seaweed {
             "-admin.port",
             "-admin.port.grpc",
         ];
-        let ports: Vec<(&'static str, u16)> = names.iter().map(|n| (*n, free_port())).collect();
-        let s3_port = ports
-            .iter()
-            .find(|(n, _)| *n == "-s3.port")
-            .map(|(_, p)| *p)
-            .unwrap_or(0);
         let mut s = Self {
             child: None,
             dir,
-            ports,
-            s3_port,
+            ports: Vec::new(),
+            s3_port: 0,
         };
-        s.spawn();
-        s
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            s.ports = names.iter().map(|n| (*n, free_port())).collect();
+            s.s3_port = s
+                .ports
+                .iter()
+                .find(|(n, _)| *n == "-s3.port")
+                .map(|(_, p)| *p)
+                .unwrap_or(0);
+            match s.try_spawn() {
+                Ok(()) => return s,
+                Err(log) if attempt < 4 && log.contains("address already in use") => {
+                    let _ = std::fs::remove_dir_all(s.dir.path());
+                    let _ = std::fs::create_dir_all(s.dir.path());
+                }
+                Err(log) => panic!("SeaweedFS did not accept a write within 60s; its log:\n{log}"),
+            }
+        }
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("SeaweedFS did not accept a write within 60s; its log:\n{log}");
+        }
+    }
+
+    /// Starts SeaweedFS on `self.ports` and waits until it accepts writes;
+    /// its log when it exits or does not within 60 s.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut cmd = Command::new(weed_binary());
         cmd.arg("mini")
             .arg(format!("-dir={}", self.dir.path().display()))
@@ -127,15 +149,29 @@ impl Seaweed {
                 )
             });
         self.child = Some(child);
+        let read_log = |dir: &TempDir| {
+            std::fs::read_to_string(dir.path().join("weed.log")).unwrap_or_default()
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if self.accepts_writes() {
-                return;
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            // A fatal error (a port taken) may leave the other services
+            // running: look at the log too.
+            let log = read_log(&self.dir);
+            if exited || log.contains("address already in use") {
+                self.stop();
+                return Err(log);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
-        panic!("SeaweedFS did not accept a write within 60s; its log:\n{log}");
+        self.stop();
+        Err(read_log(&self.dir))
     }
 
     /// Ready means a write goes through, not only that the bucket exists:
