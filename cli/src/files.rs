@@ -13,6 +13,43 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Outcome {
     write_all_atomic(&[(path, bytes)])
 }
 
+/// The folder `path` is written into (`.` for a bare name).
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Checks that `path` is not a folder and creates the folder it goes in;
+/// that folder.
+fn prepare(path: &Path) -> Outcome<PathBuf> {
+    if path.is_dir() {
+        return Err(Failure::invalid(format!(
+            "{} is a folder, not a file; nothing was written",
+            path.display()
+        )));
+    }
+    let dir = dir_of(path);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::invalid(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// Checks that `path` can be written as a file (its folder created if
+/// need be), before anything that depends on writing it is done.
+///
+/// # Errors
+/// Invalid when `path` is a folder or its folder cannot be written into.
+pub fn writable(path: &Path) -> Outcome {
+    let dir = prepare(path)?;
+    tempfile::Builder::new()
+        .prefix(".stackpin-")
+        .tempfile_in(&dir)
+        .map_err(|e| Failure::invalid(format!("cannot write into {}: {e}", dir.display())))?;
+    Ok(())
+}
+
 /// Writes several files as one step: every target is checked first (none
 /// may be a folder), each is written to a temporary file beside it and
 /// synced, and only then are all renamed over their targets, with no await
@@ -21,20 +58,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Outcome {
 /// drop. A new file gets the mode the umask gives (as `cp` would); a
 /// replaced file keeps its mode.
 pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Outcome {
-    let dir_of = |path: &Path| match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     for (path, _) in files {
-        if path.is_dir() {
-            return Err(Failure::invalid(format!(
-                "{} is a folder, not a file; nothing was written",
-                path.display()
-            )));
-        }
-        let dir = dir_of(path);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Failure::invalid(format!("cannot create {}: {e}", dir.display())))?;
+        prepare(path)?;
     }
     let mut staged = Vec::with_capacity(files.len());
     for (path, bytes) in files {

@@ -729,23 +729,7 @@ pub async fn snapshot_tag(
     // The tag beside the snapshot must be writable before the entry is
     // recorded: a retry after a failed write would record the backup twice.
     if let Some(file) = &args.snapshot {
-        let path = tag_path(file);
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if path.is_dir() {
-            return Err(Failure::invalid(format!(
-                "{} is a folder, so the tag cannot be written there; nothing was recorded",
-                path.display()
-            )));
-        }
-        tempfile::NamedTempFile::new_in(&dir).map_err(|e| {
-            Failure::invalid(format!(
-                "cannot write the tag {} ({e}); nothing was recorded",
-                path.display()
-            ))
-        })?;
+        crate::files::writable(&tag_path(file))?;
     }
     let recorded = crate::cmd::evidence::record_snapshot(server, &args.log_key, message).await?;
     let stackpin_core::entry::Entry::Snapshot(entry) = &recorded.entry else {

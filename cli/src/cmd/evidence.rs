@@ -654,7 +654,8 @@ async fn run(
         (None, None, Some(base), _) => {
             let Some(archive) = &args.wal_archive else {
                 return Err(Failure::invalid(
-                    "--pg-base needs --wal-archive: the folder the WAL was archived to                      (or --print-postgresql for the commands to run where they are)",
+                    "--pg-base needs --wal-archive: the folder the WAL was archived to \
+                     (or --print-postgresql for the commands to run where they are)",
                 ));
             };
             Source::Postgres {
@@ -672,7 +673,8 @@ async fn run(
                 },
                 None => {
                     return Err(Failure::invalid(format!(
-                        "snapshot {} is a PostgreSQL base backup: pass --wal-archive DIR too,                          or --print-postgresql for the commands to run where it is",
+                        "snapshot {} is a PostgreSQL base backup: pass --wal-archive DIR too, \
+                         or --print-postgresql for the commands to run where it is",
                         args.snapshot.unwrap_or_default()
                     )));
                 }
@@ -774,18 +776,19 @@ async fn run(
     if let Source::PostgresPlan(base) = &source {
         return print_postgresql(args, server, state, target, base.as_deref(), format).await;
     }
-    let txid = args.litestream_txid.clone().or_else(|| {
-        snapshot
-            .as_ref()
-            .filter(|s| s.driver == Driver::Litestream)
-            .and_then(|s| s.db_position.clone())
-            .filter(|p| {
-                matches!(
-                    p,
-                    stackpin_core::position::DbPosition::LitestreamTxid { .. }
-                )
-            })
-    });
+    let txid = args
+        .litestream_txid
+        .as_ref()
+        .or_else(|| {
+            snapshot
+                .as_ref()
+                .filter(|s| s.driver == Driver::Litestream)
+                .and_then(|s| s.db_position.as_ref())
+        })
+        .and_then(|p| match p {
+            stackpin_core::position::DbPosition::LitestreamTxid { txid } => Some(txid.as_str()),
+            _ => None,
+        });
     let driver = source.driver();
     let work = tempfile::Builder::new()
         .prefix("stackpin-drill-")
@@ -849,7 +852,7 @@ async fn run(
     let restored = match &source {
         Source::Litestream(url) => {
             let db = work.path().join("restored.db");
-            litestream_restore(&args.litestream, url, target, txid.as_ref(), &db)
+            litestream_restore(&args.litestream, url, target, txid, &db)
                 .await
                 .map(|()| Db::Sqlite(db))
         }
@@ -1018,8 +1021,6 @@ async fn run(
     }
 }
 
-/// Copies what a drill restored (the database file or cluster folder, the
-/// artifact and its proof) from `work` into `dir`.
 /// Most `--check` queries one drill runs (the registry records at most 256
 /// checks, and a drill adds its own).
 const MAX_CHECKS: usize = 200;
@@ -1057,6 +1058,8 @@ fn one_line(text: &str, max: usize) -> String {
     format!("{}…", &flat[..end])
 }
 
+/// Copies what a drill restored (the database file or cluster folder, the
+/// artifact and its proof) from `work` into `dir`.
 fn keep(work: &Path, dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     for name in [
@@ -1108,11 +1111,7 @@ struct Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if !self.stopped {
-            let _ = std::process::Command::new(self.bin.join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data)
-                .args(["-m", "immediate", "-w", "stop"])
-                .output();
+            let _ = self.stop_command().output();
         }
     }
 }
@@ -1246,11 +1245,18 @@ impl Cluster {
         }
     }
 
-    async fn stop(&mut self) {
-        let _ = tokio::process::Command::new(self.bin.join("pg_ctl"))
-            .arg("-D")
+    /// `pg_ctl stop -m immediate`: the copy is thrown away, so nothing
+    /// needs a clean shutdown.
+    fn stop_command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(self.bin.join("pg_ctl"));
+        c.arg("-D")
             .arg(&self.data)
-            .args(["-m", "immediate", "-w", "stop"])
+            .args(["-m", "immediate", "-w", "stop"]);
+        c
+    }
+
+    async fn stop(&mut self) {
+        let _ = tokio::process::Command::from(self.stop_command())
             .kill_on_drop(true)
             .output()
             .await;
@@ -1293,17 +1299,13 @@ async fn print_postgresql(
     base: Option<&Path>,
     format: Format,
 ) -> Outcome {
-    let archive = args
-        .wal_archive
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/path/to/wal_archive"));
     let plan = crate::cmd::artifacts::RestoreArgs::drill(
         args.env.clone(),
         target,
         PathBuf::from("objectstack.json"),
         args.trusted_keys.clone(),
         args.log_key.clone(),
-        Some(&archive),
+        args.wal_archive.as_deref(),
     )
     .planned();
     let planned = crate::cmd::artifacts::restore_verified(&plan, server, state).await?;
@@ -1451,14 +1453,12 @@ async fn litestream_restore(
     litestream: &Path,
     url: &str,
     target: Timestamp,
-    txid: Option<&stackpin_core::position::DbPosition>,
+    txid: Option<&str>,
     db: &Path,
 ) -> Result<(), String> {
     let (flag, value) = match txid {
-        Some(stackpin_core::position::DbPosition::LitestreamTxid { txid }) => {
-            ("-txid", txid.clone())
-        }
-        _ => ("-timestamp", target.to_string()),
+        Some(txid) => ("-txid", txid.to_owned()),
+        None => ("-timestamp", target.to_string()),
     };
     let out = tokio::process::Command::new(litestream)
         .args(["restore", flag, &value, "-o"])

@@ -288,10 +288,10 @@ impl Registry {
         let envs: Vec<EnvName> = match env {
             // A name with no pins is most likely mistyped: an alert job
             // must not pass on it.
-            Some(e) if index.env_head(e)?.is_none() => {
-                return Err(Error::not_found(format!("environment {e} has no pins")));
+            Some(e) => {
+                self.known_env(e)?;
+                vec![e.clone()]
             }
-            Some(e) => vec![e.clone()],
             None => {
                 let mut all = Vec::new();
                 let mut after: Option<EnvName> = None;

@@ -39,7 +39,8 @@ impl<'a> Seen<'a> {
 pub type LiveInterval = (PinRecord, Option<Timestamp>);
 
 impl Registry {
-    fn known_env(&self, env: &EnvName) -> Result<crate::index::EnvHead> {
+    /// The head of `env`; NotFound when it has no pins.
+    pub(super) fn known_env(&self, env: &EnvName) -> Result<crate::index::EnvHead> {
         self.shared
             .index
             .env_head(env)?
