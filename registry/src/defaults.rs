@@ -26,7 +26,7 @@ pub const MAX_BATCH: usize = 256;
 pub const MAX_ARTIFACT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Margin around a switch within which resolve names both candidates.
-pub const BOUNDARY_MARGIN: Duration = Duration::from_secs(2);
+pub const BOUNDARY_MARGIN: Duration = stackpin_core::defaults::BOUNDARY_MARGIN;
 
 /// Deadline of one request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);

@@ -12,10 +12,7 @@ use crate::records::PinRecord;
 use crate::time::Timestamp;
 use stackpin_core::state::EnvHead;
 
-/// Microseconds in `d`, saturating.
-pub fn micros(d: Duration) -> i64 {
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
+pub use stackpin_core::live::micros;
 
 /// Chooses the activation instant of a new pin: the requested one, or
 /// "now" but never before the environment's latest pin (a clock that
@@ -59,11 +56,11 @@ pub struct Resolution {
 /// Whether `at` is within `margin` of the start of `pin`'s interval (only
 /// then does [`near_switch`] look at the previous pin).
 pub fn near_start(at: Timestamp, pin: &PinRecord, margin: Duration) -> bool {
-    at.as_micros() - pin.entry.activated_at.as_micros() <= micros(margin)
+    stackpin_core::live::near_start(at, pin.entry.activated_at, margin)
 }
 
 /// The switch nearest `at` within `margin`, given the live pin and its
-/// neighbours.
+/// neighbours (the rule is [`stackpin_core::live::near_switch`]).
 pub fn near_switch(
     at: Timestamp,
     prev: Option<&PinRecord>,
@@ -71,37 +68,22 @@ pub fn near_switch(
     next: Option<&PinRecord>,
     margin: Duration,
 ) -> Option<Boundary> {
-    let margin = micros(margin);
-    let since_start = at.as_micros() - pin.entry.activated_at.as_micros();
-    let until_end = next.map(|n| n.entry.activated_at.as_micros() - at.as_micros());
-    let start = prev
-        .filter(|_| since_start <= margin)
-        .map(|p| (since_start, p, pin));
-    let end = next
-        .zip(until_end)
-        .filter(|(_, d)| *d <= margin)
-        .map(|(n, d)| (d, pin, n));
-    let (distance, before, after) = match (start, end) {
-        (Some(s), Some(e)) => {
-            if e.0 < s.0 {
-                e
-            } else {
-                s
-            }
-        }
-        (Some(s), None) => s,
-        (None, Some(e)) => e,
-        (None, None) => return None,
-    };
-    let offset_micros = if std::ptr::eq(after, pin) {
-        distance
+    let switch = stackpin_core::live::near_switch(
+        at,
+        prev.map(|p| p.entry.activated_at),
+        pin.entry.activated_at,
+        next.map(|n| n.entry.activated_at),
+        margin,
+    )?;
+    let (before, after) = if switch.to_next {
+        (pin, next?)
     } else {
-        -distance
+        (prev?, pin)
     };
     Some(Boundary {
         before: before.clone(),
         after: after.clone(),
-        offset_micros,
+        offset_micros: switch.offset_micros,
     })
 }
 

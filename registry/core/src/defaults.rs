@@ -20,6 +20,12 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// clocks of a pipeline and the registry may disagree by this much.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(5);
 
+/// Margin around a switch within which an answer names both candidates.
+/// The CLI sends it with every resolve (unless `--margin` says otherwise),
+/// so the near-switch warning it checks is computed by the same margin on
+/// both sides.
+pub const BOUNDARY_MARGIN: Duration = Duration::from_secs(2);
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -18,6 +18,7 @@
 //! | [`entry`] | the log entry types and their exact bytes |
 //! | [`json`] | the strict JSON (I-JSON, nesting-limited) an artifact must be |
 //! | [`layout`] | the storage keys of entries, blobs and the checkpoint |
+//! | [`live`] | when a pin is live, and how near an instant is to a switch |
 //! | [`state`] | `apply`: the one rule set deciding whether an entry may follow the log |
 //! | [`posture`] | recovery posture: backups and drills against RPO, RTO and drill interval |
 //! | [`audit`] | a full audit of a log from its entries, checkpoint and blobs |
@@ -33,6 +34,7 @@ pub mod error;
 pub mod ids;
 pub mod json;
 pub mod layout;
+pub mod live;
 pub mod merkle;
 pub mod note;
 pub mod position;

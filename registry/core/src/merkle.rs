@@ -452,6 +452,80 @@ pub fn verify_consistency(
     Ok(())
 }
 
+/// The root of a tree whose leaves are exactly `leaves` (RFC 6962 MTH
+/// over leaf hashes); [`EMPTY_ROOT`] for none.
+fn range_root(leaves: &[Hash]) -> Hash {
+    match leaves {
+        [] => EMPTY_ROOT,
+        [one] => *one,
+        _ => {
+            let k = usize::try_from(split_point(leaves.len() as u64)).unwrap_or(usize::MAX);
+            node_hash(&range_root(&leaves[..k]), &range_root(&leaves[k..]))
+        }
+    }
+}
+
+/// Checks that `leaves` are exactly the leaves `[first, size)` of the tree
+/// of `size` leaves whose root is `root`, given the inclusion `proof` of
+/// leaf `first` in that tree.
+///
+/// The proof's left siblings (the subtrees before `first`) are taken from
+/// it; every right sibling is recomputed from `leaves` instead of read from
+/// the proof, so the root matches only when every leaf from `first` to the
+/// end of the tree is the one given. This is how a client proves that
+/// nothing it was not shown lies after an entry (no later pin of an
+/// environment, say): the cost grows with `size - first`, not with the log.
+pub fn verify_range(
+    first: u64,
+    leaves: &[Hash],
+    size: u64,
+    proof: &[Hash],
+    root: &Hash,
+) -> Result<(), VerifyError> {
+    let count = leaves.len() as u64;
+    if count == 0 || first.checked_add(count) != Some(size) {
+        return reject(format!(
+            "{count} leaves from {first} do not end a tree of size {size}"
+        ));
+    }
+    let (mut fn_, mut sn) = (first, size - 1);
+    let mut level = 0u32;
+    let mut r = leaves[0];
+    let slice = |start: u64, end: u64| {
+        let at = |i: u64| usize::try_from(i - first).unwrap_or(usize::MAX);
+        &leaves[at(start)..at(end)]
+    };
+    for c in proof {
+        if sn == 0 {
+            return reject("the proof is longer than the tree shape needs");
+        }
+        if fn_ & 1 == 1 || fn_ == sn {
+            r = node_hash(c, &r);
+            while fn_ & 1 == 0 && fn_ != 0 {
+                fn_ >>= 1;
+                sn >>= 1;
+                level += 1;
+            }
+        } else {
+            // The right sibling, node fn_ + 1 at this level, covers leaves
+            // that all lie after `first`: it is computed, not trusted.
+            let start = (fn_ + 1) << level;
+            let end = ((fn_ + 2) << level).min(size);
+            r = node_hash(&r, &range_root(slice(start, end)));
+        }
+        fn_ >>= 1;
+        sn >>= 1;
+        level += 1;
+    }
+    if sn != 0 {
+        return reject("the proof is shorter than the tree shape needs");
+    }
+    if r != *root {
+        return reject("the leaves after the entry do not lead to the expected root");
+    }
+    Ok(())
+}
+
 /// An in-memory tree for tests and small uses: leaf hashes plus every
 /// completed perfect node, exactly what a persistent store would hold.
 #[derive(Debug, Clone, Default)]
@@ -884,6 +958,34 @@ mod tests {
             prop_assert!(verify_inclusion(&leaves[index as usize], index, size, &proof, &r2).is_ok());
             let proof = consistency_proof(&tree, old, size).unwrap();
             prop_assert!(verify_consistency(old, size, &r1, &r2, &proof).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_range_after_a_leaf_proves_every_later_leaf_and_nothing_else() {
+        let leaves: Vec<Hash> = (0u32..37).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for size in 1..=leaves.len() as u64 {
+            let tree = tree_of(&leaves[..size as usize]);
+            let root = root(&tree, size).unwrap();
+            for first in 0..size {
+                let proof = inclusion_proof(&tree, first, size).unwrap();
+                let range = &leaves[first as usize..size as usize];
+                assert!(verify_range(first, range, size, &proof, &root).is_ok());
+                // One changed leaf anywhere in the range is caught.
+                for at in 0..range.len() {
+                    let mut changed = range.to_vec();
+                    changed[at] = leaf_hash(b"forged");
+                    assert!(verify_range(first, &changed, size, &proof, &root).is_err());
+                }
+                // A range cut short or run past the end is refused.
+                if range.len() > 1 {
+                    let short = &range[..range.len() - 1];
+                    assert!(verify_range(first, short, size, &proof, &root).is_err());
+                }
+                let mut long = range.to_vec();
+                long.push(leaf_hash(b"extra"));
+                assert!(verify_range(first, &long, size, &proof, &root).is_err());
+            }
         }
     }
 }

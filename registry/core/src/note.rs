@@ -387,6 +387,48 @@ impl Checkpoint {
         }
         Ok(cp)
     }
+
+    /// Checks that this checkpoint's tree extends `older`'s: the same log,
+    /// at least as large, and a prefix by the consistency `proof` from
+    /// `older.size` to `self.size` (empty for equal sizes, whose roots must
+    /// then be equal). A smaller checkpoint never extends a larger one: a
+    /// log that shrank was rolled back, whatever its root. The one rule for
+    /// the CLI's remembered checkpoints and a witness's cosigned ones.
+    ///
+    /// # Errors
+    /// Why not, naming both sizes.
+    pub fn extends(&self, older: &Checkpoint, proof: &[Hash]) -> std::result::Result<(), String> {
+        if self.origin != older.origin {
+            return Err(format!(
+                "checkpoint of {} is not of the log {}",
+                self.origin, older.origin
+            ));
+        }
+        if self.size < older.size {
+            return Err(format!(
+                "size {} is older than size {} seen before: the log was rolled back, or this \
+                 answer comes from a copy that lags behind",
+                self.size, older.size
+            ));
+        }
+        if self.size == older.size {
+            return if self.root == older.root {
+                Ok(())
+            } else {
+                Err(format!("two different roots for size {}", self.size))
+            };
+        }
+        if older.size == 0 {
+            return Ok(());
+        }
+        crate::merkle::verify_consistency(older.size, self.size, &older.root, &self.root, proof)
+            .map_err(|e| {
+                format!(
+                    "no valid consistency proof from {} to {}: {e}",
+                    older.size, self.size
+                )
+            })
+    }
 }
 
 #[cfg(test)]
