@@ -160,15 +160,18 @@ async fn an_entry_too_long_for_a_tile_bundle_is_refused_and_nothing_is_logged() 
     let fits = serde_json::to_vec(&envelope).unwrap();
     let too_long = serde_json::to_vec(&big).unwrap();
     assert!(too_long.len() <= signing::MAX_ENVELOPE_BYTES);
-    let before = f.registry.checkpoint().unwrap().size;
+    let before = f.registry.latest_checkpoint().await.unwrap().size;
     let err = f.publish_with("big", &too_long, body).await.unwrap_err();
     assert_eq!(err.kind(), Kind::Invalid, "{err}");
     assert!(err.message().contains("at most 65535"), "{err}");
-    assert_eq!(f.registry.checkpoint().unwrap().size, before);
+    assert_eq!(f.registry.latest_checkpoint().await.unwrap().size, before);
     // Half as many signatures fit: the refusal was the entry's size.
     let p = f.publish_with("big", &fits, body).await.unwrap();
     assert!(p.created);
-    assert_eq!(f.registry.checkpoint().unwrap().size, before + 1);
+    assert_eq!(
+        f.registry.latest_checkpoint().await.unwrap().size,
+        before + 1
+    );
 }
 
 #[tokio::test]
@@ -707,10 +710,10 @@ fn earlier_tlog_proof(proof: &stackpin_registry::proof::RestoreProof) -> String 
 async fn consistency_proofs_link_every_checkpoint_to_the_next() {
     let f = Fixture::new().await;
     f.publish("r1", b"[1]").await.unwrap();
-    let mut checkpoints = vec![f.registry.checkpoint().unwrap()];
+    let mut checkpoints = vec![f.registry.latest_checkpoint().await.unwrap()];
     for i in 0..9 {
         f.pin("prod", "r1", Some(t(i))).await.unwrap();
-        checkpoints.push(f.registry.checkpoint().unwrap());
+        checkpoints.push(f.registry.latest_checkpoint().await.unwrap());
     }
     for old in &checkpoints {
         for new in checkpoints.iter().filter(|c| c.size >= old.size) {
@@ -806,7 +809,7 @@ async fn audit(f: &Fixture) -> stackpin_registry::audit::Report {
     use stackpin_registry::audit::Audit;
     let trusted = TrustedKeys::new([PublicKey::new(publisher().verifying_key())]);
     let mut a = Audit::new(trusted);
-    let cp = f.registry.checkpoint().unwrap();
+    let cp = f.registry.latest_checkpoint().await.unwrap();
     for i in 0..cp.size {
         a.entry(i, &f.registry.entry(i).await.unwrap());
     }
@@ -889,14 +892,14 @@ async fn concurrent_writes_are_group_committed_and_stay_consistent() {
     // A fresh index rebuilt from the stored objects answers the same. (That
     // requests are batched is asserted with a slow store in
     // tests/tests/group_commit.rs, where timing cannot hide it.)
-    let entries = f.registry.checkpoint().unwrap().size;
+    let entries = f.registry.latest_checkpoint().await.unwrap().size;
     assert_eq!(entries, 1 + 64 + 1);
     assert!(audit(&f).await.ok());
     f.registry.flush().await.unwrap(); // as a graceful stop stores the checkpoint
     let fresh = open(f.store.clone(), f.clock.clone(), Limits::default()).await;
     assert_eq!(
-        fresh.checkpoint().unwrap().root,
-        f.registry.checkpoint().unwrap().root
+        fresh.latest_checkpoint().await.unwrap().root,
+        f.registry.latest_checkpoint().await.unwrap().root
     );
 }
 
@@ -961,7 +964,10 @@ async fn a_replica_that_reads_entries_contradicting_the_stored_checkpoint_serves
     );
     assert!(!replica.accepts_writes(), "health must go NOT_SERVING");
     // It signs nothing for them.
-    assert_eq!(replica.checkpoint().unwrap_err().kind(), Kind::DataLoss);
+    assert_eq!(
+        replica.latest_checkpoint().await.unwrap_err().kind(),
+        Kind::DataLoss
+    );
 }
 
 #[tokio::test]
@@ -1060,14 +1066,14 @@ async fn a_request_id_records_once_and_refuses_another_request() {
         }
     };
     let first = pin(&base, "job-1").await.unwrap();
-    let size = f.registry.checkpoint().unwrap().size;
+    let size = f.registry.latest_checkpoint().await.unwrap().size;
     // A retry of the same pin: the first result, nothing new logged.
     let again = pin(&base, "job-1").await.unwrap();
     assert_eq!(
         (again.entry.seq, again.log_index),
         (first.entry.seq, first.log_index)
     );
-    assert_eq!(f.registry.checkpoint().unwrap().size, size);
+    assert_eq!(f.registry.latest_checkpoint().await.unwrap().size, size);
     assert_eq!(first.entry.request_id.as_deref(), Some("job-1"));
     // The same id for a different pin: refused, naming the first entry.
     let err = pin(&next, "job-1").await.unwrap_err();
@@ -1079,7 +1085,7 @@ async fn a_request_id_records_once_and_refuses_another_request() {
     );
     // A malformed id writes nothing.
     assert_eq!(pin(&base, "a b").await.unwrap_err().kind(), Kind::Invalid);
-    assert_eq!(f.registry.checkpoint().unwrap().size, size);
+    assert_eq!(f.registry.latest_checkpoint().await.unwrap().size, size);
 
     // Publishes and key changes alike.
     let rid: ReleaseId = "r1".parse().unwrap();
@@ -1140,13 +1146,13 @@ async fn a_request_id_records_once_and_refuses_another_request() {
     assert_eq!(find(&f.registry).len(), 1);
     let rebuilt = open(f.store.clone(), f.clock.clone(), Limits::default()).await;
     assert_eq!(find(&rebuilt)[0].log_index, first.log_index);
-    let size = rebuilt.checkpoint().unwrap().size;
+    let size = rebuilt.latest_checkpoint().await.unwrap().size;
     let again = rebuilt
         .pin_once(&prod, &base, None, None, &reason, "ci", Some("job-1"))
         .await
         .unwrap();
     assert_eq!(again.log_index, first.log_index);
-    assert_eq!(rebuilt.checkpoint().unwrap().size, size);
+    assert_eq!(rebuilt.latest_checkpoint().await.unwrap().size, size);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1161,7 +1167,7 @@ async fn the_log_is_served_as_tlog_tiles_and_full_tiles_are_stored_once() {
     for r in futures::future::join_all(pins).await {
         r.unwrap();
     }
-    let cp = f.registry.checkpoint().unwrap();
+    let cp = f.registry.latest_checkpoint().await.unwrap();
     assert_eq!(cp.size, 600);
     // What a tlog-tiles client reads gives the signed root, and the bundles
     // hold the log's entries.

@@ -507,7 +507,7 @@ async fn exceeded_limits_get_their_codes_and_leave_nothing_behind() {
         ..server::Options::default()
     };
     let (mut client, _stop, registry, addr) = serve(options).await;
-    let size_before = registry.checkpoint().unwrap().size;
+    let size_before = registry.latest_checkpoint().await.unwrap().size;
 
     // A message over max_message_bytes.
     let huge = pb::PublishRequest {
@@ -610,7 +610,7 @@ async fn exceeded_limits_get_their_codes_and_leave_nothing_behind() {
     );
 
     assert_eq!(
-        registry.checkpoint().unwrap().size,
+        registry.latest_checkpoint().await.unwrap().size,
         size_before,
         "a refused request wrote an entry"
     );
@@ -633,7 +633,7 @@ async fn a_reader_that_stops_reading_is_cut_and_returns_its_budget() {
         done.unwrap();
     }
     drop(publishes);
-    let size = registry.checkpoint().unwrap().size;
+    let size = registry.latest_checkpoint().await.unwrap().size;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .initial_stream_window_size(65_535)

@@ -94,9 +94,9 @@ async fn write(registry: &Registry, path: &str, n: usize) -> stackpin_registry::
 /// the running registry's.
 async fn check_consistent(store: Arc<dyn ObjectStore>, registry: &Registry) {
     registry.sync().await.unwrap();
-    let cp = registry.checkpoint().unwrap();
+    let cp = registry.latest_checkpoint().await.unwrap();
     let fresh = open(store.clone()).await;
-    let fresh_cp = fresh.checkpoint().unwrap();
+    let fresh_cp = fresh.latest_checkpoint().await.unwrap();
     assert_eq!(
         (fresh_cp.size, fresh_cp.root),
         (cp.size, cp.root),
@@ -168,7 +168,7 @@ async fn every_write_path_survives_every_injected_fault() {
     for path in ["publish", "pin", "key add", "key revoke"] {
         for (name, inject) in &faults {
             let n = counter.fetch_add(1, Ordering::SeqCst);
-            let before = registry.checkpoint().unwrap().size;
+            let before = registry.latest_checkpoint().await.unwrap().size;
             let hits = faulty.injected();
             inject(&faulty);
             let result = write(&registry, path, n).await;
@@ -181,7 +181,7 @@ async fn every_write_path_survives_every_injected_fault() {
                 "{path} / {name}: the fault was never hit"
             );
             registry.sync().await.unwrap();
-            let after = registry.checkpoint().unwrap().size;
+            let after = registry.latest_checkpoint().await.unwrap().size;
             match &result {
                 Ok(()) => assert!(
                     after >= before,

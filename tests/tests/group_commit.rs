@@ -129,7 +129,7 @@ async fn concurrent_pins_share_log_objects_on_slow_storage() {
     slow.delay(Duration::from_millis(20));
     pin_concurrently(registry.clone(), 48, 3).await;
     slow.delay(Duration::ZERO);
-    let entries = registry.checkpoint().unwrap().size as usize;
+    let entries = registry.latest_checkpoint().await.unwrap().size as usize;
     let objects = log_objects(&store).await;
     assert_eq!(entries, 49);
     assert!(
@@ -183,7 +183,7 @@ async fn the_offline_audit_passes_an_intact_group_committed_log_and_fails_a_tamp
     pin_concurrently(registry.clone(), 40, 4).await;
     slow.delay(Duration::ZERO);
     registry.flush().await.unwrap();
-    let entries = registry.checkpoint().unwrap().size as usize;
+    let entries = registry.latest_checkpoint().await.unwrap().size as usize;
     assert_eq!(entries, 41);
     assert!(
         log_objects(&store).await < entries,

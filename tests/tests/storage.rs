@@ -146,8 +146,8 @@ async fn a_registry_works_and_rebuilds_on_it(store: Arc<dyn ObjectStore>) {
     registry.flush().await.unwrap();
     let again = open().await.unwrap();
     assert_eq!(
-        again.checkpoint().unwrap().root,
-        registry.checkpoint().unwrap().root
+        again.latest_checkpoint().await.unwrap().root,
+        registry.latest_checkpoint().await.unwrap().root
     );
 }
 

@@ -385,13 +385,18 @@ pub(super) type StoreLock = Arc<tokio::sync::Mutex<()>>;
 pub const STORE_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Stores new checkpoints at `log/checkpoint`: the first after a quiet
-/// spell at once, then at most one per [`STORE_CHECKPOINT_EVERY`], always the
-/// newest. Ends when the registry is dropped.
+/// spell at once, then at most one per [`STORE_CHECKPOINT_EVERY`] (sooner
+/// when `hurry` is notified: a reader waits for a checkpoint covering new
+/// entries), always the newest. Each one stored is published on `stored`,
+/// the only checkpoints the registry serves. Ends when the registry is
+/// dropped.
 pub(super) async fn store_checkpoints(
     store: Arc<dyn ObjectStore>,
     verifier: NoteVerifier,
     lock: StoreLock,
     mut rx: watch::Receiver<Option<SignedCheckpoint>>,
+    published: Arc<watch::Sender<Option<SignedCheckpoint>>>,
+    hurry: Arc<tokio::sync::Notify>,
 ) {
     let mut stored = 0;
     while rx.changed().await.is_ok() {
@@ -407,12 +412,24 @@ pub(super) async fn store_checkpoints(
         let stored_now = put_checkpoint(&store, &verifier, &cp).await;
         drop(held);
         match stored_now {
-            Ok(()) => stored = cp.size,
+            Ok(()) => {
+                stored = cp.size;
+                published.send_if_modified(|served| {
+                    let newer = served.as_ref().is_none_or(|s| s.size < cp.size);
+                    if newer {
+                        *served = Some(cp);
+                    }
+                    newer
+                });
+            }
             Err(e) => {
                 tracing::warn!(size = cp.size, error = %e, "storing the checkpoint failed; it will be retried with the next one")
             }
         }
-        tokio::time::sleep(STORE_CHECKPOINT_EVERY).await;
+        tokio::select! {
+            () = tokio::time::sleep(STORE_CHECKPOINT_EVERY) => {}
+            () = hurry.notified() => {}
+        }
     }
 }
 

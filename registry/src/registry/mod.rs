@@ -54,6 +54,10 @@ pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = crate::defaults::MAX_ARTIFACT_BYTES;
 /// Default allowed clock skew for reported activations.
 pub const DEFAULT_CLOCK_SKEW: Duration = crate::defaults::CLOCK_SKEW;
 /// Default margin around a switch within which resolve names both candidates.
+/// How long a request waits for a stored checkpoint covering the entries
+/// it must prove (a checkpoint is stored within about a second of a commit).
+pub const COVER_WAIT: Duration = Duration::from_secs(5);
+
 pub const DEFAULT_BOUNDARY_MARGIN: Duration = crate::defaults::BOUNDARY_MARGIN;
 /// Largest page of history or artifacts.
 pub const MAX_PAGE: usize = 1000;
@@ -183,6 +187,9 @@ pub struct ProvedResolution {
     pub checkpoint: SignedCheckpoint,
     pub pin: ProvedEntry,
     pub next: Option<ProvedEntry>,
+    /// The previous pin, when the near switch is the one that started the
+    /// live pin's interval.
+    pub prev: Option<ProvedEntry>,
     pub publish: ProvedEntry,
 }
 
@@ -274,6 +281,14 @@ struct Shared {
     /// Hands new checkpoints to the task that stores `log/checkpoint`, off
     /// the request path; it coalesces bursts to the newest.
     checkpoint_tx: watch::Sender<Option<SignedCheckpoint>>,
+    /// The newest checkpoint stored durably: the only one that leaves the
+    /// registry (answers, tiles, watch streams, witnesses). A checkpoint
+    /// served before it was stored could, after a crash and an edited
+    /// entry, be followed by a second signed root for the same size.
+    stored: Arc<watch::Sender<Option<SignedCheckpoint>>>,
+    /// Wakes the storing task when a reader waits for a newer stored
+    /// checkpoint (its pause between stores is cut short).
+    hurry: Arc<tokio::sync::Notify>,
     store: Arc<dyn ObjectStore>,
     /// Set when entries other replicas wrote contradict the checkpoint
     /// stored with the log: from then on nothing is signed or served.
@@ -442,9 +457,17 @@ impl Registry {
     /// Internal when sled fails; Unavailable when storage fails.
     pub async fn flush(&self) -> Result<()> {
         self.shared.index.flush().await?;
-        let cp = self.checkpoint()?;
+        let cp = self.shared.checkpoint()?;
         let _held = self.shared.store_lock.lock().await;
-        put_checkpoint(&self.shared.store, &self.shared.signer.verifier(), &cp).await
+        put_checkpoint(&self.shared.store, &self.shared.signer.verifier(), &cp).await?;
+        self.shared.stored.send_if_modified(|served| {
+            let newer = served.as_ref().is_none_or(|s| s.size < cp.size);
+            if newer {
+                *served = Some(cp);
+            }
+            newer
+        });
+        Ok(())
     }
 
     /// The object store everything lives in.
@@ -486,17 +509,70 @@ impl Registry {
         &self.shared.limits
     }
 
-    /// A receiver that changes at every commit (for watchers).
+    /// A receiver that changes at every stored checkpoint (for watchers:
+    /// what they may send is what a stored checkpoint covers).
     pub fn commits(&self) -> watch::Receiver<Option<SignedCheckpoint>> {
-        self.shared.checkpoint_tx.subscribe()
+        self.shared.stored.subscribe()
     }
 
-    /// The newest signed checkpoint (signed after every commit).
+    /// The newest stored checkpoint that covers the first `size` entries,
+    /// waiting for the storing task (at most [`COVER_WAIT`]) when entries
+    /// that new are not covered yet.
     ///
     /// # Errors
-    /// Internal when the index fails.
+    /// Unavailable when no stored checkpoint covers them in time.
+    pub async fn checkpoint_covering(&self, size: u64) -> Result<SignedCheckpoint> {
+        let mut rx = self.shared.stored.subscribe();
+        let deadline = tokio::time::Instant::now() + COVER_WAIT;
+        loop {
+            if let Some(e) = self.shared.contradicted.get() {
+                return Err(e.clone());
+            }
+            if let Some(cp) = rx.borrow_and_update().clone()
+                && cp.size >= size
+            {
+                return Ok(self.shared.witnessed(cp));
+            }
+            self.shared.hurry.notify_one();
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(Error::new(
+                        Kind::Unavailable,
+                        format!(
+                            "no stored checkpoint covers log entry {} yet (storage is slow or \
+                             failing); ask again",
+                            size.saturating_sub(1)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The checkpoint of everything committed so far, once it is stored
+    /// (waiting for the storing task, as [`Self::checkpoint_covering`]).
+    ///
+    /// # Errors
+    /// As [`Self::checkpoint_covering`].
+    pub async fn latest_checkpoint(&self) -> Result<SignedCheckpoint> {
+        let size = self.shared.checkpoint()?.size;
+        self.checkpoint_covering(size).await
+    }
+
+    /// The newest stored checkpoint (stored within about a second of each
+    /// commit), with the cosignatures collected for it.
+    ///
+    /// # Errors
+    /// Internal when none is stored, which `open` rules out.
     pub fn checkpoint(&self) -> Result<SignedCheckpoint> {
-        Ok(self.shared.witnessed(self.shared.checkpoint()?))
+        if let Some(e) = self.shared.contradicted.get() {
+            return Err(e.clone());
+        }
+        let stored = self.shared.stored.borrow().clone();
+        stored
+            .map(|cp| self.shared.witnessed(cp))
+            .ok_or_else(|| Error::internal("no checkpoint has been stored"))
     }
 }
 

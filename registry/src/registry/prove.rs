@@ -150,9 +150,19 @@ impl Registry {
         if !fresh && let Some(bytes) = seen.reader.entry_at(published)? {
             seen.entries.push((published.index, bytes));
         }
-        // The checkpoint is taken after the lookup, so it covers every entry
-        // the answer names.
-        let checkpoint = self.checkpoint()?;
+        // The checkpoint is taken after the lookup, and is one that covers
+        // every entry the answer names.
+        let newest = [
+            Some(resolution.pin.log_index),
+            resolution.next.as_ref().map(|n| n.log_index),
+            resolution.near_switch.as_ref().map(|b| b.before.log_index),
+            Some(published.index),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0);
+        let checkpoint = self.checkpoint_covering(newest + 1).await?;
         let size = checkpoint.size;
         let pin = self
             .proved(resolution.pin.log_index, size, fresh, &seen)
@@ -161,14 +171,43 @@ impl Registry {
             Some(n) => Some(self.proved(n.log_index, size, fresh, &seen).await?),
             None => None,
         };
+        let prev = match &resolution.near_switch {
+            Some(b) if b.after.log_index == resolution.pin.log_index => {
+                Some(self.proved(b.before.log_index, size, fresh, &seen).await?)
+            }
+            _ => None,
+        };
         let publish = self.proved(published.index, size, fresh, &seen).await?;
         Ok(ProvedResolution {
             resolution,
             checkpoint,
             pin,
             next,
+            prev,
             publish,
         })
+    }
+}
+
+impl Registry {
+    /// The entries at `indexes`, each with its inclusion proof in the
+    /// checkpoint returned with them (taken after the caller's lookup, so
+    /// it covers every entry the caller found).
+    ///
+    /// # Errors
+    /// As [`Self::entry`].
+    pub async fn prove_all(
+        &self,
+        indexes: &[u64],
+    ) -> Result<(crate::registry::SignedCheckpoint, Vec<ProvedEntry>)> {
+        let seen = Seen::new(&self.shared.index);
+        let newest = indexes.iter().max().map_or(0, |i| i + 1);
+        let checkpoint = self.checkpoint_covering(newest).await?;
+        let mut out = Vec::with_capacity(indexes.len());
+        for &index in indexes {
+            out.push(self.proved(index, checkpoint.size, false, &seen).await?);
+        }
+        Ok((checkpoint, out))
     }
 }
 

@@ -452,6 +452,8 @@ impl Registry {
             signer,
             checkpoint: RwLock::new(None),
             checkpoint_tx,
+            stored: Arc::new(watch::channel(None).0),
+            hurry: Arc::new(tokio::sync::Notify::new()),
             store: store.clone(),
             contradicted: std::sync::OnceLock::new(),
             checked: std::sync::atomic::AtomicU64::new(0),
@@ -507,9 +509,14 @@ impl Registry {
                 "the log agrees with its signed checkpoints"
             );
         }
+        // The checkpoint of the tree as opened is stored before anything
+        // is served: every checkpoint that leaves the registry is stored.
+        let opened = shared.checkpoint()?;
+        super::put_checkpoint(&store, &verifier, &opened).await?;
+        shared.stored.send_replace(Some(opened));
         tokio::spawn(super::tiles::write_tiles(
             Arc::downgrade(&shared),
-            shared.checkpoint_tx.subscribe(),
+            shared.stored.subscribe(),
         ));
         super::witnesses::spawn(&shared, &witnesses);
         tokio::spawn(store_checkpoints(
@@ -517,6 +524,8 @@ impl Registry {
             verifier,
             shared.store_lock.clone(),
             checkpoint_rx,
+            shared.stored.clone(),
+            shared.hurry.clone(),
         ));
         shared.committed();
         let (commits, rx) = mpsc::channel(4 * committer::MAX_BATCH);

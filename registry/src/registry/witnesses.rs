@@ -268,7 +268,7 @@ pub(super) fn spawn(shared: &Arc<Shared>, witnesses: &[WitnessTarget]) {
     for w in witnesses {
         tokio::spawn(submit(
             Arc::downgrade(shared),
-            shared.checkpoint_tx.subscribe(),
+            shared.stored.subscribe(),
             w.clone(),
         ));
     }

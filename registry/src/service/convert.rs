@@ -137,6 +137,7 @@ pub fn resolution(proved: &ProvedResolution) -> pb::ResolveResponse {
         next_entry: proved.next.as_ref().map(proved_entry),
         publish_entry: Some(proved_entry(&proved.publish)),
         uncertain: r.uncertain.clone().unwrap_or_default(),
+        prev_entry: proved.prev.as_ref().map(proved_entry),
     }
 }
 
@@ -154,7 +155,7 @@ pub fn hashes(hashes: &[crate::merkle::Hash]) -> Vec<bytes::Bytes> {
         .collect()
 }
 
-fn proved_entry(e: &ProvedEntry) -> pb::ProvedEntry {
+pub fn proved_entry(e: &ProvedEntry) -> pb::ProvedEntry {
     pb::ProvedEntry {
         index: e.index,
         entry: e.entry.clone(),

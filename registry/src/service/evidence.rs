@@ -49,9 +49,9 @@ fn env_posture(p: &Posture) -> pb::EnvPosture {
 }
 
 impl RegistryService {
-    /// The entry at `index`, proved in the latest checkpoint.
+    /// The entry at `index`, proved in a stored checkpoint covering it.
     async fn recorded(&self, index: u64) -> Result<pb::RecordedEntry, Status> {
-        let cp = self.registry.checkpoint()?;
+        let cp = self.registry.checkpoint_covering(index + 1).await?;
         let entry = self.registry.entry(index).await?;
         let proof = self.registry.inclusion_proof(index, cp.size)?;
         Ok(pb::RecordedEntry {
@@ -161,10 +161,11 @@ impl RegistryService {
             n => n.min(crate::registry::MAX_PAGE),
         };
         let before = convert::page_token::<u64>(&req.page_token)?;
-        let cp = self.registry.checkpoint()?;
         let indices = self
             .registry
             .evidence_page(&env, drills, before, limit + 1)?;
+        let newest = indices.iter().take(limit).max().map_or(0, |i| i + 1);
+        let cp = self.registry.checkpoint_covering(newest).await?;
         let more = indices.len() > limit;
         let mut entries = Vec::new();
         for &index in indices.iter().take(limit) {

@@ -236,8 +236,11 @@ impl RegistryService {
                 Some(&req.request_id),
             )
             .await?;
+        let (checkpoint, mut entries) = self.registry.prove_all(&[pin.log_index]).await?;
         Ok(Response::new(pb::PinResponse {
             pin: Some(convert::pin(&pin)),
+            entry: entries.pop().as_ref().map(convert::proved_entry),
+            checkpoint: checkpoint.note.to_string(),
         }))
     }
 
@@ -289,9 +292,13 @@ impl RegistryService {
             request_id: Some(req.request_id).filter(|id| !id.is_empty()),
         };
         let page = self.registry.history(&env, &query)?;
+        let indexes: Vec<u64> = page.pins.iter().map(|p| p.log_index).collect();
+        let (checkpoint, entries) = self.registry.prove_all(&indexes).await?;
         Ok(Response::new(pb::HistoryResponse {
             pins: page.pins.iter().map(convert::pin).collect(),
             next_page_token: page.next.map(|n| n.to_string()).unwrap_or_default(),
+            entries: entries.iter().map(convert::proved_entry).collect(),
+            checkpoint: checkpoint.note.to_string(),
         }))
     }
 
@@ -310,7 +317,11 @@ impl RegistryService {
         let (pins, next) = self
             .registry
             .environments(after.as_ref(), req.limit as usize)?;
+        let indexes: Vec<u64> = pins.iter().map(|p| p.log_index).collect();
+        let (checkpoint, entries) = self.registry.prove_all(&indexes).await?;
         Ok(Response::new(pb::ListEnvironmentsResponse {
+            entries: entries.iter().map(convert::proved_entry).collect(),
+            checkpoint: checkpoint.note.to_string(),
             environments: pins
                 .iter()
                 .map(|p| pb::Environment {
@@ -327,7 +338,7 @@ impl RegistryService {
         request: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::Checkpoint>, Status> {
         self.authorize(&request, Action::Read)?;
-        let cp = self.registry.checkpoint()?;
+        let cp = self.registry.latest_checkpoint().await?;
         Ok(Response::new(convert::checkpoint(&cp)))
     }
 
@@ -426,7 +437,7 @@ impl RegistryService {
         self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let size = match req.tree_size {
-            0 => self.registry.checkpoint()?.size,
+            0 => self.registry.latest_checkpoint().await?.size,
             n => n,
         };
         let proof = self.registry.inclusion_proof(req.index, size)?;
@@ -444,7 +455,7 @@ impl RegistryService {
         self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let new = match req.new_size {
-            0 => self.registry.checkpoint()?.size,
+            0 => self.registry.latest_checkpoint().await?.size,
             n => n,
         };
         let proof = self.registry.consistency_proof(req.old_size, new)?;
