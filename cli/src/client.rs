@@ -101,6 +101,19 @@ pub struct Connection {
         help_heading = HEADING
     )]
     pub max_download: u64,
+    /// Refuse (exit 5) to show anything read from a log whose key is not
+    /// known (no --log-key, STACKPIN_LOG_VKEY, policy, or key remembered
+    /// for the server by `stackpin trust add`), instead of showing it
+    /// marked unverified.
+    #[arg(
+        long,
+        global = true,
+        env = "STACKPIN_REQUIRE_VERIFIED",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        action = clap::ArgAction::SetTrue,
+        help_heading = HEADING
+    )]
+    pub require_verified: bool,
 }
 
 /// The `--help` heading the connection options are listed under.

@@ -12,6 +12,7 @@
 //! | [`download`] | artifact downloads, verified against their digest |
 //! | [`files`] | atomic writes, proof file paths |
 //! | [`progress`] | progress bars (indicatif) and their log-line fallback |
+//! | [`reader`] | the verified reader: checkpoints accepted, entries proved, "nothing after" proved |
 //! | [`trust`] | remembered checkpoints, the log key, trusted publisher keys |
 //! | [`view`] | text and JSON output |
 //! | [`exit`] | exit codes and the failure type |
@@ -25,6 +26,7 @@ mod download;
 pub mod exit;
 mod files;
 mod progress;
+mod reader;
 mod tiles;
 mod trust;
 pub mod view;

@@ -52,6 +52,14 @@ pub struct LogKey {
 }
 
 impl LogKey {
+    /// A key given as text (or a file name), as `--log-key` takes it.
+    pub fn of(value: &str) -> Self {
+        Self {
+            value: Some(value.to_owned()),
+            policy: None,
+        }
+    }
+
     /// Whether a log key was given (flag or environment).
     pub fn given(&self) -> bool {
         self.value.is_some() || std::env::var_os("STACKPIN_LOG_KEY").is_some_and(|v| !v.is_empty())
@@ -362,7 +370,7 @@ pub async fn accept_checkpoint(
     log_key: &NoteVerifier,
     state: Option<&Path>,
 ) -> Outcome<Checkpoint> {
-    accept_checkpoint_with(note, log_key, state, async |small, large| {
+    accept_checkpoint_with(note, log_key, state, true, async |small, large| {
         let proof = client
             .get_consistency_proof(pb::GetConsistencyProofRequest {
                 old_size: small.size,
@@ -371,15 +379,7 @@ pub async fn accept_checkpoint(
             .await?
             .into_inner();
         let proof = hashes(&proof.hashes, "consistency proof")?;
-        Ok(
-            merkle::verify_consistency(small.size, large.size, &small.root, &large.root, &proof)
-                .map_err(|e| {
-                    format!(
-                        "no valid consistency proof from {} to {}: {e}",
-                        small.size, large.size
-                    )
-                }),
-        )
+        Ok(large.extends(small, &proof))
     })
     .await
 }
@@ -387,11 +387,16 @@ pub async fn accept_checkpoint(
 /// As [`accept_checkpoint`], with the check that the tree of `small` is a
 /// prefix of the tree of `large` done by `consistent` (a proof from the
 /// registry, or roots computed from the log's tiles): it answers
-/// `Ok(Err(why))` when they are not.
+/// `Ok(Err(why))` when they are not. With `refuse_older`, a checkpoint
+/// smaller than the one remembered is refused outright (an answer about
+/// what is live now is only as good as its checkpoint is recent);
+/// without it (an audit of a mirror that may lag), it is checked for
+/// consistency like any other.
 pub async fn accept_checkpoint_with(
     note: &str,
     log_key: &NoteVerifier,
     state: Option<&Path>,
+    refuse_older: bool,
     consistent: impl AsyncFnOnce(&Checkpoint, &Checkpoint) -> Outcome<Result<(), String>>,
 ) -> Outcome<Checkpoint> {
     let cp = Checkpoint::open(note, log_key)
@@ -421,6 +426,23 @@ pub async fn accept_checkpoint_with(
             None => None,
         },
     };
+    if let Some(old) = &saved
+        && cp.size < old.size
+        && refuse_older
+    {
+        return Err(Failure::verify(format!(
+            "the checkpoint of {} has size {}, older than the size {} this CLI verified before \
+             (in {}): the log was rolled back, or the answer comes from a copy that lags behind. \
+             Ask again (a replica catches up within its poll interval; resolve --fresh); forget \
+             the remembered one only if the log was re-created on purpose (`stackpin trust \
+             forget {}`)",
+            cp.origin,
+            cp.size,
+            old.size,
+            path.display(),
+            cp.origin
+        )));
+    }
     if let Some(old) = &saved {
         let forked = |why: String| {
             Failure::verify(format!(
@@ -504,4 +526,127 @@ pub fn forget(dir: &Path, origin: &str) -> Outcome<Vec<Remembered>> {
 /// Loads `--trusted-keys` for a local check.
 pub fn trusted_keys(path: &Path) -> Outcome<TrustedKeys> {
     TrustedKeys::load(path).map_err(|e| Failure::invalid(format!("--trusted-keys: {e}")))
+}
+
+/// Where the log key remembered for the server at `url` is kept:
+/// `<state dir>/servers/<url, as a file name>.vkey`, holding the URL and
+/// the vkey on two lines.
+fn server_path(dir: &Path, url: &str) -> PathBuf {
+    dir.join("servers")
+        .join(format!("{}.vkey", file_stem(url.trim_end_matches('/'))))
+}
+
+/// A log key remembered for a server.
+#[derive(Debug, serde::Serialize)]
+pub struct ServerKey {
+    pub server: String,
+    pub origin: String,
+    /// The signed-note id of the key (8 hex digits).
+    pub key_id: String,
+    pub vkey: String,
+}
+
+/// The log key remembered for the server at `url`, if any.
+///
+/// # Errors
+/// Verification failed when the file was altered into something that is
+/// not a key; invalid when it cannot be read.
+pub fn server_key(dir: &Path, url: &str) -> Outcome<Option<NoteVerifier>> {
+    let path = server_path(dir, url);
+    let Some(text) = read_saved(&path)? else {
+        return Ok(None);
+    };
+    let vkey = text.lines().nth(1).unwrap_or_default();
+    NoteVerifier::parse(vkey).map(Some).map_err(|e| {
+        Failure::verify(format!(
+            "the log key remembered for {url} in {} is damaged: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Remembers `key` as the log key of the server at `url` (`stackpin trust
+/// add`, or the first contact verified under a key given on the command
+/// line); true when it was not remembered before.
+///
+/// # Errors
+/// Invalid when the file cannot be written.
+pub fn remember_server_key(dir: &Path, url: &str, key: &NoteVerifier) -> Outcome<bool> {
+    let path = server_path(dir, url);
+    let known = read_saved(&path)?;
+    let text = format!("{}\n{}\n", url.trim_end_matches('/'), key.vkey());
+    if known.as_deref() == Some(text.as_str()) {
+        return Ok(false);
+    }
+    crate::files::write_atomic(&path, text.as_bytes())?;
+    Ok(known.is_none())
+}
+
+/// Every log key remembered for a server, by server URL.
+///
+/// # Errors
+/// When the folder cannot be read.
+pub fn server_keys(dir: &Path) -> Outcome<Vec<ServerKey>> {
+    let folder = dir.join("servers");
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Failure::invalid(format!(
+                "reading {}: {e}",
+                folder.display()
+            )));
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let mut lines = text.lines();
+        let (Some(server), Some(vkey)) = (lines.next(), lines.next()) else {
+            continue;
+        };
+        let Ok(key) = NoteVerifier::parse(vkey) else {
+            continue;
+        };
+        out.push(ServerKey {
+            server: server.to_owned(),
+            origin: key.name().to_owned(),
+            key_id: format!("{:08x}", key.id()),
+            vkey: vkey.to_owned(),
+        });
+    }
+    out.sort_by(|a, b| a.server.cmp(&b.server));
+    Ok(out)
+}
+
+/// Where the log key in use came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    /// `--log-key`, `STACKPIN_LOG_VKEY` or a policy's `log` line.
+    Given,
+    /// Remembered for the server (`stackpin trust add`, or a first
+    /// verified contact).
+    Remembered,
+}
+
+/// The log key to check answers from the server at `url` with: given on
+/// the command line (or its variables, or a policy), else remembered for
+/// that server; `None` when no key is known.
+///
+/// # Errors
+/// Invalid for a key or policy that does not parse.
+pub fn find_key(
+    arg: &LogKey,
+    url: &str,
+    state: Option<&Path>,
+) -> Outcome<Option<(NoteVerifier, KeySource)>> {
+    if arg.given() || arg.policy.is_some() {
+        return Ok(Some((log_key(arg)?, KeySource::Given)));
+    }
+    match state {
+        Some(dir) => Ok(server_key(dir, url)?.map(|k| (k, KeySource::Remembered))),
+        None => Ok(None),
+    }
 }

@@ -2,6 +2,7 @@
 //! rendered as text for people or JSON for scripts.
 
 use serde::Serialize;
+use stackpin_core::entry::PinEntry;
 use stackpin_core::time::Timestamp;
 use stackpin_proto::v1 as pb;
 
@@ -123,34 +124,33 @@ pub struct PinView {
     pub request_id: String,
 }
 
-impl From<&pb::Pin> for PinView {
-    fn from(p: &pb::Pin) -> Self {
+impl PinView {
+    /// The view of a pin entry at log index `index` whose leaf hash is
+    /// `leaf`: what the log says, field by field.
+    pub fn of(index: u64, leaf: &stackpin_core::merkle::Hash, p: &PinEntry) -> Self {
         Self {
-            env: p.env.clone(),
+            env: p.env.to_string(),
             seq: p.seq,
-            release_id: p.release_id.clone(),
-            digest: p.digest.clone(),
-            activated_at: time(p.activated_at.as_ref()),
-            recorded_at: time(p.recorded_at.as_ref()),
+            release_id: p.release_id.to_string(),
+            digest: p.digest.to_string(),
+            activated_at: p.activated_at.to_string(),
+            recorded_at: p.recorded_at.to_string(),
             actor: p.actor.clone(),
             reason: p.reason.clone(),
-            log_index: p.log_index,
-            entry_hash: p.entry_hash.clone(),
-            prev_pin_hash: p.prev_pin_hash.clone(),
-            request_id: p.request_id.clone(),
-            db_position: p
-                .db_position
-                .as_ref()
-                .and_then(|d| d.position.as_ref())
-                .map(|d| {
-                    use pb::db_position::Position;
-                    match d {
-                        Position::PostgresLsn(l) => format!("LSN {l}"),
-                        Position::RestorePoint(n) => format!("restore point {n}"),
-                        Position::LitestreamTxid(t) => format!("Litestream TXID {t}"),
-                    }
-                }),
+            log_index: index,
+            entry_hash: leaf.hex(),
+            prev_pin_hash: p.prev_pin.clone().unwrap_or_default(),
+            request_id: p.request_id.clone().unwrap_or_default(),
+            db_position: p.db_position.as_ref().map(ToString::to_string),
         }
+    }
+
+    /// The view of a proved pin entry.
+    ///
+    /// # Errors
+    /// Verification failed when the entry is not a pin.
+    pub fn proved(p: &crate::reader::Proved, what: &str) -> crate::exit::Outcome<Self> {
+        Ok(Self::of(p.index(), &p.leaf, p.pin(what)?))
     }
 }
 
@@ -194,29 +194,6 @@ pub struct BoundaryView {
 }
 
 impl ResolveView {
-    pub fn new(env: &str, at: &str, r: &pb::ResolveResponse) -> Option<Self> {
-        let pin = r.pin.as_ref()?;
-        Some(Self {
-            env: env.to_owned(),
-            at: at.to_owned(),
-            uncertain: (!r.uncertain.is_empty()).then(|| r.uncertain.clone()),
-            pin: pin.into(),
-            live_from: time(r.live_from.as_ref()),
-            live_until: r.live_until.as_ref().map(|t| time(Some(t))),
-            next: r.next.as_ref().map(PinView::from),
-            near_switch: r.near_switch.as_ref().and_then(|b| {
-                Some(BoundaryView {
-                    before: b.before.as_ref()?.into(),
-                    after: b.after.as_ref()?.into(),
-                    offset_seconds: b
-                        .offset
-                        .as_ref()
-                        .map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
-                })
-            }),
-        })
-    }
-
     pub fn text(&self) -> String {
         let until = self.live_until.as_deref().unwrap_or("(still live)");
         let mut out = format!(

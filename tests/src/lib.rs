@@ -291,10 +291,18 @@ impl Run {
 
 /// Runs the `stackpin` CLI in `cwd` against `server` (a URL).
 pub fn stackpin(cwd: &Path, server: &str, args: &[&str]) -> Run {
+    stackpin_with(cwd, server, args, &[])
+}
+
+/// As [`stackpin`], with variables set in its environment.
+pub fn stackpin_with(cwd: &Path, server: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = Command::new(bin("stackpin"))
         .current_dir(cwd)
         .env("STACKPIN_SERVER", server)
         .env_remove("STACKPIN_TRUSTED_KEYS")
+        .env_remove("STACKPIN_LOG_VKEY")
+        .env_remove("STACKPIN_REQUIRE_VERIFIED")
+        .envs(env.iter().copied())
         .args(args)
         .output()
         .expect("run stackpin");

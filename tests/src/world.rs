@@ -81,7 +81,23 @@ impl World {
         Self { dir, server, vkey }
     }
 
+    /// Runs the CLI as an operator who followed the README: the log's key
+    /// exported as STACKPIN_LOG_VKEY, so every answer is proved.
     pub fn cli(&self, args: &[&str]) -> crate::Run {
+        let state = self.dir.path().join("state");
+        let mut all = vec!["--state-dir", state.to_str().unwrap()];
+        all.extend_from_slice(args);
+        crate::stackpin_with(
+            self.dir.path(),
+            &self.server.url(),
+            &all,
+            &[("STACKPIN_LOG_VKEY", self.vkey.as_str())],
+        )
+    }
+
+    /// Runs the CLI with no log key known (nothing exported), as someone
+    /// who skipped the README's trust step.
+    pub fn cli_without_key(&self, args: &[&str]) -> crate::Run {
         let state = self.dir.path().join("state");
         let mut all = vec!["--state-dir", state.to_str().unwrap()];
         all.extend_from_slice(args);

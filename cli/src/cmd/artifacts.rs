@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use stackpin_core::digest::Digest;
 use stackpin_core::position::DbPosition;
-use stackpin_core::proof::{ProvedEntry, RestoreProof, Verified};
+use stackpin_core::proof::RestoreProof;
 use stackpin_proto::v1 as pb;
 
 use crate::cmd::pins::{ArtifactArg, ResolveArgs, ask};
@@ -101,10 +101,6 @@ pub struct RestoreArgs {
     max_age: Option<std::time::Duration>,
 }
 
-/// How often a restore asks again for a checkpoint that lacks the
-/// policy's quorum (a second apart).
-const QUORUM_ATTEMPTS: u32 = 5;
-
 #[derive(Serialize)]
 pub struct Restored {
     /// Empty for a --plan.
@@ -138,8 +134,7 @@ pub(crate) struct DbTarget {
     at_activation: Vec<String>,
 }
 
-fn db_target(args: &RestoreArgs, pin: &pb::Pin) -> DbTarget {
-    use pb::db_position::Position;
+fn db_target(args: &RestoreArgs, pin: &stackpin_core::entry::PinEntry) -> DbTarget {
     let (db, replica) = (&args.litestream_db, &args.litestream_replica);
     let mut target = DbTarget {
         time: None,
@@ -168,16 +163,16 @@ fn db_target(args: &RestoreArgs, pin: &pb::Pin) -> DbTarget {
         }
         _ => {}
     }
-    match pin.db_position.as_ref().and_then(|p| p.position.as_ref()) {
-        Some(Position::PostgresLsn(l)) => target
+    match &pin.db_position {
+        Some(DbPosition::PostgresLsn { lsn }) => target
             .at_activation
-            .push(format!("recovery_target_lsn = '{l}'")),
-        Some(Position::RestorePoint(n)) => target
+            .push(format!("recovery_target_lsn = '{lsn}'")),
+        Some(DbPosition::RestorePoint { name }) => target
             .at_activation
-            .push(format!("recovery_target_name = '{n}'")),
-        Some(Position::LitestreamTxid(t)) => target
+            .push(format!("recovery_target_name = '{name}'")),
+        Some(DbPosition::LitestreamTxid { txid }) => target
             .at_activation
-            .push(format!("litestream restore -txid {t} -o {db} {replica}")),
+            .push(format!("litestream restore -txid {txid} -o {db} {replica}")),
         None => {}
     }
     target
@@ -264,70 +259,6 @@ impl DbTarget {
         }
         out
     }
-}
-
-/// Checks that the proved pin answers the query: its interval covers the
-/// instant, or its recorded position is the greatest at or below the target
-/// among the proved entries.
-fn check_covers(query: &ResolveArgs, v: &Verified) -> Outcome {
-    if v.pin.env != query.env {
-        return Err(Failure::verify(format!(
-            "the proved pin is for {}, not {}",
-            v.pin.env, query.env
-        )));
-    }
-    let (from, until) = v.interval();
-    if let Some(at) = query.at
-        && (at < from || until.is_some_and(|u| at >= u))
-    {
-        return Err(Failure::verify(format!(
-            "the proved pin (#{} of {}, live [{from}, {})) does not cover {at}",
-            v.pin.seq,
-            v.pin.env,
-            until.map_or_else(|| "still live".to_owned(), |u| u.to_string()),
-        )));
-    }
-    if let Some(target) = query
-        .position()
-        .map(DbPosition::ordered)
-        .transpose()?
-        .flatten()
-    {
-        let own = v
-            .pin
-            .db_position
-            .as_ref()
-            .map(DbPosition::ordered)
-            .transpose()?
-            .flatten();
-        let next = v
-            .next
-            .as_ref()
-            .and_then(|n| n.db_position.as_ref())
-            .map(DbPosition::ordered)
-            .transpose()?
-            .flatten();
-        let covers = own.is_some_and(|o| o.tag() == target.tag() && o.value() <= target.value())
-            && next.is_none_or(|n| n.tag() != target.tag() || n.value() > target.value());
-        if !covers {
-            return Err(Failure::verify(format!(
-                "the proved pin #{} does not match {} {target}",
-                v.pin.seq,
-                target.kind()
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn proved_entry(what: &str, e: Option<pb::ProvedEntry>) -> Outcome<ProvedEntry> {
-    let e = e.ok_or_else(|| Failure::verify(format!("the registry sent no {what}")))?;
-    let proof = crate::trust::hashes(&e.proof, what)?;
-    Ok(ProvedEntry {
-        index: e.index,
-        entry: e.entry,
-        proof,
-    })
 }
 
 pub async fn restore(
@@ -428,85 +359,61 @@ pub async fn restore_verified(
     state: Option<&Path>,
 ) -> Outcome<Restored> {
     let trusted = crate::trust::trusted_keys(&args.trusted_keys)?;
-    let log_key = crate::trust::log_key(&args.log_key)?;
-    let policy = args.log_key.policy()?;
-    if args.max_age.is_some() && policy.is_none() {
-        crate::trust::freshness(None, "", args.max_age)?;
+    // A restore proves everything: it needs the log's key.
+    if !args.log_key.given()
+        && args.log_key.policy()?.is_none()
+        && state
+            .map(|dir| crate::trust::server_key(dir, &server.url))
+            .transpose()?
+            .flatten()
+            .is_none()
+    {
+        crate::trust::log_key(&args.log_key)?;
     }
+    let reader = crate::reader::Reader::new(&args.log_key, server, state, args.max_age)?;
+    let log_key = reader
+        .key()
+        .cloned()
+        .ok_or_else(|| Failure::verify(crate::reader::HOW_TO_TRUST))?;
     let mut client = crate::client::connect(server).await?;
-    // A restore always reads the replica's freshest state. A checkpoint is
-    // cosigned about a second after its commit: one that lacks the quorum
-    // yet is asked for again a few times before the restore gives up.
-    let mut attempt = 0;
-    let (response, view, note, checkpoint) = loop {
-        let (response, view) = ask(&mut client, &args.resolve, true).await?;
-        let note = response
-            .checkpoint
-            .as_ref()
-            .map(|c| c.note.clone())
-            .ok_or_else(|| Failure::verify("the registry sent no checkpoint"))?;
-        let checkpoint =
-            crate::trust::accept_checkpoint(&mut client, &note, &log_key, state).await?;
-        match policy.as_ref().map(|p| p.check_quorum(&note)) {
-            Some(Err(_)) if attempt < QUORUM_ATTEMPTS => {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-            Some(Err(why)) => return Err(Failure::verify(why)),
-            _ => break (response, view, note, checkpoint),
-        }
-    };
-    let fresh = crate::trust::freshness(policy.as_ref(), &note, args.max_age)?;
+    // A restore always reads the replica's freshest state, and waits a
+    // little for a checkpoint to gather the policy's quorum.
+    let resolved = ask(&mut client, &reader, &args.resolve, true, true).await?;
     let proof = RestoreProof {
-        checkpoint: note,
-        publish: proved_entry("publish entry", response.publish_entry.clone())?,
-        pin: proved_entry("pin entry", response.pin_entry.clone())?,
-        next: match response.next_entry.clone() {
-            Some(e) => Some(proved_entry("next pin entry", Some(e))?),
-            None => None,
-        },
+        checkpoint: resolved.anchor.note.clone(),
+        publish: resolved.publish.raw.clone(),
+        pin: resolved.pin.raw.clone(),
+        next: resolved.next.as_ref().map(|n| n.raw.clone()),
     };
-    let pin = response
-        .pin
-        .context("the registry answered without a pin")?;
+    let pin = resolved.pin.pin("pin entry")?.clone();
     let database = db_target(args, &pin);
+    let checkpoint_size = resolved.anchor.checkpoint.size;
     if args.plan {
         // Checked against the signed checkpoint like a restore, minus the
         // artifact's bytes, which a plan does not download.
         let verified = proof
             .verify_entries(&log_key, &trusted)
             .map_err(Failure::verify)?;
-        check_covers(&args.resolve, &verified)?;
         return Ok(Restored {
             out: String::new(),
             proof: String::new(),
             signed_by: verified.key_id.to_string(),
-            checkpoint_size: checkpoint.size,
-            fresh: crate::trust::Freshness {
-                age_seconds: fresh.age_seconds,
-                cosigned_by: fresh.cosigned_by.clone(),
-            },
+            checkpoint_size,
+            fresh: resolved.anchor.fresh,
             plan: true,
-            resolution: view,
+            resolution: resolved.view,
             database,
         });
     }
     let what = pb::ArtifactRef {
-        r#ref: Some(pb::artifact_ref::Ref::ReleaseId(pin.release_id.clone())),
+        r#ref: Some(pb::artifact_ref::Ref::Digest(pin.digest.to_string())),
     };
-    let (artifact, bytes) = download(&mut client, what, server.max_download).await?;
-    if artifact.digest != pin.digest || artifact.release_id != pin.release_id {
-        return Err(Failure::verify(format!(
-            "the pin names {} {} but the registry sent {} {}",
-            pin.release_id, pin.digest, artifact.release_id, artifact.digest
-        )));
-    }
+    let (_, bytes) = download(&mut client, what, server.max_download).await?;
     // Everything below is checked against the signed checkpoint, not
-    // taken from the answer: the entries must say what the answer says.
+    // taken from the answer: the bytes must hash to what the log says.
     let verified = proof
         .verify(&bytes, &log_key, &trusted)
         .map_err(Failure::verify)?;
-    check_covers(&args.resolve, &verified)?;
     let proof_file = crate::files::proof_path(&args.out);
     // The artifact and its proof are replaced together or not at all.
     let proof_text = proof.to_tlog_proof();
@@ -518,10 +425,10 @@ pub async fn restore_verified(
         out: args.out.display().to_string(),
         proof: proof_file.display().to_string(),
         signed_by: verified.key_id.to_string(),
-        checkpoint_size: checkpoint.size,
-        fresh,
+        checkpoint_size,
+        fresh: resolved.anchor.fresh,
         plan: false,
-        resolution: view,
+        resolution: resolved.view,
         database,
     })
 }

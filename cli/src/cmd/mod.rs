@@ -84,10 +84,10 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
     match &cli.command {
         Command::Keygen(a) => keygen::run(a, format),
         Command::Publish(a) => publish::run(a, server, format).await,
-        Command::Pin(a) => pins::pin(a, server, format).await,
-        Command::Resolve(a) => pins::resolve(a, server, format).await,
-        Command::History(a) => pins::history(a, server, format).await,
-        Command::Status(a) => pins::status(a, server, format).await,
+        Command::Pin(a) => pins::pin(a, server, state, format).await,
+        Command::Resolve(a) => pins::resolve(a, server, state, format).await,
+        Command::History(a) => pins::history(a, server, state, format).await,
+        Command::Status(a) => pins::status(a, server, state, format).await,
         Command::Watch(a) => watch::run(a, server, format).await,
         Command::Fetch(a) => artifacts::fetch(a, server, format).await,
         Command::Restore(a) => artifacts::restore(a, server, state, format).await,
@@ -101,7 +101,7 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Verify(a) => verify::verify(a, format),
         Command::Audit(a) => verify::audit(a, server, state, format).await,
         Command::Key(c) => keys::run(c, server, format).await,
-        Command::Trust(c) => trust::run(c, state, format),
+        Command::Trust(c) => trust::run(c, server, state, format),
         Command::Completions(a) => shell::completions(a),
         Command::Man(a) => shell::man(a),
     }

@@ -357,7 +357,7 @@ async fn audit_tiles(
     // The checkpoint remembered from earlier runs must sign a prefix of
     // this log: compared with the root of the entries just read.
     let roots = |size: u64| audit.root_at(size);
-    crate::trust::accept_checkpoint_with(&note, log_key, state, async |small, large| {
+    crate::trust::accept_checkpoint_with(&note, log_key, state, false, async |small, large| {
         if large.size > cp.size {
             eprintln!(
                 "warning: {}/checkpoint (size {}) is older than the checkpoint remembered (size \
