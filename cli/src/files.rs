@@ -1,5 +1,5 @@
-//! Files the CLI writes: atomically, and where a proof goes beside its
-//! artifact.
+//! Files the CLI writes: atomically, where a proof goes beside its
+//! artifact, and folders copied whole.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -115,6 +115,25 @@ fn umask() -> u32 {
                 .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
         })
         .unwrap_or(0o022)
+}
+
+/// Copies the folder `from` to `to`, recursively; sockets and other
+/// special files are skipped.
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let kind = e.file_type()?;
+        let target = to.join(e.file_name());
+        if kind.is_dir() {
+            copy_tree(&e.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(e.path(), &target)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// `FILE` -> `FILE.tlog-proof`.

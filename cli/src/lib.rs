@@ -10,7 +10,7 @@
 //! | [`cmd`] | one module per command group, and the dispatch |
 //! | [`client`] | connecting: URL, TLS, token |
 //! | [`download`] | artifact downloads, verified against their digest |
-//! | [`files`] | atomic writes, proof file paths |
+//! | [`files`] | atomic writes, proof file paths, folder copies |
 //! | [`progress`] | progress bars (indicatif) and their log-line fallback |
 //! | [`trust`] | remembered checkpoints, the log key, trusted publisher keys |
 //! | [`view`] | text and JSON output |

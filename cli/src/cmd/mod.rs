@@ -4,12 +4,15 @@
 //! `resolve` asks.
 
 pub mod artifacts;
+pub mod drill;
 pub mod evidence;
 pub mod keygen;
 pub mod keys;
 pub mod pins;
+pub mod posture;
 pub mod publish;
 pub mod shell;
+pub mod snapshot;
 pub mod trust;
 pub mod verify;
 pub mod watch;
@@ -48,17 +51,17 @@ pub enum Command {
     Stat(artifacts::StatArgs),
     /// Record a database backup in the log, paired with the artifact live
     /// at its instant; with --snapshot FILE, also write FILE.stackpin.json.
-    SnapshotTag(artifacts::SnapshotTagArgs),
+    SnapshotTag(snapshot::SnapshotTagArgs),
     /// The backups recorded for an environment.
     #[command(subcommand)]
-    Snapshot(evidence::SnapshotCmd),
+    Snapshot(snapshot::SnapshotCmd),
     /// Restore drills: run one and record it, record one done by other
     /// means, or list them.
     #[command(subcommand)]
-    Drill(evidence::DrillCmd),
+    Drill(drill::DrillCmd),
     /// Each environment's backups and drills against its recovery targets
     /// (RPO, RTO, drill interval); exit 8 when one is out of policy.
-    Posture(evidence::PostureArgs),
+    Posture(posture::PostureArgs),
     /// Fetch, verify and remember the log's latest checkpoint.
     Checkpoint(verify::CheckpointArgs),
     /// Check an artifact and its .tlog-proof offline.
@@ -93,10 +96,10 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Restore(a) => artifacts::restore(a, server, state, format).await,
         Command::List(a) => artifacts::list(a, server, format).await,
         Command::Stat(a) => artifacts::stat(a, server, format).await,
-        Command::SnapshotTag(a) => artifacts::snapshot_tag(a, server, format).await,
-        Command::Snapshot(c) => evidence::snapshot(c, server, format).await,
-        Command::Drill(c) => evidence::drill(c, server, state, format).await,
-        Command::Posture(a) => evidence::posture(a, server, format).await,
+        Command::SnapshotTag(a) => snapshot::snapshot_tag(a, server, format).await,
+        Command::Snapshot(c) => snapshot::snapshot(c, server, format).await,
+        Command::Drill(c) => drill::drill(c, server, state, format).await,
+        Command::Posture(a) => posture::posture(a, server, format).await,
         Command::Checkpoint(a) => verify::checkpoint(a, server, state, format).await,
         Command::Verify(a) => verify::verify(a, format),
         Command::Audit(a) => verify::audit(a, server, state, format).await,
