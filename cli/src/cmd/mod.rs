@@ -1,7 +1,12 @@
 //! One module per command group. Command modules share the helpers at the
 //! top of the crate (client, downloads, files, trust, views) and never
-//! each other's internals, except `restore`, which asks the question
-//! `resolve` asks.
+//! each other's internals, except along these edges, none of which leads
+//! back:
+//!
+//! - `restore` and `artifacts` ask the question `resolve` asks (`pins`);
+//! - `drill run` restores as `restore` does (`restore::restore_verified`);
+//! - `snapshot`, `drill` and `watch` record, read and show entries with the
+//!   shared `evidence` module.
 
 pub mod artifacts;
 pub mod drill;
@@ -11,6 +16,7 @@ pub mod keys;
 pub mod pins;
 pub mod posture;
 pub mod publish;
+pub mod restore;
 pub mod shell;
 pub mod snapshot;
 pub mod trust;
@@ -44,7 +50,7 @@ pub enum Command {
     Fetch(artifacts::FetchArgs),
     /// Resolve, download and verify the artifact live at an instant, and
     /// write it atomically.
-    Restore(artifacts::RestoreArgs),
+    Restore(restore::RestoreArgs),
     /// List published artifacts.
     List(artifacts::ListArgs),
     /// Show one artifact's record.
@@ -93,7 +99,7 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Status(a) => pins::status(a, server, format).await,
         Command::Watch(a) => watch::run(a, server, format).await,
         Command::Fetch(a) => artifacts::fetch(a, server, format).await,
-        Command::Restore(a) => artifacts::restore(a, server, state, format).await,
+        Command::Restore(a) => restore::restore(a, server, state, format).await,
         Command::List(a) => artifacts::list(a, server, format).await,
         Command::Stat(a) => artifacts::stat(a, server, format).await,
         Command::SnapshotTag(a) => snapshot::snapshot_tag(a, server, format).await,

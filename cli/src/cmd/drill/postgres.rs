@@ -221,7 +221,7 @@ pub(super) async fn print_postgresql(
     base: Option<&Path>,
     format: Format,
 ) -> Outcome {
-    let plan = crate::cmd::artifacts::RestoreArgs::drill(
+    let plan = crate::cmd::restore::RestoreArgs::drill(
         args.env.clone(),
         target,
         PathBuf::from("objectstack.json"),
@@ -230,7 +230,7 @@ pub(super) async fn print_postgresql(
         args.wal_archive.as_deref(),
     )
     .planned();
-    let planned = crate::cmd::artifacts::restore_verified(&plan, server, state).await?;
+    let planned = crate::cmd::restore::restore_verified(&plan, server, state).await?;
     let base = base.map_or_else(
         || "/path/to/base_backup".to_owned(),
         |b| b.display().to_string(),

@@ -272,7 +272,7 @@ pub(super) async fn run(
     if let Some(wal) = &args.wal_archive
         && matches!(source, Source::PostgresPlan(_))
     {
-        crate::cmd::artifacts::wal_archive(&wal.to_string_lossy())
+        crate::cmd::restore::wal_archive(&wal.to_string_lossy())
             .map_err(|e| Failure::invalid(format!("--wal-archive: {e}")))?;
     }
     if let (Some(at), Some(s)) = (args.at, &snapshot)
@@ -371,7 +371,7 @@ pub(super) async fn run(
         Source::Postgres { archive, .. } => Some(archive.as_path()),
         _ => None,
     };
-    let restore = crate::cmd::artifacts::RestoreArgs::drill(
+    let restore = crate::cmd::restore::RestoreArgs::drill(
         args.env.clone(),
         target,
         artifact.clone(),
@@ -379,7 +379,7 @@ pub(super) async fn run(
         args.log_key.clone(),
         archive,
     );
-    let artifact_restored = crate::cmd::artifacts::restore_verified(&restore, server, state).await;
+    let artifact_restored = crate::cmd::restore::restore_verified(&restore, server, state).await;
     steps.end("stackpin restore", t, artifact_restored.is_ok());
     let (release_id, digest, settings) = match &artifact_restored {
         Ok(r) => (
@@ -593,7 +593,7 @@ const MAX_DETAIL: usize = 512;
 fn archive_dir(dir: &Path) -> Outcome<PathBuf> {
     let abs = std::fs::canonicalize(dir)
         .map_err(|e| Failure::invalid(format!("--wal-archive {}: {e}", dir.display())))?;
-    crate::cmd::artifacts::wal_archive(&abs.to_string_lossy())
+    crate::cmd::restore::wal_archive(&abs.to_string_lossy())
         .map_err(|e| Failure::invalid(format!("--wal-archive: {e}")))?;
     Ok(abs)
 }
