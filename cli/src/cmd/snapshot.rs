@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use stackpin_core::digest::Digest;
 use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome};
@@ -81,35 +80,6 @@ struct Tagged {
     tag: Option<SnapshotTag>,
 }
 
-/// The digest of the file at `path`, read in 1 MiB pieces: a database
-/// snapshot can be larger than memory.
-fn hash_file(path: &std::path::Path) -> Outcome<Digest> {
-    use std::io::Read as _;
-    let reading = |e: std::io::Error| Failure::invalid(format!("reading {}: {e}", path.display()));
-    let mut file = std::fs::File::open(path).map_err(reading)?;
-    let len = file.metadata().map_err(reading)?.len();
-    // Snapshots run to gigabytes: show the hashing.
-    let mut progress =
-        (len >= 64 * 1024 * 1024).then(|| crate::progress::Progress::bytes("hashing", len));
-    let mut hasher = stackpin_core::digest::Hasher::default();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(reading)?;
-        if n == 0 {
-            if let Some(p) = progress {
-                p.finish();
-            }
-            return Ok(hasher.finish());
-        }
-        hasher.update(&buf[..n]);
-        done += n as u64;
-        if let Some(p) = progress.as_mut() {
-            p.set(done);
-        }
-    }
-}
-
 /// Where the tag of the snapshot file `file` goes: `FILE.stackpin.json`.
 fn tag_path(file: &Path) -> PathBuf {
     let mut path = file.as_os_str().to_owned();
@@ -131,7 +101,10 @@ pub async fn snapshot_tag(
             let len = std::fs::metadata(path)
                 .map_err(|e| Failure::invalid(format!("reading {}: {e}", path.display())))?
                 .len();
-            (Some(len), Some(hash_file(path)?))
+            let (_, sha256) = crate::files::hash_file(path)
+                .await
+                .map_err(|e| Failure::invalid(format!("reading {}: {e}", path.display())))?;
+            (Some(len), Some(sha256))
         }
         None => (None, None),
     };

@@ -48,26 +48,30 @@ pub(super) async fn litestream_restore(
 }
 
 /// Copies a SQLite snapshot file to `db`, checking it against the size and
-/// sha256 its snapshot entry recorded.
-pub(super) fn copy_snapshot(
+/// sha256 its snapshot entry recorded (the copy and the hashing run off the
+/// runtime's thread: snapshots run to gigabytes).
+pub(super) async fn copy_snapshot(
     path: &Path,
     entry: Option<&SnapshotEntry>,
     db: &Path,
 ) -> Result<(), String> {
-    std::fs::copy(path, db).map_err(|e| format!("copying {}: {e}", path.display()))?;
+    tokio::fs::copy(path, db)
+        .await
+        .map_err(|e| format!("copying {}: {e}", path.display()))?;
     if let Some(s) = entry {
-        let bytes = std::fs::read(db).map_err(|e| format!("reading the copy: {e}"))?;
+        let (len, digest) = crate::files::hash_file(db)
+            .await
+            .map_err(|e| format!("reading the copy: {e}"))?;
         if let Some(size) = s.size
-            && size != bytes.len() as u64
+            && size != len
         {
             return Err(format!(
-                "{} is {} bytes; the snapshot entry recorded {size}",
+                "{} is {len} bytes; the snapshot entry recorded {size}",
                 path.display(),
-                bytes.len()
             ));
         }
         if let Some(d) = &s.sha256
-            && *d != stackpin_core::digest::Digest::of(&bytes)
+            && *d != digest
         {
             return Err(format!(
                 "{} does not match the sha256 the snapshot entry recorded ({d})",

@@ -418,7 +418,9 @@ pub(super) async fn run(
         }
         Source::File(path) => {
             let db = work.path().join("restored.db");
-            copy_snapshot(path, snapshot.as_ref(), &db).map(|()| Db::Sqlite(db))
+            copy_snapshot(path, snapshot.as_ref(), &db)
+                .await
+                .map(|()| Db::Sqlite(db))
         }
         Source::Postgres { base, .. } if failure.is_none() => {
             Cluster::recover(args.pg_bin.as_deref(), base, work.path(), &settings)
