@@ -3,7 +3,8 @@
 //! each other's internals, except along these edges, none of which leads
 //! back:
 //!
-//! - `restore` and `artifacts` ask the question `resolve` asks (`pins`);
+//! - `restore` asks the question `resolve` asks, and `artifacts` and
+//!   `snapshot` take the same flags (`pins`);
 //! - `drill run` restores as `restore` does (`restore::restore_verified`);
 //! - `snapshot`, `drill` and `watch` record, read and show entries with the
 //!   shared `evidence` module.
