@@ -166,7 +166,7 @@ impl Connection {
         let mut attempt = 0;
         loop {
             match call().await {
-                Err(status) if attempt < self.retries && transient(&status) => {
+                Err(status) if attempt < self.retries && retryable(&status) => {
                     let base = 250u64 << attempt.min(6);
                     let jitter = u64::from(
                         std::time::SystemTime::now()
@@ -190,15 +190,20 @@ impl Connection {
     }
 }
 
-/// Whether a failure may pass by itself: the registry unreachable or
-/// busy, or a deadline (ours or the registry's) passed. Writes are retried
-/// under one request id, so a retry never records twice.
-pub fn transient(status: &tonic::Status) -> bool {
+/// Whether a call that failed with `status` may succeed when tried again,
+/// and a watch resumed from its cursor: the one rule for both. Writes are
+/// retried under one request id, so a retry never records twice.
+pub fn retryable(status: &tonic::Status) -> bool {
     use tonic::Code;
     match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded => true,
-        // tonic reports its own timeout as CANCELLED "Timeout expired".
-        Code::Cancelled => status.message().contains("Timeout expired"),
+        // The registry unreachable or restarting; a deadline passed (the
+        // registry's, or ours: tonic reports its own timeout as CANCELLED
+        // "Timeout expired", so the code alone says enough and the message
+        // is not read); the call cut off with its connection (a stream's
+        // broken body surfaces as UNKNOWN).
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => true,
+        // Only the registry's "busy" passes by itself; RESOURCE_EXHAUSTED
+        // also says too large or out of space, which a retry does not mend.
         Code::ResourceExhausted => {
             use tonic_types::StatusExt as _;
             status
@@ -363,4 +368,50 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::{Code, Status};
+    use tonic_types::{ErrorDetails, StatusExt as _};
+
+    use super::retryable;
+
+    fn with_reason(code: Code, kind: stackpin_core::Kind) -> Status {
+        let details = ErrorDetails::with_error_info(
+            kind.reason(),
+            stackpin_core::error::ERROR_DOMAIN,
+            std::collections::HashMap::new(),
+        );
+        Status::with_error_details(code, "refused", details)
+    }
+
+    #[test]
+    fn calls_and_watches_retry_what_passes_by_itself() {
+        assert!(retryable(&Status::unavailable("connection refused")));
+        assert!(retryable(&Status::deadline_exceeded("deadline")));
+        // tonic's own timeout, and a call cut off with its connection.
+        assert!(retryable(&Status::cancelled("Timeout expired")));
+        assert!(retryable(&Status::cancelled("operation was canceled")));
+        assert!(retryable(&Status::unknown(
+            "error reading a body from connection"
+        )));
+        assert!(retryable(&with_reason(
+            Code::ResourceExhausted,
+            stackpin_core::Kind::Busy
+        )));
+    }
+
+    #[test]
+    fn refusals_a_retry_cannot_mend_are_not_retried() {
+        assert!(!retryable(&with_reason(
+            Code::ResourceExhausted,
+            stackpin_core::Kind::TooLarge
+        )));
+        assert!(!retryable(&Status::resource_exhausted("no details")));
+        assert!(!retryable(&Status::invalid_argument("bad")));
+        assert!(!retryable(&Status::not_found("none")));
+        assert!(!retryable(&Status::failed_precondition("conflict")));
+        assert!(!retryable(&Status::internal("bug")));
+    }
 }

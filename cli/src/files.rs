@@ -1,10 +1,12 @@
-//! Files the CLI writes: atomically, and where a proof goes beside its
-//! artifact.
+//! Files the CLI reads and writes: writes made atomically, where a proof
+//! goes beside its artifact, folders copied whole, and the one streaming
+//! digest of large files (database snapshots).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use stackpin_core::digest::Digest;
 
 use crate::exit::{Failure, Outcome};
 
@@ -117,9 +119,84 @@ fn umask() -> u32 {
         .unwrap_or(0o022)
 }
 
+/// Copies the folder `from` to `to`, recursively; sockets and other
+/// special files are skipped.
+pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let kind = e.file_type()?;
+        let target = to.join(e.file_name());
+        if kind.is_dir() {
+            copy_tree(&e.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(e.path(), &target)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &target)?;
+        }
+    }
+    Ok(())
+}
+
 /// `FILE` -> `FILE.tlog-proof`.
 pub fn proof_path(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_owned();
     name.push(".tlog-proof");
     PathBuf::from(name)
+}
+
+/// The size and digest of the file at `path`, read in 1 MiB pieces (a
+/// database snapshot can be larger than memory, and runs to gigabytes, so
+/// the hashing shows progress). It runs on a blocking thread: the CLI's
+/// runtime has a single thread, which must stay free to see Ctrl-C.
+///
+/// # Errors
+/// The error opening or reading the file.
+pub async fn hash_file(path: &Path) -> std::io::Result<(u64, Digest)> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || hash_file_blocking(&path))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+fn hash_file_blocking(path: &Path) -> std::io::Result<(u64, Digest)> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut progress =
+        (len >= 64 * 1024 * 1024).then(|| crate::progress::Progress::bytes("hashing", len));
+    let mut hasher = stackpin_core::digest::Hasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            if let Some(p) = progress {
+                p.finish();
+            }
+            return Ok((done, hasher.finish()));
+        }
+        hasher.update(&buf[..n]);
+        done += n as u64;
+        if let Some(p) = progress.as_mut() {
+            p.set(done);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stackpin_core::digest::Digest;
+
+    #[tokio::test]
+    async fn the_streaming_digest_is_the_digest_of_the_whole_file() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("snapshot.db");
+        // More than one 1 MiB piece, and not a whole number of them.
+        let bytes: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let (len, digest) = super::hash_file(&path).await.expect("hash");
+        assert_eq!(len, bytes.len() as u64);
+        assert_eq!(digest, Digest::of(&bytes));
+    }
 }

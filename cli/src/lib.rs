@@ -10,7 +10,7 @@
 //! | [`cmd`] | one module per command group, and the dispatch |
 //! | [`client`] | connecting: URL, TLS, token |
 //! | [`download`] | artifact downloads, verified against their digest |
-//! | [`files`] | atomic writes, proof file paths |
+//! | [`files`] | atomic writes, proof file paths, folder copies, the streaming digest of large files |
 //! | [`progress`] | progress bars (indicatif) and their log-line fallback |
 //! | [`reader`] | the verified reader: checkpoints accepted, entries proved, "nothing after" proved |
 //! | [`trust`] | remembered checkpoints, the log key, trusted publisher keys |
@@ -158,7 +158,11 @@ pub fn run(command: impl std::future::Future<Output = exit::Outcome>) -> ExitCod
             )),
         }
     };
-    match runtime.block_on(interruptible) {
+    let outcome = runtime.block_on(interruptible);
+    // After an interrupt, a hash may still be reading on a blocking thread;
+    // it writes nothing, so the process does not wait for it.
+    runtime.shutdown_background();
+    match outcome {
         Ok(()) => ExitCode::from(exit::OK),
         Err(failure) => {
             eprintln!("error: {:#}", failure.error);

@@ -2,6 +2,10 @@
 //! sustained. A tool of its own, so the `stackpin` that pipelines and
 //! operators install carries no load generator.
 //!
+//! Long because it is the whole load generator in one file: its workloads,
+//! workers, setup and report are read together, change together for a new
+//! measurement, and are used by nothing else.
+//!
 //! N worker tasks share one gRPC channel (HTTP/2 multiplexes their calls) and
 //! each keeps one request in flight, so N is the number of concurrent
 //! requests. Everything a request needs that is not being measured (payload

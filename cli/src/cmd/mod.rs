@@ -1,15 +1,25 @@
 //! One module per command group. Command modules share the helpers at the
 //! top of the crate (client, downloads, files, trust, views) and never
-//! each other's internals, except `restore`, which asks the question
-//! `resolve` asks.
+//! each other's internals, except along these edges, none of which leads
+//! back:
+//!
+//! - `restore` asks the question `resolve` asks, and `artifacts` and
+//!   `snapshot` take the same flags (`pins`);
+//! - `drill run` restores as `restore` does (`restore::restore_verified`);
+//! - `snapshot`, `drill` and `watch` record, read and show entries with the
+//!   shared `evidence` module.
 
 pub mod artifacts;
+pub mod drill;
 pub mod evidence;
 pub mod keygen;
 pub mod keys;
 pub mod pins;
+pub mod posture;
 pub mod publish;
+pub mod restore;
 pub mod shell;
+pub mod snapshot;
 pub mod trust;
 pub mod verify;
 pub mod watch;
@@ -41,24 +51,24 @@ pub enum Command {
     Fetch(artifacts::FetchArgs),
     /// Resolve, download and verify the artifact live at an instant, and
     /// write it atomically.
-    Restore(artifacts::RestoreArgs),
+    Restore(restore::RestoreArgs),
     /// List published artifacts.
     List(artifacts::ListArgs),
     /// Show one artifact's record.
     Stat(artifacts::StatArgs),
     /// Record a database backup in the log, paired with the artifact live
     /// at its instant; with --snapshot FILE, also write FILE.stackpin.json.
-    SnapshotTag(artifacts::SnapshotTagArgs),
+    SnapshotTag(snapshot::SnapshotTagArgs),
     /// The backups recorded for an environment.
     #[command(subcommand)]
-    Snapshot(evidence::SnapshotCmd),
+    Snapshot(snapshot::SnapshotCmd),
     /// Restore drills: run one and record it, record one done by other
     /// means, or list them.
     #[command(subcommand)]
-    Drill(evidence::DrillCmd),
+    Drill(drill::DrillCmd),
     /// Each environment's backups and drills against its recovery targets
     /// (RPO, RTO, drill interval); exit 8 when one is out of policy.
-    Posture(evidence::PostureArgs),
+    Posture(posture::PostureArgs),
     /// Fetch, verify and remember the log's latest checkpoint.
     Checkpoint(verify::CheckpointArgs),
     /// Check an artifact and its .tlog-proof offline.
@@ -90,13 +100,13 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Status(a) => pins::status(a, server, state, format).await,
         Command::Watch(a) => watch::run(a, server, format).await,
         Command::Fetch(a) => artifacts::fetch(a, server, format).await,
-        Command::Restore(a) => artifacts::restore(a, server, state, format).await,
+        Command::Restore(a) => restore::restore(a, server, state, format).await,
         Command::List(a) => artifacts::list(a, server, format).await,
         Command::Stat(a) => artifacts::stat(a, server, format).await,
-        Command::SnapshotTag(a) => artifacts::snapshot_tag(a, server, format).await,
-        Command::Snapshot(c) => evidence::snapshot(c, server, format).await,
-        Command::Drill(c) => evidence::drill(c, server, state, format).await,
-        Command::Posture(a) => evidence::posture(a, server, format).await,
+        Command::SnapshotTag(a) => snapshot::snapshot_tag(a, server, format).await,
+        Command::Snapshot(c) => snapshot::snapshot(c, server, format).await,
+        Command::Drill(c) => drill::drill(c, server, state, format).await,
+        Command::Posture(a) => posture::posture(a, server, format).await,
         Command::Checkpoint(a) => verify::checkpoint(a, server, state, format).await,
         Command::Verify(a) => verify::verify(a, format),
         Command::Audit(a) => verify::audit(a, server, state, format).await,

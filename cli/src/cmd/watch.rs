@@ -85,7 +85,7 @@ pub async fn run(args: &WatchArgs, server: &crate::client::Connection, format: F
         let stream = client.watch_log(request).await;
         let mut stream = match stream {
             Ok(s) => s.into_inner(),
-            Err(status) if passing(&status) && failures < 60 => {
+            Err(status) if crate::client::retryable(&status) && failures < 60 => {
                 failures += 1;
                 eprintln!("watch: {} (reconnecting from {next})", status.message());
                 tokio::time::sleep(backoff(failures)).await;
@@ -97,7 +97,7 @@ pub async fn run(args: &WatchArgs, server: &crate::client::Connection, format: F
             let event = match stream.message().await {
                 Ok(Some(e)) => e,
                 Ok(None) => break,
-                Err(status) if passing(&status) => {
+                Err(status) if crate::client::retryable(&status) => {
                     eprintln!("watch: {} (reconnecting from {next})", status.message());
                     break;
                 }
@@ -132,18 +132,6 @@ pub async fn run(args: &WatchArgs, server: &crate::client::Connection, format: F
         }
         tokio::time::sleep(backoff(1)).await;
     }
-}
-
-/// Whether a watch that ended with `status` should be resumed.
-fn passing(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable
-            | tonic::Code::DeadlineExceeded
-            | tonic::Code::ResourceExhausted
-            | tonic::Code::Cancelled
-            | tonic::Code::Unknown
-    )
 }
 
 fn backoff(failures: u32) -> std::time::Duration {
