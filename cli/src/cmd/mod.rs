@@ -3,8 +3,9 @@
 //! each other's internals, except along these edges, none of which leads
 //! back:
 //!
-//! - `restore` asks the question `resolve` asks, and `artifacts` and
-//!   `snapshot` take the same flags (`pins`);
+//! - `restore` asks the question `resolve` asks (`resolve::ask`);
+//! - `resolve`, `history`, `artifacts` and `snapshot` take the flags, and
+//!   `history` proves listings, the way `pins` does;
 //! - `drill run` restores as `restore` does (`restore::restore_verified`);
 //! - `snapshot`, `drill` and `watch` record, read and show entries with the
 //!   shared `evidence` module.
@@ -12,11 +13,13 @@
 pub mod artifacts;
 pub mod drill;
 pub mod evidence;
+pub mod history;
 pub mod keygen;
 pub mod keys;
 pub mod pins;
 pub mod posture;
 pub mod publish;
+pub mod resolve;
 pub mod restore;
 pub mod shell;
 pub mod snapshot;
@@ -37,13 +40,13 @@ pub enum Command {
     /// Record that an artifact went live in an environment.
     Pin(pins::PinArgs),
     /// Which artifact was live in an environment at an instant.
-    Resolve(pins::ResolveCmd),
+    Resolve(resolve::ResolveCmd),
     /// An environment's pins, newest first.
-    History(pins::HistoryArgs),
+    History(history::HistoryArgs),
     /// Every environment at a glance: what is live now, since when, by
     /// whom, its number of pins and how long since the last one.
     #[command(visible_alias = "envs")]
-    Status(pins::StatusArgs),
+    Status(history::StatusArgs),
     /// Each entry as it lands (the pins of --env), verified, optionally
     /// running a command for each.
     Watch(watch::WatchArgs),
@@ -95,9 +98,9 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Keygen(a) => keygen::run(a, format),
         Command::Publish(a) => publish::run(a, server, format).await,
         Command::Pin(a) => pins::pin(a, server, state, format).await,
-        Command::Resolve(a) => pins::resolve(a, server, state, format).await,
-        Command::History(a) => pins::history(a, server, state, format).await,
-        Command::Status(a) => pins::status(a, server, state, format).await,
+        Command::Resolve(a) => resolve::resolve(a, server, state, format).await,
+        Command::History(a) => history::history(a, server, state, format).await,
+        Command::Status(a) => history::status(a, server, state, format).await,
         Command::Watch(a) => watch::run(a, server, format).await,
         Command::Fetch(a) => artifacts::fetch(a, server, format).await,
         Command::Restore(a) => restore::restore(a, server, state, format).await,

@@ -11,7 +11,7 @@ use stackpin_core::position::DbPosition;
 use stackpin_core::proof::RestoreProof;
 use stackpin_proto::v1 as pb;
 
-use crate::cmd::pins::{ResolveArgs, ask};
+use crate::cmd::resolve::{ResolveArgs, ask};
 use crate::download::download;
 use crate::exit::{Failure, Outcome};
 use crate::view::{Format, ResolveView};

@@ -1,0 +1,283 @@
+//! `stackpin history` and `status`: an environment's pins, and what is live
+//! in every environment now, each pin proved and nothing newer left out.
+
+use serde::Serialize;
+use stackpin_core::ids::EnvName;
+use stackpin_core::time::Timestamp;
+use stackpin_proto::v1 as pb;
+
+use crate::cmd::pins::{anchored, proved_pins};
+use crate::exit::{Failure, Outcome};
+use crate::reader::Reader;
+use crate::view::{Format, PinView, wire_time};
+
+#[derive(clap::Args)]
+pub struct HistoryArgs {
+    /// The environment.
+    #[arg(long, value_parser = crate::parse::<EnvName>)]
+    env: EnvName,
+    /// Only pins activated strictly before this instant.
+    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    before: Option<Timestamp>,
+    /// Only pins activated at or after this instant.
+    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    since: Option<Timestamp>,
+    /// At most this many pins (newest first; at most 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Continue from a previous page.
+    #[arg(long, default_value = "")]
+    page_token: String,
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
+}
+
+#[derive(Serialize)]
+struct HistoryView {
+    env: String,
+    /// Whether every pin was proved against the log (a log key was known).
+    verified: bool,
+    pins: Vec<PinView>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    next_page_token: String,
+}
+
+pub async fn history(
+    args: &HistoryArgs,
+    server: &crate::client::Connection,
+    state: Option<&std::path::Path>,
+    format: Format,
+) -> Outcome {
+    let reader = Reader::new(&args.log_key, server, state, None)?;
+    let mut client = crate::client::connect(server).await?;
+    let filter = server.request_id.clone().unwrap_or_default();
+    let response = client
+        .history(pb::HistoryRequest {
+            env: args.env.to_string(),
+            before: args.before.map(wire_time),
+            since: args.since.map(wire_time),
+            limit: args.limit,
+            page_token: args.page_token.clone(),
+            // `--request-id` here is a filter: the pin that request recorded.
+            request_id: filter.clone(),
+        })
+        .await?
+        .into_inner();
+    let anchor = anchored(&reader, &mut client, &response.checkpoint).await?;
+    let proved = proved_pins(&anchor, &response.pins, &response.entries, "pins")?;
+    for (i, p) in proved.iter().enumerate() {
+        let pin = p.pin("pins")?;
+        let outside = pin.env != args.env
+            || args.before.is_some_and(|b| pin.activated_at >= b)
+            || args.since.is_some_and(|s| pin.activated_at < s);
+        if outside {
+            return Err(Failure::verify(format!(
+                "the answer holds pin #{} of {} (activated {}), which the query excludes",
+                pin.seq, pin.env, pin.activated_at
+            )));
+        }
+        // Newest first, with nothing between: each pin links to the next.
+        if let Some(older) = proved.get(i + 1) {
+            let o = older.pin("pins")?;
+            if o.seq + 1 != pin.seq || pin.prev_pin.as_deref() != Some(older.leaf.hex().as_str()) {
+                return Err(Failure::verify(format!(
+                    "pin #{} of {} does not follow pin #{} in the answer: pins were left out or \
+                     reordered",
+                    pin.seq, pin.env, o.seq
+                )));
+            }
+        }
+    }
+    // The first page of the newest pins: none newer was left out.
+    let head = args.before.is_none() && args.page_token.is_empty() && filter.is_empty();
+    if head
+        && let Some(newest) = proved.first()
+        && let Some((index, later)) = anchor
+            .after(&mut client, newest, |q| q.env == args.env)
+            .await?
+            .into_iter()
+            .next()
+    {
+        return Err(Failure::verify(format!(
+            "the answer's newest pin of {} is #{}, but the log holds pin #{} ({}) at index \
+             {index}: newer pins were left out",
+            args.env,
+            newest.pin("pins")?.seq,
+            later.seq,
+            later.release_id
+        )));
+    }
+    let view = HistoryView {
+        env: args.env.to_string(),
+        verified: anchor.verified,
+        pins: proved
+            .iter()
+            .map(|p| PinView::proved(p, "pins"))
+            .collect::<Outcome<_>>()?,
+        next_page_token: response.next_page_token,
+    };
+    format.emit(&view, || {
+        let mut out = String::new();
+        for p in &view.pins {
+            out.push_str(&p.line());
+            out.push('\n');
+        }
+        if view.pins.is_empty() {
+            out.push_str("no pins match\n");
+        }
+        if !view.next_page_token.is_empty() {
+            out.push_str(&format!("more: --page-token {}\n", view.next_page_token));
+        }
+        out.push_str(&reader.unverified_line());
+        out
+    });
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// At most this many environments (in name order; at most 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Continue from a previous page.
+    #[arg(long, default_value = "")]
+    page_token: String,
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
+}
+
+#[derive(Serialize)]
+struct EnvView {
+    env: String,
+    /// The latest pin: what is live now.
+    live: PinView,
+    pins: u64,
+    /// Seconds since the latest pin was recorded (by this machine's clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds_since_last_pin: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct StatusView {
+    /// Whether every pin was proved against the log (a log key was known).
+    verified: bool,
+    environments: Vec<EnvView>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    next_page_token: String,
+}
+
+/// `3d 4h`, `2h 5m`, `40s`: a rough age for people.
+fn age_text(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+pub async fn status(
+    args: &StatusArgs,
+    server: &crate::client::Connection,
+    state: Option<&std::path::Path>,
+    format: Format,
+) -> Outcome {
+    let reader = Reader::new(&args.log_key, server, state, None)?;
+    let mut client = crate::client::connect(server).await?;
+    let response = client
+        .list_environments(pb::ListEnvironmentsRequest {
+            limit: args.limit,
+            page_token: args.page_token.clone(),
+        })
+        .await?
+        .into_inner();
+    let anchor = anchored(&reader, &mut client, &response.checkpoint).await?;
+    let latest: Vec<pb::Pin> = response
+        .environments
+        .iter()
+        .map(|e| {
+            e.latest.clone().ok_or_else(|| {
+                Failure::verify(format!("the answer names {} with no latest pin", e.env))
+            })
+        })
+        .collect::<Outcome<_>>()?;
+    let proved = proved_pins(&anchor, &latest, &response.entries, "latest")?;
+    let mut heads = std::collections::HashMap::new();
+    for (e, p) in response.environments.iter().zip(&proved) {
+        let pin = p.pin("latest")?;
+        if pin.env.as_str() != e.env || heads.insert(pin.env.clone(), p.index()).is_some() {
+            return Err(Failure::verify(format!(
+                "the answer lists {} with pin #{} of {}",
+                e.env, pin.seq, pin.env
+            )));
+        }
+    }
+    // Live now: no later pin of any listed environment up to the
+    // checkpoint, read once from the oldest of the latest pins.
+    if let Some(oldest) = proved.iter().min_by_key(|p| p.index())
+        && let Some((index, later)) = anchor
+            .after(&mut client, oldest, |q| heads.contains_key(&q.env))
+            .await?
+            .into_iter()
+            .find(|(index, q)| heads.get(&q.env).is_some_and(|head| index > head))
+    {
+        return Err(Failure::verify(format!(
+            "the answer says the latest pin of {} is the one at log index {}, but the log holds \
+             pin #{} ({}) at index {index}: what is live now was misreported",
+            later.env, heads[&later.env], later.seq, later.release_id
+        )));
+    }
+    let now = Timestamp::now();
+    let environments = proved
+        .iter()
+        .map(|p| {
+            let pin = p.pin("latest")?;
+            Ok(EnvView {
+                env: pin.env.to_string(),
+                pins: pin.seq,
+                seconds_since_last_pin: Some(
+                    (now.as_micros() - pin.recorded_at.as_micros()) / 1_000_000,
+                ),
+                live: PinView::proved(p, "latest")?,
+            })
+        })
+        .collect::<Outcome<_>>()?;
+    let view = StatusView {
+        verified: anchor.verified,
+        environments,
+        next_page_token: response.next_page_token,
+    };
+    format.emit(&view, || {
+        let mut out = String::new();
+        if view.environments.is_empty() {
+            out.push_str("no environments yet: nothing has been pinned\n");
+        }
+        for e in &view.environments {
+            let p = &e.live;
+            out.push_str(&format!(
+                "{}  live {} ({}) since {} by {}{}\n    {} pin(s), last {} ago, log index {}\n",
+                e.env,
+                p.release_id,
+                p.digest,
+                p.activated_at,
+                p.actor,
+                p.db_position
+                    .as_ref()
+                    .map(|d| format!(", db {d}"))
+                    .unwrap_or_default(),
+                e.pins,
+                e.seconds_since_last_pin
+                    .map(age_text)
+                    .unwrap_or_else(|| "?".into()),
+                p.log_index,
+            ));
+        }
+        if !view.next_page_token.is_empty() {
+            out.push_str(&format!("more: --page-token {}\n", view.next_page_token));
+        }
+        out.push_str(&reader.unverified_line());
+        out
+    });
+    Ok(())
+}
