@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use stackpin_core::merkle::{self, Hash};
+use stackpin_core::merkle::Hash;
 use stackpin_core::note::{Checkpoint, NoteVerifier};
 use stackpin_core::signing::TrustedKeys;
 use stackpin_proto::v1 as pb;
@@ -327,22 +327,6 @@ pub(crate) fn hashes(list: &[bytes::Bytes], what: &str) -> Outcome<Vec<Hash>> {
             })
         })
         .collect()
-}
-
-/// Checks that `entry` is entry `index` of the tree `cp` signs, by the
-/// inclusion `proof` the registry sent with it.
-///
-/// # Errors
-/// Verification failed (exit 5).
-pub fn verify_included(
-    cp: &Checkpoint,
-    index: u64,
-    entry: &[u8],
-    proof: &[bytes::Bytes],
-) -> Outcome {
-    let proof = hashes(proof, "entry")?;
-    merkle::verify_inclusion(&merkle::leaf_hash(entry), index, cp.size, &proof, &cp.root)
-        .map_err(|e| Failure::verify(format!("entry {index} is not in the checkpoint: {e}")))
 }
 
 /// Fetches the registry's current checkpoint and accepts it as

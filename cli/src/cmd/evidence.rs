@@ -9,16 +9,17 @@
 //! instant, and the log's rules check that pairing, so neither can name
 //! another artifact than the timeline does.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Serialize;
 use stackpin_core::entry::{DrillEntry, Entry, SnapshotEntry};
 use stackpin_core::ids::EnvName;
-use stackpin_core::note::Checkpoint;
 use stackpin_core::posture::human;
 use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome};
+use crate::reader::{Anchor, HOW_TO_TRUST, Reader};
 use crate::view::Format;
 
 /// A snapshot entry as one line.
@@ -71,43 +72,20 @@ pub struct Shown {
     pub entry: Entry,
 }
 
-fn open(
-    log_key: Option<&stackpin_core::note::NoteVerifier>,
-    checkpoint: &str,
-    proved: &pb::ProvedEntry,
-) -> Outcome<Shown> {
-    let verified = match log_key {
-        None => false,
-        Some(key) => {
-            let cp = Checkpoint::open(checkpoint, key)
-                .map_err(|e| Failure::verify(format!("the answer's checkpoint: {e}")))?;
-            crate::trust::verify_included(&cp, proved.index, &proved.entry, &proved.proof)?;
-            true
-        }
-    };
-    let entry =
-        Entry::parse(proved.index, &proved.entry).map_err(|e| Failure::verify(e.to_string()))?;
+fn open(anchor: &Anchor, proved: &pb::ProvedEntry) -> Outcome<Shown> {
+    let proved = anchor.entry(proved, "entry")?;
     Ok(Shown {
-        index: proved.index,
-        verified,
-        entry,
+        index: proved.index(),
+        verified: anchor.verified,
+        entry: proved.entry,
     })
-}
-
-/// The log key, when one was given: answers are then verified.
-fn optional_key(arg: &crate::trust::LogKey) -> Outcome<Option<stackpin_core::note::NoteVerifier>> {
-    if arg.given() || arg.policy()?.is_some() {
-        crate::trust::log_key(arg).map(Some)
-    } else {
-        Ok(None)
-    }
 }
 
 pub(crate) fn checked(shown: &Shown) -> &'static str {
     if shown.verified {
         "verified"
     } else {
-        "not verified: pass --log-key"
+        "UNVERIFIED: no log key known; pass --log-key or run `stackpin trust add VKEY`"
     }
 }
 
@@ -115,6 +93,7 @@ pub(crate) fn checked(shown: &Shown) -> &'static str {
 /// are) and opens the entry the registry answers with.
 pub(crate) async fn send<M, F, Fut>(
     server: &crate::client::Connection,
+    state: Option<&Path>,
     log_key: &crate::trust::LogKey,
     what: &str,
     message: impl Fn(String) -> M,
@@ -125,7 +104,7 @@ where
     F: Fn(crate::client::Client, tonic::Request<M>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<pb::RecordedEntry>, tonic::Status>>,
 {
-    let key = optional_key(log_key)?;
+    let reader = Reader::new(log_key, server, state, None)?;
     let client = crate::client::connect(server).await?;
     let id = server.request_id()?;
     let message = message(id.clone());
@@ -141,18 +120,22 @@ where
     let proved = recorded
         .entry
         .ok_or_else(|| Failure::verify("the registry answered without the entry"))?;
-    open(key.as_ref(), &recorded.checkpoint, &proved)
+    let mut client = client;
+    let anchor = reader.anchor(&mut client, &recorded.checkpoint).await?;
+    open(&anchor, &proved)
 }
 
 /// Records a snapshot; the entry the registry wrote, opened.
 pub async fn record_snapshot(
     server: &crate::client::Connection,
+    state: Option<&Path>,
     log_key: &crate::trust::LogKey,
     message: pb::RecordSnapshotRequest,
 ) -> Outcome<Shown> {
     let (env, location) = (message.env.clone(), message.location.clone());
     let shown = send(
         server,
+        state,
         log_key,
         "snapshot",
         |request_id| pb::RecordSnapshotRequest {
@@ -196,9 +179,10 @@ pub(crate) async fn list(
     args: &ListArgs,
     kind: &str,
     server: &crate::client::Connection,
+    state: Option<&Path>,
     format: Format,
 ) -> Outcome {
-    let key = optional_key(&args.log_key)?;
+    let reader = Reader::new(&args.log_key, server, state, None)?;
     let mut client = crate::client::connect(server).await?;
     let page = client
         .list_evidence(pb::ListEvidenceRequest {
@@ -209,9 +193,10 @@ pub(crate) async fn list(
         })
         .await?
         .into_inner();
+    let anchor = crate::cmd::pins::anchored(&reader, &mut client, &page.checkpoint).await?;
     let mut entries = Vec::new();
     for proved in &page.entries {
-        let shown = open(key.as_ref(), &page.checkpoint, proved)?;
+        let shown = open(&anchor, proved)?;
         if shown.entry.kind() != kind || shown.entry.env() != Some(&args.env) {
             return Err(Failure::verify(format!(
                 "entry {} is not a {kind} of {}",
@@ -248,11 +233,18 @@ pub(crate) async fn list(
 /// The snapshot entry at `index`, verified, which must be of `env`.
 pub(crate) async fn snapshot_entry(
     server: &crate::client::Connection,
+    state: Option<&Path>,
     log_key: &crate::trust::LogKey,
     index: u64,
     env: &EnvName,
 ) -> Outcome<SnapshotEntry> {
-    let key = crate::trust::log_key(log_key)?;
+    let reader = Reader::new(log_key, server, state, None)?;
+    if !reader.verifies() {
+        return Err(Failure::invalid(format!(
+            "--snapshot {index}: the snapshot restored from is read from the log and proved: \
+             {HOW_TO_TRUST}"
+        )));
+    }
     let mut client = crate::client::connect(server).await?;
     let cp = client
         .get_checkpoint(pb::GetCheckpointRequest {})
@@ -275,9 +267,9 @@ pub(crate) async fn snapshot_entry(
         })
         .await?
         .into_inner();
+    let anchor = reader.anchor(&mut client, &cp.note).await?;
     let shown = open(
-        Some(&key),
-        &cp.note,
+        &anchor,
         &pb::ProvedEntry {
             index,
             entry: entry.entry,

@@ -21,10 +21,11 @@ pub enum SnapshotCmd {
 pub async fn snapshot(
     cmd: &SnapshotCmd,
     server: &crate::client::Connection,
+    state: Option<&std::path::Path>,
     format: Format,
 ) -> Outcome {
     match cmd {
-        SnapshotCmd::List(a) => super::evidence::list(a, "snapshot", server, format).await,
+        SnapshotCmd::List(a) => super::evidence::list(a, "snapshot", server, state, format).await,
     }
 }
 
@@ -94,6 +95,7 @@ fn tag_path(file: &Path) -> PathBuf {
 pub async fn snapshot_tag(
     args: &SnapshotTagArgs,
     server: &crate::client::Connection,
+    state: Option<&std::path::Path>,
     format: Format,
 ) -> Outcome {
     let (size, sha256) = match &args.snapshot {
@@ -139,7 +141,7 @@ pub async fn snapshot_tag(
     if let Some(file) = &args.snapshot {
         crate::files::writable(&tag_path(file))?;
     }
-    let recorded = super::evidence::record_snapshot(server, &args.log_key, message).await?;
+    let recorded = super::evidence::record_snapshot(server, state, &args.log_key, message).await?;
     let stackpin_core::entry::Entry::Snapshot(entry) = &recorded.entry else {
         return Err(Failure::verify(
             "the registry recorded another kind of entry",

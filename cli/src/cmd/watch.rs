@@ -7,10 +7,10 @@
 
 use serde::Serialize;
 use stackpin_core::entry::Entry;
-use stackpin_core::note::Checkpoint;
 use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome};
+use crate::reader::{Anchor, HOW_TO_TRUST, Reader};
 use crate::view::Format;
 
 #[derive(clap::Args)]
@@ -51,9 +51,18 @@ struct Shown {
     entry: serde_json::Value,
 }
 
-pub async fn run(args: &WatchArgs, server: &crate::client::Connection, format: Format) -> Outcome {
-    let log_key = crate::trust::log_key(&args.log_key)?;
-    let policy = args.log_key.policy()?;
+pub async fn run(
+    args: &WatchArgs,
+    server: &crate::client::Connection,
+    state: Option<&std::path::Path>,
+    format: Format,
+) -> Outcome {
+    let reader = Reader::new(&args.log_key, server, state, None)?;
+    if !reader.verifies() {
+        return Err(Failure::invalid(format!(
+            "watch shows (and --exec acts on) proved entries only: {HOW_TO_TRUST}"
+        )));
+    }
     let types = if args.types.is_empty() && args.env.is_some() {
         vec!["pin".to_owned()]
     } else {
@@ -72,6 +81,13 @@ pub async fn run(args: &WatchArgs, server: &crate::client::Connection, format: F
     };
     let mut shown = 0u64;
     let mut failures = 0u32;
+    // The checkpoint the events come with, accepted once per new note
+    // (signature, quorum, and that it extends the remembered one).
+    let mut anchor: Option<Anchor> = None;
+    // Per environment, the last pin shown: the next one must follow it.
+    let mut last_pins: std::collections::HashMap<stackpin_core::ids::EnvName, (u64, String)> =
+        std::collections::HashMap::new();
+    let unfiltered = args.env.is_none() && types.is_empty();
     loop {
         let request = pb::WatchLogRequest {
             from: next,
@@ -104,10 +120,17 @@ pub async fn run(args: &WatchArgs, server: &crate::client::Connection, format: F
                 Err(status) => return Err(status.into()),
             };
             failures = 0;
-            let cp = Checkpoint::open(&event.checkpoint, &log_key)
-                .map_err(|e| Failure::verify(format!("the watch's checkpoint: {e}")))?;
-            if let Some(p) = &policy {
-                p.check_quorum(&event.checkpoint).map_err(Failure::verify)?;
+            if anchor.as_ref().is_none_or(|a| a.note != event.checkpoint) {
+                anchor = Some(reader.anchor(&mut client, &event.checkpoint).await?);
+            }
+            let Some(cp) = anchor.as_ref() else {
+                continue;
+            };
+            if event.next > cp.checkpoint.size {
+                return Err(Failure::verify(format!(
+                    "the watch's cursor {} runs past its checkpoint of size {}",
+                    event.next, cp.checkpoint.size
+                )));
             }
             if !event.entry.is_empty() {
                 if event.index < next {
@@ -116,12 +139,35 @@ pub async fn run(args: &WatchArgs, server: &crate::client::Connection, format: F
                         event.index
                     )));
                 }
-                crate::trust::verify_included(&cp, event.index, &event.entry, &event.proof)?;
-                let entry = Entry::parse(event.index, &event.entry)
-                    .map_err(|e| Failure::verify(e.to_string()))?;
-                show(&entry, event.index, cp.size, format)?;
+                if unfiltered && event.index != next {
+                    return Err(Failure::verify(format!(
+                        "the registry skipped log entries {next} to {} of an unfiltered watch",
+                        event.index - 1
+                    )));
+                }
+                let proved = cp.entry(
+                    &pb::ProvedEntry {
+                        index: event.index,
+                        entry: event.entry.clone(),
+                        proof: event.proof.clone(),
+                    },
+                    "watched entry",
+                )?;
+                if let Entry::Pin(p) = &proved.entry {
+                    if let Some((seq, leaf)) = last_pins.get(&p.env)
+                        && (p.seq != seq + 1 || p.prev_pin.as_deref() != Some(leaf.as_str()))
+                    {
+                        return Err(Failure::verify(format!(
+                            "pin #{} of {} does not follow pin #{seq} shown before: the registry \
+                             skipped a pin",
+                            p.seq, p.env
+                        )));
+                    }
+                    last_pins.insert(p.env.clone(), (p.seq, proved.leaf.hex()));
+                }
+                show(&proved.entry, event.index, cp.checkpoint.size, format)?;
                 if let Some(cmd) = &args.exec {
-                    exec(cmd, &entry, event.index).await;
+                    exec(cmd, &proved.entry, event.index).await;
                 }
                 shown += 1;
             }

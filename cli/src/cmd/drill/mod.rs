@@ -45,8 +45,8 @@ pub async fn drill(
 ) -> Outcome {
     match cmd {
         DrillCmd::Run(a) => run::run(a, server, state, format).await,
-        DrillCmd::Record(a) => record(a, server, format).await,
-        DrillCmd::List(a) => list(a, "drill", server, format).await,
+        DrillCmd::Record(a) => record(a, server, state, format).await,
+        DrillCmd::List(a) => list(a, "drill", server, state, format).await,
     }
 }
 
@@ -90,7 +90,12 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-async fn record(args: &RecordArgs, server: &crate::client::Connection, format: Format) -> Outcome {
+async fn record(
+    args: &RecordArgs,
+    server: &crate::client::Connection,
+    state: Option<&std::path::Path>,
+    format: Format,
+) -> Outcome {
     let checks: Vec<DrillCheck> = args
         .check_passed
         .iter()
@@ -132,7 +137,7 @@ async fn record(args: &RecordArgs, server: &crate::client::Connection, format: F
         failure,
         started_at,
     };
-    let shown = record_drill(server, &args.log_key, &drill).await?;
+    let shown = record_drill(server, state, &args.log_key, &drill).await?;
     format.emit(&shown, || {
         let line = match &shown.entry {
             Entry::Drill(d) => drill_line(d),
@@ -170,6 +175,7 @@ struct Drill {
 
 async fn record_drill(
     server: &crate::client::Connection,
+    state: Option<&std::path::Path>,
     log_key: &crate::trust::LogKey,
     d: &Drill,
 ) -> Outcome<Shown> {
@@ -203,9 +209,14 @@ async fn record_drill(
         started_at: Some(wire_time(d.started_at)),
         request_id,
     };
-    let shown = send(server, log_key, "drill", message, |mut c, r| async move {
-        c.record_drill(r).await
-    })
+    let shown = send(
+        server,
+        state,
+        log_key,
+        "drill",
+        message,
+        |mut c, r| async move { c.record_drill(r).await },
+    )
     .await?;
     match &shown.entry {
         Entry::Drill(e) if e.env == d.env && e.target == d.target && e.passed == passed => {

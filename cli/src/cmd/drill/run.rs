@@ -201,7 +201,7 @@ pub(super) async fn run(
         .collect::<Outcome<_>>()?;
     let snapshot = match args.snapshot {
         None => None,
-        Some(index) => Some(snapshot_entry(server, &args.log_key, index, &args.env).await?),
+        Some(index) => Some(snapshot_entry(server, state, &args.log_key, index, &args.env).await?),
     };
     let snapshot_base = snapshot
         .as_ref()
@@ -517,7 +517,7 @@ pub(super) async fn run(
         started_at,
     };
     let passed = drill.failure.is_none();
-    let shown = record_drill(server, &args.log_key, &drill).await?;
+    let shown = record_drill(server, state, &args.log_key, &drill).await?;
     if let Entry::Drill(d) = &shown.entry
         && !release_id.is_empty()
         && d.live.release_id.as_str() != release_id
