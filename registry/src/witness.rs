@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 
-use crate::merkle::{self, Hash};
+use crate::merkle::Hash;
 use crate::note::{self, Checkpoint, NoteVerifier};
 use stackpin_core::witness::{AddCheckpoint, Cosigner, MAX_REQUEST_BYTES, SIZE_CONTENT_TYPE};
 
@@ -167,21 +167,21 @@ impl Witness {
             return Answer::Conflict(have);
         }
         if let Some(l) = latest {
-            let consistent = if l.size == cp.size {
-                if l.root != cp.root {
-                    tracing::error!(
-                        origin,
-                        size = cp.size,
-                        "EVIDENCE: two checkpoints of one size with different roots: {}",
-                        req.note.replace('\n', "\\n")
-                    );
-                    return Answer::Conflict(have);
-                }
-                true
-            } else {
-                merkle::verify_consistency(l.size, cp.size, &l.root, &cp.root, &req.proof).is_ok()
+            if l.size == cp.size && l.root != cp.root {
+                tracing::error!(
+                    origin,
+                    size = cp.size,
+                    "EVIDENCE: two checkpoints of one size with different roots: {}",
+                    req.note.replace('\n', "\\n")
+                );
+                return Answer::Conflict(have);
+            }
+            let cosigned = crate::note::Checkpoint {
+                origin: cp.origin.clone(),
+                size: l.size,
+                root: l.root,
             };
-            if !consistent {
+            if cp.extends(&cosigned, &req.proof).is_err() {
                 // Signed by the log and inconsistent with what it signed
                 // before: evidence of a fork, kept in the log.
                 tracing::error!(
