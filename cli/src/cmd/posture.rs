@@ -25,6 +25,9 @@ pub struct PostureArgs {
 
 #[derive(Serialize)]
 struct PostureView {
+    /// Always false: the figures are the registry's report, computed from
+    /// its index; the CLI does not prove them (README: What the CLI proves).
+    verified: bool,
     at: String,
     in_policy: bool,
     environments: Vec<EnvView>,
@@ -99,6 +102,7 @@ pub async fn posture(
         })
         .collect();
     let view = PostureView {
+        verified: false,
         at: crate::view::time(report.at.as_ref()),
         in_policy: environments.iter().all(|e| e.in_policy),
         environments,
@@ -170,6 +174,10 @@ pub async fn posture(
                 text.push_str(&format!("  ! {f}\n"));
             }
         }
+        text.push_str(
+            "UNVERIFIED the figures above are the registry's own report, not proved by this CLI \
+             (`stackpin snapshot list` and `drill list` prove the entries they rest on)\n",
+        );
         text
     });
     if view.in_policy {
