@@ -1,7 +1,8 @@
 //! `bulk-load`: fills a data folder through the registry's normal write path
 //! (in-process, concurrent, so group commit batches the entries), for scale
-//! runs: N artifacts, then M pins spread over E environments, one second
-//! apart, starting 2020-01-01T00:00:00Z.
+//! runs: N artifacts, one pin of the environment `early`, then M pins
+//! spread over E environments, one second apart, starting
+//! 2020-01-01T00:00:00Z.
 //!
 //! ```text
 //! bulk-load --data-dir DIR --trusted-key KEY.pem [--artifacts 10000] [--pins 1000000] [--envs 10]
@@ -114,8 +115,21 @@ async fn main() {
         "published {artifacts} artifacts in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let started = Instant::now();
     let base = Timestamp::from_micros(1_577_836_800_000_000).unwrap_or_else(|e| panic!("{e}"));
+    // One pin of its own before all others: an environment whose live pin
+    // lies at the start of the log (proving it still live reads the log).
+    registry
+        .pin(
+            &"early".parse().unwrap_or_else(|e| panic!("{e}")),
+            &ArtifactRef::Release("bulk-0000000".parse().unwrap_or_else(|e| panic!("{e}"))),
+            Some(base),
+            None,
+            &Default::default(),
+            "bulk-load",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
     // One task per environment, pinning in order; environments commit
     // together, so each batch carries one pin per environment.
     let mut tasks = Vec::new();
