@@ -21,7 +21,10 @@
 //! once.
 //!
 //! Failures: any answer but 2xx is retried with doubling delays (0.5 s up
-//! to a minute), indefinitely; a failing endpoint delays only itself. The
+//! to a minute), indefinitely; a failing endpoint delays only itself.
+//! Redirects are not followed: a 3xx is a failed delivery (the signed event
+//! goes only to the configured URL). Only the status of an answer is read,
+//! never its body, so a receiver cannot make the registry hold anything. The
 //! delivery log is in metrics (`stackpin_webhook_*`) and on the web view's
 //! log page.
 
@@ -414,7 +417,13 @@ async fn deliver(
     mut held: watch::Receiver<bool>,
     deliveries: Arc<Deliveries>,
 ) {
-    let http = match reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).build() {
+    // A redirect is an answer, not a delivery: following it would send the
+    // signed event to an address nobody configured.
+    let http = match reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(webhook = %ep.name, error = %e, "no HTTP client: webhook off");
