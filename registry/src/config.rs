@@ -107,6 +107,15 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Concurrent streams (requests) per connection.
     pub max_concurrent_streams: u32,
+    /// Connections each listener (gRPC, HTTP) serves at once.
+    pub max_connections: usize,
+    /// From accept to a connection's first complete request head.
+    #[serde(with = "text_duration")]
+    pub header_timeout: Duration,
+    /// WatchLog streams open at once, in all.
+    pub max_watch_streams: usize,
+    /// WatchLog streams one principal may hold open at once.
+    pub max_watch_streams_per_principal: usize,
     /// The log's signing key (default: <data_dir>/log-key.pem, generated).
     pub log_signing_key: Option<PathBuf>,
     /// The name `log_signing_key` had, still read with a warning: it
@@ -178,6 +187,10 @@ impl Default for Settings {
             accepted_predicate_types: Vec::new(),
             request_timeout: defaults::REQUEST_TIMEOUT,
             max_concurrent_streams: defaults::MAX_CONCURRENT_STREAMS,
+            max_connections: defaults::MAX_CONNECTIONS,
+            header_timeout: defaults::HEADER_TIMEOUT,
+            max_watch_streams: defaults::MAX_WATCH_STREAMS,
+            max_watch_streams_per_principal: defaults::MAX_WATCH_STREAMS_PER_PRINCIPAL,
             log_signing_key: None,
             log_key: None,
             log_origin: None,
@@ -308,6 +321,10 @@ const ENV_KEYS: &[&str] = &[
     "accepted_predicate_types",
     "request_timeout",
     "max_concurrent_streams",
+    "max_connections",
+    "header_timeout",
+    "max_watch_streams",
+    "max_watch_streams_per_principal",
     "log_signing_key",
     "log_origin",
     "tls_cert",
@@ -413,6 +430,22 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_streams: Option<u32>,
+    /// Connections each listener (gRPC, HTTP) serves at once; more wait [default: 1024].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// How long a connection may take from accept to its first complete request head [default: 10s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
+    /// WatchLog streams open at once, in all [default: 256].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_watch_streams: Option<usize>,
+    /// WatchLog streams one principal may hold open at once [default: 16].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_watch_streams_per_principal: Option<usize>,
     /// The log's Ed25519 signing key, PKCS#8 PEM [default: <data-dir>/log-key.pem, generated].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -654,6 +687,21 @@ impl Settings {
         }
         if self.max_concurrent_streams == 0 {
             return Err(invalid("max_concurrent_streams", "must be positive"));
+        }
+        for (key, n) in [
+            ("max_connections", self.max_connections),
+            ("max_watch_streams", self.max_watch_streams),
+            (
+                "max_watch_streams_per_principal",
+                self.max_watch_streams_per_principal,
+            ),
+        ] {
+            if n == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        if self.header_timeout < Duration::from_millis(100) {
+            return Err(invalid("header_timeout", "must be at least 100ms"));
         }
         self.storage_url()?;
         self.authorizer()?;

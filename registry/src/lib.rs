@@ -19,6 +19,7 @@
 //! | [`blobs`] | artifact bytes on object storage, verified as they stream |
 //! | [`staging`] | a publish's bytes on local disk while they arrive, hashed as written |
 //! | [`budget`] | the bound on artifact bytes all streams hold in memory |
+//! | [`guard`] | the bounds on every listener's connections, and on watch streams |
 //! | [`log`] | log objects on object storage (write-once per index) |
 //! | [`storage`] | choosing the object store by URL (file, s3, memory) |
 //! | [`auth`] | bearer tokens and client certificates mapped to roles |
@@ -43,6 +44,7 @@ pub(crate) mod committer;
 pub mod config;
 pub mod defaults;
 pub mod error;
+pub mod guard;
 pub(crate) mod health;
 pub mod http;
 pub mod index;

@@ -38,6 +38,8 @@ pub struct RegistryService {
     auth: Authorizer,
     /// The largest message a client may send (a publish chunk included).
     max_message_bytes: usize,
+    /// The watch streams open, bounded apart from the byte budget.
+    watches: Arc<crate::guard::Watches>,
 }
 
 impl RegistryService {
@@ -47,7 +49,15 @@ impl RegistryService {
             registry,
             auth,
             max_message_bytes: crate::defaults::MAX_MESSAGE_BYTES,
+            watches: crate::guard::Watches::new(crate::guard::WatchLimits::default()),
         }
+    }
+
+    /// Bounds the watch streams open at once by `limits`.
+    #[must_use]
+    pub fn with_watch_limits(mut self, limits: crate::guard::WatchLimits) -> Self {
+        self.watches = crate::guard::Watches::new(limits);
+        self
     }
 
     /// The tonic server wrapper, with a message limit (artifacts travel in
@@ -385,7 +395,7 @@ impl RegistryService {
         &self,
         request: Request<pb::WatchLogRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        self.authorize(&request, Action::Read)?;
+        let who = self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let filter = watch::Filter::new(&req.env, req.types)?;
         let size = self.registry.checkpoint()?.size;
@@ -396,11 +406,9 @@ impl RegistryService {
             ))
             .into());
         }
-        let room = self
-            .registry
-            .budget()
-            .reserve(3 * CHUNK_BYTES as u64, "a watch")
-            .await?;
+        // A watch carries entries and proofs, never artifact bytes: it takes
+        // a place among the watches, not a share of the byte budget.
+        let place = self.watches.open(&who.name)?;
         let limits = self.registry.limits();
         // Heartbeats well inside the idle timeout; the request deadline
         // still ends the stream, and the watcher resumes from its cursor.
@@ -414,7 +422,7 @@ impl RegistryService {
             events,
             limits.stream_idle_timeout,
             limits.request_timeout,
-            room,
+            place,
         );
         Ok(Response::new(Box::pin(stream)))
     }
