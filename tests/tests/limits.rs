@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sha2::Digest as _;
 use stackpin_tests::tlog;
 use stackpin_tests::world::World;
 
@@ -450,4 +451,109 @@ async fn watchers_take_nothing_from_the_budget_writers_need_and_are_bounded() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let again = client.watch_log(pb::WatchLogRequest::default()).await;
     assert!(again.is_ok(), "{again:?}");
+}
+
+/// A gRPC client that is not the CLI: what it sends, only the registry's
+/// rules judge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_the_cli_would_refuse_is_refused_by_the_registry_itself() {
+    use stackpin_proto::v1 as pb;
+    let world = World::new(&[]);
+    world.three_releases(); // prod: rel-3 live from T3
+    let mut client = pb::registry_client::RegistryClient::connect(world.server.url())
+        .await
+        .unwrap();
+    let ts = |text: &str| {
+        let t: jiff::Timestamp = text.parse().unwrap();
+        Some(prost_types::Timestamp {
+            seconds: t.as_second(),
+            nanos: 0,
+        })
+    };
+    let now = jiff::Timestamp::now().to_string();
+    let check = |name: &str| pb::DrillCheck {
+        name: name.into(),
+        passed: true,
+        detail: String::new(),
+    };
+    let drill = |f: &dyn Fn(&mut pb::RecordDrillRequest)| {
+        let mut d = pb::RecordDrillRequest {
+            env: "prod".into(),
+            driver: "sqlite".into(),
+            target: ts(stackpin_tests::world::T3),
+            checks: vec![check("PRAGMA integrity_check")],
+            rto_millis: Some(60_000),
+            passed: true,
+            started_at: ts(&now),
+            ..pb::RecordDrillRequest::default()
+        };
+        f(&mut d);
+        d
+    };
+    let refused: [(&str, pb::RecordDrillRequest); 4] = [
+        ("ran no checks", drill(&|d| d.checks.clear())),
+        ("rto_millis", drill(&|d| d.rto_millis = Some(u64::MAX))),
+        (
+            "more than 30 days before",
+            drill(&|d| d.started_at = ts("0001-01-02T00:00:00Z")),
+        ),
+        (
+            "U+202E",
+            drill(&|d| d.checks = vec![check("rows \u{202E}kcehc")]),
+        ),
+    ];
+    for (says, request) in refused {
+        let e = client.record_drill(request).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{says}: {e:?}");
+        assert!(e.message().contains(says), "{says}: {e:?}");
+    }
+    let e = client
+        .record_snapshot(pb::RecordSnapshotRequest {
+            env: "prod".into(),
+            driver: "sqlite".into(),
+            location: "s3://backups/\u{202E}lqs.bd".into(),
+            db_time: ts(stackpin_tests::world::T3),
+            ..pb::RecordSnapshotRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // Nothing was logged; a sound drill still is.
+    client.record_drill(drill(&|_| {})).await.unwrap();
+
+    // An in-toto statement naming the subject's sha256 twice, a bogus
+    // digest first: a first-wins verifier would read that one.
+    let body = br#"{"release":"dup"}"#;
+    let real = hex(&sha2::Sha256::digest(body));
+    let statement = format!(
+        r#"{{"_type":"https://in-toto.io/Statement/v1","subject":[{{"name":"dup","digest":{{"sha256":"{}","sha256":"{real}"}}}}],"predicateType":"https://stackpin.local/publish/v1"}}"#,
+        "0".repeat(64)
+    );
+    let pem = std::fs::read_to_string(world.dir.path().join("ci.pem")).unwrap();
+    let key = stackpin_registry::signing::signing_key_from_pem(&pem).unwrap();
+    let envelope = stackpin_registry::signing::sign_envelope(statement.as_bytes(), &key);
+    let messages = vec![
+        pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Header(pb::PublishHeader {
+                release_id: "dup".into(),
+                media_type: "application/json".into(),
+                envelope: envelope.into(),
+                size: body.len() as u64,
+                request_id: String::new(),
+            })),
+        },
+        pb::PublishRequest {
+            part: Some(pb::publish_request::Part::Chunk(body.to_vec().into())),
+        },
+    ];
+    let e = client
+        .publish(futures::stream::iter(messages))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("duplicate member name"), "{e:?}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
