@@ -557,3 +557,91 @@ async fn evidence_the_cli_would_refuse_is_refused_by_the_registry_itself() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// gRPC downloads whose clients never read: HTTP/2 flow control keeps the
+/// socket quiet, so only the end of the connection (asked to close at
+/// request_timeout, cut after as long again) gives their budget back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_their_clients_never_read_give_their_budget_back_in_bounded_time() {
+    use stackpin_proto::v1 as pb;
+    use tonic::transport::Channel;
+    // A publish of 6 MiB fits (checking it takes about 18 MiB); six
+    // downloads (3 MiB each) fill it.
+    let world = World::new(&[
+        "--max-inflight-bytes",
+        "20971520",
+        "--request-timeout",
+        "3s",
+        "--stream-idle-timeout",
+        "1s",
+    ]);
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(6 << 20));
+    world.write("big.json", big.as_bytes());
+    let dir = world.dir.path().to_owned();
+    let url = world.server.url();
+    tokio::task::spawn_blocking(move || {
+        let state = dir.join("state");
+        stackpin_tests::stackpin(
+            &dir,
+            &url,
+            &[
+                "--state-dir",
+                state.to_str().unwrap(),
+                "publish",
+                "big.json",
+                "--release-id",
+                "big",
+                "--key",
+                "ci.pem",
+            ],
+        )
+        .ok();
+    })
+    .await
+    .unwrap();
+    let connect = || async {
+        let channel = Channel::from_shared(world.server.url())
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await
+            .unwrap();
+        pb::registry_client::RegistryClient::new(channel)
+    };
+    let request = || pb::GetArtifactRequest {
+        artifact: Some(pb::ArtifactRef {
+            r#ref: Some(pb::artifact_ref::Ref::ReleaseId("big".into())),
+        }),
+    };
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut client = connect().await;
+        let stream = client.get_artifact(request()).await.unwrap().into_inner();
+        held.push((client, stream)); // never read
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = connect().await.get_artifact(request()).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    // Within twice request_timeout the stalled connections are closed,
+    // though their clients still hold them.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut stream = connect()
+        .await
+        .get_artifact(request())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        if let Some(pb::get_artifact_response::Part::Chunk(c)) = m.part {
+            got += c.len();
+        }
+    }
+    assert_eq!(got, big.len());
+    drop(held);
+}
