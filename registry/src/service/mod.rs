@@ -72,6 +72,16 @@ impl RegistryService {
             .max_encoding_message_size(max_message_bytes.max(CHUNK_BYTES * 2))
     }
 
+    /// `work`, a read of the index (sled, pread of its files), run on the
+    /// blocking pool so that a slow read never stalls the runtime threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Registry) -> crate::error::Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let registry = self.registry.clone();
+        Ok(crate::blocking::run(move || work(&registry)).await?)
+    }
+
     /// Who the request is and whether it may do `action`.
     fn authorize<T>(&self, request: &Request<T>, action: Action<'_>) -> Result<Principal, Status> {
         if let Some(e) = self.registry.contradicted() {
@@ -164,7 +174,7 @@ impl RegistryService {
     ) -> Result<Response<ArtifactStream>, Status> {
         self.authorize(&request, Action::Read)?;
         let what = convert::artifact_ref(request.into_inner().artifact)?;
-        let record = self.registry.artifact(&what)?;
+        let record = self.read(move |r| r.artifact(&what)).await?;
         // Held while the stream lives: a chunk in the channel, one being
         // encoded and one in the transport's send buffer.
         let room = self
@@ -200,7 +210,7 @@ impl RegistryService {
     ) -> Result<Response<pb::Artifact>, Status> {
         self.authorize(&request, Action::Read)?;
         let what = convert::artifact_ref(request.into_inner().artifact)?;
-        let record = self.registry.artifact(&what)?;
+        let record = self.read(move |r| r.artifact(&what)).await?;
         Ok(Response::new(convert::artifact(&record)))
     }
 
@@ -211,9 +221,10 @@ impl RegistryService {
         self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let after = convert::page_token(&req.page_token)?;
+        let size = req.page_size as usize;
         let (page, next) = self
-            .registry
-            .list_artifacts(after.as_ref(), req.page_size as usize)?;
+            .read(move |r| r.list_artifacts(after.as_ref(), size))
+            .await?;
         Ok(Response::new(pb::ListArtifactsResponse {
             artifacts: page.iter().map(convert::artifact).collect(),
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -298,7 +309,7 @@ impl RegistryService {
             from_seq: convert::page_token(&req.page_token)?,
             request_id: Some(req.request_id).filter(|id| !id.is_empty()),
         };
-        let page = self.registry.history(&env, &query)?;
+        let page = self.read(move |r| r.history(&env, &query)).await?;
         Ok(Response::new(pb::HistoryResponse {
             pins: page.pins.iter().map(convert::pin).collect(),
             next_page_token: page.next.map(|n| n.to_string()).unwrap_or_default(),
@@ -317,9 +328,10 @@ impl RegistryService {
                 Status::invalid_argument(format!("page_token {token:?} is not one this RPC gave"))
             })?),
         };
+        let limit = req.limit as usize;
         let (pins, next) = self
-            .registry
-            .environments(after.as_ref(), req.limit as usize)?;
+            .read(move |r| r.environments(after.as_ref(), limit))
+            .await?;
         Ok(Response::new(pb::ListEnvironmentsResponse {
             environments: pins
                 .iter()
@@ -437,7 +449,8 @@ impl RegistryService {
             0 => self.registry.checkpoint()?.size,
             n => n,
         };
-        let proof = self.registry.inclusion_proof(req.index, size)?;
+        let index = req.index;
+        let proof = self.read(move |r| r.inclusion_proof(index, size)).await?;
         Ok(Response::new(pb::InclusionProof {
             index: req.index,
             tree_size: size,
@@ -455,7 +468,8 @@ impl RegistryService {
             0 => self.registry.checkpoint()?.size,
             n => n,
         };
-        let proof = self.registry.consistency_proof(req.old_size, new)?;
+        let old = req.old_size;
+        let proof = self.read(move |r| r.consistency_proof(old, new)).await?;
         Ok(Response::new(pb::ConsistencyProof {
             old_size: req.old_size,
             new_size: new,
@@ -505,7 +519,7 @@ impl RegistryService {
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
         self.authorize(&request, Action::Read)?;
-        let keys = self.registry.keys()?;
+        let keys = self.read(Registry::keys).await?;
         Ok(Response::new(pb::ListKeysResponse {
             keys: keys.iter().map(convert::publisher_key).collect(),
         }))

@@ -24,6 +24,8 @@
 mod diff;
 mod pages;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::error::{Error, Kind, Result};
@@ -107,11 +109,20 @@ pub fn is_open(path: &str) -> bool {
 
 /// The page for a GET of `path?query`, or None when `path` is not one of
 /// the web view's.
-pub async fn get(registry: &Registry, site: &Site, path: &str, query: &str) -> Option<Reply> {
+///
+/// Pages read the index (sled, and pread of its files): they are rendered
+/// on the blocking pool, so a slow read never stalls the runtime threads
+/// that serve every other request.
+pub async fn get(registry: &Arc<Registry>, site: &Site, path: &str, query: &str) -> Option<Reply> {
     let q = Query::parse(query);
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let parts: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(str::to_owned)
+        .collect();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let result = match parts.as_slice() {
-        [""] => pages::overview(registry, &q),
+        [""] => off(registry, move |r| pages::overview(r, &q)).await,
         ["assets", "style.css"] => Ok(Reply::asset(
             "text/css; charset=utf-8",
             include_str!("assets/style.css"),
@@ -121,13 +132,31 @@ pub async fn get(registry: &Registry, site: &Site, path: &str, query: &str) -> O
             include_str!("assets/timeline.js"),
         )),
         ["login"] => Ok(pages::login(site, None)),
-        ["log"] => pages::log(registry, site),
-        ["env", env] => pages::environment(registry, env, &q),
-        ["env", env, "at"] => pages::at(registry, env, &q),
-        ["env", env, "at.json"] => pages::at_json(registry, env, &q),
-        ["env", env, "pins.json"] => pages::pins_json(registry, env, &q),
+        ["log"] => {
+            let site = site.clone();
+            off(registry, move |r| pages::log(r, &site)).await
+        }
+        ["env", env] => {
+            let env = (*env).to_owned();
+            off(registry, move |r| pages::environment(r, &env, &q)).await
+        }
+        ["env", env, "at"] => {
+            let env = (*env).to_owned();
+            off(registry, move |r| pages::at(r, &env, &q)).await
+        }
+        ["env", env, "at.json"] => {
+            let env = (*env).to_owned();
+            off(registry, move |r| pages::at_json(r, &env, &q)).await
+        }
+        ["env", env, "pins.json"] => {
+            let env = (*env).to_owned();
+            off(registry, move |r| pages::pins_json(r, &env, &q)).await
+        }
         ["env", env, "pin", seq] => pages::pin(registry, env, seq).await,
-        ["artifact", digest] => pages::artifact(registry, digest),
+        ["artifact", digest] => {
+            let digest = (*digest).to_owned();
+            off(registry, move |r| pages::artifact(r, &digest)).await
+        }
         ["artifact", digest, "json"] => pages::artifact_json(registry, digest).await,
         ["diff"] => pages::diff(registry, &q).await,
         _ => return None,
@@ -141,6 +170,15 @@ pub async fn get(registry: &Registry, site: &Site, path: &str, query: &str) -> O
             pages::error(&e)
         }
     }))
+}
+
+/// `page` rendered on the blocking pool.
+pub(super) async fn off<T: Send + 'static>(
+    registry: &Arc<Registry>,
+    page: impl FnOnce(&Registry) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let registry = registry.clone();
+    crate::blocking::run(move || page(&registry)).await
 }
 
 /// The answer to `POST /login` with a form body `token=…`: the token is

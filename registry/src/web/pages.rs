@@ -5,7 +5,9 @@ use maud::{DOCTYPE, Markup, html};
 use serde_json::json;
 
 use super::diff::{self, Change};
-use super::{Query, Reply, Site};
+use std::sync::Arc;
+
+use super::{Query, Reply, Site, off};
 use crate::error::{Error, Result};
 use crate::ids::{EnvName, ReleaseId};
 use crate::merkle;
@@ -535,17 +537,22 @@ async fn proof_status(registry: &Registry, index: u64) -> Result<Markup> {
 }
 
 /// `GET /env/<E>/pin/<seq>`.
-pub async fn pin(registry: &Registry, env: &str, seq: &str) -> Result<Reply> {
+pub async fn pin(registry: &Arc<Registry>, env: &str, seq: &str) -> Result<Reply> {
     let env = env_name(env)?;
     let seq: u64 = seq
         .parse()
         .map_err(|_| Error::invalid(format!("{seq:?} is not a pin number")))?;
-    let (p, prev, next) = pin_and_neighbours(registry, &env, seq)?;
+    let e = env.clone();
+    let (p, prev, next, key) = off(registry, move |r| {
+        let (p, prev, next) = pin_and_neighbours(r, &e, seq)?;
+        let key = r
+            .artifact(&ArtifactRef::Digest(p.entry.digest))
+            .map(|a| a.key_id.to_string())
+            .unwrap_or_default();
+        Ok((p, prev, next, key))
+    })
+    .await?;
     let proof = proof_status(registry, p.log_index).await?;
-    let key = registry
-        .artifact(&ArtifactRef::Digest(p.entry.digest))
-        .map(|a| a.key_id.to_string())
-        .unwrap_or_default();
     let body = html! {
         dl {
             dt { "Environment" } dd { a href={ "/env/" (env) } { (env) } }
@@ -658,8 +665,9 @@ async fn artifact_bytes(registry: &Registry, a: &ArtifactRecord) -> Result<bytes
 }
 
 /// `GET /artifact/<digest>/json`.
-pub async fn artifact_json(registry: &Registry, text: &str) -> Result<Reply> {
-    let a = artifact_record(registry, text)?;
+pub async fn artifact_json(registry: &Arc<Registry>, text: &str) -> Result<Reply> {
+    let text = text.to_owned();
+    let a = off(registry, move |r| artifact_record(r, &text)).await?;
     let bytes = artifact_bytes(registry, &a).await?;
     let mut r = Reply::json(&serde_json::Value::Null);
     r.body = bytes;
@@ -677,16 +685,17 @@ fn value_text(v: &serde_json::Value) -> String {
 }
 
 /// `GET /diff?from=D&to=D` (digests or release ids).
-pub async fn diff(registry: &Registry, q: &Query) -> Result<Reply> {
+pub async fn diff(registry: &Arc<Registry>, q: &Query) -> Result<Reply> {
     let (Some(from), Some(to)) = (q.get("from"), q.get("to")) else {
         return Err(Error::invalid(
             "from and to: the two artifacts to compare, by digest or release id",
         ));
     };
-    let (a, b) = (
-        artifact_record(registry, from)?,
-        artifact_record(registry, to)?,
-    );
+    let (from, to) = (from.to_owned(), to.to_owned());
+    let (a, b) = off(registry, move |r| {
+        Ok((artifact_record(r, &from)?, artifact_record(r, &to)?))
+    })
+    .await?;
     for x in [&a, &b] {
         if x.size > MAX_DIFF_ARTIFACT {
             return Err(Error::new(
