@@ -610,3 +610,23 @@ fn every_rule_has_a_way_to_break_it_here() {
         );
     }
 }
+
+#[test]
+fn each_rule_tells_a_request_the_kind_its_reason_names() {
+    use stackpin_core::state::{Empty, Overlay, Refused, kind_of_reason};
+    for rule in BREAKS {
+        let entries = log(7, 12, Some((11, rule)));
+        let empty = Empty;
+        let mut state = Overlay::new(&empty);
+        let rules = rules();
+        let refused = entries
+            .iter()
+            .enumerate()
+            .find_map(|(i, bytes)| state.apply(&rules, i as u64, bytes).err())
+            .unwrap_or_else(|| panic!("{rule}: nothing was refused"));
+        // The empty state cannot fail: every refusal is a rule's.
+        let Refused::Violation(v) = refused;
+        assert_eq!(v.reason(), rule);
+        assert_eq!(Some(v.kind()), kind_of_reason(rule), "{rule}");
+    }
+}

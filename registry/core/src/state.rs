@@ -553,7 +553,30 @@ impl Violation {
     /// What a request that would write this entry is told: the kind of
     /// error it gets.
     pub fn kind(&self) -> Kind {
-        rule_kind(self.reason()).unwrap_or(Kind::Invalid)
+        match self {
+            Violation::Malformed { .. }
+            | Violation::Signature { .. }
+            | Violation::PredicateType { .. }
+            | Violation::DigestMismatch { .. }
+            | Violation::KeyMismatch { .. }
+            | Violation::LiveMismatch { .. }
+            | Violation::SnapshotRef { .. }
+            | Violation::DrillVerdict { .. }
+            | Violation::EvidenceRange { .. }
+            | Violation::EvidenceText { .. } => Kind::Invalid,
+            Violation::ReleaseBound { .. }
+            | Violation::KeyAddedTwice { .. }
+            | Violation::KeyRevokedTwice { .. } => Kind::Conflict,
+            Violation::KeyNotValid { .. }
+            | Violation::Sequence { .. }
+            | Violation::PreviousPin { .. }
+            | Violation::ActivationOrder { .. }
+            | Violation::ActivationSkew { .. }
+            | Violation::PositionOrder { .. }
+            | Violation::NothingLive { .. }
+            | Violation::FutureInstant { .. } => Kind::Precondition,
+            Violation::Unpublished { .. } => Kind::NotFound,
+        }
     }
 
     /// Whether the violation breaks an environment's pin chain (sequence,
