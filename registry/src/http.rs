@@ -159,7 +159,7 @@ pub async fn serve(listener: TcpListener, http: Http, mut stop: watch::Receiver<
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .and_then(|c| crate::service::common_name(c.as_ref()));
+                        .and_then(|c| crate::auth::common_name(c.as_ref()));
                     connection(TokioIo::new(tls), http, cn, started).await;
                 }
             }
@@ -344,17 +344,7 @@ fn authorize(http: &Http, cn: Option<&str>, req: &Request<Incoming>) -> crate::e
     let bearer = match req.headers().get(header::AUTHORIZATION) {
         None if http.web.is_some() => cookie_token(req),
         None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| {
-                    Error::new(
-                        Kind::Unauthenticated,
-                        "the authorization header is not `Bearer <token>`",
-                    )
-                })?,
-        ),
+        Some(v) => Some(crate::auth::bearer(v.to_str().ok())?),
     };
     http.auth.authorize(bearer, cn, Action::Read).map(|_| ())
 }

@@ -89,28 +89,15 @@ impl RegistryService {
         }
         let bearer = match request.metadata().get("authorization") {
             None => None,
-            Some(value) => {
-                let text = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
-                Some(text.ok_or_else(|| {
-                    Error::new(
-                        Kind::Unauthenticated,
-                        "the authorization header is not `Bearer <token>`",
-                    )
-                })?)
-            }
+            Some(value) => Some(crate::auth::bearer(value.to_str().ok())?),
         };
-        let cn = request
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+        let cn = request.peer_certs().and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| crate::auth::common_name(c.as_ref()))
+        });
         Ok(self.auth.authorize(bearer, cn.as_deref(), action)?)
     }
-}
-
-/// The subject common name of a DER certificate (already verified by TLS).
-pub(crate) fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
 }
 
 fn env(text: &str) -> Result<EnvName, Status> {
