@@ -24,6 +24,7 @@ use crate::registry::OriginSource;
 use crate::registry::{DEFAULT_MAX_ARTIFACT_BYTES, Limits};
 use crate::signing;
 use crate::storage::{StorageOptions, StorageUrl};
+use crate::webhooks::WebhookConfig;
 
 pub use stackpin_core::time::parse_duration;
 
@@ -225,25 +226,6 @@ pub struct WitnessConfig {
     pub vkey: String,
     /// Its submission prefix: checkpoints go to `<url>/add-checkpoint`.
     pub url: String,
-}
-
-/// An endpoint that receives events (see [`crate::webhooks`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// What logs, metrics and the web view call it; also names its cursor
-    /// in storage, so renaming it starts it afresh.
-    pub name: String,
-    /// Where events are POSTed.
-    pub url: String,
-    /// Only entries of these types: publish, pin, key, snapshot, drill
-    /// [default: all].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub types: Vec<String>,
-    /// Only pins, snapshots and drills of these environments (publishes
-    /// and key changes are not filtered) [default: all].
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub envs: Vec<String>,
 }
 
 /// Recovery targets: a class's defaults, any of them overridden.

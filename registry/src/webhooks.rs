@@ -36,10 +36,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::WebhookConfig;
 use crate::error::{Error, Result};
 use crate::ids::EnvName;
 use crate::log::Entry;
@@ -56,6 +55,26 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A `[[webhook]]` table of the settings: an endpoint that receives
+/// events. Webhooks own their settings, as auth owns its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// What logs, metrics and the web view call it; also names its cursor
+    /// in storage, so renaming it starts it afresh.
+    pub name: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// Only entries of these types: publish, pin, key, snapshot, drill
+    /// [default: all].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    /// Only pins, snapshots and drills of these environments (publishes
+    /// and key changes are not filtered) [default: all].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub envs: Vec<String>,
+}
 
 /// A configured endpoint.
 #[derive(Clone, Debug)]
