@@ -302,8 +302,7 @@ async fn read_form(req: Request<Incoming>) -> crate::error::Result<Bytes> {
 /// A web view answer as an HTTP response.
 fn reply(page: crate::web::Reply) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(page.body));
-    *r.status_mut() =
-        StatusCode::from_u16(page.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() = page.status;
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -331,7 +330,7 @@ fn reply(page: crate::web::Reply) -> Response<Full<Bytes>> {
     if let Some(c) = page.set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.insert(header::SET_COOKIE, c);
     }
-    if page.status == 401 {
+    if page.status == StatusCode::UNAUTHORIZED {
         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
@@ -382,24 +381,11 @@ fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     r
 }
 
-/// The HTTP status of an error kind: the one place HTTP answers are mapped.
-pub(crate) fn status(kind: Kind) -> StatusCode {
-    match kind {
-        Kind::Invalid => StatusCode::BAD_REQUEST,
-        Kind::NotFound => StatusCode::NOT_FOUND,
-        Kind::Conflict => StatusCode::CONFLICT,
-        Kind::Precondition => StatusCode::PRECONDITION_FAILED,
-        Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Kind::PermissionDenied => StatusCode::FORBIDDEN,
-        Kind::Unavailable | Kind::Busy | Kind::NoSpace => StatusCode::SERVICE_UNAVAILABLE,
-        Kind::Deadline => StatusCode::GATEWAY_TIMEOUT,
-        Kind::DataLoss | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
 fn error(e: &Error) -> Response<Full<Bytes>> {
-    let mut r = text(status(e.kind()), &format!("{}\n", e.message()));
+    let mut r = text(
+        crate::http_status::of(e.kind()),
+        &format!("{}\n", e.message()),
+    );
     if e.kind() == Kind::Unauthenticated {
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

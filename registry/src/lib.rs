@@ -47,6 +47,7 @@ pub mod error;
 pub mod guard;
 pub(crate) mod health;
 pub mod http;
+pub(crate) mod http_status;
 pub mod index;
 pub mod log;
 pub(crate) mod observe;

@@ -27,6 +27,7 @@ mod pages;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use hyper::StatusCode;
 
 use crate::error::{Error, Kind, Result};
 use crate::registry::Registry;
@@ -48,7 +49,7 @@ pub struct Site {
 /// An answer of the web view.
 #[derive(Debug)]
 pub struct Reply {
-    pub status: u16,
+    pub status: StatusCode,
     pub content_type: &'static str,
     pub cache: &'static str,
     pub body: Bytes,
@@ -57,7 +58,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn html(status: u16, markup: maud::Markup) -> Self {
+    fn html(status: StatusCode, markup: maud::Markup) -> Self {
         Self {
             status,
             content_type: "text/html; charset=utf-8",
@@ -70,7 +71,7 @@ impl Reply {
 
     fn json(value: &serde_json::Value) -> Self {
         Self {
-            status: 200,
+            status: StatusCode::OK,
             content_type: "application/json",
             cache: "no-store",
             body: Bytes::from(value.to_string()),
@@ -81,7 +82,7 @@ impl Reply {
 
     fn asset(content_type: &'static str, body: &'static str) -> Self {
         Self {
-            status: 200,
+            status: StatusCode::OK,
             content_type,
             cache: "public, max-age=300",
             body: Bytes::from_static(body.as_bytes()),
@@ -92,7 +93,7 @@ impl Reply {
 
     fn redirect(to: String) -> Self {
         Self {
-            status: 303,
+            status: StatusCode::SEE_OTHER,
             content_type: "text/plain; charset=utf-8",
             cache: "no-store",
             body: Bytes::new(),
@@ -164,7 +165,7 @@ pub async fn get(registry: &Arc<Registry>, site: &Site, path: &str, query: &str)
     Some(result.unwrap_or_else(|e| {
         if path.ends_with(".json") {
             let mut r = Reply::json(&serde_json::json!({ "error": e.message() }));
-            r.status = status_of(e.kind());
+            r.status = crate::http_status::of(e.kind());
             r
         } else {
             pages::error(&e)
@@ -199,7 +200,7 @@ pub fn login(site: &Site, auth: &crate::auth::Authorizer, form: &[u8]) -> Reply 
         }
         Err(e) => {
             let mut r = pages::login(site, Some(e.message()));
-            r.status = status_of(e.kind());
+            r.status = crate::http_status::of(e.kind());
             r
         }
     }
@@ -211,13 +212,8 @@ pub fn refused(site: &Site, e: &Error) -> Reply {
         Kind::Unauthenticated => pages::login(site, Some(e.message())),
         _ => pages::error(e),
     };
-    r.status = status_of(e.kind());
+    r.status = crate::http_status::of(e.kind());
     r
-}
-
-/// The HTTP status of an error kind: the listener's one mapping.
-pub fn status_of(kind: Kind) -> u16 {
-    crate::http::status(kind).as_u16()
 }
 
 /// A request's query string.

@@ -1,6 +1,7 @@
 //! The pages of the web view. Each reads the registry through the same
 //! calls as the gRPC handlers and renders HTML on the server.
 
+use hyper::StatusCode;
 use maud::{DOCTYPE, Markup, html};
 use serde_json::json;
 
@@ -66,16 +67,16 @@ fn layout(title: &str, body: &Markup) -> Markup {
 }
 
 fn page(title: &str, body: &Markup) -> Reply {
-    Reply::html(200, layout(title, body))
+    Reply::html(StatusCode::OK, layout(title, body))
 }
 
 /// A page saying what went wrong.
 pub fn error(e: &Error) -> Reply {
-    let status = super::status_of(e.kind());
+    let status = crate::http_status::of(e.kind());
     Reply::html(
         status,
         layout(
-            if status == 404 {
+            if status == StatusCode::NOT_FOUND {
                 "Not found"
             } else {
                 "Cannot show this"
@@ -889,5 +890,5 @@ pub fn login(site: &Site, problem: Option<&str>) -> Reply {
             p { "The token is kept in a cookie for this site only (HttpOnly, SameSite=Strict)." }
         }
     };
-    Reply::html(200, layout("Sign in", &body))
+    Reply::html(StatusCode::OK, layout("Sign in", &body))
 }
