@@ -16,7 +16,9 @@ use stackpin_registry::digest::Digest;
 use stackpin_registry::ids::{EnvName, Reason, ReleaseId};
 use stackpin_registry::index::Index;
 use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
-use stackpin_registry::registry::{ArtifactRef, HistoryQuery, Limits, Options, Published};
+use stackpin_registry::registry::{
+    ArtifactRef, HistoryQuery, Limits, Options, PinRequest, Published,
+};
 use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::time::{Clock, Timestamp};
 use stackpin_registry::{Kind, Registry};
@@ -1055,8 +1057,14 @@ async fn a_request_id_records_once_and_refuses_another_request() {
         let (what, id, prod, reason) = (what.clone(), id.to_owned(), prod.clone(), reason.clone());
         let r = &f.registry;
         async move {
-            r.pin_once(&prod, &what, None, None, &reason, "ci", Some(&id))
-                .await
+            let req = PinRequest {
+                env: prod,
+                artifact: what,
+                activated_at: None,
+                db_position: None,
+                reason,
+            };
+            r.pin_once(&req, "ci", Some(&id)).await
         }
     };
     let first = pin(&base, "job-1").await.unwrap();
@@ -1142,7 +1150,17 @@ async fn a_request_id_records_once_and_refuses_another_request() {
     assert_eq!(find(&rebuilt)[0].log_index, first.log_index);
     let size = rebuilt.checkpoint().unwrap().size;
     let again = rebuilt
-        .pin_once(&prod, &base, None, None, &reason, "ci", Some("job-1"))
+        .pin_once(
+            &PinRequest {
+                env: prod,
+                artifact: base,
+                activated_at: None,
+                db_position: None,
+                reason,
+            },
+            "ci",
+            Some("job-1"),
+        )
         .await
         .unwrap();
     assert_eq!(again.log_index, first.log_index);

@@ -232,17 +232,16 @@ impl RegistryService {
         let activated_at = convert::optional_time("activated_at", req.activated_at)?;
         let reason: Reason = req.reason.parse().map_err(Error::from)?;
         let position = convert::db_position(req.db_position)?;
+        let pin = crate::registry::PinRequest {
+            env,
+            artifact: what,
+            activated_at,
+            db_position: position,
+            reason,
+        };
         let pin = self
             .registry
-            .pin_once(
-                &env,
-                &what,
-                activated_at,
-                position,
-                &reason,
-                &who.name,
-                Some(&req.request_id),
-            )
+            .pin_once(&pin, &who.name, Some(&req.request_id))
             .await?;
         Ok(Response::new(pb::PinResponse {
             pin: Some(convert::pin(&pin)),
