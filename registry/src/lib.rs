@@ -6,8 +6,8 @@
 //!
 //! The values and rules of the log (ids, digests, time, positions,
 //! signing, merkle, notes, proofs, entries, storage layout, `state::apply`,
-//! the audit) are `stackpin-core`'s, re-exported here under their old
-//! names. This crate adds what needs storage, an index or a network:
+//! the audit) are `stackpin-core`'s; other crates use them from there. This
+//! crate adds what needs storage, an index or a network:
 //!
 //! | module | responsibility |
 //! |---|---|
@@ -32,9 +32,9 @@
 //!
 //! Object storage is the source of truth; the index is a cache of it.
 
-pub use stackpin_core::{
-    audit, digest, ids, layout, merkle, note, position, proof, signing, tiles, time,
-};
+// The core's modules under short names inside this crate only; other
+// crates use `stackpin_core` directly.
+pub(crate) use stackpin_core::{digest, ids, merkle, note, position, proof, signing, time};
 
 pub mod auth;
 pub mod blobs;

@@ -530,8 +530,8 @@ async fn evidence_the_cli_would_refuse_is_refused_by_the_registry_itself() {
         "0".repeat(64)
     );
     let pem = std::fs::read_to_string(world.dir.path().join("ci.pem")).unwrap();
-    let key = stackpin_registry::signing::signing_key_from_pem(&pem).unwrap();
-    let envelope = stackpin_registry::signing::sign_envelope(statement.as_bytes(), &key);
+    let key = stackpin_core::signing::signing_key_from_pem(&pem).unwrap();
+    let envelope = stackpin_core::signing::sign_envelope(statement.as_bytes(), &key);
     let messages = vec![
         pb::PublishRequest {
             part: Some(pb::publish_request::Part::Header(pb::PublishHeader {
