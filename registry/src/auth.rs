@@ -267,6 +267,30 @@ impl Authorizer {
 ///
 /// # Errors
 /// Internal when the system has no randomness.
+/// The token of an `authorization` header (gRPC metadata or HTTP): the
+/// one parser of both listeners. `value` is None when the header is not
+/// text.
+///
+/// # Errors
+/// Unauthenticated when the value is not `Bearer <token>`.
+pub fn bearer(value: Option<&str>) -> Result<&str> {
+    value
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            Error::new(
+                Kind::Unauthenticated,
+                "the authorization header is not `Bearer <token>`",
+            )
+        })
+}
+
+/// The subject common name of a DER certificate (already verified by TLS).
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
+}
+
 pub fn create_token(name: &str, roles: &[Role], envs: &[String]) -> Result<(String, TokenConfig)> {
     principal(name, roles, envs)?;
     let mut bytes = [0u8; 32];
@@ -285,6 +309,14 @@ pub fn create_token(name: &str, roles: &[Role], envs: &[String]) -> Result<(Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_parser_reads_a_bearer_token_and_refuses_anything_else() {
+        assert_eq!(bearer(Some("Bearer t0k")).unwrap(), "t0k");
+        for bad in [Some("Basic dXNlcg=="), Some("bearer t0k"), None] {
+            assert_eq!(bearer(bad).unwrap_err().kind(), Kind::Unauthenticated);
+        }
+    }
 
     fn auth() -> (Authorizer, String, String) {
         let (ci, ci_cfg) =

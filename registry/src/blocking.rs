@@ -3,6 +3,15 @@
 //! runtime threads, so that it never stalls the ones serving every other
 //! request.
 //!
+//! What runs here: every web page's reads (`web::off`), the gRPC read
+//! handlers' index reads (`RegistryService::read`), building and checking
+//! a batch in the committer (index reads and up to `MAX_BATCH` Ed25519
+//! checks), parsing and comparing two artifacts for a diff, and the
+//! witness's fsyncs. Still on the runtime: resolve with proofs (its index
+//! reads are interleaved with async storage reads in `registry/prove.rs`)
+//! and the in-memory checkpoint; moving them is not done yet, and no
+//! measurement says they may stay.
+//!
 //! Index writes go to one dedicated thread (the committer serializes them
 //! anyway): the same thread every time keeps sled's pages and the
 //! allocator's arena hot, which tokio's blocking pool, handing each call

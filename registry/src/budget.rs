@@ -44,6 +44,24 @@ impl Drop for Reservation {
     }
 }
 
+/// Bytes that keep their reservation: it is given back when the last
+/// handle to them is dropped (the answer sent, or its connection cut), so
+/// an answer waiting for a slow reader stays counted in the budget.
+pub fn held(bytes: Vec<u8>, room: Reservation) -> bytes::Bytes {
+    bytes::Bytes::from_owner(Held { bytes, _room: room })
+}
+
+struct Held {
+    bytes: Vec<u8>,
+    _room: Reservation,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 impl Budget {
     /// A budget of `total` bytes.
     pub fn new(total: u64) -> Self {
@@ -143,5 +161,18 @@ mod tests {
         assert_eq!(budget.available(), 10 * 1024);
         // More than the whole budget can never be admitted.
         budget.reserve(11 * 1024, "a publish").await.unwrap_err();
+    }
+
+    #[tokio::test]
+    async fn held_bytes_keep_their_reservation_until_the_last_handle_goes() {
+        let budget = Budget::new(10 * 1024);
+        let room = budget.reserve(4 * 1024, "an answer").await.unwrap();
+        let bytes = held(vec![7; 4096], room);
+        let sent = bytes.slice(10..20);
+        drop(bytes);
+        assert_eq!(budget.available(), 6 * 1024);
+        assert_eq!(sent[0], 7);
+        drop(sent);
+        assert_eq!(budget.available(), 10 * 1024);
     }
 }

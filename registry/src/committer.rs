@@ -201,37 +201,24 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
             Ok(s) => s,
             Err(e) => return fail_all(pending, &e),
         };
-        let mut view = View::new(index);
-        let mut entries: Vec<Bytes> = Vec::new();
-        let mut accepted = Vec::new();
-        let mut owners: Vec<(Build, Reply)> = Vec::new();
-        // Answers decided against this batch's state (a repeat of, or a
-        // conflict with, an entry ahead in the batch) are held back until
-        // the batch has landed: if it does not, they are decided again.
-        let mut decided: Vec<(Build, Reply, Result<Option<u64>>)> = Vec::new();
-        for (mut build, reply) in pending.drain(..) {
-            match build(&view) {
-                Ok(Some(entry)) => {
-                    let bytes = entry.to_bytes();
-                    if let Err(e) = layout::check_entry_size(&bytes) {
-                        decided.push((build, reply, Err(e.into())));
-                        continue;
-                    }
-                    let at = start + entries.len() as u64;
-                    match view.apply(rules, at, &bytes) {
-                        Ok(applied) => accepted.push(applied),
-                        Err(refused) => {
-                            decided.push((build, reply, Err(refused_request(refused))));
-                            continue;
-                        }
-                    }
-                    entries.push(bytes);
-                    owners.push((build, reply));
-                }
-                Ok(None) => decided.push((build, reply, Ok(None))),
-                Err(e) => decided.push((build, reply, Err(e))),
+        // Building and checking the entries reads the index and checks up
+        // to MAX_BATCH Ed25519 signatures: off the runtime.
+        let (reading, checking) = (index.clone(), rules.clone());
+        let built = crate::blocking::run(move || Ok(batch(&reading, &checking, start, pending)));
+        let Batch {
+            entries,
+            accepted,
+            owners,
+            decided,
+        } = match built.await {
+            Ok(b) => b,
+            // The requests went with the failed work: their callers are
+            // told their reply was dropped.
+            Err(e) => {
+                tracing::error!(error = %e, "building a batch failed");
+                return;
             }
-        }
+        };
         if entries.is_empty() {
             for (_, reply, answer) in decided {
                 let _ = reply.send(answer);
@@ -283,6 +270,57 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
             let _ = reply.send(answer);
         }
         return;
+    }
+}
+
+/// The entries of a batch, and what each request is answered.
+struct Batch {
+    entries: Vec<Bytes>,
+    accepted: Vec<stackpin_core::state::Applied>,
+    /// The requests whose entries are in the batch, in order.
+    owners: Vec<(Build, Reply)>,
+    /// Answers decided against this batch's state (a repeat of, or a
+    /// conflict with, an entry ahead in the batch), held back until the
+    /// batch has landed: if it does not, they are decided again.
+    decided: Vec<(Build, Reply, Result<Option<u64>>)>,
+}
+
+/// Builds each request's entry over the index at `start` plus the entries
+/// ahead of it, and applies it by the rules.
+fn batch(index: &Index, rules: &Rules, start: u64, pending: Vec<(Build, Reply)>) -> Batch {
+    let mut view = View::new(index);
+    let mut entries: Vec<Bytes> = Vec::new();
+    let mut accepted = Vec::new();
+    let mut owners: Vec<(Build, Reply)> = Vec::new();
+    let mut decided: Vec<(Build, Reply, Result<Option<u64>>)> = Vec::new();
+    for (mut build, reply) in pending {
+        match build(&view) {
+            Ok(Some(entry)) => {
+                let bytes = entry.to_bytes();
+                if let Err(e) = layout::check_entry_size(&bytes) {
+                    decided.push((build, reply, Err(e.into())));
+                    continue;
+                }
+                let at = start + entries.len() as u64;
+                match view.apply(rules, at, &bytes) {
+                    Ok(applied) => accepted.push(applied),
+                    Err(refused) => {
+                        decided.push((build, reply, Err(refused_request(refused))));
+                        continue;
+                    }
+                }
+                entries.push(bytes);
+                owners.push((build, reply));
+            }
+            Ok(None) => decided.push((build, reply, Ok(None))),
+            Err(e) => decided.push((build, reply, Err(e))),
+        }
+    }
+    Batch {
+        entries,
+        accepted,
+        owners,
+        decided,
     }
 }
 

@@ -43,3 +43,20 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Connections each listener (gRPC, HTTP) serves at once; more wait in the
+/// listen queue.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// How long a connection may take from accept to its first complete
+/// request head (TLS handshake included).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// WatchLog streams open at once on the gRPC listener. Watches hold no
+/// artifact bytes, so they have this bound of their own instead of a share
+/// of `max_inflight_bytes`.
+pub const MAX_WATCH_STREAMS: usize = 256;
+
+/// WatchLog streams one principal (a token, a certificate subject, or all
+/// anonymous readers together) may hold open at once.
+pub const MAX_WATCH_STREAMS_PER_PRINCIPAL: usize = 16;

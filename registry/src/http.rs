@@ -39,10 +39,8 @@ use crate::auth::{Action, Authorizer};
 use crate::error::{Error, Kind};
 use crate::registry::Registry;
 
-/// How long a client may take to send its request headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the listen queue.
-const MAX_CONNECTIONS: usize = 1024;
+/// How long a client may take to send the sign-in form.
+const FORM_TIMEOUT: Duration = Duration::from_secs(10);
 
 const CHECKPOINT_CACHE: &str = "public, max-age=1";
 const TILE_CACHE: &str = "public, max-age=31536000, immutable";
@@ -55,6 +53,11 @@ pub struct Http {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The web view; None when it is off.
     pub web: Option<crate::web::Site>,
+    /// What each connection is held to before and while it is served.
+    pub connections: crate::guard::ConnectionLimits,
+    /// How long a connection lives before it is asked to close (and cut
+    /// after as long again): the request deadline.
+    pub max_age: Duration,
 }
 
 /// The largest sign-in form read.
@@ -111,6 +114,12 @@ pub fn tls_config(
 
 /// Serves on `listener` until `stop` turns true; connections already open
 /// finish what they are sending.
+///
+/// Each connection is held to `http.connections` (see [`crate::guard`]),
+/// and lives at most `http.max_age`: then it is asked to close (HTTP/1
+/// after the answer in progress, HTTP/2 with GOAWAY), and cut after as
+/// long again. So no client, reading or not, holds an answer and its share
+/// of the byte budget for longer.
 pub async fn serve(listener: TcpListener, http: Http, mut stop: watch::Receiver<bool>) {
     let scheme = if http.tls.is_some() { "https" } else { "http" };
     if let Ok(addr) = listener.local_addr() {
@@ -121,33 +130,28 @@ pub async fn serve(listener: TcpListener, http: Http, mut stop: watch::Receiver<
         };
         tracing::info!("serving tlog-tiles on {addr} ({scheme}) {web}");
     }
-    let acceptor = http.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let tls = http.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let acceptor = crate::guard::Acceptor::new(listener, http.connections);
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+        let conn = tokio::select! {
+            accepted = acceptor.accept() => match accepted {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting an HTTP connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = async { drop(stop.wait_for(|s| *s).await) } => return,
         };
-        let _ = tcp.set_nodelay(true);
         let http = http.clone();
-        let acceptor = acceptor.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _slot = slot;
-            match acceptor {
-                None => connection(TokioIo::new(tcp), http, None).await,
-                Some(acceptor) => {
-                    let tls = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await;
-                    let Ok(Ok(tls)) = tls else {
+            let started = conn.started();
+            match tls {
+                None => connection(TokioIo::new(conn), http, None, started).await,
+                Some(tls) => {
+                    // The guard's header deadline bounds the handshake too.
+                    let Ok(tls) = tls.accept(conn).await else {
                         return; // a failed or stalled handshake
                     };
                     let cn = tls
@@ -155,19 +159,24 @@ pub async fn serve(listener: TcpListener, http: Http, mut stop: watch::Receiver<
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .and_then(|c| crate::service::common_name(c.as_ref()));
-                    connection(TokioIo::new(tls), http, cn).await;
+                        .and_then(|c| crate::auth::common_name(c.as_ref()));
+                    connection(TokioIo::new(tls), http, cn, started).await;
                 }
             }
         });
     }
 }
 
-async fn connection<I>(io: I, http: Http, cn: Option<String>)
+async fn connection<I>(io: I, http: Http, cn: Option<String>, started: crate::guard::Started)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let max_age = http.max_age;
+    // For each request after the first (the first is bounded from accept
+    // by the guard).
+    let header_timeout = http.connections.header_timeout;
     let service = hyper::service::service_fn(move |req| {
+        started.mark();
         let http = http.clone();
         let cn = cn.clone();
         async move { Ok::<_, Infallible>(handle(&http, cn.as_deref(), req).await) }
@@ -176,8 +185,28 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    if let Err(e) = builder.serve_connection(io, service).await {
+        .header_read_timeout(header_timeout);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => Some(ended),
+        () = tokio::time::sleep(max_age) => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(max_age, conn.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => {
+                    metrics::counter!("stackpin_connections_cut_total", "reason" => "max_age")
+                        .increment(1);
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, "an HTTP connection ended with an error");
     }
 }
@@ -257,7 +286,7 @@ fn is_tiles(path: &str) -> bool {
 async fn read_form(req: Request<Incoming>) -> crate::error::Result<Bytes> {
     use http_body_util::BodyExt as _;
     let limited = http_body_util::Limited::new(req.into_body(), MAX_FORM_BYTES);
-    match tokio::time::timeout(HEADER_TIMEOUT, limited.collect()).await {
+    match tokio::time::timeout(FORM_TIMEOUT, limited.collect()).await {
         Ok(Ok(body)) => Ok(body.to_bytes()),
         Ok(Err(_)) => Err(Error::new(
             Kind::TooLarge,
@@ -273,8 +302,7 @@ async fn read_form(req: Request<Incoming>) -> crate::error::Result<Bytes> {
 /// A web view answer as an HTTP response.
 fn reply(page: crate::web::Reply) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(page.body));
-    *r.status_mut() =
-        StatusCode::from_u16(page.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() = page.status;
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -302,7 +330,7 @@ fn reply(page: crate::web::Reply) -> Response<Full<Bytes>> {
     if let Some(c) = page.set_cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.insert(header::SET_COOKIE, c);
     }
-    if page.status == 401 {
+    if page.status == StatusCode::UNAUTHORIZED {
         h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     r
@@ -315,17 +343,7 @@ fn authorize(http: &Http, cn: Option<&str>, req: &Request<Incoming>) -> crate::e
     let bearer = match req.headers().get(header::AUTHORIZATION) {
         None if http.web.is_some() => cookie_token(req),
         None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .ok_or_else(|| {
-                    Error::new(
-                        Kind::Unauthenticated,
-                        "the authorization header is not `Bearer <token>`",
-                    )
-                })?,
-        ),
+        Some(v) => Some(crate::auth::bearer(v.to_str().ok())?),
     };
     http.auth.authorize(bearer, cn, Action::Read).map(|_| ())
 }
@@ -363,24 +381,11 @@ fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
     r
 }
 
-/// The HTTP status of an error kind: the one place HTTP answers are mapped.
-pub(crate) fn status(kind: Kind) -> StatusCode {
-    match kind {
-        Kind::Invalid => StatusCode::BAD_REQUEST,
-        Kind::NotFound => StatusCode::NOT_FOUND,
-        Kind::Conflict => StatusCode::CONFLICT,
-        Kind::Precondition => StatusCode::PRECONDITION_FAILED,
-        Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
-        Kind::PermissionDenied => StatusCode::FORBIDDEN,
-        Kind::Unavailable | Kind::Busy | Kind::NoSpace => StatusCode::SERVICE_UNAVAILABLE,
-        Kind::Deadline => StatusCode::GATEWAY_TIMEOUT,
-        Kind::DataLoss | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
 fn error(e: &Error) -> Response<Full<Bytes>> {
-    let mut r = text(status(e.kind()), &format!("{}\n", e.message()));
+    let mut r = text(
+        crate::http_status::of(e.kind()),
+        &format!("{}\n", e.message()),
+    );
     if e.kind() == Kind::Unauthenticated {
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

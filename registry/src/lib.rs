@@ -6,8 +6,8 @@
 //!
 //! The values and rules of the log (ids, digests, time, positions,
 //! signing, merkle, notes, proofs, entries, storage layout, `state::apply`,
-//! the audit) are `stackpin-core`'s, re-exported here under their old
-//! names. This crate adds what needs storage, an index or a network:
+//! the audit) are `stackpin-core`'s; other crates use them from there. This
+//! crate adds what needs storage, an index or a network:
 //!
 //! | module | responsibility |
 //! |---|---|
@@ -19,6 +19,7 @@
 //! | [`blobs`] | artifact bytes on object storage, verified as they stream |
 //! | [`staging`] | a publish's bytes on local disk while they arrive, hashed as written |
 //! | [`budget`] | the bound on artifact bytes all streams hold in memory |
+//! | [`guard`] | the bounds on every listener's connections, and on watch streams |
 //! | [`log`] | log objects on object storage (write-once per index) |
 //! | [`storage`] | choosing the object store by URL (file, s3, memory) |
 //! | [`auth`] | bearer tokens and client certificates mapped to roles |
@@ -31,31 +32,33 @@
 //!
 //! Object storage is the source of truth; the index is a cache of it.
 
-pub use stackpin_core::{
-    audit, digest, ids, layout, merkle, note, position, proof, signing, tiles, time,
-};
+// The core's modules under short names inside this crate only; other
+// crates use `stackpin_core` directly.
+pub(crate) use stackpin_core::{digest, ids, merkle, note, position, proof, signing, time};
 
 pub mod auth;
 pub mod blobs;
 pub(crate) mod blocking;
-pub mod budget;
+pub(crate) mod budget;
 pub(crate) mod committer;
 pub mod config;
-pub mod defaults;
+pub(crate) mod defaults;
 pub mod error;
+pub mod guard;
 pub(crate) mod health;
-pub mod http;
+pub(crate) mod http;
+pub(crate) mod http_status;
 pub mod index;
 pub mod log;
 pub(crate) mod observe;
-pub mod records;
+pub(crate) mod records;
 pub mod registry;
 pub mod server;
 pub(crate) mod service;
-pub mod staging;
+pub(crate) mod staging;
 pub mod storage;
-pub mod timeline;
-pub mod web;
+pub(crate) mod timeline;
+pub(crate) mod web;
 pub mod webhooks;
 pub mod witness;
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
+use stackpin_core::signing::TrustedKeys;
 use stackpin_registry::auth::{self, Role};
 use stackpin_registry::config::{self, Flags, LogFormat, Settings};
 use stackpin_registry::registry::OriginSource;
-use stackpin_registry::signing::TrustedKeys;
 use stackpin_registry::{Registry, server, storage};
 
 /// The stackpin registry server. With no subcommand it serves.
@@ -214,12 +214,12 @@ async fn recover(settings: Settings, accept_unsigned: bool) -> anyhow::Result<()
     registry.flush().await.context("storing the checkpoint")?;
     let cp = registry.checkpoint()?;
     let stored = if cp.size == 0 {
-        stackpin_registry::layout::CHECKPOINT.to_owned()
+        stackpin_core::layout::CHECKPOINT.to_owned()
     } else {
         format!(
             "{} and {}",
-            stackpin_registry::layout::CHECKPOINT,
-            stackpin_registry::layout::checkpoint_history_key(cp.size)
+            stackpin_core::layout::CHECKPOINT,
+            stackpin_core::layout::checkpoint_history_key(cp.size)
         )
     };
     println!(

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::Authorizer;
@@ -32,6 +31,14 @@ pub struct Options {
     /// How long in-flight requests may take to finish after a shutdown
     /// signal before the server stops anyway.
     pub shutdown_grace: Duration,
+    /// What each listener holds its connections to (see [`crate::guard`]).
+    pub connections: crate::guard::ConnectionLimits,
+    /// How long a connection lives before it is asked to close; it is cut
+    /// after as long again. The request deadline, so that no answer, read
+    /// or not, holds its share of the byte budget for longer.
+    pub max_connection_age: Duration,
+    /// WatchLog streams open at once, in all and per principal.
+    pub watches: crate::guard::WatchLimits,
 }
 
 impl Default for Options {
@@ -45,6 +52,9 @@ impl Default for Options {
             http_tls: None,
             web: Some(crate::web::Site::default()),
             shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
+            connections: crate::guard::ConnectionLimits::default(),
+            max_connection_age: crate::defaults::REQUEST_TIMEOUT,
+            watches: crate::guard::WatchLimits::default(),
         }
     }
 }
@@ -105,6 +115,16 @@ impl Options {
             metrics_listen: s.metrics_listen,
             http_tls,
             shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
+            connections: crate::guard::ConnectionLimits {
+                max_connections: s.max_connections,
+                header_timeout: s.header_timeout,
+                write_idle: s.stream_idle_timeout,
+            },
+            max_connection_age: s.request_timeout,
+            watches: crate::guard::WatchLimits {
+                total: s.max_watch_streams,
+                per_principal: s.max_watch_streams_per_principal,
+            },
         })
     }
 }
@@ -180,13 +200,30 @@ pub async fn run_all(
     // The request deadline is the service's own (`request_timeout` in its
     // limits), so that passing it answers DEADLINE_EXCEEDED rather than
     // tonic's CANCELLED.
-    let mut builder =
-        tonic::transport::Server::builder().max_concurrent_streams(options.max_concurrent_streams);
+    // A connection is asked to close (GOAWAY) at its age and cut after as
+    // long again: HTTP/2 flow control lets a client that reads nothing
+    // hold an answer without stalling the socket, so only the connection's
+    // end bounds how long it holds it.
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(options.max_concurrent_streams)
+        .max_connection_age(options.max_connection_age)
+        .max_connection_age_grace(options.max_connection_age);
     if let Some(tls) = options.tls.clone() {
         builder = builder.tls_config(tls).context("setting up TLS")?;
     }
     let service = RegistryService::new(registry.clone(), options.auth.clone())
+        .with_watch_limits(options.watches)
         .into_server(options.max_message_bytes);
+    let acceptor = crate::guard::Acceptor::new(listener, options.connections);
+    // Every request (registry, health, reflection) marks its connection as
+    // started, which ends the connection's header deadline.
+    let open = acceptor.open();
+    let started = tonic::service::InterceptorLayer::new(move |req: tonic::Request<()>| {
+        if let Some(peer) = req.remote_addr() {
+            open.mark(peer);
+        }
+        Ok(req)
+    });
     let scheme = if options.tls.is_some() {
         "https"
     } else {
@@ -208,23 +245,21 @@ pub async fn run_all(
             auth: options.auth.clone(),
             tls: options.http_tls.clone(),
             web: options.web.clone(),
+            connections: options.connections,
+            max_age: options.max_connection_age,
         };
         tokio::spawn(crate::http::serve(tiles, http, drain_rx.clone()));
     }
     let serving = builder
+        .layer(started)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        // TCP_NODELAY: small answers (a resolve, a pin) must not wait for
-        // Nagle's algorithm and the peer's delayed ACK (~40 ms each).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let mut rx = drain_rx;
-                let _ = rx.wait_for(|d| *d).await;
-            },
-        );
+        .serve_with_incoming_shutdown(acceptor.into_stream(), async move {
+            let mut rx = drain_rx;
+            let _ = rx.wait_for(|d| *d).await;
+        });
     tokio::pin!(serving);
     let finished = tokio::select! {
         r = &mut serving => Some(r),

@@ -21,7 +21,10 @@
 //! once.
 //!
 //! Failures: any answer but 2xx is retried with doubling delays (0.5 s up
-//! to a minute), indefinitely; a failing endpoint delays only itself. The
+//! to a minute), indefinitely; a failing endpoint delays only itself.
+//! Redirects are not followed: a 3xx is a failed delivery (the signed event
+//! goes only to the configured URL). Only the status of an answer is read,
+//! never its body, so a receiver cannot make the registry hold anything. The
 //! delivery log is in metrics (`stackpin_webhook_*`) and on the web view's
 //! log page.
 
@@ -33,10 +36,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::WebhookConfig;
 use crate::error::{Error, Result};
 use crate::ids::EnvName;
 use crate::log::Entry;
@@ -53,6 +55,26 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A `[[webhook]]` table of the settings: an endpoint that receives
+/// events. Webhooks own their settings, as auth owns its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// What logs, metrics and the web view call it; also names its cursor
+    /// in storage, so renaming it starts it afresh.
+    pub name: String,
+    /// Where events are POSTed.
+    pub url: String,
+    /// Only entries of these types: publish, pin, key, snapshot, drill
+    /// [default: all].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    /// Only pins, snapshots and drills of these environments (publishes
+    /// and key changes are not filtered) [default: all].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub envs: Vec<String>,
+}
 
 /// A configured endpoint.
 #[derive(Clone, Debug)]
@@ -414,7 +436,13 @@ async fn deliver(
     mut held: watch::Receiver<bool>,
     deliveries: Arc<Deliveries>,
 ) {
-    let http = match reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).build() {
+    // A redirect is an answer, not a delivery: following it would send the
+    // signed event to an address nobody configured.
+    let http = match reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(webhook = %ep.name, error = %e, "no HTTP client: webhook off");

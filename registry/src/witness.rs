@@ -8,7 +8,8 @@
 //! Per origin it keeps the size and root it last cosigned in
 //! `<data-dir>/state/<sha256 of the origin>`, written atomically (a file
 //! synced, renamed, its folder synced) before it answers, under one lock
-//! with the check, so two requests cannot roll it back.
+//! with the check, so two requests cannot roll it back. The two fsyncs of
+//! that write run off the runtime.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -31,6 +32,8 @@ use stackpin_core::witness::{AddCheckpoint, Cosigner, MAX_REQUEST_BYTES, SIZE_CO
 
 /// How long a client may take to send a request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may stay open.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
 
 /// What a witness last cosigned for one log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,14 +118,20 @@ impl Witness {
         }))
     }
 
-    fn persist(&self, cp: &Checkpoint) -> std::io::Result<()> {
-        use std::io::Write as _;
-        let path = self.state_path(&cp.origin);
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(cp.body().as_bytes())?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(&path).map_err(|e| e.error)?;
-        std::fs::File::open(&self.dir)?.sync_all()
+    /// Stores `cp` as what was last cosigned for its origin, off the
+    /// runtime: two fsyncs, while the state lock is held.
+    async fn persist(&self, cp: &Checkpoint) -> std::io::Result<()> {
+        let (dir, path, body) = (self.dir.clone(), self.state_path(&cp.origin), cp.body());
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+            tmp.write_all(body.as_bytes())?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Handles one `add-checkpoint` request body.
@@ -205,7 +214,7 @@ impl Witness {
                 "a proof from size 0 must be empty".into(),
             );
         }
-        if let Err(e) = self.persist(&cp) {
+        if let Err(e) = self.persist(&cp).await {
             tracing::error!(error = %e, "persisting the witness state failed");
             return refuse(StatusCode::INTERNAL_SERVER_ERROR, "state not stored".into());
         }
@@ -217,20 +226,22 @@ impl Witness {
     }
 }
 
-/// Serves `witness` on `listener` until the process ends.
+/// Serves `witness` on `listener` until the process ends, with the
+/// registry's bounds on connections (see [`crate::guard`]).
 pub async fn serve(listener: TcpListener, witness: Arc<Witness>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(vkey = %witness.vkey(), "witness listening on {addr}");
     }
+    let acceptor = crate::guard::Acceptor::new(listener, crate::guard::ConnectionLimits::default());
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let Ok(conn) = acceptor.accept().await else {
             continue;
         };
-        let _ = tcp.set_nodelay(true);
         let witness = witness.clone();
         tokio::spawn(async move {
+            let started = conn.started();
             let service = hyper::service::service_fn(move |req| {
+                started.mark();
                 let witness = witness.clone();
                 async move { Ok::<_, Infallible>(handle(&witness, req).await) }
             });
@@ -239,7 +250,9 @@ pub async fn serve(listener: TcpListener, witness: Arc<Witness>) {
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(REQUEST_TIMEOUT);
-            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+            let serving = builder.serve_connection(TokioIo::new(conn), service);
+            // No answer takes long: a connection lives a minute at most.
+            let _ = tokio::time::timeout(MAX_CONNECTION_AGE, serving).await;
         });
     }
 }

@@ -34,7 +34,7 @@ fn key(seed: u8) -> SigningKey {
 }
 
 /// Every way to break an entry that the rules name, by its reason.
-const BREAKS: [&str; 20] = [
+const BREAKS: [&str; 22] = [
     "MALFORMED_ENTRY",
     "RELEASE_BOUND",
     "BAD_SIGNATURE",
@@ -55,6 +55,8 @@ const BREAKS: [&str; 20] = [
     "FUTURE_INSTANT",
     "SNAPSHOT_REF",
     "DRILL_VERDICT",
+    "EVIDENCE_RANGE",
+    "EVIDENCE_TEXT",
 ];
 
 #[derive(Clone)]
@@ -435,7 +437,36 @@ impl Writer {
                 let mut d = self.drill_entry(env, at, live, None, false);
                 d.passed = true;
                 d.failure = None;
+                if self.rand(2) == 0 {
+                    // Passed, with nothing checked.
+                    d.checks.clear();
+                }
                 Entry::Drill(d)
+            }
+            "EVIDENCE_RANGE" => {
+                let (env, at, live) = self.some_pin();
+                let mut d = self.drill_entry(env, at, live, None, true);
+                match self.rand(3) {
+                    0 => d.rto_millis = Some(u64::MAX),
+                    1 => d.rpo_millis = Some(u64::MAX),
+                    _ => {
+                        d.started_at =
+                            Timestamp::from_micros((-62_135_596_800 + 86_400) * SECOND).unwrap()
+                    }
+                }
+                Entry::Drill(d)
+            }
+            "EVIDENCE_TEXT" => {
+                let (env, at, live) = self.some_pin();
+                if self.rand(2) == 0 {
+                    let mut s = self.snapshot_entry(env, at, live);
+                    s.location = "s3://backups/\u{202E}bd.etavirp".into();
+                    Entry::Snapshot(s)
+                } else {
+                    let mut d = self.drill_entry(env, at, live, None, true);
+                    d.checks[0].name = "rows\u{1b}[2Kcount".into();
+                    Entry::Drill(d)
+                }
             }
             other => panic!("no way to break {other}"),
         };
@@ -577,5 +608,25 @@ fn every_rule_has_a_way_to_break_it_here() {
             BREAKS.contains(&reason) || reason == "REQUEST_ID_REUSED",
             "no way to break {reason} here"
         );
+    }
+}
+
+#[test]
+fn each_rule_tells_a_request_the_kind_its_reason_names() {
+    use stackpin_core::state::{Empty, Overlay, Refused, kind_of_reason};
+    for rule in BREAKS {
+        let entries = log(7, 12, Some((11, rule)));
+        let empty = Empty;
+        let mut state = Overlay::new(&empty);
+        let rules = rules();
+        let refused = entries
+            .iter()
+            .enumerate()
+            .find_map(|(i, bytes)| state.apply(&rules, i as u64, bytes).err())
+            .unwrap_or_else(|| panic!("{rule}: nothing was refused"));
+        // The empty state cannot fail: every refusal is a rule's.
+        let Refused::Violation(v) = refused;
+        assert_eq!(v.reason(), rule);
+        assert_eq!(Some(v.kind()), kind_of_reason(rule), "{rule}");
     }
 }

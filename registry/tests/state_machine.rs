@@ -12,13 +12,15 @@ use ed25519_dalek::SigningKey;
 use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt};
 use proptest::prelude::*;
-use stackpin_registry::digest::Digest;
-use stackpin_registry::ids::{EnvName, Reason, ReleaseId};
+use stackpin_core::digest::Digest;
+use stackpin_core::ids::{EnvName, Reason, ReleaseId};
+use stackpin_core::note::{DEFAULT_ORIGIN, NoteSigner};
+use stackpin_core::signing::{self, PublicKey, TrustedKeys};
+use stackpin_core::time::{Clock, Timestamp};
 use stackpin_registry::index::Index;
-use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
-use stackpin_registry::registry::{ArtifactRef, HistoryQuery, Limits, Options, Published};
-use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
-use stackpin_registry::time::{Clock, Timestamp};
+use stackpin_registry::registry::{
+    ArtifactRef, HistoryQuery, Limits, Options, PinRequest, Published,
+};
 use stackpin_registry::{Kind, Registry};
 
 struct FakeClock(AtomicI64);
@@ -599,7 +601,7 @@ proptest! {
 
 #[tokio::test]
 async fn a_resolve_carries_proofs_that_verify_offline_and_break_on_any_flip() {
-    use stackpin_registry::proof::RestoreProof;
+    use stackpin_core::proof::RestoreProof;
     let f = Fixture::new().await;
     f.publish("r1", b"[1]").await.unwrap();
     f.publish("r2", b"[2]").await.unwrap();
@@ -675,10 +677,10 @@ async fn a_resolve_carries_proofs_that_verify_offline_and_break_on_any_flip() {
 /// A `.tlog-proof` as versions before the pin became the primary proof
 /// wrote it: the publish entry's index and proof lines, and the pin and
 /// next entries in `extra`.
-fn earlier_tlog_proof(proof: &stackpin_registry::proof::RestoreProof) -> String {
+fn earlier_tlog_proof(proof: &stackpin_core::proof::RestoreProof) -> String {
     use base64::Engine as _;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let proved = |e: &stackpin_registry::proof::ProvedEntry| {
+    let proved = |e: &stackpin_core::proof::ProvedEntry| {
         serde_json::json!({
             "index": e.index,
             "entry": b64(&e.entry),
@@ -718,7 +720,7 @@ async fn consistency_proofs_link_every_checkpoint_to_the_next() {
     for old in &checkpoints {
         for new in checkpoints.iter().filter(|c| c.size >= old.size) {
             let proof = f.registry.consistency_proof(old.size, new.size).unwrap();
-            stackpin_registry::merkle::verify_consistency(
+            stackpin_core::merkle::verify_consistency(
                 old.size, new.size, &old.root, &new.root, &proof,
             )
             .unwrap();
@@ -757,7 +759,7 @@ async fn a_changed_stored_entry_is_never_served() {
 async fn a_revoked_key_stops_new_publishes_but_keeps_old_ones_valid() {
     let f = Fixture::new().await;
     f.publish("before", b"[1]").await.unwrap();
-    let id = stackpin_registry::signing::KeyId::of(&publisher().verifying_key());
+    let id = stackpin_core::signing::KeyId::of(&publisher().verifying_key());
     let revoked_at = f.clock.now().saturating_add_micros(SECOND);
     f.registry
         .revoke_key(&id, Some(revoked_at), &Reason::default(), "admin")
@@ -805,8 +807,8 @@ async fn a_revoked_key_stops_new_publishes_but_keeps_old_ones_valid() {
     assert_eq!((report.publishes, report.key_changes), (3, 2));
 }
 
-async fn audit(f: &Fixture) -> stackpin_registry::audit::Report {
-    use stackpin_registry::audit::Audit;
+async fn audit(f: &Fixture) -> stackpin_core::audit::Report {
+    use stackpin_core::audit::Audit;
     let trusted = TrustedKeys::new([PublicKey::new(publisher().verifying_key())]);
     let mut a = Audit::new(trusted);
     let cp = f.registry.latest_checkpoint().await.unwrap();
@@ -830,7 +832,7 @@ async fn the_audit_reports_a_rewritten_log_and_a_retroactive_revocation() {
     f.pin("prod", "r1", Some(t(1))).await.unwrap();
     assert!(audit(&f).await.ok());
     // Revoking from an instant before the publish makes it suspect.
-    let id = stackpin_registry::signing::KeyId::of(&publisher().verifying_key());
+    let id = stackpin_core::signing::KeyId::of(&publisher().verifying_key());
     f.registry
         .revoke_key(&id, Some(t(-5_000_000)), &Reason::default(), "admin")
         .await
@@ -839,7 +841,7 @@ async fn the_audit_reports_a_rewritten_log_and_a_retroactive_revocation() {
     assert_eq!(report.failures.len(), 1, "{:?}", report.failures);
     assert_eq!(
         report.failures[0].class,
-        stackpin_registry::audit::Class::Signature
+        stackpin_core::audit::Class::Signature
     );
 }
 
@@ -1061,8 +1063,14 @@ async fn a_request_id_records_once_and_refuses_another_request() {
         let (what, id, prod, reason) = (what.clone(), id.to_owned(), prod.clone(), reason.clone());
         let r = &f.registry;
         async move {
-            r.pin_once(&prod, &what, None, None, &reason, "ci", Some(&id))
-                .await
+            let req = PinRequest {
+                env: prod,
+                artifact: what,
+                activated_at: None,
+                db_position: None,
+                reason,
+            };
+            r.pin_once(&req, "ci", Some(&id)).await
         }
     };
     let first = pin(&base, "job-1").await.unwrap();
@@ -1148,7 +1156,17 @@ async fn a_request_id_records_once_and_refuses_another_request() {
     assert_eq!(find(&rebuilt)[0].log_index, first.log_index);
     let size = rebuilt.latest_checkpoint().await.unwrap().size;
     let again = rebuilt
-        .pin_once(&prod, &base, None, None, &reason, "ci", Some("job-1"))
+        .pin_once(
+            &PinRequest {
+                env: prod,
+                artifact: base,
+                activated_at: None,
+                db_position: None,
+                reason,
+            },
+            "ci",
+            Some("job-1"),
+        )
         .await
         .unwrap();
     assert_eq!(again.log_index, first.log_index);
@@ -1157,7 +1175,7 @@ async fn a_request_id_records_once_and_refuses_another_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_is_served_as_tlog_tiles_and_full_tiles_are_stored_once() {
-    use stackpin_registry::tiles::{self, Tile, TileTree};
+    use stackpin_core::tiles::{self, Tile, TileTree};
     let f = Fixture::new().await;
     f.publish("r1", b"[1]").await.unwrap();
     let pins = (0..599).map(|i| {
@@ -1211,7 +1229,7 @@ async fn the_log_is_served_as_tlog_tiles_and_full_tiles_are_stored_once() {
     // earlier sizes had it).
     assert!(f.registry.tile("tile/0/002.p/3").await.unwrap().is_some());
     // The full tiles end up in storage, byte for byte what is served.
-    let marker = object_store::path::Path::from(stackpin_registry::layout::TILES_WRITTEN);
+    let marker = object_store::path::Path::from(stackpin_core::layout::TILES_WRITTEN);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         if let Ok(r) = f.store.get(&marker).await

@@ -378,7 +378,7 @@ pub fn assert_blobs_whole(data_dir: &Path) {
             "a staging file was left behind: {name}"
         );
         let bytes = std::fs::read(data_dir.join("blobs/sha256").join(&name)).expect("read a blob");
-        let digest = stackpin_registry::digest::Digest::of(&bytes);
+        let digest = stackpin_core::digest::Digest::of(&bytes);
         assert_eq!(digest.hex(), name, "partial blob {name}");
     }
 }

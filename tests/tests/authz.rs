@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use futures::StreamExt as _;
+use stackpin_core::digest::Digest;
+use stackpin_core::note::{DEFAULT_ORIGIN, NoteSigner};
+use stackpin_core::signing::{self, PublicKey, TrustedKeys};
 use stackpin_proto::v1 as pb;
 use stackpin_proto::v1::registry_client::RegistryClient;
 use stackpin_registry::auth::{Authorizer, Role, create_token};
-use stackpin_registry::digest::Digest;
 use stackpin_registry::index::Index;
-use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
 use stackpin_registry::registry::{Limits, Options};
-use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::{Registry, server, storage};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -236,7 +236,7 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
 }
 
 fn prost_now() -> prost_types::Timestamp {
-    let (seconds, nanos) = stackpin_registry::time::Timestamp::now().to_parts();
+    let (seconds, nanos) = stackpin_core::time::Timestamp::now().to_parts();
     prost_types::Timestamp { seconds, nanos }
 }
 

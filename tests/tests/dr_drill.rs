@@ -28,7 +28,7 @@ fn newest_release(db: &Path) -> String {
 }
 
 fn now() -> String {
-    stackpin_registry::time::Timestamp::now().to_string()
+    stackpin_core::time::Timestamp::now().to_string()
 }
 
 #[test]

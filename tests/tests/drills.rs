@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use stackpin_registry::time::Timestamp;
+use stackpin_core::time::Timestamp;
 use stackpin_tests::litestream::{litestream, replicate};
 use stackpin_tests::world::World;
 

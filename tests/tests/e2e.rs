@@ -426,10 +426,10 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
 /// Signs a DSSE envelope for `body` under `release` with the CI key, using
 /// the same library a pipeline's own signer could.
 fn signed_envelope(w: &World, release: &str, body: &[u8]) -> Vec<u8> {
-    use stackpin_registry::signing;
+    use stackpin_core::signing;
     let pem = String::from_utf8(w.read("ci.pem")).unwrap();
     let key = signing::signing_key_from_pem(&pem).unwrap();
-    let digest = stackpin_registry::digest::Digest::of(body);
+    let digest = stackpin_core::digest::Digest::of(body);
     signing::sign_envelope(
         &signing::publish_statement(&release.parse().unwrap(), &digest),
         &key,
@@ -532,10 +532,10 @@ fn the_server_stops_cleanly_on_sigterm() {
 /// An envelope over an in-toto statement for `body` whose predicate type is
 /// `predicate_type`, signed by the `ci` publisher key.
 fn attestation(w: &World, release: &str, body: &[u8], predicate_type: &str) -> Vec<u8> {
-    use stackpin_registry::signing;
+    use stackpin_core::signing;
     let pem = String::from_utf8(w.read("ci.pem")).unwrap();
     let key = signing::signing_key_from_pem(&pem).unwrap();
-    let digest = stackpin_registry::digest::Digest::of(body);
+    let digest = stackpin_core::digest::Digest::of(body);
     let statement = String::from_utf8(signing::publish_statement(
         &release.parse().unwrap(),
         &digest,
@@ -712,7 +712,7 @@ fn snapshot_tag_hashes_a_snapshot_larger_than_its_read_buffer() {
         .json();
     assert_eq!(
         out["snapshot_sha256"],
-        stackpin_registry::digest::Digest::of(&body).to_string()
+        stackpin_core::digest::Digest::of(&body).to_string()
     );
     let tag: serde_json::Value = serde_json::from_slice(&w.read("snap.db.stackpin.json")).unwrap();
     assert_eq!(tag["snapshot_sha256"], out["snapshot_sha256"]);

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use ed25519_dalek::SigningKey;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
-use stackpin_registry::audit::Audit;
-use stackpin_registry::digest::Digest;
-use stackpin_registry::ids::Reason;
+use stackpin_core::audit::Audit;
+use stackpin_core::digest::Digest;
+use stackpin_core::ids::Reason;
+use stackpin_core::note::{DEFAULT_ORIGIN, NoteSigner};
+use stackpin_core::signing::{self, KeyId, PublicKey, TrustedKeys};
 use stackpin_registry::index::Index;
-use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
 use stackpin_registry::registry::{ArtifactRef, Options};
-use stackpin_registry::signing::{self, KeyId, PublicKey, TrustedKeys};
 use stackpin_registry::{Kind, Registry};
 use stackpin_tests::faults::Faulty;
 

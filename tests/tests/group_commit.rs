@@ -11,12 +11,12 @@ use ed25519_dalek::SigningKey;
 use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
+use stackpin_core::digest::Digest;
+use stackpin_core::note::{DEFAULT_ORIGIN, NoteSigner};
+use stackpin_core::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::Registry;
-use stackpin_registry::digest::Digest;
 use stackpin_registry::index::Index;
-use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
 use stackpin_registry::registry::{ArtifactRef, HistoryQuery, Limits, Options};
-use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
 use stackpin_tests::faults::Faulty;
 
 fn publisher() -> SigningKey {

@@ -58,7 +58,7 @@ fn publish(dir: &Path, server: &Server, release: &str, body: &str) -> Run {
     // One file per distinct body: concurrent writers must not share one.
     let file = format!(
         "{release}-{}.json",
-        &stackpin_registry::digest::Digest::of(body.as_bytes()).hex()[..16]
+        &stackpin_core::digest::Digest::of(body.as_bytes()).hex()[..16]
     );
     std::fs::write(dir.join(&file), body).unwrap();
     cli(
@@ -414,7 +414,7 @@ fn on_a_bucket_an_edited_log_is_refused_and_a_damaged_index_is_rebuilt() {
     )
     .unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let checkpoint = object_store::path::Path::from(stackpin_registry::layout::CHECKPOINT);
+    let checkpoint = object_store::path::Path::from(stackpin_core::layout::CHECKPOINT);
     // The stop stored the newest checkpoint (a conditional update on S3).
     let note = runtime
         .block_on(async { store.get(&checkpoint).await?.bytes().await })
@@ -477,13 +477,13 @@ fn on_a_bucket_an_edited_log_is_refused_and_a_damaged_index_is_rebuilt() {
 
     // Pin #2 edited in the bucket to name rel-1 (valid by every rule): a
     // fresh replica refuses it instead of signing it.
-    let entry = object_store::path::Path::from(stackpin_registry::layout::object_key(3));
+    let entry = object_store::path::Path::from(stackpin_core::layout::object_key(3));
     let text = runtime
         .block_on(async { store.get(&entry).await?.bytes().await })
         .unwrap();
     let (d1, d2) = (
-        stackpin_registry::digest::Digest::of(b"{\"release\":1}").hex(),
-        stackpin_registry::digest::Digest::of(b"{\"release\":2}").hex(),
+        stackpin_core::digest::Digest::of(b"{\"release\":1}").hex(),
+        stackpin_core::digest::Digest::of(b"{\"release\":2}").hex(),
     );
     let edited = String::from_utf8(text.to_vec())
         .unwrap()

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use object_store::ObjectStore;
+use stackpin_core::digest::Digest;
+use stackpin_core::note::{DEFAULT_ORIGIN, NoteSigner};
+use stackpin_core::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::blobs::Blobs;
-use stackpin_registry::digest::Digest;
 use stackpin_registry::index::Index;
 use stackpin_registry::log::Log;
-use stackpin_registry::note::{DEFAULT_ORIGIN, NoteSigner};
 use stackpin_registry::registry::{ArtifactRef, Options};
-use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
 use stackpin_registry::storage::{self, StorageOptions, StorageUrl};
 use stackpin_registry::{Kind, Registry};
 use stackpin_tests::remote::{Azurite, Moto, Remote};
@@ -103,7 +103,7 @@ async fn a_registry_works_and_rebuilds_on_it(store: Arc<dyn ObjectStore>) {
     let publisher = SigningKey::from_bytes(&[1; 32]);
     let trusted = TrustedKeys::new([PublicKey::new(publisher.verifying_key())]);
     let signer = NoteSigner::new(DEFAULT_ORIGIN, SigningKey::from_bytes(&[2; 32])).unwrap();
-    let clock = Arc::new(stackpin_registry::time::SystemClock);
+    let clock = Arc::new(stackpin_core::time::SystemClock);
     let open = || {
         Registry::open(
             Index::temporary().unwrap(),
@@ -133,7 +133,7 @@ async fn a_registry_works_and_rebuilds_on_it(store: Arc<dyn ObjectStore>) {
         .pin(&prod, &what, None, None, &Default::default(), "t")
         .await
         .unwrap();
-    let now = stackpin_registry::time::Timestamp::now();
+    let now = stackpin_core::time::Timestamp::now();
     let query = stackpin_registry::registry::Query::At {
         at: now,
         margin: None,

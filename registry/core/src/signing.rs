@@ -435,6 +435,11 @@ struct SubjectJson {
 }
 
 fn parse_statement(payload: &[u8]) -> Result<(ReleaseId, Digest, String), Error> {
+    // Strict JSON first: with a key twice (a subject's `sha256`), a
+    // verifier that keeps the first would read another digest than this
+    // one, which keeps the last.
+    crate::json::check(payload, crate::json::DEFAULT_MAX_DEPTH)
+        .map_err(|e| Error::invalid(format!("in-toto statement is not strict JSON: {e}")))?;
     let st: StatementJson = serde_json::from_slice(payload)
         .map_err(|e| Error::invalid(format!("in-toto statement is not valid: {e}")))?;
     if st.type_ != STATEMENT_V1 {
@@ -594,6 +599,30 @@ mod tests {
                 .message()
                 .contains("exactly one")
         );
+    }
+
+    #[test]
+    fn a_statement_with_a_key_twice_is_refused_wherever_it_is() {
+        let digest = "a".repeat(64);
+        let bogus = "b".repeat(64);
+        for payload in [
+            format!(
+                r#"{{"_type":"{STATEMENT_V1}","subject":[{{"name":"rel-1","digest":{{"sha256":"{bogus}","sha256":"{digest}"}}}}],"predicateType":"{PUBLISH_PREDICATE}"}}"#
+            ),
+            format!(
+                r#"{{"_type":"{STATEMENT_V1}","subject":[{{"name":"rel-1","digest":{{"sha256":"{digest}"}}}}],"predicateType":"{PUBLISH_PREDICATE}","predicate":{{"a":1,"a":2}}}}"#
+            ),
+            format!(
+                r#"{{"_type":"{STATEMENT_V1}","_type":"{STATEMENT_V1}","subject":[{{"name":"rel-1","digest":{{"sha256":"{digest}"}}}}],"predicateType":"{PUBLISH_PREDICATE}"}}"#
+            ),
+        ] {
+            let e = parse_statement(payload.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("duplicate member name"), "{e}");
+        }
+        let plain = format!(
+            r#"{{"_type":"{STATEMENT_V1}","subject":[{{"name":"rel-1","digest":{{"sha256":"{digest}"}}}}],"predicateType":"{PUBLISH_PREDICATE}"}}"#
+        );
+        parse_statement(plain.as_bytes()).unwrap();
     }
 
     #[test]

@@ -367,6 +367,40 @@ pub enum Violation {
     },
     /// A drill's verdict contradicts its checks.
     DrillVerdict { index: u64, why: String },
+    /// A snapshot or drill records a duration or instant outside the
+    /// bounds evidence may have ([`MAX_RECOVERY_MILLIS`],
+    /// [`MAX_DRILL_SPAN`]).
+    EvidenceRange { index: u64, why: String },
+    /// A snapshot or drill records text with a control or bidirectional
+    /// formatting character, which would print as something it is not.
+    EvidenceText {
+        index: u64,
+        field: String,
+        character: char,
+    },
+}
+
+/// The longest restore time (RTO) or data loss (RPO) a drill may record:
+/// 30 days. Longer is not a measurement but a wrapped or made-up number,
+/// which a posture report would otherwise take at its word.
+pub const MAX_RECOVERY_MILLIS: u64 = 30 * 24 * 3_600 * 1_000;
+
+/// How long before it is recorded a drill may have started: 30 days.
+pub const MAX_DRILL_SPAN: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3_600);
+
+/// The first character of `text` that a terminal or page would not show
+/// as itself: a control character (tab and newline allowed only where
+/// `multiline`) or a bidirectional formatting character (U+061C,
+/// U+200E–U+200F, U+202A–U+202E, U+2066–U+2069).
+pub fn unsafe_char(text: &str, multiline: bool) -> Option<char> {
+    text.chars().find(|&c| {
+        let allowed = multiline && (c == '\n' || c == '\t');
+        (c.is_control() && !allowed)
+            || matches!(
+                c,
+                '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+            )
+    })
 }
 
 /// The machine-readable reasons of the rules, as errors carry them
@@ -392,6 +426,8 @@ pub mod reason {
     pub const FUTURE_INSTANT: &str = "FUTURE_INSTANT";
     pub const SNAPSHOT_REF: &str = "SNAPSHOT_REF";
     pub const DRILL_VERDICT: &str = "DRILL_VERDICT";
+    pub const EVIDENCE_RANGE: &str = "EVIDENCE_RANGE";
+    pub const EVIDENCE_TEXT: &str = "EVIDENCE_TEXT";
     /// A request id already used for a different request.
     pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
 }
@@ -399,7 +435,7 @@ pub mod reason {
 /// Every rule's reason and the kind of error a request that breaks it
 /// gets: a write-once rule is a conflict, an out-of-order request a
 /// precondition, a malformed one invalid.
-const RULES: [(&str, Kind); 21] = [
+const RULES: [(&str, Kind); 23] = [
     (reason::MALFORMED_ENTRY, Kind::Invalid),
     (reason::RELEASE_BOUND, Kind::Conflict),
     (reason::BAD_SIGNATURE, Kind::Invalid),
@@ -421,6 +457,8 @@ const RULES: [(&str, Kind); 21] = [
     (reason::FUTURE_INSTANT, Kind::Precondition),
     (reason::SNAPSHOT_REF, Kind::Invalid),
     (reason::DRILL_VERDICT, Kind::Invalid),
+    (reason::EVIDENCE_RANGE, Kind::Invalid),
+    (reason::EVIDENCE_TEXT, Kind::Invalid),
 ];
 
 /// The reason of every rule, as errors carry them.
@@ -471,7 +509,9 @@ impl Violation {
             | Violation::LiveMismatch { index, .. }
             | Violation::FutureInstant { index, .. }
             | Violation::SnapshotRef { index, .. }
-            | Violation::DrillVerdict { index, .. } => *index,
+            | Violation::DrillVerdict { index, .. }
+            | Violation::EvidenceRange { index, .. }
+            | Violation::EvidenceText { index, .. } => *index,
         }
     }
 
@@ -499,6 +539,8 @@ impl Violation {
             Violation::FutureInstant { .. } => reason::FUTURE_INSTANT,
             Violation::SnapshotRef { .. } => reason::SNAPSHOT_REF,
             Violation::DrillVerdict { .. } => reason::DRILL_VERDICT,
+            Violation::EvidenceRange { .. } => reason::EVIDENCE_RANGE,
+            Violation::EvidenceText { .. } => reason::EVIDENCE_TEXT,
         }
     }
 
@@ -511,7 +553,30 @@ impl Violation {
     /// What a request that would write this entry is told: the kind of
     /// error it gets.
     pub fn kind(&self) -> Kind {
-        rule_kind(self.reason()).unwrap_or(Kind::Invalid)
+        match self {
+            Violation::Malformed { .. }
+            | Violation::Signature { .. }
+            | Violation::PredicateType { .. }
+            | Violation::DigestMismatch { .. }
+            | Violation::KeyMismatch { .. }
+            | Violation::LiveMismatch { .. }
+            | Violation::SnapshotRef { .. }
+            | Violation::DrillVerdict { .. }
+            | Violation::EvidenceRange { .. }
+            | Violation::EvidenceText { .. } => Kind::Invalid,
+            Violation::ReleaseBound { .. }
+            | Violation::KeyAddedTwice { .. }
+            | Violation::KeyRevokedTwice { .. } => Kind::Conflict,
+            Violation::KeyNotValid { .. }
+            | Violation::Sequence { .. }
+            | Violation::PreviousPin { .. }
+            | Violation::ActivationOrder { .. }
+            | Violation::ActivationSkew { .. }
+            | Violation::PositionOrder { .. }
+            | Violation::NothingLive { .. }
+            | Violation::FutureInstant { .. } => Kind::Precondition,
+            Violation::Unpublished { .. } => Kind::NotFound,
+        }
     }
 
     /// Whether the violation breaks an environment's pin chain (sequence,
@@ -540,6 +605,8 @@ impl Violation {
                 | Violation::FutureInstant { .. }
                 | Violation::SnapshotRef { .. }
                 | Violation::DrillVerdict { .. }
+                | Violation::EvidenceRange { .. }
+                | Violation::EvidenceText { .. }
         )
     }
 
@@ -738,6 +805,19 @@ impl fmt::Display for Violation {
             Violation::DrillVerdict { index: _, why } => {
                 write!(f, "the drill's verdict contradicts its checks: {why}")
             }
+            Violation::EvidenceRange { index: _, why } => {
+                write!(f, "the evidence is out of range: {why}")
+            }
+            Violation::EvidenceText {
+                index: _,
+                field,
+                character,
+            } => write!(
+                f,
+                "{field} holds the character U+{:04X}, a control or bidirectional formatting \
+                 character that would print as something it is not",
+                u32::from(*character)
+            ),
         }
     }
 }
@@ -1092,6 +1172,7 @@ fn snapshot<S: State>(
     index: u64,
     s: &SnapshotEntry,
 ) -> Result<Change, Refused<S::Error>> {
+    check_text(index, [("location", s.location.as_str(), false)])?;
     if let Some(pos) = &s.db_position {
         pos.ordered().map_err(|e| Violation::Malformed {
             index,
@@ -1132,6 +1213,44 @@ fn drill<S: State>(
     if !d.passed && !failed_check && d.failure.is_none() {
         return Err(verdict("it failed, yet no check failed and no reason is given").into());
     }
+    if d.passed && d.checks.is_empty() {
+        return Err(verdict("it passed, yet it ran no checks").into());
+    }
+    check_text(
+        index,
+        d.checks
+            .iter()
+            .flat_map(|c| {
+                [
+                    ("a check's name", c.name.as_str(), false),
+                    ("a check's detail", c.detail.as_str(), true),
+                ]
+            })
+            .chain(
+                d.steps
+                    .iter()
+                    .map(|s| ("a step's name", s.name.as_str(), false)),
+            )
+            .chain(d.failure.iter().map(|f| ("the failure", f.as_str(), true))),
+    )?;
+    let range = |why: String| Violation::EvidenceRange { index, why };
+    for (what, millis) in [("rto_millis", d.rto_millis), ("rpo_millis", d.rpo_millis)] {
+        if let Some(ms) = millis.filter(|ms| *ms > MAX_RECOVERY_MILLIS) {
+            return Err(range(format!(
+                "{what} is {ms}, more than {MAX_RECOVERY_MILLIS} (30 days)"
+            ))
+            .into());
+        }
+    }
+    let span = i64::try_from(MAX_DRILL_SPAN.as_micros()).unwrap_or(i64::MAX);
+    if d.started_at < d.recorded_at.saturating_add_micros(-span) {
+        return Err(range(format!(
+            "it started at {}, more than 30 days before it was recorded ({})",
+            d.started_at, d.recorded_at
+        ))
+        .into());
+    }
+
     if let Some(at) = d.snapshot {
         let bad = |why: String| Violation::SnapshotRef {
             index,
@@ -1174,6 +1293,24 @@ fn drill<S: State>(
         .into());
     }
     Ok(Change::Drill)
+}
+
+/// Refuses the first of `texts` (what it is, the text, whether it may hold
+/// several lines) with a character [`unsafe_char`] finds.
+fn check_text<'a>(
+    index: u64,
+    texts: impl IntoIterator<Item = (&'a str, &'a str, bool)>,
+) -> Result<(), Violation> {
+    for (field, text, multiline) in texts {
+        if let Some(character) = unsafe_char(text, multiline) {
+            return Err(Violation::EvidenceText {
+                index,
+                field: field.to_owned(),
+                character,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The state of a base plus the entries accepted on top of it but not yet

@@ -103,18 +103,6 @@ impl Tile {
         })
     }
 
-    /// The entry bundle holding entry `entry` in a log of `size` entries.
-    pub fn bundle_for(size: u64, entry: u64) -> Option<Self> {
-        (entry < size).then(|| {
-            let index = entry / WIDTH;
-            Self {
-                level: None,
-                index,
-                width: (size - index * WIDTH).min(WIDTH),
-            }
-        })
-    }
-
     /// Whether a tree of `size` leaves has this tile (a partial tile of
     /// width `W` is in every tree from the size that first has it on).
     pub fn within(&self, size: u64) -> bool {

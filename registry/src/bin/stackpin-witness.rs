@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
+use stackpin_core::note::NoteVerifier;
 use stackpin_core::witness::Cosigner;
-use stackpin_registry::note::NoteVerifier;
 use stackpin_registry::witness::Witness;
 
 /// A transparency-log witness: cosigns checkpoints of the logs it trusts

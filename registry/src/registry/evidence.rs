@@ -7,7 +7,7 @@ use stackpin_core::entry::{DrillCheck, DrillEntry, DrillStep, Driver, Live, Snap
 use stackpin_core::posture::{self, Posture};
 use stackpin_core::state::State as _;
 
-use super::{Registry, request_id, reused};
+use super::Registry;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::ids::EnvName;
@@ -113,50 +113,6 @@ fn live_at(view: &crate::committer::View<'_>, env: &EnvName, at: Timestamp) -> R
 }
 
 impl Registry {
-    /// Records the entry `make` builds (from the batch's view, the
-    /// registry's clock and the request id), once per request id: a retry
-    /// whose earlier entry is `same` gets that entry's index.
-    async fn record_once(
-        &self,
-        request: Option<&str>,
-        what: &str,
-        same: impl Fn(&Entry) -> bool,
-        make: impl Fn(&crate::committer::View<'_>, Timestamp, &str) -> Result<Entry> + Send + 'static,
-    ) -> Result<u64> {
-        let claim = self.claim(request)?;
-        let again = |index: u64, entry: &Entry| {
-            if same(entry) {
-                Ok(index)
-            } else {
-                Err(reused(claim.as_ref().map_or("", |c| c.id()), index, entry))
-            }
-        };
-        if let Some((index, entry)) = self.earlier(claim.as_ref())? {
-            return again(index, &entry);
-        }
-        let shared = self.shared.clone();
-        let first = claim.as_ref().map(|c| c.id().to_owned());
-        let id = first.clone().unwrap_or_else(request_id);
-        let committed = self
-            .commit(Box::new(move |view| {
-                // Another replica may have recorded this request meanwhile.
-                if let Some(id) = &first
-                    && shared.index.by_request(id)?.is_some()
-                {
-                    return Ok(None);
-                }
-                make(view, shared.clock.now(), &id).map(Some)
-            }))
-            .await?;
-        match committed {
-            Some(index) => Ok(index),
-            None => match self.earlier(claim.as_ref())? {
-                Some((index, entry)) => again(index, &entry),
-                None => Err(Error::internal(format!("{what} produced no log entry"))),
-            },
-        }
-    }
-
     /// Records that a backup of `req.env` exists, paired with the pin live
     /// at its instant. A retry under the same request id returns the
     /// first entry.

@@ -1,7 +1,7 @@
 //! Publisher keys: the configured ones and the log's additions and
 //! revocations.
 
-use super::{KeySource, PublisherKey, Registry, request_id, reused};
+use super::{KeySource, PublisherKey, Registry};
 use crate::error::{Error, Result};
 use crate::ids::Reason;
 use crate::log::{Entry, KeyAction, KeyEntry};
@@ -40,7 +40,6 @@ impl Registry {
         actor: &str,
         request: Option<&str>,
     ) -> Result<PublisherKey> {
-        let claim = self.claim(request)?;
         let key = PublicKey::from_pem(pem)?;
         let same = |entry: &Entry| {
             matches!(entry, Entry::Key(k)
@@ -48,66 +47,31 @@ impl Registry {
                     && k.key_id == *key.id()
                     && valid_from.is_none_or(|at| at == k.at))
         };
-        if let Some((index, entry)) = self.earlier(claim.as_ref())? {
-            return self.key_again(index, &entry, same(&entry), claim.as_ref());
-        }
         let pem = key.to_pem()?;
         let shared = self.shared.clone();
         let id = key.id().clone();
-        let first = claim.as_ref().map(|c| c.id().to_owned());
-        let (reason, actor, request) = (
-            reason.as_str().to_owned(),
-            actor.to_owned(),
-            first.clone().unwrap_or_else(request_id),
-        );
-        let committed = self
-            .commit(Box::new(move |_view| {
-                if let Some(id) = &first
-                    && shared.index.by_request(id)?.is_some()
-                {
-                    return Ok(None);
-                }
-                // A key the log knows already is refused by the rules.
-                if shared.rules.configured.keys().iter().any(|k| k.id() == &id) {
-                    return Err(Error::conflict(format!(
-                        "publisher key {id} is already known; a revoked key cannot be added again"
-                    )));
-                }
-                let now = shared.clock.now();
-                Ok(Some(Entry::Key(KeyEntry {
-                    action: KeyAction::Add,
-                    key_id: id.clone(),
-                    public_key: Some(pem.clone()),
-                    at: valid_from.unwrap_or(now),
-                    recorded_at: now,
-                    actor: actor.clone(),
-                    reason: reason.clone(),
-                    request_id: Some(request.clone()),
-                })))
+        let (reason, actor) = (reason.as_str().to_owned(), actor.to_owned());
+        self.record_once(request, "a key add", same, move |_view, now, request| {
+            // A key the log knows already is refused by the rules.
+            if shared.rules.configured.keys().iter().any(|k| k.id() == &id) {
+                return Err(Error::conflict(format!(
+                    "publisher key {id} is already known; a revoked key cannot be added again"
+                )));
+            }
+            Ok(Entry::Key(KeyEntry {
+                action: KeyAction::Add,
+                key_id: id.clone(),
+                public_key: Some(pem.clone()),
+                at: valid_from.unwrap_or(now),
+                recorded_at: now,
+                actor: actor.clone(),
+                reason: reason.clone(),
+                request_id: Some(request.to_owned()),
             }))
-            .await?;
-        if committed.is_none()
-            && let Some((index, entry)) = self.earlier(claim.as_ref())?
-        {
-            return self.key_again(index, &entry, same(&entry), claim.as_ref());
-        }
+        })
+        .await?;
         tracing::info!(key_id = %key.id(), "publisher key added");
         self.key_view(key.id())
-    }
-
-    /// The answer to a key change whose request id already wrote entry
-    /// `index`.
-    fn key_again(
-        &self,
-        index: u64,
-        entry: &Entry,
-        same: bool,
-        claim: Option<&super::Claim>,
-    ) -> Result<PublisherKey> {
-        match entry {
-            Entry::Key(k) if same => self.key_view(&k.key_id),
-            _ => Err(reused(claim.map_or("", super::Claim::id), index, entry)),
-        }
     }
 
     /// Stops trusting a publisher key for publishes logged from `at`
@@ -139,54 +103,33 @@ impl Registry {
         actor: &str,
         request: Option<&str>,
     ) -> Result<PublisherKey> {
-        let claim = self.claim(request)?;
         let same = |entry: &Entry| {
             matches!(entry, Entry::Key(k)
                 if k.action == KeyAction::Revoke
                     && k.key_id == *key_id
                     && at.is_none_or(|at| at == k.at))
         };
-        if let Some((index, entry)) = self.earlier(claim.as_ref())? {
-            return self.key_again(index, &entry, same(&entry), claim.as_ref());
-        }
         let shared = self.shared.clone();
         let id = key_id.clone();
-        let first = claim.as_ref().map(|c| c.id().to_owned());
-        let (reason, actor, request) = (
-            reason.as_str().to_owned(),
-            actor.to_owned(),
-            first.clone().unwrap_or_else(request_id),
-        );
-        let committed = self
-            .commit(Box::new(move |view| {
-                if let Some(id) = &first
-                    && shared.index.by_request(id)?.is_some()
-                {
-                    return Ok(None);
-                }
-                // A second revocation is refused by the rules.
-                let configured = shared.rules.configured.keys().iter().any(|k| k.id() == &id);
-                if view.key(&id)?.is_none() && !configured {
-                    return Err(Error::not_found(format!("publisher key {id} is not known")));
-                }
-                let now = shared.clock.now();
-                Ok(Some(Entry::Key(KeyEntry {
-                    action: KeyAction::Revoke,
-                    key_id: id.clone(),
-                    public_key: None,
-                    at: at.unwrap_or(now),
-                    recorded_at: now,
-                    actor: actor.clone(),
-                    reason: reason.clone(),
-                    request_id: Some(request.clone()),
-                })))
+        let (reason, actor) = (reason.as_str().to_owned(), actor.to_owned());
+        self.record_once(request, "a key revoke", same, move |view, now, request| {
+            // A second revocation is refused by the rules.
+            let configured = shared.rules.configured.keys().iter().any(|k| k.id() == &id);
+            if view.key(&id)?.is_none() && !configured {
+                return Err(Error::not_found(format!("publisher key {id} is not known")));
+            }
+            Ok(Entry::Key(KeyEntry {
+                action: KeyAction::Revoke,
+                key_id: id.clone(),
+                public_key: None,
+                at: at.unwrap_or(now),
+                recorded_at: now,
+                actor: actor.clone(),
+                reason: reason.clone(),
+                request_id: Some(request.to_owned()),
             }))
-            .await?;
-        if committed.is_none()
-            && let Some((index, entry)) = self.earlier(claim.as_ref())?
-        {
-            return self.key_again(index, &entry, same(&entry), claim.as_ref());
-        }
+        })
+        .await?;
         tracing::info!(%key_id, "publisher key revoked");
         self.key_view(key_id)
     }

@@ -10,6 +10,7 @@
 mod checkpoint;
 mod evidence;
 mod keys;
+mod once;
 mod pin;
 mod prove;
 mod publish;
@@ -21,6 +22,7 @@ mod witnesses;
 use checkpoint::put_checkpoint;
 pub use checkpoint::{OriginSource, STORE_CHECKPOINT_EVERY, log_origin};
 pub use evidence::{DrillRequest, SnapshotRequest};
+pub use pin::PinRequest;
 pub use publish::PendingPublish;
 pub use recover::{LOCK_FILE, index_dir, open_index};
 pub use witnesses::{SUBMIT_EVERY, WitnessStatus, WitnessTarget};

@@ -20,6 +20,10 @@ use stackpin_core::witness::{AddCheckpoint, CosignerKey};
 pub const SUBMIT_EVERY: Duration = Duration::from_secs(1);
 /// How long one submission may take.
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest answer read from a witness: cosignature lines are about a
+/// hundred bytes each, and a 409 carries a number. Longer answers are a
+/// failed submission, and what came beyond this is never held.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024;
 
 /// A witness the registry submits to.
 #[derive(Clone, Debug)]
@@ -113,9 +117,9 @@ async fn post(http: &reqwest::Client, url: &str, body: String) -> Outcome {
         Err(e) => return Outcome::Failed(e.to_string()),
     };
     let status = response.status();
-    let text = match response.text().await {
+    let text = match read_capped(response, MAX_REPLY_BYTES).await {
         Ok(t) => t,
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(e) => return Outcome::Failed(e),
     };
     match status.as_u16() {
         200 => Outcome::Cosigned(text),
@@ -125,6 +129,22 @@ async fn post(http: &reqwest::Client, url: &str, body: String) -> Outcome {
         },
         _ => Outcome::Failed(format!("HTTP {status}: {}", text.trim())),
     }
+}
+
+/// The body of `response` as text, refused once it passes `cap` bytes.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<String, String> {
+    let too_long = || format!("the answer is longer than {cap} bytes");
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_long());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_long());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Submits the registry's checkpoints to `witness` as they are signed,
@@ -137,6 +157,7 @@ pub(super) async fn submit(
     let http = match reqwest::Client::builder()
         .timeout(SUBMIT_TIMEOUT)
         .connect_timeout(SUBMIT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
     {
         Ok(h) => h,

@@ -162,8 +162,8 @@ impl RegistryService {
         };
         let before = convert::page_token::<u64>(&req.page_token)?;
         let indices = self
-            .registry
-            .evidence_page(&env, drills, before, limit + 1)?;
+            .read(move |r| r.evidence_page(&env, drills, before, limit + 1))
+            .await?;
         let newest = indices.iter().take(limit).max().map_or(0, |i| i + 1);
         let cp = self.registry.checkpoint_covering(newest).await?;
         let more = indices.len() > limit;
@@ -173,7 +173,8 @@ impl RegistryService {
                 continue;
             }
             let entry = self.registry.entry(index).await?;
-            let proof = self.registry.inclusion_proof(index, cp.size)?;
+            let size = cp.size;
+            let proof = self.read(move |r| r.inclusion_proof(index, size)).await?;
             entries.push(pb::ProvedEntry {
                 index,
                 entry,
@@ -203,7 +204,9 @@ impl RegistryService {
             e => Some(env(e)?),
         };
         let at = convert::optional_time("at", req.at)?.unwrap_or_else(crate::time::Timestamp::now);
-        let report = self.registry.posture(env.as_ref(), Some(at))?;
+        let report = self
+            .read(move |r| r.posture(env.as_ref(), Some(at)))
+            .await?;
         Ok(Response::new(pb::GetPostureResponse {
             at: Some(convert::timestamp(at)),
             environments: report.iter().map(env_posture).collect(),

@@ -38,6 +38,8 @@ pub struct RegistryService {
     auth: Authorizer,
     /// The largest message a client may send (a publish chunk included).
     max_message_bytes: usize,
+    /// The watch streams open, bounded apart from the byte budget.
+    watches: Arc<crate::guard::Watches>,
 }
 
 impl RegistryService {
@@ -47,7 +49,15 @@ impl RegistryService {
             registry,
             auth,
             max_message_bytes: crate::defaults::MAX_MESSAGE_BYTES,
+            watches: crate::guard::Watches::new(crate::guard::WatchLimits::default()),
         }
+    }
+
+    /// Bounds the watch streams open at once by `limits`.
+    #[must_use]
+    pub fn with_watch_limits(mut self, limits: crate::guard::WatchLimits) -> Self {
+        self.watches = crate::guard::Watches::new(limits);
+        self
     }
 
     /// The tonic server wrapper, with a message limit (artifacts travel in
@@ -62,6 +72,16 @@ impl RegistryService {
             .max_encoding_message_size(max_message_bytes.max(CHUNK_BYTES * 2))
     }
 
+    /// `work`, a read of the index (sled, pread of its files), run on the
+    /// blocking pool so that a slow read never stalls the runtime threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Registry) -> crate::error::Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let registry = self.registry.clone();
+        Ok(crate::blocking::run(move || work(&registry)).await?)
+    }
+
     /// Who the request is and whether it may do `action`.
     fn authorize<T>(&self, request: &Request<T>, action: Action<'_>) -> Result<Principal, Status> {
         if let Some(e) = self.registry.contradicted() {
@@ -69,28 +89,15 @@ impl RegistryService {
         }
         let bearer = match request.metadata().get("authorization") {
             None => None,
-            Some(value) => {
-                let text = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "));
-                Some(text.ok_or_else(|| {
-                    Error::new(
-                        Kind::Unauthenticated,
-                        "the authorization header is not `Bearer <token>`",
-                    )
-                })?)
-            }
+            Some(value) => Some(crate::auth::bearer(value.to_str().ok())?),
         };
-        let cn = request
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+        let cn = request.peer_certs().and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| crate::auth::common_name(c.as_ref()))
+        });
         Ok(self.auth.authorize(bearer, cn.as_deref(), action)?)
     }
-}
-
-/// The subject common name of a DER certificate (already verified by TLS).
-pub(crate) fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
 }
 
 fn env(text: &str) -> Result<EnvName, Status> {
@@ -154,7 +161,7 @@ impl RegistryService {
     ) -> Result<Response<ArtifactStream>, Status> {
         self.authorize(&request, Action::Read)?;
         let what = convert::artifact_ref(request.into_inner().artifact)?;
-        let record = self.registry.artifact(&what)?;
+        let record = self.read(move |r| r.artifact(&what)).await?;
         // Held while the stream lives: a chunk in the channel, one being
         // encoded and one in the transport's send buffer.
         let room = self
@@ -190,7 +197,7 @@ impl RegistryService {
     ) -> Result<Response<pb::Artifact>, Status> {
         self.authorize(&request, Action::Read)?;
         let what = convert::artifact_ref(request.into_inner().artifact)?;
-        let record = self.registry.artifact(&what)?;
+        let record = self.read(move |r| r.artifact(&what)).await?;
         Ok(Response::new(convert::artifact(&record)))
     }
 
@@ -201,9 +208,10 @@ impl RegistryService {
         self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let after = convert::page_token(&req.page_token)?;
+        let size = req.page_size as usize;
         let (page, next) = self
-            .registry
-            .list_artifacts(after.as_ref(), req.page_size as usize)?;
+            .read(move |r| r.list_artifacts(after.as_ref(), size))
+            .await?;
         Ok(Response::new(pb::ListArtifactsResponse {
             artifacts: page.iter().map(convert::artifact).collect(),
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -224,17 +232,16 @@ impl RegistryService {
         let activated_at = convert::optional_time("activated_at", req.activated_at)?;
         let reason: Reason = req.reason.parse().map_err(Error::from)?;
         let position = convert::db_position(req.db_position)?;
+        let pin = crate::registry::PinRequest {
+            env,
+            artifact: what,
+            activated_at,
+            db_position: position,
+            reason,
+        };
         let pin = self
             .registry
-            .pin_once(
-                &env,
-                &what,
-                activated_at,
-                position,
-                &reason,
-                &who.name,
-                Some(&req.request_id),
-            )
+            .pin_once(&pin, &who.name, Some(&req.request_id))
             .await?;
         let (checkpoint, mut entries) = self.registry.prove_all(&[pin.log_index]).await?;
         Ok(Response::new(pb::PinResponse {
@@ -291,7 +298,7 @@ impl RegistryService {
             from_seq: convert::page_token(&req.page_token)?,
             request_id: Some(req.request_id).filter(|id| !id.is_empty()),
         };
-        let page = self.registry.history(&env, &query)?;
+        let page = self.read(move |r| r.history(&env, &query)).await?;
         let indexes: Vec<u64> = page.pins.iter().map(|p| p.log_index).collect();
         let (checkpoint, entries) = self.registry.prove_all(&indexes).await?;
         Ok(Response::new(pb::HistoryResponse {
@@ -314,9 +321,10 @@ impl RegistryService {
                 Status::invalid_argument(format!("page_token {token:?} is not one this RPC gave"))
             })?),
         };
+        let limit = req.limit as usize;
         let (pins, next) = self
-            .registry
-            .environments(after.as_ref(), req.limit as usize)?;
+            .read(move |r| r.environments(after.as_ref(), limit))
+            .await?;
         let indexes: Vec<u64> = pins.iter().map(|p| p.log_index).collect();
         let (checkpoint, entries) = self.registry.prove_all(&indexes).await?;
         Ok(Response::new(pb::ListEnvironmentsResponse {
@@ -396,7 +404,7 @@ impl RegistryService {
         &self,
         request: Request<pb::WatchLogRequest>,
     ) -> Result<Response<WatchStream>, Status> {
-        self.authorize(&request, Action::Read)?;
+        let who = self.authorize(&request, Action::Read)?;
         let req = request.into_inner();
         let filter = watch::Filter::new(&req.env, req.types)?;
         let size = self.registry.checkpoint()?.size;
@@ -407,11 +415,9 @@ impl RegistryService {
             ))
             .into());
         }
-        let room = self
-            .registry
-            .budget()
-            .reserve(3 * CHUNK_BYTES as u64, "a watch")
-            .await?;
+        // A watch carries entries and proofs, never artifact bytes: it takes
+        // a place among the watches, not a share of the byte budget.
+        let place = self.watches.open(&who.name)?;
         let limits = self.registry.limits();
         // Heartbeats well inside the idle timeout; the request deadline
         // still ends the stream, and the watcher resumes from its cursor.
@@ -425,7 +431,7 @@ impl RegistryService {
             events,
             limits.stream_idle_timeout,
             limits.request_timeout,
-            room,
+            place,
         );
         Ok(Response::new(Box::pin(stream)))
     }
@@ -440,7 +446,8 @@ impl RegistryService {
             0 => self.registry.latest_checkpoint().await?.size,
             n => n,
         };
-        let proof = self.registry.inclusion_proof(req.index, size)?;
+        let index = req.index;
+        let proof = self.read(move |r| r.inclusion_proof(index, size)).await?;
         Ok(Response::new(pb::InclusionProof {
             index: req.index,
             tree_size: size,
@@ -458,7 +465,8 @@ impl RegistryService {
             0 => self.registry.latest_checkpoint().await?.size,
             n => n,
         };
-        let proof = self.registry.consistency_proof(req.old_size, new)?;
+        let old = req.old_size;
+        let proof = self.read(move |r| r.consistency_proof(old, new)).await?;
         Ok(Response::new(pb::ConsistencyProof {
             old_size: req.old_size,
             new_size: new,
@@ -508,7 +516,7 @@ impl RegistryService {
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
         self.authorize(&request, Action::Read)?;
-        let keys = self.registry.keys()?;
+        let keys = self.read(Registry::keys).await?;
         Ok(Response::new(pb::ListKeysResponse {
             keys: keys.iter().map(convert::publisher_key).collect(),
         }))

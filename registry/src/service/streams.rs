@@ -16,7 +16,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::{Code, Status, Streaming};
 
-use crate::budget::Reservation;
 use crate::error::{Error, Kind, Result};
 
 /// The next message of a request stream, within `idle`.
@@ -63,13 +62,13 @@ pub fn transport_status(status: Status, max_message_bytes: usize) -> Status {
 
 /// `source` fed to the client through a one-slot channel by a task of its
 /// own, cut at `idle` silence (the client taking nothing, or storage
-/// giving nothing) or at `deadline` in all; `room` is held until the
-/// returned stream is dropped.
+/// giving nothing) or at `deadline` in all; `room` (a budget reservation,
+/// a watch's place) is held until the returned stream is dropped.
 pub fn fed<T: Send + 'static>(
     source: impl Stream<Item = Result<T>> + Send + 'static,
     idle: Duration,
     deadline: Duration,
-    room: Reservation,
+    room: impl Send + 'static,
 ) -> impl Stream<Item = std::result::Result<T, Status>> + Send + 'static {
     let (tx, rx) = mpsc::channel(1);
     let (cut_tx, cut_rx) = oneshot::channel::<Status>();

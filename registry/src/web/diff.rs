@@ -38,6 +38,38 @@ impl Change {
     }
 }
 
+/// What a parsed `serde_json::Value` of `bytes` takes at most, from one
+/// pass over them: the strings' bytes, 128 bytes per value (the value
+/// itself and its slot in a growing array, or its entry in a map), and
+/// 1 KiB per object (a map's first node). Counting what the parse would
+/// allocate before it runs is what lets a diff be refused or queued
+/// instead of taking the process past its budget.
+pub fn parsed_bytes(bytes: &[u8]) -> u64 {
+    let (mut values, mut objects) = (1u64, 0u64);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' => {
+                objects += 1;
+                values += 1;
+            }
+            b'[' | b',' | b':' => values += 1,
+            _ => {}
+        }
+    }
+    bytes.len() as u64 + 128 * values + 1024 * objects
+}
+
 /// The differences from `before` to `after`, in document order, at most
 /// `limit` of them; and whether there were more.
 pub fn diff(before: &Value, after: &Value, limit: usize) -> (Vec<Change>, bool) {
@@ -253,6 +285,18 @@ mod tests {
         assert!(more);
         let (whole, _) = diff(&json!(1), &json!("1"), 10);
         assert_eq!(whole[0].path(), "(the whole document)");
+    }
+
+    #[test]
+    fn the_estimate_of_a_parse_covers_what_it_holds() {
+        // A flat array of small numbers is the densest in values.
+        let dense = format!("[{}0]", "0,".repeat(10_000));
+        assert!(parsed_bytes(dense.as_bytes()) >= 10_000 * 64);
+        // Strings count their bytes; punctuation inside them is text.
+        let text = format!("\"{}\"", "{[,:".repeat(1000));
+        assert!(parsed_bytes(text.as_bytes()) < 4000 + 1024);
+        let objects = "[{\"a\":1},{\"b\":2}]";
+        assert!(parsed_bytes(objects.as_bytes()) >= 2 * 1024);
     }
 
     #[test]

@@ -24,7 +24,10 @@
 mod diff;
 mod pages;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use hyper::StatusCode;
 
 use crate::error::{Error, Kind, Result};
 use crate::registry::Registry;
@@ -46,7 +49,7 @@ pub struct Site {
 /// An answer of the web view.
 #[derive(Debug)]
 pub struct Reply {
-    pub status: u16,
+    pub status: StatusCode,
     pub content_type: &'static str,
     pub cache: &'static str,
     pub body: Bytes,
@@ -55,7 +58,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn html(status: u16, markup: maud::Markup) -> Self {
+    fn html(status: StatusCode, markup: maud::Markup) -> Self {
         Self {
             status,
             content_type: "text/html; charset=utf-8",
@@ -68,7 +71,7 @@ impl Reply {
 
     fn json(value: &serde_json::Value) -> Self {
         Self {
-            status: 200,
+            status: StatusCode::OK,
             content_type: "application/json",
             cache: "no-store",
             body: Bytes::from(value.to_string()),
@@ -79,7 +82,7 @@ impl Reply {
 
     fn asset(content_type: &'static str, body: &'static str) -> Self {
         Self {
-            status: 200,
+            status: StatusCode::OK,
             content_type,
             cache: "public, max-age=300",
             body: Bytes::from_static(body.as_bytes()),
@@ -90,7 +93,7 @@ impl Reply {
 
     fn redirect(to: String) -> Self {
         Self {
-            status: 303,
+            status: StatusCode::SEE_OTHER,
             content_type: "text/plain; charset=utf-8",
             cache: "no-store",
             body: Bytes::new(),
@@ -107,11 +110,20 @@ pub fn is_open(path: &str) -> bool {
 
 /// The page for a GET of `path?query`, or None when `path` is not one of
 /// the web view's.
-pub async fn get(registry: &Registry, site: &Site, path: &str, query: &str) -> Option<Reply> {
+///
+/// Pages read the index (sled, and pread of its files): they are rendered
+/// on the blocking pool, so a slow read never stalls the runtime threads
+/// that serve every other request.
+pub async fn get(registry: &Arc<Registry>, site: &Site, path: &str, query: &str) -> Option<Reply> {
     let q = Query::parse(query);
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let parts: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(str::to_owned)
+        .collect();
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let result = match parts.as_slice() {
-        [""] => pages::overview(registry, &q),
+        [""] => off(registry, move |r| pages::overview(r, &q)).await,
         ["assets", "style.css"] => Ok(Reply::asset(
             "text/css; charset=utf-8",
             include_str!("assets/style.css"),
@@ -121,13 +133,31 @@ pub async fn get(registry: &Registry, site: &Site, path: &str, query: &str) -> O
             include_str!("assets/timeline.js"),
         )),
         ["login"] => Ok(pages::login(site, None)),
-        ["log"] => pages::log(registry, site),
-        ["env", env] => pages::environment(registry, env, &q),
-        ["env", env, "at"] => pages::at(registry, env, &q),
-        ["env", env, "at.json"] => pages::at_json(registry, env, &q),
-        ["env", env, "pins.json"] => pages::pins_json(registry, env, &q),
+        ["log"] => {
+            let site = site.clone();
+            off(registry, move |r| pages::log(r, &site)).await
+        }
+        ["env", env] => {
+            let env = (*env).to_owned();
+            off(registry, move |r| pages::environment(r, &env, &q)).await
+        }
+        ["env", env, "at"] => {
+            let env = (*env).to_owned();
+            off(registry, move |r| pages::at(r, &env, &q)).await
+        }
+        ["env", env, "at.json"] => {
+            let env = (*env).to_owned();
+            off(registry, move |r| pages::at_json(r, &env, &q)).await
+        }
+        ["env", env, "pins.json"] => {
+            let env = (*env).to_owned();
+            off(registry, move |r| pages::pins_json(r, &env, &q)).await
+        }
         ["env", env, "pin", seq] => pages::pin(registry, env, seq).await,
-        ["artifact", digest] => pages::artifact(registry, digest),
+        ["artifact", digest] => {
+            let digest = (*digest).to_owned();
+            off(registry, move |r| pages::artifact(r, &digest)).await
+        }
         ["artifact", digest, "json"] => pages::artifact_json(registry, digest).await,
         ["diff"] => pages::diff(registry, &q).await,
         _ => return None,
@@ -135,12 +165,21 @@ pub async fn get(registry: &Registry, site: &Site, path: &str, query: &str) -> O
     Some(result.unwrap_or_else(|e| {
         if path.ends_with(".json") {
             let mut r = Reply::json(&serde_json::json!({ "error": e.message() }));
-            r.status = status_of(e.kind());
+            r.status = crate::http_status::of(e.kind());
             r
         } else {
             pages::error(&e)
         }
     }))
+}
+
+/// `page` rendered on the blocking pool.
+pub(super) async fn off<T: Send + 'static>(
+    registry: &Arc<Registry>,
+    page: impl FnOnce(&Registry) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let registry = registry.clone();
+    crate::blocking::run(move || page(&registry)).await
 }
 
 /// The answer to `POST /login` with a form body `token=…`: the token is
@@ -161,7 +200,7 @@ pub fn login(site: &Site, auth: &crate::auth::Authorizer, form: &[u8]) -> Reply 
         }
         Err(e) => {
             let mut r = pages::login(site, Some(e.message()));
-            r.status = status_of(e.kind());
+            r.status = crate::http_status::of(e.kind());
             r
         }
     }
@@ -173,13 +212,8 @@ pub fn refused(site: &Site, e: &Error) -> Reply {
         Kind::Unauthenticated => pages::login(site, Some(e.message())),
         _ => pages::error(e),
     };
-    r.status = status_of(e.kind());
+    r.status = crate::http_status::of(e.kind());
     r
-}
-
-/// The HTTP status of an error kind: the listener's one mapping.
-pub fn status_of(kind: Kind) -> u16 {
-    crate::http::status(kind).as_u16()
 }
 
 /// A request's query string.

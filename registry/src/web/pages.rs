@@ -1,11 +1,14 @@
 //! The pages of the web view. Each reads the registry through the same
 //! calls as the gRPC handlers and renders HTML on the server.
 
+use hyper::StatusCode;
 use maud::{DOCTYPE, Markup, html};
 use serde_json::json;
 
 use super::diff::{self, Change};
-use super::{Query, Reply, Site};
+use std::sync::Arc;
+
+use super::{Query, Reply, Site, off};
 use crate::error::{Error, Result};
 use crate::ids::{EnvName, ReleaseId};
 use crate::merkle;
@@ -19,8 +22,12 @@ use stackpin_core::digest::Digest;
 const PAGE: usize = 50;
 /// Pins one timeline request returns at most.
 const TIMELINE_PAGE: usize = 500;
-/// Artifacts larger than this are not diffed or served here.
+/// Artifacts larger than this are not served here.
 const MAX_WEB_ARTIFACT: u64 = 16 << 20;
+/// Artifacts larger than this are not diffed (413): both are parsed whole,
+/// and a parsed document takes many times its bytes (see
+/// [`diff::parsed_bytes`]).
+pub(crate) const MAX_DIFF_ARTIFACT: u64 = 4 << 20;
 /// Changes a diff page lists at most.
 const MAX_CHANGES: usize = 2000;
 /// Pins of one artifact the artifact page lists at most.
@@ -60,16 +67,16 @@ fn layout(title: &str, body: &Markup) -> Markup {
 }
 
 fn page(title: &str, body: &Markup) -> Reply {
-    Reply::html(200, layout(title, body))
+    Reply::html(StatusCode::OK, layout(title, body))
 }
 
 /// A page saying what went wrong.
 pub fn error(e: &Error) -> Reply {
-    let status = super::status_of(e.kind());
+    let status = crate::http_status::of(e.kind());
     Reply::html(
         status,
         layout(
-            if status == 404 {
+            if status == StatusCode::NOT_FOUND {
                 "Not found"
             } else {
                 "Cannot show this"
@@ -531,17 +538,22 @@ async fn proof_status(registry: &Registry, index: u64) -> Result<Markup> {
 }
 
 /// `GET /env/<E>/pin/<seq>`.
-pub async fn pin(registry: &Registry, env: &str, seq: &str) -> Result<Reply> {
+pub async fn pin(registry: &Arc<Registry>, env: &str, seq: &str) -> Result<Reply> {
     let env = env_name(env)?;
     let seq: u64 = seq
         .parse()
         .map_err(|_| Error::invalid(format!("{seq:?} is not a pin number")))?;
-    let (p, prev, next) = pin_and_neighbours(registry, &env, seq)?;
+    let e = env.clone();
+    let (p, prev, next, key) = off(registry, move |r| {
+        let (p, prev, next) = pin_and_neighbours(r, &e, seq)?;
+        let key = r
+            .artifact(&ArtifactRef::Digest(p.entry.digest))
+            .map(|a| a.key_id.to_string())
+            .unwrap_or_default();
+        Ok((p, prev, next, key))
+    })
+    .await?;
     let proof = proof_status(registry, p.log_index).await?;
-    let key = registry
-        .artifact(&ArtifactRef::Digest(p.entry.digest))
-        .map(|a| a.key_id.to_string())
-        .unwrap_or_default();
     let body = html! {
         dl {
             dt { "Environment" } dd { a href={ "/env/" (env) } { (env) } }
@@ -627,19 +639,21 @@ pub fn artifact(registry: &Registry, text: &str) -> Result<Reply> {
     Ok(page(&format!("Artifact {}", a.release_id), &body))
 }
 
-async fn artifact_bytes(registry: &Registry, a: &ArtifactRecord) -> Result<Vec<u8>> {
+/// The bytes of `a`, counted in the byte budget until they are dropped
+/// (the answer sent, or its connection cut).
+async fn artifact_bytes(registry: &Registry, a: &ArtifactRecord) -> Result<bytes::Bytes> {
     use futures::TryStreamExt as _;
     if a.size > MAX_WEB_ARTIFACT {
         return Err(Error::new(
             crate::error::Kind::TooLarge,
             format!(
                 "{} is {} bytes, more than the web view shows ({MAX_WEB_ARTIFACT}); use \
-                 `stackpin get --release-id {}`",
+                 `stackpin fetch --release-id {} --out FILE`",
                 a.release_id, a.size, a.release_id
             ),
         ));
     }
-    let _room = registry
+    let room = registry
         .budget()
         .reserve(a.size, "a web view artifact")
         .await?;
@@ -648,15 +662,16 @@ async fn artifact_bytes(registry: &Registry, a: &ArtifactRecord) -> Result<Vec<u
     while let Some(chunk) = stream.try_next().await? {
         bytes.extend_from_slice(&chunk);
     }
-    Ok(bytes)
+    Ok(crate::budget::held(bytes, room))
 }
 
 /// `GET /artifact/<digest>/json`.
-pub async fn artifact_json(registry: &Registry, text: &str) -> Result<Reply> {
-    let a = artifact_record(registry, text)?;
+pub async fn artifact_json(registry: &Arc<Registry>, text: &str) -> Result<Reply> {
+    let text = text.to_owned();
+    let a = off(registry, move |r| artifact_record(r, &text)).await?;
     let bytes = artifact_bytes(registry, &a).await?;
     let mut r = Reply::json(&serde_json::Value::Null);
-    r.body = bytes::Bytes::from(bytes);
+    r.body = bytes;
     r.cache = "private, max-age=31536000, immutable";
     Ok(r)
 }
@@ -671,23 +686,64 @@ fn value_text(v: &serde_json::Value) -> String {
 }
 
 /// `GET /diff?from=D&to=D` (digests or release ids).
-pub async fn diff(registry: &Registry, q: &Query) -> Result<Reply> {
+pub async fn diff(registry: &Arc<Registry>, q: &Query) -> Result<Reply> {
     let (Some(from), Some(to)) = (q.get("from"), q.get("to")) else {
         return Err(Error::invalid(
             "from and to: the two artifacts to compare, by digest or release id",
         ));
     };
-    let (a, b) = (
-        artifact_record(registry, from)?,
-        artifact_record(registry, to)?,
+    let (from, to) = (from.to_owned(), to.to_owned());
+    let (a, b) = off(registry, move |r| {
+        Ok((artifact_record(r, &from)?, artifact_record(r, &to)?))
+    })
+    .await?;
+    for x in [&a, &b] {
+        if x.size > MAX_DIFF_ARTIFACT {
+            return Err(Error::new(
+                crate::error::Kind::TooLarge,
+                format!(
+                    "{} is {} bytes, more than the web view diffs ({MAX_DIFF_ARTIFACT}); fetch \
+                     both with `stackpin fetch` and compare them locally",
+                    x.release_id, x.size
+                ),
+            ));
+        }
+    }
+    let (bytes_a, bytes_b) = (
+        artifact_bytes(registry, &a).await?,
+        artifact_bytes(registry, &b).await?,
     );
-    let parse = |bytes: &[u8], a: &ArtifactRecord| {
-        serde_json::from_slice::<serde_json::Value>(bytes)
-            .map_err(|e| Error::internal(format!("{} does not parse as JSON: {e}", a.release_id)))
-    };
-    let va = parse(&artifact_bytes(registry, &a).await?, &a)?;
-    let vb = parse(&artifact_bytes(registry, &b).await?, &b)?;
-    let (changes, more) = diff::diff(&va, &vb, MAX_CHANGES);
+    // The parsed documents are held while the diff runs: counted in the
+    // budget, from what their bytes say they will take.
+    let need = diff::parsed_bytes(&bytes_a) + diff::parsed_bytes(&bytes_b);
+    let budget = registry.limits().max_inflight_bytes;
+    if need > budget / 4 {
+        return Err(Error::new(
+            crate::error::Kind::TooLarge,
+            format!(
+                "comparing {} and {} would take about {} MiB once parsed, more than a quarter \
+                 of the byte budget (max_inflight_bytes); fetch both with `stackpin fetch` and \
+                 compare them locally",
+                a.release_id,
+                b.release_id,
+                need >> 20
+            ),
+        ));
+    }
+    let room = registry.budget().reserve(need, "a diff").await?;
+    let (ra, rb) = (a.release_id.clone(), b.release_id.clone());
+    let (changes, more) = crate::blocking::run(move || {
+        let _room = room;
+        let parse = |bytes: &[u8], release: &ReleaseId| {
+            serde_json::from_slice::<serde_json::Value>(bytes)
+                .map_err(|e| Error::internal(format!("{release} does not parse as JSON: {e}")))
+        };
+        let va = parse(&bytes_a, &ra)?;
+        let vb = parse(&bytes_b, &rb)?;
+        drop((bytes_a, bytes_b));
+        Ok(diff::diff(&va, &vb, MAX_CHANGES))
+    })
+    .await?;
     let count = |f: fn(&Change) -> bool| changes.iter().filter(|c| f(c)).count();
     let body = html! {
         p { "From " a href=(artifact_href(&a.digest)) { (a.release_id) } " (" code { (short(&a.digest)) } ") to "
@@ -834,5 +890,5 @@ pub fn login(site: &Site, problem: Option<&str>) -> Reply {
             p { "The token is kept in a cookie for this site only (HttpOnly, SameSite=Strict)." }
         }
     };
-    Reply::html(200, layout("Sign in", &body))
+    Reply::html(StatusCode::OK, layout("Sign in", &body))
 }

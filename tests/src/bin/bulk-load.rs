@@ -13,11 +13,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use stackpin_core::digest::Digest;
+use stackpin_core::signing::{self, PublicKey, TrustedKeys};
+use stackpin_core::time::Timestamp;
 use stackpin_registry::Registry;
-use stackpin_registry::digest::Digest;
 use stackpin_registry::registry::{ArtifactRef, Limits, Options};
-use stackpin_registry::signing::{self, PublicKey, TrustedKeys};
-use stackpin_registry::time::Timestamp;
 
 fn usage() -> ! {
     eprintln!(
