@@ -701,3 +701,126 @@ fn with_no_key_known_answers_say_unverified_or_are_refused() {
         }
     }
 }
+
+#[test]
+fn a_fabricated_pin_answer_is_refused() {
+    let s = Setup::new();
+    let pin = |at: &str| {
+        s.cli(&[
+            "pin",
+            "--env",
+            "prod",
+            "--release-id",
+            "rel-2",
+            "--activated-at",
+            at,
+        ])
+    };
+    s.proxy.set(|h| {
+        h.pin = rewrite(|r: &mut pb::PinResponse| {
+            let p = r.pin.as_mut().unwrap();
+            p.release_id = FORGED_RELEASE.into();
+            p.digest = FORGED_DIGEST.into();
+        });
+    });
+    refused(&pin("2026-03-01T13:00:00Z"), "pin: summary rewritten");
+    s.proxy.set(|h| {
+        h.pin = rewrite(|r: &mut pb::PinResponse| {
+            r.pin.as_mut().unwrap().db_position = forged_lsn();
+            let e = r.entry.as_mut().unwrap();
+            e.entry = edited(
+                &e.entry,
+                "\"seq\":",
+                "\"db_position\":{\"postgres_lsn\":\"DE/ADBEEF\"},\"seq\":",
+            );
+        });
+    });
+    refused(&pin("2026-03-01T14:00:00Z"), "pin: entry edited to match");
+}
+
+#[test]
+#[ignore = "watch keeps no state: events under a signed checkpoint older than the one \
+            remembered are printed as verified, exit 0"]
+fn a_watch_stream_under_an_older_checkpoint_is_refused() {
+    let s = Setup::new();
+    let key = s.world.vkey.clone();
+    let watch = || {
+        s.cli(&[
+            "watch",
+            "--env",
+            "prod",
+            "--from",
+            "0",
+            "--count",
+            "3",
+            "--log-key",
+            &key,
+        ])
+    };
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let sink = kept.clone();
+    s.proxy.set(|h| {
+        h.watch_log = filter(move |e: pb::WatchEvent| {
+            sink.lock().unwrap().push(e.clone());
+            Some(e)
+        });
+    });
+    watch().ok();
+    let earlier: Vec<pb::WatchEvent> = kept.lock().unwrap().clone();
+    // A newer pin; the state folder remembers the newer checkpoint.
+    s.proxy.honest();
+    s.cli(&["pin", "--env", "prod", "--release-id", "rel-1"])
+        .ok();
+    s.proxy.set(|h| {
+        h.watch_log = filter(move |e: pb::WatchEvent| {
+            earlier
+                .iter()
+                .find(|old| old.index == e.index && !old.entry.is_empty())
+                .cloned()
+                .or(Some(e))
+        });
+    });
+    refused(&watch(), "a watch under an older checkpoint");
+}
+
+#[test]
+fn a_resolve_by_position_with_its_doubt_removed_is_refused() {
+    let s = Setup::new();
+    // Pin #4 records an LSN, pin #5 none: an LSN past #4's is uncertain.
+    s.cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--release-id",
+        "rel-1",
+        "--activated-at",
+        "2026-03-01T13:00:00Z",
+        "--db-lsn",
+        "0/100",
+    ])
+    .ok();
+    s.cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--release-id",
+        "rel-2",
+        "--activated-at",
+        "2026-03-01T14:00:00Z",
+    ])
+    .ok();
+    let by_lsn = ["resolve", "--env", "prod", "--db-lsn", "0/200"];
+    let honest = s.cli(&by_lsn);
+    assert!(honest.ok().contains("rel-1"), "{honest:#?}");
+    s.proxy
+        .set(|h| h.resolve = rewrite(|r: &mut pb::ResolveResponse| r.uncertain.clear()));
+    let run = s.cli(&by_lsn);
+    refused(&run, "uncertain removed");
+    assert!(run.stderr.contains("uncertain"), "{run:#?}");
+    s.proxy.set(|h| {
+        h.resolve = rewrite(|r: &mut pb::ResolveResponse| {
+            r.pin.as_mut().unwrap().db_position = forged_lsn();
+        });
+    });
+    refused(&s.cli(&by_lsn), "position rewritten");
+}
