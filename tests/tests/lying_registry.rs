@@ -824,3 +824,23 @@ fn a_resolve_by_position_with_its_doubt_removed_is_refused() {
     });
     refused(&s.cli(&by_lsn), "position rewritten");
 }
+
+#[test]
+#[ignore = "snapshot list and drill list use only --log-key or STACKPIN_LOG_VKEY, not the key \
+            remembered by `stackpin trust add`: their entries are shown unverified"]
+fn evidence_is_verified_with_the_remembered_key() {
+    let s = Setup::new();
+    record_evidence(&s, "s3://backups/prod/one");
+    s.cli_in("trusted-state", &["trust", "add", &s.world.vkey], &[])
+        .ok();
+    let resolved = s.cli_in(
+        "trusted-state",
+        &["resolve", "--env", "prod", "--at", AFTER_LAST],
+        &[],
+    );
+    assert!(!resolved.ok().contains("UNVERIFIED"), "{resolved:#?}");
+    for kind in ["snapshot", "drill"] {
+        let run = s.cli_in("trusted-state", &[kind, "list", "--env", "prod"], &[]);
+        assert!(!run.ok().contains("not verified"), "{kind}: {run:#?}");
+    }
+}
