@@ -8,6 +8,7 @@
 pub mod drill;
 pub mod faults;
 pub mod litestream;
+pub mod lying;
 pub mod remote;
 pub mod s3;
 pub mod tlog;
