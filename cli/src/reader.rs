@@ -251,25 +251,59 @@ impl Anchor {
     /// left out. Nothing is read when the anchor is unverified.
     ///
     /// # Errors
-    /// Verification failed when the entries do not lead to the
-    /// checkpoint's root; the registry's errors as they come.
+    /// As [`Self::scan`].
     pub async fn after(
         &self,
         client: &mut Client,
         first: &Proved,
         wanted: impl Fn(&PinEntry) -> bool,
     ) -> Outcome<Vec<(u64, PinEntry)>> {
+        let mut found = Vec::new();
+        if !self.verified {
+            return Ok(found);
+        }
+        self.scan(
+            client,
+            first,
+            "proving the entries after it",
+            |index, entry| {
+                if let Entry::Pin(p) = entry
+                    && wanted(&p)
+                {
+                    found.push((index, p));
+                }
+            },
+        )
+        .await?;
+        Ok(found)
+    }
+
+    /// Reads every entry after `first` up to the checkpoint's size, hands
+    /// each to `visit` in log order, and then checks the whole range
+    /// against the tree. What `visit` gathered may be believed only once
+    /// this returns `Ok`. Shows progress (as `what`) when the range is long.
+    ///
+    /// # Errors
+    /// Verification failed when the entries do not lead to the
+    /// checkpoint's root, or one does not parse; the registry's errors as
+    /// they come.
+    pub async fn scan(
+        &self,
+        client: &mut Client,
+        first: &Proved,
+        what: &str,
+        mut visit: impl FnMut(u64, Entry),
+    ) -> Outcome {
         let size = self.checkpoint.size;
         let start = first.raw.index + 1;
-        if !self.verified || start >= size {
-            return Ok(Vec::new());
+        if start >= size {
+            return Ok(());
         }
         let total = size - start;
-        let mut progress = (total >= PROGRESS_FROM)
-            .then(|| crate::progress::Progress::items("proving the entries after it", Some(total)));
+        let mut progress =
+            (total >= PROGRESS_FROM).then(|| crate::progress::Progress::items(what, Some(total)));
         let mut leaves = Vec::with_capacity(usize::try_from(total + 1).unwrap_or(0));
         leaves.push(first.leaf);
-        let mut found = Vec::new();
         let mut next = start;
         while next < size {
             let mut stream = client
@@ -290,13 +324,9 @@ impl Anchor {
                     )));
                 }
                 leaves.push(merkle::leaf_hash(&e.entry));
-                // Parsed for what it says; believed only once the whole
-                // range is proved below.
-                if let Ok(Entry::Pin(p)) = Entry::parse(e.index, &e.entry)
-                    && wanted(&p)
-                {
-                    found.push((e.index, p));
-                }
+                let entry = Entry::parse(e.index, &e.entry)
+                    .map_err(|err| Failure::verify(format!("log entry {}: {err}", e.index)))?;
+                visit(e.index, entry);
                 next += 1;
                 if let Some(p) = progress.as_mut() {
                     p.set(next - start);
@@ -325,8 +355,33 @@ impl Anchor {
                  signs: {e}",
                 first.raw.index
             ))
-        })?;
-        Ok(found)
+        })
+    }
+
+    /// Log entry `index`, fetched and proved in the checkpoint.
+    ///
+    /// # Errors
+    /// As [`Self::entry`]; the registry's errors as they come.
+    pub async fn fetch(&self, client: &mut Client, index: u64) -> Outcome<Proved> {
+        let entry = client
+            .get_entry(pb::GetEntryRequest { index })
+            .await?
+            .into_inner();
+        let proof = client
+            .get_inclusion_proof(pb::GetInclusionProofRequest {
+                index,
+                tree_size: self.checkpoint.size,
+            })
+            .await?
+            .into_inner();
+        self.entry(
+            &pb::ProvedEntry {
+                index,
+                entry: entry.entry,
+                proof: proof.hashes,
+            },
+            "entry",
+        )
     }
 }
 

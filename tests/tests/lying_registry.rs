@@ -526,9 +526,6 @@ fn fabricated_evidence_is_refused() {
 }
 
 #[test]
-#[ignore = "snapshot list and drill list do not compare the answer's checkpoint with the one \
-            remembered, nor prove that no newer entry was left out: a replayed older answer \
-            is printed as verified, exit 0"]
 fn an_older_evidence_list_is_refused() {
     let s = Setup::new();
     record_evidence(&s, "s3://backups/prod/one");
@@ -548,8 +545,6 @@ fn an_older_evidence_list_is_refused() {
 }
 
 #[test]
-#[ignore = "posture verifies nothing: a rewritten GetPosture answer is printed as fact, and \
-            clearing the findings turns OUT OF POLICY (exit 8) into \"in policy\" (exit 0)"]
 fn a_fabricated_posture_is_refused() {
     let s = Setup::new();
     s.proxy.set(|h| {
@@ -565,8 +560,6 @@ fn a_fabricated_posture_is_refused() {
 }
 
 #[test]
-#[ignore = "snapshot list, drill list and posture ignore --require-verified: exit 0 with no key \
-            known"]
 fn require_verified_refuses_evidence_and_posture_when_no_key_is_known() {
     let s = Setup::new();
     for args in [
@@ -644,8 +637,6 @@ fn a_watch_stream_that_rewrites_an_event_is_refused() {
 }
 
 #[test]
-#[ignore = "watch does not check that pins follow one another (seq, prev_pin): with pin #2 \
-            dropped it prints #1 then #3 as verified, exit 0"]
 fn a_watch_stream_that_skips_a_pin_is_refused() {
     let s = Setup::new();
     let key = s.world.vkey.clone();
@@ -739,8 +730,6 @@ fn a_fabricated_pin_answer_is_refused() {
 }
 
 #[test]
-#[ignore = "watch keeps no state: events under a signed checkpoint older than the one \
-            remembered are printed as verified, exit 0"]
 fn a_watch_stream_under_an_older_checkpoint_is_refused() {
     let s = Setup::new();
     let key = s.world.vkey.clone();
@@ -826,8 +815,6 @@ fn a_resolve_by_position_with_its_doubt_removed_is_refused() {
 }
 
 #[test]
-#[ignore = "snapshot list and drill list use only --log-key or STACKPIN_LOG_VKEY, not the key \
-            remembered by `stackpin trust add`: their entries are shown unverified"]
 fn evidence_is_verified_with_the_remembered_key() {
     let s = Setup::new();
     record_evidence(&s, "s3://backups/prod/one");

@@ -109,7 +109,7 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::SnapshotTag(a) => snapshot::snapshot_tag(a, server, state, format).await,
         Command::Snapshot(c) => snapshot::snapshot(c, server, state, format).await,
         Command::Drill(c) => drill::drill(c, server, state, format).await,
-        Command::Posture(a) => posture::posture(a, server, format).await,
+        Command::Posture(a) => posture::posture(a, server, state, format).await,
         Command::Checkpoint(a) => verify::checkpoint(a, server, state, format).await,
         Command::Verify(a) => verify::verify(a, format),
         Command::Audit(a) => verify::audit(a, server, state, format).await,

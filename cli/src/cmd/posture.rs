@@ -1,5 +1,14 @@
 //! `stackpin posture`: each environment's backups and drills against its
 //! recovery targets (RPO, RTO, drill interval).
+//!
+//! The registry computes a report from its index; with a log key known the
+//! CLI computes the same report again from the whole log, read and proved
+//! against the checkpoint (every entry, so no pin, snapshot, drill or
+//! environment can be left out), with the rule both share
+//! (`stackpin_core::posture::gather` and `evaluate`). A figure of the
+//! registry's report that differs is exit 5 naming it. The targets
+//! themselves (class, RPO, RTO, drill interval) are the registry's
+//! settings, not log facts, and are taken from its report.
 
 use std::time::Duration;
 
@@ -9,7 +18,13 @@ use stackpin_core::posture::human;
 use stackpin_core::time::Timestamp;
 use stackpin_proto::v1 as pb;
 
+use std::collections::BTreeMap;
+
+use stackpin_core::entry::Entry;
+use stackpin_core::posture::{Class, DrillFact, SnapshotFact, Targets, evaluate, gather};
+
 use crate::exit::{Failure, Outcome};
+use crate::reader::Reader;
 use crate::view::{Format, wire_time};
 
 #[derive(clap::Args)]
@@ -21,12 +36,16 @@ pub struct PostureArgs {
     /// and the snapshots and drills recorded by then count.
     #[arg(long, value_parser = crate::parse::<Timestamp>)]
     at: Option<Timestamp>,
+    /// The log's key or policy: the report is computed again from the
+    /// whole log, proved, and compared.
+    #[command(flatten)]
+    log_key: crate::trust::LogKey,
 }
 
 #[derive(Serialize)]
 struct PostureView {
-    /// Always false: the figures are the registry's report, computed from
-    /// its index; the CLI does not prove them (README: What the CLI proves).
+    /// Whether the figures were computed again from the proved log and
+    /// found equal (a log key was known).
     verified: bool,
     at: String,
     in_policy: bool,
@@ -66,20 +85,36 @@ fn age_against(age: Option<u64>, target: Option<u64>) -> String {
 pub async fn posture(
     args: &PostureArgs,
     server: &crate::client::Connection,
+    state: Option<&std::path::Path>,
     format: Format,
 ) -> Outcome {
+    let reader = Reader::new(&args.log_key, server, state, None)?;
     let mut client = crate::client::connect(server).await?;
-    let report = client
-        .get_posture(pb::GetPostureRequest {
-            env: args
-                .env
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            at: args.at.map(wire_time),
-        })
-        .await?
-        .into_inner();
+    let verified = reader.verifies();
+    // A report and the log read after it may differ by what was committed
+    // in between: a disagreement is asked about again, twice.
+    let mut attempt = 0;
+    let report = loop {
+        let report = client
+            .get_posture(pb::GetPostureRequest {
+                env: args
+                    .env
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                at: args.at.map(wire_time),
+            })
+            .await?
+            .into_inner();
+        if !verified {
+            break report;
+        }
+        match check_report(&reader, &mut client, args, &report).await? {
+            None => break report,
+            Some(_) if attempt < 2 => attempt += 1,
+            Some(why) => return Err(Failure::verify(why)),
+        }
+    };
     let environments: Vec<EnvView> = report
         .environments
         .into_iter()
@@ -102,7 +137,7 @@ pub async fn posture(
         })
         .collect();
     let view = PostureView {
-        verified: false,
+        verified,
         at: crate::view::time(report.at.as_ref()),
         in_policy: environments.iter().all(|e| e.in_policy),
         environments,
@@ -174,10 +209,14 @@ pub async fn posture(
                 text.push_str(&format!("  ! {f}\n"));
             }
         }
-        text.push_str(
-            "UNVERIFIED the figures above are the registry's own report, not proved by this CLI \
-             (`stackpin snapshot list` and `drill list` prove the entries they rest on)\n",
-        );
+        if view.verified {
+            text.push_str(
+                "proved     every figure computed again from the whole log, proved against its \
+                 checkpoint (targets are the registry's settings)\n",
+            );
+        } else {
+            text.push_str(&reader.unverified_line());
+        }
         text
     });
     if view.in_policy {
@@ -194,4 +233,174 @@ pub async fn posture(
             anyhow::anyhow!("out of policy: {}", out.join(", ")),
         ))
     }
+}
+
+/// What the log says of one environment, gathered while reading it.
+#[derive(Default)]
+struct Gathered {
+    /// Activation instant and whether a position was recorded, per pin in
+    /// sequence order.
+    pins: Vec<(Timestamp, bool)>,
+    snapshots: Vec<SnapshotFact>,
+    /// In log order (reversed for [`gather`], which takes newest first).
+    drills: Vec<DrillFact>,
+}
+
+impl Gathered {
+    fn add(all: &mut BTreeMap<EnvName, Gathered>, index: u64, entry: Entry) {
+        match entry {
+            Entry::Pin(p) => all
+                .entry(p.env)
+                .or_default()
+                .pins
+                .push((p.activated_at, p.db_position.is_some())),
+            Entry::Snapshot(s) => all.entry(s.env).or_default().snapshots.push(SnapshotFact {
+                seq: s.live.seq,
+                db_time: s.db_time,
+                recorded_at: s.recorded_at,
+                index,
+            }),
+            Entry::Drill(d) => all.entry(d.env).or_default().drills.push(DrillFact {
+                recorded_at: d.recorded_at,
+                passed: d.passed,
+                index,
+                rto_millis: d.rto_millis,
+            }),
+            Entry::Publish(_) | Entry::Key(_) => {}
+        }
+    }
+}
+
+/// Computes the report again from the whole log, proved, and compares it
+/// with the registry's, field by field: `Some(why)` when they differ.
+async fn check_report(
+    reader: &Reader,
+    client: &mut crate::client::Client,
+    args: &PostureArgs,
+    report: &pb::GetPostureResponse,
+) -> Outcome<Option<String>> {
+    let note = client
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner()
+        .note;
+    let anchor = reader.anchor(client, &note).await?;
+    let mut all: BTreeMap<EnvName, Gathered> = BTreeMap::new();
+    if anchor.checkpoint.size > 0 {
+        let first = anchor.fetch(client, 0).await?;
+        Gathered::add(&mut all, 0, first.entry.clone());
+        anchor
+            .scan(client, &first, "proving the log", |index, entry| {
+                Gathered::add(&mut all, index, entry);
+            })
+            .await?;
+    }
+    let at = report
+        .at
+        .as_ref()
+        .and_then(|t| Timestamp::from_parts(t.seconds, t.nanos).ok())
+        .ok_or_else(|| Failure::verify("the posture report carries no instant"))?;
+    if let Some(asked) = args.at
+        && asked != at
+    {
+        return Err(Failure::verify(format!(
+            "asked for the posture at {asked}, the report is at {at}"
+        )));
+    }
+    let counted = |g: &Gathered| {
+        let live: Vec<_> = g
+            .pins
+            .iter()
+            .filter(|(t, _)| args.at.is_none_or(|a| *t <= a))
+            .collect();
+        (
+            live.len() as u64,
+            live.iter().filter(|(_, p)| *p).count() as u64,
+        )
+    };
+    // Which environments the report must hold.
+    let expected: Vec<&EnvName> = match &args.env {
+        Some(e) => vec![e],
+        None => all
+            .iter()
+            .filter(|(_, g)| counted(g).0 > 0)
+            .map(|(e, _)| e)
+            .collect(),
+    };
+    let named: Vec<&str> = report.environments.iter().map(|e| e.env.as_str()).collect();
+    if named != expected.iter().map(|e| e.as_str()).collect::<Vec<_>>() {
+        return Ok(Some(format!(
+            "the report covers {named:?}, but the log has pins in {:?}",
+            expected.iter().map(|e| e.as_str()).collect::<Vec<_>>()
+        )));
+    }
+    let empty = Gathered::default();
+    for (e, env) in report.environments.iter().zip(expected) {
+        let g = all.get(env).unwrap_or(&empty);
+        let (pins, positioned) = counted(g);
+        let evidence = gather(
+            pins,
+            positioned,
+            g.snapshots.iter().copied(),
+            g.drills.iter().rev().copied(),
+            args.at,
+        );
+        let class = e
+            .class
+            .parse::<Class>()
+            .map_err(|err| Failure::verify(format!("the report's class of {}: {err}", e.env)))?;
+        let targets = Targets {
+            class,
+            rpo: e.rpo_secs.map(Duration::from_secs),
+            rto: e.rto_secs.map(Duration::from_secs),
+            drill_interval: e.drill_interval_secs.map(Duration::from_secs),
+        };
+        let p = evaluate(env, &evidence, targets, at);
+        let findings: Vec<&str> = p.findings.iter().map(|f| f.message.as_str()).collect();
+        let reported: Vec<&str> = e.findings.iter().map(|f| f.message.as_str()).collect();
+        let differs = [
+            ("pins", e.pins != p.pins),
+            (
+                "pins_with_position",
+                e.pins_with_position != p.pins_with_position,
+            ),
+            (
+                "snapshot_age_secs",
+                e.snapshot_age_secs != p.snapshot_age_secs,
+            ),
+            (
+                "newest_snapshot_index",
+                e.newest_snapshot_index != p.newest_snapshot_index,
+            ),
+            ("drill_age_secs", e.drill_age_secs != p.drill_age_secs),
+            (
+                "newest_passing_drill_index",
+                e.newest_passing_drill_index != p.newest_passing_drill_index,
+            ),
+            (
+                "measured_rto_millis",
+                e.measured_rto_millis != p.measured_rto_millis,
+            ),
+            (
+                "last_drill_failed",
+                e.last_drill_failed != p.last_drill_failed,
+            ),
+            (
+                "pins_without_snapshot",
+                e.pins_without_snapshot != p.pins_without_snapshot,
+            ),
+            (
+                "pins_without_snapshot_count",
+                e.pins_without_snapshot_count != p.pins_without_snapshot_count,
+            ),
+            ("findings", reported != findings),
+        ];
+        if let Some((field, _)) = differs.iter().find(|(_, d)| *d) {
+            return Ok(Some(format!(
+                "the report's `{field}` for {} disagrees with the proved log",
+                e.env
+            )));
+        }
+    }
+    Ok(None)
 }

@@ -171,6 +171,75 @@ pub struct Evidence {
     pub pins_without_snapshot: Vec<u64>,
 }
 
+/// A snapshot as the posture counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotFact {
+    /// The sequence number of the pin live at its instant.
+    pub seq: u64,
+    /// The instant it restores to.
+    pub db_time: Timestamp,
+    /// When it was recorded.
+    pub recorded_at: Timestamp,
+    /// Its log index.
+    pub index: u64,
+}
+
+/// A drill as the posture counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrillFact {
+    pub recorded_at: Timestamp,
+    pub passed: bool,
+    /// Its log index.
+    pub index: u64,
+    pub rto_millis: Option<u64>,
+}
+
+/// Gathers an environment's evidence as of `as_of` (none: everything):
+/// `pins` and `positioned` are its pins activated by then and how many of
+/// them record a position; `snapshots` in log order, `drills` newest first.
+/// Snapshots and drills recorded after `as_of` do not count. The one
+/// derivation, for the registry's index and for the CLI over proved
+/// entries alike.
+pub fn gather(
+    pins: u64,
+    positioned: u64,
+    snapshots: impl IntoIterator<Item = SnapshotFact>,
+    drills: impl IntoIterator<Item = DrillFact>,
+    as_of: Option<Timestamp>,
+) -> Evidence {
+    let counts = |t: Timestamp| as_of.is_none_or(|a| t <= a);
+    let mut covered = std::collections::HashSet::new();
+    let mut newest_snapshot: Option<(Timestamp, u64)> = None;
+    for s in snapshots.into_iter().filter(|s| counts(s.recorded_at)) {
+        covered.insert(s.seq);
+        newest_snapshot = match newest_snapshot {
+            Some((t, i)) if t > s.db_time => Some((t, i)),
+            _ => Some((s.db_time, s.index)),
+        };
+    }
+    let mut newest_drill = None;
+    let mut newest_passing_drill = None;
+    for d in drills.into_iter().filter(|d| counts(d.recorded_at)) {
+        newest_drill.get_or_insert((d.recorded_at, d.passed));
+        if d.passed {
+            newest_passing_drill = Some((
+                d.recorded_at,
+                d.index,
+                d.rto_millis.map(Duration::from_millis),
+            ));
+            break;
+        }
+    }
+    Evidence {
+        pins,
+        positioned,
+        newest_snapshot,
+        newest_passing_drill,
+        newest_drill,
+        pins_without_snapshot: (1..=pins).filter(|s| !covered.contains(s)).collect(),
+    }
+}
+
 /// One target an environment misses.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {

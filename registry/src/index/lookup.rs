@@ -505,44 +505,37 @@ impl Index {
             }
             n
         };
-        let mut covered = std::collections::HashSet::new();
-        let mut newest_snapshot = None;
-        for item in self.tree.scan_prefix(env_prefix("s", env)) {
-            let row = SnapshotRow::decode(&item?.1)?;
-            if as_of.is_some_and(|t| row.recorded_at > t) {
-                continue;
-            }
-            covered.insert(row.seq);
-            newest_snapshot = match newest_snapshot {
-                Some((t, i)) if t > row.db_time => Some((t, i)),
-                _ => Some((row.db_time, row.at.index)),
-            };
-        }
-        let mut newest_drill = None;
-        let mut newest_passing_drill = None;
+        let snapshots = self
+            .tree
+            .scan_prefix(env_prefix("s", env))
+            .map(|item| {
+                let row = SnapshotRow::decode(&item?.1)?;
+                Ok(stackpin_core::posture::SnapshotFact {
+                    seq: row.seq,
+                    db_time: row.db_time,
+                    recorded_at: row.recorded_at,
+                    index: row.at.index,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Newest first; only as far as the first passing drill counted.
+        let mut drills = Vec::new();
         for item in self.tree.scan_prefix(env_prefix("v", env)).rev() {
             let row = DrillRow::decode(&item?.1)?;
-            if as_of.is_some_and(|t| row.recorded_at > t) {
-                continue;
-            }
-            newest_drill.get_or_insert((row.recorded_at, row.passed));
-            if row.passed {
-                newest_passing_drill = Some((
-                    row.recorded_at,
-                    row.at.index,
-                    row.rto_millis.map(std::time::Duration::from_millis),
-                ));
+            let counted = as_of.is_none_or(|t| row.recorded_at <= t);
+            drills.push(stackpin_core::posture::DrillFact {
+                recorded_at: row.recorded_at,
+                passed: row.passed,
+                index: row.at.index,
+                rto_millis: row.rto_millis,
+            });
+            if counted && row.passed {
                 break;
             }
         }
-        Ok(Evidence {
-            pins,
-            positioned,
-            newest_snapshot,
-            newest_passing_drill,
-            newest_drill,
-            pins_without_snapshot: (1..=pins).filter(|s| !covered.contains(s)).collect(),
-        })
+        Ok(stackpin_core::posture::gather(
+            pins, positioned, snapshots, drills, as_of,
+        ))
     }
 
     /// The sequence number of the pin of `env` with the greatest recorded
