@@ -410,20 +410,11 @@ pub fn check_pin(field: &str, wire: Option<&pb::Pin>, proved: Option<&Proved>) -
     };
     let pin = proved.pin(field)?;
     let wire_time = |t: Option<&prost_types::Timestamp>| {
-        t.and_then(|t| stackpin_core::time::Timestamp::from_parts(t.seconds, t.nanos).ok())
+        t.and_then(|t| stackpin_proto::convert::instant(t).ok())
     };
-    let wire_position = wire
-        .db_position
-        .as_ref()
-        .and_then(|d| d.position.as_ref())
-        .map(|p| {
-            use pb::db_position::Position;
-            match p {
-                Position::PostgresLsn(l) => format!("LSN {l}"),
-                Position::RestorePoint(n) => format!("restore point {n}"),
-                Position::LitestreamTxid(t) => format!("Litestream TXID {t}"),
-            }
-        });
+    let wire_position = stackpin_proto::convert::position(wire.db_position.as_ref())
+        .ok()
+        .flatten();
     let differs = [
         ("env", wire.env != pin.env.as_str()),
         ("seq", wire.seq != pin.seq),
@@ -435,10 +426,7 @@ pub fn check_pin(field: &str, wire: Option<&pb::Pin>, proved: Option<&Proved>) -
         ),
         ("log_index", wire.log_index != proved.index()),
         ("entry_hash", wire.entry_hash != proved.leaf.hex()),
-        (
-            "db_position",
-            wire_position != pin.db_position.as_ref().map(ToString::to_string),
-        ),
+        ("db_position", wire_position != pin.db_position),
     ];
     match differs.iter().find(|(_, d)| *d) {
         None => Ok(()),

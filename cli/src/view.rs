@@ -3,7 +3,6 @@
 
 use serde::Serialize;
 use stackpin_core::entry::PinEntry;
-use stackpin_core::time::Timestamp;
 use stackpin_proto::v1 as pb;
 
 /// How results are printed.
@@ -51,16 +50,13 @@ pub fn stdout_bytes(bytes: &[u8]) {
 
 /// RFC 3339 text of a wire timestamp ("" when unset or invalid).
 pub fn time(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(|t| Timestamp::from_parts(t.seconds, t.nanos).ok())
+    t.and_then(|t| stackpin_proto::convert::instant(t).ok())
         .map(|t| t.to_string())
         .unwrap_or_default()
 }
 
 /// A wire timestamp from a domain one.
-pub fn wire_time(t: Timestamp) -> prost_types::Timestamp {
-    let (seconds, nanos) = t.to_parts();
-    prost_types::Timestamp { seconds, nanos }
-}
+pub use stackpin_proto::convert::timestamp as wire_time;
 
 #[derive(Serialize)]
 pub struct ArtifactView {

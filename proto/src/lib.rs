@@ -4,6 +4,7 @@
 //! rest of the registry works on domain types.
 
 pub mod codec;
+pub mod convert;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {

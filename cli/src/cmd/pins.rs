@@ -81,16 +81,7 @@ impl PositionArgs {
 }
 
 /// The wire form of a position.
-pub fn wire_position(p: &DbPosition) -> pb::DbPosition {
-    use pb::db_position::Position;
-    pb::DbPosition {
-        position: Some(match p {
-            DbPosition::PostgresLsn { lsn } => Position::PostgresLsn(lsn.clone()),
-            DbPosition::RestorePoint { name } => Position::RestorePoint(name.clone()),
-            DbPosition::LitestreamTxid { txid } => Position::LitestreamTxid(txid.clone()),
-        }),
-    }
-}
+pub use stackpin_proto::convert::db_position as wire_position;
 
 pub async fn pin(
     args: &PinArgs,

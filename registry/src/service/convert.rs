@@ -18,15 +18,11 @@ use crate::timeline::{Boundary, Resolution};
 /// Largest margin a resolve may ask for.
 const MAX_MARGIN: Duration = Duration::from_secs(24 * 3600);
 
-pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
-    let (seconds, nanos) = t.to_parts();
-    prost_types::Timestamp { seconds, nanos }
-}
+pub use stackpin_proto::convert::timestamp;
 
 pub fn optional_time(field: &str, t: Option<prost_types::Timestamp>) -> Result<Option<Timestamp>> {
     t.map(|t| {
-        Timestamp::from_parts(t.seconds, t.nanos)
-            .map_err(|e| Error::invalid(format!("{field}: {e}")))
+        stackpin_proto::convert::instant(&t).map_err(|e| Error::invalid(format!("{field}: {e}")))
     })
     .transpose()
 }
@@ -56,26 +52,10 @@ fn duration_micros(micros: i64) -> prost_types::Duration {
 }
 
 pub fn db_position(p: Option<pb::DbPosition>) -> Result<Option<DbPosition>> {
-    use pb::db_position::Position;
-    let position = match p.and_then(|p| p.position) {
-        None => return Ok(None),
-        Some(Position::PostgresLsn(l)) => DbPosition::lsn(&l),
-        Some(Position::RestorePoint(n)) => DbPosition::restore_point(&n),
-        Some(Position::LitestreamTxid(t)) => DbPosition::txid(&t),
-    };
-    Ok(Some(position?))
+    Ok(stackpin_proto::convert::position(p.as_ref())?)
 }
 
-fn db_position_out(p: &DbPosition) -> pb::DbPosition {
-    use pb::db_position::Position;
-    pb::DbPosition {
-        position: Some(match p {
-            DbPosition::PostgresLsn { lsn } => Position::PostgresLsn(lsn.clone()),
-            DbPosition::RestorePoint { name } => Position::RestorePoint(name.clone()),
-            DbPosition::LitestreamTxid { txid } => Position::LitestreamTxid(txid.clone()),
-        }),
-    }
-}
+use stackpin_proto::convert::db_position as db_position_out;
 
 pub fn artifact_ref(r: Option<pb::ArtifactRef>) -> Result<ArtifactRef> {
     match r.and_then(|r| r.r#ref) {
