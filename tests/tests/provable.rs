@@ -330,3 +330,49 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Every checkpoint that leaves the registry is stored first: the one an
+/// answer carries is already in the log's checkpoint history when the
+/// answer arrives, so a crash cannot make the registry sign another root
+/// for a size a client has seen.
+#[test]
+fn every_checkpoint_served_is_already_stored() {
+    let w = World::new(&[]);
+    w.three_releases();
+    for i in 0..5 {
+        // A write, then at once the answers that carry checkpoints.
+        w.cli(&[
+            "pin",
+            "--env",
+            "prod",
+            "--release-id",
+            "rel-2",
+            "--reason",
+            &format!("again {i}"),
+        ])
+        .ok();
+        let resolved = w
+            .cli(&[
+                "--output",
+                "json",
+                "resolve",
+                "--env",
+                "prod",
+                "--at",
+                "2030-01-01T00:00:00Z",
+            ])
+            .json();
+        let checkpoint = w.cli(&["--output", "json", "checkpoint"]).json();
+        for size in [&resolved["checkpoint_size"], &checkpoint["size"]] {
+            let size = size.as_u64().expect("a checkpoint size");
+            let stored = w
+                .data()
+                .join(stackpin_core::layout::checkpoint_history_key(size));
+            assert!(
+                stored.is_file(),
+                "a checkpoint of size {size} was served before {} was stored",
+                stored.display()
+            );
+        }
+    }
+}
