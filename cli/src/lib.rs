@@ -87,8 +87,9 @@ struct Cli {
     /// Output for people (text) or scripts (json).
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     output: Format,
-    /// Where the last verified checkpoint of each log is kept (default:
-    /// $XDG_CONFIG_HOME/stackpin or ~/.config/stackpin).
+    /// Where the last verified checkpoint of each log, and the log key of
+    /// each server, are kept (default: $XDG_CONFIG_HOME/stackpin or
+    /// ~/.config/stackpin).
     #[arg(long, global = true, env = "STACKPIN_STATE_DIR")]
     state_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]

@@ -128,6 +128,13 @@ pub async fn history(
         if !view.next_page_token.is_empty() {
             out.push_str(&format!("more: --page-token {}\n", view.next_page_token));
         }
+        if anchor.verified {
+            out.push_str(&format!(
+                "proved in the checkpoint of size {}: every pin, each following the next{}\n",
+                anchor.checkpoint.size,
+                if head { ", nothing newer left out" } else { "" }
+            ));
+        }
         out.push_str(&reader.unverified_line());
         out
     });
@@ -275,6 +282,12 @@ pub async fn status(
         }
         if !view.next_page_token.is_empty() {
             out.push_str(&format!("more: --page-token {}\n", view.next_page_token));
+        }
+        if anchor.verified {
+            out.push_str(&format!(
+                "proved in the checkpoint of size {}: every pin, and nothing newer left out\n",
+                anchor.checkpoint.size
+            ));
         }
         out.push_str(&reader.unverified_line());
         out

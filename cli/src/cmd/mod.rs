@@ -81,7 +81,8 @@ pub enum Command {
     /// Manage trusted publisher keys (each change is a log entry).
     #[command(subcommand)]
     Key(keys::Command),
-    /// What is remembered of the logs met so far: list, or forget one.
+    /// What is remembered of the logs met so far, and each server's log key:
+    /// list, add a server's key, or forget a log.
     #[command(subcommand)]
     Trust(trust::Command),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
