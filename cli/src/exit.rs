@@ -104,7 +104,8 @@ pub fn code_of(status: &Status) -> u8 {
         Code::NotFound => NOT_FOUND,
         Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => CONFLICT,
         Code::DataLoss => VERIFY,
-        Code::Unavailable | Code::DeadlineExceeded => UNAVAILABLE,
+        // CANCELLED is how the client reports its own deadline passing.
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => UNAVAILABLE,
         Code::Unauthenticated | Code::PermissionDenied => AUTH,
         _ => FAILURE,
     }

@@ -130,11 +130,13 @@ impl Reader {
                 fresh: Freshness::default(),
             });
         };
-        let cp = crate::trust::accept_checkpoint(client, note, key, self.state.as_deref()).await?;
+        // The quorum and the age first: a checkpoint that lacks them is
+        // never remembered.
         if let Some(policy) = &self.policy {
             policy.check_quorum(note).map_err(Failure::verify)?;
         }
         let fresh = crate::trust::freshness(self.policy.as_ref(), note, self.max_age)?;
+        let cp = crate::trust::accept_checkpoint(client, note, key, self.state.as_deref()).await?;
         if self.source == Some(KeySource::Given)
             && let Some(dir) = &self.state
             && crate::trust::server_key(dir, &self.server)?.is_none()

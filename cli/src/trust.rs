@@ -540,7 +540,12 @@ pub fn server_key(dir: &Path, url: &str) -> Outcome<Option<NoteVerifier>> {
     let Some(text) = read_saved(&path)? else {
         return Ok(None);
     };
-    let vkey = text.lines().nth(1).unwrap_or_default();
+    let mut lines = text.lines();
+    if lines.next() != Some(url.trim_end_matches('/')) {
+        // Another URL whose file name is the same: not this server's key.
+        return Ok(None);
+    }
+    let vkey = lines.next().unwrap_or_default();
     NoteVerifier::parse(vkey).map(Some).map_err(|e| {
         Failure::verify(format!(
             "the log key remembered for {url} in {} is damaged: {e}",

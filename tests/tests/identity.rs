@@ -138,14 +138,19 @@ fn the_server_and_the_cli_read_their_keys_from_different_variables() {
     // A shell that exported the verifier key for the CLI (the old name)
     // still starts the server: the server leaves a vkey alone.
     let server = Server::start_with_env(&data, &[], &[("STACKPIN_LOG_KEY", vkey.clone())]);
+    // Each run with a state folder of its own: a key verified once is
+    // remembered for the server, and the last run must know none.
+    let runs = std::cell::Cell::new(0);
     let run = |env: &[(&str, &str)]| {
+        runs.set(runs.get() + 1);
+        let state = format!("state-{}", runs.get());
         let out = Command::new(stackpin_tests::bin("stackpin"))
             .current_dir(dir)
             .env("STACKPIN_SERVER", server.url())
             .env_remove("STACKPIN_LOG_KEY")
             .env_remove("STACKPIN_LOG_VKEY")
             .envs(env.iter().copied())
-            .args(["--state-dir", "state", "checkpoint"])
+            .args(["--state-dir", &state, "checkpoint"])
             .output()
             .unwrap();
         (

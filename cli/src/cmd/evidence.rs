@@ -122,7 +122,16 @@ where
         .ok_or_else(|| Failure::verify("the registry answered without the entry"))?;
     let mut client = client;
     let anchor = reader.anchor(&mut client, &recorded.checkpoint).await?;
-    open(&anchor, &proved)
+    let shown = open(&anchor, &proved)?;
+    // The entry this request wrote (or, retried, wrote before): not an
+    // older one that happens to look alike.
+    if shown.entry.request_id() != Some(id.as_str()) {
+        return Err(Failure::verify(format!(
+            "log entry {} is not the one this request recorded (its request id differs)",
+            shown.index
+        )));
+    }
+    Ok(shown)
 }
 
 /// Records a snapshot; the entry the registry wrote, opened.

@@ -79,7 +79,9 @@ pub async fn history(
         // Newest first, with nothing between: each pin links to the next.
         if let Some(older) = proved.get(i + 1) {
             let o = older.pin("pins")?;
-            if o.seq + 1 != pin.seq || pin.prev_pin.as_deref() != Some(older.leaf.hex().as_str()) {
+            if o.seq.checked_add(1) != Some(pin.seq)
+                || pin.prev_pin.as_deref() != Some(older.leaf.hex().as_str())
+            {
                 return Err(Failure::verify(format!(
                     "pin #{} of {} does not follow pin #{} in the answer: pins were left out or \
                      reordered",
@@ -88,8 +90,20 @@ pub async fn history(
             }
         }
     }
-    // The first page of the newest pins: none newer was left out.
     let head = args.before.is_none() && args.page_token.is_empty() && filter.is_empty();
+    // The whole history in one page ends at pin #1: none older was cut off.
+    let whole = head && args.since.is_none() && response.next_page_token.is_empty();
+    if whole
+        && let Some(oldest) = proved.last()
+        && oldest.pin("pins")?.seq != 1
+    {
+        return Err(Failure::verify(format!(
+            "the answer ends at pin #{} of {} with no page to follow: older pins were left out",
+            oldest.pin("pins")?.seq,
+            args.env
+        )));
+    }
+    // The first page of the newest pins: none newer was left out.
     if head
         && let Some(newest) = proved.first()
         && let Some((index, later)) = anchor
@@ -128,7 +142,7 @@ pub async fn history(
         if !view.next_page_token.is_empty() {
             out.push_str(&format!("more: --page-token {}\n", view.next_page_token));
         }
-        if anchor.verified {
+        if anchor.verified && !view.pins.is_empty() {
             out.push_str(&format!(
                 "proved in the checkpoint of size {}: every pin, each following the next{}\n",
                 anchor.checkpoint.size,

@@ -106,10 +106,11 @@ pub async fn posture(
             })
             .await?
             .into_inner();
+        let received = Timestamp::now();
         if !verified {
             break report;
         }
-        match check_report(&reader, &mut client, args, &report).await? {
+        match check_report(&reader, &mut client, args, &report, received).await? {
             None => break report,
             Some(_) if attempt < 2 => attempt += 1,
             Some(why) => return Err(Failure::verify(why)),
@@ -235,6 +236,11 @@ pub async fn posture(
     }
 }
 
+/// How far the instant a report is judged at may lie from this machine's
+/// clock when it arrives: the allowed clock skew and time for the answer.
+const REPORT_CLOCK_SLACK: Duration =
+    Duration::from_secs(stackpin_core::defaults::CLOCK_SKEW.as_secs() + 30);
+
 /// What the log says of one environment, gathered while reading it.
 #[derive(Default)]
 struct Gathered {
@@ -278,6 +284,7 @@ async fn check_report(
     client: &mut crate::client::Client,
     args: &PostureArgs,
     report: &pb::GetPostureResponse,
+    received: Timestamp,
 ) -> Outcome<Option<String>> {
     let note = client
         .get_checkpoint(pb::GetCheckpointRequest {})
@@ -300,12 +307,24 @@ async fn check_report(
         .as_ref()
         .and_then(|t| Timestamp::from_parts(t.seconds, t.nanos).ok())
         .ok_or_else(|| Failure::verify("the posture report carries no instant"))?;
-    if let Some(asked) = args.at
-        && asked != at
-    {
-        return Err(Failure::verify(format!(
-            "asked for the posture at {asked}, the report is at {at}"
-        )));
+    match args.at {
+        Some(asked) if asked != at => {
+            return Err(Failure::verify(format!(
+                "asked for the posture at {asked}, the report is at {at}"
+            )));
+        }
+        // Judged "now": by the registry's clock, which may differ from
+        // this machine's by the allowed skew (and the answer's travel);
+        // an instant chosen to make old backups look new is refused.
+        None if (received.as_micros() - at.as_micros()).abs()
+            > stackpin_core::live::micros(REPORT_CLOCK_SLACK) =>
+        {
+            return Err(Failure::verify(format!(
+                "the report judges as of {at}, but it is {received} here: more than {}s apart",
+                REPORT_CLOCK_SLACK.as_secs()
+            )));
+        }
+        _ => {}
     }
     let counted = |g: &Gathered| {
         let live: Vec<_> = g

@@ -32,8 +32,9 @@ pub struct ResolveArgs {
     /// Instead of a time: the Litestream TXID the database is restored to.
     #[arg(long, value_parser = crate::parse_with(DbPosition::txid))]
     pub litestream_txid: Option<DbPosition>,
-    /// How close to a switch counts as ambiguous (e.g. 2s); default: the
-    /// registry's setting.
+    /// How close to a switch counts as ambiguous (e.g. 5s) [default: 2s].
+    /// Sent with the question, so the registry's warning and the one the
+    /// CLI checks it against use the same margin.
     #[arg(long, value_parser = stackpin_core::time::parse_duration)]
     pub margin: Option<Duration>,
     /// Have the replica catch up with the shared log before answering.
@@ -169,7 +170,7 @@ async fn prove(
     if let Some(n) = &next {
         let n = n.pin("next pin entry")?;
         if n.env != p.env
-            || n.seq != p.seq + 1
+            || Some(n.seq) != p.seq.checked_add(1)
             || n.prev_pin.as_deref() != Some(pin.leaf.hex().as_str())
         {
             return Err(Failure::verify(format!(
@@ -186,7 +187,7 @@ async fn prove(
     if let Some(proved) = &prev {
         let b = proved.pin("previous pin entry")?;
         if b.env != p.env
-            || b.seq + 1 != p.seq
+            || b.seq.checked_add(1) != Some(p.seq)
             || p.prev_pin.as_deref() != Some(proved.leaf.hex().as_str())
         {
             return Err(Failure::verify(format!(
@@ -266,7 +267,17 @@ async fn prove(
     // The near switch, from the proved pins and the margin sent.
     let mut near_switch = None;
     if let Some(at) = args.at {
-        if prev.is_none() && p.seq > 1 && live::near_start(at, p.activated_at, margin) {
+        // The previous pin is needed when the switch that started the
+        // interval is the nearest (the next one wins only when nearer).
+        let next_nearer = next_pin.is_some_and(|n| {
+            n.activated_at.as_micros() - at.as_micros()
+                < at.as_micros() - p.activated_at.as_micros()
+        });
+        if prev.is_none()
+            && p.seq > 1
+            && live::near_start(at, p.activated_at, margin)
+            && !next_nearer
+        {
             return Err(Failure::verify(format!(
                 "{at} is within {}s of the start of pin #{} of {}, but the registry left out the \
                  previous pin (`prev_entry`), so the switch cannot be shown",
@@ -297,10 +308,11 @@ async fn prove(
             (Some(w), Some(s)) => {
                 check_pin("near_switch.before", w.before.as_ref(), before)?;
                 check_pin("near_switch.after", w.after.as_ref(), after)?;
-                let offset = w
-                    .offset
-                    .as_ref()
-                    .map(|d| d.seconds.saturating_mul(1_000_000) + i64::from(d.nanos / 1000));
+                let offset = w.offset.as_ref().map(|d| {
+                    d.seconds
+                        .saturating_mul(1_000_000)
+                        .saturating_add(i64::from(d.nanos / 1000))
+                });
                 if offset != Some(s.offset_micros) {
                     return Err(Failure::verify(
                         "the answer's `near_switch.offset` disagrees with the proved pins",

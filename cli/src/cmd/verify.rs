@@ -36,10 +36,21 @@ pub async fn checkpoint(
     state: Option<&Path>,
     format: Format,
 ) -> Outcome {
-    let log_key = crate::trust::log_key(&args.log_key)?;
+    let reader = crate::reader::Reader::new(&args.log_key, server, state, None)?;
+    let Some(log_key) = reader.key().cloned() else {
+        // Checking the checkpoint is this command's whole job.
+        return Err(Failure::invalid(format!(
+            "the log's verifier key is needed: {}",
+            crate::reader::HOW_TO_TRUST
+        )));
+    };
     let mut client = crate::client::connect(server).await?;
-    let (cp, note) = crate::trust::latest_checkpoint(&mut client, &log_key, state).await?;
-    args.log_key.check_quorum(&note)?;
+    let note = client
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner()
+        .note;
+    let cp = reader.anchor(&mut client, &note).await?.checkpoint;
     let view = CheckpointView {
         origin: cp.origin,
         size: cp.size,

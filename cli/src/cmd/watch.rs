@@ -69,14 +69,16 @@ pub async fn run(
         args.types.clone()
     };
     let mut client = crate::client::connect(server).await?;
+    // Where to start: the size of the current checkpoint, once accepted.
     let mut next = match args.from {
         Some(n) => n,
         None => {
-            client
+            let note = client
                 .get_checkpoint(pb::GetCheckpointRequest {})
                 .await?
                 .into_inner()
-                .size
+                .note;
+            reader.anchor(&mut client, &note).await?.checkpoint.size
         }
     };
     let mut shown = 0u64;
@@ -131,6 +133,21 @@ pub async fn run(
                     "the watch's cursor {} runs past its checkpoint of size {}",
                     event.next, cp.checkpoint.size
                 )));
+            }
+            // Unfiltered, every entry is sent: the cursor moves one entry
+            // at a time, never by a heartbeat.
+            if unfiltered {
+                let want = if event.entry.is_empty() {
+                    next
+                } else {
+                    event.index.saturating_add(1)
+                };
+                if event.next != want {
+                    return Err(Failure::verify(format!(
+                        "the watch's cursor jumped to {} (expected {want}): entries were skipped",
+                        event.next
+                    )));
+                }
             }
             if !event.entry.is_empty() {
                 if event.index < next {

@@ -509,8 +509,14 @@ pub fn verify_range(
         } else {
             // The right sibling, node fn_ + 1 at this level, covers leaves
             // that all lie after `first`: it is computed, not trusted.
-            let start = (fn_ + 1) << level;
-            let end = ((fn_ + 2) << level).min(size);
+            let start = (u128::from(fn_) + 1) << level;
+            let end = ((u128::from(fn_) + 2) << level).min(u128::from(size));
+            let (Ok(start), Ok(end)) = (u64::try_from(start), u64::try_from(end)) else {
+                return reject("the tree shape is out of range");
+            };
+            if start >= end {
+                return reject("the tree shape is out of range");
+            }
             r = node_hash(&r, &range_root(slice(start, end)));
         }
         fn_ >>= 1;

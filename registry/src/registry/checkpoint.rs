@@ -300,7 +300,25 @@ pub(super) async fn put_checkpoint(
     if cp.size > 0 {
         let history = StorePath::from(layout::checkpoint_history_key(cp.size));
         match store.put_opts(&history, bytes.clone().into(), create).await {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => {}
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Stored before (by a replica, or before a restart): it
+                // must be the same tree, or this one is not stored.
+                let key = layout::checkpoint_history_key(cp.size);
+                let note = read_note(store, &key).await?.unwrap_or_default();
+                let there = open_stored(&key, &note, verifier)?;
+                if there.checkpoint.root != cp.root {
+                    return Err(Error::new(
+                        Kind::DataLoss,
+                        format!(
+                            "{key} holds another root for size {} than the tree signed now: the \
+                             log was changed after that checkpoint was stored",
+                            cp.size
+                        ),
+                    )
+                    .with_reason(reason::LOG_CONTRADICTS_CHECKPOINT));
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -404,8 +422,14 @@ pub(super) async fn store_checkpoints(
             continue;
         };
         // The empty tree's signature proves nothing: the first one stored
-        // is the first with entries, at once.
-        if cp.size <= stored {
+        // is the first with entries, at once. One already stored (by a
+        // graceful flush) is not stored again.
+        if cp.size <= stored
+            || published
+                .borrow()
+                .as_ref()
+                .is_some_and(|s| s.size >= cp.size)
+        {
             continue;
         }
         let held = lock.lock().await;
@@ -423,7 +447,10 @@ pub(super) async fn store_checkpoints(
                 });
             }
             Err(e) => {
-                tracing::warn!(size = cp.size, error = %e, "storing the checkpoint failed; it will be retried with the next one")
+                // Readers wait for this checkpoint: try it again (or a newer
+                // one) after the pause, even if nothing new is committed.
+                tracing::warn!(size = cp.size, error = %e, "storing the checkpoint failed; it will be retried");
+                rx.mark_changed();
             }
         }
         tokio::select! {
