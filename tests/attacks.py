@@ -5,7 +5,8 @@ a normal publish, download and resolve succeed meanwhile.
 
     python3 tests/attacks.py REGISTRY_BINARY CLI_BINARY [attack ...]
 
-Attacks: idle, diff, unread, witness, webhook, watchers (default: all).
+Attacks: idle, diff, diff_small, unread, witness, webhook, watchers
+(default: all).
 Prints one JSON object per attack. Needs only the standard library.
 """
 
@@ -21,7 +22,8 @@ import urllib.request
 from datetime import datetime, timezone
 
 REGISTRY, CLI = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-WANTED = sys.argv[3:] or ["idle", "diff", "unread", "witness", "webhook", "watchers"]
+WANTED = sys.argv[3:] or ["idle", "diff", "diff_small", "unread", "witness", "webhook",
+                          "watchers"]
 
 
 def free_port():
@@ -168,10 +170,10 @@ def attack_idle():
     return out
 
 
-def attack_diff():
+def attack_diff(mib=15):
     r = Registry()
     for name in ["a", "b"]:
-        assert r.publish(name, big_document(name, 15)), name
+        assert r.publish(name, big_document(name, mib)), name
     out = {}
     for n in [1, 4, 8]:
         r.reset_peak()
@@ -186,6 +188,11 @@ def attack_diff():
         out[f"{n} at once"] = {"statuses": sorted(map(str, results)), "normal": work, **r.rss()}
     r.stop()
     return out
+
+
+def attack_diff_small():
+    """Diffs the registry can do: two 1 MiB artifacts."""
+    return attack_diff(1)
 
 
 def attack_unread():

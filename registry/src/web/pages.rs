@@ -724,12 +724,12 @@ pub async fn diff(registry: &Arc<Registry>, site: &Site, q: &Query) -> Result<Re
     // budget, from what their bytes say they will take.
     let need = diff::parsed_bytes(&bytes_a) + diff::parsed_bytes(&bytes_b);
     let share = site.share.total();
-    if need > share / 2 {
+    if need > share {
         return Err(Error::new(
             crate::error::Kind::TooLarge,
             format!(
-                "comparing {} and {} would take about {} MiB once parsed, more than half of the \
-                 web view's share of the byte budget ({} MiB, a quarter of max_inflight_bytes); \
+                "comparing {} and {} would take about {} MiB once parsed, more than the web \
+                 view's share of the byte budget ({} MiB, a quarter of max_inflight_bytes); \
                  fetch both with `stackpin fetch` and compare them locally",
                 a.release_id,
                 b.release_id,
