@@ -743,7 +743,7 @@ pub async fn diff(registry: &Arc<Registry>, site: &Site, q: &Query) -> Result<Re
         registry.budget().reserve(need, "a diff").await?,
     );
     let (ra, rb) = (a.release_id.clone(), b.release_id.clone());
-    let (changes, more) = crate::blocking::run(move || {
+    let (changes, more) = crate::blocking::on_diff_thread(move || {
         let _room = room;
         let parse = |bytes: &[u8], release: &ReleaseId| {
             serde_json::from_slice::<serde_json::Value>(bytes)
