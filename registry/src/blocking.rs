@@ -6,11 +6,12 @@
 //! What runs here: every web page's reads (`web::off`), the gRPC read
 //! handlers' index reads (`RegistryService::read`), building and checking
 //! a batch in the committer (index reads and up to `MAX_BATCH` Ed25519
-//! checks), parsing and comparing two artifacts for a diff, and the
-//! witness's fsyncs. Still on the runtime: resolve with proofs (its index
-//! reads are interleaved with async storage reads in `registry/prove.rs`)
-//! and the in-memory checkpoint; moving them is not done yet, and no
-//! measurement says they may stay.
+//! checks), and the witness's fsyncs; parsing and comparing two artifacts
+//! for a diff runs on a thread of its own ([`on_diff_thread`]). Still on
+//! the runtime: resolve with proofs (its index reads are interleaved with
+//! async storage reads in `registry/prove.rs`) and the in-memory
+//! checkpoint; moving them is not done yet, and no measurement says they
+//! may stay.
 //!
 //! Index writes go to one dedicated thread (the committer serializes them
 //! anyway): the same thread every time keeps sled's pages and the
@@ -37,23 +38,48 @@ pub async fn run<T: Send + 'static>(
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The index writer thread's queue, started at first use.
-fn writer() -> Option<&'static mpsc::Sender<Job>> {
-    static WRITER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
-    WRITER
-        .get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Job>();
-            std::thread::Builder::new()
-                .name("index-writer".into())
-                .spawn(move || {
-                    for job in rx {
-                        job();
-                    }
-                })
-                .ok()
-                .map(|_| tx)
-        })
-        .as_ref()
+/// A thread of its own for one kind of work, started at first use.
+fn dedicated(
+    cell: &'static OnceLock<Option<mpsc::Sender<Job>>>,
+    name: &str,
+) -> Option<&'static mpsc::Sender<Job>> {
+    cell.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    })
+    .as_ref()
+}
+
+/// Runs `work` on `thread` and waits for it.
+async fn run_on<T: Send + 'static>(
+    thread: Option<&'static mpsc::Sender<Job>>,
+    what: &str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+        let _ = tx.send(result);
+    });
+    thread
+        .ok_or_else(|| Error::internal(format!("the {what} thread could not be started")))?
+        .send(job)
+        .map_err(|_| Error::internal(format!("the {what} thread has stopped")))?;
+    match rx.await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(Error::internal(format!("{what} work panicked"))),
+        Err(_) => Err(Error::internal(format!(
+            "the {what} thread dropped its work"
+        ))),
+    }
 }
 
 /// Runs `work` (an index write) on the index writer thread and waits for
@@ -65,18 +91,22 @@ fn writer() -> Option<&'static mpsc::Sender<Job>> {
 pub async fn on_index_writer<T: Send + 'static>(
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job: Job = Box::new(move || {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-        let _ = tx.send(result);
-    });
-    writer()
-        .ok_or_else(|| Error::internal("the index writer thread could not be started"))?
-        .send(job)
-        .map_err(|_| Error::internal("the index writer thread has stopped"))?;
-    match rx.await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(Error::internal("an index write panicked")),
-        Err(_) => Err(Error::internal("the index writer dropped a write")),
-    }
+    static WRITER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    run_on(dedicated(&WRITER, "index-writer"), "index writer", work).await
+}
+
+/// Runs `work` (parsing and comparing two artifacts for the web view's
+/// diff) on a thread of its own and waits for it. A parsed document is
+/// many small allocations, which glibc keeps in the arena of the thread
+/// that made them after they are freed: on the blocking pool, eight diffs
+/// at once left eight arenas of up to 48 MiB each (449 MiB RSS for two
+/// 1 MiB artifacts), on one thread they reuse one.
+///
+/// # Errors
+/// As [`on_index_writer`].
+pub async fn on_diff_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    static DIFFER: OnceLock<Option<mpsc::Sender<Job>>> = OnceLock::new();
+    run_on(dedicated(&DIFFER, "web-diff"), "diff", work).await
 }

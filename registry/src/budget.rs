@@ -29,6 +29,11 @@ const UNIT: u64 = 1024;
 pub struct Budget {
     permits: Arc<Semaphore>,
     total: u64,
+    /// What a refusal names: the setting, or the share of it this is.
+    setting: &'static str,
+    /// Whether reservations show in `stackpin_inflight_bytes` (a share of
+    /// the budget, reserved beside it, does not count twice).
+    metered: bool,
 }
 
 /// Room reserved in the budget; given back when dropped.
@@ -47,16 +52,16 @@ impl Drop for Reservation {
 /// Bytes that keep their reservation: it is given back when the last
 /// handle to them is dropped (the answer sent, or its connection cut), so
 /// an answer waiting for a slow reader stays counted in the budget.
-pub fn held(bytes: Vec<u8>, room: Reservation) -> bytes::Bytes {
+pub fn held<R: Send + 'static>(bytes: Vec<u8>, room: R) -> bytes::Bytes {
     bytes::Bytes::from_owner(Held { bytes, _room: room })
 }
 
-struct Held {
+struct Held<R> {
     bytes: Vec<u8>,
-    _room: Reservation,
+    _room: R,
 }
 
-impl AsRef<[u8]> for Held {
+impl<R> AsRef<[u8]> for Held<R> {
     fn as_ref(&self) -> &[u8] {
         &self.bytes
     }
@@ -69,6 +74,18 @@ impl Budget {
         Self {
             permits: Arc::new(Semaphore::new(units as usize)),
             total,
+            setting: "setting max_inflight_bytes",
+            metered: true,
+        }
+    }
+
+    /// A share of `total` bytes of a budget, reserved beside it by one
+    /// kind of user; `what` names it in refusals.
+    pub fn share(total: u64, what: &'static str) -> Self {
+        Self {
+            setting: what,
+            metered: false,
+            ..Self::new(total)
         }
     }
 
@@ -101,8 +118,9 @@ impl Budget {
                 Kind::Busy,
                 format!(
                     "the registry is at its budget of {} MiB of artifact bytes in flight \
-                     (setting max_inflight_bytes); {what} needs {} KiB: retry shortly",
+                     ({}); {what} needs {} KiB: retry shortly",
                     self.total / (1024 * 1024),
+                    self.setting,
                     bytes.div_ceil(UNIT)
                 ),
             )
@@ -123,12 +141,17 @@ impl Budget {
             Ok(Err(_)) => return Err(Error::internal("the byte budget was closed")),
             Err(_) => return Err(refused()),
         };
-        let bytes = units * UNIT;
+        let bytes = if self.metered { units * UNIT } else { 0 };
         metrics::gauge!("stackpin_inflight_bytes").increment(bytes as f64);
         Ok(Reservation {
             _permit: permit,
             bytes,
         })
+    }
+
+    /// The whole budget, in bytes.
+    pub fn total(&self) -> u64 {
+        self.total
     }
 
     /// Bytes currently free (tests and metrics).

@@ -103,6 +103,7 @@ impl Options {
                     auth_on: auth.enabled(),
                     https: http_tls.is_some(),
                     webhooks: std::sync::Arc::default(),
+                    share: crate::web::share_of(s.max_inflight_bytes),
                 })
             }
         };

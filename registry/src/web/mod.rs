@@ -36,7 +36,7 @@ use crate::registry::Registry;
 pub const TOKEN_COOKIE: &str = "stackpin_token";
 
 /// What the site knows besides the registry.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Site {
     /// Whether tokens or client certificates are required.
     pub auth_on: bool,
@@ -44,6 +44,30 @@ pub struct Site {
     pub https: bool,
     /// The webhooks' delivery log.
     pub webhooks: std::sync::Arc<crate::webhooks::Deliveries>,
+    /// The web view's share of the byte budget: its answers and diffs
+    /// reserve here as well as in the registry's budget, so that people
+    /// reading pages (or clients that never read them) hold at most this
+    /// much, and publishes and downloads keep the rest.
+    pub share: crate::budget::Budget,
+}
+
+/// The web view's share of `max_inflight_bytes`: a quarter.
+pub fn share_of(max_inflight_bytes: u64) -> crate::budget::Budget {
+    crate::budget::Budget::share(
+        max_inflight_bytes / 4,
+        "the web view's share: a quarter of max_inflight_bytes",
+    )
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Self {
+            auth_on: false,
+            https: false,
+            webhooks: std::sync::Arc::default(),
+            share: share_of(crate::defaults::MAX_INFLIGHT_BYTES),
+        }
+    }
 }
 
 /// An answer of the web view.
@@ -158,8 +182,8 @@ pub async fn get(registry: &Arc<Registry>, site: &Site, path: &str, query: &str)
             let digest = (*digest).to_owned();
             off(registry, move |r| pages::artifact(r, &digest)).await
         }
-        ["artifact", digest, "json"] => pages::artifact_json(registry, digest).await,
-        ["diff"] => pages::diff(registry, &q).await,
+        ["artifact", digest, "json"] => pages::artifact_json(registry, site, digest).await,
+        ["diff"] => pages::diff(registry, site, &q).await,
         _ => return None,
     };
     Some(result.unwrap_or_else(|e| {

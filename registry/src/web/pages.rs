@@ -641,7 +641,11 @@ pub fn artifact(registry: &Registry, text: &str) -> Result<Reply> {
 
 /// The bytes of `a`, counted in the byte budget until they are dropped
 /// (the answer sent, or its connection cut).
-async fn artifact_bytes(registry: &Registry, a: &ArtifactRecord) -> Result<bytes::Bytes> {
+async fn artifact_bytes(
+    registry: &Registry,
+    site: &Site,
+    a: &ArtifactRecord,
+) -> Result<bytes::Bytes> {
     use futures::TryStreamExt as _;
     if a.size > MAX_WEB_ARTIFACT {
         return Err(Error::new(
@@ -653,10 +657,13 @@ async fn artifact_bytes(registry: &Registry, a: &ArtifactRecord) -> Result<bytes
             ),
         ));
     }
-    let room = registry
-        .budget()
-        .reserve(a.size, "a web view artifact")
-        .await?;
+    let room = (
+        site.share.reserve(a.size, "a web view answer").await?,
+        registry
+            .budget()
+            .reserve(a.size, "a web view answer")
+            .await?,
+    );
     let mut bytes = Vec::with_capacity(usize::try_from(a.size).unwrap_or(0));
     let mut stream = registry.artifact_stream(a, 1 << 20).await?;
     while let Some(chunk) = stream.try_next().await? {
@@ -666,10 +673,10 @@ async fn artifact_bytes(registry: &Registry, a: &ArtifactRecord) -> Result<bytes
 }
 
 /// `GET /artifact/<digest>/json`.
-pub async fn artifact_json(registry: &Arc<Registry>, text: &str) -> Result<Reply> {
+pub async fn artifact_json(registry: &Arc<Registry>, site: &Site, text: &str) -> Result<Reply> {
     let text = text.to_owned();
     let a = off(registry, move |r| artifact_record(r, &text)).await?;
-    let bytes = artifact_bytes(registry, &a).await?;
+    let bytes = artifact_bytes(registry, site, &a).await?;
     let mut r = Reply::json(&serde_json::Value::Null);
     r.body = bytes;
     r.cache = "private, max-age=31536000, immutable";
@@ -686,7 +693,7 @@ fn value_text(v: &serde_json::Value) -> String {
 }
 
 /// `GET /diff?from=D&to=D` (digests or release ids).
-pub async fn diff(registry: &Arc<Registry>, q: &Query) -> Result<Reply> {
+pub async fn diff(registry: &Arc<Registry>, site: &Site, q: &Query) -> Result<Reply> {
     let (Some(from), Some(to)) = (q.get("from"), q.get("to")) else {
         return Err(Error::invalid(
             "from and to: the two artifacts to compare, by digest or release id",
@@ -710,29 +717,33 @@ pub async fn diff(registry: &Arc<Registry>, q: &Query) -> Result<Reply> {
         }
     }
     let (bytes_a, bytes_b) = (
-        artifact_bytes(registry, &a).await?,
-        artifact_bytes(registry, &b).await?,
+        artifact_bytes(registry, site, &a).await?,
+        artifact_bytes(registry, site, &b).await?,
     );
     // The parsed documents are held while the diff runs: counted in the
     // budget, from what their bytes say they will take.
     let need = diff::parsed_bytes(&bytes_a) + diff::parsed_bytes(&bytes_b);
-    let budget = registry.limits().max_inflight_bytes;
-    if need > budget / 4 {
+    let share = site.share.total();
+    if need > share {
         return Err(Error::new(
             crate::error::Kind::TooLarge,
             format!(
-                "comparing {} and {} would take about {} MiB once parsed, more than a quarter \
-                 of the byte budget (max_inflight_bytes); fetch both with `stackpin fetch` and \
-                 compare them locally",
+                "comparing {} and {} would take about {} MiB once parsed, more than the web \
+                 view's share of the byte budget ({} MiB, a quarter of max_inflight_bytes); \
+                 fetch both with `stackpin fetch` and compare them locally",
                 a.release_id,
                 b.release_id,
-                need >> 20
+                need >> 20,
+                share >> 20
             ),
         ));
     }
-    let room = registry.budget().reserve(need, "a diff").await?;
+    let room = (
+        site.share.reserve(need, "a diff").await?,
+        registry.budget().reserve(need, "a diff").await?,
+    );
     let (ra, rb) = (a.release_id.clone(), b.release_id.clone());
-    let (changes, more) = crate::blocking::run(move || {
+    let (changes, more) = crate::blocking::on_diff_thread(move || {
         let _room = room;
         let parse = |bytes: &[u8], release: &ReleaseId| {
             serde_json::from_slice::<serde_json::Value>(bytes)
