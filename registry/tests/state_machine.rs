@@ -1,6 +1,9 @@
 //! The registry's state machine over an in-memory store with a fake clock:
 //! publish and pin rules, every rejected input writing nothing, resolve
 //! against a naive model, and rebuilding the index from the log.
+//!
+//! Long because it drives the state machine through every rule in one
+//! place, sharing one fixture.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 

@@ -62,6 +62,41 @@ pub struct Seaweed {
     dir: TempDir,
     ports: Vec<(&'static str, u16)>,
     s3_port: u16,
+    /// During an [`Seaweed::outage`]: the S3 port, held so no other test's
+    /// server can take it, closing every connection at once.
+    held: Option<Held>,
+}
+
+/// A port held by a thread that accepts and drops every connection.
+struct Held {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+    port: u16,
+}
+
+impl Held {
+    fn take(port: u16) -> Self {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("holding port {port} for an outage: {e}"));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+                drop(conn);
+            }
+        });
+        Self { stop, thread, port }
+    }
+
+    fn release(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        // Wakes the accepting thread, which then drops the listener.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        let _ = self.thread.join();
+    }
 }
 
 impl Seaweed {
@@ -88,6 +123,7 @@ impl Seaweed {
             dir,
             ports: Vec::new(),
             s3_port: 0,
+            held: None,
         };
         let mut attempt = 0;
         loop {
@@ -225,9 +261,21 @@ impl Seaweed {
         }
     }
 
+    /// An outage: the server is killed and its S3 port held, refusing
+    /// every connection, until [`Seaweed::restart`] (a freed port could
+    /// otherwise be taken by another test's server, which would then
+    /// answer in its place).
+    pub fn outage(&mut self) {
+        self.stop();
+        self.held = Some(Held::take(self.s3_port));
+    }
+
     /// Starts it again on the same ports and data.
     pub fn restart(&mut self) {
         self.stop();
+        if let Some(held) = self.held.take() {
+            held.release();
+        }
         self.spawn();
     }
 }

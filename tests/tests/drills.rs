@@ -7,6 +7,9 @@
 //! failed. `stackpin posture` judges the evidence as of injected instants,
 //! the metrics show it, and the audit checks the new entries by the log's
 //! rules (a drill tampered with in storage is caught).
+//!
+//! Long because one drill scenario (snapshots, restores, posture) is set
+//! up once and walked through end to end.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 

@@ -1,5 +1,8 @@
 //! The publish → pin → resolve → restore path, end to end: the real server
 //! binary over loopback and the real CLI, on the embedded default storage.
+//!
+//! Long because it is the end-to-end walk of every command an operator
+//! runs, on one shared world per test.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 

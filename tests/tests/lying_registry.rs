@@ -3,6 +3,9 @@
 //! log's real key and state folder. Every command must refuse a forged
 //! answer with exit 5 and print none of the forged values; the honest proxy
 //! must change nothing, so a refusal is the forgery's doing.
+//!
+//! Long because each lie a registry can tell gets its own case against
+//! the one proxy.
 
 #![allow(clippy::unwrap_used)] // tests: failing loudly is the point
 

@@ -297,7 +297,7 @@ fn an_s3_outage_mid_load_is_unavailable_loses_nothing_and_heals_itself() {
         })
     };
     std::thread::sleep(Duration::from_millis(1500));
-    weed.stop();
+    weed.outage();
     std::thread::sleep(Duration::from_secs(3));
     weed.restart();
     load.join().unwrap();

@@ -24,6 +24,9 @@
 //! `log2 n` perfect subtrees, so roots and proofs cost `O(log n)` reads of
 //! write-once data. [`completed_nodes`] says which nodes to store after each
 //! append; [`NodeSource`] is how the functions here read them back.
+//!
+//! Long because its known-answer vectors and property tests sit beside the
+//! proofs they check: the code itself is about half the file.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -12,6 +12,9 @@
 //! configuration. Where it is kept is the caller's business ([`State`]): the
 //! index keeps it in sled, the audit in memory, and an [`Overlay`] adds the
 //! entries accepted into a batch that is not applied yet.
+//!
+//! Long because it is the one rulebook: every rule an entry must pass, for
+//! every kind, lives here on purpose (a rule written twice drifts).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,6 +1,9 @@
 //! The gRPC service: unwraps requests, converts them to domain types, calls
 //! the registry, converts the answer back. The only module that sees proto
 //! types.
+//!
+//! Long because it is the gRPC boundary: one handler per RPC, each only
+//! authorizing, converting and calling the registry.
 
 mod convert;
 mod evidence;

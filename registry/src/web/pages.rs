@@ -1,5 +1,8 @@
 //! The pages of the web view. Each reads the registry through the same
 //! calls as the gRPC handlers and renders HTML on the server.
+//!
+//! Long because each page of the web view is one function here, sharing
+//! the layout helpers at the top.
 
 use hyper::StatusCode;
 use maud::{DOCTYPE, Markup, html};
