@@ -1,6 +1,10 @@
 //! The gRPC service: unwraps requests, converts them to domain types, calls
 //! the registry, converts the answer back. The only module that sees proto
 //! types.
+//!
+//! Long because it holds every RPC's thin handler and the trait impl that
+//! wraps each with metrics and a log line; conversions, streams, evidence
+//! and watches are already in their own files.
 
 mod convert;
 mod evidence;
