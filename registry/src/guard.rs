@@ -235,11 +235,15 @@ fn header_timeout() -> io::Error {
 
 impl Drop for Guarded {
     fn drop(&mut self) {
-        self.open
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.peer);
+        let mut open = self.open.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // A new connection from the same address (a reused port) may have
+        // taken the entry already: leave its own alone.
+        if open
+            .get(&self.peer)
+            .is_some_and(|s| Arc::ptr_eq(&s.0, &self.started.0))
+        {
+            open.remove(&self.peer);
+        }
     }
 }
 

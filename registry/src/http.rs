@@ -175,6 +175,7 @@ where
     // For each request after the first (the first is bounded from accept
     // by the guard).
     let header_timeout = http.connections.header_timeout;
+    let write_idle = http.connections.write_idle;
     let service = hyper::service::service_fn(move |req| {
         started.mark();
         let http = http.clone();
@@ -186,6 +187,13 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
+    // HTTP/2 (prior knowledge, or ALPN h2 with TLS): a peer that stops
+    // answering pings gives its slot back well before the connection's age.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(write_idle)
+        .keep_alive_timeout(write_idle);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let ended = tokio::select! {

@@ -208,7 +208,11 @@ pub async fn run_all(
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(options.max_concurrent_streams)
         .max_connection_age(options.max_connection_age)
-        .max_connection_age_grace(options.max_connection_age);
+        .max_connection_age_grace(options.max_connection_age)
+        // A peer that stops answering pings (gone without a FIN) gives its
+        // slot back well before the connection's age.
+        .http2_keepalive_interval(Some(options.connections.write_idle))
+        .http2_keepalive_timeout(Some(options.connections.write_idle));
     if let Some(tls) = options.tls.clone() {
         builder = builder.tls_config(tls).context("setting up TLS")?;
     }

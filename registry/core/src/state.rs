@@ -1,5 +1,9 @@
 //! The one rule set that decides whether an entry may follow the log so far.
 //!
+//! Long because the rules, the violations they report (with their kinds,
+//! reasons and messages) and the overlay state they run over are one
+//! statement of the log's rules, read together when a rule changes.
+//!
 //! The registry applies every entry it is about to append through
 //! [`apply`], its index applies every entry it rebuilds from through
 //! [`apply`], and the audit (of a live registry, a copied data folder or a
@@ -12,9 +16,6 @@
 //! configuration. Where it is kept is the caller's business ([`State`]): the
 //! index keeps it in sled, the audit in memory, and an [`Overlay`] adds the
 //! entries accepted into a batch that is not applied yet.
-//!
-//! Long because it is the one rulebook: every rule an entry must pass, for
-//! every kind, lives here on purpose (a rule written twice drifts).
 
 use std::collections::HashMap;
 use std::fmt;

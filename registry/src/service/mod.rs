@@ -2,8 +2,9 @@
 //! the registry, converts the answer back. The only module that sees proto
 //! types.
 //!
-//! Long because it is the gRPC boundary: one handler per RPC, each only
-//! authorizing, converting and calling the registry.
+//! Long because it holds every RPC's thin handler and the trait impl that
+//! wraps each with metrics and a log line; conversions, streams, evidence
+//! and watches are already in their own files.
 
 mod convert;
 mod evidence;

@@ -1,8 +1,9 @@
 //! The pages of the web view. Each reads the registry through the same
 //! calls as the gRPC handlers and renders HTML on the server.
 //!
-//! Long because each page of the web view is one function here, sharing
-//! the layout helpers at the top.
+//! Long because each page is its reads and its maud template side by side,
+//! and the pages share small helpers (links, instants, positions); split
+//! by page, every file would repeat them.
 
 use hyper::StatusCode;
 use maud::{DOCTYPE, Markup, html};
