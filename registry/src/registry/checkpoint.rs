@@ -415,6 +415,7 @@ pub(super) async fn store_checkpoints(
     mut rx: watch::Receiver<Option<SignedCheckpoint>>,
     published: Arc<watch::Sender<Option<SignedCheckpoint>>>,
     hurry: Arc<tokio::sync::Notify>,
+    failures: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut stored = 0;
     while rx.changed().await.is_ok() {
@@ -450,6 +451,9 @@ pub(super) async fn store_checkpoints(
                 // Readers wait for this checkpoint: try it again (or a newer
                 // one) after the pause, even if nothing new is committed.
                 tracing::warn!(size = cp.size, error = %e, "storing the checkpoint failed; it will be retried");
+                // Readers waiting for it hear of the failure at once.
+                failures.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                published.send_modify(|_| {});
                 rx.mark_changed();
             }
         }

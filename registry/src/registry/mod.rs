@@ -291,6 +291,10 @@ struct Shared {
     /// Wakes the storing task when a reader waits for a newer stored
     /// checkpoint (its pause between stores is cut short).
     hurry: Arc<tokio::sync::Notify>,
+    /// How many stores have failed: a reader waiting for a checkpoint is
+    /// told at once that storage is unavailable, rather than waiting out
+    /// its deadline (and a short outage being hidden from it).
+    store_failures: Arc<std::sync::atomic::AtomicU64>,
     store: Arc<dyn ObjectStore>,
     /// Set when entries other replicas wrote contradict the checkpoint
     /// stored with the log: from then on nothing is signed or served.
@@ -526,9 +530,23 @@ impl Registry {
     pub async fn checkpoint_covering(&self, size: u64) -> Result<SignedCheckpoint> {
         let mut rx = self.shared.stored.subscribe();
         let deadline = tokio::time::Instant::now() + COVER_WAIT;
+        let failures = &self.shared.store_failures;
+        let failed_before = failures.load(std::sync::atomic::Ordering::Acquire);
         loop {
             if let Some(e) = self.shared.contradicted.get() {
                 return Err(e.clone());
+            }
+            if failures.load(std::sync::atomic::Ordering::Acquire) > failed_before
+                && rx.borrow().as_ref().is_none_or(|cp| cp.size < size)
+            {
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    format!(
+                        "storing the checkpoint that covers log entry {} failed (storage is \
+                         unavailable); ask again",
+                        size.saturating_sub(1)
+                    ),
+                ));
             }
             if let Some(cp) = rx.borrow_and_update().clone()
                 && cp.size >= size

@@ -454,6 +454,7 @@ impl Registry {
             checkpoint_tx,
             stored: Arc::new(watch::channel(None).0),
             hurry: Arc::new(tokio::sync::Notify::new()),
+            store_failures: Arc::default(),
             store: store.clone(),
             contradicted: std::sync::OnceLock::new(),
             checked: std::sync::atomic::AtomicU64::new(0),
@@ -526,6 +527,7 @@ impl Registry {
             checkpoint_rx,
             shared.stored.clone(),
             shared.hurry.clone(),
+            shared.store_failures.clone(),
         ));
         shared.committed();
         let (commits, rx) = mpsc::channel(4 * committer::MAX_BATCH);
