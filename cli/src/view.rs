@@ -84,6 +84,19 @@ impl From<&pb::Artifact> for ArtifactView {
 }
 
 impl ArtifactView {
+    /// The view of the publish entry at log index `index`.
+    pub fn of(index: u64, p: &stackpin_core::entry::PublishEntry) -> Self {
+        Self {
+            release_id: p.release_id.to_string(),
+            digest: p.digest.to_string(),
+            size: p.size,
+            media_type: p.media_type.clone(),
+            recorded_at: p.recorded_at.to_string(),
+            log_index: index,
+            key_id: p.key_id.to_string(),
+        }
+    }
+
     pub fn text(&self) -> String {
         format!(
             "release    {}\ndigest     {}\nsize       {} bytes\nmedia type {}\nrecorded   {}\nlog index  {}\nsigned by  {}\n",

@@ -37,6 +37,7 @@ pub struct Hooks {
     pub list_environments: Option<Rewrite<pb::ListEnvironmentsResponse>>,
     pub list_evidence: Option<Rewrite<pb::ListEvidenceResponse>>,
     pub get_posture: Option<Rewrite<pb::GetPostureResponse>>,
+    pub stat_artifact: Option<Rewrite<pb::Artifact>>,
     pub get_checkpoint: Option<Rewrite<pb::Checkpoint>>,
     pub list_entries: Option<Filter<pb::LogEntry>>,
     pub watch_log: Option<Filter<pb::WatchEvent>>,
@@ -200,7 +201,8 @@ impl pb::registry_server::Registry for Proxy {
         &self,
         request: Request<pb::StatArtifactRequest>,
     ) -> Result<Response<pb::Artifact>, Status> {
-        self.client().stat_artifact(onward(request)).await
+        let answer = self.client().stat_artifact(onward(request)).await?;
+        self.rewrite(answer, |h| h.stat_artifact.clone())
     }
 
     async fn list_artifacts(

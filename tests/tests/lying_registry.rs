@@ -548,6 +548,20 @@ fn an_older_evidence_list_is_refused() {
 }
 
 #[test]
+fn a_fabricated_artifact_record_is_refused() {
+    let s = Setup::new();
+    s.cli(&["stat", "--release-id", "rel-2"]).ok();
+    s.proxy.set(|h| {
+        h.stat_artifact = rewrite(|a: &mut pb::Artifact| a.digest = FORGED_DIGEST.into());
+    });
+    refused(&s.cli(&["stat", "--release-id", "rel-2"]), "stat");
+    s.proxy.set(|h| {
+        h.stat_artifact = rewrite(|a: &mut pb::Artifact| a.release_id = FORGED_RELEASE.into());
+    });
+    refused(&s.cli(&["stat", "--release-id", "rel-2"]), "stat");
+}
+
+#[test]
 fn a_fabricated_posture_is_refused() {
     let s = Setup::new();
     s.proxy.set(|h| {

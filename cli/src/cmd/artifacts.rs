@@ -7,10 +7,14 @@ use std::path::PathBuf;
 use serde::Serialize;
 use stackpin_proto::v1 as pb;
 
+use stackpin_core::entry::Entry;
+
 use crate::cmd::pins::ArtifactArg;
 use crate::download::download;
 use crate::exit::{Failure, Outcome};
 use crate::files::write_atomic;
+use crate::reader::Reader;
+use crate::trust::LogKey;
 use crate::view::{ArtifactView, Format};
 
 #[derive(clap::Args)]
@@ -20,20 +24,70 @@ pub struct FetchArgs {
     /// Where to write the artifact.
     #[arg(long)]
     out: PathBuf,
+    /// The log's key: the record shown is proved against the log.
+    #[command(flatten)]
+    log_key: LogKey,
 }
 
 #[derive(Serialize)]
 struct Fetched {
     out: String,
+    /// Whether the record was proved against the log (a log key was known).
+    verified: bool,
     #[serde(flatten)]
     artifact: ArtifactView,
+}
+
+/// The record of `artifact` as its publish entry in the log says it, proved
+/// when a log key is known (a field of the registry's record that differs
+/// is exit 5); the registry's record, marked unverified, when not.
+async fn proved_record(
+    reader: &Reader,
+    client: &mut crate::client::Client,
+    artifact: &pb::Artifact,
+) -> Outcome<ArtifactView> {
+    let wire = ArtifactView::from(artifact);
+    if !reader.verifies() {
+        return Ok(wire);
+    }
+    let note = client
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await?
+        .into_inner()
+        .note;
+    let anchor = reader.anchor(client, &note).await?;
+    let proved = anchor.fetch(client, artifact.log_index).await?;
+    let Entry::Publish(p) = &proved.entry else {
+        return Err(Failure::verify(format!(
+            "log entry {} is not the publish of {}",
+            artifact.log_index, artifact.release_id
+        )));
+    };
+    let view = ArtifactView::of(proved.index(), p);
+    let differs = [
+        ("release_id", wire.release_id != view.release_id),
+        ("digest", wire.digest != view.digest),
+        ("size", wire.size != view.size),
+        ("media_type", wire.media_type != view.media_type),
+        ("recorded_at", wire.recorded_at != view.recorded_at),
+        ("key_id", wire.key_id != view.key_id),
+    ];
+    if let Some((field, _)) = differs.iter().find(|(_, d)| *d) {
+        return Err(Failure::verify(format!(
+            "the record's `{field}` disagrees with the proved publish entry {}",
+            proved.index()
+        )));
+    }
+    Ok(view)
 }
 
 pub async fn fetch(
     args: &FetchArgs,
     server: &crate::client::Connection,
+    state: Option<&std::path::Path>,
     format: Format,
 ) -> Outcome {
+    let reader = Reader::new(&args.log_key, server, state, None)?;
     let mut client = crate::client::connect(server).await?;
     let (artifact, bytes) =
         download(&mut client, args.artifact.to_wire(), server.max_download).await?;
@@ -53,13 +107,20 @@ pub async fn fetch(
             artifact.release_id
         )));
     }
+    let record = proved_record(&reader, &mut client, &artifact).await?;
     write_atomic(&args.out, &bytes)?;
     let out = Fetched {
         out: args.out.display().to_string(),
-        artifact: (&artifact).into(),
+        verified: reader.verifies(),
+        artifact: record,
     };
     format.emit(&out, || {
-        format!("wrote {}\n{}", out.out, out.artifact.text())
+        format!(
+            "wrote {}\n{}{}",
+            out.out,
+            out.artifact.text(),
+            reader.unverified_line()
+        )
     });
     Ok(())
 }
@@ -117,9 +178,26 @@ pub async fn list(args: &ListArgs, server: &crate::client::Connection, format: F
 pub struct StatArgs {
     #[command(flatten)]
     artifact: ArtifactArg,
+    /// The log's key: the record shown is proved against the log.
+    #[command(flatten)]
+    log_key: LogKey,
 }
 
-pub async fn stat(args: &StatArgs, server: &crate::client::Connection, format: Format) -> Outcome {
+#[derive(Serialize)]
+struct Stated {
+    /// Whether the record was proved against the log (a log key was known).
+    verified: bool,
+    #[serde(flatten)]
+    artifact: ArtifactView,
+}
+
+pub async fn stat(
+    args: &StatArgs,
+    server: &crate::client::Connection,
+    state: Option<&std::path::Path>,
+    format: Format,
+) -> Outcome {
+    let reader = Reader::new(&args.log_key, server, state, None)?;
     let mut client = crate::client::connect(server).await?;
     let artifact = client
         .stat_artifact(pb::StatArtifactRequest {
@@ -127,7 +205,12 @@ pub async fn stat(args: &StatArgs, server: &crate::client::Connection, format: F
         })
         .await?
         .into_inner();
-    let view = ArtifactView::from(&artifact);
-    format.emit(&view, || view.text());
+    let view = Stated {
+        verified: reader.verifies(),
+        artifact: proved_record(&reader, &mut client, &artifact).await?,
+    };
+    format.emit(&view, || {
+        format!("{}{}", view.artifact.text(), reader.unverified_line())
+    });
     Ok(())
 }
