@@ -255,21 +255,27 @@ pub struct Remembered {
     pub path: PathBuf,
 }
 
+/// The entries of a folder of the state dir; `None` when it does not exist
+/// yet.
+fn read_folder(folder: &Path) -> Outcome<Option<std::fs::ReadDir>> {
+    match std::fs::read_dir(folder) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Failure::invalid(format!(
+            "reading {}: {e}",
+            folder.display()
+        ))),
+    }
+}
+
 /// Every checkpoint remembered in `dir`, by origin, then key.
 ///
 /// # Errors
 /// When the folder cannot be read.
 pub fn remembered(dir: &Path) -> Outcome<Vec<Remembered>> {
     let folder = dir.join("checkpoints");
-    let entries = match std::fs::read_dir(&folder) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(Failure::invalid(format!(
-                "reading {}: {e}",
-                folder.display()
-            )));
-        }
+    let Some(entries) = read_folder(&folder)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in entries {
@@ -577,15 +583,8 @@ pub fn remember_server_key(dir: &Path, url: &str, key: &NoteVerifier) -> Outcome
 /// When the folder cannot be read.
 pub fn server_keys(dir: &Path) -> Outcome<Vec<ServerKey>> {
     let folder = dir.join("servers");
-    let entries = match std::fs::read_dir(&folder) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(Failure::invalid(format!(
-                "reading {}: {e}",
-                folder.display()
-            )));
-        }
+    let Some(entries) = read_folder(&folder)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in entries.flatten() {

@@ -1,6 +1,10 @@
 //! RFC 6962 / RFC 9162 Merkle tree hashing, inclusion proofs and consistency
 //! proofs over the append-only log.
 //!
+//! Long because its known-answer vectors and property tests sit beside the
+//! proofs they check: the code itself is about half the file.
+//!
+//!
 //! Leaves hash as `SHA-256(0x00 || entry)`, interior nodes as
 //! `SHA-256(0x01 || left || right)`, and a tree of `n > 1` leaves splits at the
 //! largest power of two `k < n`: the left part is always a *perfect* subtree.
@@ -24,9 +28,6 @@
 //! `log2 n` perfect subtrees, so roots and proofs cost `O(log n)` reads of
 //! write-once data. [`completed_nodes`] says which nodes to store after each
 //! append; [`NodeSource`] is how the functions here read them back.
-//!
-//! Long because its known-answer vectors and property tests sit beside the
-//! proofs they check: the code itself is about half the file.
 
 use std::collections::HashMap;
 use std::fmt;
