@@ -136,7 +136,9 @@ impl Reader {
             policy.check_quorum(note).map_err(Failure::verify)?;
         }
         let fresh = crate::trust::freshness(self.policy.as_ref(), note, self.max_age)?;
-        let cp = crate::trust::accept_checkpoint(client, note, key, self.state.as_deref()).await?;
+        let cp = crate::trust::accept_checkpoint(client, note, key, self.state.as_deref())
+            .await
+            .map_err(|f| self.name_remembered_key(f))?;
         if self.source == Some(KeySource::Given)
             && let Some(dir) = &self.state
             && crate::trust::server_key(dir, &self.server)?.is_none()
@@ -149,6 +151,22 @@ impl Reader {
             verified: true,
             fresh,
         })
+    }
+
+    /// A refusal under a key remembered for the server says so: the key may
+    /// be another server's that once answered at the same address.
+    fn name_remembered_key(&self, failure: Failure) -> Failure {
+        if self.source != Some(KeySource::Remembered) {
+            return failure;
+        }
+        let error = anyhow::anyhow!(
+            "{:#} (checked with the log key remembered for {}, see `stackpin trust list`; if \
+             that server's log key really changed, confirm the new one with its operator and \
+             run `stackpin trust add NEWKEY`)",
+            failure.error,
+            self.server
+        );
+        Failure::new(failure.code, error)
     }
 
     /// The line an unverified view carries (empty when verified).

@@ -300,6 +300,10 @@ pub fn stackpin_with(cwd: &Path, server: &str, args: &[&str], env: &[(&str, &str
     let out = Command::new(bin("stackpin"))
         .current_dir(cwd)
         .env("STACKPIN_SERVER", server)
+        // Keys and checkpoints a run remembers stay with its working folder:
+        // tests reuse loopback ports, and a key remembered for one test's
+        // server would be checked against another's.
+        .env("STACKPIN_STATE_DIR", cwd.join(".stackpin-state"))
         .env_remove("STACKPIN_TRUSTED_KEYS")
         .env_remove("STACKPIN_LOG_VKEY")
         .env_remove("STACKPIN_REQUIRE_VERIFIED")

@@ -668,6 +668,7 @@ fn a_closed_pipe_ends_quietly_and_a_full_stdout_is_an_error_not_a_panic() {
         let mut c = std::process::Command::new(stackpin_tests::bin("stackpin"));
         c.current_dir(w.dir.path())
             .env("STACKPIN_SERVER", w.server.url())
+            .env("STACKPIN_STATE_DIR", w.dir.path().join(".stackpin-state"))
             .args(["history", "--env", "prod"]);
         c
     };

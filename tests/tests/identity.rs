@@ -178,3 +178,30 @@ fn the_server_and_the_cli_read_their_keys_from_different_variables() {
     assert_eq!(same, vkey);
     assert!(said.contains("old name of log_signing_key"), "{said}");
 }
+
+#[test]
+fn another_log_at_a_remembered_address_is_refused_and_the_refusal_names_the_remembered_key() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path();
+    let (a_data, b_data) = (dir.join("a"), dir.join("b"));
+    let (a_key, _) = key(&a_data, &[], &[]);
+    let (b_key, _) = key(&b_data, &[], &[]);
+
+    let a = Server::start(&a_data, &[]);
+    let url = a.url();
+    checkpoint(dir, &a, &a_key).ok();
+    a.stop();
+    // Another registry at the very same address, with a key of its own.
+    let listen = url.trim_start_matches("http://").to_owned();
+    let b = Server::start(&b_data, &["--listen", &listen]);
+    assert_eq!(b.url(), url);
+    let plain = ["--state-dir", "state", "checkpoint"];
+    let refused = stackpin(dir, &url, &plain);
+    refused.fails(5, "remembered for");
+    assert!(refused.stderr.contains("trust add"), "{refused:?}");
+
+    let add = ["--state-dir", "state", "trust", "add", b_key.as_str()];
+    assert!(stackpin(dir, &url, &add).ok().contains("replacing"));
+    stackpin(dir, &url, &plain).ok();
+    b.stop();
+}
