@@ -7,11 +7,10 @@
 //! handlers' index reads (`RegistryService::read`), building and checking
 //! a batch in the committer (index reads and up to `MAX_BATCH` Ed25519
 //! checks), and the witness's fsyncs; parsing and comparing two artifacts
-//! for a diff runs on a thread of its own ([`on_diff_thread`]). Still on
-//! the runtime: resolve with proofs (its index reads are interleaved with
-//! async storage reads in `registry/prove.rs`) and the in-memory
-//! checkpoint; moving them is not done yet, and no measurement says they
-//! may stay.
+//! for a diff runs on a thread of its own ([`on_diff_thread`]). A resolve
+//! with proofs (`registry/prove.rs`) runs its lookup and its proofs here
+//! and only its storage reads and the wait for a stored checkpoint on the
+//! runtime, where they await without blocking.
 //!
 //! Index writes go to one dedicated thread (the committer serializes them
 //! anyway): the same thread every time keeps sled's pages and the

@@ -245,7 +245,7 @@ impl Registry {
             // A name with no pins is most likely mistyped: an alert job
             // must not pass on it.
             Some(e) => {
-                self.known_env(e)?;
+                self.shared.known_env(e)?;
                 vec![e.clone()]
             }
             None => {

@@ -1,11 +1,23 @@
-//! The one exactly-once helper of the write requests: each pin, key
-//! change, snapshot and drill is recorded once per request id, however
+//! The one exactly-once helper of the write requests: each publish, pin,
+//! key change, snapshot and drill is recorded once per request id, however
 //! often its client retries.
 
-use super::{Registry, request_id, reused};
+use super::{Claim, Registry, request_id, reused};
 use crate::error::{Error, Result};
 use crate::log::Entry;
 use crate::time::Timestamp;
+
+/// What recording a request once did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Once {
+    /// A new entry at this log index.
+    Recorded(u64),
+    /// A retry: the request id already wrote this entry, the same request.
+    Replayed(u64),
+    /// Nothing to record: the log already says what the request asked
+    /// (a release bound meanwhile by another request).
+    Unneeded,
+}
 
 impl Registry {
     /// Records the entry `make` builds (from the batch's view, the
@@ -19,18 +31,40 @@ impl Registry {
         make: impl Fn(&crate::committer::View<'_>, Timestamp, &str) -> Result<Entry> + Send + 'static,
     ) -> Result<u64> {
         let claim = self.claim(request)?;
+        let once = self
+            .record_claimed(claim.as_ref(), same, move |view, now, id| {
+                make(view, now, id).map(Some)
+            })
+            .await?;
+        match once {
+            Once::Recorded(index) | Once::Replayed(index) => Ok(index),
+            Once::Unneeded => Err(Error::internal(format!("{what} produced no log entry"))),
+        }
+    }
+
+    /// As [`Self::record_once`], for a request whose id the caller claimed
+    /// already (a publish claims it before its bytes stream in); `make` may
+    /// find nothing to record.
+    pub(super) async fn record_claimed(
+        &self,
+        claim: Option<&Claim>,
+        same: impl Fn(&Entry) -> bool,
+        make: impl Fn(&crate::committer::View<'_>, Timestamp, &str) -> Result<Option<Entry>>
+        + Send
+        + 'static,
+    ) -> Result<Once> {
         let again = |index: u64, entry: &Entry| {
             if same(entry) {
-                Ok(index)
+                Ok(Once::Replayed(index))
             } else {
-                Err(reused(claim.as_ref().map_or("", |c| c.id()), index, entry))
+                Err(reused(claim.map_or("", Claim::id), index, entry))
             }
         };
-        if let Some((index, entry)) = self.earlier(claim.as_ref())? {
+        if let Some((index, entry)) = self.earlier(claim)? {
             return again(index, &entry);
         }
         let shared = self.shared.clone();
-        let first = claim.as_ref().map(|c| c.id().to_owned());
+        let first = claim.map(|c| c.id().to_owned());
         let id = first.clone().unwrap_or_else(request_id);
         let committed = self
             .commit(Box::new(move |view| {
@@ -40,14 +74,14 @@ impl Registry {
                 {
                     return Ok(None);
                 }
-                make(view, shared.clock.now(), &id).map(Some)
+                make(view, shared.clock.now(), &id)
             }))
             .await?;
         match committed {
-            Some(index) => Ok(index),
-            None => match self.earlier(claim.as_ref())? {
+            Some(index) => Ok(Once::Recorded(index)),
+            None => match self.earlier(claim)? {
                 Some((index, entry)) => again(index, &entry),
-                None => Err(Error::internal(format!("{what} produced no log entry"))),
+                None => Ok(Once::Unneeded),
             },
         }
     }

@@ -59,22 +59,8 @@ impl Registry {
     /// # Errors
     /// Invalid when `index >= size` or `size` is beyond the log.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>> {
-        self.inclusion_proof_from(&self.shared.index.proof_reader(), index, size)
-    }
-
-    fn inclusion_proof_from<S: merkle::NodeSource<Error = Error>>(
-        &self,
-        src: &S,
-        index: u64,
-        size: u64,
-    ) -> Result<Vec<Hash>> {
-        let applied = self.shared.index.applied()?;
-        if index >= size || size > applied {
-            return Err(Error::invalid(format!(
-                "no inclusion proof for entry {index} in a tree of {size}: need index < size <= {applied}"
-            )));
-        }
-        merkle::inclusion_proof(src, index, size).map_err(proof_error)
+        self.shared
+            .inclusion_proof_from(&self.shared.index.proof_reader(), index, size)
     }
 
     /// The consistency proof between trees of `old` and `new` entries.
@@ -91,39 +77,58 @@ impl Registry {
         merkle::consistency_proof(&self.shared.index, old, new).map_err(proof_error)
     }
 
-    /// An entry with its inclusion proof. Fresh reads go to storage (and so
-    /// notice a damaged stored entry); others use the index's verified copy,
-    /// which keeps the hot resolve path off storage.
-    async fn proved(
+    /// The entries at `indexes`, each with its inclusion proof in the tree
+    /// of `size` entries. The bytes come from `cached` (what the lookup
+    /// read), else the index's verified copy, which keeps the hot resolve
+    /// path off storage; fresh reads go to storage (and so notice a damaged
+    /// stored entry). Index reads and hashing run off the runtime.
+    async fn prove_at(
         &self,
-        index: u64,
+        indexes: Vec<u64>,
         size: u64,
         fresh: bool,
-        seen: &Seen<'_>,
-    ) -> Result<ProvedEntry> {
-        // The entry's leaf check and its proof read the same block of
-        // hashes, through the request's reader.
-        let reader = &seen.reader;
-        let cached = if fresh {
-            None
-        } else if let Some((_, bytes)) = seen.entries.iter().find(|(i, _)| *i == index) {
-            Some(bytes.clone())
-        } else {
-            reader.entry(index)?
-        };
-        let entry = match cached {
-            Some(bytes) => bytes,
-            None => self.entry(index).await?,
-        };
-        Ok(ProvedEntry {
-            index,
-            entry,
-            proof: self.inclusion_proof_from(reader, index, size)?,
+        cached: Vec<(u64, Bytes)>,
+    ) -> Result<Vec<ProvedEntry>> {
+        let shared = self.shared.clone();
+        let found = crate::blocking::run(move || {
+            // An entry's leaf check and its proof read the same block of
+            // hashes, through one reader.
+            let reader = shared.index.proof_reader();
+            indexes
+                .iter()
+                .map(|&index| {
+                    let bytes = if fresh {
+                        None
+                    } else if let Some((_, bytes)) = cached.iter().find(|(i, _)| *i == index) {
+                        Some(bytes.clone())
+                    } else {
+                        reader.entry(index)?
+                    };
+                    let proof = shared.inclusion_proof_from(&reader, index, size)?;
+                    Ok((index, bytes, proof))
+                })
+                .collect::<Result<Vec<_>>>()
         })
+        .await?;
+        let mut out = Vec::with_capacity(found.len());
+        for (index, bytes, proof) in found {
+            let entry = match bytes {
+                Some(bytes) => bytes,
+                None => self.entry(index).await?,
+            };
+            out.push(ProvedEntry {
+                index,
+                entry,
+                proof,
+            });
+        }
+        Ok(out)
     }
 
     /// Resolves and attaches the checkpoint, the pin entry, the next pin's
-    /// entry and the publish entry, each with its inclusion proof.
+    /// entry and the publish entry, each with its inclusion proof. The
+    /// index lookups and proofs run off the runtime; the storage reads and
+    /// the wait for a stored checkpoint do not block it.
     ///
     /// # Errors
     /// As [`Self::resolve`], plus DataLoss when a stored entry changed.
@@ -133,51 +138,63 @@ impl Registry {
         query: &Query,
         fresh: bool,
     ) -> Result<ProvedResolution> {
-        let mut seen = Seen::new(&self.shared.index);
-        let resolution = match query {
-            Query::At { at, margin } => self.resolve_at(env, *at, *margin, &mut seen)?,
-            Query::Position(target) => self.resolve_by_position(env, *target, &mut seen)?,
+        let (shared, env, query) = (self.shared.clone(), env.clone(), *query);
+        let (resolution, cached, published) = crate::blocking::run(move || {
+            let mut seen = Seen::new(&shared.index);
+            let resolution = match query {
+                Query::At { at, margin } => shared.resolve_at(&env, at, margin, &mut seen)?,
+                Query::Position(target) => shared.resolve_by_position(&env, target, &mut seen)?,
+            };
+            let release = &resolution.pin.entry.release_id;
+            let published = match seen.published {
+                Some(p) => p,
+                None => shared.index.artifact_entry(release)?.ok_or_else(|| {
+                    Error::internal(format!(
+                        "index lacks the publish of pinned release {release}"
+                    ))
+                })?,
+            };
+            if !fresh && let Some(bytes) = seen.reader.entry_at(published)? {
+                seen.entries.push((published.index, bytes));
+            }
+            Ok((resolution, seen.entries, published.index))
+        })
+        .await?;
+        let next = resolution.next.as_ref().map(|n| n.log_index);
+        let prev = match &resolution.near_switch {
+            Some(b) if b.after.log_index == resolution.pin.log_index => Some(b.before.log_index),
+            _ => None,
         };
-        let release = &resolution.pin.entry.release_id;
-        let published = match seen.published {
-            Some(p) => p,
-            None => self.shared.index.artifact_entry(release)?.ok_or_else(|| {
-                Error::internal(format!(
-                    "index lacks the publish of pinned release {release}"
-                ))
-            })?,
-        };
-        if !fresh && let Some(bytes) = seen.reader.entry_at(published)? {
-            seen.entries.push((published.index, bytes));
-        }
         // The checkpoint is taken after the lookup, and is one that covers
         // every entry the answer names.
         let newest = [
             Some(resolution.pin.log_index),
-            resolution.next.as_ref().map(|n| n.log_index),
+            next,
             resolution.near_switch.as_ref().map(|b| b.before.log_index),
-            Some(published.index),
+            Some(published),
         ]
         .into_iter()
         .flatten()
         .max()
         .unwrap_or(0);
         let checkpoint = self.checkpoint_covering(newest + 1).await?;
-        let size = checkpoint.size;
-        let pin = self
-            .proved(resolution.pin.log_index, size, fresh, &seen)
-            .await?;
-        let next = match &resolution.next {
-            Some(n) => Some(self.proved(n.log_index, size, fresh, &seen).await?),
-            None => None,
+        let wanted: Vec<u64> = [Some(published), Some(resolution.pin.log_index), next, prev]
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut proved = self
+            .prove_at(wanted, checkpoint.size, fresh, cached)
+            .await?
+            .into_iter();
+        let mut take = || {
+            proved
+                .next()
+                .ok_or_else(|| Error::internal("a proof went missing"))
         };
-        let prev = match &resolution.near_switch {
-            Some(b) if b.after.log_index == resolution.pin.log_index => {
-                Some(self.proved(b.before.log_index, size, fresh, &seen).await?)
-            }
-            _ => None,
-        };
-        let publish = self.proved(published.index, size, fresh, &seen).await?;
+        let publish = take()?;
+        let pin = take()?;
+        let next = next.map(|_| take()).transpose()?;
+        let prev = prev.map(|_| take()).transpose()?;
         Ok(ProvedResolution {
             resolution,
             checkpoint,
@@ -200,14 +217,29 @@ impl Registry {
         &self,
         indexes: &[u64],
     ) -> Result<(crate::registry::SignedCheckpoint, Vec<ProvedEntry>)> {
-        let seen = Seen::new(&self.shared.index);
         let newest = indexes.iter().max().map_or(0, |i| i + 1);
         let checkpoint = self.checkpoint_covering(newest).await?;
-        let mut out = Vec::with_capacity(indexes.len());
-        for &index in indexes {
-            out.push(self.proved(index, checkpoint.size, false, &seen).await?);
+        let entries = self
+            .prove_at(indexes.to_vec(), checkpoint.size, false, Vec::new())
+            .await?;
+        Ok((checkpoint, entries))
+    }
+}
+
+impl Shared {
+    fn inclusion_proof_from<S: merkle::NodeSource<Error = Error>>(
+        &self,
+        src: &S,
+        index: u64,
+        size: u64,
+    ) -> Result<Vec<Hash>> {
+        let applied = self.index.applied()?;
+        if index >= size || size > applied {
+            return Err(Error::invalid(format!(
+                "no inclusion proof for entry {index} in a tree of {size}: need index < size <= {applied}"
+            )));
         }
-        Ok((checkpoint, out))
+        merkle::inclusion_proof(src, index, size).map_err(proof_error)
     }
 }
 

@@ -12,8 +12,9 @@ use crate::signing::{self, VerifiedEnvelope};
 use crate::staging::Staging;
 use stackpin_core::state::{self, State as _};
 
+use super::once::Once;
 use super::resolve::page_size;
-use super::{ArtifactRef, Claim, Published, Registry, request_id, reused};
+use super::{ArtifactRef, Claim, Published, Registry, reused};
 
 /// A publish whose header was accepted and whose bytes are arriving.
 #[derive(Debug)]
@@ -275,24 +276,15 @@ impl Registry {
             }
         }
         drop(staged);
-        let shared = self.shared.clone();
         let rid = release_id.clone();
-        let first = claim.as_ref().map(|c| c.id().to_owned());
-        let request = first.clone().unwrap_or_else(request_id);
-        let committed = self
-            .commit(Box::new(move |view| {
-                // Another replica may have recorded this request meanwhile.
-                if let Some(id) = &first
-                    && shared.index.by_request(id)?.is_some()
-                {
-                    return Ok(None);
-                }
+        let same = |entry: &Entry| matches!(entry, Entry::Publish(p) if p.release_id == release_id && p.digest == digest);
+        let once = self
+            .record_claimed(claim.as_ref(), same, move |view, now, request| {
                 if view.release(&rid)?.is_some() {
                     return Ok(None); // bound meanwhile: answered below
                 }
                 // The rules check that the key is still valid at the
                 // instant the entry is logged.
-                let now = shared.clock.now();
                 Ok(Some(Entry::Publish(PublishEntry {
                     release_id: rid.clone(),
                     digest,
@@ -301,18 +293,18 @@ impl Registry {
                     key_id: attestation.key_id.clone(),
                     envelope: envelope.clone(),
                     recorded_at: now,
-                    request_id: Some(request.clone()),
+                    request_id: Some(request.to_owned()),
                     predicate_type: Some(attestation.predicate_type.clone()),
                 })))
-            }))
+            })
             .await?;
         let artifact = self
             .shared
             .index
             .artifact_by_release(&release_id)?
             .ok_or_else(|| Error::internal("published artifact is missing from the index"))?;
-        match committed {
-            Some(index) => {
+        match once {
+            Once::Recorded(index) => {
                 tracing::info!(release_id = %release_id, %digest, size, index, "published");
                 metrics::counter!("stackpin_published_bytes_total").increment(size);
                 Ok(Published {
@@ -320,12 +312,11 @@ impl Registry {
                     created: true,
                 })
             }
-            None => match self.earlier(claim.as_ref())? {
-                Some((index, entry)) => {
-                    self.publish_again(index, &entry, &release_id, &digest, claim.as_ref())
-                }
-                None => same_or_conflict(artifact, &digest),
-            },
+            Once::Replayed(index) => Ok(Published {
+                created: artifact.log_index == index,
+                artifact,
+            }),
+            Once::Unneeded => same_or_conflict(artifact, &digest),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{DEFAULT_PAGE, HistoryPage, HistoryQuery, MAX_PAGE, Registry};
+use super::{DEFAULT_PAGE, HistoryPage, HistoryQuery, MAX_PAGE, Registry, Shared};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::ids::EnvName;
@@ -38,39 +38,12 @@ impl<'a> Seen<'a> {
 /// (`None`: still live).
 pub type LiveInterval = (PinRecord, Option<Timestamp>);
 
-impl Registry {
+impl Shared {
     /// The head of `env`; NotFound when it has no pins.
     pub(super) fn known_env(&self, env: &EnvName) -> Result<crate::index::EnvHead> {
-        self.shared
-            .index
+        self.index
             .env_head(env)?
             .ok_or_else(|| Error::not_found(format!("environment {env} has no pins")))
-    }
-
-    /// Every environment with its latest pin (what is live now, and its
-    /// count of pins: the pin's seq), in name order, after `after`; with
-    /// the name to continue after when there are more.
-    ///
-    /// # Errors
-    /// Internal when the index fails.
-    pub fn environments(
-        &self,
-        after: Option<&EnvName>,
-        limit: usize,
-    ) -> Result<(Vec<PinRecord>, Option<EnvName>)> {
-        let limit = page_size(limit);
-        let mut heads = self.shared.index.env_heads(after, limit + 1)?;
-        let more = heads.len() > limit;
-        heads.truncate(limit);
-        let reader = self.shared.index.proof_reader();
-        let pins = heads
-            .iter()
-            .map(|(env, head)| Ok(self.logged_pin(env, head.seq, &reader)?.0))
-            .collect::<Result<Vec<_>>>()?;
-        let next = more
-            .then(|| heads.last().map(|(env, _)| env.clone()))
-            .flatten();
-        Ok((pins, next))
     }
 
     /// Pin `seq` of `env`, which the index must hold, and its entry.
@@ -80,8 +53,7 @@ impl Registry {
         seq: u64,
         reader: &crate::index::ProofReader<'_>,
     ) -> Result<(PinRecord, bytes::Bytes)> {
-        self.shared
-            .index
+        self.index
             .pin(env, seq, reader)?
             .ok_or_else(|| Error::internal(format!("index lacks pin #{seq} of {env}")))
     }
@@ -93,19 +65,6 @@ impl Registry {
         Ok(pin)
     }
 
-    /// Which pin was live in `env` at `at`.
-    ///
-    /// # Errors
-    /// NotFound when the environment has no pins or `at` precedes the first.
-    pub fn resolve(
-        &self,
-        env: &EnvName,
-        at: Timestamp,
-        margin: Option<Duration>,
-    ) -> Result<Resolution> {
-        self.resolve_at(env, at, margin, &mut Seen::new(&self.shared.index))
-    }
-
     pub(super) fn resolve_at(
         &self,
         env: &EnvName,
@@ -113,8 +72,8 @@ impl Registry {
         margin: Option<Duration>,
         seen: &mut Seen<'_>,
     ) -> Result<Resolution> {
-        let margin = margin.unwrap_or(self.shared.limits.boundary_margin);
-        let Some(slot) = self.shared.index.live_at(env, at)? else {
+        let margin = margin.unwrap_or(self.limits.boundary_margin);
+        let Some(slot) = self.index.live_at(env, at)? else {
             self.known_env(env)?;
             let first = self.logged_pin(env, 1, &seen.reader)?.0;
             return Err(Error::not_found(format!(
@@ -124,18 +83,18 @@ impl Registry {
             )));
         };
         seen.published = Some(slot.published);
-        let (pin, entry) = self.shared.index.pin_at(slot.pin, &seen.reader)?;
+        let (pin, entry) = self.index.pin_at(slot.pin, &seen.reader)?;
         seen.entries.push((pin.log_index, entry));
         // The previous pin matters only near the start of the interval.
         let prev = match slot.prev {
             Some(prev) if timeline::near_start(at, &pin, margin) => {
-                Some(self.shared.index.pin_at(prev, &seen.reader)?.0)
+                Some(self.index.pin_at(prev, &seen.reader)?.0)
             }
             _ => None,
         };
         let next = match slot.next {
             Some(next) => {
-                let (next, entry) = self.shared.index.pin_at(next, &seen.reader)?;
+                let (next, entry) = self.index.pin_at(next, &seen.reader)?;
                 seen.entries.push((next.log_index, entry));
                 Some(next)
             }
@@ -157,7 +116,7 @@ impl Registry {
         seen: &mut Seen<'_>,
     ) -> Result<Resolution> {
         let head = self.known_env(env)?;
-        let Some(seq) = self.shared.index.seq_at_or_below_position(env, target)? else {
+        let Some(seq) = self.index.seq_at_or_below_position(env, target)? else {
             return Err(Error::not_found(format!(
                 "no pin of {env} recorded a {} at or below {target}",
                 target.kind()
@@ -202,6 +161,48 @@ impl Registry {
             uncertain,
         })
     }
+}
+
+impl Registry {
+    /// Every environment with its latest pin (what is live now, and its
+    /// count of pins: the pin's seq), in name order, after `after`; with
+    /// the name to continue after when there are more.
+    ///
+    /// # Errors
+    /// Internal when the index fails.
+    pub fn environments(
+        &self,
+        after: Option<&EnvName>,
+        limit: usize,
+    ) -> Result<(Vec<PinRecord>, Option<EnvName>)> {
+        let limit = page_size(limit);
+        let mut heads = self.shared.index.env_heads(after, limit + 1)?;
+        let more = heads.len() > limit;
+        heads.truncate(limit);
+        let reader = self.shared.index.proof_reader();
+        let pins = heads
+            .iter()
+            .map(|(env, head)| Ok(self.shared.logged_pin(env, head.seq, &reader)?.0))
+            .collect::<Result<Vec<_>>>()?;
+        let next = more
+            .then(|| heads.last().map(|(env, _)| env.clone()))
+            .flatten();
+        Ok((pins, next))
+    }
+
+    /// Which pin was live in `env` at `at`.
+    ///
+    /// # Errors
+    /// NotFound when the environment has no pins or `at` precedes the first.
+    pub fn resolve(
+        &self,
+        env: &EnvName,
+        at: Timestamp,
+        margin: Option<Duration>,
+    ) -> Result<Resolution> {
+        self.shared
+            .resolve_at(env, at, margin, &mut Seen::new(&self.shared.index))
+    }
 
     /// Where and when the artifact `digest` was live: its pins (at most
     /// `limit`), by environment and then newest first, each with the
@@ -225,7 +226,7 @@ impl Registry {
         let pins = found
             .iter()
             .map(|(env, seq)| {
-                let pin = self.logged_pin(env, *seq, &reader)?.0;
+                let pin = self.shared.logged_pin(env, *seq, &reader)?.0;
                 let until = index
                     .pin(env, seq + 1, &reader)?
                     .map(|(next, _)| next.entry.activated_at);
@@ -240,7 +241,7 @@ impl Registry {
     /// # Errors
     /// NotFound for an environment without pins.
     pub fn history(&self, env: &EnvName, query: &HistoryQuery) -> Result<HistoryPage> {
-        let head = self.known_env(env)?;
+        let head = self.shared.known_env(env)?;
         let limit = page_size(query.limit);
         let empty = HistoryPage {
             pins: Vec::new(),
@@ -282,7 +283,7 @@ impl Registry {
         let mut seq = hi;
         let reader = self.shared.index.proof_reader();
         while seq >= lo && seq >= 1 && pins.len() < limit {
-            pins.push(self.logged_pin(env, seq, &reader)?.0);
+            pins.push(self.shared.logged_pin(env, seq, &reader)?.0);
             seq -= 1;
         }
         let next = (seq >= lo && seq >= 1).then_some(seq);
