@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 
 use sled::Batch;
 
+use super::codec::u64_at;
 use super::codec::{
     EntryAt, Slot, artifact_pin_key, encode, evidence_key, object_key, pin_key, position_key,
     request_key, time_key,
 };
-use super::{APPLIED, EnvHead, Index, KeyRecord, files};
+use super::{APPLIED, EnvHead, Index, KEYED, KeyRecord, files};
 use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
 use crate::ids::{EnvName, ReleaseId};
@@ -33,7 +34,74 @@ pub(super) struct Pending {
     slots: std::collections::HashMap<EnvName, (Vec<u8>, Slot)>,
 }
 
+/// The writes of a batch of entries: to the main tree, and to the side
+/// tree ([`side_keys`]).
+#[derive(Default)]
+pub(super) struct Writes {
+    main: Batch,
+    side: Batch,
+}
+
+/// The keys of an entry that land at random places (a request id's hash,
+/// an artifact's digest): which entry a request id wrote, so a retry finds
+/// its first result, and the pins of each artifact. They live in a tree
+/// of their own. A commit writes them before its main batch; `m/keyed` in
+/// that tree says up to which entry they are written, and lookups ignore
+/// what is not applied yet (a crash between the two batches). A long
+/// catch-up holds them back and writes them at the end, sorted: inserted
+/// one entry at a time they cost sled a random leaf each, most of a
+/// rebuild's time (see BENCHMARKS.md).
+pub(super) fn side_keys(index: u64, entry: &Entry) -> Vec<[u8; 18]> {
+    let mut keys = Vec::with_capacity(2);
+    if let Some(id) = entry.request_id() {
+        keys.push(request_key(id, index));
+    }
+    if let Entry::Pin(p) = entry {
+        keys.push(artifact_pin_key(&p.digest, index));
+    }
+    keys
+}
+
 impl Index {
+    /// Holds side keys back from now on, until [`Self::write_side_keys`].
+    pub fn defer_side_keys(&self) {
+        self.defer_side.store(true, Ordering::Release);
+    }
+
+    /// Writes the side keys of every entry applied since `m/keyed`, from
+    /// the entry copies, in key order (about 18 bytes each in memory), and
+    /// stops holding them back.
+    ///
+    /// # Errors
+    /// Internal when the index fails.
+    pub fn write_side_keys(&self) -> Result<()> {
+        let applied = self.stored_applied()?;
+        let keyed = match self.side.get(KEYED)? {
+            Some(v) => u64_at(&v, 0)?,
+            None => 0,
+        };
+        // At most two keys an entry, 18 bytes each: 36 MiB a million.
+        let mut keys =
+            Vec::with_capacity(usize::try_from(applied.saturating_sub(keyed)).unwrap_or(0) * 2);
+        for index in keyed..applied {
+            let bytes = self.files.entry(index)?;
+            keys.extend(side_keys(index, &Entry::parse(index, &bytes)?));
+        }
+        keys.sort_unstable();
+        // One insert at a time: sled holds far more memory for a batch of
+        // keys that land in the same leaves (2 GiB for a million, in 1,024
+        // key batches) than for the same keys one by one.
+        for key in &keys {
+            self.side.insert(&key[..], &[][..])?;
+        }
+        drop(keys);
+        let mut done = Batch::default();
+        done.insert(KEYED, &applied.to_be_bytes());
+        self.side.apply_batch(done)?;
+        self.defer_side.store(false, Ordering::Release);
+        Ok(())
+    }
+
     /// Applies the entries of the log object starting at `start`, from
     /// entry `start + skip` on (a restart may have applied the first ones).
     /// Each entry must be accepted by [`state::apply`] under `rules`, over
@@ -63,7 +131,7 @@ impl Index {
         if skip >= entries.len() {
             return Ok(());
         }
-        let mut batch = Batch::default();
+        let mut batch = Writes::default();
         let mut pending = Pending::default();
         let mut staged = self.files.appender(applied)?;
         let base = Reading {
@@ -117,7 +185,7 @@ impl Index {
             )));
         }
         let (count, size) = (entries.len() as u64, layout::object_size(entries));
-        let mut batch = Batch::default();
+        let mut batch = Writes::default();
         let mut pending = Pending::default();
         let mut staged = self.files.appender(applied)?;
         for (i, (bytes, accepted)) in entries.iter().zip(accepted).enumerate() {
@@ -145,13 +213,17 @@ impl Index {
     /// entries count, then lets readers see them.
     pub(super) fn commit(
         &self,
-        mut batch: Batch,
+        mut batch: Writes,
         staged: &files::Appender,
         applied: u64,
     ) -> Result<()> {
         self.files.write(staged)?;
-        batch.insert(APPLIED, &applied.to_be_bytes());
-        self.tree.apply_batch(batch)?;
+        batch.main.insert(APPLIED, &applied.to_be_bytes());
+        if !self.defer_side.load(Ordering::Acquire) {
+            batch.side.insert(KEYED, &applied.to_be_bytes());
+            self.side.apply_batch(batch.side)?;
+        }
+        self.tree.apply_batch(batch.main)?;
         self.applied.store(applied, Ordering::Release);
         Ok(())
     }
@@ -160,7 +232,7 @@ impl Index {
     /// places of the entries staged before it in the same batch.
     pub(super) fn stage(
         &self,
-        batch: &mut Batch,
+        batch: &mut Writes,
         pending: &mut Pending,
         staged: &mut files::Appender,
         accepted: &Applied,
@@ -172,7 +244,7 @@ impl Index {
             let mut value = [0u8; 16];
             value[..8].copy_from_slice(&count.to_be_bytes());
             value[8..].copy_from_slice(&size.to_be_bytes());
-            batch.insert(&object_key(index)[..], &value[..]);
+            batch.main.insert(&object_key(index)[..], &value[..]);
         }
         let leaf = accepted.leaf;
         let mut node = leaf;
@@ -190,18 +262,20 @@ impl Index {
             node = merkle::node_hash(&left, &node);
             staged.push_hash(level, at, &node)?;
         }
-        // Which entry a request id wrote, so a retry finds its first
-        // result (the log keeps the id; this is the lookup).
-        if let Some(id) = accepted.entry.request_id() {
-            batch.insert(request_key(id), &index.to_be_bytes()[..]);
+        if !self.defer_side.load(Ordering::Acquire) {
+            for key in side_keys(index, &accepted.entry) {
+                batch.side.insert(&key[..], &[][..]);
+            }
         }
         match (&accepted.entry, &accepted.change) {
             (Entry::Publish(p), Change::Publish(release)) => {
                 let mut value = Vec::with_capacity(52);
                 value.extend_from_slice(&at);
                 value.extend_from_slice(release.digest.as_bytes());
-                batch.insert(format!("r/{}", p.release_id).into_bytes(), value);
-                batch.insert(
+                batch
+                    .main
+                    .insert(format!("r/{}", p.release_id).into_bytes(), value);
+                batch.main.insert(
                     format!("d/{}/{}", p.digest.hex(), p.release_id).into_bytes(),
                     &[][..],
                 );
@@ -216,9 +290,8 @@ impl Index {
                 },
             ) => {
                 if let Some(o) = position {
-                    batch.insert(position_key(&p.env, *o, p.seq), &[][..]);
+                    batch.main.insert(position_key(&p.env, *o, p.seq), &[][..]);
                 }
-                batch.insert(artifact_pin_key(&p.digest, &p.env, p.seq), &[][..]);
                 // The previous pin's slot learns where its successor is.
                 let prev = match (pending.slots.remove(&p.env), previous) {
                     (Some(latest), _) => Some(latest),
@@ -237,12 +310,14 @@ impl Index {
                 let prev_pin = match prev {
                     Some((key, mut slot)) => {
                         slot.next = Some(place);
-                        batch.insert(key, slot.encode());
+                        batch.main.insert(key, slot.encode());
                         Some(slot.pin)
                     }
                     None => None,
                 };
-                batch.insert(format!("e/{}", p.env).into_bytes(), encode(head));
+                batch
+                    .main
+                    .insert(format!("e/{}", p.env).into_bytes(), encode(head));
                 let published = match pending.releases.get(&p.release_id) {
                     Some(e) => *e,
                     None => self.artifact_entry(&p.release_id)?.ok_or_else(|| {
@@ -259,26 +334,28 @@ impl Index {
                     next: None,
                 };
                 let key = time_key(&p.env, p.activated_at, p.seq);
-                batch.insert(key.clone(), slot.encode());
+                batch.main.insert(key.clone(), slot.encode());
                 pending.slots.insert(p.env.clone(), (key, slot));
-                batch.insert(pin_key(&p.env, p.seq), &at[..]);
+                batch.main.insert(pin_key(&p.env, p.seq), &at[..]);
             }
             (Entry::Key(_), Change::Key(record)) => {
-                batch.insert(format!("k/{}", record.key_id).into_bytes(), encode(record));
+                batch
+                    .main
+                    .insert(format!("k/{}", record.key_id).into_bytes(), encode(record));
             }
             (Entry::Snapshot(s), Change::Snapshot(_)) => {
                 let mut value = at.to_vec();
                 value.extend_from_slice(&s.live.seq.to_be_bytes());
                 value.extend_from_slice(&s.db_time.as_micros().to_be_bytes());
                 value.extend_from_slice(&s.recorded_at.as_micros().to_be_bytes());
-                batch.insert(evidence_key("s", &s.env, index), value);
+                batch.main.insert(evidence_key("s", &s.env, index), value);
             }
             (Entry::Drill(d), Change::Drill) => {
                 let mut value = at.to_vec();
                 value.push(u8::from(d.passed));
                 value.extend_from_slice(&d.recorded_at.as_micros().to_be_bytes());
                 value.extend_from_slice(&d.rto_millis.unwrap_or(u64::MAX).to_be_bytes());
-                batch.insert(evidence_key("v", &d.env, index), value);
+                batch.main.insert(evidence_key("v", &d.env, index), value);
             }
             _ => {
                 return Err(Error::internal(format!(
@@ -398,5 +475,100 @@ pub fn refused_in_log(refused: Refused<Error>, index: u64) -> Error {
         )
         .with_reason(v.reason()),
         Refused::State(e) => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+    use stackpin_core::entry::{KeyAction, KeyEntry};
+
+    /// A key entry at `index` written by request `req-<index>`, as the
+    /// committer hands it over once the rules accepted it.
+    fn key_entry(index: u64) -> (bytes::Bytes, Applied) {
+        let seed = [u8::try_from(index).unwrap_or(0) + 1; 32];
+        let key_id = KeyId::of(&ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key());
+        let at = Timestamp::from_micros(1_700_000_000_000_000).unwrap_or_else(|e| panic!("{e}"));
+        let entry = Entry::Key(KeyEntry {
+            action: KeyAction::Add,
+            key_id: key_id.clone(),
+            public_key: None,
+            at,
+            recorded_at: at,
+            actor: "test".into(),
+            reason: "test".into(),
+            request_id: Some(format!("req-{index}")),
+        });
+        let bytes = entry.to_bytes();
+        let applied = Applied {
+            index,
+            leaf: merkle::leaf_hash(&bytes),
+            change: Change::Key(KeyRecord {
+                key_id,
+                public_key: None,
+                valid_from: Some(at),
+                revoked_at: None,
+                added_at_index: Some(index),
+            }),
+            entry,
+        };
+        (bytes, applied)
+    }
+
+    fn apply(index: &Index, at: u64) {
+        let (bytes, applied) = key_entry(at);
+        index
+            .apply_accepted(at, &[bytes], &[applied])
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn found(index: &Index, at: u64) -> bool {
+        index
+            .by_request(&format!("req-{at}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_some_and(|(i, _)| i == at)
+    }
+
+    fn keyed(index: &Index) -> Option<Vec<u8>> {
+        index
+            .side
+            .get(KEYED)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|v| v.to_vec())
+    }
+
+    #[test]
+    fn held_back_side_keys_are_written_at_the_end_or_at_the_next_open() {
+        let tmp = tempfile::TempDir::new().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().join("index");
+        {
+            let index = Index::open(&dir).unwrap_or_else(|e| panic!("{e}"));
+            apply(&index, 0);
+            assert!(
+                found(&index, 0),
+                "written with the entry when not held back"
+            );
+            index.defer_side_keys();
+            apply(&index, 1);
+            apply(&index, 2);
+            assert!(!found(&index, 1) && !found(&index, 2), "held back");
+            assert_eq!(keyed(&index), Some(1u64.to_be_bytes().to_vec()));
+            // The process stops with the trees flushed and the keys of
+            // entries 1 and 2 never written.
+            index.db.flush().unwrap_or_else(|e| panic!("{e}"));
+            index.files.sync().unwrap_or_else(|e| panic!("{e}"));
+        }
+        let index = Index::open(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!((0..3).all(|at| found(&index, at)), "written at open");
+        assert_eq!(keyed(&index), Some(3u64.to_be_bytes().to_vec()));
+
+        index.defer_side_keys();
+        apply(&index, 3);
+        assert!(!found(&index, 3));
+        index.write_side_keys().unwrap_or_else(|e| panic!("{e}"));
+        assert!(found(&index, 3));
+        apply(&index, 4);
+        assert!(found(&index, 4), "written with the entry again");
     }
 }

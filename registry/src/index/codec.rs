@@ -133,8 +133,25 @@ pub(super) fn env_prefix(tag: &str, env: &EnvName) -> Vec<u8> {
 
 /// Request ids never contain `/` (see `stackpin_core::ids::parse_request_id`;
 /// server-made ids are hex).
-pub(super) fn request_key(id: &str) -> Vec<u8> {
-    format!("i/{id}").into_bytes()
+/// The prefix of the keys of entries written by request `id`: `i/` and the
+/// first 8 bytes of the id's SHA-256. Short and fixed in length on
+/// purpose, like [`artifact_pin_key`]; entries of another id sharing the
+/// prefix are told apart by reading the entry.
+pub(super) fn request_prefix(id: &str) -> [u8; 10] {
+    use sha2::Digest as _;
+    let mut k = [0u8; 10];
+    k[..2].copy_from_slice(b"i/");
+    k[2..].copy_from_slice(&sha2::Sha256::digest(id.as_bytes())[..8]);
+    k
+}
+
+/// The key that says the entry at log index `index` was written by
+/// request `id`.
+pub(super) fn request_key(id: &str, index: u64) -> [u8; 18] {
+    let mut k = [0u8; 18];
+    k[..10].copy_from_slice(&request_prefix(id));
+    k[10..].copy_from_slice(&index.to_be_bytes());
+    k
 }
 
 pub(super) fn pin_key(env: &EnvName, seq: u64) -> Vec<u8> {
@@ -158,11 +175,19 @@ pub(super) fn position_key(env: &EnvName, p: Ordered, seq: u64) -> Vec<u8> {
     k
 }
 
-/// The key that says pin `seq` of `env` pins `digest`; the prefix
-/// `a/<digest hex>/` lists every pin of an artifact.
-pub(super) fn artifact_pin_key(digest: &Digest, env: &EnvName, seq: u64) -> Vec<u8> {
-    let mut k = format!("a/{}/{env}/", digest.hex()).into_bytes();
-    k.extend_from_slice(&seq.to_be_bytes());
+/// How many leading bytes of a digest an artifact-pin key holds.
+pub(super) const ARTIFACT_PIN_PREFIX: usize = 8;
+
+/// The key that says the pin at log index `index` pins `digest`: `a/`,
+/// the digest's first [`ARTIFACT_PIN_PREFIX`] bytes, the index. Short on
+/// purpose: one lands at a random place for every pin, and a rebuild's
+/// time grows with their length. Pins of another digest sharing the
+/// prefix are told apart by reading the pin.
+pub(super) fn artifact_pin_key(digest: &Digest, index: u64) -> [u8; 2 + ARTIFACT_PIN_PREFIX + 8] {
+    let mut k = [0u8; 2 + ARTIFACT_PIN_PREFIX + 8];
+    k[..2].copy_from_slice(b"a/");
+    k[2..2 + ARTIFACT_PIN_PREFIX].copy_from_slice(&digest.as_bytes()[..ARTIFACT_PIN_PREFIX]);
+    k[2 + ARTIFACT_PIN_PREFIX..].copy_from_slice(&index.to_be_bytes());
     k
 }
 

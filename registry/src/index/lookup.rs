@@ -182,27 +182,31 @@ impl Index {
     }
 
     /// The pins of the artifact `digest` (environment and sequence
-    /// number), by environment name and then in sequence order; at most
-    /// `limit`.
+    /// number), newest first; at most `limit`.
     ///
     /// # Errors
     /// Internal when the index is unreadable.
     pub fn pins_of(&self, digest: &Digest, limit: usize) -> Result<Vec<(EnvName, u64)>> {
-        let prefix = format!("a/{}/", digest.hex());
-        self.tree
-            .scan_prefix(prefix.as_bytes())
-            .take(limit)
-            .map(|item| {
-                let (key, _) = item?;
-                let rest = key
-                    .get(prefix.len()..key.len().saturating_sub(9))
-                    .ok_or_else(|| Error::internal("index artifact pin key is too short"))?;
-                let env = std::str::from_utf8(rest)
-                    .map_err(|_| Error::internal("index artifact pin key is not UTF-8"))?
-                    .parse()?;
-                Ok((env, seq_of_time_key(&key)?))
-            })
-            .collect()
+        let key = super::codec::artifact_pin_key(digest, 0);
+        let prefix = &key[..key.len() - 8];
+        let mut found = Vec::new();
+        let applied = self.applied()?;
+        for item in self.side.scan_prefix(prefix).rev() {
+            if found.len() >= limit {
+                break;
+            }
+            let (key, _) = item?;
+            let index = u64_at(&key, prefix.len())?;
+            if index >= applied {
+                continue; // written ahead of a crash, not applied yet
+            }
+            if let (Entry::Pin(p), _) = self.entry(index)?
+                && p.digest == *digest
+            {
+                found.push((p.env, p.seq));
+            }
+        }
+        Ok(found)
     }
 
     /// Artifacts in release id order, starting after `after`.
@@ -275,12 +279,21 @@ impl Index {
     /// # Errors
     /// As [`Self::verified_copy`].
     pub fn by_request(&self, id: &str) -> Result<Option<(u64, Entry)>> {
-        let Some(value) = self.tree.get(super::codec::request_key(id))? else {
-            return Ok(None);
-        };
-        let index = super::codec::u64_at(&value, 0)?;
-        let (bytes, _) = self.verified_copy(self.place(index)?, &self.proof_reader())?;
-        Ok(Some((index, Entry::parse(index, &bytes)?)))
+        let prefix = super::codec::request_prefix(id);
+        let applied = self.applied()?;
+        for item in self.side.scan_prefix(prefix) {
+            let (key, _) = item?;
+            let index = u64_at(&key, prefix.len())?;
+            if index >= applied {
+                break; // written ahead of a crash, not applied yet
+            }
+            let (bytes, _) = self.verified_copy(self.place(index)?, &self.proof_reader())?;
+            let entry = Entry::parse(index, &bytes)?;
+            if entry.request_id() == Some(id) {
+                return Ok(Some((index, entry)));
+            }
+        }
+        Ok(None)
     }
 
     /// Where the index keeps its copy of entry `index`.

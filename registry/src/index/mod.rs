@@ -5,6 +5,7 @@
 //! atomic batch, including the count of entries applied:
 //!
 //! ```text
+//! (the main tree)
 //! m/applied                           u64 BE: entries 0..applied are applied
 //! r/<release id>                      EntryAt of the publish, then the 32-byte digest it binds
 //! d/<digest hex>/<release id>         (empty): digest -> release ids
@@ -12,13 +13,15 @@
 //! p/<env>/<seq u64 BE>                EntryAt of the pin (its entry copy holds the rest)
 //! t/<env>/<activated_at key><seq BE>  Slot: where the pin, its release's publish and its neighbour pins are; time-ordered, for resolve
 //! k/<key id>                          KeyRecord (JSON): publisher key lifecycle
-//! i/<request id>                      u64 BE: the log index of the entry that request wrote
 //! q/<env>/<kind><position BE><seq BE>  (empty): pins by LSN (l) or TXID (x)
-//! a/<digest hex>/<env>/<seq BE>       (empty): artifact -> the pins of it
 //! o/<first index u64 BE>              u64 BE entry count, u64 BE byte size of that log object
 //! s/<env>/<index u64 BE>              EntryAt of a snapshot, the live pin's seq (u64 BE), its db_time and recorded_at (i64 BE micros)
 //! v/<env>/<index u64 BE>              EntryAt of a drill, passed (1 byte), recorded_at (i64 BE micros), restore millis (u64 BE, MAX: none)
 //! m/format                            u64 BE: the layout version, [`FORMAT`]
+//! (the side tree, written beside the main one: see `apply::side_keys`)
+//! i/<SHA-256 of request id, 8 bytes><index BE>  (empty): the entry that request wrote
+//! a/<digest's first 8 bytes><index BE> (empty): artifact -> the log indexes of its pins
+//! m/keyed                             u64 BE: the side keys of entries 0..keyed are written
 //! ```
 //!
 //! Next to it, flat files (see [`files`]) hold every *complete* (perfect,
@@ -64,14 +67,18 @@ pub use stackpin_core::state::{EnvHead, KeyRecord};
 
 const APPLIED: &[u8] = b"m/applied";
 const FORMAT_KEY: &[u8] = b"m/format";
+/// In the side tree, u64 BE: the side keys of entries `0..keyed` are
+/// written (see [`apply::side_keys`]).
+const KEYED: &[u8] = b"m/keyed";
 /// The index layout version; an index of another version is rebuilt.
 /// 2: Merkle hashes and entry copies in flat files; 3: pins read from
 /// their entry copies; 4: artifacts too; 5: with the copies' places;
 /// 6: time keys name the pin and publish entries; 7: with the copies'
 /// lengths; 8: release keys carry the bound digest; 9: request ids;
 /// 10: snapshots and drills, and heads count positioned pins; 11: the
-/// pins of each artifact; 12: when each snapshot was recorded.
-pub const FORMAT: u64 = 12;
+/// pins of each artifact; 12: when each snapshot was recorded; 13: short
+/// artifact-pin and request keys, in a side tree.
+pub const FORMAT: u64 = 13;
 
 /// A file in the index folder that says the index was found damaged while
 /// serving; the next open rebuilds it.
@@ -93,6 +100,12 @@ pub struct Index {
     /// Hashes of imperfect ranges of leaves (see [`NodeSource::memo`]);
     /// applied leaves never change, so an entry never goes stale.
     memo: Arc<std::sync::Mutex<std::collections::HashMap<(u64, u64), Hash>>>,
+    /// The `i/` and `a/` keys (see [`apply::side_keys`]), in a tree of
+    /// their own.
+    side: Tree,
+    /// Whether side keys are held back (a long catch-up): they are then
+    /// written all at once, in key order, by [`Self::write_side_keys`].
+    defer_side: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How many range hashes [`Index`] remembers before starting over (a tree
@@ -162,14 +175,23 @@ impl Index {
             }
         }
         files.check(applied)?;
-        Ok(Self {
+        let side = db.open_tree("side")?;
+        let keyed = side.get(KEYED)?.map(|v| u64_at(&v, 0)).transpose()?;
+        let index = Self {
             db,
             tree,
             files: Arc::new(files),
             applied: Arc::new(AtomicU64::new(applied)),
             dir: None,
             memo: Arc::default(),
-        })
+            side,
+            defer_side: Arc::default(),
+        };
+        // A catch-up that held them back and stopped before writing them.
+        if keyed.unwrap_or(0) < applied {
+            index.write_side_keys()?;
+        }
+        Ok(index)
     }
 
     /// `m/applied` as sled has it.

@@ -473,7 +473,14 @@ impl Registry {
         let found = find_checkpoints(&store, &verifier, None).await?;
         let from = shared.index.applied()?;
         let started = Instant::now();
-        let applied = committer::catch_up(&shared.log, &shared.index, &shared.rules).await?;
+        // Nothing is served yet: the keys that land at random places in the
+        // index are written at the end, in key order.
+        shared.index.defer_side_keys();
+        let caught = committer::catch_up(&shared.log, &shared.index, &shared.rules).await;
+        let index = shared.index.clone();
+        let written = crate::blocking::on_index_writer(move || index.write_side_keys()).await;
+        let applied = caught?;
+        written?;
         if applied > 0 {
             tracing::info!(
                 from,
