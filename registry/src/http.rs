@@ -9,6 +9,7 @@
 //! GET /tile/<L>/<N>[.p/<W>]            hash tiles of its tree
 //! GET /tile/entries/<N>[.p/<W>]        entry bundles
 //! GET /, /env/…, /artifact/…, /log …   the web view (when it is on)
+//! GET|HEAD /v2/…                        the OCI Distribution pull API ([`crate::oci`])
 //! ```
 //!
 //! Browsers send their token in a cookie (set by the web view's sign-in
@@ -58,6 +59,8 @@ pub struct Http {
     /// How long a connection lives before it is asked to close (and cut
     /// after as long again): the request deadline.
     pub max_age: Duration,
+    /// The OCI Distribution pull API under `/v2/`.
+    pub oci: crate::oci::Oci,
 }
 
 /// The largest sign-in form read.
@@ -223,6 +226,9 @@ async fn handle(http: &Http, cn: Option<&str>, req: Request<Incoming>) -> Respon
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let head = req.method() == Method::HEAD;
+    if crate::oci::is_oci(&path) {
+        return http.oci.handle(&http.registry, &http.auth, cn, &req).await;
+    }
     if let (Some(site), true) = (&http.web, req.method() == Method::POST && path == "/login") {
         return match read_form(req).await {
             Ok(form) => reply(crate::web::login(site, &http.auth, &form)),

@@ -51,6 +51,7 @@ pub(crate) mod http_status;
 pub mod index;
 pub mod log;
 pub(crate) mod observe;
+pub(crate) mod oci;
 pub(crate) mod records;
 pub mod registry;
 pub mod server;

@@ -252,6 +252,7 @@ pub async fn run_all(
             web: options.web.clone(),
             connections: options.connections,
             max_age: options.max_connection_age,
+            oci: crate::oci::Oci::default(),
         };
         tokio::spawn(crate::http::serve(tiles, http, drain_rx.clone()));
     }

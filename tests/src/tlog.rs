@@ -33,7 +33,8 @@ pub fn get(addr: SocketAddr, path: &str) -> Answer {
     parse_answer(&raw)
 }
 
-fn parse_answer(raw: &[u8]) -> Answer {
+/// Reads a raw HTTP/1.1 answer.
+pub fn parse_answer(raw: &[u8]) -> Answer {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -190,6 +190,29 @@ impl Registry {
         Ok((pins, next))
     }
 
+    /// The pin live in `env` now (its latest).
+    ///
+    /// # Errors
+    /// NotFound when the environment has no pins.
+    pub fn live_now(&self, env: &EnvName) -> Result<PinRecord> {
+        let head = self.shared.known_env(env)?;
+        let reader = self.shared.index.proof_reader();
+        Ok(self.shared.logged_pin(env, head.seq, &reader)?.0)
+    }
+
+    /// Pin `seq` of `env`.
+    ///
+    /// # Errors
+    /// NotFound when `env` has no pin `seq`.
+    pub fn pin_record(&self, env: &EnvName, seq: u64) -> Result<PinRecord> {
+        let head = self.shared.known_env(env)?;
+        if seq == 0 || seq > head.seq {
+            return Err(Error::not_found(format!("{env} has no pin #{seq}")));
+        }
+        let reader = self.shared.index.proof_reader();
+        Ok(self.shared.logged_pin(env, seq, &reader)?.0)
+    }
+
     /// Which pin was live in `env` at `at`.
     ///
     /// # Errors

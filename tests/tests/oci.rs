@@ -1,0 +1,358 @@
+//! The OCI Distribution pull API, read by a client stackpin did not write
+//! (skopeo, from Debian) and by plain HTTP requests as the spec writes
+//! them.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+
+use serde_json::Value;
+use stackpin_tests::tlog::Answer;
+use stackpin_tests::world::World;
+
+/// One HTTP/1.1 request with `headers`, `Connection: close`.
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str("\r\n");
+    tcp.write_all(text.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).unwrap();
+    stackpin_tests::tlog::parse_answer(&raw)
+}
+
+fn get(addr: SocketAddr, path: &str) -> Answer {
+    request(addr, "GET", path, &[])
+}
+
+fn json(a: &Answer) -> Value {
+    serde_json::from_slice(&a.body).unwrap_or_else(|e| panic!("{e}: {a:?}"))
+}
+
+fn error_code(a: &Answer) -> String {
+    json(a)["errors"][0]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `skopeo` against the registry at `addr` (plain HTTP on loopback).
+fn skopeo_run(args: &[&str]) -> std::process::Output {
+    Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("run skopeo (Debian's skopeo; tests/run installs it)")
+}
+
+#[test]
+fn tags_follow_pins_and_instants_answer_as_resolve_does() {
+    let w = World::new(&["--http-listen", "127.0.0.1:0"]);
+    w.three_releases();
+    let addr = w.server.tiles_addr();
+
+    let base = get(addr, "/v2/");
+    assert_eq!(base.status, 200, "{base:?}");
+    assert_eq!(
+        base.headers
+            .get("docker-distribution-api-version")
+            .map(String::as_str),
+        Some("registry/2.0")
+    );
+
+    // prod is release rel-3 (pin #3), an instant tag what resolve says.
+    let prod = get(addr, "/v2/objectstack/manifests/prod");
+    assert_eq!(prod.status, 200, "{prod:?}");
+    let manifest = json(&prod);
+    assert_eq!(
+        manifest["artifactType"],
+        "application/vnd.objectos.objectstack.v1+json"
+    );
+    assert_eq!(manifest["annotations"]["dev.stackpin.release"], "rel-3");
+    assert_eq!(manifest["annotations"]["dev.stackpin.pin"], "3");
+    let digest = prod.headers["docker-content-digest"].clone();
+    assert_eq!(
+        digest,
+        format!(
+            "sha256:{}",
+            <sha2::Sha256 as sha2::Digest>::digest(&prod.body)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    );
+    for (tag, at, release) in [
+        ("prod.at.20260301T103000Z", "2026-03-01T10:30:00Z", "rel-1"),
+        ("prod.at.20260301T110000Z", "2026-03-01T11:00:00Z", "rel-2"),
+        (
+            "prod.at.20260301T115959.5Z",
+            "2026-03-01T11:59:59.5Z",
+            "rel-2",
+        ),
+    ] {
+        let answer = get(addr, &format!("/v2/objectstack/manifests/{tag}"));
+        assert_eq!(answer.status, 200, "{tag}: {answer:?}");
+        assert_eq!(
+            json(&answer)["annotations"]["dev.stackpin.release"],
+            release,
+            "{tag}"
+        );
+        let resolved = w
+            .cli(&["--output", "json", "resolve", "--env", "prod", "--at", at])
+            .json();
+        assert_eq!(resolved["pin"]["release_id"], release, "{tag}: {resolved}");
+    }
+    let before = get(addr, "/v2/objectstack/manifests/prod.at.20200101T000000Z");
+    assert_eq!(before.status, 404, "{before:?}");
+    assert_eq!(error_code(&before), "MANIFEST_UNKNOWN");
+
+    // A HEAD by tag says the digest and length without a body; a pin moves
+    // the tag.
+    let head = request(addr, "HEAD", "/v2/objectstack/manifests/prod", &[]);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers["docker-content-digest"], digest);
+    assert_eq!(head.headers["content-length"], prod.body.len().to_string());
+    assert!(head.body.is_empty());
+    w.cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--release-id",
+        "rel-1",
+        "--reason",
+        "back",
+    ])
+    .ok();
+    let moved = request(addr, "HEAD", "/v2/objectstack/manifests/prod", &[]);
+    assert_ne!(moved.headers["docker-content-digest"], digest);
+    // The earlier manifest stays readable by its digest, and unchanged.
+    let by_digest = get(addr, &format!("/v2/objectstack/manifests/{digest}"));
+    assert_eq!(by_digest.status, 200, "{by_digest:?}");
+    assert_eq!(by_digest.body, prod.body);
+    let unchanged = request(
+        addr,
+        "GET",
+        &format!("/v2/objectstack/manifests/{digest}"),
+        &[("If-None-Match", &format!("\"{digest}\""))],
+    );
+    assert_eq!(unchanged.status, 304);
+
+    // The release tag never moves; the layer is the artifact's bytes.
+    let rel = json(&get(addr, "/v2/objectstack/manifests/rel-2"));
+    let layer = rel["layers"][0]["digest"].as_str().unwrap().to_owned();
+    let blob = get(addr, &format!("/v2/objectstack/blobs/{layer}"));
+    assert_eq!(blob.status, 200);
+    assert_eq!(
+        blob.body,
+        std::fs::read(w.dir.path().join("a2.json")).unwrap()
+    );
+    let part = request(
+        addr,
+        "GET",
+        &format!("/v2/objectstack/blobs/{layer}"),
+        &[("Range", "bytes=2-8")],
+    );
+    assert_eq!(part.status, 206, "{part:?}");
+    assert_eq!(part.body, blob.body[2..=8]);
+    assert_eq!(
+        part.headers["content-range"],
+        format!("bytes 2-8/{}", blob.body.len())
+    );
+    let config = get(
+        addr,
+        "/v2/objectstack/blobs/sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+    );
+    assert_eq!(config.body, b"{}");
+
+    // tags/list pages in lexical order.
+    let all = json(&get(addr, "/v2/objectstack/tags/list"));
+    assert_eq!(
+        all["tags"],
+        serde_json::json!(["prod", "rel-1", "rel-2", "rel-3"])
+    );
+    let page = get(addr, "/v2/objectstack/tags/list?n=2&last=prod");
+    assert_eq!(json(&page)["tags"], serde_json::json!(["rel-1", "rel-2"]));
+    assert!(page.headers["link"].contains("last=rel-2"), "{page:?}");
+}
+
+#[test]
+fn every_write_verb_and_every_hostile_reference_gets_the_specs_error() {
+    let w = World::new(&["--http-listen", "127.0.0.1:0"]);
+    w.three_releases();
+    let addr = w.server.tiles_addr();
+    for (method, path) in [
+        ("PUT", "/v2/objectstack/manifests/prod"),
+        ("DELETE", "/v2/objectstack/manifests/rel-1"),
+        ("POST", "/v2/objectstack/blobs/uploads/"),
+        ("PATCH", "/v2/objectstack/blobs/uploads/x"),
+        (
+            "DELETE",
+            "/v2/objectstack/blobs/sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+        ),
+    ] {
+        let a = request(addr, method, path, &[("Content-Length", "0")]);
+        assert_eq!(a.status, 405, "{method} {path}: {a:?}");
+        assert_eq!(error_code(&a), "UNSUPPORTED");
+    }
+    let prod = json(&get(addr, "/v2/objectstack/manifests/prod"));
+    assert_eq!(
+        prod["annotations"]["dev.stackpin.release"], "rel-3",
+        "nothing changed"
+    );
+
+    for (path, status, code) in [
+        ("/v2/other/manifests/prod", 404, "NAME_UNKNOWN"),
+        ("/v2/objectstack/manifests/nope", 404, "MANIFEST_UNKNOWN"),
+        (
+            "/v2/objectstack/manifests/..%2F..%2Fetc",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        ("/v2/objectstack/manifests/sha256:zz", 400, "DIGEST_INVALID"),
+        (
+            "/v2/objectstack/manifests/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        ("/v2/objectstack/blobs/sha512:00", 400, "DIGEST_INVALID"),
+        (
+            "/v2/objectstack/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            404,
+            "BLOB_UNKNOWN",
+        ),
+        (
+            "/v2/objectstack/tags/list?n=x",
+            400,
+            "PAGINATION_NUMBER_INVALID",
+        ),
+        (
+            "/v2/objectstack/manifests/prod.at.20269999T000000Z",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+    ] {
+        let a = get(addr, path);
+        assert_eq!(a.status, status, "{path}: {a:?}");
+        assert_eq!(error_code(&a), code, "{path}");
+    }
+    let huge = get(addr, "/v2/objectstack/tags/list?n=99999999999999999999");
+    assert_eq!(huge.status, 400);
+    let capped = json(&get(addr, "/v2/objectstack/tags/list?n=100000"));
+    assert_eq!(capped["tags"].as_array().map(Vec::len), Some(4));
+    let layer = json(&get(addr, "/v2/objectstack/manifests/rel-1"))["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for range in [
+        "bytes=999999-",
+        "bytes=5-2",
+        "bytes=-0",
+        "items=0-1",
+        "bytes=0-1,3-4",
+    ] {
+        let a = request(
+            addr,
+            "GET",
+            &format!("/v2/objectstack/blobs/{layer}"),
+            &[("Range", range)],
+        );
+        assert_eq!(a.status, 416, "{range}: {a:?}");
+    }
+}
+
+#[test]
+fn with_tokens_registry_clients_get_a_basic_challenge_and_read_with_the_token() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (token, entry) = stackpin_tests::create_token(dir.path(), "flux", &["read"]);
+    let cfg = dir.path().join("tokens.toml");
+    std::fs::write(&cfg, &entry).unwrap();
+    let server = stackpin_tests::Server::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let addr = server.tiles_addr();
+    let anonymous = get(addr, "/v2/objectstack/tags/list");
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    assert!(
+        anonymous.headers["www-authenticate"].starts_with("Basic realm="),
+        "{anonymous:?}"
+    );
+    assert_eq!(error_code(&anonymous), "UNAUTHORIZED");
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("flux:{token}"))
+    };
+    let ok = request(
+        addr,
+        "GET",
+        "/v2/objectstack/tags/list",
+        &[("Authorization", &format!("Basic {basic}"))],
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let bearer = request(
+        addr,
+        "GET",
+        "/v2/objectstack/tags/list",
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(bearer.status, 200);
+    assert_eq!(bearer.body, ok.body);
+    let wrong = request(
+        addr,
+        "GET",
+        "/v2/objectstack/tags/list",
+        &[("Authorization", "Basic Zmx1eDpub3BlCg==")],
+    );
+    assert_eq!(wrong.status, 401);
+
+    let inspected = skopeo_run(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &format!("flux:{token}"),
+        &format!("docker://{addr}/objectstack:nope"),
+    ]);
+    // Past the challenge with the token: the tag is unknown, not refused.
+    let said = String::from_utf8_lossy(&inspected.stderr);
+    assert!(!inspected.status.success());
+    assert!(said.contains("manifest unknown"), "{said}");
+}
+
+#[test]
+fn skopeo_copies_the_live_artifact_into_an_oci_layout_byte_for_byte() {
+    let w = World::new(&["--http-listen", "127.0.0.1:0"]);
+    w.three_releases();
+    let addr = w.server.tiles_addr();
+    let raw = skopeo_run(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{addr}/objectstack:prod"),
+    ]);
+    assert!(raw.status.success(), "{raw:?}");
+    let manifest: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(manifest["annotations"]["dev.stackpin.release"], "rel-3");
+
+    let layout = w.dir.path().join("layout");
+    let copied = skopeo_run(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{addr}/objectstack:prod"),
+        &format!("oci:{}:prod", layout.display()),
+    ]);
+    assert!(copied.status.success(), "{copied:?}");
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let bytes = std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap();
+    assert_eq!(bytes, std::fs::read(w.dir.path().join("a3.json")).unwrap());
+}
