@@ -356,3 +356,109 @@ fn skopeo_copies_the_live_artifact_into_an_oci_layout_byte_for_byte() {
     let bytes = std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap();
     assert_eq!(bytes, std::fs::read(w.dir.path().join("a3.json")).unwrap());
 }
+
+#[test]
+fn the_tar_gzip_form_unpacks_to_the_artifact_and_keeps_its_digest_across_restarts() {
+    let mut w = World::new(&["--http-listen", "127.0.0.1:0"]);
+    w.three_releases();
+    let addr = w.server.tiles_addr();
+    let first = get(addr, "/v2/objectstack-tgz/manifests/prod");
+    assert_eq!(first.status, 200, "{first:?}");
+    let manifest = json(&first);
+    let layer = &manifest["layers"][0];
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    let digest = layer["digest"].as_str().unwrap().to_owned();
+    let blob = get(addr, &format!("/v2/objectstack-tgz/blobs/{digest}"));
+    assert_eq!(blob.status, 200, "{blob:?}");
+    assert_eq!(Some(blob.body.len() as u64), layer["size"].as_u64());
+    let archive = w.dir.path().join("prod.tar.gz");
+    std::fs::write(&archive, &blob.body).unwrap();
+    let out = w.dir.path().join("unpacked");
+    std::fs::create_dir(&out).unwrap();
+    let tar = Command::new("tar")
+        .arg("-xzf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(tar.status.success(), "{tar:?}");
+    assert_eq!(
+        std::fs::read(out.join("objectstack.json")).unwrap(),
+        std::fs::read(w.dir.path().join("a3.json")).unwrap()
+    );
+
+    // Another process on the same folder serves the same bytes under the
+    // same digests.
+    w.server = w.server.restart();
+    let addr = w.server.tiles_addr();
+    let again = get(addr, "/v2/objectstack-tgz/manifests/prod");
+    assert_eq!(again.body, first.body);
+    let by_digest = get(
+        addr,
+        &format!(
+            "/v2/objectstack-tgz/manifests/{}",
+            first.headers["docker-content-digest"]
+        ),
+    );
+    assert_eq!(by_digest.status, 200, "{by_digest:?}");
+    assert_eq!(by_digest.body, first.body);
+    // The raw form's manifest of the same pin is another document.
+    let raw = get(addr, "/v2/objectstack/manifests/prod");
+    assert_ne!(
+        raw.headers["docker-content-digest"],
+        first.headers["docker-content-digest"]
+    );
+}
+
+#[test]
+fn a_stored_archive_or_manifest_changed_in_storage_is_never_served() {
+    let mut w = World::new(&["--http-listen", "127.0.0.1:0"]);
+    w.three_releases();
+    let addr = w.server.tiles_addr();
+    let tgz = get(addr, "/v2/objectstack-tgz/manifests/rel-1");
+    let layer = json(&tgz)["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let raw = get(addr, "/v2/objectstack/manifests/rel-2");
+    let raw_digest = raw.headers["docker-content-digest"].clone();
+    // Someone with write access to the bucket swaps the archive for one of
+    // another file, and rewrites a stored manifest.
+    let data = w.dir.path().join("data");
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let other = get(addr, "/v2/objectstack-tgz/manifests/rel-3");
+    let other_layer = json(&other)["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other_hex = other_layer.strip_prefix("sha256:").unwrap();
+    std::fs::copy(
+        data.join("oci/blobs").join(other_hex),
+        data.join("oci/blobs").join(hex),
+    )
+    .unwrap();
+    let stored = data
+        .join("oci/manifests")
+        .join(raw_digest.strip_prefix("sha256:").unwrap());
+    let edited = String::from_utf8(std::fs::read(&stored).unwrap())
+        .unwrap()
+        .replace("rel-2", "rel-9");
+    std::fs::write(&stored, edited).unwrap();
+    w.server = w.server.restart();
+    let addr = w.server.tiles_addr();
+
+    let refused = get(addr, "/v2/objectstack-tgz/manifests/rel-1");
+    assert_eq!(refused.status, 500, "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.body).contains("does not hold its artifact"));
+    let blob = get(addr, &format!("/v2/objectstack-tgz/blobs/{layer}"));
+    assert_eq!(blob.status, 404, "a blob not hashing to its name: {blob:?}");
+    let manifest = get(addr, &format!("/v2/objectstack/manifests/{raw_digest}"));
+    assert_eq!(manifest.status, 404, "{manifest:?}");
+    // Asked by tag, the manifest is derived again, and matches its digest.
+    let again = get(addr, "/v2/objectstack/manifests/rel-2");
+    assert_eq!(again.headers["docker-content-digest"], raw_digest);
+}

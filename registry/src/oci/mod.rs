@@ -5,11 +5,13 @@
 //!
 //! ```text
 //! GET /v2/                                  the API's base (200 {})
-//! GET|HEAD /v2/objectstack/manifests/<ref>  a tag (release id, environment,
+//! GET|HEAD /v2/<repo>/manifests/<ref>       a tag (release id, environment,
 //!                                           <env>.at.<instant>) or a digest
-//! GET|HEAD /v2/objectstack/blobs/<digest>   an artifact's bytes, the empty
-//!                                           config; single byte ranges
-//! GET /v2/objectstack/tags/list?n=&last=    release ids and environments
+//! GET|HEAD /v2/<repo>/blobs/<digest>        an artifact's bytes, an archive,
+//!                                           the empty config; one byte range
+//! GET /v2/<repo>/tags/list?n=&last=         release ids and environments
+//! (repo: objectstack, the artifact as the layer; objectstack-tgz, a
+//! reproducible tar+gzip of it: see [`tgz`])
 //! any other verb                            405 UNSUPPORTED
 //! ```
 //!
@@ -22,6 +24,7 @@
 //! Basic (what registry clients' credentials send).
 
 pub mod model;
+pub mod tgz;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,12 +33,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
-use object_store::{GetOptions, GetRange, ObjectStore as _, PutMode, PutOptions, PutPayload};
+use object_store::{GetOptions, GetRange, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 
 use crate::auth::{Action, Authorizer};
 use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
 use crate::ids::{EnvName, ReleaseId};
+use crate::records::{ArtifactRecord, PinRecord};
 use crate::registry::{ArtifactRef, Registry};
 use model::{Manifest, Tag};
 
@@ -56,6 +60,8 @@ const CHALLENGE: &str = "Basic realm=\"stackpin\", charset=\"UTF-8\"";
 #[derive(Clone, Default)]
 pub struct Oci {
     remembered: Arc<Mutex<HashMap<String, Bytes>>>,
+    /// Artifact digest to its archive's digest and size, once checked.
+    archives: Arc<Mutex<HashMap<Digest, (Digest, u64)>>>,
 }
 
 /// One answer of the API.
@@ -102,21 +108,24 @@ impl Oci {
             version(&mut r);
             return r;
         }
-        let result = match route(rest) {
-            Some((name, Route::Manifest(reference))) if name == model::REPOSITORY => {
-                self.manifest(registry, reference, headers).await
+        let routed = route(rest).map(|(name, r)| (name, model::Form::of(name), r));
+        let result = match routed {
+            Some((_, Some(form), Route::Manifest(reference))) => {
+                self.manifest(registry, form, reference, headers).await
             }
-            Some((name, Route::Blob(digest))) if name == model::REPOSITORY => {
+            Some((_, Some(_), Route::Blob(digest))) => {
                 self.blob(registry, digest, headers, head).await
             }
-            Some((name, Route::Tags)) if name == model::REPOSITORY => tags(registry, query).await,
-            Some((name, _)) => Err(Oops::new(
+            Some((name, Some(_), Route::Tags)) => tags(registry, name, query).await,
+            Some((name, None, _)) => Err(Oops::new(
                 StatusCode::NOT_FOUND,
                 "NAME_UNKNOWN",
                 format!(
-                    "no repository {}: this registry has one, {}",
+                    "no repository {}: this registry has two, {} (the artifact as the layer) \
+                     and {} (a tar+gzip of it)",
                     stackpin_core::error::shown(name),
-                    model::REPOSITORY
+                    model::REPOSITORY,
+                    model::TGZ_REPOSITORY
                 ),
             )),
             None => Err(Oops::new(
@@ -141,12 +150,13 @@ impl Oci {
     async fn manifest(
         &self,
         registry: &Arc<Registry>,
+        form: model::Form,
         reference: &str,
         headers: &HeaderMap,
     ) -> std::result::Result<Answer, Oops> {
         let bytes = if reference.starts_with("sha256:") {
             let digest = parse_digest(reference)?;
-            self.by_digest(registry, &digest).await?
+            self.by_digest(registry, form, &digest).await?
         } else {
             if !model::is_tag(reference) {
                 return Err(Oops::new(
@@ -157,8 +167,9 @@ impl Oci {
             }
             let tag = reference.to_owned();
             let r = registry.clone();
-            let manifest = crate::blocking::run(move || derive_tag(&r, &tag)).await?;
-            let bytes = model::encode(&manifest);
+            let (artifact, pin) = crate::blocking::run(move || find_tag(&r, &tag)).await?;
+            let layer = self.layer(registry, form, &artifact).await?;
+            let bytes = model::encode(&model::manifest(&artifact, pin.as_ref(), layer));
             self.remember(registry, &bytes).await?;
             bytes
         };
@@ -172,6 +183,83 @@ impl Oci {
         let mut r = body(StatusCode::OK, bytes, model::MANIFEST_TYPE);
         content_headers(&mut r, &digest, Some(len));
         Ok(r)
+    }
+
+    /// The layer of `artifact` in `form`.
+    async fn layer(
+        &self,
+        registry: &Arc<Registry>,
+        form: model::Form,
+        artifact: &ArtifactRecord,
+    ) -> Result<model::Descriptor> {
+        match form {
+            model::Form::Raw => Ok(model::raw_layer(artifact)),
+            model::Form::Tgz => {
+                let (digest, size) = self.archive(registry, artifact).await?;
+                Ok(model::tgz_layer(&digest, size))
+            }
+        }
+    }
+
+    /// The digest and size of `artifact`'s tar+gzip archive: the one
+    /// stored by whichever replica built it first (checked to hold exactly
+    /// the artifact), else built and stored now.
+    async fn archive(
+        &self,
+        registry: &Arc<Registry>,
+        artifact: &ArtifactRecord,
+    ) -> Result<(Digest, u64)> {
+        let poisoned = || Error::internal("the OCI archive memory is poisoned");
+        if let Some(known) = self
+            .archives
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(&artifact.digest)
+        {
+            return Ok(*known);
+        }
+        let store = registry.store();
+        let pointer = archive_pointer(&artifact.digest);
+        let stored = match read_bounded(&*store, &pointer, 128).await? {
+            Some(named) => named,
+            None => {
+                let bytes = artifact_bytes(registry, artifact).await?;
+                let archive = crate::blocking::run(move || tgz::build(&bytes)).await?;
+                let digest = Digest::of(&archive);
+                put_once(&*store, &blob_path(&digest), archive.clone()).await?;
+                let named = Bytes::from(format!("{digest} {}", archive.len()));
+                // The first replica's archive wins; a later one reads it.
+                put_once(&*store, &pointer, named).await?;
+                read_bounded(&*store, &pointer, 128)
+                    .await?
+                    .ok_or_else(|| Error::internal("a stored archive pointer vanished"))?
+            }
+        };
+        let (digest, size) = std::str::from_utf8(&stored)
+            .ok()
+            .and_then(|t| t.split_once(' '))
+            .and_then(|(d, n)| Some((d.parse::<Digest>().ok()?, n.parse::<u64>().ok()?)))
+            .ok_or_else(|| damaged(&pointer))?;
+        let max = archive_max(registry);
+        let archive = read_bounded(&*store, &blob_path(&digest), max)
+            .await?
+            .ok_or_else(|| damaged(&pointer))?;
+        let (expected, file_size) = (artifact.digest, artifact.size);
+        let checked = crate::blocking::run(move || {
+            Ok(Digest::of(&archive) == digest
+                && archive.len() as u64 == size
+                && tgz::holds(&archive, &expected, file_size))
+        })
+        .await?;
+        if !checked {
+            return Err(damaged(&pointer));
+        }
+        let mut map = self.archives.lock().map_err(|_| poisoned())?;
+        if map.len() >= REMEMBERED {
+            map.clear();
+        }
+        map.insert(artifact.digest, (digest, size));
+        Ok((digest, size))
     }
 
     /// Keeps a manifest served by tag for later requests by digest: in
@@ -192,19 +280,7 @@ impl Oci {
         if known {
             return Ok(());
         }
-        let path = stored_path(&digest);
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match registry
-            .store()
-            .put_opts(&path, PutPayload::from(bytes.clone()), opts)
-            .await
-        {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        put_once(&*registry.store(), &stored_path(&digest), bytes.clone()).await
     }
 
     /// The manifest with `digest`: remembered, or stored by a replica that
@@ -212,6 +288,7 @@ impl Oci {
     async fn by_digest(
         &self,
         registry: &Arc<Registry>,
+        form: model::Form,
         digest: &Digest,
     ) -> std::result::Result<Bytes, Oops> {
         let unknown = || {
@@ -230,15 +307,13 @@ impl Oci {
         if let Some(bytes) = remembered {
             return Ok(bytes);
         }
-        let opts = GetOptions {
-            range: Some(GetRange::Bounded(0..MAX_STORED_MANIFEST)),
-            ..GetOptions::default()
-        };
-        let stored = match registry.store().get_opts(&stored_path(digest), opts).await {
-            Ok(r) => r.bytes().await.map_err(Error::from)?,
-            Err(object_store::Error::NotFound { .. }) => return Err(unknown()),
-            Err(e) => return Err(Error::from(e).into()),
-        };
+        let stored = read_bounded(
+            &*registry.store(),
+            &stored_path(digest),
+            MAX_STORED_MANIFEST,
+        )
+        .await?
+        .ok_or_else(unknown)?;
         if Digest::of(&stored) != *digest {
             tracing::warn!(%digest, "a stored manifest does not hash to its name; not served");
             return Err(unknown());
@@ -246,8 +321,10 @@ impl Oci {
         let claimed: Manifest = serde_json::from_slice(&stored).map_err(|_| unknown())?;
         let (release, pin) = model::claims(&claimed).ok_or_else(unknown)?;
         let r = registry.clone();
-        let derived = crate::blocking::run(move || derive(&r, &release, pin.as_ref())).await?;
-        let bytes = model::encode(&derived);
+        let (artifact, pin) =
+            crate::blocking::run(move || find_claimed(&r, &release, pin.as_ref())).await?;
+        let layer = self.layer(registry, form, &artifact).await?;
+        let bytes = model::encode(&model::manifest(&artifact, pin.as_ref(), layer));
         if bytes != stored {
             tracing::warn!(%digest, "a stored manifest is not what the log derives; not served");
             return Err(unknown());
@@ -256,8 +333,9 @@ impl Oci {
         Ok(bytes)
     }
 
-    /// `GET|HEAD /v2/<name>/blobs/<digest>`: the empty config, or a
-    /// published artifact's bytes (held in the byte budget until sent).
+    /// `GET|HEAD /v2/<name>/blobs/<digest>`: the empty config, a
+    /// published artifact's bytes, or a stored tar+gzip archive, held in
+    /// the byte budget until sent.
     async fn blob(
         &self,
         registry: &Arc<Registry>,
@@ -265,44 +343,15 @@ impl Oci {
         headers: &HeaderMap,
         head: bool,
     ) -> std::result::Result<Answer, Oops> {
-        use futures::TryStreamExt as _;
         let digest = parse_digest(reference)?;
         let name = digest.to_string();
-        let (bytes, size) = if digest == Digest::of(model::EMPTY_CONFIG) {
-            let b = Bytes::from_static(model::EMPTY_CONFIG);
-            let n = b.len() as u64;
-            (Some(b), n)
-        } else {
-            let r = registry.clone();
-            let artifact =
-                crate::blocking::run(move || match r.artifact(&ArtifactRef::Digest(digest)) {
-                    Ok(a) => Ok(Some(a)),
-                    Err(e) if e.kind() == Kind::NotFound => Ok(None),
-                    Err(e) => Err(e),
-                })
-                .await?
-                .ok_or_else(|| {
-                    Oops::new(
-                        StatusCode::NOT_FOUND,
-                        "BLOB_UNKNOWN",
-                        format!("no blob {name} in this repository"),
-                    )
-                })?;
-            if head {
-                (None, artifact.size)
-            } else {
-                let room = registry
-                    .budget()
-                    .reserve(artifact.size, "an OCI blob")
-                    .await?;
-                let mut bytes = Vec::with_capacity(usize::try_from(artifact.size).unwrap_or(0));
-                let mut stream = registry.artifact_stream(&artifact, 1 << 20).await?;
-                while let Some(chunk) = stream.try_next().await? {
-                    bytes.extend_from_slice(&chunk);
-                }
-                (Some(crate::budget::held(bytes, room)), artifact.size)
-            }
-        };
+        let (bytes, size) = blob_bytes(registry, &digest, head).await?.ok_or_else(|| {
+            Oops::new(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                format!("no blob {name} in this repository"),
+            )
+        })?;
         if matches(headers, &name) {
             let mut r = body(
                 StatusCode::NOT_MODIFIED,
@@ -346,8 +395,136 @@ impl Oci {
     }
 }
 
-/// The manifest `tag` names, derived from the index.
-fn derive_tag(registry: &Registry, tag: &str) -> Result<Manifest> {
+/// Where an artifact's archive is named (`<digest> <size>`), and where
+/// archives are stored under their own digest.
+const ARCHIVES: &str = "oci/tgz";
+const BLOBS: &str = "oci/blobs";
+
+fn archive_pointer(artifact: &Digest) -> object_store::path::Path {
+    object_store::path::Path::from(format!("{ARCHIVES}/{}", artifact.hex()))
+}
+
+fn blob_path(digest: &Digest) -> object_store::path::Path {
+    object_store::path::Path::from(format!("{BLOBS}/{}", digest.hex()))
+}
+
+/// The largest archive read back: a tar+gzip of the largest artifact.
+fn archive_max(registry: &Registry) -> u64 {
+    registry.limits().max_artifact_bytes.saturating_mul(2) + 64 * 1024
+}
+
+fn damaged(pointer: &object_store::path::Path) -> Error {
+    tracing::error!(%pointer, "a stored archive does not hold its artifact");
+    Error::new(
+        Kind::DataLoss,
+        format!(
+            "the stored tar+gzip archive named by {pointer} does not hold its artifact; it will \
+             not be served"
+        ),
+    )
+}
+
+/// Stores `bytes` at `path` unless something is there already.
+async fn put_once(
+    store: &dyn object_store::ObjectStore,
+    path: &object_store::path::Path,
+    bytes: Bytes,
+) -> Result<()> {
+    let opts = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match store.put_opts(path, PutPayload::from(bytes), opts).await {
+        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// At most `max` bytes of the object at `path`; `None` when absent.
+async fn read_bounded(
+    store: &dyn object_store::ObjectStore,
+    path: &object_store::path::Path,
+    max: u64,
+) -> Result<Option<Bytes>> {
+    let opts = GetOptions {
+        range: Some(GetRange::Bounded(0..max)),
+        ..GetOptions::default()
+    };
+    match store.get_opts(path, opts).await {
+        Ok(r) => Ok(Some(r.bytes().await?)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A published artifact's bytes, held in the byte budget until dropped.
+async fn artifact_bytes(registry: &Registry, artifact: &ArtifactRecord) -> Result<Bytes> {
+    use futures::TryStreamExt as _;
+    let room = registry
+        .budget()
+        .reserve(artifact.size, "an OCI blob")
+        .await?;
+    let mut bytes = Vec::with_capacity(usize::try_from(artifact.size).unwrap_or(0));
+    let mut stream = registry.artifact_stream(artifact, 1 << 20).await?;
+    while let Some(chunk) = stream.try_next().await? {
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(crate::budget::held(bytes, room))
+}
+
+/// The bytes (none for a HEAD of an artifact) and size of blob `digest`:
+/// the empty config, a published artifact, or a stored archive that
+/// hashes to its name; `None` when it is none of these.
+async fn blob_bytes(
+    registry: &Arc<Registry>,
+    digest: &Digest,
+    head: bool,
+) -> Result<Option<(Option<Bytes>, u64)>> {
+    if *digest == Digest::of(model::EMPTY_CONFIG) {
+        let b = Bytes::from_static(model::EMPTY_CONFIG);
+        let n = b.len() as u64;
+        return Ok(Some((Some(b), n)));
+    }
+    let (r, d) = (registry.clone(), *digest);
+    let artifact = crate::blocking::run(move || match r.artifact(&ArtifactRef::Digest(d)) {
+        Ok(a) => Ok(Some(a)),
+        Err(e) if e.kind() == Kind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    })
+    .await?;
+    if let Some(a) = artifact {
+        if head {
+            return Ok(Some((None, a.size)));
+        }
+        return Ok(Some((Some(artifact_bytes(registry, &a).await?), a.size)));
+    }
+    let store = registry.store();
+    let path = blob_path(digest);
+    let size = match store.head(&path).await {
+        Ok(meta) => meta.size,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if size > archive_max(registry) {
+        return Ok(None);
+    }
+    let room = registry.budget().reserve(size, "an OCI blob").await?;
+    let Some(bytes) = read_bounded(&*store, &path, size).await? else {
+        return Ok(None);
+    };
+    let (checked, bytes) = crate::blocking::run(move || Ok((Digest::of(&bytes), bytes))).await?;
+    if checked != *digest {
+        tracing::warn!(%path, "a stored archive does not hash to its name; not served");
+        return Ok(None);
+    }
+    let n = bytes.len() as u64;
+    Ok(Some((Some(crate::budget::held(bytes.to_vec(), room)), n)))
+}
+
+type Found = (ArtifactRecord, Option<PinRecord>);
+
+/// The artifact `tag` names, and the pin when it names one.
+fn find_tag(registry: &Registry, tag: &str) -> Result<Found> {
     let mut found = Vec::new();
     for reading in model::readings(tag) {
         let exists = match &reading {
@@ -358,20 +535,27 @@ fn derive_tag(registry: &Registry, tag: &str) -> Result<Manifest> {
             found.push(reading);
         }
     }
-    match found.as_slice() {
-        [] => Err(Error::not_found(format!(
-            "no release or environment {tag}, and no {tag:?} of the form <env>.at.<YYYYMMDDTHHMMSSZ>"
-        ))),
-        [Tag::Release(r)] => derive(registry, r, None),
-        [Tag::Env(e)] => derive_pin(registry, &registry.live_now(e)?),
-        [Tag::At(e, at)] => {
-            let pin = registry.resolve(e, *at, None)?.pin;
-            derive_pin(registry, &pin)
+    let pin = match found.as_slice() {
+        [] => {
+            return Err(Error::not_found(format!(
+                "no release or environment {tag}, and {tag} is not <env>.at.<YYYYMMDDTHHMMSSZ> of \
+                 an environment"
+            )));
         }
-        _ => Err(Error::not_found(format!(
-            "tag {tag} is ambiguous: it names both a release and an environment; pull by digest"
-        ))),
-    }
+        [Tag::Release(r)] => {
+            return Ok((registry.artifact(&ArtifactRef::Release(r.clone()))?, None));
+        }
+        [Tag::Env(e)] => registry.live_now(e)?,
+        [Tag::At(e, at)] => registry.resolve(e, *at, None)?.pin,
+        _ => {
+            return Err(Error::not_found(format!(
+                "tag {tag} is ambiguous: it names both a release and an environment; pull by \
+                 digest"
+            )));
+        }
+    };
+    let artifact = registry.artifact(&ArtifactRef::Release(pin.entry.release_id.clone()))?;
+    Ok((artifact, Some(pin)))
 }
 
 fn exists<T>(found: Result<T>) -> Result<bool> {
@@ -382,18 +566,13 @@ fn exists<T>(found: Result<T>) -> Result<bool> {
     }
 }
 
-fn derive_pin(registry: &Registry, pin: &crate::records::PinRecord) -> Result<Manifest> {
-    let artifact = registry.artifact(&ArtifactRef::Release(pin.entry.release_id.clone()))?;
-    Ok(model::manifest(&artifact, Some(pin)))
-}
-
-/// The manifest of `release`, as pin `seq` of `env` made it live when
-/// `pin` is given.
-fn derive(
+/// The artifact of `release`, and pin `seq` of `env` when a stored
+/// manifest claims that pin made it live.
+fn find_claimed(
     registry: &Registry,
     release: &ReleaseId,
     pin: Option<&(EnvName, u64)>,
-) -> Result<Manifest> {
+) -> Result<Found> {
     let artifact = registry.artifact(&ArtifactRef::Release(release.clone()))?;
     let pin = match pin {
         Some((env, seq)) => {
@@ -407,12 +586,16 @@ fn derive(
         }
         None => None,
     };
-    Ok(model::manifest(&artifact, pin.as_ref()))
+    Ok((artifact, pin))
 }
 
 /// `GET /v2/<name>/tags/list?n=&last=`: release ids and environments in
 /// lexical order, each once.
-async fn tags(registry: &Arc<Registry>, query: &str) -> std::result::Result<Answer, Oops> {
+async fn tags(
+    registry: &Arc<Registry>,
+    name: &str,
+    query: &str,
+) -> std::result::Result<Answer, Oops> {
     let mut n = MAX_TAGS_PAGE;
     let mut last: Option<String> = None;
     for (k, v) in form_urlencoded(query) {
@@ -433,7 +616,7 @@ async fn tags(registry: &Arc<Registry>, query: &str) -> std::result::Result<Answ
     }
     let r = registry.clone();
     let (page, more) = crate::blocking::run(move || tag_page(&r, last.as_deref(), n)).await?;
-    let value = serde_json::json!({ "name": model::REPOSITORY, "tags": page });
+    let value = serde_json::json!({ "name": name, "tags": page });
     let mut answer = body(
         StatusCode::OK,
         Bytes::from(value.to_string()),
@@ -443,10 +626,7 @@ async fn tags(registry: &Arc<Registry>, query: &str) -> std::result::Result<Answ
         insert(
             &mut answer,
             header::LINK,
-            &format!(
-                "</v2/{}/tags/list?n={n}&last={l}>; rel=\"next\"",
-                model::REPOSITORY
-            ),
+            &format!("</v2/{name}/tags/list?n={n}&last={l}>; rel=\"next\""),
         );
     }
     Ok(answer)

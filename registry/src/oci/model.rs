@@ -12,9 +12,34 @@ use crate::ids::{EnvName, ReleaseId};
 use crate::records::{ArtifactRecord, PinRecord};
 use crate::time::Timestamp;
 
-/// The one repository: the artifacts, each as an image manifest whose one
-/// layer is the artifact's exact bytes.
+/// The repository whose manifests' one layer is the artifact's exact
+/// bytes (what ORAS, skopeo and crane read).
 pub const REPOSITORY: &str = "objectstack";
+/// The repository whose manifests' one layer is a tar+gzip holding the
+/// artifact as `objectstack.json` (what Flux and Argo CD read).
+pub const TGZ_REPOSITORY: &str = "objectstack-tgz";
+/// The tar+gzip layer's title.
+pub const TGZ_TITLE: &str = "objectstack.tar.gz";
+
+/// How a manifest carries the artifact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// The artifact's bytes as the layer.
+    Raw,
+    /// A reproducible tar+gzip of the artifact as the layer.
+    Tgz,
+}
+
+impl Form {
+    /// The form a repository serves.
+    pub fn of(repository: &str) -> Option<Self> {
+        match repository {
+            REPOSITORY => Some(Self::Raw),
+            TGZ_REPOSITORY => Some(Self::Tgz),
+            _ => None,
+        }
+    }
+}
 /// The manifests' `artifactType`, and their layer's media type.
 pub const ARTIFACT_TYPE: &str = "application/vnd.objectos.objectstack.v1+json";
 pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -142,9 +167,36 @@ pub fn empty_config() -> Descriptor {
     }
 }
 
-/// The manifest of `artifact`, with the annotations of `pin` when it is
-/// served as what a pin made live.
-pub fn manifest(artifact: &ArtifactRecord, pin: Option<&PinRecord>) -> Manifest {
+/// The layer of `artifact` in the raw form.
+pub fn raw_layer(artifact: &ArtifactRecord) -> Descriptor {
+    Descriptor {
+        media_type: ARTIFACT_TYPE.into(),
+        digest: artifact.digest.to_string(),
+        size: artifact.size,
+        annotations: BTreeMap::from([(
+            "org.opencontainers.image.title".to_owned(),
+            TITLE.to_owned(),
+        )]),
+    }
+}
+
+/// The layer of an artifact in the tar+gzip form, whose archive has
+/// `digest` and `size`.
+pub fn tgz_layer(digest: &Digest, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: super::tgz::LAYER_TYPE.into(),
+        digest: digest.to_string(),
+        size,
+        annotations: BTreeMap::from([(
+            "org.opencontainers.image.title".to_owned(),
+            TGZ_TITLE.to_owned(),
+        )]),
+    }
+}
+
+/// The manifest of `artifact` with `layer`, with the annotations of `pin`
+/// when it is served as what a pin made live.
+pub fn manifest(artifact: &ArtifactRecord, pin: Option<&PinRecord>, layer: Descriptor) -> Manifest {
     let mut annotations = BTreeMap::from([
         (
             "org.opencontainers.image.created".to_owned(),
@@ -189,15 +241,7 @@ pub fn manifest(artifact: &ArtifactRecord, pin: Option<&PinRecord>) -> Manifest 
         media_type: MANIFEST_TYPE.into(),
         artifact_type: ARTIFACT_TYPE.into(),
         config: empty_config(),
-        layers: vec![Descriptor {
-            media_type: ARTIFACT_TYPE.into(),
-            digest: artifact.digest.to_string(),
-            size: artifact.size,
-            annotations: BTreeMap::from([(
-                "org.opencontainers.image.title".to_owned(),
-                TITLE.to_owned(),
-            )]),
-        }],
+        layers: vec![layer],
         annotations,
     }
 }
