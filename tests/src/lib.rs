@@ -388,6 +388,26 @@ pub fn assert_blobs_whole(data_dir: &Path) {
     }
 }
 
+/// A registry on `dir/data` with the HTTP listener on and one token,
+/// `name` with the read role, as its only settings: the server and the
+/// token.
+#[allow(clippy::unwrap_used)] // a test fixture: failing loudly is the point
+pub fn start_with_read_token(dir: &Path, name: &str) -> (Server, String) {
+    let (token, entry) = create_token(dir, name, &["read"]);
+    let cfg = dir.join("tokens.toml");
+    std::fs::write(&cfg, &entry).unwrap();
+    let server = Server::start(
+        &dir.join("data"),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    (server, token)
+}
+
 /// `stackpin-registry token create` in `dir`: the token, and the settings
 /// entry to add for it.
 #[allow(clippy::unwrap_used)] // a test fixture: failing loudly is the point

@@ -267,18 +267,7 @@ fn every_write_verb_and_every_hostile_reference_gets_the_specs_error() {
 #[test]
 fn with_tokens_registry_clients_get_a_basic_challenge_and_read_with_the_token() {
     let dir = tempfile::TempDir::new().unwrap();
-    let (token, entry) = stackpin_tests::create_token(dir.path(), "flux", &["read"]);
-    let cfg = dir.path().join("tokens.toml");
-    std::fs::write(&cfg, &entry).unwrap();
-    let server = stackpin_tests::Server::start(
-        &dir.path().join("data"),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let (server, token) = stackpin_tests::start_with_read_token(dir.path(), "flux");
     let addr = server.tiles_addr();
     let anonymous = get(addr, "/v2/objectstack/tags/list");
     assert_eq!(anonymous.status, 401, "{anonymous:?}");

@@ -383,18 +383,7 @@ async fn a_person_finds_what_was_live_and_what_changed_in_a_real_browser() {
 fn with_tokens_a_browser_signs_in_and_nothing_is_shown_before() {
     use std::io::{Read as _, Write as _};
     let dir = tempfile::TempDir::new().unwrap();
-    let (token, entry) = stackpin_tests::create_token(dir.path(), "viewer", &["read"]);
-    let cfg = dir.path().join("tokens.toml");
-    std::fs::write(&cfg, &entry).unwrap();
-    let server = stackpin_tests::Server::start(
-        &dir.path().join("data"),
-        &[
-            "--config",
-            cfg.to_str().unwrap(),
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let (server, token) = stackpin_tests::start_with_read_token(dir.path(), "viewer");
     let addr = server.tiles_addr();
     let send = |request: String| {
         let mut tcp = std::net::TcpStream::connect(addr).unwrap();

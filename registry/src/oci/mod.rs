@@ -23,19 +23,28 @@
 //! of the listener, sent as a bearer token or as the password of HTTP
 //! Basic (what registry clients' credentials send).
 
+mod answer;
 pub mod model;
+mod request;
+mod stored;
 pub mod tgz;
+
+use answer::{Oops, body, content_headers, error, insert, refused, version};
+use request::{Route, authorize, form_urlencoded, matches, parse_digest, parse_range, route};
+use stored::{
+    archive_max, archive_pointer, artifact_bytes, blob_bytes, blob_path, damaged, put_once,
+    read_bounded, stored_path,
+};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap};
 use hyper::{Method, Response, StatusCode};
-use object_store::{GetOptions, GetRange, ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 
-use crate::auth::{Action, Authorizer};
+use crate::auth::Authorizer;
 use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
 use crate::ids::{EnvName, ReleaseId};
@@ -50,10 +59,8 @@ const MAX_STORED_MANIFEST: u64 = 64 * 1024;
 const MAX_TAGS_PAGE: usize = 1000;
 /// Manifests remembered by digest in memory before starting over.
 const REMEMBERED: usize = 4096;
-/// Where derived manifests are stored, under their digest's hex.
-const STORED_PREFIX: &str = "oci/manifests";
 /// The realm registry clients are told to send credentials for.
-const CHALLENGE: &str = "Basic realm=\"stackpin\", charset=\"UTF-8\"";
+pub(crate) const CHALLENGE: &str = "Basic realm=\"stackpin\", charset=\"UTF-8\"";
 
 /// The API's state besides the registry: manifests served recently, by
 /// digest.
@@ -395,132 +402,6 @@ impl Oci {
     }
 }
 
-/// Where an artifact's archive is named (`<digest> <size>`), and where
-/// archives are stored under their own digest.
-const ARCHIVES: &str = "oci/tgz";
-const BLOBS: &str = "oci/blobs";
-
-fn archive_pointer(artifact: &Digest) -> object_store::path::Path {
-    object_store::path::Path::from(format!("{ARCHIVES}/{}", artifact.hex()))
-}
-
-fn blob_path(digest: &Digest) -> object_store::path::Path {
-    object_store::path::Path::from(format!("{BLOBS}/{}", digest.hex()))
-}
-
-/// The largest archive read back: a tar+gzip of the largest artifact.
-fn archive_max(registry: &Registry) -> u64 {
-    registry.limits().max_artifact_bytes.saturating_mul(2) + 64 * 1024
-}
-
-fn damaged(pointer: &object_store::path::Path) -> Error {
-    tracing::error!(%pointer, "a stored archive does not hold its artifact");
-    Error::new(
-        Kind::DataLoss,
-        format!(
-            "the stored tar+gzip archive named by {pointer} does not hold its artifact; it will \
-             not be served"
-        ),
-    )
-}
-
-/// Stores `bytes` at `path` unless something is there already.
-async fn put_once(
-    store: &dyn object_store::ObjectStore,
-    path: &object_store::path::Path,
-    bytes: Bytes,
-) -> Result<()> {
-    let opts = PutOptions {
-        mode: PutMode::Create,
-        ..PutOptions::default()
-    };
-    match store.put_opts(path, PutPayload::from(bytes), opts).await {
-        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// At most `max` bytes of the object at `path`; `None` when absent.
-async fn read_bounded(
-    store: &dyn object_store::ObjectStore,
-    path: &object_store::path::Path,
-    max: u64,
-) -> Result<Option<Bytes>> {
-    let opts = GetOptions {
-        range: Some(GetRange::Bounded(0..max)),
-        ..GetOptions::default()
-    };
-    match store.get_opts(path, opts).await {
-        Ok(r) => Ok(Some(r.bytes().await?)),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// A published artifact's bytes, held in the byte budget until dropped.
-async fn artifact_bytes(registry: &Registry, artifact: &ArtifactRecord) -> Result<Bytes> {
-    use futures::TryStreamExt as _;
-    let room = registry
-        .budget()
-        .reserve(artifact.size, "an OCI blob")
-        .await?;
-    let mut bytes = Vec::with_capacity(usize::try_from(artifact.size).unwrap_or(0));
-    let mut stream = registry.artifact_stream(artifact, 1 << 20).await?;
-    while let Some(chunk) = stream.try_next().await? {
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(crate::budget::held(bytes, room))
-}
-
-/// The bytes (none for a HEAD of an artifact) and size of blob `digest`:
-/// the empty config, a published artifact, or a stored archive that
-/// hashes to its name; `None` when it is none of these.
-async fn blob_bytes(
-    registry: &Arc<Registry>,
-    digest: &Digest,
-    head: bool,
-) -> Result<Option<(Option<Bytes>, u64)>> {
-    if *digest == Digest::of(model::EMPTY_CONFIG) {
-        let b = Bytes::from_static(model::EMPTY_CONFIG);
-        let n = b.len() as u64;
-        return Ok(Some((Some(b), n)));
-    }
-    let (r, d) = (registry.clone(), *digest);
-    let artifact = crate::blocking::run(move || match r.artifact(&ArtifactRef::Digest(d)) {
-        Ok(a) => Ok(Some(a)),
-        Err(e) if e.kind() == Kind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    })
-    .await?;
-    if let Some(a) = artifact {
-        if head {
-            return Ok(Some((None, a.size)));
-        }
-        return Ok(Some((Some(artifact_bytes(registry, &a).await?), a.size)));
-    }
-    let store = registry.store();
-    let path = blob_path(digest);
-    let size = match store.head(&path).await {
-        Ok(meta) => meta.size,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    if size > archive_max(registry) {
-        return Ok(None);
-    }
-    let room = registry.budget().reserve(size, "an OCI blob").await?;
-    let Some(bytes) = read_bounded(&*store, &path, size).await? else {
-        return Ok(None);
-    };
-    let (checked, bytes) = crate::blocking::run(move || Ok((Digest::of(&bytes), bytes))).await?;
-    if checked != *digest {
-        tracing::warn!(%path, "a stored archive does not hash to its name; not served");
-        return Ok(None);
-    }
-    let n = bytes.len() as u64;
-    Ok(Some((Some(crate::budget::held(bytes.to_vec(), room)), n)))
-}
-
 type Found = (ArtifactRecord, Option<PinRecord>);
 
 /// The artifact `tag` names, and the pin when it names one.
@@ -656,255 +537,4 @@ fn tag_page(registry: &Registry, last: Option<&str>, n: usize) -> Result<(Vec<St
     let more = all.len() > n;
     all.truncate(n);
     Ok((all, more))
-}
-
-/// The pairs of a query string.
-fn form_urlencoded(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let b = text.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = b
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-enum Route<'a> {
-    Manifest(&'a str),
-    Blob(&'a str),
-    Tags,
-}
-
-/// Splits `<name>/manifests/<ref>`, `<name>/blobs/<digest>` and
-/// `<name>/tags/list`.
-fn route(rest: &str) -> Option<(&str, Route<'_>)> {
-    if let Some(name) = rest.strip_suffix("/tags/list") {
-        return Some((name, Route::Tags));
-    }
-    if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
-        return Some((name, Route::Manifest(reference)));
-    }
-    if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
-        return Some((name, Route::Blob(digest)));
-    }
-    None
-}
-
-fn parse_digest(text: &str) -> std::result::Result<Digest, Oops> {
-    text.strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
-        .and_then(|h| Digest::from_hex(h).ok())
-        .ok_or_else(|| {
-            Oops::new(
-                StatusCode::BAD_REQUEST,
-                "DIGEST_INVALID",
-                format!(
-                    "{} is not a digest this registry serves (sha256: and 64 lowercase hex digits)",
-                    stackpin_core::error::shown(text)
-                ),
-            )
-        })
-}
-
-/// One range `bytes=a-b`, `bytes=a-` or `bytes=-n` of a `size`-byte blob,
-/// as (first, last) byte.
-fn parse_range(text: &str, size: u64) -> std::result::Result<(u64, u64), Oops> {
-    let bad = || {
-        Oops::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "BLOB_UNKNOWN",
-            format!(
-                "range {} is not one byte range within {size} bytes",
-                stackpin_core::error::shown(text)
-            ),
-        )
-    };
-    let spec = text.strip_prefix("bytes=").ok_or_else(bad)?;
-    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
-    let num = |s: &str| {
-        (!s.is_empty() && s.len() <= 19 && s.bytes().all(|c| c.is_ascii_digit()))
-            .then(|| s.parse::<u64>().ok())
-            .flatten()
-    };
-    let (start, end) = match (a.is_empty(), b.is_empty()) {
-        (false, false) => (num(a).ok_or_else(bad)?, num(b).ok_or_else(bad)?),
-        (false, true) => (num(a).ok_or_else(bad)?, size.saturating_sub(1)),
-        (true, false) => {
-            let n = num(b).ok_or_else(bad)?;
-            if n == 0 {
-                return Err(bad());
-            }
-            (size.saturating_sub(n), size.saturating_sub(1))
-        }
-        (true, true) => return Err(bad()),
-    };
-    if size == 0 || start > end || start >= size {
-        return Err(bad());
-    }
-    Ok((start, end.min(size - 1)))
-}
-
-fn stored_path(digest: &Digest) -> object_store::path::Path {
-    object_store::path::Path::from(format!("{STORED_PREFIX}/{}", digest.hex()))
-}
-
-/// Whether `If-None-Match` names `digest`'s ETag.
-fn matches(headers: &HeaderMap, digest: &str) -> bool {
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            let t = t.trim().trim_start_matches("W/");
-            t == "*" || t.trim_matches('"') == digest
-        })
-}
-
-/// The caller's token, from `Authorization: Bearer` or the password of
-/// `Authorization: Basic` (the user name is ignored).
-fn authorize(auth: &Authorizer, cn: Option<&str>, headers: &HeaderMap) -> Result<()> {
-    let header = headers.get(header::AUTHORIZATION).map(|v| v.to_str());
-    let token = match header {
-        None => None,
-        Some(Err(_)) => return Err(unauthenticated("the authorization header is not text")),
-        Some(Ok(v)) => Some(token_of(v)?),
-    };
-    auth.authorize(token.as_deref(), cn, Action::Read)
-        .map(|_| ())
-}
-
-fn token_of(value: &str) -> Result<String> {
-    if let Some(basic) = value.strip_prefix("Basic ") {
-        use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(basic.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| unauthenticated("the Basic credentials are not base64 of user:token"))?;
-        let (_, token) = decoded
-            .split_once(':')
-            .ok_or_else(|| unauthenticated("the Basic credentials are not user:token"))?;
-        return Ok(token.to_owned());
-    }
-    crate::auth::bearer(Some(value)).map(str::to_owned)
-}
-
-fn unauthenticated(why: &str) -> Error {
-    Error::new(Kind::Unauthenticated, why)
-}
-
-/// A refusal the spec names.
-enum Oops {
-    Api(StatusCode, &'static str, String),
-    Failed(Error),
-}
-
-impl Oops {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self::Api(status, code, message.into())
-    }
-}
-
-impl From<Error> for Oops {
-    fn from(e: Error) -> Self {
-        Self::Failed(e)
-    }
-}
-
-fn body(status: StatusCode, bytes: Bytes, content_type: &'static str) -> Answer {
-    let mut r = Response::new(Full::new(bytes));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-fn insert(r: &mut Answer, name: header::HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        r.headers_mut().insert(name, v);
-    }
-}
-
-fn version(r: &mut Answer) {
-    r.headers_mut().insert(
-        "docker-distribution-api-version",
-        HeaderValue::from_static("registry/2.0"),
-    );
-}
-
-/// The digest headers of a manifest or blob; the length, when given, is
-/// also what a HEAD answers (its body is left out).
-fn content_headers(r: &mut Answer, digest: &str, len: Option<u64>) {
-    insert(
-        r,
-        header::HeaderName::from_static("docker-content-digest"),
-        digest,
-    );
-    insert(r, header::ETAG, &format!("\"{digest}\""));
-    if let Some(len) = len {
-        insert(r, header::CONTENT_LENGTH, &len.to_string());
-    }
-}
-
-/// An error body of the distribution spec.
-fn refused(status: StatusCode, code: &str, message: &str) -> Answer {
-    let value = serde_json::json!({
-        "errors": [{ "code": code, "message": message }]
-    });
-    let mut r = body(status, Bytes::from(value.to_string()), "application/json");
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static(CHALLENGE),
-        );
-    }
-    if status == StatusCode::METHOD_NOT_ALLOWED {
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-    }
-    r
-}
-
-/// A registry error as the spec's error body.
-fn error(e: &Error) -> Answer {
-    let (status, code) = match e.kind() {
-        Kind::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-        Kind::PermissionDenied => (StatusCode::FORBIDDEN, "DENIED"),
-        Kind::NotFound => (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
-        Kind::Busy | Kind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        Kind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"),
-        _ => (crate::http_status::of(e.kind()), "UNKNOWN"),
-    };
-    refused(status, code, e.message())
 }
