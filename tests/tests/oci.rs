@@ -451,3 +451,41 @@ fn a_stored_archive_or_manifest_changed_in_storage_is_never_served() {
     let again = get(addr, "/v2/objectstack/manifests/rel-2");
     assert_eq!(again.headers["docker-content-digest"], raw_digest);
 }
+
+/// The ORAS Python SDK (PyPI `oras`, installed by tests/run), pulling
+/// `reference` into `out`: the files it wrote, one a line.
+fn oras_pull(reference: &str, out: &std::path::Path) -> String {
+    let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let script = r#"
+import sys, oras.client
+host, target, outdir = sys.argv[1], sys.argv[2], sys.argv[3]
+client = oras.client.OrasClient(hostname=host, insecure=True)
+for path in client.pull(target=target, outdir=outdir):
+    print(path)
+"#;
+    let host = reference.split('/').next().unwrap();
+    let mut cmd = Command::new(python);
+    cmd.arg("-c").arg(script).arg(host).arg(reference).arg(out);
+    let run = cmd
+        .output()
+        .expect("run the ORAS Python SDK (tests/run installs it)");
+    assert!(run.status.success(), "{run:?}");
+    String::from_utf8(run.stdout).unwrap()
+}
+
+#[test]
+fn oras_pulls_the_file_live_at_an_instant_for_a_restore() {
+    let w = World::new(&["--http-listen", "127.0.0.1:0"]);
+    w.three_releases();
+    let addr = w.server.tiles_addr();
+    let out = w.dir.path().join("restore");
+    let wrote = oras_pull(
+        &format!("{addr}/objectstack:prod.at.20260301T113000Z"),
+        &out,
+    );
+    assert!(wrote.contains("objectstack.json"), "{wrote}");
+    assert_eq!(
+        std::fs::read(out.join("objectstack.json")).unwrap(),
+        std::fs::read(w.dir.path().join("a2.json")).unwrap()
+    );
+}

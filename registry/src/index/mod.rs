@@ -212,6 +212,12 @@ impl Index {
         self.stored_applied()
     }
 
+    /// How many entries are applied, from memory: it may trail
+    /// [`Self::applied`] by the moment between a batch and its update.
+    pub fn applied_now(&self) -> u64 {
+        self.applied.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Forces everything applied so far to disk.
     ///
     /// # Errors

@@ -66,10 +66,17 @@ pub(crate) const CHALLENGE: &str = "Basic realm=\"stackpin\", charset=\"UTF-8\""
 /// digest.
 #[derive(Clone, Default)]
 pub struct Oci {
+    /// What each tag named when the log had the size kept with it: a tag
+    /// asked again before the next commit (a GitOps tool's poll) is
+    /// answered from here, with no index read.
+    tags: Arc<Mutex<HashMap<(model::Form, String), Tagged>>>,
     remembered: Arc<Mutex<HashMap<String, Bytes>>>,
     /// Artifact digest to its archive's digest and size, once checked.
     archives: Arc<Mutex<HashMap<Digest, (Digest, u64)>>>,
 }
+
+/// A tag's manifest as of a log size: (size, digest, bytes).
+type Tagged = (u64, String, Bytes);
 
 /// One answer of the API.
 pub type Answer = Response<Full<Bytes>>;
@@ -163,7 +170,8 @@ impl Oci {
     ) -> std::result::Result<Answer, Oops> {
         let bytes = if reference.starts_with("sha256:") {
             let digest = parse_digest(reference)?;
-            self.by_digest(registry, form, &digest).await?
+            let bytes = self.by_digest(registry, form, &digest).await?;
+            (digest.to_string(), bytes)
         } else {
             if !model::is_tag(reference) {
                 return Err(Oops::new(
@@ -172,15 +180,9 @@ impl Oci {
                     format!("{} is not a tag", stackpin_core::error::shown(reference)),
                 ));
             }
-            let tag = reference.to_owned();
-            let r = registry.clone();
-            let (artifact, pin) = crate::blocking::run(move || find_tag(&r, &tag)).await?;
-            let layer = self.layer(registry, form, &artifact).await?;
-            let bytes = model::encode(&model::manifest(&artifact, pin.as_ref(), layer));
-            self.remember(registry, &bytes).await?;
-            bytes
+            self.tagged(registry, form, reference).await?
         };
-        let digest = Digest::of(&bytes).to_string();
+        let (digest, bytes) = bytes;
         if matches(headers, &digest) {
             let mut r = body(StatusCode::NOT_MODIFIED, Bytes::new(), model::MANIFEST_TYPE);
             content_headers(&mut r, &digest, None);
@@ -190,6 +192,37 @@ impl Oci {
         let mut r = body(StatusCode::OK, bytes, model::MANIFEST_TYPE);
         content_headers(&mut r, &digest, Some(len));
         Ok(r)
+    }
+
+    /// The manifest `tag` names in `form`, and its digest: from memory
+    /// while the log has not grown since it was derived (no index read, no
+    /// parse, no hashing), else derived again.
+    async fn tagged(
+        &self,
+        registry: &Arc<Registry>,
+        form: model::Form,
+        tag: &str,
+    ) -> Result<(String, Bytes)> {
+        let poisoned = || Error::internal("the OCI tag memory is poisoned");
+        let size = registry.applied_now();
+        let key = (form, tag.to_owned());
+        if let Some((at, digest, bytes)) = self.tags.lock().map_err(|_| poisoned())?.get(&key)
+            && *at == size
+        {
+            return Ok((digest.clone(), bytes.clone()));
+        }
+        let (r, t) = (registry.clone(), tag.to_owned());
+        let (artifact, pin) = crate::blocking::run(move || find_tag(&r, &t)).await?;
+        let layer = self.layer(registry, form, &artifact).await?;
+        let bytes = model::encode(&model::manifest(&artifact, pin.as_ref(), layer));
+        self.remember(registry, &bytes).await?;
+        let digest = Digest::of(&bytes).to_string();
+        let mut tags = self.tags.lock().map_err(|_| poisoned())?;
+        if tags.len() >= REMEMBERED && !tags.contains_key(&key) {
+            tags.clear();
+        }
+        tags.insert(key, (size, digest.clone(), bytes.clone()));
+        Ok((digest, bytes))
     }
 
     /// The layer of `artifact` in `form`.

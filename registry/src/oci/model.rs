@@ -22,7 +22,7 @@ pub const TGZ_REPOSITORY: &str = "objectstack-tgz";
 pub const TGZ_TITLE: &str = "objectstack.tar.gz";
 
 /// How a manifest carries the artifact.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Form {
     /// The artifact's bytes as the layer.
     Raw,

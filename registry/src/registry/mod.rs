@@ -510,6 +510,13 @@ impl Registry {
         )?)
     }
 
+    /// How many log entries the index has applied, from memory (no index
+    /// read): it changes with every commit, so what was derived from the
+    /// index at one value still holds while it has not changed.
+    pub fn applied_now(&self) -> u64 {
+        self.shared.index.applied_now()
+    }
+
     /// The state-machine tunables.
     pub fn limits(&self) -> &Limits {
         &self.shared.limits
