@@ -71,7 +71,8 @@ pub struct TokenConfig {
     /// Hex SHA-256 of the token.
     pub sha256: String,
     pub roles: Vec<Role>,
-    /// For `pin`: the environments it may pin (empty: all).
+    /// The environments it may pin, and the only ones whose OCI tags it
+    /// sees (empty: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub envs: Vec<String>,
 }
@@ -96,6 +97,17 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Whether environment `env` is one this principal is scoped to: every
+    /// environment when its token or certificate names none.
+    pub fn sees(&self, env: &EnvName) -> bool {
+        self.envs.is_empty() || self.envs.contains(env)
+    }
+
+    /// The environments it is scoped to; `None` when it sees all.
+    pub fn scope(&self) -> Option<&[EnvName]> {
+        (!self.envs.is_empty()).then_some(self.envs.as_slice())
+    }
+
     fn anonymous(roles: Vec<Role>) -> Self {
         Self {
             name: crate::registry::ANONYMOUS.to_owned(),

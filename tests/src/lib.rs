@@ -410,11 +410,24 @@ pub fn start_with_read_token(dir: &Path, name: &str) -> (Server, String) {
 
 /// `stackpin-registry token create` in `dir`: the token, and the settings
 /// entry to add for it.
-#[allow(clippy::unwrap_used)] // a test fixture: failing loudly is the point
 pub fn create_token(dir: &Path, name: &str, roles: &[&str]) -> (String, String) {
+    create_scoped_token(dir, name, roles, &[])
+}
+
+/// [`create_token`] for a token scoped to `envs`.
+#[allow(clippy::unwrap_used)] // a test fixture: failing loudly is the point
+pub fn create_scoped_token(
+    dir: &Path,
+    name: &str,
+    roles: &[&str],
+    envs: &[&str],
+) -> (String, String) {
     let mut args = vec!["token", "create", "--name", name];
     for r in roles {
         args.extend(["--role", r]);
+    }
+    for e in envs {
+        args.extend(["--env", e]);
     }
     let out = Command::new(bin("stackpin-registry"))
         .current_dir(dir)

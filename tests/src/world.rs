@@ -95,6 +95,22 @@ impl World {
         )
     }
 
+    /// [`World::cli`] with `token` as the caller's bearer token.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> crate::Run {
+        let state = self.dir.path().join("state");
+        let mut all = vec!["--state-dir", state.to_str().unwrap()];
+        all.extend_from_slice(args);
+        crate::stackpin_with(
+            self.dir.path(),
+            &self.server.url(),
+            &all,
+            &[
+                ("STACKPIN_LOG_VKEY", self.vkey.as_str()),
+                ("STACKPIN_TOKEN", token),
+            ],
+        )
+    }
+
     /// Runs the CLI with no log key known (nothing exported), as someone
     /// who skipped the README's trust step.
     pub fn cli_without_key(&self, args: &[&str]) -> crate::Run {

@@ -318,6 +318,125 @@ fn with_tokens_registry_clients_get_a_basic_challenge_and_read_with_the_token() 
 }
 
 #[test]
+fn a_token_scoped_to_one_environment_sees_and_reads_only_its_tags() {
+    let keys = tempfile::TempDir::new().unwrap();
+    let (ci, ci_entry) = stackpin_tests::create_token(keys.path(), "ci", &["publish", "pin"]);
+    let (stage, stage_entry) =
+        stackpin_tests::create_scoped_token(keys.path(), "stage-flux", &["read"], &["staging"]);
+    let (all, all_entry) = stackpin_tests::create_token(keys.path(), "auditor", &["read"]);
+    let cfg = keys.path().join("tokens.toml");
+    std::fs::write(&cfg, format!("{ci_entry}\n{stage_entry}\n{all_entry}")).unwrap();
+    let w = World::new(&[
+        "--http-listen",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    for i in [1, 2] {
+        let name = format!("a{i}.json");
+        w.write(&name, format!("{{\"release\":{i}}}").as_bytes());
+        w.cli_as(
+            &ci,
+            &[
+                "publish",
+                &name,
+                "--release-id",
+                &format!("rel-{i}"),
+                "--key",
+                "ci.pem",
+            ],
+        )
+        .ok();
+    }
+    for (env, release) in [("prod", "rel-1"), ("staging", "rel-2")] {
+        w.cli_as(
+            &ci,
+            &[
+                "pin",
+                "--env",
+                env,
+                "--release-id",
+                release,
+                "--activated-at",
+                stackpin_tests::world::T1,
+                "--reason",
+                "setup",
+            ],
+        )
+        .ok();
+    }
+    let addr = w.server.tiles_addr();
+    let bearer = |t: &str| format!("Bearer {t}");
+    let as_ = |token: &str, method: &str, path: &str| {
+        request(addr, method, path, &[("Authorization", &bearer(token))])
+    };
+    let tags = |token: &str, query: &str| {
+        let a = as_(token, "GET", &format!("/v2/objectstack/tags/list{query}"));
+        assert_eq!(a.status, 200, "{a:?}");
+        (json(&a)["tags"].clone(), a.headers.get("link").cloned())
+    };
+
+    // The list is filtered, not refused; release ids stay (an artifact is
+    // no environment's), paging walks the filtered list.
+    assert_eq!(
+        tags(&all, "").0,
+        serde_json::json!(["prod", "rel-1", "rel-2", "staging"])
+    );
+    assert_eq!(
+        tags(&stage, "").0,
+        serde_json::json!(["rel-1", "rel-2", "staging"])
+    );
+    let (first, link) = tags(&stage, "?n=2");
+    assert_eq!(first, serde_json::json!(["rel-1", "rel-2"]));
+    assert!(link.unwrap().contains("last=rel-2"));
+    assert_eq!(
+        tags(&stage, "?n=2&last=rel-2").0,
+        serde_json::json!(["staging"])
+    );
+    assert_eq!(tags(&stage, "?last=prod").0, tags(&stage, "").0);
+
+    // Its own tags read; another environment's do not, by tag, by instant,
+    // by HEAD or by the digest another caller was given.
+    for path in ["staging", "staging.at.20260301T103000Z", "rel-1"] {
+        let a = as_(&stage, "GET", &format!("/v2/objectstack/manifests/{path}"));
+        assert_eq!(a.status, 200, "{path}: {a:?}");
+    }
+    let prod = as_(&all, "GET", "/v2/objectstack/manifests/prod");
+    assert_eq!(prod.status, 200, "{prod:?}");
+    let digest = prod.headers["docker-content-digest"].clone();
+    for (method, path) in [
+        ("GET", "/v2/objectstack/manifests/prod".to_owned()),
+        ("HEAD", "/v2/objectstack/manifests/prod".to_owned()),
+        ("GET", "/v2/objectstack-tgz/manifests/prod".to_owned()),
+        (
+            "GET",
+            "/v2/objectstack/manifests/prod.at.20260301T103000Z".to_owned(),
+        ),
+        ("GET", format!("/v2/objectstack/manifests/{digest}")),
+    ] {
+        let a = as_(&stage, method, &path);
+        assert_eq!(a.status, 403, "{method} {path}: {a:?}");
+        if method == "GET" {
+            assert_eq!(error_code(&a), "DENIED", "{path}");
+        }
+    }
+    // Asked again (now from memory), still refused.
+    let again = as_(&stage, "GET", "/v2/objectstack/manifests/prod");
+    assert_eq!(again.status, 403);
+    let inspected = skopeo_run(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &format!("stage-flux:{stage}"),
+        &format!("docker://{addr}/objectstack:prod"),
+    ]);
+    let said = String::from_utf8_lossy(&inspected.stderr);
+    assert!(!inspected.status.success());
+    assert!(said.contains("denied"), "{said}");
+}
+
+#[test]
 fn skopeo_copies_the_live_artifact_into_an_oci_layout_byte_for_byte() {
     let w = World::new(&["--http-listen", "127.0.0.1:0"]);
     w.three_releases();

@@ -44,7 +44,7 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, Response, StatusCode};
 
-use crate::auth::Authorizer;
+use crate::auth::{Authorizer, Principal};
 use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
 use crate::ids::{EnvName, ReleaseId};
@@ -69,14 +69,15 @@ pub struct Oci {
     /// What each tag named when the log had the size kept with it: a tag
     /// asked again before the next commit (a GitOps tool's poll) is
     /// answered from here, with no index read.
-    tags: Arc<Mutex<HashMap<(model::Form, String), Tagged>>>,
+    tags: Arc<Mutex<HashMap<(model::Form, String), (u64, Tagged)>>>,
     remembered: Arc<Mutex<HashMap<String, Bytes>>>,
     /// Artifact digest to its archive's digest and size, once checked.
     archives: Arc<Mutex<HashMap<Digest, (Digest, u64)>>>,
 }
 
-/// A tag's manifest as of a log size: (size, digest, bytes).
-type Tagged = (u64, String, Bytes);
+/// A tag's answer: the environment of the pin it names (none for a
+/// release id), the manifest's digest and its bytes.
+type Tagged = (Option<EnvName>, String, Bytes);
 
 /// One answer of the API.
 pub type Answer = Response<Full<Bytes>>;
@@ -109,9 +110,10 @@ impl Oci {
         if let Some(e) = registry.contradicted() {
             return error(&e);
         }
-        if let Err(e) = authorize(auth, cn, headers) {
-            return error(&e);
-        }
+        let who = match authorize(auth, cn, headers) {
+            Ok(who) => who,
+            Err(e) => return error(&e),
+        };
         let rest = path.trim_start_matches("/v2").trim_start_matches('/');
         if rest.is_empty() {
             let mut r = body(
@@ -125,12 +127,13 @@ impl Oci {
         let routed = route(rest).map(|(name, r)| (name, model::Form::of(name), r));
         let result = match routed {
             Some((_, Some(form), Route::Manifest(reference))) => {
-                self.manifest(registry, form, reference, headers).await
+                self.manifest(registry, &who, form, reference, headers)
+                    .await
             }
             Some((_, Some(_), Route::Blob(digest))) => {
                 self.blob(registry, digest, headers, head).await
             }
-            Some((name, Some(_), Route::Tags)) => tags(registry, name, query).await,
+            Some((name, Some(_), Route::Tags)) => tags(registry, &who, name, query).await,
             Some((name, None, _)) => Err(Oops::new(
                 StatusCode::NOT_FOUND,
                 "NAME_UNKNOWN",
@@ -164,6 +167,7 @@ impl Oci {
     async fn manifest(
         &self,
         registry: &Arc<Registry>,
+        who: &Principal,
         form: model::Form,
         reference: &str,
         headers: &HeaderMap,
@@ -171,6 +175,14 @@ impl Oci {
         let bytes = if reference.starts_with("sha256:") {
             let digest = parse_digest(reference)?;
             let bytes = self.by_digest(registry, form, &digest).await?;
+            if who.scope().is_some() {
+                let claimed = serde_json::from_slice::<Manifest>(&bytes)
+                    .ok()
+                    .and_then(|m| model::claims(&m));
+                if let Some((_, Some((env, _)))) = claimed {
+                    seen_by(who, &env)?;
+                }
+            }
             (digest.to_string(), bytes)
         } else {
             if !model::is_tag(reference) {
@@ -180,7 +192,11 @@ impl Oci {
                     format!("{} is not a tag", stackpin_core::error::shown(reference)),
                 ));
             }
-            self.tagged(registry, form, reference).await?
+            let (env, digest, bytes) = self.tagged(registry, form, reference).await?;
+            if let Some(env) = env {
+                seen_by(who, &env)?;
+            }
+            (digest, bytes)
         };
         let (digest, bytes) = bytes;
         if matches(headers, &digest) {
@@ -194,35 +210,40 @@ impl Oci {
         Ok(r)
     }
 
-    /// The manifest `tag` names in `form`, and its digest: from memory
-    /// while the log has not grown since it was derived (no index read, no
-    /// parse, no hashing), else derived again.
+    /// The manifest `tag` names in `form`, its digest, and the
+    /// environment of its pin: from memory while the log has not grown
+    /// since it was derived (no index read, no parse, no hashing), else
+    /// derived again.
     async fn tagged(
         &self,
         registry: &Arc<Registry>,
         form: model::Form,
         tag: &str,
-    ) -> Result<(String, Bytes)> {
+    ) -> Result<Tagged> {
         let poisoned = || Error::internal("the OCI tag memory is poisoned");
         let size = registry.applied_now();
         let key = (form, tag.to_owned());
-        if let Some((at, digest, bytes)) = self.tags.lock().map_err(|_| poisoned())?.get(&key)
+        if let Some((at, answer)) = self.tags.lock().map_err(|_| poisoned())?.get(&key)
             && *at == size
         {
-            return Ok((digest.clone(), bytes.clone()));
+            return Ok(answer.clone());
         }
         let (r, t) = (registry.clone(), tag.to_owned());
         let (artifact, pin) = crate::blocking::run(move || find_tag(&r, &t)).await?;
         let layer = self.layer(registry, form, &artifact).await?;
         let bytes = model::encode(&model::manifest(&artifact, pin.as_ref(), layer));
         self.remember(registry, &bytes).await?;
-        let digest = Digest::of(&bytes).to_string();
+        let answer = (
+            pin.map(|p| p.entry.env),
+            Digest::of(&bytes).to_string(),
+            bytes,
+        );
         let mut tags = self.tags.lock().map_err(|_| poisoned())?;
         if tags.len() >= REMEMBERED && !tags.contains_key(&key) {
             tags.clear();
         }
-        tags.insert(key, (size, digest.clone(), bytes.clone()));
-        Ok((digest, bytes))
+        tags.insert(key, (size, answer.clone()));
+        Ok(answer)
     }
 
     /// The layer of `artifact` in `form`.
@@ -437,6 +458,21 @@ impl Oci {
 
 type Found = (ArtifactRecord, Option<PinRecord>);
 
+/// Refuses a caller scoped to other environments than `env`.
+fn seen_by(who: &Principal, env: &EnvName) -> std::result::Result<(), Oops> {
+    if who.sees(env) {
+        return Ok(());
+    }
+    Err(Oops::new(
+        StatusCode::FORBIDDEN,
+        "DENIED",
+        format!(
+            "{} is scoped to other environments than {env}: its tags are not shown to it",
+            who.name
+        ),
+    ))
+}
+
 /// The artifact `tag` names, and the pin when it names one.
 fn find_tag(registry: &Registry, tag: &str) -> Result<Found> {
     let mut found = Vec::new();
@@ -507,6 +543,7 @@ fn find_claimed(
 /// lexical order, each once.
 async fn tags(
     registry: &Arc<Registry>,
+    who: &Principal,
     name: &str,
     query: &str,
 ) -> std::result::Result<Answer, Oops> {
@@ -528,8 +565,9 @@ async fn tags(
             _ => {}
         }
     }
-    let r = registry.clone();
-    let (page, more) = crate::blocking::run(move || tag_page(&r, last.as_deref(), n)).await?;
+    let (r, scope) = (registry.clone(), who.scope().map(<[EnvName]>::to_vec));
+    let (page, more) =
+        crate::blocking::run(move || tag_page(&r, scope.as_deref(), last.as_deref(), n)).await?;
     let value = serde_json::json!({ "name": name, "tags": page });
     let mut answer = body(
         StatusCode::OK,
@@ -546,8 +584,14 @@ async fn tags(
     Ok(answer)
 }
 
-/// Up to `n` tags after `last`, and whether more follow.
-fn tag_page(registry: &Registry, last: Option<&str>, n: usize) -> Result<(Vec<String>, bool)> {
+/// Up to `n` tags after `last`, and whether more follow; of the
+/// environments, only those of `scope` when the caller is scoped.
+fn tag_page(
+    registry: &Registry,
+    scope: Option<&[EnvName]>,
+    last: Option<&str>,
+    n: usize,
+) -> Result<(Vec<String>, bool)> {
     if n == 0 {
         return Ok((Vec::new(), false));
     }
@@ -556,11 +600,25 @@ fn tag_page(registry: &Registry, last: Option<&str>, n: usize) -> Result<(Vec<St
     let after_release: Option<ReleaseId> = last.and_then(|l| l.parse().ok());
     let after_env: Option<EnvName> = last.and_then(|l| l.parse().ok());
     let (releases, _) = registry.list_artifacts(after_release.as_ref(), n + 1)?;
-    let (envs, _) = registry.environments(after_env.as_ref(), n + 1)?;
+    let envs: Vec<EnvName> = match scope {
+        None => {
+            let (live, _) = registry.environments(after_env.as_ref(), n + 1)?;
+            live.into_iter().map(|p| p.entry.env).collect()
+        }
+        Some(scope) => {
+            let mut pinned = Vec::new();
+            for env in scope {
+                if exists(registry.live_now(env))? {
+                    pinned.push(env.clone());
+                }
+            }
+            pinned
+        }
+    };
     let mut all: Vec<String> = releases
         .into_iter()
         .map(|a| a.release_id.to_string())
-        .chain(envs.into_iter().map(|p| p.entry.env.to_string()))
+        .chain(envs.iter().map(ToString::to_string))
         .filter(|t| last.is_none_or(|l| t.as_str() > l))
         .collect();
     all.sort_unstable();

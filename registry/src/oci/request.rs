@@ -5,7 +5,7 @@ use hyper::StatusCode;
 use hyper::header::{self, HeaderMap};
 
 use super::answer::Oops;
-use crate::auth::{Action, Authorizer};
+use crate::auth::{Action, Authorizer, Principal};
 use crate::digest::Digest;
 use crate::error::{Error, Kind, Result};
 
@@ -136,9 +136,14 @@ pub(super) fn matches(headers: &HeaderMap, digest: &str) -> bool {
         })
 }
 
-/// The caller's token, from `Authorization: Bearer` or the password of
-/// `Authorization: Basic` (the user name is ignored).
-pub(super) fn authorize(auth: &Authorizer, cn: Option<&str>, headers: &HeaderMap) -> Result<()> {
+/// Who the caller is, by its token (from `Authorization: Bearer` or the
+/// password of `Authorization: Basic`; the user name is ignored) or its
+/// client certificate.
+pub(super) fn authorize(
+    auth: &Authorizer,
+    cn: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Principal> {
     let header = headers.get(header::AUTHORIZATION).map(|v| v.to_str());
     let token = match header {
         None => None,
@@ -146,7 +151,6 @@ pub(super) fn authorize(auth: &Authorizer, cn: Option<&str>, headers: &HeaderMap
         Some(Ok(v)) => Some(token_of(v)?),
     };
     auth.authorize(token.as_deref(), cn, Action::Read)
-        .map(|_| ())
 }
 
 pub(super) fn token_of(value: &str) -> Result<String> {
