@@ -320,7 +320,8 @@ fn with_tokens_registry_clients_get_a_basic_challenge_and_read_with_the_token() 
 #[test]
 fn a_token_scoped_to_one_environment_sees_and_reads_only_its_tags() {
     let keys = tempfile::TempDir::new().unwrap();
-    let (ci, ci_entry) = stackpin_tests::create_token(keys.path(), "ci", &["publish", "pin"]);
+    let (ci, ci_entry) =
+        stackpin_tests::create_token(keys.path(), "ci", &["publish", "pin", "read"]);
     let (stage, stage_entry) =
         stackpin_tests::create_scoped_token(keys.path(), "stage-flux", &["read"], &["staging"]);
     let (all, all_entry) = stackpin_tests::create_token(keys.path(), "auditor", &["read"]);
