@@ -69,11 +69,15 @@ pub struct Oci {
     /// What each tag named when the log had the size kept with it: a tag
     /// asked again before the next commit (a GitOps tool's poll) is
     /// answered from here, with no index read.
-    tags: Arc<Mutex<HashMap<(model::Form, String), (u64, Tagged)>>>,
+    tags: Arc<Mutex<TagMemory>>,
     remembered: Arc<Mutex<HashMap<String, Bytes>>>,
     /// Artifact digest to its archive's digest and size, once checked.
     archives: Arc<Mutex<HashMap<Digest, (Digest, u64)>>>,
 }
+
+/// Each tag asked for, by form: the log size its answer was derived at,
+/// and the answer.
+type TagMemory = HashMap<(model::Form, String), (u64, Tagged)>;
 
 /// A tag's answer: the environment of the pin it names (none for a
 /// release id), the manifest's digest and its bytes.
