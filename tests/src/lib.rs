@@ -9,6 +9,7 @@ pub mod drill;
 pub mod faults;
 pub mod litestream;
 pub mod lying;
+pub mod oci;
 pub mod remote;
 pub mod s3;
 pub mod tlog;

@@ -4,50 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 
 use serde_json::Value;
-use stackpin_tests::tlog::Answer;
+use stackpin_tests::oci::{
+    error_code, get, json, oras_pull, request, securesystemslib_verifies, skopeo_run,
+};
 use stackpin_tests::world::World;
-
-/// One HTTP/1.1 request with `headers`, `Connection: close`.
-fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut tcp = TcpStream::connect(addr).unwrap();
-    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        text.push_str(&format!("{k}: {v}\r\n"));
-    }
-    text.push_str("\r\n");
-    tcp.write_all(text.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    tcp.read_to_end(&mut raw).unwrap();
-    stackpin_tests::tlog::parse_answer(&raw)
-}
-
-fn get(addr: SocketAddr, path: &str) -> Answer {
-    request(addr, "GET", path, &[])
-}
-
-fn json(a: &Answer) -> Value {
-    serde_json::from_slice(&a.body).unwrap_or_else(|e| panic!("{e}: {a:?}"))
-}
-
-fn error_code(a: &Answer) -> String {
-    json(a)["errors"][0]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// `skopeo` against the registry at `addr` (plain HTTP on loopback).
-fn skopeo_run(args: &[&str]) -> std::process::Output {
-    Command::new("skopeo")
-        .args(args)
-        .output()
-        .expect("run skopeo (Debian's skopeo; tests/run installs it)")
-}
 
 #[test]
 fn tags_follow_pins_and_instants_answer_as_resolve_does() {
@@ -414,6 +377,14 @@ fn a_token_scoped_to_one_environment_sees_and_reads_only_its_tags() {
             "/v2/objectstack/manifests/prod.at.20260301T103000Z".to_owned(),
         ),
         ("GET", format!("/v2/objectstack/manifests/{digest}")),
+        ("GET", format!("/v2/objectstack/referrers/{digest}")),
+        (
+            "GET",
+            format!(
+                "/v2/objectstack/manifests/sha256-{}",
+                digest.trim_start_matches("sha256:")
+            ),
+        ),
     ] {
         let a = as_(&stage, method, &path);
         assert_eq!(a.status, 403, "{method} {path}: {a:?}");
@@ -574,24 +545,6 @@ fn a_stored_archive_or_manifest_changed_in_storage_is_never_served() {
 
 /// The ORAS Python SDK (PyPI `oras`, installed by tests/run), pulling
 /// `reference` into `out`: the files it wrote, one a line.
-fn oras_pull(reference: &str, out: &std::path::Path) -> String {
-    let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    let script = r#"
-import sys, oras.client
-host, target, outdir = sys.argv[1], sys.argv[2], sys.argv[3]
-client = oras.client.OrasClient(hostname=host, insecure=True)
-for path in client.pull(target=target, outdir=outdir):
-    print(path)
-"#;
-    let host = reference.split('/').next().unwrap();
-    let mut cmd = Command::new(python);
-    cmd.arg("-c").arg(script).arg(host).arg(reference).arg(out);
-    let run = cmd
-        .output()
-        .expect("run the ORAS Python SDK (tests/run installs it)");
-    assert!(run.status.success(), "{run:?}");
-    String::from_utf8(run.stdout).unwrap()
-}
 
 #[test]
 fn oras_pulls_the_file_live_at_an_instant_for_a_restore() {
@@ -608,4 +561,111 @@ fn oras_pulls_the_file_live_at_an_instant_for_a_restore() {
         std::fs::read(out.join("objectstack.json")).unwrap(),
         std::fs::read(w.dir.path().join("a2.json")).unwrap()
     );
+}
+
+#[test]
+fn the_publishers_signature_is_found_from_a_manifest_digest_alone() {
+    let mut w = World::new(&["--http-listen", "127.0.0.1:0"]);
+    w.three_releases();
+    let addr = w.server.tiles_addr();
+    let prod = get(addr, "/v2/objectstack/manifests/prod");
+    assert_eq!(prod.status, 200);
+    let subject = prod.headers["docker-content-digest"].clone();
+
+    // The referrers API: one signature, annotated with release and pin.
+    let listed = get(addr, &format!("/v2/objectstack/referrers/{subject}"));
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert_eq!(
+        listed.headers["content-type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let index = json(&listed);
+    let entries = index["manifests"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{index}");
+    let entry = &entries[0];
+    assert_eq!(
+        entry["artifactType"],
+        "application/vnd.dsse.envelope.v1+json"
+    );
+    let a = &entry["annotations"];
+    assert_eq!(a["dev.stackpin.release"], "rel-3");
+    assert_eq!(a["dev.stackpin.environment"], "prod");
+    assert_eq!(a["dev.stackpin.pin"], "3");
+    assert_eq!(a["dev.stackpin.publish.log-index"], "2");
+    assert_eq!(a["dev.stackpin.pin.log-index"], "5");
+
+    // The referrer's manifest names the subject; its layer is the envelope,
+    // which verifies under the publisher's key with a DSSE library.
+    let referrer_digest = entry["digest"].as_str().unwrap().to_owned();
+    let referrer = get(
+        addr,
+        &format!("/v2/objectstack/manifests/{referrer_digest}"),
+    );
+    assert_eq!(referrer.status, 200, "{referrer:?}");
+    let manifest = json(&referrer);
+    assert_eq!(manifest["subject"]["digest"], subject.as_str());
+    assert_eq!(manifest["subject"]["size"], prod.body.len());
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let envelope = get(addr, &format!("/v2/objectstack/blobs/{layer}"));
+    assert_eq!(envelope.status, 200);
+    let said = securesystemslib_verifies(&envelope.body, &w.dir.path().join("trusted/ci.pub.pem"));
+    assert_eq!(said.trim(), "verified; a changed payload is refused");
+
+    // Filtering by artifact type, and the tag fallback.
+    let only = get(
+        addr,
+        &format!(
+            "/v2/objectstack/referrers/{subject}?artifactType=application%2Fvnd.dsse.envelope.v1%2Bjson"
+        ),
+    );
+    assert_eq!(only.headers["oci-filters-applied"], "artifactType");
+    assert_eq!(json(&only)["manifests"].as_array().unwrap().len(), 1);
+    let none = get(
+        addr,
+        &format!("/v2/objectstack/referrers/{subject}?artifactType=text%2Fplain"),
+    );
+    assert_eq!(json(&none)["manifests"], serde_json::json!([]));
+    let hex = subject.strip_prefix("sha256:").unwrap();
+    let by_tag = get(addr, &format!("/v2/objectstack/manifests/sha256-{hex}"));
+    assert_eq!(by_tag.status, 200, "{by_tag:?}");
+    assert_eq!(
+        by_tag.headers["content-type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert_eq!(by_tag.body, listed.body);
+
+    // A release's manifest has its signature without a pin; a digest this
+    // registry serves nothing under has an empty list (not 404); a hostile
+    // digest is refused.
+    let release = get(addr, "/v2/objectstack-tgz/manifests/rel-2");
+    let of_release = json(&get(
+        addr,
+        &format!(
+            "/v2/objectstack-tgz/referrers/{}",
+            release.headers["docker-content-digest"]
+        ),
+    ));
+    let a = &of_release["manifests"][0]["annotations"];
+    assert_eq!(a["dev.stackpin.release"], "rel-2");
+    assert!(a.get("dev.stackpin.pin").is_none(), "{of_release}");
+    let unknown = get(
+        addr,
+        &format!("/v2/objectstack/referrers/sha256:{}", "0".repeat(64)),
+    );
+    assert_eq!(unknown.status, 200);
+    assert_eq!(json(&unknown)["manifests"], serde_json::json!([]));
+    let hostile = get(addr, "/v2/objectstack/referrers/sha256:..%2F..");
+    assert_eq!(hostile.status, 400);
+    assert_eq!(error_code(&hostile), "DIGEST_INVALID");
+
+    // After a restart (nothing in memory) the referrer is read back from
+    // storage, derived again, and the same bytes.
+    w.server = w.server.restart();
+    let addr = w.server.tiles_addr();
+    let again = get(
+        addr,
+        &format!("/v2/objectstack/manifests/{referrer_digest}"),
+    );
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(again.body, referrer.body);
 }

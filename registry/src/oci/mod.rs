@@ -10,6 +10,9 @@
 //! GET|HEAD /v2/<repo>/blobs/<digest>        an artifact's bytes, an archive,
 //!                                           the empty config; one byte range
 //! GET /v2/<repo>/tags/list?n=&last=         release ids and environments
+//! GET /v2/<repo>/referrers/<digest>         the publisher's signature of a
+//!                                           manifest ([`referrers`]); also
+//!                                           as the tag sha256-<hex>
 //! (repo: objectstack, the artifact as the layer; objectstack-tgz, a
 //! reproducible tar+gzip of it: see [`tgz`])
 //! any other verb                            405 UNSUPPORTED
@@ -24,7 +27,9 @@
 //! Basic (what registry clients' credentials send).
 
 mod answer;
+mod lookup;
 pub mod model;
+pub mod referrers;
 mod request;
 mod stored;
 pub mod tgz;
@@ -46,17 +51,18 @@ use hyper::{Method, Response, StatusCode};
 
 use crate::auth::{Authorizer, Principal};
 use crate::digest::Digest;
-use crate::error::{Error, Kind, Result};
-use crate::ids::{EnvName, ReleaseId};
+use crate::error::{Error, Result};
+use crate::ids::EnvName;
 use crate::records::{ArtifactRecord, PinRecord};
-use crate::registry::{ArtifactRef, Registry};
-use model::{Manifest, Tag};
+use crate::registry::Registry;
+use lookup::{Found, find_claimed, find_tag, tags};
+use model::Manifest;
 
 /// The largest stored manifest read back (derived manifests are about a
 /// kilobyte).
 const MAX_STORED_MANIFEST: u64 = 64 * 1024;
 /// The most tags one `tags/list` page holds.
-const MAX_TAGS_PAGE: usize = 1000;
+pub(super) const MAX_TAGS_PAGE: usize = 1000;
 /// Manifests remembered by digest in memory before starting over.
 const REMEMBERED: usize = 4096;
 /// The realm registry clients are told to send credentials for.
@@ -138,6 +144,9 @@ impl Oci {
                 self.blob(registry, digest, headers, head).await
             }
             Some((name, Some(_), Route::Tags)) => tags(registry, &who, name, query).await,
+            Some((_, Some(form), Route::Referrers(digest))) => {
+                self.referrers(registry, &who, form, digest, query).await
+            }
             Some((name, None, _)) => Err(Oops::new(
                 StatusCode::NOT_FOUND,
                 "NAME_UNKNOWN",
@@ -176,6 +185,18 @@ impl Oci {
         reference: &str,
         headers: &HeaderMap,
     ) -> std::result::Result<Answer, Oops> {
+        if let Some(subject) = referrers::tag_subject(reference) {
+            let digest = parse_digest(&subject)?;
+            let bytes = self
+                .referrer_index(registry, who, form, &digest, None)
+                .await?;
+            return Ok(sized(
+                headers,
+                referrers::INDEX_TYPE,
+                Digest::of(&bytes).to_string(),
+                bytes,
+            ));
+        }
         let bytes = if reference.starts_with("sha256:") {
             let digest = parse_digest(reference)?;
             let bytes = self.by_digest(registry, form, &digest).await?;
@@ -203,15 +224,102 @@ impl Oci {
             (digest, bytes)
         };
         let (digest, bytes) = bytes;
-        if matches(headers, &digest) {
-            let mut r = body(StatusCode::NOT_MODIFIED, Bytes::new(), model::MANIFEST_TYPE);
-            content_headers(&mut r, &digest, None);
-            return Ok(r);
+        Ok(sized(headers, model::MANIFEST_TYPE, digest, bytes))
+    }
+
+    /// `GET /v2/<name>/referrers/<digest>?artifactType=`: the referrers of
+    /// a manifest as an image index; an empty one for a digest this
+    /// registry serves no manifest under (the spec's answer, not 404).
+    async fn referrers(
+        &self,
+        registry: &Arc<Registry>,
+        who: &Principal,
+        form: model::Form,
+        reference: &str,
+        query: &str,
+    ) -> std::result::Result<Answer, Oops> {
+        let digest = parse_digest(reference)?;
+        let filter = form_urlencoded(query)
+            .into_iter()
+            .find(|(k, _)| k == "artifactType")
+            .map(|(_, v)| v);
+        let bytes = self
+            .referrer_index(registry, who, form, &digest, filter.as_deref())
+            .await?;
+        let mut r = body(StatusCode::OK, bytes, referrers::INDEX_TYPE);
+        if filter.is_some() {
+            insert(
+                &mut r,
+                header::HeaderName::from_static("oci-filters-applied"),
+                "artifactType",
+            );
         }
-        let len = bytes.len() as u64;
-        let mut r = body(StatusCode::OK, bytes, model::MANIFEST_TYPE);
-        content_headers(&mut r, &digest, Some(len));
         Ok(r)
+    }
+
+    /// The referrers index of manifest `digest`, of `artifact_type` only
+    /// when given.
+    async fn referrer_index(
+        &self,
+        registry: &Arc<Registry>,
+        who: &Principal,
+        form: model::Form,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> std::result::Result<Bytes, Oops> {
+        let subject = match self.by_digest(registry, form, digest).await {
+            Ok(bytes) => bytes,
+            Err(Oops::Api(..)) => return Ok(referrers::index(&[])),
+            Err(e) => return Err(e),
+        };
+        let claimed: Manifest = serde_json::from_slice(&subject)
+            .map_err(|_| Error::internal("a served manifest does not parse"))?;
+        let mut found = Vec::new();
+        // A referrer has no referrers of its own.
+        if claimed.subject.is_none() {
+            let (artifact, pin) = self.claimed(registry, &claimed).await?;
+            if let Some(p) = &pin {
+                seen_by(who, &p.entry.env)?;
+            }
+            found.push(
+                self.signature(registry, &artifact, pin.as_ref(), &subject)
+                    .await?,
+            );
+        }
+        found.retain(|(m, _)| artifact_type.is_none_or(|t| m.artifact_type == t));
+        Ok(referrers::index(&found))
+    }
+
+    /// The signature referrer of the manifest `subject`: its envelope
+    /// stored once as a blob, its manifest remembered for requests by
+    /// digest.
+    async fn signature(
+        &self,
+        registry: &Registry,
+        artifact: &ArtifactRecord,
+        pin: Option<&PinRecord>,
+        subject: &Bytes,
+    ) -> Result<(Manifest, Bytes)> {
+        let envelope = referrers::envelope(artifact);
+        let manifest = referrers::signature(artifact, pin, &envelope, referrers::subject(subject));
+        put_once(
+            &*registry.store(),
+            &blob_path(&Digest::of(&envelope)),
+            envelope,
+        )
+        .await?;
+        let bytes = model::encode(&manifest);
+        self.remember(registry, &bytes).await?;
+        Ok((manifest, bytes))
+    }
+
+    /// The artifact and pin an artifact manifest claims, as the index has
+    /// them.
+    async fn claimed(&self, registry: &Arc<Registry>, claimed: &Manifest) -> Result<Found> {
+        let (release, pin) = model::claims(claimed)
+            .ok_or_else(|| Error::internal("a served manifest claims no release"))?;
+        let r = registry.clone();
+        crate::blocking::run(move || find_claimed(&r, &release, pin.as_ref())).await
     }
 
     /// The manifest `tag` names in `form`, its digest, and the
@@ -384,12 +492,29 @@ impl Oci {
             return Err(unknown());
         }
         let claimed: Manifest = serde_json::from_slice(&stored).map_err(|_| unknown())?;
-        let (release, pin) = model::claims(&claimed).ok_or_else(unknown)?;
-        let r = registry.clone();
-        let (artifact, pin) =
-            crate::blocking::run(move || find_claimed(&r, &release, pin.as_ref())).await?;
-        let layer = self.layer(registry, form, &artifact).await?;
-        let bytes = model::encode(&model::manifest(&artifact, pin.as_ref(), layer));
+        let bytes = match &claimed.subject {
+            // A referrer: derived again from its subject, itself checked
+            // (one level: a subject with a subject is refused).
+            Some(subject) => {
+                let subject_digest = parse_digest(&subject.digest).map_err(|_| unknown())?;
+                let subject_bytes =
+                    Box::pin(self.by_digest(registry, form, &subject_digest)).await?;
+                let of: Manifest = serde_json::from_slice(&subject_bytes).map_err(|_| unknown())?;
+                if of.subject.is_some() {
+                    return Err(unknown());
+                }
+                let (artifact, pin) = self.claimed(registry, &of).await?;
+                self.signature(registry, &artifact, pin.as_ref(), &subject_bytes)
+                    .await?
+                    .1
+            }
+            None => {
+                model::claims(&claimed).ok_or_else(unknown)?;
+                let (artifact, pin) = self.claimed(registry, &claimed).await?;
+                let layer = self.layer(registry, form, &artifact).await?;
+                model::encode(&model::manifest(&artifact, pin.as_ref(), layer))
+            }
+        };
         if bytes != stored {
             tracing::warn!(%digest, "a stored manifest is not what the log derives; not served");
             return Err(unknown());
@@ -460,7 +585,18 @@ impl Oci {
     }
 }
 
-type Found = (ArtifactRecord, Option<PinRecord>);
+/// A manifest or index answer: 304 when `If-None-Match` names its digest.
+fn sized(headers: &HeaderMap, content_type: &'static str, digest: String, bytes: Bytes) -> Answer {
+    if matches(headers, &digest) {
+        let mut r = body(StatusCode::NOT_MODIFIED, Bytes::new(), content_type);
+        content_headers(&mut r, &digest, None);
+        return r;
+    }
+    let len = bytes.len() as u64;
+    let mut r = body(StatusCode::OK, bytes, content_type);
+    content_headers(&mut r, &digest, Some(len));
+    r
+}
 
 /// Refuses a caller scoped to other environments than `env`.
 fn seen_by(who: &Principal, env: &EnvName) -> std::result::Result<(), Oops> {
@@ -475,161 +611,4 @@ fn seen_by(who: &Principal, env: &EnvName) -> std::result::Result<(), Oops> {
             who.name
         ),
     ))
-}
-
-/// The artifact `tag` names, and the pin when it names one.
-fn find_tag(registry: &Registry, tag: &str) -> Result<Found> {
-    let mut found = Vec::new();
-    for reading in model::readings(tag) {
-        let exists = match &reading {
-            Tag::Release(r) => exists(registry.artifact(&ArtifactRef::Release(r.clone())))?,
-            Tag::Env(e) | Tag::At(e, _) => exists(registry.live_now(e))?,
-        };
-        if exists {
-            found.push(reading);
-        }
-    }
-    let pin = match found.as_slice() {
-        [] => {
-            return Err(Error::not_found(format!(
-                "no release or environment {tag}, and {tag} is not <env>.at.<YYYYMMDDTHHMMSSZ> of \
-                 an environment"
-            )));
-        }
-        [Tag::Release(r)] => {
-            return Ok((registry.artifact(&ArtifactRef::Release(r.clone()))?, None));
-        }
-        [Tag::Env(e)] => registry.live_now(e)?,
-        [Tag::At(e, at)] => registry.resolve(e, *at, None)?.pin,
-        _ => {
-            return Err(Error::not_found(format!(
-                "tag {tag} is ambiguous: it names both a release and an environment; pull by \
-                 digest"
-            )));
-        }
-    };
-    let artifact = registry.artifact(&ArtifactRef::Release(pin.entry.release_id.clone()))?;
-    Ok((artifact, Some(pin)))
-}
-
-fn exists<T>(found: Result<T>) -> Result<bool> {
-    match found {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == Kind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// The artifact of `release`, and pin `seq` of `env` when a stored
-/// manifest claims that pin made it live.
-fn find_claimed(
-    registry: &Registry,
-    release: &ReleaseId,
-    pin: Option<&(EnvName, u64)>,
-) -> Result<Found> {
-    let artifact = registry.artifact(&ArtifactRef::Release(release.clone()))?;
-    let pin = match pin {
-        Some((env, seq)) => {
-            let p = registry.pin_record(env, *seq)?;
-            if p.entry.release_id != *release {
-                return Err(Error::not_found(format!(
-                    "pin #{seq} of {env} is not of release {release}"
-                )));
-            }
-            Some(p)
-        }
-        None => None,
-    };
-    Ok((artifact, pin))
-}
-
-/// `GET /v2/<name>/tags/list?n=&last=`: release ids and environments in
-/// lexical order, each once.
-async fn tags(
-    registry: &Arc<Registry>,
-    who: &Principal,
-    name: &str,
-    query: &str,
-) -> std::result::Result<Answer, Oops> {
-    let mut n = MAX_TAGS_PAGE;
-    let mut last: Option<String> = None;
-    for (k, v) in form_urlencoded(query) {
-        match k.as_str() {
-            "n" => {
-                n = v.parse::<usize>().map_err(|_| {
-                    Oops::new(
-                        StatusCode::BAD_REQUEST,
-                        "PAGINATION_NUMBER_INVALID",
-                        format!("n={} is not a number", stackpin_core::error::shown(&v)),
-                    )
-                })?;
-                n = n.min(MAX_TAGS_PAGE);
-            }
-            "last" => last = Some(v),
-            _ => {}
-        }
-    }
-    let (r, scope) = (registry.clone(), who.scope().map(<[EnvName]>::to_vec));
-    let (page, more) =
-        crate::blocking::run(move || tag_page(&r, scope.as_deref(), last.as_deref(), n)).await?;
-    let value = serde_json::json!({ "name": name, "tags": page });
-    let mut answer = body(
-        StatusCode::OK,
-        Bytes::from(value.to_string()),
-        "application/json",
-    );
-    if more && let Some(l) = page.last() {
-        insert(
-            &mut answer,
-            header::LINK,
-            &format!("</v2/{name}/tags/list?n={n}&last={l}>; rel=\"next\""),
-        );
-    }
-    Ok(answer)
-}
-
-/// Up to `n` tags after `last`, and whether more follow; of the
-/// environments, only those of `scope` when the caller is scoped.
-fn tag_page(
-    registry: &Registry,
-    scope: Option<&[EnvName]>,
-    last: Option<&str>,
-    n: usize,
-) -> Result<(Vec<String>, bool)> {
-    if n == 0 {
-        return Ok((Vec::new(), false));
-    }
-    // Each list is sorted; a name past `last` that is not a valid id is
-    // simply where the list starts.
-    let after_release: Option<ReleaseId> = last.and_then(|l| l.parse().ok());
-    let after_env: Option<EnvName> = last.and_then(|l| l.parse().ok());
-    let (releases, _) = registry.list_artifacts(after_release.as_ref(), n + 1)?;
-    let envs: Vec<EnvName> = match scope {
-        None => {
-            let (live, _) = registry.environments(after_env.as_ref(), n + 1)?;
-            live.into_iter().map(|p| p.entry.env).collect()
-        }
-        Some(scope) => {
-            let mut pinned = Vec::new();
-            for env in scope {
-                if exists(registry.live_now(env))? {
-                    pinned.push(env.clone());
-                }
-            }
-            pinned
-        }
-    };
-    let mut all: Vec<String> = releases
-        .into_iter()
-        .map(|a| a.release_id.to_string())
-        .chain(envs.iter().map(ToString::to_string))
-        .filter(|t| last.is_none_or(|l| t.as_str() > l))
-        .collect();
-    all.sort_unstable();
-    // A name both a release and an environment is ambiguous as a tag:
-    // listed once, as is.
-    all.dedup();
-    let more = all.len() > n;
-    all.truncate(n);
-    Ok((all, more))
 }

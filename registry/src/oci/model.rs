@@ -75,6 +75,9 @@ pub struct Manifest {
     pub artifact_type: String,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
+    /// What a referrer refers to (none for an artifact's manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Descriptor>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
@@ -242,6 +245,7 @@ pub fn manifest(artifact: &ArtifactRecord, pin: Option<&PinRecord>, layer: Descr
         artifact_type: ARTIFACT_TYPE.into(),
         config: empty_config(),
         layers: vec![layer],
+        subject: None,
         annotations,
     }
 }

@@ -52,13 +52,17 @@ pub(super) enum Route<'a> {
     Manifest(&'a str),
     Blob(&'a str),
     Tags,
+    Referrers(&'a str),
 }
 
-/// Splits `<name>/manifests/<ref>`, `<name>/blobs/<digest>` and
-/// `<name>/tags/list`.
+/// Splits `<name>/manifests/<ref>`, `<name>/blobs/<digest>`,
+/// `<name>/tags/list` and `<name>/referrers/<digest>`.
 pub(super) fn route(rest: &str) -> Option<(&str, Route<'_>)> {
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Some((name, Route::Tags));
+    }
+    if let Some((name, digest)) = rest.rsplit_once("/referrers/") {
+        return Some((name, Route::Referrers(digest)));
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
         return Some((name, Route::Manifest(reference)));
