@@ -302,13 +302,21 @@ impl Oci {
     ) -> Result<(Manifest, Bytes)> {
         let envelope = referrers::envelope(artifact);
         let manifest = referrers::signature(artifact, pin, &envelope, referrers::subject(subject));
-        put_once(
-            &*registry.store(),
-            &blob_path(&Digest::of(&envelope)),
-            envelope,
-        )
-        .await?;
         let bytes = model::encode(&manifest);
+        // Once remembered, its envelope is stored: no write per request.
+        let known = self
+            .remembered
+            .lock()
+            .map_err(|_| Error::internal("the OCI manifest memory is poisoned"))?
+            .contains_key(&Digest::of(&bytes).to_string());
+        if !known {
+            put_once(
+                &*registry.store(),
+                &blob_path(&Digest::of(&envelope)),
+                envelope,
+            )
+            .await?;
+        }
         self.remember(registry, &bytes).await?;
         Ok((manifest, bytes))
     }
