@@ -105,3 +105,56 @@ except VerificationError:
     assert!(run.status.success(), "{run:?}");
     String::from_utf8(run.stdout).unwrap()
 }
+
+/// A CNCF Distribution registry (Debian's `docker-registry`) on loopback,
+/// filesystem storage in its own folder; stopped when dropped.
+pub struct Distribution {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Distribution {
+    pub fn start() -> Self {
+        let dir = tempfile::TempDir::new().unwrap();
+        let port = crate::s3::free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: \
+                 127.0.0.1:{port}\nlog:\n  level: error\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run docker-registry (Debian's CNCF Distribution; tests/run installs it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let started = std::time::Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "docker-registry did not listen on {addr} within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

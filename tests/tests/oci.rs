@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use stackpin_tests::oci::{
-    error_code, get, json, oras_pull, request, securesystemslib_verifies, skopeo_run,
+    Distribution, error_code, get, json, oras_pull, request, securesystemslib_verifies, skopeo_run,
 };
 use stackpin_tests::world::World;
 
@@ -668,4 +668,57 @@ fn the_publishers_signature_is_found_from_a_manifest_digest_alone() {
     );
     assert_eq!(again.status, 200, "{again:?}");
     assert_eq!(again.body, referrer.body);
+}
+
+#[test]
+fn skopeo_copies_into_cncf_distribution_and_back_keeping_every_digest() {
+    let w = World::new(&["--http-listen", "127.0.0.1:0"]);
+    w.three_releases();
+    let (ours, theirs) = (w.server.tiles_addr(), Distribution::start());
+    for repo in ["objectstack", "objectstack-tgz"] {
+        let source = get(ours, &format!("/v2/{repo}/manifests/prod"));
+        assert_eq!(source.status, 200);
+        let digest = &source.headers["docker-content-digest"];
+        let copied = skopeo_run(&[
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{ours}/{repo}:prod"),
+            &format!("docker://{}/{repo}:prod", theirs.addr),
+        ]);
+        assert!(copied.status.success(), "{repo}: {copied:?}");
+        // Distribution holds the same manifest bytes under the same digest,
+        // and every blob under its digest.
+        let there = request(
+            theirs.addr,
+            "GET",
+            &format!("/v2/{repo}/manifests/prod"),
+            &[("Accept", "application/vnd.oci.image.manifest.v1+json")],
+        );
+        assert_eq!(there.status, 200, "{there:?}");
+        assert_eq!(&there.headers["docker-content-digest"], digest, "{repo}");
+        assert_eq!(there.body, source.body, "{repo}");
+        let manifest = json(&source);
+        for blob in [&manifest["config"], &manifest["layers"][0]] {
+            let d = blob["digest"].as_str().unwrap();
+            let a = get(theirs.addr, &format!("/v2/{repo}/blobs/{d}"));
+            let b = get(ours, &format!("/v2/{repo}/blobs/{d}"));
+            assert_eq!(a.status, 200, "{repo} {d}");
+            assert_eq!(a.body, b.body, "{repo} {d}");
+        }
+        // And back out of Distribution: the same digest again.
+        let layout = w.dir.path().join(format!("{repo}-layout"));
+        let back = skopeo_run(&[
+            "copy",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            &format!("docker://{}/{repo}:prod", theirs.addr),
+            &format!("oci:{}:prod", layout.display()),
+        ]);
+        assert!(back.status.success(), "{repo}: {back:?}");
+        let index: Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        assert_eq!(index["manifests"][0]["digest"], digest.as_str(), "{repo}");
+    }
 }
