@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use object_store::ObjectStoreExt as _;
+use stackpin_tests::oci::{get, json as json_of};
 use stackpin_tests::s3::Seaweed;
 use stackpin_tests::{Run, Server, stackpin};
 use tempfile::TempDir;
@@ -45,6 +46,8 @@ fn try_replica(dir: &Path, name: &str, weed: &Seaweed, prefix: &str) -> Result<S
             "100ms",
             "--storage-timeout",
             "2s",
+            "--http-listen",
+            "127.0.0.1:0",
         ],
         &weed.env(),
     )
@@ -236,6 +239,41 @@ fn two_replicas_on_one_bucket_stay_consistent_under_concurrent_writers() {
         ],
     );
     assert!(audit.ok().contains("ok: every check passed"), "{audit:?}");
+
+    // Both replicas serve the same OCI bytes: asked at once for tar+gzip
+    // archives neither has built, they agree on every manifest and layer.
+    let tags = [
+        "rel-0",
+        "rel-1",
+        "rel-2",
+        "contested",
+        "prod",
+        "staging",
+        "qa",
+    ];
+    let asked: Vec<_> = servers
+        .iter()
+        .map(|s| {
+            let addr = s.tiles_addr();
+            std::thread::spawn(move || {
+                tags.iter()
+                    .map(|tag| {
+                        let m = get(addr, &format!("/v2/objectstack-tgz/manifests/{tag}"));
+                        assert_eq!(m.status, 200, "{tag}: {m:?}");
+                        let layer = json_of(&m)["layers"][0]["digest"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                        let blob = get(addr, &format!("/v2/objectstack-tgz/blobs/{layer}"));
+                        assert_eq!(blob.status, 200, "{tag}: {blob:?}");
+                        (m.body, blob.body)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answers: Vec<_> = asked.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(answers[0], answers[1], "replicas serve different OCI bytes");
 }
 
 /// The verifier key of the shared log key, via `stackpin-registry key`.
