@@ -564,7 +564,7 @@ fn oras_pulls_the_file_live_at_an_instant_for_a_restore() {
 }
 
 #[test]
-fn the_publishers_signature_is_found_from_a_manifest_digest_alone() {
+fn the_signature_and_the_pins_proof_are_found_from_a_manifest_digest_alone() {
     let mut w = World::new(&["--http-listen", "127.0.0.1:0"]);
     w.three_releases();
     let addr = w.server.tiles_addr();
@@ -572,7 +572,8 @@ fn the_publishers_signature_is_found_from_a_manifest_digest_alone() {
     assert_eq!(prod.status, 200);
     let subject = prod.headers["docker-content-digest"].clone();
 
-    // The referrers API: one signature, annotated with release and pin.
+    // The referrers API: the signature and the pin's proof, annotated with
+    // release and pin.
     let listed = get(addr, &format!("/v2/objectstack/referrers/{subject}"));
     assert_eq!(listed.status, 200, "{listed:?}");
     assert_eq!(
@@ -581,12 +582,15 @@ fn the_publishers_signature_is_found_from_a_manifest_digest_alone() {
     );
     let index = json(&listed);
     let entries = index["manifests"].as_array().unwrap();
-    assert_eq!(entries.len(), 1, "{index}");
-    let entry = &entries[0];
-    assert_eq!(
-        entry["artifactType"],
-        "application/vnd.dsse.envelope.v1+json"
-    );
+    assert_eq!(entries.len(), 2, "{index}");
+    let of_type = |t: &str| {
+        entries
+            .iter()
+            .find(|e| e["artifactType"] == t)
+            .unwrap_or_else(|| panic!("no {t} referrer: {index}"))
+            .clone()
+    };
+    let entry = &of_type("application/vnd.dsse.envelope.v1+json");
     let a = &entry["annotations"];
     assert_eq!(a["dev.stackpin.release"], "rel-3");
     assert_eq!(a["dev.stackpin.environment"], "prod");
@@ -610,6 +614,78 @@ fn the_publishers_signature_is_found_from_a_manifest_digest_alone() {
     assert_eq!(envelope.status, 200);
     let said = securesystemslib_verifies(&envelope.body, &w.dir.path().join("trusted/ci.pub.pem"));
     assert_eq!(said.trim(), "verified; a changed payload is refused");
+
+    // The proof referrer's layer is the pin's .tlog-proof: with the
+    // artifact's bytes (the raw layer), `stackpin verify` checks it offline,
+    // for the live pin and for one that has a successor.
+    for (tag, release, until) in [
+        ("prod", "rel-3", None),
+        (
+            "prod.at.20260301T103000Z",
+            "rel-1",
+            Some("2026-03-01T11:00:00"),
+        ),
+    ] {
+        let m = get(addr, &format!("/v2/objectstack/manifests/{tag}"));
+        let digest = &m.headers["docker-content-digest"];
+        let list = json(&get(
+            addr,
+            &format!(
+                "/v2/objectstack/referrers/{digest}?artifactType=application%2Fvnd.dev.stackpin.tlog-proof.v1"
+            ),
+        ));
+        let found = list["manifests"].as_array().unwrap();
+        assert_eq!(found.len(), 1, "{tag}: {list}");
+        assert_eq!(found[0]["annotations"]["dev.stackpin.release"], release);
+        let proof_manifest = json(&get(
+            addr,
+            &format!(
+                "/v2/objectstack/manifests/{}",
+                found[0]["digest"].as_str().unwrap()
+            ),
+        ));
+        assert_eq!(proof_manifest["subject"]["digest"], digest.as_str());
+        let layer = &proof_manifest["layers"][0];
+        assert_eq!(
+            layer["annotations"]["org.opencontainers.image.title"],
+            "objectstack.json.tlog-proof"
+        );
+        let proof = get(
+            addr,
+            &format!(
+                "/v2/objectstack/blobs/{}",
+                layer["digest"].as_str().unwrap()
+            ),
+        );
+        let artifact = get(
+            addr,
+            &format!(
+                "/v2/objectstack/blobs/{}",
+                json(&m)["layers"][0]["digest"].as_str().unwrap()
+            ),
+        );
+        w.write("pulled.json", &artifact.body);
+        w.write("pulled.json.tlog-proof", &proof.body);
+        let verified = w
+            .cli(&[
+                "--output",
+                "json",
+                "verify",
+                "pulled.json",
+                "--trusted-keys",
+                "trusted",
+            ])
+            .json();
+        assert_eq!(verified["release_id"], release, "{tag}: {verified}");
+        assert_eq!(verified["env"], "prod");
+        match until {
+            None => assert!(verified["live_until"].is_null(), "{verified}"),
+            Some(t) => assert!(
+                verified["live_until"].as_str().unwrap().starts_with(t),
+                "{verified}"
+            ),
+        }
+    }
 
     // Filtering by artifact type, and the tag fallback.
     let only = get(
@@ -668,6 +744,35 @@ fn the_publishers_signature_is_found_from_a_manifest_digest_alone() {
     );
     assert_eq!(again.status, 200, "{again:?}");
     assert_eq!(again.body, referrer.body);
+    let proof_digest = of_type("application/vnd.dev.stackpin.tlog-proof.v1")["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let proof_again = get(addr, &format!("/v2/objectstack/manifests/{proof_digest}"));
+    assert_eq!(proof_again.status, 200, "{proof_again:?}");
+    let layer = json(&proof_again)["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+
+    // Someone with write access to storage edits the stored proof: after
+    // a restart it is no longer listed nor served; the signature still is.
+    let path = w.dir.path().join("data/oci/blobs").join(&layer);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("index 5", "index 4", 1)).unwrap();
+    w.server = w.server.restart();
+    let addr = w.server.tiles_addr();
+    let now = json(&get(addr, &format!("/v2/objectstack/referrers/{subject}")));
+    let types: Vec<&str> = now["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["artifactType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["application/vnd.dsse.envelope.v1+json"], "{now}");
+    let gone = get(addr, &format!("/v2/objectstack/manifests/{proof_digest}"));
+    assert_eq!(gone.status, 404, "{gone:?}");
 }
 
 #[test]

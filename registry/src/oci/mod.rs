@@ -29,6 +29,7 @@
 mod answer;
 mod lookup;
 pub mod model;
+mod proofs;
 pub mod referrers;
 mod request;
 mod stored;
@@ -79,6 +80,8 @@ pub struct Oci {
     remembered: Arc<Mutex<HashMap<String, Bytes>>>,
     /// Artifact digest to its archive's digest and size, once checked.
     archives: Arc<Mutex<HashMap<Digest, (Digest, u64)>>>,
+    /// A pin's log index to its proof's digest and size, once checked.
+    proofs: Arc<Mutex<HashMap<u64, (Digest, u64)>>>,
 }
 
 /// Each tag asked for, by form: the log size its answer was derived at,
@@ -272,22 +275,69 @@ impl Oci {
             Err(Oops::Api(..)) => return Ok(referrers::index(&[])),
             Err(e) => return Err(e),
         };
-        let claimed: Manifest = serde_json::from_slice(&subject)
-            .map_err(|_| Error::internal("a served manifest does not parse"))?;
-        let mut found = Vec::new();
-        // A referrer has no referrers of its own.
-        if claimed.subject.is_none() {
-            let (artifact, pin) = self.claimed(registry, &claimed).await?;
-            if let Some(p) = &pin {
-                seen_by(who, &p.entry.env)?;
-            }
-            found.push(
-                self.signature(registry, &artifact, pin.as_ref(), &subject)
-                    .await?,
-            );
-        }
+        let mut found = self.referrers_of(registry, Some(who), &subject).await?;
         found.retain(|(m, _)| artifact_type.is_none_or(|t| m.artifact_type == t));
         Ok(referrers::index(&found))
+    }
+
+    /// Every referrer of the manifest with bytes `subject`: the
+    /// publisher's signature and, for a pin's manifest, the pin's proof.
+    /// None for a referrer (a referrer has no referrers of its own).
+    async fn referrers_of(
+        &self,
+        registry: &Arc<Registry>,
+        who: Option<&Principal>,
+        subject: &Bytes,
+    ) -> std::result::Result<Vec<(Manifest, Bytes)>, Oops> {
+        let of: Manifest = serde_json::from_slice(subject)
+            .map_err(|_| Error::internal("a served manifest does not parse"))?;
+        if of.subject.is_some() {
+            return Ok(Vec::new());
+        }
+        let (artifact, pin) = self.claimed(registry, &of).await?;
+        if let (Some(who), Some(p)) = (who, &pin) {
+            seen_by(who, &p.entry.env)?;
+        }
+        let mut found = vec![
+            self.signature(registry, &artifact, pin.as_ref(), subject)
+                .await?,
+        ];
+        if let Some(p) = &pin
+            && let Some((digest, size)) = self.proof(registry, p).await?
+        {
+            let manifest =
+                referrers::proof(&artifact, p, &digest, size, referrers::subject(subject));
+            let bytes = model::encode(&manifest);
+            self.remember(registry, &bytes).await?;
+            found.push((manifest, bytes));
+        }
+        Ok(found)
+    }
+
+    /// The digest and size of `pin`'s stored proof, once checked.
+    async fn proof(
+        &self,
+        registry: &Arc<Registry>,
+        pin: &PinRecord,
+    ) -> Result<Option<(Digest, u64)>> {
+        let poisoned = || Error::internal("the OCI proof memory is poisoned");
+        if let Some(known) = self
+            .proofs
+            .lock()
+            .map_err(|_| poisoned())?
+            .get(&pin.log_index)
+        {
+            return Ok(Some(*known));
+        }
+        let Some(found) = proofs::proof_of(registry, pin).await? else {
+            return Ok(None);
+        };
+        let mut map = self.proofs.lock().map_err(|_| poisoned())?;
+        if map.len() >= REMEMBERED {
+            map.clear();
+        }
+        map.insert(pin.log_index, found);
+        Ok(Some(found))
     }
 
     /// The signature referrer of the manifest `subject`: its envelope
@@ -507,14 +557,11 @@ impl Oci {
                 let subject_digest = parse_digest(&subject.digest).map_err(|_| unknown())?;
                 let subject_bytes =
                     Box::pin(self.by_digest(registry, form, &subject_digest)).await?;
-                let of: Manifest = serde_json::from_slice(&subject_bytes).map_err(|_| unknown())?;
-                if of.subject.is_some() {
-                    return Err(unknown());
-                }
-                let (artifact, pin) = self.claimed(registry, &of).await?;
-                self.signature(registry, &artifact, pin.as_ref(), &subject_bytes)
-                    .await?
-                    .1
+                let all = Box::pin(self.referrers_of(registry, None, &subject_bytes)).await?;
+                all.into_iter()
+                    .map(|(_, bytes)| bytes)
+                    .find(|bytes| *bytes == stored)
+                    .unwrap_or_default()
             }
             None => {
                 model::claims(&claimed).ok_or_else(unknown)?;

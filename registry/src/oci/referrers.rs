@@ -1,11 +1,12 @@
 //! Referrers (distribution-spec 1.1): what refers to a manifest this
 //! registry serves, so that a verifier holding only a digest finds the
-//! publisher's signature. For every artifact manifest (by tag or digest,
-//! in either repository) there is one referrer: an image manifest whose
-//! `subject` is that manifest and whose one layer is the publisher's DSSE
-//! envelope exactly as the log recorded it, annotated with the release,
-//! the key, the publish entry's log index and, for a manifest of a pin,
-//! the pin. Derived like every manifest here: the same bytes on every
+//! publisher's signature and the pin's proof. Every artifact manifest (by
+//! tag or digest, in either repository) has a signature referrer: an
+//! image manifest whose `subject` is that manifest and whose one layer is
+//! the publisher's DSSE envelope exactly as the log recorded it, annotated
+//! with the release, the key, the publish entry's log index and, for a
+//! manifest of a pin, the pin. A pin's manifest also has a proof referrer,
+//! whose layer is the pin's `.tlog-proof` (see `proofs`). Derived like every manifest here: the same bytes on every
 //! replica, checked again before a stored copy is served.
 
 use std::collections::BTreeMap;
@@ -81,6 +82,49 @@ pub fn signature(
             digest: Digest::of(envelope).to_string(),
             size: envelope.len() as u64,
             annotations: BTreeMap::new(),
+        }],
+        subject: Some(subject),
+        annotations,
+    }
+}
+
+/// The proof referrer of the manifest `subject`, which serves what `pin`
+/// made live: its one layer is the pin's `.tlog-proof` (`digest`, `size`).
+pub fn proof(
+    artifact: &ArtifactRecord,
+    pin: &PinRecord,
+    digest: &Digest,
+    size: u64,
+    subject: Descriptor,
+) -> Manifest {
+    let annotations = BTreeMap::from([
+        (
+            "dev.stackpin.release".to_owned(),
+            artifact.release_id.to_string(),
+        ),
+        (
+            "dev.stackpin.environment".to_owned(),
+            pin.entry.env.to_string(),
+        ),
+        ("dev.stackpin.pin".to_owned(), pin.entry.seq.to_string()),
+        (
+            "dev.stackpin.pin.log-index".to_owned(),
+            pin.log_index.to_string(),
+        ),
+    ]);
+    Manifest {
+        schema_version: 2,
+        media_type: model::MANIFEST_TYPE.into(),
+        artifact_type: super::proofs::PROOF_TYPE.into(),
+        config: model::empty_config(),
+        layers: vec![Descriptor {
+            media_type: super::proofs::PROOF_TYPE.into(),
+            digest: digest.to_string(),
+            size,
+            annotations: BTreeMap::from([(
+                "org.opencontainers.image.title".to_owned(),
+                "objectstack.json.tlog-proof".to_owned(),
+            )]),
         }],
         subject: Some(subject),
         annotations,
