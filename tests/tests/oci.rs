@@ -613,3 +613,37 @@ fn skopeo_copies_into_cncf_distribution_and_back_keeping_every_digest() {
         assert_eq!(index["manifests"][0]["digest"], digest.as_str(), "{repo}");
     }
 }
+
+#[test]
+fn the_source_a_publisher_signed_is_the_image_source_and_a_bad_one_is_refused() {
+    let w = World::new(&["--http-listen", "127.0.0.1:0"]);
+    let addr = w.server.tiles_addr();
+    let publish = |file: &str, release: &str, source: Option<&str>| {
+        w.write(file, format!("{{\"release\":\"{release}\"}}").as_bytes());
+        let mut args = vec!["publish", file, "--release-id", release, "--key", "ci.pem"];
+        if let Some(url) = source {
+            args.extend(["--source", url]);
+        }
+        w.cli(&args)
+    };
+    let url = "https://git.example.com/objectos/app";
+    publish("a.json", "rel-1", Some(url)).ok();
+    let with = json(&get(addr, "/v2/objectstack/manifests/rel-1"));
+    assert_eq!(with["annotations"]["org.opencontainers.image.source"], url);
+    publish("b.json", "rel-2", None).ok();
+    let without = json(&get(addr, "/v2/objectstack/manifests/rel-2"));
+    assert!(
+        without["annotations"]
+            .get("org.opencontainers.image.source")
+            .is_none(),
+        "{without}"
+    );
+    for bad in ["javascript:alert(1)", "https://", "https://x/a b"] {
+        publish("c.json", "rel-3", Some(bad)).fails(2, "--source");
+    }
+    assert_eq!(
+        get(addr, "/v2/objectstack/manifests/rel-3").status,
+        404,
+        "a refused publish wrote nothing"
+    );
+}

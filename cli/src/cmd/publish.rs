@@ -39,6 +39,11 @@ pub struct Args {
     /// trusted key is tried.
     #[arg(long)]
     envelope: Option<PathBuf>,
+    /// Where the artifact's source lives (an https, http, ssh or git URL),
+    /// signed into the publish statement; registry clients of the OCI API
+    /// see it as `org.opencontainers.image.source`. Only with --key.
+    #[arg(long, conflicts_with = "envelope")]
+    source: Option<String>,
     /// Media type recorded with the artifact.
     #[arg(long, default_value = "application/json")]
     media_type: String,
@@ -69,6 +74,10 @@ pub async fn run(args: &Args, server: &crate::client::Connection, format: Format
             args.file.display()
         )));
     }
+    if let Some(url) = &args.source {
+        stackpin_core::source::check(url)
+            .map_err(|e| Failure::invalid(format!("--source: {e}")))?;
+    }
     let digest = Digest::of(&bytes);
     let envelope = match (&args.key, &args.envelope) {
         (Some(key), _) => {
@@ -76,7 +85,12 @@ pub async fn run(args: &Args, server: &crate::client::Connection, format: Format
                 .map_err(|e| Failure::invalid(format!("reading key {}: {e}", key.display())))?;
             let key = signing::signing_key_from_pem(&pem)
                 .map_err(|e| Failure::invalid(format!("key {}: {e}", key.display())))?;
-            signing::sign_envelope(&signing::publish_statement(&args.release_id, &digest), &key)
+            let statement = signing::publish_statement_with_source(
+                &args.release_id,
+                &digest,
+                args.source.as_deref(),
+            );
+            signing::sign_envelope(&statement, &key)
         }
         (None, Some(path)) => std::fs::read(path)
             .map_err(|e| Failure::invalid(format!("reading envelope {}: {e}", path.display())))?,

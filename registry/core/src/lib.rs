@@ -41,6 +41,7 @@ pub mod position;
 pub mod posture;
 pub mod proof;
 pub mod signing;
+pub mod source;
 pub mod state;
 pub mod tiles;
 pub mod time;

@@ -470,6 +470,20 @@ pub fn is_publish_predicate(predicate_type: &str, also: &[String]) -> bool {
 
 /// The in-toto statement the CLI signs for a publish.
 pub fn publish_statement(release_id: &ReleaseId, digest: &Digest) -> Vec<u8> {
+    publish_statement_with_source(release_id, digest, None)
+}
+
+/// [`publish_statement`], naming where the artifact's source lives (a URL
+/// that passes [`crate::source::check`]).
+pub fn publish_statement_with_source(
+    release_id: &ReleaseId,
+    digest: &Digest,
+    source: Option<&str>,
+) -> Vec<u8> {
+    let mut predicate = serde_json::json!({ "mediaType": "application/json" });
+    if let Some(url) = source {
+        predicate["source"] = serde_json::Value::from(url);
+    }
     let st = StatementJson {
         type_: STATEMENT_V1.to_owned(),
         subject: vec![SubjectJson {
@@ -477,7 +491,7 @@ pub fn publish_statement(release_id: &ReleaseId, digest: &Digest) -> Vec<u8> {
             digest: [("sha256".to_owned(), digest.hex())].into_iter().collect(),
         }],
         predicate_type: PUBLISH_PREDICATE.to_owned(),
-        predicate: serde_json::json!({ "mediaType": "application/json" }),
+        predicate,
     };
     // Serializing plain strings and maps cannot fail.
     serde_json::to_vec(&st).unwrap_or_default()

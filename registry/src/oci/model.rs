@@ -218,6 +218,9 @@ pub fn manifest(artifact: &ArtifactRecord, pin: Option<&PinRecord>, layer: Descr
             artifact.log_index.to_string(),
         ),
     ]);
+    if let Some(url) = stackpin_core::source::of_envelope(&artifact.envelope) {
+        annotations.insert("org.opencontainers.image.source".to_owned(), url);
+    }
     if let Some(p) = pin {
         let e = &p.entry;
         annotations.extend([
