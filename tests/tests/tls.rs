@@ -188,6 +188,34 @@ fn tls_mutual_tls_and_tokens_end_to_end() {
     assert_eq!(r.code, 6, "no client certificate, no handshake: {r:?}");
     run(&[], &audit).fails(2, "--ca-cert");
 
+    // The OCI API on the same listener and rules: skopeo (a registry client
+    // stackpin did not write) lists tags over mutual TLS, its client
+    // certificate being its credential; with only the CA it gets no
+    // handshake.
+    let certs = dir.join("skopeo-certs");
+    let ca_only = dir.join("skopeo-ca");
+    for d in [&certs, &ca_only] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::copy(dir.join("ca.crt"), d.join("ca.crt")).unwrap();
+    }
+    std::fs::copy(dir.join("client.crt"), certs.join("client.cert")).unwrap();
+    std::fs::copy(dir.join("client.key"), certs.join("client.key")).unwrap();
+    let skopeo = |cert_dir: &std::path::Path| {
+        Command::new("skopeo")
+            .args(["list-tags", "--cert-dir"])
+            .arg(cert_dir)
+            .args(["--creds", &format!("any:{reader_token}")])
+            .arg(format!("docker://{}/objectstack", server.tiles_addr()))
+            .output()
+            .expect("run skopeo (tests/run installs it)")
+    };
+    let listed = skopeo(&certs);
+    assert!(listed.status.success(), "{listed:?}");
+    let tags: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(tags["Tags"].is_array(), "{tags}");
+    let refused = skopeo(&ca_only);
+    assert!(!refused.status.success(), "{refused:?}");
+
     // The web view on the same listener and rules: the client certificate
     // lets a browser in, and a token's sign-in cookie is Secure under TLS.
     let curl = |args: &[&str]| {
