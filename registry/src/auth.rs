@@ -256,7 +256,9 @@ impl Authorizer {
             }
         };
         let role = action.role();
-        if !who.roles.contains(&role) {
+        // An admin also reads: the keys it manages, the log it changes.
+        let admin_reads = role == Role::Read && who.roles.contains(&Role::Admin);
+        if !who.roles.contains(&role) && !admin_reads {
             return Err(Error::new(
                 Kind::PermissionDenied,
                 format!("{} lacks the {role} role", who.name),
@@ -305,6 +307,13 @@ pub fn common_name(der: &[u8]) -> Option<String> {
 
 pub fn create_token(name: &str, roles: &[Role], envs: &[String]) -> Result<(String, TokenConfig)> {
     principal(name, roles, envs)?;
+    if !envs.is_empty() && !roles.iter().any(|r| matches!(r, Role::Pin | Role::Read)) {
+        return Err(Error::invalid(
+            "--env limits where a token may pin and which environments' OCI tags it reads; a \
+             token with neither the pin nor the read role cannot use it: add --role pin or \
+             --role read, or leave --env out",
+        ));
+    }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|e| Error::internal(format!("no system randomness: {e}")))?;
@@ -321,6 +330,35 @@ pub fn create_token(name: &str, roles: &[Role], envs: &[String]) -> Result<(Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scope_is_refused_for_roles_that_cannot_use_it() {
+        let env = ["prod".to_owned()];
+        for roles in [
+            &[Role::Publish][..],
+            &[Role::Admin],
+            &[Role::Publish, Role::Admin],
+        ] {
+            let e = create_token("t", roles, &env).unwrap_err();
+            assert_eq!(e.kind(), Kind::Invalid, "{roles:?}");
+        }
+        for roles in [&[Role::Pin][..], &[Role::Read], &[Role::Admin, Role::Read]] {
+            assert!(create_token("t", roles, &env).is_ok(), "{roles:?}");
+        }
+        assert!(create_token("t", &[Role::Publish], &[]).is_ok());
+    }
+
+    #[test]
+    fn an_admin_also_reads_but_does_not_publish_or_pin() {
+        let (token, cfg) = create_token("ops", &[Role::Admin], &[]).unwrap();
+        let auth = Authorizer::new(&[cfg], &[], false).unwrap();
+        assert!(auth.authorize(Some(&token), None, Action::Read).is_ok());
+        assert!(auth.authorize(Some(&token), None, Action::Admin).is_ok());
+        for action in [Action::Publish, Action::PinAnywhere] {
+            let e = auth.authorize(Some(&token), None, action).unwrap_err();
+            assert_eq!(e.kind(), Kind::PermissionDenied);
+        }
+    }
 
     #[test]
     fn one_parser_reads_a_bearer_token_and_refuses_anything_else() {
