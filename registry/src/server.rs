@@ -216,8 +216,11 @@ pub async fn run_all(
     if let Some(tls) = options.tls.clone() {
         builder = builder.tls_config(tls).context("setting up TLS")?;
     }
+    // The signal starts the drain; the grace period bounds it.
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let service = RegistryService::new(registry.clone(), options.auth.clone())
         .with_watch_limits(options.watches)
+        .with_stopping(drain_rx.clone())
         .into_server(options.max_message_bytes);
     let acceptor = crate::guard::Acceptor::new(listener, options.connections);
     // Every request (registry, health, reflection) marks its connection as
@@ -236,8 +239,6 @@ pub async fn run_all(
     };
     tracing::info!("listening on {addr} ({scheme})");
 
-    // The signal starts the drain; the grace period bounds it.
-    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let grace = options.shutdown_grace;
     tokio::spawn(async move {
         shutdown.await;

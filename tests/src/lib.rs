@@ -236,6 +236,17 @@ impl Server {
         }
     }
 
+    /// Stops gracefully (SIGTERM), and starts again with the same folder
+    /// and flags: how long the stop took, and the new process.
+    pub fn stop_and_restart(self) -> (Duration, Self) {
+        let (dir, args, env) = (self.data_dir.clone(), self.args.clone(), self.env.clone());
+        let asked = Instant::now();
+        let status = self.stop();
+        let took = asked.elapsed();
+        assert!(status.success(), "graceful stop exited with {status}");
+        (took, Self::spawn(&dir, args, env))
+    }
+
     /// Stops gracefully and starts again with the same folder and flags.
     pub fn restart(self) -> Self {
         let (dir, args, env) = (self.data_dir.clone(), self.args.clone(), self.env.clone());

@@ -225,3 +225,38 @@ fn watch_resumes_after_the_registry_is_killed_with_no_gap_and_no_repeat() {
         .collect();
     assert_eq!(hooked, [first, second, third]);
 }
+
+#[test]
+fn a_stop_ends_ten_watch_streams_at_once_and_every_watcher_resumes_with_no_gap() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let world = World::new(&["--listen", &listen]);
+    world.three_releases();
+    let watchers: Vec<Child> = (0..10)
+        .map(|_| watch(&world, &["--env", "prod", "--count", "2"]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let first = pin(&world, "prod", "rel-1");
+
+    // SIGTERM with ten streams open: they end at once (an UNAVAILABLE the
+    // watchers retry), so the stop does not wait out the 30 s grace.
+    let World { dir, server, vkey } = world;
+    let (took, server) = server.stop_and_restart();
+    eprintln!("stopped in {took:?} with ten watch streams open");
+    assert!(
+        took < Duration::from_secs(5),
+        "the stop took {took:?} with ten watch streams open"
+    );
+    let world = World { dir, server, vkey };
+    let second = pin(&world, "prod", "rel-2");
+    for child in watchers {
+        let (code, shown, err) = finish(child, Duration::from_secs(60));
+        assert_eq!(code, 0, "{err}");
+        let indexes: Vec<u64> = shown.iter().map(|s| s["index"].as_u64().unwrap()).collect();
+        assert_eq!(indexes, [first, second], "{err}");
+        assert!(err.contains("reconnecting from"), "{err}");
+    }
+}

@@ -44,6 +44,10 @@ pub struct RegistryService {
     max_message_bytes: usize,
     /// The watch streams open, bounded apart from the byte budget.
     watches: Arc<crate::guard::Watches>,
+    /// Becomes true when the registry starts stopping: watch streams end
+    /// at once then (their clients resume from their cursor elsewhere or
+    /// after the restart) instead of holding the stop for its grace period.
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl RegistryService {
@@ -54,7 +58,15 @@ impl RegistryService {
             auth,
             max_message_bytes: crate::defaults::MAX_MESSAGE_BYTES,
             watches: crate::guard::Watches::new(crate::guard::WatchLimits::default()),
+            stopping: None,
         }
+    }
+
+    /// Ends watch streams when `stopping` becomes true.
+    #[must_use]
+    pub fn with_stopping(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = Some(stopping);
+        self
     }
 
     /// Bounds the watch streams open at once by `limits`.
@@ -431,6 +443,7 @@ impl RegistryService {
             filter,
             limits.stream_idle_timeout / 3,
         );
+        let events = streams::until_stopping(events, self.stopping.clone());
         let stream = streams::fed(
             events,
             limits.stream_idle_timeout,

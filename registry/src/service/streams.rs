@@ -106,6 +106,29 @@ pub fn fed<T: Send + 'static>(
         })
 }
 
+/// `source` until `stopping` turns true, then an UNAVAILABLE error that
+/// ends it (a client resumes from its cursor); `source` as is without a
+/// `stopping`, or once its sender is gone without turning true.
+pub fn until_stopping<T: Send + 'static>(
+    source: impl Stream<Item = Result<T>> + Send + 'static,
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
+) -> impl Stream<Item = Result<T>> + Send + 'static {
+    let stop = futures::stream::once(async move {
+        let stopped = match stopping {
+            Some(mut rx) => rx.wait_for(|s| *s).await.is_ok(),
+            None => false,
+        };
+        if !stopped {
+            futures::future::pending::<()>().await;
+        }
+        Err(Error::new(
+            Kind::Unavailable,
+            "the registry is stopping; resume from your cursor",
+        ))
+    });
+    futures::stream::select(source, stop)
+}
+
 fn cut(idle: Duration, end: Instant, what: &str) -> Status {
     let message = if Instant::now() >= end {
         "the stream ran past the registry's request_timeout and was cut".to_owned()
