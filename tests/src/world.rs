@@ -84,31 +84,21 @@ impl World {
     /// Runs the CLI as an operator who followed the README: the log's key
     /// exported as STACKPIN_LOG_VKEY, so every answer is proved.
     pub fn cli(&self, args: &[&str]) -> crate::Run {
-        let state = self.dir.path().join("state");
-        let mut all = vec!["--state-dir", state.to_str().unwrap()];
-        all.extend_from_slice(args);
-        crate::stackpin_with(
-            self.dir.path(),
-            &self.server.url(),
-            &all,
-            &[("STACKPIN_LOG_VKEY", self.vkey.as_str())],
-        )
+        self.cli_with(args, &[])
     }
 
     /// [`World::cli`] with `token` as the caller's bearer token.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> crate::Run {
+        self.cli_with(args, &[("STACKPIN_TOKEN", token)])
+    }
+
+    fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> crate::Run {
         let state = self.dir.path().join("state");
         let mut all = vec!["--state-dir", state.to_str().unwrap()];
         all.extend_from_slice(args);
-        crate::stackpin_with(
-            self.dir.path(),
-            &self.server.url(),
-            &all,
-            &[
-                ("STACKPIN_LOG_VKEY", self.vkey.as_str()),
-                ("STACKPIN_TOKEN", token),
-            ],
-        )
+        let mut vars = vec![("STACKPIN_LOG_VKEY", self.vkey.as_str())];
+        vars.extend_from_slice(env);
+        crate::stackpin_with(self.dir.path(), &self.server.url(), &all, &vars)
     }
 
     /// Runs the CLI with no log key known (nothing exported), as someone

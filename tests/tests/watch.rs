@@ -192,15 +192,18 @@ fn watch_shows_each_pin_as_it_lands_and_runs_the_command() {
         .fails(5, "checkpoint");
 }
 
-#[test]
-fn watch_resumes_after_the_registry_is_killed_with_no_gap_and_no_repeat() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
+/// A world with three releases whose registry keeps its gRPC port across
+/// restarts, so a running watch can reconnect to it.
+fn three_releases_on_a_fixed_port() -> World {
+    let listen = format!("127.0.0.1:{}", stackpin_tests::s3::free_port());
     let world = World::new(&["--listen", &listen]);
     world.three_releases();
+    world
+}
+
+#[test]
+fn watch_resumes_after_the_registry_is_killed_with_no_gap_and_no_repeat() {
+    let world = three_releases_on_a_fixed_port();
     let child = watch(&world, &["--env", "prod", "--count", "3", "--exec", HOOK]);
     std::thread::sleep(Duration::from_millis(500));
     let first = pin(&world, "prod", "rel-1");
@@ -228,13 +231,7 @@ fn watch_resumes_after_the_registry_is_killed_with_no_gap_and_no_repeat() {
 
 #[test]
 fn a_stop_ends_ten_watch_streams_at_once_and_every_watcher_resumes_with_no_gap() {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let world = World::new(&["--listen", &listen]);
-    world.three_releases();
+    let world = three_releases_on_a_fixed_port();
     let watchers: Vec<Child> = (0..10)
         .map(|_| watch(&world, &["--env", "prod", "--count", "2"]))
         .collect();
