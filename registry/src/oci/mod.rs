@@ -10,9 +10,9 @@
 //! GET|HEAD /v2/<repo>/blobs/<digest>        an artifact's bytes, an archive,
 //!                                           the empty config; one byte range
 //! GET /v2/<repo>/tags/list?n=&last=         release ids and environments
-//! GET /v2/<repo>/referrers/<digest>         the publisher's signature of a
-//!                                           manifest ([`referrers`]); also
-//!                                           as the tag sha256-<hex>
+//! GET /v2/<repo>/referrers/<digest>         a manifest's signature and, for
+//!                                           a pin, its proof ([`referrers`]);
+//!                                           also as the tag sha256-<hex>
 //! (repo: objectstack, the artifact as the layer; objectstack-tgz, a
 //! reproducible tar+gzip of it: see [`tgz`])
 //! any other verb                            405 UNSUPPORTED
@@ -28,6 +28,7 @@
 
 mod answer;
 mod lookup;
+mod memory;
 pub mod model;
 mod proofs;
 pub mod referrers;
@@ -38,12 +39,11 @@ pub mod tgz;
 use answer::{Oops, body, content_headers, error, insert, refused, version};
 use request::{Route, authorize, form_urlencoded, matches, parse_digest, parse_range, route};
 use stored::{
-    archive_max, archive_pointer, artifact_bytes, blob_bytes, blob_path, damaged, put_once,
-    read_bounded, stored_path,
+    Named, archive_max, archive_pointer, artifact_bytes, blob_bytes, blob_path, damaged,
+    named_once, put_once, read_bounded, stored_path,
 };
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -57,6 +57,7 @@ use crate::ids::EnvName;
 use crate::records::{ArtifactRecord, PinRecord};
 use crate::registry::Registry;
 use lookup::{Found, find_claimed, find_tag, tags};
+use memory::Memory;
 use model::Manifest;
 
 /// The largest stored manifest read back (derived manifests are about a
@@ -64,29 +65,24 @@ use model::Manifest;
 const MAX_STORED_MANIFEST: u64 = 64 * 1024;
 /// The most tags one `tags/list` page holds.
 pub(super) const MAX_TAGS_PAGE: usize = 1000;
-/// Manifests remembered by digest in memory before starting over.
-const REMEMBERED: usize = 4096;
 /// The realm registry clients are told to send credentials for.
 pub(crate) const CHALLENGE: &str = "Basic realm=\"stackpin\", charset=\"UTF-8\"";
 
-/// The API's state besides the registry: manifests served recently, by
-/// digest.
+/// The API's state besides the registry: what it derived recently, kept
+/// in memory.
 #[derive(Clone, Default)]
 pub struct Oci {
     /// What each tag named when the log had the size kept with it: a tag
     /// asked again before the next commit (a GitOps tool's poll) is
     /// answered from here, with no index read.
-    tags: Arc<Mutex<TagMemory>>,
-    remembered: Arc<Mutex<HashMap<String, Bytes>>>,
+    tags: Arc<Memory<(model::Form, String), (u64, Tagged)>>,
+    /// Manifests served, by digest.
+    remembered: Arc<Memory<String, Bytes>>,
     /// Artifact digest to its archive's digest and size, once checked.
-    archives: Arc<Mutex<HashMap<Digest, (Digest, u64)>>>,
+    archives: Arc<Memory<Digest, (Digest, u64)>>,
     /// A pin's log index to its proof's digest and size, once checked.
-    proofs: Arc<Mutex<HashMap<u64, (Digest, u64)>>>,
+    proofs: Arc<Memory<u64, (Digest, u64)>>,
 }
-
-/// Each tag asked for, by form: the log size its answer was derived at,
-/// and the answer.
-type TagMemory = HashMap<(model::Form, String), (u64, Tagged)>;
 
 /// A tag's answer: the environment of the pin it names (none for a
 /// release id), the manifest's digest and its bytes.
@@ -320,23 +316,13 @@ impl Oci {
         registry: &Arc<Registry>,
         pin: &PinRecord,
     ) -> Result<Option<(Digest, u64)>> {
-        let poisoned = || Error::internal("the OCI proof memory is poisoned");
-        if let Some(known) = self
-            .proofs
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(&pin.log_index)
-        {
-            return Ok(Some(*known));
+        if let Some(known) = self.proofs.get(&pin.log_index)? {
+            return Ok(Some(known));
         }
         let Some(found) = proofs::proof_of(registry, pin).await? else {
             return Ok(None);
         };
-        let mut map = self.proofs.lock().map_err(|_| poisoned())?;
-        if map.len() >= REMEMBERED {
-            map.clear();
-        }
-        map.insert(pin.log_index, found);
+        self.proofs.insert(pin.log_index, found)?;
         Ok(Some(found))
     }
 
@@ -354,12 +340,7 @@ impl Oci {
         let manifest = referrers::signature(artifact, pin, &envelope, referrers::subject(subject));
         let bytes = model::encode(&manifest);
         // Once remembered, its envelope is stored: no write per request.
-        let known = self
-            .remembered
-            .lock()
-            .map_err(|_| Error::internal("the OCI manifest memory is poisoned"))?
-            .contains_key(&Digest::of(&bytes).to_string());
-        if !known {
+        if !self.remembered.contains(&Digest::of(&bytes).to_string())? {
             put_once(
                 &*registry.store(),
                 &blob_path(&Digest::of(&envelope)),
@@ -390,13 +371,12 @@ impl Oci {
         form: model::Form,
         tag: &str,
     ) -> Result<Tagged> {
-        let poisoned = || Error::internal("the OCI tag memory is poisoned");
         let size = registry.applied_now();
         let key = (form, tag.to_owned());
-        if let Some((at, answer)) = self.tags.lock().map_err(|_| poisoned())?.get(&key)
-            && *at == size
+        if let Some((at, answer)) = self.tags.get(&key)?
+            && at == size
         {
-            return Ok(answer.clone());
+            return Ok(answer);
         }
         let (r, t) = (registry.clone(), tag.to_owned());
         let (artifact, pin) = crate::blocking::run(move || find_tag(&r, &t)).await?;
@@ -408,11 +388,7 @@ impl Oci {
             Digest::of(&bytes).to_string(),
             bytes,
         );
-        let mut tags = self.tags.lock().map_err(|_| poisoned())?;
-        if tags.len() >= REMEMBERED && !tags.contains_key(&key) {
-            tags.clear();
-        }
-        tags.insert(key, (size, answer.clone()));
+        self.tags.insert(key, (size, answer.clone()))?;
         Ok(answer)
     }
 
@@ -440,56 +416,28 @@ impl Oci {
         registry: &Arc<Registry>,
         artifact: &ArtifactRecord,
     ) -> Result<(Digest, u64)> {
-        let poisoned = || Error::internal("the OCI archive memory is poisoned");
-        if let Some(known) = self
-            .archives
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(&artifact.digest)
-        {
-            return Ok(*known);
+        if let Some(known) = self.archives.get(&artifact.digest)? {
+            return Ok(known);
         }
         let store = registry.store();
         let pointer = archive_pointer(&artifact.digest);
-        let stored = match read_bounded(&*store, &pointer, 128).await? {
-            Some(named) => named,
-            None => {
-                let bytes = artifact_bytes(registry, artifact).await?;
-                let archive = crate::blocking::run(move || tgz::build(&bytes)).await?;
-                let digest = Digest::of(&archive);
-                put_once(&*store, &blob_path(&digest), archive.clone()).await?;
-                let named = Bytes::from(format!("{digest} {}", archive.len()));
-                // The first replica's archive wins; a later one reads it.
-                put_once(&*store, &pointer, named).await?;
-                read_bounded(&*store, &pointer, 128)
-                    .await?
-                    .ok_or_else(|| Error::internal("a stored archive pointer vanished"))?
-            }
+        let make = || async {
+            let bytes = artifact_bytes(registry, artifact).await?;
+            crate::blocking::run(move || tgz::build(&bytes).map(Some)).await
         };
-        let (digest, size) = std::str::from_utf8(&stored)
-            .ok()
-            .and_then(|t| t.split_once(' '))
-            .and_then(|(d, n)| Some((d.parse::<Digest>().ok()?, n.parse::<u64>().ok()?)))
-            .ok_or_else(|| damaged(&pointer))?;
-        let max = archive_max(registry);
-        let archive = read_bounded(&*store, &blob_path(&digest), max)
-            .await?
-            .ok_or_else(|| damaged(&pointer))?;
+        let (digest, archive) =
+            match named_once(&*store, &pointer, archive_max(registry), make).await? {
+                Named::Found(digest, archive) => (digest, archive),
+                Named::Nothing | Named::Damaged(_) => return Err(damaged(&pointer)),
+            };
+        let size = archive.len() as u64;
         let (expected, file_size) = (artifact.digest, artifact.size);
-        let checked = crate::blocking::run(move || {
-            Ok(Digest::of(&archive) == digest
-                && archive.len() as u64 == size
-                && tgz::holds(&archive, &expected, file_size))
-        })
-        .await?;
+        let checked =
+            crate::blocking::run(move || Ok(tgz::holds(&archive, &expected, file_size))).await?;
         if !checked {
             return Err(damaged(&pointer));
         }
-        let mut map = self.archives.lock().map_err(|_| poisoned())?;
-        if map.len() >= REMEMBERED {
-            map.clear();
-        }
-        map.insert(artifact.digest, (digest, size));
+        self.archives.insert(artifact.digest, (digest, size))?;
         Ok((digest, size))
     }
 
@@ -497,18 +445,7 @@ impl Oci {
     /// memory, and stored once under its digest for every replica.
     async fn remember(&self, registry: &Registry, bytes: &Bytes) -> Result<()> {
         let digest = Digest::of(bytes);
-        let key = digest.to_string();
-        let known = {
-            let mut map = self
-                .remembered
-                .lock()
-                .map_err(|_| Error::internal("the OCI manifest memory is poisoned"))?;
-            if map.len() >= REMEMBERED && !map.contains_key(&key) {
-                map.clear();
-            }
-            map.insert(key, bytes.clone()).is_some()
-        };
-        if known {
+        if self.remembered.insert(digest.to_string(), bytes.clone())? {
             return Ok(());
         }
         put_once(&*registry.store(), &stored_path(&digest), bytes.clone()).await
@@ -522,6 +459,19 @@ impl Oci {
         form: model::Form,
         digest: &Digest,
     ) -> std::result::Result<Bytes, Oops> {
+        self.stored_manifest(registry, form, digest, true).await
+    }
+
+    /// [`Self::by_digest`]; a stored referrer only when `referrer` (a
+    /// referrer's subject is an artifact manifest, never a referrer, so
+    /// reading one back recurses once at most).
+    async fn stored_manifest(
+        &self,
+        registry: &Arc<Registry>,
+        form: model::Form,
+        digest: &Digest,
+        referrer: bool,
+    ) -> std::result::Result<Bytes, Oops> {
         let unknown = || {
             Oops::new(
                 StatusCode::NOT_FOUND,
@@ -529,13 +479,7 @@ impl Oci {
                 format!("no manifest {digest} was served from this log"),
             )
         };
-        let remembered = self
-            .remembered
-            .lock()
-            .map_err(|_| Error::internal("the OCI manifest memory is poisoned"))?
-            .get(&digest.to_string())
-            .cloned();
-        if let Some(bytes) = remembered {
+        if let Some(bytes) = self.remembered.get(&digest.to_string())? {
             return Ok(bytes);
         }
         let stored = read_bounded(
@@ -552,11 +496,12 @@ impl Oci {
         let claimed: Manifest = serde_json::from_slice(&stored).map_err(|_| unknown())?;
         let bytes = match &claimed.subject {
             // A referrer: derived again from its subject, itself checked
-            // (one level: a subject with a subject is refused).
+            // and never a referrer.
+            Some(_) if !referrer => return Err(unknown()),
             Some(subject) => {
                 let subject_digest = parse_digest(&subject.digest).map_err(|_| unknown())?;
                 let subject_bytes =
-                    Box::pin(self.by_digest(registry, form, &subject_digest)).await?;
+                    Box::pin(self.stored_manifest(registry, form, &subject_digest, false)).await?;
                 let all = Box::pin(self.referrers_of(registry, None, &subject_bytes)).await?;
                 all.into_iter()
                     .map(|(_, bytes)| bytes)

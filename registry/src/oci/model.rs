@@ -223,18 +223,11 @@ pub fn manifest(artifact: &ArtifactRecord, pin: Option<&PinRecord>, layer: Descr
     }
     if let Some(p) = pin {
         let e = &p.entry;
-        annotations.extend([
-            ("dev.stackpin.environment".to_owned(), e.env.to_string()),
-            ("dev.stackpin.pin".to_owned(), e.seq.to_string()),
-            (
-                "dev.stackpin.pin.log-index".to_owned(),
-                p.log_index.to_string(),
-            ),
-            (
-                "dev.stackpin.pin.activated-at".to_owned(),
-                e.activated_at.to_string(),
-            ),
-        ]);
+        annotations.extend(pin_annotations(p));
+        annotations.insert(
+            "dev.stackpin.pin.activated-at".to_owned(),
+            e.activated_at.to_string(),
+        );
         if let Some(position) = &e.db_position {
             annotations.insert(
                 "dev.stackpin.pin.db-position".to_owned(),
@@ -251,6 +244,22 @@ pub fn manifest(artifact: &ArtifactRecord, pin: Option<&PinRecord>, layer: Descr
         subject: None,
         annotations,
     }
+}
+
+/// The annotations that say which pin a manifest is of: its environment,
+/// its number and its log index (what [`claims`] reads back).
+pub fn pin_annotations(p: &PinRecord) -> [(String, String); 3] {
+    [
+        (
+            "dev.stackpin.environment".to_owned(),
+            p.entry.env.to_string(),
+        ),
+        ("dev.stackpin.pin".to_owned(), p.entry.seq.to_string()),
+        (
+            "dev.stackpin.pin.log-index".to_owned(),
+            p.log_index.to_string(),
+        ),
+    ]
 }
 
 /// The bytes of a manifest, as served and hashed.

@@ -21,9 +21,9 @@ use stackpin_core::entry::Entry;
 use stackpin_core::note::{Checkpoint, NoteVerifier};
 use stackpin_core::proof::RestoreProof;
 
-use super::stored::{blob_path, put_once, read_bounded};
+use super::stored::{Named, named_once};
 use crate::digest::Digest;
-use crate::error::{Error, Kind, Result};
+use crate::error::{Kind, Result};
 use crate::records::PinRecord;
 use crate::registry::{Query, Registry};
 
@@ -49,42 +49,13 @@ pub(super) async fn proof_of(
 ) -> Result<Option<(Digest, u64)>> {
     let store = registry.store();
     let pointer = pointer(pin);
-    let named = match read_bounded(&*store, &pointer, 128).await? {
-        Some(named) => named,
-        None => {
-            let Some(text) = build(registry, pin).await? else {
-                return Ok(None);
-            };
-            let bytes = Bytes::from(text);
-            let digest = Digest::of(&bytes);
-            put_once(&*store, &blob_path(&digest), bytes.clone()).await?;
-            put_once(
-                &*store,
-                &pointer,
-                Bytes::from(format!("{digest} {}", bytes.len())),
-            )
-            .await?;
-            read_bounded(&*store, &pointer, 128)
-                .await?
-                .ok_or_else(|| Error::internal("a stored proof pointer vanished"))?
-        }
+    let make = || async { Ok(build(registry, pin).await?.map(Bytes::from)) };
+    let (digest, bytes) = match named_once(&*store, &pointer, MAX_PROOF, make).await? {
+        Named::Found(digest, bytes) => (digest, bytes),
+        Named::Nothing => return Ok(None),
+        Named::Damaged(why) => return Ok(refused(&pointer, why)),
     };
-    let Some((digest, size)) = std::str::from_utf8(&named)
-        .ok()
-        .and_then(|t| t.split_once(' '))
-        .and_then(|(d, n)| Some((d.parse::<Digest>().ok()?, n.parse::<u64>().ok()?)))
-    else {
-        return Ok(refused(&pointer, "its pointer does not parse"));
-    };
-    let Some(bytes) = read_bounded(&*store, &blob_path(&digest), MAX_PROOF).await? else {
-        return Ok(refused(&pointer, "the proof it names is missing"));
-    };
-    if Digest::of(&bytes) != digest || bytes.len() as u64 != size {
-        return Ok(refused(
-            &pointer,
-            "the stored proof does not hash to its name",
-        ));
-    }
+    let size = bytes.len() as u64;
     let verifier = NoteVerifier::parse(&registry.log_vkey())?;
     let pin = pin.clone();
     let checked = crate::blocking::run(move || Ok(proves(&bytes, &pin, &verifier))).await?;

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::model::{self, Descriptor, Manifest};
+use super::proofs::PROOF_TYPE;
 use crate::digest::Digest;
 use crate::records::{ArtifactRecord, PinRecord};
 
@@ -47,10 +48,6 @@ pub fn signature(
             artifact.recorded_at.to_string(),
         ),
         (
-            "dev.stackpin.release".to_owned(),
-            artifact.release_id.to_string(),
-        ),
-        (
             "dev.stackpin.key-id".to_owned(),
             artifact.key_id.to_string(),
         ),
@@ -60,32 +57,15 @@ pub fn signature(
         ),
     ]);
     if let Some(p) = pin {
-        annotations.extend([
-            (
-                "dev.stackpin.environment".to_owned(),
-                p.entry.env.to_string(),
-            ),
-            ("dev.stackpin.pin".to_owned(), p.entry.seq.to_string()),
-            (
-                "dev.stackpin.pin.log-index".to_owned(),
-                p.log_index.to_string(),
-            ),
-        ]);
+        annotations.extend(model::pin_annotations(p));
     }
-    Manifest {
-        schema_version: 2,
-        media_type: model::MANIFEST_TYPE.into(),
-        artifact_type: DSSE_TYPE.into(),
-        config: model::empty_config(),
-        layers: vec![Descriptor {
-            media_type: DSSE_TYPE.into(),
-            digest: Digest::of(envelope).to_string(),
-            size: envelope.len() as u64,
-            annotations: BTreeMap::new(),
-        }],
-        subject: Some(subject),
-        annotations,
-    }
+    let layer = Descriptor {
+        media_type: DSSE_TYPE.into(),
+        digest: Digest::of(envelope).to_string(),
+        size: envelope.len() as u64,
+        annotations: BTreeMap::new(),
+    };
+    referrer(artifact, DSSE_TYPE, layer, subject, annotations)
 }
 
 /// The proof referrer of the manifest `subject`, which serves what `pin`
@@ -97,35 +77,38 @@ pub fn proof(
     size: u64,
     subject: Descriptor,
 ) -> Manifest {
-    let annotations = BTreeMap::from([
-        (
-            "dev.stackpin.release".to_owned(),
-            artifact.release_id.to_string(),
-        ),
-        (
-            "dev.stackpin.environment".to_owned(),
-            pin.entry.env.to_string(),
-        ),
-        ("dev.stackpin.pin".to_owned(), pin.entry.seq.to_string()),
-        (
-            "dev.stackpin.pin.log-index".to_owned(),
-            pin.log_index.to_string(),
-        ),
-    ]);
+    let layer = Descriptor {
+        media_type: PROOF_TYPE.into(),
+        digest: digest.to_string(),
+        size,
+        annotations: BTreeMap::from([(
+            "org.opencontainers.image.title".to_owned(),
+            "objectstack.json.tlog-proof".to_owned(),
+        )]),
+    };
+    let annotations = BTreeMap::from(model::pin_annotations(pin));
+    referrer(artifact, PROOF_TYPE, layer, subject, annotations)
+}
+
+/// A referrer of `subject` of `artifact_type` with one `layer`, annotated
+/// with `annotations` and the release.
+fn referrer(
+    artifact: &ArtifactRecord,
+    artifact_type: &str,
+    layer: Descriptor,
+    subject: Descriptor,
+    mut annotations: BTreeMap<String, String>,
+) -> Manifest {
+    annotations.insert(
+        "dev.stackpin.release".to_owned(),
+        artifact.release_id.to_string(),
+    );
     Manifest {
         schema_version: 2,
         media_type: model::MANIFEST_TYPE.into(),
-        artifact_type: super::proofs::PROOF_TYPE.into(),
+        artifact_type: artifact_type.into(),
         config: model::empty_config(),
-        layers: vec![Descriptor {
-            media_type: super::proofs::PROOF_TYPE.into(),
-            digest: digest.to_string(),
-            size,
-            annotations: BTreeMap::from([(
-                "org.opencontainers.image.title".to_owned(),
-                "objectstack.json.tlog-proof".to_owned(),
-            )]),
-        }],
+        layers: vec![layer],
         subject: Some(subject),
         annotations,
     }

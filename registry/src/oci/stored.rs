@@ -148,3 +148,62 @@ pub(super) async fn blob_bytes(
 pub(super) fn stored_path(digest: &Digest) -> object_store::path::Path {
     object_store::path::Path::from(format!("{STORED_PREFIX}/{}", digest.hex()))
 }
+
+/// What a write-once pointer names.
+pub(super) enum Named {
+    /// The blob's digest and bytes, which hash to that digest.
+    Found(Digest, Bytes),
+    /// Nothing was named, and there was nothing to name.
+    Nothing,
+    /// The pointer or the blob it names is damaged: why.
+    Damaged(&'static str),
+}
+
+/// The blob `pointer` names (`<digest> <size>`, written once, so the first
+/// replica's wins), read with at most `max` bytes and checked to hash to
+/// its name. When nothing is named yet, `make` gives the bytes to store
+/// under their digest and name (`None`: nothing to name).
+pub(super) async fn named_once<F, Fut>(
+    store: &dyn object_store::ObjectStore,
+    pointer: &object_store::path::Path,
+    max: u64,
+    make: F,
+) -> Result<Named>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Bytes>>>,
+{
+    let named = match read_bounded(store, pointer, 128).await? {
+        Some(named) => named,
+        None => {
+            let Some(bytes) = make().await? else {
+                return Ok(Named::Nothing);
+            };
+            let len = bytes.len();
+            let (digest, bytes) =
+                crate::blocking::run(move || Ok((Digest::of(&bytes), bytes))).await?;
+            put_once(store, &blob_path(&digest), bytes).await?;
+            put_once(store, pointer, Bytes::from(format!("{digest} {len}"))).await?;
+            read_bounded(store, pointer, 128)
+                .await?
+                .ok_or_else(|| Error::internal(format!("the stored pointer {pointer} vanished")))?
+        }
+    };
+    let Some((digest, size)) = std::str::from_utf8(&named)
+        .ok()
+        .and_then(|t| t.split_once(' '))
+        .and_then(|(d, n)| Some((d.parse::<Digest>().ok()?, n.parse::<u64>().ok()?)))
+    else {
+        return Ok(Named::Damaged("the pointer does not parse"));
+    };
+    let Some(bytes) = read_bounded(store, &blob_path(&digest), max).await? else {
+        return Ok(Named::Damaged("the blob it names is missing"));
+    };
+    let (hashed, bytes) = crate::blocking::run(move || Ok((Digest::of(&bytes), bytes))).await?;
+    if hashed != digest || bytes.len() as u64 != size {
+        return Ok(Named::Damaged(
+            "the blob it names does not hash to its name",
+        ));
+    }
+    Ok(Named::Found(digest, bytes))
+}
