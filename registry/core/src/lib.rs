@@ -22,12 +22,14 @@
 //! | [`state`] | `apply`: the one rule set deciding whether an entry may follow the log |
 //! | [`posture`] | recovery posture: backups and drills against RPO, RTO and drill interval |
 //! | [`audit`] | a full audit of a log from its entries, checkpoint and blobs |
+//! | [`diff`] | what changed between two artifacts, by JSON path (web view, rollback) |
 //!
 //! Nothing here does I/O beyond reading a key file: callers bring the
 //! bytes, from a server, a folder or a bucket.
 
 pub mod audit;
 pub mod defaults;
+pub mod diff;
 pub mod digest;
 pub mod entry;
 pub mod error;

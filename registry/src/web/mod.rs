@@ -21,7 +21,6 @@
 //! Every answer is the registry's own (the same calls as the gRPC
 //! handlers), so a page and `stackpin resolve` cannot disagree.
 
-mod diff;
 mod pages;
 
 use std::sync::Arc;

@@ -9,7 +9,7 @@ use hyper::StatusCode;
 use maud::{DOCTYPE, Markup, html};
 use serde_json::json;
 
-use super::diff::{self, Change};
+use stackpin_core::diff::{self, Change};
 use std::sync::Arc;
 
 use super::{Query, Reply, Site, off};
