@@ -2,13 +2,14 @@
 //! in every environment now, each pin proved and nothing newer left out.
 
 use serde::Serialize;
+use stackpin_core::entry::PinEntry;
 use stackpin_core::ids::EnvName;
 use stackpin_core::time::Timestamp;
 use stackpin_proto::v1 as pb;
 
 use crate::cmd::pins::{anchored, proved_pins};
 use crate::exit::{Failure, Outcome};
-use crate::reader::Reader;
+use crate::reader::{Proved, Reader};
 use crate::view::{Format, PinView, wire_time};
 
 #[derive(clap::Args)]
@@ -42,34 +43,58 @@ struct HistoryView {
     next_page_token: String,
 }
 
-pub async fn history(
-    args: &HistoryArgs,
-    server: &crate::client::Connection,
-    state: Option<&std::path::Path>,
-    format: Format,
-) -> Outcome {
-    let reader = Reader::new(&args.log_key, server, state, None)?;
-    let mut client = crate::client::connect(server).await?;
-    let filter = server.request_id.clone().unwrap_or_default();
+/// What one page of an environment's history asks for.
+pub(crate) struct Query<'a> {
+    pub env: &'a EnvName,
+    pub before: Option<Timestamp>,
+    pub since: Option<Timestamp>,
+    pub limit: u32,
+    pub page_token: &'a str,
+    /// Only the pin this request id recorded ("" for all).
+    pub request_id: &'a str,
+}
+
+/// One page of an environment's pins, newest first, as proved.
+pub(crate) struct Page {
+    pub anchor: crate::reader::Anchor,
+    pub pins: Vec<Proved>,
+    pub next_page_token: String,
+    /// Whether this is the newest page with nothing newer left out
+    /// (proved when the anchor is verified).
+    pub head: bool,
+}
+
+/// Reads one page of history and proves it: every pin in the checkpoint,
+/// inside the query, each following the next; the whole history ending at
+/// pin #1; and the newest page holding the newest pin of the environment
+/// (every entry after it read and checked against the tree).
+///
+/// # Errors
+/// Verification failed (exit 5) naming what does not check out.
+pub(crate) async fn page(
+    reader: &Reader,
+    client: &mut crate::client::Client,
+    q: &Query<'_>,
+) -> Outcome<Page> {
     let response = client
         .history(pb::HistoryRequest {
-            env: args.env.to_string(),
-            before: args.before.map(wire_time),
-            since: args.since.map(wire_time),
-            limit: args.limit,
-            page_token: args.page_token.clone(),
-            // `--request-id` here is a filter: the pin that request recorded.
-            request_id: filter.clone(),
+            env: q.env.to_string(),
+            before: q.before.map(wire_time),
+            since: q.since.map(wire_time),
+            limit: q.limit,
+            page_token: q.page_token.to_owned(),
+            request_id: q.request_id.to_owned(),
         })
         .await?
         .into_inner();
-    let anchor = anchored(&reader, &mut client, &response.checkpoint).await?;
+    let anchor = anchored(reader, client, &response.checkpoint).await?;
     let proved = proved_pins(&anchor, &response.pins, &response.entries, "pins")?;
     for (i, p) in proved.iter().enumerate() {
         let pin = p.pin("pins")?;
-        let outside = pin.env != args.env
-            || args.before.is_some_and(|b| pin.activated_at >= b)
-            || args.since.is_some_and(|s| pin.activated_at < s);
+        let outside = pin.env != *q.env
+            || q.before.is_some_and(|b| pin.activated_at >= b)
+            || q.since.is_some_and(|s| pin.activated_at < s)
+            || (!q.request_id.is_empty() && pin.request_id.as_deref() != Some(q.request_id));
         if outside {
             return Err(Failure::verify(format!(
                 "the answer holds pin #{} of {} (activated {}), which the query excludes",
@@ -79,9 +104,7 @@ pub async fn history(
         // Newest first, with nothing between: each pin links to the next.
         if let Some(older) = proved.get(i + 1) {
             let o = older.pin("pins")?;
-            if o.seq.checked_add(1) != Some(pin.seq)
-                || pin.prev_pin.as_deref() != Some(older.leaf.hex().as_str())
-            {
+            if !follows(pin, o, older) {
                 return Err(Failure::verify(format!(
                     "pin #{} of {} does not follow pin #{} in the answer: pins were left out or \
                      reordered",
@@ -90,9 +113,9 @@ pub async fn history(
             }
         }
     }
-    let head = args.before.is_none() && args.page_token.is_empty() && filter.is_empty();
+    let head = q.before.is_none() && q.page_token.is_empty() && q.request_id.is_empty();
     // The whole history in one page ends at pin #1: none older was cut off.
-    let whole = head && args.since.is_none() && response.next_page_token.is_empty();
+    let whole = head && q.since.is_none() && response.next_page_token.is_empty();
     if whole
         && let Some(oldest) = proved.last()
         && oldest.pin("pins")?.seq != 1
@@ -100,14 +123,14 @@ pub async fn history(
         return Err(Failure::verify(format!(
             "the answer ends at pin #{} of {} with no page to follow: older pins were left out",
             oldest.pin("pins")?.seq,
-            args.env
+            q.env
         )));
     }
     // The first page of the newest pins: none newer was left out.
     if head
         && let Some(newest) = proved.first()
         && let Some((index, later)) = anchor
-            .after(&mut client, newest, |q| q.env == args.env)
+            .after(client, newest, |p| p.env == *q.env)
             .await?
             .into_iter()
             .next()
@@ -115,12 +138,55 @@ pub async fn history(
         return Err(Failure::verify(format!(
             "the answer's newest pin of {} is #{}, but the log holds pin #{} ({}) at index \
              {index}: newer pins were left out",
-            args.env,
+            q.env,
             newest.pin("pins")?.seq,
             later.seq,
             later.release_id
         )));
     }
+    Ok(Page {
+        anchor,
+        pins: proved,
+        next_page_token: response.next_page_token,
+        head,
+    })
+}
+
+/// Whether `newer` is the pin right after `older` (proved as `older_entry`)
+/// in its environment: the next number, linked by the older one's hash.
+pub(crate) fn follows(newer: &PinEntry, older: &PinEntry, older_entry: &Proved) -> bool {
+    older.seq.checked_add(1) == Some(newer.seq)
+        && newer.prev_pin.as_deref() == Some(older_entry.leaf.hex().as_str())
+}
+
+pub async fn history(
+    args: &HistoryArgs,
+    server: &crate::client::Connection,
+    state: Option<&std::path::Path>,
+    format: Format,
+) -> Outcome {
+    let reader = Reader::new(&args.log_key, server, state, None)?;
+    let mut client = crate::client::connect(server).await?;
+    // `--request-id` here is a filter: the pin that request recorded.
+    let filter = server.request_id.clone().unwrap_or_default();
+    let Page {
+        anchor,
+        pins: proved,
+        next_page_token,
+        head,
+    } = page(
+        &reader,
+        &mut client,
+        &Query {
+            env: &args.env,
+            before: args.before,
+            since: args.since,
+            limit: args.limit,
+            page_token: &args.page_token,
+            request_id: &filter,
+        },
+    )
+    .await?;
     let view = HistoryView {
         env: args.env.to_string(),
         verified: anchor.verified,
@@ -128,7 +194,7 @@ pub async fn history(
             .iter()
             .map(|p| PinView::proved(p, "pins"))
             .collect::<Outcome<_>>()?,
-        next_page_token: response.next_page_token,
+        next_page_token,
     };
     format.emit(&view, || {
         let mut out = String::new();

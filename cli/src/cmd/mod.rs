@@ -6,6 +6,8 @@
 //! - `restore` asks the question `resolve` asks (`resolve::ask`);
 //! - `resolve`, `history`, `artifacts` and `snapshot` take the flags, and
 //!   `history` proves listings, the way `pins` does;
+//! - `rollback` reads proved history pages as `history` does, and records
+//!   its pin as `pin` does;
 //! - `drill run` restores as `restore` does (`restore::restore_verified`);
 //! - `snapshot`, `drill` and `watch` record, read and show entries with the
 //!   shared `evidence` module.
@@ -21,6 +23,7 @@ pub mod posture;
 pub mod publish;
 pub mod resolve;
 pub mod restore;
+pub mod rollback;
 pub mod shell;
 pub mod snapshot;
 pub mod trust;
@@ -39,6 +42,10 @@ pub enum Command {
     Publish(publish::Args),
     /// Record that an artifact went live in an environment.
     Pin(pins::PinArgs),
+    /// Put back the release live before the current one (or --steps N
+    /// back, or --to a release live before), found in proved history and
+    /// recorded as a pin; the database is not rolled back.
+    Rollback(rollback::RollbackArgs),
     /// Which artifact was live in an environment at an instant.
     Resolve(resolve::ResolveCmd),
     /// An environment's pins, newest first.
@@ -99,6 +106,7 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Keygen(a) => keygen::run(a, format),
         Command::Publish(a) => publish::run(a, server, format).await,
         Command::Pin(a) => pins::pin(a, server, state, format).await,
+        Command::Rollback(a) => rollback::rollback(a, server, state, format).await,
         Command::Resolve(a) => resolve::resolve(a, server, state, format).await,
         Command::History(a) => history::history(a, server, state, format).await,
         Command::Status(a) => history::status(a, server, state, format).await,

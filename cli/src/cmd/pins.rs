@@ -90,41 +90,15 @@ pub async fn pin(
     format: Format,
 ) -> Outcome {
     let reader = Reader::new(&args.log_key, server, state, None)?;
-    let client = crate::client::connect(server).await?;
-    let id = server.request_id()?;
-    let message = pb::PinRequest {
-        env: args.env.to_string(),
-        artifact: Some(args.artifact.to_wire()),
-        activated_at: args.activated_at.map(wire_time),
-        reason: args.reason.as_str().to_owned(),
-        db_position: args.position.position().map(wire_position),
-        request_id: id.clone(),
+    let mut client = crate::client::connect(server).await?;
+    let request = Record {
+        env: &args.env,
+        artifact: &args.artifact,
+        activated_at: args.activated_at,
+        reason: &args.reason,
+        position: args.position.position(),
     };
-    // Retries carry the same request id: the registry records the pin once.
-    let response = server
-        .retrying("pin", || {
-            let mut client = client.clone();
-            let request = crate::client::Connection::request(&id, message.clone());
-            async move { client.pin(request).await }
-        })
-        .await?
-        .into_inner();
-    let mut client = client;
-    let anchor = anchored(&reader, &mut client, &response.checkpoint).await?;
-    let proved = anchor.required(response.entry.as_ref(), "pin entry")?;
-    check_pin("pin", response.pin.as_ref(), Some(&proved))?;
-    let entry = proved.pin("pin entry")?;
-    let asked = match (&args.artifact.release_id, &args.artifact.digest) {
-        (Some(r), _) => entry.release_id == *r,
-        (None, Some(d)) => entry.digest == *d,
-        (None, None) => true,
-    };
-    if entry.env != args.env || !asked || entry.request_id.as_deref() != Some(id.as_str()) {
-        return Err(Failure::verify(format!(
-            "the registry answered with pin #{} of {} (release {}), which is not the pin asked for",
-            entry.seq, entry.env, entry.release_id
-        )));
-    }
+    let proved = record(&reader, server, &mut client, &request).await?;
     let pin = PinView::proved(&proved, "pin entry")?;
     format.emit(&pin, || {
         format!(
@@ -139,6 +113,64 @@ pub async fn pin(
         )
     });
     Ok(())
+}
+
+/// A pin to record.
+pub(crate) struct Record<'a> {
+    pub env: &'a EnvName,
+    pub artifact: &'a ArtifactArg,
+    pub activated_at: Option<Timestamp>,
+    pub reason: &'a Reason,
+    pub position: Option<&'a DbPosition>,
+}
+
+/// Records a pin under this run's request id (retried under the same id,
+/// so it is recorded once) and proves the entry the registry answers with
+/// is the pin asked for.
+///
+/// # Errors
+/// The registry's refusal; verification failed when the answer is not
+/// the pin asked for or not in its checkpoint.
+pub(crate) async fn record(
+    reader: &Reader,
+    server: &crate::client::Connection,
+    client: &mut crate::client::Client,
+    r: &Record<'_>,
+) -> Outcome<Proved> {
+    let id = server.request_id()?;
+    let message = pb::PinRequest {
+        env: r.env.to_string(),
+        artifact: Some(r.artifact.to_wire()),
+        activated_at: r.activated_at.map(wire_time),
+        reason: r.reason.as_str().to_owned(),
+        db_position: r.position.map(wire_position),
+        request_id: id.clone(),
+    };
+    // Retries carry the same request id: the registry records the pin once.
+    let response = server
+        .retrying("pin", || {
+            let mut client = client.clone();
+            let request = crate::client::Connection::request(&id, message.clone());
+            async move { client.pin(request).await }
+        })
+        .await?
+        .into_inner();
+    let anchor = anchored(reader, client, &response.checkpoint).await?;
+    let proved = anchor.required(response.entry.as_ref(), "pin entry")?;
+    check_pin("pin", response.pin.as_ref(), Some(&proved))?;
+    let entry = proved.pin("pin entry")?;
+    let asked = match (&r.artifact.release_id, &r.artifact.digest) {
+        (Some(release), _) => entry.release_id == *release,
+        (None, Some(d)) => entry.digest == *d,
+        (None, None) => true,
+    };
+    if entry.env != *r.env || !asked || entry.request_id.as_deref() != Some(id.as_str()) {
+        return Err(Failure::verify(format!(
+            "the registry answered with pin #{} of {} (release {}), which is not the pin asked for",
+            entry.seq, entry.env, entry.release_id
+        )));
+    }
+    Ok(proved)
 }
 
 /// Accepts the checkpoint a listing came with.
