@@ -19,12 +19,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Kind, Result};
 use crate::ids::EnvName;
+use crate::time::Timestamp;
 
 /// A permission a request needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -75,6 +77,12 @@ pub struct TokenConfig {
     /// sees (empty: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub envs: Vec<String>,
+    /// When it was made (`token create` records it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<Timestamp>,
+    /// From this instant on it is refused (`token create --expires-in`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Timestamp>,
 }
 
 /// A client certificate subject (its common name) mapped to roles.
@@ -94,6 +102,8 @@ pub struct Principal {
     pub name: String,
     roles: Vec<Role>,
     envs: Vec<EnvName>,
+    /// When its token stops being accepted.
+    expires: Option<Timestamp>,
 }
 
 impl Principal {
@@ -113,6 +123,7 @@ impl Principal {
             name: crate::registry::ANONYMOUS.to_owned(),
             roles,
             envs: Vec::new(),
+            expires: None,
         }
     }
 }
@@ -145,9 +156,17 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Decides every request.
+/// Decides every request, by the credentials in force: a reload
+/// ([`Authorizer::replace`]) swaps them for every listener at once, and
+/// each request is decided by the set in force when it arrives.
 #[derive(Clone, Debug, Default)]
 pub struct Authorizer {
+    current: Arc<RwLock<Arc<Credentials>>>,
+}
+
+/// The credentials configured: tokens by hash, certificate subjects.
+#[derive(Debug, Default)]
+struct Credentials {
     tokens: HashMap<String, Principal>,
     certs: HashMap<String, Principal>,
     anonymous_read: bool,
@@ -165,6 +184,7 @@ fn principal(name: &str, roles: &[Role], envs: &[String]) -> Result<Principal> {
         name: name.to_owned(),
         roles: roles.to_vec(),
         envs,
+        expires: None,
     })
 }
 
@@ -175,9 +195,9 @@ impl Authorizer {
     /// Invalid for a malformed hash, a duplicate, an empty role list or a
     /// bad environment name.
     pub fn new(tokens: &[TokenConfig], certs: &[CertConfig], anonymous_read: bool) -> Result<Self> {
-        let mut out = Self {
+        let mut out = Credentials {
             anonymous_read,
-            ..Self::default()
+            ..Credentials::default()
         };
         for t in tokens {
             let hash = t.sha256.to_ascii_lowercase();
@@ -187,11 +207,11 @@ impl Authorizer {
                     t.name
                 )));
             }
-            if out
-                .tokens
-                .insert(hash, principal(&t.name, &t.roles, &t.envs)?)
-                .is_some()
-            {
+            let who = Principal {
+                expires: t.expires,
+                ..principal(&t.name, &t.roles, &t.envs)?
+            };
+            if out.tokens.insert(hash, who).is_some() {
                 return Err(Error::invalid(format!(
                     "token {:?} is configured twice",
                     t.name
@@ -204,21 +224,52 @@ impl Authorizer {
                 principal(&c.subject_cn, &c.roles, &c.envs)?,
             );
         }
-        Ok(out)
+        Ok(Self {
+            current: Arc::new(RwLock::new(Arc::new(out))),
+        })
+    }
+
+    fn credentials(&self) -> Arc<Credentials> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `other`'s credentials in force here (and in every clone):
+    /// requests from now on are decided by them.
+    pub fn replace(&self, other: &Authorizer) {
+        let new = other.credentials();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = new;
     }
 
     /// Whether any credential is configured (authentication is on).
     pub fn enabled(&self) -> bool {
-        !self.tokens.is_empty() || !self.certs.is_empty()
+        self.credentials().enabled()
     }
 
     /// Authorizes `action` for a request carrying `bearer` (the token, if
     /// any) and `cert_cn` (the verified client certificate's common name).
     ///
     /// # Errors
-    /// Unauthenticated for a missing or unknown credential; PermissionDenied
-    /// for a known one without the role or environment.
+    /// Unauthenticated for a missing, unknown or expired credential;
+    /// PermissionDenied for a known one without the role or environment.
     pub fn authorize(
+        &self,
+        bearer: Option<&str>,
+        cert_cn: Option<&str>,
+        action: Action<'_>,
+    ) -> Result<Principal> {
+        self.credentials().authorize(bearer, cert_cn, action)
+    }
+}
+
+impl Credentials {
+    fn enabled(&self) -> bool {
+        !self.tokens.is_empty() || !self.certs.is_empty()
+    }
+
+    fn authorize(
         &self,
         bearer: Option<&str>,
         cert_cn: Option<&str>,
@@ -255,6 +306,18 @@ impl Authorizer {
                 ));
             }
         };
+        if let Some(expires) = who.expires
+            && Timestamp::now() >= expires
+        {
+            return Err(Error::new(
+                Kind::Unauthenticated,
+                format!(
+                    "token {:?} expired at {expires} (make a new one with `stackpin-registry \
+                     token create`)",
+                    who.name
+                ),
+            ));
+        }
         let role = action.role();
         // An admin also reads: the keys it manages, the log it changes.
         let admin_reads = role == Role::Read && who.roles.contains(&Role::Admin);
@@ -277,10 +340,6 @@ impl Authorizer {
     }
 }
 
-/// A new random token (shown once) and its configuration entry.
-///
-/// # Errors
-/// Internal when the system has no randomness.
 /// The token of an `authorization` header (gRPC metadata or HTTP): the
 /// one parser of both listeners. `value` is None when the header is not
 /// text.
@@ -305,7 +364,18 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
-pub fn create_token(name: &str, roles: &[Role], envs: &[String]) -> Result<(String, TokenConfig)> {
+/// A new random token (shown once) and its configuration entry, valid
+/// for `expires_in` from now when given.
+///
+/// # Errors
+/// Invalid for a bad name, role list or scope; Internal when the system
+/// has no randomness.
+pub fn create_token(
+    name: &str,
+    roles: &[Role],
+    envs: &[String],
+    expires_in: Option<std::time::Duration>,
+) -> Result<(String, TokenConfig)> {
     principal(name, roles, envs)?;
     if !envs.is_empty() && !roles.iter().any(|r| matches!(r, Role::Pin | Role::Read)) {
         return Err(Error::invalid(
@@ -318,11 +388,24 @@ pub fn create_token(name: &str, roles: &[Role], envs: &[String]) -> Result<(Stri
     getrandom::fill(&mut bytes)
         .map_err(|e| Error::internal(format!("no system randomness: {e}")))?;
     let token = format!("sp_{}", hex::encode(bytes));
+    let created = Timestamp::now();
+    let expires = match expires_in {
+        None => None,
+        Some(d) => {
+            let micros = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+            let end = created.as_micros().saturating_add(micros);
+            Some(Timestamp::from_micros(end).map_err(|_| {
+                Error::invalid(format!("--expires-in {d:?} ends beyond the year 9999"))
+            })?)
+        }
+    };
     let config = TokenConfig {
         name: name.to_owned(),
         sha256: token_hash(&token),
         roles: roles.to_vec(),
         envs: envs.to_vec(),
+        created: Some(created),
+        expires,
     };
     Ok((token, config))
 }
@@ -339,18 +422,55 @@ mod tests {
             &[Role::Admin],
             &[Role::Publish, Role::Admin],
         ] {
-            let e = create_token("t", roles, &env).unwrap_err();
+            let e = create_token("t", roles, &env, None).unwrap_err();
             assert_eq!(e.kind(), Kind::Invalid, "{roles:?}");
         }
         for roles in [&[Role::Pin][..], &[Role::Read], &[Role::Admin, Role::Read]] {
-            assert!(create_token("t", roles, &env).is_ok(), "{roles:?}");
+            assert!(create_token("t", roles, &env, None).is_ok(), "{roles:?}");
         }
-        assert!(create_token("t", &[Role::Publish], &[]).is_ok());
+        assert!(create_token("t", &[Role::Publish], &[], None).is_ok());
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_and_one_not_yet_expired_is_not() {
+        let (old, mut old_cfg) = create_token("old", &[Role::Read], &[], None).unwrap();
+        old_cfg.expires = Some(Timestamp::now().saturating_add_micros(-1));
+        let (new, new_cfg) = create_token(
+            "new",
+            &[Role::Read],
+            &[],
+            Some(std::time::Duration::from_secs(3600)),
+        )
+        .unwrap();
+        assert!(new_cfg.expires > new_cfg.created);
+        let auth = Authorizer::new(&[old_cfg, new_cfg], &[], false).unwrap();
+        let e = auth.authorize(Some(&old), None, Action::Read).unwrap_err();
+        assert_eq!(e.kind(), Kind::Unauthenticated);
+        assert!(e.message().contains("expired at"), "{e}");
+        assert!(auth.authorize(Some(&new), None, Action::Read).is_ok());
+    }
+
+    #[test]
+    fn a_replaced_authorizer_decides_every_clone_from_the_next_request_on() {
+        let (a, a_cfg) = create_token("a", &[Role::Read], &[], None).unwrap();
+        let (b, b_cfg) = create_token("b", &[Role::Read], &[], None).unwrap();
+        let serving = Authorizer::new(&[a_cfg], &[], false).unwrap();
+        let clone = serving.clone();
+        assert!(clone.authorize(Some(&a), None, Action::Read).is_ok());
+        serving.replace(&Authorizer::new(&[b_cfg], &[], false).unwrap());
+        assert_eq!(
+            clone
+                .authorize(Some(&a), None, Action::Read)
+                .unwrap_err()
+                .kind(),
+            Kind::Unauthenticated
+        );
+        assert!(clone.authorize(Some(&b), None, Action::Read).is_ok());
     }
 
     #[test]
     fn an_admin_also_reads_but_does_not_publish_or_pin() {
-        let (token, cfg) = create_token("ops", &[Role::Admin], &[]).unwrap();
+        let (token, cfg) = create_token("ops", &[Role::Admin], &[], None).unwrap();
         let auth = Authorizer::new(&[cfg], &[], false).unwrap();
         assert!(auth.authorize(Some(&token), None, Action::Read).is_ok());
         assert!(auth.authorize(Some(&token), None, Action::Admin).is_ok());
@@ -370,8 +490,8 @@ mod tests {
 
     fn auth() -> (Authorizer, String, String) {
         let (ci, ci_cfg) =
-            create_token("ci", &[Role::Publish, Role::Pin], &["staging".into()]).unwrap();
-        let (ops, ops_cfg) = create_token("ops", &[Role::Read, Role::Admin], &[]).unwrap();
+            create_token("ci", &[Role::Publish, Role::Pin], &["staging".into()], None).unwrap();
+        let (ops, ops_cfg) = create_token("ops", &[Role::Read, Role::Admin], &[], None).unwrap();
         (
             Authorizer::new(&[ci_cfg, ops_cfg], &[], false).unwrap(),
             ci,
@@ -407,7 +527,7 @@ mod tests {
 
     #[test]
     fn anonymous_read_lets_only_reads_through() {
-        let (_, cfg) = create_token("ci", &[Role::Publish], &[]).unwrap();
+        let (_, cfg) = create_token("ci", &[Role::Publish], &[], None).unwrap();
         let a = Authorizer::new(&[cfg], &[], true).unwrap();
         assert!(a.authorize(None, None, Action::Read).is_ok());
         assert_eq!(
@@ -423,9 +543,11 @@ mod tests {
             sha256: "abc".into(),
             roles: vec![Role::Read],
             envs: vec![],
+            created: None,
+            expires: None,
         };
         assert!(Authorizer::new(&[bad], &[], false).is_err());
-        assert!(create_token("x", &[], &[]).is_err());
-        assert!(create_token("x", &[Role::Pin], &["../prod".into()]).is_err());
+        assert!(create_token("x", &[], &[], None).is_err());
+        assert!(create_token("x", &[Role::Pin], &["../prod".into()], None).is_err());
     }
 }

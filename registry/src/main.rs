@@ -68,10 +68,43 @@ enum TokenCommand {
         /// publish, pin, read or admin (repeatable).
         #[arg(long = "role", required = true, value_parser = |s: &str| s.parse::<Role>().map_err(|e| e.to_string()))]
         roles: Vec<Role>,
-        /// Limit pin to these environments (repeatable).
+        /// Limit the token to these environments (repeatable): where it
+        /// may pin, and which environments' OCI tags it reads.
         #[arg(long = "env")]
         envs: Vec<String>,
+        /// Refuse the token from this long after now on (`90d`, `12h`).
+        #[arg(long, value_parser = config::tokens::parse_expiry)]
+        expires_in: Option<std::time::Duration>,
     },
+    /// List the configured tokens: names, roles, scopes, creation and
+    /// expiry (the file holds hashes only; no secret is shown).
+    List {
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        output: OutputFormat,
+        #[command(flatten)]
+        flags: Box<Flags>,
+    },
+    /// Remove a token's entry from the settings file (--config), checked
+    /// as a start would check it, and ask a registry running on the data
+    /// folder on this machine to reload (SIGHUP): it is refused from the
+    /// next request on.
+    Revoke {
+        /// The token's name.
+        name: String,
+        /// text or json.
+        #[arg(long, default_value = "text")]
+        output: OutputFormat,
+        #[command(flatten)]
+        flags: Box<Flags>,
+    },
+}
+
+/// How `token list` and `token revoke` print.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Subcommand)]
@@ -138,13 +171,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", signer.vkey());
             return Ok(());
         }
-        Some(Command::Token(TokenCommand::Create { name, roles, envs })) => {
-            let (token, entry) = auth::create_token(name, roles, envs)?;
-            let block = toml::to_string(&serde_wrap(entry)).context("printing the entry")?;
-            println!("token (shown once; keep it in a secret store):\n{token}\n");
-            println!("add to the settings file:\n{block}");
-            return Ok(());
-        }
+        Some(Command::Token(command)) => return token(command),
         Some(Command::Config(ConfigCommand::Check { files })) => {
             if let Err(e) = Settings::check_files(files) {
                 // Invalid input, like every other: exit 2.
@@ -169,6 +196,102 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(&cli.flags)?;
     init_logging(&settings);
     serve(settings).await
+}
+
+/// `token create`, `list` and `revoke`.
+fn token(command: &TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            name,
+            roles,
+            envs,
+            expires_in,
+        } => {
+            let (token, entry) = auth::create_token(name, roles, envs, *expires_in)?;
+            let block = toml::to_string(&serde_wrap(entry)).context("printing the entry")?;
+            println!("token (shown once; keep it in a secret store):\n{token}\n");
+            println!("add to the settings file:\n{block}");
+        }
+        TokenCommand::List { output, flags } => {
+            let settings = invalid_exits(Settings::load(flags));
+            let tokens = config::tokens::list(&settings);
+            match output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&tokens)?),
+                OutputFormat::Text if tokens.is_empty() => {
+                    println!(
+                        "no tokens configured: authentication is off unless client certificates are mapped"
+                    );
+                }
+                OutputFormat::Text => {
+                    for t in &tokens {
+                        let scope = if t.envs.is_empty() {
+                            "all environments".to_owned()
+                        } else {
+                            t.envs.join(",")
+                        };
+                        let when = |t: Option<stackpin_core::time::Timestamp>| {
+                            t.map_or_else(|| "-".to_owned(), |t| t.to_string())
+                        };
+                        println!(
+                            "{:<20} roles {:<22} {:<20} created {:<28} expires {}{}",
+                            t.name,
+                            t.roles.join(","),
+                            scope,
+                            when(t.created),
+                            when(t.expires),
+                            if t.expired { " (EXPIRED)" } else { "" }
+                        );
+                    }
+                }
+            }
+        }
+        TokenCommand::Revoke {
+            name,
+            output,
+            flags,
+        } => {
+            let done = invalid_exits(config::tokens::revoke(flags, name));
+            match output {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&done)?),
+                OutputFormat::Text => {
+                    println!(
+                        "revoked token {:?}: removed from {}",
+                        done.name,
+                        done.file.display()
+                    );
+                    match done.signalled_pid {
+                        Some(pid) => println!(
+                            "asked the registry running on this data folder (pid {pid}) to \
+                             reload: it refuses the token from the next request on"
+                        ),
+                        None => println!(
+                            "no registry runs on this data folder here; a registry elsewhere \
+                             refuses the token once it reloads (SIGHUP, or when it sees the \
+                             file change)"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The value, or the error printed and exit 2 for invalid input (the
+/// code of every other refusal of input) and 6 for storage it could
+/// not write.
+fn invalid_exits<T>(r: stackpin_registry::error::Result<T>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            let code = match e.kind() {
+                stackpin_registry::error::Kind::Invalid => 2,
+                _ => 6,
+            };
+            std::process::exit(code);
+        }
+    }
 }
 
 /// `[[token]]` as a one-element array of tables.

@@ -24,6 +24,7 @@ use crate::webhooks::WebhookConfig;
 
 mod flags;
 mod keys;
+pub mod tokens;
 mod validate;
 
 pub use flags::Flags;
