@@ -26,7 +26,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -51,7 +50,7 @@ const TILE_CACHE: &str = "public, max-age=31536000, immutable";
 pub struct Http {
     pub registry: Arc<Registry>,
     pub auth: Authorizer,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub tls: Option<crate::tls::Tls>,
     /// The web view; None when it is off.
     pub web: Option<crate::web::Site>,
     /// What each connection is held to before and while it is served.
@@ -65,55 +64,6 @@ pub struct Http {
 
 /// The largest sign-in form read.
 const MAX_FORM_BYTES: usize = 4096;
-
-/// The TLS setup of the HTTP listener, from the gRPC listener's PEM files:
-/// a certificate chain and key, and when `client_ca` is given, client
-/// certificates required to chain to it.
-///
-/// # Errors
-/// When a file cannot be read or parsed.
-pub fn tls_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-    client_ca: Option<&std::path::Path>,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect())
-        .with_context(|| format!("setting tls_cert: reading {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("setting tls_key: reading {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .context("setting up TLS")?;
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("setting client_ca: reading {}", ca.display()))?
-            {
-                let c =
-                    c.with_context(|| format!("setting client_ca: reading {}", ca.display()))?;
-                roots
-                    .add(c)
-                    .with_context(|| format!("setting client_ca: {}", ca.display()))?;
-            }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .build()
-                    .context("setting client_ca")?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .context("setting tls_cert and tls_key")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
 
 /// Serves on `listener` until `stop` turns true; connections already open
 /// finish what they are sending.
@@ -133,7 +83,6 @@ pub async fn serve(listener: TcpListener, http: Http, mut stop: watch::Receiver<
         };
         tracing::info!("serving tlog-tiles on {addr} ({scheme}) {web}");
     }
-    let tls = http.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let acceptor = crate::guard::Acceptor::new(listener, http.connections);
     loop {
         let conn = tokio::select! {
@@ -146,8 +95,10 @@ pub async fn serve(listener: TcpListener, http: Http, mut stop: watch::Receiver<
             },
             () = async { drop(stop.wait_for(|s| *s).await) } => return,
         };
+        // The TLS settings in force now: a reload reaches every new
+        // connection.
+        let tls = http.tls.as_ref().map(crate::tls::Tls::http);
         let http = http.clone();
-        let tls = tls.clone();
         tokio::spawn(async move {
             let started = conn.started();
             match tls {

@@ -23,6 +23,7 @@
 //! | [`log`] | log objects on object storage (write-once per index) |
 //! | [`storage`] | choosing the object store by URL (file, s3, memory) |
 //! | [`auth`] | bearer tokens and client certificates mapped to roles |
+//! | [`tls`] | both listeners' TLS, replaceable while serving; the gRPC handshakes |
 //! | [`health`] | grpc.health.v1: SERVING only while storage answers and the committer runs |
 //! | [`observe`] | Prometheus metrics and one log line per request |
 //! | [`service`] | the tonic service: the only module that sees proto types |
@@ -59,6 +60,7 @@ pub(crate) mod service;
 pub(crate) mod staging;
 pub mod storage;
 pub(crate) mod timeline;
+pub mod tls;
 pub(crate) mod web;
 pub mod webhooks;
 pub mod witness;

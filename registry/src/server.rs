@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::auth::Authorizer;
 use crate::config::Settings;
@@ -17,15 +16,13 @@ use crate::service::RegistryService;
 /// How the transport is set up.
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub tls: Option<ServerTlsConfig>,
+    /// TLS of both listeners (replaceable while serving: [`crate::tls`]).
+    pub tls: Option<crate::tls::Tls>,
     pub auth: Authorizer,
     pub max_concurrent_streams: u32,
     pub max_message_bytes: usize,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// TLS of the HTTP (tlog-tiles) listener: the gRPC listener's
-    /// certificate and client CA, read once more for rustls.
-    pub http_tls: Option<Arc<rustls::ServerConfig>>,
     /// The web view on the HTTP listener; None when it is off.
     pub web: Option<crate::web::Site>,
     /// How long in-flight requests may take to finish after a shutdown
@@ -49,7 +46,6 @@ impl Default for Options {
             max_concurrent_streams: crate::defaults::MAX_CONCURRENT_STREAMS,
             max_message_bytes: crate::defaults::MAX_MESSAGE_BYTES,
             metrics_listen: None,
-            http_tls: None,
             web: Some(crate::web::Site::default()),
             shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
             connections: crate::guard::ConnectionLimits::default(),
@@ -65,26 +61,7 @@ impl Options {
     /// # Errors
     /// When a TLS file cannot be read.
     pub fn from_settings(s: &Settings, auth: Authorizer) -> anyhow::Result<Self> {
-        let read = |p: &std::path::Path, key: &str| {
-            std::fs::read(p).with_context(|| format!("setting {key}: reading {}", p.display()))
-        };
-        let tls = match (&s.tls_cert, &s.tls_key) {
-            (Some(cert), Some(key)) => {
-                let identity = Identity::from_pem(read(cert, "tls_cert")?, read(key, "tls_key")?);
-                let mut tls = ServerTlsConfig::new().identity(identity);
-                if let Some(ca) = &s.client_ca {
-                    tls = tls.client_ca_root(Certificate::from_pem(read(ca, "client_ca")?));
-                }
-                Some(tls)
-            }
-            _ => None,
-        };
-        let http_tls = match (&s.http_listen, &s.tls_cert, &s.tls_key) {
-            (Some(_), Some(cert), Some(key)) => {
-                Some(crate::http::tls_config(cert, key, s.client_ca.as_deref())?)
-            }
-            _ => None,
-        };
+        let tls = s.tls()?;
         let web = match s.http_listen {
             None => None,
             Some(addr) => {
@@ -101,7 +78,7 @@ impl Options {
                 }
                 on.then(|| crate::web::Site {
                     auth_on: auth.enabled(),
-                    https: http_tls.is_some(),
+                    https: tls.is_some(),
                     webhooks: std::sync::Arc::default(),
                     share: crate::web::share_of(s.max_inflight_bytes),
                 })
@@ -114,7 +91,6 @@ impl Options {
             max_concurrent_streams: s.max_concurrent_streams,
             max_message_bytes: s.max_message_bytes,
             metrics_listen: s.metrics_listen,
-            http_tls,
             shutdown_grace: crate::defaults::SHUTDOWN_GRACE,
             connections: crate::guard::ConnectionLimits {
                 max_connections: s.max_connections,
@@ -205,7 +181,7 @@ pub async fn run_all(
     // long again: HTTP/2 flow control lets a client that reads nothing
     // hold an answer without stalling the socket, so only the connection's
     // end bounds how long it holds it.
-    let mut builder = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .max_concurrent_streams(options.max_concurrent_streams)
         .max_connection_age(options.max_connection_age)
         .max_connection_age_grace(options.max_connection_age)
@@ -213,9 +189,6 @@ pub async fn run_all(
         // slot back well before the connection's age.
         .http2_keepalive_interval(Some(options.connections.write_idle))
         .http2_keepalive_timeout(Some(options.connections.write_idle));
-    if let Some(tls) = options.tls.clone() {
-        builder = builder.tls_config(tls).context("setting up TLS")?;
-    }
     // The signal starts the drain; the grace period bounds it.
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
     let service = RegistryService::new(registry.clone(), options.auth.clone())
@@ -249,7 +222,7 @@ pub async fn run_all(
         let http = crate::http::Http {
             registry: registry.clone(),
             auth: options.auth.clone(),
-            tls: options.http_tls.clone(),
+            tls: options.tls.clone(),
             web: options.web.clone(),
             connections: options.connections,
             max_age: options.max_connection_age,
@@ -257,19 +230,26 @@ pub async fn run_all(
         };
         tokio::spawn(crate::http::serve(tiles, http, drain_rx.clone()));
     }
-    let serving = builder
+    let router = builder
         .layer(started)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(acceptor.into_stream(), async move {
-            let mut rx = drain_rx;
-            let _ = rx.wait_for(|d| *d).await;
-        });
-    tokio::pin!(serving);
+        .add_service(service);
+    let stopped = async move {
+        let mut rx = drain_rx;
+        let _ = rx.wait_for(|d| *d).await;
+    };
+    let mut serving: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match options.tls.clone() {
+        Some(tls) => Box::pin(
+            router.serve_with_incoming_shutdown(crate::tls::handshaken(acceptor, tls), stopped),
+        ),
+        None => Box::pin(router.serve_with_incoming_shutdown(acceptor.into_stream(), stopped)),
+    };
     let finished = tokio::select! {
-        r = &mut serving => Some(r),
+        r = serving.as_mut() => Some(r),
         () = async {
             let _ = draining.wait_for(|d| *d).await;
             tokio::time::sleep(grace).await;

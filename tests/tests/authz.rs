@@ -288,7 +288,7 @@ async fn every_rpc_checks_every_role() {
         ("reader", vec![Role::Read], vec![]),
         ("admin", vec![Role::Admin], vec![]),
     ] {
-        let (token, cfg) = create_token(name, &roles, &envs).unwrap();
+        let (token, cfg) = create_token(name, &roles, &envs, None).unwrap();
         tokens.push((name, token));
         configs.push(cfg);
     }

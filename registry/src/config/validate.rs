@@ -217,6 +217,20 @@ impl Settings {
         Ok(policy)
     }
 
+    /// The TLS of both listeners these settings describe (reads the
+    /// files); `None` without `tls_cert` and `tls_key`.
+    ///
+    /// # Errors
+    /// When a file cannot be read or parsed, naming the setting.
+    pub fn tls(&self) -> anyhow::Result<Option<crate::tls::Tls>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::tls::Tls::load(cert, key, self.client_ca.as_deref()).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// The authorizer these settings describe.
     ///
     /// # Errors
