@@ -56,7 +56,7 @@ pub trait Target: Send + Sync + 'static {
     fn log(&self) -> &Log;
     fn index(&self) -> &Index;
     /// The rules entries are applied by.
-    fn rules(&self) -> &Rules;
+    fn rules(&self) -> std::sync::Arc<Rules>;
     /// Called after entries were applied (a new checkpoint is due).
     fn committed(&self);
     /// Called after entries other replicas wrote, from log index `from`
@@ -147,7 +147,7 @@ pub async fn run<T: Target>(
                 }
                 if !syncs.is_empty() {
                     let from = target.index().applied().unwrap_or(0);
-                    let result = catch_up(target.log(), target.index(), target.rules()).await;
+                    let result = catch_up(target.log(), target.index(), &target.rules()).await;
                     if matches!(result, Ok(n) if n > 0) {
                         target.tailed(from).await;
                         target.committed();
@@ -162,7 +162,7 @@ pub async fn run<T: Target>(
             }
             _ = tick.tick() => {
                 let from = target.index().applied().unwrap_or(0);
-                let caught = catch_up(target.log(), target.index(), target.rules()).await;
+                let caught = catch_up(target.log(), target.index(), &target.rules()).await;
                 if let Ok(n) = &caught {
                     metrics::gauge!("stackpin_index_lag_entries").set(*n as f64);
                 }
@@ -244,7 +244,7 @@ async fn commit<T: Target>(target: &T, mut pending: Vec<(Build, Reply)>) {
                 .into_iter()
                 .chain(decided.into_iter().map(|(b, r, _)| (b, r)));
             let from = index.applied().unwrap_or(start);
-            if let Err(e) = catch_up(log, index, rules).await {
+            if let Err(e) = catch_up(log, index, &rules).await {
                 return fail_all(rerun.collect(), &e);
             }
             target.tailed(from).await;

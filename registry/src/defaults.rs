@@ -18,6 +18,10 @@ pub const STORAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often a replica looks for other replicas' log entries.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the files a reload reads are looked at for a change
+/// (Kubernetes updates a mounted Secret within about a minute; cert-manager
+/// renews days ahead).
+pub const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Most writes committed as one log object.
 pub const MAX_BATCH: usize = 256;

@@ -28,6 +28,7 @@
 //! | [`observe`] | Prometheus metrics and one log line per request |
 //! | [`service`] | the tonic service: the only module that sees proto types |
 //! | [`config`], [`defaults`] | server settings and their sources; every default |
+//! | [`reload`] | SIGHUP and watched files: tokens, TLS, trusted keys, witnesses, webhooks, all or nothing |
 //! | [`server`] | `run(listener, registry, options, shutdown)` |
 //! | [`error`] | the error type: the core's kinds, plus storage and index failures |
 //!
@@ -55,6 +56,7 @@ pub(crate) mod observe;
 pub(crate) mod oci;
 pub(crate) mod records;
 pub mod registry;
+pub mod reload;
 pub mod server;
 pub(crate) mod service;
 pub(crate) mod staging;

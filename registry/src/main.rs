@@ -195,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let settings = Settings::load(&cli.flags)?;
     init_logging(&settings);
-    serve(settings).await
+    serve(settings, cli.flags).await
 }
 
 /// `token create`, `list` and `revoke`.
@@ -360,7 +360,7 @@ async fn recover(settings: Settings, accept_unsigned: bool) -> anyhow::Result<()
     Ok(())
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+async fn serve(settings: Settings, flags: Flags) -> anyhow::Result<()> {
     let url = settings.storage_url()?;
     // Bind first: a port in use stops the start before the folder is
     // touched.
@@ -409,14 +409,28 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     );
     let mut options = server::Options::from_settings(&settings, authorizer)?;
     let registry = Arc::new(registry);
-    let endpoints = settings.webhooks()?;
-    if !endpoints.is_empty() {
-        let holder = stackpin_registry::webhooks::holder_id(&settings.data_dir)?;
-        let deliveries = stackpin_registry::webhooks::spawn(registry.clone(), endpoints, holder);
-        if let Some(site) = &mut options.web {
-            site.webhooks = deliveries;
-        }
+    let holder = stackpin_registry::webhooks::holder_id(&settings.data_dir)?;
+    let webhooks = Arc::new(stackpin_registry::webhooks::Webhooks::start(
+        registry.clone(),
+        settings.webhooks()?,
+        holder,
+    ));
+    let deliveries = webhooks.deliveries();
+    let reloader = Arc::new(stackpin_registry::reload::Reloader::new(
+        flags,
+        settings,
+        options.auth.clone(),
+        options.tls.clone(),
+        registry.clone(),
+        webhooks,
+    ));
+    if let Some(site) = &mut options.web {
+        site.webhooks = deliveries;
+        site.reload = reloader.status();
     }
+    // Installed before the listeners announce themselves: a SIGHUP sent
+    // right after start reloads rather than ends the process.
+    reloader.spawn()?;
     let shutdown = shutdown_signal()?;
     let listeners = server::Listeners {
         grpc: listener,

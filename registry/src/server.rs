@@ -80,6 +80,7 @@ impl Options {
                     auth_on: auth.enabled(),
                     https: tls.is_some(),
                     webhooks: std::sync::Arc::default(),
+                    reload: std::sync::Arc::default(),
                     share: crate::web::share_of(s.max_inflight_bytes),
                 })
             }

@@ -37,6 +37,8 @@ pub struct Tls {
 struct Loaded {
     grpc: Arc<ServerConfig>,
     http: Arc<ServerConfig>,
+    /// The serving certificate, for logs: serial and expiry.
+    leaf: String,
 }
 
 impl Tls {
@@ -76,6 +78,7 @@ impl Tls {
             current: Arc::new(RwLock::new(Loaded {
                 grpc: config(&[b"h2"])?,
                 http: config(&[b"h2", b"http/1.1"])?,
+                leaf: describe(&chain[0]),
             })),
         })
     }
@@ -94,6 +97,11 @@ impl Tls {
             .clone()
     }
 
+    /// The serving certificate: its serial and when it expires.
+    pub fn certificate(&self) -> String {
+        self.loaded().leaf
+    }
+
     /// The acceptor for a new gRPC connection.
     pub fn grpc(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.loaded().grpc)
@@ -102,6 +110,17 @@ impl Tls {
     /// The acceptor for a new HTTP connection.
     pub fn http(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.loaded().http)
+    }
+}
+
+fn describe(cert: &CertificateDer<'_>) -> String {
+    match x509_parser::parse_x509_certificate(cert.as_ref()) {
+        Ok((_, c)) => format!(
+            "serial {}, expires {}",
+            c.raw_serial_as_string(),
+            c.validity().not_after
+        ),
+        Err(_) => "an unparsable certificate".to_owned(),
     }
 }
 

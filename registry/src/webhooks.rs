@@ -77,7 +77,7 @@ pub struct WebhookConfig {
 }
 
 /// A configured endpoint.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Endpoint {
     pub name: String,
     pub url: String,
@@ -200,25 +200,111 @@ pub fn holder_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// Starts the lease task and one delivery task per endpoint.
-pub fn spawn(registry: Arc<Registry>, endpoints: Vec<Endpoint>, holder: String) -> Arc<Deliveries> {
-    let deliveries = Arc::new(Deliveries::default());
-    if endpoints.is_empty() {
-        return deliveries;
+/// The webhook tasks of a replica: the lease task (while any endpoint is
+/// configured) and one delivery task per endpoint; replaced by a reload.
+pub struct Webhooks {
+    registry: Arc<Registry>,
+    holder: String,
+    deliveries: Arc<Deliveries>,
+    tasks: Mutex<Tasks>,
+}
+
+#[derive(Default)]
+struct Tasks {
+    lease: Option<(tokio::task::AbortHandle, watch::Receiver<bool>)>,
+    endpoints: Vec<(Endpoint, tokio::task::AbortHandle)>,
+}
+
+impl Webhooks {
+    /// Starts delivering to `endpoints` (none: nothing runs until a
+    /// reload configures some) as the replica `holder`.
+    pub fn start(registry: Arc<Registry>, endpoints: Vec<Endpoint>, holder: String) -> Self {
+        let hooks = Self {
+            registry,
+            holder,
+            deliveries: Arc::default(),
+            tasks: Mutex::default(),
+        };
+        if !endpoints.is_empty() {
+            let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+            tracing::info!(webhooks = ?names, holder = %hooks.holder, "webhooks configured");
+        }
+        hooks.replace(endpoints);
+        hooks
     }
-    let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
-    tracing::info!(webhooks = ?names, holder = %holder, "webhooks configured");
-    let (held_tx, held_rx) = watch::channel(false);
-    tokio::spawn(lease(registry.clone(), holder, held_tx, deliveries.clone()));
-    for e in endpoints {
-        tokio::spawn(deliver(
-            registry.clone(),
-            e,
-            held_rx.clone(),
-            deliveries.clone(),
-        ));
+
+    /// What each endpoint's deliveries have done, for the web view.
+    pub fn deliveries(&self) -> Arc<Deliveries> {
+        self.deliveries.clone()
     }
-    deliveries
+
+    /// Makes `endpoints` the ones delivered to: an endpoint no longer
+    /// configured (or configured differently) has its task stopped, a new
+    /// one starts from its stored cursor; unchanged ones go on. Returns
+    /// the names started and stopped.
+    pub fn replace(&self, endpoints: Vec<Endpoint>) -> (Vec<String>, Vec<String>) {
+        let mut tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut stopped = Vec::new();
+        tasks.endpoints.retain(|(e, task)| {
+            let kept = endpoints.contains(e);
+            if !kept {
+                task.abort();
+                stopped.push(e.name.clone());
+            }
+            kept
+        });
+        if !stopped.is_empty() {
+            let mut eps = self
+                .deliveries
+                .endpoints
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for name in &stopped {
+                eps.remove(name);
+            }
+        }
+        if endpoints.is_empty() {
+            // Nothing to send: the lease is left to expire for a replica
+            // that has endpoints.
+            if let Some((task, _)) = tasks.lease.take() {
+                task.abort();
+                self.deliveries.sending.store(false, Ordering::Release);
+            }
+            return (Vec::new(), stopped);
+        }
+        let held = match &tasks.lease {
+            Some((_, held)) => held.clone(),
+            None => {
+                let (held_tx, held_rx) = watch::channel(false);
+                let task = tokio::spawn(lease(
+                    self.registry.clone(),
+                    self.holder.clone(),
+                    held_tx,
+                    self.deliveries.clone(),
+                ));
+                tasks.lease = Some((task.abort_handle(), held_rx.clone()));
+                held_rx
+            }
+        };
+        let mut started = Vec::new();
+        for e in endpoints {
+            if tasks.endpoints.iter().any(|(r, _)| *r == e) {
+                continue;
+            }
+            let task = tokio::spawn(deliver(
+                self.registry.clone(),
+                e.clone(),
+                held.clone(),
+                self.deliveries.clone(),
+            ));
+            started.push(e.name.clone());
+            tasks.endpoints.push((e, task.abort_handle()));
+        }
+        (started, stopped)
+    }
 }
 
 async fn read_text(store: &dyn ObjectStore, key: &str) -> Result<Option<String>> {

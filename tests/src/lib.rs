@@ -5,6 +5,7 @@
 //! so the workspace's binaries must be built first (`cargo build --workspace`,
 //! which the README's test command does).
 
+pub mod certs;
 pub mod drill;
 pub mod faults;
 pub mod litestream;

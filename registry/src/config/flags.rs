@@ -21,6 +21,7 @@ pub(super) const ENV_KEYS: &[&str] = &[
     "s3_allow_http",
     "storage_timeout",
     "poll_interval",
+    "reload_check_interval",
     "max_batch",
     "max_artifact_bytes",
     "max_message_bytes",
@@ -101,6 +102,11 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_interval: Option<String>,
+    /// How often the settings, TLS and trusted-key files are looked at for
+    /// a change, which reloads them as SIGHUP does; 0s: only SIGHUP [default: 10s].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload_check_interval: Option<String>,
     /// Most writes committed as one log object; 1 disables group commit [default: 256].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -89,6 +89,10 @@ pub struct Settings {
     pub storage_timeout: Duration,
     #[serde(with = "text_duration")]
     pub poll_interval: Duration,
+    /// How often the settings file, the TLS files and the trusted keys are
+    /// looked at; a change reloads them as SIGHUP does (0s: only SIGHUP).
+    #[serde(with = "text_duration")]
+    pub reload_check_interval: Duration,
     /// Most writes committed as one log object (1 disables group commit).
     pub max_batch: usize,
     pub max_artifact_bytes: u64,
@@ -182,6 +186,7 @@ impl Default for Settings {
             s3_allow_http: None,
             storage_timeout: defaults::STORAGE_TIMEOUT,
             poll_interval: defaults::POLL_INTERVAL,
+            reload_check_interval: defaults::RELOAD_CHECK_INTERVAL,
             max_batch: crate::committer::MAX_BATCH,
             max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             max_message_bytes: defaults::MAX_MESSAGE_BYTES,

@@ -53,7 +53,13 @@ impl Registry {
         let (reason, actor) = (reason.as_str().to_owned(), actor.to_owned());
         self.record_once(request, "a key add", same, move |_view, now, request| {
             // A key the log knows already is refused by the rules.
-            if shared.rules.configured.keys().iter().any(|k| k.id() == &id) {
+            if shared
+                .rules()
+                .configured
+                .keys()
+                .iter()
+                .any(|k| k.id() == &id)
+            {
                 return Err(Error::conflict(format!(
                     "publisher key {id} is already known; a revoked key cannot be added again"
                 )));
@@ -114,7 +120,12 @@ impl Registry {
         let (reason, actor) = (reason.as_str().to_owned(), actor.to_owned());
         self.record_once(request, "a key revoke", same, move |view, now, request| {
             // A second revocation is refused by the rules.
-            let configured = shared.rules.configured.keys().iter().any(|k| k.id() == &id);
+            let configured = shared
+                .rules()
+                .configured
+                .keys()
+                .iter()
+                .any(|k| k.id() == &id);
             if view.key(&id)?.is_none() && !configured {
                 return Err(Error::not_found(format!("publisher key {id} is not known")));
             }
@@ -141,7 +152,7 @@ impl Registry {
     pub fn keys(&self) -> Result<Vec<PublisherKey>> {
         let records = self.shared.index.keys()?;
         let mut out = Vec::new();
-        for k in self.shared.rules.configured.keys() {
+        for k in self.shared.rules().configured.keys() {
             let rec = records.iter().find(|r| &r.key_id == k.id());
             out.push(PublisherKey {
                 key_id: k.id().clone(),

@@ -15,6 +15,7 @@ mod pin;
 mod prove;
 mod publish;
 mod recover;
+mod reload;
 mod resolve;
 mod tiles;
 mod witnesses;
@@ -273,7 +274,7 @@ struct Shared {
     /// The rules every entry is applied by: publisher keys from the
     /// configuration (the log can revoke them and add others) and the
     /// allowed clock skew.
-    rules: Rules,
+    rules: RwLock<Arc<Rules>>,
     clock: Arc<dyn Clock>,
     limits: Limits,
     /// Signs checkpoints as the log.
@@ -310,8 +311,9 @@ struct Shared {
     staging_dir: Option<std::path::PathBuf>,
     /// Witness cosignatures collected, served with the checkpoint they sign.
     cosignatures: witnesses::Cosignatures,
-    /// The witnesses configured (submitted to by `witnesses.rs`).
-    witnesses: Vec<WitnessTarget>,
+    /// The witnesses configured, each with its submitting task
+    /// (`witnesses.rs`); replaced by a reload.
+    witnesses: witnesses::Running,
     /// What the start-up check of the log against its signed checkpoints
     /// found.
     start_check: std::sync::OnceLock<StartCheck>,
@@ -603,6 +605,16 @@ impl Registry {
     }
 }
 
+impl Shared {
+    /// The rules in force (a reload may replace the configured keys).
+    fn rules(&self) -> Arc<Rules> {
+        self.rules
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 impl committer::Target for Shared {
     fn log(&self) -> &Log {
         &self.log
@@ -612,8 +624,8 @@ impl committer::Target for Shared {
         &self.index
     }
 
-    fn rules(&self) -> &Rules {
-        &self.rules
+    fn rules(&self) -> Arc<Rules> {
+        Shared::rules(self)
     }
 
     async fn tailed(&self, from: u64) {

@@ -104,7 +104,7 @@ impl Registry {
             ));
         }
         let trusted = state::valid_keys(
-            &self.shared.rules,
+            &self.shared.rules(),
             &self.shared.index.keys()?,
             self.shared.clock.now(),
         );

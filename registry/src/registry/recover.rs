@@ -439,14 +439,14 @@ impl Registry {
             blobs: Blobs::new(store.clone()),
             log: Log::new(store.clone()),
             index,
-            rules: Rules {
+            rules: RwLock::new(Arc::new(Rules {
                 configured: trusted,
                 clock_skew: limits.clock_skew,
                 // Which types count as a publish is checked when one
                 // arrives (publish.rs); the log is replayed by what it
                 // recorded.
                 predicate_types: None,
-            },
+            })),
             clock,
             limits,
             signer,
@@ -462,7 +462,7 @@ impl Registry {
             inflight: std::sync::Mutex::default(),
             staging_dir,
             cosignatures: std::sync::Mutex::default(),
-            witnesses: witnesses.clone(),
+            witnesses: std::sync::Mutex::default(),
             start_check: std::sync::OnceLock::new(),
             tile_cache: super::tiles::TileCache::default(),
             store_lock: super::checkpoint::StoreLock::default(),
@@ -476,7 +476,7 @@ impl Registry {
         // Nothing is served yet: the keys that land at random places in the
         // index are written at the end, in key order.
         shared.index.defer_side_keys();
-        let caught = committer::catch_up(&shared.log, &shared.index, &shared.rules).await;
+        let caught = committer::catch_up(&shared.log, &shared.index, &shared.rules()).await;
         let index = shared.index.clone();
         let written = crate::blocking::on_index_writer(move || index.write_side_keys()).await;
         let applied = caught?;
@@ -526,7 +526,7 @@ impl Registry {
             Arc::downgrade(&shared),
             shared.stored.subscribe(),
         ));
-        super::witnesses::spawn(&shared, &witnesses);
+        super::witnesses::replace(&shared, witnesses);
         tokio::spawn(store_checkpoints(
             store,
             verifier,

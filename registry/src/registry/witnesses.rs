@@ -43,6 +43,9 @@ pub(super) struct Cosignature {
     line: String,
 }
 
+/// The witnesses in force, each with the task submitting to it.
+pub(super) type Running = std::sync::Mutex<Vec<(WitnessTarget, tokio::task::AbortHandle)>>;
+
 /// The cosignatures collected so far, by witness label.
 pub(super) type Cosignatures = std::sync::Mutex<std::collections::BTreeMap<String, Cosignature>>;
 
@@ -82,10 +85,14 @@ impl super::Registry {
             .cosignatures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.shared
+        let running = self
+            .shared
             .witnesses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        running
             .iter()
-            .map(|w| WitnessStatus {
+            .map(|(w, _)| WitnessStatus {
                 label: w.label.clone(),
                 vkey: w.key.vkey(),
                 cosigned: cosigs.get(&w.label).map(|c| c.size),
@@ -284,13 +291,51 @@ pub(super) async fn submit(
     }
 }
 
-/// Starts one submitting task per witness.
-pub(super) fn spawn(shared: &Arc<Shared>, witnesses: &[WitnessTarget]) {
+/// Makes `witnesses` the ones submitted to: a witness no longer listed
+/// has its task stopped and its cosignatures dropped; a new one gets a
+/// task; one listed before and now (same name, key and URL) keeps its
+/// task and what it has cosigned. Returns the names started and stopped.
+pub(super) fn replace(
+    shared: &Arc<Shared>,
+    witnesses: Vec<WitnessTarget>,
+) -> (Vec<String>, Vec<String>) {
+    let same = |a: &WitnessTarget, b: &WitnessTarget| {
+        a.label == b.label && a.url == b.url && a.key.vkey() == b.key.vkey()
+    };
+    let mut running = shared
+        .witnesses
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut stopped = Vec::new();
+    running.retain(|(w, task)| {
+        let kept = witnesses.iter().any(|n| same(n, w));
+        if !kept {
+            task.abort();
+            stopped.push(w.label.clone());
+        }
+        kept
+    });
+    if !stopped.is_empty() {
+        let mut cosigs = shared
+            .cosignatures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for label in &stopped {
+            cosigs.remove(label);
+        }
+    }
+    let mut started = Vec::new();
     for w in witnesses {
-        tokio::spawn(submit(
+        if running.iter().any(|(r, _)| same(r, &w)) {
+            continue;
+        }
+        let task = tokio::spawn(submit(
             Arc::downgrade(shared),
             shared.stored.subscribe(),
             w.clone(),
         ));
+        started.push(w.label.clone());
+        running.push((w, task.abort_handle()));
     }
+    (started, stopped)
 }

@@ -43,6 +43,8 @@ pub struct Site {
     pub https: bool,
     /// The webhooks' delivery log.
     pub webhooks: std::sync::Arc<crate::webhooks::Deliveries>,
+    /// The newest settings reload and its outcome.
+    pub reload: std::sync::Arc<crate::reload::Status>,
     /// The web view's share of the byte budget: its answers and diffs
     /// reserve here as well as in the registry's budget, so that people
     /// reading pages (or clients that never read them) hold at most this
@@ -64,6 +66,7 @@ impl Default for Site {
             auth_on: false,
             https: false,
             webhooks: std::sync::Arc::default(),
+            reload: std::sync::Arc::default(),
             share: share_of(crate::defaults::MAX_INFLIGHT_BYTES),
         }
     }

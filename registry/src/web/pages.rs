@@ -874,6 +874,15 @@ pub fn log(registry: &Registry, site: &Site) -> Result<Reply> {
                 } } }
             }
         }
+        h2 { "Settings" }
+        @match site.reload.last() {
+            None => p { "As loaded at start: no reload since (SIGHUP, or a change of the settings, TLS or trusted-key files, reloads them)." },
+            Some(r) => @match &r.result {
+                Ok(what) => p { "Reloaded at " (r.at) " (" (ago(r.at)) ", " (r.trigger) "): " (what) "." },
+                Err(why) => p.error role="alert" { "The reload at " (r.at) " (" (ago(r.at)) ", " (r.trigger)
+                    ") was refused, and the configuration in force before it still is: " (why) },
+            },
+        }
         h2 { "Audit" }
         @match registry.start_check() {
             Some(c) => p { "At start (" (c.at) ", " (ago(c.at)) "), the registry checked the "
