@@ -464,3 +464,67 @@ fn replicas_on_one_bucket_send_each_event_once_and_one_takes_over() {
             .contains("this replica sends webhooks from now on")
     );
 }
+
+#[test]
+fn a_webhook_added_by_a_reload_delivers_and_one_removed_stops() {
+    let receiver = Receiver::start(|_| Answer::Accept);
+    let settings = tempfile::TempDir::new().unwrap();
+    let cfg = settings.path().join("registry.toml");
+    std::fs::write(&cfg, "reload_check_interval = \"0s\"\n").unwrap();
+    let world = World::new(&["--config", cfg.to_str().unwrap()]);
+    world.publish_releases(1);
+    std::fs::write(
+        &cfg,
+        format!(
+            "reload_check_interval = \"0s\"\n\n[[webhook]]\nname = \"late\"\n\
+             url = \"http://127.0.0.1:{}/late\"\n",
+            receiver.port
+        ),
+    )
+    .unwrap();
+    let hup = |n: usize| {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &world.server.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        wait_until("the reload", Duration::from_secs(15), || {
+            world.server.log().matches("settings reloaded").count() >= n
+        });
+    };
+    hup(1);
+    assert!(
+        world.server.log().contains("webhooks started [late]"),
+        "{}",
+        world.server.log()
+    );
+    // It starts at the log's size when first seen.
+    let cursor = world.data().join("webhooks/cursor/late");
+    wait_until("its cursor", Duration::from_secs(30), || cursor.exists());
+    world
+        .cli(&["pin", "--env", "prod", "--release-id", "rel-1"])
+        .ok();
+    wait_until("the delivery", Duration::from_secs(30), || {
+        !receiver.accepted("/late").is_empty()
+    });
+    for d in receiver.accepted("/late") {
+        verify(&world.vkey, &d).unwrap();
+    }
+
+    // Removed: no more deliveries.
+    std::fs::write(&cfg, "reload_check_interval = \"0s\"\n").unwrap();
+    hup(2);
+    assert!(
+        world
+            .server
+            .log()
+            .contains("webhooks started [], stopped [late]")
+    );
+    let delivered = receiver.accepted("/late").len();
+    world
+        .cli(&["pin", "--env", "staging", "--release-id", "rel-1"])
+        .ok();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(receiver.accepted("/late").len(), delivered);
+}

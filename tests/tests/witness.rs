@@ -505,3 +505,63 @@ fn copy_storage(data: &Path, to: &Path, entries: u64) {
         let _ = std::fs::remove_file(latest);
     }
 }
+
+#[test]
+fn a_witness_added_by_a_reload_cosigns_and_one_removed_is_no_longer_asked() {
+    let port = free_port();
+    let settings = tempfile::TempDir::new().unwrap();
+    let wa = settings.path().join("wa");
+    let name = "witness-late.example/w";
+    let vkey = witness_vkey(name, &wa);
+    let config = settings.path().join("registry.toml");
+    std::fs::write(&config, "reload_check_interval = \"0s\"\n").unwrap();
+    let world = World::new(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    let tiles = world.server.tiles_addr();
+    let witness = WitnessProc::start(name, &wa, &world.vkey, port);
+    let hup = |n: usize| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &world.server.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while world.server.log().matches("settings reloaded").count() < n {
+            assert!(Instant::now() < deadline, "{}", world.server.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "reload_check_interval = \"0s\"\n\n[[witness]]\nname = \"late\"\nvkey = \"{vkey}\"\n\
+             url = \"http://127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    hup(1);
+    world.three_releases();
+    cosigned(tiles, 6, &[name]);
+    let page = String::from_utf8(tlog::get(tiles, "/log").body).unwrap();
+    assert!(page.contains("late"), "{page}");
+
+    std::fs::write(&config, "reload_check_interval = \"0s\"\n").unwrap();
+    hup(2);
+    assert!(
+        world
+            .server
+            .log()
+            .contains("witnesses started [], stopped [late]")
+    );
+    pin(&world, "rel-1", T3);
+    std::thread::sleep(Duration::from_secs(2));
+    let note = String::from_utf8(tlog::get(tiles, "/checkpoint").body).unwrap();
+    assert_eq!(note.lines().nth(1), Some("7"), "{note}");
+    assert!(!note.contains(name), "{note}");
+    drop(witness);
+}
