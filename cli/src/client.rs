@@ -81,11 +81,13 @@ pub struct Connection {
         help_heading = HEADING
     )]
     pub retries: u32,
-    /// The request id of a pin, publish or key change (an idempotency key:
-    /// the registry records it once however often the call is retried, and
-    /// refuses it for a different request). Default: a fresh random id,
-    /// reused by this command's own retries. Pass your own to make retries
-    /// across separate runs safe, e.g. the CI job's id.
+    /// The request id of a write (an idempotency key: the registry records
+    /// it once however often the call is retried, and refuses it for a
+    /// different request). Default: a fresh random id, reused by this
+    /// command's own retries. Pass your own to make retries across separate
+    /// runs safe, e.g. the CI job's id: it is scoped per write
+    /// (`ID:publish:RELEASE`, `ID:pin:ENV`, …), so one job id serves the
+    /// job's publish and each of its pins.
     #[arg(long, global = true, env = "STACKPIN_REQUEST_ID", help_heading = HEADING)]
     pub request_id: Option<String>,
     /// Largest artifact `fetch`, `restore` and `audit` download (bytes, or
@@ -142,6 +144,31 @@ impl Connection {
         }
     }
 
+    /// The request id of one write: `--request-id ID` scoped to the write,
+    /// `ID:<command>:<target>` (`ci-4711:publish:rel-9`,
+    /// `ci-4711:pin:prod`), so one CI job id serves the job's publish and
+    /// each of its pins, and a retry of the job records each once. A scoped
+    /// id longer than 64 characters, or naming a target with other
+    /// characters, ends in a hash of its full form instead. Without
+    /// `--request-id`: this run's random id, reused by its own retries.
+    ///
+    /// # Errors
+    /// Invalid for a malformed `--request-id`.
+    pub fn request_id_for(&self, command: &str, target: &str) -> Outcome<String> {
+        let base = self.request_id()?;
+        if self.request_id.is_none() {
+            return Ok(base);
+        }
+        let scoped = format!("{base}:{command}:{target}");
+        if stackpin_core::ids::parse_request_id(&scoped).is_ok() {
+            return Ok(scoped);
+        }
+        let digest = stackpin_core::digest::Digest::of(scoped.as_bytes()).to_string();
+        let hash = digest.trim_start_matches("sha256:");
+        let head: String = format!("{base}:{command}").chars().take(64 - 25).collect();
+        Ok(format!("{head}:{}", &hash[..24]))
+    }
+
     /// `message` as a request carrying `id` as its `x-request-id`, the id
     /// the registry's request log prints.
     pub fn request<T>(id: &str, message: T) -> tonic::Request<T> {
@@ -158,7 +185,22 @@ impl Connection {
     ///
     /// # Errors
     /// The last attempt's status.
-    pub async fn retrying<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, tonic::Status>
+    pub async fn retrying<T, F, Fut>(&self, what: &str, call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.retrying_said(what, true, call).await
+    }
+
+    /// As [`Self::retrying`]; with `each` false, the retries are announced
+    /// once, before the first.
+    async fn retrying_said<T, F, Fut>(
+        &self,
+        what: &str,
+        each: bool,
+        mut call: F,
+    ) -> Result<T, tonic::Status>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -166,6 +208,18 @@ impl Connection {
         let mut attempt = 0;
         loop {
             match call().await {
+                Err(status) if attempt < self.retries && retryable(&status) && !each => {
+                    if attempt == 0 {
+                        eprintln!(
+                            "{what}: {}; trying {} more time(s)",
+                            status.message(),
+                            self.retries
+                        );
+                    }
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(250 << attempt.min(6)))
+                        .await;
+                }
                 Err(status) if attempt < self.retries && retryable(&status) => {
                     let base = 250u64 << attempt.min(6);
                     let jitter = u64::from(
@@ -338,7 +392,7 @@ pub async fn connect(conn: &Connection) -> Outcome<Client> {
         .tcp_nodelay(true);
     // A registry that is restarting is worth waiting for a moment.
     let channel = conn
-        .retrying("connecting", || async {
+        .retrying_said(&format!("connecting to {server}"), false, || async {
             endpoint
                 .connect()
                 .await
@@ -349,8 +403,10 @@ pub async fn connect(conn: &Connection) -> Outcome<Client> {
             Failure::new(
                 UNAVAILABLE,
                 anyhow::anyhow!(
-                    "cannot reach the registry at {server}: {}",
-                    status.message()
+                    "cannot reach the registry at {server} ({}; {} attempt(s)): is it running, \
+                     and is --server (STACKPIN_SERVER) its gRPC address?",
+                    status.message(),
+                    conn.retries + 1
                 ),
             )
         })?;
@@ -364,7 +420,12 @@ fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        out = format!("{out}: {s}");
+        // Layers often repeat the one below ("tcp connect error: tcp
+        // connect error: …"): each text once.
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
         source = s.source();
     }
     out

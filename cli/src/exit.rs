@@ -11,6 +11,8 @@
 //! | 6 | server unavailable |
 //! | 7 | not authenticated, or not allowed |
 //! | 8 | out of policy: a recovery target is missed (`posture`), or a drill failed |
+//! | 9 | `restore --fail-near-switch`: restored, but the instant is within the margin of a switch |
+//! | 130, 143 | interrupted (SIGINT, SIGTERM); no file was left half-written |
 
 use std::fmt;
 
@@ -28,6 +30,7 @@ pub const VERIFY: u8 = 5;
 pub const UNAVAILABLE: u8 = 6;
 pub const AUTH: u8 = 7;
 pub const OUT_OF_POLICY: u8 = 8;
+pub const NEAR_SWITCH: u8 = 9;
 
 /// The exit-code table, for `--help`.
 pub const HELP: &str = "Exit codes:
@@ -41,12 +44,21 @@ pub const HELP: &str = "Exit codes:
      a checkpoint, the log) does not check out
   6  server unavailable
   7  not authenticated (no or unknown token) or not allowed (role, environment)
-  8  out of policy: `posture` found a recovery target missed, or a drill failed";
+  8  out of policy: `posture` found a recovery target missed, or a drill failed
+  9  `restore --fail-near-switch`: restored, but the instant is within the
+     margin of a switch (check the database against both releases)
+  130, 143  interrupted by SIGINT or SIGTERM; no file was left half-written";
 
 /// A failed command: what to print and which code to exit with.
 pub struct Failure {
     pub code: u8,
     pub error: anyhow::Error,
+    /// The registry's reason code (`RELEASE_BOUND`, …), when it gave one.
+    pub reason: Option<String>,
+    /// The command printed its result before failing (an audit's report,
+    /// a posture out of policy, a failed drill): with `--output json` that
+    /// result is the one object printed, and it says why.
+    pub after_result: bool,
 }
 
 impl Failure {
@@ -54,7 +66,29 @@ impl Failure {
         Self {
             code,
             error: error.into(),
+            reason: None,
+            after_result: false,
         }
+    }
+
+    /// Marks a failure that follows the command's printed result.
+    #[must_use]
+    pub fn after_result(mut self) -> Self {
+        self.after_result = true;
+        self
+    }
+
+    /// The failure as `--output json` prints it on standard output:
+    /// `{"error": {"code", "reason", "message", "exit"}}` (docs/json.md).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "code": name_of(self.code),
+                "reason": self.reason,
+                "message": format!("{:#}", self.error),
+                "exit": self.code,
+            }
+        })
     }
 
     /// Invalid input (exit 2).
@@ -93,6 +127,23 @@ fn kind_of(status: &Status) -> Option<Kind> {
     stackpin_core::state::kind_of_reason(&info.reason)
 }
 
+/// The stable name of an exit code, for scripts (`code` of a JSON error).
+pub fn name_of(code: u8) -> &'static str {
+    match code {
+        OK => "ok",
+        INVALID => "invalid",
+        NOT_FOUND => "not_found",
+        CONFLICT => "conflict",
+        VERIFY => "verification_failed",
+        UNAVAILABLE => "unavailable",
+        AUTH => "not_allowed",
+        OUT_OF_POLICY => "out_of_policy",
+        NEAR_SWITCH => "near_switch",
+        130 | 143 => "interrupted",
+        _ => "failure",
+    }
+}
+
 /// Exit code for a gRPC status: by the registry's reason when it gave one,
 /// else by the status code (a status made by the transport or a proxy).
 pub fn code_of(status: &Status) -> u8 {
@@ -111,9 +162,35 @@ pub fn code_of(status: &Status) -> u8 {
     }
 }
 
+/// Whether `status` is what tonic makes of an HTTP answer that is not
+/// gRPC (a web server, a proxy's error page, or a stackpin HTTP listener
+/// that names its gRPC port).
+fn not_grpc(status: &Status) -> bool {
+    let m = status.message();
+    m.starts_with("this is stackpin's HTTP listener")
+        || m.contains("while receiving response with status")
+        || m.contains("mapped from HTTP status code")
+        || m.contains("invalid compression flag")
+}
+
 impl From<Status> for Failure {
     fn from(status: Status) -> Self {
+        if not_grpc(&status) {
+            return Self::new(
+                INVALID,
+                anyhow::anyhow!(
+                    "the server named by --server (STACKPIN_SERVER) is not a stackpin gRPC \
+                     endpoint: {}. Name the registry's gRPC address (its listen setting, \
+                     http://127.0.0.1:7070 by default), not its http_listen",
+                    status.message()
+                ),
+            );
+        }
         let code = code_of(&status);
+        let reason = status
+            .get_details_error_info()
+            .filter(|i| i.domain == ERROR_DOMAIN)
+            .map(|i| i.reason);
         let what = match status.code() {
             Code::AlreadyExists | Code::FailedPrecondition => "conflict",
             Code::NotFound => "not found",
@@ -124,7 +201,10 @@ impl From<Status> for Failure {
             Code::PermissionDenied => "permission denied",
             _ => "server error",
         };
-        Self::new(code, anyhow::anyhow!("{what}: {}", status.message()))
+        Self {
+            reason,
+            ..Self::new(code, anyhow::anyhow!("{what}: {}", status.message()))
+        }
     }
 }
 
@@ -136,7 +216,10 @@ impl From<anyhow::Error> for Failure {
 
 impl From<stackpin_core::Error> for Failure {
     fn from(error: stackpin_core::Error) -> Self {
-        Self::new(code_of_kind(error.kind()), error)
+        Self {
+            reason: Some(error.reason().to_owned()),
+            ..Self::new(code_of_kind(error.kind()), error)
+        }
     }
 }
 

@@ -184,6 +184,14 @@ fn hash_file_blocking(path: &Path) -> std::io::Result<(u64, Digest)> {
     }
 }
 
+/// Says on stderr that `path` exists and is about to be replaced (a
+/// restore or fetch never replaces a file silently).
+pub fn say_replaced(path: &Path) {
+    if path.exists() {
+        eprintln!("note: replacing the existing {}", path.display());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use stackpin_core::digest::Digest;

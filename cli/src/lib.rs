@@ -47,6 +47,18 @@ where
         .map_err(|e: stackpin_core::Error| e.to_string())
 }
 
+/// Parses an instant as people type it: RFC 3339, or `now`, `now-2h`,
+/// `2h ago`, `@<unix seconds>` (see `Timestamp::parse_typed`). A relative
+/// form is said back on stderr as the RFC 3339 instant it meant.
+pub fn parse_time(text: &str) -> Result<stackpin_core::time::Timestamp, String> {
+    use stackpin_core::time::Timestamp;
+    let at = Timestamp::parse_typed(text, Timestamp::now()).map_err(|e| e.to_string())?;
+    if text.trim().parse::<Timestamp>().is_err() {
+        eprintln!("{text:?} is {at}");
+    }
+    Ok(at)
+}
+
 /// Parses a size: 4096, 4KiB, 512KiB, 8MiB or 1GiB (at least one byte).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let split = text
@@ -104,8 +116,32 @@ pub fn command() -> clap::Command {
 
 /// Runs the `stackpin` command line.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    run(cmd::dispatch(&cli))
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    run_as(cmd::dispatch(&cli), cli.output)
+}
+
+/// A command line clap refused: printed as clap prints it, and with
+/// `--output json` also as the JSON error object on standard output.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let json = args
+        .windows(2)
+        .any(|w| w[0] == "--output" && w[1] == "json")
+        || args.iter().any(|a| a == "--output=json");
+    let _ = e.print();
+    if json {
+        let failure = exit::Failure::invalid(e.render().to_string().trim());
+        view::stdout_line(&failure.to_json().to_string());
+    }
+    ExitCode::from(exit::INVALID)
 }
 
 /// Resolves on SIGINT or SIGTERM with the conventional exit code (128 +
@@ -137,6 +173,17 @@ async fn interrupted() -> u8 {
 /// Runs a command on a single-threaded runtime and turns its outcome into
 /// the process's exit code (printing the failure first).
 pub fn run(command: impl std::future::Future<Output = exit::Outcome>) -> ExitCode {
+    run_as(command, Format::Text)
+}
+
+/// As [`run`]; with `--output json`, a failure is also printed on standard
+/// output as a JSON error object (docs/json.md), so a script reads the
+/// code, the registry's reason and the message from the same stream as
+/// results.
+pub fn run_as(
+    command: impl std::future::Future<Output = exit::Outcome>,
+    format: Format,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -167,7 +214,40 @@ pub fn run(command: impl std::future::Future<Output = exit::Outcome>) -> ExitCod
         Ok(()) => ExitCode::from(exit::OK),
         Err(failure) => {
             eprintln!("error: {:#}", failure.error);
+            // A failure that follows a printed result adds no second
+            // object: the result says why (one object per run).
+            if format == Format::Json && !failure.after_result {
+                view::stdout_line(&failure.to_json().to_string());
+            }
             ExitCode::from(failure.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every option and argument of every command, with the command path
+    /// it belongs to, that has no help line.
+    pub fn undocumented(cmd: &clap::Command, path: &str) -> Vec<String> {
+        let here = format!("{path} {}", cmd.get_name()).trim().to_owned();
+        let mut out: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| !a.is_hide_set() && !["help", "version"].contains(&a.get_id().as_str()))
+            .filter(|a| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()))
+            .map(|a| format!("{here} {}", a.get_id()))
+            .collect();
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_name() != "help" {
+                out.push(format!("{here} {} (no about)", sub.get_name()));
+            }
+            out.extend(undocumented(sub, &here));
+        }
+        out
+    }
+
+    #[test]
+    fn every_option_of_every_command_has_a_help_line() {
+        let missing = undocumented(&super::command(), "");
+        assert!(missing.is_empty(), "no help line: {missing:#?}");
     }
 }

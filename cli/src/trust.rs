@@ -248,6 +248,7 @@ fn legacy_path(dir: &Path, origin: &str) -> PathBuf {
 pub struct Remembered {
     pub origin: String,
     /// The signed-note id of the key that signed it (8 hex digits).
+    #[serde(rename = "log_key_id")]
     pub key_id: String,
     pub size: u64,
     pub root: String,
@@ -513,9 +514,55 @@ pub fn forget(dir: &Path, origin: &str) -> Outcome<Vec<Remembered>> {
     Ok(gone)
 }
 
-/// Loads `--trusted-keys` for a local check.
-pub fn trusted_keys(path: &Path) -> Outcome<TrustedKeys> {
-    TrustedKeys::load(path).map_err(|e| Failure::invalid(format!("--trusted-keys: {e}")))
+/// The publisher keys a local check trusts: `--trusted-keys`, repeatable
+/// (each a PEM public-key file or a folder of *.pem), so an auditor after
+/// a key rotation passes the old keys and the new.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TrustedKeysArg {
+    /// Publisher public keys: a PEM file or a folder of *.pem (repeatable;
+    /// STACKPIN_TRUSTED_KEYS gives one).
+    #[arg(
+        long = "trusted-keys",
+        env = "STACKPIN_TRUSTED_KEYS",
+        value_name = "PATH"
+    )]
+    pub paths: Vec<PathBuf>,
+}
+
+impl TrustedKeysArg {
+    /// Whether any was given.
+    pub fn given(&self) -> bool {
+        !self.paths.is_empty()
+    }
+
+    /// Every key of every path.
+    ///
+    /// # Errors
+    /// Invalid when none was given, or a path holds no key.
+    pub fn load(&self) -> Outcome<TrustedKeys> {
+        if self.paths.is_empty() {
+            return Err(Failure::invalid(
+                "--trusted-keys (or STACKPIN_TRUSTED_KEYS) is required: the publisher public \
+                 keys, a PEM file or a folder of *.pem; repeat it for several",
+            ));
+        }
+        let mut keys = Vec::new();
+        for path in &self.paths {
+            let set = TrustedKeys::load(path)
+                .map_err(|e| Failure::invalid(format!("--trusted-keys {}: {e}", path.display())))?;
+            keys.extend(set.keys().iter().cloned());
+        }
+        Ok(TrustedKeys::new(keys))
+    }
+
+    /// The flags again, for a command line shown to people.
+    pub fn shell_words(&self, quote: impl Fn(&str) -> String) -> String {
+        self.paths
+            .iter()
+            .map(|p| format!("--trusted-keys {}", quote(&p.display().to_string())))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 /// Where the log key remembered for the server at `url` is kept:
@@ -532,6 +579,7 @@ pub struct ServerKey {
     pub server: String,
     pub origin: String,
     /// The signed-note id of the key (8 hex digits).
+    #[serde(rename = "log_key_id")]
     pub key_id: String,
     pub vkey: String,
 }

@@ -123,8 +123,9 @@ pub struct PinView {
     pub reason: String,
     pub log_index: u64,
     pub entry_hash: String,
+    /// The previous pin's entry hash, as the pin entry names it.
     #[serde(skip_serializing_if = "String::is_empty")]
-    pub prev_pin_hash: String,
+    pub prev_pin: String,
     /// The database position recorded at activation, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_position: Option<String>,
@@ -148,7 +149,7 @@ impl PinView {
             reason: p.reason.clone(),
             log_index: index,
             entry_hash: leaf.hex(),
-            prev_pin_hash: p.prev_pin.clone().unwrap_or_default(),
+            prev_pin: p.prev_pin.clone().unwrap_or_default(),
             request_id: p.request_id.clone().unwrap_or_default(),
             db_position: p.db_position.as_ref().map(ToString::to_string),
         }

@@ -60,6 +60,8 @@ pub struct Http {
     pub max_age: Duration,
     /// The OCI Distribution pull API under `/v2/`.
     pub oci: crate::oci::Oci,
+    /// Where gRPC is served, for a gRPC client that came here instead.
+    pub grpc: Option<std::net::SocketAddr>,
 }
 
 /// The largest sign-in form read.
@@ -173,10 +175,42 @@ where
     }
 }
 
+/// A gRPC client sent to this listener: a trailers-only gRPC answer
+/// (UNIMPLEMENTED) that names the gRPC address, so the CLI says where to
+/// go instead of failing on an HTTP page.
+fn wrong_listener(grpc: Option<std::net::SocketAddr>) -> Response<Full<Bytes>> {
+    let there = grpc.map_or_else(
+        || "the registry's gRPC address (its listen setting)".to_owned(),
+        |a| format!("port {} ({a})", a.port()),
+    );
+    let message = format!(
+        "this is stackpin's HTTP listener (tiles, web view, OCI), not its gRPC endpoint: did you \
+         mean {there}?"
+    );
+    let mut r = Response::new(Full::new(Bytes::new()));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from_static("12"));
+    if let Ok(v) = HeaderValue::from_str(&message) {
+        h.insert("grpc-message", v);
+    }
+    r
+}
+
 async fn handle(http: &Http, cn: Option<&str>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let head = req.method() == Method::HEAD;
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return wrong_listener(http.grpc);
+    }
     if crate::oci::is_oci(&path) {
         return http.oci.handle(&http.registry, &http.auth, cn, &req).await;
     }

@@ -32,9 +32,9 @@ struct Cli {
 
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Print the log's verifier key (C2SP signed-note vkey), generating the
-    /// default key if there is none yet.
-    Key(Box<Flags>),
+    /// Print the log's verifier key (C2SP signed-note vkey) of the data
+    /// folder (or log_signing_key); never makes one unless --create.
+    Key(Box<KeyArgs>),
     /// Manage bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -44,6 +44,16 @@ enum Command {
     /// Rebuild the index from the log, check the log against its stored
     /// signed checkpoints, store a checkpoint of it, and exit.
     Recover(Box<RecoverArgs>),
+}
+
+#[derive(clap::Args)]
+struct KeyArgs {
+    /// Make the default log key in the data folder when there is none yet
+    /// (for a registry about to start there; one that starts makes it).
+    #[arg(long)]
+    create: bool,
+    #[command(flatten)]
+    flags: Flags,
 }
 
 #[derive(clap::Args)]
@@ -112,6 +122,7 @@ enum ConfigCommand {
     /// Validate settings files, layered in order (later ones win); errors
     /// name the key.
     Check {
+        /// The settings files, in layering order (later ones win).
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
@@ -147,8 +158,23 @@ async fn main() -> anyhow::Result<()> {
     return_large_buffers_to_the_system();
     let cli = Cli::parse();
     match &cli.command {
-        Some(Command::Key(flags)) => {
-            let settings = Settings::load(flags)?;
+        Some(Command::Key(args)) => {
+            let settings = Settings::load(&args.flags)?;
+            let default_key = settings.data_dir.join("log-key.pem");
+            if settings.log_signing_key.is_none() && !args.create && !default_key.exists() {
+                let abs = |p: &std::path::Path| {
+                    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+                };
+                eprintln!(
+                    "Error: no log key here: looked for {} (data folder {}), which a registry \
+                     makes at its first start there. Run this with the running registry's \
+                     --data-dir or --config (or in its working folder); --create makes the key \
+                     now, for a registry about to start with this data folder",
+                    abs(&default_key).display(),
+                    abs(&settings.data_dir).display()
+                );
+                std::process::exit(2);
+            }
             for warning in &settings.warnings {
                 eprintln!("warning: {warning}");
             }
@@ -313,7 +339,9 @@ async fn registry_options(
         Some(path) => TrustedKeys::load(path).context("loading trusted publisher keys")?,
         None => {
             tracing::warn!(
-                "no trusted_keys: publishes are refused until keys are configured or added"
+                "no trusted publisher keys (--trusted-keys, STACKPIN_TRUSTED_KEYS or \
+                 trusted_keys): publishes are refused until keys are configured or added with \
+                 `stackpin key add`"
             );
             TrustedKeys::default()
         }
@@ -468,5 +496,15 @@ fn return_large_buffers_to_the_system() {
     // SAFETY: mallopt only sets an allocator tunable; it takes no pointers.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_option_of_every_command_has_a_help_line() {
+        let cmd = <super::Cli as clap::CommandFactory>::command();
+        let missing = stackpin_registry::config::undocumented(&cmd, "");
+        assert!(missing.is_empty(), "no help line: {missing:#?}");
     }
 }

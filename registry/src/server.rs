@@ -228,6 +228,7 @@ pub async fn run_all(
             connections: options.connections,
             max_age: options.max_connection_age,
             oci: crate::oci::Oci::default(),
+            grpc: Some(addr),
         };
         tokio::spawn(crate::http::serve(tiles, http, drain_rx.clone()));
     }

@@ -17,7 +17,7 @@ pub const T3: &str = "2026-03-01T12:00:00Z";
 /// The log key of a data folder, via `stackpin-registry key`.
 pub fn log_vkey(data: &Path) -> String {
     let out = Command::new(crate::bin("stackpin-registry"))
-        .args(["key", "--data-dir"])
+        .args(["key", "--create", "--data-dir"])
         .arg(data)
         .output()
         .expect("run stackpin-registry key");

@@ -69,7 +69,7 @@ fn litestream_and_stackpin_restore_the_same_moment() {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{out:?}");
-            w.cli(&["snapshot-tag", "--env", "prod", "--snapshot", "snap.db"])
+            w.cli(&["snapshot-tag", "--env", "prod", "--file", "snap.db"])
                 .ok();
         }
         std::thread::sleep(Duration::from_millis(1500));
@@ -132,7 +132,7 @@ fn pins_record_database_positions_and_resolve_by_them() {
         .ok();
     }
     let pin = |release: &str, position: &[&str]| {
-        let mut args = vec!["pin", "--env", "pg", "--release-id", release];
+        let mut args = vec!["pin", "--env", "pg", "--new-env", "--release-id", release];
         args.extend_from_slice(position);
         w.cli(&args)
     };

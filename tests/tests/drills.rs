@@ -129,7 +129,7 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
         assert_eq!(tagged["entry"]["type"], "snapshot");
         // The registry paired it with the pin live then, not the client.
         assert_eq!(tagged["entry"]["live"]["release_id"], format!("rel-{i}"));
-        snapshots.push((i, at, tagged["index"].as_u64().unwrap()));
+        snapshots.push((i, at, tagged["log_index"].as_u64().unwrap()));
         std::thread::sleep(Duration::from_millis(1500));
     }
     std::thread::sleep(Duration::from_secs(2)); // let Litestream ship the last WAL
@@ -152,7 +152,7 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
     let entries = listed["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 3, "{listed}");
     assert!(entries.iter().all(|e| e["verified"] == true));
-    assert_eq!(entries[0]["index"], snapshots[2].2, "newest first");
+    assert_eq!(entries[0]["log_index"], snapshots[2].2, "newest first");
 
     // A drill of each recorded snapshot passes and is recorded.
     let drill = |extra: &[&str]| {
@@ -326,8 +326,8 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
     let p = p.json();
     let prod = &p["environments"][0];
     assert_eq!(prod["class"], "single-node");
-    assert_eq!(prod["rpo_secs"], 3600);
-    assert_eq!(prod["drill_interval_secs"], 90 * 86_400);
+    assert_eq!(prod["rpo_seconds"], 3600);
+    assert_eq!(prod["drill_interval_seconds"], 90 * 86_400);
     assert_eq!(prod["last_drill_failed"], true);
     assert_eq!(prod["pins"], 3);
     assert_eq!(prod["pins_without_snapshot_count"], 0);
@@ -382,7 +382,7 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
 
     // Another environment, held to the evaluation class by the default
     // table, is never out of policy.
-    w.cli(&["pin", "--env", "demo", "--release-id", "rel-1"])
+    w.cli(&["pin", "--env", "demo", "--new-env", "--release-id", "rel-1"])
         .ok();
     let demo = w.cli(&[
         "--output", "json", "posture", "--env", "demo", "--at", &quarter,
@@ -538,15 +538,14 @@ fn drills_and_snapshots_refuse_what_they_cannot_pair_and_record_nothing() {
         "prod",
         "--driver",
         "postgresql",
-        "--target",
+        "--at",
         before_pins,
         "--check-passed",
         "row count",
     ])
     .fails(4, "nothing was live in prod");
     // Bad input, refused before anything is sent.
-    w.cli(&["snapshot-tag", "--env", "prod"])
-        .fails(2, "--snapshot");
+    w.cli(&["snapshot-tag", "--env", "prod"]).fails(2, "--file");
     let kept = w.dir.path().join("kept");
     std::fs::create_dir(&kept).unwrap();
     std::fs::write(kept.join("old"), "").unwrap();
@@ -607,7 +606,7 @@ fn drills_and_snapshots_refuse_what_they_cannot_pair_and_record_nothing() {
         "prod",
         "--driver",
         "postgresql",
-        "--target",
+        "--at",
         T3_AFTER,
     ])
     .fails(2, "a drill with no checks proves nothing");
@@ -669,7 +668,7 @@ fn drills_and_snapshots_refuse_what_they_cannot_pair_and_record_nothing() {
             "prod",
             "--driver",
             "postgresql",
-            "--target",
+            "--at",
             &at,
             "--check-passed",
             "orders count",
@@ -691,7 +690,7 @@ fn drills_and_snapshots_refuse_what_they_cannot_pair_and_record_nothing() {
         "prod",
         "--driver",
         "postgresql",
-        "--target",
+        "--at",
         &at,
         "--check-failed",
         "orders count",

@@ -99,7 +99,7 @@ fn publish_pin_resolve_restore_round_trip_and_survive_restarts() {
     ] {
         let out = w.restore(at, "restored.json", &["--output", "json"]).json();
         assert_eq!(w.read("restored.json"), w.read(want), "restore at {at}");
-        assert!(out["signed_by"].as_str().is_some_and(|k| k.len() == 64));
+        assert!(out["key_id"].as_str().is_some_and(|k| k.len() == 64));
     }
     let text = w.restore(T2, "r2.json", &[]);
     let text = text.ok();
@@ -132,8 +132,8 @@ fn publish_pin_resolve_restore_round_trip_and_survive_restarts() {
             .collect::<Vec<_>>(),
         vec![3, 2, 1]
     );
-    assert_eq!(pins[0]["prev_pin_hash"], pins[1]["entry_hash"]);
-    assert_eq!(pins[1]["prev_pin_hash"], pins[2]["entry_hash"]);
+    assert_eq!(pins[0]["prev_pin"], pins[1]["entry_hash"]);
+    assert_eq!(pins[1]["prev_pin"], pins[2]["entry_hash"]);
     assert_eq!(pins[2]["reason"], "deploy 1");
     let h = w
         .cli(&[
@@ -710,20 +710,20 @@ fn snapshot_tag_hashes_a_snapshot_larger_than_its_read_buffer() {
             "snapshot-tag",
             "--env",
             "prod",
-            "--snapshot",
+            "--file",
             "snap.db",
         ])
         .json();
     assert_eq!(
-        out["snapshot_sha256"],
+        out["tag"]["snapshot_sha256"],
         stackpin_core::digest::Digest::of(&body).to_string()
     );
     let tag: serde_json::Value = serde_json::from_slice(&w.read("snap.db.stackpin.json")).unwrap();
-    assert_eq!(tag["snapshot_sha256"], out["snapshot_sha256"]);
+    assert_eq!(tag, out["tag"]);
     // The snapshot entry records the same size and digest.
-    assert_eq!(out["entry"]["sha256"], out["snapshot_sha256"]);
+    assert_eq!(out["entry"]["sha256"], tag["snapshot_sha256"]);
     assert_eq!(out["entry"]["size"], body.len());
-    assert_eq!(tag["log_index"], out["index"]);
+    assert_eq!(tag["log_index"], out["log_index"]);
 }
 
 #[test]
@@ -771,7 +771,37 @@ fn a_retried_pin_is_recorded_once_and_found_by_its_request_id() {
         ])
         .json();
     assert_eq!(found["pins"][0]["log_index"], first["log_index"]);
-    assert_eq!(found["pins"][0]["request_id"], "deploy-42");
+    // Scoped to the write: one job id serves a publish and its pins.
+    assert_eq!(found["pins"][0]["request_id"], "deploy-42:pin:prod");
+    w.write("c.json", b"{\"c\":1}");
+    w.cli(&[
+        "--request-id",
+        "deploy-42",
+        "publish",
+        "c.json",
+        "--release-id",
+        "c",
+        "--key",
+        "ci.pem",
+    ])
+    .ok();
+    let staging = w
+        .cli(&[
+            "--output",
+            "json",
+            "--request-id",
+            "deploy-42",
+            "pin",
+            "--env",
+            "staging",
+            "--new-env",
+            "--release-id",
+            "c",
+        ])
+        .json();
+    assert_eq!(staging["request_id"], "deploy-42:pin:staging");
+    assert_eq!(staging["replayed"], false);
+    assert_eq!(again["replayed"], true);
     // Without --request-id each run is a new request.
     w.cli(&["pin", "--env", "prod", "--release-id", "b"]).ok();
     let history = w
@@ -848,7 +878,9 @@ fn an_unreachable_registry_is_retried_with_backoff_then_exits_6() {
             "1s",
         ],
     );
-    run.fails(6, "cannot reach").fails(6, "retry 2 of 2");
+    run.fails(6, "cannot reach")
+        .fails(6, "trying 2 more time(s)")
+        .fails(6, "3 attempt(s)");
     assert!(!run.stderr.contains("retry 3"), "{run:#?}");
     // 250 ms, then 500 ms (plus jitter), and no more.
     let took = started.elapsed();

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 /// `stackpin-registry key` on `data`: (vkey, what it says of the origin).
 fn key(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> (String, String) {
     let out = Command::new(stackpin_tests::bin("stackpin-registry"))
-        .arg("key")
+        .args(["key", "--create"])
         .arg("--data-dir")
         .arg(data)
         .args(extra)
@@ -65,7 +65,7 @@ fn two_new_registries_have_their_own_origins_and_the_cli_remembers_both() {
         &["--state-dir", "state", "--output", "json", "trust", "list"],
     )
     .json();
-    let mut origins: Vec<&str> = list
+    let mut origins: Vec<&str> = list["logs"]
         .as_array()
         .unwrap()
         .iter()

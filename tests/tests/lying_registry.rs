@@ -474,7 +474,7 @@ fn record_evidence(s: &Setup, location: &str) {
         "prod",
         "--driver",
         "postgresql",
-        "--target",
+        "--at",
         AFTER_LAST,
         "--check-passed",
         "row count",

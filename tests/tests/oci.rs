@@ -317,6 +317,7 @@ fn a_token_scoped_to_one_environment_sees_and_reads_only_its_tags() {
                 "pin",
                 "--env",
                 env,
+                "--new-env",
                 "--release-id",
                 release,
                 "--activated-at",

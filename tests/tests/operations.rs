@@ -165,7 +165,7 @@ fn metrics_parse_as_prometheus_text_and_count_requests() {
 fn vkey_name(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
     let out = Command::new(stackpin_tests::bin("stackpin-registry"))
         .current_dir(dir)
-        .arg("key")
+        .args(["key", "--create"])
         .args(args)
         .envs(env.iter().copied())
         .output()

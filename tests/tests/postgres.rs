@@ -227,6 +227,7 @@ fn printed_postgresql_settings_recover_a_real_server_by_time_and_by_lsn() {
                 "pin",
                 "--env",
                 "pg",
+                "--new-env",
                 "--release-id",
                 &release,
                 "--db-lsn",

@@ -272,7 +272,7 @@ fn a_broken_or_fixed_setting_changes_nothing_and_says_why() {
     // Each broken reload leaves both tokens working; the last one would
     // have dropped `other` along with an impossible key folder.
     let broken = [
-        ("this is = = not toml", "TOML"),
+        ("this is = = not toml", "stackpin.toml:1"),
         (
             &*format!("max_batch = 7\n{good}"),
             "setting max_batch changed, and is read only at start",

@@ -135,6 +135,7 @@ fn two_replicas_on_one_bucket_stay_consistent_under_concurrent_writers() {
                         "pin",
                         "--env",
                         env,
+                        "--new-env",
                         "--release-id",
                         &release,
                         "--reason",
@@ -183,7 +184,7 @@ fn two_replicas_on_one_bucket_stay_consistent_under_concurrent_writers() {
         );
         for pair in pins.windows(2) {
             assert_eq!(
-                pair[0]["prev_pin_hash"], pair[1]["entry_hash"],
+                pair[0]["prev_pin"], pair[1]["entry_hash"],
                 "{env}: chain broken"
             );
             assert!(pair[0]["activated_at"].as_str() >= pair[1]["activated_at"].as_str());
@@ -316,6 +317,7 @@ fn an_s3_outage_mid_load_is_unavailable_loses_nothing_and_heals_itself() {
                         "pin",
                         "--env",
                         "prod",
+                        "--new-env",
                         "--release-id",
                         "rel-0",
                         "--reason",
@@ -353,6 +355,7 @@ fn an_s3_outage_mid_load_is_unavailable_loses_nothing_and_heals_itself() {
             "pin",
             "--env",
             "prod",
+            "--new-env",
             "--release-id",
             "rel-0",
             "--reason",
@@ -423,6 +426,7 @@ fn on_a_bucket_an_edited_log_is_refused_and_a_damaged_index_is_rebuilt() {
                 "pin",
                 "--env",
                 "prod",
+                "--new-env",
                 "--release-id",
                 release,
                 "--activated-at",

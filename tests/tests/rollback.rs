@@ -150,7 +150,7 @@ fn steps_to_refusals_and_a_retried_rollback_recorded_once() {
     w.cli(&["rollback", "--env", "prod"]).fails(2, "pass --yes");
     w.cli(&["rollback", "--env", "staging", "--yes"])
         .fails(3, "staging has no pins");
-    w.cli(&["pin", "--env", "solo", "--release-id", "rel-1"])
+    w.cli(&["pin", "--env", "solo", "--new-env", "--release-id", "rel-1"])
         .ok();
     w.cli(&["rollback", "--env", "solo", "--yes"])
         .fails(3, "nothing to roll back to");
@@ -171,10 +171,10 @@ fn steps_to_refusals_and_a_retried_rollback_recorded_once() {
         .json()
     };
     let first = retry();
-    assert_eq!(first["already_recorded"], false);
+    assert_eq!(first["replayed"], false);
     assert_eq!(first["to"]["release_id"], "rel-1");
     let second = retry();
-    assert_eq!(second["already_recorded"], true);
+    assert_eq!(second["replayed"], true);
     assert_eq!(second["pin"]["seq"], first["pin"]["seq"]);
     assert_eq!(second["pin"]["log_index"], first["pin"]["log_index"]);
     assert_eq!(live_release(&w), "rel-1");
@@ -185,7 +185,7 @@ fn steps_to_refusals_and_a_retried_rollback_recorded_once() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p["request_id"] == "deploy-77-rollback")
+        .filter(|p| p["request_id"] == "deploy-77-rollback:rollback:prod")
         .count();
     assert_eq!(rollbacks, 1);
 }

@@ -17,6 +17,7 @@ fn status_lists_every_environment_with_what_is_live_now() {
                 "pin",
                 "--env",
                 env,
+                "--new-env",
                 "--release-id",
                 "rel-2",
                 "--db-lsn",

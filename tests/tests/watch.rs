@@ -97,6 +97,7 @@ fn pin(world: &World, env: &str, release: &str) -> u64 {
             "pin",
             "--env",
             env,
+            "--new-env",
             "--release-id",
             release,
         ])
@@ -127,7 +128,10 @@ fn watch_shows_each_pin_as_it_lands_and_runs_the_command() {
     let second = pin(&world, "prod", "rel-2");
     let (code, shown, err) = finish(child, Duration::from_secs(30));
     assert_eq!(code, 0, "{err}");
-    let indexes: Vec<u64> = shown.iter().map(|s| s["index"].as_u64().unwrap()).collect();
+    let indexes: Vec<u64> = shown
+        .iter()
+        .map(|s| s["log_index"].as_u64().unwrap())
+        .collect();
     assert_eq!(indexes, [first, second], "staging was {staging}");
     assert_eq!(shown[0]["type"], "pin");
     assert_eq!(shown[0]["entry"]["env"], "prod");
@@ -161,7 +165,7 @@ fn watch_shows_each_pin_as_it_lands_and_runs_the_command() {
         Duration::from_secs(30),
     );
     assert_eq!(code, 0);
-    assert_eq!(rest[0]["index"].as_u64().unwrap(), second);
+    assert_eq!(rest[0]["log_index"].as_u64().unwrap(), second);
 
     // By type, across environments: the three publishes.
     let (code, publishes, _) = finish(
@@ -220,7 +224,10 @@ fn watch_resumes_after_the_registry_is_killed_with_no_gap_and_no_repeat() {
     let (code, shown, err) = finish(child, Duration::from_secs(60));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("reconnecting from"), "{err}");
-    let indexes: Vec<u64> = shown.iter().map(|s| s["index"].as_u64().unwrap()).collect();
+    let indexes: Vec<u64> = shown
+        .iter()
+        .map(|s| s["log_index"].as_u64().unwrap())
+        .collect();
     assert_eq!(indexes, [first, second, third]);
     let hooked: Vec<u64> = hooks(&world)
         .iter()
@@ -252,7 +259,10 @@ fn a_stop_ends_ten_watch_streams_at_once_and_every_watcher_resumes_with_no_gap()
     for child in watchers {
         let (code, shown, err) = finish(child, Duration::from_secs(60));
         assert_eq!(code, 0, "{err}");
-        let indexes: Vec<u64> = shown.iter().map(|s| s["index"].as_u64().unwrap()).collect();
+        let indexes: Vec<u64> = shown
+            .iter()
+            .map(|s| s["log_index"].as_u64().unwrap())
+            .collect();
         assert_eq!(indexes, [first, second], "{err}");
         assert!(err.contains("reconnecting from"), "{err}");
     }

@@ -162,6 +162,7 @@ fn history(world: &World) -> [jiff::Timestamp; 3] {
                 "pin",
                 "--env",
                 "prod",
+                "--new-env",
                 "--release-id",
                 &release,
                 "--activated-at",
@@ -172,7 +173,14 @@ fn history(world: &World) -> [jiff::Timestamp; 3] {
             .ok();
     }
     world
-        .cli(&["pin", "--env", "staging", "--release-id", "rel-3"])
+        .cli(&[
+            "pin",
+            "--env",
+            "staging",
+            "--new-env",
+            "--release-id",
+            "rel-3",
+        ])
         .ok();
     at
 }

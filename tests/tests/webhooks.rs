@@ -187,7 +187,14 @@ fn webhooks_arrive_signed_at_least_once_and_none_is_skipped_across_a_crash() {
     });
     world.three_releases(); // log indexes 0-2 publishes, 3-5 prod pins
     world
-        .cli(&["pin", "--env", "staging", "--release-id", "rel-1"])
+        .cli(&[
+            "pin",
+            "--env",
+            "staging",
+            "--new-env",
+            "--release-id",
+            "rel-1",
+        ])
         .ok(); // 6
 
     // The stalled request: kill the registry while it waits for an answer.
@@ -209,6 +216,7 @@ fn webhooks_arrive_signed_at_least_once_and_none_is_skipped_across_a_crash() {
             "pin",
             "--env",
             "prod",
+            "--new-env",
             "--release-id",
             "rel-2",
             "--db-lsn",
@@ -397,7 +405,7 @@ fn replicas_on_one_bucket_send_each_event_once_and_one_takes_over() {
         stackpin(
             dir,
             &server.url(),
-            &["pin", "--env", env, "--release-id", release],
+            &["pin", "--env", env, "--new-env", "--release-id", release],
         )
         .ok();
     }
@@ -523,7 +531,14 @@ fn a_webhook_added_by_a_reload_delivers_and_one_removed_stops() {
     );
     let delivered = receiver.accepted("/late").len();
     world
-        .cli(&["pin", "--env", "staging", "--release-id", "rel-1"])
+        .cli(&[
+            "pin",
+            "--env",
+            "staging",
+            "--new-env",
+            "--release-id",
+            "rel-1",
+        ])
         .ok();
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(receiver.accepted("/late").len(), delivered);

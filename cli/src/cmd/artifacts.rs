@@ -21,7 +21,8 @@ use crate::view::{ArtifactView, Format};
 pub struct FetchArgs {
     #[command(flatten)]
     artifact: ArtifactArg,
-    /// Where to write the artifact.
+    /// Where to write the artifact (`-`: standard output, and nothing
+    /// else is printed there).
     #[arg(long)]
     out: PathBuf,
     /// The log's key: the record shown is proved against the log.
@@ -108,6 +109,11 @@ pub async fn fetch(
         )));
     }
     let record = proved_record(&reader, &mut client, &artifact).await?;
+    if args.out.as_os_str() == "-" {
+        crate::view::stdout_bytes(&bytes);
+        return Ok(());
+    }
+    crate::files::say_replaced(&args.out);
     write_atomic(&args.out, &bytes)?;
     let out = Fetched {
         out: args.out.display().to_string(),

@@ -66,18 +66,23 @@ pub fn drill_line(d: &DrillEntry) -> String {
 /// checkpoint it came with when a log key is known.
 #[derive(Serialize)]
 pub struct Shown {
-    pub index: u64,
+    pub log_index: u64,
     /// Whether the entry was checked against a signed checkpoint.
     pub verified: bool,
     pub entry: Entry,
+    /// The registry says the write was recorded before under this request
+    /// id (shown only for writes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<bool>,
 }
 
 fn open(anchor: &Anchor, proved: &pb::ProvedEntry) -> Outcome<Shown> {
     let proved = anchor.entry(proved, "entry")?;
     Ok(Shown {
-        index: proved.index(),
+        log_index: proved.index(),
         verified: anchor.verified,
         entry: proved.entry,
+        replayed: None,
     })
 }
 
@@ -96,6 +101,7 @@ pub(crate) async fn send<M, F, Fut>(
     state: Option<&Path>,
     log_key: &crate::trust::LogKey,
     what: &str,
+    env: &str,
     message: impl Fn(String) -> M,
     call: F,
 ) -> Outcome<Shown>
@@ -106,7 +112,7 @@ where
 {
     let reader = Reader::new(log_key, server, state, None)?;
     let client = crate::client::connect(server).await?;
-    let id = server.request_id()?;
+    let id = server.request_id_for(what, env)?;
     let message = message(id.clone());
     let recorded = server
         .retrying(what, || {
@@ -128,10 +134,13 @@ where
     if shown.entry.request_id() != Some(id.as_str()) {
         return Err(Failure::verify(format!(
             "log entry {} is not the one this request recorded (its request id differs)",
-            shown.index
+            shown.log_index
         )));
     }
-    Ok(shown)
+    Ok(Shown {
+        replayed: Some(recorded.replayed),
+        ..shown
+    })
 }
 
 /// Records a snapshot; the entry the registry wrote, opened.
@@ -147,6 +156,7 @@ pub async fn record_snapshot(
         state,
         log_key,
         "snapshot",
+        &env,
         |request_id| pb::RecordSnapshotRequest {
             request_id,
             ..message.clone()
@@ -158,13 +168,14 @@ pub async fn record_snapshot(
         Entry::Snapshot(s) if s.env.as_str() == env && s.location == location => Ok(shown),
         _ => Err(Failure::verify(format!(
             "entry {} is not the snapshot asked for",
-            shown.index
+            shown.log_index
         ))),
     }
 }
 
 #[derive(clap::Args)]
 pub struct ListArgs {
+    /// The environment whose records to list.
     #[arg(long, value_parser = crate::parse::<EnvName>)]
     env: EnvName,
     /// At most this many (at most 1000).
@@ -209,7 +220,7 @@ pub(crate) async fn list(
         if shown.entry.kind() != kind || shown.entry.env() != Some(&args.env) {
             return Err(Failure::verify(format!(
                 "entry {} is not a {kind} of {}",
-                shown.index, args.env
+                shown.log_index, args.env
             )));
         }
         entries.push(shown);
@@ -229,7 +240,11 @@ pub(crate) async fn list(
                 Entry::Drill(d) => drill_line(d),
                 _ => String::new(),
             };
-            text.push_str(&format!("{line} (log index {}, {})\n", e.index, checked(e)));
+            text.push_str(&format!(
+                "{line} (log index {}, {})\n",
+                e.log_index,
+                checked(e)
+            ));
         }
         if !listed.next_page_token.is_empty() {
             text.push_str(&format!("more: --page-token {}\n", listed.next_page_token));

@@ -18,10 +18,10 @@ pub struct HistoryArgs {
     #[arg(long, value_parser = crate::parse::<EnvName>)]
     env: EnvName,
     /// Only pins activated strictly before this instant.
-    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    #[arg(long, value_parser = crate::parse_time)]
     before: Option<Timestamp>,
     /// Only pins activated at or after this instant.
-    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    #[arg(long, value_parser = crate::parse_time)]
     since: Option<Timestamp>,
     /// At most this many pins (newest first; at most 1000).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -167,8 +167,12 @@ pub async fn history(
 ) -> Outcome {
     let reader = Reader::new(&args.log_key, server, state, None)?;
     let mut client = crate::client::connect(server).await?;
-    // `--request-id` here is a filter: the pin that request recorded.
-    let filter = server.request_id.clone().unwrap_or_default();
+    // `--request-id` here is a filter: the pin that request recorded (its
+    // id scoped to a pin of this environment, as `pin` scopes it).
+    let filter = match &server.request_id {
+        Some(_) => server.request_id_for("pin", args.env.as_str())?,
+        None => String::new(),
+    };
     let Page {
         anchor,
         pins: proved,

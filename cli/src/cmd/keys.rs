@@ -19,8 +19,10 @@ pub enum Command {
     Add {
         /// The public key file (`openssl pkey -pubout`, or KEY.pub.pem from keygen).
         public_key: PathBuf,
-        #[arg(long, value_parser = crate::parse::<Timestamp>)]
+        /// Publishes logged from this instant on may use it [default: now].
+        #[arg(long, value_parser = crate::parse_time)]
         valid_from: Option<Timestamp>,
+        /// Why (recorded in the log).
         #[arg(long, default_value = "", value_parser = crate::parse::<Reason>)]
         reason: Reason,
     },
@@ -29,8 +31,11 @@ pub enum Command {
     Revoke {
         /// The key id, or the public key file.
         key: String,
-        #[arg(long, value_parser = crate::parse::<Timestamp>)]
+        /// Publishes logged from this instant on are refused [default:
+        /// now]; the instant a key leaked, to flag what was signed after.
+        #[arg(long, value_parser = crate::parse_time)]
         at: Option<Timestamp>,
+        /// Why (recorded in the log).
         #[arg(long, default_value = "", value_parser = crate::parse::<Reason>)]
         reason: Reason,
     },
@@ -132,7 +137,7 @@ pub async fn run(command: &Command, server: &crate::client::Connection, format: 
         Command::List => {
             let keys = client.list_keys(pb::ListKeysRequest {}).await?.into_inner();
             let views: Vec<KeyView> = keys.keys.iter().map(KeyView::from).collect();
-            format.emit(&views, || {
+            format.emit(&serde_json::json!({ "keys": &views }), || {
                 if views.is_empty() {
                     "no publisher keys".to_owned()
                 } else {

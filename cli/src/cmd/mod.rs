@@ -67,7 +67,7 @@ pub enum Command {
     /// Show one artifact's record.
     Stat(artifacts::StatArgs),
     /// Record a database backup in the log, paired with the artifact live
-    /// at its instant; with --snapshot FILE, also write FILE.stackpin.json.
+    /// at its instant; with --file FILE, also write FILE.stackpin.json.
     SnapshotTag(snapshot::SnapshotTagArgs),
     /// The backups recorded for an environment.
     #[command(subcommand)]

@@ -45,13 +45,19 @@ pub struct PinArgs {
     artifact: ArtifactArg,
     /// When it went live (RFC 3339 with offset); default: now, by the
     /// registry's clock.
-    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    #[arg(long, value_parser = crate::parse_time)]
     activated_at: Option<Timestamp>,
     /// Why (recorded in the log).
     #[arg(long, default_value = "", value_parser = crate::parse::<Reason>)]
     reason: Reason,
     #[command(flatten)]
     position: PositionArgs,
+    /// Start a new environment with this pin. An environment stays in the
+    /// write-once log for good, so a name never pinned before is refused
+    /// without it (the log's very first environment excepted), with the
+    /// nearest known names.
+    #[arg(long)]
+    new_env: bool,
     #[command(flatten)]
     log_key: crate::trust::LogKey,
 }
@@ -91,18 +97,38 @@ pub async fn pin(
 ) -> Outcome {
     let reader = Reader::new(&args.log_key, server, state, None)?;
     let mut client = crate::client::connect(server).await?;
+    if !args.new_env {
+        refuse_new_env(&mut client, &args.env).await?;
+    }
     let request = Record {
+        command: "pin",
         env: &args.env,
         artifact: &args.artifact,
         activated_at: args.activated_at,
         reason: &args.reason,
         position: args.position.position(),
     };
-    let proved = record(&reader, server, &mut client, &request).await?;
+    let (proved, replayed) = record(&reader, server, &mut client, &request).await?;
     let pin = PinView::proved(&proved, "pin entry")?;
-    format.emit(&pin, || {
+    #[derive(serde::Serialize)]
+    struct Pinned<'a> {
+        #[serde(flatten)]
+        pin: &'a PinView,
+        /// The registry says this request id had recorded the pin already.
+        replayed: bool,
+    }
+    let out = Pinned {
+        pin: &pin,
+        replayed,
+    };
+    format.emit(&out, || {
         format!(
-            "pinned {} in {} as #{} from {}\ndigest     {}\nlog index  {}\n{}",
+            "{} {} in {} as #{} from {}\ndigest     {}\nlog index  {}\n{}",
+            if replayed {
+                "already pinned by this request id:"
+            } else {
+                "pinned"
+            },
             pin.release_id,
             pin.env,
             pin.seq,
@@ -115,8 +141,46 @@ pub async fn pin(
     Ok(())
 }
 
+/// Refuses a pin to `env` when no pin names it yet and the log has other
+/// environments: a typo would otherwise start an environment for good.
+/// The names suggested are hints, not facts: nothing else is shown.
+async fn refuse_new_env(client: &mut crate::client::Client, env: &EnvName) -> Outcome {
+    let known = client
+        .history(pb::HistoryRequest {
+            env: env.to_string(),
+            limit: 1,
+            ..pb::HistoryRequest::default()
+        })
+        .await;
+    let status = match known {
+        Ok(_) => return Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => s,
+        Err(s) => return Err(s.into()),
+    };
+    let any = client
+        .list_environments(pb::ListEnvironmentsRequest {
+            limit: 1,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner();
+    if any.environments.is_empty() {
+        return Ok(()); // the log's first environment
+    }
+    let near = status
+        .message()
+        .find(" (did you mean")
+        .map_or("", |at| &status.message()[at..]);
+    Err(Failure::invalid(format!(
+        "environment {env} has never been pinned{near}: an environment stays in the log for \
+         good, so pass --new-env to start it; nothing was recorded"
+    )))
+}
+
 /// A pin to record.
 pub(crate) struct Record<'a> {
+    /// What the request id is scoped to: `pin` or `rollback`.
+    pub command: &'static str,
     pub env: &'a EnvName,
     pub artifact: &'a ArtifactArg,
     pub activated_at: Option<Timestamp>,
@@ -126,7 +190,8 @@ pub(crate) struct Record<'a> {
 
 /// Records a pin under this run's request id (retried under the same id,
 /// so it is recorded once) and proves the entry the registry answers with
-/// is the pin asked for.
+/// is the pin asked for; also returns whether the registry says it was a
+/// replay (recorded before under the id).
 ///
 /// # Errors
 /// The registry's refusal; verification failed when the answer is not
@@ -136,8 +201,8 @@ pub(crate) async fn record(
     server: &crate::client::Connection,
     client: &mut crate::client::Client,
     r: &Record<'_>,
-) -> Outcome<Proved> {
-    let id = server.request_id()?;
+) -> Outcome<(Proved, bool)> {
+    let id = server.request_id_for(r.command, r.env.as_str())?;
     let message = pb::PinRequest {
         env: r.env.to_string(),
         artifact: Some(r.artifact.to_wire()),
@@ -170,7 +235,7 @@ pub(crate) async fn record(
             entry.seq, entry.env, entry.release_id
         )));
     }
-    Ok(proved)
+    Ok((proved, response.replayed))
 }
 
 /// Accepts the checkpoint a listing came with.

@@ -34,7 +34,7 @@ pub struct PostureArgs {
     env: Option<EnvName>,
     /// Judge as of this instant instead of now: only the pins activated
     /// and the snapshots and drills recorded by then count.
-    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    #[arg(long, value_parser = crate::parse_time)]
     at: Option<Timestamp>,
     /// The log's key or policy: the report is computed again from the
     /// whole log, proved, and compared.
@@ -57,10 +57,15 @@ struct EnvView {
     env: String,
     class: String,
     in_policy: bool,
+    #[serde(rename = "rpo_seconds")]
     rpo_secs: Option<u64>,
+    #[serde(rename = "rto_seconds")]
     rto_secs: Option<u64>,
+    #[serde(rename = "drill_interval_seconds")]
     drill_interval_secs: Option<u64>,
+    #[serde(rename = "snapshot_age_seconds")]
     snapshot_age_secs: Option<u64>,
+    #[serde(rename = "drill_age_seconds")]
     drill_age_secs: Option<u64>,
     measured_rto_millis: Option<u64>,
     last_drill_failed: bool,
@@ -232,7 +237,8 @@ pub async fn posture(
         Err(Failure::new(
             crate::exit::OUT_OF_POLICY,
             anyhow::anyhow!("out of policy: {}", out.join(", ")),
-        ))
+        )
+        .after_result())
     }
 }
 

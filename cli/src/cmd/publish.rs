@@ -98,7 +98,7 @@ pub async fn run(args: &Args, server: &crate::client::Connection, format: Format
     };
 
     let client = crate::client::connect(server).await?;
-    let id = server.request_id()?;
+    let id = server.request_id_for("publish", args.release_id.as_str())?;
     let size = bytes.len();
     let show_progress = size > 8 * CHUNK;
     let header = pb::PublishRequest {

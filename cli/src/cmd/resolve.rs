@@ -23,7 +23,7 @@ pub struct ResolveArgs {
     #[arg(long, value_parser = crate::parse::<EnvName>)]
     pub env: EnvName,
     /// The instant (RFC 3339 with offset), e.g. the database restore time.
-    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    #[arg(long, value_parser = crate::parse_time)]
     pub at: Option<Timestamp>,
     /// Instead of a time: the PostgreSQL LSN the database is restored to
     /// (the pin with the greatest recorded LSN at or below it).

@@ -20,13 +20,12 @@ use crate::view::{Format, ResolveView};
 pub struct RestoreArgs {
     #[command(flatten)]
     resolve: ResolveArgs,
-    /// Where to write the artifact that was live.
-    #[arg(long)]
-    out: PathBuf,
-    /// Publisher keys to verify the artifact's signature against: a PEM
-    /// public-key file or a folder of *.pem.
-    #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
-    trusted_keys: PathBuf,
+    /// Where to write the artifact that was live (and FILE.tlog-proof
+    /// beside it); not needed with --plan.
+    #[arg(long, required_unless_present = "plan")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    trusted_keys: crate::trust::TrustedKeysArg,
     #[command(flatten)]
     log_key: crate::trust::LogKey,
     /// Explain what would be restored and why, and the database target,
@@ -48,6 +47,10 @@ pub struct RestoreArgs {
     /// "still live" is only as fresh as its checkpoint.
     #[arg(long, value_parser = stackpin_core::time::parse_duration, value_name = "DURATION")]
     max_age: Option<std::time::Duration>,
+    /// Exit 9 (after writing) when the instant is within the boundary
+    /// margin of a switch, so a script cannot miss the warning.
+    #[arg(long)]
+    fail_near_switch: bool,
 }
 
 #[derive(Serialize)]
@@ -57,7 +60,8 @@ pub struct Restored {
     out: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     proof: String,
-    signed_by: String,
+    /// The publisher key the artifact's signature verified under.
+    key_id: String,
     checkpoint_size: u64,
     #[serde(flatten)]
     fresh: crate::trust::Freshness,
@@ -210,6 +214,13 @@ impl DbTarget {
     }
 }
 
+/// Where a plan says it would write.
+fn planned_out(args: &RestoreArgs) -> String {
+    args.out
+        .as_ref()
+        .map_or_else(|| "<--out FILE>".to_owned(), |p| p.display().to_string())
+}
+
 pub async fn restore(
     args: &RestoreArgs,
     server: &crate::client::Connection,
@@ -229,9 +240,9 @@ pub async fn restore(
             format!(
                 "plan (nothing downloaded or written)\n{}boundary   {margin}would write {} and {}.tlog-proof, after checking the sha256\nchecked    publisher signature ({}), log inclusion in checkpoint {}\n{}",
                 out.resolution.text(),
-                args.out.display(),
-                args.out.display(),
-                out.signed_by,
+                planned_out(args),
+                planned_out(args),
+                out.key_id,
                 out.checkpoint_size,
                 out.database.text()
             )
@@ -253,14 +264,27 @@ pub async fn restore(
             "restored {}\n{}verified   sha256, publisher signature ({}), log inclusion of publish, pin and successor in checkpoint {}\n{}proof      {}\n{}",
             out.out,
             out.resolution.text(),
-            out.signed_by,
+            out.key_id,
             out.checkpoint_size,
             out.fresh.text(),
             out.proof,
             out.database.text()
         )
     });
-    Ok(())
+    match &out.resolution.near_switch {
+        Some(b) if args.fail_near_switch => Err(Failure::new(
+            crate::exit::NEAR_SWITCH,
+            anyhow::anyhow!(
+                "restored, but {} is within the margin of the switch from {} to {} \
+                 (--fail-near-switch): check the database against both",
+                out.resolution.at,
+                b.before.release_id,
+                b.after.release_id
+            ),
+        )
+        .after_result()),
+        _ => Ok(()),
+    }
 }
 
 impl RestoreArgs {
@@ -270,13 +294,13 @@ impl RestoreArgs {
         env: stackpin_core::ids::EnvName,
         at: stackpin_core::time::Timestamp,
         out: PathBuf,
-        trusted_keys: PathBuf,
+        trusted_keys: crate::trust::TrustedKeysArg,
         log_key: crate::trust::LogKey,
         wal_archive: Option<&Path>,
     ) -> Self {
         Self {
             resolve: ResolveArgs::at(env, at),
-            out,
+            out: Some(out),
             trusted_keys,
             log_key,
             plan: false,
@@ -287,6 +311,7 @@ impl RestoreArgs {
                 |p| p.display().to_string(),
             ),
             max_age: None,
+            fail_near_switch: false,
         }
     }
 
@@ -307,7 +332,25 @@ pub async fn restore_verified(
     server: &crate::client::Connection,
     state: Option<&Path>,
 ) -> Outcome<Restored> {
-    let trusted = crate::trust::trusted_keys(&args.trusted_keys)?;
+    // A plan checks the publisher's signature when given keys, and says
+    // so when not; a restore always checks it.
+    let trusted = if args.plan && !args.trusted_keys.given() {
+        None
+    } else {
+        Some(args.trusted_keys.load()?)
+    };
+    let out = match (&args.out, args.plan) {
+        (Some(p), _) if p.as_os_str() == "-" => {
+            return Err(Failure::invalid(
+                "--out -: a restore writes the artifact and its .tlog-proof beside it, so it \
+                 needs a file name (`stackpin fetch --out -` writes an artifact to standard \
+                 output)",
+            ));
+        }
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => None,
+        (None, false) => return Err(Failure::invalid("--out is required (or --plan)")),
+    };
     // A restore proves everything: it needs the log's key.
     if !args.log_key.given()
         && args.log_key.policy()?.is_none()
@@ -340,13 +383,18 @@ pub async fn restore_verified(
     if args.plan {
         // Checked against the signed checkpoint like a restore, minus the
         // artifact's bytes, which a plan does not download.
-        let verified = proof
-            .verify_entries(&log_key, &trusted)
-            .map_err(Failure::verify)?;
+        let key_id = match &trusted {
+            Some(t) => proof
+                .verify_entries(&log_key, t)
+                .map_err(Failure::verify)?
+                .key_id
+                .to_string(),
+            None => "not checked: no --trusted-keys".to_owned(),
+        };
         return Ok(Restored {
             out: String::new(),
             proof: String::new(),
-            signed_by: verified.key_id.to_string(),
+            key_id,
             checkpoint_size,
             fresh: resolved.anchor.fresh,
             plan: true,
@@ -360,20 +408,24 @@ pub async fn restore_verified(
     let (_, bytes) = download(&mut client, what, server.max_download).await?;
     // Everything below is checked against the signed checkpoint, not
     // taken from the answer: the bytes must hash to what the log says.
+    let (Some(trusted), Some(out)) = (&trusted, &out) else {
+        return Err(Failure::invalid("--out and --trusted-keys are required"));
+    };
     let verified = proof
-        .verify(&bytes, &log_key, &trusted)
+        .verify(&bytes, &log_key, trusted)
         .map_err(Failure::verify)?;
-    let proof_file = crate::files::proof_path(&args.out);
+    let proof_file = crate::files::proof_path(out);
+    crate::files::say_replaced(out);
     // The artifact and its proof are replaced together or not at all.
     let proof_text = proof.to_tlog_proof();
     crate::files::write_all_atomic(&[
-        (args.out.as_path(), bytes.as_ref()),
+        (out.as_path(), bytes.as_ref()),
         (proof_file.as_path(), proof_text.as_bytes()),
     ])?;
     Ok(Restored {
-        out: args.out.display().to_string(),
+        out: out.display().to_string(),
         proof: proof_file.display().to_string(),
-        signed_by: verified.key_id.to_string(),
+        key_id: verified.key_id.to_string(),
         checkpoint_size,
         fresh: resolved.anchor.fresh,
         plan: false,

@@ -110,7 +110,7 @@ struct RollbackView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pin: Option<PinView>,
     /// The pin was recorded by an earlier attempt with this request id.
-    already_recorded: bool,
+    replayed: bool,
 }
 
 pub async fn rollback(
@@ -165,7 +165,7 @@ pub async fn rollback(
             recorded: args.position.position().map(ToString::to_string),
         },
         pin: None,
-        already_recorded: false,
+        replayed: false,
     };
     if args.dry_run {
         format.emit(&view, || plan_text(&view) + "dry run: nothing recorded");
@@ -179,11 +179,12 @@ pub async fn rollback(
         release_id: None,
         digest: Some(target_pin.digest),
     };
-    let proved = record(
+    let (proved, replayed) = record(
         &reader,
         server,
         &mut client,
         &Record {
+            command: "rollback",
             env: &args.env,
             artifact: &artifact,
             activated_at: None,
@@ -193,6 +194,7 @@ pub async fn rollback(
     )
     .await?;
     view.pin = Some(PinView::proved(&proved, "rollback pin")?);
+    view.replayed = replayed;
     format.emit(&view, || {
         let mut out = if args.yes {
             plan_text(&view)
@@ -221,7 +223,7 @@ async fn recorded_before(
     if server.request_id.is_none() {
         return Ok(None);
     }
-    let id = server.request_id()?;
+    let id = server.request_id_for("rollback", env.as_str())?;
     let found = page(
         reader,
         client,
@@ -244,13 +246,13 @@ fn show_recorded(done: &Proved, format: Format) -> Outcome {
     struct Recorded<'a> {
         env: &'a str,
         pin: &'a PinView,
-        already_recorded: bool,
+        replayed: bool,
     }
     format.emit(
         &Recorded {
             env: &pin.env,
             pin: &pin,
-            already_recorded: true,
+            replayed: true,
         },
         || {
             format!(

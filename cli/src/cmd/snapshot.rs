@@ -30,7 +30,7 @@ pub async fn snapshot(
 }
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("backup").required(true).multiple(true).args(["snapshot", "location"])))]
+#[command(group(clap::ArgGroup::new("backup").required(true).multiple(true).args(["file", "location"])))]
 pub struct SnapshotTagArgs {
     /// The environment whose live artifact the snapshot goes with.
     #[arg(long, value_parser = crate::parse::<stackpin_core::ids::EnvName>)]
@@ -38,17 +38,17 @@ pub struct SnapshotTagArgs {
     /// A database snapshot file (e.g. made with `VACUUM INTO`): its size
     /// and sha256 are recorded, and FILE.stackpin.json written beside it.
     #[arg(long, value_name = "FILE")]
-    snapshot: Option<PathBuf>,
+    file: Option<PathBuf>,
     /// Where the backup is, as recorded (a URL or path) [default: the
-    /// --snapshot file's absolute path].
+    /// --file's absolute path].
     #[arg(long, value_name = "URL")]
     location: Option<String>,
     /// How the backup was made: sqlite, postgresql, litestream, other
-    /// [default: sqlite with --snapshot, else other].
+    /// [default: sqlite with --file, else other].
     #[arg(long, value_parser = crate::parse::<stackpin_core::entry::Driver>)]
     driver: Option<stackpin_core::entry::Driver>,
     /// The database instant the backup restores to (default: now).
-    #[arg(long, value_parser = crate::parse::<stackpin_core::time::Timestamp>)]
+    #[arg(long, value_parser = crate::parse_time)]
     at: Option<stackpin_core::time::Timestamp>,
     #[command(flatten)]
     position: crate::cmd::pins::PositionArgs,
@@ -76,8 +76,8 @@ struct Tagged {
     recorded: super::evidence::Shown,
     #[serde(skip_serializing_if = "Option::is_none")]
     tag_file: Option<String>,
-    /// The tag written beside the file, as earlier versions printed it.
-    #[serde(flatten)]
+    /// The tag written beside the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
     tag: Option<SnapshotTag>,
 }
 
@@ -98,7 +98,7 @@ pub async fn snapshot_tag(
     state: Option<&std::path::Path>,
     format: Format,
 ) -> Outcome {
-    let (size, sha256) = match &args.snapshot {
+    let (size, sha256) = match &args.file {
         Some(path) => {
             let len = std::fs::metadata(path)
                 .map_err(|e| Failure::invalid(format!("reading {}: {e}", path.display())))?
@@ -110,15 +110,15 @@ pub async fn snapshot_tag(
         }
         None => (None, None),
     };
-    let location = match (&args.location, &args.snapshot) {
+    let location = match (&args.location, &args.file) {
         (Some(l), _) => l.clone(),
         (None, Some(path)) => std::path::absolute(path)
             .unwrap_or_else(|_| path.clone())
             .display()
             .to_string(),
-        (None, None) => unreachable!("clap requires --snapshot or --location"),
+        (None, None) => unreachable!("clap requires --file or --location"),
     };
-    let driver = args.driver.unwrap_or(if args.snapshot.is_some() {
+    let driver = args.driver.unwrap_or(if args.file.is_some() {
         stackpin_core::entry::Driver::Sqlite
     } else {
         stackpin_core::entry::Driver::Other
@@ -138,7 +138,7 @@ pub async fn snapshot_tag(
     };
     // The tag beside the snapshot must be writable before the entry is
     // recorded: a retry after a failed write would record the backup twice.
-    if let Some(file) = &args.snapshot {
+    if let Some(file) = &args.file {
         crate::files::writable(&tag_path(file))?;
     }
     let recorded = super::evidence::record_snapshot(server, state, &args.log_key, message).await?;
@@ -147,7 +147,7 @@ pub async fn snapshot_tag(
             "the registry recorded another kind of entry",
         ));
     };
-    let (tag_file, tag) = match (&args.snapshot, sha256) {
+    let (tag_file, tag) = match (&args.file, sha256) {
         (Some(file), Some(sha)) => {
             let tag = SnapshotTag {
                 snapshot: file.display().to_string(),
@@ -157,7 +157,7 @@ pub async fn snapshot_tag(
                 release_id: entry.live.release_id.to_string(),
                 digest: entry.live.digest.to_string(),
                 pin_seq: entry.live.seq,
-                log_index: recorded.index,
+                log_index: recorded.log_index,
             };
             let path = tag_path(file);
             let json = serde_json::to_vec_pretty(&tag).context("encoding the tag")?;
@@ -175,7 +175,7 @@ pub async fn snapshot_tag(
     format.emit(&out, || {
         let mut text = format!(
             "recorded {line}\nlog index  {} ({})\n",
-            out.recorded.index,
+            out.recorded.log_index,
             super::evidence::checked(&out.recorded)
         );
         if let Some(f) = &out.tag_file {

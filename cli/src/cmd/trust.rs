@@ -48,7 +48,7 @@ struct Listed {
     /// For a log known only by `trust add`: its origin and key id.
     #[serde(skip_serializing_if = "Option::is_none")]
     origin: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", rename = "log_key_id")]
     key_id: Option<String>,
     /// The servers this log's key is remembered for.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -59,6 +59,7 @@ struct Listed {
 struct Added {
     server: String,
     origin: String,
+    #[serde(rename = "log_key_id")]
     key_id: String,
     /// False when the same key was remembered for the server already.
     changed: bool,
@@ -101,7 +102,7 @@ pub fn run(
                     servers: vec![k.server],
                 });
             }
-            format.emit(&all, || {
+            format.emit(&serde_json::json!({ "logs": &all }), || {
                 if all.is_empty() {
                     return format!("nothing remembered in {}", dir.display());
                 }

@@ -13,7 +13,6 @@ use stackpin_proto::v1 as pb;
 use crate::exit::{Failure, Outcome, VERIFY};
 use crate::files::proof_path;
 use crate::progress::Progress;
-use crate::trust::trusted_keys;
 use crate::view::Format;
 
 #[derive(clap::Args)]
@@ -74,9 +73,8 @@ pub struct VerifyArgs {
     /// Its proof (default: FILE.tlog-proof).
     #[arg(long)]
     proof: Option<PathBuf>,
-    /// Publisher keys (a PEM file or a folder of *.pem).
-    #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
-    trusted_keys: PathBuf,
+    #[command(flatten)]
+    trusted_keys: crate::trust::TrustedKeysArg,
     #[command(flatten)]
     log_key: crate::trust::LogKey,
 }
@@ -86,7 +84,7 @@ struct VerifiedView {
     file: String,
     release_id: String,
     digest: String,
-    signed_by: String,
+    key_id: String,
     env: String,
     pin_seq: u64,
     live_from: String,
@@ -106,7 +104,7 @@ pub const CHECKS: [&str; 6] = [
 ];
 
 pub fn verify(args: &VerifyArgs, format: Format) -> Outcome {
-    let trusted = trusted_keys(&args.trusted_keys)?;
+    let trusted = args.trusted_keys.load()?;
     let log_key = crate::trust::log_key(&args.log_key)?;
     let proof_path = args.proof.clone().unwrap_or_else(|| proof_path(&args.file));
     let bytes = std::fs::read(&args.file)
@@ -124,7 +122,7 @@ pub fn verify(args: &VerifyArgs, format: Format) -> Outcome {
         file: args.file.display().to_string(),
         release_id: v.publish.release_id.to_string(),
         digest: v.publish.digest.to_string(),
-        signed_by: v.key_id.to_string(),
+        key_id: v.key_id.to_string(),
         env: v.pin.env.to_string(),
         pin_seq: v.pin.seq,
         live_from: from.to_string(),
@@ -138,7 +136,7 @@ pub fn verify(args: &VerifyArgs, format: Format) -> Outcome {
             view.file,
             view.release_id,
             view.digest,
-            view.signed_by,
+            view.key_id,
             view.pin_seq,
             view.env,
             view.live_from,
@@ -161,9 +159,8 @@ pub struct AuditArgs {
     /// tiles URL serves the log only).
     #[arg(long, value_name = "URL")]
     tiles: Option<String>,
-    /// Publisher keys (a PEM file or a folder of *.pem).
-    #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
-    trusted_keys: PathBuf,
+    #[command(flatten)]
+    trusted_keys: crate::trust::TrustedKeysArg,
     #[command(flatten)]
     log_key: crate::trust::LogKey,
     /// How far after its recording a pin may activate: the registry's
@@ -182,7 +179,7 @@ pub async fn audit(
     state: Option<&Path>,
     format: Format,
 ) -> Outcome {
-    let trusted = trusted_keys(&args.trusted_keys)?;
+    let trusted = args.trusted_keys.load()?;
     let log_key = crate::trust::log_key(&args.log_key)?;
     let mut audit = Audit::with_rules(Rules {
         configured: trusted,
@@ -211,6 +208,17 @@ pub async fn audit(
     print_report(&report, &source, format);
     if report.ok() {
         Ok(())
+    } else if report.only_missing_keys() {
+        // The auditor lacks an input: not (yet) evidence of anything.
+        Err(Failure::invalid(format!(
+            "the audit cannot judge {} publish(es) signed by publisher key(s) {} that \
+             --trusted-keys does not hold and the log never added: pass the keys trusted when \
+             they were published (--trusted-keys is repeatable). Nothing else was found wrong; \
+             if this registry never trusted such a key, treat it as an incident",
+            report.failures.len(),
+            report.missing_keys.join(", ")
+        ))
+        .after_result())
     } else {
         let classes: std::collections::BTreeSet<String> = report
             .failures
@@ -224,7 +232,8 @@ pub async fn audit(
                 report.failures.len(),
                 classes.into_iter().collect::<Vec<_>>().join(", ")
             ),
-        ))
+        )
+        .after_result())
     }
 }
 

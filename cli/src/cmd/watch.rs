@@ -44,7 +44,7 @@ pub struct WatchArgs {
 
 #[derive(Serialize)]
 struct Shown {
-    index: u64,
+    log_index: u64,
     #[serde(rename = "type")]
     kind: &'static str,
     checkpoint_size: u64,
@@ -203,7 +203,7 @@ fn backoff(failures: u32) -> std::time::Duration {
 
 fn show(entry: &Entry, index: u64, size: u64, format: Format) -> Outcome {
     let shown = Shown {
-        index,
+        log_index: index,
         kind: entry.kind(),
         checkpoint_size: size,
         entry: serde_json::to_value(entry).map_err(|e| Failure::new(crate::exit::FAILURE, e))?,

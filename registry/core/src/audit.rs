@@ -68,6 +68,10 @@ pub struct Failure {
     /// when the failure is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'static str>,
+    /// A publish signed by a key neither given to the audit nor added by
+    /// the log.
+    #[serde(skip)]
+    pub missing_key: bool,
 }
 
 /// What an audit found.
@@ -88,6 +92,11 @@ pub struct Report {
     #[serde(skip_serializing_if = "is_zero")]
     pub tiles_checked: u64,
     pub failures: Vec<Failure>,
+    /// Publisher keys that signed publishes and that neither the keys the
+    /// audit was given nor the log's own key entries name: what the
+    /// auditor must add before the signatures can be judged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_keys: Vec<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -98,6 +107,17 @@ impl Report {
     /// Whether nothing was found wrong.
     pub fn ok(&self) -> bool {
         self.failures.is_empty()
+    }
+
+    /// Whether every failure is a publish signed by a key the audit was
+    /// not given ([`Self::missing_keys`]): the audit lacks an input, and
+    /// found nothing else.
+    pub fn only_missing_keys(&self) -> bool {
+        !self.missing_keys.is_empty()
+            && self
+                .failures
+                .iter()
+                .all(|f| f.rule == Some(crate::state::reason::KEY_NOT_VALID) && f.missing_key)
     }
 }
 
@@ -141,6 +161,7 @@ impl Audit {
             class,
             message,
             rule: None,
+            missing_key: false,
         });
     }
 
@@ -237,10 +258,35 @@ impl Audit {
                 } else {
                     Class::Log
                 };
+                let missing_key = match &v {
+                    state::Violation::KeyNotValid { key_id, .. } => {
+                        // Neither given to the audit nor added by the log
+                        // (a configured key the log only revoked is not
+                        // known to it either).
+                        let added = matches!(
+                            self.state.key(key_id),
+                            Ok(Some(ref r)) if r.public_key.is_some()
+                        );
+                        let unknown = !added
+                            && !self
+                                .rules
+                                .configured
+                                .keys()
+                                .iter()
+                                .any(|k| k.id() == key_id);
+                        let id = key_id.to_string();
+                        if unknown && !self.report.missing_keys.contains(&id) {
+                            self.report.missing_keys.push(id);
+                        }
+                        unknown
+                    }
+                    _ => false,
+                };
                 self.report.failures.push(Failure {
                     class,
                     message: format!("entry {index}: {v}"),
                     rule: Some(v.reason()),
+                    missing_key,
                 });
                 // Go on against the log as written, so one bad entry is
                 // one failure, not a cascade.
@@ -359,6 +405,7 @@ impl Audit {
                 class: Class::Log,
                 message: format!("entry {index}: not in {}", tile.path()),
                 rule: None,
+                missing_key: false,
             });
         }
     }

@@ -22,6 +22,7 @@
 //! | [`state`] | `apply`: the one rule set deciding whether an entry may follow the log |
 //! | [`posture`] | recovery posture: backups and drills against RPO, RTO and drill interval |
 //! | [`audit`] | a full audit of a log from its entries, checkpoint and blobs |
+//! | [`suggest`] | "did you mean …?" for unknown environments and settings |
 //! | [`diff`] | what changed between two artifacts, by JSON path (web view, rollback) |
 //!
 //! Nothing here does I/O beyond reading a key file: callers bring the
@@ -45,6 +46,7 @@ pub mod proof;
 pub mod signing;
 pub mod source;
 pub mod state;
+pub mod suggest;
 pub mod tiles;
 pub mod time;
 pub mod webhook;

@@ -103,12 +103,12 @@ impl FromStr for Timestamp {
             Err(err) => {
                 // A civil date-time without an offset parses on its own; say
                 // precisely what is missing rather than echo the parser.
-                if text.parse::<jiff::civil::DateTime>().is_ok() {
+                if let Ok(civil) = text.parse::<jiff::civil::DateTime>() {
                     Err(Error::invalid(format!(
-                        "time {} has no UTC offset; write it in RFC 3339 with Z or an \
-                         offset, e.g. 2026-05-24T13:00:00Z (a time without an offset is never \
-                         taken as local time)",
-                        crate::error::shown(text)
+                        "time {} has no UTC offset, and a time without one is never taken as \
+                         local time: did you mean {} (UTC)? Write RFC 3339 with Z or an offset",
+                        crate::error::shown(text),
+                        civil.strftime("%Y-%m-%dT%H:%M:%SZ")
                     )))
                 } else {
                     Err(Error::invalid(format!(
@@ -144,6 +144,67 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Timestamp {
+    /// Parses an instant as a person types it on a command line: RFC 3339
+    /// (as [`FromStr`]), or relative to `now`: `now`, `now-2h`, `now+15m`,
+    /// `2h ago`, `3d ago`, or Unix seconds as `@1764000000`. Log entries
+    /// and settings never take these forms; only people do.
+    ///
+    /// # Errors
+    /// Invalid, naming the forms accepted.
+    pub fn parse_typed(text: &str, now: Timestamp) -> Result<Self, Error> {
+        let t = text.trim();
+        let shift = |span: &str, sign: i64| -> Result<Self, Error> {
+            let d = parse_span(span.trim())
+                .map_err(|e| Error::invalid(format!("time {}: {e}", crate::error::shown(text))))?;
+            let micros = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+            Self::from_micros(now.0.saturating_add(sign.saturating_mul(micros)))
+        };
+        if t == "now" {
+            return Ok(now);
+        }
+        if let Some(span) = t.strip_prefix("now-") {
+            return shift(span, -1);
+        }
+        if let Some(span) = t.strip_prefix("now+") {
+            return shift(span, 1);
+        }
+        if let Some(span) = t.strip_suffix(" ago") {
+            return shift(span, -1);
+        }
+        if let Some(secs) = t.strip_prefix('@') {
+            let secs: i64 = secs.parse().map_err(|_| {
+                Error::invalid(format!(
+                    "time {}: after @ comes whole Unix seconds, e.g. @1764000000",
+                    crate::error::shown(text)
+                ))
+            })?;
+            return Self::from_parts(secs, 0);
+        }
+        t.parse().map_err(|e: Error| {
+            Error::invalid(format!(
+                "{}; also accepted: now, now-2h, 2h ago, @<unix seconds>",
+                e.message()
+            ))
+        })
+    }
+}
+
+/// Parses a span of time: a duration (`90s`, `2h`, `1h30m`) or whole days
+/// (`3d`), non-negative.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_span(text: &str) -> Result<std::time::Duration, String> {
+    match text.strip_suffix('d').map(str::parse::<u64>) {
+        Some(Ok(days)) => days
+            .checked_mul(86_400)
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| format!("{text} is too long")),
+        _ => parse_duration(text).map_err(|e| format!("{e}, or whole days like 3d")),
     }
 }
 
@@ -192,9 +253,44 @@ mod tests {
     }
 
     #[test]
+    fn typed_times_are_relative_to_now_and_only_where_people_type() {
+        let now: Timestamp = "2026-05-24T13:00:00Z".parse().unwrap();
+        let at = |t: &str| Timestamp::parse_typed(t, now).unwrap().to_string();
+        assert_eq!(at("now"), "2026-05-24T13:00:00.000000Z");
+        assert_eq!(at("now-2h"), "2026-05-24T11:00:00.000000Z");
+        assert_eq!(at("now+15m"), "2026-05-24T13:15:00.000000Z");
+        assert_eq!(at("2h ago"), "2026-05-24T11:00:00.000000Z");
+        assert_eq!(at("3d ago"), "2026-05-21T13:00:00.000000Z");
+        assert_eq!(at("@1779627600"), "2026-05-24T13:00:00.000000Z");
+        assert_eq!(
+            at("2026-05-24T15:00:00+02:00"),
+            "2026-05-24T13:00:00.000000Z"
+        );
+        for bad in ["yesterday", "2h later"] {
+            let e = Timestamp::parse_typed(bad, now).unwrap_err();
+            assert!(e.message().contains("2h ago"), "{bad}: {e}");
+        }
+        assert!(Timestamp::parse_typed("now-soon", now).is_err());
+        assert!(
+            Timestamp::parse_typed("@noon", now)
+                .unwrap_err()
+                .message()
+                .contains("Unix seconds")
+        );
+        // Never in what is stored or configured.
+        assert!("now".parse::<Timestamp>().is_err());
+        assert!("@1779627600".parse::<Timestamp>().is_err());
+    }
+
+    #[test]
     fn naive_time_is_an_error_that_says_so() {
         let err = "2026-05-24T13:00:00".parse::<Timestamp>().unwrap_err();
         assert!(err.message().contains("no UTC offset"), "{err}");
+        let err = "2026-05-26 13:00".parse::<Timestamp>().unwrap_err();
+        assert!(
+            err.message().contains("did you mean 2026-05-26T13:00:00Z"),
+            "{err}"
+        );
         let err = "yesterday".parse::<Timestamp>().unwrap_err();
         assert!(err.message().contains("not RFC 3339"), "{err}");
     }

@@ -13,7 +13,7 @@ use stackpin_registry::witness::Witness;
 /// A transparency-log witness: cosigns checkpoints of the logs it trusts
 /// after checking that each is consistent with the last one it cosigned.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "stackpin-witness", version)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -85,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: never escape codes in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if let Some(Command::Key(args)) = &cli.command {
@@ -119,4 +121,21 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.data_dir.display()))?;
     stackpin_registry::witness::serve(listener, Arc::new(witness)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn it_names_itself_and_every_option_has_a_help_line() {
+        let cmd = <super::Cli as clap::CommandFactory>::command();
+        assert_eq!(cmd.get_name(), "stackpin-witness");
+        assert!(
+            cmd.get_about()
+                .is_some_and(|a| a.to_string().contains("witness")),
+            "{:?}",
+            cmd.get_about()
+        );
+        let missing = stackpin_registry::config::undocumented(&cmd, "");
+        assert!(missing.is_empty(), "no help line: {missing:#?}");
+    }
 }

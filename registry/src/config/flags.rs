@@ -51,6 +51,25 @@ pub(super) const ENV_KEYS: &[&str] = &[
     "log_format",
 ];
 
+/// Every option, argument and subcommand of `cmd` (recursively) that has
+/// no help line, by command path: the binaries' tests fail on any.
+pub fn undocumented(cmd: &clap::Command, path: &str) -> Vec<String> {
+    let here = format!("{path} {}", cmd.get_name()).trim().to_owned();
+    let mut out: Vec<String> = cmd
+        .get_arguments()
+        .filter(|a| !a.is_hide_set() && !["help", "version"].contains(&a.get_id().as_str()))
+        .filter(|a| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()))
+        .map(|a| format!("{here} {}", a.get_id()))
+        .collect();
+    for sub in cmd.get_subcommands() {
+        if sub.get_about().is_none() && sub.get_name() != "help" {
+            out.push(format!("{here} {} (no about)", sub.get_name()));
+        }
+        out.extend(undocumented(sub, &here));
+    }
+    out
+}
+
 /// Flags of `stackpin-registry`: the top layer. Unset flags leave lower
 /// layers alone.
 #[derive(Clone, Debug, Default, Serialize, clap::Args)]

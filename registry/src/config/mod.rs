@@ -27,7 +27,7 @@ mod keys;
 pub mod tokens;
 mod validate;
 
-pub use flags::Flags;
+pub use flags::{Flags, undocumented};
 pub use keys::load_key;
 pub use stackpin_core::time::parse_duration;
 
@@ -301,13 +301,14 @@ impl Settings {
     pub fn load(flags: &Flags) -> Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = &flags.config {
-            if !path.is_file() {
-                return Err(invalid(
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
                     "config",
-                    format!("{} is not a readable file", path.display()),
-                ));
-            }
-            figment = figment.merge(Toml::file(path));
+                    format!("{} is not a readable file: {e}", path.display()),
+                )
+            })?;
+            check_toml(path, &text)?;
+            figment = figment.merge(Toml::string(&text));
         }
         figment = figment
             .merge(Env::prefixed("STACKPIN_").only(ENV_KEYS))
@@ -365,6 +366,7 @@ impl Settings {
         for path in paths {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| invalid("config", format!("{}: {e}", path.display())))?;
+            check_toml(path, &text)?;
             figment = figment.admerge(Toml::string(&text));
         }
         let mut settings: Settings = figment
@@ -372,8 +374,74 @@ impl Settings {
             .map_err(|e| Error::invalid(format!("settings: {e}")))?;
         settings.adopt_old_log_key(None)?;
         settings.validate()?;
+        settings.check_inputs()?;
         Ok(settings)
     }
+
+    /// What a start reads besides the settings, read now: the trusted
+    /// keys, the TLS files, the log key (when one is named), witnesses,
+    /// webhooks, tokens and posture targets. Relative paths resolve from
+    /// the current folder, as they do for the registry started there.
+    ///
+    /// # Errors
+    /// Invalid, naming the setting and the file.
+    pub fn check_inputs(&self) -> Result<()> {
+        if let Some(path) = &self.trusted_keys {
+            stackpin_core::signing::TrustedKeys::load(path)
+                .map_err(|e| invalid("trusted_keys", e))?;
+        }
+        self.tls().map_err(|e| Error::invalid(format!("{e:#}")))?;
+        if let Some(path) = &self.log_signing_key {
+            load_key(path, false, "log_signing_key")?;
+        }
+        self.witnesses()?;
+        self.webhooks()?;
+        self.authorizer()?;
+        self.posture_policy()?;
+        Ok(())
+    }
+}
+
+/// Reads `text` (the settings file `path`) on its own, so that a wrong
+/// type or an unknown setting is reported at its `file:line`, and an
+/// unknown name with the nearest setting names.
+fn check_toml(path: &std::path::Path, text: &str) -> Result<()> {
+    let Err(e) = toml::from_str::<Settings>(text) else {
+        return Ok(());
+    };
+    let at = e.span().map_or(String::new(), |span| {
+        let start = span.start.min(text.len());
+        let line = text[..start].matches('\n').count() + 1;
+        // The line itself names the setting.
+        let shown: String = text
+            .lines()
+            .nth(line - 1)
+            .unwrap_or_default()
+            .trim()
+            .chars()
+            .take(80)
+            .collect();
+        format!(":{line} ({shown})")
+    });
+    let message = e.message().trim().to_owned();
+    let message = match message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        Some((name, _)) => {
+            let known = serde_json::to_value(Settings::default()).unwrap_or_default();
+            let names: Vec<&str> = known
+                .as_object()
+                .map(|m| m.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            format!(
+                "unknown setting `{name}`{} (`stackpin-registry config example` lists them all)",
+                stackpin_core::suggest::did_you_mean(name, names)
+            )
+        }
+        None => message,
+    };
+    Err(Error::invalid(format!("{}{at}: {message}", path.display())))
 }
 
 /// A commented example settings file with every key.

@@ -60,13 +60,7 @@ pub fn list(settings: &Settings) -> Vec<TokenView> {
 /// # Errors
 /// A message for clap when it is neither, or zero.
 pub fn parse_expiry(text: &str) -> std::result::Result<std::time::Duration, String> {
-    let d = match text.strip_suffix('d').map(str::parse::<u64>) {
-        Some(Ok(days)) => days
-            .checked_mul(86_400)
-            .map(std::time::Duration::from_secs)
-            .ok_or_else(|| format!("{text} is too long"))?,
-        _ => super::parse_duration(text).map_err(|e| format!("{e}, or whole days like 90d"))?,
-    };
+    let d = stackpin_core::time::parse_span(text)?;
     if d.is_zero() {
         return Err("a token that expires at once is no token: give a positive duration".into());
     }
@@ -239,7 +233,7 @@ mod tests {
             std::time::Duration::from_secs(12 * 3600)
         );
         assert!(parse_expiry("0d").is_err());
-        assert!(parse_expiry("soon").unwrap_err().contains("90d"));
+        assert!(parse_expiry("soon").unwrap_err().contains("3d"));
         assert!(parse_expiry("-3d").is_err());
     }
 

@@ -125,7 +125,7 @@ impl Registry {
         req: SnapshotRequest,
         actor: &str,
         request: Option<&str>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, bool)> {
         req.check()?;
         let same = |entry: &Entry| {
             matches!(entry, Entry::Snapshot(s)
@@ -135,8 +135,8 @@ impl Registry {
                     && s.sha256 == req.sha256 && s.actor == actor)
         };
         let (r, actor2) = (req.clone(), actor.to_owned());
-        let index = self
-            .record_once(request, "a snapshot", same, move |view, now, id| {
+        let (index, replayed) = self
+            .record_once_said(request, "a snapshot", same, move |view, now, id| {
                 // The pair is whatever the timeline holds at commit.
                 let at = r.db_time.unwrap_or(now);
                 Ok(Entry::Snapshot(SnapshotEntry {
@@ -154,8 +154,8 @@ impl Registry {
                 }))
             })
             .await?;
-        tracing::info!(env = %req.env, index, "snapshot recorded");
-        Ok(index)
+        tracing::info!(env = %req.env, index, replayed, "snapshot recorded");
+        Ok((index, replayed))
     }
 
     /// Records a restore test of `req.env`, paired with the pin live at its
@@ -170,7 +170,7 @@ impl Registry {
         req: DrillRequest,
         actor: &str,
         request: Option<&str>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, bool)> {
         req.check()?;
         let same = |entry: &Entry| {
             matches!(entry, Entry::Drill(d)
@@ -178,8 +178,8 @@ impl Registry {
                     && d.checks == req.checks && d.passed == req.passed && d.actor == actor)
         };
         let (r, actor2) = (req.clone(), actor.to_owned());
-        let index = self
-            .record_once(request, "a drill", same, move |view, now, id| {
+        let (index, replayed) = self
+            .record_once_said(request, "a drill", same, move |view, now, id| {
                 Ok(Entry::Drill(DrillEntry {
                     env: r.env.clone(),
                     driver: r.driver,
@@ -199,8 +199,8 @@ impl Registry {
                 }))
             })
             .await?;
-        tracing::info!(env = %req.env, index, passed = req.passed, "drill recorded");
-        Ok(index)
+        tracing::info!(env = %req.env, index, passed = req.passed, replayed, "drill recorded");
+        Ok((index, replayed))
     }
 
     /// The log indices of the snapshots (`drills` false) or drills of

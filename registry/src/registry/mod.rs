@@ -605,6 +605,16 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// " (did you mean prod?)" for an environment that has no pins.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn near_envs(&self, env: &crate::ids::EnvName) -> Result<String> {
+        self.shared.near_envs(env)
+    }
+}
+
 impl Shared {
     /// The rules in force (a reload may replace the configured keys).
     fn rules(&self) -> Arc<Rules> {

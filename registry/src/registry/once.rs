@@ -30,6 +30,20 @@ impl Registry {
         same: impl Fn(&Entry) -> bool,
         make: impl Fn(&crate::committer::View<'_>, Timestamp, &str) -> Result<Entry> + Send + 'static,
     ) -> Result<u64> {
+        self.record_once_said(request, what, same, make)
+            .await
+            .map(|(index, _)| index)
+    }
+
+    /// As [`Self::record_once`], and whether the entry was recorded before
+    /// under the request id (a replay: nothing new was written).
+    pub(super) async fn record_once_said(
+        &self,
+        request: Option<&str>,
+        what: &str,
+        same: impl Fn(&Entry) -> bool,
+        make: impl Fn(&crate::committer::View<'_>, Timestamp, &str) -> Result<Entry> + Send + 'static,
+    ) -> Result<(u64, bool)> {
         let claim = self.claim(request)?;
         let once = self
             .record_claimed(claim.as_ref(), same, move |view, now, id| {
@@ -37,7 +51,8 @@ impl Registry {
             })
             .await?;
         match once {
-            Once::Recorded(index) | Once::Replayed(index) => Ok(index),
+            Once::Recorded(index) => Ok((index, false)),
+            Once::Replayed(index) => Ok((index, true)),
             Once::Unneeded => Err(Error::internal(format!("{what} produced no log entry"))),
         }
     }

@@ -59,6 +59,20 @@ impl Registry {
         actor: &str,
         request: Option<&str>,
     ) -> Result<PinRecord> {
+        self.pin_said(req, actor, request).await.map(|(pin, _)| pin)
+    }
+
+    /// As [`Self::pin_once`], and whether the pin is a replay: recorded
+    /// before under the request id, nothing new written.
+    ///
+    /// # Errors
+    /// As [`Self::pin_once`].
+    pub async fn pin_said(
+        &self,
+        req: &PinRequest,
+        actor: &str,
+        request: Option<&str>,
+    ) -> Result<(PinRecord, bool)> {
         let target = self.artifact(&req.artifact)?;
         let same = |entry: &Entry| {
             matches!(entry, Entry::Pin(p)
@@ -70,8 +84,8 @@ impl Registry {
                     && p.actor == actor)
         };
         let (r, actor2, target2) = (req.clone(), actor.to_owned(), target.clone());
-        let committed = self
-            .record_once(request, "a pin", same, move |view, now, id| {
+        let (committed, replayed) = self
+            .record_once_said(request, "a pin", same, move |view, now, id| {
                 // The rules check order, skew and positions.
                 let head = view.env_head(&r.env)?;
                 let at = timeline::activation(head.as_ref(), r.activated_at, now);
@@ -94,8 +108,8 @@ impl Registry {
         let (pin, _) = index.pin_at(index.place(committed)?, &index.proof_reader())?;
         tracing::info!(
             env = %req.env, seq = pin.entry.seq, release_id = %pin.entry.release_id,
-            activated_at = %pin.entry.activated_at, index = committed, "pinned"
+            activated_at = %pin.entry.activated_at, index = committed, replayed, "pinned"
         );
-        Ok(pin)
+        Ok((pin, replayed))
     }
 }

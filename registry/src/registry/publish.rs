@@ -103,18 +103,26 @@ impl Registry {
                 ),
             ));
         }
-        let trusted = state::valid_keys(
-            &self.shared.rules(),
-            &self.shared.index.keys()?,
-            self.shared.clock.now(),
-        );
+        let rules = self.shared.rules();
+        let records = self.shared.index.keys()?;
+        let now = self.shared.clock.now();
+        let trusted = state::valid_keys(&rules, &records, now);
         if trusted.is_empty() {
-            return Err(Error::precondition(
-                "this registry has no valid publisher keys (none configured, or all revoked): \
-                 start it with --trusted-keys or add one with `stackpin key add`",
+            // Refused for its signature, as any publish no key verifies.
+            return Err(Error::invalid(
+                "this registry trusts no publisher key now (none configured, or all revoked), so \
+                 no signature can verify: its operator starts it with --trusted-keys \
+                 (trusted_keys) or adds one with `stackpin key add`",
             ));
         }
-        let envelope = signing::verify_envelope(envelope, &trusted)?;
+        let envelope = match signing::verify_envelope(envelope, &trusted) {
+            Ok(e) => e,
+            Err(e) => {
+                return Err(
+                    revoked_signer(&rules, &records, envelope, now).unwrap_or_else(|| e.into())
+                );
+            }
+        };
         let attestation = envelope.attestation();
         if !signing::is_publish_predicate(
             &attestation.predicate_type,
@@ -500,4 +508,36 @@ fn parse_media_type(text: &str) -> Result<String> {
             stackpin_core::error::shown(text)
         )))
     }
+}
+
+/// When `envelope` verifies under a publisher key that was revoked by
+/// `now`, the refusal that names it and its revocation; otherwise `None`
+/// (the caller's error stands).
+fn revoked_signer(
+    rules: &stackpin_core::state::Rules,
+    records: &[stackpin_core::state::KeyRecord],
+    envelope: &[u8],
+    now: crate::time::Timestamp,
+) -> Option<Error> {
+    records
+        .iter()
+        .filter_map(|r| Some((r, r.revoked_at.filter(|at| *at <= now)?)))
+        .find_map(|(r, at)| {
+            let key = match &r.public_key {
+                Some(pem) => signing::PublicKey::from_pem(pem).ok()?,
+                None => rules
+                    .configured
+                    .keys()
+                    .iter()
+                    .find(|k| k.id() == &r.key_id)?
+                    .clone(),
+            };
+            signing::verify_envelope(envelope, &signing::TrustedKeys::new([key])).ok()?;
+            Some(Error::invalid(format!(
+                "the envelope is signed by publisher key {}, which was revoked at {at}: \
+                 publishes signed with it are refused from then on; sign with a key trusted now \
+                 (`stackpin key list`)",
+                r.key_id
+            )))
+        })
 }

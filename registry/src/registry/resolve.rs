@@ -34,6 +34,9 @@ impl<'a> Seen<'a> {
     }
 }
 
+/// Environments an unknown name is compared with, at most.
+const SUGGEST_FROM: usize = 1000;
+
 /// A pin and the instant the next pin of its environment ended it
 /// (`None`: still live).
 pub type LiveInterval = (PinRecord, Option<Timestamp>);
@@ -41,9 +44,24 @@ pub type LiveInterval = (PinRecord, Option<Timestamp>);
 impl Shared {
     /// The head of `env`; NotFound when it has no pins.
     pub(super) fn known_env(&self, env: &EnvName) -> Result<crate::index::EnvHead> {
-        self.index
-            .env_head(env)?
-            .ok_or_else(|| Error::not_found(format!("environment {env} has no pins")))
+        match self.index.env_head(env)? {
+            Some(head) => Ok(head),
+            None => Err(Error::not_found(format!(
+                "environment {env} has no pins{}",
+                self.near_envs(env)?
+            ))),
+        }
+    }
+
+    /// " (did you mean prod?)" for an unknown `env`, from the first
+    /// environments by name (at most [`SUGGEST_FROM`] are looked at, so an
+    /// unknown name costs a bounded read).
+    pub(crate) fn near_envs(&self, env: &EnvName) -> Result<String> {
+        let known = self.index.env_heads(None, SUGGEST_FROM)?;
+        Ok(stackpin_core::suggest::did_you_mean(
+            env.as_str(),
+            known.iter().map(|(name, _)| name.as_str()),
+        ))
     }
 
     /// Pin `seq` of `env`, which the index must hold, and its entry.

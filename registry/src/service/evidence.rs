@@ -50,7 +50,7 @@ fn env_posture(p: &Posture) -> pb::EnvPosture {
 
 impl RegistryService {
     /// The entry at `index`, proved in a stored checkpoint covering it.
-    async fn recorded(&self, index: u64) -> Result<pb::RecordedEntry, Status> {
+    async fn recorded(&self, (index, replayed): (u64, bool)) -> Result<pb::RecordedEntry, Status> {
         let cp = self.registry.checkpoint_covering(index + 1).await?;
         let entry = self.registry.entry(index).await?;
         let proof = self.registry.inclusion_proof(index, cp.size)?;
@@ -61,6 +61,7 @@ impl RegistryService {
                 proof: convert::hashes(&proof),
             }),
             checkpoint: cp.note.to_string(),
+            replayed,
         })
     }
 

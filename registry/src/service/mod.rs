@@ -257,13 +257,15 @@ impl RegistryService {
         };
         let pin = self
             .registry
-            .pin_once(&pin, &who.name, Some(&req.request_id))
+            .pin_said(&pin, &who.name, Some(&req.request_id))
             .await?;
+        let (pin, replayed) = pin;
         let (checkpoint, mut entries) = self.registry.prove_all(&[pin.log_index]).await?;
         Ok(Response::new(pb::PinResponse {
             pin: Some(convert::pin(&pin)),
             entry: entries.pop().as_ref().map(convert::proved_entry),
             checkpoint: checkpoint.note.to_string(),
+            replayed,
         }))
     }
 

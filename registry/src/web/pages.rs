@@ -243,10 +243,10 @@ pub fn environment(registry: &Registry, env: &str, q: &Query) -> Result<Reply> {
             ..HistoryQuery::default()
         },
     )?;
-    let live = newest
-        .pins
-        .first()
-        .ok_or_else(|| Error::not_found(format!("environment {env} has no pins")))?;
+    let live = newest.pins.first().ok_or_else(|| {
+        let near = registry.near_envs(&env).unwrap_or_default();
+        Error::not_found(format!("environment {env} has no pins{near}"))
+    })?;
     let first = registry.history(
         &env,
         &HistoryQuery {

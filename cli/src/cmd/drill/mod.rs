@@ -52,13 +52,15 @@ pub async fn drill(
 
 #[derive(clap::Args)]
 pub struct RecordArgs {
+    /// The environment whose restore was drilled.
     #[arg(long, value_parser = crate::parse::<EnvName>)]
     env: EnvName,
     /// How the backup was made: sqlite, postgresql, litestream, other.
     #[arg(long, value_parser = crate::parse::<Driver>)]
     driver: Driver,
-    /// The database instant restored to.
-    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    /// The database instant restored to (`--target`, its former name, is
+    /// still read).
+    #[arg(long = "at", alias = "target", value_parser = crate::parse_time)]
     target: Timestamp,
     /// The log index of the snapshot entry restored, if one was.
     #[arg(long)]
@@ -80,7 +82,7 @@ pub struct RecordArgs {
     #[arg(long, value_name = "WHY")]
     failed: Option<String>,
     /// When the drill started [default: now minus --rto].
-    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    #[arg(long, value_parser = crate::parse_time)]
     started_at: Option<Timestamp>,
     #[command(flatten)]
     log_key: crate::trust::LogKey,
@@ -145,7 +147,7 @@ async fn record(
         };
         format!(
             "recorded {line}\nlog index  {} ({})\n",
-            shown.index,
+            shown.log_index,
             checked(&shown)
         )
     });
@@ -155,7 +157,8 @@ async fn record(
         Err(Failure::new(
             crate::exit::OUT_OF_POLICY,
             anyhow::anyhow!("the drill recorded failed"),
-        ))
+        )
+        .after_result())
     }
 }
 
@@ -214,6 +217,7 @@ async fn record_drill(
         state,
         log_key,
         "drill",
+        d.env.as_str(),
         message,
         |mut c, r| async move { c.record_drill(r).await },
     )
@@ -224,7 +228,7 @@ async fn record_drill(
         }
         _ => Err(Failure::verify(format!(
             "entry {} is not the drill sent",
-            shown.index
+            shown.log_index
         ))),
     }
 }

@@ -262,8 +262,8 @@ pub(super) async fn print_postgresql(
             "until [ \"$(psql -h \"$D/sock\" -p {PG_PORT} -d postgres -XAtc 'SELECT pg_is_in_recovery()')\" = f ]; do sleep 1; done"
         ),
         format!(
-            "stackpin restore --env {env} --at {at} --out \"$D/objectstack.json\" --trusted-keys {}",
-            shell_quote(&args.trusted_keys.display().to_string())
+            "stackpin restore --env {env} --at {at} --out \"$D/objectstack.json\" {}",
+            args.trusted_keys.shell_words(shell_quote)
         ),
     ];
     for c in &args.check {
@@ -281,7 +281,7 @@ pub(super) async fn print_postgresql(
         .map(|i| format!(" --snapshot {i}"))
         .unwrap_or_default();
     commands.push(format!(
-        "stackpin drill record --env {env} --driver postgresql --target {at}{snapshot} --rto \"$(( $(date +%s) - START ))s\" --check-passed NAME  # or --check-failed NAME / --failed WHY"
+        "stackpin drill record --env {env} --driver postgresql --at {at}{snapshot} --rto \"$(( $(date +%s) - START ))s\" --check-passed NAME  # or --check-failed NAME / --failed WHY"
     ));
     #[derive(Serialize)]
     struct Printed<'a> {

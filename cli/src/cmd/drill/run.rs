@@ -21,11 +21,12 @@ use crate::view::Format;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
+    /// The environment whose restore to drill.
     #[arg(long, value_parser = crate::parse::<EnvName>)]
     pub(super) env: EnvName,
     /// The database instant to restore to [default: the snapshot's, with
     /// --snapshot].
-    #[arg(long, value_parser = crate::parse::<Timestamp>)]
+    #[arg(long, value_parser = crate::parse_time)]
     pub(super) at: Option<Timestamp>,
     /// Drill a recorded snapshot: its log index (see `stackpin snapshot
     /// list`). Its location and instant are used unless given.
@@ -76,8 +77,8 @@ pub struct RunArgs {
     #[arg(long, env = "STACKPIN_LITESTREAM", default_value = "litestream")]
     pub(super) litestream: PathBuf,
     /// Publisher keys the restored artifact's signature is checked against.
-    #[arg(long, env = "STACKPIN_TRUSTED_KEYS")]
-    pub(super) trusted_keys: PathBuf,
+    #[command(flatten)]
+    pub(super) trusted_keys: crate::trust::TrustedKeysArg,
     /// Keep the restored database and artifact in this folder instead of
     /// removing them.
     #[arg(long, value_name = "DIR")]
@@ -176,15 +177,45 @@ impl Db {
     }
 }
 
+/// Refuses (exit 7, nothing recorded) a token that may not read: the
+/// restore a drill makes would fail for the client, not for the backup.
+async fn may_read(server: &crate::client::Connection) -> Outcome {
+    let mut client = crate::client::connect(server).await?;
+    match client
+        .get_checkpoint(stackpin_proto::v1::GetCheckpointRequest {})
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+            ) =>
+        {
+            Err(Failure::new(
+                crate::exit::AUTH,
+                anyhow::anyhow!(
+                    "a drill restores, which needs the read role, and the registry refused this \
+                     client: {}; nothing was run or recorded",
+                    s.message()
+                ),
+            ))
+        }
+        Err(s) => Err(s.into()),
+    }
+}
+
 pub(super) async fn run(
     args: &RunArgs,
     server: &crate::client::Connection,
     state: Option<&Path>,
     format: Format,
 ) -> Outcome {
-    // Everything a user can get wrong is refused before anything runs.
-    crate::trust::trusted_keys(&args.trusted_keys)?;
+    // Everything a user can get wrong is refused before anything runs:
+    // the inputs, and whether the token may read (restore) at all.
+    args.trusted_keys.load()?;
     crate::trust::log_key(&args.log_key)?;
+    may_read(server).await?;
     let checks: Vec<(String, String, Option<String>)> = args
         .check
         .iter()
@@ -381,6 +412,21 @@ pub(super) async fn run(
     );
     let artifact_restored = crate::cmd::restore::restore_verified(&restore, server, state).await;
     steps.end("stackpin restore", t, artifact_restored.is_ok());
+    // A refusal of this client (its credentials, its input) says nothing
+    // about the backup: it is not evidence, and nothing is recorded.
+    if let Err(e) = &artifact_restored
+        && matches!(e.code, crate::exit::AUTH | crate::exit::INVALID)
+    {
+        return Err(Failure::new(
+            e.code,
+            anyhow::anyhow!(
+                "the drill's restore was refused for this client ({:#}); nothing was recorded: \
+                 a drill needs a token with the read role (to restore) and the pin role (to \
+                 record)",
+                e.error
+            ),
+        ));
+    }
     let (release_id, digest, settings) = match &artifact_restored {
         Ok(r) => (
             r.resolution.pin.release_id.clone(),
@@ -565,7 +611,7 @@ pub(super) async fn run(
         }
         text.push_str(&format!(
             "recorded as log index {} ({})\n",
-            ran.shown.index,
+            ran.shown.log_index,
             checked(&ran.shown)
         ));
         if let Some(k) = &ran.kept {
@@ -579,7 +625,8 @@ pub(super) async fn run(
         Err(Failure::new(
             crate::exit::OUT_OF_POLICY,
             anyhow::anyhow!("the drill failed: {}", drill.failure.unwrap_or_default()),
-        ))
+        )
+        .after_result())
     }
 }
 
