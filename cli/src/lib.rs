@@ -246,6 +246,46 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_exit_code_table_is_the_one_the_cli_uses() {
+        let readme = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+        )
+        .unwrap();
+        let section = readme.split("## Exit codes").nth(1).unwrap();
+        let section = section.split("\n## ").next().unwrap();
+        let codes = |lines: &mut dyn Iterator<Item = &str>| -> Vec<u8> {
+            let mut out: Vec<u8> = lines
+                .flat_map(|l| {
+                    l.split(',')
+                        .map(|c| c.trim().parse::<u8>())
+                        .take_while(Result::is_ok)
+                        .flatten()
+                        .collect::<Vec<u8>>()
+                })
+                .collect();
+            out.sort_unstable();
+            out
+        };
+        let readme_codes = codes(
+            &mut section
+                .lines()
+                .filter_map(|l| l.strip_prefix("| "))
+                .filter_map(|l| l.split(" |").next()),
+        );
+        let help_codes = codes(
+            &mut super::exit::HELP
+                .lines()
+                .filter_map(|l| l.strip_prefix("  "))
+                .filter_map(|l| l.split("  ").next()),
+        );
+        assert_eq!(readme_codes, help_codes);
+        assert_eq!(readme_codes, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 130, 143]);
+        for code in readme_codes.iter().filter(|c| **c != 1) {
+            assert_ne!(super::exit::name_of(*code), "failure", "exit {code} has no name");
+        }
+    }
+
+    #[test]
     fn every_option_of_every_command_has_a_help_line() {
         let missing = undocumented(&super::command(), "");
         assert!(missing.is_empty(), "no help line: {missing:#?}");

@@ -125,6 +125,10 @@ enum ConfigCommand {
         /// The settings files, in layering order (later ones win).
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
+        /// Check the settings alone, not the files they name (keys, TLS
+        /// certificates): for settings meant for another machine.
+        #[arg(long)]
+        settings_only: bool,
     },
     /// Print a commented example with every key and its default.
     Example,
@@ -173,6 +177,15 @@ async fn main() -> anyhow::Result<()> {
                     abs(&default_key).display(),
                     abs(&settings.data_dir).display()
                 );
+                for (pid, dir) in running_registries() {
+                    eprintln!(
+                        "a registry runs on this machine: pid {pid}, data folder {} \
+                         (`stackpin-registry key --data-dir {}`, unless its --config names \
+                         another)",
+                        dir.display(),
+                        dir.display()
+                    );
+                }
                 std::process::exit(2);
             }
             for warning in &settings.warnings {
@@ -198,8 +211,18 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::Token(command)) => return token(command),
-        Some(Command::Config(ConfigCommand::Check { files })) => {
-            if let Err(e) = Settings::check_files(files) {
+        Some(Command::Config(ConfigCommand::Check {
+            files,
+            settings_only,
+        })) => {
+            let checked = Settings::check_files(files).and_then(|s| {
+                if *settings_only {
+                    Ok(())
+                } else {
+                    s.check_inputs()
+                }
+            });
+            if let Err(e) = checked {
                 // Invalid input, like every other: exit 2.
                 eprintln!("Error: {e:#}");
                 std::process::exit(2);
@@ -318,6 +341,64 @@ fn invalid_exits<T>(r: stackpin_registry::error::Result<T>) -> T {
             std::process::exit(code);
         }
     }
+}
+
+/// The registries serving on this machine that this user can see, with
+/// their data folders (from `--data-dir`, `STACKPIN_DATA_DIR` or the
+/// default, from their working folder), for a `key` run in the wrong
+/// place.
+fn running_registries() -> Vec<(u32, std::path::PathBuf)> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_registry = args
+            .first()
+            .is_some_and(|a| a.rsplit('/').next() == Some("stackpin-registry"));
+        let subcommand = args
+            .get(1)
+            .is_some_and(|a| ["key", "token", "config", "recover"].contains(&a.as_str()));
+        if !is_registry || subcommand {
+            continue;
+        }
+        let flag = args.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix("--data-dir=")
+                .map(str::to_owned)
+                .or_else(|| (a == "--data-dir").then(|| args.get(i + 1).cloned()).flatten())
+        });
+        let from_env = || {
+            let environ = std::fs::read(p.path().join("environ")).ok()?;
+            environ
+                .split(|b| *b == 0)
+                .filter_map(|v| std::str::from_utf8(v).ok())
+                .find_map(|v| v.strip_prefix("STACKPIN_DATA_DIR=").map(str::to_owned))
+        };
+        let dir = std::path::PathBuf::from(
+            flag.or_else(from_env)
+                .unwrap_or_else(|| stackpin_registry::config::DEFAULT_DATA_DIR.to_owned()),
+        );
+        let dir = match std::fs::read_link(p.path().join("cwd")) {
+            Ok(cwd) if dir.is_relative() => cwd.join(dir),
+            _ => dir,
+        };
+        found.push((pid, dir));
+    }
+    found
 }
 
 /// `[[token]]` as a one-element array of tables.

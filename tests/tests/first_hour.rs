@@ -30,6 +30,21 @@ fn the_log_key_is_never_made_by_asking_for_it() {
     assert!(said.contains("stackpin-data/log-key.pem"), "{said}");
     assert!(out.stdout.is_empty());
     assert!(!tmp.path().join("stackpin-data").exists());
+    // With a registry running elsewhere on this machine, it names it.
+    let elsewhere = TempDir::new().unwrap();
+    let server = stackpin_tests::Server::start(&elsewhere.path().join("data"), &[]);
+    let out = registry(tmp.path(), &["key"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("pid {}, data folder", server.pid())),
+        "{said}"
+    );
+    assert!(
+        said.contains(&elsewhere.path().join("data").display().to_string()),
+        "{said}"
+    );
+    drop(server);
+    assert!(!tmp.path().join("stackpin-data").exists());
     // On purpose, for a registry about to start there.
     let made = registry(tmp.path(), &["key", "--create"]);
     assert!(made.status.success(), "{made:?}");

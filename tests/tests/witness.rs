@@ -563,5 +563,8 @@ fn a_witness_added_by_a_reload_cosigns_and_one_removed_is_no_longer_asked() {
     let note = String::from_utf8(tlog::get(tiles, "/checkpoint").body).unwrap();
     assert_eq!(note.lines().nth(1), Some("7"), "{note}");
     assert!(!note.contains(name), "{note}");
+    // Its log goes to a pipe here, as to a file: no colour codes.
+    assert!(!witness.log().contains('\u{1b}'), "{}", witness.log());
+    assert!(witness.log().contains("witness listening on"));
     drop(witness);
 }

@@ -28,6 +28,9 @@ pub mod tokens;
 mod validate;
 
 pub use flags::{Flags, undocumented};
+
+/// The data folder when none is set.
+pub const DEFAULT_DATA_DIR: &str = defaults::DATA_DIR;
 pub use keys::load_key;
 pub use stackpin_core::time::parse_duration;
 
@@ -374,7 +377,6 @@ impl Settings {
             .map_err(|e| Error::invalid(format!("settings: {e}")))?;
         settings.adopt_old_log_key(None)?;
         settings.validate()?;
-        settings.check_inputs()?;
         Ok(settings)
     }
 
