@@ -281,7 +281,11 @@ mod tests {
         assert_eq!(readme_codes, help_codes);
         assert_eq!(readme_codes, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 130, 143]);
         for code in readme_codes.iter().filter(|c| **c != 1) {
-            assert_ne!(super::exit::name_of(*code), "failure", "exit {code} has no name");
+            assert_ne!(
+                super::exit::name_of(*code),
+                "failure",
+                "exit {code} has no name"
+            );
         }
     }
 

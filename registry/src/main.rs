@@ -379,7 +379,11 @@ fn running_registries() -> Vec<(u32, std::path::PathBuf)> {
         let flag = args.iter().enumerate().find_map(|(i, a)| {
             a.strip_prefix("--data-dir=")
                 .map(str::to_owned)
-                .or_else(|| (a == "--data-dir").then(|| args.get(i + 1).cloned()).flatten())
+                .or_else(|| {
+                    (a == "--data-dir")
+                        .then(|| args.get(i + 1).cloned())
+                        .flatten()
+                })
         });
         let from_env = || {
             let environ = std::fs::read(p.path().join("environ")).ok()?;
