@@ -180,7 +180,7 @@ impl From<Status> for Failure {
                 INVALID,
                 anyhow::anyhow!(
                     "the server named by --server (STACKPIN_SERVER) is not a stackpin gRPC \
-                     endpoint: {}. Name the registry's gRPC address (its listen setting, \
+                     endpoint ({}); name the registry's gRPC address (its listen setting, \
                      http://127.0.0.1:7070 by default), not its http_listen",
                     status.message()
                 ),

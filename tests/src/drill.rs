@@ -229,6 +229,7 @@ fn work(dir: &Path, url: &str, w: usize, cycle: usize, stop: &AtomicBool, ledger
                     "pin",
                     "--env",
                     &env,
+                    "--new-env",
                     "--release-id",
                     "base",
                     "--reason",

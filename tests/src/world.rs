@@ -210,6 +210,7 @@ impl World {
                     "pin",
                     "--env",
                     "prod",
+                    "--new-env",
                     "--release-id",
                     &format!("rel-{i}"),
                     "--activated-at",

@@ -305,7 +305,7 @@ fn a_second_registry_on_the_same_folder_stops_and_deletes_nothing() {
     assert!(w.data().join("index/hashes").exists());
     assert_eq!(w.answers(), answers);
     // The first one still writes.
-    w.cli(&["pin", "--env", "prod", "--release-id", "rel-1"])
+    w.cli(&["pin", "--env", "prod", "--new-env", "--release-id", "rel-1"])
         .ok();
 }
 

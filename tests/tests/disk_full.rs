@@ -33,7 +33,7 @@ fn a_full_disk_fails_clearly_writes_nothing_partial_and_recovers() {
         "ci.pem",
     ])
     .ok();
-    cli(&["pin", "--env", "prod", "--release-id", "small"]).ok();
+    cli(&["pin", "--env", "prod", "--new-env", "--release-id", "small"]).ok();
 
     // Ballast takes most of the space; 1 MiB artifacts fill the rest.
     let ballast = data.join("ballast");
@@ -112,7 +112,7 @@ fn a_full_disk_fails_clearly_writes_nothing_partial_and_recovers() {
         "ci.pem",
     ])
     .ok();
-    cli(&["pin", "--env", "prod", "--release-id", "after-full"]).ok();
+    cli(&["pin", "--env", "prod", "--new-env", "--release-id", "after-full"]).ok();
     let list = cli(&["--output", "json", "list"]).json();
     assert!(
         list["artifacts"]

@@ -49,6 +49,7 @@ fn litestream_and_stackpin_restore_the_same_moment() {
             "pin",
             "--env",
             "prod",
+            "--new-env",
             "--release-id",
             &format!("rel-{i}"),
             "--reason",

@@ -219,6 +219,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "pin",
         "--env",
         "prod",
+        "--new-env",
         "--release-id",
         "base",
         "--activated-at",
@@ -348,6 +349,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "pin",
         "--env",
         "prod",
+        "--new-env",
         "--release-id",
         "base",
         "--activated-at",
@@ -358,6 +360,7 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "pin",
         "--env",
         "prod",
+        "--new-env",
         "--release-id",
         "base",
         "--activated-at",
@@ -368,20 +371,22 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "pin",
         "--env",
         "prod",
+        "--new-env",
         "--release-id",
         "base",
         "--activated-at",
         "2999-01-01T00:00:00Z",
     ])
     .fails(4, "in the future");
-    w.cli(&["pin", "--env", "prod", "--release-id", "unknown"])
+    w.cli(&["pin", "--env", "prod", "--new-env", "--release-id", "unknown"])
         .fails(3, "not published");
-    w.cli(&["pin", "--env", "prod", "--digest", "sha256:abc"])
+    w.cli(&["pin", "--env", "prod", "--new-env", "--digest", "sha256:abc"])
         .fails(2, "64 hex digits");
     w.cli(&[
         "pin",
         "--env",
         "prod",
+        "--new-env",
         "--release-id",
         "base",
         "--reason",
@@ -452,7 +457,7 @@ fn an_acknowledged_publish_and_pin_survive_kill_9() {
         "ops.pem",
     ])
     .ok();
-    w.cli(&["pin", "--env", "prod", "--release-id", "durable"])
+    w.cli(&["pin", "--env", "prod", "--new-env", "--release-id", "durable"])
         .ok();
     // No pause: the acknowledgement alone must mean durable.
     let World { dir, server, vkey } = w;
@@ -573,7 +578,7 @@ fn only_an_attestation_of_a_publish_publishes() {
         2,
         &format!("predicateType {SLSA:?}, which is not a publish"),
     );
-    w.cli(&["pin", "--env", "prod", "--release-id", "r1"])
+    w.cli(&["pin", "--env", "prod", "--new-env", "--release-id", "r1"])
         .fails(3, "r1");
 
     // An operator who lists the type accepts it; the entry records it, and
@@ -742,6 +747,7 @@ fn a_retried_pin_is_recorded_once_and_found_by_its_request_id() {
             "pin",
             "--env",
             "prod",
+            "--new-env",
             "--release-id",
             release,
             "--request-id",
@@ -803,7 +809,7 @@ fn a_retried_pin_is_recorded_once_and_found_by_its_request_id() {
     assert_eq!(staging["replayed"], false);
     assert_eq!(again["replayed"], true);
     // Without --request-id each run is a new request.
-    w.cli(&["pin", "--env", "prod", "--release-id", "b"]).ok();
+    w.cli(&["pin", "--env", "prod", "--new-env", "--release-id", "b"]).ok();
     let history = w
         .cli(&["--output", "json", "history", "--env", "prod"])
         .json();
@@ -825,6 +831,7 @@ fn pins_retried_after_short_deadlines_are_recorded_once_each() {
             "pin",
             "--env",
             "prod",
+            "--new-env",
             "--release-id",
             "a",
             "--timeout",

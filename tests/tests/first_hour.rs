@@ -55,7 +55,10 @@ fn the_log_key_is_never_made_by_asking_for_it() {
 #[test]
 fn a_new_environment_needs_new_env_and_a_typo_gets_the_nearest_names() {
     let w = World::new(&[]);
-    // The log's first environment starts with its first pin.
+    // Even the log's first environment needs the flag (checked before the
+    // release is looked up).
+    w.cli(&["pin", "--env", "prod", "--release-id", "rel-1"])
+        .fails(2, "--new-env");
     w.three_releases();
     let before = w.cli(&["--output", "json", "status"]).json()["environments"].clone();
     w.cli(&["pin", "--env", "prdo", "--release-id", "rel-1"])
@@ -111,6 +114,7 @@ fn a_drill_refused_for_its_client_records_nothing() {
             "pin",
             "--env",
             "prod",
+            "--new-env",
             "--release-id",
             "r1",
             "--activated-at",

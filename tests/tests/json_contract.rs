@@ -231,6 +231,7 @@ fn failures_are_json_errors_on_standard_output_too() {
             "pin",
             "--env",
             "prod",
+            "--new-env",
             "--release-id",
             "rel-1",
             "--activated-at",

@@ -320,6 +320,7 @@ fn an_older_checkpoint_is_refused() {
         "pin",
         "--env",
         "prod",
+        "--new-env",
         "--release-id",
         "rel-1",
         "--activated-at",
@@ -608,7 +609,7 @@ fn a_rolled_back_checkpoint_is_refused() {
     assert!(small.size > 0);
     s.proxy.honest();
     s.world
-        .cli(&["pin", "--env", "prod", "--release-id", "rel-1"])
+        .cli(&["pin", "--env", "prod", "--new-env", "--release-id", "rel-1"])
         .ok();
     s.cli(&["checkpoint"]).ok();
     for (what, old) in [("the empty log", empty), ("a smaller log", small)] {
@@ -718,6 +719,7 @@ fn a_fabricated_pin_answer_is_refused() {
             "pin",
             "--env",
             "prod",
+            "--new-env",
             "--release-id",
             "rel-2",
             "--activated-at",
@@ -775,7 +777,7 @@ fn a_watch_stream_under_an_older_checkpoint_is_refused() {
     let earlier: Vec<pb::WatchEvent> = kept.lock().unwrap().clone();
     // A newer pin; the state folder remembers the newer checkpoint.
     s.proxy.honest();
-    s.cli(&["pin", "--env", "prod", "--release-id", "rel-1"])
+    s.cli(&["pin", "--env", "prod", "--new-env", "--release-id", "rel-1"])
         .ok();
     s.proxy.set(|h| {
         h.watch_log = filter(move |e: pb::WatchEvent| {
@@ -797,6 +799,7 @@ fn a_resolve_by_position_with_its_doubt_removed_is_refused() {
         "pin",
         "--env",
         "prod",
+        "--new-env",
         "--release-id",
         "rel-1",
         "--activated-at",
@@ -809,6 +812,7 @@ fn a_resolve_by_position_with_its_doubt_removed_is_refused() {
         "pin",
         "--env",
         "prod",
+        "--new-env",
         "--release-id",
         "rel-2",
         "--activated-at",

@@ -82,6 +82,7 @@ fn tags_follow_pins_and_instants_answer_as_resolve_does() {
         "pin",
         "--env",
         "prod",
+        "--new-env",
         "--release-id",
         "rel-1",
         "--reason",

@@ -309,7 +309,7 @@ fn a_rewritten_log_is_caught_by_the_saved_checkpoint() {
         .fails(5, "forked or was rewritten");
     // Grown past the saved size: no consistency proof can exist. (The
     // forger's pipeline pins with no log key, so its own CLI checks nothing.)
-    w.cli_without_key(&["pin", "--env", "prod", "--release-id", "rel-1"])
+    w.cli_without_key(&["pin", "--env", "prod", "--new-env", "--release-id", "rel-1"])
         .ok();
     w.cli(&["checkpoint", "--log-key", &w.vkey])
         .fails(5, "forked or was rewritten");
@@ -345,6 +345,7 @@ fn every_checkpoint_served_is_already_stored() {
             "pin",
             "--env",
             "prod",
+            "--new-env",
             "--release-id",
             "rel-2",
             "--reason",

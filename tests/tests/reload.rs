@@ -129,6 +129,7 @@ fn a_token_replaced_and_a_certificate_reissued_under_steady_tls_load_fail_no_req
             "pin",
             "--env",
             "prod",
+            "--new-env",
             "--release-id",
             "r1",
             "--activated-at",
@@ -212,7 +213,7 @@ fn a_token_replaced_and_a_certificate_reissued_under_steady_tls_load_fail_no_req
         &["publish", "b.json", "--release-id", "r2", "--key", "ci.pem"],
     )
     .ok();
-    cli(&deployer, &["pin", "--env", "prod", "--release-id", "r2"]).ok();
+    cli(&deployer, &["pin", "--env", "prod", "--new-env", "--release-id", "r2"]).ok();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = String::new();
     let mut out = watcher.stdout.take().unwrap();
@@ -255,6 +256,9 @@ fn a_broken_or_fixed_setting_changes_nothing_and_says_why() {
     let config = dir.join("stackpin.toml");
     let good = format!("reload_check_interval = \"0s\"\n\n{reader_entry}\n{other_entry}");
     std::fs::write(&config, &good).unwrap();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", stackpin_tests::s3::free_port())
+        .parse()
+        .unwrap();
     let server = Server::start_in(
         dir,
         &dir.join("data"),
@@ -263,8 +267,18 @@ fn a_broken_or_fixed_setting_changes_nothing_and_says_why() {
             config.to_str().unwrap(),
             "--http-listen",
             "127.0.0.1:0",
+            "--metrics-listen",
+            &metrics.to_string(),
         ],
     );
+    let gauge = || {
+        let page = stackpin_tests::oci::get(metrics, "/metrics");
+        String::from_utf8_lossy(&page.body)
+            .lines()
+            .find(|l| l.starts_with("stackpin_config_reload_failed "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
     let url = server.url();
     let list = |token: &str| stackpin_with(dir, &url, &["list"], &[("STACKPIN_TOKEN", token)]);
     list(&reader).ok();
@@ -312,6 +326,7 @@ fn a_broken_or_fixed_setting_changes_nothing_and_says_why() {
     );
     let html = String::from_utf8_lossy(&page.body);
     assert!(html.contains("was refused"), "{html}");
+    assert_eq!(gauge(), "stackpin_config_reload_failed 1");
 
     // Put right, it applies: `other` is gone.
     std::fs::write(
@@ -323,6 +338,7 @@ fn a_broken_or_fixed_setting_changes_nothing_and_says_why() {
     wait_for_log(&server, "settings reloaded", 1);
     list(&other).fails(7, "not one this registry knows");
     list(&reader).ok();
+    assert_eq!(gauge(), "stackpin_config_reload_failed 0");
 }
 
 #[test]

@@ -89,7 +89,7 @@ fn a_rollback_after_three_pins_restores_the_second_release_and_resolve_proves_it
         "ci.pem",
     ])
     .ok();
-    w.cli(&["pin", "--env", "prod", "--release-id", "rel-4"])
+    w.cli(&["pin", "--env", "prod", "--new-env", "--release-id", "rel-4"])
         .ok();
     let text = w.cli(&["rollback", "--env", "prod", "--yes"]);
     let text = text.ok();

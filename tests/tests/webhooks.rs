@@ -450,7 +450,7 @@ fn replicas_on_one_bucket_send_each_event_once_and_one_takes_over() {
     stackpin(
         dir,
         &survivor.url(),
-        &["pin", "--env", "prod", "--release-id", "r1"],
+        &["pin", "--env", "prod", "--new-env", "--release-id", "r1"],
     )
     .ok();
     let ttl = stackpin_registry::webhooks::LEASE_TTL + 4 * stackpin_registry::webhooks::HEARTBEAT;
@@ -511,7 +511,7 @@ fn a_webhook_added_by_a_reload_delivers_and_one_removed_stops() {
     let cursor = world.data().join("webhooks/cursor/late");
     wait_until("its cursor", Duration::from_secs(30), || cursor.exists());
     world
-        .cli(&["pin", "--env", "prod", "--release-id", "rel-1"])
+        .cli(&["pin", "--env", "prod", "--new-env", "--release-id", "rel-1"])
         .ok();
     wait_until("the delivery", Duration::from_secs(30), || {
         !receiver.accepted("/late").is_empty()

@@ -54,8 +54,7 @@ pub struct PinArgs {
     position: PositionArgs,
     /// Start a new environment with this pin. An environment stays in the
     /// write-once log for good, so a name never pinned before is refused
-    /// without it (the log's very first environment excepted), with the
-    /// nearest known names.
+    /// without it, with the nearest known names.
     #[arg(long)]
     new_env: bool,
     #[command(flatten)]
@@ -141,9 +140,9 @@ pub async fn pin(
     Ok(())
 }
 
-/// Refuses a pin to `env` when no pin names it yet and the log has other
-/// environments: a typo would otherwise start an environment for good.
-/// The names suggested are hints, not facts: nothing else is shown.
+/// Refuses a pin to `env` when no pin names it yet: a typo would
+/// otherwise start an environment for good. The names suggested are
+/// hints, not facts: nothing else is shown.
 async fn refuse_new_env(client: &mut crate::client::Client, env: &EnvName) -> Outcome {
     let known = client
         .history(pb::HistoryRequest {
@@ -157,16 +156,6 @@ async fn refuse_new_env(client: &mut crate::client::Client, env: &EnvName) -> Ou
         Err(s) if s.code() == tonic::Code::NotFound => s,
         Err(s) => return Err(s.into()),
     };
-    let any = client
-        .list_environments(pb::ListEnvironmentsRequest {
-            limit: 1,
-            page_token: String::new(),
-        })
-        .await?
-        .into_inner();
-    if any.environments.is_empty() {
-        return Ok(()); // the log's first environment
-    }
     let near = status
         .message()
         .find(" (did you mean")

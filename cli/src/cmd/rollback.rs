@@ -481,12 +481,11 @@ fn plan_text(v: &RollbackView) -> String {
         out.push_str(&format!("    … {} more\n", total - c.paths.len()));
     }
     out.push_str(&format!(
-        "  database   NOT rolled back: rows written since {} stay; the live release went live \
-         at {}; this pin records {}\n",
+        "  database   NOT rolled back: rows written since {} stay; {}; this pin records {}\n",
         v.from.activated_at,
         v.database.at_live_release.as_deref().map_or_else(
-            || "no recorded position".to_owned(),
-            |p| format!("database position {p}")
+            || "the live release recorded no database position when it went live".to_owned(),
+            |p| format!("the live release went live at database position {p}")
         ),
         v.database.recorded.as_deref().map_or_else(
             || "no position (pass --db-lsn, --db-restore-point or --litestream-txid)".to_owned(),
