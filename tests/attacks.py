@@ -83,7 +83,7 @@ class Registry:
         n = f"n{time.monotonic_ns()}"
         started = time.monotonic()
         steps = [("publish", lambda: self.publish(n, json.dumps({"normal": n}))),
-                 ("pin", lambda: self.ok("pin", "--env", "prod", "--release-id", n)),
+                 ("pin", lambda: self.ok("pin", "--env", "prod", "--new-env", "--release-id", n)),
                  ("fetch", lambda: self.ok("fetch", "--release-id", n, "--out", f"{n}.out")),
                  ("resolve", lambda: self.ok("resolve", "--env", "prod", "--at",
                                              datetime.now(timezone.utc).isoformat()))]
