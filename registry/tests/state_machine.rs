@@ -1123,16 +1123,17 @@ async fn a_request_id_records_once_and_refuses_another_request() {
     let pem = PublicKey::new(SigningKey::from_bytes(&[77; 32]).verifying_key())
         .to_pem()
         .unwrap();
-    let k1 = f
+    let (k1, replayed1) = f
         .registry
         .add_key_once(&pem, None, &reason, "admin", Some("key-1"))
         .await
         .unwrap();
-    let k2 = f
+    let (k2, replayed2) = f
         .registry
         .add_key_once(&pem, None, &reason, "admin", Some("key-1"))
         .await
         .unwrap();
+    assert!(!replayed1 && replayed2, "the retry says it is a replay");
     assert_eq!(k1, k2, "a retried key add is not 'already known'");
     let err = f
         .registry

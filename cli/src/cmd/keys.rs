@@ -152,6 +152,24 @@ pub async fn run(command: &Command, server: &crate::client::Connection, format: 
         }
     };
     let view = KeyView::from(&key);
-    format.emit(&view, || view.line());
+    #[derive(Serialize)]
+    struct Changed<'a> {
+        #[serde(flatten)]
+        key: &'a KeyView,
+        /// The registry says this request id had recorded the change
+        /// already.
+        replayed: bool,
+    }
+    let out = Changed {
+        key: &view,
+        replayed: key.replayed,
+    };
+    format.emit(&out, || {
+        if key.replayed {
+            format!("{} (already recorded by this request id)", view.line())
+        } else {
+            view.line()
+        }
+    });
     Ok(())
 }

@@ -24,10 +24,12 @@ impl Registry {
     ) -> Result<PublisherKey> {
         self.add_key_once(pem, valid_from, reason, actor, None)
             .await
+            .map(|(key, _)| key)
     }
 
     /// [`Self::add_key`] under the client's request id: a retry returns
-    /// the key as first added, without a new entry.
+    /// the key as first added, without a new entry, and says it was a
+    /// replay.
     ///
     /// # Errors
     /// As [`Self::add_key`]; Conflict (REQUEST_ID_REUSED) when the id wrote
@@ -39,7 +41,7 @@ impl Registry {
         reason: &Reason,
         actor: &str,
         request: Option<&str>,
-    ) -> Result<PublisherKey> {
+    ) -> Result<(PublisherKey, bool)> {
         let key = PublicKey::from_pem(pem)?;
         let same = |entry: &Entry| {
             matches!(entry, Entry::Key(k)
@@ -51,7 +53,8 @@ impl Registry {
         let shared = self.shared.clone();
         let id = key.id().clone();
         let (reason, actor) = (reason.as_str().to_owned(), actor.to_owned());
-        self.record_once(request, "a key add", same, move |_view, now, request| {
+        let (_, replayed) = self
+            .record_once_said(request, "a key add", same, move |_view, now, request| {
             // A key the log knows already is refused by the rules.
             if shared
                 .rules()
@@ -76,8 +79,8 @@ impl Registry {
             }))
         })
         .await?;
-        tracing::info!(key_id = %key.id(), "publisher key added");
-        self.key_view(key.id())
+        tracing::info!(key_id = %key.id(), replayed, "publisher key added");
+        Ok((self.key_view(key.id())?, replayed))
     }
 
     /// Stops trusting a publisher key for publishes logged from `at`
@@ -92,11 +95,14 @@ impl Registry {
         reason: &Reason,
         actor: &str,
     ) -> Result<PublisherKey> {
-        self.revoke_key_once(key_id, at, reason, actor, None).await
+        self.revoke_key_once(key_id, at, reason, actor, None)
+            .await
+            .map(|(key, _)| key)
     }
 
     /// [`Self::revoke_key`] under the client's request id: a retry returns
-    /// the key as first revoked, without a new entry.
+    /// the key as first revoked, without a new entry, and says it was a
+    /// replay.
     ///
     /// # Errors
     /// As [`Self::revoke_key`]; Conflict (REQUEST_ID_REUSED) when the id
@@ -108,7 +114,7 @@ impl Registry {
         reason: &Reason,
         actor: &str,
         request: Option<&str>,
-    ) -> Result<PublisherKey> {
+    ) -> Result<(PublisherKey, bool)> {
         let same = |entry: &Entry| {
             matches!(entry, Entry::Key(k)
                 if k.action == KeyAction::Revoke
@@ -118,7 +124,8 @@ impl Registry {
         let shared = self.shared.clone();
         let id = key_id.clone();
         let (reason, actor) = (reason.as_str().to_owned(), actor.to_owned());
-        self.record_once(request, "a key revoke", same, move |view, now, request| {
+        let (_, replayed) = self
+            .record_once_said(request, "a key revoke", same, move |view, now, request| {
             // A second revocation is refused by the rules.
             let configured = shared
                 .rules()
@@ -141,8 +148,8 @@ impl Registry {
             }))
         })
         .await?;
-        tracing::info!(%key_id, "publisher key revoked");
-        self.key_view(key_id)
+        tracing::info!(%key_id, replayed, "publisher key revoked");
+        Ok((self.key_view(key_id)?, replayed))
     }
 
     /// Every publisher key, configured or logged, with its validity.

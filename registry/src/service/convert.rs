@@ -154,6 +154,7 @@ pub fn publisher_key(k: &PublisherKey) -> pb::PublisherKey {
         .to_owned(),
         valid_from: k.valid_from.map(timestamp),
         revoked_at: k.revoked_at.map(timestamp),
+        replayed: false,
     }
 }
 

@@ -511,7 +511,11 @@ impl RegistryService {
                 Some(&req.request_id),
             )
             .await?;
-        Ok(Response::new(convert::publisher_key(&key)))
+        let (key, replayed) = key;
+        Ok(Response::new(pb::PublisherKey {
+            replayed,
+            ..convert::publisher_key(&key)
+        }))
     }
 
     async fn revoke_key_inner(
@@ -527,7 +531,11 @@ impl RegistryService {
             .registry
             .revoke_key_once(&key_id, at, &reason, &who.name, Some(&req.request_id))
             .await?;
-        Ok(Response::new(convert::publisher_key(&key)))
+        let (key, replayed) = key;
+        Ok(Response::new(pb::PublisherKey {
+            replayed,
+            ..convert::publisher_key(&key)
+        }))
     }
 
     async fn list_keys_inner(
