@@ -112,7 +112,15 @@ fn a_full_disk_fails_clearly_writes_nothing_partial_and_recovers() {
         "ci.pem",
     ])
     .ok();
-    cli(&["pin", "--env", "prod", "--new-env", "--release-id", "after-full"]).ok();
+    cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--new-env",
+        "--release-id",
+        "after-full",
+    ])
+    .ok();
     let list = cli(&["--output", "json", "list"]).json();
     assert!(
         list["artifacts"]

@@ -103,8 +103,15 @@ fn drills_restore_recorded_snapshots_and_posture_judges_the_evidence() {
     // the middle of each interval.
     let mut snapshots = Vec::new();
     for i in 1..=3 {
-        w.cli(&["pin", "--env", "prod", "--new-env", "--release-id", &format!("rel-{i}")])
-            .ok();
+        w.cli(&[
+            "pin",
+            "--env",
+            "prod",
+            "--new-env",
+            "--release-id",
+            &format!("rel-{i}"),
+        ])
+        .ok();
         std::fs::write(&live, format!("rel-{i}")).unwrap();
         std::thread::sleep(Duration::from_millis(1500));
         let at = now().to_string();

@@ -378,10 +378,24 @@ fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "2999-01-01T00:00:00Z",
     ])
     .fails(4, "in the future");
-    w.cli(&["pin", "--env", "prod", "--new-env", "--release-id", "unknown"])
-        .fails(3, "not published");
-    w.cli(&["pin", "--env", "prod", "--new-env", "--digest", "sha256:abc"])
-        .fails(2, "64 hex digits");
+    w.cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--new-env",
+        "--release-id",
+        "unknown",
+    ])
+    .fails(3, "not published");
+    w.cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--new-env",
+        "--digest",
+        "sha256:abc",
+    ])
+    .fails(2, "64 hex digits");
     w.cli(&[
         "pin",
         "--env",
@@ -457,8 +471,15 @@ fn an_acknowledged_publish_and_pin_survive_kill_9() {
         "ops.pem",
     ])
     .ok();
-    w.cli(&["pin", "--env", "prod", "--new-env", "--release-id", "durable"])
-        .ok();
+    w.cli(&[
+        "pin",
+        "--env",
+        "prod",
+        "--new-env",
+        "--release-id",
+        "durable",
+    ])
+    .ok();
     // No pause: the acknowledgement alone must mean durable.
     let World { dir, server, vkey } = w;
     let w = World {
@@ -809,7 +830,8 @@ fn a_retried_pin_is_recorded_once_and_found_by_its_request_id() {
     assert_eq!(staging["replayed"], false);
     assert_eq!(again["replayed"], true);
     // Without --request-id each run is a new request.
-    w.cli(&["pin", "--env", "prod", "--new-env", "--release-id", "b"]).ok();
+    w.cli(&["pin", "--env", "prod", "--new-env", "--release-id", "b"])
+        .ok();
     let history = w
         .cli(&["--output", "json", "history", "--env", "prod"])
         .json();

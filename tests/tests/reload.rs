@@ -213,7 +213,11 @@ fn a_token_replaced_and_a_certificate_reissued_under_steady_tls_load_fail_no_req
         &["publish", "b.json", "--release-id", "r2", "--key", "ci.pem"],
     )
     .ok();
-    cli(&deployer, &["pin", "--env", "prod", "--new-env", "--release-id", "r2"]).ok();
+    cli(
+        &deployer,
+        &["pin", "--env", "prod", "--new-env", "--release-id", "r2"],
+    )
+    .ok();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut seen = String::new();
     let mut out = watcher.stdout.take().unwrap();

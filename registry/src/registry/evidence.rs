@@ -136,7 +136,7 @@ impl Registry {
         };
         let (r, actor2) = (req.clone(), actor.to_owned());
         let (index, replayed) = self
-            .record_once_said(request, "a snapshot", same, move |view, now, id| {
+            .record_once(request, "a snapshot", same, move |view, now, id| {
                 // The pair is whatever the timeline holds at commit.
                 let at = r.db_time.unwrap_or(now);
                 Ok(Entry::Snapshot(SnapshotEntry {
@@ -179,7 +179,7 @@ impl Registry {
         };
         let (r, actor2) = (req.clone(), actor.to_owned());
         let (index, replayed) = self
-            .record_once_said(request, "a drill", same, move |view, now, id| {
+            .record_once(request, "a drill", same, move |view, now, id| {
                 Ok(Entry::Drill(DrillEntry {
                     env: r.env.clone(),
                     driver: r.driver,

@@ -54,31 +54,31 @@ impl Registry {
         let id = key.id().clone();
         let (reason, actor) = (reason.as_str().to_owned(), actor.to_owned());
         let (_, replayed) = self
-            .record_once_said(request, "a key add", same, move |_view, now, request| {
-            // A key the log knows already is refused by the rules.
-            if shared
-                .rules()
-                .configured
-                .keys()
-                .iter()
-                .any(|k| k.id() == &id)
-            {
-                return Err(Error::conflict(format!(
-                    "publisher key {id} is already known; a revoked key cannot be added again"
-                )));
-            }
-            Ok(Entry::Key(KeyEntry {
-                action: KeyAction::Add,
-                key_id: id.clone(),
-                public_key: Some(pem.clone()),
-                at: valid_from.unwrap_or(now),
-                recorded_at: now,
-                actor: actor.clone(),
-                reason: reason.clone(),
-                request_id: Some(request.to_owned()),
-            }))
-        })
-        .await?;
+            .record_once(request, "a key add", same, move |_view, now, request| {
+                // A key the log knows already is refused by the rules.
+                if shared
+                    .rules()
+                    .configured
+                    .keys()
+                    .iter()
+                    .any(|k| k.id() == &id)
+                {
+                    return Err(Error::conflict(format!(
+                        "publisher key {id} is already known; a revoked key cannot be added again"
+                    )));
+                }
+                Ok(Entry::Key(KeyEntry {
+                    action: KeyAction::Add,
+                    key_id: id.clone(),
+                    public_key: Some(pem.clone()),
+                    at: valid_from.unwrap_or(now),
+                    recorded_at: now,
+                    actor: actor.clone(),
+                    reason: reason.clone(),
+                    request_id: Some(request.to_owned()),
+                }))
+            })
+            .await?;
         tracing::info!(key_id = %key.id(), replayed, "publisher key added");
         Ok((self.key_view(key.id())?, replayed))
     }
@@ -125,29 +125,29 @@ impl Registry {
         let id = key_id.clone();
         let (reason, actor) = (reason.as_str().to_owned(), actor.to_owned());
         let (_, replayed) = self
-            .record_once_said(request, "a key revoke", same, move |view, now, request| {
-            // A second revocation is refused by the rules.
-            let configured = shared
-                .rules()
-                .configured
-                .keys()
-                .iter()
-                .any(|k| k.id() == &id);
-            if view.key(&id)?.is_none() && !configured {
-                return Err(Error::not_found(format!("publisher key {id} is not known")));
-            }
-            Ok(Entry::Key(KeyEntry {
-                action: KeyAction::Revoke,
-                key_id: id.clone(),
-                public_key: None,
-                at: at.unwrap_or(now),
-                recorded_at: now,
-                actor: actor.clone(),
-                reason: reason.clone(),
-                request_id: Some(request.to_owned()),
-            }))
-        })
-        .await?;
+            .record_once(request, "a key revoke", same, move |view, now, request| {
+                // A second revocation is refused by the rules.
+                let configured = shared
+                    .rules()
+                    .configured
+                    .keys()
+                    .iter()
+                    .any(|k| k.id() == &id);
+                if view.key(&id)?.is_none() && !configured {
+                    return Err(Error::not_found(format!("publisher key {id} is not known")));
+                }
+                Ok(Entry::Key(KeyEntry {
+                    action: KeyAction::Revoke,
+                    key_id: id.clone(),
+                    public_key: None,
+                    at: at.unwrap_or(now),
+                    recorded_at: now,
+                    actor: actor.clone(),
+                    reason: reason.clone(),
+                    request_id: Some(request.to_owned()),
+                }))
+            })
+            .await?;
         tracing::info!(%key_id, replayed, "publisher key revoked");
         Ok((self.key_view(key_id)?, replayed))
     }

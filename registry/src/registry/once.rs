@@ -22,22 +22,10 @@ pub(crate) enum Once {
 impl Registry {
     /// Records the entry `make` builds (from the batch's view, the
     /// registry's clock and the request id), once per request id: a retry
-    /// whose earlier entry is `same` gets that entry's index.
+    /// whose earlier entry is `same` gets that entry's index. Returns the
+    /// index, and whether the entry was recorded before under the id (a
+    /// replay: nothing new was written).
     pub(super) async fn record_once(
-        &self,
-        request: Option<&str>,
-        what: &str,
-        same: impl Fn(&Entry) -> bool,
-        make: impl Fn(&crate::committer::View<'_>, Timestamp, &str) -> Result<Entry> + Send + 'static,
-    ) -> Result<u64> {
-        self.record_once_said(request, what, same, make)
-            .await
-            .map(|(index, _)| index)
-    }
-
-    /// As [`Self::record_once`], and whether the entry was recorded before
-    /// under the request id (a replay: nothing new was written).
-    pub(super) async fn record_once_said(
         &self,
         request: Option<&str>,
         what: &str,

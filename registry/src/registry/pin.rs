@@ -85,7 +85,7 @@ impl Registry {
         };
         let (r, actor2, target2) = (req.clone(), actor.to_owned(), target.clone());
         let (committed, replayed) = self
-            .record_once_said(request, "a pin", same, move |view, now, id| {
+            .record_once(request, "a pin", same, move |view, now, id| {
                 // The rules check order, skew and positions.
                 let head = view.env_head(&r.env)?;
                 let at = timeline::activation(head.as_ref(), r.activated_at, now);
