@@ -29,6 +29,7 @@ pub fn db_position(p: &DbPosition) -> pb::DbPosition {
             DbPosition::PostgresLsn { lsn } => Position::PostgresLsn(lsn.clone()),
             DbPosition::RestorePoint { name } => Position::RestorePoint(name.clone()),
             DbPosition::LitestreamTxid { txid } => Position::LitestreamTxid(txid.clone()),
+            DbPosition::MongoOplogTs { ts } => Position::MongoOplogTs(ts.clone()),
         }),
     }
 }
@@ -45,5 +46,6 @@ pub fn position(p: Option<&pb::DbPosition>) -> stackpin_core::Result<Option<DbPo
         Some(Position::PostgresLsn(l)) => DbPosition::lsn(l).map(Some),
         Some(Position::RestorePoint(n)) => DbPosition::restore_point(n).map(Some),
         Some(Position::LitestreamTxid(t)) => DbPosition::txid(t).map(Some),
+        Some(Position::MongoOplogTs(t)) => DbPosition::oplog_ts(t).map(Some),
     }
 }

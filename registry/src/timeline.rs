@@ -122,6 +122,7 @@ mod tests {
             entry_hash: crate::merkle::Hash::from_bytes([0; 32]),
             last_lsn: None,
             last_txid: None,
+            last_oplog: None,
             positioned: 0,
         }
     }

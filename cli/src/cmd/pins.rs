@@ -61,19 +61,24 @@ pub struct PinArgs {
     log_key: crate::trust::LogKey,
 }
 
-/// A database position recorded with a pin.
+/// A database position recorded with a pin or a backup.
 #[derive(clap::Args, Clone, Default)]
 #[group(multiple = false)]
 pub struct PositionArgs {
-    /// The PostgreSQL LSN at activation (e.g. 0/16B3748; `SELECT pg_current_wal_lsn()`).
+    /// The PostgreSQL LSN (a pin's at activation, a backup's at its end;
+    /// e.g. 0/16B3748, `SELECT pg_current_wal_lsn()`).
     #[arg(long, value_parser = crate::parse_with(DbPosition::lsn))]
     db_lsn: Option<DbPosition>,
-    /// A PostgreSQL restore point created at activation (`pg_create_restore_point`).
+    /// A PostgreSQL restore point created then (`pg_create_restore_point`).
     #[arg(long, value_parser = crate::parse_with(DbPosition::restore_point))]
     db_restore_point: Option<DbPosition>,
-    /// The Litestream TXID at activation (hex).
+    /// The Litestream TXID then (hex).
     #[arg(long, value_parser = crate::parse_with(DbPosition::txid))]
     litestream_txid: Option<DbPosition>,
+    /// The MongoDB oplog timestamp then: Timestamp(SECONDS, INCREMENT) or
+    /// SECONDS:INCREMENT (`rs.status().optimes.lastCommittedOpTime.ts`).
+    #[arg(long, value_parser = crate::parse_with(DbPosition::oplog_ts))]
+    db_oplog_ts: Option<DbPosition>,
 }
 
 impl PositionArgs {
@@ -82,6 +87,7 @@ impl PositionArgs {
             .as_ref()
             .or(self.db_restore_point.as_ref())
             .or(self.litestream_txid.as_ref())
+            .or(self.db_oplog_ts.as_ref())
     }
 }
 

@@ -17,7 +17,7 @@ use crate::reader::{Anchor, Proved, Reader, check_pin};
 use crate::view::{BoundaryView, Format, PinView, ResolveView, wire_time};
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["at", "db_lsn", "litestream_txid"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["at", "db_lsn", "litestream_txid", "db_oplog_ts"])))]
 pub struct ResolveArgs {
     /// The environment.
     #[arg(long, value_parser = crate::parse::<EnvName>)]
@@ -32,6 +32,10 @@ pub struct ResolveArgs {
     /// Instead of a time: the Litestream TXID the database is restored to.
     #[arg(long, value_parser = crate::parse_with(DbPosition::txid))]
     pub litestream_txid: Option<DbPosition>,
+    /// Instead of a time: the MongoDB oplog timestamp the database is
+    /// restored to, Timestamp(SECONDS, INCREMENT) or SECONDS:INCREMENT.
+    #[arg(long, value_parser = crate::parse_with(DbPosition::oplog_ts))]
+    pub db_oplog_ts: Option<DbPosition>,
     /// How close to a switch counts as ambiguous (e.g. 5s) [default: 2s].
     /// Sent with the question, so the registry's warning and the one the
     /// CLI checks it against use the same margin.
@@ -50,6 +54,7 @@ impl ResolveArgs {
             at: Some(at),
             db_lsn: None,
             litestream_txid: None,
+            db_oplog_ts: None,
             margin: None,
             fresh: true,
         }
@@ -57,7 +62,10 @@ impl ResolveArgs {
 
     /// The position asked for, if the query is by position.
     pub fn position(&self) -> Option<&DbPosition> {
-        self.db_lsn.as_ref().or(self.litestream_txid.as_ref())
+        self.db_lsn
+            .as_ref()
+            .or(self.litestream_txid.as_ref())
+            .or(self.db_oplog_ts.as_ref())
     }
 
     /// What was asked, for messages: the instant or the position.

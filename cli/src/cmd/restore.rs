@@ -38,6 +38,13 @@ pub struct RestoreArgs {
     /// The Litestream replica URL, to fill in the printed command.
     #[arg(long, default_value = "<replica-url>")]
     litestream_replica: String,
+    /// The folder of a `mongodump --oplog`, to fill in the printed
+    /// `mongorestore`.
+    #[arg(long, value_name = "DIR", default_value = "<dump-folder>")]
+    mongo_dump: String,
+    /// The Atlas cluster, to fill in the printed point-in-time restore.
+    #[arg(long, value_name = "NAME", default_value = "<cluster>")]
+    atlas_cluster: String,
     /// The PostgreSQL WAL archive folder, to fill in the printed
     /// restore_command.
     #[arg(long, value_name = "DIR", default_value = "/path/to/wal_archive", value_parser = wal_archive)]
@@ -82,6 +89,10 @@ pub(crate) struct DbTarget {
     litestream: Option<String>,
     /// PostgreSQL recovery settings.
     pub(crate) postgres: Vec<String>,
+    /// MongoDB: `mongorestore` of a dump with its oplog, and the Atlas
+    /// point-in-time restore.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    mongodb: Vec<String>,
     /// Exact targets recorded when this artifact went live: restoring to one
     /// of them gives the database as it was at that activation.
     at_activation: Vec<String>,
@@ -93,8 +104,10 @@ fn db_target(args: &RestoreArgs, pin: &stackpin_core::entry::PinEntry) -> DbTarg
         time: None,
         litestream: None,
         postgres: Vec::new(),
+        mongodb: Vec::new(),
         at_activation: Vec::new(),
     };
+    let (dump, cluster) = (&args.mongo_dump, &args.atlas_cluster);
     if let Some(at) = args.resolve.at {
         let t = at.to_string();
         target.litestream = Some(format!(
@@ -104,6 +117,20 @@ fn db_target(args: &RestoreArgs, pin: &stackpin_core::entry::PinEntry) -> DbTarg
             &args.wal_archive,
             &format!("recovery_target_time = '{}'", postgres_time(&t)),
         );
+        // Oplog timestamps count whole seconds: everything up to the end
+        // of T's second is replayed (pin with --db-oplog-ts for an exact
+        // pair).
+        let secs = at.to_parts().0;
+        target.mongodb = vec![
+            format!(
+                "mongorestore --oplogReplay --oplogLimit={}:0 {dump}",
+                secs.saturating_add(1)
+            ),
+            format!(
+                "atlas backups restores start pointInTime --clusterName {cluster} \
+                 --pointInTimeUTCSeconds {secs} --targetClusterName {cluster}"
+            ),
+        ];
         target.time = Some(t);
     }
     match args.resolve.position() {
@@ -113,6 +140,9 @@ fn db_target(args: &RestoreArgs, pin: &stackpin_core::entry::PinEntry) -> DbTarg
         }
         Some(DbPosition::LitestreamTxid { txid }) => {
             target.litestream = Some(format!("litestream restore -txid {txid} -o {db} {replica}"));
+        }
+        Some(DbPosition::MongoOplogTs { ts }) => {
+            target.mongodb = mongo_to(ts, dump, cluster);
         }
         _ => {}
     }
@@ -126,9 +156,32 @@ fn db_target(args: &RestoreArgs, pin: &stackpin_core::entry::PinEntry) -> DbTarg
         Some(DbPosition::LitestreamTxid { txid }) => target
             .at_activation
             .push(format!("litestream restore -txid {txid} -o {db} {replica}")),
+        Some(DbPosition::MongoOplogTs { ts }) => {
+            target.at_activation.extend(mongo_to(ts, dump, cluster));
+        }
         None => {}
     }
     target
+}
+
+/// MongoDB restores that replay the oplog through `ts` and no further:
+/// `--oplogLimit` excludes its own timestamp, so it names the next one.
+fn mongo_to(ts: &str, dump: &str, cluster: &str) -> Vec<String> {
+    let Ok(t) = ts.parse::<stackpin_core::position::OplogTs>() else {
+        return Vec::new();
+    };
+    let next = stackpin_core::position::OplogTs::from_value(t.value().saturating_add(1));
+    vec![
+        format!(
+            "mongorestore --oplogReplay --oplogLimit={}:{} {dump}",
+            next.seconds, next.increment
+        ),
+        format!(
+            "atlas backups restores start pointInTime --clusterName {cluster} --oplogTs {} \
+             --oplogInc {} --targetClusterName {cluster}",
+            t.seconds, t.increment
+        ),
+    ]
 }
 
 /// An instant as PostgreSQL's `recovery_target_time` accepts it: it
@@ -192,6 +245,12 @@ impl DbTarget {
         }
         if let Some(l) = &self.litestream {
             out.push_str(&format!("  Litestream:  {l}\n"));
+        }
+        if !self.mongodb.is_empty() {
+            out.push_str("  MongoDB (a dump with --oplog, or Atlas point-in-time restore):\n");
+            for line in &self.mongodb {
+                out.push_str(&format!("    {line}\n"));
+            }
         }
         if !self.postgres.is_empty() {
             out.push_str(
@@ -306,6 +365,8 @@ impl RestoreArgs {
             plan: false,
             litestream_db: "<database>".into(),
             litestream_replica: "<replica-url>".into(),
+            mongo_dump: "<dump-folder>".into(),
+            atlas_cluster: "<cluster>".into(),
             wal_archive: wal_archive.map_or_else(
                 || "/path/to/wal_archive".into(),
                 |p| p.display().to_string(),

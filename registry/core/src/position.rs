@@ -6,8 +6,10 @@
 //! | PostgreSQL LSN | `16/B374D848` (two hex halves) | numerically, as a 64-bit number |
 //! | restore point | a `pg_create_restore_point` name | not ordered; recorded and shown |
 //! | Litestream TXID | 16 hex digits (Litestream 0.5) | numerically |
+//! | MongoDB oplog timestamp | `Timestamp(1764000000, 3)` or `1764000000:3` | by seconds, then increment |
 //!
-//! Within an environment, LSNs and TXIDs never go backwards.
+//! Within an environment, LSNs, TXIDs and oplog timestamps never go
+//! backwards.
 
 use std::fmt;
 
@@ -79,6 +81,80 @@ impl fmt::Display for Txid {
     }
 }
 
+/// A MongoDB oplog timestamp: seconds since the epoch and the ordinal of
+/// the operation within that second (BSON `Timestamp(t, i)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OplogTs {
+    pub seconds: u32,
+    pub increment: u32,
+}
+
+impl OplogTs {
+    /// The order-preserving number: seconds in the high half.
+    pub fn value(self) -> u64 {
+        (u64::from(self.seconds) << 32) | u64::from(self.increment)
+    }
+
+    /// From [`Self::value`].
+    pub fn from_value(v: u64) -> Self {
+        Self {
+            seconds: (v >> 32) as u32,
+            increment: (v & 0xFFFF_FFFF) as u32,
+        }
+    }
+}
+
+impl std::str::FromStr for OplogTs {
+    type Err = Error;
+
+    /// `Timestamp(1764000000, 3)` (as mongosh prints it) or `1764000000:3`
+    /// (as `--oplogLimit` takes it).
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || {
+            Error::invalid(format!(
+                "MongoDB oplog timestamp {} is not Timestamp(SECONDS, INCREMENT) or \
+                 SECONDS:INCREMENT (e.g. Timestamp(1764000000, 3))",
+                crate::error::shown(text)
+            ))
+        };
+        let t = text.trim();
+        let inner = t
+            .strip_prefix("Timestamp(")
+            .and_then(|r| r.strip_suffix(')'))
+            .or_else(|| t.strip_prefix("Timestamp({").and_then(|r| r.strip_suffix("})")));
+        let (s, i) = match inner {
+            Some(inner) => {
+                // mongosh also prints Timestamp({ t: 1764000000, i: 3 }).
+                let inner = inner.replace("t:", "").replace("i:", "");
+                let (s, i) = inner.split_once(',').ok_or_else(bad)?;
+                (s.trim().to_owned(), i.trim().to_owned())
+            }
+            None => {
+                let (s, i) = t.split_once(':').ok_or_else(bad)?;
+                (s.to_owned(), i.to_owned())
+            }
+        };
+        let num = |s: &str| {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                None
+            } else {
+                s.parse::<u32>().ok()
+            }
+        };
+        Ok(Self {
+            seconds: num(&s).ok_or_else(bad)?,
+            increment: num(&i).ok_or_else(bad)?,
+        })
+    }
+}
+
+impl fmt::Display for OplogTs {
+    /// mongosh's spelling.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({}, {})", self.seconds, self.increment)
+    }
+}
+
 /// A database position recorded with a pin (as stored in the log).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -86,6 +162,7 @@ pub enum DbPosition {
     PostgresLsn { lsn: String },
     RestorePoint { name: String },
     LitestreamTxid { txid: String },
+    MongoOplogTs { ts: String },
 }
 
 /// The numeric positions that can be searched, with the index tag for each.
@@ -93,6 +170,7 @@ pub enum DbPosition {
 pub enum Ordered {
     Lsn(Lsn),
     Txid(Txid),
+    Oplog(OplogTs),
 }
 
 impl Ordered {
@@ -101,6 +179,7 @@ impl Ordered {
         match self {
             Ordered::Lsn(_) => b'l',
             Ordered::Txid(_) => b'x',
+            Ordered::Oplog(_) => b'o',
         }
     }
 
@@ -109,6 +188,7 @@ impl Ordered {
         match self {
             Ordered::Lsn(l) => l.0,
             Ordered::Txid(t) => t.0,
+            Ordered::Oplog(o) => o.value(),
         }
     }
 
@@ -117,6 +197,7 @@ impl Ordered {
         match self {
             Ordered::Lsn(_) => "LSN",
             Ordered::Txid(_) => "Litestream TXID",
+            Ordered::Oplog(_) => "MongoDB oplog timestamp",
         }
     }
 }
@@ -126,6 +207,7 @@ impl fmt::Display for Ordered {
         match self {
             Ordered::Lsn(l) => l.fmt(f),
             Ordered::Txid(t) => t.fmt(f),
+            Ordered::Oplog(o) => o.fmt(f),
         }
     }
 }
@@ -167,6 +249,16 @@ impl DbPosition {
         })
     }
 
+    /// A MongoDB oplog timestamp.
+    ///
+    /// # Errors
+    /// Invalid for malformed values.
+    pub fn oplog_ts(text: &str) -> Result<Self> {
+        Ok(Self::MongoOplogTs {
+            ts: text.parse::<OplogTs>()?.to_string(),
+        })
+    }
+
     /// The searchable numeric form, if the kind is ordered.
     ///
     /// # Errors
@@ -175,6 +267,7 @@ impl DbPosition {
         Ok(match self {
             DbPosition::PostgresLsn { lsn } => Some(Ordered::Lsn(lsn.parse()?)),
             DbPosition::LitestreamTxid { txid } => Some(Ordered::Txid(txid.parse()?)),
+            DbPosition::MongoOplogTs { ts } => Some(Ordered::Oplog(ts.parse()?)),
             DbPosition::RestorePoint { .. } => None,
         })
     }
@@ -188,6 +281,7 @@ impl DbPosition {
             DbPosition::PostgresLsn { lsn } => Self::lsn(lsn),
             DbPosition::RestorePoint { name } => Self::restore_point(name),
             DbPosition::LitestreamTxid { txid } => Self::txid(txid),
+            DbPosition::MongoOplogTs { ts } => Self::oplog_ts(ts),
         }
     }
 }
@@ -198,6 +292,7 @@ impl fmt::Display for DbPosition {
             DbPosition::PostgresLsn { lsn } => write!(f, "LSN {lsn}"),
             DbPosition::RestorePoint { name } => write!(f, "restore point {name}"),
             DbPosition::LitestreamTxid { txid } => write!(f, "Litestream TXID {txid}"),
+            DbPosition::MongoOplogTs { ts } => write!(f, "MongoDB oplog {ts}"),
         }
     }
 }
@@ -205,6 +300,29 @@ impl fmt::Display for DbPosition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oplog_timestamps_parse_in_every_spelling_and_order_by_seconds_then_increment() {
+        let a: OplogTs = "Timestamp(1764000000, 3)".parse().unwrap();
+        assert_eq!(a, "1764000000:3".parse().unwrap());
+        assert_eq!(a, "Timestamp({ t: 1764000000, i: 3 })".parse().unwrap());
+        let b: OplogTs = "1764000000:12".parse().unwrap();
+        let c: OplogTs = "1764000001:0".parse().unwrap();
+        assert!(a < b && b < c);
+        assert!(a.value() < b.value() && b.value() < c.value());
+        assert_eq!(OplogTs::from_value(b.value()), b);
+        assert_eq!(a.to_string(), "Timestamp(1764000000, 3)");
+        for bad in ["", "17640:", ":3", "Timestamp(1, )", "-1:2", "1.5:2", "99999999999:1"] {
+            assert!(bad.parse::<OplogTs>().is_err(), "{bad:?}");
+        }
+        let p = DbPosition::oplog_ts("1764000000:3").unwrap();
+        assert_eq!(p.ordered().unwrap(), Some(Ordered::Oplog(a)));
+        assert_eq!(p.to_string(), "MongoDB oplog Timestamp(1764000000, 3)");
+        // As the log stores it.
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, r#"{"kind":"mongo_oplog_ts","ts":"Timestamp(1764000000, 3)"}"#);
+        assert_eq!(serde_json::from_str::<DbPosition>(&json).unwrap(), p);
+    }
 
     #[test]
     fn lsns_compare_numerically_not_as_text() {

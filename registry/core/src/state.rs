@@ -90,6 +90,10 @@ pub struct EnvHead {
     /// The greatest Litestream TXID recorded by any pin of the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_txid: Option<u64>,
+    /// The greatest MongoDB oplog timestamp recorded by any pin of the
+    /// environment ([`crate::position::OplogTs::value`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_oplog: Option<u64>,
     /// How many of the environment's pins record a database position.
     #[serde(default)]
     pub positioned: u64,
@@ -101,6 +105,7 @@ impl EnvHead {
         match p {
             Ordered::Lsn(_) => self.last_lsn,
             Ordered::Txid(_) => self.last_txid,
+            Ordered::Oplog(_) => self.last_oplog,
         }
     }
 
@@ -111,13 +116,16 @@ impl EnvHead {
         leaf: &Hash,
         ordered: Option<Ordered>,
     ) -> Self {
-        let (mut last_lsn, mut last_txid) =
-            previous.map_or((None, None), |h| (h.last_lsn, h.last_txid));
+        let (mut last_lsn, mut last_txid, mut last_oplog) = previous
+            .map_or((None, None, None), |h| {
+                (h.last_lsn, h.last_txid, h.last_oplog)
+            });
         let positioned =
             previous.map_or(0, |h| h.positioned) + u64::from(pin.db_position.is_some());
         match ordered {
             Some(o @ Ordered::Lsn(_)) => last_lsn = Some(o.value()),
             Some(o @ Ordered::Txid(_)) => last_txid = Some(o.value()),
+            Some(o @ Ordered::Oplog(_)) => last_oplog = Some(o.value()),
             None => {}
         }
         EnvHead {
@@ -126,6 +134,7 @@ impl EnvHead {
             entry_hash: *leaf,
             last_lsn,
             last_txid,
+            last_oplog,
             positioned,
         }
     }
@@ -737,6 +746,7 @@ impl fmt::Display for Violation {
                 let last = match position {
                     Ordered::Lsn(_) => Lsn(*last).to_string(),
                     Ordered::Txid(_) => Txid(*last).to_string(),
+                    Ordered::Oplog(_) => crate::position::OplogTs::from_value(*last).to_string(),
                 };
                 let kind = position.kind();
                 write!(
