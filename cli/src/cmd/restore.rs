@@ -45,6 +45,9 @@ pub struct RestoreArgs {
     /// The Atlas cluster, to fill in the printed point-in-time restore.
     #[arg(long, value_name = "NAME", default_value = "<cluster>")]
     atlas_cluster: String,
+    /// The Turso database, to fill in the printed point-in-time restore.
+    #[arg(long, value_name = "NAME", default_value = "<database>")]
+    turso_db: String,
     /// The PostgreSQL WAL archive folder, to fill in the printed
     /// restore_command.
     #[arg(long, value_name = "DIR", default_value = "/path/to/wal_archive", value_parser = wal_archive)]
@@ -93,6 +96,10 @@ pub(crate) struct DbTarget {
     /// point-in-time restore.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     mongodb: Vec<String>,
+    /// Turso (libSQL): the platform's point-in-time restore into a new
+    /// database, when the query was by time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    turso: Option<String>,
     /// Exact targets recorded when this artifact went live: restoring to one
     /// of them gives the database as it was at that activation.
     at_activation: Vec<String>,
@@ -105,6 +112,7 @@ fn db_target(args: &RestoreArgs, pin: &stackpin_core::entry::PinEntry) -> DbTarg
         litestream: None,
         postgres: Vec::new(),
         mongodb: Vec::new(),
+        turso: None,
         at_activation: Vec::new(),
     };
     let (dump, cluster) = (&args.mongo_dump, &args.atlas_cluster);
@@ -131,6 +139,10 @@ fn db_target(args: &RestoreArgs, pin: &stackpin_core::entry::PinEntry) -> DbTarg
                  --pointInTimeUTCSeconds {secs} --targetClusterName {cluster}"
             ),
         ];
+        let turso = &args.turso_db;
+        target.turso = Some(format!(
+            "turso db create {turso}-restored --from-db {turso} --timestamp {t}"
+        ));
         target.time = Some(t);
     }
     match args.resolve.position() {
@@ -245,6 +257,9 @@ impl DbTarget {
         }
         if let Some(l) = &self.litestream {
             out.push_str(&format!("  Litestream:  {l}\n"));
+        }
+        if let Some(t) = &self.turso {
+            out.push_str(&format!("  Turso:       {t}\n"));
         }
         if !self.mongodb.is_empty() {
             out.push_str("  MongoDB (a dump with --oplog, or Atlas point-in-time restore):\n");
@@ -367,6 +382,7 @@ impl RestoreArgs {
             litestream_replica: "<replica-url>".into(),
             mongo_dump: "<dump-folder>".into(),
             atlas_cluster: "<cluster>".into(),
+            turso_db: "<database>".into(),
             wal_archive: wal_archive.map_or_else(
                 || "/path/to/wal_archive".into(),
                 |p| p.display().to_string(),

@@ -1,9 +1,10 @@
-//! MongoDB oplog timestamps as database positions, with the real
-//! binaries: recorded with pins, never going backwards within an
-//! environment, resolved by, and turned into `mongorestore` and Atlas
-//! point-in-time targets. No MongoDB server installs on these machines,
-//! so what is tested is the parsing, the ordering, the resolution and the
-//! printed commands.
+//! Databases stackpin pairs restores for without running them here, with
+//! the real binaries: MongoDB oplog timestamps as positions (recorded with
+//! pins, never going backwards within an environment, resolved by, and
+//! turned into `mongorestore` and Atlas point-in-time targets), and
+//! Turso's point-in-time restore. No MongoDB server or Turso platform is
+//! reachable from these machines, so what is tested is the parsing, the
+//! ordering, the resolution and the printed commands.
 
 #![allow(clippy::unwrap_used)] // tests panic on purpose
 
@@ -138,8 +139,14 @@ fn oplog_timestamps_are_recorded_ordered_resolved_and_printed_as_restore_targets
             "--at",
             "2026-03-01T11:30:00Z",
             "--plan",
+            "--turso-db",
+            "orders",
         ])
         .json();
+    assert_eq!(
+        plan["database"]["turso"],
+        "turso db create orders-restored --from-db orders --timestamp 2026-03-01T11:30:00.000000Z"
+    );
     let mongo = plan["database"]["mongodb"].to_string();
     assert!(mongo.contains("--oplogLimit=1772364601:0"), "{mongo}");
     assert!(mongo.contains("--pointInTimeUTCSeconds 1772364600"), "{mongo}");
