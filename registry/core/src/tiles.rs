@@ -65,14 +65,20 @@ impl Tile {
         let level = if level == "entries" {
             None
         } else {
-            if level.is_empty() || (level.len() > 1 && level.starts_with('0')) {
+            // Digits only: `u8::from_str` also takes a sign (`+61`), which
+            // would make a second spelling of the same tile.
+            let digits = level.bytes().all(|b| b.is_ascii_digit());
+            if !digits || level.is_empty() || (level.len() > 1 && level.starts_with('0')) {
                 return None;
             }
             Some(level.parse::<u8>().ok().filter(|l| *l < 64)?)
         };
         let (index, width) = match rest.split_once(".p/") {
             Some((index, width)) => {
-                if width.is_empty() || width.starts_with('0') {
+                if width.is_empty()
+                    || width.starts_with('0')
+                    || !width.bytes().all(|b| b.is_ascii_digit())
+                {
                     return None;
                 }
                 let width: u64 = width.parse().ok()?;
@@ -447,6 +453,8 @@ mod tests {
             "tile/0/001.p/08",
             "tile/64/000",
             "tile/data/000",
+            "tile/+61/150",
+            "tile/0/001.p/+5",
             "checkpoint",
         ] {
             assert_eq!(Tile::parse(bad), None, "{bad}");
