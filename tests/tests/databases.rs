@@ -149,5 +149,8 @@ fn oplog_timestamps_are_recorded_ordered_resolved_and_printed_as_restore_targets
     );
     let mongo = plan["database"]["mongodb"].to_string();
     assert!(mongo.contains("--oplogLimit=1772364601:0"), "{mongo}");
-    assert!(mongo.contains("--pointInTimeUTCSeconds 1772364600"), "{mongo}");
+    assert!(
+        mongo.contains("--pointInTimeUTCSeconds 1772364600"),
+        "{mongo}"
+    );
 }

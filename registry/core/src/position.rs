@@ -120,12 +120,18 @@ impl std::str::FromStr for OplogTs {
         let t = text.trim();
         let inner = t
             .strip_prefix("Timestamp(")
-            .and_then(|r| r.strip_suffix(')'))
-            .or_else(|| t.strip_prefix("Timestamp({").and_then(|r| r.strip_suffix("})")));
+            .and_then(|r| r.strip_suffix(')'));
         let (s, i) = match inner {
             Some(inner) => {
                 // mongosh also prints Timestamp({ t: 1764000000, i: 3 }).
-                let inner = inner.replace("t:", "").replace("i:", "");
+                let inner = inner
+                    .trim()
+                    .strip_prefix('{')
+                    .and_then(|r| r.strip_suffix('}'))
+                    .map_or_else(
+                        || inner.to_owned(),
+                        |r| r.replacen("t:", "", 1).replacen("i:", "", 1),
+                    );
                 let (s, i) = inner.split_once(',').ok_or_else(bad)?;
                 (s.trim().to_owned(), i.trim().to_owned())
             }
@@ -312,7 +318,15 @@ mod tests {
         assert!(a.value() < b.value() && b.value() < c.value());
         assert_eq!(OplogTs::from_value(b.value()), b);
         assert_eq!(a.to_string(), "Timestamp(1764000000, 3)");
-        for bad in ["", "17640:", ":3", "Timestamp(1, )", "-1:2", "1.5:2", "99999999999:1"] {
+        for bad in [
+            "",
+            "17640:",
+            ":3",
+            "Timestamp(1, )",
+            "-1:2",
+            "1.5:2",
+            "99999999999:1",
+        ] {
             assert!(bad.parse::<OplogTs>().is_err(), "{bad:?}");
         }
         let p = DbPosition::oplog_ts("1764000000:3").unwrap();
@@ -320,7 +334,10 @@ mod tests {
         assert_eq!(p.to_string(), "MongoDB oplog Timestamp(1764000000, 3)");
         // As the log stores it.
         let json = serde_json::to_string(&p).unwrap();
-        assert_eq!(json, r#"{"kind":"mongo_oplog_ts","ts":"Timestamp(1764000000, 3)"}"#);
+        assert_eq!(
+            json,
+            r#"{"kind":"mongo_oplog_ts","ts":"Timestamp(1764000000, 3)"}"#
+        );
         assert_eq!(serde_json::from_str::<DbPosition>(&json).unwrap(), p);
     }
 
