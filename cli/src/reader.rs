@@ -447,6 +447,15 @@ pub fn check_pin(field: &str, wire: Option<&pb::Pin>, proved: Option<&Proved>) -
         ("log_index", wire.log_index != proved.index()),
         ("entry_hash", wire.entry_hash != proved.leaf.hex()),
         ("db_position", wire_position != pin.db_position),
+        (
+            "runtime_image",
+            wire.runtime_image
+                != pin
+                    .runtime_image
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+        ),
     ];
     match differs.iter().find(|(_, d)| *d) {
         None => Ok(()),

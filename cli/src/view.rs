@@ -132,6 +132,9 @@ pub struct PinView {
     /// The id of the request that recorded the pin.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub request_id: String,
+    /// The ObjectOS image recorded with the pin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_image: Option<String>,
 }
 
 impl PinView {
@@ -152,6 +155,7 @@ impl PinView {
             prev_pin: p.prev_pin.clone().unwrap_or_default(),
             request_id: p.request_id.clone().unwrap_or_default(),
             db_position: p.db_position.as_ref().map(ToString::to_string),
+            runtime_image: p.runtime_image.as_ref().map(ToString::to_string),
         }
     }
 
@@ -217,6 +221,9 @@ impl ResolveView {
             self.live_from,
             until
         );
+        if let Some(image) = &self.pin.runtime_image {
+            out.push_str(&format!("runtime    {image}\n"));
+        }
         if let Some(p) = &self.pin.db_position {
             out.push_str(&format!("recorded   {p} at activation\n"));
         }

@@ -109,6 +109,7 @@ mod tests {
                 prev_pin: None,
                 db_position: None,
                 request_id: None,
+                runtime_image: None,
             },
             log_index: seq,
             entry_hash: crate::merkle::Hash::from_bytes([0; 32]),

@@ -177,6 +177,7 @@ impl Writer {
             prev_pin: head.map(|h| h.hash),
             db_position: with_lsn.then(|| DbPosition::lsn(&Lsn(lsn).to_string()).unwrap()),
             request_id: None,
+            runtime_image: None,
         }
     }
 

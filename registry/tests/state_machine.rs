@@ -1072,6 +1072,7 @@ async fn a_request_id_records_once_and_refuses_another_request() {
                 activated_at: None,
                 db_position: None,
                 reason,
+                runtime_image: None,
             };
             r.pin_once(&req, "ci", Some(&id)).await
         }
@@ -1167,6 +1168,7 @@ async fn a_request_id_records_once_and_refuses_another_request() {
                 activated_at: None,
                 db_position: None,
                 reason,
+                runtime_image: None,
             },
             "ci",
             Some("job-1"),

@@ -363,6 +363,9 @@ pub async fn status(
                     .unwrap_or_else(|| "?".into()),
                 p.log_index,
             ));
+            if let Some(image) = &p.runtime_image {
+                out.push_str(&format!("    runtime {image}\n"));
+            }
         }
         if !view.next_page_token.is_empty() {
             out.push_str(&format!("more: --page-token {}\n", view.next_page_token));

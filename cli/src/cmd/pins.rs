@@ -3,7 +3,7 @@
 //! pins a listing carries.
 
 use stackpin_core::digest::Digest;
-use stackpin_core::ids::{EnvName, Reason, ReleaseId};
+use stackpin_core::ids::{EnvName, ImageRef, Reason, ReleaseId};
 use stackpin_core::position::DbPosition;
 use stackpin_core::time::Timestamp;
 use stackpin_proto::v1 as pb;
@@ -52,6 +52,11 @@ pub struct PinArgs {
     reason: Reason,
     #[command(flatten)]
     position: PositionArgs,
+    /// The ObjectOS container image the release runs with, by digest
+    /// (NAME@sha256:…; a tag alone is refused): recorded in the pin, so a
+    /// recovery starts the same runtime on the artifact.
+    #[arg(long, value_parser = crate::parse::<ImageRef>, value_name = "IMAGE@DIGEST")]
+    runtime_image: Option<ImageRef>,
     /// Start a new environment with this pin. An environment stays in the
     /// write-once log for good, so a name never pinned before is refused
     /// without it, with the nearest known names.
@@ -107,6 +112,7 @@ pub async fn pin(
     }
     let request = Record {
         command: "pin",
+        runtime_image: args.runtime_image.as_ref(),
         env: &args.env,
         artifact: &args.artifact,
         activated_at: args.activated_at,
@@ -176,6 +182,7 @@ async fn refuse_new_env(client: &mut crate::client::Client, env: &EnvName) -> Ou
 pub(crate) struct Record<'a> {
     /// What the request id is scoped to: `pin` or `rollback`.
     pub command: &'static str,
+    pub runtime_image: Option<&'a ImageRef>,
     pub env: &'a EnvName,
     pub artifact: &'a ArtifactArg,
     pub activated_at: Option<Timestamp>,
@@ -205,6 +212,7 @@ pub(crate) async fn record(
         reason: r.reason.as_str().to_owned(),
         db_position: r.position.map(wire_position),
         request_id: id.clone(),
+        runtime_image: r.runtime_image.map(ToString::to_string).unwrap_or_default(),
     };
     // Retries carry the same request id: the registry records the pin once.
     let response = server
@@ -224,7 +232,11 @@ pub(crate) async fn record(
         (None, Some(d)) => entry.digest == *d,
         (None, None) => true,
     };
-    if entry.env != *r.env || !asked || entry.request_id.as_deref() != Some(id.as_str()) {
+    if entry.env != *r.env
+        || !asked
+        || entry.request_id.as_deref() != Some(id.as_str())
+        || entry.runtime_image.as_ref() != r.runtime_image
+    {
         return Err(Failure::verify(format!(
             "the registry answered with pin #{} of {} (release {}), which is not the pin asked for",
             entry.seq, entry.env, entry.release_id

@@ -100,6 +100,10 @@ pub(crate) struct DbTarget {
     /// database, when the query was by time.
     #[serde(skip_serializing_if = "Option::is_none")]
     turso: Option<String>,
+    /// The ObjectOS image recorded with the pin: the runtime to start on
+    /// the artifact.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime_image: Option<String>,
     /// Exact targets recorded when this artifact went live: restoring to one
     /// of them gives the database as it was at that activation.
     at_activation: Vec<String>,
@@ -113,6 +117,7 @@ fn db_target(args: &RestoreArgs, pin: &stackpin_core::entry::PinEntry) -> DbTarg
         postgres: Vec::new(),
         mongodb: Vec::new(),
         turso: None,
+        runtime_image: pin.runtime_image.as_ref().map(ToString::to_string),
         at_activation: Vec::new(),
     };
     let (dump, cluster) = (&args.mongo_dump, &args.atlas_cluster);
@@ -250,10 +255,17 @@ fn postgres_recovery(archive: &str, target: &str) -> Vec<String> {
 impl DbTarget {
     fn text(&self) -> String {
         let mut out = String::from("database target:\n");
-        if let Some(t) = &self.time {
-            out.push_str(&format!(
-                "  restore the database to {t}, then start ObjectOS on this artifact\n"
-            ));
+        let runtime = self.runtime_image.as_deref().map_or_else(
+            || "ObjectOS (the pin records no runtime image)".to_owned(),
+            |i| format!("ObjectOS {i}"),
+        );
+        match &self.time {
+            Some(t) => out.push_str(&format!(
+                "  restore the database to {t}, then start {runtime} on this artifact\n"
+            )),
+            None => out.push_str(&format!(
+                "  restore the database, then start {runtime} on this artifact\n"
+            )),
         }
         if let Some(l) = &self.litestream {
             out.push_str(&format!("  Litestream:  {l}\n"));

@@ -80,6 +80,10 @@ pub struct PinEntry {
     /// storage call timed out can read back and tell whether it landed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The ObjectOS container image the release runs with, by digest:
+    /// a recovery starts this image on this artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_image: Option<crate::ids::ImageRef>,
 }
 
 /// What a key entry does.
@@ -360,6 +364,7 @@ mod tests {
             prev_pin: None,
             db_position: None,
             request_id: None,
+            runtime_image: None,
         });
         assert_eq!(Entry::parse(0, &e.to_bytes()).unwrap(), e);
         // The fuzz corpus's snapshot and drill seeds are entries as written.

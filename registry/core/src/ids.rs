@@ -158,9 +158,113 @@ pub fn parse_request_id(text: &str) -> Result<String, Error> {
     }
 }
 
+/// Longest container image reference.
+pub const MAX_IMAGE_LEN: usize = 512;
+
+/// A container image named by digest (`ghcr.io/objectos/objectos@sha256:…`,
+/// a tag before the `@` allowed): the ObjectOS runtime a release ran with.
+/// A tag alone is refused: a tag moves, so it is not a version.
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ImageRef(String);
+
+impl ImageRef {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ImageRef {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        let shown = crate::error::shown(text);
+        let Some((name, digest)) = text.rsplit_once('@') else {
+            return Err(Error::invalid(format!(
+                "image {shown} names no digest: a tag is not a version, since it can move; \
+                 give the image by digest, NAME@sha256:<64 hex> (`docker buildx imagetools \
+                 inspect` or `crane digest` prints it)"
+            )));
+        };
+        let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+        let digest_ok =
+            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let name_ok = !name.is_empty()
+            && text.len() <= MAX_IMAGE_LEN
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/:".contains(&b))
+            && !name.contains("//")
+            && !name.ends_with('/');
+        if !digest_ok || !name_ok {
+            return Err(Error::invalid(format!(
+                "image {shown} is not NAME@sha256:<64 lower-case hex> with a lower-case \
+                 registry/repository name (at most {MAX_IMAGE_LEN} characters)"
+            )));
+        }
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl TryFrom<String> for ImageRef {
+    type Error = Error;
+
+    fn try_from(text: String) -> Result<Self, Error> {
+        text.parse()
+    }
+}
+
+impl From<ImageRef> for String {
+    fn from(i: ImageRef) -> Self {
+        i.0
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_are_named_by_digest_and_a_tag_alone_is_refused() {
+        let d = "a".repeat(64);
+        for good in [
+            format!("ghcr.io/objectos/objectos@sha256:{d}"),
+            format!("ghcr.io/objectos/objectos:1.4.2@sha256:{d}"),
+            format!("localhost:5000/objectos@sha256:{d}"),
+        ] {
+            assert_eq!(good.parse::<ImageRef>().unwrap().to_string(), good);
+        }
+        let e = "ghcr.io/objectos/objectos:1.4.2".parse::<ImageRef>().unwrap_err();
+        assert!(e.message().contains("a tag is not a version"), "{e}");
+        for bad in [
+            format!("ghcr.io/objectos/objectos@sha256:{}", "A".repeat(64)),
+            "ghcr.io/objectos/objectos@sha256:abc".to_owned(),
+            format!("GHCR.io/objectos@sha256:{d}"),
+            format!("@sha256:{d}"),
+            format!("a//b@sha256:{d}"),
+            format!("a b@sha256:{d}"),
+            format!("{}@sha256:{d}", "a".repeat(600)),
+        ] {
+            assert!(bad.parse::<ImageRef>().is_err(), "{bad}");
+        }
+        // As the log stores it, and refused there too.
+        let json = format!("\"ghcr.io/o@sha256:{d}\"");
+        assert!(serde_json::from_str::<ImageRef>(&json).is_ok());
+        assert!(serde_json::from_str::<ImageRef>("\"ghcr.io/o:latest\"").is_err());
+    }
 
     #[test]
     fn request_ids_are_bounded_and_plain() {

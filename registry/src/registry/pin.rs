@@ -20,6 +20,8 @@ pub struct PinRequest {
     pub activated_at: Option<Timestamp>,
     pub db_position: Option<DbPosition>,
     pub reason: Reason,
+    /// The ObjectOS image the release runs with, by digest.
+    pub runtime_image: Option<crate::ids::ImageRef>,
 }
 
 impl Registry {
@@ -43,6 +45,7 @@ impl Registry {
             activated_at,
             db_position,
             reason: reason.clone(),
+            runtime_image: None,
         };
         self.pin_once(&req, actor, None).await
     }
@@ -81,6 +84,7 @@ impl Registry {
                     && req.activated_at.is_none_or(|at| at == p.activated_at)
                     && p.db_position == req.db_position
                     && p.reason == req.reason.as_str()
+                    && p.runtime_image == req.runtime_image
                     && p.actor == actor)
         };
         let (r, actor2, target2) = (req.clone(), actor.to_owned(), target.clone());
@@ -101,6 +105,7 @@ impl Registry {
                     prev_pin: head.map(|h| h.entry_hash.hex()),
                     db_position: r.db_position.clone(),
                     request_id: Some(id.to_owned()),
+                    runtime_image: r.runtime_image.clone(),
                 }))
             })
             .await?;

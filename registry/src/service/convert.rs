@@ -93,6 +93,12 @@ pub fn pin(p: &PinRecord) -> pb::Pin {
         prev_pin_hash: p.entry.prev_pin.clone().unwrap_or_default(),
         db_position: p.entry.db_position.as_ref().map(db_position_out),
         request_id: p.entry.request_id.clone().unwrap_or_default(),
+        runtime_image: p
+            .entry
+            .runtime_image
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 

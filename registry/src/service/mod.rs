@@ -248,12 +248,17 @@ impl RegistryService {
         let activated_at = convert::optional_time("activated_at", req.activated_at)?;
         let reason: Reason = req.reason.parse().map_err(Error::from)?;
         let position = convert::db_position(req.db_position)?;
+        let runtime_image = match req.runtime_image.as_str() {
+            "" => None,
+            image => Some(image.parse().map_err(Error::from)?),
+        };
         let pin = crate::registry::PinRequest {
             env,
             artifact: what,
             activated_at,
             db_position: position,
             reason,
+            runtime_image,
         };
         let pin = self
             .registry

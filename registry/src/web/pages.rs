@@ -370,7 +370,8 @@ fn answer(env: &EnvName, at: Timestamp, r: &Resolution) -> Markup {
                 "."
             }
             p { "Digest " a href=(artifact_href(&p.entry.digest)) { code { (p.entry.digest) } }
-                "; DB position at activation: " (position(p)) "; log index " (p.log_index) "." }
+                "; DB position at activation: " (position(p)) "; log index " (p.log_index) "."
+                @if let Some(i) = &p.entry.runtime_image { " Runtime image: " code { (i) } "." } }
             @if let Some(b) = &r.near_switch {
                 @let offset = b.offset_micros.unsigned_abs();
                 p.warning role="note" {
@@ -570,6 +571,10 @@ pub async fn pin(registry: &Arc<Registry>, env: &str, seq: &str) -> Result<Reply
                 None => "still live",
             } }
             dt { "DB position at activation" } dd { (position(&p)) }
+            dt { "Runtime image" } dd { @match &p.entry.runtime_image {
+                Some(i) => code { (i) },
+                None => "not recorded",
+            } }
             dt { "Pinned by" } dd { (p.entry.actor) }
             dt { "Reason" } dd { (p.entry.reason) }
             dt { "Recorded at" } dd { (p.entry.recorded_at) }
