@@ -113,6 +113,7 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
                         reason: String::new(),
                         db_position: None,
                         request_id: String::new(),
+                        runtime_image: String::new(),
                     },
                     token,
                 ))

@@ -34,7 +34,11 @@ fn a_pin_records_its_runtime_image_by_digest_and_every_view_shows_it() {
         w.cli(&["--output", "json", "status"]).json()["environments"],
         serde_json::json!([])
     );
-    for (release, at, img) in [("rel-1", T1, Some(&a)), ("rel-2", T2, Some(&b)), ("rel-3", T3, None)] {
+    for (release, at, img) in [
+        ("rel-1", T1, Some(&a)),
+        ("rel-2", T2, Some(&b)),
+        ("rel-3", T3, None),
+    ] {
         let mut args = vec![
             "--output",
             "json",
@@ -51,7 +55,11 @@ fn a_pin_records_its_runtime_image_by_digest_and_every_view_shows_it() {
             args.extend(["--runtime-image", i.as_str()]);
         }
         let pin = w.cli(&args).json();
-        assert_eq!(pin["runtime_image"].as_str(), img.map(String::as_str), "{pin}");
+        assert_eq!(
+            pin["runtime_image"].as_str(),
+            img.map(String::as_str),
+            "{pin}"
+        );
     }
 
     let resolved = w.cli(&["resolve", "--env", "prod", "--at", "2026-03-01T10:30:00Z"]);
@@ -72,9 +80,17 @@ fn a_pin_records_its_runtime_image_by_digest_and_every_view_shows_it() {
         ])
         .json();
     assert_eq!(plan["database"]["runtime_image"], b.as_str());
-    let text = w.cli(&["restore", "--env", "prod", "--at", "2026-03-01T11:30:00Z", "--plan"]);
+    let text = w.cli(&[
+        "restore",
+        "--env",
+        "prod",
+        "--at",
+        "2026-03-01T11:30:00Z",
+        "--plan",
+    ]);
     assert!(
-        text.ok().contains(&format!("then start ObjectOS {b} on this artifact")),
+        text.ok()
+            .contains(&format!("then start ObjectOS {b} on this artifact")),
         "{text:?}"
     );
     // The live pin (rel-3) records none, and says so.

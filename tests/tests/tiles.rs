@@ -36,6 +36,7 @@ fn pins(world: &World, count: usize) {
                         reason: String::new(),
                         db_position: None,
                         request_id: String::new(),
+                        runtime_image: String::new(),
                     })
                     .await
                     .unwrap();

@@ -479,6 +479,7 @@ async fn a_long_history_is_paged_into_the_timeline_and_only_the_visible_part_is_
                 reason: String::new(),
                 db_position: None,
                 request_id: String::new(),
+                runtime_image: String::new(),
             })
             .await
             .unwrap();

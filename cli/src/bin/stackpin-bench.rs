@@ -234,6 +234,7 @@ fn pin_request(env: &str, release_id: &str, at: Option<Timestamp>, why: &str) ->
         activated_at: at.map(wire_time),
         reason: why.to_owned(),
         request_id: String::new(),
+        runtime_image: String::new(),
     }
 }
 

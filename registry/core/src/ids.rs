@@ -187,8 +187,10 @@ impl FromStr for ImageRef {
             )));
         };
         let hex = digest.strip_prefix("sha256:").unwrap_or_default();
-        let digest_ok =
-            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let digest_ok = hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let name_ok = !name.is_empty()
             && text.len() <= MAX_IMAGE_LEN
             && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -247,7 +249,9 @@ mod tests {
         ] {
             assert_eq!(good.parse::<ImageRef>().unwrap().to_string(), good);
         }
-        let e = "ghcr.io/objectos/objectos:1.4.2".parse::<ImageRef>().unwrap_err();
+        let e = "ghcr.io/objectos/objectos:1.4.2"
+            .parse::<ImageRef>()
+            .unwrap_err();
         assert!(e.message().contains("a tag is not a version"), "{e}");
         for bad in [
             format!("ghcr.io/objectos/objectos@sha256:{}", "A".repeat(64)),
