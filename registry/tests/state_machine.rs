@@ -1073,6 +1073,7 @@ async fn a_request_id_records_once_and_refuses_another_request() {
                 db_position: None,
                 reason,
                 runtime_image: None,
+                known_env_only: false,
             };
             r.pin_once(&req, "ci", Some(&id)).await
         }
@@ -1169,6 +1170,7 @@ async fn a_request_id_records_once_and_refuses_another_request() {
                 db_position: None,
                 reason,
                 runtime_image: None,
+                known_env_only: false,
             },
             "ci",
             Some("job-1"),

@@ -114,6 +114,7 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
                         db_position: None,
                         request_id: String::new(),
                         runtime_image: String::new(),
+                        known_env_only: false,
                     },
                     token,
                 ))

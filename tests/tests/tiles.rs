@@ -37,6 +37,7 @@ fn pins(world: &World, count: usize) {
                         db_position: None,
                         request_id: String::new(),
                         runtime_image: String::new(),
+                        known_env_only: false,
                     })
                     .await
                     .unwrap();

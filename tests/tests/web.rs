@@ -480,6 +480,7 @@ async fn a_long_history_is_paged_into_the_timeline_and_only_the_visible_part_is_
                 db_position: None,
                 request_id: String::new(),
                 runtime_image: String::new(),
+                known_env_only: false,
             })
             .await
             .unwrap();

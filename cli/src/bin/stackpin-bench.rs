@@ -235,6 +235,7 @@ fn pin_request(env: &str, release_id: &str, at: Option<Timestamp>, why: &str) ->
         reason: why.to_owned(),
         request_id: String::new(),
         runtime_image: String::new(),
+        known_env_only: false,
     }
 }
 

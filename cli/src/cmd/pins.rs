@@ -107,11 +107,9 @@ pub async fn pin(
 ) -> Outcome {
     let reader = Reader::new(&args.log_key, server, state, None)?;
     let mut client = crate::client::connect(server).await?;
-    if !args.new_env {
-        refuse_new_env(&mut client, &args.env).await?;
-    }
     let request = Record {
         command: "pin",
+        new_env: args.new_env,
         runtime_image: args.runtime_image.as_ref(),
         env: &args.env,
         artifact: &args.artifact,
@@ -152,36 +150,13 @@ pub async fn pin(
     Ok(())
 }
 
-/// Refuses a pin to `env` when no pin names it yet: a typo would
-/// otherwise start an environment for good. The names suggested are
-/// hints, not facts: nothing else is shown.
-async fn refuse_new_env(client: &mut crate::client::Client, env: &EnvName) -> Outcome {
-    let known = client
-        .history(pb::HistoryRequest {
-            env: env.to_string(),
-            limit: 1,
-            ..pb::HistoryRequest::default()
-        })
-        .await;
-    let status = match known {
-        Ok(_) => return Ok(()),
-        Err(s) if s.code() == tonic::Code::NotFound => s,
-        Err(s) => return Err(s.into()),
-    };
-    let near = status
-        .message()
-        .find(" (did you mean")
-        .map_or("", |at| &status.message()[at..]);
-    Err(Failure::invalid(format!(
-        "environment {env} has never been pinned{near}: an environment stays in the log for \
-         good, so pass --new-env to start it; nothing was recorded"
-    )))
-}
-
 /// A pin to record.
 pub(crate) struct Record<'a> {
     /// What the request id is scoped to: `pin` or `rollback`.
     pub command: &'static str,
+    /// The pin may start the environment (`--new-env`); otherwise the
+    /// registry refuses a first pin, naming the nearest known names.
+    pub new_env: bool,
     pub runtime_image: Option<&'a ImageRef>,
     pub env: &'a EnvName,
     pub artifact: &'a ArtifactArg,
@@ -213,6 +188,7 @@ pub(crate) async fn record(
         db_position: r.position.map(wire_position),
         request_id: id.clone(),
         runtime_image: r.runtime_image.map(ToString::to_string).unwrap_or_default(),
+        known_env_only: !r.new_env,
     };
     // Retries carry the same request id: the registry records the pin once.
     let response = server

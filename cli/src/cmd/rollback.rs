@@ -185,6 +185,7 @@ pub async fn rollback(
         &mut client,
         &Record {
             command: "rollback",
+            new_env: false,
             // The release goes back with the runtime it ran with.
             runtime_image: target_pin.runtime_image.as_ref(),
             env: &args.env,

@@ -22,6 +22,9 @@ pub struct PinRequest {
     pub reason: Reason,
     /// The ObjectOS image the release runs with, by digest.
     pub runtime_image: Option<crate::ids::ImageRef>,
+    /// Refuse a first pin of the environment (the caller did not say it
+    /// starts one).
+    pub known_env_only: bool,
 }
 
 impl Registry {
@@ -46,6 +49,7 @@ impl Registry {
             db_position,
             reason: reason.clone(),
             runtime_image: None,
+            known_env_only: false,
         };
         self.pin_once(&req, actor, None).await
     }
@@ -76,6 +80,16 @@ impl Registry {
         actor: &str,
         request: Option<&str>,
     ) -> Result<(PinRecord, bool)> {
+        // Before the release is looked up: the environment is what the
+        // caller most likely mistyped.
+        if req.known_env_only && self.shared.index.env_head(&req.env)?.is_none() {
+            return Err(Error::invalid(format!(
+                "environment {} has never been pinned{}: an environment stays in the log for \
+                 good, so pass --new-env to start it; nothing was recorded",
+                req.env,
+                self.shared.near_envs(&req.env)?
+            )));
+        }
         let target = self.artifact(&req.artifact)?;
         let same = |entry: &Entry| {
             matches!(entry, Entry::Pin(p)

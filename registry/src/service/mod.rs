@@ -259,6 +259,7 @@ impl RegistryService {
             db_position: position,
             reason,
             runtime_image,
+            known_env_only: req.known_env_only,
         };
         let pin = self
             .registry
