@@ -83,7 +83,7 @@ impl Registry {
         // Before the release is looked up: the environment is what the
         // caller most likely mistyped.
         if req.known_env_only && self.shared.index.env_head(&req.env)?.is_none() {
-            return Err(Error::invalid(format!(
+            return Err(crate::error::Error::invalid(format!(
                 "environment {} has never been pinned{}: an environment stays in the log for \
                  good, so pass --new-env to start it; nothing was recorded",
                 req.env,
