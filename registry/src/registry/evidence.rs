@@ -120,6 +120,20 @@ impl Registry {
     /// # Errors
     /// Invalid for a bad request; Precondition when nothing is live at the
     /// instant or it is in the future; Unavailable when storage fails.
+    /// Refuses a backup or drill of an environment no pin names, with the
+    /// nearest known names: it would pair with nothing, and a typo should
+    /// say so rather than "nothing was live".
+    fn known_for_evidence(&self, env: &EnvName) -> Result<()> {
+        if self.shared.index.env_head(env)?.is_some() {
+            return Ok(());
+        }
+        Err(Error::not_found(format!(
+            "environment {env} has no pins{}: a backup or drill pairs with the artifact live \
+             in its environment, so nothing was recorded",
+            self.shared.near_envs(env)?
+        )))
+    }
+
     pub async fn record_snapshot(
         &self,
         req: SnapshotRequest,
@@ -127,6 +141,7 @@ impl Registry {
         request: Option<&str>,
     ) -> Result<(u64, bool)> {
         req.check()?;
+        self.known_for_evidence(&req.env)?;
         let same = |entry: &Entry| {
             matches!(entry, Entry::Snapshot(s)
                 if s.env == req.env && s.driver == req.driver && s.location == req.location
@@ -172,6 +187,7 @@ impl Registry {
         request: Option<&str>,
     ) -> Result<(u64, bool)> {
         req.check()?;
+        self.known_for_evidence(&req.env)?;
         let same = |entry: &Entry| {
             matches!(entry, Entry::Drill(d)
                 if d.env == req.env && d.target == req.target && d.snapshot == req.snapshot
