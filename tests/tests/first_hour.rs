@@ -70,8 +70,14 @@ fn a_new_environment_needs_new_env_and_a_typo_gets_the_nearest_names() {
     );
     w.cli(&["resolve", "--env", "prdo", "--at", T3])
         .fails(3, "did you mean prod?");
-    w.cli(&["snapshot-tag", "--env", "prdo", "--location", "s3://backups/x"])
-        .fails(3, "did you mean prod?");
+    w.cli(&[
+        "snapshot-tag",
+        "--env",
+        "prdo",
+        "--location",
+        "s3://backups/x",
+    ])
+    .fails(3, "did you mean prod?");
     w.cli(&[
         "pin",
         "--env",
