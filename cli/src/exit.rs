@@ -171,6 +171,8 @@ fn not_grpc(status: &Status) -> bool {
         || m.contains("while receiving response with status")
         || m.contains("mapped from HTTP status code")
         || m.contains("invalid compression flag")
+        // An HTTP/1-only server (a plain web server) refuses HTTP/2.
+        || m.contains("h2 protocol error: http2 error")
 }
 
 impl From<Status> for Failure {
@@ -235,6 +237,21 @@ mod tests {
         let details =
             ErrorDetails::with_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
         Status::with_error_details(code, message, details)
+    }
+
+    #[test]
+    fn an_answer_that_is_not_grpc_is_a_wrong_server_not_a_server_error() {
+        for m in [
+            "h2 protocol error: http2 error",
+            "protocol error: received message with invalid compression flag: 111 (valid flags \
+             are 0 and 1) while receiving response with status: 405 Method Not Allowed",
+            "grpc-status header missing, mapped from HTTP status code 404",
+        ] {
+            let f = Failure::from(Status::unknown(m));
+            assert_eq!(f.code, INVALID, "{m}");
+            assert!(f.error.to_string().contains("not a stackpin gRPC endpoint"), "{m}");
+        }
+        assert_eq!(Failure::from(Status::unknown("stream reset")).code, FAILURE);
     }
 
     #[test]
