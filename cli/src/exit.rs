@@ -249,7 +249,10 @@ mod tests {
         ] {
             let f = Failure::from(Status::unknown(m));
             assert_eq!(f.code, INVALID, "{m}");
-            assert!(f.error.to_string().contains("not a stackpin gRPC endpoint"), "{m}");
+            assert!(
+                f.error.to_string().contains("not a stackpin gRPC endpoint"),
+                "{m}"
+            );
         }
         assert_eq!(Failure::from(Status::unknown("stream reset")).code, FAILURE);
     }
