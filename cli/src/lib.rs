@@ -226,25 +226,6 @@ pub fn run_as(
 
 #[cfg(test)]
 mod tests {
-    /// Every option and argument of every command, with the command path
-    /// it belongs to, that has no help line.
-    pub fn undocumented(cmd: &clap::Command, path: &str) -> Vec<String> {
-        let here = format!("{path} {}", cmd.get_name()).trim().to_owned();
-        let mut out: Vec<String> = cmd
-            .get_arguments()
-            .filter(|a| !a.is_hide_set() && !["help", "version"].contains(&a.get_id().as_str()))
-            .filter(|a| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()))
-            .map(|a| format!("{here} {}", a.get_id()))
-            .collect();
-        for sub in cmd.get_subcommands() {
-            if sub.get_about().is_none() && sub.get_name() != "help" {
-                out.push(format!("{here} {} (no about)", sub.get_name()));
-            }
-            out.extend(undocumented(sub, &here));
-        }
-        out
-    }
-
     #[test]
     fn the_readme_exit_code_table_is_the_one_the_cli_uses() {
         let readme = std::fs::read_to_string(
@@ -291,7 +272,7 @@ mod tests {
 
     #[test]
     fn every_option_of_every_command_has_a_help_line() {
-        let missing = undocumented(&super::command(), "");
+        let missing = stackpin_registry::config::undocumented(&super::command(), "");
         assert!(missing.is_empty(), "no help line: {missing:#?}");
     }
 }

@@ -223,6 +223,15 @@ impl World {
         }
     }
 
+    /// The release `resolve` says was live in prod at `at`.
+    #[allow(clippy::unwrap_used)] // a test fixture: failing loudly is the point
+    pub fn release_at(&self, at: &str) -> String {
+        let v = self
+            .cli(&["--output", "json", "resolve", "--env", "prod", "--at", at])
+            .json();
+        v["pin"]["release_id"].as_str().unwrap().to_owned()
+    }
+
     /// The answers an operator would get, as JSON text, for comparing across
     /// restarts.
     pub fn answers(&self) -> Vec<String> {

@@ -9,13 +9,6 @@
 use stackpin_tests::world::{T1, T2, T3, World};
 use stackpin_tests::{Server, blobs, log_entries, stackpin};
 
-fn resolve_release(w: &World, at: &str) -> String {
-    let v = w
-        .cli(&["--output", "json", "resolve", "--env", "prod", "--at", at])
-        .json();
-    v["pin"]["release_id"].as_str().unwrap().to_owned()
-}
-
 #[test]
 fn publish_pin_resolve_restore_round_trip_and_survive_restarts() {
     let w = World::new(&[]);
@@ -31,15 +24,15 @@ fn publish_pin_resolve_restore_round_trip_and_survive_restarts() {
     ])
     .fails(3, "2026-03-01T10:00:00.000000Z");
     // On a switch the new pin is live (inclusive start); between, the old one.
-    assert_eq!(resolve_release(&w, T1), "rel-1");
-    assert_eq!(resolve_release(&w, "2026-03-01T10:59:59.999999Z"), "rel-1");
-    assert_eq!(resolve_release(&w, T2), "rel-2");
+    assert_eq!(w.release_at(T1), "rel-1");
+    assert_eq!(w.release_at("2026-03-01T10:59:59.999999Z"), "rel-1");
+    assert_eq!(w.release_at(T2), "rel-2");
     assert_eq!(
-        resolve_release(&w, "2026-03-01T11:30:00+01:00"),
+        w.release_at("2026-03-01T11:30:00+01:00"),
         "rel-1",
         "offsets are honoured"
     );
-    assert_eq!(resolve_release(&w, "2030-01-01T00:00:00Z"), "rel-3");
+    assert_eq!(w.release_at("2030-01-01T00:00:00Z"), "rel-3");
 
     let v = w
         .cli(&[

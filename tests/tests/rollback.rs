@@ -18,18 +18,7 @@ fn micros(t: &str) -> String {
 }
 
 fn live_release(w: &World) -> String {
-    let out = w
-        .cli(&[
-            "--output",
-            "json",
-            "resolve",
-            "--env",
-            "prod",
-            "--at",
-            &now(),
-        ])
-        .json();
-    out["pin"]["release_id"].as_str().unwrap().to_owned()
+    w.release_at(&now())
 }
 
 #[test]

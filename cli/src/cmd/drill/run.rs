@@ -1,6 +1,10 @@
 //! `stackpin drill run`: restores a backup and the artifact live at its
 //! instant into a temporary folder, checks them, times every step, records
 //! the drill and cleans up.
+//!
+//! Long because it is one procedure, step by step, whose steps share the
+//! drill's timings, checks and temporary folder; the database-specific
+//! parts are in `postgres.rs` and `litestream.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
