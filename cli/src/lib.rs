@@ -25,6 +25,7 @@ mod cmd;
 mod download;
 pub mod exit;
 mod files;
+mod pgbackrest;
 mod progress;
 mod reader;
 mod tiles;

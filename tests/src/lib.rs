@@ -11,6 +11,7 @@ pub mod faults;
 pub mod litestream;
 pub mod lying;
 pub mod oci;
+pub mod pg;
 pub mod remote;
 pub mod s3;
 pub mod tlog;

@@ -92,7 +92,7 @@ impl World {
         self.cli_with(args, &[("STACKPIN_TOKEN", token)])
     }
 
-    fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> crate::Run {
+    pub fn cli_with(&self, args: &[&str], env: &[(&str, &str)]) -> crate::Run {
         let state = self.dir.path().join("state");
         let mut all = vec!["--state-dir", state.to_str().unwrap()];
         all.extend_from_slice(args);

@@ -108,25 +108,22 @@ fn oplog_timestamps_are_recorded_ordered_resolved_and_printed_as_restore_targets
             "orders",
         ])
         .json();
-    let mongo: Vec<&str> = plan["database"]["mongodb"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let mongo = &plan["database"]["mongodb"];
     assert_eq!(
-        mongo[0],
+        mongo["mongorestore"],
         "mongorestore --oplogReplay --oplogLimit=1772362800:10 /backups/dump"
     );
     assert!(
-        mongo[1].contains("--clusterName orders --oplogTs 1772362800 --oplogInc 9"),
-        "{mongo:?}"
+        mongo["atlas"]
+            .as_str()
+            .unwrap()
+            .contains("--clusterName orders --oplogTs 1772362800 --oplogInc 9"),
+        "{mongo}"
     );
     // What rel-2 recorded when it went live.
-    let at_activation = plan["database"]["at_activation"].to_string();
-    assert!(
-        at_activation.contains("--oplogLimit=1772362800:8 /backups/dump"),
-        "{at_activation}"
+    assert_eq!(
+        plan["database"]["at_activation"]["mongodb"]["mongorestore"],
+        "mongorestore --oplogReplay --oplogLimit=1772362800:8 /backups/dump"
     );
     // By time: Atlas by seconds, mongorestore through the end of T's second.
     let plan = w
@@ -144,7 +141,7 @@ fn oplog_timestamps_are_recorded_ordered_resolved_and_printed_as_restore_targets
         ])
         .json();
     assert_eq!(
-        plan["database"]["turso"],
+        plan["database"]["turso"]["command"],
         "turso db create orders-restored --from-db orders --timestamp 2026-03-01T11:30:00.000000Z"
     );
     let mongo = plan["database"]["mongodb"].to_string();

@@ -98,7 +98,7 @@ fn litestream_and_stackpin_restore_the_same_moment() {
             "database and artifact disagree at {at}"
         );
         assert!(
-            restored["database"]["litestream"]
+            restored["database"]["litestream"]["command"]
                 .as_str()
                 .unwrap()
                 .contains(&format!("-timestamp {}", restored["at"].as_str().unwrap()))
@@ -177,7 +177,7 @@ fn pins_record_database_positions_and_resolve_by_them() {
         "a plan wrote the file"
     );
     // PostgreSQL refuses RFC 3339's Z; the real recovery is in postgres.rs.
-    let settings: Vec<&str> = plan["database"]["postgres"]
+    let settings: Vec<&str> = plan["database"]["postgresql"]["settings"]
         .as_array()
         .unwrap()
         .iter()
@@ -210,11 +210,16 @@ fn pins_record_database_positions_and_resolve_by_them() {
     let out = out.json();
     assert_eq!(out["pin"]["release_id"], "rel-5");
     assert_eq!(
-        out["database"]["postgres"][1],
+        out["database"]["postgresql"]["settings"][1],
         "recovery_target_lsn = '0/A000000'"
     );
+    assert_eq!(out["database"]["position"], "LSN 0/A000000");
     assert_eq!(
-        out["database"]["at_activation"][0],
+        out["database"]["at_activation"]["position"],
+        "LSN 0/9000000"
+    );
+    assert_eq!(
+        out["database"]["at_activation"]["postgresql"]["settings"][1],
         "recovery_target_lsn = '0/9000000'"
     );
     let text = w.cli(&[

@@ -122,6 +122,20 @@ fn every_command_prints_one_object_of_documented_names() {
             "trusted",
         ],
         &["restore", "--env", "prod", "--at", T1, "--plan"],
+        // A stanza whose sets cannot be read here (`false` is no
+        // pgbackrest): the pgBackRest target with its warning.
+        &[
+            "restore",
+            "--env",
+            "prod",
+            "--at",
+            T2,
+            "--plan",
+            "--pgbackrest-stanza",
+            "main",
+            "--pgbackrest",
+            "false",
+        ],
         &["list"],
         &["stat", "--release-id", "rel-1"],
         &["snapshot", "list", "--env", "prod"],
@@ -190,6 +204,7 @@ fn every_command_prints_one_object_of_documented_names() {
         "already_recorded",
         "rpo_secs",
         "drill_age_secs",
+        "postgres",
     ] {
         assert!(
             !seen.contains_key(retired),

@@ -14,140 +14,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use stackpin_tests::pg::{BIN, Cluster, append, chown_postgres, is_root, ok, pg};
 use stackpin_tests::world::World;
-
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// Runs a PostgreSQL program as the `postgres` user when this is root.
-fn pg(program: &str, args: &[&str]) -> Output {
-    let path = format!("{BIN}/{program}");
-    assert!(
-        Path::new(&path).exists(),
-        "{path} is missing: install Debian's postgresql-15 (tests/run does, as root)"
-    );
-    let root = is_root();
-    let mut command = if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", &path]);
-        c
-    } else {
-        Command::new(&path)
-    };
-    command.args(args).output().unwrap()
-}
-
-/// Whether this process runs as root (its /proc entry is root's).
-fn is_root() -> bool {
-    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ROOT.get_or_init(|| {
-        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
-    })
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-struct Cluster {
-    data: PathBuf,
-    sock: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
-    fn sql(&self, sql: &str) -> String {
-        let port = self.port.to_string();
-        ok(
-            pg(
-                "psql",
-                &[
-                    "-h",
-                    self.sock.to_str().unwrap(),
-                    "-p",
-                    &port,
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "postgres",
-                    "-XAtqc",
-                    sql,
-                ],
-            ),
-            sql,
-        )
-        .trim()
-        .to_owned()
-    }
-
-    fn start(&self) -> Output {
-        let log = self.data.with_extension("log");
-        pg(
-            "pg_ctl",
-            &[
-                "-D",
-                self.data.to_str().unwrap(),
-                "-l",
-                log.to_str().unwrap(),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        )
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
-    }
-
-    fn stop(&self) {
-        let _ = pg(
-            "pg_ctl",
-            &[
-                "-D",
-                self.data.to_str().unwrap(),
-                "-m",
-                "fast",
-                "-w",
-                "stop",
-            ],
-        );
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn append(path: &Path, lines: &str) {
-    use std::io::Write as _;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-    writeln!(f, "\n{lines}").unwrap();
-}
-
-fn chown_postgres(path: &Path) {
-    if is_root() {
-        let ok = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(path)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-}
 
 #[test]
 fn printed_postgresql_settings_recover_a_real_server_by_time_and_by_lsn() {
@@ -288,7 +160,7 @@ fn printed_postgresql_settings_recover_a_real_server_by_time_and_by_lsn() {
                 ])
                 .json();
             assert_eq!(restore["pin"]["release_id"], release.as_str(), "{query:?}");
-            let settings: Vec<&str> = restore["database"]["postgres"]
+            let settings: Vec<&str> = restore["database"]["postgresql"]["settings"]
                 .as_array()
                 .unwrap()
                 .iter()

@@ -8,7 +8,8 @@
 //!   `history` proves listings, the way `pins` does;
 //! - `rollback` reads proved history pages as `history` does, and records
 //!   its pin as `pin` does;
-//! - `drill run` restores as `restore` does (`restore::restore_verified`);
+//! - `drill run` restores as `restore` does (`restore::restore_verified`),
+//!   and both render the database side with `targets`;
 //! - `snapshot`, `drill` and `watch` record, read and show entries with the
 //!   shared `evidence` module.
 
@@ -26,6 +27,7 @@ pub mod restore;
 pub mod rollback;
 pub mod shell;
 pub mod snapshot;
+pub mod targets;
 pub mod trust;
 pub mod verify;
 pub mod watch;

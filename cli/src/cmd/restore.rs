@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use stackpin_core::position::DbPosition;
 use stackpin_core::proof::RestoreProof;
 use stackpin_proto::v1 as pb;
 
+use super::targets::{DbTarget, Query, db_target};
 use crate::cmd::resolve::{ResolveArgs, ask};
 use crate::download::download;
 use crate::exit::{Failure, Outcome};
@@ -32,26 +32,8 @@ pub struct RestoreArgs {
     /// without downloading or writing anything.
     #[arg(long)]
     plan: bool,
-    /// The database file, to fill in the printed Litestream command.
-    #[arg(long, default_value = "<database>")]
-    litestream_db: String,
-    /// The Litestream replica URL, to fill in the printed command.
-    #[arg(long, default_value = "<replica-url>")]
-    litestream_replica: String,
-    /// The folder of a `mongodump --oplog`, to fill in the printed
-    /// `mongorestore`.
-    #[arg(long, value_name = "DIR", default_value = "<dump-folder>")]
-    mongo_dump: String,
-    /// The Atlas cluster, to fill in the printed point-in-time restore.
-    #[arg(long, value_name = "NAME", default_value = "<cluster>")]
-    atlas_cluster: String,
-    /// The Turso database, to fill in the printed point-in-time restore.
-    #[arg(long, value_name = "NAME", default_value = "<database>")]
-    turso_db: String,
-    /// The PostgreSQL WAL archive folder, to fill in the printed
-    /// restore_command.
-    #[arg(long, value_name = "DIR", default_value = "/path/to/wal_archive", value_parser = wal_archive)]
-    wal_archive: String,
+    #[command(flatten)]
+    targets: super::targets::TargetArgs,
     /// Refuse a checkpoint whose newest cosignature (by the witnesses of
     /// --policy) is older than this (e.g. 10m, 1h): an answer that says
     /// "still live" is only as fresh as its checkpoint.
@@ -79,225 +61,6 @@ pub struct Restored {
     #[serde(flatten)]
     pub resolution: ResolveView,
     pub(crate) database: DbTarget,
-}
-
-/// The database restore target matching the chosen instant or position.
-#[derive(Serialize)]
-pub(crate) struct DbTarget {
-    /// The instant to restore the database to, when the query was by time.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    time: Option<String>,
-    /// The Litestream command, when the query was by time or TXID.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    litestream: Option<String>,
-    /// PostgreSQL recovery settings.
-    pub(crate) postgres: Vec<String>,
-    /// MongoDB: `mongorestore` of a dump with its oplog, and the Atlas
-    /// point-in-time restore.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    mongodb: Vec<String>,
-    /// Turso (libSQL): the platform's point-in-time restore into a new
-    /// database, when the query was by time.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    turso: Option<String>,
-    /// The ObjectOS image recorded with the pin: the runtime to start on
-    /// the artifact.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    runtime_image: Option<String>,
-    /// Exact targets recorded when this artifact went live: restoring to one
-    /// of them gives the database as it was at that activation.
-    at_activation: Vec<String>,
-}
-
-fn db_target(args: &RestoreArgs, pin: &stackpin_core::entry::PinEntry) -> DbTarget {
-    let (db, replica) = (&args.litestream_db, &args.litestream_replica);
-    let mut target = DbTarget {
-        time: None,
-        litestream: None,
-        postgres: Vec::new(),
-        mongodb: Vec::new(),
-        turso: None,
-        runtime_image: pin.runtime_image.as_ref().map(ToString::to_string),
-        at_activation: Vec::new(),
-    };
-    let (dump, cluster) = (&args.mongo_dump, &args.atlas_cluster);
-    if let Some(at) = args.resolve.at {
-        let t = at.to_string();
-        target.litestream = Some(format!(
-            "litestream restore -timestamp {t} -o {db} {replica}"
-        ));
-        target.postgres = postgres_recovery(
-            &args.wal_archive,
-            &format!("recovery_target_time = '{}'", postgres_time(&t)),
-        );
-        // Oplog timestamps count whole seconds: everything up to the end
-        // of T's second is replayed (pin with --db-oplog-ts for an exact
-        // pair).
-        let secs = at.to_parts().0;
-        target.mongodb = vec![
-            format!(
-                "mongorestore --oplogReplay --oplogLimit={}:0 {dump}",
-                secs.saturating_add(1)
-            ),
-            format!(
-                "atlas backups restores start pointInTime --clusterName {cluster} \
-                 --pointInTimeUTCSeconds {secs} --targetClusterName {cluster}"
-            ),
-        ];
-        let turso = &args.turso_db;
-        target.turso = Some(format!(
-            "turso db create {turso}-restored --from-db {turso} --timestamp {t}"
-        ));
-        target.time = Some(t);
-    }
-    match args.resolve.position() {
-        Some(DbPosition::PostgresLsn { lsn }) => {
-            target.postgres =
-                postgres_recovery(&args.wal_archive, &format!("recovery_target_lsn = '{lsn}'"));
-        }
-        Some(DbPosition::LitestreamTxid { txid }) => {
-            target.litestream = Some(format!("litestream restore -txid {txid} -o {db} {replica}"));
-        }
-        Some(DbPosition::MongoOplogTs { ts }) => {
-            target.mongodb = mongo_to(ts, dump, cluster);
-        }
-        _ => {}
-    }
-    match &pin.db_position {
-        Some(DbPosition::PostgresLsn { lsn }) => target
-            .at_activation
-            .push(format!("recovery_target_lsn = '{lsn}'")),
-        Some(DbPosition::RestorePoint { name }) => target
-            .at_activation
-            .push(format!("recovery_target_name = '{name}'")),
-        Some(DbPosition::LitestreamTxid { txid }) => target
-            .at_activation
-            .push(format!("litestream restore -txid {txid} -o {db} {replica}")),
-        Some(DbPosition::MongoOplogTs { ts }) => {
-            target.at_activation.extend(mongo_to(ts, dump, cluster));
-        }
-        None => {}
-    }
-    target
-}
-
-/// MongoDB restores that replay the oplog through `ts` and no further:
-/// `--oplogLimit` excludes its own timestamp, so it names the next one.
-fn mongo_to(ts: &str, dump: &str, cluster: &str) -> Vec<String> {
-    let Ok(t) = ts.parse::<stackpin_core::position::OplogTs>() else {
-        return Vec::new();
-    };
-    let next = stackpin_core::position::OplogTs::from_value(t.value().saturating_add(1));
-    vec![
-        format!(
-            "mongorestore --oplogReplay --oplogLimit={}:{} {dump}",
-            next.seconds, next.increment
-        ),
-        format!(
-            "atlas backups restores start pointInTime --clusterName {cluster} --oplogTs {} \
-             --oplogInc {} --targetClusterName {cluster}",
-            t.seconds, t.increment
-        ),
-    ]
-}
-
-/// An instant as PostgreSQL's `recovery_target_time` accepts it: it
-/// refuses RFC 3339's `Z`, so `2026-12-01 23:04:13.720526+00`.
-fn postgres_time(rfc3339: &str) -> String {
-    let t = rfc3339.replacen('T', " ", 1);
-    match t.strip_suffix('Z') {
-        Some(t) => format!("{t}+00"),
-        None => t,
-    }
-}
-
-/// A WAL archive folder as `restore_command` can name it: absolute (the
-/// command runs in the data folder), and free of the quotes, `$`, `\` and
-/// backquotes the setting and its shell would read.
-///
-/// # Errors
-/// A message naming what is wrong.
-pub fn wal_archive(text: &str) -> Result<String, String> {
-    if !text.starts_with('/') {
-        return Err(format!(
-            "{text:?} is not an absolute path: restore_command runs in the restored data \
-             folder, so the archive must be named from /"
-        ));
-    }
-    if let Some(c) = text
-        .chars()
-        .find(|c| c.is_control() || matches!(c, '\'' | '"' | '\\' | '$' | '`'))
-    {
-        return Err(format!(
-            "{text:?} holds {c:?}, which restore_command cannot quote; use a path without it \
-             (a symbolic link to the archive will do)"
-        ));
-    }
-    Ok(text.to_owned())
-}
-
-/// The settings of a PostgreSQL point-in-time recovery to `target`, as
-/// they can be pasted into postgresql.conf (with recovery.signal): a
-/// recovery needs restore_command, and a restored copy must not archive
-/// into the primary's archive until it is promoted on purpose.
-fn postgres_recovery(archive: &str, target: &str) -> Vec<String> {
-    vec![
-        format!("restore_command = 'cp \"{archive}/%f\" \"%p\"'"),
-        target.to_owned(),
-        "recovery_target_action = 'promote'".to_owned(),
-        "# a restored copy must not write into the primary's WAL archive: keep archiving off \
-         until it becomes the primary on purpose"
-            .to_owned(),
-        "archive_mode = off".to_owned(),
-    ]
-}
-
-impl DbTarget {
-    fn text(&self) -> String {
-        let mut out = String::from("database target:\n");
-        let runtime = self.runtime_image.as_deref().map_or_else(
-            || "ObjectOS (the pin records no runtime image)".to_owned(),
-            |i| format!("ObjectOS {i}"),
-        );
-        match &self.time {
-            Some(t) => out.push_str(&format!(
-                "  restore the database to {t}, then start {runtime} on this artifact\n"
-            )),
-            None => out.push_str(&format!(
-                "  restore the database, then start {runtime} on this artifact\n"
-            )),
-        }
-        if let Some(l) = &self.litestream {
-            out.push_str(&format!("  Litestream:  {l}\n"));
-        }
-        if let Some(t) = &self.turso {
-            out.push_str(&format!("  Turso:       {t}\n"));
-        }
-        if !self.mongodb.is_empty() {
-            out.push_str("  MongoDB (a dump with --oplog, or Atlas point-in-time restore):\n");
-            for line in &self.mongodb {
-                out.push_str(&format!("    {line}\n"));
-            }
-        }
-        if !self.postgres.is_empty() {
-            out.push_str(
-                "  PostgreSQL (append to postgresql.conf of the restored base backup, and create \
-                 recovery.signal beside it):\n",
-            );
-            for line in &self.postgres {
-                out.push_str(&format!("    {line}\n"));
-            }
-        }
-        if !self.at_activation.is_empty() {
-            out.push_str(
-                "  recorded when this artifact went live (the database as of its activation):\n",
-            );
-            for line in &self.at_activation {
-                out.push_str(&format!("    {line}\n"));
-            }
-        }
-        out
-    }
 }
 
 /// Where a plan says it would write.
@@ -373,6 +136,19 @@ pub async fn restore(
     }
 }
 
+impl Restored {
+    /// The PostgreSQL recovery settings of the target (none for a query
+    /// PostgreSQL cannot recover to).
+    pub fn postgres_settings(&self) -> Vec<String> {
+        self.database
+            .targets
+            .postgresql
+            .as_ref()
+            .map(|p| p.settings.clone())
+            .unwrap_or_default()
+    }
+}
+
 impl RestoreArgs {
     /// A restore of the artifact live in `env` at `at` into `out`, as a
     /// drill performs it.
@@ -390,15 +166,7 @@ impl RestoreArgs {
             trusted_keys,
             log_key,
             plan: false,
-            litestream_db: "<database>".into(),
-            litestream_replica: "<replica-url>".into(),
-            mongo_dump: "<dump-folder>".into(),
-            atlas_cluster: "<cluster>".into(),
-            turso_db: "<database>".into(),
-            wal_archive: wal_archive.map_or_else(
-                || "/path/to/wal_archive".into(),
-                |p| p.display().to_string(),
-            ),
+            targets: super::targets::TargetArgs::drill(wal_archive),
             max_age: None,
             fail_near_switch: false,
         }
@@ -467,7 +235,13 @@ pub async fn restore_verified(
         next: resolved.next.as_ref().map(|n| n.raw.clone()),
     };
     let pin = resolved.pin.pin("pin entry")?.clone();
-    let database = db_target(args, &pin);
+    let query = match (args.resolve.position(), args.resolve.at) {
+        (Some(p), _) => Query::Position(p),
+        (None, Some(at)) => Query::Time(at),
+        (None, None) => return Err(Failure::invalid("--at or a database position is needed")),
+    };
+    let sets = args.targets.pgbackrest_sets().await;
+    let database = db_target(&args.targets, &query, &pin, sets.as_ref());
     let checkpoint_size = resolved.anchor.checkpoint.size;
     if args.plan {
         // Checked against the signed checkpoint like a restore, minus the

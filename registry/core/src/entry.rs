@@ -125,16 +125,20 @@ pub enum Driver {
     Postgresql,
     /// A Litestream replica.
     Litestream,
+    /// A pgBackRest backup set (PostgreSQL); `location` is
+    /// `pgbackrest:STANZA/LABEL`.
+    Pgbackrest,
     /// Anything else; `location` says what.
     Other,
 }
 
 impl Driver {
     /// Every driver, as written.
-    pub const ALL: [Driver; 4] = [
+    pub const ALL: [Driver; 5] = [
         Driver::Sqlite,
         Driver::Postgresql,
         Driver::Litestream,
+        Driver::Pgbackrest,
         Driver::Other,
     ];
 
@@ -144,6 +148,7 @@ impl Driver {
             Driver::Sqlite => "sqlite",
             Driver::Postgresql => "postgresql",
             Driver::Litestream => "litestream",
+            Driver::Pgbackrest => "pgbackrest",
             Driver::Other => "other",
         }
     }
@@ -164,7 +169,7 @@ impl std::str::FromStr for Driver {
             .find(|d| d.as_str() == text)
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "driver {} is not one of sqlite, postgresql, litestream, other",
+                    "driver {} is not one of sqlite, postgresql, litestream, pgbackrest, other",
                     crate::error::shown(text)
                 ))
             })

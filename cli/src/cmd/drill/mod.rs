@@ -23,6 +23,7 @@ use super::evidence::{ListArgs, Shown, checked, drill_line, list, send};
 use crate::exit::{Failure, Outcome};
 use crate::view::{Format, wire_time};
 
+pub use postgres::is_root;
 use run::RunArgs;
 
 #[derive(clap::Subcommand)]
@@ -55,7 +56,7 @@ pub struct RecordArgs {
     /// The environment whose restore was drilled.
     #[arg(long, value_parser = crate::parse::<EnvName>)]
     env: EnvName,
-    /// How the backup was made: sqlite, postgresql, litestream, other.
+    /// How the backup was made: sqlite, postgresql, litestream, pgbackrest, other.
     #[arg(long, value_parser = crate::parse::<Driver>)]
     driver: Driver,
     /// The database instant restored to (`--target`, its former name, is

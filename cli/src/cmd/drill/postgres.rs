@@ -15,7 +15,7 @@ use crate::files::copy_tree;
 use crate::view::Format;
 
 /// Whether this process runs as root (PostgreSQL refuses to).
-pub(super) fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
 
@@ -51,20 +51,49 @@ impl Cluster {
         work: &Path,
         settings: &[String],
     ) -> Result<Self, String> {
-        let bin = match bin {
-            Some(b) => b.to_owned(),
-            None => pg_bindir().await?,
-        };
         let data = work.join("pgdata");
-        let sock = work.join("sock");
         copy_tree(base, &data).map_err(|e| format!("copying {}: {e}", base.display()))?;
-        std::fs::create_dir_all(&sock).map_err(|e| e.to_string())?;
         // PostgreSQL refuses a data folder others can read.
         std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(|e| e.to_string())?;
         for stale in ["postmaster.pid", "standby.signal"] {
             let _ = std::fs::remove_file(data.join(stale));
         }
+        std::fs::write(data.join("recovery.signal"), "").map_err(|e| e.to_string())?;
+        Self::start_recovery(bin, work, settings).await
+    }
+
+    /// Has pgBackRest restore `set` into `work` recovering to `target`
+    /// (it writes the recovery settings and recovery.signal itself, with
+    /// archiving off), then starts it as [`Cluster::recover`] does.
+    pub(super) async fn from_pgbackrest(
+        bin: Option<&Path>,
+        tool: &crate::pgbackrest::PgBackRest,
+        (repo, set, target): (Option<u32>, &str, crate::pgbackrest::Target),
+        work: &Path,
+    ) -> Result<Self, String> {
+        let data = work.join("pgdata");
+        std::fs::create_dir(&data).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| e.to_string())?;
+        tool.restore_into(repo, set, target, &data).await?;
+        Self::start_recovery(bin, work, &[]).await
+    }
+
+    /// Starts the cluster in `work`/pgdata on a socket in `work`, with
+    /// `settings` added, and waits until it has recovered and promoted.
+    async fn start_recovery(
+        bin: Option<&Path>,
+        work: &Path,
+        settings: &[String],
+    ) -> Result<Self, String> {
+        let bin = match bin {
+            Some(b) => b.to_owned(),
+            None => pg_bindir().await?,
+        };
+        let data = work.join("pgdata");
+        let sock = work.join("sock");
+        std::fs::create_dir_all(&sock).map_err(|e| e.to_string())?;
         let mut conf = format!(
             "\n# stackpin drill\nlisten_addresses = ''\nunix_socket_directories = '{}'\nport = {PG_PORT}\n",
             sock.display()
@@ -83,7 +112,6 @@ impl Cluster {
             .open(data.join("postgresql.auto.conf"))
             .and_then(|mut f| f.write_all(conf.as_bytes()))
             .map_err(|e| format!("writing the recovery settings: {e}"))?;
-        std::fs::write(data.join("recovery.signal"), "").map_err(|e| e.to_string())?;
         let mut cluster = Self {
             bin,
             data,
@@ -253,7 +281,7 @@ pub(super) async fn print_postgresql(
         ),
         format!(
             "cat >> \"$D/pgdata/postgresql.auto.conf\" <<'EOF'\n{}\nEOF",
-            planned.database.postgres.join("\n")
+            planned.postgres_settings().join("\n")
         ),
         "touch \"$D/pgdata/recovery.signal\"".to_owned(),
         "START=$(date +%s)".to_owned(),
@@ -297,7 +325,7 @@ pub(super) async fn print_postgresql(
         target: &at,
         release_id: &planned.resolution.pin.release_id,
         digest: &planned.resolution.pin.digest,
-        settings: &planned.database.postgres,
+        settings: &planned.postgres_settings(),
         commands: &commands,
     };
     format.emit(&printed, || {

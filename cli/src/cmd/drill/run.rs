@@ -77,6 +77,11 @@ pub struct RunArgs {
     /// restored or recorded.
     #[arg(long, conflicts_with_all = ["replica", "file"])]
     pub(super) print_postgresql: bool,
+    /// Drill a pgBackRest backup of this stanza: pgBackRest restores the
+    /// newest set consistent before --at into a temporary folder (with
+    /// archiving off), PostgreSQL recovers it, then the checks run.
+    #[command(flatten)]
+    pub(super) pgbackrest: crate::pgbackrest::PgbackrestArgs,
     /// The litestream binary.
     #[arg(long, env = "STACKPIN_LITESTREAM", default_value = "litestream")]
     pub(super) litestream: PathBuf,
@@ -139,6 +144,12 @@ enum Source {
         base: PathBuf,
         archive: PathBuf,
     },
+    /// A pgBackRest set, restored by pgBackRest (set: the recorded
+    /// snapshot's; otherwise chosen for the target).
+    Pgbackrest {
+        tool: crate::pgbackrest::PgBackRest,
+        set: Option<crate::pgbackrest::SetLocation>,
+    },
 }
 
 impl Source {
@@ -147,6 +158,7 @@ impl Source {
             Source::Litestream(_) => Driver::Litestream,
             Source::File(_) => Driver::Sqlite,
             Source::Postgres { .. } | Source::PostgresPlan(_) => Driver::Postgresql,
+            Source::Pgbackrest { .. } => Driver::Pgbackrest,
         }
     }
 }
@@ -242,8 +254,28 @@ pub(super) async fn run(
         .as_ref()
         .filter(|s| s.driver == Driver::Postgresql)
         .map(|s| PathBuf::from(&s.location));
+    let stanza_given = args.pgbackrest.pgbackrest_stanza.is_some();
+    if stanza_given
+        && (args.replica.is_some()
+            || args.file.is_some()
+            || args.pg_base.is_some()
+            || args.print_postgresql
+            || snapshot.is_some())
+    {
+        return Err(Failure::invalid(
+            "--pgbackrest-stanza says what to restore: drop --replica, --file, --pg-base, \
+             --print-postgresql and --snapshot (a recorded pgBackRest snapshot names its stanza)",
+        ));
+    }
     let source = match (&args.replica, &args.file, &args.pg_base, &snapshot) {
         _ if args.print_postgresql => Source::PostgresPlan(args.pg_base.clone().or(snapshot_base)),
+        _ if stanza_given => Source::Pgbackrest {
+            tool: args
+                .pgbackrest
+                .tool()
+                .ok_or_else(|| Failure::invalid("no stanza"))?,
+            set: None,
+        },
         (Some(url), _, _, _) => Source::Litestream(url.clone()),
         (None, Some(path), _, _) => Source::File(path.clone()),
         (None, None, Some(base), _) => {
@@ -274,6 +306,21 @@ pub(super) async fn run(
                     )));
                 }
             },
+            Driver::Pgbackrest => {
+                let at: crate::pgbackrest::SetLocation = s.location.parse().map_err(|e| {
+                    Failure::invalid(format!(
+                        "snapshot {}: {e}",
+                        args.snapshot.unwrap_or_default()
+                    ))
+                })?;
+                Source::Pgbackrest {
+                    tool: crate::pgbackrest::PgBackRest {
+                        bin: args.pgbackrest.pgbackrest.clone(),
+                        stanza: at.stanza.clone(),
+                    },
+                    set: Some(at),
+                }
+            }
             Driver::Other => {
                 return Err(Failure::invalid(format!(
                     "snapshot {} is an `other` backup, which `drill run` cannot restore; record \
@@ -292,6 +339,7 @@ pub(super) async fn run(
     };
     let litestream = matches!(source, Source::Litestream(_));
     let postgres = matches!(source, Source::Postgres { .. } | Source::PostgresPlan(_));
+    let pg = postgres || matches!(source, Source::Pgbackrest { .. });
     if args.litestream_txid.is_some() && !litestream {
         return Err(Failure::invalid(
             "--litestream-txid restores a Litestream replica: drill one (--replica URL, or a \
@@ -307,7 +355,7 @@ pub(super) async fn run(
     if let Some(wal) = &args.wal_archive
         && matches!(source, Source::PostgresPlan(_))
     {
-        crate::cmd::restore::wal_archive(&wal.to_string_lossy())
+        crate::cmd::targets::wal_archive(&wal.to_string_lossy())
             .map_err(|e| Failure::invalid(format!("--wal-archive: {e}")))?;
     }
     if let (Some(at), Some(s)) = (args.at, &snapshot)
@@ -346,6 +394,42 @@ pub(super) async fn run(
     if target > Timestamp::now() {
         return Err(Failure::invalid(format!("--at {target} is in the future")));
     }
+    if pg && !matches!(source, Source::PostgresPlan(_)) && is_root() {
+        return Err(Failure::invalid(
+            "PostgreSQL refuses to run as root: run `drill run` as the postgres user (or \
+             any unprivileged user that can read the backup)",
+        ));
+    }
+    // The set a pgBackRest drill restores, and how far it recovers: a
+    // recorded set to its consistency point, else the set pgBackRest's
+    // rule picks for the instant.
+    let pgbackrest = match &source {
+        Source::Pgbackrest {
+            tool,
+            set: Some(set),
+        } => Some((
+            tool,
+            set.repo,
+            set.label.clone(),
+            crate::pgbackrest::Target::Immediate,
+        )),
+        Source::Pgbackrest { tool, set: None } => {
+            let sets = tool.sets().await.map_err(Failure::invalid)?;
+            let at = crate::pgbackrest::Target::Time(target);
+            let set = crate::pgbackrest::choose(&sets, at).ok_or_else(|| {
+                Failure::invalid(format!(
+                    "no backup set of stanza {} is consistent before {target} (its oldest \
+                     ended at {}): drill a later instant",
+                    tool.stanza,
+                    sets.first()
+                        .and_then(|s| s.stop_time().ok())
+                        .map_or_else(|| "?".to_owned(), |t| t.to_string())
+                ))
+            })?;
+            Some((tool, set.database.repo_key, set.label.clone(), at))
+        }
+        _ => None,
+    };
     if let Source::Postgres { base, archive } = &source {
         if is_root() {
             return Err(Failure::invalid(
@@ -435,7 +519,7 @@ pub(super) async fn run(
         Ok(r) => (
             r.resolution.pin.release_id.clone(),
             r.resolution.pin.digest.clone(),
-            r.database.postgres.clone(),
+            r.postgres_settings(),
         ),
         Err(e) => {
             failure.get_or_insert_with(|| format!("stackpin restore: {}", e.error));
@@ -457,6 +541,7 @@ pub(super) async fn run(
         Source::Litestream(_) => "litestream restore",
         Source::File(_) => "copy snapshot",
         Source::Postgres { .. } | Source::PostgresPlan(_) => "PostgreSQL recovery",
+        Source::Pgbackrest { .. } => "pgbackrest restore and recovery",
     };
     let t = steps.begin(step);
     let restored = match &source {
@@ -477,7 +562,18 @@ pub(super) async fn run(
                 .await
                 .map(Db::Postgres)
         }
-        Source::Postgres { .. } => Err("not attempted: the artifact restore failed".into()),
+        Source::Pgbackrest { .. } if failure.is_none() => match &pgbackrest {
+            Some((tool, repo, set, at)) => {
+                let set = (Some(*repo), set.as_str(), *at);
+                Cluster::from_pgbackrest(args.pg_bin.as_deref(), tool, set, work.path())
+                    .await
+                    .map(Db::Postgres)
+            }
+            None => Err("no pgBackRest set chosen".into()),
+        },
+        Source::Postgres { .. } | Source::Pgbackrest { .. } => {
+            Err("not attempted: the artifact restore failed".into())
+        }
         Source::PostgresPlan(_) => Err("a printed drill restores nothing".into()),
     };
     steps.end(step, t, restored.is_ok());
@@ -646,7 +742,7 @@ const MAX_DETAIL: usize = 512;
 fn archive_dir(dir: &Path) -> Outcome<PathBuf> {
     let abs = std::fs::canonicalize(dir)
         .map_err(|e| Failure::invalid(format!("--wal-archive {}: {e}", dir.display())))?;
-    crate::cmd::restore::wal_archive(&abs.to_string_lossy())
+    crate::cmd::targets::wal_archive(&abs.to_string_lossy())
         .map_err(|e| Failure::invalid(format!("--wal-archive: {e}")))?;
     Ok(abs)
 }
