@@ -20,12 +20,12 @@
 //! The load generator (`stackpin-bench`, `src/bin/`) uses this library too,
 //! but is not part of the `stackpin` binary.
 
+mod backups;
 pub mod client;
 mod cmd;
 mod download;
 pub mod exit;
 mod files;
-mod pgbackrest;
 mod progress;
 mod reader;
 mod tiles;

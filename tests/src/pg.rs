@@ -61,6 +61,43 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// `initdb`, then settings for a unix socket only (no TCP) and
+    /// `extra`, appended to postgresql.conf.
+    pub fn init(&self, extra: &str) {
+        ok(
+            pg(
+                "initdb",
+                &[
+                    "-D",
+                    self.data.to_str().unwrap(),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "--no-sync",
+                ],
+            ),
+            "initdb",
+        );
+        append(
+            &self.data.join("postgresql.conf"),
+            &format!(
+                "listen_addresses = ''\nunix_socket_directories = '{}'\nport = {}\nfsync = \
+                 off\n{extra}",
+                self.sock.display(),
+                self.port
+            ),
+        );
+    }
+
+    /// The current time to the microsecond, as RFC 3339 in UTC.
+    pub fn now(&self) -> String {
+        self.sql(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', \
+             'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        )
+    }
+
     pub fn sql(&self, sql: &str) -> String {
         let port = self.port.to_string();
         ok(
@@ -150,4 +187,33 @@ pub fn chown_postgres(path: &Path) {
             .success();
         assert!(ok);
     }
+}
+
+/// Runs a command as the `postgres` user when this is root.
+pub fn as_postgres(program: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let out = command
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The rows per release, as `rel-1:100,rel-2:100`.
+pub fn rows(c: &Cluster) -> String {
+    c.sql(
+        "SELECT string_agg(release || ':' || c, ',' ORDER BY release) FROM \
+         (SELECT release, count(*) AS c FROM rows GROUP BY release) r",
+    )
 }

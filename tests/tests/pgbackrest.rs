@@ -11,39 +11,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use stackpin_tests::pg::{BIN, Cluster, append, chown_postgres, is_root, ok, pg};
+use stackpin_tests::pg::{BIN, Cluster, as_postgres, chown_postgres, is_root, ok, rows};
 use stackpin_tests::world::World;
-
-/// Runs a command as the `postgres` user when this is root.
-fn as_postgres(program: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut command = if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    };
-    let out = command
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn rows(c: &Cluster) -> String {
-    c.sql(
-        "SELECT string_agg(release || ':' || c, ',' ORDER BY release) FROM \
-         (SELECT release, count(*) AS c FROM rows GROUP BY release) r",
-    )
-}
 
 #[test]
 #[allow(clippy::too_many_lines)]
@@ -83,31 +54,10 @@ fn pgbackrest_sets_are_paired_restored_as_printed_and_drilled() {
         assert_eq!(code, 0, "pgbackrest {args:?}:\n{out}\n{err}");
         out
     };
-    ok(
-        pg(
-            "initdb",
-            &[
-                "-D",
-                primary.data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-            ],
-        ),
-        "initdb",
-    );
-    append(
-        &primary.data.join("postgresql.conf"),
-        &format!(
-            "listen_addresses = ''\nunix_socket_directories = '{}'\nport = {}\nwal_level = \
-             replica\narchive_mode = on\narchive_command = 'pgbackrest --config={conf} \
-             --stanza=main archive-push %p'\nfsync = off\n",
-            primary.sock.display(),
-            primary.port,
-        ),
-    );
+    primary.init(&format!(
+        "wal_level = replica\narchive_mode = on\narchive_command = 'pgbackrest \
+         --config={conf} --stanza=main archive-push %p'\n"
+    ));
     ok(primary.start_env(&env), "starting the primary");
     pgbackrest(&["--stanza=main", "stanza-create"]);
     primary.sql("CREATE TABLE rows (release text NOT NULL, n int NOT NULL)");
@@ -134,10 +84,7 @@ fn pgbackrest_sets_are_paired_restored_as_printed_and_drilled() {
         std::thread::sleep(Duration::from_millis(2200));
     };
     let mark = || {
-        let at = primary.sql(
-            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', \
-             'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-        );
+        let at = primary.now();
         let lsn = primary.sql("SELECT pg_current_wal_lsn()");
         primary.sql("INSERT INTO ticks VALUES (1)");
         std::thread::sleep(Duration::from_millis(2200));
@@ -437,7 +384,10 @@ fn pgbackrest_sets_are_paired_restored_as_printed_and_drilled() {
         .to_owned();
     let (code, stdout, stderr) = drill(&["--pgbackrest-stanza", "main", "--at", &first_pin]);
     assert_eq!(code, 2, "{stdout}\n{stderr}");
-    assert!(stderr.contains("no backup set of stanza main"), "{stderr}");
+    assert!(
+        stderr.contains("no backup of stanza main is consistent before"),
+        "{stderr}"
+    );
     let after = world
         .cli(&["--output", "json", "drill", "list", "--env", "pgb"])
         .json()["entries"]

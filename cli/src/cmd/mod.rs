@@ -10,10 +10,12 @@
 //!   its pin as `pin` does;
 //! - `drill run` restores as `restore` does (`restore::restore_verified`),
 //!   and both render the database side with `targets`;
+//! - `snapshot-tag` of a backup tool's backup is `backup_tag`;
 //! - `snapshot`, `drill` and `watch` record, read and show entries with the
 //!   shared `evidence` module.
 
 pub mod artifacts;
+mod backup_tag;
 pub mod drill;
 pub mod evidence;
 pub mod history;

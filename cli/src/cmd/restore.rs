@@ -240,8 +240,8 @@ pub async fn restore_verified(
         (None, Some(at)) => Query::Time(at),
         (None, None) => return Err(Failure::invalid("--at or a database position is needed")),
     };
-    let sets = args.targets.pgbackrest_sets().await;
-    let database = db_target(&args.targets, &query, &pin, sets.as_ref());
+    let backups = args.targets.backups().await;
+    let database = db_target(&args.targets, &query, &pin, &backups);
     let checkpoint_size = resolved.anchor.checkpoint.size;
     if args.plan {
         // Checked against the signed checkpoint like a restore, minus the

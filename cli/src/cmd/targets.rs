@@ -12,7 +12,7 @@ use serde::Serialize;
 use stackpin_core::position::DbPosition;
 use stackpin_core::time::Timestamp;
 
-use crate::pgbackrest::{self, Target};
+use crate::backups::{self, Set, Target, barman, pgbackrest};
 
 /// What fills in the printed commands: the operator's names for the
 /// backups.
@@ -43,6 +43,15 @@ pub struct TargetArgs {
     /// `pgbackrest info`).
     #[command(flatten)]
     pub pgbackrest: pgbackrest::PgbackrestArgs,
+    /// With --barman-server, the `barman recover` of the target is
+    /// printed, naming the backup it starts from (read here with `barman
+    /// list-backups`).
+    #[command(flatten)]
+    pub barman: barman::BarmanArgs,
+    /// The folder `barman recover` creates the restored cluster in, to
+    /// fill in the printed command.
+    #[arg(long, value_name = "DIR", default_value = "<pgdata>")]
+    barman_destination: String,
 }
 
 impl TargetArgs {
@@ -62,17 +71,37 @@ impl TargetArgs {
                 pgbackrest_stanza: None,
                 pgbackrest: "pgbackrest".into(),
             },
+            barman: barman::BarmanArgs {
+                barman_server: None,
+                barman_config: None,
+                barman: "barman".into(),
+            },
+            barman_destination: "<pgdata>".into(),
         }
     }
 
-    /// The stanza's backup sets, when a stanza was named; why they could
-    /// not be read (a restore of the artifact goes on without them).
-    pub async fn pgbackrest_sets(&self) -> Option<Result<Vec<pgbackrest::Set>, String>> {
-        match self.pgbackrest.tool() {
-            Some(tool) => Some(tool.sets().await),
-            None => None,
+    /// The backups of the tools named, read beforehand (a restore of the
+    /// artifact goes on when they cannot be read, and says why).
+    pub async fn backups(&self) -> Backups {
+        Backups {
+            pgbackrest: match self.pgbackrest.tool() {
+                Some(tool) => Some(tool.sets().await),
+                None => None,
+            },
+            barman: match self.barman.tool() {
+                Some(tool) => Some(tool.sets().await),
+                None => None,
+            },
         }
     }
+}
+
+/// A backup tool's backups, or why they could not be read; `None` when
+/// the tool was not named.
+#[derive(Default)]
+pub struct Backups {
+    pgbackrest: Option<Result<Vec<Set>, String>>,
+    barman: Option<Result<Vec<Set>, String>>,
 }
 
 /// What a restore asks for.
@@ -92,7 +121,10 @@ pub struct Targets {
     pub postgresql: Option<Postgresql>,
     /// The `pgbackrest restore` of the target (with --pgbackrest-stanza).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub pgbackrest: Option<Pgbackrest>,
+    pub pgbackrest: Option<ToolTarget>,
+    /// The `barman recover` of the target (with --barman-server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub barman: Option<ToolTarget>,
     /// The `litestream restore` of the target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub litestream: Option<Command>,
@@ -121,11 +153,17 @@ pub struct Mongodb {
     pub atlas: String,
 }
 
+/// A backup tool's restore of the target.
 #[derive(Serialize)]
-pub struct Pgbackrest {
-    pub stanza: String,
-    /// The backup set the recovery starts from: the newest consistent
-    /// before the target.
+pub struct ToolTarget {
+    /// The pgBackRest stanza.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stanza: Option<String>,
+    /// The Barman server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The backup the recovery starts from: the newest consistent before
+    /// the target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub set: Option<String>,
     pub command: String,
@@ -164,12 +202,12 @@ struct Activation {
 }
 
 /// The targets for a restore of `query`, the pin proved live there, and
-/// the stanza's sets (read beforehand, when a stanza was named).
+/// the backup tools' backups (read beforehand, when a tool was named).
 pub fn db_target(
     args: &TargetArgs,
     query: &Query<'_>,
     pin: &stackpin_core::entry::PinEntry,
-    sets: Option<&Result<Vec<pgbackrest::Set>, String>>,
+    backups: &Backups,
 ) -> DbTarget {
     DbTarget {
         time: match query {
@@ -181,19 +219,15 @@ pub fn db_target(
             Query::Position(p) => Some(p.to_string()),
         },
         runtime_image: pin.runtime_image.as_ref().map(ToString::to_string),
-        targets: targets(args, query, sets),
+        targets: targets(args, query, backups),
         at_activation: pin.db_position.as_ref().map(|p| Activation {
             position: p.to_string(),
-            targets: targets(args, &Query::Position(p), sets),
+            targets: targets(args, &Query::Position(p), backups),
         }),
     }
 }
 
-fn targets(
-    args: &TargetArgs,
-    query: &Query<'_>,
-    sets: Option<&Result<Vec<pgbackrest::Set>, String>>,
-) -> Targets {
+fn targets(args: &TargetArgs, query: &Query<'_>, backups: &Backups) -> Targets {
     let (db, replica) = (&args.litestream_db, &args.litestream_replica);
     let (dump, cluster) = (&args.mongo_dump, &args.atlas_cluster);
     let postgres = |target: String| {
@@ -201,9 +235,26 @@ fn targets(
             settings: postgres_recovery(&args.wal_archive, &target),
         })
     };
-    let pgbackrest = |target: Option<Target>| {
-        let stanza = args.pgbackrest.pgbackrest_stanza.as_ref()?;
-        Some(pgbackrest_target(stanza, target, sets))
+    let tools = |target: Option<Target>| {
+        let pgbackrest = args.pgbackrest.pgbackrest_stanza.as_ref().map(|stanza| {
+            tool_target(target, backups.pgbackrest.as_ref(), |set, t| ToolTarget {
+                stanza: Some(stanza.clone()),
+                server: None,
+                set: set.map(str::to_owned),
+                command: pgbackrest::restore_command(stanza, set, t),
+                warning: None,
+            })
+        });
+        let barman = args.barman.barman_server.as_ref().map(|server| {
+            tool_target(target, backups.barman.as_ref(), |set, t| ToolTarget {
+                stanza: None,
+                server: Some(server.clone()),
+                set: set.map(str::to_owned),
+                command: barman::recover_command(server, set, t, &args.barman_destination),
+                warning: None,
+            })
+        });
+        (pgbackrest, barman)
     };
     let litestream = |how: String| {
         Some(Command {
@@ -218,12 +269,14 @@ fn targets(
             // exact pair).
             let secs = at.to_parts().0;
             let turso = &args.turso_db;
+            let (pgbackrest, barman) = tools(Some(Target::Time(*at)));
             Targets {
                 postgresql: postgres(format!(
                     "recovery_target_time = '{}'",
-                    pgbackrest::postgres_time(*at)
+                    backups::postgres_time(*at)
                 )),
-                pgbackrest: pgbackrest(Some(Target::Time(*at))),
+                pgbackrest,
+                barman,
                 litestream: litestream(format!("-timestamp {t}")),
                 mongodb: Some(Mongodb {
                     mongorestore: format!(
@@ -242,11 +295,15 @@ fn targets(
                 }),
             }
         }
-        Query::Position(DbPosition::PostgresLsn { lsn }) => Targets {
-            postgresql: postgres(format!("recovery_target_lsn = '{lsn}'")),
-            pgbackrest: pgbackrest(lsn.parse().ok().map(Target::Lsn)),
-            ..Targets::default()
-        },
+        Query::Position(DbPosition::PostgresLsn { lsn }) => {
+            let (pgbackrest, barman) = tools(lsn.parse().ok().map(Target::Lsn));
+            Targets {
+                postgresql: postgres(format!("recovery_target_lsn = '{lsn}'")),
+                pgbackrest,
+                barman,
+                ..Targets::default()
+            }
+        }
         Query::Position(DbPosition::RestorePoint { name }) => Targets {
             postgresql: postgres(format!("recovery_target_name = '{name}'")),
             ..Targets::default()
@@ -262,47 +319,42 @@ fn targets(
     }
 }
 
-/// The `pgbackrest restore` of `target`, from the set pgBackRest's own
-/// rule picks among `sets`.
-fn pgbackrest_target(
-    stanza: &str,
+/// A backup tool's restore of `target`, from the backup the one rule
+/// ([`backups::choose`]) picks among those read (`make` renders it).
+fn tool_target(
     target: Option<Target>,
-    sets: Option<&Result<Vec<pgbackrest::Set>, String>>,
-) -> Pgbackrest {
+    sets: Option<&Result<Vec<Set>, String>>,
+    make: impl Fn(Option<&str>, Target) -> ToolTarget,
+) -> ToolTarget {
     let Some(target) = target else {
-        return Pgbackrest {
-            stanza: stanza.to_owned(),
-            set: None,
-            command: String::new(),
-            warning: Some("the position is no LSN pgBackRest can recover to".into()),
-        };
+        let mut t = make(None, Target::Immediate);
+        t.command = String::new();
+        t.warning = Some("the position is no LSN a backup tool can recover to".into());
+        return t;
     };
     let (set, warning) = match sets {
-        Some(Ok(sets)) => match pgbackrest::choose(sets, target) {
-            Some(s) => (Some(s.label.clone()), None),
+        Some(Ok(sets)) => match backups::choose(sets, target) {
+            Some(s) => (Some(s.label.as_str()), None),
             None => (
                 None,
-                Some(format!(
-                    "no backup set of stanza {stanza} is consistent before the target: none of \
-                     its sets can recover to it"
-                )),
+                Some(
+                    "no backup is consistent before the target: none of them can recover to it"
+                        .to_owned(),
+                ),
             ),
         },
         Some(Err(why)) => (
             None,
             Some(format!(
-                "the sets could not be read here ({why}): name the newest set that ended \
-                 before the target with --set"
+                "the backups could not be read here ({why}): name the newest one that ended \
+                 before the target"
             )),
         ),
         None => (None, None),
     };
-    Pgbackrest {
-        stanza: stanza.to_owned(),
-        command: pgbackrest::restore_command(stanza, set.as_deref(), target),
-        set,
-        warning,
-    }
+    let mut t = make(set, target);
+    t.warning = warning;
+    t
 }
 
 /// MongoDB restores that replay the oplog through `ts` and no further:
@@ -366,10 +418,12 @@ fn postgres_recovery(archive: &str, target: &str) -> Vec<String> {
 
 impl Targets {
     fn text(&self, indent: &str, out: &mut String) {
-        if let Some(p) = &self.pgbackrest {
-            out.push_str(&format!("{indent}pgBackRest:  {}\n", p.command));
-            if let Some(n) = &p.warning {
-                out.push_str(&format!("{indent}             ({n})\n"));
+        for (name, tool) in [("pgBackRest:", &self.pgbackrest), ("Barman:", &self.barman)] {
+            if let Some(p) = tool {
+                out.push_str(&format!("{indent}{name:<12} {}\n", p.command));
+                if let Some(n) = &p.warning {
+                    out.push_str(&format!("{indent}             ({n})\n"));
+                }
             }
         }
         if let Some(l) = &self.litestream {

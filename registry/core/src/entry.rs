@@ -128,17 +128,20 @@ pub enum Driver {
     /// A pgBackRest backup set (PostgreSQL); `location` is
     /// `pgbackrest:STANZA/LABEL`.
     Pgbackrest,
+    /// A Barman backup (PostgreSQL); `location` is `barman:SERVER/ID`.
+    Barman,
     /// Anything else; `location` says what.
     Other,
 }
 
 impl Driver {
     /// Every driver, as written.
-    pub const ALL: [Driver; 5] = [
+    pub const ALL: [Driver; 6] = [
         Driver::Sqlite,
         Driver::Postgresql,
         Driver::Litestream,
         Driver::Pgbackrest,
+        Driver::Barman,
         Driver::Other,
     ];
 
@@ -149,6 +152,7 @@ impl Driver {
             Driver::Postgresql => "postgresql",
             Driver::Litestream => "litestream",
             Driver::Pgbackrest => "pgbackrest",
+            Driver::Barman => "barman",
             Driver::Other => "other",
         }
     }
@@ -169,7 +173,7 @@ impl std::str::FromStr for Driver {
             .find(|d| d.as_str() == text)
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "driver {} is not one of sqlite, postgresql, litestream, pgbackrest, other",
+                    "driver {} is not one of sqlite, postgresql, litestream, pgbackrest, barman, other",
                     crate::error::shown(text)
                 ))
             })

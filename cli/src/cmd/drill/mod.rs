@@ -56,7 +56,7 @@ pub struct RecordArgs {
     /// The environment whose restore was drilled.
     #[arg(long, value_parser = crate::parse::<EnvName>)]
     env: EnvName,
-    /// How the backup was made: sqlite, postgresql, litestream, pgbackrest, other.
+    /// How the backup was made: sqlite, postgresql, litestream, pgbackrest, barman, other.
     #[arg(long, value_parser = crate::parse::<Driver>)]
     driver: Driver,
     /// The database instant restored to (`--target`, its former name, is

@@ -19,6 +19,21 @@ pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
 
+/// A backup tool's restore a drill performs: which backup, to what.
+pub(super) enum ToolRestore {
+    Pgbackrest {
+        tool: crate::backups::pgbackrest::PgBackRest,
+        repo: Option<u32>,
+        set: String,
+        target: crate::backups::Target,
+    },
+    Barman {
+        tool: crate::backups::barman::Barman,
+        backup: String,
+        target: crate::backups::Target,
+    },
+}
+
 /// A PostgreSQL cluster recovered from a base backup into a drill's work
 /// folder, listening only on a unix socket there.
 pub(super) struct Cluster {
@@ -63,20 +78,32 @@ impl Cluster {
         Self::start_recovery(bin, work, settings).await
     }
 
-    /// Has pgBackRest restore `set` into `work` recovering to `target`
-    /// (it writes the recovery settings and recovery.signal itself, with
-    /// archiving off), then starts it as [`Cluster::recover`] does.
-    pub(super) async fn from_pgbackrest(
+    /// Has a backup tool restore its backup into `work` recovering to its
+    /// target (the tool writes the recovery settings and recovery.signal
+    /// itself, with archiving off), then starts it as
+    /// [`Cluster::recover`] does.
+    pub(super) async fn from_backup_tool(
         bin: Option<&Path>,
-        tool: &crate::pgbackrest::PgBackRest,
-        (repo, set, target): (Option<u32>, &str, crate::pgbackrest::Target),
+        restore: &ToolRestore,
         work: &Path,
     ) -> Result<Self, String> {
         let data = work.join("pgdata");
         std::fs::create_dir(&data).map_err(|e| e.to_string())?;
         std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(|e| e.to_string())?;
-        tool.restore_into(repo, set, target, &data).await?;
+        match restore {
+            ToolRestore::Pgbackrest {
+                tool,
+                repo,
+                set,
+                target,
+            } => tool.restore_into(*repo, set, *target, &data).await?,
+            ToolRestore::Barman {
+                tool,
+                backup,
+                target,
+            } => tool.recover_into(backup, *target, &data).await?,
+        }
         Self::start_recovery(bin, work, &[]).await
     }
 

@@ -16,7 +16,7 @@ use stackpin_core::posture::human;
 use stackpin_core::time::Timestamp;
 
 use super::litestream::{copy_snapshot, litestream_restore, sqlite_first_value};
-use super::postgres::{Cluster, is_root, print_postgresql};
+use super::postgres::{Cluster, ToolRestore, is_root, print_postgresql};
 use super::{Drill, millis, record_drill};
 use crate::cmd::evidence::{Shown, checked, drill_line, snapshot_entry};
 use crate::exit::{Failure, Outcome};
@@ -81,7 +81,12 @@ pub struct RunArgs {
     /// newest set consistent before --at into a temporary folder (with
     /// archiving off), PostgreSQL recovers it, then the checks run.
     #[command(flatten)]
-    pub(super) pgbackrest: crate::pgbackrest::PgbackrestArgs,
+    pub(super) pgbackrest: crate::backups::pgbackrest::PgbackrestArgs,
+    /// Drill a Barman backup of this server: `barman recover` of the newest
+    /// backup consistent before --at into a temporary folder, recovered by
+    /// PostgreSQL there, then the checks.
+    #[command(flatten)]
+    pub(super) barman: crate::backups::barman::BarmanArgs,
     /// The litestream binary.
     #[arg(long, env = "STACKPIN_LITESTREAM", default_value = "litestream")]
     pub(super) litestream: PathBuf,
@@ -147,8 +152,14 @@ enum Source {
     /// A pgBackRest set, restored by pgBackRest (set: the recorded
     /// snapshot's; otherwise chosen for the target).
     Pgbackrest {
-        tool: crate::pgbackrest::PgBackRest,
-        set: Option<crate::pgbackrest::SetLocation>,
+        tool: crate::backups::pgbackrest::PgBackRest,
+        set: Option<crate::backups::pgbackrest::SetLocation>,
+    },
+    /// A Barman backup, recovered by Barman (backup: the recorded
+    /// snapshot's; otherwise chosen for the target).
+    Barman {
+        tool: crate::backups::barman::Barman,
+        backup: Option<String>,
     },
 }
 
@@ -159,6 +170,7 @@ impl Source {
             Source::File(_) => Driver::Sqlite,
             Source::Postgres { .. } | Source::PostgresPlan(_) => Driver::Postgresql,
             Source::Pgbackrest { .. } => Driver::Pgbackrest,
+            Source::Barman { .. } => Driver::Barman,
         }
     }
 }
@@ -255,7 +267,13 @@ pub(super) async fn run(
         .filter(|s| s.driver == Driver::Postgresql)
         .map(|s| PathBuf::from(&s.location));
     let stanza_given = args.pgbackrest.pgbackrest_stanza.is_some();
-    if stanza_given
+    let barman_given = args.barman.barman_server.is_some();
+    if stanza_given && barman_given {
+        return Err(Failure::invalid(
+            "name one backup tool: --pgbackrest-stanza or --barman-server",
+        ));
+    }
+    if (stanza_given || barman_given)
         && (args.replica.is_some()
             || args.file.is_some()
             || args.pg_base.is_some()
@@ -263,12 +281,20 @@ pub(super) async fn run(
             || snapshot.is_some())
     {
         return Err(Failure::invalid(
-            "--pgbackrest-stanza says what to restore: drop --replica, --file, --pg-base, \
-             --print-postgresql and --snapshot (a recorded pgBackRest snapshot names its stanza)",
+            "--pgbackrest-stanza and --barman-server say what to restore: drop --replica, \
+             --file, --pg-base, --print-postgresql and --snapshot (a recorded pgBackRest or \
+             Barman snapshot names its stanza or server)",
         ));
     }
     let source = match (&args.replica, &args.file, &args.pg_base, &snapshot) {
         _ if args.print_postgresql => Source::PostgresPlan(args.pg_base.clone().or(snapshot_base)),
+        _ if barman_given => Source::Barman {
+            tool: args
+                .barman
+                .tool()
+                .ok_or_else(|| Failure::invalid("no server"))?,
+            backup: None,
+        },
         _ if stanza_given => Source::Pgbackrest {
             tool: args
                 .pgbackrest
@@ -307,18 +333,36 @@ pub(super) async fn run(
                 }
             },
             Driver::Pgbackrest => {
-                let at: crate::pgbackrest::SetLocation = s.location.parse().map_err(|e| {
-                    Failure::invalid(format!(
-                        "snapshot {}: {e}",
-                        args.snapshot.unwrap_or_default()
-                    ))
-                })?;
+                let at: crate::backups::pgbackrest::SetLocation =
+                    s.location.parse().map_err(|e| {
+                        Failure::invalid(format!(
+                            "snapshot {}: {e}",
+                            args.snapshot.unwrap_or_default()
+                        ))
+                    })?;
                 Source::Pgbackrest {
-                    tool: crate::pgbackrest::PgBackRest {
+                    tool: crate::backups::pgbackrest::PgBackRest {
                         bin: args.pgbackrest.pgbackrest.clone(),
                         stanza: at.stanza.clone(),
                     },
                     set: Some(at),
+                }
+            }
+            Driver::Barman => {
+                let at: crate::backups::barman::BackupLocation =
+                    s.location.parse().map_err(|e| {
+                        Failure::invalid(format!(
+                            "snapshot {}: {e}",
+                            args.snapshot.unwrap_or_default()
+                        ))
+                    })?;
+                Source::Barman {
+                    tool: crate::backups::barman::Barman {
+                        bin: args.barman.barman.clone(),
+                        config: args.barman.barman_config.clone(),
+                        server: at.server,
+                    },
+                    backup: Some(at.backup_id),
                 }
             }
             Driver::Other => {
@@ -339,7 +383,7 @@ pub(super) async fn run(
     };
     let litestream = matches!(source, Source::Litestream(_));
     let postgres = matches!(source, Source::Postgres { .. } | Source::PostgresPlan(_));
-    let pg = postgres || matches!(source, Source::Pgbackrest { .. });
+    let pg = postgres || matches!(source, Source::Pgbackrest { .. } | Source::Barman { .. });
     if args.litestream_txid.is_some() && !litestream {
         return Err(Failure::invalid(
             "--litestream-txid restores a Litestream replica: drill one (--replica URL, or a \
@@ -400,33 +444,53 @@ pub(super) async fn run(
              any unprivileged user that can read the backup)",
         ));
     }
-    // The set a pgBackRest drill restores, and how far it recovers: a
-    // recorded set to its consistency point, else the set pgBackRest's
-    // rule picks for the instant.
-    let pgbackrest = match &source {
-        Source::Pgbackrest {
-            tool,
-            set: Some(set),
-        } => Some((
-            tool,
-            set.repo,
-            set.label.clone(),
-            crate::pgbackrest::Target::Immediate,
-        )),
-        Source::Pgbackrest { tool, set: None } => {
-            let sets = tool.sets().await.map_err(Failure::invalid)?;
-            let at = crate::pgbackrest::Target::Time(target);
-            let set = crate::pgbackrest::choose(&sets, at).ok_or_else(|| {
+    // The backup a backup tool's drill restores, and how far it recovers:
+    // a recorded one to its consistency point, else the one the rule
+    // picks for the instant.
+    let chosen = |sets: &[crate::backups::Set], whose: &str| {
+        let at = crate::backups::Target::Time(target);
+        crate::backups::choose(sets, at)
+            .map(|s| (s.repo, s.label.clone(), at))
+            .ok_or_else(|| {
                 Failure::invalid(format!(
-                    "no backup set of stanza {} is consistent before {target} (its oldest \
-                     ended at {}): drill a later instant",
-                    tool.stanza,
+                    "no backup of {whose} is consistent before {target} (the oldest ended at \
+                     {}): drill a later instant",
                     sets.first()
-                        .and_then(|s| s.stop_time().ok())
-                        .map_or_else(|| "?".to_owned(), |t| t.to_string())
+                        .map_or_else(|| "?".to_owned(), |s| s.stop_time.to_string())
                 ))
-            })?;
-            Some((tool, set.database.repo_key, set.label.clone(), at))
+            })
+    };
+    let immediate = crate::backups::Target::Immediate;
+    let tool_restore = match &source {
+        Source::Pgbackrest { tool, set } => {
+            let (repo, set, target) = match set {
+                Some(s) => (Some(s.repo), s.label.clone(), immediate),
+                None => {
+                    let sets = tool.sets().await.map_err(Failure::invalid)?;
+                    chosen(&sets, &format!("stanza {}", tool.stanza))?
+                }
+            };
+            Some(ToolRestore::Pgbackrest {
+                tool: tool.clone(),
+                repo,
+                set,
+                target,
+            })
+        }
+        Source::Barman { tool, backup } => {
+            let (backup, target) = match backup {
+                Some(id) => (id.clone(), immediate),
+                None => {
+                    let sets = tool.sets().await.map_err(Failure::invalid)?;
+                    let (_, id, at) = chosen(&sets, &format!("Barman server {}", tool.server))?;
+                    (id, at)
+                }
+            };
+            Some(ToolRestore::Barman {
+                tool: tool.clone(),
+                backup,
+                target,
+            })
         }
         _ => None,
     };
@@ -542,6 +606,7 @@ pub(super) async fn run(
         Source::File(_) => "copy snapshot",
         Source::Postgres { .. } | Source::PostgresPlan(_) => "PostgreSQL recovery",
         Source::Pgbackrest { .. } => "pgbackrest restore and recovery",
+        Source::Barman { .. } => "barman recover and recovery",
     };
     let t = steps.begin(step);
     let restored = match &source {
@@ -562,16 +627,17 @@ pub(super) async fn run(
                 .await
                 .map(Db::Postgres)
         }
-        Source::Pgbackrest { .. } if failure.is_none() => match &pgbackrest {
-            Some((tool, repo, set, at)) => {
-                let set = (Some(*repo), set.as_str(), *at);
-                Cluster::from_pgbackrest(args.pg_bin.as_deref(), tool, set, work.path())
-                    .await
-                    .map(Db::Postgres)
+        Source::Pgbackrest { .. } | Source::Barman { .. } if failure.is_none() => {
+            match &tool_restore {
+                Some(restore) => {
+                    Cluster::from_backup_tool(args.pg_bin.as_deref(), restore, work.path())
+                        .await
+                        .map(Db::Postgres)
+                }
+                None => Err("no backup chosen".into()),
             }
-            None => Err("no pgBackRest set chosen".into()),
-        },
-        Source::Postgres { .. } | Source::Pgbackrest { .. } => {
+        }
+        Source::Postgres { .. } | Source::Pgbackrest { .. } | Source::Barman { .. } => {
             Err("not attempted: the artifact restore failed".into())
         }
         Source::PostgresPlan(_) => Err("a printed drill restores nothing".into()),

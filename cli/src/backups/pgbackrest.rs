@@ -1,26 +1,14 @@
-//! pgBackRest, the PostgreSQL backup tool, as stackpin drives it: its
-//! backup sets read from `pgbackrest info`, the set a recovery target needs
-//! chosen as pgBackRest chooses it, stackpin's pairing written into the
-//! set's own annotations, and the `pgbackrest restore` of a target.
-//!
-//! pgBackRest is someone else's program: each run is bounded in time and
-//! in what is read of its output, and what it says is checked before use
-//! (a label or an LSN that does not parse is an error, not a guess).
+//! pgBackRest as stackpin drives it: its backup sets read from
+//! `pgbackrest info`, stackpin's pairing written into a set's own
+//! annotations, and the `pgbackrest restore` of a target.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
-use stackpin_core::position::Lsn;
 use stackpin_core::time::Timestamp;
-use tokio::io::AsyncReadExt as _;
 
-/// The most of `pgbackrest info` read (a repository of thousands of sets
-/// stays far below it).
-const MAX_OUTPUT: u64 = 64 << 20;
-/// How long `info` or `annotate` may take.
-const QUICK: Duration = Duration::from_secs(300);
+use super::{QUICK, Set, Target, postgres_time};
 
 /// The pgBackRest options every command takes.
 #[derive(clap::Args, Clone, Debug)]
@@ -50,18 +38,7 @@ impl PgbackrestArgs {
 /// # Errors
 /// What is wrong with it.
 pub fn stanza(text: &str) -> Result<String, String> {
-    if text.is_empty() || text.len() > 64 {
-        return Err("a stanza name is 1 to 64 characters".into());
-    }
-    match text
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        Some(c) => Err(format!(
-            "{text:?} holds {c:?}: stanza names here are letters, digits, '-', '_' and '.'"
-        )),
-        None => Ok(text.to_owned()),
-    }
+    super::plain_name("stanza", text)
 }
 
 /// A backup set label as pgBackRest writes it (`20261207-170439F`,
@@ -131,54 +108,55 @@ impl std::str::FromStr for SetLocation {
 
 /// One backup set, as `pgbackrest info --output=json` describes it.
 #[derive(Clone, Debug, Deserialize)]
-pub struct Set {
-    pub label: String,
+struct RawSet {
+    label: String,
     #[serde(rename = "type")]
-    pub kind: String,
+    kind: String,
     #[serde(default)]
-    pub error: Option<bool>,
-    pub lsn: Range<String>,
-    pub timestamp: Range<i64>,
-    pub database: SetDatabase,
+    error: Option<bool>,
+    lsn: Range<String>,
+    timestamp: Range<i64>,
+    database: SetDatabase,
     #[serde(default)]
-    pub annotation: Option<BTreeMap<String, String>>,
+    annotation: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
-pub struct Range<T> {
-    pub stop: T,
+struct Range<T> {
+    stop: T,
 }
 
 #[derive(Clone, Debug, Deserialize)]
-pub struct SetDatabase {
+struct SetDatabase {
     #[serde(rename = "repo-key")]
-    pub repo_key: u32,
+    repo_key: u32,
 }
 
-impl Set {
-    /// The LSN the set is consistent at: recovery can stop no earlier.
-    ///
-    /// # Errors
-    /// pgBackRest wrote an LSN that does not parse.
-    pub fn stop_lsn(&self) -> Result<Lsn, String> {
-        self.lsn.stop.parse::<Lsn>().map_err(|e| {
+impl RawSet {
+    /// As a [`Set`], checked: a label, LSN or instant that does not
+    /// parse is an error.
+    fn checked(self) -> Result<Set, String> {
+        let label = label(&self.label)?;
+        let stop_lsn = self.lsn.stop.parse().map_err(|e| {
             format!(
-                "pgBackRest's set {} has stop LSN {:?}: {e}",
-                self.label, self.lsn.stop
+                "pgBackRest's set {label} has stop LSN {:?}: {e}",
+                self.lsn.stop
             )
-        })
-    }
-
-    /// When the set ended, to the second pgBackRest records.
-    ///
-    /// # Errors
-    /// An instant out of range.
-    pub fn stop_time(&self) -> Result<Timestamp, String> {
-        Timestamp::from_parts(self.timestamp.stop, 0).map_err(|e| {
+        })?;
+        let stop_time = Timestamp::from_parts(self.timestamp.stop, 0).map_err(|e| {
             format!(
-                "pgBackRest's set {} has stop time {}: {e}",
-                self.label, self.timestamp.stop
+                "pgBackRest's set {label} has stop time {}: {e}",
+                self.timestamp.stop
             )
+        })?;
+        Ok(Set {
+            label,
+            kind: self.kind,
+            ok: self.error != Some(true),
+            stop_lsn,
+            stop_time,
+            repo: Some(self.database.repo_key),
+            annotations: self.annotation.unwrap_or_default(),
         })
     }
 }
@@ -187,7 +165,7 @@ impl Set {
 struct StanzaInfo {
     name: String,
     #[serde(default)]
-    backup: Vec<Set>,
+    backup: Vec<RawSet>,
     status: Status,
 }
 
@@ -195,36 +173,6 @@ struct StanzaInfo {
 struct Status {
     code: i64,
     message: String,
-}
-
-/// What a recovery stops at.
-#[derive(Clone, Copy, Debug)]
-pub enum Target {
-    Lsn(Lsn),
-    Time(Timestamp),
-    /// The set itself: recovery stops as soon as it is consistent.
-    Immediate,
-}
-
-/// The set a recovery to `target` starts from: the newest good set
-/// consistent before the target. By LSN that is its stop LSN at or below
-/// the target; by time its stop second wholly before the target
-/// (pgBackRest records whole seconds, so a set that stopped within the
-/// target's second may end after it).
-pub fn choose(sets: &[Set], target: Target) -> Option<&Set> {
-    sets.iter()
-        .filter(|s| s.error != Some(true))
-        .filter(|s| match target {
-            Target::Lsn(lsn) => s.stop_lsn().is_ok_and(|stop| stop <= lsn),
-            Target::Time(t) => s
-                .timestamp
-                .stop
-                .checked_add(1)
-                .and_then(|end| Timestamp::from_parts(end, 0).ok())
-                .is_some_and(|end| end <= t),
-            Target::Immediate => true,
-        })
-        .max_by_key(|s| (s.timestamp.stop, s.stop_lsn().map(|l| l.0).unwrap_or(0)))
 }
 
 /// The `pgbackrest restore` of `target` from `set`, as an operator runs it
@@ -240,18 +188,6 @@ pub fn restore_command(stanza: &str, set: Option<&str>, target: Target) -> Strin
     format!("pgbackrest --stanza={stanza} restore{set} {target} --target-action=promote")
 }
 
-/// An instant as PostgreSQL's `recovery_target_time` (and so pgBackRest's
-/// `--target`) accepts it: RFC 3339's `T` and `Z` refused, so
-/// `2026-12-01 23:04:13.720526+00`.
-pub fn postgres_time(t: Timestamp) -> String {
-    let rfc3339 = t.to_string();
-    let t = rfc3339.replacen('T', " ", 1);
-    match t.strip_suffix('Z') {
-        Some(t) => format!("{t}+00"),
-        None => t,
-    }
-}
-
 /// pgBackRest for one stanza.
 #[derive(Clone, Debug)]
 pub struct PgBackRest {
@@ -260,57 +196,21 @@ pub struct PgBackRest {
 }
 
 impl PgBackRest {
-    /// Runs `pgbackrest --stanza=S ARGS`, bounded in time (`limit`, or
-    /// none) and in output; its stdout, or why it failed.
-    async fn run(&self, args: &[String], limit: Option<Duration>) -> Result<Vec<u8>, String> {
-        let what = format!("pgbackrest {}", args.first().map_or("", String::as_str));
-        let mut child = tokio::process::Command::new(&self.bin)
-            .arg(format!("--stanza={}", self.stanza))
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "cannot run {}: {e} (install pgBackRest, or name it with --pgbackrest)",
-                    self.bin.display()
-                )
-            })?;
-        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            return Err(format!("{what}: no output pipes"));
-        };
-        let work = async {
-            let mut out = Vec::new();
-            let mut err = Vec::new();
-            let (mut stdout, mut stderr) = (stdout.take(MAX_OUTPUT + 1), stderr.take(1 << 20));
-            let (o, e) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-            o.and(e)
-                .map_err(|e| format!("{what}: reading its output: {e}"))?;
-            let status = child.wait().await.map_err(|e| format!("{what}: {e}"))?;
-            Ok::<_, String>((status, out, err))
-        };
-        let (status, out, err) = match limit {
-            Some(limit) => tokio::time::timeout(limit, work)
-                .await
-                .map_err(|_| format!("{what} took more than {} s; stopped", limit.as_secs()))??,
-            None => work.await?,
-        };
-        if out.len() as u64 > MAX_OUTPUT {
-            return Err(format!("{what} wrote more than {MAX_OUTPUT} bytes"));
-        }
-        if !status.success() {
-            let err = String::from_utf8_lossy(&err);
-            let said = err
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .find(|l| l.contains("ERROR"))
-                .or_else(|| err.lines().rev().find(|l| !l.trim().is_empty()))
-                .unwrap_or("no output");
-            return Err(format!("{what} failed ({status}): {}", said.trim()));
-        }
-        Ok(out)
+    /// Runs `pgbackrest --stanza=S ARGS`, bounded (see [`super::run`]).
+    async fn run(
+        &self,
+        args: &[String],
+        limit: Option<std::time::Duration>,
+    ) -> Result<Vec<u8>, String> {
+        let mut all = vec![format!("--stanza={}", self.stanza)];
+        all.extend_from_slice(args);
+        super::run(&self.bin, &all, limit).await.map_err(|e| {
+            if e.starts_with("cannot run") {
+                format!("{e} (install pgBackRest, or name it with --pgbackrest)")
+            } else {
+                e
+            }
+        })
     }
 
     /// The stanza's backup sets, oldest first.
@@ -333,7 +233,7 @@ impl PgBackRest {
                 self.stanza, info.status.code, info.status.message
             ));
         }
-        Ok(info.backup)
+        info.backup.into_iter().map(RawSet::checked).collect()
     }
 
     /// Writes `pairs` into the set's annotations (`pgbackrest annotate`),
@@ -391,50 +291,8 @@ impl PgBackRest {
 mod tests {
     use super::*;
 
-    fn set(label: &str, stop_lsn: &str, stop: i64) -> Set {
-        serde_json::from_value(serde_json::json!({
-            "label": label, "type": "full", "error": false,
-            "lsn": {"start": "0/1", "stop": stop_lsn},
-            "timestamp": {"start": stop - 3, "stop": stop},
-            "database": {"id": 1, "repo-key": 1},
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn the_set_chosen_is_the_newest_consistent_before_the_target() {
-        let sets = [
-            set("20261207-100000F", "0/2000100", 1_000),
-            set("20261207-110000F", "0/5000100", 2_000),
-        ];
-        let lsn = |s: &str| Target::Lsn(s.parse().unwrap());
-        let at = |s: i64| Target::Time(Timestamp::from_parts(s, 0).unwrap());
-        assert_eq!(
-            choose(&sets, lsn("0/4FFFFFF")).unwrap().label,
-            sets[0].label
-        );
-        assert_eq!(
-            choose(&sets, lsn("0/5000100")).unwrap().label,
-            sets[1].label
-        );
-        assert!(choose(&sets, lsn("0/2000000")).is_none());
-        // The stop second itself may end after the target.
-        assert_eq!(choose(&sets, at(2_000)).unwrap().label, sets[0].label);
-        assert_eq!(choose(&sets, at(2_001)).unwrap().label, sets[1].label);
-        assert!(choose(&sets, at(1_000)).is_none());
-        let mut broken = sets[1].clone();
-        broken.error = Some(true);
-        assert_eq!(
-            choose(&[sets[0].clone(), broken], at(3_000)).unwrap().label,
-            sets[0].label
-        );
-    }
-
     #[test]
     fn names_and_locations_are_checked() {
-        assert!(stanza("main").is_ok());
-        assert!(stanza("a b").is_err());
-        assert!(stanza("x;rm").is_err());
         assert!(label("20261207-170439F").is_ok());
         assert!(label("20261207-170439F_20261207-171002I").is_ok());
         assert!(label("latest").is_err());
