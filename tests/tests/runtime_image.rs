@@ -1,6 +1,7 @@
 //! The ObjectOS runtime image a pin records, with the real binaries:
 //! named by digest (a tag alone is refused), part of the proved pin entry,
-//! shown by resolve, restore and status, and carried back by a rollback.
+//! shown by resolve, restore and status, flagged by posture when the
+//! latest pin has none, and carried back by a rollback.
 
 #![allow(clippy::unwrap_used)] // tests panic on purpose
 
@@ -100,6 +101,21 @@ fn a_pin_records_its_runtime_image_by_digest_and_every_view_shows_it() {
         "{text:?}"
     );
 
+    // Posture flags it, from the proved pins.
+    let imageless = |w: &World| {
+        let run = w.cli(&["--output", "json", "posture", "--env", "prod"]);
+        assert!(matches!(run.code, 0 | 8), "{run:?}");
+        let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        report["environments"][0]["runtime_image_missing"].clone()
+    };
+    assert_eq!(imageless(&w), true);
+    let text = w.cli(&["posture", "--env", "prod"]);
+    assert!(
+        text.stdout
+            .contains("the latest pin (#3) records no ObjectOS image"),
+        "{text:?}"
+    );
+
     // A rollback to rel-2 brings back the runtime rel-2 ran with.
     let back = w
         .cli(&[
@@ -109,4 +125,5 @@ fn a_pin_records_its_runtime_image_by_digest_and_every_view_shows_it() {
     assert_eq!(back["pin"]["runtime_image"], b.as_str(), "{back}");
     let status = w.cli(&["status"]);
     assert!(status.ok().contains(&format!("runtime {b}")), "{status:?}");
+    assert_eq!(imageless(&w), false);
 }

@@ -73,6 +73,12 @@ struct EnvView {
     pins_with_position: u64,
     pins_without_snapshot: Vec<u64>,
     pins_without_snapshot_count: u64,
+    /// Whether the latest pin records no runtime image (computed from the
+    /// proved log; absent when it was not proved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime_image_missing: Option<bool>,
+    #[serde(skip)]
+    imageless_seq: Option<u64>,
     findings: Vec<String>,
 }
 
@@ -99,7 +105,7 @@ pub async fn posture(
     // A report and the log read after it may differ by what was committed
     // in between: a disagreement is asked about again, twice.
     let mut attempt = 0;
-    let report = loop {
+    let (report, proved) = loop {
         let report = client
             .get_posture(pb::GetPostureRequest {
                 env: args
@@ -113,18 +119,32 @@ pub async fn posture(
             .into_inner();
         let received = Timestamp::now();
         if !verified {
-            break report;
+            break (report, None);
         }
         match check_report(&reader, &mut client, args, &report, received).await? {
-            None => break report,
-            Some(_) if attempt < 2 => attempt += 1,
-            Some(why) => return Err(Failure::verify(why)),
+            Ok(all) => break (report, Some(all)),
+            Err(_) if attempt < 2 => attempt += 1,
+            Err(why) => return Err(Failure::verify(why)),
         }
+    };
+    // Computed here from the proved pins (the registry reports no such
+    // figure): the latest pin as of the instant, and whether it records
+    // the runtime image to start on its artifact.
+    let latest_without_image = |env: &str| -> Option<Option<u64>> {
+        let g = proved.as_ref()?.get(&env.parse::<EnvName>().ok()?)?;
+        let (seq, (_, _, image)) = g
+            .pins
+            .iter()
+            .enumerate()
+            .rfind(|(_, (t, _, _))| args.at.is_none_or(|a| *t <= a))?;
+        Some((!image).then_some(seq as u64 + 1))
     };
     let environments: Vec<EnvView> = report
         .environments
         .into_iter()
         .map(|e| EnvView {
+            runtime_image_missing: latest_without_image(&e.env).map(|m| m.is_some()),
+            imageless_seq: latest_without_image(&e.env).flatten(),
             in_policy: e.findings.is_empty(),
             env: e.env,
             class: e.class,
@@ -211,6 +231,16 @@ pub async fn posture(
                     }
                 ));
             }
+            match (e.runtime_image_missing, e.imageless_seq) {
+                (Some(true), Some(seq)) => text.push_str(&format!(
+                    "  runtime image     NONE: the latest pin (#{seq}) records no ObjectOS image, \
+                     so a restore cannot say which to start (pin with --runtime-image)\n"
+                )),
+                (Some(false), _) => {
+                    text.push_str("  runtime image     recorded with the latest pin\n");
+                }
+                _ => {}
+            }
             for f in &e.findings {
                 text.push_str(&format!("  ! {f}\n"));
             }
@@ -250,9 +280,9 @@ const REPORT_CLOCK_SLACK: Duration =
 /// What the log says of one environment, gathered while reading it.
 #[derive(Default)]
 struct Gathered {
-    /// Activation instant and whether a position was recorded, per pin in
-    /// sequence order.
-    pins: Vec<(Timestamp, bool)>,
+    /// Activation instant, whether a position was recorded and whether a
+    /// runtime image was, per pin in sequence order.
+    pins: Vec<(Timestamp, bool, bool)>,
     snapshots: Vec<SnapshotFact>,
     /// In log order (reversed for [`gather`], which takes newest first).
     drills: Vec<DrillFact>,
@@ -261,11 +291,11 @@ struct Gathered {
 impl Gathered {
     fn add(all: &mut BTreeMap<EnvName, Gathered>, index: u64, entry: Entry) {
         match entry {
-            Entry::Pin(p) => all
-                .entry(p.env)
-                .or_default()
-                .pins
-                .push((p.activated_at, p.db_position.is_some())),
+            Entry::Pin(p) => all.entry(p.env).or_default().pins.push((
+                p.activated_at,
+                p.db_position.is_some(),
+                p.runtime_image.is_some(),
+            )),
             Entry::Snapshot(s) => all.entry(s.env).or_default().snapshots.push(SnapshotFact {
                 seq: s.live.seq,
                 db_time: s.db_time,
@@ -291,7 +321,7 @@ async fn check_report(
     args: &PostureArgs,
     report: &pb::GetPostureResponse,
     received: Timestamp,
-) -> Outcome<Option<String>> {
+) -> Outcome<Result<BTreeMap<EnvName, Gathered>, String>> {
     let note = client
         .get_checkpoint(pb::GetCheckpointRequest {})
         .await?
@@ -336,11 +366,11 @@ async fn check_report(
         let live: Vec<_> = g
             .pins
             .iter()
-            .filter(|(t, _)| args.at.is_none_or(|a| *t <= a))
+            .filter(|(t, _, _)| args.at.is_none_or(|a| *t <= a))
             .collect();
         (
             live.len() as u64,
-            live.iter().filter(|(_, p)| *p).count() as u64,
+            live.iter().filter(|(_, p, _)| *p).count() as u64,
         )
     };
     // Which environments the report must hold.
@@ -354,7 +384,7 @@ async fn check_report(
     };
     let named: Vec<&str> = report.environments.iter().map(|e| e.env.as_str()).collect();
     if named != expected.iter().map(|e| e.as_str()).collect::<Vec<_>>() {
-        return Ok(Some(format!(
+        return Ok(Err(format!(
             "the report covers {named:?}, but the log has pins in {:?}",
             expected.iter().map(|e| e.as_str()).collect::<Vec<_>>()
         )));
@@ -421,11 +451,11 @@ async fn check_report(
             ("findings", reported != findings),
         ];
         if let Some((field, _)) = differs.iter().find(|(_, d)| *d) {
-            return Ok(Some(format!(
+            return Ok(Err(format!(
                 "the report's `{field}` for {} disagrees with the proved log",
                 e.env
             )));
         }
     }
-    Ok(None)
+    Ok(Ok(all))
 }
