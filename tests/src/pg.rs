@@ -217,3 +217,186 @@ pub fn rows(c: &Cluster) -> String {
          (SELECT release, count(*) AS c FROM rows GROUP BY release) r",
     )
 }
+
+/// The frame of the backup-tool tests: a primary on a socket in `dir`,
+/// pins of `env` recording its LSN, 100 rows per release, stackpin run as
+/// postgres (with `vars`, the tool's settings, in its environment), and
+/// copies checked after recovery.
+pub struct Scenario<'w> {
+    pub world: &'w crate::world::World,
+    pub dir: PathBuf,
+    pub primary: Cluster,
+    pub env: &'static str,
+    pub vars: Vec<(String, String)>,
+}
+
+impl<'w> Scenario<'w> {
+    /// A scenario in `dir` (made readable for postgres), the primary not
+    /// yet created.
+    pub fn new(world: &'w crate::world::World, dir: &Path, port: u16, env: &'static str) -> Self {
+        std::fs::create_dir_all(dir.join("sock")).unwrap();
+        let mut perms = std::fs::metadata(dir).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(dir, perms).unwrap();
+        Self {
+            world,
+            dir: dir.to_owned(),
+            primary: Cluster {
+                data: dir.join("primary"),
+                sock: dir.join("sock"),
+                port,
+            },
+            env,
+            vars: Vec::new(),
+        }
+    }
+
+    fn vars(&self) -> Vec<(&str, &str)> {
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Starts the primary (with the tool's settings in its environment)
+    /// and makes the tables.
+    pub fn start(&self) {
+        ok(self.primary.start_env(&self.vars()), "starting the primary");
+        self.primary
+            .sql("CREATE TABLE rows (release text NOT NULL, n int NOT NULL)");
+        self.primary.sql("CREATE TABLE ticks (n int)");
+    }
+
+    /// Pins `release` with the primary's LSN, then waits out the boundary
+    /// margin (2 s).
+    pub fn pin(&self, release: &str) {
+        let lsn = self.primary.sql("SELECT pg_current_wal_lsn()");
+        self.world
+            .cli(&[
+                "pin",
+                "--env",
+                self.env,
+                "--new-env",
+                "--release-id",
+                release,
+                "--db-lsn",
+                &lsn,
+            ])
+            .ok();
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+    }
+
+    /// Writes the release's 100 rows.
+    pub fn insert(&self, release: &str) {
+        self.primary.sql(&format!(
+            "INSERT INTO rows SELECT '{release}', g FROM generate_series(1, 100) g"
+        ));
+    }
+
+    /// An instant and an LSN to restore to, then WAL moved on and the
+    /// margin waited out, so the next pin is clear of them.
+    pub fn mark(&self) -> (String, String) {
+        let at = self.primary.now();
+        let lsn = self.primary.sql("SELECT pg_current_wal_lsn()");
+        self.primary.sql("INSERT INTO ticks VALUES (1)");
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        (at, lsn)
+    }
+
+    /// `stackpin --output json ARGS --log-key …` as postgres, with its own
+    /// state folder; exit code, stdout, stderr.
+    pub fn stackpin(&self, args: &[&str]) -> (i32, String, String) {
+        let state = self.dir.join("state");
+        let mut all = vec!["--state-dir", state.to_str().unwrap(), "--output", "json"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--log-key", &self.world.vkey]);
+        let server = self.world.server.url();
+        let mut vars = self.vars();
+        vars.extend([
+            ("STACKPIN_SERVER", server.as_str()),
+            ("TMPDIR", self.dir.to_str().unwrap()),
+        ]);
+        as_postgres(&crate::bin("stackpin"), &all, &vars)
+    }
+
+    /// [`Scenario::stackpin`] that must succeed; its JSON.
+    pub fn stackpin_json(&self, args: &[&str]) -> serde_json::Value {
+        let (code, stdout, stderr) = self.stackpin(args);
+        assert_eq!(code, 0, "stackpin {args:?}:\n{stdout}\n{stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    }
+
+    /// Runs `script` as postgres (a printed restore), starts the copy it
+    /// made, waits for its promotion and checks it holds exactly the rows
+    /// of rel-1 to rel-`upto`.
+    pub fn recovers(&self, script: &str, copy: &Cluster, upto: u32) {
+        let (code, out, err) = as_postgres(Path::new("bash"), &["-c", script], &self.vars());
+        assert_eq!(code, 0, "{script}\n{out}\n{err}");
+        let started = copy.start_env(&self.vars());
+        assert!(
+            started.status.success(),
+            "{script}: PostgreSQL did not start:\n{}",
+            copy.log()
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while copy.sql("SELECT pg_is_in_recovery()") != "f" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no promotion:\n{}",
+                copy.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let want: Vec<String> = (1..=upto).map(|j| format!("rel-{j}:100")).collect();
+        assert_eq!(rows(copy), want.join(","), "{script}");
+        copy.stop();
+    }
+
+    /// `drill run --env ENV ARGS` as postgres, with the world's trusted
+    /// keys copied where postgres can read them.
+    pub fn drill(&self, args: &[&str]) -> (i32, String, String) {
+        let trusted = self.dir.join("trusted");
+        if !trusted.exists() {
+            std::fs::create_dir(&trusted).unwrap();
+            for e in std::fs::read_dir(self.world.dir.path().join("trusted")).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), trusted.join(e.file_name())).unwrap();
+            }
+            chown_postgres(&self.dir);
+        }
+        let mut all = vec![
+            "drill",
+            "run",
+            "--env",
+            self.env,
+            "--pg-bin",
+            BIN,
+            "--trusted-keys",
+            trusted.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        self.stackpin(&all)
+    }
+
+    /// A drill that must pass; its JSON, checked to record `driver` and
+    /// the release it paired.
+    pub fn drill_passes(&self, args: &[&str], driver: &str, release: &str) -> serde_json::Value {
+        let (code, stdout, stderr) = self.drill(args);
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        let ran: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(ran["entry"]["driver"], driver, "{ran}");
+        assert_eq!(ran["entry"]["passed"], true, "{ran}");
+        assert_eq!(ran["entry"]["live"]["release_id"], release, "{ran}");
+        ran
+    }
+
+    /// How many entries `snapshot list` or `drill list` shows.
+    pub fn count(&self, what: &str) -> usize {
+        self.world
+            .cli(&["--output", "json", what, "list", "--env", self.env])
+            .json()["entries"]
+            .as_array()
+            .unwrap()
+            .len()
+    }
+}

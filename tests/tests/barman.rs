@@ -12,10 +12,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use stackpin_tests::pg::{BIN, Cluster, as_postgres, chown_postgres, ok, rows};
+use stackpin_tests::pg::{Cluster, Scenario, as_postgres, chown_postgres};
 use stackpin_tests::world::World;
 
 /// Stops Barman's WAL receiver however the test ends.
@@ -40,17 +40,10 @@ fn barman_backups_are_recorded_recovered_as_printed_and_drilled() {
     world.three_releases();
     let tmp = tempfile::Builder::new().prefix("barman").tempdir().unwrap();
     let dir = tmp.path();
-    for sub in ["sock", "home", "conf.d"] {
+    let mut s = Scenario::new(&world, dir, 5631, "brm");
+    for sub in ["home", "conf.d"] {
         std::fs::create_dir(dir.join(sub)).unwrap();
     }
-    let mut perms = std::fs::metadata(dir).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    std::fs::set_permissions(dir, perms).unwrap();
-    let primary = Cluster {
-        data: dir.join("primary"),
-        sock: dir.join("sock"),
-        port: 5631,
-    };
     let conf = dir.join("barman.conf");
     std::fs::write(
         &conf,
@@ -59,14 +52,16 @@ fn barman_backups_are_recorded_recovered_as_printed_and_drilled() {
              {d}/home/barman.log\nlog_level = INFO\nconfiguration_files_directory = {d}/conf.d\n\
              [pg]\nconninfo = host={d}/sock port={p} user=postgres dbname=postgres\n\
              streaming_conninfo = host={d}/sock port={p} user=postgres\nbackup_method = \
-             postgres\nstreaming_archiver = on\nslot_name = barman\npath_prefix = {BIN}\n",
+             postgres\nstreaming_archiver = on\nslot_name = barman\npath_prefix = {bin}\n",
             d = dir.display(),
-            p = primary.port,
+            p = s.primary.port,
+            bin = stackpin_tests::pg::BIN,
         ),
     )
     .unwrap();
     chown_postgres(dir);
     let conf = conf.to_str().unwrap().to_owned();
+    s.vars = vec![("STACKPIN_BARMAN_CONFIG".into(), conf.clone())];
     let barman = |args: &[&str]| {
         let mut all = vec!["-c", conf.as_str()];
         all.extend_from_slice(args);
@@ -74,74 +69,37 @@ fn barman_backups_are_recorded_recovered_as_printed_and_drilled() {
         assert_eq!(code, 0, "barman {args:?}:\n{out}\n{err}");
         out
     };
-    primary.init("wal_level = replica\nmax_wal_senders = 4\nmax_replication_slots = 4\n");
-    ok(primary.start(), "starting the primary");
+    s.primary
+        .init("wal_level = replica\nmax_wal_senders = 4\nmax_replication_slots = 4\n");
+    s.start();
     barman(&["receive-wal", "--create-slot", "pg"]);
     let _receiver = Receiver { conf: &conf };
-    barman(&["cron"]);
+    // `cron` starts the WAL receiver in the background: wait until Barman
+    // sees it running before asking for a WAL switch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        barman(&["cron"]);
+        let (_, out, _) = as_postgres(Path::new("barman"), &["-c", &conf, "check", "pg"], &[]);
+        if out.contains("receive-wal running: OK") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Barman's WAL receiver did not start:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     barman(&["switch-wal", "--force", "--archive", "pg"]);
-    primary.sql("CREATE TABLE rows (release text NOT NULL, n int NOT NULL)");
-    primary.sql("CREATE TABLE ticks (n int)");
 
-    let server = world.server.url();
-    let state = dir.join("state");
-    let stackpin_pg = |args: &[&str]| {
-        let mut all = vec!["--state-dir", state.to_str().unwrap(), "--output", "json"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--log-key", &world.vkey]);
-        let tmpdir = dir.to_str().unwrap();
-        as_postgres(
-            &stackpin_tests::bin("stackpin"),
-            &all,
-            &[
-                ("STACKPIN_BARMAN_CONFIG", conf.as_str()),
-                ("STACKPIN_SERVER", server.as_str()),
-                ("TMPDIR", tmpdir),
-            ],
-        )
-    };
-    let pin = |release: &str| {
-        let lsn = primary.sql("SELECT pg_current_wal_lsn()");
-        world
-            .cli(&[
-                "pin",
-                "--env",
-                "brm",
-                "--new-env",
-                "--release-id",
-                release,
-                "--db-lsn",
-                &lsn,
-            ])
-            .ok();
-        std::thread::sleep(Duration::from_millis(2200));
-    };
-    let mark = || {
-        let at = primary.now();
-        let lsn = primary.sql("SELECT pg_current_wal_lsn()");
-        primary.sql("INSERT INTO ticks VALUES (1)");
-        std::thread::sleep(Duration::from_millis(2200));
-        (at, lsn)
-    };
-    let insert = |release: &str| {
-        primary.sql(&format!(
-            "INSERT INTO rows SELECT '{release}', g FROM generate_series(1, 100) g"
-        ));
-    };
-    pin("rel-1");
-    insert("rel-1");
+    s.pin("rel-1");
+    s.insert("rel-1");
     barman(&["backup", "--wait", "pg"]);
     std::thread::sleep(Duration::from_millis(1100));
 
     // The newest backup recorded, paired with rel-1; a second tag of it is
     // the same entry, replayed.
-    let tag = || {
-        let (code, stdout, stderr) =
-            stackpin_pg(&["snapshot-tag", "--env", "brm", "--barman-server", "pg"]);
-        assert_eq!(code, 0, "{stdout}\n{stderr}");
-        serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
-    };
-    let tagged = tag();
+    let tag = ["snapshot-tag", "--env", "brm", "--barman-server", "pg"];
+    let tagged = s.stackpin_json(&tag);
     let entry = &tagged["entry"];
     assert_eq!(entry["driver"], "barman", "{tagged}");
     assert_eq!(entry["live"]["release_id"], "rel-1", "{tagged}");
@@ -158,26 +116,23 @@ fn barman_backups_are_recorded_recovered_as_printed_and_drilled() {
         "the snapshot's position is the backup's end LSN"
     );
     assert_eq!(tagged["replayed"], false);
-    let again = tag();
+    let again = s.stackpin_json(&tag);
     assert_eq!(again["replayed"], true, "{again}");
     assert_eq!(again["log_index"], tagged["log_index"]);
-    let listed = world
-        .cli(&["--output", "json", "snapshot", "list", "--env", "brm"])
-        .json();
-    assert_eq!(listed["entries"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(s.count("snapshot"), 1);
     let index = tagged["log_index"].as_u64().unwrap().to_string();
 
-    pin("rel-2");
-    insert("rel-2");
-    let (t2, l2) = mark();
-    pin("rel-3");
+    s.pin("rel-2");
+    s.insert("rel-2");
+    let (t2, l2) = s.mark();
+    s.pin("rel-3");
     barman(&["backup", "--wait", "pg"]);
     std::thread::sleep(Duration::from_millis(1100));
-    insert("rel-3");
-    let (t3, l3) = mark();
-    primary.sql("INSERT INTO rows VALUES ('later', 0)");
+    s.insert("rel-3");
+    let (t3, l3) = s.mark();
+    s.primary.sql("INSERT INTO rows VALUES ('later', 0)");
     barman(&["switch-wal", "--force", "--archive", "pg"]);
-    primary.stop();
+    s.primary.stop();
     let listed: serde_json::Value =
         serde_json::from_str(&barman(&["-f", "json", "list-backups", "pg"])).unwrap();
     let mut ids: Vec<String> = listed["pg"]
@@ -188,9 +143,12 @@ fn barman_backups_are_recorded_recovered_as_printed_and_drilled() {
         .collect();
     ids.sort();
     assert_eq!(ids.len(), 2, "{listed}");
-    let backup_b = ids[1].clone();
     assert_eq!(ids[0], backup_a);
+    let backup_b = ids[1].clone();
 
+    // `restore` prints the barman recover of each target, from the backup
+    // that precedes it; run as printed (with Barman's configuration named)
+    // it recovers exactly the release's rows.
     let cases = [
         ("rel-2", "--at", t2.as_str(), &backup_a, 2),
         ("rel-2", "--db-lsn", l2.as_str(), &backup_a, 2),
@@ -201,10 +159,10 @@ fn barman_backups_are_recorded_recovered_as_printed_and_drilled() {
         let copy = Cluster {
             data: dir.join(format!("copy-{i}")),
             sock: dir.join("sock"),
-            port: primary.port,
+            port: s.primary.port,
         };
         let destination = copy.data.to_str().unwrap();
-        let (code, stdout, stderr) = stackpin_pg(&[
+        let plan = s.stackpin_json(&[
             "restore",
             "--env",
             "brm",
@@ -216,17 +174,13 @@ fn barman_backups_are_recorded_recovered_as_printed_and_drilled() {
             "--barman-destination",
             destination,
         ]);
-        assert_eq!(code, 0, "{stdout}\n{stderr}");
-        let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(plan["pin"]["release_id"], release, "{flag} {value}");
         let target = &plan["database"]["barman"];
         assert_eq!(target["set"], backup.as_str(), "{flag} {value}: {target}");
         let command = target["command"].as_str().unwrap();
         let how = if flag == "--at" {
-            format!(
-                "--target-time '{}'",
-                value.replacen('T', " ", 1).replace('Z', "+00")
-            )
+            let t = value.replacen('T', " ", 1).replace('Z', "+00");
+            format!("--target-time '{t}'")
         } else {
             format!("--target-lsn {value}")
         };
@@ -234,69 +188,29 @@ fn barman_backups_are_recorded_recovered_as_printed_and_drilled() {
             command,
             format!("barman recover {how} --target-action promote pg {backup} {destination}")
         );
-        // Run as printed, with Barman's configuration named.
         let script = command.replacen("barman ", &format!("barman -c {conf} "), 1);
-        let (code, out, err) = as_postgres(Path::new("bash"), &["-c", &script], &[]);
-        assert_eq!(code, 0, "{script}\n{out}\n{err}");
-        let started = copy.start();
-        assert!(
-            started.status.success(),
-            "{script}: PostgreSQL did not start:\n{}",
-            copy.log()
-        );
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while copy.sql("SELECT pg_is_in_recovery()") != "f" {
-            assert!(Instant::now() < deadline, "no promotion:\n{}", copy.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let want: Vec<String> = (1..=upto).map(|j| format!("rel-{j}:100")).collect();
-        assert_eq!(rows(&copy), want.join(","), "{flag} {value} ({release})");
-        copy.stop();
+        s.recovers(&script, &copy, upto);
     }
 
-    // `drill run` recovers with Barman itself, as postgres.
-    let trusted: PathBuf = dir.join("trusted");
-    std::fs::create_dir(&trusted).unwrap();
-    for e in std::fs::read_dir(world.dir.path().join("trusted")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), trusted.join(e.file_name())).unwrap();
-    }
-    chown_postgres(dir);
-    let drill = |extra: &[&str]| {
-        let mut args = vec![
-            "drill",
-            "run",
-            "--env",
-            "brm",
-            "--pg-bin",
-            BIN,
-            "--trusted-keys",
-            trusted.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        stackpin_pg(&args)
-    };
+    // `drill run` recovers with Barman itself, as postgres; and the
+    // recorded backup, by its log index, to its consistency point.
     let check = "SELECT count(*) FROM rows WHERE release = '{release_id}' => 100";
-    let (code, stdout, stderr) = drill(&["--barman-server", "pg", "--at", &t2, "--check", check]);
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
-    let ran: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(ran["entry"]["driver"], "barman", "{ran}");
-    assert_eq!(ran["entry"]["passed"], true, "{ran}");
-    assert_eq!(ran["entry"]["live"]["release_id"], "rel-2", "{ran}");
-    assert!(
-        stderr.contains("barman recover and recovery: done"),
-        "{stderr}"
+    s.drill_passes(
+        &["--barman-server", "pg", "--at", &t2, "--check", check],
+        "barman",
+        "rel-2",
     );
-    let (code, stdout, stderr) = drill(&[
-        "--snapshot",
-        &index,
-        "--check",
-        "SELECT count(*) FROM rows WHERE release = 'rel-1' => 100",
-        "--check",
-        "SELECT count(*) FROM rows WHERE release = 'rel-2' => 0",
-    ]);
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
-    let ran: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let ran = s.drill_passes(
+        &[
+            "--snapshot",
+            &index,
+            "--check",
+            "SELECT count(*) FROM rows WHERE release = 'rel-1' => 100",
+            "--check",
+            "SELECT count(*) FROM rows WHERE release = 'rel-2' => 0",
+        ],
+        "barman",
+        "rel-1",
+    );
     assert_eq!(ran["entry"]["snapshot"], index.parse::<u64>().unwrap());
-    assert_eq!(ran["entry"]["live"]["release_id"], "rel-1", "{ran}");
 }

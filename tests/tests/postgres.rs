@@ -41,31 +41,10 @@ fn printed_postgresql_settings_recover_a_real_server_by_time_and_by_lsn() {
         sock: dir.join("sock"),
         port: 5491,
     };
-    ok(
-        pg(
-            "initdb",
-            &[
-                "-D",
-                primary.data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-            ],
-        ),
-        "initdb",
-    );
-    append(
-        &primary.data.join("postgresql.conf"),
-        &format!(
-            "listen_addresses = ''\nunix_socket_directories = '{}'\nport = {}\nwal_level = \
-             replica\narchive_mode = on\narchive_command = 'cp %p {}/%f'\nfsync = off\n",
-            primary.sock.display(),
-            primary.port,
-            archive.display()
-        ),
-    );
+    primary.init(&format!(
+        "wal_level = replica\narchive_mode = on\narchive_command = 'cp %p {}/%f'\n",
+        archive.display()
+    ));
     ok(primary.start(), "starting the primary");
     primary.sql("CREATE TABLE rows (release text NOT NULL, n int NOT NULL)");
     primary.sql("CREATE TABLE ticks (n int)");
@@ -111,10 +90,7 @@ fn printed_postgresql_settings_recover_a_real_server_by_time_and_by_lsn() {
         primary.sql(&format!(
             "INSERT INTO rows SELECT '{release}', g FROM generate_series(1, 100) g"
         ));
-        let at = primary.sql(
-            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', \
-             'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-        );
+        let at = primary.now();
         let after = primary.sql("SELECT pg_current_wal_lsn()");
         targets.push((release, at, after));
         // WAL moves on before the next activation, so its recorded LSN is
