@@ -26,6 +26,7 @@ mod cmd;
 mod download;
 pub mod exit;
 mod files;
+mod offline;
 mod progress;
 mod reader;
 mod tiles;

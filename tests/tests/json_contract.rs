@@ -156,7 +156,19 @@ fn every_command_prints_one_object_of_documented_names() {
     }
     let mut seen = BTreeMap::new();
     let vkey = w.vkey.clone();
+    let url = w.server.url();
     let later: Vec<Vec<&str>> = vec![
+        vec!["mirror", &url, "mirror-dir"],
+        vec![
+            "restore",
+            "--from",
+            "mirror-dir",
+            "--env",
+            "prod",
+            "--at",
+            T2,
+            "--plan",
+        ],
         vec!["key", "add", "k2.pub.pem", "--reason", "rotation"],
         vec!["key", "revoke", "k2.pub.pem"],
         vec!["trust", "add", &vkey],

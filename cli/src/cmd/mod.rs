@@ -21,6 +21,7 @@ pub mod evidence;
 pub mod history;
 pub mod keygen;
 pub mod keys;
+pub mod mirror;
 pub mod pins;
 pub mod posture;
 pub mod publish;
@@ -64,8 +65,13 @@ pub enum Command {
     /// Download an artifact, verified against its digest.
     Fetch(artifacts::FetchArgs),
     /// Resolve, download and verify the artifact live at an instant, and
-    /// write it atomically.
+    /// write it atomically (from a registry, or with --from from a mirror
+    /// or data folder with no registry running).
     Restore(restore::RestoreArgs),
+    /// Copy a log (a registry's, or a data folder's) into a folder in the
+    /// registry's storage layout, verified against its signed checkpoint,
+    /// incrementally; --follow keeps it current.
+    Mirror(mirror::MirrorArgs),
     /// List published artifacts.
     List(artifacts::ListArgs),
     /// Show one artifact's record.
@@ -117,6 +123,7 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Watch(a) => watch::run(a, server, state, format).await,
         Command::Fetch(a) => artifacts::fetch(a, server, state, format).await,
         Command::Restore(a) => restore::restore(a, server, state, format).await,
+        Command::Mirror(a) => mirror::mirror(a, server, format).await,
         Command::List(a) => artifacts::list(a, server, format).await,
         Command::Stat(a) => artifacts::stat(a, server, state, format).await,
         Command::SnapshotTag(a) => snapshot::snapshot_tag(a, server, state, format).await,

@@ -34,6 +34,11 @@ pub struct RestoreArgs {
     plan: bool,
     #[command(flatten)]
     targets: super::targets::TargetArgs,
+    /// Read the log from this folder (a mirror `stackpin mirror` wrote, or
+    /// a copied data folder) instead of a registry: everything is checked
+    /// against the folder's signed checkpoint, and no registry is asked.
+    #[arg(long, value_name = "DIR")]
+    from: Option<PathBuf>,
     /// Refuse a checkpoint whose newest cosignature (by the witnesses of
     /// --policy) is older than this (e.g. 10m, 1h): an answer that says
     /// "still live" is only as fresh as its checkpoint.
@@ -167,6 +172,7 @@ impl RestoreArgs {
             log_key,
             plan: false,
             targets: super::targets::TargetArgs::drill(wal_archive),
+            from: None,
             max_age: None,
             fail_near_switch: false,
         }
@@ -208,6 +214,9 @@ pub async fn restore_verified(
         (None, true) => None,
         (None, false) => return Err(Failure::invalid("--out is required (or --plan)")),
     };
+    if let Some(dir) = &args.from {
+        return restore_offline(args, dir, trusted.as_ref(), out.as_deref()).await;
+    }
     // A restore proves everything: it needs the log's key.
     if !args.log_key.given()
         && args.log_key.policy()?.is_none()
@@ -293,6 +302,94 @@ pub async fn restore_verified(
         fresh: resolved.anchor.fresh,
         plan: false,
         resolution: resolved.view,
+        database,
+    })
+}
+
+/// `restore --from DIR`: the same answer and checks from a folder, with no
+/// registry: the folder's log verified whole against its signed
+/// checkpoint, the pin live at the instant and its successor read from it
+/// (so "still live" means no later pin in the signed log), the artifact's
+/// bytes from the folder checked against the publish entry and the
+/// publisher's signature, and the `.tlog-proof` written as online.
+async fn restore_offline(
+    args: &RestoreArgs,
+    dir: &Path,
+    trusted: Option<&stackpin_core::signing::TrustedKeys>,
+    out: Option<&Path>,
+) -> Outcome<Restored> {
+    let log_key = crate::trust::log_key(&args.log_key).map_err(|e| {
+        Failure::verify(format!(
+            "{:#}: a restore from a folder proves everything against the log's key",
+            e.error
+        ))
+    })?;
+    let quorum = |note: &str| args.log_key.check_quorum(note);
+    let log = crate::offline::OfflineLog::open(dir, &log_key, &quorum)?;
+    let margin = args
+        .resolve
+        .margin
+        .unwrap_or(stackpin_core::defaults::BOUNDARY_MARGIN);
+    let found = log.resolve(
+        &args.resolve.env,
+        args.resolve.at,
+        args.resolve.position(),
+        margin,
+    )?;
+    let proof = RestoreProof {
+        checkpoint: log.note.clone(),
+        publish: log.proved(found.publish_index)?,
+        pin: log.proved(found.pin_index)?,
+        next: found.next_index.map(|i| log.proved(i)).transpose()?,
+    };
+    let query = match (args.resolve.position(), args.resolve.at) {
+        (Some(p), _) => Query::Position(p),
+        (None, Some(at)) => Query::Time(at),
+        (None, None) => return Err(Failure::invalid("--at or a database position is needed")),
+    };
+    let backups = args.targets.backups().await;
+    let database = db_target(&args.targets, &query, &found.pin, &backups);
+    let checkpoint_size = log.checkpoint.size;
+    let fresh = crate::trust::Freshness::default();
+    let (Some(trusted), Some(out), false) = (trusted, out, args.plan) else {
+        let key_id = match trusted {
+            Some(t) => proof
+                .verify_entries(&log_key, t)
+                .map_err(Failure::verify)?
+                .key_id
+                .to_string(),
+            None => "not checked: no --trusted-keys".to_owned(),
+        };
+        return Ok(Restored {
+            out: String::new(),
+            proof: String::new(),
+            key_id,
+            checkpoint_size,
+            fresh,
+            plan: true,
+            resolution: found.view,
+            database,
+        });
+    };
+    let bytes = log.blob(&found.pin.digest)?;
+    let verified = proof
+        .verify(&bytes, &log_key, trusted)
+        .map_err(Failure::verify)?;
+    let proof_file = crate::files::proof_path(out);
+    crate::files::say_replaced(out);
+    let proof_text = proof.to_tlog_proof();
+    crate::files::write_all_atomic(&[
+        (out, bytes.as_ref()),
+        (proof_file.as_path(), proof_text.as_bytes()),
+    ])?;
+    Ok(Restored {
+        out: out.display().to_string(),
+        proof: proof_file.display().to_string(),
+        key_id: verified.key_id.to_string(),
+        checkpoint_size,
+        fresh,
+        plan: false,
+        resolution: found.view,
         database,
     })
 }

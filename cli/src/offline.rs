@@ -1,0 +1,383 @@
+//! A log read from a folder in the registry's storage layout (a mirror
+//! `stackpin mirror` wrote, or a copy of a data folder) with no registry
+//! running. Every entry is checked before anything is answered: the
+//! folder's signed checkpoint (the log's key, and a policy's quorum when
+//! given) and the root of the entries the folder holds, computed here. A
+//! question is then answered from those entries alone, with inclusion
+//! proofs computed from them, so what is printed is what the signed
+//! checkpoint commits to.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use stackpin_core::digest::Digest;
+use stackpin_core::entry::{Entry, PinEntry};
+use stackpin_core::ids::EnvName;
+use stackpin_core::layout;
+use stackpin_core::merkle::{self, MemoryTree};
+use stackpin_core::note::{Checkpoint, NoteVerifier};
+use stackpin_core::position::DbPosition;
+use stackpin_core::proof::ProvedEntry;
+use stackpin_core::time::Timestamp;
+
+use crate::exit::{Failure, Outcome};
+use crate::view::{BoundaryView, PinView, ResolveView};
+
+/// A verified log in a folder.
+pub struct OfflineLog {
+    pub dir: PathBuf,
+    /// The folder's signed checkpoint note, and what it says.
+    pub note: String,
+    pub checkpoint: Checkpoint,
+    entries: Vec<Bytes>,
+    tree: MemoryTree,
+}
+
+/// The entry objects of `dir`, in order, as far as they chain without a
+/// gap: every entry the folder holds, split out of its objects.
+///
+/// # Errors
+/// Invalid when the folder is no log; a gap or an unreadable object.
+pub fn read_entries(dir: &Path, mut tick: impl FnMut(u64)) -> Outcome<Vec<Bytes>> {
+    let folder = dir.join(layout::ENTRIES);
+    let listing = std::fs::read_dir(&folder).map_err(|e| {
+        Failure::invalid(format!(
+            "{}: {e}: not a stackpin data folder or mirror (no {})",
+            dir.display(),
+            layout::ENTRIES
+        ))
+    })?;
+    let mut starts: Vec<u64> = listing
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().and_then(layout::parse_object_name))
+        .collect();
+    starts.sort_unstable();
+    let mut entries = Vec::new();
+    for start in starts {
+        if start != entries.len() as u64 {
+            return Err(Failure::verify(format!(
+                "{}: the log objects skip from entry {} to {start}: entries are missing",
+                folder.display(),
+                entries.len()
+            )));
+        }
+        let path = dir.join(layout::object_key(start));
+        let bytes = std::fs::read(&path)
+            .map_err(|e| Failure::verify(format!("{}: {e}", path.display())))?;
+        entries.extend(layout::split(&Bytes::from(bytes)));
+        tick(entries.len() as u64);
+    }
+    Ok(entries)
+}
+
+impl OfflineLog {
+    /// Reads and verifies the log in `dir`: its checkpoint under `log_key`
+    /// (and `quorum`), and the root of its first `size` entries.
+    ///
+    /// # Errors
+    /// Invalid when the folder holds no log; verification failed when
+    /// the checkpoint or the entries do not check.
+    pub fn open(
+        dir: &Path,
+        log_key: &NoteVerifier,
+        quorum: &dyn Fn(&str) -> Outcome,
+    ) -> Outcome<Self> {
+        let cp_path = dir.join(layout::CHECKPOINT);
+        let note = std::fs::read_to_string(&cp_path).map_err(|e| {
+            Failure::invalid(format!(
+                "{}: {e}: not a stackpin data folder or mirror",
+                cp_path.display()
+            ))
+        })?;
+        let checkpoint = Checkpoint::open(&note, log_key)
+            .map_err(|e| Failure::verify(format!("{}: {e}", cp_path.display())))?;
+        quorum(&note)?;
+        let mut progress = crate::progress::Progress::items("reading the log", None);
+        let mut entries = read_entries(dir, |n| {
+            progress.tick("reading the log", n, Some(checkpoint.size));
+        })?;
+        if (entries.len() as u64) < checkpoint.size {
+            return Err(Failure::verify(format!(
+                "{} holds {} entries, but its checkpoint signs {}: entries are missing",
+                dir.display(),
+                entries.len(),
+                checkpoint.size
+            )));
+        }
+        // Entries past the checkpoint (a copy interrupted before its
+        // checkpoint was written) are not part of the signed log.
+        entries.truncate(usize::try_from(checkpoint.size).unwrap_or(usize::MAX));
+        let mut tree = MemoryTree::new();
+        for e in &entries {
+            tree.push(merkle::leaf_hash(e));
+        }
+        let root = merkle::root(&tree, checkpoint.size).map_err(Failure::verify)?;
+        progress.finish();
+        if root != checkpoint.root {
+            return Err(Failure::verify(format!(
+                "the {} entries in {} do not lead to the root its checkpoint signs: the folder \
+                 was altered or is not the log it claims",
+                checkpoint.size,
+                dir.display()
+            )));
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            note,
+            checkpoint,
+            entries,
+            tree,
+        })
+    }
+
+    /// The checkpoint note, what it says, and the tree of the entries it
+    /// signs.
+    pub fn into_tree(self) -> (String, Checkpoint, MemoryTree) {
+        (self.note, self.checkpoint, self.tree)
+    }
+
+    /// The entry at `index`, parsed.
+    ///
+    /// # Errors
+    /// Verification failed when it does not parse.
+    pub fn entry(&self, index: u64) -> Outcome<Entry> {
+        let bytes = self.raw(index)?;
+        Entry::parse(index, bytes).map_err(|e| Failure::verify(e.to_string()))
+    }
+
+    fn raw(&self, index: u64) -> Outcome<&Bytes> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.entries.get(i))
+            .ok_or_else(|| Failure::verify(format!("log entry {index} is not in the log")))
+    }
+
+    /// The entry at `index` with its inclusion proof in the checkpoint.
+    ///
+    /// # Errors
+    /// Verification failed when it is not in the log.
+    pub fn proved(&self, index: u64) -> Outcome<ProvedEntry> {
+        let proof = merkle::inclusion_proof(&self.tree, index, self.checkpoint.size)
+            .map_err(|e| Failure::verify(format!("{e:?}")))?;
+        Ok(ProvedEntry {
+            index,
+            entry: self.raw(index)?.clone(),
+            proof,
+        })
+    }
+
+    /// Every entry, with its index.
+    pub fn all(&self) -> impl Iterator<Item = (u64, Outcome<Entry>)> + '_ {
+        (0..self.checkpoint.size).map(|i| (i, self.entry(i)))
+    }
+
+    /// The pins of `env`, in order, with their log indices.
+    ///
+    /// # Errors
+    /// Verification failed when an entry does not parse.
+    pub fn pins(&self, env: &EnvName) -> Outcome<Vec<(u64, PinEntry)>> {
+        let mut pins = Vec::new();
+        for (i, e) in self.all() {
+            if let Entry::Pin(p) = e?
+                && &p.env == env
+            {
+                pins.push((i, p));
+            }
+        }
+        Ok(pins)
+    }
+
+    /// The index of the publish entry of `digest`.
+    ///
+    /// # Errors
+    /// Verification failed when the log publishes no such artifact.
+    pub fn publish_of(&self, digest: &Digest) -> Outcome<u64> {
+        for (i, e) in self.all() {
+            if let Entry::Publish(p) = e?
+                && &p.digest == digest
+            {
+                return Ok(i);
+            }
+        }
+        Err(Failure::verify(format!(
+            "the log pins {digest}, but publishes no such artifact"
+        )))
+    }
+
+    /// The artifact bytes of `digest` in the folder, checked against it.
+    ///
+    /// # Errors
+    /// Not found when absent; verification failed when they differ.
+    pub fn blob(&self, digest: &Digest) -> Outcome<Bytes> {
+        let path = self.dir.join(layout::blob_key(digest));
+        let bytes = std::fs::read(&path).map_err(|e| {
+            Failure::new(
+                crate::exit::NOT_FOUND,
+                anyhow::anyhow!(
+                    "{}: {e}: the folder does not hold the artifact",
+                    path.display()
+                ),
+            )
+        })?;
+        if Digest::of(&bytes) != *digest {
+            return Err(Failure::verify(format!(
+                "{} does not hash to {digest}",
+                path.display()
+            )));
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    /// The pin of `env` live at `at` (or at a database position), its
+    /// neighbours and the view `resolve` prints, from the proved entries.
+    ///
+    /// # Errors
+    /// Not found when nothing was live then.
+    pub fn resolve(
+        &self,
+        env: &EnvName,
+        at: Option<Timestamp>,
+        position: Option<&DbPosition>,
+        margin: Duration,
+    ) -> Outcome<Resolution> {
+        let pins = self.pins(env)?;
+        if pins.is_empty() {
+            return Err(Failure::new(
+                crate::exit::NOT_FOUND,
+                anyhow::anyhow!("the log holds no pin of {env}"),
+            ));
+        }
+        let (chosen, uncertain) = match (position, at) {
+            (Some(target), _) => by_position(&pins, target)?,
+            (None, Some(at)) => (pins.iter().rposition(|(_, p)| p.activated_at <= at), None),
+            (None, None) => return Err(Failure::invalid("--at or a database position is needed")),
+        };
+        let Some(k) = chosen else {
+            return Err(Failure::new(
+                crate::exit::NOT_FOUND,
+                anyhow::anyhow!(
+                    "nothing was live in {env} then: its first pin went live at {}",
+                    pins[0].1.activated_at
+                ),
+            ));
+        };
+        let (index, pin) = &pins[k];
+        let next = pins.get(k + 1);
+        let prev = k.checked_sub(1).map(|j| &pins[j]);
+        let view_of = |(i, p): &(u64, PinEntry)| -> Outcome<PinView> {
+            Ok(PinView::of(*i, &merkle::leaf_hash(self.raw(*i)?), p))
+        };
+        let near_switch = match at {
+            Some(at) => stackpin_core::live::near_switch(
+                at,
+                prev.map(|(_, p)| p.activated_at),
+                pin.activated_at,
+                next.map(|(_, p)| p.activated_at),
+                margin,
+            )
+            .map(|s| -> Outcome<BoundaryView> {
+                let (before, after) = if s.to_next {
+                    (&pins[k], next.unwrap_or(&pins[k]))
+                } else {
+                    (prev.unwrap_or(&pins[k]), &pins[k])
+                };
+                Ok(BoundaryView {
+                    before: view_of(before)?,
+                    after: view_of(after)?,
+                    offset_seconds: s.offset_micros as f64 / 1e6,
+                })
+            })
+            .transpose()?,
+            None => None,
+        };
+        let view = ResolveView {
+            env: env.to_string(),
+            at: match (position, at) {
+                (Some(p), _) => p.to_string(),
+                (None, Some(at)) => at.to_string(),
+                (None, None) => String::new(),
+            },
+            pin: view_of(&pins[k])?,
+            live_from: pin.activated_at.to_string(),
+            live_until: next.map(|(_, n)| n.activated_at.to_string()),
+            next: next.map(view_of).transpose()?,
+            near_switch,
+            uncertain,
+        };
+        Ok(Resolution {
+            pin_index: *index,
+            pin: pin.clone(),
+            next_index: next.map(|(i, _)| *i),
+            publish_index: self.publish_of(&pin.digest)?,
+            view,
+        })
+    }
+}
+
+/// The pin with the greatest recorded position of the target's kind at or
+/// below it, and why the answer may be uncertain (later pins recorded no
+/// position).
+fn by_position(
+    pins: &[(u64, PinEntry)],
+    target: &DbPosition,
+) -> Outcome<(Option<usize>, Option<String>)> {
+    let want = target
+        .ordered()
+        .map_err(|e| Failure::invalid(e.to_string()))?
+        .ok_or_else(|| Failure::invalid(format!("{target} cannot be searched by order")))?;
+    let mut chosen = None;
+    for (k, (_, p)) in pins.iter().enumerate() {
+        let Some(Ok(Some(o))) = p.db_position.as_ref().map(DbPosition::ordered) else {
+            continue;
+        };
+        if o.tag() == want.tag() && o.value() <= want.value() {
+            chosen = Some(k);
+        }
+    }
+    let unpositioned: Vec<String> = chosen
+        .map(|k| {
+            pins[k + 1..]
+                .iter()
+                .filter(|(_, p)| p.db_position.is_none())
+                .map(|(_, p)| format!("#{}", p.seq))
+                .collect()
+        })
+        .unwrap_or_default();
+    let uncertain = (!unpositioned.is_empty()).then(|| {
+        format!(
+            "pins {} recorded no database position: one of them may have gone live before the \
+             database reached {target}",
+            unpositioned.join(", ")
+        )
+    });
+    Ok((chosen, uncertain))
+}
+
+/// What [`OfflineLog::resolve`] found.
+pub struct Resolution {
+    pub pin_index: u64,
+    pub pin: PinEntry,
+    pub next_index: Option<u64>,
+    pub publish_index: u64,
+    pub view: ResolveView,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_with_a_gap_in_its_log_objects_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = dir.path().join(layout::ENTRIES);
+        std::fs::create_dir_all(&entries).unwrap();
+        std::fs::write(dir.path().join(layout::object_key(0)), b"{}\n{}").unwrap();
+        assert_eq!(read_entries(dir.path(), |_| {}).ok().unwrap().len(), 2);
+        std::fs::write(dir.path().join(layout::object_key(3)), b"{}").unwrap();
+        let err = read_entries(dir.path(), |_| {}).err().unwrap();
+        assert!(format!("{:#}", err.error).contains("skip from entry 2 to 3"));
+        assert!(read_entries(&dir.path().join("nothing"), |_| {}).is_err());
+    }
+}

@@ -1,0 +1,277 @@
+//! `stackpin mirror` and `restore --from`, with the real binaries: a
+//! registry's log copied into a folder (verified, incremental, its
+//! artifacts checked), restored from with no registry reachable, refused
+//! when altered, and a forked registry (a copy of the data folder, signing
+//! with the same key, given other pins) refused with the evidence kept and
+//! the mirror untouched. `--follow` keeps the copy current and writes its
+//! figures for Prometheus.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use stackpin_tests::world::{T2, T3, World};
+use stackpin_tests::{Server, stackpin};
+
+/// A registry URL nothing listens on: proof that a command reached none.
+const NOWHERE: &str = "http://127.0.0.1:1";
+
+#[test]
+#[allow(clippy::too_many_lines)]
+fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
+    let w = World::new(&[]);
+    w.three_releases();
+    let url = w.server.url();
+    let mirror = w.dir.path().join("mirror");
+    let dest = mirror.to_str().unwrap();
+
+    let first = w.cli(&["--output", "json", "mirror", &url, dest]).json();
+    assert_eq!(first["from_size"], 0, "{first}");
+    assert_eq!(first["entries_copied"], 6, "{first}");
+    assert_eq!(first["blobs_copied"], 3, "{first}");
+    // Nothing new: nothing copied.
+    let again = w.cli(&["--output", "json", "mirror", &url, dest]).json();
+    assert_eq!(again["entries_copied"], 0, "{again}");
+    // A fourth release: only it is copied.
+    w.write("a4.json", b"{\"release\":4,\"objects\":[]}\n");
+    w.cli(&[
+        "publish",
+        "a4.json",
+        "--release-id",
+        "rel-4",
+        "--key",
+        "ci.pem",
+    ])
+    .ok();
+    w.cli(&["pin", "--env", "prod", "--release-id", "rel-4"])
+        .ok();
+    let more = w.cli(&["--output", "json", "mirror", &url, dest]).json();
+    assert_eq!(more["from_size"], 6, "{more}");
+    assert_eq!(more["entries_copied"], 2, "{more}");
+    assert_eq!(more["blobs_copied"], 1, "{more}");
+
+    // Restored from the mirror, with no registry to reach.
+    let offline = |args: &[&str]| stackpin(w.dir.path(), NOWHERE, args);
+    let restored = offline(&[
+        "--output",
+        "json",
+        "restore",
+        "--from",
+        dest,
+        "--env",
+        "prod",
+        "--at",
+        "2026-03-01T11:30:00Z",
+        "--out",
+        "offline.json",
+        "--trusted-keys",
+        "trusted",
+        "--log-key",
+        &w.vkey,
+    ])
+    .json();
+    assert_eq!(restored["pin"]["release_id"], "rel-2", "{restored}");
+    assert_eq!(restored["live_from"], "2026-03-01T11:00:00.000000Z");
+    assert_eq!(restored["live_until"], "2026-03-01T12:00:00.000000Z");
+    assert_eq!(w.read("offline.json"), w.read("a2.json"));
+    offline(&[
+        "verify",
+        "offline.json",
+        "--trusted-keys",
+        "trusted",
+        "--log-key",
+        &w.vkey,
+    ])
+    .ok();
+    // The same answer the registry gives.
+    assert_eq!(w.release_at(T2), "rel-2");
+    let text = offline(&[
+        "restore",
+        "--from",
+        dest,
+        "--env",
+        "prod",
+        "--at",
+        T3,
+        "--plan",
+        "--log-key",
+        &w.vkey,
+    ]);
+    assert!(text.ok().contains("release    rel-3"), "{text:?}");
+    // Without the log's key nothing is read.
+    let no_key = stackpin(
+        w.dir.path(),
+        NOWHERE,
+        &[
+            "restore", "--from", dest, "--env", "prod", "--at", T3, "--plan",
+        ],
+    );
+    assert_eq!(no_key.code, 5, "{no_key:?}");
+
+    // An altered mirror is refused.
+    let altered = w.dir.path().join("altered");
+    copy_dir(&mirror, &altered);
+    let object = altered.join("log/entries/00000000000000000000");
+    let mut bytes = std::fs::read(&object).unwrap();
+    let at = bytes.iter().position(|b| *b == b'1').unwrap();
+    bytes[at] = b'2';
+    std::fs::write(&object, bytes).unwrap();
+    let refused = offline(&[
+        "restore",
+        "--from",
+        altered.to_str().unwrap(),
+        "--env",
+        "prod",
+        "--at",
+        T3,
+        "--plan",
+        "--log-key",
+        &w.vkey,
+    ]);
+    assert_eq!(refused.code, 5, "{refused:?}");
+    assert!(
+        refused.stderr.contains("do not lead to the root"),
+        "{refused:?}"
+    );
+
+    // A fork: a copy of the data folder, signing with the same key, given
+    // another pin, while the original takes its own.
+    let data = w.data_signed_up_to(8);
+    let forked_dir = w.dir.path().join("forked-data");
+    copy_dir(&data, &forked_dir);
+    let _ = std::fs::remove_file(forked_dir.join("registry.lock"));
+    let forked = Server::start(&forked_dir, &[]);
+    stackpin(
+        w.dir.path(),
+        &forked.url(),
+        &[
+            "pin",
+            "--env",
+            "prod",
+            "--release-id",
+            "rel-1",
+            "--reason",
+            "fork",
+            "--log-key",
+            &w.vkey,
+        ],
+    )
+    .ok();
+    w.cli(&["pin", "--env", "prod", "--release-id", "rel-2"])
+        .ok();
+    let genuine = w.cli(&["--output", "json", "mirror", &url, dest]).json();
+    assert_eq!(genuine["entries_copied"], 1, "{genuine}");
+    let before = std::fs::read(mirror.join("log/checkpoint")).unwrap();
+    // The fork's checkpoint of the same size, then a larger one: both
+    // refused, each with its evidence, and the mirror untouched.
+    let fork = w.cli(&["mirror", &forked.url(), dest]);
+    assert_eq!(fork.code, 5, "{fork:?}");
+    assert!(
+        fork.stderr.contains("is not consistent with the mirror's"),
+        "{fork:?}"
+    );
+    stackpin(
+        w.dir.path(),
+        &forked.url(),
+        &[
+            "pin",
+            "--env",
+            "prod",
+            "--release-id",
+            "rel-3",
+            "--log-key",
+            &w.vkey,
+        ],
+    )
+    .ok();
+    let fork = w.cli(&["mirror", &forked.url(), dest]);
+    assert_eq!(fork.code, 5, "{fork:?}");
+    assert!(
+        fork.stderr.contains("followed by the source's 1 new ones"),
+        "{fork:?}"
+    );
+    assert_eq!(
+        std::fs::read(mirror.join("log/checkpoint")).unwrap(),
+        before
+    );
+    let evidence: Vec<_> = std::fs::read_dir(mirror.join("mirror/refused"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(evidence.len(), 2);
+    assert!(
+        evidence.iter().all(|e| e.contains(&forked.url())),
+        "{evidence:?}"
+    );
+    // The genuine source still mirrors on.
+    w.cli(&["pin", "--env", "prod", "--release-id", "rel-4"])
+        .ok();
+    let genuine = w.cli(&["--output", "json", "mirror", &url, dest]).json();
+    assert_eq!(genuine["entries_copied"], 1, "{genuine}");
+
+    // A data folder is a source too.
+    let from_folder = w.dir.path().join("from-folder");
+    let copied = w
+        .cli(&[
+            "--output",
+            "json",
+            "mirror",
+            data.to_str().unwrap(),
+            from_folder.to_str().unwrap(),
+        ])
+        .json();
+    assert!(copied["entries_copied"].as_u64().unwrap() >= 8, "{copied}");
+
+    // --follow: the copy keeps up, and says so in its metrics file.
+    let metrics = w.dir.path().join("mirror.prom");
+    let mut follower = std::process::Command::new(stackpin_tests::bin("stackpin"))
+        .current_dir(w.dir.path())
+        .env("STACKPIN_LOG_VKEY", &w.vkey)
+        .env("STACKPIN_STATE_DIR", w.dir.path().join("follow-state"))
+        .args([
+            "mirror",
+            &url,
+            dest,
+            "--follow",
+            "--interval",
+            "200ms",
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    w.cli(&["pin", "--env", "prod", "--release-id", "rel-3"])
+        .ok();
+    let size = w.cli(&["--output", "json", "checkpoint"]).json()["size"]
+        .as_u64()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let line = format!("stackpin_mirror_size {size}\n");
+    loop {
+        let text = std::fs::read_to_string(&metrics).unwrap_or_default();
+        if text.contains(&line) {
+            assert!(text.contains("stackpin_mirror_lag_entries "), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not reach {size}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
