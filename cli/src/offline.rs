@@ -153,6 +153,18 @@ impl OfflineLog {
             .ok_or_else(|| Failure::verify(format!("log entry {index} is not in the log")))
     }
 
+    /// The view of the pin at `index`.
+    ///
+    /// # Errors
+    /// Verification failed when it is not in the log.
+    pub fn pin_view(&self, index: u64, pin: &PinEntry) -> Outcome<PinView> {
+        Ok(PinView::of(
+            index,
+            &merkle::leaf_hash(self.raw(index)?),
+            pin,
+        ))
+    }
+
     /// The entry at `index` with its inclusion proof in the checkpoint.
     ///
     /// # Errors
@@ -265,9 +277,7 @@ impl OfflineLog {
         let (index, pin) = &pins[k];
         let next = pins.get(k + 1);
         let prev = k.checked_sub(1).map(|j| &pins[j]);
-        let view_of = |(i, p): &(u64, PinEntry)| -> Outcome<PinView> {
-            Ok(PinView::of(*i, &merkle::leaf_hash(self.raw(*i)?), p))
-        };
+        let view_of = |(i, p): &(u64, PinEntry)| self.pin_view(*i, p);
         let near_switch = match at {
             Some(at) => stackpin_core::live::near_switch(
                 at,

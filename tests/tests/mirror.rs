@@ -98,6 +98,51 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
         &w.vkey,
     ]);
     assert!(text.ok().contains("release    rel-3"), "{text:?}");
+    // History, status and a full audit read the mirror too.
+    let history = offline(&[
+        "--output",
+        "json",
+        "history",
+        "--from",
+        dest,
+        "--env",
+        "prod",
+        "--log-key",
+        &w.vkey,
+    ])
+    .json();
+    let seen: Vec<&str> = history["pins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["release_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, ["rel-4", "rel-3", "rel-2", "rel-1"], "{history}");
+    let status = offline(&[
+        "--output",
+        "json",
+        "status",
+        "--from",
+        dest,
+        "--log-key",
+        &w.vkey,
+    ])
+    .json();
+    assert_eq!(status["environments"][0]["live"]["release_id"], "rel-4");
+    assert_eq!(status["environments"][0]["pins"], 4);
+    let audit = offline(&[
+        "--output",
+        "json",
+        "audit",
+        "--data-dir",
+        dest,
+        "--trusted-keys",
+        "trusted",
+        "--log-key",
+        &w.vkey,
+    ])
+    .json();
+    assert_eq!(audit["ok"], true, "{audit}");
     // Without the log's key nothing is read.
     let no_key = stackpin(
         w.dir.path(),

@@ -9,6 +9,7 @@ use stackpin_proto::v1 as pb;
 
 use crate::cmd::pins::{anchored, proved_pins};
 use crate::exit::{Failure, Outcome};
+use crate::offline::OfflineLog;
 use crate::reader::{Proved, Reader};
 use crate::view::{Format, PinView, wire_time};
 
@@ -29,6 +30,10 @@ pub struct HistoryArgs {
     /// Continue from a previous page.
     #[arg(long, default_value = "")]
     page_token: String,
+    /// Read the log from this folder (a mirror, or a copied data folder)
+    /// instead of a registry, checked whole against its signed checkpoint.
+    #[arg(long, value_name = "DIR", conflicts_with = "page_token")]
+    from: Option<std::path::PathBuf>,
     #[command(flatten)]
     log_key: crate::trust::LogKey,
 }
@@ -165,6 +170,9 @@ pub async fn history(
     state: Option<&std::path::Path>,
     format: Format,
 ) -> Outcome {
+    if let Some(dir) = &args.from {
+        return history_offline(args, dir, format);
+    }
     let reader = Reader::new(&args.log_key, server, state, None)?;
     let mut client = crate::client::connect(server).await?;
     // `--request-id` here is a filter: the pin that request recorded (its
@@ -200,7 +208,21 @@ pub async fn history(
             .collect::<Outcome<_>>()?,
         next_page_token,
     };
-    format.emit(&view, || {
+    let footer = if anchor.verified && !view.pins.is_empty() {
+        format!(
+            "proved in the checkpoint of size {}: every pin, each following the next{}\n",
+            anchor.checkpoint.size,
+            if head { ", nothing newer left out" } else { "" }
+        )
+    } else {
+        String::new()
+    } + &reader.unverified_line();
+    emit_history(&view, &footer, format);
+    Ok(())
+}
+
+fn emit_history(view: &HistoryView, footer: &str, format: Format) {
+    format.emit(view, || {
         let mut out = String::new();
         for p in &view.pins {
             out.push_str(&p.line());
@@ -212,16 +234,47 @@ pub async fn history(
         if !view.next_page_token.is_empty() {
             out.push_str(&format!("more: --page-token {}\n", view.next_page_token));
         }
-        if anchor.verified && !view.pins.is_empty() {
-            out.push_str(&format!(
-                "proved in the checkpoint of size {}: every pin, each following the next{}\n",
-                anchor.checkpoint.size,
-                if head { ", nothing newer left out" } else { "" }
-            ));
-        }
-        out.push_str(&reader.unverified_line());
+        out.push_str(footer);
         out
     });
+}
+
+/// Opens the log in `dir`, checked whole against its signed checkpoint.
+fn offline_log(dir: &std::path::Path, log_key: &crate::trust::LogKey) -> Outcome<OfflineLog> {
+    let key = crate::trust::log_key(log_key).map_err(|e| {
+        Failure::verify(format!(
+            "{:#}: a log read from a folder is proved against the log's key",
+            e.error
+        ))
+    })?;
+    OfflineLog::open(dir, &key, &|note| log_key.check_quorum(note))
+}
+
+/// `history --from DIR`: the environment's pins from the folder's proved
+/// log, newest first.
+fn history_offline(args: &HistoryArgs, dir: &std::path::Path, format: Format) -> Outcome {
+    let log = offline_log(dir, &args.log_key)?;
+    let pins = log.pins(&args.env)?;
+    let shown: Vec<PinView> = pins
+        .iter()
+        .rev()
+        .filter(|(_, p)| args.before.is_none_or(|b| p.activated_at < b))
+        .filter(|(_, p)| args.since.is_none_or(|s| p.activated_at >= s))
+        .take(args.limit as usize)
+        .map(|(i, p)| log.pin_view(*i, p))
+        .collect::<Outcome<_>>()?;
+    let view = HistoryView {
+        env: args.env.to_string(),
+        verified: true,
+        pins: shown,
+        next_page_token: String::new(),
+    };
+    let footer = format!(
+        "proved: every entry of {} checked against its checkpoint of size {}; nothing left out\n",
+        dir.display(),
+        log.checkpoint.size
+    );
+    emit_history(&view, &footer, format);
     Ok(())
 }
 
@@ -233,6 +286,11 @@ pub struct StatusArgs {
     /// Continue from a previous page.
     #[arg(long, default_value = "")]
     page_token: String,
+    /// Read the log from this folder (a mirror, or a copied data folder)
+    /// instead of a registry, checked whole against its signed checkpoint:
+    /// every environment is listed, provably.
+    #[arg(long, value_name = "DIR", conflicts_with = "page_token")]
+    from: Option<std::path::PathBuf>,
     #[command(flatten)]
     log_key: crate::trust::LogKey,
 }
@@ -274,6 +332,9 @@ pub async fn status(
     state: Option<&std::path::Path>,
     format: Format,
 ) -> Outcome {
+    if let Some(dir) = &args.from {
+        return status_offline(args, dir, format);
+    }
     let reader = Reader::new(&args.log_key, server, state, None)?;
     let mut client = crate::client::connect(server).await?;
     let response = client
@@ -339,7 +400,65 @@ pub async fn status(
         environments,
         next_page_token: response.next_page_token,
     };
-    format.emit(&view, || {
+    let footer = if anchor.verified {
+        format!(
+            "proved in the checkpoint of size {}: every pin, and nothing newer left out\n",
+            anchor.checkpoint.size
+        )
+    } else {
+        String::new()
+    } + &reader.unverified_line();
+    emit_status(&view, &footer, format);
+    Ok(())
+}
+
+/// `status --from DIR`: every environment's latest pin, from the folder's
+/// proved log.
+fn status_offline(args: &StatusArgs, dir: &std::path::Path, format: Format) -> Outcome {
+    let log = offline_log(dir, &args.log_key)?;
+    let mut latest = std::collections::BTreeMap::new();
+    for (i, e) in log.all() {
+        if let stackpin_core::entry::Entry::Pin(p) = e? {
+            latest.insert(p.env.clone(), (i, p));
+        }
+    }
+    let now = Timestamp::now();
+    let environments = latest
+        .values()
+        .take(args.limit as usize)
+        .map(|(i, p)| {
+            Ok(EnvView {
+                env: p.env.to_string(),
+                pins: p.seq,
+                seconds_since_last_pin: Some(
+                    (now.as_micros() - p.recorded_at.as_micros()) / 1_000_000,
+                ),
+                live: log.pin_view(*i, p)?,
+            })
+        })
+        .collect::<Outcome<_>>()?;
+    let view = StatusView {
+        verified: true,
+        environments,
+        next_page_token: String::new(),
+    };
+    let footer = format!(
+        "proved: every entry of {} checked against its checkpoint of size {}; every \
+         environment listed{}\n",
+        dir.display(),
+        log.checkpoint.size,
+        if latest.len() > args.limit as usize {
+            format!(" (the first {} shown: raise --limit)", args.limit)
+        } else {
+            String::new()
+        }
+    );
+    emit_status(&view, &footer, format);
+    Ok(())
+}
+
+fn emit_status(view: &StatusView, footer: &str, format: Format) {
+    format.emit(view, || {
         let mut out = String::new();
         if view.environments.is_empty() {
             out.push_str("no environments yet: nothing has been pinned\n");
@@ -370,14 +489,7 @@ pub async fn status(
         if !view.next_page_token.is_empty() {
             out.push_str(&format!("more: --page-token {}\n", view.next_page_token));
         }
-        if anchor.verified {
-            out.push_str(&format!(
-                "proved in the checkpoint of size {}: every pin, and nothing newer left out\n",
-                anchor.checkpoint.size
-            ));
-        }
-        out.push_str(&reader.unverified_line());
+        out.push_str(footer);
         out
     });
-    Ok(())
 }

@@ -63,6 +63,9 @@ pub struct Restored {
     #[serde(flatten)]
     fresh: crate::trust::Freshness,
     plan: bool,
+    /// The folder read instead of a registry (`--from`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
     #[serde(flatten)]
     pub resolution: ResolveView,
     pub(crate) database: DbTarget,
@@ -92,7 +95,8 @@ pub async fn restore(
                 ),
             );
             format!(
-                "plan (nothing downloaded or written)\n{}boundary   {margin}would write {} and {}.tlog-proof, after checking the sha256\nchecked    publisher signature ({}), log inclusion in checkpoint {}\n{}",
+                "plan (nothing downloaded or written)\n{}{}boundary   {margin}would write {} and {}.tlog-proof, after checking the sha256\nchecked    publisher signature ({}), log inclusion in checkpoint {}\n{}",
+                out.source_line(),
                 out.resolution.text(),
                 planned_out(args),
                 planned_out(args),
@@ -115,8 +119,9 @@ pub async fn restore(
     }
     format.emit(&out, || {
         format!(
-            "restored {}\n{}verified   sha256, publisher signature ({}), log inclusion of publish, pin and successor in checkpoint {}\n{}proof      {}\n{}",
+            "restored {}\n{}{}verified   sha256, publisher signature ({}), log inclusion of publish, pin and successor in checkpoint {}\n{}proof      {}\n{}",
             out.out,
+            out.source_line(),
             out.resolution.text(),
             out.key_id,
             out.checkpoint_size,
@@ -142,6 +147,13 @@ pub async fn restore(
 }
 
 impl Restored {
+    /// Where the answer was read, when not from a registry.
+    fn source_line(&self) -> String {
+        self.source.as_ref().map_or_else(String::new, |s| {
+            format!("source     {s} (a folder, checked whole; no registry asked)\n")
+        })
+    }
+
     /// The PostgreSQL recovery settings of the target (none for a query
     /// PostgreSQL cannot recover to).
     pub fn postgres_settings(&self) -> Vec<String> {
@@ -270,6 +282,7 @@ pub async fn restore_verified(
             checkpoint_size,
             fresh: resolved.anchor.fresh,
             plan: true,
+            source: None,
             resolution: resolved.view,
             database,
         });
@@ -301,6 +314,7 @@ pub async fn restore_verified(
         checkpoint_size,
         fresh: resolved.anchor.fresh,
         plan: false,
+        source: None,
         resolution: resolved.view,
         database,
     })
@@ -367,6 +381,7 @@ async fn restore_offline(
             checkpoint_size,
             fresh,
             plan: true,
+            source: Some(dir.display().to_string()),
             resolution: found.view,
             database,
         });
@@ -389,6 +404,7 @@ async fn restore_offline(
         checkpoint_size,
         fresh,
         plan: false,
+        source: Some(dir.display().to_string()),
         resolution: found.view,
         database,
     })
