@@ -34,12 +34,13 @@ pub struct OfflineLog {
     tree: MemoryTree,
 }
 
-/// The entry objects of `dir`, in order, as far as they chain without a
-/// gap: every entry the folder holds, split out of its objects.
+/// The entries of `dir`'s log objects, in order, split out of them, up to
+/// at least `upto` (what lies past it, such as objects an interrupted copy
+/// left, is not read).
 ///
 /// # Errors
 /// Invalid when the folder is no log; a gap or an unreadable object.
-pub fn read_entries(dir: &Path, mut tick: impl FnMut(u64)) -> Outcome<Vec<Bytes>> {
+pub fn read_entries(dir: &Path, upto: u64, mut tick: impl FnMut(u64)) -> Outcome<Vec<Bytes>> {
     let folder = dir.join(layout::ENTRIES);
     let listing = std::fs::read_dir(&folder).map_err(|e| {
         Failure::invalid(format!(
@@ -55,6 +56,9 @@ pub fn read_entries(dir: &Path, mut tick: impl FnMut(u64)) -> Outcome<Vec<Bytes>
     starts.sort_unstable();
     let mut entries = Vec::new();
     for start in starts {
+        if entries.len() as u64 >= upto {
+            break;
+        }
         if start != entries.len() as u64 {
             return Err(Failure::verify(format!(
                 "{}: the log objects skip from entry {} to {start}: entries are missing",
@@ -94,7 +98,7 @@ impl OfflineLog {
             .map_err(|e| Failure::verify(format!("{}: {e}", cp_path.display())))?;
         quorum(&note)?;
         let mut progress = crate::progress::Progress::items("reading the log", None);
-        let mut entries = read_entries(dir, |n| {
+        let mut entries = read_entries(dir, checkpoint.size, |n| {
             progress.tick("reading the log", n, Some(checkpoint.size));
         })?;
         if (entries.len() as u64) < checkpoint.size {
@@ -384,10 +388,18 @@ mod tests {
         let entries = dir.path().join(layout::ENTRIES);
         std::fs::create_dir_all(&entries).unwrap();
         std::fs::write(dir.path().join(layout::object_key(0)), b"{}\n{}").unwrap();
-        assert_eq!(read_entries(dir.path(), |_| {}).ok().unwrap().len(), 2);
+        assert_eq!(
+            read_entries(dir.path(), u64::MAX, |_| {})
+                .ok()
+                .unwrap()
+                .len(),
+            2
+        );
         std::fs::write(dir.path().join(layout::object_key(3)), b"{}").unwrap();
-        let err = read_entries(dir.path(), |_| {}).err().unwrap();
+        let err = read_entries(dir.path(), u64::MAX, |_| {}).err().unwrap();
         assert!(format!("{:#}", err.error).contains("skip from entry 2 to 3"));
-        assert!(read_entries(&dir.path().join("nothing"), |_| {}).is_err());
+        // What lies past the entries asked for is not read.
+        assert_eq!(read_entries(dir.path(), 2, |_| {}).ok().unwrap().len(), 2);
+        assert!(read_entries(&dir.path().join("nothing"), u64::MAX, |_| {}).is_err());
     }
 }

@@ -32,6 +32,11 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
     // Nothing new: nothing copied.
     let again = w.cli(&["--output", "json", "mirror", &url, dest]).json();
     assert_eq!(again["entries_copied"], 0, "{again}");
+    // What an interrupted round leaves (a staged chunk, an object past the
+    // checkpoint) is set aside by the next one.
+    std::fs::create_dir_all(mirror.join("mirror/staging")).unwrap();
+    std::fs::write(mirror.join("mirror/staging/00000000000000000006"), b"junk").unwrap();
+    std::fs::write(mirror.join("log/entries/00000000000000000009"), b"junk").unwrap();
     // A fourth release: only it is copied.
     w.write("a4.json", b"{\"release\":4,\"objects\":[]}\n");
     w.cli(&[
@@ -49,6 +54,8 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
     assert_eq!(more["from_size"], 6, "{more}");
     assert_eq!(more["entries_copied"], 2, "{more}");
     assert_eq!(more["blobs_copied"], 1, "{more}");
+    assert!(!mirror.join("log/entries/00000000000000000009").exists());
+    assert!(!mirror.join("mirror/staging").exists());
 
     // Restored from the mirror, with no registry to reach.
     let offline = |args: &[&str]| stackpin(w.dir.path(), NOWHERE, args);

@@ -4,7 +4,9 @@
 //! Each round reads the source's signed checkpoint (the log's key, and a
 //! policy's quorum when given), fetches the entries the mirror lacks, and
 //! checks that the mirror's entries followed by the new ones lead to that
-//! checkpoint's root, before anything is written. Then every new
+//! checkpoint's root before anything enters the mirror's log (the new
+//! entries wait in `mirror/staging/`, a chunk at a time, so a round of any
+//! size holds one chunk in memory besides the tree). Then every new
 //! artifact's bytes are copied and checked against their digest, the
 //! entries are written, and last the checkpoint (and its history copy):
 //! an interrupted round leaves the mirror at its previous checkpoint, and
@@ -95,34 +97,49 @@ impl Source {
         }
     }
 
-    /// Entries `[start, end)`.
-    async fn entries(&self, start: u64, end: u64, progress: &mut Progress) -> Outcome<Vec<Bytes>> {
-        let mut out = Vec::new();
+    /// Entries `[start, end)`, handed to `chunk` in order, at most
+    /// [`OBJECT_ENTRIES`] at a time, so a round of any size holds one
+    /// chunk in memory.
+    async fn entries(
+        &self,
+        start: u64,
+        end: u64,
+        progress: &mut Progress,
+        mut chunk: impl FnMut(u64, Vec<Bytes>) -> Outcome,
+    ) -> Outcome {
+        let mut next = start;
+        let mut buffer = Vec::with_capacity(OBJECT_ENTRIES);
+        let mut take = |entry: Bytes, next: &mut u64, buffer: &mut Vec<Bytes>| -> Outcome {
+            buffer.push(entry);
+            *next += 1;
+            if buffer.len() == OBJECT_ENTRIES || *next == end {
+                let first = *next - buffer.len() as u64;
+                chunk(first, std::mem::take(buffer))?;
+            }
+            Ok(())
+        };
         match self {
             Source::Registry(c) => {
                 let mut client = crate::client::connect(c).await?;
-                while start + (out.len() as u64) < end {
-                    let from = start + out.len() as u64;
+                while next < end {
+                    let from = next;
                     let mut stream = client
                         .list_entries(pb::ListEntriesRequest { start: from, end })
                         .await?
                         .into_inner();
-                    let before = out.len();
-                    while let Some(e) = stream.message().await? {
-                        if e.index != start + out.len() as u64 {
+                    while next < end
+                        && let Some(e) = stream.message().await?
+                    {
+                        if e.index != next {
                             return Err(Failure::verify(format!(
-                                "the source sent entry {} where {} was due",
-                                e.index,
-                                start + out.len() as u64
+                                "the source sent entry {} where {next} was due",
+                                e.index
                             )));
                         }
-                        out.push(e.entry);
-                        progress.tick("mirror: entries", start + out.len() as u64, Some(end));
-                        if start + out.len() as u64 >= end {
-                            break;
-                        }
+                        take(e.entry, &mut next, &mut buffer)?;
+                        progress.tick("mirror: entries", next, Some(end));
                     }
-                    if out.len() == before {
+                    if next == from {
                         return Err(Failure::verify(format!(
                             "the source ended its entries at {from}, short of its checkpoint's {end}"
                         )));
@@ -130,7 +147,8 @@ impl Source {
                 }
             }
             Source::Folder(dir) => {
-                let all = read_entries(dir, |n| progress.tick("mirror: entries", n, Some(end)))?;
+                let all =
+                    read_entries(dir, end, |n| progress.tick("mirror: entries", n, Some(end)))?;
                 if (all.len() as u64) < end {
                     return Err(Failure::verify(format!(
                         "{} holds {} entries, short of its checkpoint's {end}",
@@ -138,12 +156,14 @@ impl Source {
                         all.len()
                     )));
                 }
-                out = all[usize::try_from(start).unwrap_or(usize::MAX)
-                    ..usize::try_from(end).unwrap_or(usize::MAX)]
-                    .to_vec();
+                let range = usize::try_from(start).unwrap_or(usize::MAX)
+                    ..usize::try_from(end).unwrap_or(usize::MAX);
+                for e in all.into_iter().take(range.end).skip(range.start) {
+                    take(e, &mut next, &mut buffer)?;
+                }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn blob(&self, digest: &Digest) -> Outcome<Bytes> {
@@ -344,33 +364,48 @@ async fn round(
             blob_bytes_copied: 0,
         });
     }
+    // The new entries go to a staging folder as they arrive (one log
+    // object per chunk), their leaves into a copy of the mirror's tree, and
+    // the artifacts they publish are noted; nothing is in the mirror's log
+    // until the root is checked.
+    let staging = mirror.dir.join("mirror/staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| Failure::invalid(format!("{}: {e}", staging.display())))?;
     let mut progress = Progress::items("mirror", Some(cp.size));
-    let new = source.entries(mirror.size, cp.size, &mut progress).await?;
     let mut tree = mirror.tree.clone();
-    for e in &new {
-        tree.push(merkle::leaf_hash(e));
-    }
+    let mut digests = Vec::new();
+    let mut staged = Vec::new();
+    source
+        .entries(mirror.size, cp.size, &mut progress, |first, chunk| {
+            for (i, e) in chunk.iter().enumerate() {
+                tree.push(merkle::leaf_hash(e));
+                if let Entry::Publish(p) = Entry::parse(first + i as u64, e)
+                    .map_err(|err| Failure::verify(err.to_string()))?
+                {
+                    digests.push(p.digest);
+                }
+            }
+            let path = staging.join(layout::object_name(first));
+            crate::files::write_atomic(&path, &layout::join(&chunk))?;
+            staged.push(first);
+            Ok(())
+        })
+        .await?;
     let root = merkle::root(&tree, cp.size).map_err(Failure::verify)?;
     if root != cp.root {
+        let _ = std::fs::remove_dir_all(&staging);
         return Err(refuse(
             format!(
                 "the mirror's {} entries followed by the source's {} new ones do not lead to the \
                  source's root",
                 mirror.size,
-                new.len()
+                cp.size - mirror.size
             ),
             mirror,
         ));
     }
     // Every artifact a new entry publishes, copied and checked first.
-    let mut digests = Vec::new();
-    for (i, e) in new.iter().enumerate() {
-        if let Entry::Publish(p) = Entry::parse(mirror.size + i as u64, e)
-            .map_err(|err| Failure::verify(err.to_string()))?
-        {
-            digests.push(p.digest);
-        }
-    }
     let (mut blobs, mut blob_bytes) = (0, 0);
     for (k, digest) in digests.iter().enumerate() {
         let path = mirror.dir.join(layout::blob_key(digest));
@@ -392,13 +427,30 @@ async fn round(
             Some(digests.len() as u64),
         );
     }
-    // Then the entries, then the checkpoint: the round is committed by its
-    // last write.
-    for (k, chunk) in new.chunks(OBJECT_ENTRIES).enumerate() {
-        let start = mirror.size + (k * OBJECT_ENTRIES) as u64;
-        let path = mirror.dir.join(layout::object_key(start));
-        crate::files::write_atomic(&path, &layout::join(chunk))?;
+    // Then the entries (objects an interrupted round left past the
+    // mirror's checkpoint go first), then the checkpoint: the round is
+    // committed by its last write.
+    let entries_dir = mirror.dir.join(layout::ENTRIES);
+    std::fs::create_dir_all(&entries_dir)
+        .map_err(|e| Failure::invalid(format!("{}: {e}", entries_dir.display())))?;
+    if let Ok(listing) = std::fs::read_dir(&entries_dir) {
+        for e in listing.filter_map(Result::ok) {
+            if e.file_name()
+                .to_str()
+                .and_then(layout::parse_object_name)
+                .is_some_and(|start| start >= mirror.size)
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
+    for first in &staged {
+        let from = staging.join(layout::object_name(*first));
+        let to = mirror.dir.join(layout::object_key(*first));
+        std::fs::rename(&from, &to)
+            .map_err(|e| Failure::invalid(format!("moving {} into place: {e}", from.display())))?;
+    }
+    let _ = std::fs::remove_dir(&staging);
     let history = mirror.dir.join(layout::checkpoint_history_key(cp.size));
     if !history.exists() {
         crate::files::write_atomic(&history, note.as_bytes())?;
@@ -415,7 +467,7 @@ async fn round(
         size: cp.size,
         source_size: cp.size,
         lag_entries: cp.size - from_size,
-        entries_copied: new.len() as u64,
+        entries_copied: cp.size - from_size,
         blobs_copied: blobs,
         blob_bytes_copied: blob_bytes,
     })
