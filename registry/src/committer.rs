@@ -63,6 +63,10 @@ pub trait Target: Send + Sync + 'static {
     /// on, were applied, before [`Self::committed`]: checks them against
     /// the checkpoint stored with the log.
     fn tailed(&self, from: u64) -> impl std::future::Future<Output = ()> + Send;
+    /// Called at a poll that found nothing new to apply.
+    fn idle(&self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// How often a long catch-up logs its progress.
@@ -167,7 +171,7 @@ pub async fn run<T: Target>(
                     metrics::gauge!("stackpin_index_lag_entries").set(*n as f64);
                 }
                 match caught {
-                    Ok(0) => {}
+                    Ok(0) => target.idle().await,
                     Ok(n) => {
                         tracing::debug!(entries = n, "applied entries written by other replicas");
                         target.tailed(from).await;

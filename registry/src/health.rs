@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutMode, PutOptions};
+use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions};
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -25,7 +25,14 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// How long a probe may take before storage counts as down.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-async fn probe(store: &Arc<dyn ObjectStore>) -> bool {
+async fn probe(store: &Arc<dyn ObjectStore>, read_only: bool) -> bool {
+    if read_only {
+        // A read-only registry writes nothing: storage answering a read of
+        // the stored checkpoint is what it needs.
+        let path = Path::from(stackpin_core::layout::CHECKPOINT);
+        let head = store.head(&path);
+        return matches!(tokio::time::timeout(PROBE_TIMEOUT, head).await, Ok(Ok(_)));
+    }
     let opts = PutOptions {
         mode: PutMode::Overwrite,
         ..PutOptions::default()
@@ -40,6 +47,7 @@ async fn probe(store: &Arc<dyn ObjectStore>) -> bool {
 /// for the registry service; `writes` says whether the committer still runs.
 pub async fn watch(
     store: Arc<dyn ObjectStore>,
+    read_only: bool,
     writes: impl Fn() -> bool + Send,
     reporter: HealthReporter,
 ) {
@@ -52,7 +60,7 @@ pub async fn watch(
             tracing::error!("the committer has stopped: every write would fail; NOT_SERVING");
             told_committer = true;
         }
-        let up = writing && probe(&store).await;
+        let up = writing && probe(&store, read_only).await;
         let status = if up {
             ServingStatus::Serving
         } else {
@@ -100,7 +108,12 @@ mod tests {
         let writing = Arc::new(AtomicBool::new(true));
         let flag = writing.clone();
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-        let task = tokio::spawn(watch(store, move || flag.load(Ordering::Relaxed), reporter));
+        let task = tokio::spawn(watch(
+            store,
+            false,
+            move || flag.load(Ordering::Relaxed),
+            reporter,
+        ));
         let serving = ServingStatus::Serving as i32;
         let not_serving = ServingStatus::NotServing as i32;
         let until = |want: i32| {

@@ -418,8 +418,18 @@ async fn registry_options(
 ) -> anyhow::Result<stackpin_registry::registry::Options> {
     let url = settings.storage_url()?;
     let store = storage::open(&url, &settings.storage_options())?;
-    let (signer, source) = settings.signer(&store).await?;
-    tracing::info!(origin = signer.name(), source = ?source, "log origin");
+    let base = if settings.read_only {
+        let verifier = settings.log_verifier()?;
+        tracing::info!(
+            origin = verifier.name(),
+            "read-only: serving the log another registry writes into this storage"
+        );
+        stackpin_registry::registry::Options::read_only(store, verifier)
+    } else {
+        let (signer, source) = settings.signer(&store).await?;
+        tracing::info!(origin = signer.name(), source = ?source, "log origin");
+        stackpin_registry::registry::Options::new(store, signer)
+    };
     let trusted = match &settings.trusted_keys {
         Some(path) => TrustedKeys::load(path).context("loading trusted publisher keys")?,
         None => {
@@ -441,12 +451,18 @@ async fn registry_options(
         trusted,
         witnesses,
         limits: settings.limits(),
-        ..stackpin_registry::registry::Options::new(store, signer)
+        ..base
     })
 }
 
 /// `recover`: a fresh index from the log, checked, and a stored checkpoint.
 async fn recover(settings: Settings, accept_unsigned: bool) -> anyhow::Result<()> {
+    if settings.read_only {
+        anyhow::bail!(
+            "recover signs the log it rebuilds; a read-only registry holds no signing key: run \
+             it without read_only"
+        );
+    }
     let url = settings.storage_url()?;
     let options = stackpin_registry::registry::Options {
         accept_unsigned,
@@ -507,7 +523,9 @@ async fn serve(settings: Settings, flags: Flags) -> anyhow::Result<()> {
     let registry = Registry::open_at(&settings.data_dir, options)
         .await
         .with_context(|| format!("opening the registry on {url:?}"))?;
-    if let storage::StorageUrl::File(root) = &url {
+    if let storage::StorageUrl::File(root) = &url
+        && !settings.read_only
+    {
         let removed = storage::remove_staging(root);
         if removed > 0 {
             tracing::info!(

@@ -164,7 +164,12 @@ pub async fn run_all(
         let registry = registry.clone();
         move || registry.accepts_writes()
     };
-    let health = tokio::spawn(crate::health::watch(registry.store(), writes, reporter));
+    let health = tokio::spawn(crate::health::watch(
+        registry.store(),
+        registry.is_read_only(),
+        writes,
+        reporter,
+    ));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(stackpin_proto::v1::FILE_DESCRIPTOR_SET)

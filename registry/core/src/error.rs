@@ -25,6 +25,8 @@ pub mod reason {
     pub const UNSIGNED_LOG: &str = "UNSIGNED_LOG";
     /// A publish envelope attests something other than a publish.
     pub const PREDICATE_TYPE: &str = "PREDICATE_TYPE";
+    /// A write sent to a registry that serves a log read-only.
+    pub const READ_ONLY: &str = "READ_ONLY";
 }
 
 /// The most of an input an error message repeats, in bytes.

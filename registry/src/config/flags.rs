@@ -39,6 +39,8 @@ pub(super) const ENV_KEYS: &[&str] = &[
     "max_watch_streams_per_principal",
     "log_signing_key",
     "log_origin",
+    "read_only",
+    "log_vkey",
     "tls_cert",
     "tls_key",
     "client_ca",
@@ -194,6 +196,16 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_origin: Option<String>,
+    /// Serve the log another process writes into --storage (a mirror, a
+    /// replicated bucket): every read, no write, nothing signed.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// The log's verifier key (vkey), for --read-only: the stored
+    /// checkpoints are checked with it.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_vkey: Option<String>,
     /// Server certificate chain (PEM) for TLS.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

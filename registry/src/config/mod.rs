@@ -138,6 +138,13 @@ pub struct Settings {
     /// The origin of a new log (default: derived from the log key). A log
     /// that has signed keeps its origin.
     pub log_origin: Option<String>,
+    /// Serve the log another process writes into `storage` (a mirror, a
+    /// replicated bucket), refusing every write and signing nothing.
+    pub read_only: bool,
+    /// The log's verifier key (C2SP signed-note vkey), which a read-only
+    /// registry checks the stored checkpoints with; it holds no signing
+    /// key. A writing registry ignores it.
+    pub log_vkey: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// CA that client certificates must chain to (turns on mutual TLS).
@@ -208,6 +215,8 @@ impl Default for Settings {
             log_signing_key: None,
             log_key: None,
             log_origin: None,
+            read_only: false,
+            log_vkey: None,
             tls_cert: None,
             tls_key: None,
             client_ca: None,

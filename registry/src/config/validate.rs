@@ -130,7 +130,59 @@ impl Settings {
         if let Some(origin) = &self.log_origin {
             crate::note::check_origin(origin).map_err(|e| invalid("log_origin", e))?;
         }
+        if self.read_only {
+            self.check_read_only()?;
+        }
         Ok(())
+    }
+
+    /// What a read-only registry needs: the log's verifier key, storage of
+    /// its own (the data folder keeps the index), and nothing that writes.
+    fn check_read_only(&self) -> Result<()> {
+        self.log_verifier()?;
+        let storage = self.storage_url()?;
+        if storage == StorageUrl::File(self.data_dir.clone()) {
+            return Err(invalid(
+                "storage",
+                "read_only serves a log another process writes: name it with storage \
+                 (file:///path/to/mirror, s3://…, az://…); data_dir keeps this registry's index",
+            ));
+        }
+        if storage == StorageUrl::Memory {
+            return Err(invalid(
+                "storage",
+                "read_only serves stored data: not memory://",
+            ));
+        }
+        for (key, set) in [
+            ("witness", !self.witness.is_empty()),
+            ("webhook", !self.webhook.is_empty()),
+        ] {
+            if set {
+                return Err(invalid(
+                    key,
+                    "a read-only registry signs nothing and sends nothing: the registry that \
+                 writes the log does that",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The log's verifier key a read-only registry checks with (log_vkey).
+    ///
+    /// # Errors
+    /// Invalid when it is missing or does not parse.
+    pub fn log_verifier(&self) -> Result<crate::note::NoteVerifier> {
+        let text = self.log_vkey.as_deref().ok_or_else(|| {
+            invalid(
+                "log_vkey",
+                "read_only needs the log's verifier key (--log-vkey, STACKPIN_LOG_VKEY or \
+                 log_vkey; `stackpin-registry key` on the writer prints it): the stored \
+                 checkpoints are checked with it",
+            )
+        })?;
+        crate::note::NoteVerifier::parse(text.trim()).map_err(|e| invalid("log_vkey", e))
     }
 
     /// The witnesses these settings name.
@@ -276,7 +328,7 @@ impl Settings {
                  (allow_memory_storage = true); otherwise use file://, s3:// or az://",
             ));
         }
-        if url.is_shared() && self.log_signing_key.is_none() {
+        if url.is_shared() && self.log_signing_key.is_none() && !self.read_only {
             return Err(invalid(
                 "log_signing_key",
                 "s3:// and az:// storage need an explicit log_signing_key: replicas sharing a bucket \

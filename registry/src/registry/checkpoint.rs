@@ -30,6 +30,16 @@ impl Shared {
         if let Some(e) = self.contradicted.get() {
             return Err(e.clone());
         }
+        // A read-only registry signs nothing: its newest checkpoint is the
+        // newest stored one it has checked (`adopt_stored`).
+        let Some(signer) = self.signer.signer() else {
+            return self.stored.borrow().clone().ok_or_else(|| {
+                Error::new(
+                    Kind::Unavailable,
+                    "no stored checkpoint has been checked yet",
+                )
+            });
+        };
         // Only what was checked: entries other replicas wrote are signed
         // once checked against the stored checkpoint (`check_tailed`).
         let size = self
@@ -43,7 +53,7 @@ impl Shared {
         }
         let root = merkle::root(&self.index, size)?;
         let body = Checkpoint {
-            origin: self.signer.name().to_owned(),
+            origin: signer.name().to_owned(),
             size,
             root,
         }
@@ -51,7 +61,7 @@ impl Shared {
         let cp = SignedCheckpoint {
             size,
             root,
-            note: self.signer.sign(&body).into(),
+            note: signer.sign(&body).into(),
         };
         let mut cache = self
             .checkpoint
@@ -109,6 +119,69 @@ impl Shared {
         }
     }
 
+    /// Read-only: adopts the newest checkpoint stored with the log that
+    /// the entries applied here reach, once its root matches theirs (the
+    /// start's check, applied as the log grows); from then on it is the
+    /// one served. A stored checkpoint the entries contradict stops the
+    /// serving, as [`Self::check_tailed`] does for a replica.
+    ///
+    /// # Errors
+    /// Unavailable when storage fails; DataLoss when the stored
+    /// checkpoint does not verify or the entries contradict it.
+    pub(super) async fn adopt_stored(&self) -> Result<()> {
+        if let Some(e) = self.contradicted.get() {
+            return Err(e.clone());
+        }
+        let verifier = self.signer.verifier();
+        let served = self.stored.borrow().as_ref().map_or(0, |c| c.size);
+        let applied = self.index.applied()?;
+        let found = find_checkpoints(&self.store, &verifier, Some(served)).await?;
+        let mut newest = found
+            .latest
+            .filter(|l| l.checkpoint.size > served && l.checkpoint.size <= applied);
+        if let Some(size) = found
+            .history
+            .iter()
+            .rev()
+            .find(|s| **s <= applied && newest.as_ref().is_none_or(|n| n.checkpoint.size < **s))
+        {
+            newest = Some(history_checkpoint(&self.store, &verifier, *size).await?);
+        }
+        let Some(stored) = newest else {
+            return Ok(());
+        };
+        let cp = &stored.checkpoint;
+        if merkle::root(&self.index, cp.size)? != cp.root {
+            let e = Error::new(
+                Kind::DataLoss,
+                format!(
+                    "the log entries in storage are not what {} (size {}, root {}) signs: this \
+                     read-only registry serves nothing until it is restarted on an intact copy",
+                    stored.key, cp.size, cp.root
+                ),
+            )
+            .with_reason(reason::LOG_CONTRADICTS_CHECKPOINT);
+            tracing::error!(error = %e, "NOT_SERVING");
+            let _ = self.contradicted.set(e.clone());
+            return Err(e);
+        }
+        metrics::gauge!("stackpin_log_entries").set(cp.size as f64);
+        self.stored.send_replace(Some(SignedCheckpoint {
+            size: cp.size,
+            root: cp.root,
+            note: stored.note.clone(),
+        }));
+        Ok(())
+    }
+
+    /// [`Self::adopt_stored`] as the log is followed: a failure is logged
+    /// (a contradiction also stops the serving).
+    pub(super) async fn adopt_logged(&self) {
+        if let Err(e) = self.adopt_stored().await {
+            tracing::warn!(error = %e, "checking the stored checkpoint failed");
+        }
+    }
+
     fn cached_checkpoint(&self) -> Option<SignedCheckpoint> {
         self.checkpoint
             .read()
@@ -122,6 +195,8 @@ impl Shared {
 pub(super) struct Stored {
     pub(super) key: String,
     pub(super) checkpoint: Checkpoint,
+    /// The signed note as stored.
+    pub(super) note: Arc<str>,
 }
 
 /// Reads the object at `key`, `None` when there is none.
@@ -154,6 +229,7 @@ fn open_stored(key: &str, note: &str, verifier: &NoteVerifier) -> Result<Stored>
     Ok(Stored {
         key: key.to_owned(),
         checkpoint,
+        note: note.into(),
     })
 }
 

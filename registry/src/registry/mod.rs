@@ -42,7 +42,7 @@ use crate::ids::ReleaseId;
 use crate::index::Index;
 use crate::log::{Entry, Log};
 use crate::merkle::Hash;
-use crate::note::NoteSigner;
+use crate::note::{NoteSigner, NoteVerifier};
 use crate::position::Ordered;
 use crate::proof::ProvedEntry;
 use crate::records::{ArtifactRecord, PinRecord};
@@ -223,8 +223,9 @@ pub struct Options {
     /// Publisher keys trusted by configuration (the log can revoke them and
     /// add others).
     pub trusted: TrustedKeys,
-    /// The log's key: it signs every checkpoint.
-    pub signer: NoteSigner,
+    /// The log's key: it signs every checkpoint (a read-only registry
+    /// holds only the verifier key).
+    pub log_key: LogKey,
     pub limits: Limits,
     /// The clock entries are recorded by (a fake one in tests).
     pub clock: Arc<dyn Clock>,
@@ -243,16 +244,72 @@ impl Options {
     /// A registry on `store` signing as `signer`, trusting no configured
     /// publisher key, with the default limits and the system clock.
     pub fn new(store: Arc<dyn ObjectStore>, signer: NoteSigner) -> Self {
+        Self::with_key(store, LogKey::Signer(signer))
+    }
+
+    /// A read-only registry on `store`, which another process writes: it
+    /// checks the stored checkpoints with `verifier` and serves them,
+    /// refusing every write (see [`Registry::refuses_writes`]).
+    pub fn read_only(store: Arc<dyn ObjectStore>, verifier: NoteVerifier) -> Self {
+        let store: Arc<dyn ObjectStore> = Arc::new(crate::storage::ReadOnlyStore::new(store));
+        Self::with_key(store, LogKey::Verifier(verifier))
+    }
+
+    fn with_key(store: Arc<dyn ObjectStore>, log_key: LogKey) -> Self {
         Self {
             store,
             trusted: TrustedKeys::new([]),
-            signer,
+            log_key,
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
             accept_unsigned: false,
             staging_dir: None,
             witnesses: Vec::new(),
         }
+    }
+}
+
+/// The log's key as this registry holds it: the signing key of a writer,
+/// or only the verifier key of a read-only registry.
+#[derive(Clone)]
+pub enum LogKey {
+    Signer(NoteSigner),
+    Verifier(NoteVerifier),
+}
+
+impl LogKey {
+    /// The verifier key.
+    pub fn verifier(&self) -> NoteVerifier {
+        match self {
+            LogKey::Signer(s) => s.verifier(),
+            LogKey::Verifier(v) => v.clone(),
+        }
+    }
+
+    /// The signing key, which a read-only registry does not hold.
+    pub fn signer(&self) -> Option<&NoteSigner> {
+        match self {
+            LogKey::Signer(s) => Some(s),
+            LogKey::Verifier(_) => None,
+        }
+    }
+
+    /// Whether this is a read-only registry's key.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, LogKey::Verifier(_))
+    }
+
+    /// The log's origin.
+    pub fn name(&self) -> &str {
+        match self {
+            LogKey::Signer(s) => s.name(),
+            LogKey::Verifier(v) => v.name(),
+        }
+    }
+
+    /// The verifier key in the signed-note vkey form.
+    pub fn vkey(&self) -> String {
+        self.verifier().vkey()
     }
 }
 
@@ -277,8 +334,8 @@ struct Shared {
     rules: RwLock<Arc<Rules>>,
     clock: Arc<dyn Clock>,
     limits: Limits,
-    /// Signs checkpoints as the log.
-    signer: NoteSigner,
+    /// Signs checkpoints as the log (verifies them, read-only).
+    signer: LogKey,
     /// The newest signed checkpoint, so readers do not sign per request.
     checkpoint: RwLock<Option<SignedCheckpoint>>,
     /// Hands new checkpoints to the task that stores `log/checkpoint`, off
@@ -465,6 +522,9 @@ impl Registry {
     /// Internal when sled fails; Unavailable when storage fails.
     pub async fn flush(&self) -> Result<()> {
         self.shared.index.flush().await?;
+        if self.shared.signer.is_read_only() {
+            return Ok(());
+        }
         let cp = self.shared.checkpoint()?;
         let _held = self.shared.store_lock.lock().await;
         put_checkpoint(&self.shared.store, &self.shared.signer.verifier(), &cp).await?;
@@ -504,12 +564,18 @@ impl Registry {
     /// # Errors
     /// Invalid when the id or body holds a newline.
     pub fn sign_webhook(&self, id: &str, timestamp: i64, body: &[u8]) -> Result<String> {
-        Ok(stackpin_core::webhook::sign(
-            &self.shared.signer,
-            id,
-            timestamp,
-            body,
-        )?)
+        let signer = self.shared.signer.signer().ok_or_else(read_only)?;
+        Ok(stackpin_core::webhook::sign(signer, id, timestamp, body)?)
+    }
+
+    /// Whether this registry serves a log another process writes.
+    pub fn is_read_only(&self) -> bool {
+        self.shared.signer.is_read_only()
+    }
+
+    /// The refusal of a write, when this registry is read-only.
+    pub fn refuses_writes(&self) -> Option<Error> {
+        self.is_read_only().then(read_only)
     }
 
     /// How many log entries the index has applied, from memory (no index
@@ -605,6 +671,15 @@ impl Registry {
     }
 }
 
+/// The refusal of every write by a read-only registry.
+fn read_only() -> Error {
+    Error::precondition(
+        "this registry is read-only (--read-only): it serves the log another registry writes \
+         into its storage, and writes nothing; send writes to that registry",
+    )
+    .with_reason(stackpin_core::error::reason::READ_ONLY)
+}
+
 impl Registry {
     /// " (did you mean prod?)" for an environment that has no pins.
     ///
@@ -639,10 +714,24 @@ impl committer::Target for Shared {
     }
 
     async fn tailed(&self, from: u64) {
-        self.check_tailed(from).await;
+        if self.signer.is_read_only() {
+            self.adopt_logged().await;
+        } else {
+            self.check_tailed(from).await;
+        }
+    }
+
+    async fn idle(&self) {
+        // A checkpoint the writer stored after its entries were tailed.
+        if self.signer.is_read_only() {
+            self.adopt_logged().await;
+        }
     }
 
     fn committed(&self) {
+        if self.signer.is_read_only() {
+            return; // it signs nothing: the checkpoints come from storage
+        }
         if self.contradicted.get().is_some() {
             return; // never sign entries that contradict a signed checkpoint
         }

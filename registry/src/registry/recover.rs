@@ -121,8 +121,13 @@ async fn verify_objects(log: &Log, index: &Index) -> Result<()> {
             }
         }
     }
-    if let Some((s, _)) = stored_iter.next() {
-        let size = index.applied()?;
+    // An object starting right at the end is a write that landed while
+    // this was read (another replica, or the writer a read-only registry
+    // follows): the next tail applies it.
+    let size = index.applied()?;
+    if let Some((s, _)) = stored_iter.next()
+        && *s != size
+    {
         return Err(Error::new(
             Kind::DataLoss,
             format!(
@@ -426,7 +431,7 @@ impl Registry {
         let Options {
             store,
             trusted,
-            signer,
+            log_key: signer,
             limits,
             clock,
             accept_unsigned,
@@ -516,6 +521,31 @@ impl Registry {
                 entries,
                 "the log agrees with its signed checkpoints"
             );
+        }
+        if shared.signer.is_read_only() {
+            // Serves the checkpoints stored with the log, checked against
+            // the tree it rebuilt; writes nothing, signs nothing, sends
+            // nothing (the writer does), and follows the log as it grows.
+            shared.adopt_stored().await?;
+            if shared.stored.borrow().is_none() {
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    "the storage holds no signed checkpoint to serve (read_only serves a log \
+                     another registry writes and signs)",
+                ));
+            }
+            let (commits, rx) = mpsc::channel(1);
+            tokio::spawn(committer::run(
+                shared.clone(),
+                rx,
+                shared.limits.poll_interval,
+                shared.limits.max_batch,
+            ));
+            return Ok(Self {
+                shared,
+                commits,
+                folder: None,
+            });
         }
         // The checkpoint of the tree as opened is stored before anything
         // is served: every checkpoint that leaves the registry is stored.

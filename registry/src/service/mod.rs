@@ -103,6 +103,11 @@ impl RegistryService {
         if let Some(e) = self.registry.contradicted() {
             return Err(e.into());
         }
+        if !matches!(action, Action::Read)
+            && let Some(e) = self.registry.refuses_writes()
+        {
+            return Err(e.into());
+        }
         let bearer = match request.metadata().get("authorization") {
             None => None,
             Some(value) => Some(crate::auth::bearer(value.to_str().ok())?),
