@@ -93,6 +93,11 @@ struct Args {
     /// Stop after this many measured requests, if that comes before --duration.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     requests: Option<u64>,
+    /// Pace the workers to about this many requests per second in all
+    /// (a steady load, e.g. for a mirror's lag) [default: as fast as they
+    /// go].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: Option<u32>,
     /// Artifact size for publish and fetch: bytes, or with KiB, MiB or GiB.
     #[arg(long, default_value = "64KiB", value_parser = parse_size)]
     size: u64,
@@ -370,6 +375,8 @@ struct Shared {
     counter: AtomicU64,
     /// Measured requests started (for --requests).
     started: AtomicU64,
+    /// How long each worker waits between starting requests (--rate).
+    pace: Option<Duration>,
     ok: AtomicU64,
     failed: AtomicU64,
 }
@@ -398,7 +405,12 @@ impl Tally {
 async fn worker(shared: Arc<Shared>, mut client: Client, index: usize, seed: u64) -> Tally {
     let mut rng = (seed ^ (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
     let mut tally = Tally::default();
+    let mut next = Instant::now();
     loop {
+        if let Some(pace) = shared.pace {
+            tokio::time::sleep_until(next).await;
+            next += pace;
+        }
         let now = Instant::now();
         let measured = now >= shared.measure_from;
         let enough = |limit| shared.started.fetch_add(1, Relaxed) >= limit;
@@ -712,6 +724,9 @@ async fn run(args: &Args, server: &stackpin_cli::client::Connection, format: For
         limit: args.requests,
         counter: AtomicU64::new(1),
         started: AtomicU64::new(0),
+        pace: args
+            .rate
+            .map(|r| Duration::from_secs_f64(f64::from(args.concurrency) / f64::from(r))),
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
     });
