@@ -63,22 +63,33 @@ pub struct MirrorArgs {
 
 /// Where the entries and blobs come from.
 enum Source {
-    Registry(crate::client::Connection),
+    /// A registry, and the one connection every call of a run shares.
+    Registry(Box<(crate::client::Connection, Shared)>),
     Folder(PathBuf),
+}
+
+/// The connection every call to the source registry shares.
+type Shared = tokio::sync::OnceCell<crate::client::Client>;
+
+/// The shared connection to the source registry, made at first use.
+async fn client(c: &crate::client::Connection, cell: &Shared) -> Outcome<crate::client::Client> {
+    cell.get_or_try_init(|| crate::client::connect(c))
+        .await
+        .cloned()
 }
 
 impl Source {
     fn name(&self) -> String {
         match self {
-            Source::Registry(c) => c.url.clone(),
+            Source::Registry(r) => r.0.url.clone(),
             Source::Folder(p) => p.display().to_string(),
         }
     }
 
     async fn checkpoint(&self) -> Outcome<String> {
         match self {
-            Source::Registry(c) => {
-                let mut client = crate::client::connect(c).await?;
+            Source::Registry(r) => {
+                let mut client = client(&r.0, &r.1).await?;
                 Ok(client
                     .get_checkpoint(pb::GetCheckpointRequest {})
                     .await?
@@ -119,8 +130,8 @@ impl Source {
             Ok(())
         };
         match self {
-            Source::Registry(c) => {
-                let mut client = crate::client::connect(c).await?;
+            Source::Registry(r) => {
+                let mut client = client(&r.0, &r.1).await?;
                 while next < end {
                     let from = next;
                     let mut stream = client
@@ -168,13 +179,13 @@ impl Source {
 
     async fn blob(&self, digest: &Digest) -> Outcome<Bytes> {
         match self {
-            Source::Registry(c) => {
-                let mut client = crate::client::connect(c).await?;
+            Source::Registry(r) => {
+                let mut client = client(&r.0, &r.1).await?;
                 let what = pb::ArtifactRef {
                     r#ref: Some(pb::artifact_ref::Ref::Digest(digest.to_string())),
                 };
                 let (_, bytes) =
-                    crate::download::download(&mut client, what, c.max_download).await?;
+                    crate::download::download(&mut client, what, r.0.max_download).await?;
                 Ok(Bytes::from(bytes))
             }
             Source::Folder(dir) => {
@@ -260,7 +271,7 @@ pub async fn mirror(
     let source = if args.source.starts_with("http://") || args.source.starts_with("https://") {
         let mut c = server.clone();
         c.url.clone_from(&args.source);
-        Source::Registry(c)
+        Source::Registry(Box::new((c, tokio::sync::OnceCell::new())))
     } else {
         let dir = PathBuf::from(&args.source);
         if !dir.is_dir() {
