@@ -543,3 +543,107 @@ fn on_a_bucket_an_edited_log_is_refused_and_a_damaged_index_is_rebuilt() {
         "{log}"
     );
 }
+
+/// A read-only registry on the bucket a writer writes (what a standby
+/// reading a cross-region replica of the bucket does): it answers from
+/// the writer's log and checkpoints, follows the writer, and refuses
+/// writes, with no signing key of its own.
+#[test]
+fn a_read_only_registry_on_the_writers_bucket_follows_it_and_refuses_writes() {
+    let weed = Seaweed::start();
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().to_path_buf();
+    keys(&dir);
+    let writer = replica(&dir, "w", &weed, "standby");
+    publish(&dir, &writer, "rel-1", "{\"release\":1}").ok();
+    publish(&dir, &writer, "rel-2", "{\"release\":2}").ok();
+    cli(
+        &dir,
+        &writer,
+        &["pin", "--env", "prod", "--new-env", "--release-id", "rel-1"],
+    )
+    .ok();
+    let storage = format!("s3://{}/standby", stackpin_tests::s3::BUCKET);
+    let key = std::process::Command::new(stackpin_tests::bin("stackpin-registry"))
+        .args([
+            "key",
+            "--storage",
+            &storage,
+            "--s3-endpoint",
+            &weed.endpoint(),
+        ])
+        .arg("--log-signing-key")
+        .arg(dir.join("log.pem"))
+        .envs(weed.env())
+        .output()
+        .unwrap();
+    assert!(key.status.success(), "{key:?}");
+    let vkey = String::from_utf8(key.stdout).unwrap().trim().to_owned();
+    let trusted = dir.join("trusted");
+    let standby = Server::try_start_with_env(
+        &dir.join("r"),
+        &[
+            "--read-only",
+            "--storage",
+            &storage,
+            "--s3-endpoint",
+            &weed.endpoint(),
+            "--log-vkey",
+            &vkey,
+            "--trusted-keys",
+            trusted.to_str().unwrap(),
+            "--poll-interval",
+            "100ms",
+        ],
+        &weed.env(),
+    )
+    .unwrap_or_else(|log| panic!("the read-only registry did not start:\n{log}"));
+    assert!(!dir.join("r/log-key.pem").exists());
+    let on = |server: &Server, args: &[&str]| {
+        stackpin_tests::stackpin_with(
+            &dir,
+            &server.url(),
+            args,
+            &[("STACKPIN_LOG_VKEY", vkey.as_str())],
+        )
+    };
+    let status = |server: &Server| on(server, &["--output", "json", "status"]).json();
+    // The standby's answer once it has caught up with `pins` pins. Until
+    // then, a CLI that saw the writer's newer checkpoint refuses the
+    // standby's older one (exit 5, "lags behind"): it never goes back.
+    let caught_up = |pins: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let run = on(&standby, &["--output", "json", "status"]);
+            if run.code == 0 {
+                let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+                if v["environments"][0]["pins"] == pins {
+                    return v;
+                }
+            } else {
+                assert_eq!(run.code, 5, "{run:?}");
+                assert!(run.stderr.contains("lags behind"), "{run:?}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the standby did not follow the writer"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(
+        caught_up(1)["environments"][0]["live"]["release_id"],
+        "rel-1"
+    );
+    // The writer goes on; the standby follows.
+    on(&writer, &["pin", "--env", "prod", "--release-id", "rel-2"]).ok();
+    assert_eq!(
+        caught_up(2)["environments"][0]["live"]["release_id"],
+        "rel-2"
+    );
+    let refused = on(&standby, &["pin", "--env", "prod", "--release-id", "rel-1"]);
+    assert_eq!(refused.code, 4, "{refused:?}");
+    assert!(refused.stderr.contains("read-only"), "{refused:?}");
+    // Nothing it did reached the bucket: the writer's log is as it was.
+    assert_eq!(status(&writer)["environments"][0]["pins"], 2);
+}
