@@ -117,7 +117,20 @@ fn a_read_only_registry_serves_a_mirror_follows_it_and_refuses_writes() {
         "the read-only registry wrote to storage"
     );
 
-    // It follows the mirror as it grows.
+    // It follows the mirror as it grows, and a watch on it sees the new pin.
+    let mut watcher = std::process::Command::new(bin("stackpin"))
+        .current_dir(w.dir.path())
+        .env("STACKPIN_SERVER", ro.url())
+        .arg("--state-dir")
+        .arg(w.dir.path().join("watch-state"))
+        .args(["--output", "json", "watch", "--env", "prod", "--count", "1"])
+        .args(["--log-key", &w.vkey])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The watch starts from the size it finds: let it connect first.
+    std::thread::sleep(Duration::from_millis(500));
     w.cli(&[
         "pin",
         "--env",
@@ -142,6 +155,17 @@ fn a_read_only_registry_serves_a_mirror_follows_it_and_refuses_writes() {
         assert!(Instant::now() < deadline, "not followed: {status:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while watcher.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the watch saw nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = watcher.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&seen.stdout);
+    let event: serde_json::Value = serde_json::from_str(line.lines().next().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("{e}: {line} {}", String::from_utf8_lossy(&seen.stderr)));
+    assert_eq!(event["entry"]["release_id"], "rel-1", "{event}");
+    assert_eq!(event["entry"]["seq"], 4, "{event}");
     let after = snapshot(&mirror);
     ro.stop();
     assert_eq!(snapshot(&mirror), after, "stopping wrote to storage");
