@@ -41,6 +41,27 @@ pub struct OfflineLog {
 /// # Errors
 /// Invalid when the folder is no log; a gap or an unreadable object.
 pub fn read_entries(dir: &Path, upto: u64, mut tick: impl FnMut(u64)) -> Outcome<Vec<Bytes>> {
+    let mut entries = Vec::new();
+    each_object(dir, upto, |_, mut object| {
+        entries.append(&mut object);
+        tick(entries.len() as u64);
+        Ok(())
+    })?;
+    Ok(entries)
+}
+
+/// Reads `dir`'s log objects one at a time, in order, as far as `upto`,
+/// handing `f` each one's first index and entries: a log of any size is
+/// read holding one object.
+///
+/// # Errors
+/// Invalid when the folder is no log; a gap or an unreadable object; what
+/// `f` returns.
+pub fn each_object(
+    dir: &Path,
+    upto: u64,
+    mut f: impl FnMut(u64, Vec<Bytes>) -> Outcome,
+) -> Outcome {
     let folder = dir.join(layout::ENTRIES);
     let listing = std::fs::read_dir(&folder).map_err(|e| {
         Failure::invalid(format!(
@@ -54,25 +75,25 @@ pub fn read_entries(dir: &Path, upto: u64, mut tick: impl FnMut(u64)) -> Outcome
         .filter_map(|e| e.file_name().to_str().and_then(layout::parse_object_name))
         .collect();
     starts.sort_unstable();
-    let mut entries = Vec::new();
+    let mut read = 0u64;
     for start in starts {
-        if entries.len() as u64 >= upto {
+        if read >= upto {
             break;
         }
-        if start != entries.len() as u64 {
+        if start != read {
             return Err(Failure::verify(format!(
-                "{}: the log objects skip from entry {} to {start}: entries are missing",
-                folder.display(),
-                entries.len()
+                "{}: the log objects skip from entry {read} to {start}: entries are missing",
+                folder.display()
             )));
         }
         let path = dir.join(layout::object_key(start));
         let bytes = std::fs::read(&path)
             .map_err(|e| Failure::verify(format!("{}: {e}", path.display())))?;
-        entries.extend(layout::split(&Bytes::from(bytes)));
-        tick(entries.len() as u64);
+        let object = layout::split(&Bytes::from(bytes));
+        read += object.len() as u64;
+        f(start, object)?;
     }
-    Ok(entries)
+    Ok(())
 }
 
 impl OfflineLog {

@@ -31,7 +31,7 @@ use stackpin_core::time::Timestamp;
 use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome};
-use crate::offline::read_entries;
+use crate::offline::each_object;
 use crate::progress::Progress;
 use crate::view::Format;
 
@@ -158,19 +158,23 @@ impl Source {
                 }
             }
             Source::Folder(dir) => {
-                let all =
-                    read_entries(dir, end, |n| progress.tick("mirror: entries", n, Some(end)))?;
-                if (all.len() as u64) < end {
+                // One object at a time: a folder of any size is copied
+                // holding one object and one chunk.
+                each_object(dir, end, |first, object| {
+                    for (i, e) in object.into_iter().enumerate() {
+                        let index = first + i as u64;
+                        if (start..end).contains(&index) {
+                            take(e, &mut next, &mut buffer)?;
+                        }
+                    }
+                    progress.tick("mirror: entries", next, Some(end));
+                    Ok(())
+                })?;
+                if next < end {
                     return Err(Failure::verify(format!(
-                        "{} holds {} entries, short of its checkpoint's {end}",
-                        dir.display(),
-                        all.len()
+                        "{} holds {next} entries, short of its checkpoint's {end}",
+                        dir.display()
                     )));
-                }
-                let range = usize::try_from(start).unwrap_or(usize::MAX)
-                    ..usize::try_from(end).unwrap_or(usize::MAX);
-                for e in all.into_iter().take(range.end).skip(range.start) {
-                    take(e, &mut next, &mut buffer)?;
                 }
             }
         }
