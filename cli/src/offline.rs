@@ -57,8 +57,19 @@ pub fn read_entries(dir: &Path, upto: u64, mut tick: impl FnMut(u64)) -> Outcome
 /// # Errors
 /// Invalid when the folder is no log; a gap or an unreadable object; what
 /// `f` returns.
-pub fn each_object(
+pub fn each_object(dir: &Path, upto: u64, f: impl FnMut(u64, Vec<Bytes>) -> Outcome) -> Outcome {
+    each_object_from(dir, 0, upto, f)
+}
+
+/// As [`each_object`], from the object holding entry `from` on (it may
+/// start before `from`; the caller skips what it does not need): a round
+/// that needs the end of a long log reads only the end.
+///
+/// # Errors
+/// As [`each_object`].
+pub fn each_object_from(
     dir: &Path,
+    from: u64,
     upto: u64,
     mut f: impl FnMut(u64, Vec<Bytes>) -> Outcome,
 ) -> Outcome {
@@ -75,8 +86,9 @@ pub fn each_object(
         .filter_map(|e| e.file_name().to_str().and_then(layout::parse_object_name))
         .collect();
     starts.sort_unstable();
-    let mut read = 0u64;
-    for start in starts {
+    let first = starts.iter().rposition(|s| *s <= from).unwrap_or(0);
+    let mut read = starts.get(first).copied().unwrap_or(0).min(from);
+    for start in starts.into_iter().skip(first) {
         if read >= upto {
             break;
         }
@@ -160,6 +172,13 @@ impl OfflineLog {
     /// signs.
     pub fn into_tree(self) -> (String, Checkpoint, MemoryTree) {
         (self.note, self.checkpoint, self.tree)
+    }
+
+    /// The root of the first `size` entries, when the folder holds them.
+    pub fn root_at(&self, size: u64) -> Option<merkle::Hash> {
+        (size <= self.checkpoint.size)
+            .then(|| merkle::root(&self.tree, size).ok())
+            .flatten()
     }
 
     /// The entry at `index`, parsed.
@@ -291,13 +310,14 @@ impl OfflineLog {
             (None, None) => return Err(Failure::invalid("--at or a database position is needed")),
         };
         let Some(k) = chosen else {
-            return Err(Failure::new(
-                crate::exit::NOT_FOUND,
-                anyhow::anyhow!(
+            let why = match position {
+                Some(target) => format!("no pin of {env} recorded a position at or below {target}"),
+                None => format!(
                     "nothing was live in {env} then: its first pin went live at {}",
                     pins[0].1.activated_at
                 ),
-            ));
+            };
+            return Err(Failure::new(crate::exit::NOT_FOUND, anyhow::anyhow!(why)));
         };
         let (index, pin) = &pins[k];
         let next = pins.get(k + 1);
@@ -351,8 +371,8 @@ impl OfflineLog {
 }
 
 /// The pin with the greatest recorded position of the target's kind at or
-/// below it, and why the answer may be uncertain (later pins recorded no
-/// position).
+/// below it, and why the answer may be uncertain: the next pin recorded no
+/// position of that kind (the rule the online check applies).
 fn by_position(
     pins: &[(u64, PinEntry)],
     target: &DbPosition,
@@ -361,31 +381,27 @@ fn by_position(
         .ordered()
         .map_err(|e| Failure::invalid(e.to_string()))?
         .ok_or_else(|| Failure::invalid(format!("{target} cannot be searched by order")))?;
-    let mut chosen = None;
-    for (k, (_, p)) in pins.iter().enumerate() {
-        let Some(Ok(Some(o))) = p.db_position.as_ref().map(DbPosition::ordered) else {
-            continue;
-        };
-        if o.tag() == want.tag() && o.value() <= want.value() {
-            chosen = Some(k);
-        }
-    }
-    let unpositioned: Vec<String> = chosen
-        .map(|k| {
-            pins[k + 1..]
-                .iter()
-                .filter(|(_, p)| p.db_position.is_none())
-                .map(|(_, p)| format!("#{}", p.seq))
-                .collect()
-        })
-        .unwrap_or_default();
-    let uncertain = (!unpositioned.is_empty()).then(|| {
-        format!(
-            "pins {} recorded no database position: one of them may have gone live before the \
-             database reached {target}",
-            unpositioned.join(", ")
-        )
-    });
+    let of_kind = |p: &PinEntry| {
+        p.db_position
+            .as_ref()
+            .and_then(|d| d.ordered().ok().flatten())
+            .filter(|o| o.tag() == want.tag())
+    };
+    let chosen = pins
+        .iter()
+        .rposition(|(_, p)| of_kind(p).is_some_and(|o| o.value() <= want.value()));
+    let uncertain = chosen
+        .and_then(|k| pins.get(k + 1))
+        .filter(|(_, n)| of_kind(n).is_none())
+        .map(|(_, n)| {
+            format!(
+                "the next pin #{} ({}) recorded no {}, so it or a later one may have been live \
+                 at {target}",
+                n.seq,
+                n.release_id,
+                want.kind()
+            )
+        });
     Ok((chosen, uncertain))
 }
 

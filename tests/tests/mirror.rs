@@ -261,6 +261,43 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
     let genuine = w.cli(&["--output", "json", "mirror", &url, dest]).json();
     assert_eq!(genuine["entries_copied"], 1, "{genuine}");
 
+    // A round interrupted after its entries moved into the log, before its
+    // checkpoint: the next round keeps that object as it is (a registry
+    // serving the folder may have applied it) and goes on after it.
+    let size = genuine["size"].as_u64().unwrap();
+    let checkpoint = std::fs::read(mirror.join("log/checkpoint")).unwrap();
+    w.cli(&["pin", "--env", "prod", "--release-id", "rel-1"])
+        .ok();
+    w.cli(&["mirror", &url, dest]).ok();
+    std::fs::write(mirror.join("log/checkpoint"), &checkpoint).unwrap();
+    std::fs::remove_file(mirror.join(format!("log/checkpoints/{:020}", size + 1))).unwrap();
+    let object = mirror.join(format!("log/entries/{size:020}"));
+    let interrupted = std::fs::read(&object).unwrap();
+    w.cli(&["pin", "--env", "prod", "--release-id", "rel-2"])
+        .ok();
+    let resumed = w.cli(&["--output", "json", "mirror", &url, dest]).json();
+    assert_eq!(resumed["from_size"], size, "{resumed}");
+    assert_eq!(resumed["size"], size + 2, "{resumed}");
+    assert_eq!(std::fs::read(&object).unwrap(), interrupted);
+    assert!(
+        mirror
+            .join(format!("log/entries/{:020}", size + 1))
+            .exists()
+    );
+    let audit = offline(&[
+        "--output",
+        "json",
+        "audit",
+        "--data-dir",
+        dest,
+        "--trusted-keys",
+        "trusted",
+        "--log-key",
+        &w.vkey,
+    ])
+    .json();
+    assert_eq!(audit["ok"], true, "{audit}");
+
     // A data folder is a source too.
     let from_folder = w.dir.path().join("from-folder");
     let copied = w

@@ -269,10 +269,16 @@ fn history_offline(args: &HistoryArgs, dir: &std::path::Path, format: Format) ->
         pins: shown,
         next_page_token: String::new(),
     };
+    let filtered = args.before.is_some() || args.since.is_some() || pins.len() > view.pins.len();
     let footer = format!(
-        "proved: every entry of {} checked against its checkpoint of size {}; nothing left out\n",
+        "proved: every entry of {} checked against its checkpoint of size {}; {}\n",
         dir.display(),
-        log.checkpoint.size
+        log.checkpoint.size,
+        if filtered {
+            "every pin that matches, up to --limit"
+        } else {
+            "nothing left out"
+        }
     );
     emit_history(&view, &footer, format);
     Ok(())

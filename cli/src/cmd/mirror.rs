@@ -31,7 +31,7 @@ use stackpin_core::time::Timestamp;
 use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome};
-use crate::offline::each_object;
+use crate::offline::each_object_from;
 use crate::progress::Progress;
 use crate::view::Format;
 
@@ -151,16 +151,20 @@ impl Source {
                         progress.tick("mirror: entries", next, Some(end));
                     }
                     if next == from {
-                        return Err(Failure::verify(format!(
-                            "the source ended its entries at {from}, short of its checkpoint's {end}"
-                        )));
+                        return Err(Failure::new(
+                            crate::exit::UNAVAILABLE,
+                            anyhow::anyhow!(
+                                "the source ended its entries at {from}, short of its \
+                                 checkpoint's {end}"
+                            ),
+                        ));
                     }
                 }
             }
             Source::Folder(dir) => {
                 // One object at a time: a folder of any size is copied
                 // holding one object and one chunk.
-                each_object(dir, end, |first, object| {
+                each_object_from(dir, start, end, |first, object| {
                     for (i, e) in object.into_iter().enumerate() {
                         let index = first + i as u64;
                         if (start..end).contains(&index) {
@@ -171,10 +175,13 @@ impl Source {
                     Ok(())
                 })?;
                 if next < end {
-                    return Err(Failure::verify(format!(
-                        "{} holds {next} entries, short of its checkpoint's {end}",
-                        dir.display()
-                    )));
+                    return Err(Failure::new(
+                        crate::exit::UNAVAILABLE,
+                        anyhow::anyhow!(
+                            "{} holds {next} entries, short of its checkpoint's {end}",
+                            dir.display()
+                        ),
+                    ));
                 }
             }
         }
@@ -232,9 +239,9 @@ impl Mirror {
         })
     }
 
-    /// Keeps the refused checkpoint beside the mirror's as evidence; the
-    /// file written.
-    fn keep_evidence(&self, source: &str, note: &str) -> PathBuf {
+    /// Keeps the refused checkpoint beside the mirror's as evidence; where
+    /// (or why not).
+    fn keep_evidence(&self, source: &str, note: &str) -> String {
         let path = self.dir.join("mirror/refused").join(format!(
             "{}-{}.txt",
             Timestamp::now().as_micros(),
@@ -244,8 +251,10 @@ impl Mirror {
             "source {source}\n\nthe source's checkpoint:\n{note}\nthe mirror's checkpoint:\n{}",
             self.note.as_deref().unwrap_or("(none)\n")
         );
-        let _ = crate::files::write_atomic(&path, text.as_bytes());
-        path
+        match crate::files::write_atomic(&path, text.as_bytes()) {
+            Ok(()) => path.display().to_string(),
+            Err(e) => format!("nowhere: writing {} failed: {:#}", path.display(), e.error),
+        }
     }
 }
 
@@ -313,8 +322,11 @@ pub async fn mirror(
                 continue;
             }
         };
-        if let Some(path) = &args.metrics_file {
-            write_metrics(path, &round)?;
+        if let Some(path) = &args.metrics_file
+            && let Err(e) = write_metrics(path, &round)
+        {
+            // The copy goes on; the missing figures are their own alarm.
+            eprintln!("mirror: writing {} failed: {:#}", path.display(), e.error);
         }
         format.emit(&round, || {
             format!(
@@ -346,7 +358,20 @@ async fn round(
     let note = source.checkpoint().await?;
     let cp = Checkpoint::open(&note, log_key)
         .map_err(|e| Failure::verify(format!("{}: the checkpoint: {e}", source.name())))?;
-    policy.check_quorum(&note)?;
+    // A checkpoint the witnesses have not cosigned yet is not refused for
+    // good: the writer serves it before its cosignatures arrive.
+    policy.check_quorum(&note).map_err(|e| {
+        Failure::new(
+            crate::exit::UNAVAILABLE,
+            anyhow::anyhow!(
+                "{}: the source's checkpoint (size {}) lacks the policy's quorum so far ({:#}); \
+                 nothing was copied",
+                source.name(),
+                cp.size,
+                e.error
+            ),
+        )
+    })?;
     let from_size = mirror.size;
     let refuse = |why: String, mirror: &Mirror| {
         let kept = mirror.keep_evidence(&source.name(), &note);
@@ -356,7 +381,7 @@ async fn round(
             cp.size,
             cp.root.hex(),
             mirror.size,
-            kept.display()
+            kept
         ))
     };
     if cp.size <= mirror.size {
@@ -390,9 +415,35 @@ async fn round(
     let mut progress = Progress::items("mirror", Some(cp.size));
     let mut tree = mirror.tree.clone();
     let mut digests = Vec::new();
+    // What an interrupted round moved into the log past the checkpoint is
+    // kept as it is (a registry serving this folder may have applied it)
+    // and checked with the rest, when the source reaches as far.
+    let mut held = mirror.size;
+    let mut kept = (MemoryTree::new(), Vec::new());
+    let leftovers = each_object_from(&mirror.dir, mirror.size, u64::MAX, |first, object| {
+        if first < mirror.size {
+            return Ok(()); // the last object under the checkpoint
+        }
+        for (i, e) in object.iter().enumerate() {
+            kept.0.push(merkle::leaf_hash(e));
+            if let Ok(Entry::Publish(p)) = Entry::parse(first + i as u64, e) {
+                kept.1.push(p.digest);
+            }
+        }
+        held = first + object.len() as u64;
+        Ok(())
+    });
+    if leftovers.is_ok() && held > mirror.size && held <= cp.size {
+        for i in 0..held - mirror.size {
+            tree.push(merkle::NodeSource::node(&kept.0, 0, i).map_err(Failure::verify)?);
+        }
+        digests.append(&mut kept.1);
+    } else {
+        held = mirror.size;
+    }
     let mut staged = Vec::new();
     source
-        .entries(mirror.size, cp.size, &mut progress, |first, chunk| {
+        .entries(held, cp.size, &mut progress, |first, chunk| {
             for (i, e) in chunk.iter().enumerate() {
                 tree.push(merkle::leaf_hash(e));
                 if let Entry::Publish(p) = Entry::parse(first + i as u64, e)
@@ -414,8 +465,8 @@ async fn round(
             format!(
                 "the mirror's {} entries followed by the source's {} new ones do not lead to the \
                  source's root",
-                mirror.size,
-                cp.size - mirror.size
+                held,
+                cp.size - held
             ),
             mirror,
         ));
@@ -442,9 +493,9 @@ async fn round(
             Some(digests.len() as u64),
         );
     }
-    // Then the entries (objects an interrupted round left past the
-    // mirror's checkpoint go first), then the checkpoint: the round is
-    // committed by its last write.
+    // Then the entries (objects an interrupted round left past what is
+    // kept go first), then the checkpoint: the round is committed by its
+    // last write, once the renames are durable.
     let entries_dir = mirror.dir.join(layout::ENTRIES);
     std::fs::create_dir_all(&entries_dir)
         .map_err(|e| Failure::invalid(format!("{}: {e}", entries_dir.display())))?;
@@ -453,7 +504,7 @@ async fn round(
             if e.file_name()
                 .to_str()
                 .and_then(layout::parse_object_name)
-                .is_some_and(|start| start >= mirror.size)
+                .is_some_and(|start| start >= held)
             {
                 let _ = std::fs::remove_file(e.path());
             }
@@ -466,6 +517,9 @@ async fn round(
             .map_err(|e| Failure::invalid(format!("moving {} into place: {e}", from.display())))?;
     }
     let _ = std::fs::remove_dir(&staging);
+    std::fs::File::open(&entries_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Failure::invalid(format!("syncing {}: {e}", entries_dir.display())))?;
     let history = mirror.dir.join(layout::checkpoint_history_key(cp.size));
     if !history.exists() {
         crate::files::write_atomic(&history, note.as_bytes())?;

@@ -227,7 +227,7 @@ pub async fn restore_verified(
         (None, false) => return Err(Failure::invalid("--out is required (or --plan)")),
     };
     if let Some(dir) = &args.from {
-        return restore_offline(args, dir, trusted.as_ref(), out.as_deref()).await;
+        return restore_offline(args, dir, state, trusted.as_ref(), out.as_deref()).await;
     }
     // A restore proves everything: it needs the log's key.
     if !args.log_key.given()
@@ -329,6 +329,7 @@ pub async fn restore_verified(
 async fn restore_offline(
     args: &RestoreArgs,
     dir: &Path,
+    state: Option<&Path>,
     trusted: Option<&stackpin_core::signing::TrustedKeys>,
     out: Option<&Path>,
 ) -> Outcome<Restored> {
@@ -340,6 +341,38 @@ async fn restore_offline(
     })?;
     let quorum = |note: &str| args.log_key.check_quorum(note);
     let log = crate::offline::OfflineLog::open(dir, &log_key, &quorum)?;
+    // As fresh as its witnesses say (--max-age), and never behind what this
+    // CLI verified before without saying so: a folder is a copy that may
+    // lag. A newer one must extend the remembered checkpoint.
+    let fresh = crate::trust::freshness(args.log_key.policy()?.as_ref(), &log.note, args.max_age)?;
+    let size = log.checkpoint.size;
+    crate::trust::accept_checkpoint_with(
+        &log.note,
+        &log_key,
+        state,
+        false,
+        async |small, large| {
+            if large.size > size {
+                eprintln!(
+                    "warning: {} signs {size} entries, fewer than the {} this CLI verified before: \
+                 the folder lags behind the log, and what it says is still live may have been \
+                 replaced since",
+                    dir.display(),
+                    large.size
+                );
+                return Ok(Ok(()));
+            }
+            Ok(match log.root_at(small.size) {
+                Some(root) if root == small.root => Ok(()),
+                _ => Err(format!(
+                    "the first {} entries in {} are not the ones this CLI verified before",
+                    small.size,
+                    dir.display()
+                )),
+            })
+        },
+    )
+    .await?;
     let margin = args
         .resolve
         .margin
@@ -364,7 +397,6 @@ async fn restore_offline(
     let backups = args.targets.backups().await;
     let database = db_target(&args.targets, &query, &found.pin, &backups);
     let checkpoint_size = log.checkpoint.size;
-    let fresh = crate::trust::Freshness::default();
     let (Some(trusted), Some(out), false) = (trusted, out, args.plan) else {
         let key_id = match trusted {
             Some(t) => proof

@@ -133,12 +133,23 @@ impl Shared {
             return Err(e.clone());
         }
         let verifier = self.signer.verifier();
-        let served = self.stored.borrow().as_ref().map_or(0, |c| c.size);
+        let (served, served_note) = self
+            .stored
+            .borrow()
+            .as_ref()
+            .map_or((0, None), |c| (c.size, Some(c.note.clone())));
         let applied = self.index.applied()?;
         let found = find_checkpoints(&self.store, &verifier, Some(served)).await?;
-        let mut newest = found
-            .latest
-            .filter(|l| l.checkpoint.size > served && l.checkpoint.size <= applied);
+        // The latest copy, when newer; or the same size again with more
+        // signatures (the witnesses' cosignatures, added by the writer).
+        let mut newest = found.latest.filter(|l| {
+            let size = l.checkpoint.size;
+            (size > served && size <= applied)
+                || (size == served
+                    && served_note
+                        .as_deref()
+                        .is_some_and(|n| n != &*l.note && l.note.len() > n.len()))
+        });
         if let Some(size) = found
             .history
             .iter()
