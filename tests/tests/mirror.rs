@@ -350,6 +350,20 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // While it runs, a second mirror into the same folder is refused; so is
+    // a running registry's own data folder.
+    let second = w.cli(&["mirror", &url, dest]);
+    assert_eq!(second.code, 2, "{second:?}");
+    assert!(
+        second.stderr.contains("another `stackpin mirror`"),
+        "{second:?}"
+    );
+    let onto_writer = w.cli(&["mirror", &url, w.data().to_str().unwrap()]);
+    assert_eq!(onto_writer.code, 2, "{onto_writer:?}");
+    assert!(
+        onto_writer.stderr.contains("running registry"),
+        "{onto_writer:?}"
+    );
     follower.kill().unwrap();
     follower.wait().unwrap();
 }

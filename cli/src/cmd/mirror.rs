@@ -309,6 +309,7 @@ pub async fn mirror(
             "the source and the mirror are the same folder",
         ));
     }
+    let _held = lock(&args.dest)?;
     let mut mirror = Mirror::open(&args.dest, &log_key)?;
     loop {
         let round = round(&source, &mut mirror, &log_key, &args.log_key).await;
@@ -539,6 +540,46 @@ async fn round(
         entries_copied: cp.size - from_size,
         blobs_copied: blobs,
         blob_bytes_copied: blob_bytes,
+    })
+}
+
+/// Holds `DEST/mirror/lock` for as long as the mirror runs: two mirrors
+/// into one folder would set aside each other's uncommitted objects. A
+/// folder a registry writes (it holds `registry.lock`) is refused too.
+fn lock(dest: &Path) -> Outcome<std::fs::File> {
+    let taken = |path: &Path| -> Outcome<Option<std::fs::File>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Failure::invalid(format!("locking {}: {e}", path.display())))
+            }
+        }
+    };
+    let registry = dest.join("registry.lock");
+    if registry.exists() && taken(&registry)?.is_none() {
+        return Err(Failure::invalid(format!(
+            "{} is the data folder of a running registry (it holds {}): a mirror is a folder of \
+             its own",
+            dest.display(),
+            registry.display()
+        )));
+    }
+    let path = dest.join("mirror/lock");
+    std::fs::create_dir_all(dest.join("mirror"))
+        .map_err(|e| Failure::invalid(format!("{}: {e}", dest.display())))?;
+    taken(&path)?.ok_or_else(|| {
+        Failure::invalid(format!(
+            "another `stackpin mirror` is copying into {} (it holds {})",
+            dest.display(),
+            path.display()
+        ))
     })
 }
 
