@@ -255,69 +255,118 @@ pub async fn restore_verified(
         pin: resolved.pin.raw.clone(),
         next: resolved.next.as_ref().map(|n| n.raw.clone()),
     };
-    let pin = resolved.pin.pin("pin entry")?.clone();
-    let query = match (args.resolve.position(), args.resolve.at) {
-        (Some(p), _) => Query::Position(p),
-        (None, Some(at)) => Query::Time(at),
-        (None, None) => return Err(Failure::invalid("--at or a database position is needed")),
+    let answer = Answer {
+        proof,
+        log_key,
+        pin: resolved.pin.pin("pin entry")?.clone(),
+        checkpoint_size: resolved.anchor.checkpoint.size,
+        fresh: resolved.anchor.fresh,
+        source: None,
+        resolution: resolved.view,
     };
-    let backups = args.targets.backups().await;
-    let database = db_target(&args.targets, &query, &pin, &backups);
-    let checkpoint_size = resolved.anchor.checkpoint.size;
     if args.plan {
-        // Checked against the signed checkpoint like a restore, minus the
-        // artifact's bytes, which a plan does not download.
-        let key_id = match &trusted {
-            Some(t) => proof
-                .verify_entries(&log_key, t)
+        return answer.planned(args, trusted.as_ref()).await;
+    }
+    let what = pb::ArtifactRef {
+        r#ref: Some(pb::artifact_ref::Ref::Digest(answer.pin.digest.to_string())),
+    };
+    let (_, bytes) = download(&mut client, what, server.max_download).await?;
+    answer
+        .written(args, &bytes, trusted.as_ref(), out.as_deref())
+        .await
+}
+
+/// What a restore proved, from a registry or a folder, before anything is
+/// written: the one path to a plan or a written artifact.
+struct Answer {
+    proof: RestoreProof,
+    log_key: stackpin_core::note::NoteVerifier,
+    pin: stackpin_core::entry::PinEntry,
+    checkpoint_size: u64,
+    fresh: crate::trust::Freshness,
+    /// The folder read, for `--from`.
+    source: Option<String>,
+    resolution: ResolveView,
+}
+
+impl Answer {
+    /// The database targets of the query, for the proved pin.
+    async fn database(&self, args: &RestoreArgs) -> Outcome<DbTarget> {
+        let query = match (args.resolve.position(), args.resolve.at) {
+            (Some(p), _) => Query::Position(p),
+            (None, Some(at)) => Query::Time(at),
+            (None, None) => return Err(Failure::invalid("--at or a database position is needed")),
+        };
+        let backups = args.targets.backups().await;
+        Ok(db_target(&args.targets, &query, &self.pin, &backups))
+    }
+
+    /// A plan: checked against the signed checkpoint like a restore,
+    /// minus the artifact's bytes, which a plan does not read.
+    async fn planned(
+        self,
+        args: &RestoreArgs,
+        trusted: Option<&stackpin_core::signing::TrustedKeys>,
+    ) -> Outcome<Restored> {
+        let key_id = match trusted {
+            Some(t) => self
+                .proof
+                .verify_entries(&self.log_key, t)
                 .map_err(Failure::verify)?
                 .key_id
                 .to_string(),
             None => "not checked: no --trusted-keys".to_owned(),
         };
-        return Ok(Restored {
+        Ok(Restored {
             out: String::new(),
             proof: String::new(),
             key_id,
-            checkpoint_size,
-            fresh: resolved.anchor.fresh,
+            database: self.database(args).await?,
+            checkpoint_size: self.checkpoint_size,
+            fresh: self.fresh,
             plan: true,
-            source: None,
-            resolution: resolved.view,
-            database,
-        });
+            source: self.source,
+            resolution: self.resolution,
+        })
     }
-    let what = pb::ArtifactRef {
-        r#ref: Some(pb::artifact_ref::Ref::Digest(pin.digest.to_string())),
-    };
-    let (_, bytes) = download(&mut client, what, server.max_download).await?;
-    // Everything below is checked against the signed checkpoint, not
-    // taken from the answer: the bytes must hash to what the log says.
-    let (Some(trusted), Some(out)) = (&trusted, &out) else {
-        return Err(Failure::invalid("--out and --trusted-keys are required"));
-    };
-    let verified = proof
-        .verify(&bytes, &log_key, trusted)
-        .map_err(Failure::verify)?;
-    let proof_file = crate::files::proof_path(out);
-    crate::files::say_replaced(out);
-    // The artifact and its proof are replaced together or not at all.
-    let proof_text = proof.to_tlog_proof();
-    crate::files::write_all_atomic(&[
-        (out.as_path(), bytes.as_ref()),
-        (proof_file.as_path(), proof_text.as_bytes()),
-    ])?;
-    Ok(Restored {
-        out: out.display().to_string(),
-        proof: proof_file.display().to_string(),
-        key_id: verified.key_id.to_string(),
-        checkpoint_size,
-        fresh: resolved.anchor.fresh,
-        plan: false,
-        source: None,
-        resolution: resolved.view,
-        database,
-    })
+
+    /// The artifact's `bytes`, checked against the signed checkpoint (not
+    /// taken from any answer: they must hash to what the log says and
+    /// carry the publisher's signature), written with its proof: both
+    /// replaced together or not at all.
+    async fn written(
+        self,
+        args: &RestoreArgs,
+        bytes: &[u8],
+        trusted: Option<&stackpin_core::signing::TrustedKeys>,
+        out: Option<&Path>,
+    ) -> Outcome<Restored> {
+        let (Some(trusted), Some(out)) = (trusted, out) else {
+            return Err(Failure::invalid("--out and --trusted-keys are required"));
+        };
+        let verified = self
+            .proof
+            .verify(bytes, &self.log_key, trusted)
+            .map_err(Failure::verify)?;
+        let proof_file = crate::files::proof_path(out);
+        crate::files::say_replaced(out);
+        let proof_text = self.proof.to_tlog_proof();
+        crate::files::write_all_atomic(&[
+            (out, bytes),
+            (proof_file.as_path(), proof_text.as_bytes()),
+        ])?;
+        Ok(Restored {
+            out: out.display().to_string(),
+            proof: proof_file.display().to_string(),
+            key_id: verified.key_id.to_string(),
+            database: self.database(args).await?,
+            checkpoint_size: self.checkpoint_size,
+            fresh: self.fresh,
+            plan: false,
+            source: self.source,
+            resolution: self.resolution,
+        })
+    }
 }
 
 /// `restore --from DIR`: the same answer and checks from a folder, with no
@@ -383,61 +432,23 @@ async fn restore_offline(
         args.resolve.position(),
         margin,
     )?;
-    let proof = RestoreProof {
-        checkpoint: log.note.clone(),
-        publish: log.proved(found.publish_index)?,
-        pin: log.proved(found.pin_index)?,
-        next: found.next_index.map(|i| log.proved(i)).transpose()?,
-    };
-    let query = match (args.resolve.position(), args.resolve.at) {
-        (Some(p), _) => Query::Position(p),
-        (None, Some(at)) => Query::Time(at),
-        (None, None) => return Err(Failure::invalid("--at or a database position is needed")),
-    };
-    let backups = args.targets.backups().await;
-    let database = db_target(&args.targets, &query, &found.pin, &backups);
-    let checkpoint_size = log.checkpoint.size;
-    let (Some(trusted), Some(out), false) = (trusted, out, args.plan) else {
-        let key_id = match trusted {
-            Some(t) => proof
-                .verify_entries(&log_key, t)
-                .map_err(Failure::verify)?
-                .key_id
-                .to_string(),
-            None => "not checked: no --trusted-keys".to_owned(),
-        };
-        return Ok(Restored {
-            out: String::new(),
-            proof: String::new(),
-            key_id,
-            checkpoint_size,
-            fresh,
-            plan: true,
-            source: Some(dir.display().to_string()),
-            resolution: found.view,
-            database,
-        });
-    };
-    let bytes = log.blob(&found.pin.digest)?;
-    let verified = proof
-        .verify(&bytes, &log_key, trusted)
-        .map_err(Failure::verify)?;
-    let proof_file = crate::files::proof_path(out);
-    crate::files::say_replaced(out);
-    let proof_text = proof.to_tlog_proof();
-    crate::files::write_all_atomic(&[
-        (out, bytes.as_ref()),
-        (proof_file.as_path(), proof_text.as_bytes()),
-    ])?;
-    Ok(Restored {
-        out: out.display().to_string(),
-        proof: proof_file.display().to_string(),
-        key_id: verified.key_id.to_string(),
-        checkpoint_size,
+    let answer = Answer {
+        proof: RestoreProof {
+            checkpoint: log.note.clone(),
+            publish: log.proved(found.publish_index)?,
+            pin: log.proved(found.pin_index)?,
+            next: found.next_index.map(|i| log.proved(i)).transpose()?,
+        },
+        log_key,
+        pin: found.pin,
+        checkpoint_size: log.checkpoint.size,
         fresh,
-        plan: false,
         source: Some(dir.display().to_string()),
         resolution: found.view,
-        database,
-    })
+    };
+    if args.plan {
+        return answer.planned(args, trusted).await;
+    }
+    let bytes = log.blob(&answer.pin.digest)?;
+    answer.written(args, &bytes, trusted, out).await
 }

@@ -10,6 +10,7 @@
 mod checkpoint;
 mod evidence;
 mod keys;
+mod log_key;
 mod once;
 mod pin;
 mod prove;
@@ -23,6 +24,8 @@ mod witnesses;
 use checkpoint::put_checkpoint;
 pub use checkpoint::{OriginSource, STORE_CHECKPOINT_EVERY, log_origin};
 pub use evidence::{DrillRequest, SnapshotRequest};
+pub use log_key::LogKey;
+use log_key::read_only;
 pub use pin::PinRequest;
 pub use publish::PendingPublish;
 pub use recover::{LOCK_FILE, index_dir, open_index};
@@ -266,50 +269,6 @@ impl Options {
             staging_dir: None,
             witnesses: Vec::new(),
         }
-    }
-}
-
-/// The log's key as this registry holds it: the signing key of a writer,
-/// or only the verifier key of a read-only registry.
-#[derive(Clone)]
-pub enum LogKey {
-    Signer(NoteSigner),
-    Verifier(NoteVerifier),
-}
-
-impl LogKey {
-    /// The verifier key.
-    pub fn verifier(&self) -> NoteVerifier {
-        match self {
-            LogKey::Signer(s) => s.verifier(),
-            LogKey::Verifier(v) => v.clone(),
-        }
-    }
-
-    /// The signing key, which a read-only registry does not hold.
-    pub fn signer(&self) -> Option<&NoteSigner> {
-        match self {
-            LogKey::Signer(s) => Some(s),
-            LogKey::Verifier(_) => None,
-        }
-    }
-
-    /// Whether this is a read-only registry's key.
-    pub fn is_read_only(&self) -> bool {
-        matches!(self, LogKey::Verifier(_))
-    }
-
-    /// The log's origin.
-    pub fn name(&self) -> &str {
-        match self {
-            LogKey::Signer(s) => s.name(),
-            LogKey::Verifier(v) => v.name(),
-        }
-    }
-
-    /// The verifier key in the signed-note vkey form.
-    pub fn vkey(&self) -> String {
-        self.verifier().vkey()
     }
 }
 
@@ -668,25 +627,6 @@ impl Registry {
         stored
             .map(|cp| self.shared.witnessed(cp))
             .ok_or_else(|| Error::internal("no checkpoint has been stored"))
-    }
-}
-
-/// The refusal of every write by a read-only registry.
-fn read_only() -> Error {
-    Error::precondition(
-        "this registry is read-only (--read-only): it serves the log another registry writes \
-         into its storage, and writes nothing; send writes to that registry",
-    )
-    .with_reason(stackpin_core::error::reason::READ_ONLY)
-}
-
-impl Registry {
-    /// " (did you mean prod?)" for an environment that has no pins.
-    ///
-    /// # Errors
-    /// Internal when the index is unreadable.
-    pub fn near_envs(&self, env: &crate::ids::EnvName) -> Result<String> {
-        self.shared.near_envs(env)
     }
 }
 

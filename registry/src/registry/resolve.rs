@@ -182,6 +182,14 @@ impl Shared {
 }
 
 impl Registry {
+    /// " (did you mean prod?)" for an environment that has no pins.
+    ///
+    /// # Errors
+    /// Internal when the index is unreadable.
+    pub fn near_envs(&self, env: &crate::ids::EnvName) -> Result<String> {
+        self.shared.near_envs(env)
+    }
+
     /// Every environment with its latest pin (what is live now, and its
     /// count of pins: the pin's seq), in name order, after `after`; with
     /// the name to continue after when there are more.

@@ -1,0 +1,58 @@
+//! The log's key as a registry holds it, and the refusal a read-only
+//! registry (which holds only the verifier key) gives every write.
+
+use crate::error::Error;
+use crate::note::{NoteSigner, NoteVerifier};
+
+/// The log's key as this registry holds it: the signing key of a writer,
+/// or only the verifier key of a read-only registry.
+#[derive(Clone)]
+pub enum LogKey {
+    Signer(NoteSigner),
+    Verifier(NoteVerifier),
+}
+
+impl LogKey {
+    /// The verifier key.
+    pub fn verifier(&self) -> NoteVerifier {
+        match self {
+            LogKey::Signer(s) => s.verifier(),
+            LogKey::Verifier(v) => v.clone(),
+        }
+    }
+
+    /// The signing key, which a read-only registry does not hold.
+    pub fn signer(&self) -> Option<&NoteSigner> {
+        match self {
+            LogKey::Signer(s) => Some(s),
+            LogKey::Verifier(_) => None,
+        }
+    }
+
+    /// Whether this is a read-only registry's key.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, LogKey::Verifier(_))
+    }
+
+    /// The log's origin.
+    pub fn name(&self) -> &str {
+        match self {
+            LogKey::Signer(s) => s.name(),
+            LogKey::Verifier(v) => v.name(),
+        }
+    }
+
+    /// The verifier key in the signed-note vkey form.
+    pub fn vkey(&self) -> String {
+        self.verifier().vkey()
+    }
+}
+
+/// The refusal of every write by a read-only registry.
+pub(super) fn read_only() -> Error {
+    Error::precondition(
+        "this registry is read-only (--read-only): it serves the log another registry writes \
+         into its storage, and writes nothing; send writes to that registry",
+    )
+    .with_reason(stackpin_core::error::reason::READ_ONLY)
+}
