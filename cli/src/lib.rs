@@ -27,6 +27,7 @@ mod download;
 pub mod exit;
 mod files;
 mod offline;
+mod place;
 mod progress;
 mod reader;
 mod tiles;

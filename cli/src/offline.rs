@@ -1,13 +1,12 @@
-//! A log read from a folder in the registry's storage layout (a mirror
-//! `stackpin mirror` wrote, or a copy of a data folder) with no registry
-//! running. Every entry is checked before anything is answered: the
+//! A log read from a folder or a bucket in the registry's storage layout
+//! (a mirror `stackpin mirror` wrote, a copy of a data folder, a replicated
+//! bucket) with no registry running. Every entry is checked before anything is answered: the
 //! folder's signed checkpoint (the log's key, and a policy's quorum when
 //! given) and the root of the entries the folder holds, computed here. A
 //! question is then answered from those entries alone, with inclusion
 //! proofs computed from them, so what is printed is what the signed
 //! checkpoint commits to.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,11 +21,12 @@ use stackpin_core::proof::ProvedEntry;
 use stackpin_core::time::Timestamp;
 
 use crate::exit::{Failure, Outcome};
+use crate::place::Place;
 use crate::view::{BoundaryView, PinView, ResolveView};
 
-/// A verified log in a folder.
+/// A verified log in a folder or a bucket.
 pub struct OfflineLog {
-    pub dir: PathBuf,
+    pub place: Place,
     /// The folder's signed checkpoint note, and what it says.
     pub note: String,
     pub checkpoint: Checkpoint,
@@ -34,110 +34,167 @@ pub struct OfflineLog {
     tree: MemoryTree,
 }
 
-/// The entries of `dir`'s log objects, in order, split out of them, up to
-/// at least `upto` (what lies past it, such as objects an interrupted copy
-/// left, is not read).
+/// The entries of `place`'s log objects, in order, split out of them, up
+/// to at least `upto` (what lies past it, such as objects an interrupted
+/// copy left, is not read).
 ///
 /// # Errors
-/// Invalid when the folder is no log; a gap or an unreadable object.
-pub fn read_entries(dir: &Path, upto: u64, mut tick: impl FnMut(u64)) -> Outcome<Vec<Bytes>> {
+/// A gap or an unreadable object.
+pub async fn read_entries(
+    place: &Place,
+    upto: u64,
+    mut tick: impl FnMut(u64),
+) -> Outcome<Vec<Bytes>> {
     let mut entries = Vec::new();
-    each_object(dir, upto, |_, mut object| {
+    each_object_from(place, 0, upto, |_, mut object| {
         entries.append(&mut object);
         tick(entries.len() as u64);
         Ok(())
-    })?;
+    })
+    .await?;
     Ok(entries)
 }
 
-/// Reads `dir`'s log objects one at a time, in order, as far as `upto`,
-/// handing `f` each one's first index and entries: a log of any size is
-/// read holding one object.
-///
-/// # Errors
-/// Invalid when the folder is no log; a gap or an unreadable object; what
-/// `f` returns.
-pub fn each_object(dir: &Path, upto: u64, f: impl FnMut(u64, Vec<Bytes>) -> Outcome) -> Outcome {
-    each_object_from(dir, 0, upto, f)
-}
-
-/// As [`each_object`], from the object holding entry `from` on (it may
-/// start before `from`; the caller skips what it does not need): a round
+/// Reads `place`'s log objects one at a time, in order, from the object
+/// holding entry `from` (it may start before `from`; the caller skips what
+/// it does not need) as far as `upto`, handing `f` each one's first index
+/// and entries: a log of any size is read holding one object, and a round
 /// that needs the end of a long log reads only the end.
 ///
 /// # Errors
-/// As [`each_object`].
-pub fn each_object_from(
-    dir: &Path,
+/// A gap or an unreadable object; what `f` returns.
+pub async fn each_object_from(
+    place: &Place,
     from: u64,
     upto: u64,
     mut f: impl FnMut(u64, Vec<Bytes>) -> Outcome,
 ) -> Outcome {
-    let folder = dir.join(layout::ENTRIES);
-    let listing = std::fs::read_dir(&folder).map_err(|e| {
-        Failure::invalid(format!(
-            "{}: {e}: not a stackpin data folder or mirror (no {})",
-            dir.display(),
-            layout::ENTRIES
-        ))
-    })?;
-    let mut starts: Vec<u64> = listing
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str().and_then(layout::parse_object_name))
-        .collect();
-    starts.sort_unstable();
-    let first = starts.iter().rposition(|s| *s <= from).unwrap_or(0);
-    let mut read = starts.get(first).copied().unwrap_or(0).min(from);
-    for start in starts.into_iter().skip(first) {
-        if read >= upto {
-            break;
-        }
-        if start != read {
-            return Err(Failure::verify(format!(
-                "{}: the log objects skip from entry {read} to {start}: entries are missing",
-                folder.display()
-            )));
-        }
-        let path = dir.join(layout::object_key(start));
-        let bytes = std::fs::read(&path)
-            .map_err(|e| Failure::verify(format!("{}: {e}", path.display())))?;
-        let object = layout::split(&Bytes::from(bytes));
-        read += object.len() as u64;
+    let mut objects = Objects::open(place, from, upto).await?;
+    while let Some((start, object)) = objects.next().await? {
         f(start, object)?;
     }
     Ok(())
 }
 
-impl OfflineLog {
-    /// Reads and verifies the log in `dir`: its checkpoint under `log_key`
-    /// (and `quorum`), and the root of its first `size` entries.
+/// Says on stderr what a mirror recorded of its last round (when the
+/// place is a mirror that did): how far its source's checkpoint was then,
+/// and when. The mirror's own record, unsigned, so it is only said; the
+/// answer rests on the signed checkpoint alone.
+pub async fn say_last_round(place: &Place) {
+    let Ok(Some(bytes)) = place.get(crate::cmd::mirror::STATUS).await else {
+        return;
+    };
+    let Ok(status) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return;
+    };
+    let (Some(size), Some(source_size), Some(source), Some(at)) = (
+        status["size"].as_u64(),
+        status["source_size"].as_u64(),
+        status["source"].as_str(),
+        status["completed_at"].as_str(),
+    ) else {
+        return;
+    };
+    eprintln!(
+        "note: this mirror's last round (its own record, unsigned) completed at {at}, copying \
+         {source} up to {size} entries, when the source's checkpoint signed {source_size}; pins \
+         recorded after that are not in it",
+        at = stackpin_core::error::shown(at),
+        source = stackpin_core::error::shown(source),
+    );
+}
+
+/// A cursor over a place's log objects (see [`each_object_from`]).
+pub struct Objects<'a> {
+    place: &'a Place,
+    starts: std::vec::IntoIter<u64>,
+    read: u64,
+    upto: u64,
+}
+
+impl<'a> Objects<'a> {
+    /// The objects from the one holding entry `from` as far as `upto`.
     ///
     /// # Errors
-    /// Invalid when the folder holds no log; verification failed when
-    /// the checkpoint or the entries do not check.
-    pub fn open(
-        dir: &Path,
+    /// Unavailable when the log cannot be listed.
+    pub async fn open(place: &'a Place, from: u64, upto: u64) -> Outcome<Self> {
+        let starts = place.object_starts().await?;
+        let first = starts.iter().rposition(|s| *s <= from).unwrap_or(0);
+        let read = starts.get(first).copied().unwrap_or(0).min(from);
+        let mut starts = starts.into_iter();
+        if first > 0 {
+            starts.nth(first - 1);
+        }
+        Ok(Self {
+            place,
+            starts,
+            read,
+            upto,
+        })
+    }
+
+    /// The next object's first index and entries; `None` past `upto` or
+    /// the last object.
+    ///
+    /// # Errors
+    /// A gap before it, or it cannot be read.
+    pub async fn next(&mut self) -> Outcome<Option<(u64, Vec<Bytes>)>> {
+        if self.read >= self.upto {
+            return Ok(None);
+        }
+        let Some(start) = self.starts.next() else {
+            return Ok(None);
+        };
+        if start != self.read {
+            return Err(Failure::verify(format!(
+                "{}: the log objects skip from entry {} to {start}: entries are missing",
+                self.place.show(layout::ENTRIES),
+                self.read
+            )));
+        }
+        let key = layout::object_key(start);
+        let bytes = self.place.get(&key).await?.ok_or_else(|| {
+            Failure::verify(format!(
+                "{}: gone while the log was read",
+                self.place.show(&key)
+            ))
+        })?;
+        let object = layout::split(&bytes);
+        self.read += object.len() as u64;
+        Ok(Some((start, object)))
+    }
+}
+
+impl OfflineLog {
+    /// Reads and verifies the log in `place`: its checkpoint under
+    /// `log_key` (and `quorum`), and the root of its first `size` entries.
+    ///
+    /// # Errors
+    /// Invalid when the place holds no log; verification failed when the
+    /// checkpoint or the entries do not check.
+    pub async fn open(
+        place: &Place,
         log_key: &NoteVerifier,
         quorum: &dyn Fn(&str) -> Outcome,
     ) -> Outcome<Self> {
-        let cp_path = dir.join(layout::CHECKPOINT);
-        let note = std::fs::read_to_string(&cp_path).map_err(|e| {
-            Failure::invalid(format!(
-                "{}: {e}: not a stackpin data folder or mirror",
-                cp_path.display()
-            ))
-        })?;
+        let cp_key = layout::CHECKPOINT;
+        let note = place
+            .need(cp_key, "not a stackpin data folder or mirror")
+            .await?;
+        let note = String::from_utf8(note.to_vec())
+            .map_err(|_| Failure::verify(format!("{}: not text", place.show(cp_key))))?;
         let checkpoint = Checkpoint::open(&note, log_key)
-            .map_err(|e| Failure::verify(format!("{}: {e}", cp_path.display())))?;
+            .map_err(|e| Failure::verify(format!("{}: {e}", place.show(cp_key))))?;
         quorum(&note)?;
         let mut progress = crate::progress::Progress::items("reading the log", None);
-        let mut entries = read_entries(dir, checkpoint.size, |n| {
+        let mut entries = read_entries(place, checkpoint.size, |n| {
             progress.tick("reading the log", n, Some(checkpoint.size));
-        })?;
+        })
+        .await?;
         if (entries.len() as u64) < checkpoint.size {
             return Err(Failure::verify(format!(
                 "{} holds {} entries, but its checkpoint signs {}: entries are missing",
-                dir.display(),
+                place.name(),
                 entries.len(),
                 checkpoint.size
             )));
@@ -156,11 +213,11 @@ impl OfflineLog {
                 "the {} entries in {} do not lead to the root its checkpoint signs: the folder \
                  was altered or is not the log it claims",
                 checkpoint.size,
-                dir.display()
+                place.name()
             )));
         }
         Ok(Self {
-            dir: dir.to_owned(),
+            place: place.clone(),
             note,
             checkpoint,
             entries,
@@ -265,24 +322,24 @@ impl OfflineLog {
     ///
     /// # Errors
     /// Not found when absent; verification failed when they differ.
-    pub fn blob(&self, digest: &Digest) -> Outcome<Bytes> {
-        let path = self.dir.join(layout::blob_key(digest));
-        let bytes = std::fs::read(&path).map_err(|e| {
+    pub async fn blob(&self, digest: &Digest) -> Outcome<Bytes> {
+        let key = layout::blob_key(digest);
+        let bytes = self.place.get(&key).await?.ok_or_else(|| {
             Failure::new(
                 crate::exit::NOT_FOUND,
                 anyhow::anyhow!(
-                    "{}: {e}: the folder does not hold the artifact",
-                    path.display()
+                    "{}: not found: the log's copy does not hold the artifact",
+                    self.place.show(&key)
                 ),
             )
         })?;
         if Digest::of(&bytes) != *digest {
             return Err(Failure::verify(format!(
                 "{} does not hash to {digest}",
-                path.display()
+                self.place.show(&key)
             )));
         }
-        Ok(Bytes::from(bytes))
+        Ok(bytes)
     }
 
     /// The pin of `env` live at `at` (or at a database position), its
@@ -419,24 +476,28 @@ pub struct Resolution {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_folder_with_a_gap_in_its_log_objects_is_refused() {
+    #[tokio::test]
+    async fn a_folder_with_a_gap_in_its_log_objects_is_refused() {
         let dir = tempfile::tempdir().unwrap();
+        let place = Place::Folder(dir.path().to_owned());
         let entries = dir.path().join(layout::ENTRIES);
         std::fs::create_dir_all(&entries).unwrap();
         std::fs::write(dir.path().join(layout::object_key(0)), b"{}\n{}").unwrap();
-        assert_eq!(
-            read_entries(dir.path(), u64::MAX, |_| {})
-                .ok()
-                .unwrap()
-                .len(),
-            2
-        );
+        let read = |upto| read_entries(&place, upto, |_| {});
+        assert_eq!(read(u64::MAX).await.ok().unwrap().len(), 2);
         std::fs::write(dir.path().join(layout::object_key(3)), b"{}").unwrap();
-        let err = read_entries(dir.path(), u64::MAX, |_| {}).err().unwrap();
+        let err = read(u64::MAX).await.err().unwrap();
         assert!(format!("{:#}", err.error).contains("skip from entry 2 to 3"));
         // What lies past the entries asked for is not read.
-        assert_eq!(read_entries(dir.path(), 2, |_| {}).ok().unwrap().len(), 2);
-        assert!(read_entries(&dir.path().join("nothing"), u64::MAX, |_| {}).is_err());
+        assert_eq!(read(2).await.ok().unwrap().len(), 2);
+        // A folder with no log holds no entries.
+        let empty = Place::Folder(dir.path().join("nothing"));
+        assert!(
+            read_entries(&empty, u64::MAX, |_| {})
+                .await
+                .ok()
+                .unwrap()
+                .is_empty()
+        );
     }
 }

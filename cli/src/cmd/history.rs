@@ -30,10 +30,13 @@ pub struct HistoryArgs {
     /// Continue from a previous page.
     #[arg(long, default_value = "")]
     page_token: String,
-    /// Read the log from this folder (a mirror, or a copied data folder)
-    /// instead of a registry, checked whole against its signed checkpoint.
-    #[arg(long, value_name = "DIR", conflicts_with = "page_token")]
-    from: Option<std::path::PathBuf>,
+    /// Read the log from this folder or bucket (a mirror, a copied data
+    /// folder, s3://bucket/prefix, az://container/prefix) instead of a
+    /// registry, checked whole against its signed checkpoint.
+    #[arg(long, value_name = "DIR|URL", conflicts_with = "page_token")]
+    from: Option<String>,
+    #[command(flatten)]
+    store: crate::place::StoreArgs,
     #[command(flatten)]
     log_key: crate::trust::LogKey,
 }
@@ -170,8 +173,9 @@ pub async fn history(
     state: Option<&std::path::Path>,
     format: Format,
 ) -> Outcome {
-    if let Some(dir) = &args.from {
-        return history_offline(args, dir, format);
+    if let Some(from) = &args.from {
+        let place = crate::place::Place::parse(from, &args.store)?;
+        return history_offline(args, &place, format).await;
     }
     let reader = Reader::new(&args.log_key, server, state, None)?;
     let mut client = crate::client::connect(server).await?;
@@ -239,21 +243,30 @@ fn emit_history(view: &HistoryView, footer: &str, format: Format) {
     });
 }
 
-/// Opens the log in `dir`, checked whole against its signed checkpoint.
-fn offline_log(dir: &std::path::Path, log_key: &crate::trust::LogKey) -> Outcome<OfflineLog> {
+/// Opens the log in `place`, checked whole against its signed checkpoint.
+async fn offline_log(
+    place: &crate::place::Place,
+    log_key: &crate::trust::LogKey,
+) -> Outcome<OfflineLog> {
     let key = crate::trust::log_key(log_key).map_err(|e| {
         Failure::verify(format!(
             "{:#}: a log read from a folder is proved against the log's key",
             e.error
         ))
     })?;
-    OfflineLog::open(dir, &key, &|note| log_key.check_quorum(note))
+    let log = OfflineLog::open(place, &key, &|note| log_key.check_quorum(note)).await?;
+    crate::offline::say_last_round(place).await;
+    Ok(log)
 }
 
 /// `history --from DIR`: the environment's pins from the folder's proved
 /// log, newest first.
-fn history_offline(args: &HistoryArgs, dir: &std::path::Path, format: Format) -> Outcome {
-    let log = offline_log(dir, &args.log_key)?;
+async fn history_offline(
+    args: &HistoryArgs,
+    place: &crate::place::Place,
+    format: Format,
+) -> Outcome {
+    let log = offline_log(place, &args.log_key).await?;
     let pins = log.pins(&args.env)?;
     let shown: Vec<PinView> = pins
         .iter()
@@ -272,7 +285,7 @@ fn history_offline(args: &HistoryArgs, dir: &std::path::Path, format: Format) ->
     let filtered = args.before.is_some() || args.since.is_some() || pins.len() > view.pins.len();
     let footer = format!(
         "proved: every entry of {} checked against its checkpoint of size {}; {}\n",
-        dir.display(),
+        place.name(),
         log.checkpoint.size,
         if filtered {
             "every pin that matches, up to --limit"
@@ -292,11 +305,14 @@ pub struct StatusArgs {
     /// Continue from a previous page.
     #[arg(long, default_value = "")]
     page_token: String,
-    /// Read the log from this folder (a mirror, or a copied data folder)
-    /// instead of a registry, checked whole against its signed checkpoint:
-    /// every environment is listed, provably.
-    #[arg(long, value_name = "DIR", conflicts_with = "page_token")]
-    from: Option<std::path::PathBuf>,
+    /// Read the log from this folder or bucket (a mirror, a copied data
+    /// folder, s3://bucket/prefix, az://container/prefix) instead of a
+    /// registry, checked whole against its signed checkpoint: every
+    /// environment is listed, provably.
+    #[arg(long, value_name = "DIR|URL", conflicts_with = "page_token")]
+    from: Option<String>,
+    #[command(flatten)]
+    store: crate::place::StoreArgs,
     #[command(flatten)]
     log_key: crate::trust::LogKey,
 }
@@ -338,8 +354,9 @@ pub async fn status(
     state: Option<&std::path::Path>,
     format: Format,
 ) -> Outcome {
-    if let Some(dir) = &args.from {
-        return status_offline(args, dir, format);
+    if let Some(from) = &args.from {
+        let place = crate::place::Place::parse(from, &args.store)?;
+        return status_offline(args, &place, format).await;
     }
     let reader = Reader::new(&args.log_key, server, state, None)?;
     let mut client = crate::client::connect(server).await?;
@@ -420,8 +437,8 @@ pub async fn status(
 
 /// `status --from DIR`: every environment's latest pin, from the folder's
 /// proved log.
-fn status_offline(args: &StatusArgs, dir: &std::path::Path, format: Format) -> Outcome {
-    let log = offline_log(dir, &args.log_key)?;
+async fn status_offline(args: &StatusArgs, place: &crate::place::Place, format: Format) -> Outcome {
+    let log = offline_log(place, &args.log_key).await?;
     let mut latest = std::collections::BTreeMap::new();
     for (i, e) in log.all() {
         if let stackpin_core::entry::Entry::Pin(p) = e? {
@@ -451,7 +468,7 @@ fn status_offline(args: &StatusArgs, dir: &std::path::Path, format: Format) -> O
     let footer = format!(
         "proved: every entry of {} checked against its checkpoint of size {}; every \
          environment listed{}\n",
-        dir.display(),
+        place.name(),
         log.checkpoint.size,
         if latest.len() > args.limit as usize {
             format!(" (the first {} shown: raise --limit)", args.limit)

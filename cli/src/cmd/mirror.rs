@@ -1,5 +1,6 @@
 //! `stackpin mirror SOURCE DEST`: a verified copy of a log, in the
-//! registry's own storage layout, kept where the source's region is not.
+//! registry's own storage layout, kept where the source's region is not:
+//! a folder, or a bucket (S3, Azure) a registry can serve read-only.
 //!
 //! Each round reads the source's signed checkpoint (the log's key, and a
 //! policy's quorum when given), fetches the entries the mirror lacks, and
@@ -31,7 +32,8 @@ use stackpin_core::time::Timestamp;
 use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome};
-use crate::offline::each_object_from;
+use crate::offline::{Objects, each_object_from};
+use crate::place::{Lock, Place, StoreArgs};
 use crate::progress::Progress;
 use crate::view::Format;
 
@@ -41,12 +43,13 @@ const OBJECT_ENTRIES: usize = 1024;
 #[derive(clap::Args)]
 pub struct MirrorArgs {
     /// What to copy: a registry (http://host:7070, read over gRPC), or a
-    /// folder in the registry's storage layout (a data folder, another
-    /// mirror).
+    /// folder or bucket in the registry's storage layout (a data folder,
+    /// s3://bucket/prefix, az://container/prefix, another mirror).
     source: String,
-    /// The folder to copy into (created if need be); a registry can serve
-    /// it, and `restore --from` reads it with nothing running.
-    dest: PathBuf,
+    /// Where to copy into: a folder (created if need be), s3://bucket/prefix
+    /// or az://container/prefix. A registry can serve it (`--read-only`),
+    /// and `restore --from` reads it with nothing running.
+    dest: String,
     /// Keep copying: a round every --interval, until stopped.
     #[arg(long)]
     follow: bool,
@@ -59,13 +62,16 @@ pub struct MirrorArgs {
     metrics_file: Option<PathBuf>,
     #[command(flatten)]
     log_key: crate::trust::LogKey,
+    #[command(flatten)]
+    store: StoreArgs,
 }
 
 /// Where the entries and blobs come from.
 enum Source {
     /// A registry, and the one connection every call of a run shares.
     Registry(Box<(crate::client::Connection, Shared)>),
-    Folder(PathBuf),
+    /// A folder or a bucket.
+    Place(Place),
 }
 
 /// The connection every call to the source registry shares.
@@ -82,7 +88,7 @@ impl Source {
     fn name(&self) -> String {
         match self {
             Source::Registry(r) => r.0.url.clone(),
-            Source::Folder(p) => p.display().to_string(),
+            Source::Place(p) => p.name(),
         }
     }
 
@@ -96,61 +102,54 @@ impl Source {
                     .into_inner()
                     .note)
             }
-            Source::Folder(dir) => {
-                let path = dir.join(layout::CHECKPOINT);
-                std::fs::read_to_string(&path).map_err(|e| {
-                    Failure::invalid(format!(
-                        "{}: {e}: not a stackpin data folder or mirror",
-                        path.display()
-                    ))
+            Source::Place(place) => {
+                let note = place
+                    .need(layout::CHECKPOINT, "not a stackpin data folder or mirror")
+                    .await?;
+                String::from_utf8(note.to_vec()).map_err(|_| {
+                    Failure::verify(format!("{}: not text", place.show(layout::CHECKPOINT)))
                 })
             }
         }
     }
 
-    /// Entries `[start, end)`, handed to `chunk` in order, at most
-    /// [`OBJECT_ENTRIES`] at a time, so a round of any size holds one
-    /// chunk in memory.
+    /// Entries `[start, end)`, sent to `chunks` in order, at most
+    /// [`OBJECT_ENTRIES`] at a time, so a round of any size holds a few
+    /// chunks in memory.
     async fn entries(
         &self,
         start: u64,
         end: u64,
         progress: &mut Progress,
-        mut chunk: impl FnMut(u64, Vec<Bytes>) -> Outcome,
+        chunks: &Chunks,
     ) -> Outcome {
-        let mut next = start;
-        let mut buffer = Vec::with_capacity(OBJECT_ENTRIES);
-        let mut take = |entry: Bytes, next: &mut u64, buffer: &mut Vec<Bytes>| -> Outcome {
-            buffer.push(entry);
-            *next += 1;
-            if buffer.len() == OBJECT_ENTRIES || *next == end {
-                let first = *next - buffer.len() as u64;
-                chunk(first, std::mem::take(buffer))?;
-            }
-            Ok(())
+        let mut chunker = Chunker {
+            next: start,
+            end,
+            buffer: Vec::with_capacity(OBJECT_ENTRIES),
         };
         match self {
             Source::Registry(r) => {
                 let mut client = client(&r.0, &r.1).await?;
-                while next < end {
-                    let from = next;
+                while chunker.next < end {
+                    let from = chunker.next;
                     let mut stream = client
                         .list_entries(pb::ListEntriesRequest { start: from, end })
                         .await?
                         .into_inner();
-                    while next < end
+                    while chunker.next < end
                         && let Some(e) = stream.message().await?
                     {
-                        if e.index != next {
+                        if e.index != chunker.next {
                             return Err(Failure::verify(format!(
-                                "the source sent entry {} where {next} was due",
-                                e.index
+                                "the source sent entry {} where {} was due",
+                                e.index, chunker.next
                             )));
                         }
-                        take(e.entry, &mut next, &mut buffer)?;
-                        progress.tick("mirror: entries", next, Some(end));
+                        chunker.push(e.entry, chunks).await?;
+                        progress.tick("mirror: entries", chunker.next, Some(end));
                     }
-                    if next == from {
+                    if chunker.next == from {
                         return Err(Failure::new(
                             crate::exit::UNAVAILABLE,
                             anyhow::anyhow!(
@@ -161,25 +160,25 @@ impl Source {
                     }
                 }
             }
-            Source::Folder(dir) => {
-                // One object at a time: a folder of any size is copied
-                // holding one object and one chunk.
-                each_object_from(dir, start, end, |first, object| {
+            Source::Place(place) => {
+                // One object at a time: a log of any size is copied
+                // holding one object and a few chunks.
+                let mut objects = Objects::open(place, start, end).await?;
+                while let Some((first, object)) = objects.next().await? {
                     for (i, e) in object.into_iter().enumerate() {
-                        let index = first + i as u64;
-                        if (start..end).contains(&index) {
-                            take(e, &mut next, &mut buffer)?;
+                        if (start..end).contains(&(first + i as u64)) {
+                            chunker.push(e, chunks).await?;
                         }
                     }
-                    progress.tick("mirror: entries", next, Some(end));
-                    Ok(())
-                })?;
-                if next < end {
+                    progress.tick("mirror: entries", chunker.next, Some(end));
+                }
+                if chunker.next < end {
                     return Err(Failure::new(
                         crate::exit::UNAVAILABLE,
                         anyhow::anyhow!(
-                            "{} holds {next} entries, short of its checkpoint's {end}",
-                            dir.display()
+                            "{} holds {} entries, short of its checkpoint's {end}",
+                            place.name(),
+                            chunker.next
                         ),
                     ));
                 }
@@ -199,40 +198,72 @@ impl Source {
                     crate::download::download(&mut client, what, r.0.max_download).await?;
                 Ok(Bytes::from(bytes))
             }
-            Source::Folder(dir) => {
-                let path = dir.join(layout::blob_key(digest));
-                std::fs::read(&path)
-                    .map(Bytes::from)
-                    .map_err(|e| Failure::verify(format!("{}: {e}", path.display())))
+            Source::Place(place) => {
+                let key = layout::blob_key(digest);
+                place.get(&key).await?.ok_or_else(|| {
+                    Failure::verify(format!(
+                        "{}: not found, though the log publishes it",
+                        place.show(&key)
+                    ))
+                })
             }
         }
     }
 }
 
+/// Where the entries go as they arrive: a chunk's first index and entries.
+type Chunks = tokio::sync::mpsc::Sender<(u64, Vec<Bytes>)>;
+
+/// Cuts the entries into chunks of [`OBJECT_ENTRIES`] (and the last one).
+struct Chunker {
+    next: u64,
+    end: u64,
+    buffer: Vec<Bytes>,
+}
+
+impl Chunker {
+    async fn push(&mut self, entry: Bytes, chunks: &Chunks) -> Outcome {
+        self.buffer.push(entry);
+        self.next += 1;
+        if self.buffer.len() == OBJECT_ENTRIES || self.next == self.end {
+            let first = self.next - self.buffer.len() as u64;
+            let chunk = std::mem::take(&mut self.buffer);
+            // A closed channel: staging stopped, and says why.
+            chunks
+                .send((first, chunk))
+                .await
+                .map_err(|_| Failure::invalid("staging the entries stopped"))?;
+        }
+        Ok(())
+    }
+}
+
 /// What the mirror holds: its checkpoint and the tree of its entries.
 struct Mirror {
-    dir: PathBuf,
+    place: Place,
     note: Option<String>,
     size: u64,
     tree: MemoryTree,
 }
 
 impl Mirror {
-    /// The mirror in `dir` as far as its own checkpoint signs, verified;
+    /// The mirror in `place` as far as its own checkpoint signs, verified;
     /// empty when it has none yet.
-    fn open(dir: &Path, log_key: &NoteVerifier) -> Outcome<Self> {
-        if !dir.join(layout::CHECKPOINT).exists() {
+    async fn open(place: &Place, log_key: &NoteVerifier) -> Outcome<Self> {
+        if place.get(layout::CHECKPOINT).await?.is_none() {
             return Ok(Self {
-                dir: dir.to_owned(),
+                place: place.clone(),
                 note: None,
                 size: 0,
                 tree: MemoryTree::new(),
             });
         }
         let (note, checkpoint, tree) =
-            crate::offline::OfflineLog::open(dir, log_key, &|_| Ok(()))?.into_tree();
+            crate::offline::OfflineLog::open(place, log_key, &|_| Ok(()))
+                .await?
+                .into_tree();
         Ok(Self {
-            dir: dir.to_owned(),
+            place: place.clone(),
             size: checkpoint.size,
             note: Some(note),
             tree,
@@ -241,19 +272,23 @@ impl Mirror {
 
     /// Keeps the refused checkpoint beside the mirror's as evidence; where
     /// (or why not).
-    fn keep_evidence(&self, source: &str, note: &str) -> String {
-        let path = self.dir.join("mirror/refused").join(format!(
-            "{}-{}.txt",
+    async fn keep_evidence(&self, source: &str, note: &str) -> String {
+        let key = format!(
+            "mirror/refused/{}-{}.txt",
             Timestamp::now().as_micros(),
             self.size
-        ));
+        );
         let text = format!(
             "source {source}\n\nthe source's checkpoint:\n{note}\nthe mirror's checkpoint:\n{}",
             self.note.as_deref().unwrap_or("(none)\n")
         );
-        match crate::files::write_atomic(&path, text.as_bytes()) {
-            Ok(()) => path.display().to_string(),
-            Err(e) => format!("nowhere: writing {} failed: {:#}", path.display(), e.error),
+        match self.place.put(&key, Bytes::from(text)).await {
+            Ok(()) => self.place.show(&key),
+            Err(e) => format!(
+                "nowhere: writing {} failed: {:#}",
+                self.place.show(&key),
+                e.error
+            ),
         }
     }
 }
@@ -286,39 +321,88 @@ pub async fn mirror(
         c.url.clone_from(&args.source);
         Source::Registry(Box::new((c, tokio::sync::OnceCell::new())))
     } else {
-        let dir = PathBuf::from(&args.source);
-        if !dir.is_dir() {
+        let place = Place::parse(&args.source, &args.store)?;
+        if let Place::Folder(dir) = &place
+            && !dir.is_dir()
+        {
             return Err(Failure::invalid(format!(
-                "{}: no such folder (a source is a registry URL, http://host:7070, or a data \
-                 folder)",
+                "{}: no such folder (a source is a registry URL, http://host:7070, a data \
+                 folder, s3://bucket/prefix or az://container/prefix)",
                 args.source
             )));
         }
-        Source::Folder(dir)
+        Source::Place(place)
     };
-    if args.dest.exists() && !args.dest.is_dir() {
+    let dest = Place::parse(&args.dest, &args.store)?;
+    if let Place::Folder(dir) = &dest
+        && dir.exists()
+        && !dir.is_dir()
+    {
         return Err(Failure::invalid(format!(
             "{} is a file: the mirror is a folder",
-            args.dest.display()
+            dir.display()
         )));
     }
-    if let Source::Folder(src) = &source
-        && std::fs::canonicalize(src).ok() == std::fs::canonicalize(&args.dest).ok()
-    {
+    let same = match (&source, &dest) {
+        (Source::Place(Place::Folder(a)), Place::Folder(b)) => {
+            std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+        }
+        (Source::Place(a @ Place::Bucket { .. }), b @ Place::Bucket { .. }) => a.name() == b.name(),
+        _ => false,
+    };
+    if same {
         return Err(Failure::invalid(
-            "the source and the mirror are the same folder",
+            "the source and the mirror are the same place",
         ));
     }
-    let _held = lock(&args.dest)?;
-    let mut mirror = Mirror::open(&args.dest, &log_key)?;
+    refuse_foreign_log(&dest).await?;
+    let held = dest.lock().await?;
+    let result = run(args, &source, &dest, &log_key, &held, format).await;
+    held.release().await;
+    result
+}
+
+/// A bucket that holds a log no mirror wrote (a registry's own storage)
+/// is refused: a mirror sets aside what it did not commit. A folder a
+/// registry writes is refused by its lock.
+async fn refuse_foreign_log(dest: &Place) -> Outcome {
+    if matches!(dest, Place::Bucket { .. })
+        && dest.get(layout::CHECKPOINT).await?.is_some()
+        && dest.get(MARK).await?.is_none()
+    {
+        return Err(Failure::invalid(format!(
+            "{} holds a log that no mirror wrote (no {}): a registry's storage is not a \
+             mirror's destination; give the mirror a bucket or prefix of its own",
+            dest.name(),
+            dest.show(MARK)
+        )));
+    }
+    Ok(())
+}
+
+/// Marks a destination as a mirror's, and says of which source.
+const MARK: &str = "mirror/source";
+
+async fn run(
+    args: &MirrorArgs,
+    source: &Source,
+    dest: &Place,
+    log_key: &NoteVerifier,
+    held: &Lock,
+    format: Format,
+) -> Outcome {
+    let mut mirror = Mirror::open(dest, log_key).await?;
+    dest.put(MARK, Bytes::from(format!("{}\n", source.name())))
+        .await?;
     loop {
-        let round = round(&source, &mut mirror, &log_key, &args.log_key).await;
+        let round = round(source, &mut mirror, log_key, &args.log_key).await;
         let round = match round {
             Ok(r) => r,
             // A fork is never waited out.
             Err(e) if !args.follow || e.code == crate::exit::VERIFY => return Err(e),
             Err(e) => {
                 eprintln!("mirror: this round failed ({:#}); trying again", e.error);
+                held.refresh().await;
                 tokio::time::sleep(args.interval).await;
                 continue;
             }
@@ -328,6 +412,13 @@ pub async fn mirror(
         {
             // The copy goes on; the missing figures are their own alarm.
             eprintln!("mirror: writing {} failed: {:#}", path.display(), e.error);
+        }
+        if let Err(e) = write_status(dest, &round).await {
+            eprintln!(
+                "mirror: writing {} failed: {:#}",
+                dest.show(STATUS),
+                e.error
+            );
         }
         format.emit(&round, || {
             format!(
@@ -346,6 +437,7 @@ pub async fn mirror(
         if !args.follow {
             return Ok(());
         }
+        held.refresh().await;
         tokio::time::sleep(args.interval).await;
     }
 }
@@ -374,8 +466,8 @@ async fn round(
         )
     })?;
     let from_size = mirror.size;
-    let refuse = |why: String, mirror: &Mirror| {
-        let kept = mirror.keep_evidence(&source.name(), &note);
+    let refuse = async |why: String, mirror: &Mirror| {
+        let kept = mirror.keep_evidence(&source.name(), &note).await;
         Failure::verify(format!(
             "{why}: the source's checkpoint (size {}, root {}) is not consistent with the \
              mirror's (size {}); nothing was written; both are kept in {}",
@@ -391,11 +483,12 @@ async fn round(
             return Err(refuse(
                 "the mirror's entries do not lead to the source's root".into(),
                 mirror,
-            ));
+            )
+            .await);
         }
         return Ok(Round {
             source: source.name(),
-            dest: mirror.dir.display().to_string(),
+            dest: mirror.place.name(),
             from_size,
             size: mirror.size,
             source_size: cp.size,
@@ -409,10 +502,8 @@ async fn round(
     // object per chunk), their leaves into a copy of the mirror's tree, and
     // the artifacts they publish are noted; nothing is in the mirror's log
     // until the root is checked.
-    let staging = mirror.dir.join("mirror/staging");
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)
-        .map_err(|e| Failure::invalid(format!("{}: {e}", staging.display())))?;
+    let place = &mirror.place;
+    clear_staging(place).await?;
     let mut progress = Progress::items("mirror", Some(cp.size));
     let mut tree = mirror.tree.clone();
     let mut digests = Vec::new();
@@ -421,7 +512,7 @@ async fn round(
     // and checked with the rest, when the source reaches as far.
     let mut held = mirror.size;
     let mut kept = (MemoryTree::new(), Vec::new());
-    let leftovers = each_object_from(&mirror.dir, mirror.size, u64::MAX, |first, object| {
+    let leftovers = each_object_from(place, mirror.size, u64::MAX, |first, object| {
         if first < mirror.size {
             return Ok(()); // the last object under the checkpoint
         }
@@ -433,7 +524,8 @@ async fn round(
         }
         held = first + object.len() as u64;
         Ok(())
-    });
+    })
+    .await;
     if leftovers.is_ok() && held > mirror.size && held <= cp.size {
         for i in 0..held - mirror.size {
             tree.push(merkle::NodeSource::node(&kept.0, 0, i).map_err(Failure::verify)?);
@@ -442,9 +534,17 @@ async fn round(
     } else {
         held = mirror.size;
     }
-    let mut staged = Vec::new();
-    source
-        .entries(held, cp.size, &mut progress, |first, chunk| {
+    // The chunks are staged as they arrive, while the next ones are
+    // fetched: at most a few are held at once.
+    let (chunks, mut arriving) = tokio::sync::mpsc::channel::<(u64, Vec<Bytes>)>(2);
+    let fetch = async {
+        let fetched = source.entries(held, cp.size, &mut progress, &chunks).await;
+        drop(chunks);
+        fetched
+    };
+    let stage = async {
+        let mut staged = Vec::new();
+        while let Some((first, chunk)) = arriving.recv().await {
             for (i, e) in chunk.iter().enumerate() {
                 tree.push(merkle::leaf_hash(e));
                 if let Entry::Publish(p) = Entry::parse(first + i as u64, e)
@@ -453,15 +553,18 @@ async fn round(
                     digests.push(p.digest);
                 }
             }
-            let path = staging.join(layout::object_name(first));
-            crate::files::write_atomic(&path, &layout::join(&chunk))?;
+            place.put(&staging_key(first), layout::join(&chunk)).await?;
             staged.push(first);
-            Ok(())
-        })
-        .await?;
+        }
+        Outcome::Ok(staged)
+    };
+    let (fetched, staged) = tokio::join!(fetch, stage);
+    // Staging's own failure explains a fetch that stopped for it.
+    let staged = staged?;
+    fetched?;
     let root = merkle::root(&tree, cp.size).map_err(Failure::verify)?;
     if root != cp.root {
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = clear_staging(place).await;
         return Err(refuse(
             format!(
                 "the mirror's {} entries followed by the source's {} new ones do not lead to the \
@@ -470,13 +573,19 @@ async fn round(
                 cp.size - held
             ),
             mirror,
-        ));
+        )
+        .await);
     }
     // Every artifact a new entry publishes, copied and checked first.
     let (mut blobs, mut blob_bytes) = (0, 0);
     for (k, digest) in digests.iter().enumerate() {
-        let path = mirror.dir.join(layout::blob_key(digest));
-        let held = std::fs::read(&path).is_ok_and(|b| Digest::of(&b) == *digest);
+        let key = layout::blob_key(digest);
+        let held = place
+            .get(&key)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|b| Digest::of(&b) == *digest);
         if !held {
             let bytes = source.blob(digest).await?;
             if Digest::of(&bytes) != *digest {
@@ -484,9 +593,9 @@ async fn round(
                     "the source's bytes of {digest} do not hash to it"
                 )));
             }
-            crate::files::write_atomic(&path, &bytes)?;
-            blobs += 1;
             blob_bytes += bytes.len() as u64;
+            place.put(&key, bytes).await?;
+            blobs += 1;
         }
         progress.tick(
             "mirror: artifacts",
@@ -496,43 +605,33 @@ async fn round(
     }
     // Then the entries (objects an interrupted round left past what is
     // kept go first), then the checkpoint: the round is committed by its
-    // last write, once the renames are durable.
-    let entries_dir = mirror.dir.join(layout::ENTRIES);
-    std::fs::create_dir_all(&entries_dir)
-        .map_err(|e| Failure::invalid(format!("{}: {e}", entries_dir.display())))?;
-    if let Ok(listing) = std::fs::read_dir(&entries_dir) {
-        for e in listing.filter_map(Result::ok) {
-            if e.file_name()
-                .to_str()
-                .and_then(layout::parse_object_name)
-                .is_some_and(|start| start >= held)
-            {
-                let _ = std::fs::remove_file(e.path());
-            }
+    // last write, once the moves are durable.
+    for start in place.object_starts().await? {
+        if start >= held {
+            place.remove(&layout::object_key(start)).await?;
         }
     }
     for first in &staged {
-        let from = staging.join(layout::object_name(*first));
-        let to = mirror.dir.join(layout::object_key(*first));
-        std::fs::rename(&from, &to)
-            .map_err(|e| Failure::invalid(format!("moving {} into place: {e}", from.display())))?;
+        place
+            .rename(&staging_key(*first), &layout::object_key(*first))
+            .await?;
     }
-    let _ = std::fs::remove_dir(&staging);
-    std::fs::File::open(&entries_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Failure::invalid(format!("syncing {}: {e}", entries_dir.display())))?;
-    let history = mirror.dir.join(layout::checkpoint_history_key(cp.size));
-    if !history.exists() {
-        crate::files::write_atomic(&history, note.as_bytes())?;
+    clear_staging(place).await?;
+    place.sync(layout::ENTRIES)?;
+    let history = layout::checkpoint_history_key(cp.size);
+    if place.get(&history).await?.is_none() {
+        place.put(&history, Bytes::from(note.clone())).await?;
     }
-    crate::files::write_atomic(&mirror.dir.join(layout::CHECKPOINT), note.as_bytes())?;
+    place
+        .put(layout::CHECKPOINT, Bytes::from(note.clone()))
+        .await?;
     progress.finish();
     mirror.tree = tree;
     mirror.size = cp.size;
     mirror.note = Some(note);
     Ok(Round {
         source: source.name(),
-        dest: mirror.dir.display().to_string(),
+        dest: mirror.place.name(),
         from_size,
         size: cp.size,
         source_size: cp.size,
@@ -543,44 +642,27 @@ async fn round(
     })
 }
 
-/// Holds `DEST/mirror/lock` for as long as the mirror runs: two mirrors
-/// into one folder would set aside each other's uncommitted objects. A
-/// folder a registry writes (it holds `registry.lock`) is refused too.
-fn lock(dest: &Path) -> Outcome<std::fs::File> {
-    let taken = |path: &Path| -> Outcome<Option<std::fs::File>> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(Failure::invalid(format!("locking {}: {e}", path.display())))
-            }
-        }
-    };
-    let registry = dest.join("registry.lock");
-    if registry.exists() && taken(&registry)?.is_none() {
-        return Err(Failure::invalid(format!(
-            "{} is the data folder of a running registry (it holds {}): a mirror is a folder of \
-             its own",
-            dest.display(),
-            registry.display()
-        )));
-    }
-    let path = dest.join("mirror/lock");
-    std::fs::create_dir_all(dest.join("mirror"))
-        .map_err(|e| Failure::invalid(format!("{}: {e}", dest.display())))?;
-    taken(&path)?.ok_or_else(|| {
-        Failure::invalid(format!(
-            "another `stackpin mirror` is copying into {} (it holds {})",
-            dest.display(),
-            path.display()
-        ))
-    })
+/// Where a chunk waits until the round's root is checked.
+fn staging_key(first: u64) -> String {
+    format!("{STAGING}/{}", layout::object_name(first))
+}
+
+const STAGING: &str = "mirror/staging";
+
+/// Removes what a round staged and did not move into the log.
+async fn clear_staging(place: &Place) -> Outcome {
+    place.remove_all(STAGING).await
+}
+
+/// Where each round leaves its figures, for `restore --from` and anyone
+/// looking at the mirror: the mirror's own record, not signed.
+pub const STATUS: &str = "mirror/status.json";
+
+/// The last round's figures, with when it completed.
+async fn write_status(place: &Place, r: &Round) -> Outcome {
+    let mut value = serde_json::to_value(r).map_err(|e| Failure::invalid(e.to_string()))?;
+    value["completed_at"] = serde_json::Value::String(Timestamp::now().to_string());
+    place.put(STATUS, Bytes::from(format!("{value:#}\n"))).await
 }
 
 /// The round's figures for node_exporter's textfile collector.

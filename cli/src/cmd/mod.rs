@@ -67,7 +67,7 @@ pub enum Command {
     /// Resolve, download and verify the artifact live at an instant, and
     /// write it atomically (from a registry, or with --from from a mirror
     /// or data folder with no registry running).
-    Restore(restore::RestoreArgs),
+    Restore(Box<restore::RestoreArgs>),
     /// Copy a log (a registry's, or a data folder's) into a folder in the
     /// registry's storage layout, verified against its signed checkpoint,
     /// incrementally; --follow keeps it current.

@@ -34,11 +34,14 @@ pub struct RestoreArgs {
     plan: bool,
     #[command(flatten)]
     targets: super::targets::TargetArgs,
-    /// Read the log from this folder (a mirror `stackpin mirror` wrote, or
-    /// a copied data folder) instead of a registry: everything is checked
-    /// against the folder's signed checkpoint, and no registry is asked.
-    #[arg(long, value_name = "DIR")]
-    from: Option<PathBuf>,
+    /// Read the log from this folder or bucket (a mirror `stackpin mirror`
+    /// wrote, a copied data folder, s3://bucket/prefix, az://container/
+    /// prefix) instead of a registry: everything is checked against its
+    /// signed checkpoint, and no registry is asked.
+    #[arg(long, value_name = "DIR|URL")]
+    from: Option<String>,
+    #[command(flatten)]
+    store: crate::place::StoreArgs,
     /// Refuse a checkpoint whose newest cosignature (by the witnesses of
     /// --policy) is older than this (e.g. 10m, 1h): an answer that says
     /// "still live" is only as fresh as its checkpoint.
@@ -185,6 +188,7 @@ impl RestoreArgs {
             plan: false,
             targets: super::targets::TargetArgs::drill(wal_archive),
             from: None,
+            store: crate::place::StoreArgs::default(),
             max_age: None,
             fail_near_switch: false,
         }
@@ -226,8 +230,9 @@ pub async fn restore_verified(
         (None, true) => None,
         (None, false) => return Err(Failure::invalid("--out is required (or --plan)")),
     };
-    if let Some(dir) = &args.from {
-        return restore_offline(args, dir, state, trusted.as_ref(), out.as_deref()).await;
+    if let Some(from) = &args.from {
+        let place = crate::place::Place::parse(from, &args.store)?;
+        return restore_offline(args, &place, state, trusted.as_ref(), out.as_deref()).await;
     }
     // A restore proves everything: it needs the log's key.
     if !args.log_key.given()
@@ -377,7 +382,7 @@ impl Answer {
 /// publisher's signature, and the `.tlog-proof` written as online.
 async fn restore_offline(
     args: &RestoreArgs,
-    dir: &Path,
+    place: &crate::place::Place,
     state: Option<&Path>,
     trusted: Option<&stackpin_core::signing::TrustedKeys>,
     out: Option<&Path>,
@@ -389,7 +394,8 @@ async fn restore_offline(
         ))
     })?;
     let quorum = |note: &str| args.log_key.check_quorum(note);
-    let log = crate::offline::OfflineLog::open(dir, &log_key, &quorum)?;
+    let log = crate::offline::OfflineLog::open(place, &log_key, &quorum).await?;
+    crate::offline::say_last_round(place).await;
     // As fresh as its witnesses say (--max-age), and never behind what this
     // CLI verified before without saying so: a folder is a copy that may
     // lag. A newer one must extend the remembered checkpoint.
@@ -406,7 +412,7 @@ async fn restore_offline(
                     "warning: {} signs {size} entries, fewer than the {} this CLI verified before: \
                  the folder lags behind the log, and what it says is still live may have been \
                  replaced since",
-                    dir.display(),
+                    place.name(),
                     large.size
                 );
                 return Ok(Ok(()));
@@ -416,7 +422,7 @@ async fn restore_offline(
                 _ => Err(format!(
                     "the first {} entries in {} are not the ones this CLI verified before",
                     small.size,
-                    dir.display()
+                    place.name()
                 )),
             })
         },
@@ -443,12 +449,12 @@ async fn restore_offline(
         pin: found.pin,
         checkpoint_size: log.checkpoint.size,
         fresh,
-        source: Some(dir.display().to_string()),
+        source: Some(place.name()),
         resolution: found.view,
     };
     if args.plan {
         return answer.planned(args, trusted).await;
     }
-    let bytes = log.blob(&answer.pin.digest)?;
+    let bytes = log.blob(&answer.pin.digest).await?;
     answer.written(args, &bytes, trusted, out).await
 }

@@ -1,0 +1,416 @@
+//! Where a log is kept outside a running registry: a folder, or a bucket
+//! (S3, or an Azure container) named the way the registry's `--storage`
+//! names it. `stackpin mirror` writes one, and `restore`, `history` and
+//! `status --from` read one, through this one interface, so a mirror in a
+//! second region's bucket is read and written exactly as a folder is.
+//!
+//! A bucket is opened by the registry's own storage code (endpoint,
+//! credentials from the usual `AWS_*` and `AZURE_*` variables, plain HTTP
+//! only to loopback unless allowed, bounded timeouts and retries).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use object_store::path::Path as Key;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions};
+use stackpin_core::layout;
+use stackpin_registry::storage::{StorageOptions, StorageUrl};
+
+use crate::exit::{Failure, Outcome};
+
+/// How a bucket is reached, beyond the `AWS_*` and `AZURE_*` environment.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct StoreArgs {
+    /// The endpoint of an S3-compatible server, for an s3:// location
+    /// (e.g. http://127.0.0.1:8333).
+    #[arg(long, env = "STACKPIN_S3_ENDPOINT", value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// The blob endpoint for an az:// location instead of Azure's
+    /// (Azurite's http://127.0.0.1:10000/devstoreaccount1, a private
+    /// endpoint).
+    #[arg(long, env = "STACKPIN_AZURE_ENDPOINT", value_name = "URL")]
+    azure_endpoint: Option<String>,
+    /// Allow a plain-HTTP endpoint that is not loopback.
+    #[arg(long)]
+    storage_allow_http: bool,
+}
+
+/// A folder or a bucket holding a log in the registry's storage layout.
+#[derive(Clone)]
+pub enum Place {
+    Folder(PathBuf),
+    Bucket {
+        url: String,
+        store: Arc<dyn ObjectStore>,
+    },
+}
+
+/// How long a bucket's mirror lock may go unrefreshed before another
+/// mirror may take it: a mirror refreshes it every round.
+const STALE_LOCK: Duration = Duration::from_secs(600);
+
+impl Place {
+    /// `s3://bucket/prefix`, `az://container/prefix`, `file:///path` or a
+    /// path.
+    ///
+    /// # Errors
+    /// Invalid for a malformed bucket name or setting.
+    pub fn parse(text: &str, args: &StoreArgs) -> Outcome<Self> {
+        if text.starts_with("s3://") || text.starts_with("az://") {
+            let url = StorageUrl::parse(text).map_err(|e| Failure::invalid(e.message()))?;
+            let options = StorageOptions {
+                endpoint: args.s3_endpoint.clone(),
+                azure_endpoint: args.azure_endpoint.clone(),
+                allow_http: args.storage_allow_http,
+                ..StorageOptions::default()
+            };
+            let store = stackpin_registry::storage::open(&url, &options)
+                .map_err(|e| Failure::invalid(e.message()))?;
+            return Ok(Self::Bucket {
+                url: text.trim_end_matches('/').to_owned(),
+                store,
+            });
+        }
+        if text.contains("://") && !text.starts_with("file://") {
+            return Err(Failure::invalid(format!(
+                "{text}: a log is read from a folder, file:///path, s3://bucket/prefix or \
+                 az://container/prefix"
+            )));
+        }
+        Ok(Self::Folder(PathBuf::from(
+            text.strip_prefix("file://").unwrap_or(text),
+        )))
+    }
+
+    /// What to call it in messages.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Folder(dir) => dir.display().to_string(),
+            Self::Bucket { url, .. } => url.clone(),
+        }
+    }
+
+    /// Where `key` is, for messages.
+    pub fn show(&self, key: &str) -> String {
+        match self {
+            Self::Folder(dir) => dir.join(key).display().to_string(),
+            Self::Bucket { url, .. } => format!("{url}/{key}"),
+        }
+    }
+
+    fn unavailable(&self, key: &str, e: impl std::fmt::Display) -> Failure {
+        Failure::new(
+            crate::exit::UNAVAILABLE,
+            anyhow::anyhow!("{}: {e}", self.show(key)),
+        )
+    }
+
+    /// The object `key`, or `None` when there is none.
+    ///
+    /// # Errors
+    /// Unavailable when it cannot be read.
+    pub async fn get(&self, key: &str) -> Outcome<Option<Bytes>> {
+        match self {
+            Self::Folder(dir) => match std::fs::read(dir.join(key)) {
+                Ok(bytes) => Ok(Some(Bytes::from(bytes))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(self.unavailable(key, e)),
+            },
+            Self::Bucket { store, .. } => match store.get(&Key::from(key)).await {
+                Ok(got) => got
+                    .bytes()
+                    .await
+                    .map(Some)
+                    .map_err(|e| self.unavailable(key, e)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.unavailable(key, e)),
+            },
+        }
+    }
+
+    /// The object `key`, which must be there (`what` says why it should).
+    ///
+    /// # Errors
+    /// Invalid when absent (`what` is said); unavailable when unreadable.
+    pub async fn need(&self, key: &str, what: &str) -> Outcome<Bytes> {
+        self.get(key)
+            .await?
+            .ok_or_else(|| Failure::invalid(format!("{}: not found: {what}", self.show(key))))
+    }
+
+    /// Writes `key` whole: a folder's file is replaced atomically and
+    /// synced, a bucket's object by one PUT.
+    ///
+    /// # Errors
+    /// Unavailable (a bucket) or invalid (a folder) when it cannot be written.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Outcome {
+        match self {
+            Self::Folder(dir) => crate::files::write_atomic(&dir.join(key), &bytes),
+            Self::Bucket { store, .. } => store
+                .put(&Key::from(key), bytes.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| self.unavailable(key, e)),
+        }
+    }
+
+    /// Moves `from` to `to` (in a bucket: a copy, then the delete).
+    ///
+    /// # Errors
+    /// When the move fails.
+    pub async fn rename(&self, from: &str, to: &str) -> Outcome {
+        match self {
+            Self::Folder(dir) => {
+                let target = dir.join(to);
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Failure::invalid(format!("{}: {e}", parent.display())))?;
+                }
+                std::fs::rename(dir.join(from), &target).map_err(|e| {
+                    Failure::invalid(format!("moving {} into place: {e}", self.show(from)))
+                })
+            }
+            Self::Bucket { store, .. } => store
+                .rename(&Key::from(from), &Key::from(to))
+                .await
+                .map_err(|e| self.unavailable(from, e)),
+        }
+    }
+
+    /// Removes `key`; one that is not there is no error.
+    ///
+    /// # Errors
+    /// When it is there and cannot be removed.
+    pub async fn remove(&self, key: &str) -> Outcome {
+        match self {
+            Self::Folder(dir) => match std::fs::remove_file(dir.join(key)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::invalid(
+                    format!("removing {}: {e}", self.show(key)),
+                )),
+                _ => Ok(()),
+            },
+            Self::Bucket { store, .. } => match store.delete(&Key::from(key)).await {
+                Err(e) if !matches!(e, object_store::Error::NotFound { .. }) => {
+                    Err(self.unavailable(key, e))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Removes everything under `prefix` (a folder's, and the folder).
+    ///
+    /// # Errors
+    /// When something there cannot be removed.
+    pub async fn remove_all(&self, prefix: &str) -> Outcome {
+        match self {
+            Self::Folder(dir) => match std::fs::remove_dir_all(dir.join(prefix)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Failure::invalid(
+                    format!("removing {}: {e}", self.show(prefix)),
+                )),
+                _ => Ok(()),
+            },
+            Self::Bucket { .. } => {
+                for name in self.names(prefix).await? {
+                    self.remove(&format!("{prefix}/{name}")).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The names directly under `prefix` (a folder's files; a bucket's
+    /// objects, at any depth below it, by their last part).
+    ///
+    /// # Errors
+    /// Unavailable when it cannot be listed; a folder that is not there
+    /// lists empty.
+    pub async fn names(&self, prefix: &str) -> Outcome<Vec<String>> {
+        match self {
+            Self::Folder(dir) => match std::fs::read_dir(dir.join(prefix)) {
+                Ok(listing) => Ok(listing
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(self.unavailable(prefix, e)),
+            },
+            Self::Bucket { store, .. } => {
+                let listed: Vec<_> = store
+                    .list(Some(&Key::from(prefix)))
+                    .try_collect()
+                    .await
+                    .map_err(|e| self.unavailable(prefix, e))?;
+                Ok(listed
+                    .into_iter()
+                    .filter_map(|m| m.location.filename().map(str::to_owned))
+                    .collect())
+            }
+        }
+    }
+
+    /// The first index of each log object, in order.
+    ///
+    /// # Errors
+    /// Unavailable when the log cannot be listed.
+    pub async fn object_starts(&self) -> Outcome<Vec<u64>> {
+        let mut starts: Vec<u64> = self
+            .names(layout::ENTRIES)
+            .await?
+            .iter()
+            .filter_map(|n| layout::parse_object_name(n))
+            .collect();
+        starts.sort_unstable();
+        Ok(starts)
+    }
+
+    /// Makes the renames into the folder `prefix` durable (a bucket's are
+    /// when acknowledged).
+    ///
+    /// # Errors
+    /// When a folder cannot be synced.
+    pub fn sync(&self, prefix: &str) -> Outcome {
+        match self {
+            Self::Folder(dir) => std::fs::File::open(dir.join(prefix))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| Failure::invalid(format!("syncing {}: {e}", self.show(prefix)))),
+            Self::Bucket { .. } => Ok(()),
+        }
+    }
+
+    /// Takes the mirror's lock on this place: a folder's `mirror/lock` is
+    /// locked for as long as the returned guard lives; a bucket's is an
+    /// object created only if absent, which [`Lock::refresh`] keeps fresh
+    /// and [`Lock::release`] removes (one left by a killed mirror is taken
+    /// over once it is [`STALE_LOCK`] old).
+    ///
+    /// # Errors
+    /// Invalid when another mirror holds it, or a running registry writes
+    /// the folder.
+    pub async fn lock(&self) -> Outcome<Lock> {
+        match self {
+            Self::Folder(dir) => lock_folder(dir).map(|f| Lock::Folder { _held: f }),
+            Self::Bucket { store, .. } => {
+                let key = Key::from(LOCK);
+                let body = Bytes::from(format!(
+                    "stackpin mirror, process {}, since {}\n",
+                    std::process::id(),
+                    stackpin_core::time::Timestamp::now()
+                ));
+                let create = PutOptions {
+                    mode: PutMode::Create,
+                    ..PutOptions::default()
+                };
+                match store.put_opts(&key, body.clone().into(), create).await {
+                    Ok(_) => return Ok(Lock::Bucket(self.clone())),
+                    Err(object_store::Error::AlreadyExists { .. }) => {}
+                    Err(e) => return Err(self.unavailable(LOCK, e)),
+                }
+                let held = store
+                    .head(&key)
+                    .await
+                    .map_err(|e| self.unavailable(LOCK, e))?;
+                let age = (jiff::Timestamp::now().as_millisecond()
+                    - held.last_modified.timestamp_millis())
+                .max(0);
+                if u64::try_from(age).unwrap_or(0) < STALE_LOCK.as_millis() as u64 {
+                    return Err(Failure::invalid(format!(
+                        "another `stackpin mirror` is copying into {} (it refreshed {} {}s ago; \
+                         a lock left unrefreshed for {}s is taken over)",
+                        self.name(),
+                        self.show(LOCK),
+                        age / 1000,
+                        STALE_LOCK.as_secs()
+                    )));
+                }
+                eprintln!(
+                    "mirror: {} was last refreshed {}s ago; taking it over",
+                    self.show(LOCK),
+                    age / 1000
+                );
+                self.put(LOCK, body).await?;
+                Ok(Lock::Bucket(self.clone()))
+            }
+        }
+    }
+}
+
+/// Where a mirror's lock is kept.
+const LOCK: &str = "mirror/lock";
+
+/// A mirror's hold on its destination.
+pub enum Lock {
+    /// Locked for as long as it is held.
+    Folder {
+        _held: std::fs::File,
+    },
+    Bucket(Place),
+}
+
+impl Lock {
+    /// Shows the lock is still held (a bucket's).
+    pub async fn refresh(&self) {
+        if let Lock::Bucket(place) = self {
+            let body = Bytes::from(format!(
+                "stackpin mirror, process {}, refreshed {}\n",
+                std::process::id(),
+                stackpin_core::time::Timestamp::now()
+            ));
+            if let Err(e) = place.put(LOCK, body).await {
+                eprintln!("mirror: refreshing the lock failed: {:#}", e.error);
+            }
+        }
+    }
+
+    /// Lets the lock go.
+    pub async fn release(self) {
+        if let Lock::Bucket(place) = &self
+            && let Err(e) = place.remove(LOCK).await
+        {
+            eprintln!("mirror: removing the lock failed: {:#}", e.error);
+        }
+    }
+}
+
+/// Holds `DEST/mirror/lock` for as long as the mirror runs: two mirrors
+/// into one folder would set aside each other's uncommitted objects. A
+/// folder a registry writes (it holds `registry.lock`) is refused too.
+fn lock_folder(dest: &Path) -> Outcome<std::fs::File> {
+    let taken = |path: &Path| -> Outcome<Option<std::fs::File>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| Failure::invalid(format!("{}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(Failure::invalid(format!("locking {}: {e}", path.display())))
+            }
+        }
+    };
+    let registry = dest.join("registry.lock");
+    if registry.exists() && taken(&registry)?.is_none() {
+        return Err(Failure::invalid(format!(
+            "{} is the data folder of a running registry (it holds {}): a mirror is a folder of \
+             its own",
+            dest.display(),
+            registry.display()
+        )));
+    }
+    let path = dest.join(LOCK);
+    std::fs::create_dir_all(dest.join("mirror"))
+        .map_err(|e| Failure::invalid(format!("{}: {e}", dest.display())))?;
+    taken(&path)?.ok_or_else(|| {
+        Failure::invalid(format!(
+            "another `stackpin mirror` is copying into {} (it holds {})",
+            dest.display(),
+            path.display()
+        ))
+    })
+}
