@@ -147,6 +147,38 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     ExitCode::from(exit::INVALID)
 }
 
+/// Work an interrupted command still owes, such as letting go of a lock it
+/// holds in a bucket (a folder's lock goes with the process): run after
+/// the command is dropped, each bounded by [`CLEANUP_TIMEOUT`].
+type Cleanups = std::sync::Mutex<
+    Vec<(
+        u64,
+        std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    )>,
+>;
+static CLEANUPS: Cleanups = std::sync::Mutex::new(Vec::new());
+static NEXT_CLEANUP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const CLEANUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs `work` if the command is interrupted before [`disarm`] is called
+/// with the returned token.
+pub(crate) fn on_interrupt(work: impl std::future::Future<Output = ()> + Send + 'static) -> u64 {
+    let token = NEXT_CLEANUP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    CLEANUPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((token, Box::pin(work)));
+    token
+}
+
+/// The work registered under `token` is no longer owed.
+pub(crate) fn disarm(token: u64) {
+    CLEANUPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .retain(|(t, _)| *t != token);
+}
+
 /// Resolves on SIGINT or SIGTERM with the conventional exit code (128 +
 /// the signal); never, if the handlers cannot be installed.
 async fn interrupted() -> u8 {
@@ -210,6 +242,16 @@ pub fn run_as(
         }
     };
     let outcome = runtime.block_on(interruptible);
+    let owed = std::mem::take(
+        &mut *CLEANUPS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    if outcome.is_err() {
+        for (_, work) in owed {
+            let _ = runtime.block_on(async { tokio::time::timeout(CLEANUP_TIMEOUT, work).await });
+        }
+    }
     // After an interrupt, a hash may still be reading on a blocking thread;
     // it writes nothing, so the process does not wait for it.
     runtime.shutdown_background();

@@ -59,11 +59,27 @@ impl Place {
     /// # Errors
     /// Invalid for a malformed bucket name or setting.
     pub fn parse(text: &str, args: &StoreArgs) -> Outcome<Self> {
+        Self::parse_at(text, args, None)
+    }
+
+    /// As [`Place::parse`], a bucket reached at `endpoint` instead of the
+    /// one `args` names (a second region's server).
+    ///
+    /// # Errors
+    /// As [`Place::parse`].
+    pub fn parse_at(text: &str, args: &StoreArgs, endpoint: Option<&str>) -> Outcome<Self> {
         if text.starts_with("s3://") || text.starts_with("az://") {
             let url = StorageUrl::parse(text).map_err(|e| Failure::invalid(e.message()))?;
+            let (mut s3, mut azure) = (args.s3_endpoint.clone(), args.azure_endpoint.clone());
+            if let Some(endpoint) = endpoint {
+                match url {
+                    StorageUrl::Azure { .. } => azure = Some(endpoint.to_owned()),
+                    _ => s3 = Some(endpoint.to_owned()),
+                }
+            }
             let options = StorageOptions {
-                endpoint: args.s3_endpoint.clone(),
-                azure_endpoint: args.azure_endpoint.clone(),
+                endpoint: s3,
+                azure_endpoint: azure,
                 allow_http: args.storage_allow_http,
                 ..StorageOptions::default()
             };
@@ -305,7 +321,7 @@ impl Place {
                     ..PutOptions::default()
                 };
                 match store.put_opts(&key, body.clone().into(), create).await {
-                    Ok(_) => return Ok(Lock::Bucket(self.clone())),
+                    Ok(_) => return Ok(self.bucket_lock()),
                     Err(object_store::Error::AlreadyExists { .. }) => {}
                     Err(e) => return Err(self.unavailable(LOCK, e)),
                 }
@@ -332,9 +348,19 @@ impl Place {
                     age / 1000
                 );
                 self.put(LOCK, body).await?;
-                Ok(Lock::Bucket(self.clone()))
+                Ok(self.bucket_lock())
             }
         }
+    }
+
+    /// The hold on this bucket's lock, let go of even if the command is
+    /// interrupted.
+    fn bucket_lock(&self) -> Lock {
+        let place = self.clone();
+        let token = crate::on_interrupt(async move {
+            let _ = place.remove(LOCK).await;
+        });
+        Lock::Bucket(self.clone(), token)
     }
 }
 
@@ -344,16 +370,18 @@ const LOCK: &str = "mirror/lock";
 /// A mirror's hold on its destination.
 pub enum Lock {
     /// Locked for as long as it is held.
-    Folder {
-        _held: std::fs::File,
-    },
-    Bucket(Place),
+    Folder { _held: std::fs::File },
+    /// The bucket, and the token of the work that lets go of the lock if
+    /// the command is interrupted.
+    Bucket(Place, u64),
 }
 
 impl Lock {
-    /// Shows the lock is still held (a bucket's).
+    /// Shows the lock is still held: a bucket's object is rewritten (a
+    /// folder's is held by the process, which `stackpin-registry promote`
+    /// tries).
     pub async fn refresh(&self) {
-        if let Lock::Bucket(place) = self {
+        if let Lock::Bucket(place, _) = self {
             let body = Bytes::from(format!(
                 "stackpin mirror, process {}, refreshed {}\n",
                 std::process::id(),
@@ -367,10 +395,11 @@ impl Lock {
 
     /// Lets the lock go.
     pub async fn release(self) {
-        if let Lock::Bucket(place) = &self
-            && let Err(e) = place.remove(LOCK).await
-        {
-            eprintln!("mirror: removing the lock failed: {:#}", e.error);
+        if let Lock::Bucket(place, token) = &self {
+            crate::disarm(*token);
+            if let Err(e) = place.remove(LOCK).await {
+                eprintln!("mirror: removing the lock failed: {:#}", e.error);
+            }
         }
     }
 }
@@ -406,11 +435,12 @@ fn lock_folder(dest: &Path) -> Outcome<std::fs::File> {
     let path = dest.join(LOCK);
     std::fs::create_dir_all(dest.join("mirror"))
         .map_err(|e| Failure::invalid(format!("{}: {e}", dest.display())))?;
-    taken(&path)?.ok_or_else(|| {
+    let file = taken(&path)?.ok_or_else(|| {
         Failure::invalid(format!(
             "another `stackpin mirror` is copying into {} (it holds {})",
             dest.display(),
             path.display()
         ))
-    })
+    })?;
+    Ok(file)
 }

@@ -295,12 +295,14 @@ pub fn remembered(dir: &Path) -> Outcome<Vec<Remembered>> {
         let Ok(cp) = Checkpoint::parse(text) else {
             continue;
         };
+        // Every epoch is signed under the log's name, and remembered as it.
+        let name = stackpin_core::note::split_epoch(&cp.origin).0.to_owned();
         let key_id = signatures
             .iter()
-            .find(|s| s.name == cp.origin)
+            .find(|s| s.name == name)
             .map_or_else(|| "unknown".to_owned(), |s| format!("{:08x}", s.id));
         out.push(Remembered {
-            origin: cp.origin,
+            origin: name,
             key_id,
             size: cp.size,
             root: cp.root.hex(),
@@ -395,28 +397,35 @@ pub async fn accept_checkpoint_with(
     let Some(dir) = state else {
         return Ok(cp);
     };
-    let path = saved_path(dir, &cp.origin, log_key.id());
-    let legacy = legacy_path(dir, &cp.origin);
+    // Remembered under the log's name: every epoch of it in one place.
+    let name = stackpin_core::note::split_epoch(&cp.origin).0.to_owned();
+    let path = saved_path(dir, &name, log_key.id());
+    let legacy = legacy_path(dir, &name);
     let saved = match read_saved(&path)? {
         Some(text) => Some(Checkpoint::open(&text, log_key).map_err(|e| {
             Failure::verify(format!(
                 "the saved checkpoint {} does not verify under this log key: {e} (it was \
                  altered; `stackpin trust forget {}` removes it)",
                 path.display(),
-                cp.origin
+                name
             ))
         })?),
         None => match read_saved(&legacy)? {
             Some(text) => match Checkpoint::open(&text, log_key) {
                 Ok(old) => Some(old),
-                Err(_) => return Err(other_key(dir, &cp.origin, log_key)),
+                Err(_) => return Err(other_key(dir, &name, log_key)),
             },
-            None if remembered(dir)?.iter().any(|r| r.origin == cp.origin) => {
-                return Err(other_key(dir, &cp.origin, log_key));
+            None if remembered(dir)?.iter().any(|r| r.origin == name) => {
+                return Err(other_key(dir, &name, log_key));
             }
             None => None,
         },
     };
+    if let Some(old) = &saved
+        && cp.epoch() != old.epoch()
+    {
+        return across_epochs(note, &cp, old, &path, consistent).await;
+    }
     if let Some(old) = &saved
         && cp.size < old.size
         && refuse_older
@@ -431,7 +440,7 @@ pub async fn accept_checkpoint_with(
             cp.size,
             old.size,
             path.display(),
-            cp.origin
+            name
         )));
     }
     if let Some(old) = &saved {
@@ -462,6 +471,56 @@ pub async fn accept_checkpoint_with(
     // The old name is now covered by the new one.
     let _ = std::fs::remove_file(&legacy);
     Ok(cp)
+}
+
+/// A checkpoint of another epoch than the one remembered. An earlier
+/// epoch is the old primary's, written after a promotion: refused. A later
+/// one is taken: its tree starts with the earlier epoch's as far as the
+/// promotion held it, checked by the usual proof where the remembered
+/// checkpoint lies within it; where the proof fails, or the remembered
+/// checkpoint is larger, this CLI saw entries of the loss window, which
+/// the new epoch does not hold, and says so.
+async fn across_epochs(
+    note: &str,
+    cp: &Checkpoint,
+    old: &Checkpoint,
+    path: &Path,
+    consistent: impl AsyncFnOnce(&Checkpoint, &Checkpoint) -> Outcome<Result<(), String>>,
+) -> Outcome<Checkpoint> {
+    if cp.epoch() < old.epoch() {
+        return Err(Failure::verify(format!(
+            "this checkpoint is of {} (epoch {}, size {}), but the log was promoted to epoch {} \
+             ({}), which this CLI verified before (in {}): it comes from the old primary, \
+             written after the promotion. Ask the promoted registry",
+            cp.origin,
+            cp.epoch(),
+            cp.size,
+            old.epoch(),
+            old.origin,
+            path.display()
+        )));
+    }
+    let held = if old.size <= cp.size && old.size > 0 {
+        consistent(old, cp).await?
+    } else {
+        Err(format!(
+            "it holds {} entries, fewer than the {} verified before",
+            cp.size, old.size
+        ))
+    };
+    if let Err(why) = held {
+        eprintln!(
+            "warning: the log was promoted to epoch {} ({}), and it does not hold everything this \
+             CLI verified of {} (size {}): {why}. Entries of the old primary past the promotion \
+             are the loss window (`stackpin loss-window`); record them again",
+            cp.epoch(),
+            cp.origin,
+            old.origin,
+            old.size
+        );
+    }
+    crate::files::write_atomic(path, note.as_bytes())?;
+    Ok(cp.clone())
 }
 
 fn read_saved(path: &Path) -> Outcome<Option<String>> {

@@ -54,6 +54,7 @@ pub mod index;
 pub mod log;
 pub(crate) mod observe;
 pub(crate) mod oci;
+pub mod promote;
 pub(crate) mod records;
 pub mod registry;
 pub mod reload;

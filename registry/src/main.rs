@@ -44,6 +44,22 @@ enum Command {
     /// Rebuild the index from the log, check the log against its stored
     /// signed checkpoints, store a checkpoint of it, and exit.
     Recover(Box<RecoverArgs>),
+    /// Make this storage (a mirror, a replicated bucket) the log's writer,
+    /// in a new epoch that never forks the log: run with no registry or
+    /// mirror on it, then start the registry writable on it.
+    Promote(Box<PromoteArgs>),
+}
+
+#[derive(clap::Args)]
+struct PromoteArgs {
+    /// Who promotes, recorded in the promotion entry.
+    #[arg(long)]
+    actor: String,
+    /// text or json.
+    #[arg(long, default_value = "text")]
+    output: OutputFormat,
+    #[command(flatten)]
+    flags: Flags,
 }
 
 #[derive(clap::Args)]
@@ -235,6 +251,10 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", config::EXAMPLE);
             return Ok(());
         }
+        Some(Command::Promote(args)) => {
+            let settings = Settings::load(&args.flags)?;
+            return promote(&settings, args).await;
+        }
         Some(Command::Recover(args)) => {
             let settings = Settings::load(&args.flags)?;
             init_logging(&settings);
@@ -245,6 +265,80 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(&cli.flags)?;
     init_logging(&settings);
     serve(settings, cli.flags).await
+}
+
+/// `promote`: a new epoch on this storage (see `promote.rs`).
+async fn promote(settings: &Settings, args: &PromoteArgs) -> anyhow::Result<()> {
+    if settings.read_only {
+        anyhow::bail!("promote makes this storage the writer: drop --read-only");
+    }
+    if let Some(c) = stackpin_core::state::unsafe_char(&args.actor, false) {
+        anyhow::bail!("--actor holds the character {c:?}, which would print as something else");
+    }
+    let url = settings.storage_url()?;
+    let store = storage::open(&url, &settings.storage_options())?;
+    // A folder's locks are tried here: a running registry or mirror holds
+    // them; a bucket's mirror lock is judged by its age.
+    let mut held = Vec::new();
+    if let storage::StorageUrl::File(root) = &url {
+        for (name, what) in [
+            (stackpin_registry::registry::LOCK_FILE, "a registry"),
+            ("mirror/lock", "a `stackpin mirror`"),
+        ] {
+            let path = root.join(name);
+            let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+                continue;
+            };
+            if file.try_lock().is_err() {
+                anyhow::bail!(
+                    "{what} is running on {} (it holds {}): stop it first",
+                    root.display(),
+                    path.display()
+                );
+            }
+            held.push(file);
+        }
+    }
+    let (signer, _) = settings.signer(&store).await?;
+    let now = stackpin_core::time::Timestamp::now();
+    let promoted = stackpin_registry::promote::promote(
+        &store,
+        &signer,
+        &args.actor,
+        now,
+        !matches!(url, storage::StorageUrl::File(_)),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&promoted)?),
+        OutputFormat::Text => {
+            println!(
+                "promoted: epoch {} ({}) begins at log entry {}, after the {} entries of {} this \
+                 storage held; {} object(s) past them set aside{}. Start the registry writable \
+                 on this storage; what the old primary wrote past entry {} is the loss window \
+                 (`stackpin loss-window`).",
+                promoted.epoch,
+                promoted.origin,
+                promoted.previous_size,
+                promoted.previous_size,
+                promoted.previous_origin,
+                promoted.set_aside.len(),
+                if promoted.set_aside.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " under {}/{}",
+                        stackpin_registry::promote::SET_ASIDE,
+                        promoted.epoch
+                    )
+                },
+                promoted.previous_size,
+            );
+        }
+    }
+    drop(held);
+    Ok(())
 }
 
 /// `token create`, `list` and `revoke`.

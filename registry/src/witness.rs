@@ -5,6 +5,12 @@
 //! trust each other each run one; a registry that showed two histories
 //! would have to get both past the same witnesses, which refuse the second.
 //!
+//! A log's later epoch (`<name>/epoch/<n>`, begun by a promotion, signed
+//! by the same key) is cosigned like a new log; from then on the witness
+//! cosigns nothing more of an earlier epoch (410 Gone, naming the
+//! promotion). So an old primary that returns learns of the promotion
+//! from its witnesses, and no client with a policy accepts what it writes.
+//!
 //! Per origin it keeps the size and root it last cosigned in
 //! `<data-dir>/state/<sha256 of the origin>`, written atomically (a file
 //! synced, renamed, its folder synced) before it answers, under one lock
@@ -34,6 +40,10 @@ use stackpin_core::witness::{AddCheckpoint, Cosigner, MAX_REQUEST_BYTES, SIZE_CO
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection may stay open.
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(60);
+
+/// How a refusal for a superseded epoch begins (after `410 Gone`), which
+/// a registry recognises.
+pub const PROMOTED: &str = "promoted";
 
 /// What a witness last cosigned for one log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,10 +128,40 @@ impl Witness {
         }))
     }
 
+    /// Where the newest epoch cosigned of the log `name` is kept.
+    fn epoch_path(&self, name: &str) -> PathBuf {
+        let mut path = self.state_path(name);
+        path.set_extension("epoch");
+        path
+    }
+
+    /// The newest epoch of the log `name` this witness cosigned (1 when it
+    /// cosigned no later one).
+    ///
+    /// # Errors
+    /// When the state file is unreadable or damaged.
+    pub fn newest_epoch(&self, name: &str) -> anyhow::Result<u64> {
+        let path = self.epoch_path(name);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => t
+                .trim()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{} is not an epoch", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Stores `cp` as what was last cosigned for its origin, off the
     /// runtime: two fsyncs, while the state lock is held.
     async fn persist(&self, cp: &Checkpoint) -> std::io::Result<()> {
-        let (dir, path, body) = (self.dir.clone(), self.state_path(&cp.origin), cp.body());
+        self.persist_text(self.state_path(&cp.origin), cp.body())
+            .await
+    }
+
+    /// Writes `body` to `path` atomically and durably, off the runtime.
+    async fn persist_text(&self, path: PathBuf, body: String) -> std::io::Result<()> {
+        let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || {
             use std::io::Write as _;
             let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
@@ -144,7 +184,8 @@ impl Witness {
         let Some(origin) = note::origin_of(&req.note) else {
             return refuse(StatusCode::BAD_REQUEST, "no checkpoint".into());
         };
-        let Some(log) = self.logs.get(origin) else {
+        let (name, epoch) = note::split_epoch(origin);
+        let Some(log) = self.logs.get(name) else {
             return refuse(
                 StatusCode::NOT_FOUND,
                 format!("this witness does not know the log {origin}"),
@@ -164,6 +205,29 @@ impl Witness {
             );
         }
         let _held = self.lock.lock().await;
+        let newest = match self.newest_epoch(name) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the witness state failed");
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, "state unreadable".into());
+            }
+        };
+        if epoch < newest {
+            tracing::warn!(
+                origin,
+                size = cp.size,
+                newest,
+                "refused: the log was promoted to a later epoch"
+            );
+            return refuse(
+                StatusCode::GONE,
+                format!(
+                    "{PROMOTED}: the log {name} was promoted to epoch {newest} ({}); this \
+                     witness cosigns nothing more of {origin}",
+                    note::epoch_origin(name, newest)
+                ),
+            );
+        }
         let latest = match self.latest(origin) {
             Ok(l) => l,
             Err(e) => {
@@ -217,6 +281,22 @@ impl Witness {
         if let Err(e) = self.persist(&cp).await {
             tracing::error!(error = %e, "persisting the witness state failed");
             return refuse(StatusCode::INTERNAL_SERVER_ERROR, "state not stored".into());
+        }
+        if epoch > newest {
+            // Kept before the answer: from now on the earlier epochs are
+            // closed here.
+            if let Err(e) = self
+                .persist_text(self.epoch_path(name), format!("{epoch}\n"))
+                .await
+            {
+                tracing::error!(error = %e, "persisting the witness state failed");
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, "state not stored".into());
+            }
+            tracing::warn!(
+                origin,
+                newest = epoch,
+                "a new epoch: earlier ones are closed"
+            );
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

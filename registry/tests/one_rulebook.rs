@@ -34,7 +34,7 @@ fn key(seed: u8) -> SigningKey {
 }
 
 /// Every way to break an entry that the rules name, by its reason.
-const BREAKS: [&str; 22] = [
+const BREAKS: [&str; 23] = [
     "MALFORMED_ENTRY",
     "RELEASE_BOUND",
     "BAD_SIGNATURE",
@@ -57,6 +57,7 @@ const BREAKS: [&str; 22] = [
     "DRILL_VERDICT",
     "EVIDENCE_RANGE",
     "EVIDENCE_TEXT",
+    "PROMOTION",
 ];
 
 #[derive(Clone)]
@@ -468,6 +469,24 @@ impl Writer {
                     d.checks[0].name = "rows\u{1b}[2Kcount".into();
                     Entry::Drill(d)
                 }
+            }
+            "PROMOTION" => {
+                // A previous checkpoint of another size than the entry's
+                // index (the fixed start puts every broken entry past 2),
+                // or of an epoch not just before the one it begins.
+                let body = stackpin_core::note::Checkpoint {
+                    origin: "x/log".into(),
+                    size: 1,
+                    root: stackpin_core::merkle::Hash::from_slice(&[7; 32]).unwrap(),
+                }
+                .body();
+                Entry::Promotion(stackpin_core::entry::PromotionEntry {
+                    epoch: 2 + self.rand(2),
+                    previous: format!("{body}\n\u{2014} x/log AAAA\n"),
+                    promoted_at: Timestamp::from_micros(T0).unwrap(),
+                    actor: "oncall".into(),
+                    request_id: None,
+                })
             }
             other => panic!("no way to break {other}"),
         };

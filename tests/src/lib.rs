@@ -15,6 +15,7 @@ pub mod pg;
 pub mod remote;
 pub mod s3;
 pub mod tlog;
+pub mod witness;
 pub mod world;
 
 use std::io::{BufRead as _, BufReader};

@@ -60,6 +60,11 @@ pub struct MirrorArgs {
     /// round (Prometheus text format, replaced atomically).
     #[arg(long, value_name = "FILE")]
     metrics_file: Option<PathBuf>,
+    /// The endpoint of SOURCE's bucket, when it is not the one
+    /// --s3-endpoint or --azure-endpoint names (DEST's): the source
+    /// region's server.
+    #[arg(long, value_name = "URL")]
+    source_endpoint: Option<String>,
     #[command(flatten)]
     log_key: crate::trust::LogKey,
     #[command(flatten)]
@@ -321,7 +326,7 @@ pub async fn mirror(
         c.url.clone_from(&args.source);
         Source::Registry(Box::new((c, tokio::sync::OnceCell::new())))
     } else {
-        let place = Place::parse(&args.source, &args.store)?;
+        let place = Place::parse_at(&args.source, &args.store, args.source_endpoint.as_deref())?;
         if let Place::Folder(dir) = &place
             && !dir.is_dir()
         {
@@ -343,11 +348,18 @@ pub async fn mirror(
             dir.display()
         )));
     }
+    if args.source_endpoint.is_some() && !matches!(source, Source::Place(Place::Bucket { .. })) {
+        return Err(Failure::invalid(
+            "--source-endpoint is for a bucket source (s3://, az://)",
+        ));
+    }
     let same = match (&source, &dest) {
         (Source::Place(Place::Folder(a)), Place::Folder(b)) => {
             std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
         }
-        (Source::Place(a @ Place::Bucket { .. }), b @ Place::Bucket { .. }) => a.name() == b.name(),
+        (Source::Place(a @ Place::Bucket { .. }), b @ Place::Bucket { .. }) => {
+            a.name() == b.name() && args.source_endpoint.is_none()
+        }
         _ => false,
     };
     if same {

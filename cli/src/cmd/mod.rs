@@ -21,6 +21,7 @@ pub mod evidence;
 pub mod history;
 pub mod keygen;
 pub mod keys;
+pub mod loss_window;
 pub mod mirror;
 pub mod pins;
 pub mod posture;
@@ -68,10 +69,13 @@ pub enum Command {
     /// write it atomically (from a registry, or with --from from a mirror
     /// or data folder with no registry running).
     Restore(Box<restore::RestoreArgs>),
-    /// Copy a log (a registry's, or a data folder's) into a folder in the
-    /// registry's storage layout, verified against its signed checkpoint,
-    /// incrementally; --follow keeps it current.
+    /// Copy a log (a registry's, a data folder's, a bucket's) into a folder
+    /// or bucket in the registry's storage layout, verified against its
+    /// signed checkpoint, incrementally; --follow keeps it current.
     Mirror(mirror::MirrorArgs),
+    /// After a promotion: what the old primary wrote that the promoted log
+    /// does not hold, by request id, read from both storages.
+    LossWindow(loss_window::LossWindowArgs),
     /// List published artifacts.
     List(artifacts::ListArgs),
     /// Show one artifact's record.
@@ -123,6 +127,7 @@ pub async fn dispatch(cli: &crate::Cli) -> Outcome {
         Command::Watch(a) => watch::run(a, server, state, format).await,
         Command::Fetch(a) => artifacts::fetch(a, server, state, format).await,
         Command::Restore(a) => restore::restore(a, server, state, format).await,
+        Command::LossWindow(a) => loss_window::run(a, format).await,
         Command::Mirror(a) => mirror::mirror(a, server, format).await,
         Command::List(a) => artifacts::list(a, server, format).await,
         Command::Stat(a) => artifacts::stat(a, server, state, format).await,

@@ -308,7 +308,7 @@ impl Gathered {
                 index,
                 rto_millis: d.rto_millis,
             }),
-            Entry::Publish(_) | Entry::Key(_) => {}
+            Entry::Publish(_) | Entry::Key(_) | Entry::Promotion(_) => {}
         }
     }
 }

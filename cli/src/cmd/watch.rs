@@ -239,6 +239,13 @@ fn show(entry: &Entry, index: u64, size: u64, format: Format) -> Outcome {
             "{} (log index {index}, verified)",
             super::evidence::drill_line(d)
         ),
+        (_, Entry::Promotion(p)) => format!(
+            "promotion: epoch {} began here, on a standby, at {} by {} (log index {index}, \
+             verified)",
+            p.epoch,
+            p.promoted_at,
+            stackpin_core::error::shown(&p.actor)
+        ),
     };
     println!("{line}");
     Ok(())
@@ -264,7 +271,7 @@ async fn exec(cmd: &str, entry: &Entry, index: u64) {
             command.env("STACKPIN_DRILL_PASSED", d.passed.to_string());
             Some((&d.env, d.live.seq, &d.live.release_id, &d.live.digest))
         }
-        Entry::Publish(_) | Entry::Key(_) => None,
+        Entry::Publish(_) | Entry::Key(_) | Entry::Promotion(_) => None,
     };
     if let Some((env, seq, release_id, digest)) = live {
         command

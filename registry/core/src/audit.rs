@@ -86,6 +86,9 @@ pub struct Report {
     pub snapshots: u64,
     /// Drill entries: restore tests recorded.
     pub drills: u64,
+    /// Promotion entries: epochs begun by a standby.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub promotions: u64,
     pub environments: u64,
     pub blobs_checked: u64,
     /// Hash tiles compared with the entries' tree (a tiles audit).
@@ -133,6 +136,9 @@ pub struct Audit {
     /// for the check against revocations logged after it.
     publishes: Vec<(u64, ReleaseId, KeyId, Timestamp)>,
     digests: BTreeSet<Digest>,
+    /// Every promotion: (index, its epoch, the previous checkpoint), whose
+    /// signature is checked with the log key's.
+    promotions: Vec<(u64, u64, String)>,
     report: Report,
 }
 
@@ -151,6 +157,7 @@ impl Audit {
             rules,
             state: Overlay::new(&EMPTY),
             publishes: Vec::new(),
+            promotions: Vec::new(),
             digests: BTreeSet::new(),
             report: Report::default(),
         }
@@ -308,6 +315,23 @@ impl Audit {
             }
         };
         self.count(&applied.entry);
+        if let Entry::Promotion(p) = &applied.entry {
+            // The entries before it are the previous epoch's, as far as
+            // the checkpoint it carries signs.
+            let root = merkle::root(&self.tree, index);
+            match p.previous_checkpoint() {
+                Ok(cp) if root.as_ref().is_ok_and(|r| *r == cp.root) => {}
+                Ok(_) => self.fail(
+                    Class::Checkpoint,
+                    format!(
+                        "entry {index}: the promotion's previous checkpoint is not the root of \
+                         the {index} entries before it"
+                    ),
+                ),
+                Err(e) => self.fail(Class::Checkpoint, format!("entry {index}: {e}")),
+            }
+            self.promotions.push((index, p.epoch, p.previous.clone()));
+        }
         if let Entry::Publish(p) = &applied.entry {
             self.digests.insert(p.digest);
             self.publishes
@@ -323,6 +347,7 @@ impl Audit {
             Entry::Key(_) => self.report.key_changes += 1,
             Entry::Snapshot(_) => self.report.snapshots += 1,
             Entry::Drill(_) => self.report.drills += 1,
+            Entry::Promotion(_) => self.report.promotions += 1,
         }
     }
 
@@ -343,6 +368,31 @@ impl Audit {
             }
         };
         self.report.checkpoint_size = self.report.checkpoint_size.max(cp.size);
+        // Each promotion's previous checkpoint is the log key's, and a
+        // checkpoint is of the epoch its last promotion began.
+        let mut failed = Vec::new();
+        for (index, _, previous) in &self.promotions {
+            if let Err(e) = Checkpoint::open(previous, log_key) {
+                failed.push(format!(
+                    "entry {index}: the promotion's previous checkpoint: {e}"
+                ));
+            }
+        }
+        let epoch = self
+            .promotions
+            .iter()
+            .rfind(|(index, ..)| *index < cp.size)
+            .map_or(1, |(_, epoch, _)| *epoch);
+        if cp.epoch() != epoch {
+            failed.push(format!(
+                "{name} is of {} (epoch {}), but the entries it signs are of epoch {epoch}",
+                cp.origin,
+                cp.epoch()
+            ));
+        }
+        for message in failed {
+            self.fail(Class::Checkpoint, message);
+        }
         if cp.size > self.tree.len() {
             let have = self.tree.len();
             self.fail(

@@ -33,6 +33,45 @@ pub enum Entry {
     Snapshot(SnapshotEntry),
     /// A restore test happened, and how it went.
     Drill(DrillEntry),
+    /// A standby became the writer: the first entry of a new epoch.
+    Promotion(PromotionEntry),
+}
+
+/// The first entry of a new epoch of the log (`stackpin-registry
+/// promote`): a standby that held the previous epoch as far as
+/// `previous` signs became the writer. The entries before this one are
+/// exactly the previous epoch's first `previous.size`, so the new epoch's
+/// tree starts with the old one's and every proof of an earlier entry
+/// holds in both. What the old primary wrote past `previous` is not in
+/// the new epoch: the loss window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromotionEntry {
+    /// The epoch this entry begins (2 for the first promotion).
+    pub epoch: u64,
+    /// The previous epoch's signed checkpoint the standby held, whole (with
+    /// its cosignatures): its size is this entry's index, its root the
+    /// root of the entries before it.
+    pub previous: String,
+    pub promoted_at: Timestamp,
+    /// Who promoted, as the operator named themselves.
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl PromotionEntry {
+    /// The previous epoch's checkpoint, parsed (its signature unchecked:
+    /// see [`crate::note::Checkpoint::open`]).
+    ///
+    /// # Errors
+    /// Invalid when `previous` is no checkpoint note.
+    pub fn previous_checkpoint(&self) -> Result<crate::note::Checkpoint> {
+        let body = self
+            .previous
+            .split_once("\n\n")
+            .map_or(self.previous.as_str(), |(b, _)| b);
+        crate::note::Checkpoint::parse(&format!("{body}\n"))
+    }
 }
 
 /// A published artifact: the binding of a release id to a digest.
@@ -281,7 +320,7 @@ impl Entry {
             Entry::Pin(p) => Some(&p.env),
             Entry::Snapshot(s) => Some(&s.env),
             Entry::Drill(d) => Some(&d.env),
-            Entry::Publish(_) | Entry::Key(_) => None,
+            Entry::Publish(_) | Entry::Key(_) | Entry::Promotion(_) => None,
         }
     }
 
@@ -293,6 +332,7 @@ impl Entry {
             Entry::Key(k) => k.request_id.as_deref(),
             Entry::Snapshot(s) => s.request_id.as_deref(),
             Entry::Drill(d) => d.request_id.as_deref(),
+            Entry::Promotion(p) => p.request_id.as_deref(),
         }
     }
 
@@ -310,11 +350,13 @@ impl Entry {
             Entry::Key(_) => "key",
             Entry::Snapshot(_) => "snapshot",
             Entry::Drill(_) => "drill",
+            Entry::Promotion(_) => "promotion",
         }
     }
 
     /// The kinds of entry there are.
-    pub const KINDS: [&'static str; 5] = ["publish", "pin", "key", "snapshot", "drill"];
+    pub const KINDS: [&'static str; 6] =
+        ["publish", "pin", "key", "snapshot", "drill", "promotion"];
 
     /// Checks that `kind` names a kind of entry (a filter of watches and
     /// webhooks).

@@ -27,6 +27,8 @@ pub mod reason {
     pub const PREDICATE_TYPE: &str = "PREDICATE_TYPE";
     /// A write sent to a registry that serves a log read-only.
     pub const READ_ONLY: &str = "READ_ONLY";
+    /// A write sent to an old primary whose log was promoted elsewhere.
+    pub const PROMOTED: &str = "PROMOTED";
 }
 
 /// The most of an input an error message repeats, in bytes.

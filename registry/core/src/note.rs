@@ -71,6 +71,42 @@ pub fn origin_of(note: &str) -> Option<&str> {
         .filter(|line| check_name(line).is_ok())
 }
 
+/// The origin of a log's epoch `epoch`: the log's own name for the first
+/// epoch, `<name>/epoch/<n>` for each one a promotion began
+/// (`stackpin-registry promote`). Every epoch is signed by the same key
+/// under the log's name; a new epoch is a new log whose tree starts with
+/// the whole of the previous epoch's as a standby held it, then the
+/// promotion entry.
+pub fn epoch_origin(name: &str, epoch: u64) -> String {
+    if epoch <= 1 {
+        name.to_owned()
+    } else {
+        format!("{name}/epoch/{epoch}")
+    }
+}
+
+/// The epoch `origin` is of the log named `name` ([`epoch_origin`]), or
+/// `None` when it is no epoch of that log.
+pub fn epoch_of(origin: &str, name: &str) -> Option<u64> {
+    if origin == name {
+        return Some(1);
+    }
+    let n = origin.strip_prefix(name)?.strip_prefix("/epoch/")?;
+    let epoch: u64 = n.parse().ok()?;
+    (epoch >= 2 && n == epoch.to_string()).then_some(epoch)
+}
+
+/// The log name and epoch of an epoch's origin (an origin that names no
+/// epoch is its own log's first).
+pub fn split_epoch(origin: &str) -> (&str, u64) {
+    if let Some((name, _)) = origin.rsplit_once("/epoch/")
+        && let Some(epoch) = epoch_of(origin, name)
+    {
+        return (name, epoch);
+    }
+    (origin, 1)
+}
+
 /// Checks that `origin` can be a log origin and note key name.
 ///
 /// # Errors
@@ -371,21 +407,26 @@ impl Checkpoint {
     }
 
     /// Verifies a signed checkpoint against the log key and parses it; the
-    /// origin must be the key's name.
+    /// origin must be the key's name, or an epoch of it ([`epoch_origin`]).
     ///
     /// # Errors
     /// Invalid when the signature or the body does not check out.
     pub fn open(note: &str, verifier: &NoteVerifier) -> Result<Self> {
         let text = verifier.open(note)?;
         let cp = Self::parse(text)?;
-        if cp.origin != verifier.name() {
+        if epoch_of(&cp.origin, verifier.name()).is_none() {
             return Err(Error::invalid(format!(
-                "checkpoint origin {:?} is not the log key's name {:?}",
+                "checkpoint origin {:?} is not the log key's name {:?} (nor an epoch of it)",
                 cp.origin,
                 verifier.name()
             )));
         }
         Ok(cp)
+    }
+
+    /// The epoch this checkpoint is of (1 for an origin that names none).
+    pub fn epoch(&self) -> u64 {
+        split_epoch(&self.origin).1
     }
 
     /// Checks that this checkpoint's tree extends `older`'s: the same log,
@@ -397,10 +438,25 @@ impl Checkpoint {
     ///
     /// # Errors
     /// Why not, naming both sizes.
+    ///
+    /// A later epoch of the same log extends an earlier one by the same
+    /// rule: its tree starts with the earlier epoch's, as far as the
+    /// promotion took it. An earlier epoch never extends a later one: it is
+    /// the old primary, written after the promotion.
     pub fn extends(&self, older: &Checkpoint, proof: &[Hash]) -> std::result::Result<(), String> {
-        if self.origin != older.origin {
+        let (name, epoch) = split_epoch(&self.origin);
+        let (older_name, older_epoch) = split_epoch(&older.origin);
+        if name != older_name {
             return Err(format!(
                 "checkpoint of {} is not of the log {}",
+                self.origin, older.origin
+            ));
+        }
+        if epoch < older_epoch {
+            return Err(format!(
+                "this checkpoint is of {} (epoch {epoch}), but the log was promoted to epoch \
+                 {older_epoch} ({}) seen before: it comes from the old primary, written after \
+                 the promotion",
                 self.origin, older.origin
             ));
         }
@@ -459,6 +515,39 @@ mod tests {
         assert_eq!(note, format!("{TEXT}\n\u{2014} PeterNeumann {SIG}\n"));
         let verifier = NoteVerifier::parse(VKEY).unwrap();
         assert_eq!(verifier.open(&note).unwrap(), TEXT);
+    }
+
+    #[test]
+    fn epochs_are_named_under_the_log_and_only_go_forward() {
+        assert_eq!(epoch_origin("a/log", 1), "a/log");
+        assert_eq!(epoch_origin("a/log", 2), "a/log/epoch/2");
+        assert_eq!(epoch_of("a/log/epoch/2", "a/log"), Some(2));
+        assert_eq!(epoch_of("a/log", "a/log"), Some(1));
+        for bad in [
+            "a/log/epoch/1",
+            "a/log/epoch/02",
+            "a/log/epoch/x",
+            "b/log/epoch/2",
+        ] {
+            assert_eq!(epoch_of(bad, "a/log"), None, "{bad}");
+        }
+        assert_eq!(split_epoch("a/log/epoch/3"), ("a/log", 3));
+        assert_eq!(split_epoch("a/log/epoch/01"), ("a/log/epoch/01", 1));
+        let root = Hash::from_slice(&[7; 32]).unwrap();
+        let cp = |origin: &str, size| Checkpoint {
+            origin: origin.into(),
+            size,
+            root,
+        };
+        // Forward across a promotion, by the same proof rule; never back.
+        assert!(cp("a/log/epoch/2", 5).extends(&cp("a/log", 5), &[]).is_ok());
+        let back = cp("a/log", 6).extends(&cp("a/log/epoch/2", 5), &[]);
+        assert!(back.unwrap_err().contains("old primary"));
+        assert!(
+            cp("b/log/epoch/2", 5)
+                .extends(&cp("a/log", 5), &[])
+                .is_err()
+        );
     }
 
     #[test]

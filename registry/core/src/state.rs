@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::entry::{
-    DrillEntry, Entry, KeyAction, KeyEntry, Live, PinEntry, PublishEntry, SnapshotEntry,
+    DrillEntry, Entry, KeyAction, KeyEntry, Live, PinEntry, PromotionEntry, PublishEntry,
+    SnapshotEntry,
 };
 use crate::error::Kind;
 use crate::ids::{EnvName, ReleaseId};
@@ -238,6 +239,8 @@ pub enum Change {
     Snapshot(SnapshotRef),
     /// A restore test was recorded.
     Drill,
+    /// A new epoch began.
+    Promotion,
 }
 
 /// An entry [`apply`] accepted.
@@ -391,6 +394,9 @@ pub enum Violation {
         field: String,
         character: char,
     },
+    /// A promotion does not begin the epoch after the one its previous
+    /// checkpoint is of, at that checkpoint's size.
+    Promotion { index: u64, why: String },
 }
 
 /// The longest restore time (RTO) or data loss (RPO) a drill may record:
@@ -441,6 +447,7 @@ pub mod reason {
     pub const DRILL_VERDICT: &str = "DRILL_VERDICT";
     pub const EVIDENCE_RANGE: &str = "EVIDENCE_RANGE";
     pub const EVIDENCE_TEXT: &str = "EVIDENCE_TEXT";
+    pub const PROMOTION: &str = "PROMOTION";
     /// A request id already used for a different request.
     pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
 }
@@ -448,7 +455,8 @@ pub mod reason {
 /// Every rule's reason and the kind of error a request that breaks it
 /// gets: a write-once rule is a conflict, an out-of-order request a
 /// precondition, a malformed one invalid.
-const RULES: [(&str, Kind); 23] = [
+const RULES: [(&str, Kind); 24] = [
+    (reason::PROMOTION, Kind::Invalid),
     (reason::MALFORMED_ENTRY, Kind::Invalid),
     (reason::RELEASE_BOUND, Kind::Conflict),
     (reason::BAD_SIGNATURE, Kind::Invalid),
@@ -524,7 +532,8 @@ impl Violation {
             | Violation::SnapshotRef { index, .. }
             | Violation::DrillVerdict { index, .. }
             | Violation::EvidenceRange { index, .. }
-            | Violation::EvidenceText { index, .. } => *index,
+            | Violation::EvidenceText { index, .. }
+            | Violation::Promotion { index, .. } => *index,
         }
     }
 
@@ -554,6 +563,7 @@ impl Violation {
             Violation::DrillVerdict { .. } => reason::DRILL_VERDICT,
             Violation::EvidenceRange { .. } => reason::EVIDENCE_RANGE,
             Violation::EvidenceText { .. } => reason::EVIDENCE_TEXT,
+            Violation::Promotion { .. } => reason::PROMOTION,
         }
     }
 
@@ -576,7 +586,8 @@ impl Violation {
             | Violation::SnapshotRef { .. }
             | Violation::DrillVerdict { .. }
             | Violation::EvidenceRange { .. }
-            | Violation::EvidenceText { .. } => Kind::Invalid,
+            | Violation::EvidenceText { .. }
+            | Violation::Promotion { .. } => Kind::Invalid,
             Violation::ReleaseBound { .. }
             | Violation::KeyAddedTwice { .. }
             | Violation::KeyRevokedTwice { .. } => Kind::Conflict,
@@ -819,6 +830,9 @@ impl fmt::Display for Violation {
             Violation::DrillVerdict { index: _, why } => {
                 write!(f, "the drill's verdict contradicts its checks: {why}")
             }
+            Violation::Promotion { index: _, why } => {
+                write!(f, "the promotion is not the next epoch's start: {why}")
+            }
             Violation::EvidenceRange { index: _, why } => {
                 write!(f, "the evidence is out of range: {why}")
             }
@@ -875,6 +889,7 @@ pub fn apply<S: State>(
         Entry::Key(k) => key(state, index, k)?,
         Entry::Snapshot(snap) => snapshot(state, rules, index, snap)?,
         Entry::Drill(d) => drill(state, rules, index, d)?,
+        Entry::Promotion(p) => promotion(index, p)?,
     };
     Ok(Applied {
         index,
@@ -1207,6 +1222,42 @@ fn snapshot<S: State>(
     }))
 }
 
+/// A promotion begins the epoch after its previous checkpoint's, at that
+/// checkpoint's size. That the checkpoint is signed by the log key and its
+/// root is the root of the entries before this one is checked where the
+/// key and the tree are at hand: by `promote` as it writes it, by the
+/// audit, and by a client following the log across it.
+fn promotion<E>(index: u64, p: &PromotionEntry) -> Result<Change, Refused<E>> {
+    let why = |why: String| Violation::Promotion { index, why };
+    let previous = p
+        .previous_checkpoint()
+        .map_err(|e| why(format!("its previous checkpoint: {e}")))?;
+    if previous.size != index {
+        return Err(why(format!(
+            "its previous checkpoint signs {} entries, but it is entry {index}",
+            previous.size
+        ))
+        .into());
+    }
+    if p.epoch != previous.epoch() + 1 {
+        return Err(why(format!(
+            "it begins epoch {}, but its previous checkpoint is of epoch {}",
+            p.epoch,
+            previous.epoch()
+        ))
+        .into());
+    }
+    if let Some(c) = unsafe_char(&p.actor, false) {
+        return Err(Violation::EvidenceText {
+            index,
+            field: "actor".into(),
+            character: c,
+        }
+        .into());
+    }
+    Ok(Change::Promotion)
+}
+
 fn drill<S: State>(
     state: &S,
     rules: &Rules,
@@ -1532,5 +1583,6 @@ pub fn assume<S: State>(
             db_time: s.db_time,
         })),
         Entry::Drill(_) => Some(Change::Drill),
+        Entry::Promotion(_) => Some(Change::Promotion),
     })
 }

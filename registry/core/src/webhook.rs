@@ -33,6 +33,7 @@ pub fn event_type(entry: &Entry) -> &'static str {
         Entry::Snapshot(_) => "dev.stackpin.snapshot.recorded",
         Entry::Drill(d) if d.passed => "dev.stackpin.drill.passed",
         Entry::Drill(_) => "dev.stackpin.drill.failed",
+        Entry::Promotion(_) => "dev.stackpin.log.promoted",
     }
 }
 
@@ -94,6 +95,11 @@ pub fn event(origin: &str, index: u64, entry: &Entry) -> Value {
             data["rto_millis"] = json!(d.rto_millis);
             data["actor"] = json!(d.actor);
             (d.env.to_string(), d.recorded_at)
+        }
+        Entry::Promotion(p) => {
+            data["epoch"] = json!(p.epoch);
+            data["actor"] = json!(p.actor);
+            (format!("epoch {}", p.epoch), p.promoted_at)
         }
     };
     json!({

@@ -35,7 +35,9 @@ impl Settings {
         let (origin, source) =
             crate::registry::log_origin(store, self.log_origin.as_deref(), &key.verifying_key())
                 .await?;
-        let signer = NoteSigner::new(&origin, key).map_err(|e| invalid("log_origin", e))?;
+        // Every epoch of the log is signed under the log's name.
+        let (name, _) = crate::note::split_epoch(&origin);
+        let signer = NoteSigner::new(name, key).map_err(|e| invalid("log_origin", e))?;
         Ok((signer, source))
     }
 }

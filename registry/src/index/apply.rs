@@ -357,6 +357,9 @@ impl Index {
                 value.extend_from_slice(&d.rto_millis.unwrap_or(u64::MAX).to_be_bytes());
                 batch.main.insert(evidence_key("v", &d.env, index), value);
             }
+            // A new epoch changes nothing the index answers from: the
+            // checkpoint carries its origin.
+            (Entry::Promotion(_), Change::Promotion) => {}
             _ => {
                 return Err(Error::internal(format!(
                     "log entry {index} was accepted with a change of another kind"

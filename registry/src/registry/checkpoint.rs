@@ -53,7 +53,10 @@ impl Shared {
         }
         let root = merkle::root(&self.index, size)?;
         let body = Checkpoint {
-            origin: signer.name().to_owned(),
+            origin: crate::note::epoch_origin(
+                signer.name(),
+                self.epoch.load(std::sync::atomic::Ordering::Acquire),
+            ),
             size,
             root,
         }
@@ -327,7 +330,11 @@ pub async fn log_origin(
             note = read_note(store, &layout::checkpoint_history_key(size)).await?;
         }
     }
-    let stored = note.as_deref().and_then(crate::note::origin_of);
+    // The log's name: its stored checkpoint may be of a later epoch.
+    let stored = note
+        .as_deref()
+        .and_then(crate::note::origin_of)
+        .map(|o| crate::note::split_epoch(o).0);
     match (stored, configured) {
         (Some(stored), Some(configured)) if stored != configured => Err(Error::invalid(format!(
             "setting log_origin: the log in this storage signs as {stored:?}, not \

@@ -337,6 +337,13 @@ struct Shared {
     tile_cache: tiles::TileCache,
     /// Serializes the writers of `log/checkpoint` (see `checkpoint.rs`).
     store_lock: checkpoint::StoreLock,
+    /// Set when a witness said the log was promoted to a later epoch
+    /// elsewhere: from then on this registry writes nothing.
+    superseded: std::sync::OnceLock<String>,
+    /// The epoch this registry signs in: the stored checkpoint's at start
+    /// (`stackpin-registry promote` begins a new one with no registry
+    /// running).
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// A client request id (idempotency key) held by the request serving it,
@@ -375,6 +382,7 @@ fn reused(id: &str, index: u64, entry: &Entry) -> Error {
         Entry::Key(k) => format!("a key {:?} of {}", k.action, k.key_id),
         Entry::Snapshot(s) => format!("a snapshot of {} at {}", s.env, s.db_time),
         Entry::Drill(d) => format!("a drill of {} at {}", d.env, d.target),
+        Entry::Promotion(p) => format!("the promotion to epoch {}", p.epoch),
     };
     Error::conflict(format!(
         "request id {} was used by a different request: log entry {index}, {what}; send a new \
@@ -532,9 +540,23 @@ impl Registry {
         self.shared.signer.is_read_only()
     }
 
-    /// The refusal of a write, when this registry is read-only.
+    /// The refusal of a write, when this registry is read-only or its log
+    /// was promoted elsewhere.
     pub fn refuses_writes(&self) -> Option<Error> {
-        self.is_read_only().then(read_only)
+        if self.is_read_only() {
+            return Some(read_only());
+        }
+        self.shared.superseded.get().map(|why| {
+            Error::new(
+                stackpin_core::error::Kind::Unavailable,
+                format!(
+                    "this registry's log was promoted elsewhere ({why}): it writes nothing \
+                     more. Send writes to the promoted registry; what this one wrote past the \
+                     promotion is the loss window (`stackpin loss-window`)"
+                ),
+            )
+            .with_reason(stackpin_core::error::reason::PROMOTED)
+        })
     }
 
     /// How many log entries the index has applied, from memory (no index

@@ -471,6 +471,8 @@ impl Registry {
             start_check: std::sync::OnceLock::new(),
             tile_cache: super::tiles::TileCache::default(),
             store_lock: super::checkpoint::StoreLock::default(),
+            epoch: std::sync::atomic::AtomicU64::new(1),
+            superseded: std::sync::OnceLock::new(),
         });
         let verifier = shared.signer.verifier();
         // Read before catching up: a checkpoint another replica stores
@@ -500,6 +502,12 @@ impl Registry {
         shared
             .checked
             .store(entries, std::sync::atomic::Ordering::Release);
+        if let Some(anchor) = &anchor {
+            shared.epoch.store(
+                anchor.checkpoint.epoch(),
+                std::sync::atomic::Ordering::Release,
+            );
+        }
         if found.history.is_empty() && entries > 0 {
             tracing::warn!(
                 history = layout::CHECKPOINTS,
@@ -551,6 +559,7 @@ impl Registry {
         // is served: every checkpoint that leaves the registry is stored.
         let opened = shared.checkpoint()?;
         super::put_checkpoint(&store, &verifier, &opened).await?;
+        super::witnesses::probe(&shared, &witnesses, &opened).await;
         shared.stored.send_replace(Some(opened));
         tokio::spawn(super::tiles::write_tiles(
             Arc::downgrade(&shared),

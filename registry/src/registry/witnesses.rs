@@ -110,6 +110,8 @@ enum Outcome {
     Cosigned(String),
     /// 409: the witness's size.
     Resync(u64),
+    /// 410: the log was promoted to a later epoch; the witness's words.
+    Promoted(String),
     Failed(String),
 }
 
@@ -134,7 +136,56 @@ async fn post(http: &reqwest::Client, url: &str, body: String) -> Outcome {
             Ok(size) => Outcome::Resync(size),
             Err(_) => Outcome::Failed(format!("409 without a size: {text:?}")),
         },
+        410 if text.starts_with(crate::witness::PROMOTED) => Outcome::Promoted(
+            stackpin_core::error::shown(text.lines().next().unwrap_or_default()),
+        ),
         _ => Outcome::Failed(format!("HTTP {status}: {}", text.trim())),
+    }
+}
+
+/// How long a start waits for its witnesses to say whether the log was
+/// promoted elsewhere.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Before a writer serves: asks each witness, with the checkpoint it
+/// opened with, whether the log was promoted to a later epoch elsewhere,
+/// so an old primary that returns learns it before it takes a write. (The
+/// question is an ordinary submission from size 0: a witness that knows
+/// the log answers with its size and changes nothing.) A witness that
+/// does not answer within [`PROBE_TIMEOUT`] is not waited for: its task
+/// tells later, and what was written meanwhile is in the loss window.
+pub(super) async fn probe(shared: &Shared, witnesses: &[WitnessTarget], cp: &SignedCheckpoint) {
+    if witnesses.is_empty() || cp.size == 0 {
+        return;
+    }
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(PROBE_TIMEOUT)
+        .connect_timeout(PROBE_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    else {
+        return;
+    };
+    let body = AddCheckpoint {
+        old: 0,
+        proof: Vec::new(),
+        note: cp.note.to_string(),
+    }
+    .body();
+    let asked = witnesses.iter().map(|w| {
+        let (http, body) = (&http, body.clone());
+        async move { (w.label.clone(), post(http, &w.url, body).await) }
+    });
+    for (label, outcome) in futures::future::join_all(asked).await {
+        if let Outcome::Promoted(why) = outcome {
+            tracing::error!(
+                witness = %label, said = %why,
+                "the log was promoted to a later epoch elsewhere: this registry writes nothing \
+                 (see the runbook: Region outage, failback)"
+            );
+            let _ = shared.superseded.set(format!("witness {label}: {why}"));
+            metrics::gauge!("stackpin_log_superseded").set(1.0);
+        }
     }
 }
 
@@ -278,6 +329,18 @@ pub(super) async fn submit(
                 Outcome::Resync(size) => {
                     tracing::info!(witness = %label, witness_size = size, "resending from the witness's size");
                     known = size;
+                }
+                Outcome::Promoted(why) => {
+                    tracing::error!(
+                        witness = %label, size = cp.size, said = %why,
+                        "the log was promoted to a later epoch elsewhere: this registry writes \
+                         nothing more (see the runbook: Region outage, failback)"
+                    );
+                    if let Some(shared) = shared.upgrade() {
+                        let _ = shared.superseded.set(format!("witness {label}: {why}"));
+                    }
+                    metrics::gauge!("stackpin_log_superseded").set(1.0);
+                    return;
                 }
                 Outcome::Failed(why) => {
                     metrics::counter!("stackpin_witness_failures_total", "witness" => label.clone())
