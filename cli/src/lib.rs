@@ -26,6 +26,7 @@ mod cmd;
 mod download;
 pub mod exit;
 mod files;
+mod freshness;
 mod offline;
 mod place;
 mod progress;

@@ -34,7 +34,8 @@ use stackpin_proto::v1 as pb;
 
 use crate::client::{Client, Connection};
 use crate::exit::{Failure, Outcome};
-use crate::trust::{Freshness, KeySource, LogKey};
+use crate::freshness::Freshness;
+use crate::trust::{KeySource, LogKey};
 
 /// Entries after a proved one from which [`Anchor::after`] shows progress.
 const PROGRESS_FROM: u64 = 20_000;
@@ -70,7 +71,7 @@ impl Reader {
     ) -> Outcome<Self> {
         let policy = args.policy()?;
         if policy.is_none() && max_age.is_some() {
-            crate::trust::freshness(None, "", max_age)?;
+            crate::freshness::freshness(None, "", max_age)?;
         }
         let found = crate::trust::find_key(args, &conn.url, state)?;
         if found.is_none() && conn.require_verified {
@@ -135,7 +136,7 @@ impl Reader {
         if let Some(policy) = &self.policy {
             policy.check_quorum(note).map_err(Failure::verify)?;
         }
-        let fresh = crate::trust::freshness(self.policy.as_ref(), note, self.max_age)?;
+        let fresh = crate::freshness::freshness(self.policy.as_ref(), note, self.max_age)?;
         let cp = crate::trust::accept_checkpoint(client, note, key, self.state.as_deref())
             .await
             .map_err(|f| self.name_remembered_key(f))?;

@@ -269,47 +269,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// `promote`: a new epoch on this storage (see `promote.rs`).
 async fn promote(settings: &Settings, args: &PromoteArgs) -> anyhow::Result<()> {
-    if settings.read_only {
-        anyhow::bail!("promote makes this storage the writer: drop --read-only");
-    }
-    if let Some(c) = stackpin_core::state::unsafe_char(&args.actor, false) {
-        anyhow::bail!("--actor holds the character {c:?}, which would print as something else");
-    }
-    let url = settings.storage_url()?;
-    let store = storage::open(&url, &settings.storage_options())?;
-    // A folder's locks are tried here: a running registry or mirror holds
-    // them; a bucket's mirror lock is judged by its age.
-    let mut held = Vec::new();
-    if let storage::StorageUrl::File(root) = &url {
-        for (name, what) in [
-            (stackpin_registry::registry::LOCK_FILE, "a registry"),
-            ("mirror/lock", "a `stackpin mirror`"),
-        ] {
-            let path = root.join(name);
-            let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
-                continue;
-            };
-            if file.try_lock().is_err() {
-                anyhow::bail!(
-                    "{what} is running on {} (it holds {}): stop it first",
-                    root.display(),
-                    path.display()
-                );
-            }
-            held.push(file);
-        }
-    }
-    let (signer, _) = settings.signer(&store).await?;
-    let now = stackpin_core::time::Timestamp::now();
-    let promoted = stackpin_registry::promote::promote(
-        &store,
-        &signer,
-        &args.actor,
-        now,
-        !matches!(url, storage::StorageUrl::File(_)),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let promoted = stackpin_registry::promote::run(settings, &args.actor).await?;
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&promoted)?),
         OutputFormat::Text => {
@@ -337,7 +297,6 @@ async fn promote(settings: &Settings, args: &PromoteArgs) -> anyhow::Result<()> 
             );
         }
     }
-    drop(held);
     Ok(())
 }
 

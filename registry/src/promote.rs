@@ -213,6 +213,58 @@ pub async fn promote(
     })
 }
 
+/// `stackpin-registry promote`: the storage and log key `settings` name,
+/// promoted as `actor`, once no registry runs on the data folder and, for a
+/// folder storage, no registry or mirror holds it (their locks are tried
+/// and held meanwhile; a bucket's mirror lock is judged by its age).
+///
+/// # Errors
+/// As [`promote`]; invalid settings or a lock held.
+pub async fn run(settings: &crate::config::Settings, actor: &str) -> anyhow::Result<Promoted> {
+    use crate::storage::StorageUrl;
+    if settings.read_only {
+        anyhow::bail!("promote makes this storage the writer: drop --read-only");
+    }
+    if let Some(c) = stackpin_core::state::unsafe_char(actor, false) {
+        anyhow::bail!("--actor holds the character {c:?}, which would print as something else");
+    }
+    let url = settings.storage_url()?;
+    let store = crate::storage::open(&url, &settings.storage_options())?;
+    let mut locks = vec![(
+        settings.data_dir.join(crate::registry::LOCK_FILE),
+        "a registry",
+    )];
+    if let StorageUrl::File(root) = &url {
+        locks.push((root.join(crate::registry::LOCK_FILE), "a registry"));
+        locks.push((root.join("mirror/lock"), "a `stackpin mirror`"));
+    }
+    let mut held = Vec::new();
+    for (path, what) in locks {
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            anyhow::bail!(
+                "{what} is running here (it holds {}): stop it first",
+                path.display()
+            );
+        }
+        held.push(file);
+    }
+    let (signer, _) = settings.signer(&store).await?;
+    let promoted = promote(
+        &store,
+        &signer,
+        actor,
+        Timestamp::now(),
+        !matches!(url, StorageUrl::File(_)),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    drop(held);
+    Ok(promoted)
+}
+
 /// Refuses while a `stackpin mirror` still holds the storage's mirror lock
 /// (refreshed within [`LIVE_MIRROR`]): it would copy the old primary's
 /// entries over the new epoch.

@@ -420,7 +420,7 @@ struct ResolvedView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     checkpoint_size: Option<u64>,
     #[serde(flatten)]
-    fresh: &'a crate::trust::Freshness,
+    fresh: &'a crate::freshness::Freshness,
 }
 
 pub async fn resolve(

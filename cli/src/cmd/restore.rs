@@ -64,7 +64,7 @@ pub struct Restored {
     key_id: String,
     checkpoint_size: u64,
     #[serde(flatten)]
-    fresh: crate::trust::Freshness,
+    fresh: crate::freshness::Freshness,
     plan: bool,
     /// The folder read instead of a registry (`--from`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -288,7 +288,7 @@ struct Answer {
     log_key: stackpin_core::note::NoteVerifier,
     pin: stackpin_core::entry::PinEntry,
     checkpoint_size: u64,
-    fresh: crate::trust::Freshness,
+    fresh: crate::freshness::Freshness,
     /// The folder read, for `--from`.
     source: Option<String>,
     resolution: ResolveView,
@@ -399,7 +399,8 @@ async fn restore_offline(
     // As fresh as its witnesses say (--max-age), and never behind what this
     // CLI verified before without saying so: a folder is a copy that may
     // lag. A newer one must extend the remembered checkpoint.
-    let fresh = crate::trust::freshness(args.log_key.policy()?.as_ref(), &log.note, args.max_age)?;
+    let fresh =
+        crate::freshness::freshness(args.log_key.policy()?.as_ref(), &log.note, args.max_age)?;
     let size = log.checkpoint.size;
     crate::trust::accept_checkpoint_with(
         &log.note,

@@ -1,5 +1,6 @@
-//! The log's key as a registry holds it, and the refusal a read-only
-//! registry (which holds only the verifier key) gives every write.
+//! The log's key as a registry holds it, and the refusals of every write
+//! by a read-only registry (which holds only the verifier key) and by an
+//! old primary whose log was promoted elsewhere.
 
 use crate::error::Error;
 use crate::note::{NoteSigner, NoteVerifier};
@@ -55,4 +56,18 @@ pub(super) fn read_only() -> Error {
          into its storage, and writes nothing; send writes to that registry",
     )
     .with_reason(stackpin_core::error::reason::READ_ONLY)
+}
+
+/// The refusal of every write by an old primary whose log was promoted
+/// elsewhere (`why`: the witness that said so, and its words).
+pub(super) fn promoted(why: &str) -> Error {
+    Error::new(
+        stackpin_core::error::Kind::Unavailable,
+        format!(
+            "this registry's log was promoted elsewhere ({why}): it writes nothing more. Send \
+             writes to the promoted registry; what this one wrote past the promotion is the \
+             loss window (`stackpin loss-window`)"
+        ),
+    )
+    .with_reason(stackpin_core::error::reason::PROMOTED)
 }

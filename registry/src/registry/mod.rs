@@ -26,6 +26,7 @@ pub use checkpoint::{OriginSource, STORE_CHECKPOINT_EVERY, log_origin};
 pub use evidence::{DrillRequest, SnapshotRequest};
 pub use log_key::LogKey;
 use log_key::read_only;
+use once::reused;
 pub use pin::PinRequest;
 pub use publish::PendingPublish;
 pub use recover::{LOCK_FILE, index_dir, open_index};
@@ -374,24 +375,6 @@ impl Drop for Claim {
     }
 }
 
-/// A request id used before for a different request.
-fn reused(id: &str, index: u64, entry: &Entry) -> Error {
-    let what = match entry {
-        Entry::Publish(p) => format!("the publish of release {}", p.release_id),
-        Entry::Pin(p) => format!("pin #{} of {} in {}", p.seq, p.release_id, p.env),
-        Entry::Key(k) => format!("a key {:?} of {}", k.action, k.key_id),
-        Entry::Snapshot(s) => format!("a snapshot of {} at {}", s.env, s.db_time),
-        Entry::Drill(d) => format!("a drill of {} at {}", d.env, d.target),
-        Entry::Promotion(p) => format!("the promotion to epoch {}", p.epoch),
-    };
-    Error::conflict(format!(
-        "request id {} was used by a different request: log entry {index}, {what}; send a new \
-         id for a new request",
-        stackpin_core::error::shown(id)
-    ))
-    .with_reason(stackpin_core::state::reason::REQUEST_ID_REUSED)
-}
-
 impl Registry {
     /// Claims the client's request id `id`, if it sent one.
     ///
@@ -546,17 +529,10 @@ impl Registry {
         if self.is_read_only() {
             return Some(read_only());
         }
-        self.shared.superseded.get().map(|why| {
-            Error::new(
-                stackpin_core::error::Kind::Unavailable,
-                format!(
-                    "this registry's log was promoted elsewhere ({why}): it writes nothing \
-                     more. Send writes to the promoted registry; what this one wrote past the \
-                     promotion is the loss window (`stackpin loss-window`)"
-                ),
-            )
-            .with_reason(stackpin_core::error::reason::PROMOTED)
-        })
+        self.shared
+            .superseded
+            .get()
+            .map(|why| log_key::promoted(why))
     }
 
     /// How many log entries the index has applied, from memory (no index

@@ -2,7 +2,7 @@
 //! key change, snapshot and drill is recorded once per request id, however
 //! often its client retries.
 
-use super::{Claim, Registry, request_id, reused};
+use super::{Claim, Registry, request_id};
 use crate::error::{Error, Result};
 use crate::log::Entry;
 use crate::time::Timestamp;
@@ -88,4 +88,22 @@ impl Registry {
             },
         }
     }
+}
+
+/// A request id used before for a different request.
+pub(super) fn reused(id: &str, index: u64, entry: &Entry) -> Error {
+    let what = match entry {
+        Entry::Publish(p) => format!("the publish of release {}", p.release_id),
+        Entry::Pin(p) => format!("pin #{} of {} in {}", p.seq, p.release_id, p.env),
+        Entry::Key(k) => format!("a key {:?} of {}", k.action, k.key_id),
+        Entry::Snapshot(s) => format!("a snapshot of {} at {}", s.env, s.db_time),
+        Entry::Drill(d) => format!("a drill of {} at {}", d.env, d.target),
+        Entry::Promotion(p) => format!("the promotion to epoch {}", p.epoch),
+    };
+    Error::conflict(format!(
+        "request id {} was used by a different request: log entry {index}, {what}; send a new \
+         id for a new request",
+        stackpin_core::error::shown(id)
+    ))
+    .with_reason(stackpin_core::state::reason::REQUEST_ID_REUSED)
 }
