@@ -438,6 +438,28 @@ fn a_region_outage_fails_over_to_a_verified_mirror_and_never_forks() {
     wait_for("the witness to cosign epoch 2", || {
         on_b("policy", &["checkpoint", "--policy", "policy.txt"]).code == 0
     });
+    // An audit of B's bucket, with nothing asked of a registry, checks the
+    // promotion: its checkpoint is the log key's, its root the entries'.
+    let audited = cli(
+        &dir,
+        "auditor",
+        offline,
+        &[
+            "--output",
+            "json",
+            "audit",
+            "--from",
+            &storage_b,
+            "--s3-endpoint",
+            &weed_b.endpoint(),
+            "--trusted-keys",
+            "trusted",
+        ],
+        &vkey,
+    )
+    .json();
+    assert_eq!(audited["ok"], true, "{audited}");
+    assert_eq!(audited["promotions"], 1, "{audited}");
 
     // A comes back: it learns of the promotion from the witness and
     // refuses every write, naming it.

@@ -150,9 +150,17 @@ pub fn verify(args: &VerifyArgs, format: Format) -> Outcome {
 
 #[derive(clap::Args)]
 pub struct AuditArgs {
-    /// Audit a data folder directly instead of the server.
-    #[arg(long, conflicts_with = "tiles")]
-    data_dir: Option<PathBuf>,
+    /// Audit a log's storage directly instead of the server: a data
+    /// folder, a mirror, s3://bucket/prefix or az://container/prefix.
+    #[arg(
+        long,
+        visible_alias = "data-dir",
+        value_name = "DIR|URL",
+        conflicts_with = "tiles"
+    )]
+    from: Option<String>,
+    #[command(flatten)]
+    store: crate::place::StoreArgs,
     /// Audit the log served as C2SP tlog-tiles under this URL (the
     /// registry's http_listen, or a mirror or CDN of it): the checkpoint,
     /// every entry bundle and every hash tile. Blobs are not checked (a
@@ -188,10 +196,11 @@ pub async fn audit(
     });
     let mut progress = Progress::items("audit", None);
     let quorum = |note: &str| args.log_key.check_quorum(note);
-    let source = match (&args.data_dir, &args.tiles) {
-        (Some(dir), _) => {
-            audit_dir(dir, &mut audit, &log_key, &quorum, &mut progress)?;
-            dir.display().to_string()
+    let source = match (&args.from, &args.tiles) {
+        (Some(from), _) => {
+            let place = crate::place::Place::parse(from, &args.store)?;
+            audit_place(&place, &mut audit, &log_key, &quorum, &mut progress).await?;
+            place.name()
         }
         (None, Some(url)) => {
             let source = crate::tiles::TilesSource::new(url, server)?;
@@ -405,51 +414,55 @@ async fn audit_tiles(
     Ok(())
 }
 
-fn audit_dir(
-    dir: &Path,
+/// Audits the log stored in `place` (a data folder, a mirror, a bucket).
+async fn audit_place(
+    place: &crate::place::Place,
     audit: &mut Audit,
     log_key: &stackpin_core::note::NoteVerifier,
     quorum: &dyn Fn(&str) -> Outcome,
     progress: &mut Progress,
 ) -> Outcome {
-    let entries = dir.join(layout::ENTRIES);
-    if !entries.is_dir() {
+    let objects = place.object_starts().await?;
+    if objects.is_empty() && place.get(layout::CHECKPOINT).await?.is_none() {
         return Err(Failure::invalid(format!(
-            "{} has no {} folder: not a stackpin data folder",
-            dir.display(),
-            layout::ENTRIES
+            "{} holds no {} and no {}: not a stackpin data folder, mirror or bucket",
+            place.name(),
+            layout::ENTRIES,
+            layout::CHECKPOINT
         )));
     }
     // Every log object present, in order: an object may hold several
     // entries (a group commit), and a gap (a deleted object) is seen as
     // entries no object holds.
-    let mut objects: Vec<u64> = std::fs::read_dir(&entries)
-        .map_err(|e| Failure::invalid(format!("listing {}: {e}", entries.display())))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(layout::parse_object_name))
-        .collect();
-    objects.sort_unstable();
     let total = objects.len() as u64;
     for (i, start) in objects.into_iter().enumerate() {
-        let path = dir.join(layout::object_key(start));
-        match std::fs::read(&path) {
-            Ok(bytes) => audit.object(start, Ok(&bytes::Bytes::from(bytes))),
-            Err(e) => audit.object(start, Err(&format!("{}: {e}", path.display()))),
+        let key = layout::object_key(start);
+        match place.get(&key).await {
+            Ok(Some(bytes)) => audit.object(start, Ok(&bytes)),
+            Ok(None) => audit.object(start, Err(&format!("{}: gone", place.show(&key)))),
+            Err(e) => audit.object(start, Err(&format!("{:#}", e.error))),
         }
         progress.tick("audit: log objects", i as u64 + 1, Some(total));
     }
     // The full tiles stored beside the log, as far as the registry says it
     // wrote them (a mirror reading the bucket trusts these).
-    let written = std::fs::read_to_string(dir.join(layout::TILES_WRITTEN))
+    let written = place
+        .get(layout::TILES_WRITTEN)
+        .await
         .ok()
-        .and_then(|t| t.trim().parse::<u64>().ok())
+        .flatten()
+        .and_then(|t| std::str::from_utf8(&t).ok()?.trim().parse::<u64>().ok())
         .unwrap_or(0)
         .min(audit.entries());
     let stored = stackpin_core::tiles::full_tiles_between(0, written);
     let total = stored.len() as u64;
     for (i, tile) in stored.into_iter().enumerate() {
-        let path = dir.join(tile.path());
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()));
+        let path = tile.path();
+        let bytes = match place.get(&path).await {
+            Ok(Some(b)) => Ok(b),
+            Ok(None) => Err(format!("{}: not found", place.show(&path))),
+            Err(e) => Err(format!("{:#}", e.error)),
+        };
         let bytes = bytes.as_deref().map_err(String::as_str);
         if tile.level.is_some() {
             audit.tile(&tile, bytes);
@@ -458,41 +471,46 @@ fn audit_dir(
         }
         progress.tick("audit: stored tiles", i as u64 + 1, Some(total));
     }
-    let cp_path = dir.join(layout::CHECKPOINT);
-    match std::fs::read_to_string(&cp_path) {
-        Ok(note) => {
+    match place.get(layout::CHECKPOINT).await {
+        Ok(Some(note)) => {
+            let note = String::from_utf8_lossy(&note).into_owned();
             quorum(&note)?;
             audit.checkpoint(&note, log_key);
         }
-        Err(e) => audit.no_checkpoint(&format!("no checkpoint at {}: {e}", cp_path.display())),
+        Ok(None) => audit.no_checkpoint(&format!(
+            "no checkpoint at {}",
+            place.show(layout::CHECKPOINT)
+        )),
+        Err(e) => audit.no_checkpoint(&format!("{:#}", e.error)),
     }
     // Every checkpoint of the history signs a prefix of the same log.
-    let history = dir.join(layout::CHECKPOINTS);
-    let mut sizes: Vec<u64> = std::fs::read_dir(&history)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(layout::parse_checkpoint_history_name)
-        })
+    let mut sizes: Vec<u64> = place
+        .names(layout::CHECKPOINTS)
+        .await?
+        .iter()
+        .filter_map(|n| layout::parse_checkpoint_history_name(n))
         .collect();
     sizes.sort_unstable();
     for size in sizes {
         let key = layout::checkpoint_history_key(size);
-        match std::fs::read_to_string(dir.join(&key)) {
-            Ok(note) => audit.stored_checkpoint(&key, &note, log_key),
-            Err(e) => audit.stored_checkpoint(&key, &format!("unreadable: {e}"), log_key),
+        match place.get(&key).await {
+            Ok(Some(note)) => {
+                audit.stored_checkpoint(&key, &String::from_utf8_lossy(&note), log_key);
+            }
+            Ok(None) => audit.stored_checkpoint(&key, "unreadable: gone", log_key),
+            Err(e) => {
+                audit.stored_checkpoint(&key, &format!("unreadable: {:#}", e.error), log_key);
+            }
         }
     }
     audit.signatures();
     let digests = audit.digests();
     for (i, digest) in digests.iter().enumerate() {
-        let path = dir.join(layout::blob_key(digest));
-        match std::fs::read(&path) {
-            Ok(bytes) => audit.blob(digest, Ok(&bytes)),
-            Err(e) => audit.blob(digest, Err(format!("{}: {e}", path.display()))),
+        let key = layout::blob_key(digest);
+        match place.get(&key).await {
+            Ok(Some(bytes)) => audit.blob(digest, Ok(&bytes)),
+            Ok(None) => audit.blob(digest, Err(format!("{}: not found", place.show(&key)))),
+            Err(e) => audit.blob(digest, Err(format!("{:#}", e.error))),
         }
         progress.tick("audit: blobs", i as u64 + 1, Some(digests.len() as u64));
     }

@@ -557,3 +557,75 @@ impl Audit {
         self.report
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::entry::PromotionEntry;
+    use crate::note::{NoteSigner, epoch_origin};
+
+    /// A log whose only entry is a promotion from an empty epoch 1, its
+    /// previous checkpoint's root `previous_root` (the empty tree's when
+    /// `None`), signed as of `epoch`: the audit's report.
+    fn promoted(previous_root: Option<Hash>, epoch: u64) -> Report {
+        let name = "t.example/log";
+        let signer =
+            NoteSigner::new(name, ed25519_dalek::SigningKey::from_bytes(&[9; 32])).unwrap();
+        let empty = merkle::root(&MemoryTree::new(), 0).unwrap();
+        let previous = signer.sign(
+            &Checkpoint {
+                origin: name.into(),
+                size: 0,
+                root: previous_root.unwrap_or(empty),
+            }
+            .body(),
+        );
+        let entry = Entry::Promotion(PromotionEntry {
+            epoch: 2,
+            previous,
+            promoted_at: Timestamp::from_micros(0).unwrap(),
+            actor: "oncall".into(),
+            request_id: None,
+        })
+        .to_bytes();
+        let mut audit = Audit::new(TrustedKeys::new([]));
+        audit.object(0, Ok(&layout::join(std::slice::from_ref(&entry))));
+        let mut tree = MemoryTree::new();
+        tree.push(merkle::leaf_hash(&entry));
+        let note = signer.sign(
+            &Checkpoint {
+                origin: epoch_origin(name, epoch),
+                size: 1,
+                root: merkle::root(&tree, 1).unwrap(),
+            }
+            .body(),
+        );
+        audit.checkpoint(&note, &signer.verifier());
+        audit.finish()
+    }
+
+    #[test]
+    fn a_promotion_is_checked_against_the_entries_before_it_and_its_epoch() {
+        let sound = promoted(None, 2);
+        assert!(sound.ok(), "{:?}", sound.failures);
+        assert_eq!(sound.promotions, 1);
+        let other_root = promoted(Some(Hash::from_slice(&[1; 32]).unwrap()), 2);
+        assert!(
+            other_root.failures.iter().any(|f| f
+                .message
+                .contains("is not the root of the 0 entries before it")),
+            "{:?}",
+            other_root.failures
+        );
+        let old_epoch = promoted(None, 1);
+        assert!(
+            old_epoch
+                .failures
+                .iter()
+                .any(|f| f.message.contains("are of epoch 2")),
+            "{:?}",
+            old_epoch.failures
+        );
+    }
+}
