@@ -360,7 +360,16 @@ impl Place {
         let token = crate::on_interrupt(async move {
             let _ = place.remove(LOCK).await;
         });
-        Lock::Bucket(self.clone(), token)
+        // Refreshed on a timer, not only between rounds: a round of any
+        // length keeps its lock.
+        let place = self.clone();
+        let refresher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REFRESH_EVERY).await;
+                refresh(&place).await;
+            }
+        });
+        Lock::Bucket(self.clone(), token, refresher.abort_handle())
     }
 }
 
@@ -371,9 +380,24 @@ const LOCK: &str = "mirror/lock";
 pub enum Lock {
     /// Locked for as long as it is held.
     Folder { _held: std::fs::File },
-    /// The bucket, and the token of the work that lets go of the lock if
-    /// the command is interrupted.
-    Bucket(Place, u64),
+    /// The bucket, the token of the work that lets go of the lock if the
+    /// command is interrupted, and the task refreshing it.
+    Bucket(Place, u64, tokio::task::AbortHandle),
+}
+
+/// How often a bucket's mirror lock is refreshed while held.
+const REFRESH_EVERY: Duration = Duration::from_secs(60);
+
+/// Rewrites the bucket's mirror lock with the time.
+async fn refresh(place: &Place) {
+    let body = Bytes::from(format!(
+        "stackpin mirror, process {}, refreshed {}\n",
+        std::process::id(),
+        stackpin_core::time::Timestamp::now()
+    ));
+    if let Err(e) = place.put(LOCK, body).await {
+        eprintln!("mirror: refreshing the lock failed: {:#}", e.error);
+    }
 }
 
 impl Lock {
@@ -381,21 +405,15 @@ impl Lock {
     /// folder's is held by the process, which `stackpin-registry promote`
     /// tries).
     pub async fn refresh(&self) {
-        if let Lock::Bucket(place, _) = self {
-            let body = Bytes::from(format!(
-                "stackpin mirror, process {}, refreshed {}\n",
-                std::process::id(),
-                stackpin_core::time::Timestamp::now()
-            ));
-            if let Err(e) = place.put(LOCK, body).await {
-                eprintln!("mirror: refreshing the lock failed: {:#}", e.error);
-            }
+        if let Lock::Bucket(place, ..) = self {
+            refresh(place).await;
         }
     }
 
     /// Lets the lock go.
     pub async fn release(self) {
-        if let Lock::Bucket(place, token) = &self {
+        if let Lock::Bucket(place, token, refresher) = &self {
+            refresher.abort();
             crate::disarm(*token);
             if let Err(e) = place.remove(LOCK).await {
                 eprintln!("mirror: removing the lock failed: {:#}", e.error);

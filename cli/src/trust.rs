@@ -390,11 +390,13 @@ pub async fn accept_checkpoint_with(
 
 /// A checkpoint of another epoch than the one remembered. An earlier
 /// epoch is the old primary's, written after a promotion: refused. A later
-/// one is taken: its tree starts with the earlier epoch's as far as the
-/// promotion held it, checked by the usual proof where the remembered
-/// checkpoint lies within it; where the proof fails, or the remembered
-/// checkpoint is larger, this CLI saw entries of the loss window, which
-/// the new epoch does not hold, and says so.
+/// one is taken when the remembered checkpoint is provably a prefix of it
+/// (the new epoch's tree starts with the earlier epoch's as far as the
+/// promotion held it): the usual consistency proof. When it is not (this
+/// CLI saw entries of the loss window, which the new epoch does not hold),
+/// it is refused too: following it would forget entries this CLI verified.
+/// That is the operator's call, made once on purpose by forgetting the
+/// remembered checkpoint after reading the loss window.
 async fn across_epochs(
     note: &str,
     cp: &Checkpoint,
@@ -402,11 +404,12 @@ async fn across_epochs(
     path: &Path,
     consistent: impl AsyncFnOnce(&Checkpoint, &Checkpoint) -> Outcome<Result<(), String>>,
 ) -> Outcome<Checkpoint> {
+    let name = stackpin_core::note::split_epoch(&cp.origin).0;
     if cp.epoch() < old.epoch() {
         return Err(Failure::verify(format!(
             "this checkpoint is of {} (epoch {}, size {}), but the log was promoted to epoch {} \
-             ({}), which this CLI verified before (in {}): it comes from the old primary, \
-             written after the promotion. Ask the promoted registry",
+             ({}), which this CLI verified before (in {}): it comes from the old primary or a \
+             copy of it. Ask the promoted registry",
             cp.origin,
             cp.epoch(),
             cp.size,
@@ -415,7 +418,9 @@ async fn across_epochs(
             path.display()
         )));
     }
-    let held = if old.size <= cp.size && old.size > 0 {
+    let held = if old.size == 0 {
+        Ok(())
+    } else if old.size <= cp.size {
         consistent(old, cp).await?
     } else {
         Err(format!(
@@ -424,15 +429,17 @@ async fn across_epochs(
         ))
     };
     if let Err(why) = held {
-        eprintln!(
-            "warning: the log was promoted to epoch {} ({}), and it does not hold everything this \
-             CLI verified of {} (size {}): {why}. Entries of the old primary past the promotion \
-             are the loss window (`stackpin loss-window`); record them again",
+        return Err(Failure::verify(format!(
+            "the log was promoted to epoch {} ({}), and it does not hold everything this CLI \
+             verified of {} (size {}): {why}. The entries past the promotion are the loss \
+             window: list them with `stackpin loss-window`, then, once the promotion is known \
+             to be yours, forget the remembered checkpoint (`stackpin trust forget {name}`) and \
+             run again",
             cp.epoch(),
             cp.origin,
             old.origin,
             old.size
-        );
+        )));
     }
     crate::files::write_atomic(path, note.as_bytes())?;
     Ok(cp.clone())

@@ -143,19 +143,32 @@ pub async fn promote(
             ),
         ));
     }
-    // What lies past it is no checkpoint's: set aside, never lost.
-    let epoch = previous.epoch() + 1;
+    let epoch = previous
+        .epoch()
+        .checked_add(1)
+        .ok_or_else(|| Error::invalid("the log is at the last epoch there can be"))?;
+    // What lies past it is no checkpoint's this storage can prove: log
+    // objects, and copies of later checkpoints of the old epoch (a mirror
+    // or a replication that stopped midway). Set aside, never lost, under
+    // a folder of this attempt's own.
+    let aside = format!("{SET_ASIDE}/{epoch}/{}", now.as_micros());
     let mut set_aside = Vec::new();
-    for start in beyond {
-        let from = Log::path(start);
-        let to = StorePath::from(format!(
-            "{SET_ASIDE}/{epoch}/{}",
-            layout::object_name(start)
-        ));
+    let mut moved = beyond.into_iter().map(Log::path).collect::<Vec<_>>();
+    let history: Vec<_> = store
+        .list(Some(&StorePath::from(layout::CHECKPOINTS)))
+        .try_collect()
+        .await?;
+    moved.extend(history.into_iter().filter_map(|m| {
+        let size = layout::parse_checkpoint_history_name(m.location.filename()?)?;
+        (size > previous.size).then_some(m.location)
+    }));
+    for from in moved {
+        let to = StorePath::from(format!("{aside}/{from}"));
         store.copy(&from, &to).await?;
         store.delete(&from).await?;
         set_aside.push(to.to_string());
     }
+    forget_derived(store, previous.size).await?;
     let entry = Entry::Promotion(PromotionEntry {
         epoch,
         previous: note.clone(),
@@ -164,6 +177,7 @@ pub async fn promote(
         request_id: None,
     });
     let bytes = entry.to_bytes();
+    layout::check_entry_size(&bytes)?;
     stackpin_core::state::apply(
         &stackpin_core::state::Empty,
         &stackpin_core::state::Rules::new(stackpin_core::signing::TrustedKeys::new([])),
@@ -200,7 +214,8 @@ pub async fn promote(
     store
         .put(&StorePath::from(layout::CHECKPOINT), signed.into())
         .await?;
-    // No mirror copies into a promoted log: it is a writer's storage now.
+    // No mirror copies into a promoted log: it is a writer's storage now
+    // (a mirror still running checks this mark before it commits a round).
     store.delete(&StorePath::from("mirror/source")).await.ok();
     Ok(Promoted {
         epoch,
@@ -263,6 +278,43 @@ pub async fn run(settings: &crate::config::Settings, actor: &str) -> anyhow::Res
     .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     drop(held);
     Ok(promoted)
+}
+
+/// Forgets what was derived from the old epoch past `size`: the stored
+/// tiles (written again from the new epoch's tree; `log/tiles-written`
+/// goes, so the registry rewrites them all) and webhook cursors past it
+/// (brought back to it, so the new epoch's entries are delivered).
+async fn forget_derived(store: &Arc<dyn ObjectStore>, size: u64) -> Result<()> {
+    store
+        .delete(&StorePath::from(layout::TILES_WRITTEN))
+        .await
+        .or_else(|e| match e {
+            object_store::Error::NotFound { .. } => Ok(()),
+            e => Err(e),
+        })?;
+    let tiles: Vec<_> = store
+        .list(Some(&StorePath::from(layout::TILES)))
+        .try_collect()
+        .await?;
+    for tile in tiles {
+        store.delete(&tile.location).await?;
+    }
+    let cursors: Vec<_> = store
+        .list(Some(&StorePath::from("webhooks/cursor")))
+        .try_collect()
+        .await?;
+    for cursor in cursors {
+        let got = store.get(&cursor.location).await?.bytes().await?;
+        let at: Option<u64> = std::str::from_utf8(&got)
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        if at.is_none_or(|at| at > size) {
+            store
+                .put(&cursor.location, Bytes::from(format!("{size}\n")).into())
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses while a `stackpin mirror` still holds the storage's mirror lock

@@ -589,8 +589,9 @@ async fn deliver(
             }
         };
         if ep.wants(&entry) {
-            let id = webhook::event_id(registry.origin(), c);
-            let body = Bytes::from(webhook::event(registry.origin(), c, &entry).to_string());
+            let origin = registry.origin();
+            let id = webhook::event_id(&origin, c);
+            let body = Bytes::from(webhook::event(&origin, c, &entry).to_string());
             loop {
                 if !*held.borrow() {
                     break;

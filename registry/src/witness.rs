@@ -141,13 +141,22 @@ impl Witness {
     /// # Errors
     /// When the state file is unreadable or damaged.
     pub fn newest_epoch(&self, name: &str) -> anyhow::Result<u64> {
-        let path = self.epoch_path(name);
-        match std::fs::read_to_string(&path) {
-            Ok(t) => t
-                .trim()
-                .parse()
-                .map_err(|_| anyhow::anyhow!("{} is not an epoch", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
+        Ok(self
+            .newest_epoch_note(name)?
+            .and_then(|n| note::origin_of(&n).map(|o| note::split_epoch(o).1))
+            .unwrap_or(1))
+    }
+
+    /// The first checkpoint of the newest later epoch of the log `name`
+    /// this witness cosigned, as the log signed it: what a refusal of an
+    /// earlier epoch shows, so the refused registry can check it.
+    ///
+    /// # Errors
+    /// When the state file is unreadable.
+    fn newest_epoch_note(&self, name: &str) -> anyhow::Result<Option<String>> {
+        match std::fs::read_to_string(self.epoch_path(name)) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -219,12 +228,28 @@ impl Witness {
                 newest,
                 "refused: the log was promoted to a later epoch"
             );
+            // The later epoch's checkpoint goes with the refusal: the log's
+            // own signature on it is what the refused registry believes.
+            let shown = self
+                .newest_epoch_note(name)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             return refuse(
                 StatusCode::GONE,
                 format!(
                     "{PROMOTED}: the log {name} was promoted to epoch {newest} ({}); this \
-                     witness cosigns nothing more of {origin}",
+                     witness cosigns nothing more of {origin}\n{shown}",
                     note::epoch_origin(name, newest)
+                ),
+            );
+        }
+        if epoch > newest + 1 {
+            return refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "{origin} is epoch {epoch}, but the newest epoch of {name} this witness \
+                     cosigned is {newest}: epochs begin one at a time"
                 ),
             );
         }
@@ -286,7 +311,7 @@ impl Witness {
             // Kept before the answer: from now on the earlier epochs are
             // closed here.
             if let Err(e) = self
-                .persist_text(self.epoch_path(name), format!("{epoch}\n"))
+                .persist_text(self.epoch_path(name), req.note.clone())
                 .await
             {
                 tracing::error!(error = %e, "persisting the witness state failed");
@@ -378,4 +403,82 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use stackpin_core::note::{NoteSigner, epoch_origin};
+
+    fn signed(signer: &NoteSigner, epoch: u64, size: u64, seed: u8) -> String {
+        signer.sign(
+            &Checkpoint {
+                origin: epoch_origin(signer.name(), epoch),
+                size,
+                root: Hash::from_slice(&[seed; 32]).unwrap(),
+            }
+            .body(),
+        )
+    }
+
+    async fn add(witness: &Witness, old: u64, note: String) -> Answer {
+        let body = AddCheckpoint {
+            old,
+            proof: Vec::new(),
+            note,
+        }
+        .body();
+        witness.add_checkpoint(&body).await
+    }
+
+    #[tokio::test]
+    async fn a_later_epoch_closes_the_earlier_one_and_epochs_begin_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = NoteSigner::new(
+            "t.example/log",
+            ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+        )
+        .unwrap();
+        let cosigner = Cosigner::new(
+            "w.example/w",
+            ed25519_dalek::SigningKey::from_bytes(&[4; 32]),
+        )
+        .unwrap();
+        let witness = Witness::new(cosigner, vec![log.verifier()], dir.path()).unwrap();
+        let cosigned = |a: &Answer| matches!(a, Answer::Cosigned(_));
+        assert!(cosigned(&add(&witness, 0, signed(&log, 1, 5, 1)).await));
+        // No jumping over an epoch.
+        let jump = add(&witness, 0, signed(&log, 3, 9, 2)).await;
+        assert!(
+            matches!(&jump, Answer::Refused(StatusCode::UNPROCESSABLE_ENTITY, why) if why.contains("one at a time")),
+            "{jump:?}"
+        );
+        // Epoch 2 is cosigned as a new log; from then on epoch 1 is
+        // closed, and the refusal carries epoch 2's checkpoint as signed.
+        let epoch2 = signed(&log, 2, 4, 3);
+        assert!(cosigned(&add(&witness, 0, epoch2.clone()).await));
+        assert_eq!(witness.newest_epoch("t.example/log").unwrap(), 2);
+        match add(&witness, 5, signed(&log, 1, 6, 4)).await {
+            Answer::Refused(StatusCode::GONE, why) => {
+                assert!(why.starts_with(PROMOTED), "{why}");
+                let shown = why.split_once('\n').unwrap().1;
+                let cp = Checkpoint::open(shown, &log.verifier()).unwrap();
+                assert_eq!((cp.epoch(), cp.size), (2, 4));
+            }
+            other => panic!("epoch 1 was not closed: {other:?}"),
+        }
+        // Kept across a restart.
+        let again = Witness::new(
+            Cosigner::new(
+                "w.example/w",
+                ed25519_dalek::SigningKey::from_bytes(&[4; 32]),
+            )
+            .unwrap(),
+            vec![log.verifier()],
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(again.newest_epoch("t.example/log").unwrap(), 2);
+    }
 }

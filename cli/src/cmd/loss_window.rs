@@ -66,11 +66,13 @@ struct Window {
 
 pub async fn run(args: &LossWindowArgs, format: Format) -> Outcome {
     let key = crate::trust::log_key(&args.log_key)?;
-    let quorum = |_: &str| Ok(());
     let new = Place::parse(&args.new, &args.store)?;
     let old = Place::parse_at(&args.old, &args.store, args.old_endpoint.as_deref())?;
-    let promoted = OfflineLog::open(&new, &key, &quorum).await?;
-    let old_log = OfflineLog::open(&old, &key, &quorum).await?;
+    // The promoted log under the policy, when one is given; the old one
+    // by its key alone (what it signed after the promotion has no quorum,
+    // and is what is listed).
+    let promoted = OfflineLog::open(&new, &key, &|note| args.log_key.check_quorum(note)).await?;
+    let old_log = OfflineLog::open(&old, &key, &|_| Ok(())).await?;
     // The promotion that began after the old log's epoch.
     let old_epoch = old_log.checkpoint.epoch();
     let mut found = None;
@@ -133,7 +135,15 @@ pub async fn run(args: &LossWindowArgs, format: Format) -> Outcome {
             kind: entry.kind(),
             env: entry.env().map(ToString::to_string),
             release_id,
-            request_id: entry.request_id().map(str::to_owned),
+            // Past the old log's signed checkpoint, nothing vouches for
+            // the text: shown, never printed raw.
+            request_id: entry.request_id().map(|id| {
+                if index < signed {
+                    id.to_owned()
+                } else {
+                    stackpin_core::error::shown(id)
+                }
+            }),
             signed: index < signed,
         });
     }

@@ -410,8 +410,15 @@ async fn run(
         let round = round(source, &mut mirror, log_key, &args.log_key).await;
         let round = match round {
             Ok(r) => r,
-            // A fork is never waited out.
-            Err(e) if !args.follow || e.code == crate::exit::VERIFY => return Err(e),
+            // A fork, or a destination promoted meanwhile, is never
+            // waited out.
+            Err(e)
+                if !args.follow
+                    || e.code == crate::exit::VERIFY
+                    || e.code == crate::exit::CONFLICT =>
+            {
+                return Err(e);
+            }
             Err(e) => {
                 eprintln!("mirror: this round failed ({:#}); trying again", e.error);
                 held.refresh().await;
@@ -615,6 +622,7 @@ async fn round(
             Some(digests.len() as u64),
         );
     }
+    still_ours(place, mirror.note.as_deref()).await?;
     // Then the entries (objects an interrupted round left past what is
     // kept go first), then the checkpoint: the round is committed by its
     // last write, once the moves are durable.
@@ -652,6 +660,33 @@ async fn round(
         blobs_copied: blobs,
         blob_bytes_copied: blob_bytes,
     })
+}
+
+/// Checks, before a round changes the mirror's log, that the destination
+/// is still the mirror this run opened: its mark is there and its
+/// checkpoint is the one the mirror last wrote. A promotion (which removes
+/// the mark and begins a new epoch) or another writer since is refused
+/// with nothing changed.
+async fn still_ours(place: &Place, note: Option<&str>) -> Outcome {
+    let mark = place.get(MARK).await?;
+    let stored = place.get(layout::CHECKPOINT).await?;
+    let same = stored.as_deref() == note.map(str::as_bytes);
+    if mark.is_some() && same {
+        return Ok(());
+    }
+    Err(Failure::new(
+        crate::exit::CONFLICT,
+        anyhow::anyhow!(
+            "{} changed under the mirror ({}): it was promoted, or another process writes it; \
+             nothing more was written",
+            place.name(),
+            if mark.is_none() {
+                "its mirror/source mark is gone"
+            } else {
+                "its checkpoint is not the one the mirror wrote"
+            }
+        ),
+    ))
 }
 
 /// Where a chunk waits until the round's root is checked.

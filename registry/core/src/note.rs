@@ -112,7 +112,14 @@ pub fn split_epoch(origin: &str) -> (&str, u64) {
 /// # Errors
 /// Invalid for an empty name, spaces, '+' or control characters.
 pub fn check_origin(origin: &str) -> Result<()> {
-    check_name(origin)
+    check_name(origin)?;
+    if origin.contains("/epoch/") {
+        return Err(Error::invalid(format!(
+            "log origin {origin:?} holds \"/epoch/\", which names the epochs of a log \
+             (<origin>/epoch/<n>, begun by a promotion)"
+        )));
+    }
+    Ok(())
 }
 
 /// Signs notes as the log.

@@ -498,9 +498,15 @@ impl Registry {
         self.shared.signer.vkey()
     }
 
-    /// The log's origin (the name it signs checkpoints as).
-    pub fn origin(&self) -> &str {
-        self.shared.signer.name()
+    /// The log's origin in the epoch this registry signs in (the name of
+    /// its first epoch; `<name>/epoch/<n>` after a promotion): webhook
+    /// events carry it, so the new epoch's entries never share an id with
+    /// the old primary's.
+    pub fn origin(&self) -> String {
+        crate::note::epoch_origin(
+            self.shared.signer.name(),
+            self.shared.epoch.load(std::sync::atomic::Ordering::Acquire),
+        )
     }
 
     /// The current instant, by the registry's clock.

@@ -503,10 +503,10 @@ impl Registry {
             .checked
             .store(entries, std::sync::atomic::Ordering::Release);
         if let Some(anchor) = &anchor {
-            shared.epoch.store(
-                anchor.checkpoint.epoch(),
-                std::sync::atomic::Ordering::Release,
-            );
+            let epoch = epoch_past(&shared.log, &anchor.checkpoint).await?;
+            shared
+                .epoch
+                .store(epoch, std::sync::atomic::Ordering::Release);
         }
         if found.history.is_empty() && entries > 0 {
             tracing::warn!(
@@ -650,6 +650,30 @@ fn sweep_staging(data_dir: &std::path::Path) -> std::path::PathBuf {
         tracing::info!(removed, "removed staging files an earlier process left");
     }
     dir
+}
+
+/// The epoch the log is in past its stored checkpoint `cp`: `cp`'s, unless
+/// an entry past it begins a later one (a `promote` that stopped between
+/// writing its entry and its checkpoint): signing on in the old epoch
+/// would fork it.
+async fn epoch_past(log: &crate::log::Log, cp: &crate::note::Checkpoint) -> Result<u64> {
+    let mut epoch = cp.epoch();
+    let Some(before) = cp.size.checked_sub(1) else {
+        return Ok(epoch);
+    };
+    for start in log.objects_after(before).await? {
+        let Some(object) = log.read(start).await? else {
+            continue;
+        };
+        for (i, bytes) in crate::log::Log::split(&object).iter().enumerate() {
+            if let Ok(stackpin_core::entry::Entry::Promotion(p)) =
+                stackpin_core::entry::Entry::parse(start + i as u64, bytes)
+            {
+                epoch = epoch.max(p.epoch);
+            }
+        }
+    }
+    Ok(epoch)
 }
 
 #[cfg(test)]

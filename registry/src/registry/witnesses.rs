@@ -110,7 +110,8 @@ enum Outcome {
     Cosigned(String),
     /// 409: the witness's size.
     Resync(u64),
-    /// 410: the log was promoted to a later epoch; the witness's words.
+    /// 410: the log was promoted to a later epoch; the witness's words,
+    /// then the later epoch's checkpoint (checked by [`heard_promotion`]).
     Promoted(String),
     Failed(String),
 }
@@ -136,9 +137,7 @@ async fn post(http: &reqwest::Client, url: &str, body: String) -> Outcome {
             Ok(size) => Outcome::Resync(size),
             Err(_) => Outcome::Failed(format!("409 without a size: {text:?}")),
         },
-        410 if text.starts_with(crate::witness::PROMOTED) => Outcome::Promoted(
-            stackpin_core::error::shown(text.lines().next().unwrap_or_default()),
-        ),
+        410 if text.starts_with(crate::witness::PROMOTED) => Outcome::Promoted(text),
         _ => Outcome::Failed(format!("HTTP {status}: {}", text.trim())),
     }
 }
@@ -177,14 +176,43 @@ pub(super) async fn probe(shared: &Shared, witnesses: &[WitnessTarget], cp: &Sig
         async move { (w.label.clone(), post(http, &w.url, body).await) }
     });
     for (label, outcome) in futures::future::join_all(asked).await {
-        if let Outcome::Promoted(why) = outcome {
+        if let Outcome::Promoted(said) = outcome {
+            heard_promotion(shared, &label, &said);
+        }
+    }
+}
+
+/// A witness said the log was promoted: believed only when the later
+/// epoch's checkpoint it shows is signed by this log's key and is of a
+/// later epoch than the one this registry signs in. Then this registry
+/// writes nothing more. Returns whether it was believed.
+fn heard_promotion(shared: &Shared, label: &str, said: &str) -> bool {
+    let (words, note) = said.split_once('\n').unwrap_or((said, ""));
+    let words = stackpin_core::error::shown(words);
+    let own = shared.epoch.load(std::sync::atomic::Ordering::Acquire);
+    let note = note.strip_suffix('\n').unwrap_or(note);
+    match crate::note::Checkpoint::open(note, &shared.signer.verifier()) {
+        Ok(later) if later.epoch() > own => {
             tracing::error!(
-                witness = %label, said = %why,
+                witness = %label, said = %words, origin = %later.origin, size = later.size,
                 "the log was promoted to a later epoch elsewhere: this registry writes nothing \
-                 (see the runbook: Region outage, failback)"
+                 more (see the runbook: Region outage, failback)"
             );
-            let _ = shared.superseded.set(format!("witness {label}: {why}"));
+            let _ = shared.superseded.set(format!(
+                "witness {label}: epoch {} ({}) began elsewhere",
+                later.epoch(),
+                later.origin
+            ));
             metrics::gauge!("stackpin_log_superseded").set(1.0);
+            true
+        }
+        _ => {
+            tracing::warn!(
+                witness = %label, said = %words,
+                "a witness said the log was promoted, without a checkpoint of a later epoch \
+                 signed by this log's key: not believed"
+            );
+            false
         }
     }
 }
@@ -330,17 +358,16 @@ pub(super) async fn submit(
                     tracing::info!(witness = %label, witness_size = size, "resending from the witness's size");
                     known = size;
                 }
-                Outcome::Promoted(why) => {
-                    tracing::error!(
-                        witness = %label, size = cp.size, said = %why,
-                        "the log was promoted to a later epoch elsewhere: this registry writes \
-                         nothing more (see the runbook: Region outage, failback)"
-                    );
-                    if let Some(shared) = shared.upgrade() {
-                        let _ = shared.superseded.set(format!("witness {label}: {why}"));
+                Outcome::Promoted(said) => {
+                    let believed = shared
+                        .upgrade()
+                        .is_some_and(|shared| heard_promotion(&shared, &label, &said));
+                    if believed {
+                        return;
                     }
-                    metrics::gauge!("stackpin_log_superseded").set(1.0);
-                    return;
+                    metrics::counter!("stackpin_witness_failures_total", "witness" => label.clone())
+                        .increment(1);
+                    break;
                 }
                 Outcome::Failed(why) => {
                     metrics::counter!("stackpin_witness_failures_total", "witness" => label.clone())
