@@ -378,3 +378,93 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         .success();
     assert!(ok);
 }
+
+/// A mirror in an Azure container (a real Azurite): copied from a
+/// registry, then read with nothing running by `restore`, `history` and
+/// `audit --from az://…`; the lock goes with the run, so the next round
+/// runs (and copies nothing new).
+#[test]
+fn a_mirror_in_an_azure_container_serves_restores_with_nothing_running() {
+    use stackpin_tests::remote::{Azurite, Remote as _};
+    let azurite = Azurite::start();
+    let w = World::new(&[]);
+    w.three_releases();
+    let dest = azurite.storage_url("mirror");
+    let endpoint = azurite.server_args()[1].clone();
+    let env: Vec<(&str, String)> = azurite.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let copied = w
+        .cli_with(
+            &[
+                "--output",
+                "json",
+                "mirror",
+                &w.server.url(),
+                &dest,
+                "--azure-endpoint",
+                &endpoint,
+            ],
+            &env,
+        )
+        .json();
+    assert_eq!(copied["size"], 6, "{copied}");
+    assert_eq!(copied["blobs_copied"], 3, "{copied}");
+    let offline = |args: &[&str]| {
+        let mut vars = env.clone();
+        vars.push(("STACKPIN_LOG_VKEY", w.vkey.as_str()));
+        stackpin_tests::stackpin_with(w.dir.path(), NOWHERE, args, &vars)
+    };
+    let from = [
+        "--from",
+        dest.as_str(),
+        "--azure-endpoint",
+        endpoint.as_str(),
+    ];
+    let mut restore = vec![
+        "restore",
+        "--env",
+        "prod",
+        "--at",
+        T2,
+        "--out",
+        "from-azure.json",
+        "--trusted-keys",
+        "trusted",
+    ];
+    restore.extend(from);
+    let restored = offline(&restore);
+    restored.ok();
+    assert!(
+        restored.stderr.contains("this mirror's last round"),
+        "{restored:?}"
+    );
+    assert_eq!(
+        std::fs::read(w.dir.path().join("from-azure.json")).unwrap(),
+        b"{\"release\":2,\"objects\":[]}\n"
+    );
+    let mut history = vec!["--output", "json", "history", "--env", "prod"];
+    history.extend(from);
+    assert_eq!(
+        offline(&history).json()["pins"].as_array().unwrap().len(),
+        3
+    );
+    let mut audit = vec!["--output", "json", "audit", "--trusted-keys", "trusted"];
+    audit.extend(from);
+    assert_eq!(offline(&audit).json()["ok"], true);
+    // The first run let go of its lock: the next one runs.
+    let again = w
+        .cli_with(
+            &[
+                "--output",
+                "json",
+                "mirror",
+                &w.server.url(),
+                &dest,
+                "--azure-endpoint",
+                &endpoint,
+            ],
+            &env,
+        )
+        .json();
+    assert_eq!(again["entries_copied"], 0, "{again}");
+}
