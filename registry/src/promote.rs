@@ -101,6 +101,7 @@ pub async fn promote(
     let log = Log::new(store.clone());
     let mut tree = MemoryTree::new();
     let mut beyond = Vec::new();
+    let mut last = None;
     for (start, _) in log.objects().await? {
         if start >= previous.size {
             beyond.push(start);
@@ -121,6 +122,7 @@ pub async fn promote(
             .ok_or_else(|| Error::new(Kind::Unavailable, format!("log object {start} vanished")))?;
         for entry in Log::split(&object) {
             tree.push(merkle::leaf_hash(&entry));
+            last = Some(entry);
         }
     }
     if tree.len() != previous.size {
@@ -147,6 +149,21 @@ pub async fn promote(
         .epoch()
         .checked_add(1)
         .ok_or_else(|| Error::invalid("the log is at the last epoch there can be"))?;
+    // A promotion with nothing written since is already the writer's: a
+    // second one (a retried command) would close the epoch it began, at
+    // the witnesses too, and stop the registry writing in it.
+    if let Some(Ok(Entry::Promotion(p))) = last
+        .as_ref()
+        .map(|bytes| Entry::parse(previous.size - 1, bytes))
+        && p.epoch == previous.epoch()
+    {
+        return Err(Error::invalid(format!(
+            "this storage was promoted to epoch {} at log entry {} and nothing was written \
+             since: it is already the writer's storage; start the registry on it",
+            p.epoch,
+            previous.size - 1
+        )));
+    }
     // What lies past it is no checkpoint's this storage can prove: log
     // objects, and copies of later checkpoints of the old epoch (a mirror
     // or a replication that stopped midway). Set aside, never lost, under

@@ -398,6 +398,27 @@ fn a_region_outage_fails_over_to_a_verified_mirror_and_never_forks() {
     let promoted: serde_json::Value = serde_json::from_slice(&promote.stdout).unwrap();
     assert_eq!(promoted["epoch"], 2, "{promoted}");
     assert_eq!(promoted["previous_size"], mirrored, "{promoted}");
+    // A retried promote changes nothing: the storage is the writer's now.
+    let again = Command::new(stackpin_tests::bin("stackpin-registry"))
+        .args([
+            "promote",
+            "--actor",
+            "oncall",
+            "--storage",
+            &storage_b,
+            "--s3-endpoint",
+        ])
+        .arg(weed_b.endpoint())
+        .arg("--log-signing-key")
+        .arg(dir.join("log.pem"))
+        .envs(weed_b.env())
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already the writer's"),
+        "{again:?}"
+    );
     let b = registry(&dir, "b", &weed_b, &storage_b, &[]);
     let on_b = |state: &str, args: &[&str]| cli(&dir, state, &b.url(), args, &vkey);
     let first = on_b(
