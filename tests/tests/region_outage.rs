@@ -459,6 +459,17 @@ fn a_region_outage_fails_over_to_a_verified_mirror_and_never_forks() {
     wait_for("the witness to cosign epoch 2", || {
         on_b("policy", &["checkpoint", "--policy", "policy.txt"]).code == 0
     });
+    // The traffic's CLI verified pins of the loss window: it refuses
+    // epoch 2 rather than forget them, and says how to go on.
+    if !lost.is_empty() {
+        let refused = on_b("traffic", &["checkpoint"]);
+        assert_eq!(refused.code, 5, "{refused:?}");
+        assert!(refused.stderr.contains("loss window"), "{refused:?}");
+        assert!(
+            refused.stderr.contains("stackpin trust forget"),
+            "{refused:?}"
+        );
+    }
     // An audit of B's bucket, with nothing asked of a registry, checks the
     // promotion: its checkpoint is the log key's, its root the entries'.
     let audited = cli(
