@@ -48,10 +48,6 @@ pub enum Place {
     },
 }
 
-/// How long a bucket's mirror lock may go unrefreshed before another
-/// mirror may take it: a mirror refreshes it every round.
-const STALE_LOCK: Duration = Duration::from_secs(600);
-
 impl Place {
     /// `s3://bucket/prefix`, `az://container/prefix`, `file:///path` or a
     /// path.
@@ -301,7 +297,7 @@ impl Place {
     /// locked for as long as the returned guard lives; a bucket's is an
     /// object created only if absent, which [`Lock::refresh`] keeps fresh
     /// and [`Lock::release`] removes (one left by a killed mirror is taken
-    /// over once it is [`STALE_LOCK`] old).
+    /// over once it is [`layout::MIRROR_LOCK_STALE`] old).
     ///
     /// # Errors
     /// Invalid when another mirror holds it, or a running registry writes
@@ -310,7 +306,7 @@ impl Place {
         match self {
             Self::Folder(dir) => lock_folder(dir).map(|f| Lock::Folder { _held: f }),
             Self::Bucket { store, .. } => {
-                let key = Key::from(LOCK);
+                let key = Key::from(layout::MIRROR_LOCK);
                 let body = Bytes::from(format!(
                     "stackpin mirror, process {}, since {}\n",
                     std::process::id(),
@@ -323,31 +319,31 @@ impl Place {
                 match store.put_opts(&key, body.clone().into(), create).await {
                     Ok(_) => return Ok(self.bucket_lock()),
                     Err(object_store::Error::AlreadyExists { .. }) => {}
-                    Err(e) => return Err(self.unavailable(LOCK, e)),
+                    Err(e) => return Err(self.unavailable(layout::MIRROR_LOCK, e)),
                 }
                 let held = store
                     .head(&key)
                     .await
-                    .map_err(|e| self.unavailable(LOCK, e))?;
+                    .map_err(|e| self.unavailable(layout::MIRROR_LOCK, e))?;
                 let age = (jiff::Timestamp::now().as_millisecond()
                     - held.last_modified.timestamp_millis())
                 .max(0);
-                if u64::try_from(age).unwrap_or(0) < STALE_LOCK.as_millis() as u64 {
+                if u64::try_from(age).unwrap_or(0) < layout::MIRROR_LOCK_STALE.as_millis() as u64 {
                     return Err(Failure::invalid(format!(
                         "another `stackpin mirror` is copying into {} (it refreshed {} {}s ago; \
                          a lock left unrefreshed for {}s is taken over)",
                         self.name(),
-                        self.show(LOCK),
+                        self.show(layout::MIRROR_LOCK),
                         age / 1000,
-                        STALE_LOCK.as_secs()
+                        layout::MIRROR_LOCK_STALE.as_secs()
                     )));
                 }
                 eprintln!(
                     "mirror: {} was last refreshed {}s ago; taking it over",
-                    self.show(LOCK),
+                    self.show(layout::MIRROR_LOCK),
                     age / 1000
                 );
-                self.put(LOCK, body).await?;
+                self.put(layout::MIRROR_LOCK, body).await?;
                 Ok(self.bucket_lock())
             }
         }
@@ -358,7 +354,7 @@ impl Place {
     fn bucket_lock(&self) -> Lock {
         let place = self.clone();
         let token = crate::on_interrupt(async move {
-            let _ = place.remove(LOCK).await;
+            let _ = place.remove(layout::MIRROR_LOCK).await;
         });
         // Refreshed on a timer, not only between rounds: a round of any
         // length keeps its lock.
@@ -372,9 +368,6 @@ impl Place {
         Lock::Bucket(self.clone(), token, refresher.abort_handle())
     }
 }
-
-/// Where a mirror's lock is kept.
-const LOCK: &str = "mirror/lock";
 
 /// A mirror's hold on its destination.
 pub enum Lock {
@@ -395,7 +388,7 @@ async fn refresh(place: &Place) {
         std::process::id(),
         stackpin_core::time::Timestamp::now()
     ));
-    if let Err(e) = place.put(LOCK, body).await {
+    if let Err(e) = place.put(layout::MIRROR_LOCK, body).await {
         eprintln!("mirror: refreshing the lock failed: {:#}", e.error);
     }
 }
@@ -415,7 +408,7 @@ impl Lock {
         if let Lock::Bucket(place, token, refresher) = &self {
             refresher.abort();
             crate::disarm(*token);
-            if let Err(e) = place.remove(LOCK).await {
+            if let Err(e) = place.remove(layout::MIRROR_LOCK).await {
                 eprintln!("mirror: removing the lock failed: {:#}", e.error);
             }
         }
@@ -450,7 +443,7 @@ fn lock_folder(dest: &Path) -> Outcome<std::fs::File> {
             registry.display()
         )));
     }
-    let path = dest.join(LOCK);
+    let path = dest.join(layout::MIRROR_LOCK);
     std::fs::create_dir_all(dest.join("mirror"))
         .map_err(|e| Failure::invalid(format!("{}: {e}", dest.display())))?;
     let file = taken(&path)?.ok_or_else(|| {

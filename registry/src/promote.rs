@@ -39,10 +39,6 @@ use crate::log::Log;
 /// Where objects found past the standby's checkpoint are set aside.
 pub const SET_ASIDE: &str = "promotion/set-aside";
 
-/// A mirror lock refreshed this recently means a mirror still copies into
-/// the storage: it must be stopped first.
-const LIVE_MIRROR: Duration = Duration::from_secs(600);
-
 /// What a promotion did.
 #[derive(Debug, Serialize)]
 pub struct Promoted {
@@ -233,7 +229,10 @@ pub async fn promote(
         .await?;
     // No mirror copies into a promoted log: it is a writer's storage now
     // (a mirror still running checks this mark before it commits a round).
-    store.delete(&StorePath::from("mirror/source")).await.ok();
+    store
+        .delete(&StorePath::from(layout::MIRROR_MARK))
+        .await
+        .ok();
     Ok(Promoted {
         epoch,
         origin,
@@ -268,7 +267,7 @@ pub async fn run(settings: &crate::config::Settings, actor: &str) -> anyhow::Res
     )];
     if let StorageUrl::File(root) = &url {
         locks.push((root.join(crate::registry::LOCK_FILE), "a registry"));
-        locks.push((root.join("mirror/lock"), "a `stackpin mirror`"));
+        locks.push((root.join(layout::MIRROR_LOCK), "a `stackpin mirror`"));
     }
     let mut held = Vec::new();
     for (path, what) in locks {
@@ -335,10 +334,10 @@ async fn forget_derived(store: &Arc<dyn ObjectStore>, size: u64) -> Result<()> {
 }
 
 /// Refuses while a `stackpin mirror` still holds the storage's mirror lock
-/// (refreshed within [`LIVE_MIRROR`]): it would copy the old primary's
+/// (refreshed within [`layout::MIRROR_LOCK_STALE`]): it would copy the old primary's
 /// entries over the new epoch.
 async fn refuse_live_mirror(store: &Arc<dyn ObjectStore>) -> Result<()> {
-    let lock = StorePath::from("mirror/lock");
+    let lock = StorePath::from(layout::MIRROR_LOCK);
     let listed: Vec<_> = store
         .list(Some(&StorePath::from("mirror")))
         .try_collect()
@@ -350,7 +349,7 @@ async fn refuse_live_mirror(store: &Arc<dyn ObjectStore>) -> Result<()> {
             )
             .unwrap_or(0),
         );
-        if age < LIVE_MIRROR {
+        if age < layout::MIRROR_LOCK_STALE {
             return Err(Error::invalid(format!(
                 "a `stackpin mirror` copied into this storage {}s ago (it holds mirror/lock): \
                  stop it before promoting, or it would copy the old primary over the new epoch",

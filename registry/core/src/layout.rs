@@ -114,6 +114,20 @@ pub fn webhook_cursor_key(name: &str) -> String {
     format!("webhooks/cursor/{name}")
 }
 
+/// A mirror's lock on its destination (`stackpin mirror`): held by the
+/// process in a folder; in a bucket, an object created only if absent and
+/// refreshed while the mirror runs. `stackpin-registry promote` refuses a
+/// storage a mirror still holds.
+pub const MIRROR_LOCK: &str = "mirror/lock";
+
+/// A bucket mirror lock not refreshed for this long is a killed mirror's:
+/// another may take it over, and `promote` goes ahead.
+pub const MIRROR_LOCK_STALE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Marks a destination as a mirror's, naming its source; `promote` removes
+/// it, and a mirror refuses to commit into a destination without it.
+pub const MIRROR_MARK: &str = "mirror/source";
+
 /// The file name of the log object whose first entry is `index`.
 pub fn object_name(index: u64) -> String {
     format!("{index:020}")

@@ -29,13 +29,15 @@ use stackpin_core::layout;
 use stackpin_core::merkle::{self, MemoryTree};
 use stackpin_core::note::{Checkpoint, NoteVerifier};
 use stackpin_core::time::Timestamp;
-use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome};
-use crate::offline::{Objects, each_object_from};
+use crate::offline::each_object_from;
 use crate::place::{Lock, Place, StoreArgs};
 use crate::progress::Progress;
 use crate::view::Format;
+
+mod source;
+use source::Source;
 
 /// At most this many entries per log object the mirror writes.
 const OBJECT_ENTRIES: usize = 1024;
@@ -69,178 +71,6 @@ pub struct MirrorArgs {
     log_key: crate::trust::LogKey,
     #[command(flatten)]
     store: StoreArgs,
-}
-
-/// Where the entries and blobs come from.
-enum Source {
-    /// A registry, and the one connection every call of a run shares.
-    Registry(Box<(crate::client::Connection, Shared)>),
-    /// A folder or a bucket.
-    Place(Place),
-}
-
-/// The connection every call to the source registry shares.
-type Shared = tokio::sync::OnceCell<crate::client::Client>;
-
-/// The shared connection to the source registry, made at first use.
-async fn client(c: &crate::client::Connection, cell: &Shared) -> Outcome<crate::client::Client> {
-    cell.get_or_try_init(|| crate::client::connect(c))
-        .await
-        .cloned()
-}
-
-impl Source {
-    fn name(&self) -> String {
-        match self {
-            Source::Registry(r) => r.0.url.clone(),
-            Source::Place(p) => p.name(),
-        }
-    }
-
-    async fn checkpoint(&self) -> Outcome<String> {
-        match self {
-            Source::Registry(r) => {
-                let mut client = client(&r.0, &r.1).await?;
-                Ok(client
-                    .get_checkpoint(pb::GetCheckpointRequest {})
-                    .await?
-                    .into_inner()
-                    .note)
-            }
-            Source::Place(place) => {
-                let note = place
-                    .need(layout::CHECKPOINT, "not a stackpin data folder or mirror")
-                    .await?;
-                String::from_utf8(note.to_vec()).map_err(|_| {
-                    Failure::verify(format!("{}: not text", place.show(layout::CHECKPOINT)))
-                })
-            }
-        }
-    }
-
-    /// Entries `[start, end)`, sent to `chunks` in order, at most
-    /// [`OBJECT_ENTRIES`] at a time, so a round of any size holds a few
-    /// chunks in memory.
-    async fn entries(
-        &self,
-        start: u64,
-        end: u64,
-        progress: &mut Progress,
-        chunks: &Chunks,
-    ) -> Outcome {
-        let mut chunker = Chunker {
-            next: start,
-            end,
-            buffer: Vec::with_capacity(OBJECT_ENTRIES),
-        };
-        match self {
-            Source::Registry(r) => {
-                let mut client = client(&r.0, &r.1).await?;
-                while chunker.next < end {
-                    let from = chunker.next;
-                    let mut stream = client
-                        .list_entries(pb::ListEntriesRequest { start: from, end })
-                        .await?
-                        .into_inner();
-                    while chunker.next < end
-                        && let Some(e) = stream.message().await?
-                    {
-                        if e.index != chunker.next {
-                            return Err(Failure::verify(format!(
-                                "the source sent entry {} where {} was due",
-                                e.index, chunker.next
-                            )));
-                        }
-                        chunker.push(e.entry, chunks).await?;
-                        progress.tick("mirror: entries", chunker.next, Some(end));
-                    }
-                    if chunker.next == from {
-                        return Err(Failure::new(
-                            crate::exit::UNAVAILABLE,
-                            anyhow::anyhow!(
-                                "the source ended its entries at {from}, short of its \
-                                 checkpoint's {end}"
-                            ),
-                        ));
-                    }
-                }
-            }
-            Source::Place(place) => {
-                // One object at a time: a log of any size is copied
-                // holding one object and a few chunks.
-                let mut objects = Objects::open(place, start, end).await?;
-                while let Some((first, object)) = objects.next().await? {
-                    for (i, e) in object.into_iter().enumerate() {
-                        if (start..end).contains(&(first + i as u64)) {
-                            chunker.push(e, chunks).await?;
-                        }
-                    }
-                    progress.tick("mirror: entries", chunker.next, Some(end));
-                }
-                if chunker.next < end {
-                    return Err(Failure::new(
-                        crate::exit::UNAVAILABLE,
-                        anyhow::anyhow!(
-                            "{} holds {} entries, short of its checkpoint's {end}",
-                            place.name(),
-                            chunker.next
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn blob(&self, digest: &Digest) -> Outcome<Bytes> {
-        match self {
-            Source::Registry(r) => {
-                let mut client = client(&r.0, &r.1).await?;
-                let what = pb::ArtifactRef {
-                    r#ref: Some(pb::artifact_ref::Ref::Digest(digest.to_string())),
-                };
-                let (_, bytes) =
-                    crate::download::download(&mut client, what, r.0.max_download).await?;
-                Ok(Bytes::from(bytes))
-            }
-            Source::Place(place) => {
-                let key = layout::blob_key(digest);
-                place.get(&key).await?.ok_or_else(|| {
-                    Failure::verify(format!(
-                        "{}: not found, though the log publishes it",
-                        place.show(&key)
-                    ))
-                })
-            }
-        }
-    }
-}
-
-/// Where the entries go as they arrive: a chunk's first index and entries.
-type Chunks = tokio::sync::mpsc::Sender<(u64, Vec<Bytes>)>;
-
-/// Cuts the entries into chunks of [`OBJECT_ENTRIES`] (and the last one).
-struct Chunker {
-    next: u64,
-    end: u64,
-    buffer: Vec<Bytes>,
-}
-
-impl Chunker {
-    async fn push(&mut self, entry: Bytes, chunks: &Chunks) -> Outcome {
-        self.buffer.push(entry);
-        self.next += 1;
-        if self.buffer.len() == OBJECT_ENTRIES || self.next == self.end {
-            let first = self.next - self.buffer.len() as u64;
-            let chunk = std::mem::take(&mut self.buffer);
-            // A closed channel: staging stopped, and says why.
-            chunks
-                .send((first, chunk))
-                .await
-                .map_err(|_| Failure::invalid("staging the entries stopped"))?;
-        }
-        Ok(())
-    }
 }
 
 /// What the mirror holds: its checkpoint and the tree of its entries.
@@ -380,20 +210,17 @@ pub async fn mirror(
 async fn refuse_foreign_log(dest: &Place) -> Outcome {
     if matches!(dest, Place::Bucket { .. })
         && dest.get(layout::CHECKPOINT).await?.is_some()
-        && dest.get(MARK).await?.is_none()
+        && dest.get(layout::MIRROR_MARK).await?.is_none()
     {
         return Err(Failure::invalid(format!(
             "{} holds a log that no mirror wrote (no {}): a registry's storage is not a \
              mirror's destination; give the mirror a bucket or prefix of its own",
             dest.name(),
-            dest.show(MARK)
+            dest.show(layout::MIRROR_MARK)
         )));
     }
     Ok(())
 }
-
-/// Marks a destination as a mirror's, and says of which source.
-const MARK: &str = "mirror/source";
 
 async fn run(
     args: &MirrorArgs,
@@ -404,8 +231,11 @@ async fn run(
     format: Format,
 ) -> Outcome {
     let mut mirror = Mirror::open(dest, log_key).await?;
-    dest.put(MARK, Bytes::from(format!("{}\n", source.name())))
-        .await?;
+    dest.put(
+        layout::MIRROR_MARK,
+        Bytes::from(format!("{}\n", source.name())),
+    )
+    .await?;
     loop {
         let round = round(source, &mut mirror, log_key, &args.log_key).await;
         let round = match round {
@@ -668,7 +498,7 @@ async fn round(
 /// the mark and begins a new epoch) or another writer since is refused
 /// with nothing changed.
 async fn still_ours(place: &Place, note: Option<&str>) -> Outcome {
-    let mark = place.get(MARK).await?;
+    let mark = place.get(layout::MIRROR_MARK).await?;
     let stored = place.get(layout::CHECKPOINT).await?;
     let same = stored.as_deref() == note.map(str::as_bytes);
     if mark.is_some() && same {
