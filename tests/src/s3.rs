@@ -8,7 +8,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -102,8 +102,9 @@ impl Held {
 impl Seaweed {
     /// Starts SeaweedFS and waits until its bucket accepts writes. The
     /// ports are picked free, but another process may take one before
-    /// SeaweedFS binds it: it then exits, and is started again on other
-    /// ports.
+    /// SeaweedFS binds it, and on a loaded machine its master has been seen
+    /// to assign no volume for a minute: either way it is stopped and
+    /// started again, on other ports in an empty folder, up to three times.
     pub fn start() -> Self {
         let dir = TempDir::new().unwrap_or_else(|e| panic!("scratch folder: {e}"));
         let names = [
@@ -137,11 +138,17 @@ impl Seaweed {
                 .unwrap_or(0);
             match s.try_spawn() {
                 Ok(()) => return s,
-                Err(log) if attempt < 4 && log.contains("address already in use") => {
+                Err(log) if attempt < 3 => {
+                    eprintln!(
+                        "SeaweedFS did not come up (attempt {attempt}); starting it again. \
+                         Its log:\n{log}"
+                    );
                     let _ = std::fs::remove_dir_all(s.dir.path());
                     let _ = std::fs::create_dir_all(s.dir.path());
                 }
-                Err(log) => panic!("SeaweedFS did not accept a write within 60s; its log:\n{log}"),
+                Err(log) => panic!(
+                    "SeaweedFS did not accept a write within 60s, three times; its last log:\n{log}"
+                ),
             }
         }
     }
@@ -172,9 +179,12 @@ impl Seaweed {
         }
         let log = std::fs::File::create(self.dir.path().join("weed.log"))
             .unwrap_or_else(|e| panic!("weed log: {e}"));
+        // Its banner (which services came up, the free volumes) goes to
+        // stdout, its warnings to stderr: both are kept for a failure.
+        let banner = log.try_clone().unwrap_or_else(|e| panic!("weed log: {e}"));
         let child = cmd
             .current_dir(self.dir.path())
-            .stdout(Stdio::null())
+            .stdout(banner)
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
