@@ -21,7 +21,7 @@ use stackpin_core::proof::ProvedEntry;
 use stackpin_core::time::Timestamp;
 
 use crate::exit::{Failure, Outcome};
-use crate::place::Place;
+use crate::place::{Place, cap};
 use crate::view::{BoundaryView, PinView, ResolveView};
 
 /// A verified log in a folder or a bucket.
@@ -81,7 +81,7 @@ pub async fn each_object_from(
 /// and when. The mirror's own record, unsigned, so it is only said; the
 /// answer rests on the signed checkpoint alone.
 pub async fn say_last_round(place: &Place) {
-    let Ok(Some(bytes)) = place.get(crate::cmd::mirror::STATUS).await else {
+    let Ok(Some(bytes)) = place.get(crate::cmd::mirror::STATUS, cap::RECORD).await else {
         return;
     };
     let Ok(status) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
@@ -153,12 +153,16 @@ impl<'a> Objects<'a> {
             )));
         }
         let key = layout::object_key(start);
-        let bytes = self.place.get(&key).await?.ok_or_else(|| {
-            Failure::verify(format!(
-                "{}: gone while the log was read",
-                self.place.show(&key)
-            ))
-        })?;
+        let bytes = self
+            .place
+            .get(&key, cap::LOG_OBJECT)
+            .await?
+            .ok_or_else(|| {
+                Failure::verify(format!(
+                    "{}: gone while the log was read",
+                    self.place.show(&key)
+                ))
+            })?;
         let object = layout::split(&bytes);
         self.read += object.len() as u64;
         Ok(Some((start, object)))
@@ -179,7 +183,7 @@ impl OfflineLog {
     ) -> Outcome<Self> {
         let cp_key = layout::CHECKPOINT;
         let note = place
-            .need(cp_key, "not a stackpin data folder or mirror")
+            .need(cp_key, cap::NOTE, "not a stackpin data folder or mirror")
             .await?;
         let note = String::from_utf8(note.to_vec())
             .map_err(|_| Failure::verify(format!("{}: not text", place.show(cp_key))))?;
@@ -318,21 +322,27 @@ impl OfflineLog {
         )))
     }
 
-    /// The artifact bytes of `digest` in the folder, checked against it.
+    /// The artifact bytes of `digest` in the folder, checked against it;
+    /// at most `max_download` bytes are read.
     ///
     /// # Errors
-    /// Not found when absent; verification failed when they differ.
-    pub async fn blob(&self, digest: &Digest) -> Outcome<Bytes> {
+    /// Not found when absent; verification failed when they differ;
+    /// invalid when longer than `max_download`.
+    pub async fn blob(&self, digest: &Digest, max_download: u64) -> Outcome<Bytes> {
         let key = layout::blob_key(digest);
-        let bytes = self.place.get(&key).await?.ok_or_else(|| {
-            Failure::new(
-                crate::exit::NOT_FOUND,
-                anyhow::anyhow!(
-                    "{}: not found: the log's copy does not hold the artifact",
-                    self.place.show(&key)
-                ),
-            )
-        })?;
+        let bytes = self
+            .place
+            .artifact(digest, max_download)
+            .await?
+            .ok_or_else(|| {
+                Failure::new(
+                    crate::exit::NOT_FOUND,
+                    anyhow::anyhow!(
+                        "{}: not found: the log's copy does not hold the artifact",
+                        self.place.show(&key)
+                    ),
+                )
+            })?;
         if Digest::of(&bytes) != *digest {
             return Err(Failure::verify(format!(
                 "{} does not hash to {digest}",

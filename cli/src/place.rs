@@ -8,6 +8,7 @@
 //! credentials from the usual `AWS_*` and `AZURE_*` variables, plain HTTP
 //! only to loopback unless allowed, bounded timeouts and retries).
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use futures::TryStreamExt as _;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions};
+use stackpin_core::digest::Digest;
 use stackpin_core::layout;
 use stackpin_registry::storage::{StorageOptions, StorageUrl};
 
@@ -36,6 +38,33 @@ pub struct StoreArgs {
     /// Allow a plain-HTTP endpoint that is not loopback.
     #[arg(long)]
     storage_allow_http: bool,
+}
+
+/// How much is read of each kind of object in a folder or bucket. A
+/// storage may be anyone's, so no object is read whole on its word; each
+/// cap is well above what a registry writes.
+pub mod cap {
+    /// A signed checkpoint, with its cosignatures (the longest note the
+    /// core opens).
+    pub const NOTE: u64 = stackpin_core::note::MAX_NOTE_BYTES as u64;
+    /// A log object: four times the most a registry writes now (a group
+    /// commit of 256 entries of at most 64 KiB each), for entries written
+    /// before the entry limit.
+    pub const LOG_OBJECT: u64 = 64 << 20;
+    /// A record of a few lines: a mirror's mark, status or lock, the tiles
+    /// count.
+    pub const RECORD: u64 = 64 * 1024;
+    /// A stored tile: a hash tile of 256 hashes, or an entry bundle of 256
+    /// entries of at most 65,535 bytes, each with its two-byte length.
+    pub const TILE: u64 = 256 * (65_535 + 2);
+}
+
+/// What a capped read found.
+enum Read {
+    Missing,
+    Bytes(Bytes),
+    /// Longer than the cap: its size, or as far as it was read.
+    Over(u64),
 }
 
 /// A folder or a bucket holding a log in the registry's storage layout.
@@ -120,37 +149,106 @@ impl Place {
         )
     }
 
-    /// The object `key`, or `None` when there is none.
+    /// The object `key`, or `None` when there is none. At most `max`
+    /// bytes are read (one of [`cap`]): a longer object is refused
+    /// unread, since no registry writes one.
     ///
     /// # Errors
-    /// Unavailable when it cannot be read.
-    pub async fn get(&self, key: &str) -> Outcome<Option<Bytes>> {
-        match self {
-            Self::Folder(dir) => match std::fs::read(dir.join(key)) {
-                Ok(bytes) => Ok(Some(Bytes::from(bytes))),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(self.unavailable(key, e)),
-            },
-            Self::Bucket { store, .. } => match store.get(&Key::from(key)).await {
-                Ok(got) => got
-                    .bytes()
-                    .await
-                    .map(Some)
-                    .map_err(|e| self.unavailable(key, e)),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(self.unavailable(key, e)),
-            },
+    /// Unavailable when it cannot be read; verification failed when it is
+    /// longer than `max`.
+    pub async fn get(&self, key: &str, max: u64) -> Outcome<Option<Bytes>> {
+        match self.read(key, max).await? {
+            Read::Missing => Ok(None),
+            Read::Bytes(bytes) => Ok(Some(bytes)),
+            Read::Over(size) => Err(Failure::verify(format!(
+                "{}: {size} bytes, more than the {max} an object of its kind holds in a \
+                 registry's storage; not read",
+                self.show(key)
+            ))),
         }
     }
 
-    /// The object `key`, which must be there (`what` says why it should).
+    /// The object `key`, which must be there (`what` says why it should),
+    /// of at most `max` bytes.
     ///
     /// # Errors
-    /// Invalid when absent (`what` is said); unavailable when unreadable.
-    pub async fn need(&self, key: &str, what: &str) -> Outcome<Bytes> {
-        self.get(key)
+    /// Invalid when absent (`what` is said); as [`Place::get`] otherwise.
+    pub async fn need(&self, key: &str, max: u64, what: &str) -> Outcome<Bytes> {
+        self.get(key, max)
             .await?
             .ok_or_else(|| Failure::invalid(format!("{}: not found: {what}", self.show(key))))
+    }
+
+    /// The stored bytes of the artifact `digest`, or `None` when there are
+    /// none; one longer than `max_download` (`--max-download`) is refused
+    /// unread. The caller checks them against the digest.
+    ///
+    /// # Errors
+    /// Unavailable when they cannot be read; invalid when too long.
+    pub async fn artifact(&self, digest: &Digest, max_download: u64) -> Outcome<Option<Bytes>> {
+        let key = layout::blob_key(digest);
+        match self.read(&key, max_download).await? {
+            Read::Missing => Ok(None),
+            Read::Bytes(bytes) => Ok(Some(bytes)),
+            Read::Over(size) => Err(Failure::invalid(format!(
+                "{} is {size} bytes, more than --max-download allows ({max_download} bytes); \
+                 raise --max-download if an artifact that large is expected",
+                self.show(&key)
+            ))),
+        }
+    }
+
+    /// Reads `key`, stopping once it is past `max` bytes.
+    async fn read(&self, key: &str, max: u64) -> Outcome<Read> {
+        match self {
+            Self::Folder(dir) => {
+                let file = match std::fs::File::open(dir.join(key)) {
+                    Ok(file) => file,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::Missing),
+                    Err(e) => return Err(self.unavailable(key, e)),
+                };
+                let size = file.metadata().map_err(|e| self.unavailable(key, e))?.len();
+                if size > max {
+                    return Ok(Read::Over(size));
+                }
+                // The file may grow after its size was read: the read stops
+                // one byte past the cap all the same.
+                let mut bytes = Vec::new();
+                file.take(max.saturating_add(1))
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| self.unavailable(key, e))?;
+                if bytes.len() as u64 > max {
+                    return Ok(Read::Over(bytes.len() as u64));
+                }
+                Ok(Read::Bytes(Bytes::from(bytes)))
+            }
+            Self::Bucket { store, .. } => {
+                let got = match store.get(&Key::from(key)).await {
+                    Ok(got) => got,
+                    Err(object_store::Error::NotFound { .. }) => return Ok(Read::Missing),
+                    Err(e) => return Err(self.unavailable(key, e)),
+                };
+                let size = got.meta.size;
+                if size > max {
+                    return Ok(Read::Over(size));
+                }
+                // The body is counted as it comes, not taken on the
+                // listing's word.
+                let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                let mut body = got.into_stream();
+                while let Some(chunk) = body
+                    .try_next()
+                    .await
+                    .map_err(|e| self.unavailable(key, e))?
+                {
+                    if (bytes.len() + chunk.len()) as u64 > max {
+                        return Ok(Read::Over((bytes.len() + chunk.len()) as u64));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(Read::Bytes(Bytes::from(bytes)))
+            }
+        }
     }
 
     /// Writes `key` whole: a folder's file is replaced atomically and
@@ -454,4 +552,51 @@ fn lock_folder(dest: &Path) -> Outcome<std::fs::File> {
         ))
     })?;
     Ok(file)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_stop_at_their_cap_in_folders_and_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let bucket = Place::Bucket {
+            url: "s3://test".to_owned(),
+            store: Arc::new(object_store::memory::InMemory::new()),
+        };
+        for place in [Place::Folder(dir.path().to_owned()), bucket] {
+            let note = Bytes::from(vec![b'x'; 100]);
+            place
+                .put(layout::CHECKPOINT, note.clone())
+                .await
+                .ok()
+                .unwrap();
+            assert_eq!(
+                place.get(layout::CHECKPOINT, 100).await.ok().unwrap(),
+                Some(note)
+            );
+            let over = place.get(layout::CHECKPOINT, 99).await.unwrap_err();
+            assert_eq!(over.code, crate::exit::VERIFY);
+            assert!(
+                format!("{:#}", over.error).contains("100 bytes, more than the 99"),
+                "{:#}",
+                over.error
+            );
+            assert_eq!(place.get("log/none", 99).await.ok().unwrap(), None);
+
+            let digest = Digest::of(b"artifact");
+            let bytes = Bytes::from_static(b"artifact");
+            place
+                .put(&layout::blob_key(&digest), bytes.clone())
+                .await
+                .ok()
+                .unwrap();
+            let refused = place.artifact(&digest, 7).await.unwrap_err();
+            assert_eq!(refused.code, crate::exit::INVALID);
+            assert!(format!("{:#}", refused.error).contains("--max-download"));
+            assert_eq!(place.artifact(&digest, 8).await.ok().unwrap(), Some(bytes));
+        }
+    }
 }

@@ -185,6 +185,56 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
         refused.stderr.contains("do not lead to the root"),
         "{refused:?}"
     );
+    // A storage is read only as far as a registry writes: a swollen
+    // checkpoint is refused unread, and so is an artifact longer than
+    // --max-download, with nothing written.
+    let swollen = w.dir.path().join("swollen");
+    copy_dir(&mirror, &swollen);
+    std::fs::write(swollen.join("log/checkpoint"), vec![b'x'; 1 << 20]).unwrap();
+    let refused = offline(&[
+        "restore",
+        "--from",
+        swollen.to_str().unwrap(),
+        "--env",
+        "prod",
+        "--at",
+        T3,
+        "--plan",
+        "--log-key",
+        &w.vkey,
+    ]);
+    assert_eq!(refused.code, 5, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("1048576 bytes, more than the 65536"),
+        "{refused:?}"
+    );
+    let capped = offline(&[
+        "restore",
+        "--from",
+        dest,
+        "--env",
+        "prod",
+        "--at",
+        T3,
+        "--out",
+        "capped.json",
+        "--trusted-keys",
+        "trusted",
+        "--log-key",
+        &w.vkey,
+        "--max-download",
+        "16",
+    ]);
+    assert_eq!(capped.code, 2, "{capped:?}");
+    assert!(
+        capped
+            .stderr
+            .contains("more than --max-download allows (16 bytes)"),
+        "{capped:?}"
+    );
+    assert!(!w.dir.path().join("capped.json").exists());
 
     // A fork: a copy of the data folder, signing with the same key, given
     // another pin, while the original takes its own.

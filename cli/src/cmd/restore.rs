@@ -232,7 +232,15 @@ pub async fn restore_verified(
     };
     if let Some(from) = &args.from {
         let place = crate::place::Place::parse(from, &args.store)?;
-        return restore_offline(args, &place, state, trusted.as_ref(), out.as_deref()).await;
+        return restore_offline(
+            args,
+            &place,
+            server.max_download,
+            state,
+            trusted.as_ref(),
+            out.as_deref(),
+        )
+        .await;
     }
     // A restore proves everything: it needs the log's key.
     if !args.log_key.given()
@@ -383,6 +391,7 @@ impl Answer {
 async fn restore_offline(
     args: &RestoreArgs,
     place: &crate::place::Place,
+    max_download: u64,
     state: Option<&Path>,
     trusted: Option<&stackpin_core::signing::TrustedKeys>,
     out: Option<&Path>,
@@ -456,6 +465,6 @@ async fn restore_offline(
     if args.plan {
         return answer.planned(args, trusted).await;
     }
-    let bytes = log.blob(&answer.pin.digest).await?;
+    let bytes = log.blob(&answer.pin.digest, max_download).await?;
     answer.written(args, &bytes, trusted, out).await
 }

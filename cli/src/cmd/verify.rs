@@ -12,6 +12,7 @@ use stackpin_proto::v1 as pb;
 
 use crate::exit::{Failure, Outcome, VERIFY};
 use crate::files::proof_path;
+use crate::place::cap;
 use crate::progress::Progress;
 use crate::view::Format;
 
@@ -199,7 +200,16 @@ pub async fn audit(
     let source = match (&args.from, &args.tiles) {
         (Some(from), _) => {
             let place = crate::place::Place::parse(from, &args.store)?;
-            audit_place(&place, &mut audit, &log_key, &quorum, &mut progress).await?;
+            let max_download = server.max_download;
+            audit_place(
+                &place,
+                max_download,
+                &mut audit,
+                &log_key,
+                &quorum,
+                &mut progress,
+            )
+            .await?;
             place.name()
         }
         (None, Some(url)) => {
@@ -417,13 +427,14 @@ async fn audit_tiles(
 /// Audits the log stored in `place` (a data folder, a mirror, a bucket).
 async fn audit_place(
     place: &crate::place::Place,
+    max_download: u64,
     audit: &mut Audit,
     log_key: &stackpin_core::note::NoteVerifier,
     quorum: &dyn Fn(&str) -> Outcome,
     progress: &mut Progress,
 ) -> Outcome {
     let objects = place.object_starts().await?;
-    if objects.is_empty() && place.get(layout::CHECKPOINT).await?.is_none() {
+    if objects.is_empty() && place.get(layout::CHECKPOINT, cap::NOTE).await?.is_none() {
         return Err(Failure::invalid(format!(
             "{} holds no {} and no {}: not a stackpin data folder, mirror or bucket",
             place.name(),
@@ -437,7 +448,7 @@ async fn audit_place(
     let total = objects.len() as u64;
     for (i, start) in objects.into_iter().enumerate() {
         let key = layout::object_key(start);
-        match place.get(&key).await {
+        match place.get(&key, cap::LOG_OBJECT).await {
             Ok(Some(bytes)) => audit.object(start, Ok(&bytes)),
             Ok(None) => audit.object(start, Err(&format!("{}: gone", place.show(&key)))),
             Err(e) => audit.object(start, Err(&format!("{:#}", e.error))),
@@ -447,7 +458,7 @@ async fn audit_place(
     // The full tiles stored beside the log, as far as the registry says it
     // wrote them (a mirror reading the bucket trusts these).
     let written = place
-        .get(layout::TILES_WRITTEN)
+        .get(layout::TILES_WRITTEN, cap::RECORD)
         .await
         .ok()
         .flatten()
@@ -458,7 +469,7 @@ async fn audit_place(
     let total = stored.len() as u64;
     for (i, tile) in stored.into_iter().enumerate() {
         let path = tile.path();
-        let bytes = match place.get(&path).await {
+        let bytes = match place.get(&path, cap::TILE).await {
             Ok(Some(b)) => Ok(b),
             Ok(None) => Err(format!("{}: not found", place.show(&path))),
             Err(e) => Err(format!("{:#}", e.error)),
@@ -471,7 +482,7 @@ async fn audit_place(
         }
         progress.tick("audit: stored tiles", i as u64 + 1, Some(total));
     }
-    match place.get(layout::CHECKPOINT).await {
+    match place.get(layout::CHECKPOINT, cap::NOTE).await {
         Ok(Some(note)) => {
             let note = String::from_utf8_lossy(&note).into_owned();
             quorum(&note)?;
@@ -493,7 +504,7 @@ async fn audit_place(
     sizes.sort_unstable();
     for size in sizes {
         let key = layout::checkpoint_history_key(size);
-        match place.get(&key).await {
+        match place.get(&key, cap::NOTE).await {
             Ok(Some(note)) => {
                 audit.stored_checkpoint(&key, &String::from_utf8_lossy(&note), log_key);
             }
@@ -506,10 +517,15 @@ async fn audit_place(
     audit.signatures();
     let digests = audit.digests();
     for (i, digest) in digests.iter().enumerate() {
-        let key = layout::blob_key(digest);
-        match place.get(&key).await {
+        match place.artifact(digest, max_download).await {
             Ok(Some(bytes)) => audit.blob(digest, Ok(&bytes)),
-            Ok(None) => audit.blob(digest, Err(format!("{}: not found", place.show(&key)))),
+            Ok(None) => audit.blob(
+                digest,
+                Err(format!(
+                    "{}: not found",
+                    place.show(&layout::blob_key(digest))
+                )),
+            ),
             Err(e) => audit.blob(digest, Err(format!("{:#}", e.error))),
         }
         progress.tick("audit: blobs", i as u64 + 1, Some(digests.len() as u64));

@@ -29,7 +29,7 @@ const ED25519: u8 = 0x01;
 /// ([`derived_origin`]).
 pub const DEFAULT_ORIGIN: &str = "stackpin.local/log";
 /// Largest note accepted when parsing.
-const MAX_NOTE_BYTES: usize = 64 * 1024;
+pub const MAX_NOTE_BYTES: usize = 64 * 1024;
 
 pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('+') || name.chars().any(char::is_whitespace) {

@@ -32,7 +32,7 @@ use stackpin_core::time::Timestamp;
 
 use crate::exit::{Failure, Outcome};
 use crate::offline::each_object_from;
-use crate::place::{Lock, Place, StoreArgs};
+use crate::place::{Lock, Place, StoreArgs, cap};
 use crate::progress::Progress;
 use crate::view::Format;
 
@@ -85,7 +85,7 @@ impl Mirror {
     /// The mirror in `place` as far as its own checkpoint signs, verified;
     /// empty when it has none yet.
     async fn open(place: &Place, log_key: &NoteVerifier) -> Outcome<Self> {
-        if place.get(layout::CHECKPOINT).await?.is_none() {
+        if place.get(layout::CHECKPOINT, cap::NOTE).await?.is_none() {
             return Ok(Self {
                 place: place.clone(),
                 note: None,
@@ -199,7 +199,16 @@ pub async fn mirror(
     }
     refuse_foreign_log(&dest).await?;
     let held = dest.lock().await?;
-    let result = run(args, &source, &dest, &log_key, &held, format).await;
+    let result = run(
+        args,
+        &source,
+        &dest,
+        &log_key,
+        &held,
+        server.max_download,
+        format,
+    )
+    .await;
     held.release().await;
     result
 }
@@ -209,8 +218,8 @@ pub async fn mirror(
 /// registry writes is refused by its lock.
 async fn refuse_foreign_log(dest: &Place) -> Outcome {
     if matches!(dest, Place::Bucket { .. })
-        && dest.get(layout::CHECKPOINT).await?.is_some()
-        && dest.get(layout::MIRROR_MARK).await?.is_none()
+        && dest.get(layout::CHECKPOINT, cap::NOTE).await?.is_some()
+        && dest.get(layout::MIRROR_MARK, cap::RECORD).await?.is_none()
     {
         return Err(Failure::invalid(format!(
             "{} holds a log that no mirror wrote (no {}): a registry's storage is not a \
@@ -228,6 +237,7 @@ async fn run(
     dest: &Place,
     log_key: &NoteVerifier,
     held: &Lock,
+    max_download: u64,
     format: Format,
 ) -> Outcome {
     let mut mirror = Mirror::open(dest, log_key).await?;
@@ -237,7 +247,7 @@ async fn run(
     )
     .await?;
     loop {
-        let round = round(source, &mut mirror, log_key, &args.log_key).await;
+        let round = round(source, &mut mirror, log_key, &args.log_key, max_download).await;
         let round = match round {
             Ok(r) => r,
             // A fork, or a destination promoted meanwhile, is never
@@ -296,6 +306,7 @@ async fn round(
     mirror: &mut Mirror,
     log_key: &NoteVerifier,
     policy: &crate::trust::LogKey,
+    max_download: u64,
 ) -> Outcome<Round> {
     let note = source.checkpoint().await?;
     let cp = Checkpoint::open(&note, log_key)
@@ -430,13 +441,13 @@ async fn round(
     for (k, digest) in digests.iter().enumerate() {
         let key = layout::blob_key(digest);
         let held = place
-            .get(&key)
+            .artifact(digest, max_download)
             .await
             .ok()
             .flatten()
             .is_some_and(|b| Digest::of(&b) == *digest);
         if !held {
-            let bytes = source.blob(digest).await?;
+            let bytes = source.blob(digest, max_download).await?;
             if Digest::of(&bytes) != *digest {
                 return Err(Failure::verify(format!(
                     "the source's bytes of {digest} do not hash to it"
@@ -469,7 +480,7 @@ async fn round(
     clear_staging(place).await?;
     place.sync(layout::ENTRIES)?;
     let history = layout::checkpoint_history_key(cp.size);
-    if place.get(&history).await?.is_none() {
+    if place.get(&history, cap::NOTE).await?.is_none() {
         place.put(&history, Bytes::from(note.clone())).await?;
     }
     place
@@ -498,8 +509,8 @@ async fn round(
 /// the mark and begins a new epoch) or another writer since is refused
 /// with nothing changed.
 async fn still_ours(place: &Place, note: Option<&str>) -> Outcome {
-    let mark = place.get(layout::MIRROR_MARK).await?;
-    let stored = place.get(layout::CHECKPOINT).await?;
+    let mark = place.get(layout::MIRROR_MARK, cap::RECORD).await?;
+    let stored = place.get(layout::CHECKPOINT, cap::NOTE).await?;
     let same = stored.as_deref() == note.map(str::as_bytes);
     if mark.is_some() && same {
         return Ok(());

@@ -10,7 +10,7 @@ use stackpin_proto::v1 as pb;
 use super::OBJECT_ENTRIES;
 use crate::exit::{Failure, Outcome};
 use crate::offline::Objects;
-use crate::place::Place;
+use crate::place::{Place, cap};
 use crate::progress::Progress;
 
 /// Where the entries and blobs come from.
@@ -51,7 +51,11 @@ impl Source {
             }
             Source::Place(place) => {
                 let note = place
-                    .need(layout::CHECKPOINT, "not a stackpin data folder or mirror")
+                    .need(
+                        layout::CHECKPOINT,
+                        cap::NOTE,
+                        "not a stackpin data folder or mirror",
+                    )
                     .await?;
                 String::from_utf8(note.to_vec()).map_err(|_| {
                     Failure::verify(format!("{}: not text", place.show(layout::CHECKPOINT)))
@@ -134,26 +138,22 @@ impl Source {
         Ok(())
     }
 
-    pub(super) async fn blob(&self, digest: &Digest) -> Outcome<Bytes> {
+    pub(super) async fn blob(&self, digest: &Digest, max_download: u64) -> Outcome<Bytes> {
         match self {
             Source::Registry(r) => {
                 let mut client = client(&r.0, &r.1).await?;
                 let what = pb::ArtifactRef {
                     r#ref: Some(pb::artifact_ref::Ref::Digest(digest.to_string())),
                 };
-                let (_, bytes) =
-                    crate::download::download(&mut client, what, r.0.max_download).await?;
+                let (_, bytes) = crate::download::download(&mut client, what, max_download).await?;
                 Ok(Bytes::from(bytes))
             }
-            Source::Place(place) => {
-                let key = layout::blob_key(digest);
-                place.get(&key).await?.ok_or_else(|| {
-                    Failure::verify(format!(
-                        "{}: not found, though the log publishes it",
-                        place.show(&key)
-                    ))
-                })
-            }
+            Source::Place(place) => place.artifact(digest, max_download).await?.ok_or_else(|| {
+                Failure::verify(format!(
+                    "{}: not found, though the log publishes it",
+                    place.show(&layout::blob_key(digest))
+                ))
+            }),
         }
     }
 }
