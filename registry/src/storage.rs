@@ -57,7 +57,7 @@ impl StorageUrl {
         if let Some(path) = text.strip_prefix("file://") {
             if path.is_empty() {
                 return Err(Error::invalid(
-                    "--storage file:// needs a path, e.g. file:///var/lib/stackpin",
+                    "file:// needs a path, e.g. file:///var/lib/stackpin",
                 ));
             }
             return Ok(Self::File(path.into()));
@@ -70,7 +70,7 @@ impl StorageUrl {
                 });
             if !valid {
                 return Err(Error::invalid(format!(
-                    "--storage {text:?}: {bucket:?} is not an S3 bucket name"
+                    "{text:?}: {bucket:?} is not an S3 bucket name"
                 )));
             }
             return Ok(Self::S3 {
@@ -91,7 +91,7 @@ impl StorageUrl {
                 && !container.contains("--");
             if !valid {
                 return Err(Error::invalid(format!(
-                    "--storage {}: {} is not an Azure container name (3 to 63 lowercase \
+                    "{}: {} is not an Azure container name (3 to 63 lowercase \
                      letters, digits and single hyphens)",
                     stackpin_core::error::shown(text),
                     stackpin_core::error::shown(container)
@@ -106,7 +106,7 @@ impl StorageUrl {
             return Ok(Self::Memory);
         }
         Err(Error::invalid(format!(
-            "--storage {} is not file:///path, s3://bucket/prefix, az://container/prefix or \
+            "{} is not file:///path, s3://bucket/prefix, az://container/prefix or \
              memory://",
             stackpin_core::error::shown(text)
         )))
