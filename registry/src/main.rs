@@ -500,9 +500,15 @@ async fn registry_options(
         let names: Vec<&str> = witnesses.iter().map(|w| w.label.as_str()).collect();
         tracing::info!(witnesses = ?names, "checkpoints go to witnesses for cosignatures");
     }
+    let standbys = settings.standbys()?;
+    if !standbys.is_empty() {
+        let names: Vec<&str> = standbys.iter().map(|s| s.label.as_str()).collect();
+        tracing::info!(standbys = ?names, "standbys' storages are read for a promotion there");
+    }
     Ok(stackpin_registry::registry::Options {
         trusted,
         witnesses,
+        standbys,
         limits: settings.limits(),
         ..base
     })

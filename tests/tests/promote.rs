@@ -271,3 +271,53 @@ fn a_promoted_standby_sets_aside_what_it_cannot_prove_and_forgets_what_the_old_e
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["promotions"], 1, "{report}");
 }
+
+/// An old primary whose settings name its standby's storage
+/// (`[[standby]]`) learns of a promotion there with no witness at all:
+/// while it runs, within the check interval, and at a start, before its
+/// first write. Its own epoch in the standby (the mirror's copy) stops
+/// nothing.
+#[test]
+fn an_old_primary_stops_writing_once_its_standby_storage_is_promoted() {
+    let elsewhere = tempfile::TempDir::new().unwrap();
+    let standby = elsewhere.path().join("standby");
+    let config = elsewhere.path().join("registry.toml");
+    std::fs::write(
+        &config,
+        format!("[[standby]]\nstorage = \"file://{}\"\n", standby.display()),
+    )
+    .unwrap();
+    let mut w = World::new(&["--config", config.to_str().unwrap()]);
+    w.three_releases();
+    let url = w.server.url();
+    w.cli(&["mirror", &url, standby.to_str().unwrap()]).ok();
+    w.server = w.server.restart();
+    w.cli(&["pin", "--env", "prod", "--release-id", "rel-1"])
+        .ok();
+
+    let out = promote(&w, &standby);
+    assert!(out.status.success(), "{out:?}");
+    // The running primary stops within the check interval (10 s); until
+    // then its writes go on, and are the loss window.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for release in ["rel-2", "rel-1"].into_iter().cycle() {
+        let run = w.cli(&["pin", "--env", "prod", "--release-id", release]);
+        if run.code == 6 {
+            assert!(run.stderr.contains("promoted"), "{run:?}");
+            assert!(run.stderr.contains("standby storage"), "{run:?}");
+            break;
+        }
+        run.ok();
+        assert!(
+            Instant::now() < deadline,
+            "the primary still writes 30 s after its standby was promoted:\n{}",
+            w.server.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Started again, it refuses its very first write.
+    w.server = w.server.restart();
+    w.cli(&["pin", "--env", "prod", "--release-id", "rel-3"])
+        .fails(6, "standby storage");
+    assert!(w.server.log().contains("promoted"), "{}", w.server.log());
+}

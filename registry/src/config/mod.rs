@@ -24,6 +24,7 @@ use crate::webhooks::WebhookConfig;
 
 mod flags;
 mod keys;
+mod standby;
 pub mod tokens;
 mod validate;
 
@@ -33,6 +34,7 @@ pub use flags::{Flags, undocumented};
 pub const DEFAULT_DATA_DIR: &str = defaults::DATA_DIR;
 pub use keys::load_key;
 pub use stackpin_core::time::parse_duration;
+pub use standby::StandbyConfig;
 
 use flags::ENV_KEYS;
 
@@ -169,6 +171,9 @@ pub struct Settings {
     pub token: Vec<TokenConfig>,
     /// Witnesses the log's checkpoints are submitted to (`[[witness]]`).
     pub witness: Vec<WitnessConfig>,
+    /// Storages standbys mirror this log into, read for a promotion there
+    /// (`[[standby]]`).
+    pub standby: Vec<StandbyConfig>,
     /// Endpoints that receive a signed CloudEvent per entry (`[[webhook]]`).
     pub webhook: Vec<WebhookConfig>,
     /// Recovery targets (`[[posture]]`): without `env`, every environment's
@@ -229,6 +234,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             token: Vec::new(),
             witness: Vec::new(),
+            standby: Vec::new(),
             webhook: Vec::new(),
             posture: Vec::new(),
             client_cert: Vec::new(),
@@ -406,6 +412,7 @@ impl Settings {
             load_key(path, false, "log_signing_key")?;
         }
         self.witnesses()?;
+        self.standbys()?;
         self.webhooks()?;
         self.authorizer()?;
         self.posture_policy()?;

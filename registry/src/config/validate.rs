@@ -71,6 +71,7 @@ impl Settings {
             ));
         }
         self.witnesses()?;
+        self.standbys()?;
         self.webhooks()?;
         self.posture_policy()?;
         if !(1..=crate::committer::MAX_BATCH).contains(&self.max_batch) {
@@ -152,6 +153,13 @@ impl Settings {
             return Err(invalid(
                 "storage",
                 "read_only serves stored data: not memory://",
+            ));
+        }
+        if !self.standby.is_empty() {
+            return Err(invalid(
+                "standby",
+                "a read-only registry writes nothing, so there is no promotion for it to stop \
+                 at: [[standby]] is the writer's setting",
             ));
         }
         for (key, set) in [

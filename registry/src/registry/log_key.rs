@@ -3,7 +3,7 @@
 //! old primary whose log was promoted elsewhere.
 
 use crate::error::Error;
-use crate::note::{NoteSigner, NoteVerifier};
+use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
 
 /// The log's key as this registry holds it: the signing key of a writer,
 /// or only the verifier key of a read-only registry.
@@ -58,8 +58,36 @@ pub(super) fn read_only() -> Error {
     .with_reason(stackpin_core::error::reason::READ_ONLY)
 }
 
+/// Acts on a checkpoint `note` of this log seen elsewhere (`by`: a witness
+/// that showed it, a standby's storage that holds it): one signed by this
+/// log's key in a later epoch than this registry signs in means the log
+/// was promoted there, and this registry writes nothing more. Returns
+/// whether it was.
+///
+/// # Errors
+/// Why the note is not this log's checkpoint.
+pub(super) fn supersede(shared: &super::Shared, by: &str, note: &str) -> Result<bool, String> {
+    let later = Checkpoint::open(note, &shared.signer.verifier()).map_err(|e| e.to_string())?;
+    let own = shared.epoch.load(std::sync::atomic::Ordering::Acquire);
+    if later.epoch() <= own {
+        return Ok(false);
+    }
+    tracing::error!(
+        by, origin = %later.origin, size = later.size,
+        "the log was promoted to a later epoch elsewhere: this registry writes nothing more \
+         (see the runbook: Region outage, failback)"
+    );
+    let _ = shared.superseded.set(format!(
+        "{by}: epoch {} ({}) began elsewhere",
+        later.epoch(),
+        later.origin
+    ));
+    metrics::gauge!("stackpin_log_superseded").set(1.0);
+    Ok(true)
+}
+
 /// The refusal of every write by an old primary whose log was promoted
-/// elsewhere (`why`: the witness that said so, and its words).
+/// elsewhere (`why`: what showed it).
 pub(super) fn promoted(why: &str) -> Error {
     Error::new(
         stackpin_core::error::Kind::Unavailable,

@@ -18,6 +18,7 @@ mod publish;
 mod recover;
 mod reload;
 mod resolve;
+mod standby;
 mod tiles;
 mod witnesses;
 
@@ -30,6 +31,7 @@ use once::reused;
 pub use pin::PinRequest;
 pub use publish::PendingPublish;
 pub use recover::{LOCK_FILE, index_dir, open_index};
+pub use standby::Standby;
 pub use witnesses::{SUBMIT_EVERY, WitnessStatus, WitnessTarget};
 
 use std::sync::{Arc, RwLock};
@@ -242,6 +244,8 @@ pub struct Options {
     pub staging_dir: Option<std::path::PathBuf>,
     /// Witnesses the checkpoints are submitted to for cosignatures.
     pub witnesses: Vec<WitnessTarget>,
+    /// Standbys' storages, read for a promotion of the log there.
+    pub standbys: Vec<Standby>,
 }
 
 impl Options {
@@ -269,6 +273,7 @@ impl Options {
             accept_unsigned: false,
             staging_dir: None,
             witnesses: Vec::new(),
+            standbys: Vec::new(),
         }
     }
 }

@@ -437,6 +437,7 @@ impl Registry {
             accept_unsigned,
             staging_dir,
             witnesses,
+            standbys,
         } = options;
         let (checkpoint_tx, checkpoint_rx) = watch::channel(None);
         let limits_budget = limits.max_inflight_bytes;
@@ -560,6 +561,10 @@ impl Registry {
         let opened = shared.checkpoint()?;
         super::put_checkpoint(&store, &verifier, &opened).await?;
         super::witnesses::probe(&shared, &witnesses, &opened).await;
+        super::standby::probe(&shared, &standbys).await;
+        if !standbys.is_empty() {
+            tokio::spawn(super::standby::watch(Arc::downgrade(&shared), standbys));
+        }
         shared.stored.send_replace(Some(opened));
         tokio::spawn(super::tiles::write_tiles(
             Arc::downgrade(&shared),

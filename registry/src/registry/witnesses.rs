@@ -189,21 +189,10 @@ pub(super) async fn probe(shared: &Shared, witnesses: &[WitnessTarget], cp: &Sig
 fn heard_promotion(shared: &Shared, label: &str, said: &str) -> bool {
     let (words, note) = said.split_once('\n').unwrap_or((said, ""));
     let words = stackpin_core::error::shown(words);
-    let own = shared.epoch.load(std::sync::atomic::Ordering::Acquire);
     let note = note.strip_suffix('\n').unwrap_or(note);
-    match crate::note::Checkpoint::open(note, &shared.signer.verifier()) {
-        Ok(later) if later.epoch() > own => {
-            tracing::error!(
-                witness = %label, said = %words, origin = %later.origin, size = later.size,
-                "the log was promoted to a later epoch elsewhere: this registry writes nothing \
-                 more (see the runbook: Region outage, failback)"
-            );
-            let _ = shared.superseded.set(format!(
-                "witness {label}: epoch {} ({}) began elsewhere",
-                later.epoch(),
-                later.origin
-            ));
-            metrics::gauge!("stackpin_log_superseded").set(1.0);
+    match super::log_key::supersede(shared, &format!("witness {label}"), note) {
+        Ok(true) => {
+            tracing::info!(witness = %label, said = %words, "what the witness said");
             true
         }
         _ => {

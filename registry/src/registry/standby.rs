@@ -1,0 +1,144 @@
+//! The other way an old primary learns its log was promoted elsewhere
+//! (besides its witnesses): `[[standby]]` names the storage its standby
+//! mirrors into. At start, before it serves a write, and then every
+//! [`CHECK_EVERY`], the registry reads the standby's stored checkpoint; one
+//! signed by this log's key in a later epoch means `stackpin-registry
+//! promote` ran there, and this registry writes nothing more. Before a
+//! promotion the standby holds a mirror's copy of this log's own epoch,
+//! which changes nothing; a standby that cannot be read (its region is
+//! down) is no promotion either.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures::TryStreamExt as _;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt as _};
+
+use super::Shared;
+
+/// How often a running writer reads its standbys' checkpoints.
+pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a start waits for its standbys' checkpoints.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The most read of a standby's checkpoint: a note with its cosignatures.
+const MAX_NOTE_BYTES: u64 = stackpin_core::note::MAX_NOTE_BYTES as u64;
+
+/// A standby's storage, as `[[standby]]` names it.
+#[derive(Clone)]
+pub struct Standby {
+    /// What logs call it: its storage URL.
+    pub label: String,
+    pub store: Arc<dyn ObjectStore>,
+    /// What the last look found ([`READ`], [`UNREADABLE`], [`FOREIGN`]).
+    state: Arc<AtomicU8>,
+}
+
+/// The standby's checkpoint was read (or it holds none yet).
+const READ: u8 = 0;
+/// Its storage could not be read.
+const UNREADABLE: u8 = 1;
+/// It holds a checkpoint that is not this log's.
+const FOREIGN: u8 = 2;
+
+impl Standby {
+    pub fn new(label: String, store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            label,
+            store,
+            state: Arc::default(),
+        }
+    }
+}
+
+/// Before a writer serves: reads each standby's checkpoint, waiting at
+/// most [`PROBE_TIMEOUT`] (one that does not answer is read again later).
+pub(super) async fn probe(shared: &Shared, standbys: &[Standby]) {
+    let looks = standbys
+        .iter()
+        .map(|s| tokio::time::timeout(PROBE_TIMEOUT, look(shared, s)));
+    futures::future::join_all(looks).await;
+}
+
+/// Reads the standbys' checkpoints every [`CHECK_EVERY`] until the
+/// registry is dropped or has heard of a promotion.
+pub(super) async fn watch(shared: Weak<Shared>, standbys: Vec<Standby>) {
+    loop {
+        tokio::time::sleep(CHECK_EVERY).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.superseded.get().is_some() {
+            return;
+        }
+        for standby in &standbys {
+            let _ = tokio::time::timeout(CHECK_EVERY, look(&shared, standby)).await;
+        }
+    }
+}
+
+/// Reads one standby's checkpoint and acts on a later epoch there. What
+/// is wrong with a standby is logged when it changes, not every round.
+async fn look(shared: &Shared, standby: &Standby) {
+    let (state, why) = match read_note(&standby.store).await {
+        Err(e) => (UNREADABLE, e),
+        Ok(None) => (READ, String::new()),
+        Ok(Some(note)) => {
+            let by = format!("standby storage {}", standby.label);
+            match super::log_key::supersede(shared, &by, &note) {
+                Ok(_) => (READ, String::new()),
+                Err(e) => (FOREIGN, e),
+            }
+        }
+    };
+    if standby.state.swap(state, Ordering::AcqRel) == state {
+        return;
+    }
+    match state {
+        UNREADABLE => tracing::warn!(
+            standby = %standby.label, error = %why,
+            "the standby's storage cannot be read: a promotion there is not seen until it can"
+        ),
+        FOREIGN => tracing::warn!(
+            standby = %standby.label, error = %why,
+            "the standby's checkpoint is not this log's: is [[standby]] the storage this log is \
+             mirrored into?"
+        ),
+        _ => tracing::info!(standby = %standby.label, "the standby's storage reads again"),
+    }
+}
+
+/// The standby's stored checkpoint, `None` when it holds none yet; read up
+/// to [`MAX_NOTE_BYTES`].
+async fn read_note(store: &Arc<dyn ObjectStore>) -> Result<Option<String>, String> {
+    let got = match store
+        .get(&StorePath::from(stackpin_core::layout::CHECKPOINT))
+        .await
+    {
+        Ok(got) => got,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    if got.meta.size > MAX_NOTE_BYTES {
+        return Err(format!(
+            "its checkpoint is {} bytes, more than a note holds ({MAX_NOTE_BYTES})",
+            got.meta.size
+        ));
+    }
+    let mut bytes = Vec::new();
+    let mut body = got.into_stream();
+    while let Some(chunk) = body.try_next().await.map_err(|e| e.to_string())? {
+        if (bytes.len() + chunk.len()) as u64 > MAX_NOTE_BYTES {
+            return Err(format!(
+                "its checkpoint is more than a note holds ({MAX_NOTE_BYTES} bytes)"
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| "its checkpoint is not text".to_owned())
+}
