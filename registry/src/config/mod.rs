@@ -603,7 +603,14 @@ mod tests {
     #[test]
     fn every_plain_setting_is_settable_through_the_environment() {
         let defaults = toml::Value::try_from(Settings::default()).unwrap();
-        let tables = ["token", "witness", "webhook", "posture", "client_cert"];
+        let tables = [
+            "token",
+            "witness",
+            "standby",
+            "webhook",
+            "posture",
+            "client_cert",
+        ];
         // Old names are still read, and not written by default.
         let old = ["s3_allow_http", "log_key"];
         for key in defaults.as_table().unwrap().keys() {
