@@ -463,3 +463,19 @@ pub fn create_scoped_token(
         .to_owned();
     (token, entry)
 }
+
+/// Copies the folder `from` into `to` (created), files and subfolders.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    let listing = std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    for e in listing {
+        let e = e.unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+        let target = to.join(e.file_name());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target)
+                .unwrap_or_else(|err| panic!("copying {}: {err}", e.path().display()));
+        }
+    }
+}

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use stackpin_core::time::Timestamp;
+use stackpin_tests::copy_dir;
 use stackpin_tests::litestream::{litestream, replicate};
 use stackpin_tests::world::World;
 
@@ -58,18 +59,6 @@ fn ltx_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 #[test]

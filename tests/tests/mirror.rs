@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use stackpin_tests::world::{T2, T3, World};
-use stackpin_tests::{Server, stackpin};
+use stackpin_tests::{Server, copy_dir, stackpin};
 
 /// A registry URL nothing listens on: proof that a command reached none.
 const NOWHERE: &str = "http://127.0.0.1:1";
@@ -38,18 +38,7 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
     std::fs::write(mirror.join("mirror/staging/00000000000000000006"), b"junk").unwrap();
     std::fs::write(mirror.join("log/entries/00000000000000000009"), b"junk").unwrap();
     // A fourth release: only it is copied.
-    w.write("a4.json", b"{\"release\":4,\"objects\":[]}\n");
-    w.cli(&[
-        "publish",
-        "a4.json",
-        "--release-id",
-        "rel-4",
-        "--key",
-        "ci.pem",
-    ])
-    .ok();
-    w.cli(&["pin", "--env", "prod", "--release-id", "rel-4"])
-        .ok();
+    w.ship(4);
     let more = w.cli(&["--output", "json", "mirror", &url, dest]).json();
     assert_eq!(more["from_size"], 6, "{more}");
     assert_eq!(more["entries_copied"], 2, "{more}");
@@ -416,17 +405,6 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
     );
     follower.kill().unwrap();
     follower.wait().unwrap();
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    let ok = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
 }
 
 /// A mirror in an Azure container (a real Azurite): copied from a

@@ -14,24 +14,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use stackpin_tests::world::World;
-use stackpin_tests::{Server, stackpin};
+use stackpin_tests::{Server, copy_dir, stackpin};
 
 /// A registry URL nothing listens on: proof that a command reached none.
 const NOWHERE: &str = "http://127.0.0.1:1";
-
-/// Copies the folder `from` into `to`, files and subfolders.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
 
 /// The names in `dir` (empty when it is not there), sorted.
 fn names(dir: &Path) -> Vec<String> {
@@ -166,18 +152,7 @@ fn a_promoted_standby_sets_aside_what_it_cannot_prove_and_forgets_what_the_old_e
     }
     let held_note = std::fs::read_to_string(standby.join("log/checkpoint")).unwrap();
     assert_eq!(held_note.lines().nth(1), Some("6"), "{held_note}");
-    w.write("a4.json", b"{\"release\":4,\"objects\":[]}\n");
-    w.cli(&[
-        "publish",
-        "a4.json",
-        "--release-id",
-        "rel-4",
-        "--key",
-        "ci.pem",
-    ])
-    .ok();
-    w.cli(&["pin", "--env", "prod", "--release-id", "rel-4"])
-        .ok();
+    w.ship(4);
     let data = w.data_signed_up_to(8);
     let mut later = Vec::new();
     for (part, from) in [("log/entries", 6), ("log/checkpoints", 7)] {

@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on purpose
 
-use stackpin_tests::Server;
 use stackpin_tests::world::{T1, T2, T3, World};
+use stackpin_tests::{Server, copy_dir};
 
 fn flip_byte(path: &std::path::Path, at: usize) {
     let mut bytes = std::fs::read(path).unwrap();
@@ -316,19 +316,6 @@ fn a_rewritten_log_is_caught_by_the_saved_checkpoint() {
     w.restore(T1, "r.json", &[])
         .fails(5, "forked or was rewritten");
     assert!(!w.dir.path().join("r.json").exists());
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Every checkpoint that leaves the registry is stored first: the one an

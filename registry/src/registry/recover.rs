@@ -560,8 +560,12 @@ impl Registry {
         // is served: every checkpoint that leaves the registry is stored.
         let opened = shared.checkpoint()?;
         super::put_checkpoint(&store, &verifier, &opened).await?;
-        super::witnesses::probe(&shared, &witnesses, &opened).await;
-        super::standby::probe(&shared, &standbys).await;
+        // Both ask whether the log was promoted elsewhere, at once: a start
+        // waits for the slower of them, 3 s at most.
+        tokio::join!(
+            super::witnesses::probe(&shared, &witnesses, &opened),
+            super::standby::probe(&shared, &standbys),
+        );
         if !standbys.is_empty() {
             tokio::spawn(super::standby::watch(Arc::downgrade(&shared), standbys));
         }
