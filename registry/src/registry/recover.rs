@@ -503,12 +503,16 @@ impl Registry {
         shared
             .checked
             .store(entries, std::sync::atomic::Ordering::Release);
-        if let Some(anchor) = &anchor {
-            let epoch = epoch_past(&shared.log, &anchor.checkpoint).await?;
-            shared
-                .epoch
-                .store(epoch, std::sync::atomic::Ordering::Release);
-        }
+        // The epoch it signs in: its checkpoint's, or a later one a
+        // promotion past it began; with no checkpoint (a log accepted
+        // unsigned), the last promotion anywhere in it.
+        let epoch = match &anchor {
+            Some(a) => epoch_past(&shared.log, a.checkpoint.epoch(), a.checkpoint.size).await?,
+            None => epoch_past(&shared.log, 1, 0).await?,
+        };
+        shared
+            .epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
         if found.history.is_empty() && entries > 0 {
             tracing::warn!(
                 history = layout::CHECKPOINTS,
@@ -661,16 +665,21 @@ fn sweep_staging(data_dir: &std::path::Path) -> std::path::PathBuf {
     dir
 }
 
-/// The epoch the log is in past its stored checkpoint `cp`: `cp`'s, unless
-/// an entry past it begins a later one (a `promote` that stopped between
-/// writing its entry and its checkpoint): signing on in the old epoch
-/// would fork it.
-async fn epoch_past(log: &crate::log::Log, cp: &crate::note::Checkpoint) -> Result<u64> {
-    let mut epoch = cp.epoch();
-    let Some(before) = cp.size.checked_sub(1) else {
-        return Ok(epoch);
+/// The epoch the log is in past a checkpoint of `epoch` and `size`: that
+/// one, unless an entry past it begins a later one (a `promote` that
+/// stopped between writing its entry and its checkpoint): signing on in
+/// the old epoch would fork it.
+async fn epoch_past(log: &crate::log::Log, mut epoch: u64, size: u64) -> Result<u64> {
+    let starts = match size.checked_sub(1) {
+        Some(before) => log.objects_after(before).await?,
+        None => log
+            .objects()
+            .await?
+            .into_iter()
+            .map(|(start, _)| start)
+            .collect(),
     };
-    for start in log.objects_after(before).await? {
+    for start in starts {
         let Some(object) = log.read(start).await? else {
             continue;
         };
