@@ -47,10 +47,10 @@ pub mod cap {
     /// A signed checkpoint, with its cosignatures (the longest note the
     /// core opens).
     pub const NOTE: u64 = stackpin_core::note::MAX_NOTE_BYTES as u64;
-    /// A log object: four times the most a registry writes now (a group
-    /// commit of 256 entries of at most 64 KiB each), for entries written
-    /// before the entry limit.
-    pub const LOG_OBJECT: u64 = 64 << 20;
+    /// A log object: twice the most written now (a mirror's object of
+    /// 1,024 entries of at most 64 KiB each; a registry's group commit
+    /// holds 256), for entries written before the entry limit.
+    pub const LOG_OBJECT: u64 = 1024 * 128 * 1024;
     /// A record of a few lines: a mirror's mark, status or lock, the tiles
     /// count.
     pub const RECORD: u64 = 64 * 1024;
@@ -213,7 +213,7 @@ impl Place {
                 }
                 // The file may grow after its size was read: the read stops
                 // one byte past the cap all the same.
-                let mut bytes = Vec::new();
+                let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
                 file.take(max.saturating_add(1))
                     .read_to_end(&mut bytes)
                     .map_err(|e| self.unavailable(key, e))?;
@@ -234,7 +234,10 @@ impl Place {
                 }
                 // The body is counted as it comes, not taken on the
                 // listing's word.
-                let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+                // Room for what the listing says, up to 64 MiB: the rest
+                // grows as it really arrives.
+                let room = size.min(64 << 20);
+                let mut bytes = Vec::with_capacity(usize::try_from(room).unwrap_or(0));
                 let mut body = got.into_stream();
                 while let Some(chunk) = body
                     .try_next()

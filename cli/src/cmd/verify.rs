@@ -459,9 +459,7 @@ async fn audit_place(
     // wrote them (a mirror reading the bucket trusts these).
     let written = place
         .get(layout::TILES_WRITTEN, cap::RECORD)
-        .await
-        .ok()
-        .flatten()
+        .await?
         .and_then(|t| std::str::from_utf8(&t).ok()?.trim().parse::<u64>().ok())
         .unwrap_or(0)
         .min(audit.entries());
