@@ -501,6 +501,14 @@ async fn registry_options(
         tracing::info!(witnesses = ?names, "checkpoints go to witnesses for cosignatures");
     }
     let standbys = settings.standbys()?;
+    for own in settings.own_standbys()? {
+        tracing::warn!(
+            standby = own,
+            "[[standby]] names this registry's own storage (a promoted standby started with its \
+             old primary's settings?): not read; name the other region's storage, where the \
+             mirror of this log goes"
+        );
+    }
     if !standbys.is_empty() {
         let names: Vec<&str> = standbys.iter().map(|s| s.label.as_str()).collect();
         tracing::info!(standbys = ?names, "standbys' storages are read for a promotion there");

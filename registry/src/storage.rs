@@ -207,6 +207,23 @@ fn endpoint_allows_http(setting: &str, endpoint: &Option<String>, allow: bool) -
     }
 }
 
+/// Checks the endpoint `url` is reached at against the plain-HTTP rule,
+/// as [`open`] does, without opening anything.
+///
+/// # Errors
+/// Invalid for a plain-HTTP endpoint that is not loopback, unless allowed.
+pub fn check_endpoints(url: &StorageUrl, s3: &StorageOptions) -> Result<()> {
+    match url {
+        StorageUrl::S3 { .. } => {
+            endpoint_allows_http("s3_endpoint", &s3.endpoint, s3.allow_http).map(drop)
+        }
+        StorageUrl::Azure { .. } => {
+            endpoint_allows_http("azure_endpoint", &s3.azure_endpoint, s3.allow_http).map(drop)
+        }
+        StorageUrl::File(_) | StorageUrl::Memory => Ok(()),
+    }
+}
+
 /// `store`, seen from under `prefix` (all of it when the prefix is empty).
 fn under_prefix<S: ObjectStore>(store: S, prefix: &str) -> Arc<dyn ObjectStore> {
     if prefix.is_empty() {

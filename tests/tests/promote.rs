@@ -263,7 +263,16 @@ fn an_old_primary_stops_writing_once_its_standby_storage_is_promoted() {
     )
     .unwrap();
     let mut w = World::new(&["--config", config.to_str().unwrap()]);
+    // A standby not there yet stops nothing, and is said once.
     w.three_releases();
+    assert!(
+        w.server
+            .log()
+            .contains("the standby's storage cannot be read"),
+        "{}",
+        w.server.log()
+    );
+    assert!(!standby.exists(), "reading the standby created it");
     let url = w.server.url();
     w.cli(&["mirror", &url, standby.to_str().unwrap()]).ok();
     w.server = w.server.restart();

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Settings, invalid};
 use crate::error::Result;
-use crate::storage::StorageUrl;
+use crate::storage::{StorageOptions, StorageUrl};
 
 /// A standby's storage, read for a promotion of the log there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,50 +23,75 @@ pub struct StandbyConfig {
 }
 
 impl Settings {
-    /// The standbys these settings name, opened with this registry's
-    /// storage options (timeouts, plain-HTTP rule) and their own
-    /// endpoints.
+    /// The standbys these settings name, with this registry's storage
+    /// options (timeouts, plain-HTTP rule) and their own endpoints; nothing
+    /// is opened yet. One that names this registry's own storage (a
+    /// promoted standby started with its old primary's settings) is left
+    /// out: [`Settings::own_standbys`] names it for a warning.
     ///
     /// # Errors
-    /// Invalid for a malformed or memory:// storage, this registry's own
-    /// storage, or one named twice.
+    /// Invalid for a malformed or memory:// storage, or one named twice.
     pub fn standbys(&self) -> Result<Vec<crate::registry::Standby>> {
         let mut out: Vec<crate::registry::Standby> = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
         for s in &self.standby {
-            let url = StorageUrl::parse(&s.storage).map_err(|e| invalid("standby", e))?;
-            if url == StorageUrl::Memory {
-                return Err(invalid(
-                    "standby",
-                    "memory:// holds no standby: name the storage its mirror writes",
-                ));
-            }
-            let mut options = self.storage_options();
-            if let Some(endpoint) = &s.s3_endpoint {
-                options.endpoint = Some(endpoint.clone());
-            }
-            if let Some(endpoint) = &s.azure_endpoint {
-                options.azure_endpoint = Some(endpoint.clone());
-            }
-            let own = self.storage_url()?;
-            if url == own
-                && options.endpoint == self.s3_endpoint
-                && options.azure_endpoint == self.azure_endpoint
-            {
-                return Err(invalid(
-                    "standby",
-                    format!(
-                        "{} is this registry's own storage: a standby's is another",
-                        s.storage
-                    ),
-                ));
-            }
-            if out.iter().any(|o| o.label == s.storage) {
+            let (url, options) = self.standby_storage(s)?;
+            if seen.contains(&s.storage.as_str()) {
                 return Err(invalid("standby", format!("{} is named twice", s.storage)));
             }
-            let store = crate::storage::open(&url, &options).map_err(|e| invalid("standby", e))?;
-            out.push(crate::registry::Standby::new(s.storage.clone(), store));
+            seen.push(&s.storage);
+            if !self.is_own(&url, &options)? {
+                out.push(crate::registry::Standby::new(
+                    s.storage.clone(),
+                    url,
+                    options,
+                ));
+            }
         }
         Ok(out)
+    }
+
+    /// The `[[standby]]` storages that are this registry's own (left out
+    /// by [`Settings::standbys`]).
+    ///
+    /// # Errors
+    /// As [`Settings::standbys`].
+    pub fn own_standbys(&self) -> Result<Vec<&str>> {
+        let mut own = Vec::new();
+        for s in &self.standby {
+            let (url, options) = self.standby_storage(s)?;
+            if self.is_own(&url, &options)? {
+                own.push(s.storage.as_str());
+            }
+        }
+        Ok(own)
+    }
+
+    /// A standby's storage URL and options, checked.
+    fn standby_storage(&self, s: &StandbyConfig) -> Result<(StorageUrl, StorageOptions)> {
+        let url = StorageUrl::parse(&s.storage).map_err(|e| invalid("standby", e))?;
+        if url == StorageUrl::Memory {
+            return Err(invalid(
+                "standby",
+                "memory:// holds no standby: name the storage its mirror writes",
+            ));
+        }
+        let mut options = self.storage_options();
+        if let Some(endpoint) = &s.s3_endpoint {
+            options.endpoint = Some(endpoint.clone());
+        }
+        if let Some(endpoint) = &s.azure_endpoint {
+            options.azure_endpoint = Some(endpoint.clone());
+        }
+        crate::storage::check_endpoints(&url, &options).map_err(|e| invalid("standby", e))?;
+        Ok((url, options))
+    }
+
+    /// Whether `url` reached with `options` is this registry's own storage.
+    fn is_own(&self, url: &StorageUrl, options: &StorageOptions) -> Result<bool> {
+        Ok(*url == self.storage_url()?
+            && options.endpoint == self.s3_endpoint
+            && options.azure_endpoint == self.azure_endpoint)
     }
 }
 
@@ -108,7 +133,9 @@ mod tests {
             Ok(2)
         );
         assert!(refusal(&["memory://"]).contains("memory:// holds no standby"));
-        assert!(refusal(&["s3://primary/log"]).contains("this registry's own storage"));
+        let own = with(&["s3://primary/log", "s3://standby/log"]);
+        assert_eq!(own.standbys().map(|s| s.len()), Ok(1));
+        assert_eq!(own.own_standbys(), Ok(vec!["s3://primary/log"]));
         assert!(refusal(&["s3://standby/log", "s3://standby/log"]).contains("named twice"));
         assert!(refusal(&["s3://b"]).contains("not an S3 bucket name"));
     }

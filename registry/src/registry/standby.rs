@@ -17,6 +17,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 
 use super::Shared;
+use crate::storage::{StorageOptions, StorageUrl};
 
 /// How often a running writer reads its standbys' checkpoints.
 pub const CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -27,39 +28,60 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The most read of a standby's checkpoint: a note with its cosignatures.
 const MAX_NOTE_BYTES: u64 = stackpin_core::note::MAX_NOTE_BYTES as u64;
 
-/// A standby's storage, as `[[standby]]` names it.
+/// A standby's storage, as `[[standby]]` names it. It is opened at its
+/// first look, not before: a standby in a region that is down never stops
+/// a start, and a folder that is not there is not created.
 #[derive(Clone)]
 pub struct Standby {
     /// What logs call it: its storage URL.
     pub label: String,
-    pub store: Arc<dyn ObjectStore>,
-    /// What the last look found ([`READ`], [`UNREADABLE`], [`FOREIGN`]).
+    url: StorageUrl,
+    options: StorageOptions,
+    store: Arc<tokio::sync::OnceCell<Arc<dyn ObjectStore>>>,
+    /// What the last look found ([`READ`], [`EMPTY`], [`UNREADABLE`],
+    /// [`FOREIGN`]).
     state: Arc<AtomicU8>,
 }
 
-/// The standby's checkpoint was read (or it holds none yet).
+/// The standby's checkpoint was read.
 const READ: u8 = 0;
-/// Its storage could not be read.
-const UNREADABLE: u8 = 1;
+/// It holds no checkpoint (yet).
+const EMPTY: u8 = 1;
+/// Its storage could not be read, or did not answer in time.
+const UNREADABLE: u8 = 2;
 /// It holds a checkpoint that is not this log's.
-const FOREIGN: u8 = 2;
+const FOREIGN: u8 = 3;
 
 impl Standby {
-    pub fn new(label: String, store: Arc<dyn ObjectStore>) -> Self {
+    pub fn new(label: String, url: StorageUrl, options: StorageOptions) -> Self {
         Self {
             label,
-            store,
+            url,
+            options,
+            store: Arc::default(),
             state: Arc::default(),
         }
+    }
+
+    /// The storage, opened at first use.
+    async fn store(&self) -> Result<&Arc<dyn ObjectStore>, String> {
+        self.store
+            .get_or_try_init(|| async {
+                if let StorageUrl::File(path) = &self.url
+                    && !path.is_dir()
+                {
+                    return Err(format!("{}: no such folder", path.display()));
+                }
+                crate::storage::open(&self.url, &self.options).map_err(|e| e.message().to_owned())
+            })
+            .await
     }
 }
 
 /// Before a writer serves: reads each standby's checkpoint, waiting at
 /// most [`PROBE_TIMEOUT`] (one that does not answer is read again later).
 pub(super) async fn probe(shared: &Shared, standbys: &[Standby]) {
-    let looks = standbys
-        .iter()
-        .map(|s| tokio::time::timeout(PROBE_TIMEOUT, look(shared, s)));
+    let looks = standbys.iter().map(|s| look(shared, s, PROBE_TIMEOUT));
     futures::future::join_all(looks).await;
 }
 
@@ -74,19 +96,24 @@ pub(super) async fn watch(shared: Weak<Shared>, standbys: Vec<Standby>) {
         if shared.superseded.get().is_some() {
             return;
         }
-        for standby in &standbys {
-            let _ = tokio::time::timeout(CHECK_EVERY, look(&shared, standby)).await;
-        }
+        let looks = standbys.iter().map(|s| look(&shared, s, CHECK_EVERY));
+        futures::future::join_all(looks).await;
     }
 }
 
-/// Reads one standby's checkpoint and acts on a later epoch there. What
-/// is wrong with a standby is logged when it changes, not every round.
-async fn look(shared: &Shared, standby: &Standby) {
-    let (state, why) = match read_note(&standby.store).await {
-        Err(e) => (UNREADABLE, e),
-        Ok(None) => (READ, String::new()),
-        Ok(Some(note)) => {
+/// Reads one standby's checkpoint, waiting at most `limit`, and acts on a
+/// later epoch there. What is wrong with a standby is logged when it
+/// changes, not every round.
+async fn look(shared: &Shared, standby: &Standby, limit: Duration) {
+    let read = async {
+        let store = standby.store().await?;
+        read_note(store).await
+    };
+    let (state, why) = match tokio::time::timeout(limit, read).await {
+        Err(_) => (UNREADABLE, format!("no answer within {}s", limit.as_secs())),
+        Ok(Err(e)) => (UNREADABLE, e),
+        Ok(Ok(None)) => (EMPTY, String::new()),
+        Ok(Ok(Some(note))) => {
             let by = format!("standby storage {}", standby.label);
             match super::log_key::supersede(shared, &by, &note) {
                 Ok(_) => (READ, String::new()),
@@ -102,12 +129,17 @@ async fn look(shared: &Shared, standby: &Standby) {
             standby = %standby.label, error = %why,
             "the standby's storage cannot be read: a promotion there is not seen until it can"
         ),
+        EMPTY => tracing::warn!(
+            standby = %standby.label,
+            "the standby's storage holds no checkpoint: a promotion there is not seen until a \
+             mirror writes one (is [[standby]] the storage `stackpin mirror` writes?)"
+        ),
         FOREIGN => tracing::warn!(
             standby = %standby.label, error = %why,
             "the standby's checkpoint is not this log's: is [[standby]] the storage this log is \
              mirrored into?"
         ),
-        _ => tracing::info!(standby = %standby.label, "the standby's storage reads again"),
+        _ => tracing::info!(standby = %standby.label, "the standby's checkpoint is read"),
     }
 }
 
