@@ -352,15 +352,20 @@ impl Place {
                 Err(e) => Err(self.unavailable(prefix, e)),
             },
             Self::Bucket { store, .. } => {
-                let listed: Vec<_> = store
-                    .list(Some(&Key::from(prefix)))
-                    .try_collect()
+                // Each listed object's name is kept as it arrives, not the
+                // whole listing's metadata.
+                let mut names = Vec::new();
+                let mut listing = store.list(Some(&Key::from(prefix)));
+                while let Some(meta) = listing
+                    .try_next()
                     .await
-                    .map_err(|e| self.unavailable(prefix, e))?;
-                Ok(listed
-                    .into_iter()
-                    .filter_map(|m| m.location.filename().map(str::to_owned))
-                    .collect())
+                    .map_err(|e| self.unavailable(prefix, e))?
+                {
+                    if let Some(name) = meta.location.filename() {
+                        names.push(name.to_owned());
+                    }
+                }
+                Ok(names)
             }
         }
     }

@@ -501,6 +501,11 @@ async fn registry_options(
         tracing::info!(witnesses = ?names, "checkpoints go to witnesses for cosignatures");
     }
     let standbys = settings.standbys()?;
+    for standby in &standbys {
+        standby
+            .connect()
+            .with_context(|| format!("setting standby: {}", standby.label))?;
+    }
     for own in settings.own_standbys()? {
         tracing::warn!(
             standby = own,

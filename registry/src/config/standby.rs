@@ -33,13 +33,18 @@ impl Settings {
     /// Invalid for a malformed or memory:// storage, or one named twice.
     pub fn standbys(&self) -> Result<Vec<crate::registry::Standby>> {
         let mut out: Vec<crate::registry::Standby> = Vec::new();
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen: Vec<(StorageUrl, Option<String>, Option<String>)> = Vec::new();
         for s in &self.standby {
             let (url, options) = self.standby_storage(s)?;
-            if seen.contains(&s.storage.as_str()) {
+            let reached = (
+                url.clone(),
+                options.endpoint.clone(),
+                options.azure_endpoint.clone(),
+            );
+            if seen.contains(&reached) {
                 return Err(invalid("standby", format!("{} is named twice", s.storage)));
             }
-            seen.push(&s.storage);
+            seen.push(reached);
             if !self.is_own(&url, &options)? {
                 out.push(crate::registry::Standby::new(
                     s.storage.clone(),
@@ -125,18 +130,20 @@ mod tests {
     #[test]
     fn a_standby_is_another_real_storage_named_once() {
         let folder = tempfile::tempdir().unwrap();
-        let folder = format!("file://{}", folder.path().display());
+        let absent = folder.path().join("absent");
+        let url = format!("file://{}", absent.display());
         assert_eq!(
-            with(&["s3://standby/log", &folder])
+            with(&["s3://standby/log", &url])
                 .standbys()
                 .map(|s| s.len()),
             Ok(2)
         );
+        assert!(!absent.exists(), "checking the settings created the folder");
         assert!(refusal(&["memory://"]).contains("memory:// holds no standby"));
         let own = with(&["s3://primary/log", "s3://standby/log"]);
         assert_eq!(own.standbys().map(|s| s.len()), Ok(1));
         assert_eq!(own.own_standbys(), Ok(vec!["s3://primary/log"]));
-        assert!(refusal(&["s3://standby/log", "s3://standby/log"]).contains("named twice"));
+        assert!(refusal(&["s3://standby/log", "s3://standby/log/"]).contains("named twice"));
         assert!(refusal(&["s3://b"]).contains("not an S3 bucket name"));
     }
 }

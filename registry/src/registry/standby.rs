@@ -28,9 +28,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The most read of a standby's checkpoint: a note with its cosignatures.
 const MAX_NOTE_BYTES: u64 = stackpin_core::note::MAX_NOTE_BYTES as u64;
 
-/// A standby's storage, as `[[standby]]` names it. It is opened at its
-/// first look, not before: a standby in a region that is down never stops
-/// a start, and a folder that is not there is not created.
+/// A standby's storage, as `[[standby]]` names it. A bucket's client is
+/// made at start by [`Standby::connect`] (which reaches nothing: a region
+/// that is down never stops a start, while a setting that cannot work
+/// does); a folder is opened at its first look, off the async threads, and
+/// is never created.
 #[derive(Clone)]
 pub struct Standby {
     /// What logs call it: its storage URL.
@@ -38,11 +40,12 @@ pub struct Standby {
     url: StorageUrl,
     options: StorageOptions,
     store: Arc<tokio::sync::OnceCell<Arc<dyn ObjectStore>>>,
-    /// What the last look found ([`READ`], [`EMPTY`], [`UNREADABLE`],
-    /// [`FOREIGN`]).
+    /// What the last look found ([`UNKNOWN`] before the first).
     state: Arc<AtomicU8>,
 }
 
+/// Not looked at yet.
+const UNKNOWN: u8 = u8::MAX;
 /// The standby's checkpoint was read.
 const READ: u8 = 0;
 /// It holds no checkpoint (yet).
@@ -59,20 +62,42 @@ impl Standby {
             url,
             options,
             store: Arc::default(),
-            state: Arc::default(),
+            state: Arc::new(AtomicU8::new(UNKNOWN)),
         }
     }
 
-    /// The storage, opened at first use.
+    /// Makes a bucket's client now (a folder waits for its first look).
+    ///
+    /// # Errors
+    /// Invalid settings: no credentials or account for it, a bad endpoint.
+    pub fn connect(&self) -> crate::Result<()> {
+        if matches!(self.url, StorageUrl::File(_)) {
+            return Ok(());
+        }
+        let store = crate::storage::open(&self.url, &self.options)?;
+        let _ = self.store.set(store);
+        Ok(())
+    }
+
+    /// The storage: a bucket's client, or the folder, opened at first use
+    /// if it is there (a hung mount stalls a blocking thread, not a look's
+    /// time limit).
     async fn store(&self) -> Result<&Arc<dyn ObjectStore>, String> {
         self.store
             .get_or_try_init(|| async {
-                if let StorageUrl::File(path) = &self.url
-                    && !path.is_dir()
-                {
-                    return Err(format!("{}: no such folder", path.display()));
-                }
-                crate::storage::open(&self.url, &self.options).map_err(|e| e.message().to_owned())
+                let (url, options) = (self.url.clone(), self.options.clone());
+                tokio::task::spawn_blocking(move || {
+                    if let StorageUrl::File(path) = &url {
+                        match std::fs::metadata(path) {
+                            Ok(m) if m.is_dir() => {}
+                            Ok(_) => return Err(format!("{}: not a folder", path.display())),
+                            Err(e) => return Err(format!("{}: {e}", path.display())),
+                        }
+                    }
+                    crate::storage::open(&url, &options).map_err(|e| e.message().to_owned())
+                })
+                .await
+                .map_err(|e| e.to_string())?
             })
             .await
     }
@@ -139,7 +164,10 @@ async fn look(shared: &Shared, standby: &Standby, limit: Duration) {
             "the standby's checkpoint is not this log's: is [[standby]] the storage this log is \
              mirrored into?"
         ),
-        _ => tracing::info!(standby = %standby.label, "the standby's checkpoint is read"),
+        _ => tracing::info!(
+            standby = %standby.label,
+            "the standby's checkpoint reads: a promotion there will be seen"
+        ),
     }
 }
 
