@@ -495,4 +495,107 @@ fn a_mirror_in_an_azure_container_serves_restores_with_nothing_running() {
         )
         .json();
     assert_eq!(again["entries_copied"], 0, "{again}");
+
+    // A promotion while a mirror still runs into the container: its lock
+    // makes `promote` refuse. Once the lock is gone (a mirror taken for
+    // dead), promote goes ahead, and the running mirror commits nothing
+    // more: its next round finds the storage no longer its own and stops.
+    let store = {
+        use stackpin_registry::storage::{StorageUrl, open};
+        open(&StorageUrl::parse(&dest).unwrap(), &azurite.options()).unwrap()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let object = |key: &str| {
+        use object_store::ObjectStoreExt as _;
+        let key = object_store::path::Path::from(key);
+        rt.block_on(async { store.get(&key).await.ok()?.bytes().await.ok() })
+    };
+    let mut follower = std::process::Command::new(stackpin_tests::bin("stackpin"))
+        .current_dir(w.dir.path())
+        .env("STACKPIN_LOG_VKEY", &w.vkey)
+        .env("STACKPIN_STATE_DIR", w.dir.path().join("follow-state"))
+        .envs(env.iter().copied())
+        .args([
+            "mirror",
+            &w.server.url(),
+            &dest,
+            "--azure-endpoint",
+            &endpoint,
+            "--follow",
+            "--interval",
+            "200ms",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while object("mirror/lock").is_none() {
+        assert!(Instant::now() < deadline, "the follower took no lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let promote = || {
+        std::process::Command::new(stackpin_tests::bin("stackpin-registry"))
+            .args(["promote", "--actor", "oncall", "--storage", &dest])
+            .args(["--azure-endpoint", &endpoint])
+            .arg("--data-dir")
+            .arg(w.dir.path().join("promote-data"))
+            .arg("--log-signing-key")
+            .arg(w.data().join("log-key.pem"))
+            .envs(azurite.env())
+            .output()
+            .unwrap()
+    };
+    let refused = promote();
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("stop it before promoting"),
+        "{refused:?}"
+    );
+    rt.block_on(async {
+        use object_store::ObjectStoreExt as _;
+        store
+            .delete(&object_store::path::Path::from("mirror/lock"))
+            .await
+    })
+    .unwrap();
+    let promoted = promote();
+    assert!(promoted.status.success(), "{promoted:?}");
+    let note = object("log/checkpoint").unwrap();
+    // The source moves on; the follower's next round refuses to commit.
+    w.cli(&["pin", "--env", "prod", "--release-id", "rel-1"])
+        .ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = follower.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower still runs after the promotion"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut follower.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("changed under the mirror"), "{stderr}");
+    // The promoted checkpoint is as promote left it (epoch 2), and the
+    // mirror took the promotion entry for no fork: it kept no evidence.
+    assert_eq!(object("log/checkpoint").unwrap(), note);
+    let refused: Vec<_> = rt
+        .block_on(async {
+            use futures::TryStreamExt as _;
+            store
+                .list(Some(&object_store::path::Path::from("mirror/refused")))
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    let note = String::from_utf8(note.to_vec()).unwrap();
+    assert!(note.lines().next().unwrap().ends_with("/epoch/2"), "{note}");
 }

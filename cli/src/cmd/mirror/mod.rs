@@ -363,6 +363,10 @@ async fn round(
     // the artifacts they publish are noted; nothing is in the mirror's log
     // until the root is checked.
     let place = &mirror.place;
+    // Before anything is written (and again before the commit): objects a
+    // promotion wrote past the mirror's checkpoint are not an interrupted
+    // round's, and the storage is no longer the mirror's to write.
+    still_ours(place, mirror.note.as_deref()).await?;
     clear_staging(place).await?;
     let mut progress = Progress::items("mirror", Some(cp.size));
     let mut tree = mirror.tree.clone();
