@@ -333,6 +333,35 @@ async fn forget_derived(store: &Arc<dyn ObjectStore>, size: u64) -> Result<()> {
     Ok(())
 }
 
+/// The epoch the log is in past a checkpoint of `epoch` and `size`: that
+/// one, unless an entry past it begins a later one (a `promote` that
+/// stopped between writing its entry and its checkpoint): signing on in
+/// the old epoch would fork it.
+pub(crate) async fn epoch_past(log: &crate::log::Log, mut epoch: u64, size: u64) -> Result<u64> {
+    let starts = match size.checked_sub(1) {
+        Some(before) => log.objects_after(before).await?,
+        None => log
+            .objects()
+            .await?
+            .into_iter()
+            .map(|(start, _)| start)
+            .collect(),
+    };
+    for start in starts {
+        let Some(object) = log.read(start).await? else {
+            continue;
+        };
+        for (i, bytes) in crate::log::Log::split(&object).iter().enumerate() {
+            if let Ok(stackpin_core::entry::Entry::Promotion(p)) =
+                stackpin_core::entry::Entry::parse(start + i as u64, bytes)
+            {
+                epoch = epoch.max(p.epoch);
+            }
+        }
+    }
+    Ok(epoch)
+}
+
 /// Refuses while a `stackpin mirror` still holds the storage's mirror lock
 /// (refreshed within [`layout::MIRROR_LOCK_STALE`]): it would copy the old primary's
 /// entries over the new epoch.

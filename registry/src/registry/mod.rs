@@ -343,8 +343,7 @@ struct Shared {
     tile_cache: tiles::TileCache,
     /// Serializes the writers of `log/checkpoint` (see `checkpoint.rs`).
     store_lock: checkpoint::StoreLock,
-    /// Set when a witness said the log was promoted to a later epoch
-    /// elsewhere: from then on this registry writes nothing.
+    /// Who showed a promotion elsewhere (a witness, a standby): no writes.
     superseded: std::sync::OnceLock<String>,
     /// The epoch this registry signs in: the stored checkpoint's at start
     /// (`stackpin-registry promote` begins a new one with no registry

@@ -507,8 +507,11 @@ impl Registry {
         // promotion past it began; with no checkpoint (a log accepted
         // unsigned), the last promotion anywhere in it.
         let epoch = match &anchor {
-            Some(a) => epoch_past(&shared.log, a.checkpoint.epoch(), a.checkpoint.size).await?,
-            None => epoch_past(&shared.log, 1, 0).await?,
+            Some(a) => {
+                crate::promote::epoch_past(&shared.log, a.checkpoint.epoch(), a.checkpoint.size)
+                    .await?
+            }
+            None => crate::promote::epoch_past(&shared.log, 1, 0).await?,
         };
         shared
             .epoch
@@ -663,35 +666,6 @@ fn sweep_staging(data_dir: &std::path::Path) -> std::path::PathBuf {
         tracing::info!(removed, "removed staging files an earlier process left");
     }
     dir
-}
-
-/// The epoch the log is in past a checkpoint of `epoch` and `size`: that
-/// one, unless an entry past it begins a later one (a `promote` that
-/// stopped between writing its entry and its checkpoint): signing on in
-/// the old epoch would fork it.
-async fn epoch_past(log: &crate::log::Log, mut epoch: u64, size: u64) -> Result<u64> {
-    let starts = match size.checked_sub(1) {
-        Some(before) => log.objects_after(before).await?,
-        None => log
-            .objects()
-            .await?
-            .into_iter()
-            .map(|(start, _)| start)
-            .collect(),
-    };
-    for start in starts {
-        let Some(object) = log.read(start).await? else {
-            continue;
-        };
-        for (i, bytes) in crate::log::Log::split(&object).iter().enumerate() {
-            if let Ok(stackpin_core::entry::Entry::Promotion(p)) =
-                stackpin_core::entry::Entry::parse(start + i as u64, bytes)
-            {
-                epoch = epoch.max(p.epoch);
-            }
-        }
-    }
-    Ok(epoch)
 }
 
 #[cfg(test)]
