@@ -19,7 +19,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions};
 use stackpin_core::digest::Digest;
 use stackpin_core::layout;
-use stackpin_registry::storage::{StorageOptions, StorageUrl};
+use stackpin_registry::storage::{Capped, StorageOptions, StorageUrl};
 
 use crate::exit::{Failure, Outcome};
 
@@ -223,33 +223,12 @@ impl Place {
                 Ok(Read::Bytes(Bytes::from(bytes)))
             }
             Self::Bucket { store, .. } => {
-                let got = match store.get(&Key::from(key)).await {
-                    Ok(got) => got,
-                    Err(object_store::Error::NotFound { .. }) => return Ok(Read::Missing),
-                    Err(e) => return Err(self.unavailable(key, e)),
-                };
-                let size = got.meta.size;
-                if size > max {
-                    return Ok(Read::Over(size));
+                match stackpin_registry::storage::get_capped(store.as_ref(), key, max).await {
+                    Ok(Capped::Missing) => Ok(Read::Missing),
+                    Ok(Capped::Bytes(bytes)) => Ok(Read::Bytes(bytes)),
+                    Ok(Capped::Over(size)) => Ok(Read::Over(size)),
+                    Err(e) => Err(self.unavailable(key, e)),
                 }
-                // The body is counted as it comes, not taken on the
-                // listing's word.
-                // Room for what the listing says, up to 64 MiB: the rest
-                // grows as it really arrives.
-                let room = size.min(64 << 20);
-                let mut bytes = Vec::with_capacity(usize::try_from(room).unwrap_or(0));
-                let mut body = got.into_stream();
-                while let Some(chunk) = body
-                    .try_next()
-                    .await
-                    .map_err(|e| self.unavailable(key, e))?
-                {
-                    if (bytes.len() + chunk.len()) as u64 > max {
-                        return Ok(Read::Over((bytes.len() + chunk.len()) as u64));
-                    }
-                    bytes.extend_from_slice(&chunk);
-                }
-                Ok(Read::Bytes(Bytes::from(bytes)))
             }
         }
     }

@@ -207,6 +207,55 @@ fn endpoint_allows_http(setting: &str, endpoint: &Option<String>, allow: bool) -
     }
 }
 
+/// What [`get_capped`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Capped {
+    Missing,
+    Bytes(bytes::Bytes),
+    /// Longer than the cap: its listed size, or as far as it was read.
+    Over(u64),
+}
+
+/// The object `key` of a store that may be anyone's (a mirror, a
+/// standby), read only up to `max` bytes: its listed size is checked
+/// first, and its body is counted as it arrives, not taken on the
+/// listing's word.
+///
+/// # Errors
+/// When the store fails (a missing object is [`Capped::Missing`]).
+pub async fn get_capped(
+    store: &dyn ObjectStore,
+    key: &str,
+    max: u64,
+) -> object_store::Result<Capped> {
+    use futures::TryStreamExt as _;
+    let got = match store
+        .get_opts(&StorePath::from(key), object_store::GetOptions::default())
+        .await
+    {
+        Ok(got) => got,
+        Err(object_store::Error::NotFound { .. }) => return Ok(Capped::Missing),
+        Err(e) => return Err(e),
+    };
+    let size = got.meta.size;
+    if size > max {
+        return Ok(Capped::Over(size));
+    }
+    // Room for what the listing says, up to 64 MiB: the rest grows as it
+    // really arrives.
+    let room = size.min(64 << 20);
+    let mut bytes = Vec::with_capacity(usize::try_from(room).unwrap_or(0));
+    let mut body = got.into_stream();
+    while let Some(chunk) = body.try_next().await? {
+        let read = (bytes.len() + chunk.len()) as u64;
+        if read > max {
+            return Ok(Capped::Over(read));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Capped::Bytes(bytes.into()))
+}
+
 /// Checks the endpoint `url` is reached at against the plain-HTTP rule,
 /// as [`open`] does, without opening anything.
 ///

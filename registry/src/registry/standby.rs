@@ -12,12 +12,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures::TryStreamExt as _;
-use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt as _};
+use object_store::ObjectStore;
 
 use super::Shared;
-use crate::storage::{StorageOptions, StorageUrl};
+use crate::storage::{Capped, StorageOptions, StorageUrl};
 
 /// How often a running writer reads its standbys' checkpoints.
 pub const CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -174,31 +172,15 @@ async fn look(shared: &Shared, standby: &Standby, limit: Duration) {
 /// The standby's stored checkpoint, `None` when it holds none yet; read up
 /// to [`MAX_NOTE_BYTES`].
 async fn read_note(store: &Arc<dyn ObjectStore>) -> Result<Option<String>, String> {
-    let got = match store
-        .get(&StorePath::from(stackpin_core::layout::CHECKPOINT))
-        .await
-    {
-        Ok(got) => got,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    if got.meta.size > MAX_NOTE_BYTES {
-        return Err(format!(
-            "its checkpoint is {} bytes, more than a note holds ({MAX_NOTE_BYTES})",
-            got.meta.size
-        ));
+    let key = stackpin_core::layout::CHECKPOINT;
+    match crate::storage::get_capped(store.as_ref(), key, MAX_NOTE_BYTES).await {
+        Ok(Capped::Missing) => Ok(None),
+        Ok(Capped::Bytes(bytes)) => String::from_utf8(bytes.to_vec())
+            .map(Some)
+            .map_err(|_| "its checkpoint is not text".to_owned()),
+        Ok(Capped::Over(size)) => Err(format!(
+            "its checkpoint is {size} bytes, more than a note holds ({MAX_NOTE_BYTES})"
+        )),
+        Err(e) => Err(e.to_string()),
     }
-    let mut bytes = Vec::new();
-    let mut body = got.into_stream();
-    while let Some(chunk) = body.try_next().await.map_err(|e| e.to_string())? {
-        if (bytes.len() + chunk.len()) as u64 > MAX_NOTE_BYTES {
-            return Err(format!(
-                "its checkpoint is more than a note holds ({MAX_NOTE_BYTES} bytes)"
-            ));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|_| "its checkpoint is not text".to_owned())
 }
