@@ -48,6 +48,21 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
 
     // Restored from the mirror, with no registry to reach.
     let offline = |args: &[&str]| stackpin(w.dir.path(), NOWHERE, args);
+    // A restore plan for T3 from a folder, with nothing running.
+    let plan_from = |from: &str| {
+        offline(&[
+            "restore",
+            "--from",
+            from,
+            "--env",
+            "prod",
+            "--at",
+            T3,
+            "--plan",
+            "--log-key",
+            &w.vkey,
+        ])
+    };
     let restored = offline(&[
         "--output",
         "json",
@@ -81,18 +96,7 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
     .ok();
     // The same answer the registry gives.
     assert_eq!(w.release_at(T2), "rel-2");
-    let text = offline(&[
-        "restore",
-        "--from",
-        dest,
-        "--env",
-        "prod",
-        "--at",
-        T3,
-        "--plan",
-        "--log-key",
-        &w.vkey,
-    ]);
+    let text = plan_from(dest);
     assert!(text.ok().contains("release    rel-3"), "{text:?}");
     // History, status and a full audit read the mirror too.
     let history = offline(&[
@@ -157,18 +161,7 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
     let at = bytes.iter().position(|b| *b == b'1').unwrap();
     bytes[at] = b'2';
     std::fs::write(&object, bytes).unwrap();
-    let refused = offline(&[
-        "restore",
-        "--from",
-        altered.to_str().unwrap(),
-        "--env",
-        "prod",
-        "--at",
-        T3,
-        "--plan",
-        "--log-key",
-        &w.vkey,
-    ]);
+    let refused = plan_from(altered.to_str().unwrap());
     assert_eq!(refused.code, 5, "{refused:?}");
     assert!(
         refused.stderr.contains("do not lead to the root"),
@@ -180,18 +173,7 @@ fn a_mirror_is_verified_incremental_restorable_offline_and_refuses_a_fork() {
     let swollen = w.dir.path().join("swollen");
     copy_dir(&mirror, &swollen);
     std::fs::write(swollen.join("log/checkpoint"), vec![b'x'; 1 << 20]).unwrap();
-    let refused = offline(&[
-        "restore",
-        "--from",
-        swollen.to_str().unwrap(),
-        "--env",
-        "prod",
-        "--at",
-        T3,
-        "--plan",
-        "--log-key",
-        &w.vkey,
-    ]);
+    let refused = plan_from(swollen.to_str().unwrap());
     assert_eq!(refused.code, 5, "{refused:?}");
     assert!(
         refused
